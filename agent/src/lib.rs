@@ -1,0 +1,43 @@
+//! # holdfast agent
+//!
+//! The per-node daemon: it keeps one stream open to the coordinator, heartbeats on it, runs the
+//! job's workers as it is told and reports what they do.
+//!
+//! ## Layout
+//! - [`config`] — settings with defaults and validation.
+//! - [`session`] — the stream to the coordinator: connect, hello, heartbeats, reconnect with
+//!   backoff; commands go to the supervisor, events come back through the [`Outbox`].
+//! - [`worker`] — the worker supervisor: process groups, progress, stop with grace.
+//! - [`identity`] — hostname, boot id.
+//! - [`health`] — the node's health summary carried by heartbeats.
+//!
+//! The agent keeps its workers running when the coordinator is away: events produced meanwhile
+//! wait in the outbox and are sent on reconnect.
+
+pub mod config;
+pub mod health;
+pub mod identity;
+pub mod session;
+pub mod worker;
+
+pub use config::AgentConfig;
+pub use session::run;
+
+use holdfast_proto::v1 as pb;
+
+/// Everything the agent sends besides hello and heartbeats goes through here; it outlives any
+/// one session, so events produced while disconnected are sent after the next hello.
+pub type Outbox = tokio::sync::mpsc::UnboundedSender<pb::AgentMessage>;
+
+/// Matches `step 12`, `step=12`, `Step: 12` in a worker's output.
+pub const DEFAULT_PROGRESS_REGEX: &str = r"(?i)\bstep[\s:=]+(\d+)";
+
+/// Version announced in hello.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,258 @@
+//! The agent's stream to the coordinator: connect, hello, heartbeats, commands, reconnect with
+//! backoff. Heartbeats run in the same loop that forwards commands and never wait on the
+//! worker: commands are handed to the supervisor and carried out there.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_proto::v1 as pb;
+use pb::agent_message::Body as ToCoordinator;
+use pb::agent_service_client::AgentServiceClient;
+use pb::coordinator_message::Body as FromCoordinator;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::{AgentConfig, NodeRole};
+use crate::health::HealthBoard;
+use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
+use crate::{identity, now_ms, Outbox, AGENT_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent config: {0}")]
+    Config(#[from] crate::config::AgentConfigError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// The agent is shutting down.
+    Shutdown,
+    /// The connection failed or broke; try again.
+    Lost(String),
+}
+
+/// What lives across sessions.
+struct AgentState {
+    config: AgentConfig,
+    node_id: String,
+    health: HealthBoard,
+    snapshot: Arc<Mutex<WorkerSnapshot>>,
+    outbox_rx: mpsc::UnboundedReceiver<pb::AgentMessage>,
+    /// Messages taken from the outbox that could not be sent; they go first next session.
+    unsent: VecDeque<pb::AgentMessage>,
+    commands: mpsc::UnboundedSender<WorkerCommand>,
+    heartbeat_seq: u64,
+}
+
+/// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
+/// one after another. Workers keep running when the agent stops.
+pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
+}
+
+/// [`run`] with a caller-made outbox, so monitors started beside the agent can report into it.
+pub async fn run_with_outbox(
+    config: AgentConfig,
+    health: HealthBoard,
+    outbox: Outbox,
+    outbox_rx: mpsc::UnboundedReceiver<pb::AgentMessage>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let node_id = config.effective_node_id();
+    let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::new(
+        outbox,
+        node_id.clone(),
+        config.effective_address(),
+        config.state_dir.clone(),
+        Duration::from_millis(config.progress_file_poll_ms),
+        snapshot.clone(),
+    );
+    let supervisor = tokio::spawn(supervisor.run(commands_rx));
+    let mut state = AgentState {
+        config,
+        node_id,
+        health,
+        snapshot,
+        outbox_rx,
+        unsent: VecDeque::new(),
+        commands,
+        heartbeat_seq: 0,
+    };
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    let max_backoff = Duration::from_millis(state.config.reconnect_max_backoff_ms);
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&mut state, &mut shutdown).await {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(why) => {
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+    drop(state.commands);
+    let _ = supervisor.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn hello(state: &AgentState) -> pb::AgentMessage {
+    let snap = state.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    pb::AgentMessage {
+        body: Some(ToCoordinator::Hello(pb::Hello {
+            node_id: state.node_id.clone(),
+            hostname: identity::hostname(),
+            gpus: Vec::new(),
+            role: match state.config.role {
+                NodeRole::Worker => pb::NodeRole::Worker as i32,
+                NodeRole::Spare => pb::NodeRole::Spare as i32,
+            },
+            boot_id: identity::boot_id(),
+            agent_version: AGENT_VERSION.into(),
+            advertise_address: state.config.effective_address(),
+            worker: snap.record.map(|r| pb::WorkerStatus {
+                job_id: r.job_id,
+                generation: r.generation,
+                pid: r.pid,
+                running: true,
+                last_step: snap.last_step,
+            }),
+            sent_unix_ms: now_ms(),
+        })),
+    }
+}
+
+async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+    let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        Err(e) => return SessionEnd::Lost(format!("bad coordinator address: {e}")),
+    };
+    let channel = tokio::select! {
+        _ = shutdown.as_mut() => return SessionEnd::Shutdown,
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.config.coordinator)),
+        },
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
+    if tx.try_send(hello(state)).is_err() {
+        return SessionEnd::Lost("cannot queue hello".into());
+    }
+    let mut inbound = tokio::select! {
+        _ = shutdown.as_mut() => return SessionEnd::Shutdown,
+        r = client.session(ReceiverStream::new(rx)) => match r {
+            Ok(r) => r.into_inner(),
+            Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        },
+    };
+    let mut interval = Duration::from_millis(state.config.heartbeat_interval_ms);
+    match inbound.message().await {
+        Ok(Some(pb::CoordinatorMessage {
+            body: Some(FromCoordinator::Welcome(w)),
+        })) => {
+            if w.heartbeat_interval_ms > 0 {
+                interval = Duration::from_millis(w.heartbeat_interval_ms);
+            }
+            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+        }
+        Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
+        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+    }
+    while let Some(msg) = state.unsent.pop_front() {
+        if let Err(e) = tx.try_send(msg) {
+            state.unsent.push_front(e.into_inner());
+            return SessionEnd::Lost("send queue full".into());
+        }
+    }
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => {
+                let _ = tx.try_send(pb::AgentMessage {
+                    body: Some(ToCoordinator::Goodbye(pb::Goodbye {
+                        reason: "agent shutting down".into(),
+                        restarting: true,
+                    })),
+                });
+                // Give the goodbye a moment to leave.
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_millis(300), inbound.message()).await;
+                return SessionEnd::Shutdown;
+            }
+            _ = heartbeat.tick() => {
+                state.heartbeat_seq += 1;
+                let hb = pb::AgentMessage {
+                    body: Some(ToCoordinator::Heartbeat(pb::Heartbeat {
+                        seq: state.heartbeat_seq,
+                        sent_unix_ms: now_ms(),
+                        health: Some(state.health.summary()),
+                        echo_coordinator_unix_ms: 0,
+                    })),
+                };
+                if tx.try_send(hb).is_err() {
+                    return SessionEnd::Lost("send queue full (coordinator not reading)".into());
+                }
+            }
+            msg = state.outbox_rx.recv() => {
+                let Some(msg) = msg else { return SessionEnd::Shutdown };
+                if let Err(e) = tx.try_send(msg) {
+                    state.unsent.push_back(e.into_inner());
+                    return SessionEnd::Lost("send queue full (coordinator not reading)".into());
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => dispatch(state, body),
+                Ok(Some(_)) => {}
+                Ok(None) => return SessionEnd::Lost("coordinator closed the stream".into()),
+                Err(status) => return SessionEnd::Lost(status.message().to_string()),
+            }
+        }
+    }
+}
+
+fn dispatch(state: &mut AgentState, body: FromCoordinator) {
+    let command = match body {
+        FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
+        FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
+        FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
+        FromCoordinator::Welcome(_) => return,
+        FromCoordinator::RunScript(r) => {
+            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            return;
+        }
+    };
+    if state.commands.send(command).is_err() {
+        tracing::error!("worker supervisor is gone; command dropped");
+    }
+}

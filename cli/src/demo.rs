@@ -1,0 +1,430 @@
+//! `holdfast demo`: a whole cluster on loopback as real processes — one coordinator, N worker
+//! agents and S spare agents — running a small Python training job; a real fault is injected
+//! after a few checkpoints and the incident report is printed when the job finishes.
+//!
+//! [`LocalCluster`] is also the process harness of the integration tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use holdfast_proto::v1 as pb;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use pb::operator_service_client::OperatorServiceClient;
+use tonic::transport::Channel;
+
+use crate::follow;
+
+/// The training script the demo runs, shipped in the binary.
+pub const TRAIN_SCRIPT: &str = include_str!("../../examples/train_demo.py");
+
+/// The faults the demo can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGKILL the agent and its workers, as when a host dies.
+    KillAgent,
+    /// SIGKILL one worker process (healthy host): restart in place.
+    KillWorker,
+    /// SIGSTOP one worker: progress stalls and the stall timeout fires.
+    Hang,
+    /// No fault.
+    None,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillAgent => "kill-agent",
+            Fault::KillWorker => "kill-worker",
+            Fault::Hang => "hang",
+            Fault::None => "none",
+        }
+    }
+}
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub nodes: u32,
+    pub spares: u32,
+    pub fault: Fault,
+    pub steps: u64,
+    pub step_time_s: f64,
+    pub ckpt_every: u64,
+    /// The fault is injected once the job passes this step.
+    pub fault_at_step: u64,
+    pub stall_timeout_s: f64,
+    pub json: bool,
+    /// Keep the working directory (logs, checkpoints) after the demo.
+    pub keep: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            nodes: 2,
+            spares: 1,
+            fault: Fault::KillAgent,
+            steps: 80,
+            step_time_s: 0.1,
+            ckpt_every: 10,
+            fault_at_step: 35,
+            stall_timeout_s: 3.0,
+            json: false,
+            keep: false,
+        }
+    }
+}
+
+/// A coordinator and agents running as child processes of this one, on loopback.
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    exe: PathBuf,
+    pub addr: String,
+    coordinator: Option<Child>,
+    agents: BTreeMap<String, Child>,
+}
+
+impl LocalCluster {
+    /// Starts `holdfast coordinator` (from `exe`) on a free loopback port with `extra` flags.
+    pub async fn start(exe: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let addr_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::File::create(dir.join("coordinator.log"))?;
+        let child = Command::new(exe)
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--addr-file"])
+            .arg(&addr_file)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} coordinator", exe.display()))?;
+        let mut cluster = LocalCluster {
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            addr: String::new(),
+            coordinator: Some(child),
+            agents: BTreeMap::new(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                if text.ends_with('\n') {
+                    cluster.addr = format!("http://{}", text.trim());
+                    break;
+                }
+            }
+            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                anyhow::bail!("the coordinator exited at start ({status}); see {}", dir.join("coordinator.log").display());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the coordinator did not start within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(cluster)
+    }
+
+    /// The agent's state directory (holds `worker.json`).
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+
+    /// Starts `holdfast agent` for `node` with `role` ("worker" or "spare").
+    pub fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let state = self.state_dir(node);
+        std::fs::create_dir_all(&state)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{node}.log")))?;
+        let child = Command::new(&self.exe)
+            .args(["agent", "--coordinator", &self.addr, "--node-id", node, "--role", role, "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting agent {node}"))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    pub async fn client(&self) -> anyhow::Result<OperatorServiceClient<Channel>> {
+        crate::client::connect(&self.addr).await
+    }
+
+    /// Waits until `count` nodes are connected and ready.
+    pub async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let nodes = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let ready = nodes.iter().filter(|n| n.connected && n.state == "ready").count();
+            if ready >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("only {ready} of {count} nodes ready after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The worker a node's agent runs now, from its `worker.json`.
+    pub fn worker(&self, node: &str) -> Option<holdfast_agent::worker::WorkerRecord> {
+        let text = std::fs::read_to_string(self.state_dir(node).join("worker.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Sends `signal` to the agent process of `node`.
+    pub fn signal_agent(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
+        let child = self.agents.get(node).with_context(|| format!("no agent {node}"))?;
+        kill(Pid::from_raw(child.id() as i32), signal).with_context(|| format!("signalling agent {node}"))?;
+        Ok(())
+    }
+
+    /// SIGKILLs the agent and reaps it.
+    pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let mut child = self.agents.remove(node).with_context(|| format!("no agent {node}"))?;
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// SIGKILLs everything of a host: its agent and its worker's process group.
+    pub fn kill_host(&mut self, node: &str) -> anyhow::Result<()> {
+        let worker = self.worker(node);
+        self.kill_agent(node)?;
+        if let Some(w) = worker {
+            let _ = killpg(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the worker leader of `node`; returns its pid.
+    pub fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
+        let w = self.worker(node).with_context(|| format!("no worker running on {node}"))?;
+        kill(Pid::from_raw(w.pid as i32), signal).with_context(|| format!("signalling worker {}", w.pid))?;
+        Ok(w.pid)
+    }
+
+    /// Kills every process it started, workers included.
+    pub fn shutdown(&mut self) {
+        let nodes: Vec<String> = std::fs::read_dir(self.dir.join("nodes"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        for (_, mut child) in std::mem::take(&mut self.agents) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for node in nodes {
+            if let Some(w) = self.worker(&node) {
+                let pgid = Pid::from_raw(w.pid as i32);
+                let _ = killpg(pgid, Signal::SIGCONT);
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub job: pb::Job,
+    pub incidents: Vec<pb::Incident>,
+    /// Unix ms when the fault was injected (0 when none was).
+    pub fault_at: i64,
+    pub victim: String,
+}
+
+impl DemoReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        let t0 = self.fault_at;
+        serde_json::json!({
+            "job_state": self.job.state,
+            "final_step": self.job.step,
+            "generation": self.job.generation,
+            "message": self.job.message,
+            "fault_node": self.victim,
+            "incidents": self.incidents.iter().map(|i| crate::tables::incident_json(i, t0)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Runs the demo with `exe` as the holdfast binary.
+pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let python = which_python()?;
+    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, TRAIN_SCRIPT)?;
+    let say = |line: String| {
+        if options.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "holdfast demo: {} nodes + {} spare(s), fault {}, working directory {}",
+        options.nodes,
+        options.spares,
+        options.fault.name(),
+        dir.display()
+    ));
+    let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    for i in 1..=options.nodes {
+        cluster.start_agent(&format!("node-{i}"), "worker", &[])?;
+    }
+    for i in 1..=options.spares {
+        cluster.start_agent(&format!("spare-{i}"), "spare", &[])?;
+    }
+    cluster
+        .wait_ready((options.nodes + options.spares) as usize, Duration::from_secs(30))
+        .await?;
+    say(format!("coordinator at {}; {} agents ready", cluster.addr, options.nodes + options.spares));
+    let mut client = cluster.client().await?;
+    let spec = pb::JobSpec {
+        command: vec![
+            python,
+            script.display().to_string(),
+            "--steps".into(),
+            options.steps.to_string(),
+            "--step-time".into(),
+            options.step_time_s.to_string(),
+            "--ckpt-every".into(),
+            options.ckpt_every.to_string(),
+        ],
+        nodes: options.nodes,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        stall_timeout_s: options.stall_timeout_s,
+        restart_budget: 3,
+        total_steps: options.steps,
+        ..Default::default()
+    };
+    let job = follow::submit(&mut client, spec).await?;
+    say(format!("job {} accepted on {}", job.job_id, job.nodes.join(", ")));
+    let mut fault_at = 0i64;
+    let mut victim = String::new();
+    let mut injection_error: Option<anyhow::Error> = None;
+    let fault = options.fault;
+    let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
+    let final_job = follow::follow(
+        &mut client,
+        &job.job_id,
+        budget,
+        |event| {
+            let Some(job) = &event.job else { return };
+            if fault == Fault::None || fault_at != 0 || job.state != "running" || job.step < options.fault_at_step {
+                return;
+            }
+            let Some(node) = job.nodes.last().cloned() else { return };
+            let result = match fault {
+                Fault::KillAgent => cluster.kill_host(&node).map(|_| "agent and worker SIGKILLed".to_string()),
+                Fault::KillWorker => cluster.signal_worker(&node, Signal::SIGKILL).map(|pid| format!("worker {pid} SIGKILLed")),
+                Fault::Hang => cluster.signal_worker(&node, Signal::SIGSTOP).map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::None => return,
+            };
+            fault_at = holdfast_coordinator::now_ms();
+            victim = node.clone();
+            match result {
+                Ok(what) => say(format!(
+                    "{}  FAULT injected at step {} on {node}: {what}",
+                    crate::tables::clock(fault_at),
+                    job.step
+                )),
+                Err(e) => injection_error = Some(e),
+            }
+        },
+        !options.json,
+    )
+    .await;
+    if let Some(e) = injection_error {
+        return Err(e.context("injecting the fault"));
+    }
+    let final_job = final_job?;
+    let incidents = client
+        .list_incidents(pb::ListIncidentsRequest { job_id: final_job.job_id.clone() })
+        .await?
+        .into_inner()
+        .incidents;
+    cluster.shutdown();
+    drop(cluster);
+    if !options.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(DemoReport {
+        job: final_job,
+        incidents,
+        fault_at,
+        victim,
+    })
+}
+
+/// Prints the human-readable report.
+pub fn print_report(report: &DemoReport, to_stderr: bool) {
+    let mut text = format!(
+        "\njob {} {} at step {} (generation {}): {}\n",
+        report.job.job_id, report.job.state, report.job.step, report.job.generation, report.job.message
+    );
+    if report.incidents.is_empty() {
+        text.push_str("no incidents\n");
+    }
+    for i in &report.incidents {
+        let t0 = if report.fault_at > 0 { report.fault_at } else { i.fault_unix_ms };
+        let s = |t| crate::tables::secs(t0, t).map_or("-".to_string(), |v| format!("{v:.2} s"));
+        text.push_str(&format!(
+            "incident {}: {} on {} ({}), action {}{}\n  detect {} · fence {} · replace {} · relaunch {} · resume {} (from the fault) · resumed from step {}\n",
+            i.id,
+            i.cause,
+            i.node_id,
+            i.detail,
+            i.action,
+            if i.replacement_node_id.is_empty() { String::new() } else { format!(" → {}", i.replacement_node_id) },
+            s(i.detected_unix_ms),
+            s(i.fenced_unix_ms),
+            s(i.replaced_unix_ms),
+            s(i.relaunched_unix_ms),
+            s(i.resumed_unix_ms),
+            i.resumed_from_step
+        ));
+    }
+    if to_stderr {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+fn which_python() -> anyhow::Result<String> {
+    for candidate in ["python3", "python"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Ok(candidate.to_string());
+        }
+    }
+    anyhow::bail!("the demo's training script needs python3 on PATH")
+}

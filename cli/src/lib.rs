@@ -1,0 +1,16 @@
+//! # holdfast CLI
+//!
+//! One binary, `holdfast`, for every role: `coordinator` and `agent` run the daemons; `launch`
+//! submits a job and follows it; `status`, `nodes`, `incidents`, `cordon`, `uncordon` talk to
+//! the operator API; `demo` runs a whole cluster on loopback and injects a fault.
+//!
+//! ## Layout
+//! - [`client`] — connecting to the operator API.
+//! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
+//! - [`tables`] — how nodes, jobs and incidents are printed.
+//! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
+
+pub mod client;
+pub mod demo;
+pub mod follow;
+pub mod tables;

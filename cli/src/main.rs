@@ -1,0 +1,375 @@
+//! `holdfast`: parses flags and hands over to the libraries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use holdfast_cli::{client, demo, follow, tables};
+use holdfast_proto::v1 as pb;
+
+#[derive(Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Keeps synchronous distributed training running through node failures",
+    long_about = "holdfast detects failed GPU nodes in seconds, fences them, takes a replacement and \
+relaunches the job from the latest complete checkpoint.\n\nStart a coordinator, an agent on every \
+node, then `holdfast launch --nodes N -- <training command>`. `holdfast demo` runs all of it on \
+this machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator (control plane).
+    Coordinator(CoordinatorArgs),
+    /// Run the agent on a node.
+    Agent(AgentArgs),
+    /// Submit a training job and follow it to its end; exits 0 when it succeeds.
+    Launch(LaunchArgs),
+    /// Show jobs and nodes.
+    Status(Addr),
+    /// Show nodes with their state and health.
+    Nodes(Addr),
+    /// Show recorded incidents with the time of each recovery phase.
+    Incidents {
+        #[command(flatten)]
+        addr: Addr,
+        /// Only this job's incidents.
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a node out of service: no job will be given it.
+    Cordon {
+        node: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        addr: Addr,
+    },
+    /// Put a cordoned or fenced (repaired) node back into service.
+    Uncordon {
+        node: String,
+        #[command(flatten)]
+        addr: Addr,
+    },
+    /// Stop a job.
+    Stop {
+        job: String,
+        #[command(flatten)]
+        addr: Addr,
+    },
+    /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct Addr {
+    /// Coordinator address (host:port or URL).
+    #[arg(long, env = "HOLDFAST_COORDINATOR", default_value = client::DEFAULT_COORDINATOR)]
+    coordinator: String,
+}
+
+#[derive(clap::Args)]
+struct CoordinatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: String,
+    /// TOML config file (see deploy/coordinator.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write the bound address to this file once listening (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Override heartbeat_timeout_ms.
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// TOML config file (see deploy/agent.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Coordinator URL.
+    #[arg(long, env = "HOLDFAST_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Node id (default: the hostname).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// worker or spare.
+    #[arg(long)]
+    role: Option<String>,
+    /// State directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Address other hosts reach this one at.
+    #[arg(long)]
+    advertise_address: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct LaunchArgs {
+    /// Number of nodes.
+    #[arg(long)]
+    nodes: u32,
+    #[command(flatten)]
+    addr: Addr,
+    /// Checkpoint prefix URI (file:///path or s3://bucket/prefix).
+    #[arg(long, default_value = "")]
+    checkpoint: String,
+    /// Seconds without progress before a rank counts as hung (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    stall_timeout: f64,
+    /// Restarts in place for worker faults (0 = the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    restart_budget: u32,
+    /// Regex with one capture group giving the step in output lines.
+    #[arg(long, default_value = "")]
+    progress_regex: String,
+    /// Job id (default: assigned).
+    #[arg(long, default_value = "")]
+    job_id: String,
+    /// KEY=VALUE environment for every worker (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Submit and return without following.
+    #[arg(long)]
+    detach: bool,
+    /// The training command; placeholders like {node_rank}, {nnodes}, {rdzv_endpoint} are
+    /// substituted on each node.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Worker nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// Spare nodes.
+    #[arg(long, default_value_t = 1)]
+    spares: u32,
+    /// The fault to inject after a few checkpoints.
+    #[arg(long, value_enum, default_value_t = demo::Fault::KillAgent)]
+    fault: demo::Fault,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Steps of the training job.
+    #[arg(long, default_value_t = 80)]
+    steps: u64,
+    /// Keep the working directory (logs, checkpoints).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("holdfast: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Cmd::Coordinator(args) => {
+            init_logging();
+            let mut config = match &args.config {
+                Some(path) => holdfast_coordinator::CoordinatorConfig::load(path)?,
+                None => holdfast_coordinator::CoordinatorConfig::default(),
+            };
+            if let Some(t) = args.heartbeat_timeout_ms {
+                config.heartbeat_timeout_ms = t;
+            }
+            config.validate().context("invalid coordinator config")?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let bound = listener.local_addr()?;
+            if let Some(path) = &args.addr_file {
+                std::fs::write(path, format!("{bound}\n")).with_context(|| format!("writing {}", path.display()))?;
+            }
+            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Cmd::Agent(args) => {
+            init_logging();
+            let mut config = match &args.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    holdfast_agent::AgentConfig::from_toml(&text, &path.display().to_string())?
+                }
+                None => holdfast_agent::AgentConfig::default(),
+            };
+            if let Some(c) = args.coordinator {
+                config.coordinator = client::normalize(&c);
+            }
+            if let Some(n) = args.node_id {
+                config.node_id = n;
+            }
+            if let Some(r) = args.role {
+                config.role = match r.as_str() {
+                    "worker" => holdfast_agent::config::NodeRole::Worker,
+                    "spare" => holdfast_agent::config::NodeRole::Spare,
+                    other => anyhow::bail!("--role: {other:?} is neither worker nor spare"),
+                };
+            }
+            if let Some(s) = args.state_dir {
+                config.state_dir = s;
+            }
+            if let Some(a) = args.advertise_address {
+                config.advertise_address = a;
+            }
+            let health = holdfast_agent::health::HealthBoard::default();
+            holdfast_agent::run(config, health, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Cmd::Launch(args) => launch(args).await,
+        Cmd::Status(addr) => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            print!("{}\n{}", tables::jobs(&jobs), tables::nodes(&nodes));
+            Ok(0)
+        }
+        Cmd::Nodes(addr) => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            print!("{}", tables::nodes(&nodes));
+            Ok(0)
+        }
+        Cmd::Incidents { addr, job, json } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let incidents = c
+                .list_incidents(pb::ListIncidentsRequest { job_id: job.unwrap_or_default() })
+                .await?
+                .into_inner()
+                .incidents;
+            if json {
+                let list: Vec<_> = incidents.iter().map(|i| tables::incident_json(i, i.fault_unix_ms)).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                print!("{}", tables::incidents(&incidents));
+            }
+            Ok(0)
+        }
+        Cmd::Cordon { node, reason, addr } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let n = c
+                .cordon(pb::CordonRequest { node_id: node, reason })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!("node {} is {}", n.node_id, n.state);
+            Ok(0)
+        }
+        Cmd::Uncordon { node, addr } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let n = c
+                .uncordon(pb::CordonRequest { node_id: node, reason: String::new() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!("node {} is {}", n.node_id, n.state);
+            Ok(0)
+        }
+        Cmd::Stop { job, addr } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let j = c
+                .stop_job(pb::StopJobRequest { job_id: job })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!("job {} is {}", j.job_id, j.state);
+            Ok(0)
+        }
+        Cmd::Demo(args) => {
+            let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
+            let options = demo::DemoOptions {
+                nodes: args.nodes,
+                spares: args.spares,
+                fault: args.fault,
+                steps: args.steps,
+                json: args.json,
+                keep: args.keep,
+                ..Default::default()
+            };
+            if options.nodes == 0 {
+                anyhow::bail!("--nodes must be at least 1");
+            }
+            if options.fault == demo::Fault::KillAgent && options.spares == 0 {
+                anyhow::bail!("--fault kill-agent needs at least one spare (--spares 1)");
+            }
+            let report = demo::run(&exe, &options).await?;
+            demo::print_report(&report, args.json);
+            if args.json {
+                println!("{}", report.to_json());
+            }
+            Ok(follow::exit_code(&report.job.state))
+        }
+    }
+}
+
+async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
+    let mut c = client::connect(&args.addr.coordinator).await?;
+    let spec = pb::JobSpec {
+        job_id: args.job_id,
+        command: args.command,
+        nodes: args.nodes,
+        checkpoint_uri: args.checkpoint,
+        stall_timeout_s: args.stall_timeout,
+        restart_budget: args.restart_budget,
+        progress_regex: args.progress_regex,
+        env: args.env.into_iter().collect(),
+        total_steps: 0,
+    };
+    let job = follow::submit(&mut c, spec).await.context("job refused")?;
+    println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
+    if args.detach {
+        return Ok(0);
+    }
+    let done = follow::follow(&mut c, &job.job_id, Duration::from_secs(u64::MAX / 4), |_| {}, true).await?;
+    println!("job {} {} at step {}: {}", done.job_id, done.state, done.step, done.message);
+    Ok(follow::exit_code(&done.state))
+}

@@ -1,0 +1,351 @@
+//! The node lifecycle: one enum of states and one pure `step`.
+//!
+//! `Joining → Bootstrapping → Checking → Ready → Allocated → Fenced → (Repaired → Joining | Retired)`,
+//! plus `Offline` for an idle node whose agent is away and `Cordoned` by an operator.
+//! Connectivity, heartbeats and health live on [`crate::cluster::NodeRecord`]; this file owns only
+//! which state a node is in and which moves are legal. No I/O, no clock reads.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a node was fenced. Every fault has a typed cause; the string form is what
+/// operators see in `holdfast nodes` and incidents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FenceCause {
+    /// The agent's stream closed without a goodbye (host died, agent killed, network cut).
+    AgentLost,
+    /// No heartbeat arrived within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// A health check reported a fault that needs the node replaced (fatal XID, lost GPU…).
+    HealthFatal(String),
+    /// The node's worker kept failing after restarts in place ran out.
+    RepeatedWorkerFaults,
+    /// The node failed its bootstrap or deep health check.
+    CheckFailed(String),
+    /// An operator fenced it.
+    Operator(String),
+}
+
+impl FenceCause {
+    /// Short machine-readable cause, as used in incidents and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FenceCause::AgentLost => "agent_lost",
+            FenceCause::HeartbeatTimeout => "heartbeat_timeout",
+            FenceCause::HealthFatal(_) => "health_fatal",
+            FenceCause::RepeatedWorkerFaults => "repeated_worker_faults",
+            FenceCause::CheckFailed(_) => "check_failed",
+            FenceCause::Operator(_) => "operator",
+        }
+    }
+}
+
+impl std::fmt::Display for FenceCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FenceCause::AgentLost => write!(f, "agent stream closed without goodbye"),
+            FenceCause::HeartbeatTimeout => write!(f, "heartbeats missing past the timeout"),
+            FenceCause::HealthFatal(r) => write!(f, "fatal health fault: {r}"),
+            FenceCause::RepeatedWorkerFaults => write!(f, "worker kept failing on this node"),
+            FenceCause::CheckFailed(r) => write!(f, "failed bootstrap/health check: {r}"),
+            FenceCause::Operator(r) => write!(f, "fenced by operator: {r}"),
+        }
+    }
+}
+
+/// Where a node is in its lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Joining: the agent said hello; → Bootstrapping when lifecycle scripts are configured,
+    /// → Ready when none are, → Offline if it disconnects first.
+    Joining,
+    /// Bootstrapping: the on-create script runs; → Checking on success, → Fenced on failure.
+    Bootstrapping,
+    /// Checking: the deep health check runs; → Ready on success, → Fenced on failure.
+    Checking,
+    /// Ready: healthy and free; → Allocated by a job, → Offline on disconnect, → Fenced on a fatal fault.
+    Ready,
+    /// Allocated: runs ranks of `job_id`; → Ready when the job lets it go, → Fenced on any node fault.
+    Allocated { job_id: String },
+    /// Offline: a free node whose agent is away; → Joining when it says hello again.
+    Offline,
+    /// Fenced: never handed out again; → Joining (repaired) only when an operator uncordons it,
+    /// → Retired when an operator retires it.
+    Fenced { cause: FenceCause },
+    /// Cordoned by an operator: not handed out; a job already on it keeps running;
+    /// → Joining on uncordon.
+    Cordoned { reason: String },
+    /// Retired: removed from service for good.
+    Retired,
+}
+
+impl NodeState {
+    /// The lower-case name shown to operators.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Bootstrapping => "bootstrapping",
+            NodeState::Checking => "checking",
+            NodeState::Ready => "ready",
+            NodeState::Allocated { .. } => "allocated",
+            NodeState::Offline => "offline",
+            NodeState::Fenced { .. } => "fenced",
+            NodeState::Cordoned { .. } => "cordoned",
+            NodeState::Retired => "retired",
+        }
+    }
+
+    /// True when the node may be given to a job.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, NodeState::Ready)
+    }
+}
+
+/// What can happen to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The agent said hello. `scripts` tells whether bootstrap/check scripts are configured.
+    Hello { scripts: bool },
+    /// The bootstrap script succeeded.
+    Bootstrapped,
+    /// The deep health check passed.
+    CheckPassed,
+    /// A job took the node.
+    Allocate { job_id: String },
+    /// The job let the node go.
+    Release,
+    /// The agent went away (stream closed or heartbeats missing).
+    Disconnected,
+    /// The node must be fenced.
+    Fence(FenceCause),
+    /// An operator cordoned it.
+    Cordon { reason: String },
+    /// An operator uncordoned (repaired) it.
+    Uncordon,
+    /// An operator retired it.
+    Retire,
+}
+
+/// A move the lifecycle does not allow; the state is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node cannot go from {from} on {event}")]
+pub struct InvalidTransition {
+    pub from: &'static str,
+    pub event: String,
+}
+
+/// The node lifecycle's one step function: the next state, or why the move is illegal.
+pub fn step(state: &NodeState, event: &NodeEvent) -> Result<NodeState, InvalidTransition> {
+    use NodeEvent as E;
+    use NodeState as S;
+    let next = match (state, event) {
+        // A node that comes back stays fenced, cordoned or retired: only an operator clears those.
+        (S::Fenced { .. } | S::Cordoned { .. } | S::Retired, E::Hello { .. }) => state.clone(),
+        (S::Allocated { .. }, E::Hello { .. }) => state.clone(),
+        (_, E::Hello { scripts: true }) => S::Bootstrapping,
+        (_, E::Hello { scripts: false }) => S::Ready,
+        (S::Bootstrapping, E::Bootstrapped) => S::Checking,
+        (S::Checking, E::CheckPassed) => S::Ready,
+        (S::Ready, E::Allocate { job_id }) => S::Allocated {
+            job_id: job_id.clone(),
+        },
+        (S::Allocated { .. }, E::Release) => S::Ready,
+        // A cordoned node keeps running its job; releasing leaves it cordoned.
+        (S::Cordoned { .. } | S::Fenced { .. } | S::Offline | S::Retired, E::Release) => {
+            state.clone()
+        }
+        (S::Allocated { .. }, E::Disconnected) => S::Fenced {
+            cause: FenceCause::AgentLost,
+        },
+        (S::Joining | S::Bootstrapping | S::Checking | S::Ready, E::Disconnected) => S::Offline,
+        (S::Offline | S::Fenced { .. } | S::Cordoned { .. } | S::Retired, E::Disconnected) => {
+            state.clone()
+        }
+        (S::Retired, E::Fence(_)) => state.clone(),
+        // The first cause is kept: it is the one the incident was opened for.
+        (S::Fenced { .. }, E::Fence(_)) => state.clone(),
+        (_, E::Fence(cause)) => S::Fenced {
+            cause: cause.clone(),
+        },
+        (S::Retired, E::Cordon { .. }) => state.clone(),
+        (S::Fenced { .. }, E::Cordon { .. }) => state.clone(),
+        (_, E::Cordon { reason }) => S::Cordoned {
+            reason: reason.clone(),
+        },
+        (S::Fenced { .. } | S::Cordoned { .. }, E::Uncordon) => S::Joining,
+        (S::Fenced { .. } | S::Offline | S::Cordoned { .. } | S::Ready, E::Retire) => S::Retired,
+        (from, event) => {
+            return Err(InvalidTransition {
+                from: from.name(),
+                event: format!("{event:?}"),
+            })
+        }
+    };
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fenced() -> NodeState {
+        NodeState::Fenced {
+            cause: FenceCause::AgentLost,
+        }
+    }
+
+    fn allocated() -> NodeState {
+        NodeState::Allocated { job_id: "j".into() }
+    }
+
+    fn cordoned() -> NodeState {
+        NodeState::Cordoned { reason: "r".into() }
+    }
+
+    #[test]
+    fn hello_without_scripts_makes_a_node_ready() {
+        for from in [NodeState::Joining, NodeState::Offline, NodeState::Ready] {
+            assert_eq!(
+                step(&from, &NodeEvent::Hello { scripts: false }),
+                Ok(NodeState::Ready)
+            );
+        }
+    }
+
+    #[test]
+    fn hello_with_scripts_bootstraps_then_checks_then_ready() {
+        let s = step(&NodeState::Offline, &NodeEvent::Hello { scripts: true }).unwrap();
+        assert_eq!(s, NodeState::Bootstrapping);
+        let s = step(&s, &NodeEvent::Bootstrapped).unwrap();
+        assert_eq!(s, NodeState::Checking);
+        assert_eq!(step(&s, &NodeEvent::CheckPassed), Ok(NodeState::Ready));
+    }
+
+    #[test]
+    fn fenced_cordoned_retired_and_allocated_nodes_keep_their_state_on_hello() {
+        for from in [fenced(), cordoned(), NodeState::Retired, allocated()] {
+            assert_eq!(step(&from, &NodeEvent::Hello { scripts: false }), Ok(from));
+        }
+    }
+
+    #[test]
+    fn allocate_and_release() {
+        let s = step(
+            &NodeState::Ready,
+            &NodeEvent::Allocate { job_id: "j".into() },
+        )
+        .unwrap();
+        assert_eq!(s, allocated());
+        assert_eq!(step(&s, &NodeEvent::Release), Ok(NodeState::Ready));
+    }
+
+    #[test]
+    fn only_ready_nodes_can_be_allocated() {
+        for from in [
+            NodeState::Joining,
+            NodeState::Bootstrapping,
+            NodeState::Checking,
+            NodeState::Offline,
+            fenced(),
+            cordoned(),
+            NodeState::Retired,
+            allocated(),
+        ] {
+            assert!(step(&from, &NodeEvent::Allocate { job_id: "k".into() }).is_err());
+        }
+    }
+
+    #[test]
+    fn release_keeps_fenced_cordoned_offline_and_retired_nodes_out() {
+        for from in [fenced(), cordoned(), NodeState::Offline, NodeState::Retired] {
+            assert_eq!(step(&from, &NodeEvent::Release), Ok(from));
+        }
+        assert!(step(&NodeState::Ready, &NodeEvent::Release).is_err());
+    }
+
+    #[test]
+    fn disconnect_fences_an_allocated_node_and_idles_a_free_one() {
+        assert_eq!(step(&allocated(), &NodeEvent::Disconnected), Ok(fenced()));
+        for from in [
+            NodeState::Joining,
+            NodeState::Bootstrapping,
+            NodeState::Checking,
+            NodeState::Ready,
+        ] {
+            assert_eq!(
+                step(&from, &NodeEvent::Disconnected),
+                Ok(NodeState::Offline)
+            );
+        }
+        for from in [NodeState::Offline, fenced(), cordoned(), NodeState::Retired] {
+            assert_eq!(step(&from, &NodeEvent::Disconnected), Ok(from));
+        }
+    }
+
+    #[test]
+    fn fence_keeps_the_first_cause() {
+        let cause = FenceCause::HealthFatal("xid 79".into());
+        let s = step(&allocated(), &NodeEvent::Fence(cause.clone())).unwrap();
+        assert_eq!(
+            s,
+            NodeState::Fenced {
+                cause: cause.clone()
+            }
+        );
+        let again = step(&s, &NodeEvent::Fence(FenceCause::HeartbeatTimeout)).unwrap();
+        assert_eq!(again, NodeState::Fenced { cause });
+        assert_eq!(
+            step(&NodeState::Retired, &NodeEvent::Fence(FenceCause::AgentLost)),
+            Ok(NodeState::Retired)
+        );
+    }
+
+    #[test]
+    fn bootstrap_and_check_failures_fence() {
+        for from in [NodeState::Bootstrapping, NodeState::Checking] {
+            let cause = FenceCause::CheckFailed("exit 1".into());
+            assert_eq!(
+                step(&from, &NodeEvent::Fence(cause.clone())),
+                Ok(NodeState::Fenced { cause })
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_order_script_results_are_refused() {
+        assert!(step(&NodeState::Ready, &NodeEvent::Bootstrapped).is_err());
+        assert!(step(&NodeState::Bootstrapping, &NodeEvent::CheckPassed).is_err());
+    }
+
+    #[test]
+    fn cordon_and_uncordon() {
+        let s = step(
+            &NodeState::Ready,
+            &NodeEvent::Cordon {
+                reason: "maintenance".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            NodeState::Cordoned {
+                reason: "maintenance".into()
+            }
+        );
+        assert_eq!(step(&s, &NodeEvent::Uncordon), Ok(NodeState::Joining));
+        // A fenced node stays fenced (with its cause) when cordoned; uncordon repairs it.
+        assert_eq!(
+            step(&fenced(), &NodeEvent::Cordon { reason: "x".into() }),
+            Ok(fenced())
+        );
+        assert_eq!(step(&fenced(), &NodeEvent::Uncordon), Ok(NodeState::Joining));
+        assert!(step(&NodeState::Ready, &NodeEvent::Uncordon).is_err());
+    }
+
+    #[test]
+    fn retire() {
+        for from in [fenced(), NodeState::Offline, cordoned(), NodeState::Ready] {
+            assert_eq!(step(&from, &NodeEvent::Retire), Ok(NodeState::Retired));
+        }
+        assert!(step(&allocated(), &NodeEvent::Retire).is_err());
+    }
+}

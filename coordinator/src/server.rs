@@ -1,0 +1,423 @@
+//! The coordinator's async shell: gRPC services over real sockets, the failure detector's ticker,
+//! and the executor of the core's effects. Decisions are made in [`crate::cluster`]; this module
+//! only moves bytes and time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::Stream;
+use holdfast_proto::v1 as pb;
+use pb::agent_message::Body as FromAgent;
+use pb::agent_service_server::{AgentService, AgentServiceServer};
+use pb::operator_service_server::{OperatorService, OperatorServiceServer};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::checkpoint::CheckpointStore;
+use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
+use crate::config::CoordinatorConfig;
+use crate::error::CoordinatorError;
+use crate::{now_ms, UnixMillis};
+
+type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
+
+/// A live agent stream.
+struct AgentConn {
+    conn: u64,
+    tx: ToAgentTx,
+    /// Notified to make the reader drop the stream (heartbeat timeout).
+    close: Arc<Notify>,
+}
+
+/// The running coordinator: the core behind a lock, the live agent streams, the event bus.
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cluster: Mutex<Cluster>,
+    agents: Mutex<HashMap<String, AgentConn>>,
+    events: broadcast::Sender<pb::Event>,
+    next_conn: AtomicU64,
+    hello_timeout: Duration,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Coordinator {
+        let (events, _) = broadcast::channel(4096);
+        Coordinator {
+            shared: Arc::new(Shared {
+                hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+                cluster: Mutex::new(Cluster::new(config)),
+                agents: Mutex::new(HashMap::new()),
+                events,
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The core, locked. A poisoned lock (a panic elsewhere) is taken over: the core's state is
+    /// only changed by whole steps, so it is still consistent.
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.shared.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
+        self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to the event bus.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Runs `f` on the core with the current time and carries out its effects while the core is
+    /// still locked, so commands reach each agent in the order they were decided.
+    fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
+        let mut cluster = self.cluster();
+        let (value, effects) = f(&mut cluster, now_ms());
+        self.execute(effects);
+        value
+    }
+
+    fn execute(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send { node, message } => {
+                    let agents = self.agents();
+                    match agents.get(&node) {
+                        Some(agent) => {
+                            let msg = pb::CoordinatorMessage { body: Some(message) };
+                            if agent.tx.send(Ok(msg)).is_err() {
+                                tracing::warn!(node, "agent stream already closed; command dropped");
+                            }
+                        }
+                        None => tracing::warn!(node, "agent not connected; command dropped"),
+                    }
+                }
+                Effect::Disconnect { node, reason } => {
+                    if let Some(agent) = self.agents().remove(&node) {
+                        tracing::warn!(node, "closing agent stream: {reason}");
+                        // Tell the agent why before the stream goes.
+                        let _ = agent.tx.send(Err(Status::unavailable(reason)));
+                        agent.close.notify_one();
+                    }
+                }
+                Effect::ResolveCheckpoint { job_id, uri, fenced } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let result = if uri.is_empty() {
+                            Ok(None)
+                        } else {
+                            match CheckpointStore::open(&uri) {
+                                Ok(store) => store.resolve_latest(&fenced).await.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        };
+                        match &result {
+                            Ok(Some(c)) => tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri),
+                            Ok(None) => tracing::info!(job = job_id, "no complete checkpoint; fresh start"),
+                            Err(e) => tracing::warn!(job = job_id, "checkpoint resolution failed: {e}"),
+                        }
+                        this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
+                    });
+                }
+                Effect::Publish(event) => {
+                    if event.kind != "progress" {
+                        tracing::info!(target: "holdfast::event", "{}", event.message);
+                    }
+                    // No subscribers is fine.
+                    let _ = self.shared.events.send(event);
+                }
+            }
+        }
+    }
+
+    /// Runs the failure detector's clock until the process ends.
+    fn spawn_ticker(&self, tick: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                this.with_core(|c, now| ((), c.tick(now)));
+            }
+        });
+    }
+
+    fn handle_agent_message(&self, node: &str, body: FromAgent) {
+        match body {
+            FromAgent::Hello(_) => tracing::warn!(node, "second hello on one stream ignored"),
+            FromAgent::Heartbeat(hb) => {
+                self.with_core(|c, now| ((), c.heartbeat(node, hb.sent_unix_ms, hb.health, now)));
+            }
+            FromAgent::HealthReport(r) => {
+                if let Some(health) = r.health {
+                    self.with_core(|c, now| ((), c.health_report(node, health, now)));
+                }
+            }
+            FromAgent::WorkerEvent(e) => self.with_core(|c, now| ((), c.worker_event(node, e, now))),
+            FromAgent::Progress(p) => self.with_core(|c, now| ((), c.progress(node, p, now))),
+            FromAgent::CommandResult(r) => {
+                tracing::info!(node, command = r.command_id, ok = r.ok, "command result: {}", r.message);
+            }
+            FromAgent::Goodbye(g) => {
+                tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
+                self.with_core(|c, now| ((), c.goodbye(node, g.restarting, now)));
+            }
+        }
+    }
+}
+
+fn decode_hello(h: pb::Hello) -> Hello {
+    Hello {
+        node_id: h.node_id,
+        hostname: h.hostname,
+        role: if h.role == pb::NodeRole::Spare as i32 { Role::Spare } else { Role::Worker },
+        address: h.advertise_address,
+        boot_id: h.boot_id,
+        agent_version: h.agent_version,
+        gpus: h
+            .gpus
+            .into_iter()
+            .map(|g| GpuInfo {
+                index: g.index,
+                uuid: g.uuid,
+                name: g.name,
+                memory_bytes: g.memory_bytes,
+            })
+            .collect(),
+        sent_at: h.sent_unix_ms,
+        worker: h
+            .worker
+            .filter(|w| !w.job_id.is_empty())
+            .map(|w| (w.job_id, w.generation, w.pid, w.running)),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Coordinator {
+    type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let timeout = self.shared.hello_timeout;
+        let first = match tokio::time::timeout(timeout, inbound.message()).await {
+            Err(_) => {
+                let e = CoordinatorError::NoHello(timeout.as_millis() as u64);
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
+            Ok(Err(status)) => {
+                let e = CoordinatorError::BadMessage(status.message().to_string());
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
+            Ok(Ok(Some(msg))) => msg,
+        };
+        let Some(FromAgent::Hello(hello)) = first.body else {
+            let e = CoordinatorError::BadMessage("the first message of a session must be hello".into());
+            tracing::warn!(peer, "refused agent stream: {e}");
+            return Err(e.into());
+        };
+        let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let close = Arc::new(Notify::new());
+        let node = {
+            let mut cluster = self.cluster();
+            let (welcome, effects) = match cluster.hello(conn, decode_hello(hello), now_ms()) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::warn!(peer, "refused agent stream: {e}");
+                    return Err(e.into());
+                }
+            };
+            let node = welcome.node_id.clone();
+            let welcome = pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Welcome(welcome)),
+            };
+            // The receiver is alive: it is returned below.
+            let _ = tx.send(Ok(welcome));
+            self.agents().insert(
+                node.clone(),
+                AgentConn {
+                    conn,
+                    tx,
+                    close: close.clone(),
+                },
+            );
+            self.execute(effects);
+            node
+        };
+        tracing::info!(node, peer, conn, "agent session open");
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = close.notified() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(pb::AgentMessage { body: Some(body) })) => this.handle_agent_message(&node, body),
+                        Ok(Some(_)) => tracing::warn!(node, "empty agent message ignored"),
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(node, "agent stream broke: {}", status.message());
+                            break;
+                        }
+                    }
+                }
+            }
+            {
+                let mut agents = this.agents();
+                if agents.get(&node).is_some_and(|a| a.conn == conn) {
+                    agents.remove(&node);
+                }
+            }
+            tracing::info!(node, conn, "agent session closed");
+            this.with_core(|c, now| ((), c.disconnected(&node, conn, now)));
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for Coordinator {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("invalid job spec: spec is missing"))?;
+        let result = self.with_core(|c, now| match c.submit(spec, now) {
+            Ok((job, fx)) => (Ok(job), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        match result {
+            Ok(job) => Ok(Response::new(job)),
+            Err(e) => {
+                tracing::warn!("job refused: {e}");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let cluster = self.cluster();
+        let job = if id.is_empty() {
+            cluster.jobs.values().max_by_key(|j| j.submitted_at)
+        } else {
+            cluster.jobs.get(&id)
+        };
+        job.map(|j| Response::new(cluster.job_view(j)))
+            .ok_or_else(|| CoordinatorError::NoSuchJob(if id.is_empty() { "submitted yet".into() } else { id }).into())
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let cluster = self.cluster();
+        let jobs = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let result = self.with_core(|c, now| match c.stop_job(&id, now) {
+            Ok((job, fx)) => (Ok(job), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let cluster = self.cluster();
+        let nodes = cluster.nodes.values().map(|n| cluster.node_view(n)).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn cordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let result = self.with_core(|c, now| match c.cordon(&r.node_id, &r.reason, now) {
+            Ok((node, fx)) => (Ok(node), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn uncordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let result = self.with_core(|c, now| match c.uncordon(&r.node_id, now) {
+            Ok((node, fx)) => (Ok(node), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        let cluster = self.cluster();
+        let incidents = cluster
+            .incidents
+            .iter()
+            .filter(|i| job_id.is_empty() || i.job_id == job_id)
+            .map(|i| cluster.incident_view(i))
+            .collect();
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let job_id = request.into_inner().job_id;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(move |item| match item {
+            Ok(event) if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id => Some(Ok(event)),
+            Ok(_) => None,
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::Event {
+                at_unix_ms: now_ms(),
+                kind: "log".into(),
+                message: format!("{n} events dropped: watcher too slow"),
+                ..Default::default()
+            })),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let tick = Duration::from_millis(config.tick_ms);
+    let coordinator = Coordinator::new(config);
+    coordinator.spawn_ticker(tick);
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "coordinator serving");
+    let incoming = TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(AgentServiceServer::new(coordinator.clone()))
+        .add_service(OperatorServiceServer::new(coordinator))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

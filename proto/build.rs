@@ -1,0 +1,8 @@
+//! Compiles `holdfast/v1/holdfast.proto` with a pure-Rust protobuf compiler,
+//! so building holdfast needs no `protoc` on the machine.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=holdfast/v1/holdfast.proto");
+    let fds = protox::compile(["holdfast/v1/holdfast.proto"], ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
