@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test tier of holdfast on a fresh machine: installs what the tests need (each
+# scripts/setup/*.sh is idempotent and fast when already done), then runs the workspace tests
+# (unit + integration + end-to-end). Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HOLDFAST_TEST_STRICT=1          # tests that need an external tool fail instead of skipping
+export HOLDFAST_CACHE="${HOLDFAST_CACHE:-$PWD/target/test-cache}"
+mkdir -p "$HOLDFAST_CACHE"
+
+for setup in scripts/setup/*.sh; do
+  [ -e "$setup" ] || continue
+  echo "== setup: $setup"
+  # shellcheck disable=SC1090
+  source "$setup"
+done
+
+echo "== cargo build"
+cargo build --workspace --all-targets
+echo "== cargo test"
+cargo test --workspace "$@" -- --test-threads="${HOLDFAST_TEST_THREADS:-2}"
