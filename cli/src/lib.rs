@@ -9,8 +9,12 @@
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
+//! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
+//! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
 
 pub mod client;
 pub mod demo;
+pub mod e2e;
 pub mod follow;
+pub mod netns;
 pub mod tables;

@@ -136,7 +136,7 @@ impl CheckpointStore {
                 Some((step, dir))
             })
             .collect();
-        steps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        steps.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         for (step, dir) in steps {
             let marker_path = dir.clone().join(COMPLETE_MARKER);
             let meta = match self.store.head(&marker_path).await {
@@ -154,11 +154,9 @@ impl CheckpointStore {
             };
             let marker = self.read_marker(&marker_path).await?;
             let written_at = meta.last_modified.timestamp_millis();
-            let zombie = marker.generation.and_then(|g| {
-                fenced
-                    .iter()
-                    .find(|f| f.generation == g && written_at > f.fenced_at)
-            });
+            let zombie = marker
+                .generation
+                .and_then(|g| fenced.iter().find(|f| f.generation == g && written_after(written_at, f.fenced_at)));
             if let Some(f) = zombie {
                 tracing::warn!(
                     step,
@@ -194,6 +192,18 @@ impl CheckpointStore {
             })?;
         // An empty or non-JSON marker still marks the checkpoint complete.
         Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+}
+
+/// Whether an object stamped `written_at` may have been written after `fenced_at`. S3 reports
+/// Last-Modified truncated to the second: a marker stamped in the fence's own second may be
+/// later than the fence, and is treated as such (the resolver falls back to an older
+/// checkpoint rather than risk a zombie's).
+fn written_after(written_at: UnixMillis, fenced_at: UnixMillis) -> bool {
+    if written_at.rem_euclid(1000) == 0 {
+        written_at.div_euclid(1000) >= fenced_at.div_euclid(1000)
+    } else {
+        written_at > fenced_at
     }
 }
 
@@ -272,6 +282,17 @@ mod tests {
             store.resolve_latest(&fenced_later).await.unwrap().unwrap().step,
             20
         );
+    }
+
+    #[test]
+    fn second_precision_stamps_in_the_fence_second_count_as_after_it() {
+        // 12:00:05.000 (truncated) vs a fence at 12:00:05.400: maybe written after it.
+        assert!(written_after(5_000, 5_400));
+        assert!(!written_after(4_000, 5_400));
+        assert!(written_after(6_000, 5_400));
+        // Millisecond stamps are compared as they are.
+        assert!(!written_after(5_399, 5_400));
+        assert!(written_after(5_401, 5_400));
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl Cluster {
             replacement_timeout_ms: self.config.replacement_timeout_ms,
             resolve_retry_ms: self.config.checkpoint_resolve_retry_ms,
             resolve_attempts: self.config.checkpoint_resolve_attempts,
+            startup_grace_ms: self.config.startup_grace_ms,
         }
     }
 

@@ -33,6 +33,11 @@ pub struct CoordinatorConfig {
     pub checkpoint_resolve_attempts: u32,
     /// Delay between those attempts.
     pub checkpoint_resolve_retry_ms: u64,
+    /// A new generation's rank may stay silent this long before its first progress (process
+    /// start, framework imports, rendezvous, checkpoint load) without counting as stalled; the
+    /// job's stall timeout applies once it reports progress. 0 = the stall timeout from the
+    /// start.
+    pub startup_grace_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +55,7 @@ impl Default for CoordinatorConfig {
             tick_ms: 100,
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
+            startup_grace_ms: 60_000,
         }
     }
 }

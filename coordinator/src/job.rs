@@ -195,6 +195,10 @@ pub struct Rank {
     pub last_step: u64,
     /// Launch time until the first progress, then the time of the last progress.
     pub last_progress_at: UnixMillis,
+    /// The rank reported progress in the current generation: until then it is starting up
+    /// (imports, rendezvous, checkpoint load) and gets `JobLimits::startup_grace_ms`.
+    #[serde(default)]
+    pub progressed: bool,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -208,6 +212,9 @@ pub struct JobLimits {
     pub resolve_retry_ms: u64,
     /// Attempts to read the checkpoint store before the job fails.
     pub resolve_attempts: u32,
+    /// A rank that has not reported progress in its generation yet counts as stalled only
+    /// after the larger of this and the job's stall timeout.
+    pub startup_grace_ms: u64,
 }
 
 /// A job and everything the coordinator knows about its run.
@@ -313,6 +320,7 @@ impl Job {
                 needs_node: false,
                 last_step: 0,
                 last_progress_at: now,
+                progressed: false,
             })
             .collect();
         Job {
@@ -399,9 +407,10 @@ fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx
             }
             if let Some(rank) = job.rank_of(&node) {
                 let r = &mut job.ranks[rank];
-                if s != r.last_step || !r.started {
+                if s != r.last_step || !r.started || !r.progressed {
                     r.last_progress_at = now;
                 }
+                r.progressed = true;
                 r.last_step = s;
                 job.step = job.step.max(s);
                 fx.push(JobEffect::Incident(IncidentEvent::Progress {
@@ -509,6 +518,7 @@ fn on_resolved(
                 r.started = false;
                 r.exited = None;
                 r.last_progress_at = now;
+                r.progressed = false;
             }
             job.resumed_from = resume.clone();
             job.state = JobState::Launching;
@@ -675,7 +685,15 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
             let stalled = job.ranks.iter().find_map(|r| {
                 let idle = (now - r.last_progress_at).max(0) as u64;
-                (r.exited.is_none() && idle >= job.spec.stall_timeout_ms).then(|| (r.node.clone(), idle))
+                let limit = if r.progressed {
+                    job.spec.stall_timeout_ms
+                } else {
+                    job.spec.stall_timeout_ms.max(limits.startup_grace_ms)
+                };
+                // A rank past the job's last step is shutting down (process-group teardown,
+                // the launcher's exit barrier): its exit is what comes next, not progress.
+                let finishing = job.spec.total_steps > 0 && r.last_step >= job.spec.total_steps;
+                (r.exited.is_none() && !finishing && idle >= limit).then(|| (r.node.clone(), idle))
             });
             if let Some((node, stalled_ms)) = stalled {
                 on_fault(job, &node, FaultCause::ProgressStalled { stalled_ms }, now, limits, fx);
@@ -736,3 +754,5 @@ fn finish(job: &mut Job, state: JobState, message: String, now: UnixMillis, fx: 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod stall_tests;

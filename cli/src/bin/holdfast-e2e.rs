@@ -1,0 +1,121 @@
+//! `holdfast-e2e`: runs the end-to-end training job on network-namespace hosts with one fault,
+//! under holdfast or (`--baseline`) under plain torchrun, and prints what it measured as one
+//! JSON line. `scripts/bench-e2e.sh` installs what it needs and calls it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use holdfast_cli::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+
+#[derive(Parser)]
+#[command(
+    name = "holdfast-e2e",
+    about = "One training job and one fault on network-namespace hosts"
+)]
+struct Args {
+    /// The fault to inject.
+    #[arg(long, value_enum, default_value_t = E2eFault::HostKill)]
+    fault: E2eFault,
+    /// Plain `torchrun --max-restarts=3` with c10d rendezvous, no holdfast.
+    #[arg(long)]
+    baseline: bool,
+    /// Print only the JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Give up (recovered: false) after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    bound_s: u64,
+    /// Steps of the job.
+    #[arg(long, default_value_t = 60)]
+    steps: u64,
+    /// Logs and agent state go here (default: a fresh temporary directory, removed after).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&args) {
+        Ok(line) => {
+            if !args.json {
+                eprintln!("{}", serde_json::to_string_pretty(&line).unwrap_or_default());
+            }
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("holdfast-e2e: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let holdfast = exe.with_file_name("holdfast");
+    let tools = Tools::from_env(&holdfast).map_err(|e| anyhow::anyhow!(e))?;
+    let keep = args.dir.is_some();
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("holdfast-e2e-{}", std::process::id())));
+    let bound = Duration::from_secs(args.bound_s);
+    let options = JobOptions {
+        steps: args.steps,
+        prefix: format!(
+            "{}-{}",
+            if args.baseline { "baseline" } else { "holdfast" },
+            args.fault.name()
+        ),
+        ..Default::default()
+    };
+    let after_step = options.ckpt_every * 3 + 2;
+    let mut cluster = NetnsCluster::start(tools, &dir, &[])?;
+    let line = if args.baseline {
+        e2e::run_baseline(&mut cluster, &options, args.fault, after_step, bound)?.json()
+    } else {
+        let agent_args: &[&str] = if args.fault == E2eFault::Xid {
+            &["--enable-fault-injection"]
+        } else {
+            &[]
+        };
+        for i in 1..=options.nodes {
+            cluster.start_agent(&format!("node-{i}"), "worker", agent_args)?;
+        }
+        cluster.start_agent("spare-1", "spare", agent_args)?;
+        let spec = cluster.job_spec(&options);
+        let fault = args.fault;
+        let run = cluster.block_on(async {
+            cluster
+                .wait_ready(options.nodes as usize + 1, Duration::from_secs(30))
+                .await?;
+            anyhow::Ok(())
+        })?;
+        run?;
+        // block_on borrows the cluster immutably; run_job needs it mutably, so it gets its own
+        // runtime inside the control namespace.
+        let _inside = cluster.lab.enter(e2e::CONTROL_HOST)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let injection = Injection {
+            fault,
+            after_step,
+            node: None,
+        };
+        let run = runtime.block_on(cluster.run_job(spec, Some(injection), bound, |_, _| {}))?;
+        run.json()
+    };
+    drop(cluster);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(line)
+}

@@ -1,0 +1,890 @@
+//! The end-to-end rig: a holdfast cluster on [`netns`](crate::netns) hosts — the coordinator on
+//! host `control`, a real S3 server (moto) on host `s3`, one agent per training host — running
+//! `examples/train_ddp.py` through real `torchrun` (gloo on CPU) with checkpoints in S3; and the
+//! same job under plain `torchrun --max-restarts=3` without holdfast, for comparison.
+//!
+//! Faults are real: a host's processes SIGKILLed, its cable cut, a training process killed or
+//! SIGSTOPped, a fatal XID written to the agent's fault-injection seam. [`NetnsCluster::run_job`]
+//! injects one at a step and measures detection and recovery from the coordinator's incidents;
+//! [`run_baseline`] measures the same from torchrun's output. The end-to-end tests and
+//! `holdfast-e2e` (behind `scripts/bench-e2e.sh`) both use them.
+//!
+//! Operator calls must come from the control host's namespace: use [`NetnsCluster::block_on`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use holdfast_coordinator::checkpoint::CheckpointStore;
+use holdfast_proto::v1 as pb;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pb::operator_service_client::OperatorServiceClient;
+use tonic::transport::Channel;
+
+use crate::netns::{Lab, IFNAME};
+
+/// The host of the coordinator (and of the test's operator calls).
+pub const CONTROL_HOST: &str = "control";
+/// The host of the S3 server.
+pub const S3_HOST: &str = "s3";
+/// The bucket checkpoints go to.
+pub const BUCKET: &str = "holdfast-e2e";
+const S3_PORT: u16 = 9000;
+const COORDINATOR_PORT: u16 = 7070;
+/// Credentials the S3 server is given (it accepts any; the clients sign with these).
+const S3_KEY: &str = "holdfast";
+const S3_SECRET: &str = "holdfast-secret";
+
+/// The repository's `examples/` directory (the training script and torchrun wrapper).
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples")
+}
+
+/// The external programs the rig runs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub holdfast: PathBuf,
+    /// Python of the virtualenv with torch and boto3.
+    pub python: PathBuf,
+    pub torchrun: PathBuf,
+    /// `moto_server`.
+    pub s3_server: PathBuf,
+}
+
+impl Tools {
+    /// Finds them through the variables `scripts/setup/40-torch.sh` and `41-s3.sh` export;
+    /// the error says what is missing.
+    pub fn from_env(holdfast: &Path) -> Result<Tools, String> {
+        let var = |name: &str| -> Result<PathBuf, String> {
+            let value = std::env::var_os(name)
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{name} is not set (source scripts/setup/40-torch.sh and 41-s3.sh)"))?;
+            if !value.exists() {
+                return Err(format!("{name}={} does not exist", value.display()));
+            }
+            Ok(value)
+        };
+        crate::netns::available()?;
+        Ok(Tools {
+            holdfast: holdfast.to_path_buf(),
+            python: var("HOLDFAST_TORCH_PYTHON")?,
+            torchrun: var("HOLDFAST_TORCHRUN")?,
+            s3_server: var("HOLDFAST_S3_SERVER")?,
+        })
+    }
+}
+
+/// The training job's shape.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub nodes: u32,
+    pub steps: u64,
+    pub step_time_s: f64,
+    pub ckpt_every: u64,
+    pub stall_timeout_s: f64,
+    pub restart_budget: u32,
+    /// Key prefix of the job's checkpoints inside [`BUCKET`].
+    pub prefix: String,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            nodes: 2,
+            steps: 40,
+            step_time_s: 0.25,
+            ckpt_every: 5,
+            // Steps take 0.25 s; start-up (torch imports, rendezvous) is covered by the
+            // coordinator's startup grace, not by this.
+            stall_timeout_s: 6.0,
+            restart_budget: 3,
+            prefix: "run".into(),
+        }
+    }
+}
+
+/// The faults the rig injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum E2eFault {
+    /// SIGKILL every process of the host (agent, torchrun, training).
+    HostKill,
+    /// Unplug the host's cable: it and its processes live on, cut off.
+    HostPartition,
+    /// SIGKILL the host's training process (torchrun and the agent live on).
+    WorkerKill,
+    /// SIGSTOP the host's training process: it hangs.
+    WorkerHang,
+    /// A fatal XID (79, fallen off the bus) through the agent's fault-injection seam.
+    Xid,
+}
+
+impl E2eFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            E2eFault::HostKill => "host-kill",
+            E2eFault::HostPartition => "host-partition",
+            E2eFault::WorkerKill => "worker-kill",
+            E2eFault::WorkerHang => "worker-hang",
+            E2eFault::Xid => "xid",
+        }
+    }
+}
+
+/// A training process of a host: the python running `train_ddp.py` (not torchrun).
+fn training_pid(pids: &[i32]) -> Option<i32> {
+    pids.iter().copied().find(|pid| {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.iter().any(|a| a.ends_with("train_ddp.py")) && !args.iter().any(|a| a.contains("torchrun"))
+    })
+}
+
+/// What one run with a fault measured.
+#[derive(Debug, Clone)]
+pub struct FaultRun {
+    pub fault: E2eFault,
+    pub victim: String,
+    /// Unix ms of the injection.
+    pub fault_at: i64,
+    /// The job's step when the fault was injected.
+    pub fault_step: u64,
+    /// The newest complete checkpoint in S3 when the fault was injected.
+    pub checkpoint_at_fault: Option<u64>,
+    /// The job at its end (or at the deadline).
+    pub job: pb::Job,
+    pub incidents: Vec<pb::Incident>,
+    /// Job messages seen while it ran, in order (e.g. "waiting for a replacement…").
+    pub messages: Vec<String>,
+}
+
+impl FaultRun {
+    /// The first incident opened at or after the fault.
+    pub fn incident(&self) -> Option<&pb::Incident> {
+        self.incidents
+            .iter()
+            .find(|i| i.detected_unix_ms >= self.fault_at - 1000)
+    }
+
+    pub fn detect_s(&self) -> Option<f64> {
+        self.incident()
+            .filter(|i| i.detected_unix_ms > 0)
+            .map(|i| (i.detected_unix_ms - self.fault_at) as f64 / 1000.0)
+    }
+
+    /// Fault → the job's first step past the checkpoint it resumed from.
+    pub fn first_step_after_fault_s(&self) -> Option<f64> {
+        self.incident()
+            .filter(|i| i.resumed_unix_ms > 0)
+            .map(|i| (i.resumed_unix_ms - self.fault_at) as f64 / 1000.0)
+    }
+
+    pub fn recovered(&self) -> bool {
+        self.job.state == "succeeded" && self.first_step_after_fault_s().is_some()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        bench_json(
+            "holdfast",
+            self.fault,
+            self.detect_s(),
+            self.first_step_after_fault_s(),
+            self.recovered(),
+        )
+    }
+}
+
+/// The line `scripts/bench-e2e.sh` prints.
+pub fn bench_json(
+    mode: &str,
+    fault: E2eFault,
+    detect_s: Option<f64>,
+    first_step_s: Option<f64>,
+    recovered: bool,
+) -> serde_json::Value {
+    let round = |v: Option<f64>| v.map(|s| (s * 1000.0).round() / 1000.0);
+    serde_json::json!({
+        "mode": mode,
+        "fault": fault.name(),
+        "detect_s": round(detect_s),
+        "first_step_after_fault_s": round(first_step_s),
+        "recovered": recovered,
+    })
+}
+
+/// When and where a run injects its fault.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    pub fault: E2eFault,
+    /// Inject once the job passed this step and a complete checkpoint exists.
+    pub after_step: u64,
+    /// The victim; `None` = the job's last node (not the rendezvous host).
+    pub node: Option<String>,
+}
+
+/// A coordinator, an S3 server and agents on netns hosts. Dropping it stops them all and tears
+/// the hosts down.
+pub struct NetnsCluster {
+    pub dir: PathBuf,
+    pub tools: Tools,
+    pub coordinator_url: String,
+    pub s3_endpoint: String,
+    coordinator: Option<Child>,
+    s3: Option<Child>,
+    agents: BTreeMap<String, Child>,
+    pub lab: Lab,
+}
+
+impl NetnsCluster {
+    /// Creates the hosts `control` and `s3`, starts the S3 server with the bucket, and the
+    /// coordinator with `coordinator_args`. `dir` holds logs and agent state.
+    pub fn start(tools: Tools, dir: &Path, coordinator_args: &[&str]) -> anyhow::Result<NetnsCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab::create()?;
+        let control = lab.add_host(CONTROL_HOST)?;
+        let s3 = lab.add_host(S3_HOST)?;
+        let mut cluster = NetnsCluster {
+            dir: dir.to_path_buf(),
+            tools,
+            coordinator_url: format!("http://{}:{COORDINATOR_PORT}", control.addr),
+            s3_endpoint: format!("http://{}:{S3_PORT}", s3.addr),
+            coordinator: None,
+            s3: None,
+            agents: BTreeMap::new(),
+            lab,
+        };
+        let log = cluster.log_file("s3")?;
+        let child = cluster
+            .lab
+            .command(S3_HOST, &cluster.tools.s3_server)?
+            .args(["-H", &s3.addr.to_string(), "-p", &S3_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the S3 server")?;
+        cluster.s3 = Some(child);
+        cluster.create_bucket()?;
+
+        let addr_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = cluster.log_file("coordinator")?;
+        let child = cluster
+            .lab
+            .command(CONTROL_HOST, &cluster.tools.holdfast)?
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("{}:{COORDINATOR_PORT}", control.addr),
+                "--addr-file",
+            ])
+            .arg(&addr_file)
+            .args(coordinator_args)
+            .envs(cluster.s3_env())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the coordinator")?;
+        cluster.coordinator = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n')) {
+            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "the coordinator exited at start ({status}); see {}/coordinator.log",
+                    dir.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the coordinator did not start within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    fn log_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        let path = self.dir.join(format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// The variables S3 clients need: object_store (coordinator) and boto3 (training) both read
+    /// them.
+    pub fn s3_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.s3_endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", S3_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Runs a python snippet with boto3 on the control host.
+    pub fn boto3(&self, code: &str) -> anyhow::Result<String> {
+        let out = self
+            .lab
+            .command(CONTROL_HOST, &self.tools.python)?
+            .args(["-c", &format!("import boto3\ns3 = boto3.client('s3')\n{code}")])
+            .envs(self.s3_env())
+            .stdin(Stdio::null())
+            .output()
+            .context("running python with boto3")?;
+        if !out.status.success() {
+            bail!("boto3: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates [`BUCKET`] (object_store cannot), retrying while the server starts.
+    fn create_bucket(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.boto3(&format!("s3.create_bucket(Bucket='{BUCKET}')")) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!(
+                        "the S3 server did not answer within 60 s; see {}/s3.log",
+                        self.dir.display()
+                    )))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+
+    /// The checkpoint store of `prefix` in [`BUCKET`], as the coordinator opens it (call from
+    /// the control host's namespace, e.g. inside [`NetnsCluster::block_on`]).
+    pub fn checkpoint_store(&self, prefix: &str) -> anyhow::Result<CheckpointStore> {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(&self.s3_endpoint)
+            .with_access_key_id(S3_KEY)
+            .with_secret_access_key(S3_SECRET)
+            .with_region("us-east-1")
+            .with_allow_http(true)
+            .build()
+            .context("building the S3 client")?;
+        Ok(CheckpointStore::with_store(
+            Arc::new(store),
+            prefix,
+            &format!("s3://{BUCKET}/{prefix}"),
+        ))
+    }
+
+    /// Adds host `node` (unless it exists) and starts its agent with `role` and `extra` flags.
+    pub fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let host = match self.lab.host(node) {
+            Ok(host) => host.clone(),
+            Err(_) => self.lab.add_host(node)?,
+        };
+        let state = self.state_dir(node);
+        std::fs::create_dir_all(&state)?;
+        let log = self.log_file(node)?;
+        let child = self
+            .lab
+            .command(node, &self.tools.holdfast)?
+            .args([
+                "agent",
+                "--coordinator",
+                &self.coordinator_url,
+                "--node-id",
+                node,
+                "--role",
+                role,
+            ])
+            .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting the agent of {node}"))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+
+    /// The job spec that runs `train_ddp.py` through torchrun on every host.
+    pub fn job_spec(&self, options: &JobOptions) -> pb::JobSpec {
+        let examples = examples_dir();
+        let mut command: Vec<String> = vec![
+            examples.join("torchrun_host.sh").display().to_string(),
+            self.tools.torchrun.display().to_string(),
+        ];
+        command.extend(
+            [
+                "--nnodes={nnodes}",
+                "--node-rank={node_rank}",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                "--rdzv-endpoint={rdzv_endpoint}",
+                "--rdzv-id={rdzv_id}",
+                "--local-addr={local_addr}",
+                // holdfast restarts the job; torchrun must hand every failure up at once.
+                "--max-restarts=0",
+                "--monitor-interval=0.1",
+            ]
+            .map(String::from),
+        );
+        command.push(examples.join("train_ddp.py").display().to_string());
+        command.extend([
+            "--steps".into(),
+            options.steps.to_string(),
+            "--step-time".into(),
+            options.step_time_s.to_string(),
+            "--ckpt-every".into(),
+            options.ckpt_every.to_string(),
+        ]);
+        let mut env: std::collections::HashMap<String, String> = self.s3_env().into_iter().collect();
+        env.insert("GLOO_SOCKET_IFNAME".into(), IFNAME.into());
+        env.insert("OMP_NUM_THREADS".into(), "1".into());
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        pb::JobSpec {
+            command,
+            nodes: options.nodes,
+            checkpoint_uri: format!("s3://{BUCKET}/{}", options.prefix),
+            stall_timeout_s: options.stall_timeout_s,
+            restart_budget: options.restart_budget,
+            total_steps: options.steps,
+            env,
+            ..Default::default()
+        }
+    }
+
+    /// Runs `future` on this thread inside the control host's namespace (where the
+    /// coordinator and the S3 server can be reached).
+    pub fn block_on<F: Future>(&self, future: F) -> anyhow::Result<F::Output> {
+        let _inside = self.lab.enter(CONTROL_HOST)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a runtime")?;
+        Ok(runtime.block_on(future))
+    }
+
+    pub async fn client(&self) -> anyhow::Result<OperatorServiceClient<Channel>> {
+        crate::client::connect(&self.coordinator_url).await
+    }
+
+    /// Waits until `count` nodes are connected and ready.
+    pub async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(mut client) = self.client().await {
+                if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
+                    let ready = nodes
+                        .into_inner()
+                        .nodes
+                        .iter()
+                        .filter(|n| n.connected && n.state == "ready")
+                        .count();
+                    if ready >= count {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("fewer than {count} nodes ready after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Injects `fault` on `node`.
+    pub fn inject(&mut self, fault: E2eFault, node: &str) -> anyhow::Result<String> {
+        match fault {
+            E2eFault::HostKill => {
+                let n = self.lab.kill_processes(node)?;
+                if let Some(mut child) = self.agents.remove(node) {
+                    let _ = child.wait();
+                }
+                Ok(format!("{n} processes SIGKILLed"))
+            }
+            E2eFault::HostPartition => self.lab.cut(node).map(|()| "cable cut".to_string()),
+            E2eFault::WorkerKill | E2eFault::WorkerHang => {
+                let pid =
+                    training_pid(&self.lab.pids(node)?).with_context(|| format!("no training process on {node}"))?;
+                let signal = if fault == E2eFault::WorkerKill {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGSTOP
+                };
+                kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+                Ok(format!("training process {pid} got {signal}"))
+            }
+            E2eFault::Xid => {
+                use std::io::Write;
+                let path = self.state_dir(node).join("inject");
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                writeln!(file, "xid 79").with_context(|| format!("writing {}", path.display()))?;
+                Ok("xid 79 injected".to_string())
+            }
+        }
+    }
+
+    /// Submits `spec`, injects the fault (if any) once the job passed its step with a complete
+    /// checkpoint in S3, and follows the job to its end or `deadline`. Call inside
+    /// [`NetnsCluster::block_on`]. `on_message` sees each new job message (a test adds a spare
+    /// when the job says it waits for one).
+    pub async fn run_job(
+        &mut self,
+        spec: pb::JobSpec,
+        injection: Option<Injection>,
+        deadline: Duration,
+        mut on_message: impl FnMut(&mut NetnsCluster, &pb::Job),
+    ) -> anyhow::Result<FaultRun> {
+        let prefix = spec
+            .checkpoint_uri
+            .strip_prefix(&format!("s3://{BUCKET}/"))
+            .unwrap_or_default()
+            .to_string();
+        let store = self.checkpoint_store(&prefix)?;
+        let mut client = self.client().await?;
+        let job = crate::follow::submit(&mut client, spec).await?;
+        let started = Instant::now();
+        let mut run = FaultRun {
+            fault: injection.as_ref().map_or(E2eFault::HostKill, |i| i.fault),
+            victim: String::new(),
+            fault_at: 0,
+            fault_step: 0,
+            checkpoint_at_fault: None,
+            job: job.clone(),
+            incidents: Vec::new(),
+            messages: Vec::new(),
+        };
+        let mut pending = injection;
+        loop {
+            let current = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job.job_id.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("reading job {}: {}", job.job_id, s.message()))?
+                .into_inner();
+            if !current.message.is_empty() && run.messages.last() != Some(&current.message) {
+                run.messages.push(current.message.clone());
+                on_message(self, &current);
+            }
+            run.job = current.clone();
+            if crate::follow::is_terminal(&current.state) {
+                break;
+            }
+            if started.elapsed() > deadline {
+                break;
+            }
+            let due = pending
+                .as_ref()
+                .is_some_and(|i| current.state == "running" && current.step >= i.after_step);
+            if due {
+                let checkpoint = store.resolve_latest(&[]).await?;
+                if let (Some(checkpoint), Some(injection)) = (checkpoint, pending.take()) {
+                    let victim = injection
+                        .node
+                        .clone()
+                        .or_else(|| current.nodes.last().cloned())
+                        .context("the job has no nodes")?;
+                    run.fault_at = holdfast_coordinator::now_ms();
+                    run.fault_step = current.step;
+                    run.checkpoint_at_fault = Some(checkpoint.step);
+                    let what = self.inject(injection.fault, &victim)?;
+                    tracing::info!(fault = injection.fault.name(), victim, step = current.step, "{what}");
+                    run.victim = victim;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        run.incidents = client
+            .list_incidents(pb::ListIncidentsRequest {
+                job_id: job.job_id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("listing incidents: {}", s.message()))?
+            .into_inner()
+            .incidents;
+        Ok(run)
+    }
+
+    /// The path of a node's log (agent output, worker output included).
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.log"))
+    }
+
+    /// Stops every process and reaps it (the lab's drop deletes the hosts).
+    pub fn shutdown(&mut self) {
+        for host in self.lab.hosts().map(|h| h.name.clone()).collect::<Vec<_>>() {
+            let _ = self.lab.heal(&host);
+            let _ = self.lab.kill_processes(&host);
+        }
+        let children = std::mem::take(&mut self.agents)
+            .into_values()
+            .chain(self.coordinator.take())
+            .chain(self.s3.take());
+        for mut child in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NetnsCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A line of output and when it was read.
+type Line = (Instant, String);
+
+/// Reads `child`'s stdout and stderr into `lines`, each with the time it arrived, and copies
+/// them to `log`.
+fn collect_output(child: &mut Child, lines: &Arc<Mutex<Vec<Line>>>, log: &Path) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let file = Arc::new(Mutex::new(file));
+    let streams: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for stream in streams {
+        let lines = lines.clone();
+        let file = file.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(mut f) = file.lock() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Ok(mut all) = lines.lock() {
+                    all.push((Instant::now(), line));
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// What plain torchrun did with a fault.
+#[derive(Debug, Clone)]
+pub struct BaselineRun {
+    pub fault: E2eFault,
+    pub detect_s: Option<f64>,
+    pub first_step_after_fault_s: Option<f64>,
+    pub recovered: bool,
+}
+
+impl BaselineRun {
+    pub fn json(&self) -> serde_json::Value {
+        bench_json(
+            "baseline",
+            self.fault,
+            self.detect_s,
+            self.first_step_after_fault_s,
+            self.recovered,
+        )
+    }
+}
+
+/// Runs the same job and fault under plain `torchrun --max-restarts=3` with c10d rendezvous on
+/// `options.nodes` hosts of `cluster`'s lab (no agents, no coordinator): the training script
+/// finds its latest complete checkpoint itself (`--resume-latest`). Detection is the first
+/// line of torchrun or the workers reporting an error after the fault; recovery is the first
+/// step printed after a restarted worker resumed.
+pub fn run_baseline(
+    cluster: &mut NetnsCluster,
+    options: &JobOptions,
+    fault: E2eFault,
+    after_step: u64,
+    deadline: Duration,
+) -> anyhow::Result<BaselineRun> {
+    let nodes: Vec<String> = (1..=options.nodes).map(|i| format!("node-{i}")).collect();
+    for node in &nodes {
+        if cluster.lab.host(node).is_err() {
+            cluster.lab.add_host(node)?;
+        }
+    }
+    let rdzv = format!("{}:29400", cluster.lab.host(&nodes[0])?.addr);
+    let lines: Arc<Mutex<Vec<Line>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut children = Vec::new();
+    let spec = cluster.job_spec(options);
+    for (rank, node) in nodes.iter().enumerate() {
+        let addr = cluster.lab.host(node)?.addr.to_string();
+        let mut command = cluster.lab.command(node, &cluster.tools.torchrun)?;
+        command
+            .args([
+                &format!("--nnodes={}", options.nodes),
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                &format!("--rdzv-endpoint={rdzv}"),
+                "--rdzv-id=baseline",
+                &format!("--rdzv-conf=is_host={}", rank == 0),
+                &format!("--local-addr={addr}"),
+                "--max-restarts=3",
+            ])
+            .arg(examples_dir().join("train_ddp.py"))
+            .args([
+                "--steps",
+                &options.steps.to_string(),
+                "--step-time",
+                &options.step_time_s.to_string(),
+                "--ckpt-every",
+                &options.ckpt_every.to_string(),
+                "--checkpoint-uri",
+                &spec.checkpoint_uri,
+                "--resume-latest",
+            ])
+            .envs(spec.env.iter())
+            // The known workaround for torchrun restarts with a shared rendezvous store
+            // (pytorch/pytorch#135712), as a user of torchrun alone would set it.
+            .env("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting torchrun on {node}"))?;
+        collect_output(&mut child, &lines, &cluster.log_path(node))?;
+        children.push(child);
+    }
+    let store = cluster.checkpoint_store(&options.prefix)?;
+    let victim = nodes.last().cloned().context("no nodes")?;
+    let started = Instant::now();
+    let step_re = regex_lite_step;
+    let mut fault_at: Option<(Instant, usize)> = None;
+    let mut result = BaselineRun {
+        fault,
+        detect_s: None,
+        first_step_after_fault_s: None,
+        recovered: false,
+    };
+    loop {
+        let all_exited = children.iter_mut().all(|c| c.try_wait().ok().flatten().is_some());
+        let snapshot: Vec<Line> = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        match fault_at {
+            None => {
+                let step = snapshot.iter().filter_map(|(_, l)| step_re(l)).max().unwrap_or(0);
+                if step >= after_step {
+                    let has_checkpoint = cluster.block_on(store.resolve_latest(&[]))??.is_some();
+                    if has_checkpoint {
+                        fault_at = Some((Instant::now(), snapshot.len()));
+                        if fault == E2eFault::Xid {
+                            // Without holdfast nothing reads the GPU's error stream: the
+                            // fault goes unseen and the job runs on a failed GPU.
+                        } else if fault == E2eFault::HostKill {
+                            cluster.lab.kill_processes(&victim)?;
+                        } else {
+                            cluster.inject(fault, &victim)?;
+                        }
+                    }
+                }
+            }
+            Some((at, from)) => {
+                let after = &snapshot[from.min(snapshot.len())..];
+                if result.detect_s.is_none() {
+                    if let Some((t, _)) = after.iter().find(|(_, l)| is_failure_line(l)) {
+                        result.detect_s = Some(t.duration_since(at).as_secs_f64());
+                    }
+                }
+                if let Some(resumed) = after.iter().position(|(_, l)| l.contains("resumed from")) {
+                    if let Some((t, _)) = after[resumed..].iter().find(|(_, l)| step_re(l).is_some()) {
+                        result.first_step_after_fault_s = Some(t.duration_since(at).as_secs_f64());
+                    }
+                }
+            }
+        }
+        if all_exited || started.elapsed() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let succeeded = children
+        .iter_mut()
+        .all(|c| c.try_wait().ok().flatten().is_some_and(|s| s.success()));
+    result.recovered = fault != E2eFault::Xid && succeeded && result.first_step_after_fault_s.is_some();
+    for node in &nodes {
+        let _ = cluster.lab.heal(node);
+        let _ = cluster.lab.kill_processes(node);
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(result)
+}
+
+/// `step N` in a training output line.
+fn regex_lite_step(line: &str) -> Option<u64> {
+    let rest = line.split("step ").nth(1)?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if line.trim_start().starts_with("step ") || line.contains("]:step ") {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// A line in which torchrun or a worker reports a failure.
+fn is_failure_line(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    [
+        "error",
+        "failed",
+        "exception",
+        "restarting",
+        "connection reset",
+        "closed by peer",
+        "timed out",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_failures_are_recognised() {
+        assert_eq!(regex_lite_step("step 12 loss 3.1"), Some(12));
+        assert_eq!(regex_lite_step("rank 0: done at step 40"), None);
+        assert!(is_failure_line(
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:"
+        ));
+        assert!(!is_failure_line("step 3 loss 1.0"));
+    }
+}
