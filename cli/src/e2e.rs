@@ -1,5 +1,5 @@
 //! The end-to-end rig: a holdfast cluster on [`netns`](crate::netns) hosts — the coordinator on
-//! host `control`, a real S3 server (moto) on host `s3`, one agent per training host — running
+//! host `control`, a real S3 server (s3s-fs) on host `s3`, one agent per training host — running
 //! `examples/train_ddp.py` through real `torchrun` (gloo on CPU) with checkpoints in S3; and the
 //! same job under plain `torchrun --max-restarts=3` without holdfast, for comparison.
 //!
@@ -37,7 +37,7 @@ pub const S3_HOST: &str = "s3";
 pub const BUCKET: &str = "holdfast-e2e";
 const S3_PORT: u16 = 9000;
 const COORDINATOR_PORT: u16 = 7070;
-/// Credentials the S3 server is given (it accepts any; the clients sign with these).
+/// Credentials the S3 server checks signatures with.
 const S3_KEY: &str = "holdfast";
 const S3_SECRET: &str = "holdfast-secret";
 
@@ -53,7 +53,7 @@ pub struct Tools {
     /// Python of the virtualenv with torch and boto3.
     pub python: PathBuf,
     pub torchrun: PathBuf,
-    /// `moto_server`.
+    /// `s3s-fs`.
     pub s3_server: PathBuf,
 }
 
@@ -77,6 +77,22 @@ impl Tools {
             torchrun: var("HOLDFAST_TORCHRUN")?,
             s3_server: var("HOLDFAST_S3_SERVER")?,
         })
+    }
+
+    /// For tests: the tools, or `None` after printing "skipped: <why>" — unless
+    /// HOLDFAST_TEST_STRICT is set (scripts/test.sh sets it), where a missing tool fails the
+    /// test.
+    pub fn for_tests(holdfast: &Path) -> Option<Tools> {
+        match Tools::from_env(holdfast) {
+            Ok(tools) => Some(tools),
+            Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
+                panic!("the end-to-end tier cannot run: {why}")
+            }
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                None
+            }
+        }
     }
 }
 
@@ -263,18 +279,24 @@ impl NetnsCluster {
             agents: BTreeMap::new(),
             lab,
         };
+        // The bucket is a directory of the server's root, made out of band (S3 clients here
+        // cannot create buckets).
+        let bucket = cluster.s3_root().join(BUCKET);
+        std::fs::create_dir_all(&bucket).with_context(|| format!("creating {}", bucket.display()))?;
         let log = cluster.log_file("s3")?;
         let child = cluster
             .lab
             .command(S3_HOST, &cluster.tools.s3_server)?
-            .args(["-H", &s3.addr.to_string(), "-p", &S3_PORT.to_string()])
+            .args(["--host", &s3.addr.to_string(), "--port", &S3_PORT.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(cluster.s3_root())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting the S3 server")?;
         cluster.s3 = Some(child);
-        cluster.create_bucket()?;
+        cluster.wait_for_s3()?;
 
         let addr_file = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -354,26 +376,45 @@ impl NetnsCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Creates [`BUCKET`] (object_store cannot), retrying while the server starts.
-    fn create_bucket(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.boto3(&format!("s3.create_bucket(Bucket='{BUCKET}')")) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(e.context(format!(
-                        "the S3 server did not answer within 60 s; see {}/s3.log",
-                        self.dir.display()
-                    )))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+    /// The S3 server's data: `<root>/<bucket>/<key>` is an object, so a test may lay out many
+    /// objects at once without the API.
+    pub fn s3_root(&self) -> PathBuf {
+        self.dir.join("s3-data")
+    }
+
+    /// Waits until the S3 server accepts connections.
+    fn wait_for_s3(&self) -> anyhow::Result<()> {
+        let _inside = self.lab.enter(CONTROL_HOST)?;
+        let addr: std::net::SocketAddr = self
+            .s3_endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .context("the S3 endpoint is not host:port")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the S3 server did not listen within 30 s; see {}/s3.log",
+                    self.dir.display()
+                );
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// The checkpoint store of `prefix` in [`BUCKET`], as the coordinator opens it (call from
     /// the control host's namespace, e.g. inside [`NetnsCluster::block_on`]).
     pub fn checkpoint_store(&self, prefix: &str) -> anyhow::Result<CheckpointStore> {
+        Ok(CheckpointStore::with_store(
+            self.s3_store()?,
+            prefix,
+            &format!("s3://{BUCKET}/{prefix}"),
+        ))
+    }
+
+    /// An S3 client of [`BUCKET`] (call from the control host's namespace).
+    pub fn s3_store(&self) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_endpoint(&self.s3_endpoint)
@@ -383,11 +424,7 @@ impl NetnsCluster {
             .with_allow_http(true)
             .build()
             .context("building the S3 client")?;
-        Ok(CheckpointStore::with_store(
-            Arc::new(store),
-            prefix,
-            &format!("s3://{BUCKET}/{prefix}"),
-        ))
+        Ok(Arc::new(store))
     }
 
     /// Adds host `node` (unless it exists) and starts its agent with `role` and `extra` flags.

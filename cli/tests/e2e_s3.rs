@@ -1,0 +1,115 @@
+//! End-to-end tier: the coordinator's checkpoint resolver through object_store's S3 client against
+//! a real S3 server (s3s-fs) on a network-namespace host. Needs root and
+//! `scripts/setup/41-s3.sh` (skipped without them unless HOLDFAST_TEST_STRICT=1).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use holdfast_cli::e2e::{NetnsCluster, Tools, BUCKET};
+use holdfast_coordinator::checkpoint::{CheckpointStore, FencedGeneration};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+async fn put(store: &dyn ObjectStore, key: &str, body: &str) {
+    store
+        .put(&ObjectPath::from(key), PutPayload::from(body.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("putting {key}: {e}"));
+}
+
+/// Writes `count` checkpoint directories of `per_dir` objects each straight into the server's
+/// data directory (through the API this would take minutes): `step-N/shard-*` and, except for
+/// the last directory, the `COMPLETE` marker as the last object.
+fn lay_out(root: &Path, prefix: &str, count: u64, per_dir: u64) -> u64 {
+    let mut objects = 0;
+    for step in 1..=count {
+        let dir = root.join(BUCKET).join(prefix).join(format!("step-{step}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let complete = step < count;
+        let shards = if complete { per_dir - 1 } else { per_dir };
+        for shard in 0..shards {
+            std::fs::write(dir.join(format!("shard-{shard}")), b"x").unwrap();
+            objects += 1;
+        }
+        if complete {
+            std::fs::write(dir.join("COMPLETE"), format!(r#"{{"step":{step},"generation":1}}"#)).unwrap();
+            objects += 1;
+        }
+    }
+    objects
+}
+
+#[test]
+fn checkpoints_resolve_through_s3() {
+    let Some(tools) = Tools::for_tests(Path::new(env!("CARGO_BIN_EXE_holdfast"))) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("holdfast-e2e-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = NetnsCluster::start(tools, &dir, &[]).expect("starting the S3 server");
+    let objects = lay_out(&cluster.s3_root(), "big", 1000, 100);
+    assert_eq!(objects, 100_000);
+    // The coordinator opens s3:// URIs from the standard AWS_* variables; this test's process
+    // plays the coordinator.
+    for (key, value) in cluster.s3_env() {
+        std::env::set_var(key, value);
+    }
+    cluster
+        .block_on(async {
+            let s3 = cluster.s3_store().unwrap();
+
+            // The latest complete checkpoint is chosen; a newer partial one is skipped.
+            put(&*s3, "run/step-10/model.pt", "a").await;
+            put(&*s3, "run/step-10/COMPLETE", r#"{"step":10,"generation":1}"#).await;
+            put(&*s3, "run/step-20/model.pt", "b").await;
+            put(&*s3, "run/step-20/COMPLETE", r#"{"step":20,"generation":1}"#).await;
+            put(&*s3, "run/step-30/model.pt", "partial").await;
+            let store = CheckpointStore::open(&format!("s3://{BUCKET}/run")).unwrap();
+            let found = store.resolve_latest(&[]).await.unwrap().expect("a checkpoint");
+            assert_eq!(found.step, 20);
+            assert_eq!(found.uri, format!("s3://{BUCKET}/run/step-20"));
+            assert_eq!(found.generation, Some(1));
+            let empty = CheckpointStore::open(&format!("s3://{BUCKET}/nothing-here")).unwrap();
+            assert_eq!(empty.resolve_latest(&[]).await.unwrap(), None);
+
+            // A checkpoint of a fenced generation written after its fence is never chosen; one
+            // it wrote before the fence is.
+            put(&*s3, "zombie/step-10/COMPLETE", r#"{"step":10,"generation":1}"#).await;
+            let fence = FencedGeneration {
+                generation: 2,
+                fenced_at: holdfast_coordinator::now_ms(),
+            };
+            put(&*s3, "zombie/step-20/model.pt", "written by a cut-off host").await;
+            put(&*s3, "zombie/step-20/COMPLETE", r#"{"step":20,"generation":2}"#).await;
+            let store = CheckpointStore::open(&format!("s3://{BUCKET}/zombie")).unwrap();
+            let found = store.resolve_latest(&[fence]).await.unwrap().expect("a checkpoint");
+            assert_eq!(
+                (found.step, found.generation),
+                (10, Some(1)),
+                "the zombie's step-20 was chosen"
+            );
+            let later_fence = FencedGeneration {
+                generation: 2,
+                fenced_at: holdfast_coordinator::now_ms() + 2_000,
+            };
+            let found = store
+                .resolve_latest(&[later_fence])
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            assert_eq!(found.step, 20, "a checkpoint written before the fence is legitimate");
+
+            // A prefix of 100,000 objects (1,000 checkpoints of 100 objects, the newest
+            // partial) resolves to the newest complete one, in bounded time.
+            let store = CheckpointStore::open(&format!("s3://{BUCKET}/big")).unwrap();
+            let started = Instant::now();
+            let found = store.resolve_latest(&[]).await.unwrap().expect("a checkpoint");
+            let took = started.elapsed();
+            assert_eq!(found.step, 999);
+            println!("resolved a prefix of {objects} objects in {:.3} s", took.as_secs_f64());
+            assert!(took < Duration::from_secs(30), "resolving took {took:?}");
+        })
+        .unwrap();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Side by side: the end-to-end training job (examples/train_ddp.py through torchrun, gloo on CPU,
+# checkpoints in a real S3 server) on network-namespace hosts, with one fault, under holdfast or
+# (--baseline) under plain `torchrun --max-restarts=3` with c10d rendezvous and no holdfast.
+#
+#   scripts/bench-e2e.sh [--fault host-kill|host-partition|worker-kill|worker-hang|xid]
+#                        [--baseline] [--json] [--bound-s N]
+#
+# Prints one JSON line: {"mode", "fault", "detect_s", "first_step_after_fault_s", "recovered"}.
+# A run that has not recovered within the bound (default 600 s) reports recovered: false.
+# Installs what it needs on first use (PyTorch and moto into $HOLDFAST_CACHE). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fault=host-kill
+flags=()
+bound=600
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --fault) fault="${2:?--fault needs a value}"; shift 2 ;;
+    --fault=*) fault="${1#--fault=}"; shift ;;
+    --baseline) flags+=(--baseline); shift ;;
+    --json) flags+=(--json); shift ;;
+    --bound-s) bound="${2:?--bound-s needs a value}"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "bench-e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$fault" in
+  host-kill|host-partition|worker-kill|worker-hang|xid) ;;
+  *) echo "bench-e2e.sh: --fault $fault: use host-kill, host-partition, worker-kill, worker-hang or xid" >&2; exit 2 ;;
+esac
+
+export HOLDFAST_CACHE="${HOLDFAST_CACHE:-$PWD/target/test-cache}"
+mkdir -p "$HOLDFAST_CACHE"
+{
+  # shellcheck disable=SC1091
+  source scripts/setup/40-torch.sh
+  # shellcheck disable=SC1091
+  source scripts/setup/41-s3.sh
+  cargo build -q -p holdfast --bins
+} >&2
+exec target/debug/holdfast-e2e --fault "$fault" --bound-s "$bound" "${flags[@]}"
