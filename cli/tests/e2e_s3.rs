@@ -79,6 +79,9 @@ fn checkpoints_resolve_through_s3() {
                 generation: 2,
                 fenced_at: holdfast_coordinator::now_ms(),
             };
+            // S3 stamps objects to the second: "after the fence" is a later second.
+            let into_next_second = 1_000 - fence.fenced_at.rem_euclid(1_000) + 10;
+            tokio::time::sleep(Duration::from_millis(into_next_second as u64)).await;
             put(&*s3, "zombie/step-20/model.pt", "written by a cut-off host").await;
             put(&*s3, "zombie/step-20/COMPLETE", r#"{"step":20,"generation":2}"#).await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/zombie")).unwrap();

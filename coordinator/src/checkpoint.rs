@@ -195,13 +195,13 @@ impl CheckpointStore {
     }
 }
 
-/// Whether an object stamped `written_at` may have been written after `fenced_at`. S3 reports
-/// Last-Modified truncated to the second: a marker stamped in the fence's own second may be
-/// later than the fence, and is treated as such (the resolver falls back to an older
-/// checkpoint rather than risk a zombie's).
+/// Whether an object stamped `written_at` was written after `fenced_at`. S3 stamps Last-Modified
+/// to the second (truncated), so "after" means in a later second than the fence: a marker
+/// completed within the fence's own second holds state from before the fence and precedes any
+/// write of the next generation, which needs seconds to start.
 fn written_after(written_at: UnixMillis, fenced_at: UnixMillis) -> bool {
     if written_at.rem_euclid(1000) == 0 {
-        written_at.div_euclid(1000) >= fenced_at.div_euclid(1000)
+        written_at.div_euclid(1000) > fenced_at.div_euclid(1000)
     } else {
         written_at > fenced_at
     }
@@ -285,9 +285,10 @@ mod tests {
     }
 
     #[test]
-    fn second_precision_stamps_in_the_fence_second_count_as_after_it() {
-        // 12:00:05.000 (truncated) vs a fence at 12:00:05.400: maybe written after it.
-        assert!(written_after(5_000, 5_400));
+    fn second_precision_stamps_count_as_after_the_fence_from_the_next_second() {
+        // Stamped 12:00:05 (truncated) vs a fence at 12:00:05.400: written within the fence's
+        // second, not after it.
+        assert!(!written_after(5_000, 5_400));
         assert!(!written_after(4_000, 5_400));
         assert!(written_after(6_000, 5_400));
         // Millisecond stamps are compared as they are.
