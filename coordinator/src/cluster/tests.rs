@@ -21,7 +21,10 @@ fn hello(node: &str, role: Role) -> Hello {
 /// Two workers (a, b) and one spare (s), all connected at t=0.
 fn cluster() -> Cluster {
     let mut c = Cluster::new(CoordinatorConfig::default());
-    for (i, (node, role)) in [("a", Role::Worker), ("b", Role::Worker), ("s", Role::Spare)].into_iter().enumerate() {
+    for (i, (node, role)) in [("a", Role::Worker), ("b", Role::Worker), ("s", Role::Spare)]
+        .into_iter()
+        .enumerate()
+    {
         c.hello(i as u64 + 1, hello(node, role), 0).unwrap();
     }
     c
@@ -57,14 +60,23 @@ fn started(c: &mut Cluster, node: &str, generation: u64, now: i64) -> Vec<Effect
         pb::WorkerEvent {
             job_id: "job-1".into(),
             generation,
-            kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted { pid: 42 })),
+            kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted {
+                pid: 42,
+            })),
             at_unix_ms: now,
         },
         now,
     )
 }
 
-fn exited(c: &mut Cluster, node: &str, generation: u64, signal: Option<i32>, by_agent: bool, now: i64) -> Vec<Effect> {
+fn exited(
+    c: &mut Cluster,
+    node: &str,
+    generation: u64,
+    signal: Option<i32>,
+    by_agent: bool,
+    now: i64,
+) -> Vec<Effect> {
     c.worker_event(
         node,
         pb::WorkerEvent {
@@ -98,8 +110,14 @@ fn progress(c: &mut Cluster, node: &str, generation: u64, step: u64, now: i64) -
 fn running_job() -> Cluster {
     let mut c = cluster();
     let (job, fx) = c.submit(spec(2), 10).unwrap();
-    assert_eq!(job.nodes, vec!["a", "b"], "workers are picked before spares");
-    assert!(fx.iter().any(|e| matches!(e, Effect::ResolveCheckpoint { job_id, .. } if job_id == "job-1")));
+    assert_eq!(
+        job.nodes,
+        vec!["a", "b"],
+        "workers are picked before spares"
+    );
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::ResolveCheckpoint { job_id, .. } if job_id == "job-1")));
     let fx = c.checkpoint_resolved("job-1", Ok(None), 20);
     let la = launch_of(&fx, "a").unwrap();
     let lb = launch_of(&fx, "b").unwrap();
@@ -120,7 +138,9 @@ fn hello_registers_a_ready_node_and_welcomes_it() {
     assert_eq!(welcome.node_id, "a");
     assert_eq!(welcome.heartbeat_interval_ms, 500);
     assert!(c.nodes["a"].state.is_ready());
-    assert!(fx.iter().any(|e| matches!(e, Effect::Publish(ev) if ev.kind == "node_state")));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Publish(ev) if ev.kind == "node_state")));
 }
 
 #[test]
@@ -139,15 +159,58 @@ fn a_second_agent_with_a_connected_node_id_is_refused() {
 fn bad_job_specs_are_refused_naming_the_field_and_nothing_is_allocated() {
     let mut c = cluster();
     let cases = [
-        (pb::JobSpec { nodes: 1, ..Default::default() }, "command"),
-        (pb::JobSpec { command: vec!["".into()], nodes: 1, ..Default::default() }, "command"),
+        (
+            pb::JobSpec {
+                nodes: 1,
+                ..Default::default()
+            },
+            "command",
+        ),
+        (
+            pb::JobSpec {
+                command: vec!["".into()],
+                nodes: 1,
+                ..Default::default()
+            },
+            "command",
+        ),
         (spec(0), "nodes"),
         (spec(4), "needs 4 nodes but only 3 are ready"),
-        (pb::JobSpec { progress_regex: "step (".into(), ..spec(1) }, "progress_regex"),
-        (pb::JobSpec { progress_regex: "step \\d+".into(), ..spec(1) }, "capture group"),
-        (pb::JobSpec { checkpoint_uri: "ftp://x/y".into(), ..spec(1) }, "checkpoint_uri"),
-        (pb::JobSpec { stall_timeout_s: f64::NAN, ..spec(1) }, "stall_timeout_s"),
-        (pb::JobSpec { stall_timeout_s: -1.0, ..spec(1) }, "stall_timeout_s"),
+        (
+            pb::JobSpec {
+                progress_regex: "step (".into(),
+                ..spec(1)
+            },
+            "progress_regex",
+        ),
+        (
+            pb::JobSpec {
+                progress_regex: "step \\d+".into(),
+                ..spec(1)
+            },
+            "capture group",
+        ),
+        (
+            pb::JobSpec {
+                checkpoint_uri: "ftp://x/y".into(),
+                ..spec(1)
+            },
+            "checkpoint_uri",
+        ),
+        (
+            pb::JobSpec {
+                stall_timeout_s: f64::NAN,
+                ..spec(1)
+            },
+            "stall_timeout_s",
+        ),
+        (
+            pb::JobSpec {
+                stall_timeout_s: -1.0,
+                ..spec(1)
+            },
+            "stall_timeout_s",
+        ),
     ];
     for (spec, expected) in cases {
         let err = c.submit(spec, 10).unwrap_err().to_string();
@@ -155,8 +218,23 @@ fn bad_job_specs_are_refused_naming_the_field_and_nothing_is_allocated() {
     }
     assert!(c.jobs.is_empty());
     assert!(c.nodes.values().all(|n| n.state.is_ready()));
-    c.submit(pb::JobSpec { job_id: "x".into(), ..spec(1) }, 10).unwrap();
-    let err = c.submit(pb::JobSpec { job_id: "x".into(), ..spec(1) }, 10).unwrap_err();
+    c.submit(
+        pb::JobSpec {
+            job_id: "x".into(),
+            ..spec(1)
+        },
+        10,
+    )
+    .unwrap();
+    let err = c
+        .submit(
+            pb::JobSpec {
+                job_id: "x".into(),
+                ..spec(1)
+            },
+            10,
+        )
+        .unwrap_err();
     assert!(matches!(err, CoordinatorError::JobExists(_)));
 }
 
@@ -165,17 +243,35 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
     let mut c = running_job();
     progress(&mut c, "a", 1, 35, 40);
     let fx = c.disconnected("b", 2, 1_000);
-    assert!(matches!(&c.nodes["b"].state, NodeState::Fenced { cause: FenceCause::AgentLost }));
+    assert!(matches!(
+        &c.nodes["b"].state,
+        NodeState::Fenced {
+            cause: FenceCause::AgentLost
+        }
+    ));
     // The survivor is told to stop generation 1.
-    assert!(sends(&fx, "a").iter().any(|m| matches!(m, ToAgent::Stop(s) if s.generation == 1)));
+    assert!(sends(&fx, "a")
+        .iter()
+        .any(|m| matches!(m, ToAgent::Stop(s) if s.generation == 1)));
     let incident = &c.incidents[0];
-    assert_eq!((incident.cause.as_str(), incident.node_id.as_str(), incident.detected_at), ("agent_lost", "b", 1_000));
+    assert_eq!(
+        (
+            incident.cause.as_str(),
+            incident.node_id.as_str(),
+            incident.detected_at
+        ),
+        ("agent_lost", "b", 1_000)
+    );
     // The survivor confirms; the spare takes rank 1; the checkpoint is resolved.
     let fx = exited(&mut c, "a", 1, Some(15), true, 1_050);
     assert!(fx.iter().any(|e| matches!(e, Effect::ResolveCheckpoint { fenced, .. } if fenced.len() == 1 && fenced[0].generation == 1)));
     assert!(matches!(&c.nodes["s"].state, NodeState::Allocated { job_id } if job_id == "job-1"));
     assert_eq!(c.jobs["job-1"].nodes(), vec!["a", "s"]);
-    let resume = Checkpoint { step: 30, uri: "file:///c/step-30".into(), generation: Some(1) };
+    let resume = Checkpoint {
+        step: 30,
+        uri: "file:///c/step-30".into(),
+        generation: Some(1),
+    };
     let fx = c.checkpoint_resolved("job-1", Ok(Some(resume)), 1_060);
     let la = launch_of(&fx, "a").unwrap();
     let ls = launch_of(&fx, "s").unwrap();
@@ -186,14 +282,24 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
     started(&mut c, "a", 2, 1_100);
     started(&mut c, "s", 2, 1_120);
     progress(&mut c, "s", 2, 30, 1_200);
-    assert!(c.incidents[0].is_open(), "progress at the resumed step does not close it");
+    assert!(
+        c.incidents[0].is_open(),
+        "progress at the resumed step does not close it"
+    );
     progress(&mut c, "s", 2, 31, 1_300);
     let i = &c.incidents[0];
     assert_eq!(
         (i.fenced_at, i.replaced_at, i.relaunched_at, i.resumed_at),
         (Some(1_050), Some(1_050), Some(1_120), Some(1_300))
     );
-    assert_eq!((i.replacement_node_id.as_deref(), i.resumed_from_step, i.to_generation), (Some("s"), Some(30), Some(2)));
+    assert_eq!(
+        (
+            i.replacement_node_id.as_deref(),
+            i.resumed_from_step,
+            i.to_generation
+        ),
+        (Some("s"), Some(30), Some(2))
+    );
     assert_eq!(i.action, RecoveryAction::ReplaceNode);
 }
 
@@ -220,12 +326,22 @@ fn each_generation_gets_a_fresh_rendezvous_id_and_port() {
 fn a_killed_worker_restarts_in_place_without_replacement() {
     let mut c = running_job();
     let fx = exited(&mut c, "b", 1, Some(9), false, 500);
-    assert!(c.nodes["b"].state == NodeState::Allocated { job_id: "job-1".into() });
-    assert!(sends(&fx, "a").iter().any(|m| matches!(m, ToAgent::Stop(_))));
+    assert!(
+        c.nodes["b"].state
+            == NodeState::Allocated {
+                job_id: "job-1".into()
+            }
+    );
+    assert!(sends(&fx, "a")
+        .iter()
+        .any(|m| matches!(m, ToAgent::Stop(_))));
     exited(&mut c, "a", 1, Some(15), true, 520);
     let fx = c.checkpoint_resolved("job-1", Ok(None), 530);
     assert!(launch_of(&fx, "a").is_some() && launch_of(&fx, "b").is_some());
-    assert!(matches!(c.nodes["s"].state, NodeState::Ready), "the spare stays a spare");
+    assert!(
+        matches!(c.nodes["s"].state, NodeState::Ready),
+        "the spare stays a spare"
+    );
     assert_eq!(c.incidents[0].action, RecoveryAction::RestartInPlace);
     assert_eq!(c.incidents[0].fault_at, 500);
 }
@@ -235,10 +351,20 @@ fn heartbeat_timeout_disconnects_and_fences() {
     let mut c = running_job();
     c.heartbeat("a", 1_900, None, 1_900);
     c.heartbeat("s", 1_900, None, 1_900);
-    assert!(c.tick(2_000).iter().all(|e| !matches!(e, Effect::Disconnect { .. })));
+    assert!(c
+        .tick(2_000)
+        .iter()
+        .all(|e| !matches!(e, Effect::Disconnect { .. })));
     let fx = c.tick(2_001);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Disconnect { node, .. } if node == "b")));
-    assert!(matches!(&c.nodes["b"].state, NodeState::Fenced { cause: FenceCause::HeartbeatTimeout }));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Disconnect { node, .. } if node == "b")));
+    assert!(matches!(
+        &c.nodes["b"].state,
+        NodeState::Fenced {
+            cause: FenceCause::HeartbeatTimeout
+        }
+    ));
     assert_eq!(c.incidents[0].cause, "heartbeat_timeout");
     // Fault time estimate: last heartbeat plus one interval.
     assert_eq!(c.incidents[0].fault_at, 500);
@@ -269,7 +395,9 @@ fn a_fatal_health_check_fences_the_node() {
     };
     c.health_report("b", health, 100);
     match &c.nodes["b"].state {
-        NodeState::Fenced { cause: FenceCause::HealthFatal(reason) } => assert!(reason.contains("Xid 79")),
+        NodeState::Fenced {
+            cause: FenceCause::HealthFatal(reason),
+        } => assert!(reason.contains("Xid 79")),
         other => panic!("expected fenced, got {other:?}"),
     }
     assert_eq!(c.incidents[0].cause, "gpu_fatal");
@@ -284,7 +412,9 @@ fn a_fenced_node_that_returns_stays_fenced_and_its_stale_worker_is_stopped() {
     let (_, fx) = c.hello(10, h, 200).unwrap();
     assert!(matches!(c.nodes["b"].state, NodeState::Fenced { .. }));
     let to_b = sends(&fx, "b");
-    assert!(to_b.iter().any(|m| matches!(m, ToAgent::Stop(s) if s.generation == 1)));
+    assert!(to_b
+        .iter()
+        .any(|m| matches!(m, ToAgent::Stop(s) if s.generation == 1)));
     assert!(to_b.iter().any(|m| matches!(m, ToAgent::Fence(_))));
 }
 
@@ -324,12 +454,19 @@ fn a_job_waits_for_a_replacement_and_takes_one_that_registers_later() {
     c.disconnected("s", 3, 50);
     c.disconnected("b", 2, 100);
     exited(&mut c, "a", 1, Some(15), true, 110);
-    assert!(matches!(c.jobs["job-1"].state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })));
+    assert!(matches!(
+        c.jobs["job-1"].state,
+        JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+    ));
     c.heartbeat("a", 500, None, 500);
     c.tick(500);
-    assert!(c.jobs["job-1"].message.contains("waiting for a replacement"));
+    assert!(c.jobs["job-1"]
+        .message
+        .contains("waiting for a replacement"));
     let (_, fx) = c.hello(20, hello("s2", Role::Spare), 600).unwrap();
-    assert!(fx.iter().any(|e| matches!(e, Effect::ResolveCheckpoint { .. })));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::ResolveCheckpoint { .. })));
     assert_eq!(c.jobs["job-1"].nodes(), vec!["a", "s2"]);
 }
 
@@ -342,8 +479,14 @@ fn cordon_and_uncordon_through_the_operator_api() {
     assert!(err.contains("only 2 are ready"), "{err}");
     let (node, _) = c.uncordon("s", 12).unwrap();
     assert_eq!(node.state, "ready");
-    assert!(matches!(c.uncordon("s", 13), Err(CoordinatorError::Transition(_))));
-    assert!(matches!(c.cordon("nope", "", 13), Err(CoordinatorError::NoSuchNode(_))));
+    assert!(matches!(
+        c.uncordon("s", 13),
+        Err(CoordinatorError::Transition(_))
+    ));
+    assert!(matches!(
+        c.cordon("nope", "", 13),
+        Err(CoordinatorError::NoSuchNode(_))
+    ));
 }
 
 #[test]
@@ -353,7 +496,10 @@ fn stop_job_releases_the_nodes() {
     assert_eq!(job.state, "stopped");
     assert_eq!(sends(&fx, "a").len(), 1);
     assert!(c.nodes["a"].state.is_ready() && c.nodes["b"].state.is_ready());
-    assert!(matches!(c.stop_job("nope", 1), Err(CoordinatorError::NoSuchJob(_))));
+    assert!(matches!(
+        c.stop_job("nope", 1),
+        Err(CoordinatorError::NoSuchJob(_))
+    ));
 }
 
 #[test]
