@@ -267,6 +267,70 @@ async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_follows_a_job_to_its_end_and_reads_the_progress_file() {
+    let dir = scratch("launch");
+    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Progress through the progress file only: the output never says "step".
+    let script = "for i in 1 2 3 4 5; do echo $i > \"$HOLDFAST_PROGRESS_FILE\"; echo rank {node_rank} of {nnodes} at $HOLDFAST_RDZV_ENDPOINT; sleep 0.3; done";
+    let out = tokio::process::Command::new(exe())
+        .args([
+            "launch",
+            "--nodes",
+            "2",
+            "--coordinator",
+            &cluster.addr,
+            "--job-id",
+            "pf",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("job pf accepted on node-1, node-2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("job pf succeeded at step 5"), "{stdout}");
+    let log = std::fs::read_to_string(dir.join("node-2.log")).unwrap();
+    assert!(
+        log.contains("rank 1 of 2 at 127.0.0.1:"),
+        "placeholders and env substituted: {log}"
+    );
+    // The incidents list is empty and machine-readable.
+    let out = std::process::Command::new(exe())
+        .args(["incidents", "--json", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = std::process::Command::new(exe())
+        .args(["nodes", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("node-1") && table.contains("ready"),
+        "{table}"
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mod raw {
     //! A codec that sends arbitrary bytes as gRPC messages: how a broken peer looks.
     use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
