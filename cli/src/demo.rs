@@ -394,6 +394,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
             let Some(node) = job.nodes.last().cloned() else {
                 return;
             };
+            // Stamped before the first signal goes out: detection can only come after it.
+            let injected_at = holdfast_coordinator::now_ms();
             let result = match fault {
                 Fault::KillAgent => cluster
                     .kill_host(&node)
@@ -406,7 +408,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                     .map(|pid| format!("worker {pid} SIGSTOPped")),
                 Fault::None => return,
             };
-            fault_at = holdfast_coordinator::now_ms();
+            fault_at = injected_at;
             victim = node.clone();
             match result {
                 Ok(what) => say(format!(
