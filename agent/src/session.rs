@@ -50,11 +50,17 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// The host's GPUs, announced in every hello.
+    gpus: Vec<pb::Gpu>,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
 /// one after another. Workers keep running when the agent stops.
-pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    health: HealthBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
 }
@@ -73,6 +79,9 @@ pub async fn run_with_outbox(
         source,
     })?;
     let node_id = config.effective_node_id();
+    // The health monitors run beside the session for the agent's whole life.
+    let gpus = crate::health::monitor::start(&config, health.clone(), outbox.clone());
+    tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
@@ -93,6 +102,7 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        gpus,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -105,7 +115,10 @@ pub async fn run_with_outbox(
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+                tracing::warn!(
+                    node = state.node_id,
+                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                );
             }
         }
         tokio::select! {
@@ -126,7 +139,7 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
         body: Some(ToCoordinator::Hello(pb::Hello {
             node_id: state.node_id.clone(),
             hostname: identity::hostname(),
-            gpus: Vec::new(),
+            gpus: state.gpus.clone(),
             role: match state.config.role {
                 NodeRole::Worker => pb::NodeRole::Worker as i32,
                 NodeRole::Spare => pb::NodeRole::Spare as i32,
@@ -146,7 +159,10 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
-async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+async fn session(
+    state: &mut AgentState,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -182,10 +198,20 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+            tracing::info!(
+                node = state.node_id,
+                term = w.term,
+                "connected to coordinator {}",
+                state.config.coordinator
+            );
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "coordinator refused the session: {}",
+                status.message()
+            ))
+        }
     }
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -248,7 +274,10 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            tracing::warn!(
+                script = r.script,
+                "this agent runs no lifecycle scripts; ignored"
+            );
             return;
         }
     };
