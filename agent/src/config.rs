@@ -120,11 +120,7 @@ impl AgentConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(invalid("coordinator", "must be an http:// or https:// URL"));
         }
-        if self
-            .node_id
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if self.node_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("node_id", "must not contain whitespace"));
         }
         if self.heartbeat_interval_ms == 0 {
@@ -139,44 +135,31 @@ impl AgentConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
         }
-        for key in self.xid_overrides.keys() {
-            if key.parse::<u32>().is_err() {
-                return Err(AgentConfigError::Invalid {
-                    key: "xid_overrides",
-                    reason: format!("{key:?} is not an XID number"),
-                });
+        self.validate_health()
+    }
+
+    /// The health monitors' settings.
+    fn validate_health(&self) -> Result<(), AgentConfigError> {
+        let invalid = |key, reason: String| AgentConfigError::Invalid { key, reason };
+        if let Some(key) = self.xid_overrides.keys().find(|k| k.parse::<u32>().is_err()) {
+            return Err(invalid("xid_overrides", format!("{key:?} is not an XID number")));
+        }
+        if self.kmsg_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("kmsg_path", "must not be empty (leave it out to not read the kernel log)".into()));
+        }
+        for (key, value) in [
+            ("health_poll_interval_ms", self.health_poll_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("debounce_count", u64::from(self.debounce_count)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
             }
         }
-        if self
-            .kmsg_path
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(invalid(
-                "kmsg_path",
-                "must not be empty (leave it out to not read the kernel log)",
-            ));
-        }
-        if self.health_poll_interval_ms == 0 {
-            return Err(invalid("health_poll_interval_ms", "must be greater than 0"));
-        }
-        if self.probe_timeout_ms == 0 {
-            return Err(invalid("probe_timeout_ms", "must be greater than 0"));
-        }
-        if self.debounce_count == 0 {
-            return Err(invalid("debounce_count", "must be at least 1"));
-        }
-        if let Some(p) = self.disk_paths.iter().find(|p| !p.is_absolute()) {
-            return Err(AgentConfigError::Invalid {
-                key: "disk_paths",
-                reason: format!("{} is not an absolute path", p.display()),
-            });
-        }
-        if let Some(p) = self.mounts.iter().find(|p| !p.is_absolute()) {
-            return Err(AgentConfigError::Invalid {
-                key: "mounts",
-                reason: format!("{} is not an absolute path", p.display()),
-            });
+        for (key, paths) in [("disk_paths", &self.disk_paths), ("mounts", &self.mounts)] {
+            if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+            }
         }
         Ok(())
     }
@@ -184,15 +167,8 @@ impl AgentConfig {
     /// The XID catalog with this config's overrides and ignore list (keys checked by
     /// [`AgentConfig::validate`]).
     pub fn xid_policy(&self) -> XidPolicy {
-        let overrides = self
-            .xid_overrides
-            .iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
-            .collect();
-        XidPolicy::new(
-            overrides,
-            self.xid_ignore.iter().copied().collect::<BTreeSet<u32>>(),
-        )
+        let overrides = self.xid_overrides.iter().filter_map(|(k, v)| Some((k.parse().ok()?, *v))).collect();
+        XidPolicy::new(overrides, self.xid_ignore.iter().copied().collect::<BTreeSet<u32>>())
     }
 
     /// Parses TOML text; `path` names the source in errors.
@@ -235,97 +211,19 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            (
-                "coordinator",
-                AgentConfig {
-                    coordinator: "10.0.0.1:7070".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "node_id",
-                AgentConfig {
-                    node_id: "a b".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "heartbeat_interval_ms",
-                AgentConfig {
-                    heartbeat_interval_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "reconnect_max_backoff_ms",
-                AgentConfig {
-                    reconnect_max_backoff_ms: 1,
-                    ..Default::default()
-                },
-            ),
-            (
-                "progress_file_poll_ms",
-                AgentConfig {
-                    progress_file_poll_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "state_dir",
-                AgentConfig {
-                    state_dir: PathBuf::new(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "xid_overrides",
-                AgentConfig {
-                    xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]),
-                    ..Default::default()
-                },
-            ),
-            (
-                "kmsg_path",
-                AgentConfig {
-                    kmsg_path: Some(PathBuf::new()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "health_poll_interval_ms",
-                AgentConfig {
-                    health_poll_interval_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "probe_timeout_ms",
-                AgentConfig {
-                    probe_timeout_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "debounce_count",
-                AgentConfig {
-                    debounce_count: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "disk_paths",
-                AgentConfig {
-                    disk_paths: vec!["ckpt".into()],
-                    ..Default::default()
-                },
-            ),
-            (
-                "mounts",
-                AgentConfig {
-                    mounts: vec!["scratch".into()],
-                    ..Default::default()
-                },
-            ),
+            ("coordinator", AgentConfig { coordinator: "10.0.0.1:7070".into(), ..Default::default() }),
+            ("node_id", AgentConfig { node_id: "a b".into(), ..Default::default() }),
+            ("heartbeat_interval_ms", AgentConfig { heartbeat_interval_ms: 0, ..Default::default() }),
+            ("reconnect_max_backoff_ms", AgentConfig { reconnect_max_backoff_ms: 1, ..Default::default() }),
+            ("progress_file_poll_ms", AgentConfig { progress_file_poll_ms: 0, ..Default::default() }),
+            ("state_dir", AgentConfig { state_dir: PathBuf::new(), ..Default::default() }),
+            ("xid_overrides", AgentConfig { xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]), ..Default::default() }),
+            ("kmsg_path", AgentConfig { kmsg_path: Some(PathBuf::new()), ..Default::default() }),
+            ("health_poll_interval_ms", AgentConfig { health_poll_interval_ms: 0, ..Default::default() }),
+            ("probe_timeout_ms", AgentConfig { probe_timeout_ms: 0, ..Default::default() }),
+            ("debounce_count", AgentConfig { debounce_count: 0, ..Default::default() }),
+            ("disk_paths", AgentConfig { disk_paths: vec!["ckpt".into()], ..Default::default() }),
+            ("mounts", AgentConfig { mounts: vec!["scratch".into()], ..Default::default() }),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -335,12 +233,9 @@ mod tests {
 
     #[test]
     fn toml_errors_name_the_file_and_key() {
-        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml")
-            .unwrap_err()
-            .to_string();
+        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml").unwrap_err().to_string();
         assert!(err.contains("agent.toml") && err.contains("role"), "{err}");
-        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml")
-            .unwrap();
+        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml").unwrap();
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
     }
 
@@ -352,13 +247,8 @@ mod tests {
         let policy = c.xid_policy();
         assert_eq!(policy.classify(13).class, XidClass::Fatal);
         assert_eq!(policy.classify(79).class, XidClass::Ignore);
-        let err = AgentConfig::from_toml("[xid_overrides]\n13 = \"explode\"\n", "agent.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("agent.toml") && err.contains("explode"),
-            "{err}"
-        );
+        let err = AgentConfig::from_toml("[xid_overrides]\n13 = \"explode\"\n", "agent.toml").unwrap_err().to_string();
+        assert!(err.contains("agent.toml") && err.contains("explode"), "{err}");
         assert!(!AgentConfig::default().fault_injection, "off by default");
     }
 }
