@@ -120,7 +120,11 @@ impl AgentConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(invalid("coordinator", "must be an http:// or https:// URL"));
         }
-        if self.node_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self
+            .node_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid("node_id", "must not contain whitespace"));
         }
         if self.heartbeat_interval_ms == 0 {
@@ -141,11 +145,25 @@ impl AgentConfig {
     /// The health monitors' settings.
     fn validate_health(&self) -> Result<(), AgentConfigError> {
         let invalid = |key, reason: String| AgentConfigError::Invalid { key, reason };
-        if let Some(key) = self.xid_overrides.keys().find(|k| k.parse::<u32>().is_err()) {
-            return Err(invalid("xid_overrides", format!("{key:?} is not an XID number")));
+        if let Some(key) = self
+            .xid_overrides
+            .keys()
+            .find(|k| k.parse::<u32>().is_err())
+        {
+            return Err(invalid(
+                "xid_overrides",
+                format!("{key:?} is not an XID number"),
+            ));
         }
-        if self.kmsg_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(invalid("kmsg_path", "must not be empty (leave it out to not read the kernel log)".into()));
+        if self
+            .kmsg_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "kmsg_path",
+                "must not be empty (leave it out to not read the kernel log)".into(),
+            ));
         }
         for (key, value) in [
             ("health_poll_interval_ms", self.health_poll_interval_ms),
@@ -158,7 +176,10 @@ impl AgentConfig {
         }
         for (key, paths) in [("disk_paths", &self.disk_paths), ("mounts", &self.mounts)] {
             if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ));
             }
         }
         Ok(())
@@ -167,8 +188,15 @@ impl AgentConfig {
     /// The XID catalog with this config's overrides and ignore list (keys checked by
     /// [`AgentConfig::validate`]).
     pub fn xid_policy(&self) -> XidPolicy {
-        let overrides = self.xid_overrides.iter().filter_map(|(k, v)| Some((k.parse().ok()?, *v))).collect();
-        XidPolicy::new(overrides, self.xid_ignore.iter().copied().collect::<BTreeSet<u32>>())
+        let overrides = self
+            .xid_overrides
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+            .collect();
+        XidPolicy::new(
+            overrides,
+            self.xid_ignore.iter().copied().collect::<BTreeSet<u32>>(),
+        )
     }
 
     /// Parses TOML text; `path` names the source in errors.
@@ -211,19 +239,97 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("coordinator", AgentConfig { coordinator: "10.0.0.1:7070".into(), ..Default::default() }),
-            ("node_id", AgentConfig { node_id: "a b".into(), ..Default::default() }),
-            ("heartbeat_interval_ms", AgentConfig { heartbeat_interval_ms: 0, ..Default::default() }),
-            ("reconnect_max_backoff_ms", AgentConfig { reconnect_max_backoff_ms: 1, ..Default::default() }),
-            ("progress_file_poll_ms", AgentConfig { progress_file_poll_ms: 0, ..Default::default() }),
-            ("state_dir", AgentConfig { state_dir: PathBuf::new(), ..Default::default() }),
-            ("xid_overrides", AgentConfig { xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]), ..Default::default() }),
-            ("kmsg_path", AgentConfig { kmsg_path: Some(PathBuf::new()), ..Default::default() }),
-            ("health_poll_interval_ms", AgentConfig { health_poll_interval_ms: 0, ..Default::default() }),
-            ("probe_timeout_ms", AgentConfig { probe_timeout_ms: 0, ..Default::default() }),
-            ("debounce_count", AgentConfig { debounce_count: 0, ..Default::default() }),
-            ("disk_paths", AgentConfig { disk_paths: vec!["ckpt".into()], ..Default::default() }),
-            ("mounts", AgentConfig { mounts: vec!["scratch".into()], ..Default::default() }),
+            (
+                "coordinator",
+                AgentConfig {
+                    coordinator: "10.0.0.1:7070".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "node_id",
+                AgentConfig {
+                    node_id: "a b".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "heartbeat_interval_ms",
+                AgentConfig {
+                    heartbeat_interval_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reconnect_max_backoff_ms",
+                AgentConfig {
+                    reconnect_max_backoff_ms: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "progress_file_poll_ms",
+                AgentConfig {
+                    progress_file_poll_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "state_dir",
+                AgentConfig {
+                    state_dir: PathBuf::new(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "xid_overrides",
+                AgentConfig {
+                    xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "kmsg_path",
+                AgentConfig {
+                    kmsg_path: Some(PathBuf::new()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "health_poll_interval_ms",
+                AgentConfig {
+                    health_poll_interval_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "probe_timeout_ms",
+                AgentConfig {
+                    probe_timeout_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "debounce_count",
+                AgentConfig {
+                    debounce_count: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "disk_paths",
+                AgentConfig {
+                    disk_paths: vec!["ckpt".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "mounts",
+                AgentConfig {
+                    mounts: vec!["scratch".into()],
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -233,9 +339,12 @@ mod tests {
 
     #[test]
     fn toml_errors_name_the_file_and_key() {
-        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("agent.toml") && err.contains("role"), "{err}");
-        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml").unwrap();
+        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml")
+            .unwrap();
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
     }
 
@@ -247,8 +356,13 @@ mod tests {
         let policy = c.xid_policy();
         assert_eq!(policy.classify(13).class, XidClass::Fatal);
         assert_eq!(policy.classify(79).class, XidClass::Ignore);
-        let err = AgentConfig::from_toml("[xid_overrides]\n13 = \"explode\"\n", "agent.toml").unwrap_err().to_string();
-        assert!(err.contains("agent.toml") && err.contains("explode"), "{err}");
+        let err = AgentConfig::from_toml("[xid_overrides]\n13 = \"explode\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent.toml") && err.contains("explode"),
+            "{err}"
+        );
         assert!(!AgentConfig::default().fault_injection, "off by default");
     }
 }
