@@ -96,7 +96,7 @@ impl HostProbe {
         let name = format!("disk:{}", path.display());
         match nix::sys::statvfs::statvfs(path) {
             Ok(s) => {
-                let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+                let free = s.blocks_available().saturating_mul(s.fragment_size());
                 if free < self.min_free_disk_mb * MIB {
                     check(
                         &name,
