@@ -203,3 +203,45 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
     cluster.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shipped deep checks keep their contract: one line, exit 0 on pass or "not applicable"
+/// (every GPU check on a host without GPUs), non-zero on failure.
+#[test]
+fn deep_check_scripts_follow_their_contract() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lifecycle-scripts/health");
+    let no_gpu = !std::path::Path::new("/dev/nvidiactl").exists();
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        let out = std::process::Command::new(&path)
+            .env("HOLDFAST_MATMUL_N", "256")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{}: {stdout:?}", path.display());
+        let line = lines[0];
+        if no_gpu {
+            assert!(
+                out.status.success() && line.starts_with("not applicable"),
+                "{}: {:?} {line}",
+                path.display(),
+                out.status
+            );
+        } else {
+            let passed = line.starts_with("pass") || line.starts_with("not applicable");
+            assert_eq!(out.status.success(), passed, "{}: {line}", path.display());
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "gpu-matmul, nccl-allreduce, dcgm-diag");
+    let bad = std::process::Command::new(dir.join("dcgm-diag.sh"))
+        .env("HOLDFAST_DCGM_LEVEL", "9")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("HOLDFAST_DCGM_LEVEL"));
+}
