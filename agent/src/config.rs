@@ -348,6 +348,29 @@ mod tests {
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
     }
 
+    fn fixture(name: &str) -> Result<AgentConfig, AgentConfigError> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        AgentConfig::from_toml(&text, name)
+    }
+
+    #[test]
+    fn health_fixtures_load_or_name_the_bad_key() {
+        let good = fixture("agent-health.toml").unwrap();
+        assert_eq!((good.expected_gpus, good.mounts.len()), (8, 1));
+        assert_eq!(good.xid_policy().classify(94).class, XidClass::Worker);
+        assert_eq!(good.xid_policy().classify(43).class, XidClass::Ignore);
+        for (name, key) in [
+            ("agent-health-bad-mount.toml", "mounts"),
+            ("agent-health-bad-xid.toml", "xid_overrides"),
+        ] {
+            let err = fixture(name).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{name}: {err}");
+        }
+    }
+
     #[test]
     fn health_settings_load_from_toml() {
         let text = "expected_gpus = 8\nfault_injection = true\nxid_ignore = [79]\nmounts = [\"/scratch\"]\n\n[xid_overrides]\n13 = \"fatal\"\n";
