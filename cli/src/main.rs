@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use holdfast_cli::{client, demo, follow, tables};
+use holdfast_cli::{client, demo, follow, reports, tables};
 use holdfast_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -69,6 +69,19 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// MTTD/MTTR percentiles of recorded incidents and a job's ETTR (effective training time).
+    Report {
+        #[command(flatten)]
+        addr: Addr,
+        /// The job whose ETTR is shown (default: the latest submitted).
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
+    WhatIf(reports::WhatIfArgs),
 }
 
 #[derive(clap::Args)]
@@ -324,6 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
         }
+        Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
+        Cmd::WhatIf(args) => reports::what_if(args).await,
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {

@@ -10,6 +10,7 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod incident;
 pub mod job;
 pub mod node;
+pub mod report;
 pub mod server;
 mod view;
 
