@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub reconnect_max_backoff_ms: u64,
     /// How often a job's progress file is read.
     pub progress_file_poll_ms: u64,
+    /// Address to serve the agent's Prometheus `/metrics` on, e.g. `0.0.0.0:9101`; empty = off.
+    pub metrics_listen: String,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +49,7 @@ impl Default for AgentConfig {
             heartbeat_interval_ms: 500,
             reconnect_max_backoff_ms: 2000,
             progress_file_poll_ms: 200,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -84,6 +87,9 @@ impl AgentConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("metrics_listen", "must be an address like 0.0.0.0:9101, or empty to turn metrics off"));
         }
         Ok(())
     }
@@ -134,6 +140,7 @@ mod tests {
             ("reconnect_max_backoff_ms", AgentConfig { reconnect_max_backoff_ms: 1, ..Default::default() }),
             ("progress_file_poll_ms", AgentConfig { progress_file_poll_ms: 0, ..Default::default() }),
             ("state_dir", AgentConfig { state_dir: PathBuf::new(), ..Default::default() }),
+            ("metrics_listen", AgentConfig { metrics_listen: "9101".into(), ..Default::default() }),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();

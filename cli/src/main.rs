@@ -127,6 +127,9 @@ struct AgentArgs {
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +276,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if let Some(a) = args.advertise_address {
                 config.advertise_address = a;
+            }
+            if let Some(m) = args.metrics_listen {
+                config.metrics_listen = m;
             }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
