@@ -10,6 +10,7 @@ use crate::server::Coordinator;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
+const FAVICON_SVG: &str = include_str!("dashboard/favicon.svg");
 
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,6 +22,7 @@ pub fn routes(coordinator: Coordinator, grpc: axum::Router) -> axum::Router {
             "/app.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }),
         )
+        .route("/favicon.svg", get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG) }))
         .route(
             "/metrics",
             get(move || {

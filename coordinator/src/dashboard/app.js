@@ -304,7 +304,7 @@ function renderIncidents() {
       return `<tr data-incident="${i.id}" data-open="${i.open}"><td>${i.id}</td><td class="l">${esc(i.cause)}</td><td class="l">${esc(i.node_id)}</td>
         <td class="l">${esc(i.action)}${i.replacement_node_id ? ' → ' + esc(i.replacement_node_id) : ''}</td><td class="l">${st}</td>
         ${PHASES.map(([n]) => `<td data-phase="${n}">${fmt(p[n])}</td>`).join('')}<td>${fmt(p.total)}</td>
-        <td class="l">${esc(i.detail)}${i.resumed_from_step ? ` · from step ${i.resumed_from_step}` : ''}</td></tr>`;
+        <td class="l wrap">${esc(i.detail)}${i.resumed_from_step ? ` · from step ${i.resumed_from_step}` : ''}</td></tr>`;
     }).join('');
   renderChart(list);
 }
