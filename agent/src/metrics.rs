@@ -46,7 +46,12 @@ impl AgentMetrics {
     }
 
     /// Renders every agent metric, labelled with `node`.
-    pub fn render(&self, node: &str, health: &pb::HealthSummary, worker: &WorkerSnapshot) -> String {
+    pub fn render(
+        &self,
+        node: &str,
+        health: &pb::HealthSummary,
+        worker: &WorkerSnapshot,
+    ) -> String {
         let node = node.replace('\\', "\\\\").replace('"', "\\\"");
         let c = &self.inner;
         let mut out = String::new();
@@ -57,43 +62,101 @@ impl AgentMetrics {
             }
         };
         let plain = |v: u64| vec![(String::new(), v.to_string())];
-        family("holdfast_agent_heartbeats_sent_total", "counter", "Heartbeats sent to the coordinator.", plain(c.heartbeats_sent.load(Ordering::Relaxed)));
-        family("holdfast_agent_sessions_total", "counter", "Sessions the coordinator welcomed.", plain(c.sessions_opened.load(Ordering::Relaxed)));
-        family("holdfast_agent_reconnects_total", "counter", "Sessions lost or connection attempts failed (each is followed by a reconnect).", plain(c.sessions_lost.load(Ordering::Relaxed)));
-        family("holdfast_agent_connected", "gauge", "1 while a session with the coordinator is open.", plain(c.connected.load(Ordering::Relaxed)));
+        family(
+            "holdfast_agent_heartbeats_sent_total",
+            "counter",
+            "Heartbeats sent to the coordinator.",
+            plain(c.heartbeats_sent.load(Ordering::Relaxed)),
+        );
+        family(
+            "holdfast_agent_sessions_total",
+            "counter",
+            "Sessions the coordinator welcomed.",
+            plain(c.sessions_opened.load(Ordering::Relaxed)),
+        );
+        family(
+            "holdfast_agent_reconnects_total",
+            "counter",
+            "Sessions lost or connection attempts failed (each is followed by a reconnect).",
+            plain(c.sessions_lost.load(Ordering::Relaxed)),
+        );
+        family(
+            "holdfast_agent_connected",
+            "gauge",
+            "1 while a session with the coordinator is open.",
+            plain(c.connected.load(Ordering::Relaxed)),
+        );
         let running = worker.record.as_ref();
         family(
             "holdfast_agent_worker_running",
             "gauge",
             "1 while a worker process runs, labelled with its job and generation.",
             vec![(
-                running.map_or(String::new(), |r| format!(",job=\"{}\",generation=\"{}\"", r.job_id.replace('"', "\\\""), r.generation)),
+                running.map_or(String::new(), |r| {
+                    format!(
+                        ",job=\"{}\",generation=\"{}\"",
+                        r.job_id.replace('"', "\\\""),
+                        r.generation
+                    )
+                }),
                 u8::from(running.is_some()).to_string(),
             )],
         );
-        family("holdfast_agent_worker_step", "gauge", "The worker's latest reported step.", plain(worker.last_step));
+        family(
+            "holdfast_agent_worker_step",
+            "gauge",
+            "The worker's latest reported step.",
+            plain(worker.last_step),
+        );
         let checks = health
             .checks
             .iter()
             .map(|c| {
-                let state = pb::HealthState::try_from(c.state).map_or("unspecified", |s| s.as_str_name());
-                (format!(",check=\"{}\",state=\"{}\"", c.check.replace('"', "\\\""), state.trim_start_matches("HEALTH_STATE_").to_lowercase()), "1".to_string())
+                let state =
+                    pb::HealthState::try_from(c.state).map_or("unspecified", |s| s.as_str_name());
+                (
+                    format!(
+                        ",check=\"{}\",state=\"{}\"",
+                        c.check.replace('"', "\\\""),
+                        state.trim_start_matches("HEALTH_STATE_").to_lowercase()
+                    ),
+                    "1".to_string(),
+                )
             })
             .collect();
-        family("holdfast_agent_health_check", "gauge", "1 for each health check in its current state.", checks);
+        family(
+            "holdfast_agent_health_check",
+            "gauge",
+            "1 for each health check in its current state.",
+            checks,
+        );
         out
     }
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, node: String, metrics: AgentMetrics, health: HealthBoard, worker: Arc<Mutex<WorkerSnapshot>>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: String,
+    metrics: AgentMetrics,
+    health: HealthBoard,
+    worker: Arc<Mutex<WorkerSnapshot>>,
+) {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
             let snapshot = worker.lock().map(|s| s.clone()).unwrap_or_default();
             let text = metrics.render(&node, &health.summary(), &snapshot);
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {
@@ -115,10 +178,19 @@ mod tests {
         m.session_lost();
         let health = pb::HealthSummary {
             state: pb::HealthState::Unhealthy as i32,
-            checks: vec![pb::HealthCheck { check: "xid".into(), state: pb::HealthState::Unhealthy as i32, ..Default::default() }],
+            checks: vec![pb::HealthCheck {
+                check: "xid".into(),
+                state: pb::HealthState::Unhealthy as i32,
+                ..Default::default()
+            }],
         };
         let worker = WorkerSnapshot {
-            record: Some(WorkerRecord { job_id: "j".into(), generation: 3, pid: 1, node_rank: 0 }),
+            record: Some(WorkerRecord {
+                job_id: "j".into(),
+                generation: 3,
+                pid: 1,
+                node_rank: 0,
+            }),
             last_step: 42,
         };
         let text = m.render("gpu-1", &health, &worker);

@@ -31,75 +31,126 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
     let host = addr.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(host).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 /// The value of the first sample line starting with `prefix` (chunked bodies keep lines whole
 /// enough for this: the sample lines are short).
 fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
+    text.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-async fn read_json_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, within: Duration) -> serde_json::Value {
+async fn read_json_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    within: Duration,
+) -> serde_json::Value {
     let line = tokio::time::timeout(within, lines.next_line())
         .await
         .expect("browser script answered in time")
         .expect("read browser script output")
         .expect("browser script ended early");
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-    assert_ne!(v["stage"], "error", "browser script failed: {}", v["message"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+    assert_ne!(
+        v["stage"], "error",
+        "browser script failed: {}",
+        v["message"]
+    );
     v
 }
 
-async fn wait_job(client: &mut pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel>, id: &str, f: impl Fn(&pb::Job) -> bool) -> pb::Job {
+async fn wait_job(
+    client: &mut pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    id: &str,
+    f: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let job = client.get_job(pb::GetJobRequest { job_id: id.into() }).await.unwrap().into_inner();
+        let job = client
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
         if f(&job) {
             return job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job never reached the condition: {job:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job never reached the condition: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_metrics_and_reports_follow_a_real_failure() {
-    let chromium = std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let chromium =
+        std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let node_modules = std::env::var("HOLDFAST_NODE_MODULES")
         .map(PathBuf::from)
         .unwrap_or_else(|_| manifest.join("../target/test-cache/browser/node_modules"));
     if !Path::new(&chromium).exists() {
-        return skip_or_fail(&format!("no chromium at {chromium} (run scripts/setup/70-browser.sh)"));
+        return skip_or_fail(&format!(
+            "no chromium at {chromium} (run scripts/setup/70-browser.sh)"
+        ));
     }
     if !node_modules.join("playwright-core").exists() {
-        return skip_or_fail(&format!("no playwright-core in {} (run scripts/setup/70-browser.sh)", node_modules.display()));
+        return skip_or_fail(&format!(
+            "no playwright-core in {} (run scripts/setup/70-browser.sh)",
+            node_modules.display()
+        ));
     }
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let python = ["python3", "python"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let Some(python) = python else {
         return skip_or_fail("no python3 for the training script");
     };
 
     let dir = std::env::temp_dir().join(format!("holdfast-dashboard-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[]).await.expect("coordinator starts");
+    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[])
+        .await
+        .expect("coordinator starts");
     let agent_port = free_port();
     let agent_metrics = format!("127.0.0.1:{agent_port}");
-    cluster.start_agent("node-1", "worker", &["--metrics-listen", &agent_metrics]).unwrap();
+    cluster
+        .start_agent("node-1", "worker", &["--metrics-listen", &agent_metrics])
+        .unwrap();
     cluster.start_agent("node-2", "worker", &[]).unwrap();
     cluster.start_agent("spare-1", "spare", &[]).unwrap();
-    cluster.wait_ready(3, Duration::from_secs(30)).await.expect("agents ready");
+    cluster
+        .wait_ready(3, Duration::from_secs(30))
+        .await
+        .expect("agents ready");
 
     let mut client = cluster.client().await.unwrap();
     let script = manifest.join("../examples/train_demo.py");
@@ -119,14 +170,24 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         restart_budget: 3,
         ..Default::default()
     };
-    let job = client.submit_job(pb::SubmitJobRequest { spec: Some(spec) }).await.unwrap().into_inner();
+    let job = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
     let victim = job.nodes.last().cloned().unwrap();
 
     // The page and the metrics share the gRPC port.
     let (status, page) = http_get(&cluster.addr, "/");
-    assert!(status.contains("200") && page.contains("holdfast"), "{status}");
+    assert!(
+        status.contains("200") && page.contains("holdfast"),
+        "{status}"
+    );
     let (status, js) = http_get(&cluster.addr, "/app.js");
-    assert!(status.contains("200") && js.contains("grpc-web"), "{status}");
+    assert!(
+        status.contains("200") && js.contains("grpc-web"),
+        "{status}"
+    );
 
     let screenshot = std::env::var("HOLDFAST_DASHBOARD_SCREENSHOT")
         .map(PathBuf::from)
@@ -149,7 +210,12 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     // Before the fault: every node on the grid, the job running.
     let ready = read_json_line(&mut lines, Duration::from_secs(60)).await;
     assert_eq!(ready["stage"], "ready");
-    let shown: Vec<&str> = ready["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let shown: Vec<&str> = ready["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
     assert_eq!(shown, ["node-1", "node-2", "spare-1"]);
     assert_eq!(ready["generation"], 1);
 
@@ -163,15 +229,41 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     assert_eq!(done["stage"], "done", "{done}");
     let phases = &done["incident"]["phases"];
     for phase in ["detect", "fence", "replace", "bootstrap", "resume"] {
-        let v: f64 = phases[phase].as_str().unwrap().parse().unwrap_or_else(|_| panic!("phase {phase} shown as a number: {done}"));
+        let v: f64 = phases[phase]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("phase {phase} shown as a number: {done}"));
         assert!(v >= 0.0);
     }
-    assert!(done["incident"]["text"].as_str().unwrap().contains("agent_lost"), "{done}");
+    assert!(
+        done["incident"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("agent_lost"),
+        "{done}"
+    );
     assert_eq!(done["victimState"], "fenced");
-    assert!(done["fenceReason"].as_str().unwrap().contains("fenced"), "{done}");
-    assert!(done["recoveryP50"].as_str().unwrap().contains("1 incidents"), "{done}");
+    assert!(
+        done["fenceReason"].as_str().unwrap().contains("fenced"),
+        "{done}"
+    );
+    assert!(
+        done["recoveryP50"]
+            .as_str()
+            .unwrap()
+            .contains("1 incidents"),
+        "{done}"
+    );
     assert!(done["chartBars"].as_u64().unwrap() >= 1, "{done}");
-    assert!(done["events"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().contains("incident")), "live events: {done}");
+    assert!(
+        done["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("incident")),
+        "live events: {done}"
+    );
     assert_eq!(done["consoleErrors"].as_array().unwrap().len(), 0, "{done}");
     let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
     assert!(screenshot.exists());
@@ -179,52 +271,143 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     // Metrics on the coordinator's port.
     let (status, metrics) = http_get(&cluster.addr, "/metrics");
     assert!(status.contains("200"), "{status}");
-    assert_eq!(sample(&metrics, "holdfast_nodes{state=\"fenced\"}"), Some(1.0), "{metrics}");
-    assert_eq!(sample(&metrics, "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}"), Some(1.0), "{metrics}");
-    assert_eq!(sample(&metrics, "holdfast_incident_phase_seconds_count{phase=\"total\"}"), Some(1.0), "{metrics}");
-    assert_eq!(sample(&metrics, &format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id)), Some(2.0), "{metrics}");
-    let goodput = sample(&metrics, &format!("holdfast_job_goodput_ratio{{job=\"{}\"}}", job.job_id)).unwrap();
+    assert_eq!(
+        sample(&metrics, "holdfast_nodes{state=\"fenced\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "holdfast_incident_phase_seconds_count{phase=\"total\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id)
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    let goodput = sample(
+        &metrics,
+        &format!("holdfast_job_goodput_ratio{{job=\"{}\"}}", job.job_id),
+    )
+    .unwrap();
     assert!(goodput > 0.0 && goodput < 1.0, "{goodput}");
-    assert!(sample(&metrics, "holdfast_node_heartbeat_lag_seconds{node=\"node-1\"}").unwrap() < 5.0);
+    assert!(
+        sample(
+            &metrics,
+            "holdfast_node_heartbeat_lag_seconds{node=\"node-1\"}"
+        )
+        .unwrap()
+            < 5.0
+    );
 
     // The agent's own metrics.
     let (status, agent) = http_get(&agent_metrics, "/metrics");
     assert!(status.contains("200"), "{status}");
-    assert!(sample(&agent, "holdfast_agent_heartbeats_sent_total{node=\"node-1\"}").unwrap() > 0.0, "{agent}");
-    assert_eq!(sample(&agent, "holdfast_agent_connected{node=\"node-1\"}"), Some(1.0), "{agent}");
-    assert!(agent.contains(&format!("holdfast_agent_worker_running{{node=\"node-1\",job=\"{}\",generation=\"2\"}} 1", job.job_id)), "{agent}");
+    assert!(
+        sample(
+            &agent,
+            "holdfast_agent_heartbeats_sent_total{node=\"node-1\"}"
+        )
+        .unwrap()
+            > 0.0,
+        "{agent}"
+    );
+    assert_eq!(
+        sample(&agent, "holdfast_agent_connected{node=\"node-1\"}"),
+        Some(1.0),
+        "{agent}"
+    );
+    assert!(
+        agent.contains(&format!(
+            "holdfast_agent_worker_running{{node=\"node-1\",job=\"{}\",generation=\"2\"}} 1",
+            job.job_id
+        )),
+        "{agent}"
+    );
 
     // Reports from the recorded incident.
     let out = std::process::Command::new(EXE)
         .args(["report", "--json", "--coordinator", &cluster.addr])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["recovery"]["incidents"], 1, "{report}");
     let mttr = report["recovery"]["total_s"]["p90"].as_f64().unwrap();
     assert!(mttr > 0.0 && mttr < 30.0, "{report}");
     let ettr = report["job"]["ettr"].as_f64().unwrap();
     assert!(ettr > 0.0 && ettr < 1.0, "{report}");
-    assert!(report["job"]["lost_steps"].as_u64().unwrap() <= 10, "at most one checkpoint interval redone: {report}");
+    assert!(
+        report["job"]["lost_steps"].as_u64().unwrap() <= 10,
+        "at most one checkpoint interval redone: {report}"
+    );
 
     let out = std::process::Command::new(EXE)
-        .args(["what-if", "--instances", "256", "--gpus-per-instance", "8", "--gpu-hours", "10000000", "--failure-rate", "0.05", "--json", "--coordinator", &cluster.addr])
+        .args([
+            "what-if",
+            "--instances",
+            "256",
+            "--gpus-per-instance",
+            "8",
+            "--gpu-hours",
+            "10000000",
+            "--failure-rate",
+            "0.05",
+            "--json",
+            "--coordinator",
+            &cluster.addr,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let all: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert!(all["scenarios"][0]["scenario"].as_str().unwrap().contains("measured"), "{all}");
+    assert!(
+        all["scenarios"][0]["scenario"]
+            .as_str()
+            .unwrap()
+            .contains("measured"),
+        "{all}"
+    );
     assert_eq!(all["scenarios"][1]["downtime_min"], 40.0);
     assert_eq!(all["scenarios"][2]["downtime_min"], 280.0);
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     // Seconds of downtime per failure instead of 40 minutes: barely anything is lost.
-    assert!((last["compute_days"].as_f64().unwrap() - 203.45).abs() < 0.01, "{last}");
+    assert!(
+        (last["compute_days"].as_f64().unwrap() - 203.45).abs() < 0.01,
+        "{last}"
+    );
     assert!(last["days_lost"].as_f64().unwrap() < 1.0, "{last}");
     assert!(last["mtbf_hours"].as_f64().is_some() && last["total_days"].as_f64().is_some());
 
-    let _ = client.stop_job(pb::StopJobRequest { job_id: job.job_id.clone() }).await;
+    let _ = client
+        .stop_job(pb::StopJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await;
     cluster.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,17 +17,39 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 /// Adds the dashboard and `/metrics` to the router that already serves the gRPC services.
 pub fn routes(coordinator: Coordinator, grpc: axum::Router) -> axum::Router {
-    grpc.route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML) }))
-        .route(
-            "/app.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }),
-        )
-        .route("/favicon.svg", get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG) }))
-        .route(
-            "/metrics",
-            get(move || {
-                let coordinator = coordinator.clone();
-                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], coordinator.metrics_text()).into_response() }
-            }),
-        )
+    grpc.route(
+        "/",
+        get(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                INDEX_HTML,
+            )
+        }),
+    )
+    .route(
+        "/app.js",
+        get(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                APP_JS,
+            )
+        }),
+    )
+    .route(
+        "/favicon.svg",
+        get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG) }),
+    )
+    .route(
+        "/metrics",
+        get(move || {
+            let coordinator = coordinator.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                    coordinator.metrics_text(),
+                )
+                    .into_response()
+            }
+        }),
+    )
 }

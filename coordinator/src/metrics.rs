@@ -12,7 +12,9 @@ use crate::report;
 
 /// Upper bounds (seconds) of the phase-duration histogram buckets: from sub-second control-plane
 /// phases up to the hour a slow manual replacement takes.
-pub const PHASE_BUCKETS_S: [f64; 14] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+pub const PHASE_BUCKETS_S: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 /// Every node state a gauge is emitted for (zero included, so dashboards see the whole set).
 const NODE_STATES: [&str; 9] = [
@@ -29,7 +31,10 @@ const NODE_STATES: [&str; 9] = [
 
 /// Escapes a label value (backslash, quote, newline).
 pub fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -54,20 +59,46 @@ fn histogram(out: &mut String, name: &str, series: &BTreeMap<&str, Vec<f64>>, la
     for (key, values) in series {
         for bound in PHASE_BUCKETS_S {
             let count = values.iter().filter(|v| **v <= bound).count();
-            let _ = writeln!(out, "{name}_bucket{{{label_name}=\"{key}\",le=\"{bound}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label_name}=\"{key}\",le=\"{bound}\"}} {count}"
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{label_name}=\"{key}\",le=\"+Inf\"}} {}", values.len());
-        let _ = writeln!(out, "{name}_sum{{{label_name}=\"{key}\"}} {}", values.iter().sum::<f64>());
-        let _ = writeln!(out, "{name}_count{{{label_name}=\"{key}\"}} {}", values.len());
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label_name}=\"{key}\",le=\"+Inf\"}} {}",
+            values.len()
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{label_name}=\"{key}\"}} {}",
+            values.iter().sum::<f64>()
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{{{label_name}=\"{key}\"}} {}",
+            values.len()
+        );
     }
 }
 
 /// Renders every coordinator metric.
-pub fn render(nodes: &[pb::Node], jobs: &[pb::Job], incidents: &[pb::Incident], now_unix_ms: i64) -> String {
+pub fn render(
+    nodes: &[pb::Node],
+    jobs: &[pb::Job],
+    incidents: &[pb::Incident],
+    now_unix_ms: i64,
+) -> String {
     let mut out = String::new();
 
-    header(&mut out, "holdfast_nodes", "gauge", "Nodes by lifecycle state.");
-    let mut by_state: BTreeMap<String, usize> = NODE_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    header(
+        &mut out,
+        "holdfast_nodes",
+        "gauge",
+        "Nodes by lifecycle state.",
+    );
+    let mut by_state: BTreeMap<String, usize> =
+        NODE_STATES.iter().map(|s| (s.to_string(), 0)).collect();
     for n in nodes {
         *by_state.entry(n.state.clone()).or_default() += 1;
     }
@@ -75,23 +106,58 @@ pub fn render(nodes: &[pb::Node], jobs: &[pb::Job], incidents: &[pb::Incident], 
         let _ = writeln!(out, "holdfast_nodes{{state=\"{}\"}} {count}", label(state));
     }
 
-    header(&mut out, "holdfast_node_up", "gauge", "1 when the node's agent stream is connected.");
+    header(
+        &mut out,
+        "holdfast_node_up",
+        "gauge",
+        "1 when the node's agent stream is connected.",
+    );
     for n in nodes {
-        let _ = writeln!(out, "holdfast_node_up{{node=\"{}\",state=\"{}\"}} {}", label(&n.node_id), label(&n.state), u8::from(n.connected));
+        let _ = writeln!(
+            out,
+            "holdfast_node_up{{node=\"{}\",state=\"{}\"}} {}",
+            label(&n.node_id),
+            label(&n.state),
+            u8::from(n.connected)
+        );
     }
 
-    header(&mut out, "holdfast_node_heartbeat_lag_seconds", "gauge", "Seconds since the node's last heartbeat.");
+    header(
+        &mut out,
+        "holdfast_node_heartbeat_lag_seconds",
+        "gauge",
+        "Seconds since the node's last heartbeat.",
+    );
     for n in nodes.iter().filter(|n| n.last_heartbeat_unix_ms > 0) {
         let lag = (now_unix_ms - n.last_heartbeat_unix_ms).max(0) as f64 / 1000.0;
-        let _ = writeln!(out, "holdfast_node_heartbeat_lag_seconds{{node=\"{}\"}} {lag}", label(&n.node_id));
+        let _ = writeln!(
+            out,
+            "holdfast_node_heartbeat_lag_seconds{{node=\"{}\"}} {lag}",
+            label(&n.node_id)
+        );
     }
 
-    header(&mut out, "holdfast_node_clock_offset_seconds", "gauge", "Agent clock minus coordinator clock, from heartbeat round trips.");
+    header(
+        &mut out,
+        "holdfast_node_clock_offset_seconds",
+        "gauge",
+        "Agent clock minus coordinator clock, from heartbeat round trips.",
+    );
     for n in nodes {
-        let _ = writeln!(out, "holdfast_node_clock_offset_seconds{{node=\"{}\"}} {}", label(&n.node_id), n.clock_offset_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "holdfast_node_clock_offset_seconds{{node=\"{}\"}} {}",
+            label(&n.node_id),
+            n.clock_offset_ms as f64 / 1000.0
+        );
     }
 
-    header(&mut out, "holdfast_health_check", "gauge", "1 for each node's health check in its current state.");
+    header(
+        &mut out,
+        "holdfast_health_check",
+        "gauge",
+        "1 for each node's health check in its current state.",
+    );
     for n in nodes {
         for c in n.health.iter().flat_map(|h| &h.checks) {
             let _ = writeln!(
@@ -104,18 +170,44 @@ pub fn render(nodes: &[pb::Node], jobs: &[pb::Job], incidents: &[pb::Incident], 
         }
     }
 
-    header(&mut out, "holdfast_incidents_total", "counter", "Incidents recorded, by cause and action.");
+    header(
+        &mut out,
+        "holdfast_incidents_total",
+        "counter",
+        "Incidents recorded, by cause and action.",
+    );
     let mut by_cause: BTreeMap<(String, String), usize> = BTreeMap::new();
     for i in incidents {
-        *by_cause.entry((i.cause.clone(), i.action.clone())).or_default() += 1;
+        *by_cause
+            .entry((i.cause.clone(), i.action.clone()))
+            .or_default() += 1;
     }
     for ((cause, action), count) in &by_cause {
-        let _ = writeln!(out, "holdfast_incidents_total{{cause=\"{}\",action=\"{}\"}} {count}", label(cause), label(action));
+        let _ = writeln!(
+            out,
+            "holdfast_incidents_total{{cause=\"{}\",action=\"{}\"}} {count}",
+            label(cause),
+            label(action)
+        );
     }
-    header(&mut out, "holdfast_incidents_open", "gauge", "Incidents not yet resumed or abandoned.");
-    let _ = writeln!(out, "holdfast_incidents_open {}", incidents.iter().filter(|i| i.open).count());
+    header(
+        &mut out,
+        "holdfast_incidents_open",
+        "gauge",
+        "Incidents not yet resumed or abandoned.",
+    );
+    let _ = writeln!(
+        out,
+        "holdfast_incidents_open {}",
+        incidents.iter().filter(|i| i.open).count()
+    );
 
-    header(&mut out, "holdfast_incident_phase_seconds", "histogram", "Duration of each recovery phase of recovered incidents.");
+    header(
+        &mut out,
+        "holdfast_incident_phase_seconds",
+        "histogram",
+        "Duration of each recovery phase of recovered incidents.",
+    );
     let phases: Vec<report::PhaseDurations> = incidents.iter().filter_map(report::phases).collect();
     let mut series: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for p in &phases {
@@ -130,28 +222,84 @@ pub fn render(nodes: &[pb::Node], jobs: &[pb::Job], incidents: &[pb::Incident], 
             series.entry(name).or_default().push(v);
         }
     }
-    histogram(&mut out, "holdfast_incident_phase_seconds", &series, "phase");
+    histogram(
+        &mut out,
+        "holdfast_incident_phase_seconds",
+        &series,
+        "phase",
+    );
 
-    header(&mut out, "holdfast_job_info", "gauge", "1 for each job in its current state and phase.");
+    header(
+        &mut out,
+        "holdfast_job_info",
+        "gauge",
+        "1 for each job in its current state and phase.",
+    );
     for j in jobs {
-        let _ = writeln!(out, "holdfast_job_info{{job=\"{}\",state=\"{}\",phase=\"{}\"}} 1", label(&j.job_id), label(&j.state), label(&j.phase));
+        let _ = writeln!(
+            out,
+            "holdfast_job_info{{job=\"{}\",state=\"{}\",phase=\"{}\"}} 1",
+            label(&j.job_id),
+            label(&j.state),
+            label(&j.phase)
+        );
     }
-    header(&mut out, "holdfast_job_generation", "gauge", "The job's current generation (one per launch).");
+    header(
+        &mut out,
+        "holdfast_job_generation",
+        "gauge",
+        "The job's current generation (one per launch).",
+    );
     for j in jobs {
-        let _ = writeln!(out, "holdfast_job_generation{{job=\"{}\"}} {}", label(&j.job_id), j.generation);
+        let _ = writeln!(
+            out,
+            "holdfast_job_generation{{job=\"{}\"}} {}",
+            label(&j.job_id),
+            j.generation
+        );
     }
-    header(&mut out, "holdfast_job_step", "gauge", "The job's latest reported training step.");
+    header(
+        &mut out,
+        "holdfast_job_step",
+        "gauge",
+        "The job's latest reported training step.",
+    );
     for j in jobs {
-        let _ = writeln!(out, "holdfast_job_step{{job=\"{}\"}} {}", label(&j.job_id), j.step);
+        let _ = writeln!(
+            out,
+            "holdfast_job_step{{job=\"{}\"}} {}",
+            label(&j.job_id),
+            j.step
+        );
     }
-    header(&mut out, "holdfast_job_restarts_total", "counter", "Relaunches of the job after faults.");
+    header(
+        &mut out,
+        "holdfast_job_restarts_total",
+        "counter",
+        "Relaunches of the job after faults.",
+    );
     for j in jobs {
-        let _ = writeln!(out, "holdfast_job_restarts_total{{job=\"{}\"}} {}", label(&j.job_id), j.restarts);
+        let _ = writeln!(
+            out,
+            "holdfast_job_restarts_total{{job=\"{}\"}} {}",
+            label(&j.job_id),
+            j.restarts
+        );
     }
-    header(&mut out, "holdfast_job_goodput_ratio", "gauge", "ETTR: productive time over wall time, redone work counted as lost.");
+    header(
+        &mut out,
+        "holdfast_job_goodput_ratio",
+        "gauge",
+        "ETTR: productive time over wall time, redone work counted as lost.",
+    );
     for j in jobs {
         let e = report::ettr(j, incidents, now_unix_ms);
-        let _ = writeln!(out, "holdfast_job_goodput_ratio{{job=\"{}\"}} {}", label(&j.job_id), e.ettr);
+        let _ = writeln!(
+            out,
+            "holdfast_job_goodput_ratio{{job=\"{}\"}} {}",
+            label(&j.job_id),
+            e.ettr
+        );
     }
     out
 }
