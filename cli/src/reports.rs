@@ -147,7 +147,7 @@ fn what_if_table(args: &WhatIfArgs, rows: &[Scenario]) -> String {
     ));
     for s in rows {
         out.push_str(&format!(
-            "{:<34} {:>13.1} {:>10.1} {:>11.1} {:>8.1}%\n",
+            "{:<34} {:>13.2} {:>10.2} {:>11.2} {:>8.2}%\n",
             s.label,
             s.downtime_min,
             s.result.days_lost,
@@ -277,7 +277,7 @@ mod tests {
         };
         let rows = scenarios(&args, ("given".into(), 1.0)).unwrap();
         let t = what_if_table(&args, &rows);
-        assert!(t.contains("220.8") && t.contains("325.0"), "{t}");
+        assert!(t.contains("220.81") && t.contains("324.98"), "{t}");
         assert!(
             t.contains("published managed") && t.contains("not counted"),
             "{t}"

@@ -403,6 +403,44 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     assert!(last["days_lost"].as_f64().unwrap() < 1.0, "{last}");
     assert!(last["mtbf_hours"].as_f64().is_some() && last["total_days"].as_f64().is_some());
 
+    // The same, as operators read them.
+    let out = std::process::Command::new(EXE)
+        .args(["report", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("holdfast P90 (1 incidents)") && text.contains("published managed P90"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("job {}: ETTR", job.job_id)),
+        "{text}"
+    );
+    let out = std::process::Command::new(EXE)
+        .args([
+            "what-if",
+            "--instances",
+            "256",
+            "--gpus-per-instance",
+            "8",
+            "--gpu-hours",
+            "10000000",
+            "--failure-rate",
+            "0.05",
+            "--coordinator",
+            &cluster.addr,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("holdfast measured (1 incidents)") && text.contains("324.98"),
+        "{text}"
+    );
+
     let _ = client
         .stop_job(pb::StopJobRequest {
             job_id: job.job_id.clone(),
