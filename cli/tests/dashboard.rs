@@ -125,6 +125,13 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
             node_modules.display()
         ));
     }
+    if !std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return skip_or_fail("no node (run scripts/setup/70-browser.sh)");
+    }
     let python = ["python3", "python"].into_iter().find(|p| {
         std::process::Command::new(p)
             .arg("--version")

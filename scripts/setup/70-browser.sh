@@ -10,7 +10,7 @@ fi
 HOLDFAST_BROWSER_DIR="${HOLDFAST_CACHE:-$PWD/target/test-cache}/browser"
 if [ ! -d "$HOLDFAST_BROWSER_DIR/node_modules/playwright-core" ]; then
   mkdir -p "$HOLDFAST_BROWSER_DIR"
-  (cd "$HOLDFAST_BROWSER_DIR" && npm install --no-audit --no-fund --silent playwright-core@1 >/dev/null)
+  (cd "$HOLDFAST_BROWSER_DIR" && npm install --no-audit --no-fund --silent playwright-core@1.65.1 >/dev/null)
 fi
 export HOLDFAST_CHROMIUM="$(command -v chromium)"
 export HOLDFAST_NODE_MODULES="$HOLDFAST_BROWSER_DIR/node_modules"

@@ -231,7 +231,8 @@ function percentile(values, p) {
 function renderNodes() {
   $('nodes').innerHTML = state.nodes.map((n) => {
     const cls = ['node', `s-${n.state}`, n.connected ? '' : 'off', state.selected === n.node_id ? 'sel' : ''].join(' ');
-    const health = n.health ? HEALTH[n.health.state] || '' : '';
+    // An offline node's health is the last one it reported.
+    const health = n.health ? (n.connected ? '' : 'last: ') + (HEALTH[n.health.state] || '') : '';
     return `<div class="${cls}" data-node="${esc(n.node_id)}" data-state="${esc(n.state)}" title="${esc(n.node_id)}">
       <div class="id">${esc(n.node_id)}</div><div class="st">${esc(n.state)}${n.connected ? '' : ' · offline'}</div>
       <div class="st">${esc(health)}${n.job_id ? ' · ' + esc(n.job_id) : ''}</div></div>`;
