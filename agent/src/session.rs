@@ -61,7 +61,11 @@ struct AgentState {
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
 /// one after another. Workers keep running when the agent stops.
-pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    health: HealthBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
 }
@@ -99,7 +103,13 @@ pub async fn run_with_outbox(
                 source,
             })?;
         tracing::info!(addr = ?listener.local_addr().ok(), "agent metrics on /metrics");
-        tokio::spawn(crate::metrics::serve(listener, node_id.clone(), metrics.clone(), health.clone(), snapshot.clone()));
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            node_id.clone(),
+            metrics.clone(),
+            health.clone(),
+            snapshot.clone(),
+        ));
     }
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
@@ -125,7 +135,10 @@ pub async fn run_with_outbox(
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+                tracing::warn!(
+                    node = state.node_id,
+                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                );
             }
         }
         tokio::select! {
@@ -166,7 +179,10 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
-async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+async fn session(
+    state: &mut AgentState,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -202,11 +218,21 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+            tracing::info!(
+                node = state.node_id,
+                term = w.term,
+                "connected to coordinator {}",
+                state.config.coordinator
+            );
             state.metrics.session_opened();
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "coordinator refused the session: {}",
+                status.message()
+            ))
+        }
     }
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -270,7 +296,10 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            tracing::warn!(
+                script = r.script,
+                "this agent runs no lifecycle scripts; ignored"
+            );
             return;
         }
     };

@@ -26,7 +26,10 @@ pub fn exit_code(state: &str) -> i32 {
 }
 
 /// Submits `spec` and returns the accepted job, or the coordinator's reason for refusing it.
-pub async fn submit(client: &mut OperatorServiceClient<Channel>, spec: pb::JobSpec) -> anyhow::Result<pb::Job> {
+pub async fn submit(
+    client: &mut OperatorServiceClient<Channel>,
+    spec: pb::JobSpec,
+) -> anyhow::Result<pb::Job> {
     let job = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await
@@ -68,8 +71,16 @@ impl RateMeter {
 /// One line of live status: state, generation, step, steps/s, last checkpoint, node health.
 pub fn status_line(job: &pb::Job, nodes: &[pb::Node], rate: Option<f64>) -> String {
     let total = job.spec.as_ref().map_or(0, |s| s.total_steps);
-    let step = if total > 0 { format!("{}/{total}", job.step) } else { job.step.to_string() };
-    let phase = if job.phase.is_empty() { String::new() } else { format!(" ({})", job.phase) };
+    let step = if total > 0 {
+        format!("{}/{total}", job.step)
+    } else {
+        job.step.to_string()
+    };
+    let phase = if job.phase.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", job.phase)
+    };
     let rate = rate.map_or("-".to_string(), |r| format!("{r:.1}"));
     let mut healthy = 0;
     let mut trouble = Vec::new();
@@ -77,12 +88,19 @@ pub fn status_line(job: &pb::Job, nodes: &[pb::Node], rate: Option<f64>) -> Stri
         match nodes.iter().find(|n| &n.node_id == id) {
             Some(n) => {
                 let unhealthy = n.health.as_ref().is_some_and(|h| {
-                    h.state == pb::HealthState::Unhealthy as i32 || h.state == pb::HealthState::Degraded as i32
+                    h.state == pb::HealthState::Unhealthy as i32
+                        || h.state == pb::HealthState::Degraded as i32
                 });
                 if n.connected && !unhealthy && n.state == "allocated" {
                     healthy += 1;
                 } else {
-                    let why = if !n.connected { "offline" } else if unhealthy { "unhealthy" } else { n.state.as_str() };
+                    let why = if !n.connected {
+                        "offline"
+                    } else if unhealthy {
+                        "unhealthy"
+                    } else {
+                        n.state.as_str()
+                    };
                     trouble.push(format!("{id} {why}"));
                 }
             }
@@ -136,8 +154,15 @@ impl Display {
         if self.terminal {
             let _ = write!(out, "\r\x1b[2K{line}");
             self.drawn = true;
-        } else if self.last_plain.is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY) {
-            let _ = writeln!(out, "{}  {line}", crate::tables::clock(holdfast_coordinator::now_ms()));
+        } else if self
+            .last_plain
+            .is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY)
+        {
+            let _ = writeln!(
+                out,
+                "{}  {line}",
+                crate::tables::clock(holdfast_coordinator::now_ms())
+            );
             self.last_plain = Some(tokio::time::Instant::now());
         }
         let _ = out.flush();
@@ -184,7 +209,9 @@ async fn follow_inner(
     let mut nodes: Vec<pb::Node> = Vec::new();
     let started = tokio::time::Instant::now();
     let mut events = client
-        .watch_events(pb::WatchEventsRequest { job_id: job_id.to_string() })
+        .watch_events(pb::WatchEventsRequest {
+            job_id: job_id.to_string(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
         .into_inner();
@@ -267,12 +294,25 @@ mod tests {
             step: 45,
             last_checkpoint_step: 40,
             nodes: vec!["a".into(), "b".into()],
-            spec: Some(pb::JobSpec { total_steps: 80, ..Default::default() }),
+            spec: Some(pb::JobSpec {
+                total_steps: 80,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let nodes = vec![
-            pb::Node { node_id: "a".into(), state: "allocated".into(), connected: true, ..Default::default() },
-            pb::Node { node_id: "b".into(), state: "fenced".into(), connected: false, ..Default::default() },
+            pb::Node {
+                node_id: "a".into(),
+                state: "allocated".into(),
+                connected: true,
+                ..Default::default()
+            },
+            pb::Node {
+                node_id: "b".into(),
+                state: "fenced".into(),
+                connected: false,
+                ..Default::default()
+            },
         ];
         let line = status_line(&job, &nodes, Some(9.84));
         assert_eq!(
