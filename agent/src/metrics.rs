@@ -206,4 +206,14 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }
+
+    #[test]
+    fn the_shipped_scrape_config_uses_the_documented_port() {
+        let scrape = include_str!("../../deploy/prometheus/holdfast.yml");
+        assert!(
+            scrape.contains(&format!(":{DEFAULT_METRICS_PORT}\"")),
+            "{scrape}"
+        );
+        assert!(scrape.contains("metrics_path: /metrics"));
+    }
 }

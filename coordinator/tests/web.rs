@@ -173,3 +173,11 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+#[test]
+fn the_shipped_scrape_config_scrapes_the_coordinator_port() {
+    let scrape = include_str!("../../deploy/prometheus/holdfast.yml");
+    assert!(scrape.contains("job_name: holdfast-coordinator"));
+    // 7070 is the coordinator's default listen port (`holdfast coordinator --listen`).
+    assert!(scrape.contains(":7070\""), "{scrape}");
+}
