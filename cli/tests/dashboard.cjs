@@ -60,8 +60,10 @@ async function main() {
     const events = await page.$$eval('#events div', (d) => d.map((x) => x.textContent));
     const step = await page.textContent('#job-step');
     const rate = await page.textContent('#job-rate');
+    const ettr = parseFloat(await page.textContent('#job-ettr'));
+    if (!(ettr > 0 && ettr < 100)) throw new Error(`ETTR shown as ${ettr}`);
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
-    say({ stage: 'done', incident, fenceReason, victimState, recoveryP50, chartBars, events, step, rate, consoleErrors });
+    say({ stage: 'done', incident, fenceReason, victimState, recoveryP50, chartBars, events, step, rate, ettr, consoleErrors });
   } finally {
     await browser.close();
   }

@@ -259,6 +259,24 @@ function currentJob() {
   return pool.reduce((a, b) => (!a || b.submitted_unix_ms > a.submitted_unix_ms ? b : a), null);
 }
 
+// ETTR as the coordinator's report module computes it: productive time over wall time, where
+// downtime and the redone steps' share of the running time are lost.
+function ettr(job) {
+  const end = job.finished_unix_ms || Date.now();
+  const wall = Math.max(0, end - job.submitted_unix_ms) / 1000;
+  const mine = state.incidents.filter((i) => i.job_id === job.job_id);
+  let down = 0, lostSteps = 0;
+  for (const i of mine) {
+    const until = i.resumed_unix_ms || end;
+    down += Math.max(0, until - Math.max(i.fault_unix_ms, job.submitted_unix_ms)) / 1000;
+    if (i.resumed_unix_ms) lostSteps += Math.max(0, i.fault_step - i.resumed_from_step);
+  }
+  down = Math.min(down, wall);
+  const running = wall - down, executed = job.step + lostSteps;
+  const lost = executed > 0 ? (running * lostSteps) / executed : 0;
+  return wall > 0 ? Math.max(0, running - lost) / wall : 0;
+}
+
 function renderJob() {
   const j = currentJob();
   if (!j) { $('job-body').textContent = 'no job submitted'; return; }
@@ -272,6 +290,7 @@ function renderJob() {
     <dt>steps/s</dt><dd id="job-rate">${rate}</dd>
     <dt>last checkpoint</dt><dd>${j.last_checkpoint_step ? 'step ' + j.last_checkpoint_step : '–'}</dd>
     <dt>restarts</dt><dd>${j.restarts}</dd>
+    <dt>ETTR</dt><dd id="job-ettr">${(100 * ettr(j)).toFixed(1)} %</dd>
     <dt>nodes</dt><dd>${esc(j.nodes.join(', '))}</dd>
     <dt>message</dt><dd>${esc(j.message || '')}</dd></dl>`;
 }
