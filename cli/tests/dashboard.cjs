@@ -1,8 +1,10 @@
 // Drives the dashboard in headless Chromium for cli/tests/dashboard.rs.
 // Protocol on stdio (one JSON object per line): prints {"stage":"ready",…} once the page shows
 // the nodes and a running job, waits for a "fault" line on stdin (the test has killed a host),
-// then waits for the incident to appear recovered with its phases, selects the fenced node,
-// saves a screenshot and prints {"stage":"done",…}. Any failure prints {"stage":"error",…}.
+// then waits for the incident to appear recovered with its phases, selects the fenced node and
+// prints {"stage":"done",…}; then reads a node id on stdin, selects that node, expects a failing
+// health check with its reason, saves a screenshot and prints {"stage":"health",…}. Any failure
+// prints {"stage":"error",…}.
 'use strict';
 const { chromium } = require('playwright-core');
 const readline = require('readline');
@@ -62,8 +64,17 @@ async function main() {
     const rate = await page.textContent('#job-rate');
     const ettr = parseFloat(await page.textContent('#job-ettr'));
     if (!(ettr > 0 && ettr < 100)) throw new Error(`ETTR shown as ${ettr}`);
-    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
     say({ stage: 'done', incident, fenceReason, victimState, recoveryP50, chartBars, events, step, rate, ettr, consoleErrors });
+
+    // A node whose health check fails: selecting it shows the check's reason.
+    const sick = (await nextLine()).trim();
+    await page.waitForSelector(`#nodes .node[data-node="${sick}"]`, { timeout: 10000 });
+    await page.click(`#nodes .node[data-node="${sick}"]`);
+    await page.waitForSelector('#node-detail [data-check].bad', { timeout: 10000 });
+    const check = await page.textContent('#node-detail [data-check].bad');
+    const card = await page.textContent(`#nodes .node[data-node="${sick}"]`);
+    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+    say({ stage: 'health', check, card, consoleErrors });
   } finally {
     await browser.close();
   }

@@ -272,15 +272,87 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         "live events: {done}"
     );
     assert_eq!(done["consoleErrors"].as_array().unwrap().len(), 0, "{done}");
+
+    // A node reports a fatal health check (a gRPC client speaking the agent protocol: this test
+    // cannot make a real GPU fail); the dashboard shows the check's reason on selection.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(8);
+    let now = holdfast_coordinator::now_ms();
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            node_id: "gpu-sick".into(),
+            hostname: "gpu-sick".into(),
+            role: pb::NodeRole::Spare as i32,
+            advertise_address: "127.0.0.1".into(),
+            sent_unix_ms: now,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let check = pb::HealthCheck {
+        check: "xid".into(),
+        state: pb::HealthState::Unhealthy as i32,
+        reason: "Xid 79: GPU has fallen off the bus".into(),
+        action: pb::HealthAction::ReplaceNode as i32,
+        observed_unix_ms: now,
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::HealthReport(pb::HealthReport {
+            health: Some(pb::HealthSummary {
+                state: pb::HealthState::Unhealthy as i32,
+                checks: vec![check],
+            }),
+            fatal: true,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut agent_client =
+        pb::agent_service_client::AgentServiceClient::connect(cluster.addr.clone())
+            .await
+            .unwrap();
+    let _session = agent_client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    stdin.write_all(b"gpu-sick\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let health = read_json_line(&mut lines, Duration::from_secs(30)).await;
+    assert_eq!(health["stage"], "health", "{health}");
+    assert!(
+        health["check"]
+            .as_str()
+            .unwrap()
+            .contains("Xid 79: GPU has fallen off the bus"),
+        "{health}"
+    );
+    assert!(
+        health["card"].as_str().unwrap().contains("unhealthy"),
+        "{health}"
+    );
+    assert_eq!(
+        health["consoleErrors"].as_array().unwrap().len(),
+        0,
+        "{health}"
+    );
+    drop(tx);
+
     let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
     assert!(screenshot.exists());
 
     // Metrics on the coordinator's port.
     let (status, metrics) = http_get(&cluster.addr, "/metrics");
     assert!(status.contains("200"), "{status}");
-    assert_eq!(
-        sample(&metrics, "holdfast_nodes{state=\"fenced\"}"),
-        Some(1.0),
+    assert!(
+        sample(&metrics, "holdfast_nodes{state=\"fenced\"}").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    let victim_up = format!("holdfast_node_up{{node=\"{victim}\",state=\"fenced\"}}");
+    assert_eq!(sample(&metrics, &victim_up), Some(0.0), "{metrics}");
+    assert!(
+        metrics.contains(
+            "holdfast_health_check{node=\"gpu-sick\",check=\"xid\",state=\"unhealthy\"} 1"
+        ),
         "{metrics}"
     );
     assert_eq!(
