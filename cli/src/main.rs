@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use holdfast_cli::{client, demo, follow, tables};
+use holdfast_cli::{client, demo, follow, reports, tables};
 use holdfast_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -69,6 +69,19 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// MTTD/MTTR percentiles of recorded incidents and a job's ETTR (effective training time).
+    Report {
+        #[command(flatten)]
+        addr: Addr,
+        /// The job whose ETTR is shown (default: the latest submitted).
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
+    WhatIf(reports::WhatIfArgs),
 }
 
 #[derive(clap::Args)]
@@ -118,6 +131,9 @@ struct AgentArgs {
     /// treated as real). For tests and the demo only.
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +289,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if args.enable_fault_injection {
                 config.fault_injection = true;
             }
+            if let Some(m) = args.metrics_listen {
+                config.metrics_listen = m;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
             Ok(0)
@@ -355,6 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
         }
+        Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
+        Cmd::WhatIf(args) => reports::what_if(args).await,
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
