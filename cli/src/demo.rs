@@ -394,6 +394,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         total_steps: options.steps,
         ..Default::default()
     };
+    let events = follow::watch(&mut client).await?;
     let job = follow::submit(&mut client, spec).await?;
     say(format!(
         "job {} accepted on {}",
@@ -405,8 +406,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
-    let final_job = follow::follow(
+    let final_job = follow::follow_events(
         &mut client,
+        events,
         &job.job_id,
         budget,
         |event| {

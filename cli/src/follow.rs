@@ -10,6 +10,7 @@ use holdfast_proto::v1 as pb;
 use pb::operator_service_client::OperatorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 /// Final job states.
 pub fn is_terminal(state: &str) -> bool {
@@ -178,10 +179,37 @@ impl Display {
     }
 }
 
+/// Every event of the coordinator from now on. Open it before submitting a job, so the job's
+/// first transitions are not missed.
+pub async fn watch(
+    client: &mut OperatorServiceClient<Channel>,
+) -> anyhow::Result<Streaming<pb::Event>> {
+    Ok(client
+        .watch_events(pb::WatchEventsRequest {
+            job_id: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
+        .into_inner())
+}
+
 /// Prints the job's events until it reaches a final state, and returns that job.
 /// `on_event` sees every event first (the demo uses it to inject its fault).
 pub async fn follow(
     client: &mut OperatorServiceClient<Channel>,
+    job_id: &str,
+    deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let events = watch(client).await?;
+    follow_events(client, events, job_id, deadline, on_event, print).await
+}
+
+/// [`follow`] on an event stream opened earlier with [`watch`].
+pub async fn follow_events(
+    client: &mut OperatorServiceClient<Channel>,
+    events: Streaming<pb::Event>,
     job_id: &str,
     deadline: Duration,
     mut on_event: impl FnMut(&pb::Event),
@@ -193,13 +221,22 @@ pub async fn follow(
         drawn: false,
         last_plain: None,
     };
-    let result = follow_inner(client, job_id, deadline, &mut on_event, &mut display).await;
+    let result = follow_inner(
+        client,
+        events,
+        job_id,
+        deadline,
+        &mut on_event,
+        &mut display,
+    )
+    .await;
     display.finish();
     result
 }
 
 async fn follow_inner(
     client: &mut OperatorServiceClient<Channel>,
+    mut events: Streaming<pb::Event>,
     job_id: &str,
     deadline: Duration,
     on_event: &mut impl FnMut(&pb::Event),
@@ -208,13 +245,6 @@ async fn follow_inner(
     let mut rate = RateMeter::default();
     let mut nodes: Vec<pb::Node> = Vec::new();
     let started = tokio::time::Instant::now();
-    let mut events = client
-        .watch_events(pb::WatchEventsRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
-        .into_inner();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
         if started.elapsed() > deadline {
@@ -222,6 +252,7 @@ async fn follow_inner(
         }
         tokio::select! {
             event = events.next() => match event {
+                Some(Ok(event)) if !event.job_id.is_empty() && event.job_id != job_id => {}
                 Some(Ok(event)) => {
                     on_event(&event);
                     if event.kind != "progress" {

@@ -421,13 +421,16 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         env: args.env.into_iter().collect(),
         total_steps: 0,
     };
+    // Watch first: a job that starts fast must not run ahead of its follower.
+    let events = follow::watch(&mut c).await?;
     let job = follow::submit(&mut c, spec).await.context("job refused")?;
     println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow(
+    let done = follow::follow_events(
         &mut c,
+        events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),
         |_| {},
