@@ -29,6 +29,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot serve metrics on {addr} (metrics_listen): {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a session ended.
@@ -50,11 +56,18 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// The host's GPUs, announced in every hello.
+    gpus: Vec<pb::Gpu>,
+    metrics: crate::metrics::AgentMetrics,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
 /// one after another. Workers keep running when the agent stops.
-pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    health: HealthBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
 }
@@ -73,6 +86,9 @@ pub async fn run_with_outbox(
         source,
     })?;
     let node_id = config.effective_node_id();
+    // The health monitors run beside the session for the agent's whole life.
+    let gpus = crate::health::monitor::start(&config, health.clone(), outbox.clone());
+    tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
@@ -83,6 +99,23 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     );
+    let metrics = crate::metrics::AgentMetrics::default();
+    if !config.metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|source| AgentError::MetricsListen {
+                addr: config.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "agent metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            node_id.clone(),
+            metrics.clone(),
+            health.clone(),
+            snapshot.clone(),
+        ));
+    }
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -93,6 +126,8 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        gpus,
+        metrics,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -102,10 +137,14 @@ pub async fn run_with_outbox(
         match session(&mut state, &mut shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(why) => {
+                state.metrics.session_lost();
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+                tracing::warn!(
+                    node = state.node_id,
+                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                );
             }
         }
         tokio::select! {
@@ -126,7 +165,7 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
         body: Some(ToCoordinator::Hello(pb::Hello {
             node_id: state.node_id.clone(),
             hostname: identity::hostname(),
-            gpus: Vec::new(),
+            gpus: state.gpus.clone(),
             role: match state.config.role {
                 NodeRole::Worker => pb::NodeRole::Worker as i32,
                 NodeRole::Spare => pb::NodeRole::Spare as i32,
@@ -146,7 +185,10 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
-async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+async fn session(
+    state: &mut AgentState,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -182,10 +224,21 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+            tracing::info!(
+                node = state.node_id,
+                term = w.term,
+                "connected to coordinator {}",
+                state.config.coordinator
+            );
+            state.metrics.session_opened();
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "coordinator refused the session: {}",
+                status.message()
+            ))
+        }
     }
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -223,6 +276,7 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
                 if tx.try_send(hb).is_err() {
                     return SessionEnd::Lost("send queue full (coordinator not reading)".into());
                 }
+                state.metrics.heartbeat_sent();
             }
             msg = state.outbox_rx.recv() => {
                 let Some(msg) = msg else { return SessionEnd::Shutdown };
@@ -248,7 +302,10 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            tracing::warn!(
+                script = r.script,
+                "this agent runs no lifecycle scripts; ignored"
+            );
             return;
         }
     };

@@ -51,6 +51,9 @@ pub struct WorkerSnapshot {
 
 struct Running {
     record: WorkerRecord,
+    /// Read once more at exit, so the last step written before the exit is not missed.
+    progress_file: PathBuf,
+    progress: ProgressReporter,
     stop_requested: Arc<AtomicBool>,
     exited: oneshot::Receiver<std::process::ExitStatus>,
     grace: Duration,
@@ -122,7 +125,11 @@ impl Supervisor {
             WorkerCommand::Fence(f) => f.term,
         };
         if term < self.term {
-            tracing::warn!(term, current = self.term, "refused a command of an older coordinator term");
+            tracing::warn!(
+                term,
+                current = self.term,
+                "refused a command of an older coordinator term"
+            );
             return;
         }
         self.term = term;
@@ -138,15 +145,15 @@ impl Supervisor {
                     );
                     return;
                 }
-                self.generations.insert(launch.job_id.clone(), launch.generation);
+                self.generations
+                    .insert(launch.job_id.clone(), launch.generation);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
             WorkerCommand::Stop(stop) => {
-                let matches = self
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.record.job_id == stop.job_id && r.record.generation <= stop.generation);
+                let matches = self.running.as_ref().is_some_and(|r| {
+                    r.record.job_id == stop.job_id && r.record.generation <= stop.generation
+                });
                 let seen = self.generations.entry(stop.job_id.clone()).or_insert(0);
                 *seen = (*seen).max(stop.generation);
                 if matches {
@@ -165,19 +172,28 @@ impl Supervisor {
 
     fn launch(&mut self, launch: pb::Launch) {
         let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
-        let argv: Vec<String> = launch.command.iter().map(|a| substitute(a, &vars)).collect();
+        let argv: Vec<String> = launch
+            .command
+            .iter()
+            .map(|a| substitute(a, &vars))
+            .collect();
         let Some((program, args)) = argv.split_first() else {
             self.report_exit(&launch.job_id, launch.generation, None, None, false);
             return;
         };
-        let progress_file = self
-            .state_dir
-            .join(format!("progress-{}-g{}", sanitize(&launch.job_id), launch.generation));
+        let progress_file = self.state_dir.join(format!(
+            "progress-{}-g{}",
+            sanitize(&launch.job_id),
+            launch.generation
+        ));
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
             .envs(launch.env.iter())
-            .envs(vars.iter().map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())))
+            .envs(
+                vars.iter()
+                    .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
+            )
             .env("HOLDFAST_PROGRESS_FILE", &progress_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -224,7 +240,10 @@ impl Supervisor {
             last: Arc::new(std::sync::Mutex::new(0)),
             snapshot: self.snapshot.clone(),
         };
-        let prefix = format!("[{} g{} r{}]", launch.job_id, launch.generation, launch.node_rank);
+        let prefix = format!(
+            "[{} g{} r{}]",
+            launch.job_id, launch.generation, launch.node_rank
+        );
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, prefix.clone(), regex.clone(), progress.clone()));
         }
@@ -240,13 +259,19 @@ impl Supervisor {
                 Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
             }
         });
-        tokio::spawn(poll_progress_file(progress_file, self.progress_poll, progress));
+        tokio::spawn(poll_progress_file(
+            progress_file.clone(),
+            self.progress_poll,
+            progress.clone(),
+        ));
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = Some(record.clone());
             snap.last_step = 0;
         }
         self.running = Some(Running {
             record,
+            progress_file,
+            progress,
             stop_requested: Arc::new(AtomicBool::new(false)),
             exited: exit_rx,
             grace: Duration::from_millis(launch.stop_grace_ms.max(100)),
@@ -272,7 +297,10 @@ impl Supervisor {
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
             Ok(status) => status.ok(),
             Err(_) => {
-                tracing::warn!(pid = running.record.pid, "worker ignored SIGTERM; sending SIGKILL to its group");
+                tracing::warn!(
+                    pid = running.record.pid,
+                    "worker ignored SIGTERM; sending SIGKILL to its group"
+                );
                 let _ = killpg(pgid, Signal::SIGKILL);
                 tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
                     .await
@@ -300,14 +328,30 @@ impl Supervisor {
             stopped_by_agent = stopped,
             "worker exited"
         );
+        if let Some(step) = read_progress_file(&running.progress_file) {
+            running.progress.report(step);
+        }
         self.write_record(None);
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;
         }
-        self.report_exit(&running.record.job_id, running.record.generation, code, signal, stopped);
+        self.report_exit(
+            &running.record.job_id,
+            running.record.generation,
+            code,
+            signal,
+            stopped,
+        );
     }
 
-    fn report_exit(&self, job_id: &str, generation: u64, code: Option<i32>, signal: Option<i32>, stopped: bool) {
+    fn report_exit(
+        &self,
+        job_id: &str,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        stopped: bool,
+    ) {
         self.send(ToCoordinator::WorkerEvent(pb::WorkerEvent {
             job_id: job_id.to_string(),
             generation,
@@ -380,7 +424,12 @@ impl ProgressReporter {
 }
 
 /// Copies a worker's output lines to the agent's log and reports the steps it prints.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(out: R, prefix: String, regex: Option<Regex>, progress: ProgressReporter) {
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    out: R,
+    prefix: String,
+    regex: Option<Regex>,
+    progress: ProgressReporter,
+) {
     let mut lines = BufReader::new(out).lines();
     loop {
         match lines.next_line().await {
@@ -409,7 +458,11 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         }
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {
-                if let Some(step) = text.split_whitespace().last().and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(step) = text
+                    .split_whitespace()
+                    .last()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     progress.report(step);
                 }
             }
@@ -419,11 +472,27 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         if progress
             .snapshot
             .lock()
-            .map(|s| s.record.as_ref().is_none_or(|r| r.generation != progress.generation))
+            .map(|s| {
+                s.record
+                    .as_ref()
+                    .is_none_or(|r| r.generation != progress.generation)
+            })
             .unwrap_or(true)
         {
             let _ = tokio::fs::remove_file(&path).await;
             return;
+        }
+    }
+}
+
+/// The step a job wrote to its progress file (the last number in it), if any.
+fn read_progress_file(path: &std::path::Path) -> Option<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.split_whitespace().last()?.parse().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::debug!("progress file {} unreadable: {e}", path.display());
+            None
         }
     }
 }
@@ -434,7 +503,11 @@ pub fn parse_step(regex: &Regex, line: &str) -> Option<u64> {
 }
 
 /// The values a launch makes available as `{name}` placeholders and `HOLDFAST_NAME` variables.
-pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec<(&'static str, String)> {
+pub fn placeholders(
+    launch: &pb::Launch,
+    node_id: &str,
+    local_addr: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("job_id", launch.job_id.clone()),
         ("node_id", node_id.to_string()),
@@ -442,7 +515,10 @@ pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec
         ("nnodes", launch.nnodes.to_string()),
         ("master_addr", launch.master_addr.clone()),
         ("master_port", launch.master_port.to_string()),
-        ("rdzv_endpoint", format!("{}:{}", launch.master_addr, launch.master_port)),
+        (
+            "rdzv_endpoint",
+            format!("{}:{}", launch.master_addr, launch.master_port),
+        ),
         ("rdzv_id", launch.rdzv_id.clone()),
         ("generation", launch.generation.to_string()),
         ("resume_from", launch.resume_from.clone()),
@@ -462,7 +538,15 @@ pub fn substitute(arg: &str, vars: &[(&'static str, String)]) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -493,7 +577,10 @@ mod tests {
         };
         let vars = placeholders(&launch, "n1", "10.0.0.2");
         assert_eq!(
-            substitute("--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}", &vars),
+            substitute(
+                "--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}",
+                &vars
+            ),
             "--rdzv-endpoint=10.0.0.1:29501 --node-rank=1 --local-addr=10.0.0.2"
         );
         assert_eq!(substitute("{unknown}", &vars), "{unknown}");

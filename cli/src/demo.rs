@@ -30,6 +30,9 @@ pub enum Fault {
     KillWorker,
     /// SIGSTOP one worker: progress stalls and the stall timeout fires.
     Hang,
+    /// A fatal GPU XID (79, fallen off the bus) through the agents' fault-injection seam: the
+    /// node is fenced and replaced.
+    Xid,
     /// No fault.
     None,
 }
@@ -40,6 +43,7 @@ impl Fault {
             Fault::KillAgent => "kill-agent",
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
+            Fault::Xid => "xid",
             Fault::None => "none",
         }
     }
@@ -119,8 +123,15 @@ impl LocalCluster {
                     break;
                 }
             }
-            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("the coordinator exited at start ({status}); see {}", dir.join("coordinator.log").display());
+            if let Some(Some(status)) = cluster
+                .coordinator
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "the coordinator exited at start ({status}); see {}",
+                    dir.join("coordinator.log").display()
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!("the coordinator did not start within 20 s");
@@ -144,7 +155,16 @@ impl LocalCluster {
             .append(true)
             .open(self.dir.join(format!("{node}.log")))?;
         let child = Command::new(&self.exe)
-            .args(["agent", "--coordinator", &self.addr, "--node-id", node, "--role", role, "--state-dir"])
+            .args([
+                "agent",
+                "--coordinator",
+                &self.addr,
+                "--node-id",
+                node,
+                "--role",
+                role,
+                "--state-dir",
+            ])
             .arg(&state)
             .args(extra)
             .stdin(Stdio::null())
@@ -165,8 +185,15 @@ impl LocalCluster {
         let mut client = self.client().await?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let nodes = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
-            let ready = nodes.iter().filter(|n| n.connected && n.state == "ready").count();
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let ready = nodes
+                .iter()
+                .filter(|n| n.connected && n.state == "ready")
+                .count();
             if ready >= count {
                 return Ok(());
             }
@@ -183,16 +210,40 @@ impl LocalCluster {
         serde_json::from_str(&text).ok()
     }
 
+    /// Appends one fault line to the node's inject file (the agent must run with fault
+    /// injection enabled): `xid <code> [gpu <i>]`, `ecc-dbe [gpu <i>]`, `gpu-lost [gpu <i>]`.
+    pub fn inject(&self, node: &str, fault: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self
+            .state_dir(node)
+            .join(holdfast_agent::health::inject::INJECT_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(format!("{fault}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
     /// Sends `signal` to the agent process of `node`.
     pub fn signal_agent(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
-        let child = self.agents.get(node).with_context(|| format!("no agent {node}"))?;
-        kill(Pid::from_raw(child.id() as i32), signal).with_context(|| format!("signalling agent {node}"))?;
+        let child = self
+            .agents
+            .get(node)
+            .with_context(|| format!("no agent {node}"))?;
+        kill(Pid::from_raw(child.id() as i32), signal)
+            .with_context(|| format!("signalling agent {node}"))?;
         Ok(())
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut child = self.agents.remove(node).with_context(|| format!("no agent {node}"))?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
         let _ = child.kill();
         let _ = child.wait();
         Ok(())
@@ -210,15 +261,22 @@ impl LocalCluster {
 
     /// Sends `signal` to the worker leader of `node`; returns its pid.
     pub fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
-        let w = self.worker(node).with_context(|| format!("no worker running on {node}"))?;
-        kill(Pid::from_raw(w.pid as i32), signal).with_context(|| format!("signalling worker {}", w.pid))?;
+        let w = self
+            .worker(node)
+            .with_context(|| format!("no worker running on {node}"))?;
+        kill(Pid::from_raw(w.pid as i32), signal)
+            .with_context(|| format!("signalling worker {}", w.pid))?;
         Ok(w.pid)
     }
 
     /// Kills every process it started, workers included.
     pub fn shutdown(&mut self) {
         let nodes: Vec<String> = std::fs::read_dir(self.dir.join("nodes"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         for (_, mut child) in std::mem::take(&mut self.agents) {
             let _ = child.kill();
@@ -271,7 +329,10 @@ impl DemoReport {
 /// Runs the demo with `exe` as the holdfast binary.
 pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let python = which_python()?;
-    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("train_demo.py");
@@ -291,16 +352,29 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         dir.display()
     ));
     let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    // The injection seam is opened only for the fault that needs it.
+    let agent_flags: &[&str] = if options.fault == Fault::Xid {
+        &["--enable-fault-injection"]
+    } else {
+        &[]
+    };
     for i in 1..=options.nodes {
-        cluster.start_agent(&format!("node-{i}"), "worker", &[])?;
+        cluster.start_agent(&format!("node-{i}"), "worker", agent_flags)?;
     }
     for i in 1..=options.spares {
-        cluster.start_agent(&format!("spare-{i}"), "spare", &[])?;
+        cluster.start_agent(&format!("spare-{i}"), "spare", agent_flags)?;
     }
     cluster
-        .wait_ready((options.nodes + options.spares) as usize, Duration::from_secs(30))
+        .wait_ready(
+            (options.nodes + options.spares) as usize,
+            Duration::from_secs(30),
+        )
         .await?;
-    say(format!("coordinator at {}; {} agents ready", cluster.addr, options.nodes + options.spares));
+    say(format!(
+        "coordinator at {}; {} agents ready",
+        cluster.addr,
+        options.nodes + options.spares
+    ));
     let mut client = cluster.client().await?;
     let spec = pb::JobSpec {
         command: vec![
@@ -320,30 +394,53 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         total_steps: options.steps,
         ..Default::default()
     };
+    let events = follow::watch(&mut client).await?;
     let job = follow::submit(&mut client, spec).await?;
-    say(format!("job {} accepted on {}", job.job_id, job.nodes.join(", ")));
+    say(format!(
+        "job {} accepted on {}",
+        job.job_id,
+        job.nodes.join(", ")
+    ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
-    let final_job = follow::follow(
+    let final_job = follow::follow_events(
         &mut client,
+        events,
         &job.job_id,
         budget,
         |event| {
             let Some(job) = &event.job else { return };
-            if fault == Fault::None || fault_at != 0 || job.state != "running" || job.step < options.fault_at_step {
+            if fault == Fault::None
+                || fault_at != 0
+                || job.state != "running"
+                || job.step < options.fault_at_step
+            {
                 return;
             }
-            let Some(node) = job.nodes.last().cloned() else { return };
+            let Some(node) = job.nodes.last().cloned() else {
+                return;
+            };
+            // Stamped before the first signal goes out: detection can only come after it.
+            let injected_at = holdfast_coordinator::now_ms();
             let result = match fault {
-                Fault::KillAgent => cluster.kill_host(&node).map(|_| "agent and worker SIGKILLed".to_string()),
-                Fault::KillWorker => cluster.signal_worker(&node, Signal::SIGKILL).map(|pid| format!("worker {pid} SIGKILLed")),
-                Fault::Hang => cluster.signal_worker(&node, Signal::SIGSTOP).map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::KillAgent => cluster
+                    .kill_host(&node)
+                    .map(|_| "agent and worker SIGKILLed".to_string()),
+                Fault::KillWorker => cluster
+                    .signal_worker(&node, Signal::SIGKILL)
+                    .map(|pid| format!("worker {pid} SIGKILLed")),
+                Fault::Hang => cluster
+                    .signal_worker(&node, Signal::SIGSTOP)
+                    .map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::Xid => cluster
+                    .inject(&node, "xid 79 gpu 0")
+                    .map(|_| "fatal Xid 79 injected on gpu 0".to_string()),
                 Fault::None => return,
             };
-            fault_at = holdfast_coordinator::now_ms();
+            fault_at = injected_at;
             victim = node.clone();
             match result {
                 Ok(what) => say(format!(
@@ -362,7 +459,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     }
     let final_job = final_job?;
     let incidents = client
-        .list_incidents(pb::ListIncidentsRequest { job_id: final_job.job_id.clone() })
+        .list_incidents(pb::ListIncidentsRequest {
+            job_id: final_job.job_id.clone(),
+        })
         .await?
         .into_inner()
         .incidents;
@@ -383,13 +482,21 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
 pub fn print_report(report: &DemoReport, to_stderr: bool) {
     let mut text = format!(
         "\njob {} {} at step {} (generation {}): {}\n",
-        report.job.job_id, report.job.state, report.job.step, report.job.generation, report.job.message
+        report.job.job_id,
+        report.job.state,
+        report.job.step,
+        report.job.generation,
+        report.job.message
     );
     if report.incidents.is_empty() {
         text.push_str("no incidents\n");
     }
     for i in &report.incidents {
-        let t0 = if report.fault_at > 0 { report.fault_at } else { i.fault_unix_ms };
+        let t0 = if report.fault_at > 0 {
+            report.fault_at
+        } else {
+            i.fault_unix_ms
+        };
         let s = |t| crate::tables::secs(t0, t).map_or("-".to_string(), |v| format!("{v:.2} s"));
         text.push_str(&format!(
             "incident {}: {} on {} ({}), action {}{}\n  detect {} · fence {} · replace {} · relaunch {} · resume {} (from the fault) · resumed from step {}\n",

@@ -43,7 +43,9 @@ const S3_SECRET: &str = "holdfast-secret";
 
 /// The repository's `examples/` directory (the training script and torchrun wrapper).
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
 }
 
 /// The external programs the rig runs.
@@ -62,9 +64,9 @@ impl Tools {
     /// the error says what is missing.
     pub fn from_env(holdfast: &Path) -> Result<Tools, String> {
         let var = |name: &str| -> Result<PathBuf, String> {
-            let value = std::env::var_os(name)
-                .map(PathBuf::from)
-                .ok_or_else(|| format!("{name} is not set (source scripts/setup/40-torch.sh and 41-s3.sh)"))?;
+            let value = std::env::var_os(name).map(PathBuf::from).ok_or_else(|| {
+                format!("{name} is not set (source scripts/setup/40-torch.sh and 41-s3.sh)")
+            })?;
             if !value.exists() {
                 return Err(format!("{name}={} does not exist", value.display()));
             }
@@ -162,7 +164,8 @@ fn training_pid(pids: &[i32]) -> Option<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        args.iter().any(|a| a.ends_with("train_ddp.py")) && !args.iter().any(|a| a.contains("torchrun"))
+        args.iter().any(|a| a.ends_with("train_ddp.py"))
+            && !args.iter().any(|a| a.contains("torchrun"))
     })
 }
 
@@ -264,7 +267,11 @@ pub struct NetnsCluster {
 impl NetnsCluster {
     /// Creates the hosts `control` and `s3`, starts the S3 server with the bucket, and the
     /// coordinator with `coordinator_args`. `dir` holds logs and agent state.
-    pub fn start(tools: Tools, dir: &Path, coordinator_args: &[&str]) -> anyhow::Result<NetnsCluster> {
+    pub fn start(
+        tools: Tools,
+        dir: &Path,
+        coordinator_args: &[&str],
+    ) -> anyhow::Result<NetnsCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut lab = Lab::create()?;
         let control = lab.add_host(CONTROL_HOST)?;
@@ -282,12 +289,18 @@ impl NetnsCluster {
         // The bucket is a directory of the server's root, made out of band (S3 clients here
         // cannot create buckets).
         let bucket = cluster.s3_root().join(BUCKET);
-        std::fs::create_dir_all(&bucket).with_context(|| format!("creating {}", bucket.display()))?;
+        std::fs::create_dir_all(&bucket)
+            .with_context(|| format!("creating {}", bucket.display()))?;
         let log = cluster.log_file("s3")?;
         let child = cluster
             .lab
             .command(S3_HOST, &cluster.tools.s3_server)?
-            .args(["--host", &s3.addr.to_string(), "--port", &S3_PORT.to_string()])
+            .args([
+                "--host",
+                &s3.addr.to_string(),
+                "--port",
+                &S3_PORT.to_string(),
+            ])
             .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
             .arg(cluster.s3_root())
             .stdin(Stdio::null())
@@ -321,7 +334,11 @@ impl NetnsCluster {
         cluster.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n')) {
-            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
+            if let Some(Some(status)) = cluster
+                .coordinator
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "the coordinator exited at start ({status}); see {}/coordinator.log",
                     dir.display()
@@ -365,7 +382,10 @@ impl NetnsCluster {
         let out = self
             .lab
             .command(CONTROL_HOST, &self.tools.python)?
-            .args(["-c", &format!("import boto3\ns3 = boto3.client('s3')\n{code}")])
+            .args([
+                "-c",
+                &format!("import boto3\ns3 = boto3.client('s3')\n{code}"),
+            ])
             .envs(self.s3_env())
             .stdin(Stdio::null())
             .output()
@@ -495,7 +515,8 @@ impl NetnsCluster {
             "--ckpt-every".into(),
             options.ckpt_every.to_string(),
         ]);
-        let mut env: std::collections::HashMap<String, String> = self.s3_env().into_iter().collect();
+        let mut env: std::collections::HashMap<String, String> =
+            self.s3_env().into_iter().collect();
         env.insert("GLOO_SOCKET_IFNAME".into(), IFNAME.into());
         env.insert("OMP_NUM_THREADS".into(), "1".into());
         env.insert("PYTHONUNBUFFERED".into(), "1".into());
@@ -562,8 +583,8 @@ impl NetnsCluster {
             }
             E2eFault::HostPartition => self.lab.cut(node).map(|()| "cable cut".to_string()),
             E2eFault::WorkerKill | E2eFault::WorkerHang => {
-                let pid =
-                    training_pid(&self.lab.pids(node)?).with_context(|| format!("no training process on {node}"))?;
+                let pid = training_pid(&self.lab.pids(node)?)
+                    .with_context(|| format!("no training process on {node}"))?;
                 let signal = if fault == E2eFault::WorkerKill {
                     Signal::SIGKILL
                 } else {
@@ -651,7 +672,12 @@ impl NetnsCluster {
                     run.fault_step = current.step;
                     run.checkpoint_at_fault = Some(checkpoint.step);
                     let what = self.inject(injection.fault, &victim)?;
-                    tracing::info!(fault = injection.fault.name(), victim, step = current.step, "{what}");
+                    tracing::info!(
+                        fault = injection.fault.name(),
+                        victim,
+                        step = current.step,
+                        "{what}"
+                    );
                     run.victim = victim;
                 }
             }
@@ -701,8 +727,15 @@ type Line = (Instant, String);
 
 /// Reads `child`'s stdout and stderr into `lines`, each with the time it arrived, and copies
 /// them to `log`.
-fn collect_output(child: &mut Child, lines: &Arc<Mutex<Vec<Line>>>, log: &Path) -> anyhow::Result<()> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+fn collect_output(
+    child: &mut Child,
+    lines: &Arc<Mutex<Vec<Line>>>,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let file = Arc::new(Mutex::new(file));
     let streams: Vec<Box<dyn std::io::Read + Send>> = [
         child
@@ -830,11 +863,17 @@ pub fn run_baseline(
         recovered: false,
     };
     loop {
-        let all_exited = children.iter_mut().all(|c| c.try_wait().ok().flatten().is_some());
+        let all_exited = children
+            .iter_mut()
+            .all(|c| c.try_wait().ok().flatten().is_some());
         let snapshot: Vec<Line> = lines.lock().map(|l| l.clone()).unwrap_or_default();
         match fault_at {
             None => {
-                let step = snapshot.iter().filter_map(|(_, l)| step_re(l)).max().unwrap_or(0);
+                let step = snapshot
+                    .iter()
+                    .filter_map(|(_, l)| step_re(l))
+                    .max()
+                    .unwrap_or(0);
                 if step >= after_step {
                     let has_checkpoint = cluster.block_on(store.resolve_latest(&[]))??.is_some();
                     if has_checkpoint {
@@ -858,7 +897,9 @@ pub fn run_baseline(
                     }
                 }
                 if let Some(resumed) = after.iter().position(|(_, l)| l.contains("resumed from")) {
-                    if let Some((t, _)) = after[resumed..].iter().find(|(_, l)| step_re(l).is_some()) {
+                    if let Some((t, _)) =
+                        after[resumed..].iter().find(|(_, l)| step_re(l).is_some())
+                    {
                         result.first_step_after_fault_s = Some(t.duration_since(at).as_secs_f64());
                     }
                 }
@@ -872,7 +913,8 @@ pub fn run_baseline(
     let succeeded = children
         .iter_mut()
         .all(|c| c.try_wait().ok().flatten().is_some_and(|s| s.success()));
-    result.recovered = fault != E2eFault::Xid && succeeded && result.first_step_after_fault_s.is_some();
+    result.recovered =
+        fault != E2eFault::Xid && succeeded && result.first_step_after_fault_s.is_some();
     for node in &nodes {
         let _ = cluster.lab.heal(node);
         let _ = cluster.lab.kill_processes(node);

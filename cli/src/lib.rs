@@ -7,6 +7,7 @@
 //! ## Layout
 //! - [`client`] — connecting to the operator API.
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
+//! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
@@ -17,4 +18,5 @@ pub mod demo;
 pub mod e2e;
 pub mod follow;
 pub mod netns;
+pub mod reports;
 pub mod tables;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use holdfast_cli::{client, demo, follow, tables};
+use holdfast_cli::{client, demo, follow, reports, tables};
 use holdfast_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -69,6 +69,19 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// MTTD/MTTR percentiles of recorded incidents and a job's ETTR (effective training time).
+    Report {
+        #[command(flatten)]
+        addr: Addr,
+        /// The job whose ETTR is shown (default: the latest submitted).
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
+    WhatIf(reports::WhatIfArgs),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +127,13 @@ struct AgentArgs {
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
+    /// Turn on the fault-injection test double (faults written to <state_dir>/inject are
+    /// treated as real). For tests and the demo only.
+    #[arg(long)]
+    enable_fault_injection: bool,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -181,7 +201,10 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -228,7 +251,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let bound = listener.local_addr()?;
             if let Some(path) = &args.addr_file {
-                std::fs::write(path, format!("{bound}\n")).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, format!("{bound}\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
             Ok(0)
@@ -237,7 +261,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging();
             let mut config = match &args.config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     holdfast_agent::AgentConfig::from_toml(&text, &path.display().to_string())?
                 }
                 None => holdfast_agent::AgentConfig::default(),
@@ -261,6 +286,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(a) = args.advertise_address {
                 config.advertise_address = a;
             }
+            if args.enable_fault_injection {
+                config.fault_injection = true;
+            }
+            if let Some(m) = args.metrics_listen {
+                config.metrics_listen = m;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
             Ok(0)
@@ -269,25 +300,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Status(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
             let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}\n{}", tables::jobs(&jobs), tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Nodes(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}", tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Incidents { addr, job, json } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let incidents = c
-                .list_incidents(pb::ListIncidentsRequest { job_id: job.unwrap_or_default() })
+                .list_incidents(pb::ListIncidentsRequest {
+                    job_id: job.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .incidents;
             if json {
-                let list: Vec<_> = incidents.iter().map(|i| tables::incident_json(i, i.fault_unix_ms)).collect();
+                let list: Vec<_> = incidents
+                    .iter()
+                    .map(|i| tables::incident_json(i, i.fault_unix_ms))
+                    .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 print!("{}", tables::incidents(&incidents));
@@ -297,7 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cordon { node, reason, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .cordon(pb::CordonRequest { node_id: node, reason })
+                .cordon(pb::CordonRequest {
+                    node_id: node,
+                    reason,
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -307,7 +354,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Uncordon { node, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .uncordon(pb::CordonRequest { node_id: node, reason: String::new() })
+                .uncordon(pb::CordonRequest {
+                    node_id: node,
+                    reason: String::new(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -324,6 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
         }
+        Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
+        Cmd::WhatIf(args) => reports::what_if(args).await,
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
@@ -338,8 +390,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if options.nodes == 0 {
                 anyhow::bail!("--nodes must be at least 1");
             }
-            if options.fault == demo::Fault::KillAgent && options.spares == 0 {
-                anyhow::bail!("--fault kill-agent needs at least one spare (--spares 1)");
+            if matches!(options.fault, demo::Fault::KillAgent | demo::Fault::Xid)
+                && options.spares == 0
+            {
+                anyhow::bail!(
+                    "--fault {} needs at least one spare (--spares 1)",
+                    options.fault.name()
+                );
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
@@ -364,12 +421,25 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         env: args.env.into_iter().collect(),
         total_steps: 0,
     };
+    // Watch first: a job that starts fast must not run ahead of its follower.
+    let events = follow::watch(&mut c).await?;
     let job = follow::submit(&mut c, spec).await.context("job refused")?;
     println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow(&mut c, &job.job_id, Duration::from_secs(u64::MAX / 4), |_| {}, true).await?;
-    println!("job {} {} at step {}: {}", done.job_id, done.state, done.step, done.message);
+    let done = follow::follow_events(
+        &mut c,
+        events,
+        &job.job_id,
+        Duration::from_secs(u64::MAX / 4),
+        |_| {},
+        true,
+    )
+    .await?;
+    println!(
+        "job {} {} at step {}: {}",
+        done.job_id, done.state, done.step, done.message
+    );
     Ok(follow::exit_code(&done.state))
 }

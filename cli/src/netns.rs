@@ -60,7 +60,11 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
         .output()
         .context("running `ip` (iproute2 is needed for network namespaces)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -140,8 +144,25 @@ impl Lab {
             "netns",
             &self.switch,
         ])?;
-        ip(&["-n", &self.switch, "link", "set", &switch_port, "master", "br0", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", IFNAME])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &switch_port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            IFNAME,
+        ])?;
         ip(&["-n", &netns, "link", "set", IFNAME, "up"])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
         Ok(host)
@@ -197,9 +218,12 @@ impl Lab {
     /// and so are the namespaces of threads and processes it starts.
     pub fn enter(&self, host: &str) -> anyhow::Result<NetnsGuard> {
         let netns = &self.host(host)?.netns;
-        let original = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
-        let target = File::open(format!("/run/netns/{netns}")).with_context(|| format!("opening namespace {netns}"))?;
-        setns(&target, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering namespace {netns}"))?;
+        let original = File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's network namespace")?;
+        let target = File::open(format!("/run/netns/{netns}"))
+            .with_context(|| format!("opening namespace {netns}"))?;
+        setns(&target, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering namespace {netns}"))?;
         Ok(NetnsGuard { original })
     }
 
@@ -243,7 +267,11 @@ impl Drop for NetnsGuard {
 
 fn ns_pids(netns: &str) -> Vec<i32> {
     ip(&["netns", "pids", netns])
-        .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -25,14 +25,23 @@ struct Case {
 
 /// Runs the job on node-1 and node-2 (plus spares) with `case.fault` injected on node-2 after
 /// the second checkpoint; `on_message` sees each new job message.
-fn run_case(case: Case, on_message: impl FnMut(&mut NetnsCluster, &pb::Job)) -> Option<(FaultRun, JobOptions)> {
+fn run_case(
+    case: Case,
+    on_message: impl FnMut(&mut NetnsCluster, &pb::Job),
+) -> Option<(FaultRun, JobOptions)> {
     let tools = Tools::for_tests(Path::new(env!("CARGO_BIN_EXE_holdfast")))?;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::env::temp_dir().join(format!("holdfast-e2e-{}-{}", case.fault.name(), std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "holdfast-e2e-{}-{}",
+        case.fault.name(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cluster = NetnsCluster::start(tools, &dir, &[]).expect("starting the cluster");
     for node in ["node-1", "node-2"] {
-        cluster.start_agent(node, "worker", case.agent_args).unwrap();
+        cluster
+            .start_agent(node, "worker", case.agent_args)
+            .unwrap();
     }
     for i in 1..=case.spares {
         cluster
@@ -58,7 +67,10 @@ fn run_case(case: Case, on_message: impl FnMut(&mut NetnsCluster, &pb::Job)) -> 
             .build()
             .unwrap();
         runtime.block_on(async {
-            cluster.wait_ready(ready, Duration::from_secs(30)).await.unwrap();
+            cluster
+                .wait_ready(ready, Duration::from_secs(30))
+                .await
+                .unwrap();
             cluster
                 .run_job(spec, Some(injection), JOB_DEADLINE, on_message)
                 .await
@@ -94,16 +106,31 @@ fn run_case(case: Case, on_message: impl FnMut(&mut NetnsCluster, &pb::Job)) -> 
 /// newest complete checkpoint at the fault (or one written while the fault was being handled,
 /// never one past the fault's step), and saw progress past it.
 fn assert_recovered(run: &FaultRun, options: &JobOptions, causes: &[&str]) -> pb::Incident {
-    assert!(run.fault_at > 0, "the fault was never injected: {:?}", run.job);
-    assert_eq!(run.job.state, "succeeded", "{}: {}", run.fault.name(), run.job.message);
-    assert_eq!(run.job.step, options.steps, "the job did not reach its last step");
+    assert!(
+        run.fault_at > 0,
+        "the fault was never injected: {:?}",
+        run.job
+    );
+    assert_eq!(
+        run.job.state,
+        "succeeded",
+        "{}: {}",
+        run.fault.name(),
+        run.job.message
+    );
+    assert_eq!(
+        run.job.step, options.steps,
+        "the job did not reach its last step"
+    );
     let incident = run.incident().cloned().expect("an incident for the fault");
     assert!(
         causes.contains(&incident.cause.as_str()),
         "cause {} not in {causes:?}",
         incident.cause
     );
-    let at_fault = run.checkpoint_at_fault.expect("a checkpoint existed at the fault");
+    let at_fault = run
+        .checkpoint_at_fault
+        .expect("a checkpoint existed at the fault");
     let from = incident.resumed_from_step;
     assert!(
         from >= at_fault && from <= run.fault_step && from % options.ckpt_every == 0,
@@ -227,8 +254,6 @@ fn no_spare_left_waits_and_says_so_then_resumes_when_one_registers() {
 }
 
 #[test]
-#[ignore = "needs the agent's fault-injection seam (`holdfast agent --enable-fault-injection` watching \
-            <state_dir>/inject), which lands with the health-monitor work; run with --ignored once merged"]
 fn fatal_xid_fences_the_host_and_a_spare_takes_over() {
     let Some((run, options)) = run_case(
         Case {

@@ -32,7 +32,11 @@ fn lay_out(root: &Path, prefix: &str, count: u64, per_dir: u64) -> u64 {
             objects += 1;
         }
         if complete {
-            std::fs::write(dir.join("COMPLETE"), format!(r#"{{"step":{step},"generation":1}}"#)).unwrap();
+            std::fs::write(
+                dir.join("COMPLETE"),
+                format!(r#"{{"step":{step},"generation":1}}"#),
+            )
+            .unwrap();
             objects += 1;
         }
     }
@@ -60,12 +64,26 @@ fn checkpoints_resolve_through_s3() {
 
             // The latest complete checkpoint is chosen; a newer partial one is skipped.
             put(&*s3, "run/step-10/model.pt", "a").await;
-            put(&*s3, "run/step-10/COMPLETE", r#"{"step":10,"generation":1}"#).await;
+            put(
+                &*s3,
+                "run/step-10/COMPLETE",
+                r#"{"step":10,"generation":1}"#,
+            )
+            .await;
             put(&*s3, "run/step-20/model.pt", "b").await;
-            put(&*s3, "run/step-20/COMPLETE", r#"{"step":20,"generation":1}"#).await;
+            put(
+                &*s3,
+                "run/step-20/COMPLETE",
+                r#"{"step":20,"generation":1}"#,
+            )
+            .await;
             put(&*s3, "run/step-30/model.pt", "partial").await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/run")).unwrap();
-            let found = store.resolve_latest(&[]).await.unwrap().expect("a checkpoint");
+            let found = store
+                .resolve_latest(&[])
+                .await
+                .unwrap()
+                .expect("a checkpoint");
             assert_eq!(found.step, 20);
             assert_eq!(found.uri, format!("s3://{BUCKET}/run/step-20"));
             assert_eq!(found.generation, Some(1));
@@ -74,7 +92,12 @@ fn checkpoints_resolve_through_s3() {
 
             // A checkpoint of a fenced generation written after its fence is never chosen; one
             // it wrote before the fence is.
-            put(&*s3, "zombie/step-10/COMPLETE", r#"{"step":10,"generation":1}"#).await;
+            put(
+                &*s3,
+                "zombie/step-10/COMPLETE",
+                r#"{"step":10,"generation":1}"#,
+            )
+            .await;
             let fence = FencedGeneration {
                 generation: 2,
                 fenced_at: holdfast_coordinator::now_ms(),
@@ -83,9 +106,18 @@ fn checkpoints_resolve_through_s3() {
             let into_next_second = 1_000 - fence.fenced_at.rem_euclid(1_000) + 10;
             tokio::time::sleep(Duration::from_millis(into_next_second as u64)).await;
             put(&*s3, "zombie/step-20/model.pt", "written by a cut-off host").await;
-            put(&*s3, "zombie/step-20/COMPLETE", r#"{"step":20,"generation":2}"#).await;
+            put(
+                &*s3,
+                "zombie/step-20/COMPLETE",
+                r#"{"step":20,"generation":2}"#,
+            )
+            .await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/zombie")).unwrap();
-            let found = store.resolve_latest(&[fence]).await.unwrap().expect("a checkpoint");
+            let found = store
+                .resolve_latest(&[fence])
+                .await
+                .unwrap()
+                .expect("a checkpoint");
             assert_eq!(
                 (found.step, found.generation),
                 (10, Some(1)),
@@ -100,16 +132,26 @@ fn checkpoints_resolve_through_s3() {
                 .await
                 .unwrap()
                 .expect("a checkpoint");
-            assert_eq!(found.step, 20, "a checkpoint written before the fence is legitimate");
+            assert_eq!(
+                found.step, 20,
+                "a checkpoint written before the fence is legitimate"
+            );
 
             // A prefix of 100,000 objects (1,000 checkpoints of 100 objects, the newest
             // partial) resolves to the newest complete one, in bounded time.
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/big")).unwrap();
             let started = Instant::now();
-            let found = store.resolve_latest(&[]).await.unwrap().expect("a checkpoint");
+            let found = store
+                .resolve_latest(&[])
+                .await
+                .unwrap()
+                .expect("a checkpoint");
             let took = started.elapsed();
             assert_eq!(found.step, 999);
-            println!("resolved a prefix of {objects} objects in {:.3} s", took.as_secs_f64());
+            println!(
+                "resolved a prefix of {objects} objects in {:.3} s",
+                took.as_secs_f64()
+            );
             assert!(took < Duration::from_secs(30), "resolving took {took:?}");
         })
         .unwrap();

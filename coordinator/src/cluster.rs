@@ -67,6 +67,9 @@ pub struct GpuInfo {
 }
 
 /// What the async shell must do.
+// Effects live for one call and are moved, never stored: boxing the large variants would only
+// add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Send a command to a node's agent (dropped if it is not connected).
@@ -161,7 +164,9 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(pb::Welcome, Vec<Effect>), CoordinatorError> {
         if hello.node_id.trim().is_empty() {
-            return Err(CoordinatorError::BadMessage("hello.node_id is empty".into()));
+            return Err(CoordinatorError::BadMessage(
+                "hello.node_id is empty".into(),
+            ));
         }
         if let Some(existing) = self.nodes.get(&hello.node_id) {
             if existing.conn.is_some() {
@@ -203,7 +208,10 @@ impl Cluster {
         record.last_heartbeat_at = now;
         record.restarting_until = None;
         record.offset_samples.clear();
-        record.worker = hello.worker.as_ref().map(|(j, g, p, _)| (j.clone(), *g, *p));
+        record.worker = hello
+            .worker
+            .as_ref()
+            .map(|(j, g, p, _)| (j.clone(), *g, *p));
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
         self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
@@ -293,7 +301,12 @@ impl Cluster {
     }
 
     /// A worker started or exited on a node.
-    pub fn worker_event(&mut self, node_id: &str, event: pb::WorkerEvent, now: UnixMillis) -> Vec<Effect> {
+    pub fn worker_event(
+        &mut self,
+        node_id: &str,
+        event: pb::WorkerEvent,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(kind) = event.kind else {
             return fx;
@@ -325,7 +338,11 @@ impl Cluster {
                         "worker of {} generation {} on {node_id} exited ({what}{})",
                         event.job_id,
                         event.generation,
-                        if e.stopped_by_agent { ", stopped by agent" } else { "" }
+                        if e.stopped_by_agent {
+                            ", stopped by agent"
+                        } else {
+                            ""
+                        }
                     ),
                     now,
                 ));
@@ -391,7 +408,10 @@ impl Cluster {
         vec![self.log_event(
             node_id,
             "",
-            format!("node {node_id} said goodbye{}", if restarting { " (restarting)" } else { "" }),
+            format!(
+                "node {node_id} said goodbye{}",
+                if restarting { " (restarting)" } else { "" }
+            ),
             now,
         )]
     }
@@ -417,7 +437,13 @@ impl Cluster {
 
     /// A node fault: the jobs on it recover, the node is fenced (if allocated or the fault is
     /// fatal) or marked offline (if idle and just gone).
-    fn node_fault(&mut self, node_id: &str, cause: FaultCause, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_fault(
+        &mut self,
+        node_id: &str,
+        cause: FaultCause,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let jobs: Vec<String> = self
             .jobs
             .values()
@@ -447,10 +473,18 @@ impl Cluster {
     // ----- operators -----------------------------------------------------------------------
 
     /// Validates and accepts a job: reserves its nodes and starts resolving its checkpoint.
-    pub fn submit(&mut self, spec: pb::JobSpec, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
-        let invalid = |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
+    pub fn submit(
+        &mut self,
+        spec: pb::JobSpec,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+        let invalid =
+            |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
         if spec.command.is_empty() || spec.command[0].trim().is_empty() {
-            return Err(invalid("command", "is empty: give the training command after --".into()));
+            return Err(invalid(
+                "command",
+                "is empty: give the training command after --".into(),
+            ));
         }
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
@@ -458,7 +492,10 @@ impl Cluster {
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
                 "stall_timeout_s",
-                format!("must be a number of seconds ≥ 0, got {}", spec.stall_timeout_s),
+                format!(
+                    "must be a number of seconds ≥ 0, got {}",
+                    spec.stall_timeout_s
+                ),
             ));
         }
         let progress_regex = if spec.progress_regex.is_empty() {
@@ -507,7 +544,11 @@ impl Cluster {
                     "the job needs {} nodes but only {} are ready ({}); {} known in all",
                     spec.nodes,
                     ready.len(),
-                    if ready.is_empty() { "none".to_string() } else { ready.join(", ") },
+                    if ready.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ready.join(", ")
+                    },
                     self.nodes.len()
                 ),
             )
@@ -528,7 +569,14 @@ impl Cluster {
         };
         let mut fx = Vec::new();
         for n in &nodes {
-            self.node_event(n, NodeEvent::Allocate { job_id: job_id.clone() }, now, &mut fx);
+            self.node_event(
+                n,
+                NodeEvent::Allocate {
+                    job_id: job_id.clone(),
+                },
+                now,
+                &mut fx,
+            );
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
@@ -553,7 +601,11 @@ impl Cluster {
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
-    pub fn stop_job(&mut self, job_id: &str, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+    pub fn stop_job(
+        &mut self,
+        job_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
         if !self.jobs.contains_key(job_id) {
             return Err(CoordinatorError::NoSuchJob(job_id.to_string()));
         }
@@ -562,17 +614,30 @@ impl Cluster {
         Ok((self.job_view(&self.jobs[job_id]), fx))
     }
 
-    pub fn cordon(&mut self, node_id: &str, reason: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn cordon(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         self.operator_node_event(
             node_id,
             NodeEvent::Cordon {
-                reason: if reason.is_empty() { "cordoned by operator".into() } else { reason.into() },
+                reason: if reason.is_empty() {
+                    "cordoned by operator".into()
+                } else {
+                    reason.into()
+                },
             },
             now,
         )
     }
 
-    pub fn uncordon(&mut self, node_id: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn uncordon(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
@@ -689,8 +754,14 @@ impl Cluster {
     ) {
         match effect {
             JobEffect::ResolveCheckpoint => fx.push(self.resolve_effect(job_id)),
-            JobEffect::Launch { generation, resume } => self.launch(job_id, generation, resume.as_ref(), fx),
-            JobEffect::StopWorkers { nodes, generation, reason } => {
+            JobEffect::Launch { generation, resume } => {
+                self.launch(job_id, generation, resume.as_ref(), fx)
+            }
+            JobEffect::StopWorkers {
+                nodes,
+                generation,
+                reason,
+            } => {
                 for node in nodes {
                     let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
                     if reachable {
@@ -715,13 +786,23 @@ impl Cluster {
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
                     fx.push(Effect::Send {
                         node: node.clone(),
-                        message: ToAgent::Fence(pb::Fence { reason, term: self.term }),
+                        message: ToAgent::Fence(pb::Fence {
+                            reason,
+                            term: self.term,
+                        }),
                     });
                 }
             }
             JobEffect::FindReplacements => {
                 for (rank, node) in self.replacements_for(job_id) {
-                    self.node_event(&node, NodeEvent::Allocate { job_id: job_id.to_string() }, now, fx);
+                    self.node_event(
+                        &node,
+                        NodeEvent::Allocate {
+                            job_id: job_id.to_string(),
+                        },
+                        now,
+                        fx,
+                    );
                     queue.push_back(JobEvent::ReplacementFound { rank, node });
                 }
             }
@@ -730,7 +811,11 @@ impl Cluster {
                     self.node_event(&node, NodeEvent::Release, now, fx);
                 }
             }
-            JobEffect::OpenIncident { node, cause, action } => {
+            JobEffect::OpenIncident {
+                node,
+                cause,
+                action,
+            } => {
                 let Some(job) = self.jobs.get(job_id) else {
                     return;
                 };
@@ -743,7 +828,7 @@ impl Cluster {
                     FaultCause::ProgressStalled { stalled_ms } => Some(now - *stalled_ms as i64),
                     _ => None,
                 };
-                let incident = Incident::open(
+                let mut incident = Incident::open(
                     self.incidents.len() as u64 + 1,
                     job_id,
                     &node,
@@ -754,12 +839,17 @@ impl Cluster {
                     fault_at,
                     now,
                 );
+                incident.fault_step = job.step;
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
-                for incident in self.incidents.iter_mut().filter(|i| i.job_id == job_id && i.is_open()) {
+                for incident in self
+                    .incidents
+                    .iter_mut()
+                    .filter(|i| i.job_id == job_id && i.is_open())
+                {
                     let next = incident::step(incident, &event, now);
                     if next != *incident {
                         *incident = next;
@@ -776,8 +866,16 @@ impl Cluster {
                     let message = format!(
                         "job {job_id} {}{}{}",
                         job.state.name(),
-                        if phase.is_empty() { String::new() } else { format!(" ({phase})") },
-                        if job.message.is_empty() { String::new() } else { format!(": {}", job.message) }
+                        if phase.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({phase})")
+                        },
+                        if job.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", job.message)
+                        }
                     );
                     fx.push(Effect::Publish(pb::Event {
                         at_unix_ms: now,
@@ -797,7 +895,10 @@ impl Cluster {
         let Some(job) = self.jobs.get(job_id) else {
             return Vec::new();
         };
-        if !matches!(job.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })) {
+        if !matches!(
+            job.state,
+            JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+        ) {
             return Vec::new();
         }
         let mut free: Vec<&NodeRecord> = self
@@ -818,7 +919,12 @@ impl Cluster {
         let waiting: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| matches!(j.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })))
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+                )
+            })
             .map(|j| j.id.clone())
             .collect();
         for job_id in waiting {
@@ -841,7 +947,13 @@ impl Cluster {
     }
 
     /// One `Launch` per rank, all at once, with a fresh rendezvous id and port.
-    fn launch(&self, job_id: &str, generation: u64, resume: Option<&Checkpoint>, fx: &mut Vec<Effect>) {
+    fn launch(
+        &self,
+        job_id: &str,
+        generation: u64,
+        resume: Option<&Checkpoint>,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
@@ -850,7 +962,9 @@ impl Cluster {
             .get(&job.ranks[0].node)
             .map(|n| n.address.clone())
             .unwrap_or_default();
-        let job_salt = job_id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let job_salt = job_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let span = u64::from(self.config.rdzv_port_span);
         let master_port = u64::from(self.config.rdzv_port_base) + (job_salt + generation) % span;
         for (rank, r) in job.ranks.iter().enumerate() {
@@ -877,7 +991,13 @@ impl Cluster {
         }
     }
 
-    fn node_event(&mut self, node_id: &str, event: NodeEvent, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_event(
+        &mut self,
+        node_id: &str,
+        event: NodeEvent,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -968,7 +1088,8 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
         .checks
         .iter()
         .find(|c| {
-            c.state == pb::HealthState::Unhealthy as i32 && c.action == pb::HealthAction::ReplaceNode as i32
+            c.state == pb::HealthState::Unhealthy as i32
+                && c.action == pb::HealthAction::ReplaceNode as i32
         })
         .map(|c| format!("{}: {}", c.check, c.reason))
 }

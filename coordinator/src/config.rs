@@ -219,7 +219,10 @@ mod tests {
         let err = CoordinatorConfig::from_toml("heartbeat_intervall_ms = 5\n", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.toml") && err.contains("heartbeat_intervall_ms"), "{err}");
+        assert!(
+            err.contains("c.toml") && err.contains("heartbeat_intervall_ms"),
+            "{err}"
+        );
         let err = CoordinatorConfig::from_toml("\nheartbeat_timeout_ms = \"x\"\n", "c.toml")
             .unwrap_err()
             .to_string();

@@ -59,6 +59,10 @@ pub struct Incident {
     pub from_generation: u64,
     pub to_generation: Option<u64>,
     pub resumed_from_step: Option<u64>,
+    /// The job's highest step when the fault was detected: work since the resumed checkpoint is
+    /// redone, and reports count it as lost.
+    #[serde(default)]
+    pub fault_step: u64,
 }
 
 /// What can happen to an open incident.
@@ -103,6 +107,7 @@ impl Incident {
             from_generation: generation,
             to_generation: None,
             resumed_from_step: None,
+            fault_step: 0,
         }
     }
 
@@ -159,7 +164,9 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         }
         IncidentEvent::Progress { generation, step } => {
             let past_resume = next.resumed_from_step.is_some_and(|from| *step > from);
-            if next.relaunched_at.is_some() && next.to_generation == Some(*generation) && past_resume
+            if next.relaunched_at.is_some()
+                && next.to_generation == Some(*generation)
+                && past_resume
             {
                 next.resumed_at = Some(now);
             }

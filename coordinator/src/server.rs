@@ -67,11 +67,34 @@ impl Coordinator {
     /// The core, locked. A poisoned lock (a panic elsewhere) is taken over: the core's state is
     /// only changed by whole steps, so it is still consistent.
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.shared.cluster.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
         self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Prometheus exposition of the current state (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let (nodes, jobs, incidents) = {
+            let cluster = self.cluster();
+            let nodes: Vec<pb::Node> = cluster
+                .nodes
+                .values()
+                .map(|n| cluster.node_view(n))
+                .collect();
+            let jobs: Vec<pb::Job> = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
+            let incidents: Vec<pb::Incident> = cluster
+                .incidents
+                .iter()
+                .map(|i| cluster.incident_view(i))
+                .collect();
+            (nodes, jobs, incidents)
+        };
+        crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
     }
 
     /// Subscribes to the event bus.
@@ -95,9 +118,14 @@ impl Coordinator {
                     let agents = self.agents();
                     match agents.get(&node) {
                         Some(agent) => {
-                            let msg = pb::CoordinatorMessage { body: Some(message) };
+                            let msg = pb::CoordinatorMessage {
+                                body: Some(message),
+                            };
                             if agent.tx.send(Ok(msg)).is_err() {
-                                tracing::warn!(node, "agent stream already closed; command dropped");
+                                tracing::warn!(
+                                    node,
+                                    "agent stream already closed; command dropped"
+                                );
                             }
                         }
                         None => tracing::warn!(node, "agent not connected; command dropped"),
@@ -111,21 +139,34 @@ impl Coordinator {
                         agent.close.notify_one();
                     }
                 }
-                Effect::ResolveCheckpoint { job_id, uri, fenced } => {
+                Effect::ResolveCheckpoint {
+                    job_id,
+                    uri,
+                    fenced,
+                } => {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let result = if uri.is_empty() {
                             Ok(None)
                         } else {
                             match CheckpointStore::open(&uri) {
-                                Ok(store) => store.resolve_latest(&fenced).await.map_err(|e| e.to_string()),
+                                Ok(store) => store
+                                    .resolve_latest(&fenced)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             }
                         };
                         match &result {
-                            Ok(Some(c)) => tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri),
-                            Ok(None) => tracing::info!(job = job_id, "no complete checkpoint; fresh start"),
-                            Err(e) => tracing::warn!(job = job_id, "checkpoint resolution failed: {e}"),
+                            Ok(Some(c)) => {
+                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
+                            }
+                            Ok(None) => {
+                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
+                            }
+                            Err(e) => {
+                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
+                            }
                         }
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
@@ -165,10 +206,18 @@ impl Coordinator {
                     self.with_core(|c, now| ((), c.health_report(node, health, now)));
                 }
             }
-            FromAgent::WorkerEvent(e) => self.with_core(|c, now| ((), c.worker_event(node, e, now))),
+            FromAgent::WorkerEvent(e) => {
+                self.with_core(|c, now| ((), c.worker_event(node, e, now)))
+            }
             FromAgent::Progress(p) => self.with_core(|c, now| ((), c.progress(node, p, now))),
             FromAgent::CommandResult(r) => {
-                tracing::info!(node, command = r.command_id, ok = r.ok, "command result: {}", r.message);
+                tracing::info!(
+                    node,
+                    command = r.command_id,
+                    ok = r.ok,
+                    "command result: {}",
+                    r.message
+                );
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
@@ -182,7 +231,11 @@ fn decode_hello(h: pb::Hello) -> Hello {
     Hello {
         node_id: h.node_id,
         hostname: h.hostname,
-        role: if h.role == pb::NodeRole::Spare as i32 { Role::Spare } else { Role::Worker },
+        role: if h.role == pb::NodeRole::Spare as i32 {
+            Role::Spare
+        } else {
+            Role::Worker
+        },
         address: h.advertise_address,
         boot_id: h.boot_id,
         agent_version: h.agent_version,
@@ -210,8 +263,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 impl AgentService for Coordinator {
     type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -229,7 +287,8 @@ impl AgentService for Coordinator {
             Ok(Ok(Some(msg))) => msg,
         };
         let Some(FromAgent::Hello(hello)) = first.body else {
-            let e = CoordinatorError::BadMessage("the first message of a session must be hello".into());
+            let e =
+                CoordinatorError::BadMessage("the first message of a session must be hello".into());
             tracing::warn!(peer, "refused agent stream: {e}");
             return Err(e.into());
         };
@@ -294,7 +353,10 @@ impl AgentService for Coordinator {
 
 #[tonic::async_trait]
 impl OperatorService for Coordinator {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let spec = request
             .into_inner()
             .spec
@@ -312,7 +374,10 @@ impl OperatorService for Coordinator {
         }
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let cluster = self.cluster();
         let job = if id.is_empty() {
@@ -321,16 +386,29 @@ impl OperatorService for Coordinator {
             cluster.jobs.get(&id)
         };
         job.map(|j| Response::new(cluster.job_view(j)))
-            .ok_or_else(|| CoordinatorError::NoSuchJob(if id.is_empty() { "submitted yet".into() } else { id }).into())
+            .ok_or_else(|| {
+                CoordinatorError::NoSuchJob(if id.is_empty() {
+                    "submitted yet".into()
+                } else {
+                    id
+                })
+                .into()
+            })
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let cluster = self.cluster();
         let jobs = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let result = self.with_core(|c, now| match c.stop_job(&id, now) {
             Ok((job, fx)) => (Ok(job), fx),
@@ -339,13 +417,23 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let cluster = self.cluster();
-        let nodes = cluster.nodes.values().map(|n| cluster.node_view(n)).collect();
+        let nodes = cluster
+            .nodes
+            .values()
+            .map(|n| cluster.node_view(n))
+            .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn cordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.cordon(&r.node_id, &r.reason, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -354,7 +442,10 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn uncordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn uncordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.uncordon(&r.node_id, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -380,23 +471,35 @@ impl OperatorService for Coordinator {
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let job_id = request.into_inner().job_id;
-        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(move |item| match item {
-            Ok(event) if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id => Some(Ok(event)),
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::Event {
-                at_unix_ms: now_ms(),
-                kind: "log".into(),
-                message: format!("{n} events dropped: watcher too slow"),
-                ..Default::default()
-            })),
-        });
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(
+            move |item| match item {
+                Ok(event)
+                    if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
+                {
+                    Some(Ok(event))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::Event {
+                        at_unix_ms: now_ms(),
+                        kind: "log".into(),
+                        message: format!("{n} events dropped: watcher too slow"),
+                        ..Default::default()
+                    }))
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves.
+/// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
+/// `/metrics` on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
@@ -413,11 +516,19 @@ pub async fn run(
         }
         s
     });
+    let grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .into_axum_router()
+        // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
+        // dashboard's page and /metrics are.
+        .layer(tonic_web::GrpcWebLayer::new());
+    let routes = crate::dashboard::routes(coordinator, grpc);
+    // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(AgentServiceServer::new(coordinator.clone()))
-        .add_service(OperatorServiceServer::new(coordinator))
+        .accept_http1(true)
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

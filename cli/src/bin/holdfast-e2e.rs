@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(line) => {
             if !args.json {
-                eprintln!("{}", serde_json::to_string_pretty(&line).unwrap_or_default());
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(&line).unwrap_or_default()
+                );
             }
             println!("{line}");
             ExitCode::SUCCESS
@@ -64,16 +67,19 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let holdfast = exe.with_file_name("holdfast");
     let tools = Tools::from_env(&holdfast).map_err(|e| anyhow::anyhow!(e))?;
     let keep = args.dir.is_some();
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("holdfast-e2e-{}", std::process::id())));
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("holdfast-e2e-{}", std::process::id()))
+    });
     let bound = Duration::from_secs(args.bound_s);
     let options = JobOptions {
         steps: args.steps,
         prefix: format!(
             "{}-{}",
-            if args.baseline { "baseline" } else { "holdfast" },
+            if args.baseline {
+                "baseline"
+            } else {
+                "holdfast"
+            },
             args.fault.name()
         ),
         ..Default::default()
@@ -104,7 +110,9 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         // block_on borrows the cluster immutably; run_job needs it mutably, so it gets its own
         // runtime inside the control namespace.
         let _inside = cluster.lab.enter(e2e::CONTROL_HOST)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let injection = Injection {
             fault,
             after_step,

@@ -25,7 +25,12 @@ fn running_job() -> Job {
         total_steps: 10,
     };
     let mut job = Job::new("j".into(), spec, vec!["n1".into()], 0);
-    step(&mut job, JobEvent::CheckpointResolved(Ok(None)), 0, &limits());
+    step(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(None)),
+        0,
+        &limits(),
+    );
     step(
         &mut job,
         JobEvent::WorkerStarted {
@@ -47,7 +52,10 @@ fn stalled(job: &Job) -> bool {
 fn a_starting_rank_gets_the_startup_grace_then_the_stall_timeout() {
     let mut job = running_job();
     step(&mut job, JobEvent::Tick, 20_000, &limits());
-    assert!(!stalled(&job), "silent for 20 s while starting: within the 30 s grace");
+    assert!(
+        !stalled(&job),
+        "silent for 20 s while starting: within the 30 s grace"
+    );
     step(
         &mut job,
         JobEvent::Progress {
@@ -61,7 +69,10 @@ fn a_starting_rank_gets_the_startup_grace_then_the_stall_timeout() {
     step(&mut job, JobEvent::Tick, 25_000, &limits());
     assert!(!stalled(&job));
     step(&mut job, JobEvent::Tick, 26_000, &limits());
-    assert!(stalled(&job), "5 s without progress after the first step is a stall");
+    assert!(
+        stalled(&job),
+        "5 s without progress after the first step is a stall"
+    );
 }
 
 #[test]
