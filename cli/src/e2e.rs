@@ -854,7 +854,6 @@ pub fn run_baseline(
     let store = cluster.checkpoint_store(&options.prefix)?;
     let victim = nodes.last().cloned().context("no nodes")?;
     let started = Instant::now();
-    let step_re = regex_lite_step;
     let mut fault_at: Option<(Instant, usize)> = None;
     let mut result = BaselineRun {
         fault,
@@ -871,7 +870,7 @@ pub fn run_baseline(
             None => {
                 let step = snapshot
                     .iter()
-                    .filter_map(|(_, l)| step_re(l))
+                    .filter_map(|(_, l)| printed_step(l))
                     .max()
                     .unwrap_or(0);
                 if step >= after_step {
@@ -897,8 +896,9 @@ pub fn run_baseline(
                     }
                 }
                 if let Some(resumed) = after.iter().position(|(_, l)| l.contains("resumed from")) {
-                    if let Some((t, _)) =
-                        after[resumed..].iter().find(|(_, l)| step_re(l).is_some())
+                    if let Some((t, _)) = after[resumed..]
+                        .iter()
+                        .find(|(_, l)| printed_step(l).is_some())
                     {
                         result.first_step_after_fault_s = Some(t.duration_since(at).as_secs_f64());
                     }
@@ -927,7 +927,7 @@ pub fn run_baseline(
 }
 
 /// `step N` in a training output line.
-fn regex_lite_step(line: &str) -> Option<u64> {
+fn printed_step(line: &str) -> Option<u64> {
     let rest = line.split("step ").nth(1)?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     if line.trim_start().starts_with("step ") || line.contains("]:step ") {
@@ -959,8 +959,8 @@ mod tests {
 
     #[test]
     fn steps_and_failures_are_recognised() {
-        assert_eq!(regex_lite_step("step 12 loss 3.1"), Some(12));
-        assert_eq!(regex_lite_step("rank 0: done at step 40"), None);
+        assert_eq!(printed_step("step 12 loss 3.1"), Some(12));
+        assert_eq!(printed_step("rank 0: done at step 40"), None);
         assert!(is_failure_line(
             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:"
         ));

@@ -99,26 +99,24 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         }
         cluster.start_agent("spare-1", "spare", agent_args)?;
         let spec = cluster.job_spec(&options);
-        let fault = args.fault;
-        let run = cluster.block_on(async {
-            cluster
-                .wait_ready(options.nodes as usize + 1, Duration::from_secs(30))
-                .await?;
-            anyhow::Ok(())
-        })?;
-        run?;
-        // block_on borrows the cluster immutably; run_job needs it mutably, so it gets its own
-        // runtime inside the control namespace.
+        let injection = Injection {
+            fault: args.fault,
+            after_step,
+            node: None,
+        };
+        // Operator calls come from the control host's namespace.
         let _inside = cluster.lab.enter(e2e::CONTROL_HOST)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let injection = Injection {
-            fault,
-            after_step,
-            node: None,
-        };
-        let run = runtime.block_on(cluster.run_job(spec, Some(injection), bound, |_, _| {}))?;
+        let run = runtime.block_on(async {
+            cluster
+                .wait_ready(options.nodes as usize + 1, Duration::from_secs(30))
+                .await?;
+            cluster
+                .run_job(spec, Some(injection), bound, |_, _| {})
+                .await
+        })?;
         run.json()
     };
     drop(cluster);
