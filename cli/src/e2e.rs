@@ -52,8 +52,7 @@ pub fn examples_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub holdfast: PathBuf,
-    /// Python of the virtualenv with torch and boto3.
-    pub python: PathBuf,
+    /// `torchrun` of the virtualenv with torch and boto3.
     pub torchrun: PathBuf,
     /// `s3s-fs`.
     pub s3_server: PathBuf,
@@ -75,7 +74,6 @@ impl Tools {
         crate::netns::available()?;
         Ok(Tools {
             holdfast: holdfast.to_path_buf(),
-            python: var("HOLDFAST_TORCH_PYTHON")?,
             torchrun: var("HOLDFAST_TORCHRUN")?,
             s3_server: var("HOLDFAST_S3_SERVER")?,
         })
@@ -375,25 +373,6 @@ impl NetnsCluster {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-    }
-
-    /// Runs a python snippet with boto3 on the control host.
-    pub fn boto3(&self, code: &str) -> anyhow::Result<String> {
-        let out = self
-            .lab
-            .command(CONTROL_HOST, &self.tools.python)?
-            .args([
-                "-c",
-                &format!("import boto3\ns3 = boto3.client('s3')\n{code}"),
-            ])
-            .envs(self.s3_env())
-            .stdin(Stdio::null())
-            .output()
-            .context("running python with boto3")?;
-        if !out.status.success() {
-            bail!("boto3: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The S3 server's data: `<root>/<bucket>/<key>` is an object, so a test may lay out many
