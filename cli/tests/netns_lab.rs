@@ -1,0 +1,114 @@
+//! The network-namespace test hosts themselves: hosts reach each other, a cut host is unreachable
+//! until healed, killing a host's processes leaves none, and dropping the lab deletes every
+//! namespace it made — also when the test panics. Needs root (skipped otherwise unless
+//! HOLDFAST_TEST_STRICT=1).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use holdfast_cli::netns::Lab;
+
+fn available() -> bool {
+    match holdfast_cli::netns::available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
+            panic!("network namespaces unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn namespaces() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `from` can open a TCP connection to `to` within `within`.
+fn connects(lab: &Lab, from: &str, to: SocketAddr, within: Duration) -> bool {
+    let _inside = lab.enter(from).unwrap();
+    TcpStream::connect_timeout(&to, within).is_ok()
+}
+
+#[test]
+fn hosts_talk_get_cut_off_healed_killed_and_torn_down() {
+    if !available() {
+        return;
+    }
+    let mut lab = Lab::create().unwrap();
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    assert_ne!(a.addr, b.addr);
+    assert!(
+        lab.add_host("a").is_err(),
+        "a duplicate host name is refused"
+    );
+    assert!(lab.add_host("bad name").is_err());
+
+    // A listener on b, bound inside b's namespace.
+    let to = SocketAddr::new(b.addr.into(), 7000);
+    let listener = {
+        let _inside = lab.enter("b").unwrap();
+        TcpListener::bind(to).unwrap()
+    };
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    assert!(
+        connects(&lab, "a", to, Duration::from_secs(2)),
+        "a cannot reach b"
+    );
+
+    lab.cut("b").unwrap();
+    assert!(
+        !connects(&lab, "a", to, Duration::from_millis(500)),
+        "b is reachable while cut off"
+    );
+    lab.heal("b").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !connects(&lab, "a", to, Duration::from_millis(500)) {
+        assert!(Instant::now() < deadline, "b is unreachable after healing");
+    }
+
+    // Everything running on a host dies with it, stopped processes included.
+    let mut sleeper = lab
+        .command("a", "sleep")
+        .unwrap()
+        .arg("300")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper.id() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.pids("a").unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the process never showed up on a"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.kill_processes("a").unwrap() >= 1);
+    assert!(sleeper.wait().is_ok());
+    assert!(lab.pids("a").unwrap().is_empty());
+
+    let netns = a.netns.clone();
+    assert!(namespaces().contains(&netns));
+    let panicked = std::thread::spawn(move || {
+        let _lab = lab;
+        panic!("a failing test");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert!(
+        !namespaces().contains(&netns),
+        "the lab's namespaces outlived it"
+    );
+}
