@@ -19,6 +19,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod metrics;
+pub mod proctree;
 pub mod session;
 pub mod worker;
 

@@ -291,9 +291,14 @@ impl Supervisor {
             pid = running.record.pid,
             "stopping worker: {reason}"
         );
+        // Launchers such as torchrun run their workers in sessions of their own, out of the
+        // group's reach: find them now, while they are still the leader's descendants.
+        let tree = crate::proctree::descendants(running.record.pid as i32);
         // A stopped (SIGSTOP) process only acts on SIGTERM once continued.
         let _ = killpg(pgid, Signal::SIGTERM);
+        crate::proctree::signal_all(&tree, Signal::SIGTERM);
         let _ = killpg(pgid, Signal::SIGCONT);
+        crate::proctree::signal_all(&tree, Signal::SIGCONT);
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
             Ok(status) => status.ok(),
             Err(_) => {
@@ -302,12 +307,15 @@ impl Supervisor {
                     "worker ignored SIGTERM; sending SIGKILL to its group"
                 );
                 let _ = killpg(pgid, Signal::SIGKILL);
+                crate::proctree::signal_all(&tree, Signal::SIGKILL);
                 tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
                     .await
                     .ok()
                     .and_then(Result::ok)
             }
         };
+        // Whatever of the tree outlived its launcher would run on as an orphan.
+        crate::proctree::signal_all(&tree, Signal::SIGKILL);
         self.on_exit(status);
     }
 

@@ -152,19 +152,22 @@ impl E2eFault {
     }
 }
 
-/// A training process of a host: the python running `train_ddp.py` (not torchrun).
-fn training_pid(pids: &[i32]) -> Option<i32> {
-    pids.iter().copied().find(|pid| {
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        args.iter().any(|a| a.ends_with("train_ddp.py"))
-            && !args.iter().any(|a| a.contains("torchrun"))
-    })
+/// The training processes among `pids`: the pythons running `train_ddp.py` (not torchrun).
+fn training_pids(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().any(|a| a.ends_with("train_ddp.py"))
+                && !args.iter().any(|a| a.contains("torchrun"))
+        })
+        .collect()
 }
 
 /// What one run with a fault measured.
@@ -459,6 +462,11 @@ impl NetnsCluster {
         Ok(())
     }
 
+    /// Pids of the training processes running on `node`.
+    pub fn training_processes(&self, node: &str) -> anyhow::Result<Vec<i32>> {
+        Ok(training_pids(&self.lab.pids(node)?))
+    }
+
     pub fn state_dir(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(node)
     }
@@ -562,7 +570,10 @@ impl NetnsCluster {
             }
             E2eFault::HostPartition => self.lab.cut(node).map(|()| "cable cut".to_string()),
             E2eFault::WorkerKill | E2eFault::WorkerHang => {
-                let pid = training_pid(&self.lab.pids(node)?)
+                let pid = self
+                    .training_processes(node)?
+                    .first()
+                    .copied()
                     .with_context(|| format!("no training process on {node}"))?;
                 let signal = if fault == E2eFault::WorkerKill {
                     Signal::SIGKILL

@@ -114,6 +114,18 @@ fn run_case(
             );
         }
     }
+    // Once the job is over no training process may be left behind (a hung worker in a session
+    // of its own included) — except on a host that was cut off, which nothing could reach.
+    if run.job.state == "succeeded" && case.fault != E2eFault::HostPartition {
+        let hosts: Vec<String> = cluster.lab.hosts().map(|h| h.name.clone()).collect();
+        for host in hosts {
+            let left = cluster.training_processes(&host).unwrap();
+            assert!(
+                left.is_empty(),
+                "training processes left on {host}: {left:?}"
+            );
+        }
+    }
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     Some((run, options))

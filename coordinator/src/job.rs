@@ -34,7 +34,8 @@ pub struct JobSpec {
     pub progress_regex: String,
     /// Extra environment for every worker.
     pub env: BTreeMap<String, String>,
-    /// Last step of the job, when known (display only).
+    /// Last step of the job, when known: shown to operators, and a rank past it is left to exit
+    /// without stall checks.
     pub total_steps: u64,
 }
 
