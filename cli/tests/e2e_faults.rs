@@ -118,12 +118,19 @@ fn run_case(
     // of its own included) — except on a host that was cut off, which nothing could reach.
     if run.job.state == "succeeded" && case.fault != E2eFault::HostPartition {
         let hosts: Vec<String> = cluster.lab.hosts().map(|h| h.name.clone()).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for host in hosts {
-            let left = cluster.training_processes(&host).unwrap();
-            assert!(
-                left.is_empty(),
-                "training processes left on {host}: {left:?}"
-            );
+            loop {
+                let left = cluster.training_processes(&host).unwrap();
+                if left.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "training processes left on {host}: {left:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     drop(cluster);
