@@ -70,7 +70,11 @@ impl AgentConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(invalid("coordinator", "must be an http:// or https:// URL"));
         }
-        if self.node_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self
+            .node_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid("node_id", "must not contain whitespace"));
         }
         if self.heartbeat_interval_ms == 0 {
@@ -128,12 +132,48 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("coordinator", AgentConfig { coordinator: "10.0.0.1:7070".into(), ..Default::default() }),
-            ("node_id", AgentConfig { node_id: "a b".into(), ..Default::default() }),
-            ("heartbeat_interval_ms", AgentConfig { heartbeat_interval_ms: 0, ..Default::default() }),
-            ("reconnect_max_backoff_ms", AgentConfig { reconnect_max_backoff_ms: 1, ..Default::default() }),
-            ("progress_file_poll_ms", AgentConfig { progress_file_poll_ms: 0, ..Default::default() }),
-            ("state_dir", AgentConfig { state_dir: PathBuf::new(), ..Default::default() }),
+            (
+                "coordinator",
+                AgentConfig {
+                    coordinator: "10.0.0.1:7070".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "node_id",
+                AgentConfig {
+                    node_id: "a b".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "heartbeat_interval_ms",
+                AgentConfig {
+                    heartbeat_interval_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reconnect_max_backoff_ms",
+                AgentConfig {
+                    reconnect_max_backoff_ms: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "progress_file_poll_ms",
+                AgentConfig {
+                    progress_file_poll_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "state_dir",
+                AgentConfig {
+                    state_dir: PathBuf::new(),
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -143,9 +183,12 @@ mod tests {
 
     #[test]
     fn toml_errors_name_the_file_and_key() {
-        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("agent.toml") && err.contains("role"), "{err}");
-        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml").unwrap();
+        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml")
+            .unwrap();
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
     }
 }

@@ -50,11 +50,17 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// Highest coordinator term seen (durable, kept by the supervisor).
+    known_term: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
 /// one after another. Workers keep running when the agent stops.
-pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    health: HealthBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
 }
@@ -83,6 +89,7 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     );
+    let known_term = supervisor.known_term();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -93,6 +100,7 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        known_term,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -105,7 +113,10 @@ pub async fn run_with_outbox(
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+                tracing::warn!(
+                    node = state.node_id,
+                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                );
             }
         }
         tokio::select! {
@@ -146,7 +157,10 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
-async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+async fn session(
+    state: &mut AgentState,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -179,13 +193,37 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
+            let known = state.known_term.load(std::sync::atomic::Ordering::SeqCst);
+            if w.term < known {
+                // A coordinator that lost its leadership (or a stale copy) still serving.
+                return SessionEnd::Lost(format!(
+                    "coordinator at {} has term {} but term {known} was already seen; refusing it \
+                     (if its state was reset on purpose, remove {})",
+                    state.config.coordinator,
+                    w.term,
+                    crate::worker::FencingState::path(&state.config.state_dir).display()
+                ));
+            }
+            if state.commands.send(WorkerCommand::Term(w.term)).is_err() {
+                return SessionEnd::Shutdown;
+            }
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+            tracing::info!(
+                node = state.node_id,
+                term = w.term,
+                "connected to coordinator {}",
+                state.config.coordinator
+            );
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "coordinator refused the session: {}",
+                status.message()
+            ))
+        }
     }
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -248,7 +286,10 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            tracing::warn!(
+                script = r.script,
+                "this agent runs no lifecycle scripts; ignored"
+            );
             return;
         }
     };

@@ -30,6 +30,56 @@ pub enum WorkerCommand {
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),
+    /// A coordinator of this term welcomed the agent: older terms are refused from now on.
+    Term(u64),
+}
+
+/// What the agent must not forget across its own restarts to refuse zombie commands: the
+/// highest coordinator term and the highest generation per job it has seen. Kept in
+/// `<state_dir>/fencing.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencingState {
+    pub term: u64,
+    pub generations: HashMap<String, u64>,
+}
+
+impl FencingState {
+    pub fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("fencing.json")
+    }
+
+    /// Reads the file; a missing one is a fresh agent, an unreadable one is logged and treated
+    /// as fresh (the coordinator's own term check still guards the new generation).
+    pub fn load(state_dir: &std::path::Path) -> FencingState {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{} is unreadable ({e}); starting with no term",
+                    path.display()
+                );
+                FencingState::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FencingState::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; starting with no term", path.display());
+                FencingState::default()
+            }
+        }
+    }
+
+    /// Writes the file atomically (temp file, then rename).
+    pub fn save(&self, state_dir: &std::path::Path) {
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
 }
 
 /// What the agent records about its running worker in `<state_dir>/worker.json`, so operators
@@ -64,10 +114,11 @@ pub struct Supervisor {
     state_dir: PathBuf,
     progress_poll: Duration,
     running: Option<Running>,
-    /// Highest generation seen per job: older commands are refused.
-    generations: HashMap<String, u64>,
-    /// Highest coordinator term seen.
-    term: u64,
+    /// Highest coordinator term and generation per job seen (durable): older commands are
+    /// refused.
+    fencing: FencingState,
+    /// The term, shared with the session so a welcome from an older coordinator is refused.
+    known_term: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
 }
 
@@ -87,9 +138,29 @@ impl Supervisor {
             state_dir,
             progress_poll,
             running: None,
-            generations: HashMap::new(),
-            term: 0,
+            known_term: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            fencing: FencingState::default(),
             snapshot,
+        }
+        .with_fencing_from_disk()
+    }
+
+    fn with_fencing_from_disk(mut self) -> Supervisor {
+        self.fencing = FencingState::load(&self.state_dir);
+        self.known_term.store(self.fencing.term, Ordering::SeqCst);
+        self
+    }
+
+    /// The highest coordinator term seen, kept up to date by the supervisor.
+    pub fn known_term(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.known_term.clone()
+    }
+
+    fn adopt_term(&mut self, term: u64) {
+        if term > self.fencing.term {
+            self.fencing.term = term;
+            self.known_term.store(term, Ordering::SeqCst);
+            self.fencing.save(&self.state_dir);
         }
     }
 
@@ -120,15 +191,26 @@ impl Supervisor {
             WorkerCommand::Launch(l) => l.term,
             WorkerCommand::Stop(s) => s.term,
             WorkerCommand::Fence(f) => f.term,
+            WorkerCommand::Term(t) => *t,
         };
-        if term < self.term {
-            tracing::warn!(term, current = self.term, "refused a command of an older coordinator term");
+        if term < self.fencing.term {
+            tracing::warn!(
+                term,
+                current = self.fencing.term,
+                "refused a command of an older coordinator term"
+            );
             return;
         }
-        self.term = term;
+        self.adopt_term(term);
         match command {
+            WorkerCommand::Term(_) => {}
             WorkerCommand::Launch(launch) => {
-                let seen = self.generations.get(&launch.job_id).copied().unwrap_or(0);
+                let seen = self
+                    .fencing
+                    .generations
+                    .get(&launch.job_id)
+                    .copied()
+                    .unwrap_or(0);
                 if launch.generation <= seen {
                     tracing::warn!(
                         job = launch.job_id,
@@ -138,17 +220,26 @@ impl Supervisor {
                     );
                     return;
                 }
-                self.generations.insert(launch.job_id.clone(), launch.generation);
+                self.fencing
+                    .generations
+                    .insert(launch.job_id.clone(), launch.generation);
+                self.fencing.save(&self.state_dir);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
             WorkerCommand::Stop(stop) => {
-                let matches = self
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.record.job_id == stop.job_id && r.record.generation <= stop.generation);
-                let seen = self.generations.entry(stop.job_id.clone()).or_insert(0);
-                *seen = (*seen).max(stop.generation);
+                let matches = self.running.as_ref().is_some_and(|r| {
+                    r.record.job_id == stop.job_id && r.record.generation <= stop.generation
+                });
+                let seen = self
+                    .fencing
+                    .generations
+                    .entry(stop.job_id.clone())
+                    .or_insert(0);
+                if stop.generation > *seen {
+                    *seen = stop.generation;
+                    self.fencing.save(&self.state_dir);
+                }
                 if matches {
                     if let Some(r) = self.running.as_mut() {
                         r.grace = Duration::from_millis(stop.grace_ms);
@@ -165,19 +256,28 @@ impl Supervisor {
 
     fn launch(&mut self, launch: pb::Launch) {
         let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
-        let argv: Vec<String> = launch.command.iter().map(|a| substitute(a, &vars)).collect();
+        let argv: Vec<String> = launch
+            .command
+            .iter()
+            .map(|a| substitute(a, &vars))
+            .collect();
         let Some((program, args)) = argv.split_first() else {
             self.report_exit(&launch.job_id, launch.generation, None, None, false);
             return;
         };
-        let progress_file = self
-            .state_dir
-            .join(format!("progress-{}-g{}", sanitize(&launch.job_id), launch.generation));
+        let progress_file = self.state_dir.join(format!(
+            "progress-{}-g{}",
+            sanitize(&launch.job_id),
+            launch.generation
+        ));
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
             .envs(launch.env.iter())
-            .envs(vars.iter().map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())))
+            .envs(
+                vars.iter()
+                    .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
+            )
             .env("HOLDFAST_PROGRESS_FILE", &progress_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -224,7 +324,10 @@ impl Supervisor {
             last: Arc::new(std::sync::Mutex::new(0)),
             snapshot: self.snapshot.clone(),
         };
-        let prefix = format!("[{} g{} r{}]", launch.job_id, launch.generation, launch.node_rank);
+        let prefix = format!(
+            "[{} g{} r{}]",
+            launch.job_id, launch.generation, launch.node_rank
+        );
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, prefix.clone(), regex.clone(), progress.clone()));
         }
@@ -240,7 +343,11 @@ impl Supervisor {
                 Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
             }
         });
-        tokio::spawn(poll_progress_file(progress_file, self.progress_poll, progress));
+        tokio::spawn(poll_progress_file(
+            progress_file,
+            self.progress_poll,
+            progress,
+        ));
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = Some(record.clone());
             snap.last_step = 0;
@@ -272,7 +379,10 @@ impl Supervisor {
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
             Ok(status) => status.ok(),
             Err(_) => {
-                tracing::warn!(pid = running.record.pid, "worker ignored SIGTERM; sending SIGKILL to its group");
+                tracing::warn!(
+                    pid = running.record.pid,
+                    "worker ignored SIGTERM; sending SIGKILL to its group"
+                );
                 let _ = killpg(pgid, Signal::SIGKILL);
                 tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
                     .await
@@ -304,10 +414,23 @@ impl Supervisor {
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;
         }
-        self.report_exit(&running.record.job_id, running.record.generation, code, signal, stopped);
+        self.report_exit(
+            &running.record.job_id,
+            running.record.generation,
+            code,
+            signal,
+            stopped,
+        );
     }
 
-    fn report_exit(&self, job_id: &str, generation: u64, code: Option<i32>, signal: Option<i32>, stopped: bool) {
+    fn report_exit(
+        &self,
+        job_id: &str,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        stopped: bool,
+    ) {
         self.send(ToCoordinator::WorkerEvent(pb::WorkerEvent {
             job_id: job_id.to_string(),
             generation,
@@ -380,7 +503,12 @@ impl ProgressReporter {
 }
 
 /// Copies a worker's output lines to the agent's log and reports the steps it prints.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(out: R, prefix: String, regex: Option<Regex>, progress: ProgressReporter) {
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    out: R,
+    prefix: String,
+    regex: Option<Regex>,
+    progress: ProgressReporter,
+) {
     let mut lines = BufReader::new(out).lines();
     loop {
         match lines.next_line().await {
@@ -409,7 +537,11 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         }
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {
-                if let Some(step) = text.split_whitespace().last().and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(step) = text
+                    .split_whitespace()
+                    .last()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     progress.report(step);
                 }
             }
@@ -419,7 +551,11 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         if progress
             .snapshot
             .lock()
-            .map(|s| s.record.as_ref().is_none_or(|r| r.generation != progress.generation))
+            .map(|s| {
+                s.record
+                    .as_ref()
+                    .is_none_or(|r| r.generation != progress.generation)
+            })
             .unwrap_or(true)
         {
             let _ = tokio::fs::remove_file(&path).await;
@@ -434,7 +570,11 @@ pub fn parse_step(regex: &Regex, line: &str) -> Option<u64> {
 }
 
 /// The values a launch makes available as `{name}` placeholders and `HOLDFAST_NAME` variables.
-pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec<(&'static str, String)> {
+pub fn placeholders(
+    launch: &pb::Launch,
+    node_id: &str,
+    local_addr: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("job_id", launch.job_id.clone()),
         ("node_id", node_id.to_string()),
@@ -442,7 +582,10 @@ pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec
         ("nnodes", launch.nnodes.to_string()),
         ("master_addr", launch.master_addr.clone()),
         ("master_port", launch.master_port.to_string()),
-        ("rdzv_endpoint", format!("{}:{}", launch.master_addr, launch.master_port)),
+        (
+            "rdzv_endpoint",
+            format!("{}:{}", launch.master_addr, launch.master_port),
+        ),
         ("rdzv_id", launch.rdzv_id.clone()),
         ("generation", launch.generation.to_string()),
         ("resume_from", launch.resume_from.clone()),
@@ -462,7 +605,15 @@ pub fn substitute(arg: &str, vars: &[(&'static str, String)]) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -493,7 +644,10 @@ mod tests {
         };
         let vars = placeholders(&launch, "n1", "10.0.0.2");
         assert_eq!(
-            substitute("--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}", &vars),
+            substitute(
+                "--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}",
+                &vars
+            ),
             "--rdzv-endpoint=10.0.0.1:29501 --node-rank=1 --local-addr=10.0.0.2"
         );
         assert_eq!(substitute("{unknown}", &vars), "{unknown}");

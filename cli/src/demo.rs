@@ -30,6 +30,9 @@ pub enum Fault {
     KillWorker,
     /// SIGSTOP one worker: progress stalls and the stall timeout fires.
     Hang,
+    /// SIGKILL the coordinator and start it again on the same port and state file: training
+    /// goes on, no incident, no new generation.
+    KillCoordinator,
     /// No fault.
     None,
 }
@@ -40,6 +43,7 @@ impl Fault {
             Fault::KillAgent => "kill-agent",
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
+            Fault::KillCoordinator => "kill-coordinator",
             Fault::None => "none",
         }
     }
@@ -60,6 +64,8 @@ pub struct DemoOptions {
     pub json: bool,
     /// Keep the working directory (logs, checkpoints) after the demo.
     pub keep: bool,
+    /// How long the coordinator stays down with `Fault::KillCoordinator`.
+    pub coordinator_outage: Duration,
 }
 
 impl Default for DemoOptions {
@@ -75,6 +81,7 @@ impl Default for DemoOptions {
             stall_timeout_s: 3.0,
             json: false,
             keep: false,
+            coordinator_outage: Duration::from_secs(3),
         }
     }
 }
@@ -85,49 +92,126 @@ pub struct LocalCluster {
     exe: PathBuf,
     pub addr: String,
     coordinator: Option<Child>,
+    /// The coordinator's flags beyond listen address and state file, kept for restarts.
+    coordinator_extra: Vec<String>,
     agents: BTreeMap<String, Child>,
 }
 
 impl LocalCluster {
     /// Starts `holdfast coordinator` (from `exe`) on a free loopback port with `extra` flags.
+    /// Its state file is `<dir>/coordinator.redb`.
     pub async fn start(exe: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let addr_file = dir.join("coordinator.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(dir.join("coordinator.log"))?;
-        let child = Command::new(exe)
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--addr-file"])
-            .arg(&addr_file)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} coordinator", exe.display()))?;
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             exe: exe.to_path_buf(),
             addr: String::new(),
-            coordinator: Some(child),
+            coordinator: None,
+            coordinator_extra: extra.iter().map(|s| s.to_string()).collect(),
             agents: BTreeMap::new(),
         };
+        cluster.spawn_coordinator("127.0.0.1:0").await?;
+        Ok(cluster)
+    }
+
+    /// The coordinator's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("coordinator.redb")
+    }
+
+    async fn spawn_coordinator(&mut self, listen: &str) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let addr_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coordinator.log"))?;
+        let child = Command::new(&self.exe)
+            .args(["coordinator", "--listen", listen, "--addr-file"])
+            .arg(&addr_file)
+            .arg("--state")
+            .arg(self.state_file())
+            .args(&self.coordinator_extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} coordinator", self.exe.display()))?;
+        self.coordinator = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
                 if text.ends_with('\n') {
-                    cluster.addr = format!("http://{}", text.trim());
-                    break;
+                    self.addr = format!("http://{}", text.trim());
+                    return Ok(());
                 }
             }
-            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("the coordinator exited at start ({status}); see {}", dir.join("coordinator.log").display());
+            if let Some(Some(status)) = self
+                .coordinator
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "the coordinator exited at start ({status}); see {}",
+                    dir.join("coordinator.log").display()
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!("the coordinator did not start within 20 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(cluster)
+    }
+
+    /// SIGKILLs the coordinator and reaps it (agents and workers keep running).
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        let mut child = self
+            .coordinator
+            .take()
+            .context("the coordinator is not running")?;
+        child.kill().context("killing the coordinator")?;
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Sends `signal` to the coordinator process.
+    pub fn signal_coordinator(&self, signal: Signal) -> anyhow::Result<()> {
+        let child = self
+            .coordinator
+            .as_ref()
+            .context("the coordinator is not running")?;
+        kill(Pid::from_raw(child.id() as i32), signal).context("signalling the coordinator")?;
+        Ok(())
+    }
+
+    /// Starts the coordinator again on the same address and state file.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.coordinator.is_none(),
+            "the coordinator is still running"
+        );
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        // The port was just freed; a lingering socket can hold it for a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_coordinator(&listen).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("coordinator restart failed, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`LocalCluster::restart_coordinator`] for callers that cannot await (event callbacks):
+    /// blocks this thread until the coordinator listens again.
+    pub fn restart_coordinator_blocking(&mut self) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.restart_coordinator())
+        })
     }
 
     /// The agent's state directory (holds `worker.json`).
@@ -144,7 +228,16 @@ impl LocalCluster {
             .append(true)
             .open(self.dir.join(format!("{node}.log")))?;
         let child = Command::new(&self.exe)
-            .args(["agent", "--coordinator", &self.addr, "--node-id", node, "--role", role, "--state-dir"])
+            .args([
+                "agent",
+                "--coordinator",
+                &self.addr,
+                "--node-id",
+                node,
+                "--role",
+                role,
+                "--state-dir",
+            ])
             .arg(&state)
             .args(extra)
             .stdin(Stdio::null())
@@ -165,8 +258,15 @@ impl LocalCluster {
         let mut client = self.client().await?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let nodes = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
-            let ready = nodes.iter().filter(|n| n.connected && n.state == "ready").count();
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let ready = nodes
+                .iter()
+                .filter(|n| n.connected && n.state == "ready")
+                .count();
             if ready >= count {
                 return Ok(());
             }
@@ -185,14 +285,21 @@ impl LocalCluster {
 
     /// Sends `signal` to the agent process of `node`.
     pub fn signal_agent(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
-        let child = self.agents.get(node).with_context(|| format!("no agent {node}"))?;
-        kill(Pid::from_raw(child.id() as i32), signal).with_context(|| format!("signalling agent {node}"))?;
+        let child = self
+            .agents
+            .get(node)
+            .with_context(|| format!("no agent {node}"))?;
+        kill(Pid::from_raw(child.id() as i32), signal)
+            .with_context(|| format!("signalling agent {node}"))?;
         Ok(())
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut child = self.agents.remove(node).with_context(|| format!("no agent {node}"))?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
         let _ = child.kill();
         let _ = child.wait();
         Ok(())
@@ -210,15 +317,22 @@ impl LocalCluster {
 
     /// Sends `signal` to the worker leader of `node`; returns its pid.
     pub fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
-        let w = self.worker(node).with_context(|| format!("no worker running on {node}"))?;
-        kill(Pid::from_raw(w.pid as i32), signal).with_context(|| format!("signalling worker {}", w.pid))?;
+        let w = self
+            .worker(node)
+            .with_context(|| format!("no worker running on {node}"))?;
+        kill(Pid::from_raw(w.pid as i32), signal)
+            .with_context(|| format!("signalling worker {}", w.pid))?;
         Ok(w.pid)
     }
 
     /// Kills every process it started, workers included.
     pub fn shutdown(&mut self) {
         let nodes: Vec<String> = std::fs::read_dir(self.dir.join("nodes"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         for (_, mut child) in std::mem::take(&mut self.agents) {
             let _ = child.kill();
@@ -298,9 +412,16 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         cluster.start_agent(&format!("spare-{i}"), "spare", &[])?;
     }
     cluster
-        .wait_ready((options.nodes + options.spares) as usize, Duration::from_secs(30))
+        .wait_ready(
+            (options.nodes + options.spares) as usize,
+            Duration::from_secs(30),
+        )
         .await?;
-    say(format!("coordinator at {}; {} agents ready", cluster.addr, options.nodes + options.spares));
+    say(format!(
+        "coordinator at {}; {} agents ready",
+        cluster.addr,
+        options.nodes + options.spares
+    ));
     let mut client = cluster.client().await?;
     let spec = pb::JobSpec {
         command: vec![
@@ -321,7 +442,11 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         ..Default::default()
     };
     let job = follow::submit(&mut client, spec).await?;
-    say(format!("job {} accepted on {}", job.job_id, job.nodes.join(", ")));
+    say(format!(
+        "job {} accepted on {}",
+        job.job_id,
+        job.nodes.join(", ")
+    ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
     let mut injection_error: Option<anyhow::Error> = None;
@@ -333,21 +458,54 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         budget,
         |event| {
             let Some(job) = &event.job else { return };
-            if fault == Fault::None || fault_at != 0 || job.state != "running" || job.step < options.fault_at_step {
+            if fault == Fault::None
+                || fault_at != 0
+                || job.state != "running"
+                || job.step < options.fault_at_step
+            {
                 return;
             }
-            let Some(node) = job.nodes.last().cloned() else { return };
+            let Some(node) = job.nodes.last().cloned() else {
+                return;
+            };
             let result = match fault {
-                Fault::KillAgent => cluster.kill_host(&node).map(|_| "agent and worker SIGKILLed".to_string()),
-                Fault::KillWorker => cluster.signal_worker(&node, Signal::SIGKILL).map(|pid| format!("worker {pid} SIGKILLed")),
-                Fault::Hang => cluster.signal_worker(&node, Signal::SIGSTOP).map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::KillAgent => cluster
+                    .kill_host(&node)
+                    .map(|_| "agent and worker SIGKILLed".to_string()),
+                Fault::KillWorker => cluster
+                    .signal_worker(&node, Signal::SIGKILL)
+                    .map(|pid| format!("worker {pid} SIGKILLed")),
+                Fault::Hang => cluster
+                    .signal_worker(&node, Signal::SIGSTOP)
+                    .map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::KillCoordinator => {
+                    let outage = options.coordinator_outage;
+                    say(format!(
+                        "{}  FAULT: SIGKILL of the coordinator at step {}; down for {:.1} s",
+                        crate::tables::clock(holdfast_coordinator::now_ms()),
+                        job.step,
+                        outage.as_secs_f64()
+                    ));
+                    cluster
+                        .kill_coordinator()
+                        .map(|()| std::thread::sleep(outage))
+                        .and_then(|()| cluster.restart_coordinator_blocking())
+                        .map(|()| {
+                            "coordinator SIGKILLed and restarted on the same port and state file"
+                                .to_string()
+                        })
+                }
                 Fault::None => return,
             };
             fault_at = holdfast_coordinator::now_ms();
-            victim = node.clone();
+            victim = if fault == Fault::KillCoordinator {
+                "coordinator".to_string()
+            } else {
+                node.clone()
+            };
             match result {
                 Ok(what) => say(format!(
-                    "{}  FAULT injected at step {} on {node}: {what}",
+                    "{}  FAULT injected at step {} on {victim}: {what}",
                     crate::tables::clock(fault_at),
                     job.step
                 )),
@@ -362,7 +520,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     }
     let final_job = final_job?;
     let incidents = client
-        .list_incidents(pb::ListIncidentsRequest { job_id: final_job.job_id.clone() })
+        .list_incidents(pb::ListIncidentsRequest {
+            job_id: final_job.job_id.clone(),
+        })
         .await?
         .into_inner()
         .incidents;
@@ -383,13 +543,21 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
 pub fn print_report(report: &DemoReport, to_stderr: bool) {
     let mut text = format!(
         "\njob {} {} at step {} (generation {}): {}\n",
-        report.job.job_id, report.job.state, report.job.step, report.job.generation, report.job.message
+        report.job.job_id,
+        report.job.state,
+        report.job.step,
+        report.job.generation,
+        report.job.message
     );
     if report.incidents.is_empty() {
         text.push_str("no incidents\n");
     }
     for i in &report.incidents {
-        let t0 = if report.fault_at > 0 { report.fault_at } else { i.fault_unix_ms };
+        let t0 = if report.fault_at > 0 {
+            report.fault_at
+        } else {
+            i.fault_unix_ms
+        };
         let s = |t| crate::tables::secs(t0, t).map_or("-".to_string(), |v| format!("{v:.2} s"));
         text.push_str(&format!(
             "incident {}: {} on {} ({}), action {}{}\n  detect {} · fence {} · replace {} · relaunch {} · resume {} (from the fault) · resumed from step {}\n",

@@ -23,7 +23,10 @@ pub fn exit_code(state: &str) -> i32 {
 }
 
 /// Submits `spec` and returns the accepted job, or the coordinator's reason for refusing it.
-pub async fn submit(client: &mut OperatorServiceClient<Channel>, spec: pb::JobSpec) -> anyhow::Result<pb::Job> {
+pub async fn submit(
+    client: &mut OperatorServiceClient<Channel>,
+    spec: pb::JobSpec,
+) -> anyhow::Result<pb::Job> {
     let job = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await
@@ -42,18 +45,26 @@ pub async fn follow(
     print: bool,
 ) -> anyhow::Result<pb::Job> {
     let started = tokio::time::Instant::now();
-    let mut events = client
-        .watch_events(pb::WatchEventsRequest { job_id: job_id.to_string() })
-        .await
-        .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
-        .into_inner();
+    let mut events = watch(client, job_id).await?;
+    anyhow::ensure!(
+        events.is_some(),
+        "cannot watch events: the coordinator is unreachable"
+    );
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    // Set while the coordinator cannot be reached (restarting, failing over): the training
+    // goes on meanwhile, so following goes on too, until `deadline`.
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         if started.elapsed() > deadline {
             anyhow::bail!("job {job_id} did not finish within {deadline:?}");
         }
         tokio::select! {
-            event = events.next() => match event {
+            event = async {
+                match events.as_mut() {
+                    Some(e) => e.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
                 Some(Ok(event)) => {
                     on_event(&event);
                     if print && event.kind != "progress" {
@@ -65,21 +76,77 @@ pub async fn follow(
                         }
                     }
                 }
-                Some(Err(status)) => anyhow::bail!("event stream broke: {}", status.message()),
-                None => anyhow::bail!("the coordinator closed the event stream"),
+                Some(Err(status)) => {
+                    lost(&mut unreachable_since, print, status.message());
+                    events = None;
+                }
+                None => {
+                    lost(&mut unreachable_since, print, "the coordinator closed the event stream");
+                    events = None;
+                }
             },
             _ = poll.tick() => {
                 // The event stream can drop events under load; the job's own state is the truth.
-                let job = client
-                    .get_job(pb::GetJobRequest { job_id: job_id.to_string() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("cannot read job {job_id}: {}", s.message()))?
-                    .into_inner();
+                let job = match client.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await {
+                    Ok(job) => job.into_inner(),
+                    Err(status) if is_outage(&status) => {
+                        lost(&mut unreachable_since, print, status.message());
+                        continue;
+                    }
+                    Err(status) => anyhow::bail!("cannot read job {job_id}: {}", status.message()),
+                };
+                if let Some(since) = unreachable_since.take() {
+                    if print {
+                        println!("coordinator reachable again after {:.1} s", since.elapsed().as_secs_f64());
+                    }
+                }
+                if events.is_none() {
+                    events = watch(client, job_id).await.ok().flatten();
+                }
                 on_event(&pb::Event { kind: "poll".into(), job: Some(job.clone()), ..Default::default() });
                 if is_terminal(&job.state) {
                     return Ok(job);
                 }
             }
+        }
+    }
+}
+
+type Events = tonic::Streaming<pb::Event>;
+
+/// Opens the event stream; `None` while the coordinator is unreachable.
+async fn watch(
+    client: &mut OperatorServiceClient<Channel>,
+    job_id: &str,
+) -> anyhow::Result<Option<Events>> {
+    match client
+        .watch_events(pb::WatchEventsRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+    {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(status) if is_outage(&status) => Ok(None),
+        Err(status) => anyhow::bail!("cannot watch events: {}", status.message()),
+    }
+}
+
+/// Errors that mean "the coordinator is away for now", not "the request is wrong".
+fn is_outage(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+fn lost(since: &mut Option<tokio::time::Instant>, print: bool, why: &str) {
+    if since.is_none() {
+        *since = Some(tokio::time::Instant::now());
+        if print {
+            println!("coordinator unreachable ({why}); training goes on, retrying");
         }
     }
 }

@@ -92,6 +92,16 @@ struct CoordinatorArgs {
     /// Override heartbeat_timeout_ms.
     #[arg(long)]
     heartbeat_timeout_ms: Option<u64>,
+    /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
+    /// restarted coordinator carries on where the previous one stopped.
+    #[arg(long, default_value = "/var/lib/holdfast/coordinator.redb")]
+    state: PathBuf,
+    /// Keep the state in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with = "state")]
+    ephemeral: bool,
+    /// Override reconnect_grace_ms.
+    #[arg(long)]
+    reconnect_grace_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -181,7 +191,10 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -222,22 +235,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = args.heartbeat_timeout_ms {
                 config.heartbeat_timeout_ms = t;
             }
+            if let Some(g) = args.reconnect_grace_ms {
+                config.reconnect_grace_ms = g;
+            }
             config.validate().context("invalid coordinator config")?;
+            // Opened before listening: a state file another coordinator holds is an error
+            // before any agent can connect.
+            let store: Box<dyn holdfast_coordinator::store::RecordStore> = if args.ephemeral {
+                Box::new(holdfast_coordinator::store::MemoryStore::default())
+            } else {
+                Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?)
+            };
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let bound = listener.local_addr()?;
             if let Some(path) = &args.addr_file {
-                std::fs::write(path, format!("{bound}\n")).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, format!("{bound}\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
-            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            holdfast_coordinator::run_with_store(listener, config, store, shutdown_signal())
+                .await?;
             Ok(0)
         }
         Cmd::Agent(args) => {
             init_logging();
             let mut config = match &args.config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     holdfast_agent::AgentConfig::from_toml(&text, &path.display().to_string())?
                 }
                 None => holdfast_agent::AgentConfig::default(),
@@ -269,25 +295,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Status(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
             let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}\n{}", tables::jobs(&jobs), tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Nodes(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}", tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Incidents { addr, job, json } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let incidents = c
-                .list_incidents(pb::ListIncidentsRequest { job_id: job.unwrap_or_default() })
+                .list_incidents(pb::ListIncidentsRequest {
+                    job_id: job.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .incidents;
             if json {
-                let list: Vec<_> = incidents.iter().map(|i| tables::incident_json(i, i.fault_unix_ms)).collect();
+                let list: Vec<_> = incidents
+                    .iter()
+                    .map(|i| tables::incident_json(i, i.fault_unix_ms))
+                    .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 print!("{}", tables::incidents(&incidents));
@@ -297,7 +336,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cordon { node, reason, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .cordon(pb::CordonRequest { node_id: node, reason })
+                .cordon(pb::CordonRequest {
+                    node_id: node,
+                    reason,
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -307,7 +349,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Uncordon { node, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .uncordon(pb::CordonRequest { node_id: node, reason: String::new() })
+                .uncordon(pb::CordonRequest {
+                    node_id: node,
+                    reason: String::new(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -369,7 +414,17 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow(&mut c, &job.job_id, Duration::from_secs(u64::MAX / 4), |_| {}, true).await?;
-    println!("job {} {} at step {}: {}", done.job_id, done.state, done.step, done.message);
+    let done = follow::follow(
+        &mut c,
+        &job.job_id,
+        Duration::from_secs(u64::MAX / 4),
+        |_| {},
+        true,
+    )
+    .await?;
+    println!(
+        "job {} {} at step {}: {}",
+        done.job_id, done.state, done.step, done.message
+    );
     Ok(follow::exit_code(&done.state))
 }

@@ -31,10 +31,17 @@ pub fn nodes(nodes: &[pb::Node]) -> String {
         "NODE", "ROLE", "STATE", "CONN", "HEALTH", "JOB", "GEN", "STEP", "REASON"
     );
     for n in nodes {
-        let role = if n.role == pb::NodeRole::Spare as i32 { "spare" } else { "worker" };
+        let role = if n.role == pb::NodeRole::Spare as i32 {
+            "spare"
+        } else {
+            "worker"
+        };
         let mut reason = n.fence_reason.clone();
         if let Some(h) = &n.health {
-            for c in h.checks.iter().filter(|c| c.state != pb::HealthState::Healthy as i32 && c.state != pb::HealthState::NotApplicable as i32) {
+            for c in h.checks.iter().filter(|c| {
+                c.state != pb::HealthState::Healthy as i32
+                    && c.state != pb::HealthState::NotApplicable as i32
+            }) {
                 if !reason.is_empty() {
                     reason.push_str("; ");
                 }
@@ -90,7 +97,17 @@ fn fmt_secs(v: Option<f64>) -> String {
 pub fn incidents(incidents: &[pb::Incident]) -> String {
     let mut out = format!(
         "{:>3} {:<10} {:<10} {:<18} {:<17} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
-        "ID", "JOB", "NODE", "CAUSE", "ACTION", "DETECT", "FENCE", "REPLACE", "RELAUNCH", "RESUME", "DETAIL"
+        "ID",
+        "JOB",
+        "NODE",
+        "CAUSE",
+        "ACTION",
+        "DETECT",
+        "FENCE",
+        "REPLACE",
+        "RELAUNCH",
+        "RESUME",
+        "DETAIL"
     );
     for i in incidents {
         let t0 = i.fault_unix_ms;
@@ -107,7 +124,11 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
             fmt_secs(secs(t0, i.relaunched_unix_ms)),
             fmt_secs(secs(t0, i.resumed_unix_ms)),
             i.detail,
-            if i.replacement_node_id.is_empty() { String::new() } else { format!(" → {}", i.replacement_node_id) }
+            if i.replacement_node_id.is_empty() {
+                String::new()
+            } else {
+                format!(" → {}", i.replacement_node_id)
+            }
         ));
     }
     out.push_str("(seconds from the fault; fault time as estimated by the coordinator)\n");

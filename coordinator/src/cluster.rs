@@ -42,10 +42,13 @@ pub struct NodeRecord {
     pub boot_id: String,
     pub agent_version: String,
     pub gpus: Vec<GpuInfo>,
-    /// Coordinator time of the last heartbeat (or hello).
+    /// Coordinator time of the last heartbeat (or hello). Not stored: it changes with every
+    /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
+    #[serde(skip)]
     pub last_heartbeat_at: UnixMillis,
     /// Agent clock minus coordinator clock, estimated from heartbeats (upper bound of the
-    /// one-way delay removed by taking the largest recent sample).
+    /// one-way delay removed by taking the largest recent sample). Relearned after a restart.
+    #[serde(skip)]
     pub clock_offset_ms: i64,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
@@ -53,6 +56,7 @@ pub struct NodeRecord {
     pub health: pb::HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
     pub worker: Option<(String, u64, u32)>,
+    #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
     pub restarting_until: Option<UnixMillis>,
@@ -117,6 +121,18 @@ pub struct Cluster {
     /// fault time.
     #[serde(skip)]
     pending_fault_time: Option<UnixMillis>,
+    /// Bumped by every change that must survive a restart (a state transition, a generation, an
+    /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
+    /// alone do not bump it, so they cost no write.
+    #[serde(skip)]
+    durable_version: u64,
+}
+
+/// The stored header of the state: the term and the job counter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    term: u64,
+    next_job: u64,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -133,6 +149,143 @@ impl Cluster {
             next_job: 1,
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
+            durable_version: 0,
+        }
+    }
+
+    // ----- durability --------------------------------------------------------------------------
+
+    /// Changes when something that must survive a restart changed.
+    pub fn durable_version(&self) -> u64 {
+        self.durable_version
+    }
+
+    fn touch(&mut self) {
+        self.durable_version += 1;
+    }
+
+    /// The state as stored records (see [`crate::store`]).
+    pub fn to_records(&self) -> Result<crate::store::Records, crate::store::StoreError> {
+        let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
+            value.map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut records = crate::store::Records::new();
+        let meta = Meta {
+            term: self.term,
+            next_job: self.next_job,
+        };
+        records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
+        for (id, node) in &self.nodes {
+            let key = format!("node/{id}");
+            let value = encode(&key, serde_json::to_vec(node))?;
+            records.insert(key, value);
+        }
+        for (id, job) in &self.jobs {
+            let key = format!("job/{id}");
+            let value = encode(&key, serde_json::to_vec(job))?;
+            records.insert(key, value);
+        }
+        for incident in &self.incidents {
+            let key = format!("incident/{:010}", incident.id);
+            let value = encode(&key, serde_json::to_vec(incident))?;
+            records.insert(key, value);
+        }
+        Ok(records)
+    }
+
+    /// Rebuilds the core from stored records after a restart (or a leader change): the term
+    /// goes up so agents refuse whatever the previous coordinator still sends, every node counts
+    /// as away with `reconnect_grace_ms` to come back before it is treated as lost, the
+    /// training's stall clocks restart, and a checkpoint resolution that was in flight is asked
+    /// for again. Nothing else is redone: a generation already launched is not launched anew.
+    /// Returns `None` when the records are empty (a fresh store).
+    pub fn restore(
+        config: CoordinatorConfig,
+        records: &crate::store::Records,
+        now: UnixMillis,
+    ) -> Result<Option<(Cluster, Vec<Effect>)>, crate::store::StoreError> {
+        fn decode<T: serde::de::DeserializeOwned>(
+            key: &str,
+            bytes: &[u8],
+        ) -> Result<T, crate::store::StoreError> {
+            serde_json::from_slice(bytes).map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        let Some(meta_bytes) = records.get("meta") else {
+            return Ok(None);
+        };
+        let meta: Meta = decode("meta", meta_bytes)?;
+        let mut cluster = Cluster::new(config);
+        cluster.term = meta.term + 1;
+        cluster.next_job = meta.next_job;
+        let grace = cluster.config.reconnect_grace_ms as i64;
+        for (key, bytes) in records {
+            if let Some(id) = key.strip_prefix("node/") {
+                let mut node: NodeRecord = decode(key, bytes)?;
+                node.conn = None;
+                node.last_heartbeat_at = now;
+                let gone_for_good = matches!(
+                    node.state,
+                    NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
+                );
+                node.restarting_until = (!gone_for_good).then_some(now + grace);
+                cluster.nodes.insert(id.to_string(), node);
+            } else if let Some(id) = key.strip_prefix("job/") {
+                let mut job: Job = decode(key, bytes)?;
+                for rank in &mut job.ranks {
+                    rank.last_progress_at = now;
+                }
+                cluster.jobs.insert(id.to_string(), job);
+            } else if key.starts_with("incident/") {
+                cluster.incidents.push(decode(key, bytes)?);
+            }
+        }
+        cluster.incidents.sort_by_key(|i| i.id);
+        let mut fx = Vec::new();
+        let resolving: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Pending
+                        | JobState::Recovering(job::RecoveryPhase::Relaunching {
+                            retry_at: None,
+                            ..
+                        })
+                )
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in resolving {
+            fx.push(cluster.resolve_effect(&job_id));
+        }
+        fx.push(cluster.log_event(
+            "",
+            "",
+            format!(
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents",
+                cluster.term,
+                cluster.nodes.len(),
+                cluster.jobs.len(),
+                cluster.incidents.len()
+            ),
+            now,
+        ));
+        cluster.touch();
+        Ok(Some((cluster, fx)))
+    }
+
+    /// Sets the term (an HA leader takes the term its election gave it).
+    pub fn set_term(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.touch();
         }
     }
 
@@ -160,7 +313,9 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(pb::Welcome, Vec<Effect>), CoordinatorError> {
         if hello.node_id.trim().is_empty() {
-            return Err(CoordinatorError::BadMessage("hello.node_id is empty".into()));
+            return Err(CoordinatorError::BadMessage(
+                "hello.node_id is empty".into(),
+            ));
         }
         if let Some(existing) = self.nodes.get(&hello.node_id) {
             if existing.conn.is_some() {
@@ -202,30 +357,15 @@ impl Cluster {
         record.last_heartbeat_at = now;
         record.restarting_until = None;
         record.offset_samples.clear();
-        record.worker = hello.worker.as_ref().map(|(j, g, p, _)| (j.clone(), *g, *p));
+        record.worker = hello
+            .worker
+            .as_ref()
+            .map(|(j, g, p, _)| (j.clone(), *g, *p));
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
         self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
-        // Reconcile what the agent runs with what the coordinator knows.
-        if let Some((job_id, generation, _, true)) = &hello.worker {
-            let current = self
-                .jobs
-                .get(job_id)
-                .filter(|j| !j.state.is_terminal() && j.rank_of(&node_id).is_some())
-                .map(|j| j.generation);
-            if current != Some(*generation) || self.is_fenced(&node_id) {
-                fx.push(Effect::Send {
-                    node: node_id.clone(),
-                    message: ToAgent::Stop(pb::Stop {
-                        job_id: job_id.clone(),
-                        generation: *generation,
-                        grace_ms: self.config.stop_grace_ms,
-                        reason: "stale generation found on reconnect".into(),
-                        term: self.term,
-                    }),
-                });
-            }
-        }
+        self.touch();
+        self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
             fx.push(Effect::Send {
                 node: node_id.clone(),
@@ -244,6 +384,82 @@ impl Cluster {
             term: self.term,
         };
         Ok((welcome, fx))
+    }
+
+    /// Reconciles what a (re)connecting agent runs with what the coordinator knows: a worker of
+    /// the job's current generation on one of its ranks is kept (and counts as started); any
+    /// other worker — an older generation, a generation being fenced, a job that is over, a
+    /// fenced node — is stopped. A rank of a generation being launched whose agent runs nothing
+    /// gets its `Launch` again (the previous one may have been lost with a restarted
+    /// coordinator); agents refuse a generation they already ran, so a launch is never doubled.
+    fn reconcile(
+        &mut self,
+        node_id: &str,
+        worker: Option<&(String, u64, u32, bool)>,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let fenced_node = self.is_fenced(node_id);
+        let running = worker.filter(|(_, _, _, running)| *running);
+        if let Some((job_id, generation, _, _)) = running {
+            let keep = !fenced_node
+                && self.jobs.get(job_id).is_some_and(|j| {
+                    matches!(j.state, JobState::Launching | JobState::Running)
+                        && j.generation == *generation
+                        && j.rank_of(node_id).is_some()
+                        && !j
+                            .fenced_generations
+                            .iter()
+                            .any(|f| f.generation == *generation)
+                });
+            if keep {
+                self.drive(
+                    job_id,
+                    JobEvent::WorkerStarted {
+                        node: node_id.to_string(),
+                        generation: *generation,
+                    },
+                    now,
+                    fx,
+                );
+            } else {
+                fx.push(Effect::Send {
+                    node: node_id.to_string(),
+                    message: ToAgent::Stop(pb::Stop {
+                        job_id: job_id.clone(),
+                        generation: *generation,
+                        grace_ms: self.config.stop_grace_ms,
+                        reason: "stale generation found on reconnect".into(),
+                        term: self.term,
+                    }),
+                });
+            }
+        }
+        if fenced_node {
+            return;
+        }
+        let relaunch: Vec<(String, u64, usize)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Launching)
+            .filter_map(|j| {
+                let rank = j.rank_of(node_id)?;
+                let r = &j.ranks[rank];
+                let runs_it =
+                    running.is_some_and(|(id, g, _, _)| *id == j.id && *g == j.generation);
+                (!r.started && r.exited.is_none() && !runs_it)
+                    .then(|| (j.id.clone(), j.generation, rank))
+            })
+            .collect();
+        for (job_id, generation, rank) in relaunch {
+            let resume = self.jobs[&job_id].resumed_from.clone();
+            let mut launches = Vec::new();
+            self.launch(&job_id, generation, resume.as_ref(), &mut launches);
+            // `launch` makes one message per rank, in rank order.
+            if let Some(one) = launches.into_iter().nth(rank) {
+                fx.push(one);
+            }
+        }
     }
 
     fn is_fenced(&self, node: &str) -> bool {
@@ -292,11 +508,17 @@ impl Cluster {
     }
 
     /// A worker started or exited on a node.
-    pub fn worker_event(&mut self, node_id: &str, event: pb::WorkerEvent, now: UnixMillis) -> Vec<Effect> {
+    pub fn worker_event(
+        &mut self,
+        node_id: &str,
+        event: pb::WorkerEvent,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(kind) = event.kind else {
             return fx;
         };
+        self.touch();
         let job_event = match kind {
             pb::worker_event::Kind::Started(s) => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
@@ -324,7 +546,11 @@ impl Cluster {
                         "worker of {} generation {} on {node_id} exited ({what}{})",
                         event.job_id,
                         event.generation,
-                        if e.stopped_by_agent { ", stopped by agent" } else { "" }
+                        if e.stopped_by_agent {
+                            ", stopped by agent"
+                        } else {
+                            ""
+                        }
                     ),
                     now,
                 ));
@@ -387,10 +613,14 @@ impl Cluster {
                 node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
             }
         }
+        self.touch();
         vec![self.log_event(
             node_id,
             "",
-            format!("node {node_id} said goodbye{}", if restarting { " (restarting)" } else { "" }),
+            format!(
+                "node {node_id} said goodbye{}",
+                if restarting { " (restarting)" } else { "" }
+            ),
             now,
         )]
     }
@@ -416,7 +646,13 @@ impl Cluster {
 
     /// A node fault: the jobs on it recover, the node is fenced (if allocated or the fault is
     /// fatal) or marked offline (if idle and just gone).
-    fn node_fault(&mut self, node_id: &str, cause: FaultCause, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_fault(
+        &mut self,
+        node_id: &str,
+        cause: FaultCause,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let jobs: Vec<String> = self
             .jobs
             .values()
@@ -446,10 +682,18 @@ impl Cluster {
     // ----- operators -----------------------------------------------------------------------
 
     /// Validates and accepts a job: reserves its nodes and starts resolving its checkpoint.
-    pub fn submit(&mut self, spec: pb::JobSpec, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
-        let invalid = |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
+    pub fn submit(
+        &mut self,
+        spec: pb::JobSpec,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+        let invalid =
+            |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
         if spec.command.is_empty() || spec.command[0].trim().is_empty() {
-            return Err(invalid("command", "is empty: give the training command after --".into()));
+            return Err(invalid(
+                "command",
+                "is empty: give the training command after --".into(),
+            ));
         }
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
@@ -457,7 +701,10 @@ impl Cluster {
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
                 "stall_timeout_s",
-                format!("must be a number of seconds ≥ 0, got {}", spec.stall_timeout_s),
+                format!(
+                    "must be a number of seconds ≥ 0, got {}",
+                    spec.stall_timeout_s
+                ),
             ));
         }
         let progress_regex = if spec.progress_regex.is_empty() {
@@ -506,7 +753,11 @@ impl Cluster {
                     "the job needs {} nodes but only {} are ready ({}); {} known in all",
                     spec.nodes,
                     ready.len(),
-                    if ready.is_empty() { "none".to_string() } else { ready.join(", ") },
+                    if ready.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ready.join(", ")
+                    },
                     self.nodes.len()
                 ),
             )
@@ -527,10 +778,18 @@ impl Cluster {
         };
         let mut fx = Vec::new();
         for n in &nodes {
-            self.node_event(n, NodeEvent::Allocate { job_id: job_id.clone() }, now, &mut fx);
+            self.node_event(
+                n,
+                NodeEvent::Allocate {
+                    job_id: job_id.clone(),
+                },
+                now,
+                &mut fx,
+            );
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
+        self.touch();
         fx.push(self.log_event(
             "",
             &job_id,
@@ -552,7 +811,11 @@ impl Cluster {
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
-    pub fn stop_job(&mut self, job_id: &str, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+    pub fn stop_job(
+        &mut self,
+        job_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
         if !self.jobs.contains_key(job_id) {
             return Err(CoordinatorError::NoSuchJob(job_id.to_string()));
         }
@@ -561,17 +824,30 @@ impl Cluster {
         Ok((self.job_view(&self.jobs[job_id]), fx))
     }
 
-    pub fn cordon(&mut self, node_id: &str, reason: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn cordon(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         self.operator_node_event(
             node_id,
             NodeEvent::Cordon {
-                reason: if reason.is_empty() { "cordoned by operator".into() } else { reason.into() },
+                reason: if reason.is_empty() {
+                    "cordoned by operator".into()
+                } else {
+                    reason.into()
+                },
             },
             now,
         )
     }
 
-    pub fn uncordon(&mut self, node_id: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn uncordon(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
@@ -671,7 +947,11 @@ impl Cluster {
             let Some(job) = self.jobs.get_mut(job_id) else {
                 return;
             };
+            let before = job.durable_part();
             let effects = job::step(job, event, now, &limits);
+            if job.durable_part() != before {
+                self.touch();
+            }
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
@@ -688,8 +968,14 @@ impl Cluster {
     ) {
         match effect {
             JobEffect::ResolveCheckpoint => fx.push(self.resolve_effect(job_id)),
-            JobEffect::Launch { generation, resume } => self.launch(job_id, generation, resume.as_ref(), fx),
-            JobEffect::StopWorkers { nodes, generation, reason } => {
+            JobEffect::Launch { generation, resume } => {
+                self.launch(job_id, generation, resume.as_ref(), fx)
+            }
+            JobEffect::StopWorkers {
+                nodes,
+                generation,
+                reason,
+            } => {
                 for node in nodes {
                     let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
                     if reachable {
@@ -714,13 +1000,23 @@ impl Cluster {
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
                     fx.push(Effect::Send {
                         node: node.clone(),
-                        message: ToAgent::Fence(pb::Fence { reason, term: self.term }),
+                        message: ToAgent::Fence(pb::Fence {
+                            reason,
+                            term: self.term,
+                        }),
                     });
                 }
             }
             JobEffect::FindReplacements => {
                 for (rank, node) in self.replacements_for(job_id) {
-                    self.node_event(&node, NodeEvent::Allocate { job_id: job_id.to_string() }, now, fx);
+                    self.node_event(
+                        &node,
+                        NodeEvent::Allocate {
+                            job_id: job_id.to_string(),
+                        },
+                        now,
+                        fx,
+                    );
                     queue.push_back(JobEvent::ReplacementFound { rank, node });
                 }
             }
@@ -729,7 +1025,11 @@ impl Cluster {
                     self.node_event(&node, NodeEvent::Release, now, fx);
                 }
             }
-            JobEffect::OpenIncident { node, cause, action } => {
+            JobEffect::OpenIncident {
+                node,
+                cause,
+                action,
+            } => {
                 let Some(job) = self.jobs.get(job_id) else {
                     return;
                 };
@@ -755,15 +1055,23 @@ impl Cluster {
                 );
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
+                self.touch();
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
-                for incident in self.incidents.iter_mut().filter(|i| i.job_id == job_id && i.is_open()) {
+                for incident in self
+                    .incidents
+                    .iter_mut()
+                    .filter(|i| i.job_id == job_id && i.is_open())
+                {
                     let next = incident::step(incident, &event, now);
                     if next != *incident {
                         *incident = next;
                         changed.push(incident.clone());
                     }
+                }
+                if !changed.is_empty() {
+                    self.touch();
                 }
                 for incident in changed {
                     fx.push(self.incident_event(&incident, now));
@@ -775,8 +1083,16 @@ impl Cluster {
                     let message = format!(
                         "job {job_id} {}{}{}",
                         job.state.name(),
-                        if phase.is_empty() { String::new() } else { format!(" ({phase})") },
-                        if job.message.is_empty() { String::new() } else { format!(": {}", job.message) }
+                        if phase.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({phase})")
+                        },
+                        if job.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", job.message)
+                        }
                     );
                     fx.push(Effect::Publish(pb::Event {
                         at_unix_ms: now,
@@ -796,7 +1112,10 @@ impl Cluster {
         let Some(job) = self.jobs.get(job_id) else {
             return Vec::new();
         };
-        if !matches!(job.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })) {
+        if !matches!(
+            job.state,
+            JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+        ) {
             return Vec::new();
         }
         let mut free: Vec<&NodeRecord> = self
@@ -817,7 +1136,12 @@ impl Cluster {
         let waiting: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| matches!(j.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })))
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+                )
+            })
             .map(|j| j.id.clone())
             .collect();
         for job_id in waiting {
@@ -840,7 +1164,13 @@ impl Cluster {
     }
 
     /// One `Launch` per rank, all at once, with a fresh rendezvous id and port.
-    fn launch(&self, job_id: &str, generation: u64, resume: Option<&Checkpoint>, fx: &mut Vec<Effect>) {
+    fn launch(
+        &self,
+        job_id: &str,
+        generation: u64,
+        resume: Option<&Checkpoint>,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
@@ -849,7 +1179,9 @@ impl Cluster {
             .get(&job.ranks[0].node)
             .map(|n| n.address.clone())
             .unwrap_or_default();
-        let job_salt = job_id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let job_salt = job_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let span = u64::from(self.config.rdzv_port_span);
         let master_port = u64::from(self.config.rdzv_port_base) + (job_salt + generation) % span;
         for (rank, r) in job.ranks.iter().enumerate() {
@@ -876,7 +1208,13 @@ impl Cluster {
         }
     }
 
-    fn node_event(&mut self, node_id: &str, event: NodeEvent, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_event(
+        &mut self,
+        node_id: &str,
+        event: NodeEvent,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -884,6 +1222,7 @@ impl Cluster {
             Ok(next) if next != node.state => {
                 let from = node.state.name();
                 node.state = next;
+                self.durable_version += 1;
                 let detail = match &node.state {
                     NodeState::Fenced { cause } => format!(": {cause}"),
                     NodeState::Cordoned { reason } => format!(": {reason}"),
@@ -967,7 +1306,8 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
         .checks
         .iter()
         .find(|c| {
-            c.state == pb::HealthState::Unhealthy as i32 && c.action == pb::HealthAction::ReplaceNode as i32
+            c.state == pb::HealthState::Unhealthy as i32
+                && c.action == pb::HealthAction::ReplaceNode as i32
         })
         .map(|c| format!("{}: {}", c.check, c.reason))
 }

@@ -36,7 +36,9 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::JobExists(_) | CoordinatorError::DuplicateNode { .. } => {
                 Status::already_exists(message)
             }
-            CoordinatorError::NoSuchJob(_) | CoordinatorError::NoSuchNode(_) => Status::not_found(message),
+            CoordinatorError::NoSuchJob(_) | CoordinatorError::NoSuchNode(_) => {
+                Status::not_found(message)
+            }
             CoordinatorError::NoHello(_) => Status::deadline_exceeded(message),
             CoordinatorError::Transition(_) => Status::failed_precondition(message),
             CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),

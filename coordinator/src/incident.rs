@@ -159,7 +159,9 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         }
         IncidentEvent::Progress { generation, step } => {
             let past_resume = next.resumed_from_step.is_some_and(|from| *step > from);
-            if next.relaunched_at.is_some() && next.to_generation == Some(*generation) && past_resume
+            if next.relaunched_at.is_some()
+                && next.to_generation == Some(*generation)
+                && past_resume
             {
                 next.resumed_at = Some(now);
             }

@@ -294,7 +294,10 @@ mod tests {
         let again = step(&s, &NodeEvent::Fence(FenceCause::HeartbeatTimeout)).unwrap();
         assert_eq!(again, NodeState::Fenced { cause });
         assert_eq!(
-            step(&NodeState::Retired, &NodeEvent::Fence(FenceCause::AgentLost)),
+            step(
+                &NodeState::Retired,
+                &NodeEvent::Fence(FenceCause::AgentLost)
+            ),
             Ok(NodeState::Retired)
         );
     }
@@ -337,7 +340,10 @@ mod tests {
             step(&fenced(), &NodeEvent::Cordon { reason: "x".into() }),
             Ok(fenced())
         );
-        assert_eq!(step(&fenced(), &NodeEvent::Uncordon), Ok(NodeState::Joining));
+        assert_eq!(
+            step(&fenced(), &NodeEvent::Uncordon),
+            Ok(NodeState::Joining)
+        );
         assert!(step(&NodeState::Ready, &NodeEvent::Uncordon).is_err());
     }
 

@@ -24,6 +24,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 use crate::{now_ms, UnixMillis};
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
@@ -44,6 +45,8 @@ pub struct Coordinator {
 
 struct Shared {
     cluster: Mutex<Cluster>,
+    /// Where the core's durable state goes; locked only while `cluster` is held.
+    persister: Mutex<Persister>,
     agents: Mutex<HashMap<String, AgentConn>>,
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
@@ -51,12 +54,44 @@ struct Shared {
 }
 
 impl Coordinator {
+    /// A coordinator whose state lives in memory only.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
+        let persister = Persister::new(Box::new(MemoryStore::default()), Default::default());
+        Coordinator::from_parts(Cluster::new(config), persister)
+    }
+
+    /// A coordinator over `store`: the state found there is restored (term bumped, nodes given a
+    /// reconnect grace), an empty store starts a fresh cluster. The effects of the restore (a
+    /// checkpoint resolution that was in flight) are carried out once the shell runs.
+    pub fn open(
+        config: CoordinatorConfig,
+        mut store: Box<dyn RecordStore>,
+    ) -> Result<(Coordinator, Vec<Effect>), StoreError> {
+        let records = store.load()?;
+        let described = store.describe();
+        let (cluster, effects) = match Cluster::restore(config.clone(), &records, now_ms())? {
+            Some(restored) => restored,
+            None => (Cluster::new(config), Vec::new()),
+        };
+        tracing::info!(
+            term = cluster.term,
+            nodes = cluster.nodes.len(),
+            jobs = cluster.jobs.len(),
+            "state in {described}"
+        );
+        let mut persister = Persister::new(store, records);
+        // The new term is on disk before any agent hears of it.
+        persister.save(cluster.to_records()?, cluster.durable_version())?;
+        Ok((Coordinator::from_parts(cluster, persister), effects))
+    }
+
+    fn from_parts(cluster: Cluster, persister: Persister) -> Coordinator {
         let (events, _) = broadcast::channel(4096);
         Coordinator {
             shared: Arc::new(Shared {
-                hello_timeout: Duration::from_millis(config.hello_timeout_ms),
-                cluster: Mutex::new(Cluster::new(config)),
+                hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
+                cluster: Mutex::new(cluster),
+                persister: Mutex::new(persister),
                 agents: Mutex::new(HashMap::new()),
                 events,
                 next_conn: AtomicU64::new(1),
@@ -64,10 +99,39 @@ impl Coordinator {
         }
     }
 
+    /// Saves the core's state if something durable changed since the last save. Called with
+    /// the core locked, before the effects of the change go out: what an agent or operator is
+    /// told is never ahead of what a restarted coordinator would know. A failed write is
+    /// logged and retried at the next change; the effects still go out, because holding back
+    /// a stop or a launch would hurt the training more than a stale file.
+    fn persist(&self, cluster: &Cluster) {
+        let mut persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let version = cluster.durable_version();
+        if persister.is_saved(version) {
+            return;
+        }
+        let result = cluster
+            .to_records()
+            .and_then(|records| persister.save(records, version));
+        if let Err(e) = result {
+            tracing::error!(
+                "cannot save coordinator state to {}: {e}",
+                persister.describe()
+            );
+        }
+    }
+
     /// The core, locked. A poisoned lock (a panic elsewhere) is taken over: the core's state is
     /// only changed by whole steps, so it is still consistent.
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.shared.cluster.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
@@ -84,6 +148,7 @@ impl Coordinator {
     fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
         let mut cluster = self.cluster();
         let (value, effects) = f(&mut cluster, now_ms());
+        self.persist(&cluster);
         self.execute(effects);
         value
     }
@@ -95,9 +160,14 @@ impl Coordinator {
                     let agents = self.agents();
                     match agents.get(&node) {
                         Some(agent) => {
-                            let msg = pb::CoordinatorMessage { body: Some(message) };
+                            let msg = pb::CoordinatorMessage {
+                                body: Some(message),
+                            };
                             if agent.tx.send(Ok(msg)).is_err() {
-                                tracing::warn!(node, "agent stream already closed; command dropped");
+                                tracing::warn!(
+                                    node,
+                                    "agent stream already closed; command dropped"
+                                );
                             }
                         }
                         None => tracing::warn!(node, "agent not connected; command dropped"),
@@ -111,21 +181,34 @@ impl Coordinator {
                         agent.close.notify_one();
                     }
                 }
-                Effect::ResolveCheckpoint { job_id, uri, fenced } => {
+                Effect::ResolveCheckpoint {
+                    job_id,
+                    uri,
+                    fenced,
+                } => {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let result = if uri.is_empty() {
                             Ok(None)
                         } else {
                             match CheckpointStore::open(&uri) {
-                                Ok(store) => store.resolve_latest(&fenced).await.map_err(|e| e.to_string()),
+                                Ok(store) => store
+                                    .resolve_latest(&fenced)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             }
                         };
                         match &result {
-                            Ok(Some(c)) => tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri),
-                            Ok(None) => tracing::info!(job = job_id, "no complete checkpoint; fresh start"),
-                            Err(e) => tracing::warn!(job = job_id, "checkpoint resolution failed: {e}"),
+                            Ok(Some(c)) => {
+                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
+                            }
+                            Ok(None) => {
+                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
+                            }
+                            Err(e) => {
+                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
+                            }
                         }
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
@@ -165,10 +248,18 @@ impl Coordinator {
                     self.with_core(|c, now| ((), c.health_report(node, health, now)));
                 }
             }
-            FromAgent::WorkerEvent(e) => self.with_core(|c, now| ((), c.worker_event(node, e, now))),
+            FromAgent::WorkerEvent(e) => {
+                self.with_core(|c, now| ((), c.worker_event(node, e, now)))
+            }
             FromAgent::Progress(p) => self.with_core(|c, now| ((), c.progress(node, p, now))),
             FromAgent::CommandResult(r) => {
-                tracing::info!(node, command = r.command_id, ok = r.ok, "command result: {}", r.message);
+                tracing::info!(
+                    node,
+                    command = r.command_id,
+                    ok = r.ok,
+                    "command result: {}",
+                    r.message
+                );
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
@@ -182,7 +273,11 @@ fn decode_hello(h: pb::Hello) -> Hello {
     Hello {
         node_id: h.node_id,
         hostname: h.hostname,
-        role: if h.role == pb::NodeRole::Spare as i32 { Role::Spare } else { Role::Worker },
+        role: if h.role == pb::NodeRole::Spare as i32 {
+            Role::Spare
+        } else {
+            Role::Worker
+        },
         address: h.advertise_address,
         boot_id: h.boot_id,
         agent_version: h.agent_version,
@@ -210,8 +305,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 impl AgentService for Coordinator {
     type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -229,7 +329,8 @@ impl AgentService for Coordinator {
             Ok(Ok(Some(msg))) => msg,
         };
         let Some(FromAgent::Hello(hello)) = first.body else {
-            let e = CoordinatorError::BadMessage("the first message of a session must be hello".into());
+            let e =
+                CoordinatorError::BadMessage("the first message of a session must be hello".into());
             tracing::warn!(peer, "refused agent stream: {e}");
             return Err(e.into());
         };
@@ -249,6 +350,7 @@ impl AgentService for Coordinator {
             let welcome = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Welcome(welcome)),
             };
+            self.persist(&cluster);
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(welcome));
             self.agents().insert(
@@ -294,7 +396,10 @@ impl AgentService for Coordinator {
 
 #[tonic::async_trait]
 impl OperatorService for Coordinator {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let spec = request
             .into_inner()
             .spec
@@ -312,7 +417,10 @@ impl OperatorService for Coordinator {
         }
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let cluster = self.cluster();
         let job = if id.is_empty() {
@@ -321,16 +429,29 @@ impl OperatorService for Coordinator {
             cluster.jobs.get(&id)
         };
         job.map(|j| Response::new(cluster.job_view(j)))
-            .ok_or_else(|| CoordinatorError::NoSuchJob(if id.is_empty() { "submitted yet".into() } else { id }).into())
+            .ok_or_else(|| {
+                CoordinatorError::NoSuchJob(if id.is_empty() {
+                    "submitted yet".into()
+                } else {
+                    id
+                })
+                .into()
+            })
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let cluster = self.cluster();
         let jobs = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let result = self.with_core(|c, now| match c.stop_job(&id, now) {
             Ok((job, fx)) => (Ok(job), fx),
@@ -339,13 +460,23 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let cluster = self.cluster();
-        let nodes = cluster.nodes.values().map(|n| cluster.node_view(n)).collect();
+        let nodes = cluster
+            .nodes
+            .values()
+            .map(|n| cluster.node_view(n))
+            .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn cordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.cordon(&r.node_id, &r.reason, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -354,7 +485,10 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn uncordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn uncordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.uncordon(&r.node_id, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -380,30 +514,72 @@ impl OperatorService for Coordinator {
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let job_id = request.into_inner().job_id;
-        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(move |item| match item {
-            Ok(event) if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id => Some(Ok(event)),
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::Event {
-                at_unix_ms: now_ms(),
-                kind: "log".into(),
-                message: format!("{n} events dropped: watcher too slow"),
-                ..Default::default()
-            })),
-        });
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(
+            move |item| match item {
+                Ok(event)
+                    if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
+                {
+                    Some(Ok(event))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::Event {
+                        at_unix_ms: now_ms(),
+                        kind: "log".into(),
+                        message: format!("{n} events dropped: watcher too slow"),
+                        ..Default::default()
+                    }))
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves.
+/// Why the coordinator stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves,
+/// keeping the state in memory only.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let tick = Duration::from_millis(config.tick_ms);
     let coordinator = Coordinator::new(config);
+    serve(coordinator, Vec::new(), listener, shutdown).await
+}
+
+/// [`run`] with the state in `store`: restored on start, saved on every durable change.
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Box<dyn RecordStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (coordinator, effects) = Coordinator::open(config, store)?;
+    Ok(serve(coordinator, effects, listener, shutdown).await?)
+}
+
+async fn serve(
+    coordinator: Coordinator,
+    effects: Vec<Effect>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
+    coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");
