@@ -71,6 +71,9 @@ pub struct GpuInfo {
 }
 
 /// What the async shell must do.
+// Effects live for one call and are moved, never stored: boxing the large variants would only
+// add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Send a command to a node's agent (dropped if it is not connected).
@@ -1314,3 +1317,5 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod restart_tests;
