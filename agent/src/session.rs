@@ -59,6 +59,8 @@ struct AgentState {
     /// The host's GPUs, announced in every hello.
     gpus: Vec<pb::Gpu>,
     metrics: crate::metrics::AgentMetrics,
+    /// Highest coordinator term seen (durable, kept by the supervisor).
+    known_term: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
@@ -116,6 +118,7 @@ pub async fn run_with_outbox(
             snapshot.clone(),
         ));
     }
+    let known_term = supervisor.known_term();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -128,6 +131,7 @@ pub async fn run_with_outbox(
         heartbeat_seq: 0,
         gpus,
         metrics,
+        known_term,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -221,6 +225,20 @@ async fn session(
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
+            let known = state.known_term.load(std::sync::atomic::Ordering::SeqCst);
+            if w.term < known {
+                // A coordinator that lost its leadership (or a stale copy) still serving.
+                return SessionEnd::Lost(format!(
+                    "coordinator at {} has term {} but term {known} was already seen; refusing it \
+                     (if its state was reset on purpose, remove {})",
+                    state.config.coordinator,
+                    w.term,
+                    crate::worker::FencingState::path(&state.config.state_dir).display()
+                ));
+            }
+            if state.commands.send(WorkerCommand::Term(w.term)).is_err() {
+                return SessionEnd::Shutdown;
+            }
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }

@@ -105,6 +105,16 @@ struct CoordinatorArgs {
     /// Override heartbeat_timeout_ms.
     #[arg(long)]
     heartbeat_timeout_ms: Option<u64>,
+    /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
+    /// restarted coordinator carries on where the previous one stopped.
+    #[arg(long, default_value = "/var/lib/holdfast/coordinator.redb")]
+    state: PathBuf,
+    /// Keep the state in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with = "state")]
+    ephemeral: bool,
+    /// Override reconnect_grace_ms.
+    #[arg(long)]
+    reconnect_grace_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -245,7 +255,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = args.heartbeat_timeout_ms {
                 config.heartbeat_timeout_ms = t;
             }
+            if let Some(g) = args.reconnect_grace_ms {
+                config.reconnect_grace_ms = g;
+            }
             config.validate().context("invalid coordinator config")?;
+            // Opened before listening: a state file another coordinator holds is an error
+            // before any agent can connect.
+            let store: Box<dyn holdfast_coordinator::store::RecordStore> = if args.ephemeral {
+                Box::new(holdfast_coordinator::store::MemoryStore::default())
+            } else {
+                Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?)
+            };
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -254,7 +274,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::fs::write(path, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            holdfast_coordinator::run_with_store(listener, config, store, shutdown_signal())
+                .await?;
             Ok(0)
         }
         Cmd::Agent(args) => {

@@ -27,10 +27,11 @@ pub mod metrics;
 pub mod node;
 pub mod report;
 pub mod server;
+pub mod store;
 mod view;
 
 pub use config::CoordinatorConfig;
-pub use server::run;
+pub use server::{run, run_with_store};
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
