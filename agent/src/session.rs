@@ -56,6 +56,8 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// The host's GPUs, announced in every hello.
+    gpus: Vec<pb::Gpu>,
     metrics: crate::metrics::AgentMetrics,
 }
 
@@ -84,6 +86,9 @@ pub async fn run_with_outbox(
         source,
     })?;
     let node_id = config.effective_node_id();
+    // The health monitors run beside the session for the agent's whole life.
+    let gpus = crate::health::monitor::start(&config, health.clone(), outbox.clone());
+    tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
@@ -121,6 +126,7 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        gpus,
         metrics,
     };
     tokio::pin!(shutdown);
@@ -159,7 +165,7 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
         body: Some(ToCoordinator::Hello(pb::Hello {
             node_id: state.node_id.clone(),
             hostname: identity::hostname(),
-            gpus: Vec::new(),
+            gpus: state.gpus.clone(),
             role: match state.config.role {
                 NodeRole::Worker => pb::NodeRole::Worker as i32,
                 NodeRole::Spare => pb::NodeRole::Spare as i32,

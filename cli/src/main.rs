@@ -127,6 +127,10 @@ struct AgentArgs {
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
+    /// Turn on the fault-injection test double (faults written to <state_dir>/inject are
+    /// treated as real). For tests and the demo only.
+    #[arg(long)]
+    enable_fault_injection: bool,
     /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -282,6 +286,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(a) = args.advertise_address {
                 config.advertise_address = a;
             }
+            if args.enable_fault_injection {
+                config.fault_injection = true;
+            }
             if let Some(m) = args.metrics_listen {
                 config.metrics_listen = m;
             }
@@ -383,8 +390,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if options.nodes == 0 {
                 anyhow::bail!("--nodes must be at least 1");
             }
-            if options.fault == demo::Fault::KillAgent && options.spares == 0 {
-                anyhow::bail!("--fault kill-agent needs at least one spare (--spares 1)");
+            if matches!(options.fault, demo::Fault::KillAgent | demo::Fault::Xid)
+                && options.spares == 0
+            {
+                anyhow::bail!(
+                    "--fault {} needs at least one spare (--spares 1)",
+                    options.fault.name()
+                );
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
