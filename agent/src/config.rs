@@ -34,6 +34,11 @@ pub struct AgentConfig {
     pub reconnect_max_backoff_ms: u64,
     /// How often a job's progress file is read.
     pub progress_file_poll_ms: u64,
+    /// The operator's lifecycle script directory (`on-create`, `health/*`, `on-fence`); the
+    /// coordinator can only run scripts by name inside it. Empty = this agent runs no scripts.
+    pub script_dir: PathBuf,
+    /// Timeout of the `on-fence` script the agent runs when its node is fenced.
+    pub on_fence_timeout_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +52,8 @@ impl Default for AgentConfig {
             heartbeat_interval_ms: 500,
             reconnect_max_backoff_ms: 2000,
             progress_file_poll_ms: 200,
+            script_dir: PathBuf::new(),
+            on_fence_timeout_ms: 60_000,
         }
     }
 }
@@ -70,7 +77,11 @@ impl AgentConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(invalid("coordinator", "must be an http:// or https:// URL"));
         }
-        if self.node_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self
+            .node_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid("node_id", "must not contain whitespace"));
         }
         if self.heartbeat_interval_ms == 0 {
@@ -81,6 +92,12 @@ impl AgentConfig {
         }
         if self.progress_file_poll_ms == 0 {
             return Err(invalid("progress_file_poll_ms", "must be greater than 0"));
+        }
+        if !self.script_dir.as_os_str().is_empty() && !self.script_dir.is_absolute() {
+            return Err(invalid("script_dir", "must be an absolute path"));
+        }
+        if self.on_fence_timeout_ms == 0 {
+            return Err(invalid("on_fence_timeout_ms", "must be greater than 0"));
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
@@ -128,12 +145,62 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("coordinator", AgentConfig { coordinator: "10.0.0.1:7070".into(), ..Default::default() }),
-            ("node_id", AgentConfig { node_id: "a b".into(), ..Default::default() }),
-            ("heartbeat_interval_ms", AgentConfig { heartbeat_interval_ms: 0, ..Default::default() }),
-            ("reconnect_max_backoff_ms", AgentConfig { reconnect_max_backoff_ms: 1, ..Default::default() }),
-            ("progress_file_poll_ms", AgentConfig { progress_file_poll_ms: 0, ..Default::default() }),
-            ("state_dir", AgentConfig { state_dir: PathBuf::new(), ..Default::default() }),
+            (
+                "coordinator",
+                AgentConfig {
+                    coordinator: "10.0.0.1:7070".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "node_id",
+                AgentConfig {
+                    node_id: "a b".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "heartbeat_interval_ms",
+                AgentConfig {
+                    heartbeat_interval_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reconnect_max_backoff_ms",
+                AgentConfig {
+                    reconnect_max_backoff_ms: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "progress_file_poll_ms",
+                AgentConfig {
+                    progress_file_poll_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "state_dir",
+                AgentConfig {
+                    state_dir: PathBuf::new(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "script_dir",
+                AgentConfig {
+                    script_dir: "scripts".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "on_fence_timeout_ms",
+                AgentConfig {
+                    on_fence_timeout_ms: 0,
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -143,9 +210,12 @@ mod tests {
 
     #[test]
     fn toml_errors_name_the_file_and_key() {
-        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::from_toml("role = \"boss\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("agent.toml") && err.contains("role"), "{err}");
-        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml").unwrap();
+        let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml")
+            .unwrap();
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
     }
 }

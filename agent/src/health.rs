@@ -62,7 +62,8 @@ impl HealthBoard {
 }
 
 fn is_fatal(check: &pb::HealthCheck) -> bool {
-    check.state == pb::HealthState::Unhealthy as i32 && check.action == pb::HealthAction::ReplaceNode as i32
+    check.state == pb::HealthState::Unhealthy as i32
+        && check.action == pb::HealthAction::ReplaceNode as i32
 }
 
 /// Orders states by how bad they are.
@@ -77,7 +78,12 @@ fn severity(state: i32) -> (u8, pb::HealthState) {
 }
 
 /// A check result stamped now.
-pub fn check(name: &str, state: pb::HealthState, reason: &str, action: pb::HealthAction) -> pb::HealthCheck {
+pub fn check(
+    name: &str,
+    state: pb::HealthState,
+    reason: &str,
+    action: pb::HealthAction,
+) -> pb::HealthCheck {
     pb::HealthCheck {
         check: name.to_string(),
         state: state as i32,
@@ -95,13 +101,28 @@ mod tests {
     fn summary_takes_the_worst_state_and_fatal_is_reported_once() {
         let board = HealthBoard::default();
         assert_eq!(board.summary().state, pb::HealthState::Healthy as i32);
-        assert!(!board.set(check("memory", pb::HealthState::Degraded, "low", pb::HealthAction::None)));
+        assert!(!board.set(check(
+            "memory",
+            pb::HealthState::Degraded,
+            "low",
+            pb::HealthAction::None
+        )));
         assert_eq!(board.summary().state, pb::HealthState::Degraded as i32);
-        let fatal = check("xid", pb::HealthState::Unhealthy, "Xid 79", pb::HealthAction::ReplaceNode);
+        let fatal = check(
+            "xid",
+            pb::HealthState::Unhealthy,
+            "Xid 79",
+            pb::HealthAction::ReplaceNode,
+        );
         assert!(board.set(fatal.clone()));
         assert!(!board.set(fatal), "already fatal: no second report");
         assert_eq!(board.summary().state, pb::HealthState::Unhealthy as i32);
-        assert!(!board.set(check("xid", pb::HealthState::Healthy, "", pb::HealthAction::None)));
+        assert!(!board.set(check(
+            "xid",
+            pb::HealthState::Healthy,
+            "",
+            pb::HealthAction::None
+        )));
         assert_eq!(board.summary().state, pb::HealthState::Degraded as i32);
     }
 }

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{AgentConfig, NodeRole};
 use crate::health::HealthBoard;
+use crate::scripts::ScriptRunner;
 use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
 use crate::{identity, now_ms, Outbox, AGENT_VERSION};
 
@@ -50,11 +51,20 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// Runs the coordinator's `RunScript` requests; results go back through `outbox`.
+    scripts: ScriptRunner,
+    outbox: Outbox,
+    /// The term of the coordinator that welcomed this agent: scripts of older terms are refused.
+    term: u64,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
 /// one after another. Workers keep running when the agent stops.
-pub async fn run(config: AgentConfig, health: HealthBoard, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    health: HealthBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     run_with_outbox(config, health, outbox, outbox_rx, shutdown).await
 }
@@ -75,14 +85,16 @@ pub async fn run_with_outbox(
     let node_id = config.effective_node_id();
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
+    let scripts = script_runner(&config, &node_id);
     let supervisor = Supervisor::new(
-        outbox,
+        outbox.clone(),
         node_id.clone(),
         config.effective_address(),
         config.state_dir.clone(),
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
-    );
+    )
+    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -93,6 +105,9 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        scripts,
+        outbox,
+        term: 0,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -105,7 +120,10 @@ pub async fn run_with_outbox(
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(node = state.node_id, "coordinator session ended: {why}; retrying in {backoff:?}");
+                tracing::warn!(
+                    node = state.node_id,
+                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                );
             }
         }
         tokio::select! {
@@ -118,6 +136,28 @@ pub async fn run_with_outbox(
     let _ = supervisor.await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The script runner with the variables every lifecycle script gets.
+fn script_runner(config: &AgentConfig, node_id: &str) -> ScriptRunner {
+    let role = match config.role {
+        NodeRole::Worker => "worker",
+        NodeRole::Spare => "spare",
+    };
+    let base_env = [
+        ("HOLDFAST_NODE_ID", node_id.to_string()),
+        ("HOLDFAST_ROLE", role.to_string()),
+        ("HOLDFAST_STATE_DIR", config.state_dir.display().to_string()),
+        ("HOLDFAST_COORDINATOR", config.coordinator.clone()),
+        ("HOLDFAST_ADVERTISE_ADDRESS", config.effective_address()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ScriptRunner {
+        dir: (!config.script_dir.as_os_str().is_empty()).then(|| config.script_dir.clone()),
+        base_env,
+    }
 }
 
 fn hello(state: &AgentState) -> pb::AgentMessage {
@@ -146,7 +186,10 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
-async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+async fn session(
+    state: &mut AgentState,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -182,10 +225,21 @@ async fn session(state: &mut AgentState, shutdown: &mut std::pin::Pin<&mut impl 
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            tracing::info!(node = state.node_id, term = w.term, "connected to coordinator {}", state.config.coordinator);
+            state.term = state.term.max(w.term);
+            tracing::info!(
+                node = state.node_id,
+                term = w.term,
+                "connected to coordinator {}",
+                state.config.coordinator
+            );
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "coordinator refused the session: {}",
+                status.message()
+            ))
+        }
     }
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -248,7 +302,35 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(script = r.script, "this agent runs no lifecycle scripts; ignored");
+            if r.term < state.term {
+                tracing::warn!(
+                    script = r.script,
+                    term = r.term,
+                    "refused a script of an older coordinator term"
+                );
+                return;
+            }
+            // Scripts run beside the heartbeats: a long deep check must not look like a dead agent.
+            let runner = state.scripts.clone();
+            let outbox = state.outbox.clone();
+            tokio::spawn(async move {
+                tracing::info!(
+                    script = r.script,
+                    command = r.command_id,
+                    "running lifecycle script"
+                );
+                let result = runner.run(&r).await;
+                tracing::info!(
+                    script = r.script,
+                    ok = result.ok,
+                    ms = result.duration_ms,
+                    "{}",
+                    result.message
+                );
+                let _ = outbox.send(pb::AgentMessage {
+                    body: Some(ToCoordinator::CommandResult(result)),
+                });
+            });
             return;
         }
     };

@@ -69,9 +69,21 @@ pub struct Supervisor {
     /// Highest coordinator term seen.
     term: u64,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+    /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
+    on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
 }
 
 impl Supervisor {
+    /// Runs `on-fence` from `runner`'s directory with `timeout_ms` whenever the node is fenced.
+    pub fn with_on_fence(
+        mut self,
+        runner: crate::scripts::ScriptRunner,
+        timeout_ms: u64,
+    ) -> Supervisor {
+        self.on_fence = Some((runner, timeout_ms));
+        self
+    }
+
     pub fn new(
         outbox: Outbox,
         node_id: String,
@@ -90,6 +102,7 @@ impl Supervisor {
             generations: HashMap::new(),
             term: 0,
             snapshot,
+            on_fence: None,
         }
     }
 
@@ -122,7 +135,11 @@ impl Supervisor {
             WorkerCommand::Fence(f) => f.term,
         };
         if term < self.term {
-            tracing::warn!(term, current = self.term, "refused a command of an older coordinator term");
+            tracing::warn!(
+                term,
+                current = self.term,
+                "refused a command of an older coordinator term"
+            );
             return;
         }
         self.term = term;
@@ -138,15 +155,15 @@ impl Supervisor {
                     );
                     return;
                 }
-                self.generations.insert(launch.job_id.clone(), launch.generation);
+                self.generations
+                    .insert(launch.job_id.clone(), launch.generation);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
             WorkerCommand::Stop(stop) => {
-                let matches = self
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.record.job_id == stop.job_id && r.record.generation <= stop.generation);
+                let matches = self.running.as_ref().is_some_and(|r| {
+                    r.record.job_id == stop.job_id && r.record.generation <= stop.generation
+                });
                 let seen = self.generations.entry(stop.job_id.clone()).or_insert(0);
                 *seen = (*seen).max(stop.generation);
                 if matches {
@@ -159,25 +176,66 @@ impl Supervisor {
             WorkerCommand::Fence(fence) => {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
+                self.run_on_fence(&fence);
             }
         }
     }
 
+    /// Starts `on-fence` in the background (it may power things off or drain; the supervisor
+    /// must stay responsive meanwhile) and reports its result as command `on-fence`.
+    fn run_on_fence(&self, fence: &pb::Fence) {
+        let Some((runner, timeout_ms)) = self.on_fence.clone() else {
+            return;
+        };
+        if !runner
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.join("on-fence").is_file())
+        {
+            return;
+        }
+        let request = pb::RunScript {
+            command_id: "on-fence".into(),
+            script: "on-fence".into(),
+            args: Vec::new(),
+            timeout_ms,
+            env: [("HOLDFAST_FENCE_REASON".to_string(), fence.reason.clone())].into(),
+            term: fence.term,
+        };
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let result = runner.run(&request).await;
+            tracing::info!(ok = result.ok, "on-fence: {}", result.message);
+            let _ = outbox.send(pb::AgentMessage {
+                body: Some(ToCoordinator::CommandResult(result)),
+            });
+        });
+    }
+
     fn launch(&mut self, launch: pb::Launch) {
         let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
-        let argv: Vec<String> = launch.command.iter().map(|a| substitute(a, &vars)).collect();
+        let argv: Vec<String> = launch
+            .command
+            .iter()
+            .map(|a| substitute(a, &vars))
+            .collect();
         let Some((program, args)) = argv.split_first() else {
             self.report_exit(&launch.job_id, launch.generation, None, None, false);
             return;
         };
-        let progress_file = self
-            .state_dir
-            .join(format!("progress-{}-g{}", sanitize(&launch.job_id), launch.generation));
+        let progress_file = self.state_dir.join(format!(
+            "progress-{}-g{}",
+            sanitize(&launch.job_id),
+            launch.generation
+        ));
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
             .envs(launch.env.iter())
-            .envs(vars.iter().map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())))
+            .envs(
+                vars.iter()
+                    .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
+            )
             .env("HOLDFAST_PROGRESS_FILE", &progress_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -224,7 +282,10 @@ impl Supervisor {
             last: Arc::new(std::sync::Mutex::new(0)),
             snapshot: self.snapshot.clone(),
         };
-        let prefix = format!("[{} g{} r{}]", launch.job_id, launch.generation, launch.node_rank);
+        let prefix = format!(
+            "[{} g{} r{}]",
+            launch.job_id, launch.generation, launch.node_rank
+        );
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, prefix.clone(), regex.clone(), progress.clone()));
         }
@@ -240,7 +301,11 @@ impl Supervisor {
                 Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
             }
         });
-        tokio::spawn(poll_progress_file(progress_file, self.progress_poll, progress));
+        tokio::spawn(poll_progress_file(
+            progress_file,
+            self.progress_poll,
+            progress,
+        ));
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = Some(record.clone());
             snap.last_step = 0;
@@ -272,7 +337,10 @@ impl Supervisor {
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
             Ok(status) => status.ok(),
             Err(_) => {
-                tracing::warn!(pid = running.record.pid, "worker ignored SIGTERM; sending SIGKILL to its group");
+                tracing::warn!(
+                    pid = running.record.pid,
+                    "worker ignored SIGTERM; sending SIGKILL to its group"
+                );
                 let _ = killpg(pgid, Signal::SIGKILL);
                 tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
                     .await
@@ -304,10 +372,23 @@ impl Supervisor {
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;
         }
-        self.report_exit(&running.record.job_id, running.record.generation, code, signal, stopped);
+        self.report_exit(
+            &running.record.job_id,
+            running.record.generation,
+            code,
+            signal,
+            stopped,
+        );
     }
 
-    fn report_exit(&self, job_id: &str, generation: u64, code: Option<i32>, signal: Option<i32>, stopped: bool) {
+    fn report_exit(
+        &self,
+        job_id: &str,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        stopped: bool,
+    ) {
         self.send(ToCoordinator::WorkerEvent(pb::WorkerEvent {
             job_id: job_id.to_string(),
             generation,
@@ -380,7 +461,12 @@ impl ProgressReporter {
 }
 
 /// Copies a worker's output lines to the agent's log and reports the steps it prints.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(out: R, prefix: String, regex: Option<Regex>, progress: ProgressReporter) {
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    out: R,
+    prefix: String,
+    regex: Option<Regex>,
+    progress: ProgressReporter,
+) {
     let mut lines = BufReader::new(out).lines();
     loop {
         match lines.next_line().await {
@@ -409,7 +495,11 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         }
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {
-                if let Some(step) = text.split_whitespace().last().and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(step) = text
+                    .split_whitespace()
+                    .last()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     progress.report(step);
                 }
             }
@@ -419,7 +509,11 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         if progress
             .snapshot
             .lock()
-            .map(|s| s.record.as_ref().is_none_or(|r| r.generation != progress.generation))
+            .map(|s| {
+                s.record
+                    .as_ref()
+                    .is_none_or(|r| r.generation != progress.generation)
+            })
             .unwrap_or(true)
         {
             let _ = tokio::fs::remove_file(&path).await;
@@ -434,7 +528,11 @@ pub fn parse_step(regex: &Regex, line: &str) -> Option<u64> {
 }
 
 /// The values a launch makes available as `{name}` placeholders and `HOLDFAST_NAME` variables.
-pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec<(&'static str, String)> {
+pub fn placeholders(
+    launch: &pb::Launch,
+    node_id: &str,
+    local_addr: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("job_id", launch.job_id.clone()),
         ("node_id", node_id.to_string()),
@@ -442,7 +540,10 @@ pub fn placeholders(launch: &pb::Launch, node_id: &str, local_addr: &str) -> Vec
         ("nnodes", launch.nnodes.to_string()),
         ("master_addr", launch.master_addr.clone()),
         ("master_port", launch.master_port.to_string()),
-        ("rdzv_endpoint", format!("{}:{}", launch.master_addr, launch.master_port)),
+        (
+            "rdzv_endpoint",
+            format!("{}:{}", launch.master_addr, launch.master_port),
+        ),
         ("rdzv_id", launch.rdzv_id.clone()),
         ("generation", launch.generation.to_string()),
         ("resume_from", launch.resume_from.clone()),
@@ -462,7 +563,15 @@ pub fn substitute(arg: &str, vars: &[(&'static str, String)]) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -493,7 +602,10 @@ mod tests {
         };
         let vars = placeholders(&launch, "n1", "10.0.0.2");
         assert_eq!(
-            substitute("--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}", &vars),
+            substitute(
+                "--rdzv-endpoint={rdzv_endpoint} --node-rank={node_rank} --local-addr={local_addr}",
+                &vars
+            ),
             "--rdzv-endpoint=10.0.0.1:29501 --node-rank=1 --local-addr=10.0.0.2"
         );
         assert_eq!(substitute("{unknown}", &vars), "{unknown}");

@@ -24,9 +24,10 @@ pub async fn connect(addr: &str) -> anyhow::Result<OperatorServiceClient<Channel
         .map_err(|e| anyhow::anyhow!("bad coordinator address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {url}: {e} (is `holdfast coordinator` running?)"))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: {e} (is `holdfast coordinator` running?)"
+        )
+    })?;
     Ok(OperatorServiceClient::new(channel))
 }

@@ -21,6 +21,40 @@ use crate::follow;
 /// The training script the demo runs, shipped in the binary.
 pub const TRAIN_SCRIPT: &str = include_str!("../../examples/train_demo.py");
 
+/// The lifecycle scripts the demo's agents run (the ones in `lifecycle-scripts/`).
+pub const LIFECYCLE_SCRIPTS: [(&str, &str); 3] = [
+    (
+        "on-create",
+        include_str!("../../lifecycle-scripts/on-create"),
+    ),
+    ("on-fence", include_str!("../../lifecycle-scripts/on-fence")),
+    (
+        "health/host",
+        include_str!("../../lifecycle-scripts/health/host"),
+    ),
+];
+
+/// Writes the lifecycle scripts and a coordinator config that runs them into `dir`; returns
+/// (script directory, coordinator config path).
+pub fn write_lifecycle_setup(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = dir.join("lifecycle-scripts");
+    for (name, body) in LIFECYCLE_SCRIPTS {
+        let path = scripts.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 30000\n",
+    )?;
+    Ok((scripts, config))
+}
+
 /// The faults the demo can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -30,6 +64,9 @@ pub enum Fault {
     KillWorker,
     /// SIGSTOP one worker: progress stalls and the stall timeout fires.
     Hang,
+    /// Kill a host while the first spare has gone bad: it fails its replacement check and is
+    /// fenced, the second spare takes over (needs --spares 2).
+    BadSpare,
     /// No fault.
     None,
 }
@@ -40,6 +77,7 @@ impl Fault {
             Fault::KillAgent => "kill-agent",
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
+            Fault::BadSpare => "bad-spare",
             Fault::None => "none",
         }
     }
@@ -119,8 +157,15 @@ impl LocalCluster {
                     break;
                 }
             }
-            if let Some(Some(status)) = cluster.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("the coordinator exited at start ({status}); see {}", dir.join("coordinator.log").display());
+            if let Some(Some(status)) = cluster
+                .coordinator
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "the coordinator exited at start ({status}); see {}",
+                    dir.join("coordinator.log").display()
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!("the coordinator did not start within 20 s");
@@ -144,7 +189,16 @@ impl LocalCluster {
             .append(true)
             .open(self.dir.join(format!("{node}.log")))?;
         let child = Command::new(&self.exe)
-            .args(["agent", "--coordinator", &self.addr, "--node-id", node, "--role", role, "--state-dir"])
+            .args([
+                "agent",
+                "--coordinator",
+                &self.addr,
+                "--node-id",
+                node,
+                "--role",
+                role,
+                "--state-dir",
+            ])
             .arg(&state)
             .args(extra)
             .stdin(Stdio::null())
@@ -165,8 +219,15 @@ impl LocalCluster {
         let mut client = self.client().await?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let nodes = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
-            let ready = nodes.iter().filter(|n| n.connected && n.state == "ready").count();
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let ready = nodes
+                .iter()
+                .filter(|n| n.connected && n.state == "ready")
+                .count();
             if ready >= count {
                 return Ok(());
             }
@@ -185,14 +246,21 @@ impl LocalCluster {
 
     /// Sends `signal` to the agent process of `node`.
     pub fn signal_agent(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
-        let child = self.agents.get(node).with_context(|| format!("no agent {node}"))?;
-        kill(Pid::from_raw(child.id() as i32), signal).with_context(|| format!("signalling agent {node}"))?;
+        let child = self
+            .agents
+            .get(node)
+            .with_context(|| format!("no agent {node}"))?;
+        kill(Pid::from_raw(child.id() as i32), signal)
+            .with_context(|| format!("signalling agent {node}"))?;
         Ok(())
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut child = self.agents.remove(node).with_context(|| format!("no agent {node}"))?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
         let _ = child.kill();
         let _ = child.wait();
         Ok(())
@@ -210,15 +278,22 @@ impl LocalCluster {
 
     /// Sends `signal` to the worker leader of `node`; returns its pid.
     pub fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
-        let w = self.worker(node).with_context(|| format!("no worker running on {node}"))?;
-        kill(Pid::from_raw(w.pid as i32), signal).with_context(|| format!("signalling worker {}", w.pid))?;
+        let w = self
+            .worker(node)
+            .with_context(|| format!("no worker running on {node}"))?;
+        kill(Pid::from_raw(w.pid as i32), signal)
+            .with_context(|| format!("signalling worker {}", w.pid))?;
         Ok(w.pid)
     }
 
     /// Kills every process it started, workers included.
     pub fn shutdown(&mut self) {
         let nodes: Vec<String> = std::fs::read_dir(self.dir.join("nodes"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         for (_, mut child) in std::mem::take(&mut self.agents) {
             let _ = child.kill();
@@ -290,17 +365,28 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         options.fault.name(),
         dir.display()
     ));
-    let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    let (script_dir, coordinator_config) = write_lifecycle_setup(&dir)?;
+    let config_arg = coordinator_config.display().to_string();
+    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg]).await?;
+    let script_arg = script_dir.display().to_string();
+    let agent_args = ["--script-dir", script_arg.as_str()];
     for i in 1..=options.nodes {
-        cluster.start_agent(&format!("node-{i}"), "worker", &[])?;
+        cluster.start_agent(&format!("node-{i}"), "worker", &agent_args)?;
     }
     for i in 1..=options.spares {
-        cluster.start_agent(&format!("spare-{i}"), "spare", &[])?;
+        cluster.start_agent(&format!("spare-{i}"), "spare", &agent_args)?;
     }
     cluster
-        .wait_ready((options.nodes + options.spares) as usize, Duration::from_secs(30))
+        .wait_ready(
+            (options.nodes + options.spares) as usize,
+            Duration::from_secs(30),
+        )
         .await?;
-    say(format!("coordinator at {}; {} agents ready", cluster.addr, options.nodes + options.spares));
+    say(format!(
+        "coordinator at {}; {} agents ready",
+        cluster.addr,
+        options.nodes + options.spares
+    ));
     let mut client = cluster.client().await?;
     let spec = pb::JobSpec {
         command: vec![
@@ -321,7 +407,11 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         ..Default::default()
     };
     let job = follow::submit(&mut client, spec).await?;
-    say(format!("job {} accepted on {}", job.job_id, job.nodes.join(", ")));
+    say(format!(
+        "job {} accepted on {}",
+        job.job_id,
+        job.nodes.join(", ")
+    ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
     let mut injection_error: Option<anyhow::Error> = None;
@@ -333,14 +423,33 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         budget,
         |event| {
             let Some(job) = &event.job else { return };
-            if fault == Fault::None || fault_at != 0 || job.state != "running" || job.step < options.fault_at_step {
+            if fault == Fault::None
+                || fault_at != 0
+                || job.state != "running"
+                || job.step < options.fault_at_step
+            {
                 return;
             }
-            let Some(node) = job.nodes.last().cloned() else { return };
+            let Some(node) = job.nodes.last().cloned() else {
+                return;
+            };
             let result = match fault {
-                Fault::KillAgent => cluster.kill_host(&node).map(|_| "agent and worker SIGKILLed".to_string()),
-                Fault::KillWorker => cluster.signal_worker(&node, Signal::SIGKILL).map(|pid| format!("worker {pid} SIGKILLed")),
-                Fault::Hang => cluster.signal_worker(&node, Signal::SIGSTOP).map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::KillAgent => cluster
+                    .kill_host(&node)
+                    .map(|_| "agent and worker SIGKILLed".to_string()),
+                Fault::KillWorker => cluster
+                    .signal_worker(&node, Signal::SIGKILL)
+                    .map(|pid| format!("worker {pid} SIGKILLed")),
+                Fault::Hang => cluster
+                    .signal_worker(&node, Signal::SIGSTOP)
+                    .map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::BadSpare => std::fs::write(
+                    cluster.state_dir("spare-1").join("unhealthy"),
+                    "demo fault: spare-1 found with uncorrectable memory errors while idle\n",
+                )
+                .map_err(anyhow::Error::from)
+                .and_then(|_| cluster.kill_host(&node))
+                .map(|_| "agent and worker SIGKILLed; spare-1 marked unhealthy".to_string()),
                 Fault::None => return,
             };
             fault_at = holdfast_coordinator::now_ms();
@@ -362,7 +471,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     }
     let final_job = final_job?;
     let incidents = client
-        .list_incidents(pb::ListIncidentsRequest { job_id: final_job.job_id.clone() })
+        .list_incidents(pb::ListIncidentsRequest {
+            job_id: final_job.job_id.clone(),
+        })
         .await?
         .into_inner()
         .incidents;
@@ -383,13 +494,21 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
 pub fn print_report(report: &DemoReport, to_stderr: bool) {
     let mut text = format!(
         "\njob {} {} at step {} (generation {}): {}\n",
-        report.job.job_id, report.job.state, report.job.step, report.job.generation, report.job.message
+        report.job.job_id,
+        report.job.state,
+        report.job.step,
+        report.job.generation,
+        report.job.message
     );
     if report.incidents.is_empty() {
         text.push_str("no incidents\n");
     }
     for i in &report.incidents {
-        let t0 = if report.fault_at > 0 { report.fault_at } else { i.fault_unix_ms };
+        let t0 = if report.fault_at > 0 {
+            report.fault_at
+        } else {
+            i.fault_unix_ms
+        };
         let s = |t| crate::tables::secs(t0, t).map_or("-".to_string(), |v| format!("{v:.2} s"));
         text.push_str(&format!(
             "incident {}: {} on {} ({}), action {}{}\n  detect {} · fence {} · replace {} · relaunch {} · resume {} (from the fault) · resumed from step {}\n",
@@ -406,6 +525,9 @@ pub fn print_report(report: &DemoReport, to_stderr: bool) {
             s(i.resumed_unix_ms),
             i.resumed_from_step
         ));
+        for rejected in &i.rejected_candidates {
+            text.push_str(&format!("  rejected candidate {rejected}\n"));
+        }
     }
     if to_stderr {
         eprint!("{text}");

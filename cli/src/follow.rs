@@ -23,7 +23,10 @@ pub fn exit_code(state: &str) -> i32 {
 }
 
 /// Submits `spec` and returns the accepted job, or the coordinator's reason for refusing it.
-pub async fn submit(client: &mut OperatorServiceClient<Channel>, spec: pb::JobSpec) -> anyhow::Result<pb::Job> {
+pub async fn submit(
+    client: &mut OperatorServiceClient<Channel>,
+    spec: pb::JobSpec,
+) -> anyhow::Result<pb::Job> {
     let job = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await
@@ -43,7 +46,9 @@ pub async fn follow(
 ) -> anyhow::Result<pb::Job> {
     let started = tokio::time::Instant::now();
     let mut events = client
-        .watch_events(pb::WatchEventsRequest { job_id: job_id.to_string() })
+        .watch_events(pb::WatchEventsRequest {
+            job_id: job_id.to_string(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
         .into_inner();

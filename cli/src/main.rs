@@ -69,6 +69,16 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// Run the configured deep check (health scripts) on a node now and print each script's
+    /// result; exits 0 when every script passed. The report is kept on the node.
+    Check {
+        node: String,
+        #[command(flatten)]
+        addr: Addr,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -114,6 +124,9 @@ struct AgentArgs {
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
+    /// Lifecycle script directory (on-create, health/*, on-fence).
+    #[arg(long)]
+    script_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -181,7 +194,10 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -228,7 +244,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let bound = listener.local_addr()?;
             if let Some(path) = &args.addr_file {
-                std::fs::write(path, format!("{bound}\n")).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, format!("{bound}\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
             Ok(0)
@@ -237,7 +254,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging();
             let mut config = match &args.config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     holdfast_agent::AgentConfig::from_toml(&text, &path.display().to_string())?
                 }
                 None => holdfast_agent::AgentConfig::default(),
@@ -261,6 +279,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(a) = args.advertise_address {
                 config.advertise_address = a;
             }
+            if let Some(d) = args.script_dir {
+                config.script_dir = d;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
             Ok(0)
@@ -269,25 +290,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Status(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
             let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}\n{}", tables::jobs(&jobs), tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Nodes(addr) => {
             let mut c = client::connect(&addr.coordinator).await?;
-            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
             print!("{}", tables::nodes(&nodes));
             Ok(0)
         }
         Cmd::Incidents { addr, job, json } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let incidents = c
-                .list_incidents(pb::ListIncidentsRequest { job_id: job.unwrap_or_default() })
+                .list_incidents(pb::ListIncidentsRequest {
+                    job_id: job.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .incidents;
             if json {
-                let list: Vec<_> = incidents.iter().map(|i| tables::incident_json(i, i.fault_unix_ms)).collect();
+                let list: Vec<_> = incidents
+                    .iter()
+                    .map(|i| tables::incident_json(i, i.fault_unix_ms))
+                    .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 print!("{}", tables::incidents(&incidents));
@@ -297,7 +331,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cordon { node, reason, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .cordon(pb::CordonRequest { node_id: node, reason })
+                .cordon(pb::CordonRequest {
+                    node_id: node,
+                    reason,
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -307,7 +344,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Uncordon { node, addr } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let n = c
-                .uncordon(pb::CordonRequest { node_id: node, reason: String::new() })
+                .uncordon(pb::CordonRequest {
+                    node_id: node,
+                    reason: String::new(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
@@ -323,6 +363,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .into_inner();
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
+        }
+        Cmd::Check { node, addr, json } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let report = c
+                .check_node(pb::CheckNodeRequest { node_id: node })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if json {
+                let scripts: Vec<_> = report
+                    .scripts
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"script": s.script, "ok": s.ok, "exit_code": s.exit_code,
+                            "duration_ms": s.duration_ms, "message": s.message, "output": s.output})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"node": report.node_id, "ok": report.ok, "purpose": report.purpose,
+                        "started_unix_ms": report.started_unix_ms, "duration_ms": report.duration_ms, "scripts": scripts})
+                );
+            } else {
+                print!("{}", tables::check_report(&report));
+            }
+            Ok(if report.ok { 0 } else { 1 })
         }
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
@@ -340,6 +406,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if options.fault == demo::Fault::KillAgent && options.spares == 0 {
                 anyhow::bail!("--fault kill-agent needs at least one spare (--spares 1)");
+            }
+            if options.fault == demo::Fault::BadSpare && options.spares < 2 {
+                anyhow::bail!("--fault bad-spare needs two spares (--spares 2): the first is bad");
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
@@ -369,7 +438,17 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow(&mut c, &job.job_id, Duration::from_secs(u64::MAX / 4), |_| {}, true).await?;
-    println!("job {} {} at step {}: {}", done.job_id, done.state, done.step, done.message);
+    let done = follow::follow(
+        &mut c,
+        &job.job_id,
+        Duration::from_secs(u64::MAX / 4),
+        |_| {},
+        true,
+    )
+    .await?;
+    println!(
+        "job {} {} at step {}: {}",
+        done.job_id, done.state, done.step, done.message
+    );
     Ok(follow::exit_code(&done.state))
 }

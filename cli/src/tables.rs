@@ -31,10 +31,17 @@ pub fn nodes(nodes: &[pb::Node]) -> String {
         "NODE", "ROLE", "STATE", "CONN", "HEALTH", "JOB", "GEN", "STEP", "REASON"
     );
     for n in nodes {
-        let role = if n.role == pb::NodeRole::Spare as i32 { "spare" } else { "worker" };
+        let role = if n.role == pb::NodeRole::Spare as i32 {
+            "spare"
+        } else {
+            "worker"
+        };
         let mut reason = n.fence_reason.clone();
         if let Some(h) = &n.health {
-            for c in h.checks.iter().filter(|c| c.state != pb::HealthState::Healthy as i32 && c.state != pb::HealthState::NotApplicable as i32) {
+            for c in h.checks.iter().filter(|c| {
+                c.state != pb::HealthState::Healthy as i32
+                    && c.state != pb::HealthState::NotApplicable as i32
+            }) {
                 if !reason.is_empty() {
                     reason.push_str("; ");
                 }
@@ -90,7 +97,17 @@ fn fmt_secs(v: Option<f64>) -> String {
 pub fn incidents(incidents: &[pb::Incident]) -> String {
     let mut out = format!(
         "{:>3} {:<10} {:<10} {:<18} {:<17} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
-        "ID", "JOB", "NODE", "CAUSE", "ACTION", "DETECT", "FENCE", "REPLACE", "RELAUNCH", "RESUME", "DETAIL"
+        "ID",
+        "JOB",
+        "NODE",
+        "CAUSE",
+        "ACTION",
+        "DETECT",
+        "FENCE",
+        "REPLACE",
+        "RELAUNCH",
+        "RESUME",
+        "DETAIL"
     );
     for i in incidents {
         let t0 = i.fault_unix_ms;
@@ -107,8 +124,15 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
             fmt_secs(secs(t0, i.relaunched_unix_ms)),
             fmt_secs(secs(t0, i.resumed_unix_ms)),
             i.detail,
-            if i.replacement_node_id.is_empty() { String::new() } else { format!(" → {}", i.replacement_node_id) }
+            if i.replacement_node_id.is_empty() {
+                String::new()
+            } else {
+                format!(" → {}", i.replacement_node_id)
+            }
         ));
+        for rejected in &i.rejected_candidates {
+            out.push_str(&format!("      rejected candidate {rejected}\n"));
+        }
     }
     out.push_str("(seconds from the fault; fault time as estimated by the coordinator)\n");
     out
@@ -133,7 +157,48 @@ pub fn incident_json(i: &pb::Incident, t0: i64) -> serde_json::Value {
         "from_generation": i.from_generation,
         "to_generation": i.to_generation,
         "open": i.open,
+        "rejected_candidates": i.rejected_candidates,
     })
+}
+
+/// A node's check report: one line per script (result, exit code, time), then the output
+/// tail of the scripts that failed.
+pub fn check_report(r: &pb::CheckReport) -> String {
+    let mut out = format!(
+        "node {} {} check {} in {:.2} s (started {})\n{:<24} {:<6} {:>5} {:>9}  {}\n",
+        r.node_id,
+        r.purpose,
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.duration_ms as f64 / 1000.0,
+        clock(r.started_unix_ms),
+        "SCRIPT",
+        "RESULT",
+        "EXIT",
+        "SECONDS",
+        "MESSAGE"
+    );
+    for s in &r.scripts {
+        out.push_str(&format!(
+            "{:<24} {:<6} {:>5} {:>9.2}  {}\n",
+            s.script,
+            if s.ok { "ok" } else { "FAIL" },
+            s.exit_code.map_or("-".to_string(), |c| c.to_string()),
+            s.duration_ms as f64 / 1000.0,
+            s.message
+        ));
+    }
+    for s in r
+        .scripts
+        .iter()
+        .filter(|s| !s.ok && !s.output.trim().is_empty())
+    {
+        out.push_str(&format!(
+            "--- output of {} (tail) ---\n{}\n",
+            s.script,
+            s.output.trim_end()
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -81,9 +81,11 @@ impl CheckpointStore {
                 let path = url
                     .to_file_path()
                     .map_err(|()| bad("not an absolute file path".into()))?;
-                let prefix =
-                    Path::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
-                (Arc::new(object_store::local::LocalFileSystem::new()), prefix)
+                let prefix = Path::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
+                (
+                    Arc::new(object_store::local::LocalFileSystem::new()),
+                    prefix,
+                )
             }
             "s3" => {
                 let store = object_store::aws::AmazonS3Builder::from_env()
@@ -93,7 +95,11 @@ impl CheckpointStore {
                 let prefix = Path::from(url.path().trim_start_matches('/'));
                 (Arc::new(store), prefix)
             }
-            other => return Err(bad(format!("scheme {other:?} is not supported (use file:// or s3://)"))),
+            other => {
+                return Err(bad(format!(
+                    "scheme {other:?} is not supported (use file:// or s3://)"
+                )))
+            }
         };
         Ok(CheckpointStore {
             store,
@@ -103,7 +109,11 @@ impl CheckpointStore {
     }
 
     /// Opens a prefix inside an already built store (tests, custom stores).
-    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str, base_uri: &str) -> CheckpointStore {
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        base_uri: &str,
+    ) -> CheckpointStore {
         CheckpointStore {
             store,
             prefix: Path::from(prefix),
@@ -218,7 +228,12 @@ mod tests {
     async fn picks_the_latest_complete_checkpoint_and_skips_a_partial_one() {
         let mem = Arc::new(InMemory::new());
         put(&mem, "run/step-10/model.bin", "a").await;
-        put(&mem, "run/step-10/COMPLETE", r#"{"step":10,"generation":1}"#).await;
+        put(
+            &mem,
+            "run/step-10/COMPLETE",
+            r#"{"step":10,"generation":1}"#,
+        )
+        .await;
         put(&mem, "run/step-20/model.bin", "b").await;
         put(&mem, "run/step-20/COMPLETE", "").await;
         put(&mem, "run/step-30/model.bin", "partial").await;
@@ -269,14 +284,21 @@ mod tests {
             fenced_at: written + 1000,
         }];
         assert_eq!(
-            store.resolve_latest(&fenced_later).await.unwrap().unwrap().step,
+            store
+                .resolve_latest(&fenced_later)
+                .await
+                .unwrap()
+                .unwrap()
+                .step,
             20
         );
     }
 
     #[test]
     fn bad_uris_are_refused_with_the_reason() {
-        let err = CheckpointStore::open("gs://bucket/x").unwrap_err().to_string();
+        let err = CheckpointStore::open("gs://bucket/x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not supported"), "{err}");
         let err = CheckpointStore::open("not a uri").unwrap_err().to_string();
         assert!(err.contains("not a uri"), "{err}");
@@ -299,7 +321,11 @@ mod tests {
         assert_eq!(found.uri, format!("{uri}/step-5"));
         let missing = format!("file://{}/nothing-here", dir.display());
         assert_eq!(
-            CheckpointStore::open(&missing).unwrap().resolve_latest(&[]).await.unwrap(),
+            CheckpointStore::open(&missing)
+                .unwrap()
+                .resolve_latest(&[])
+                .await
+                .unwrap(),
             None
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -19,6 +19,9 @@ use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec,
 use crate::node::{self, NodeEvent, NodeState};
 use crate::UnixMillis;
 
+mod lifecycle;
+pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
+
 /// A node's role, from its agent's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -56,6 +59,12 @@ pub struct NodeRecord {
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
     pub restarting_until: Option<UnixMillis>,
+    /// Lifecycle scripts the node is running now (bootstrap, deep check).
+    #[serde(skip)]
+    pub script_run: Option<ScriptRun>,
+    /// The last bootstrap/deep check the node ran, kept for operators.
+    #[serde(default)]
+    pub last_check: Option<CheckReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +91,11 @@ pub enum Effect {
     },
     /// Tell operators (event stream, logs).
     Publish(pb::Event),
+    /// An operator's check (request `request`) finished: answer the waiting call.
+    CheckFinished {
+        request: u64,
+        report: Box<pb::CheckReport>,
+    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -117,6 +131,9 @@ pub struct Cluster {
     /// fault time.
     #[serde(skip)]
     pending_fault_time: Option<UnixMillis>,
+    /// Last command id handed out (lifecycle scripts).
+    #[serde(default)]
+    next_command: u64,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -133,6 +150,7 @@ impl Cluster {
             next_job: 1,
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
+            next_command: 0,
         }
     }
 
@@ -160,7 +178,9 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(pb::Welcome, Vec<Effect>), CoordinatorError> {
         if hello.node_id.trim().is_empty() {
-            return Err(CoordinatorError::BadMessage("hello.node_id is empty".into()));
+            return Err(CoordinatorError::BadMessage(
+                "hello.node_id is empty".into(),
+            ));
         }
         if let Some(existing) = self.nodes.get(&hello.node_id) {
             if existing.conn.is_some() {
@@ -191,6 +211,8 @@ impl Cluster {
                 worker: None,
                 last_step: 0,
                 restarting_until: None,
+                script_run: None,
+                last_check: None,
             });
         record.conn = Some(conn);
         record.hostname = hello.hostname;
@@ -202,10 +224,20 @@ impl Cluster {
         record.last_heartbeat_at = now;
         record.restarting_until = None;
         record.offset_samples.clear();
-        record.worker = hello.worker.as_ref().map(|(j, g, p, _)| (j.clone(), *g, *p));
+        record.worker = hello
+            .worker
+            .as_ref()
+            .map(|(j, g, p, _)| (j.clone(), *g, *p));
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
-        self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
+        // A run cut short by the reconnect is void: the agent lost it with its old session.
+        self.abort_scripts(
+            &node_id,
+            "the agent reconnected while the script ran",
+            now,
+            &mut fx,
+        );
+        self.node_hello(&node_id, now, &mut fx);
         // Reconcile what the agent runs with what the coordinator knows.
         if let Some((job_id, generation, _, true)) = &hello.worker {
             let current = self
@@ -244,6 +276,20 @@ impl Cluster {
             term: self.term,
         };
         Ok((welcome, fx))
+    }
+
+    /// Hello's node step: with lifecycle scripts configured a (re)joining node bootstraps and
+    /// is checked before it becomes ready.
+    fn node_hello(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+        let scripts = self.config.has_lifecycle_scripts();
+        self.node_event(node_id, NodeEvent::Hello { scripts }, now, fx);
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.state == NodeState::Bootstrapping)
+        {
+            self.start_join_scripts(node_id, now, fx);
+        }
     }
 
     fn is_fenced(&self, node: &str) -> bool {
@@ -292,7 +338,12 @@ impl Cluster {
     }
 
     /// A worker started or exited on a node.
-    pub fn worker_event(&mut self, node_id: &str, event: pb::WorkerEvent, now: UnixMillis) -> Vec<Effect> {
+    pub fn worker_event(
+        &mut self,
+        node_id: &str,
+        event: pb::WorkerEvent,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(kind) = event.kind else {
             return fx;
@@ -324,7 +375,11 @@ impl Cluster {
                         "worker of {} generation {} on {node_id} exited ({what}{})",
                         event.job_id,
                         event.generation,
-                        if e.stopped_by_agent { ", stopped by agent" } else { "" }
+                        if e.stopped_by_agent {
+                            ", stopped by agent"
+                        } else {
+                            ""
+                        }
                     ),
                     now,
                 ));
@@ -390,7 +445,10 @@ impl Cluster {
         vec![self.log_event(
             node_id,
             "",
-            format!("node {node_id} said goodbye{}", if restarting { " (restarting)" } else { "" }),
+            format!(
+                "node {node_id} said goodbye{}",
+                if restarting { " (restarting)" } else { "" }
+            ),
             now,
         )]
     }
@@ -416,7 +474,13 @@ impl Cluster {
 
     /// A node fault: the jobs on it recover, the node is fenced (if allocated or the fault is
     /// fatal) or marked offline (if idle and just gone).
-    fn node_fault(&mut self, node_id: &str, cause: FaultCause, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_fault(
+        &mut self,
+        node_id: &str,
+        cause: FaultCause,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let jobs: Vec<String> = self
             .jobs
             .values()
@@ -441,15 +505,36 @@ impl Cluster {
         if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
             self.node_event(node_id, event, now, fx);
         }
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.script_run.is_some())
+        {
+            self.abort_scripts(
+                node_id,
+                &format!("node fault while the script ran: {}", cause.detail()),
+                now,
+                fx,
+            );
+            self.find_replacements(now, fx);
+        }
     }
 
     // ----- operators -----------------------------------------------------------------------
 
     /// Validates and accepts a job: reserves its nodes and starts resolving its checkpoint.
-    pub fn submit(&mut self, spec: pb::JobSpec, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
-        let invalid = |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
+    pub fn submit(
+        &mut self,
+        spec: pb::JobSpec,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+        let invalid =
+            |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
         if spec.command.is_empty() || spec.command[0].trim().is_empty() {
-            return Err(invalid("command", "is empty: give the training command after --".into()));
+            return Err(invalid(
+                "command",
+                "is empty: give the training command after --".into(),
+            ));
         }
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
@@ -457,7 +542,10 @@ impl Cluster {
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
                 "stall_timeout_s",
-                format!("must be a number of seconds ≥ 0, got {}", spec.stall_timeout_s),
+                format!(
+                    "must be a number of seconds ≥ 0, got {}",
+                    spec.stall_timeout_s
+                ),
             ));
         }
         let progress_regex = if spec.progress_regex.is_empty() {
@@ -506,7 +594,11 @@ impl Cluster {
                     "the job needs {} nodes but only {} are ready ({}); {} known in all",
                     spec.nodes,
                     ready.len(),
-                    if ready.is_empty() { "none".to_string() } else { ready.join(", ") },
+                    if ready.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ready.join(", ")
+                    },
                     self.nodes.len()
                 ),
             )
@@ -527,7 +619,14 @@ impl Cluster {
         };
         let mut fx = Vec::new();
         for n in &nodes {
-            self.node_event(n, NodeEvent::Allocate { job_id: job_id.clone() }, now, &mut fx);
+            self.node_event(
+                n,
+                NodeEvent::Allocate {
+                    job_id: job_id.clone(),
+                },
+                now,
+                &mut fx,
+            );
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
@@ -546,13 +645,17 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
-    pub fn stop_job(&mut self, job_id: &str, now: UnixMillis) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+    pub fn stop_job(
+        &mut self,
+        job_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
         if !self.jobs.contains_key(job_id) {
             return Err(CoordinatorError::NoSuchJob(job_id.to_string()));
         }
@@ -561,26 +664,38 @@ impl Cluster {
         Ok((self.job_view(&self.jobs[job_id]), fx))
     }
 
-    pub fn cordon(&mut self, node_id: &str, reason: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn cordon(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         self.operator_node_event(
             node_id,
             NodeEvent::Cordon {
-                reason: if reason.is_empty() { "cordoned by operator".into() } else { reason.into() },
+                reason: if reason.is_empty() {
+                    "cordoned by operator".into()
+                } else {
+                    reason.into()
+                },
             },
             now,
         )
     }
 
-    pub fn uncordon(&mut self, node_id: &str, now: UnixMillis) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    pub fn uncordon(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
-        let event = if connected {
-            NodeEvent::Hello { scripts: false }
+        if connected {
+            self.node_hello(node_id, now, &mut fx);
         } else {
-            NodeEvent::Disconnected
-        };
-        self.node_event(node_id, event, now, &mut fx);
+            self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
+        }
         self.find_replacements(now, &mut fx);
         let view = self.nodes.get(node_id).map_or(view, |n| self.node_view(n));
         Ok((view, fx))
@@ -648,6 +763,7 @@ impl Cluster {
             }
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
+        self.expire_scripts(now, &mut fx);
         let live: Vec<String> = self
             .jobs
             .values()
@@ -688,8 +804,14 @@ impl Cluster {
     ) {
         match effect {
             JobEffect::ResolveCheckpoint => fx.push(self.resolve_effect(job_id)),
-            JobEffect::Launch { generation, resume } => self.launch(job_id, generation, resume.as_ref(), fx),
-            JobEffect::StopWorkers { nodes, generation, reason } => {
+            JobEffect::Launch { generation, resume } => {
+                self.launch(job_id, generation, resume.as_ref(), fx)
+            }
+            JobEffect::StopWorkers {
+                nodes,
+                generation,
+                reason,
+            } => {
                 for node in nodes {
                     let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
                     if reachable {
@@ -714,14 +836,30 @@ impl Cluster {
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
                     fx.push(Effect::Send {
                         node: node.clone(),
-                        message: ToAgent::Fence(pb::Fence { reason, term: self.term }),
+                        message: ToAgent::Fence(pb::Fence {
+                            reason,
+                            term: self.term,
+                        }),
                     });
                 }
             }
             JobEffect::FindReplacements => {
+                let check = self.checks_replacements();
                 for (rank, node) in self.replacements_for(job_id) {
-                    self.node_event(&node, NodeEvent::Allocate { job_id: job_id.to_string() }, now, fx);
-                    queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    if check {
+                        // The answer comes back as the check's result (lifecycle.rs).
+                        self.start_replacement_check(job_id, rank, &node, now, fx);
+                    } else {
+                        self.node_event(
+                            &node,
+                            NodeEvent::Allocate {
+                                job_id: job_id.to_string(),
+                            },
+                            now,
+                            fx,
+                        );
+                        queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    }
                 }
             }
             JobEffect::ReleaseNodes { nodes } => {
@@ -729,7 +867,11 @@ impl Cluster {
                     self.node_event(&node, NodeEvent::Release, now, fx);
                 }
             }
-            JobEffect::OpenIncident { node, cause, action } => {
+            JobEffect::OpenIncident {
+                node,
+                cause,
+                action,
+            } => {
                 let Some(job) = self.jobs.get(job_id) else {
                     return;
                 };
@@ -758,7 +900,11 @@ impl Cluster {
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
-                for incident in self.incidents.iter_mut().filter(|i| i.job_id == job_id && i.is_open()) {
+                for incident in self
+                    .incidents
+                    .iter_mut()
+                    .filter(|i| i.job_id == job_id && i.is_open())
+                {
                     let next = incident::step(incident, &event, now);
                     if next != *incident {
                         *incident = next;
@@ -775,8 +921,16 @@ impl Cluster {
                     let message = format!(
                         "job {job_id} {}{}{}",
                         job.state.name(),
-                        if phase.is_empty() { String::new() } else { format!(" ({phase})") },
-                        if job.message.is_empty() { String::new() } else { format!(": {}", job.message) }
+                        if phase.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({phase})")
+                        },
+                        if job.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", job.message)
+                        }
                     );
                     fx.push(Effect::Publish(pb::Event {
                         at_unix_ms: now,
@@ -796,17 +950,22 @@ impl Cluster {
         let Some(job) = self.jobs.get(job_id) else {
             return Vec::new();
         };
-        if !matches!(job.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })) {
+        if !matches!(
+            job.state,
+            JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+        ) {
             return Vec::new();
         }
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
+        let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()
             .into_iter()
+            .filter(|rank| !under_check.contains(rank))
             .zip(free)
             .map(|(rank, n)| (rank, n.id.clone()))
             .collect()
@@ -817,7 +976,12 @@ impl Cluster {
         let waiting: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| matches!(j.state, JobState::Recovering(job::RecoveryPhase::Replacing { .. })))
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Recovering(job::RecoveryPhase::Replacing { .. })
+                )
+            })
             .map(|j| j.id.clone())
             .collect();
         for job_id in waiting {
@@ -840,7 +1004,13 @@ impl Cluster {
     }
 
     /// One `Launch` per rank, all at once, with a fresh rendezvous id and port.
-    fn launch(&self, job_id: &str, generation: u64, resume: Option<&Checkpoint>, fx: &mut Vec<Effect>) {
+    fn launch(
+        &self,
+        job_id: &str,
+        generation: u64,
+        resume: Option<&Checkpoint>,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
@@ -849,7 +1019,9 @@ impl Cluster {
             .get(&job.ranks[0].node)
             .map(|n| n.address.clone())
             .unwrap_or_default();
-        let job_salt = job_id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let job_salt = job_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let span = u64::from(self.config.rdzv_port_span);
         let master_port = u64::from(self.config.rdzv_port_base) + (job_salt + generation) % span;
         for (rank, r) in job.ranks.iter().enumerate() {
@@ -876,7 +1048,13 @@ impl Cluster {
         }
     }
 
-    fn node_event(&mut self, node_id: &str, event: NodeEvent, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_event(
+        &mut self,
+        node_id: &str,
+        event: NodeEvent,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -967,7 +1145,8 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
         .checks
         .iter()
         .find(|c| {
-            c.state == pb::HealthState::Unhealthy as i32 && c.action == pb::HealthAction::ReplaceNode as i32
+            c.state == pb::HealthState::Unhealthy as i32
+                && c.action == pb::HealthAction::ReplaceNode as i32
         })
         .map(|c| format!("{}: {}", c.check, c.reason))
 }

@@ -33,6 +33,17 @@ pub struct CoordinatorConfig {
     pub checkpoint_resolve_attempts: u32,
     /// Delay between those attempts.
     pub checkpoint_resolve_retry_ms: u64,
+    /// Bootstrap script every new or repaired node runs before its deep check (a name inside
+    /// the agents' `script_dir`, e.g. `on-create`); empty = no bootstrap.
+    pub bootstrap_script: String,
+    /// Deep-check scripts, run in order after the bootstrap and before a node becomes ready
+    /// (e.g. `["health/host", "health/gpu"]`); the first failure rejects the node.
+    pub check_scripts: Vec<String>,
+    /// Longest a single lifecycle script may run; the agent kills its process group then.
+    pub script_timeout_ms: u64,
+    /// Run the deep check again on a ready node before it takes over a failed node's ranks
+    /// (it may have been idle for hours); a node that fails is fenced and the next is tried.
+    pub check_replacements: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +61,10 @@ impl Default for CoordinatorConfig {
             tick_ms: 100,
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
+            bootstrap_script: String::new(),
+            check_scripts: Vec::new(),
+            script_timeout_ms: 600_000,
+            check_replacements: true,
         }
     }
 }
@@ -117,7 +132,22 @@ impl CoordinatorConfig {
         if self.checkpoint_resolve_attempts == 0 {
             return Err(invalid("checkpoint_resolve_attempts", "must be at least 1"));
         }
+        if !self.bootstrap_script.is_empty() {
+            check_script_name(&self.bootstrap_script)
+                .map_err(|r| invalid("bootstrap_script", r))?;
+        }
+        for name in &self.check_scripts {
+            check_script_name(name).map_err(|r| invalid("check_scripts", r))?;
+        }
+        if self.script_timeout_ms == 0 {
+            return Err(invalid("script_timeout_ms", "must be greater than 0"));
+        }
         Ok(())
+    }
+
+    /// True when new nodes run a bootstrap or deep check before they become ready.
+    pub fn has_lifecycle_scripts(&self) -> bool {
+        !self.bootstrap_script.is_empty() || !self.check_scripts.is_empty()
     }
 
     /// Parses TOML text; `path` names the source in errors.
@@ -138,6 +168,21 @@ impl CoordinatorConfig {
         })?;
         Self::from_toml(&text, &path.display().to_string())
     }
+}
+
+/// Agents only run scripts by a relative name inside their script directory; a name that
+/// could not be run there is refused at start rather than on the first node.
+fn check_script_name(name: &str) -> Result<(), String> {
+    let path = std::path::Path::new(name);
+    let plain = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if name.trim().is_empty() || path.is_absolute() || !plain || name.ends_with('/') {
+        return Err(format!(
+            "{name:?} must be a relative name inside the agents' script_dir (no leading /, no `..`)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,7 +258,10 @@ mod tests {
         let err = CoordinatorConfig::from_toml("heartbeat_intervall_ms = 5\n", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.toml") && err.contains("heartbeat_intervall_ms"), "{err}");
+        assert!(
+            err.contains("c.toml") && err.contains("heartbeat_intervall_ms"),
+            "{err}"
+        );
         let err = CoordinatorConfig::from_toml("\nheartbeat_timeout_ms = \"x\"\n", "c.toml")
             .unwrap_err()
             .to_string();

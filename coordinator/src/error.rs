@@ -22,6 +22,8 @@ pub enum CoordinatorError {
     NoHello(u64),
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
+    #[error("{0}")]
+    NodeBusy(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
 }
@@ -36,9 +38,13 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::JobExists(_) | CoordinatorError::DuplicateNode { .. } => {
                 Status::already_exists(message)
             }
-            CoordinatorError::NoSuchJob(_) | CoordinatorError::NoSuchNode(_) => Status::not_found(message),
+            CoordinatorError::NoSuchJob(_) | CoordinatorError::NoSuchNode(_) => {
+                Status::not_found(message)
+            }
             CoordinatorError::NoHello(_) => Status::deadline_exceeded(message),
-            CoordinatorError::Transition(_) => Status::failed_precondition(message),
+            CoordinatorError::Transition(_) | CoordinatorError::NodeBusy(_) => {
+                Status::failed_precondition(message)
+            }
             CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),
         }
     }

@@ -59,16 +59,34 @@ pub struct Incident {
     pub from_generation: u64,
     pub to_generation: Option<u64>,
     pub resumed_from_step: Option<u64>,
+    /// Replacement candidates that failed their check during this recovery ("node: reason").
+    #[serde(default)]
+    pub rejected_candidates: Vec<String>,
 }
 
 /// What can happen to an open incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncidentEvent {
     Fenced,
-    Replaced { node: Option<String> },
-    Relaunched { generation: u64, resume_step: u64 },
-    Progress { generation: u64, step: u64 },
-    Abandoned { reason: String },
+    Replaced {
+        node: Option<String>,
+    },
+    Relaunched {
+        generation: u64,
+        resume_step: u64,
+    },
+    Progress {
+        generation: u64,
+        step: u64,
+    },
+    Abandoned {
+        reason: String,
+    },
+    /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
+    CandidateRejected {
+        node: String,
+        reason: String,
+    },
 }
 
 impl Incident {
@@ -103,6 +121,7 @@ impl Incident {
             from_generation: generation,
             to_generation: None,
             resumed_from_step: None,
+            rejected_candidates: Vec::new(),
         }
     }
 
@@ -141,6 +160,11 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         IncidentEvent::Fenced => {
             next.fenced_at.get_or_insert(now);
         }
+        IncidentEvent::CandidateRejected { node, reason } => {
+            if next.replaced_at.is_none() {
+                next.rejected_candidates.push(format!("{node}: {reason}"));
+            }
+        }
         IncidentEvent::Replaced { node } => {
             if next.fenced_at.is_some() && next.replaced_at.is_none() {
                 next.replaced_at = Some(now);
@@ -159,7 +183,9 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         }
         IncidentEvent::Progress { generation, step } => {
             let past_resume = next.resumed_from_step.is_some_and(|from| *step > from);
-            if next.relaunched_at.is_some() && next.to_generation == Some(*generation) && past_resume
+            if next.relaunched_at.is_some()
+                && next.to_generation == Some(*generation)
+                && past_resume
             {
                 next.resumed_at = Some(now);
             }

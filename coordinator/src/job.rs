@@ -369,7 +369,13 @@ pub fn step(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits)
     fx
 }
 
-fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+fn apply(
+    job: &mut Job,
+    event: JobEvent,
+    now: UnixMillis,
+    limits: &JobLimits,
+    fx: &mut Vec<JobEffect>,
+) {
     match event {
         JobEvent::CheckpointResolved(result) => on_resolved(job, result, now, limits, fx),
         JobEvent::WorkerStarted { node, generation } => {
@@ -439,7 +445,14 @@ fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx
                             finish(job, JobState::Succeeded, message, now, fx);
                         }
                     } else if !stopped_by_agent {
-                        on_fault(job, &node, FaultCause::WorkerExited { code, signal }, now, limits, fx);
+                        on_fault(
+                            job,
+                            &node,
+                            FaultCause::WorkerExited { code, signal },
+                            now,
+                            limits,
+                            fx,
+                        );
                     }
                 }
                 _ => {}
@@ -458,7 +471,10 @@ fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx
             }
         }
         JobEvent::ReplacementFound { rank, node } => {
-            if !matches!(job.state, JobState::Recovering(RecoveryPhase::Replacing { .. })) {
+            if !matches!(
+                job.state,
+                JobState::Recovering(RecoveryPhase::Replacing { .. })
+            ) {
                 return;
             }
             let Some(r) = job.ranks.get_mut(rank) else {
@@ -471,7 +487,9 @@ fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx
             r.needs_node = false;
             if job.ranks_needing_nodes().is_empty() {
                 job.message = String::new();
-                fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: Some(node) }));
+                fx.push(JobEffect::Incident(IncidentEvent::Replaced {
+                    node: Some(node),
+                }));
                 begin_relaunch(job, fx);
             }
         }
@@ -484,7 +502,13 @@ fn apply(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits, fx
                     reason: "job stopped by operator".into(),
                 });
             }
-            finish(job, JobState::Stopped, "stopped by operator".into(), now, fx);
+            finish(
+                job,
+                JobState::Stopped,
+                "stopped by operator".into(),
+                now,
+                fx,
+            );
         }
         JobEvent::Tick => on_tick(job, now, limits, fx),
     }
@@ -522,11 +546,25 @@ fn on_resolved(
             });
         }
         Err(e) if attempts + 1 >= limits.resolve_attempts => {
-            let reason = format!("cannot read checkpoints at {}: {e}", job.spec.checkpoint_uri);
-            finish(job, JobState::Failed { reason: reason.clone() }, reason, now, fx);
+            let reason = format!(
+                "cannot read checkpoints at {}: {e}",
+                job.spec.checkpoint_uri
+            );
+            finish(
+                job,
+                JobState::Failed {
+                    reason: reason.clone(),
+                },
+                reason,
+                now,
+                fx,
+            );
         }
         Err(e) => {
-            job.message = format!("checkpoint store unreadable (attempt {}): {e}", attempts + 1);
+            job.message = format!(
+                "checkpoint store unreadable (attempt {}): {e}",
+                attempts + 1
+            );
             job.state = JobState::Recovering(RecoveryPhase::Relaunching {
                 attempts: attempts + 1,
                 retry_at: Some(now + limits.resolve_retry_ms as i64),
@@ -604,7 +642,15 @@ fn on_fault(
             job.spec.restart_budget,
             cause.detail()
         );
-        finish(job, JobState::Failed { reason: reason.clone() }, reason, now, fx);
+        finish(
+            job,
+            JobState::Failed {
+                reason: reason.clone(),
+            },
+            reason,
+            now,
+            fx,
+        );
         return;
     }
     let action = if replace {
@@ -675,10 +721,18 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
             let stalled = job.ranks.iter().find_map(|r| {
                 let idle = (now - r.last_progress_at).max(0) as u64;
-                (r.exited.is_none() && idle >= job.spec.stall_timeout_ms).then(|| (r.node.clone(), idle))
+                (r.exited.is_none() && idle >= job.spec.stall_timeout_ms)
+                    .then(|| (r.node.clone(), idle))
             });
             if let Some((node, stalled_ms)) = stalled {
-                on_fault(job, &node, FaultCause::ProgressStalled { stalled_ms }, now, limits, fx);
+                on_fault(
+                    job,
+                    &node,
+                    FaultCause::ProgressStalled { stalled_ms },
+                    now,
+                    limits,
+                    fx,
+                );
             }
         }
         JobState::Recovering(RecoveryPhase::Fencing { deadline, .. }) if now >= *deadline => {
@@ -693,7 +747,15 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                     limits.replacement_timeout_ms as f64 / 1000.0,
                     job.ranks_needing_nodes()
                 );
-                finish(job, JobState::Failed { reason: reason.clone() }, reason, now, fx);
+                finish(
+                    job,
+                    JobState::Failed {
+                        reason: reason.clone(),
+                    },
+                    reason,
+                    now,
+                    fx,
+                );
             } else if job.message.is_empty() || !job.message.starts_with("waiting") {
                 job.message = format!(
                     "waiting for a replacement node for rank(s) {:?}",
@@ -725,7 +787,13 @@ fn live_nodes(job: &Job) -> Vec<String> {
         .collect()
 }
 
-fn finish(job: &mut Job, state: JobState, message: String, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+fn finish(
+    job: &mut Job,
+    state: JobState,
+    message: String,
+    now: UnixMillis,
+    fx: &mut Vec<JobEffect>,
+) {
     let reason = message.clone();
     job.state = state;
     job.message = message;

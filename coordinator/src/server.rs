@@ -15,7 +15,7 @@ use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::{AgentService, AgentServiceServer};
 use pb::operator_service_server::{OperatorService, OperatorServiceServer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -48,6 +48,11 @@ struct Shared {
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
+    /// Operator checks waiting for their report, by request id.
+    checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
+    next_check: AtomicU64,
+    /// How long an operator check may take in all (every script at its timeout, plus slack).
+    check_wait: Duration,
 }
 
 impl Coordinator {
@@ -56,6 +61,14 @@ impl Coordinator {
         Coordinator {
             shared: Arc::new(Shared {
                 hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+                checks: Mutex::new(HashMap::new()),
+                next_check: AtomicU64::new(1),
+                check_wait: Duration::from_millis(
+                    config
+                        .script_timeout_ms
+                        .saturating_mul(config.check_scripts.len().max(1) as u64)
+                        + 10_000,
+                ),
                 cluster: Mutex::new(Cluster::new(config)),
                 agents: Mutex::new(HashMap::new()),
                 events,
@@ -67,7 +80,10 @@ impl Coordinator {
     /// The core, locked. A poisoned lock (a panic elsewhere) is taken over: the core's state is
     /// only changed by whole steps, so it is still consistent.
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.shared.cluster.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
@@ -95,9 +111,14 @@ impl Coordinator {
                     let agents = self.agents();
                     match agents.get(&node) {
                         Some(agent) => {
-                            let msg = pb::CoordinatorMessage { body: Some(message) };
+                            let msg = pb::CoordinatorMessage {
+                                body: Some(message),
+                            };
                             if agent.tx.send(Ok(msg)).is_err() {
-                                tracing::warn!(node, "agent stream already closed; command dropped");
+                                tracing::warn!(
+                                    node,
+                                    "agent stream already closed; command dropped"
+                                );
                             }
                         }
                         None => tracing::warn!(node, "agent not connected; command dropped"),
@@ -111,24 +132,49 @@ impl Coordinator {
                         agent.close.notify_one();
                     }
                 }
-                Effect::ResolveCheckpoint { job_id, uri, fenced } => {
+                Effect::ResolveCheckpoint {
+                    job_id,
+                    uri,
+                    fenced,
+                } => {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let result = if uri.is_empty() {
                             Ok(None)
                         } else {
                             match CheckpointStore::open(&uri) {
-                                Ok(store) => store.resolve_latest(&fenced).await.map_err(|e| e.to_string()),
+                                Ok(store) => store
+                                    .resolve_latest(&fenced)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             }
                         };
                         match &result {
-                            Ok(Some(c)) => tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri),
-                            Ok(None) => tracing::info!(job = job_id, "no complete checkpoint; fresh start"),
-                            Err(e) => tracing::warn!(job = job_id, "checkpoint resolution failed: {e}"),
+                            Ok(Some(c)) => {
+                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
+                            }
+                            Ok(None) => {
+                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
+                            }
+                            Err(e) => {
+                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
+                            }
                         }
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
+                }
+                Effect::CheckFinished { request, report } => {
+                    let waiter = self
+                        .shared
+                        .checks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&request);
+                    if let Some(tx) = waiter {
+                        // The caller may have given up; nothing to do then.
+                        let _ = tx.send(*report);
+                    }
                 }
                 Effect::Publish(event) => {
                     if event.kind != "progress" {
@@ -165,10 +211,19 @@ impl Coordinator {
                     self.with_core(|c, now| ((), c.health_report(node, health, now)));
                 }
             }
-            FromAgent::WorkerEvent(e) => self.with_core(|c, now| ((), c.worker_event(node, e, now))),
+            FromAgent::WorkerEvent(e) => {
+                self.with_core(|c, now| ((), c.worker_event(node, e, now)))
+            }
             FromAgent::Progress(p) => self.with_core(|c, now| ((), c.progress(node, p, now))),
             FromAgent::CommandResult(r) => {
-                tracing::info!(node, command = r.command_id, ok = r.ok, "command result: {}", r.message);
+                tracing::info!(
+                    node,
+                    command = r.command_id,
+                    ok = r.ok,
+                    "command result: {}",
+                    r.message
+                );
+                self.with_core(|c, now| ((), c.command_result(node, r, now)));
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
@@ -182,7 +237,11 @@ fn decode_hello(h: pb::Hello) -> Hello {
     Hello {
         node_id: h.node_id,
         hostname: h.hostname,
-        role: if h.role == pb::NodeRole::Spare as i32 { Role::Spare } else { Role::Worker },
+        role: if h.role == pb::NodeRole::Spare as i32 {
+            Role::Spare
+        } else {
+            Role::Worker
+        },
         address: h.advertise_address,
         boot_id: h.boot_id,
         agent_version: h.agent_version,
@@ -210,8 +269,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 impl AgentService for Coordinator {
     type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -229,7 +293,8 @@ impl AgentService for Coordinator {
             Ok(Ok(Some(msg))) => msg,
         };
         let Some(FromAgent::Hello(hello)) = first.body else {
-            let e = CoordinatorError::BadMessage("the first message of a session must be hello".into());
+            let e =
+                CoordinatorError::BadMessage("the first message of a session must be hello".into());
             tracing::warn!(peer, "refused agent stream: {e}");
             return Err(e.into());
         };
@@ -294,7 +359,10 @@ impl AgentService for Coordinator {
 
 #[tonic::async_trait]
 impl OperatorService for Coordinator {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let spec = request
             .into_inner()
             .spec
@@ -312,7 +380,10 @@ impl OperatorService for Coordinator {
         }
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let cluster = self.cluster();
         let job = if id.is_empty() {
@@ -321,16 +392,29 @@ impl OperatorService for Coordinator {
             cluster.jobs.get(&id)
         };
         job.map(|j| Response::new(cluster.job_view(j)))
-            .ok_or_else(|| CoordinatorError::NoSuchJob(if id.is_empty() { "submitted yet".into() } else { id }).into())
+            .ok_or_else(|| {
+                CoordinatorError::NoSuchJob(if id.is_empty() {
+                    "submitted yet".into()
+                } else {
+                    id
+                })
+                .into()
+            })
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let cluster = self.cluster();
         let jobs = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let result = self.with_core(|c, now| match c.stop_job(&id, now) {
             Ok((job, fx)) => (Ok(job), fx),
@@ -339,13 +423,23 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let cluster = self.cluster();
-        let nodes = cluster.nodes.values().map(|n| cluster.node_view(n)).collect();
+        let nodes = cluster
+            .nodes
+            .values()
+            .map(|n| cluster.node_view(n))
+            .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn cordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.cordon(&r.node_id, &r.reason, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -354,7 +448,10 @@ impl OperatorService for Coordinator {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn uncordon(&self, request: Request<pb::CordonRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn uncordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
         let result = self.with_core(|c, now| match c.uncordon(&r.node_id, now) {
             Ok((node, fx)) => (Ok(node), fx),
@@ -378,20 +475,73 @@ impl OperatorService for Coordinator {
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
 
+    async fn check_node(
+        &self,
+        request: Request<pb::CheckNodeRequest>,
+    ) -> Result<Response<pb::CheckReport>, Status> {
+        let node_id = request.into_inner().node_id;
+        let id = self.shared.next_check.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let started = self.with_core(|c, now| match c.check_node(&node_id, id, now) {
+            Ok(fx) => (Ok(()), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        let forget = || {
+            self.shared
+                .checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        };
+        if let Err(e) = started {
+            forget();
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.shared.check_wait, rx).await {
+            Ok(Ok(report)) => Ok(Response::new(report)),
+            Ok(Err(_)) => Err(Status::aborted(format!(
+                "the check of {node_id} was abandoned"
+            ))),
+            Err(_) => {
+                forget();
+                Err(Status::deadline_exceeded(format!(
+                    "no check report from {node_id} within {} s",
+                    self.shared.check_wait.as_secs()
+                )))
+            }
+        }
+    }
+
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let job_id = request.into_inner().job_id;
-        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(move |item| match item {
-            Ok(event) if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id => Some(Ok(event)),
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::Event {
-                at_unix_ms: now_ms(),
-                kind: "log".into(),
-                message: format!("{n} events dropped: watcher too slow"),
-                ..Default::default()
-            })),
-        });
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(
+            move |item| match item {
+                Ok(event)
+                    if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
+                {
+                    Some(Ok(event))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::Event {
+                        at_unix_ms: now_ms(),
+                        kind: "log".into(),
+                        message: format!("{n} events dropped: watcher too slow"),
+                        ..Default::default()
+                    }))
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -76,6 +76,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             })
             .collect(),
         agent_version: node.agent_version.clone(),
+        last_check: node.last_check.as_ref().map(|c| c.to_proto(&node.id)),
     }
 }
 
@@ -101,5 +102,6 @@ pub fn incident(i: &Incident) -> pb::Incident {
         to_generation: i.to_generation.unwrap_or(0),
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
         open: i.is_open(),
+        rejected_candidates: i.rejected_candidates.clone(),
     }
 }
