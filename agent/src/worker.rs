@@ -51,6 +51,9 @@ pub struct WorkerSnapshot {
 
 struct Running {
     record: WorkerRecord,
+    /// Read once more at exit, so the last step written before the exit is not missed.
+    progress_file: PathBuf,
+    progress: ProgressReporter,
     stop_requested: Arc<AtomicBool>,
     exited: oneshot::Receiver<std::process::ExitStatus>,
     grace: Duration,
@@ -302,9 +305,9 @@ impl Supervisor {
             }
         });
         tokio::spawn(poll_progress_file(
-            progress_file,
+            progress_file.clone(),
             self.progress_poll,
-            progress,
+            progress.clone(),
         ));
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = Some(record.clone());
@@ -312,6 +315,8 @@ impl Supervisor {
         }
         self.running = Some(Running {
             record,
+            progress_file,
+            progress,
             stop_requested: Arc::new(AtomicBool::new(false)),
             exited: exit_rx,
             grace: Duration::from_millis(launch.stop_grace_ms.max(100)),
@@ -368,6 +373,9 @@ impl Supervisor {
             stopped_by_agent = stopped,
             "worker exited"
         );
+        if let Some(step) = read_progress_file(&running.progress_file) {
+            running.progress.report(step);
+        }
         self.write_record(None);
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;
@@ -518,6 +526,18 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
         {
             let _ = tokio::fs::remove_file(&path).await;
             return;
+        }
+    }
+}
+
+/// The step a job wrote to its progress file (the last number in it), if any.
+fn read_progress_file(path: &std::path::Path) -> Option<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.split_whitespace().last()?.parse().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::debug!("progress file {} unreadable: {e}", path.display());
+            None
         }
     }
 }

@@ -346,7 +346,10 @@ impl DemoReport {
 /// Runs the demo with `exe` as the holdfast binary.
 pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let python = which_python()?;
-    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("train_demo.py");
@@ -433,6 +436,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
             let Some(node) = job.nodes.last().cloned() else {
                 return;
             };
+            // Stamped before the first signal goes out: detection can only come after it.
+            let injected_at = holdfast_coordinator::now_ms();
             let result = match fault {
                 Fault::KillAgent => cluster
                     .kill_host(&node)
@@ -452,7 +457,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                 .map(|_| "agent and worker SIGKILLed; spare-1 marked unhealthy".to_string()),
                 Fault::None => return,
             };
-            fault_at = holdfast_coordinator::now_ms();
+            fault_at = injected_at;
             victim = node.clone();
             match result {
                 Ok(what) => say(format!(

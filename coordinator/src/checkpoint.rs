@@ -146,7 +146,7 @@ impl CheckpointStore {
                 Some((step, dir))
             })
             .collect();
-        steps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        steps.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         for (step, dir) in steps {
             let marker_path = dir.clone().join(COMPLETE_MARKER);
             let meta = match self.store.head(&marker_path).await {

@@ -76,6 +76,9 @@ pub struct GpuInfo {
 }
 
 /// What the async shell must do.
+// Effects live for one call and are moved, never stored: boxing the large variants would only
+// add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Send a command to a node's agent (dropped if it is not connected).

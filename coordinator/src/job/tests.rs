@@ -1,1 +1,629 @@
+//! Every transition of the job lifecycle, driven with events and a fake clock.
 
+use super::*;
+
+const LIMITS: JobLimits = JobLimits {
+    stop_deadline_ms: 5_000,
+    replacement_timeout_ms: 60_000,
+    resolve_retry_ms: 1_000,
+    resolve_attempts: 3,
+};
+
+fn spec(stall_ms: u64, budget: u32) -> JobSpec {
+    JobSpec {
+        command: vec!["train".into()],
+        nodes: 2,
+        checkpoint_uri: "file:///ckpt".into(),
+        stall_timeout_ms: stall_ms,
+        restart_budget: budget,
+        progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
+        env: BTreeMap::new(),
+        total_steps: 100,
+    }
+}
+
+fn ckpt(step: u64) -> Checkpoint {
+    Checkpoint {
+        step,
+        uri: format!("file:///ckpt/step-{step}"),
+        generation: Some(1),
+    }
+}
+
+fn new_job(stall_ms: u64, budget: u32) -> Job {
+    Job::new(
+        "j".into(),
+        spec(stall_ms, budget),
+        vec!["a".into(), "b".into()],
+        0,
+    )
+}
+
+fn ev(job: &mut Job, event: JobEvent, now: i64) -> Vec<JobEffect> {
+    step(job, event, now, &LIMITS)
+}
+
+/// A job in Running at generation 1 on nodes a and b.
+fn running(stall_ms: u64, budget: u32) -> Job {
+    let mut job = new_job(stall_ms, budget);
+    ev(&mut job, JobEvent::CheckpointResolved(Ok(None)), 10);
+    for node in ["a", "b"] {
+        ev(
+            &mut job,
+            JobEvent::WorkerStarted {
+                node: node.into(),
+                generation: 1,
+            },
+            20,
+        );
+    }
+    assert_eq!(job.state, JobState::Running);
+    job
+}
+
+fn exited(
+    node: &str,
+    generation: u64,
+    code: Option<i32>,
+    signal: Option<i32>,
+    by_agent: bool,
+) -> JobEvent {
+    JobEvent::WorkerExited {
+        node: node.into(),
+        generation,
+        code,
+        signal,
+        stopped_by_agent: by_agent,
+    }
+}
+
+fn has<F: Fn(&JobEffect) -> bool>(fx: &[JobEffect], f: F) -> bool {
+    fx.iter().any(f)
+}
+
+#[test]
+fn pending_resolves_then_launches_generation_one() {
+    let mut job = new_job(0, 3);
+    assert_eq!(job.state, JobState::Pending);
+    let fx = ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(Some(ckpt(30)))),
+        10,
+    );
+    assert_eq!(job.state, JobState::Launching);
+    assert_eq!(job.generation, 1);
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::Launch { generation: 1, resume: Some(c) } if c.step == 30)
+    ));
+    assert!(has(&fx, |e| matches!(e, JobEffect::StateChanged)));
+}
+
+#[test]
+fn pending_fails_when_the_store_stays_unreadable() {
+    let mut job = new_job(0, 3);
+    // Pending has one attempt left of the budget before failing.
+    let fx = ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Err("denied".into())),
+        10,
+    );
+    assert!(matches!(&job.state, JobState::Failed { reason } if reason.contains("denied")));
+    assert!(has(&fx, |e| matches!(e, JobEffect::ReleaseNodes { .. })));
+}
+
+#[test]
+fn launching_becomes_running_when_every_rank_started() {
+    let mut job = new_job(0, 3);
+    ev(&mut job, JobEvent::CheckpointResolved(Ok(None)), 10);
+    ev(
+        &mut job,
+        JobEvent::WorkerStarted {
+            node: "a".into(),
+            generation: 1,
+        },
+        11,
+    );
+    assert_eq!(job.state, JobState::Launching);
+    // A start of another generation does not count.
+    ev(
+        &mut job,
+        JobEvent::WorkerStarted {
+            node: "b".into(),
+            generation: 7,
+        },
+        11,
+    );
+    assert_eq!(job.state, JobState::Launching);
+    let fx = ev(
+        &mut job,
+        JobEvent::WorkerStarted {
+            node: "b".into(),
+            generation: 1,
+        },
+        12,
+    );
+    assert_eq!(job.state, JobState::Running);
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::Incident(IncidentEvent::Relaunched {
+            generation: 1,
+            resume_step: 0
+        })
+    )));
+}
+
+#[test]
+fn running_succeeds_when_every_rank_exits_zero() {
+    let mut job = running(0, 3);
+    ev(&mut job, exited("a", 1, Some(0), None, false), 100);
+    assert_eq!(job.state, JobState::Running);
+    let fx = ev(&mut job, exited("b", 1, Some(0), None, false), 101);
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.finished_at, Some(101));
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::ReleaseNodes { nodes } if nodes.len() == 2)
+    ));
+}
+
+#[test]
+fn progress_is_tracked_per_rank_and_ignores_old_generations() {
+    let mut job = running(0, 3);
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "a".into(),
+            generation: 1,
+            step: 5,
+        },
+        50,
+    );
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "b".into(),
+            generation: 0,
+            step: 99,
+        },
+        50,
+    );
+    assert_eq!(job.step, 5);
+    assert_eq!(job.ranks[0].last_progress_at, 50);
+}
+
+#[test]
+fn worker_crash_restarts_in_place_on_the_same_nodes() {
+    let mut job = running(0, 3);
+    let fx = ev(&mut job, exited("b", 1, None, Some(9), false), 100);
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::OpenIncident {
+            action: RecoveryAction::RestartInPlace,
+            ..
+        }
+    )));
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::StopWorkers { nodes, generation: 1, .. } if nodes == &vec!["a".to_string()])
+    ));
+    assert!(!has(&fx, |e| matches!(e, JobEffect::FenceNode { .. })));
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Fencing { .. })
+    ));
+    assert_eq!(job.restarts, 1);
+    // The survivor confirms its stop: fenced, "replaced" by itself, relaunching.
+    let fx = ev(&mut job, exited("a", 1, None, Some(15), true), 150);
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::Incident(IncidentEvent::Fenced)
+    )));
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::Incident(IncidentEvent::Replaced { node: None })
+    )));
+    assert!(has(&fx, |e| matches!(e, JobEffect::ResolveCheckpoint)));
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Relaunching { .. })
+    ));
+    let fx = ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(Some(ckpt(30)))),
+        160,
+    );
+    assert_eq!(job.generation, 2);
+    assert_eq!(job.nodes(), vec!["a".to_string(), "b".to_string()]);
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::Launch { generation: 2, .. }
+    )));
+    assert_eq!(
+        job.fenced_generations,
+        vec![FencedGeneration {
+            generation: 1,
+            fenced_at: 100
+        }]
+    );
+}
+
+#[test]
+fn exhausted_restart_budget_fails_the_job_with_the_reason() {
+    let mut job = running(0, 0);
+    let fx = ev(&mut job, exited("a", 1, Some(3), None, false), 100);
+    match &job.state {
+        JobState::Failed { reason } => {
+            assert!(reason.contains("restart budget of 0 exhausted"), "{reason}");
+            assert!(reason.contains("code 3"), "{reason}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::StopWorkers { nodes, .. } if nodes == &vec!["b".to_string()])
+    ));
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::Incident(IncidentEvent::Abandoned { .. })
+    )));
+}
+
+#[test]
+fn node_loss_fences_the_node_and_replaces_its_rank() {
+    let mut job = running(0, 3);
+    let fx = ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::AgentLost,
+        },
+        100,
+    );
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::FenceNode { node, cause: FenceCause::AgentLost } if node == "b")
+    ));
+    assert!(has(&fx, |e| matches!(
+        e,
+        JobEffect::OpenIncident {
+            action: RecoveryAction::ReplaceNode,
+            ..
+        }
+    )));
+    assert_eq!(job.restarts, 0, "node faults do not use the restart budget");
+    assert!(job.ranks[1].needs_node);
+    // Survivor stops → Replacing.
+    let fx = ev(&mut job, exited("a", 1, Some(0), None, true), 120);
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Replacing { since: 120 })
+    ));
+    assert!(has(&fx, |e| matches!(e, JobEffect::FindReplacements)));
+    let fx = ev(
+        &mut job,
+        JobEvent::ReplacementFound {
+            rank: 1,
+            node: "s".into(),
+        },
+        121,
+    );
+    assert_eq!(job.nodes(), vec!["a".to_string(), "s".to_string()]);
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::Incident(IncidentEvent::Replaced { node: Some(n) }) if n == "s")
+    ));
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Relaunching { .. })
+    ));
+}
+
+#[test]
+fn an_unreachable_survivor_counts_as_stopped() {
+    let mut job = running(0, 3);
+    ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::HeartbeatTimeout,
+        },
+        100,
+    );
+    ev(
+        &mut job,
+        JobEvent::NodeUnreachable { node: "a".into() },
+        100,
+    );
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Replacing { .. })
+    ));
+}
+
+#[test]
+fn fencing_moves_on_at_its_deadline() {
+    let mut job = running(0, 3);
+    ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::AgentLost,
+        },
+        100,
+    );
+    ev(&mut job, JobEvent::Tick, 100 + 4_999);
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Fencing { .. })
+    ));
+    ev(&mut job, JobEvent::Tick, 100 + 5_000);
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Replacing { .. })
+    ));
+}
+
+#[test]
+fn a_second_node_fault_during_recovery_is_fenced_too() {
+    let mut job = running(0, 3);
+    ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::AgentLost,
+        },
+        100,
+    );
+    let fx = ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "a".into(),
+            cause: FaultCause::HeartbeatTimeout,
+        },
+        110,
+    );
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::FenceNode { node, .. } if node == "a")
+    ));
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Replacing { .. })
+    ));
+    assert_eq!(job.ranks_needing_nodes(), vec![0, 1]);
+    // A worker fault of the generation being replaced changes nothing.
+    let before = job.clone();
+    let fx = ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "a".into(),
+            cause: FaultCause::ProgressStalled { stalled_ms: 1 },
+        },
+        120,
+    );
+    assert!(fx.is_empty());
+    assert_eq!(job, before);
+}
+
+#[test]
+fn node_fault_while_relaunching_goes_back_to_replacing() {
+    let mut job = running(0, 3);
+    ev(&mut job, exited("a", 1, Some(1), None, false), 100);
+    ev(&mut job, exited("b", 1, None, Some(15), true), 101);
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Relaunching { .. })
+    ));
+    let fx = ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::AgentLost,
+        },
+        102,
+    );
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Replacing { .. })
+    ));
+    assert!(has(&fx, |e| matches!(e, JobEffect::FindReplacements)));
+    // The resolution that was under way is no longer wanted.
+    let generation = job.generation;
+    ev(&mut job, JobEvent::CheckpointResolved(Ok(None)), 103);
+    assert_eq!(job.generation, generation);
+}
+
+#[test]
+fn replacing_times_out_with_a_clear_reason() {
+    let mut job = running(0, 3);
+    ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "b".into(),
+            cause: FaultCause::AgentLost,
+        },
+        100,
+    );
+    ev(&mut job, exited("a", 1, None, Some(15), true), 100);
+    let fx = ev(&mut job, JobEvent::Tick, 200);
+    assert!(
+        job.message.starts_with("waiting for a replacement"),
+        "{}",
+        job.message
+    );
+    assert!(has(&fx, |e| matches!(e, JobEffect::StateChanged)));
+    ev(&mut job, JobEvent::Tick, 100 + 60_000);
+    assert!(
+        matches!(&job.state, JobState::Failed { reason } if reason.contains("no replacement node within 60 s"))
+    );
+}
+
+#[test]
+fn relaunch_retries_an_unreadable_store_then_fails() {
+    let mut job = running(0, 3);
+    ev(&mut job, exited("a", 1, Some(1), None, false), 100);
+    ev(&mut job, exited("b", 1, None, Some(15), true), 100);
+    ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Err("timeout".into())),
+        110,
+    );
+    assert!(matches!(
+        job.state,
+        JobState::Recovering(RecoveryPhase::Relaunching {
+            attempts: 1,
+            retry_at: Some(1110)
+        })
+    ));
+    assert!(ev(&mut job, JobEvent::Tick, 1000).is_empty());
+    let fx = ev(&mut job, JobEvent::Tick, 1110);
+    assert!(has(&fx, |e| matches!(e, JobEffect::ResolveCheckpoint)));
+    ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Err("timeout".into())),
+        1200,
+    );
+    ev(&mut job, JobEvent::Tick, 2200);
+    ev(
+        &mut job,
+        JobEvent::CheckpointResolved(Err("timeout".into())),
+        2300,
+    );
+    assert!(
+        matches!(&job.state, JobState::Failed { reason } if reason.contains("cannot read checkpoints"))
+    );
+}
+
+#[test]
+fn stall_detection_names_the_stuck_rank() {
+    let mut job = running(3_000, 3);
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "a".into(),
+            generation: 1,
+            step: 1,
+        },
+        2_000,
+    );
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "b".into(),
+            generation: 1,
+            step: 1,
+        },
+        2_000,
+    );
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "a".into(),
+            generation: 1,
+            step: 2,
+        },
+        4_000,
+    );
+    assert!(ev(&mut job, JobEvent::Tick, 4_999).is_empty());
+    let fx = ev(&mut job, JobEvent::Tick, 5_000);
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::OpenIncident { node, cause: FaultCause::ProgressStalled { stalled_ms: 3_000 }, action: RecoveryAction::RestartInPlace } if node == "b")
+    ));
+}
+
+#[test]
+fn stall_detection_is_off_at_zero_and_ignores_finished_ranks() {
+    let mut job = running(0, 3);
+    assert!(ev(&mut job, JobEvent::Tick, 1_000_000).is_empty());
+    let mut job = running(1_000, 3);
+    ev(&mut job, exited("a", 1, Some(0), None, false), 30);
+    ev(
+        &mut job,
+        JobEvent::Progress {
+            node: "b".into(),
+            generation: 1,
+            step: 9,
+        },
+        1_500,
+    );
+    assert!(ev(&mut job, JobEvent::Tick, 2_000).is_empty());
+}
+
+#[test]
+fn stop_requested_stops_live_workers_and_is_final() {
+    let mut job = running(0, 3);
+    let fx = ev(&mut job, JobEvent::StopRequested, 100);
+    assert_eq!(job.state, JobState::Stopped);
+    assert!(has(
+        &fx,
+        |e| matches!(e, JobEffect::StopWorkers { nodes, .. } if nodes.len() == 2)
+    ));
+    assert!(has(&fx, |e| matches!(e, JobEffect::ReleaseNodes { .. })));
+    // Final states ignore everything.
+    assert!(ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "a".into(),
+            cause: FaultCause::AgentLost
+        },
+        200
+    )
+    .is_empty());
+    assert!(ev(&mut job, JobEvent::Tick, 300).is_empty());
+}
+
+#[test]
+fn events_of_old_generations_and_unknown_nodes_are_ignored() {
+    let mut job = running(0, 3);
+    let before = job.clone();
+    assert!(ev(&mut job, exited("a", 0, Some(1), None, false), 100).is_empty());
+    assert!(ev(&mut job, exited("zz", 1, Some(1), None, false), 100).is_empty());
+    assert!(ev(
+        &mut job,
+        JobEvent::Fault {
+            node: "zz".into(),
+            cause: FaultCause::AgentLost
+        },
+        100
+    )
+    .is_empty());
+    assert!(ev(
+        &mut job,
+        JobEvent::ReplacementFound {
+            rank: 0,
+            node: "s".into()
+        },
+        100
+    )
+    .is_empty());
+    assert_eq!(job, before);
+}
+
+#[test]
+fn fault_causes_map_to_codes_and_fence_causes() {
+    assert!(FaultCause::HealthFatal("x".into()).needs_replacement());
+    assert!(!FaultCause::WorkerExited {
+        code: Some(1),
+        signal: None
+    }
+    .needs_replacement());
+    assert_eq!(
+        FaultCause::ProgressStalled { stalled_ms: 1500 }.detail(),
+        "no progress for 1.5 s"
+    );
+    assert_eq!(
+        FaultCause::WorkerExited {
+            code: None,
+            signal: Some(9)
+        }
+        .detail(),
+        "worker killed by signal 9"
+    );
+    assert_eq!(
+        FaultCause::HeartbeatTimeout.fence_cause(),
+        FenceCause::HeartbeatTimeout
+    );
+    assert_eq!(FaultCause::HealthFatal("xid 79".into()).code(), "gpu_fatal");
+}

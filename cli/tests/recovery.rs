@@ -1,0 +1,504 @@
+//! Integration tier: the built `holdfast` binary as real processes on loopback — coordinator,
+//! agents, Python workers — with real faults (SIGKILL, SIGSTOP) and bounded waits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use holdfast_cli::demo::{self, DemoOptions, Fault, LocalCluster};
+use holdfast_proto::v1 as pb;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("holdfast-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(fault: Fault) -> DemoOptions {
+    DemoOptions {
+        fault,
+        steps: 60,
+        fault_at_step: 25,
+        json: true,
+        ..Default::default()
+    }
+}
+
+fn only_incident(report: &demo::DemoReport) -> &pb::Incident {
+    assert_eq!(
+        report.incidents.len(),
+        1,
+        "incidents: {:#?}",
+        report.incidents
+    );
+    &report.incidents[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() {
+    let report = demo::run(&exe(), &options(Fault::KillAgent)).await.unwrap();
+    assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
+    assert_eq!(report.job.step, 60);
+    assert_eq!(report.job.generation, 2);
+    let i = only_incident(&report);
+    assert_eq!(
+        (i.cause.as_str(), i.action.as_str()),
+        ("agent_lost", "replace_node")
+    );
+    assert_eq!(i.node_id, report.victim);
+    assert_eq!(i.replacement_node_id, "spare-1");
+    // Every phase was reached, in order.
+    let phases = [
+        i.detected_unix_ms,
+        i.fenced_unix_ms,
+        i.replaced_unix_ms,
+        i.relaunched_unix_ms,
+        i.resumed_unix_ms,
+    ];
+    assert!(phases.iter().all(|&t| t > 0), "{i:?}");
+    assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{i:?}");
+    // Fault at step ≥ 25 with checkpoints every 10 steps: the latest complete one is 20 or later.
+    assert!(
+        i.resumed_from_step >= 20 && i.resumed_from_step.is_multiple_of(10),
+        "{i:?}"
+    );
+    assert!(!report.job.nodes.contains(&report.victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_restarts_in_place_without_a_replacement() {
+    let report = demo::run(&exe(), &options(Fault::KillWorker))
+        .await
+        .unwrap();
+    assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
+    let i = only_incident(&report);
+    assert_eq!(
+        (i.cause.as_str(), i.action.as_str()),
+        ("worker_exited", "restart_in_place")
+    );
+    assert!(i.detail.contains("signal 9"), "{}", i.detail);
+    assert_eq!(i.replacement_node_id, "");
+    assert_eq!(
+        report.job.nodes,
+        vec!["node-1", "node-2"],
+        "same nodes after the restart"
+    );
+    assert_eq!(report.job.restarts, 1);
+    assert!(i.resumed_unix_ms > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_worker_is_detected_as_stalled_and_restarted() {
+    let report = demo::run(&exe(), &options(Fault::Hang)).await.unwrap();
+    assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
+    let i = only_incident(&report);
+    assert_eq!(
+        (i.cause.as_str(), i.action.as_str()),
+        ("progress_stalled", "restart_in_place")
+    );
+    assert_eq!(i.node_id, report.victim, "the stuck rank's node is named");
+    // Detected after the 3 s stall timeout, not before, and not much later.
+    let detect_ms = i.detected_unix_ms - report.fault_at;
+    assert!(
+        (2_500..8_000).contains(&detect_ms),
+        "detected after {detect_ms} ms"
+    );
+    assert!(i.resumed_unix_ms > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_one() {
+    let dir = scratch("partial");
+    let ckpt = dir.join("checkpoints");
+    for step in [10, 20] {
+        std::fs::create_dir_all(ckpt.join(format!("step-{step}"))).unwrap();
+        std::fs::write(
+            ckpt.join(format!("step-{step}/state.json")),
+            format!("{{\"step\": {step}}}"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        ckpt.join("step-10/COMPLETE"),
+        "{\"step\": 10, \"generation\": 1}",
+    )
+    .unwrap();
+    // step-20 has no marker: it was cut off mid-write.
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, demo::TRAIN_SCRIPT).unwrap();
+    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let spec = pb::JobSpec {
+        command: vec![
+            "python3".into(),
+            script.display().to_string(),
+            "--steps".into(),
+            "14".into(),
+            "--step-time".into(),
+            "0.01".into(),
+        ],
+        nodes: 1,
+        checkpoint_uri: format!("file://{}", ckpt.display()),
+        ..Default::default()
+    };
+    let job = holdfast_cli::follow::submit(&mut client, spec)
+        .await
+        .unwrap();
+    let done = holdfast_cli::follow::follow(
+        &mut client,
+        &job.job_id,
+        Duration::from_secs(60),
+        |_| {},
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, "succeeded", "{}", done.message);
+    assert_eq!(
+        done.last_checkpoint_step, 10,
+        "resumed from step-10, not the partial step-20"
+    );
+    assert!(
+        done.message.contains("resumes from step 10") || done.message.contains("exited 0"),
+        "{}",
+        done.message
+    );
+    let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap();
+    assert!(
+        log.contains("resumed from") && log.contains("at step 10"),
+        "{log}"
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched() {
+    let dir = scratch("badspec");
+    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let cases = [
+        (
+            pb::JobSpec {
+                nodes: 1,
+                ..Default::default()
+            },
+            "command",
+        ),
+        (
+            pb::JobSpec {
+                command: vec!["true".into()],
+                nodes: 0,
+                ..Default::default()
+            },
+            "nodes must be at least 1",
+        ),
+        (
+            pb::JobSpec {
+                command: vec!["true".into()],
+                nodes: 2,
+                ..Default::default()
+            },
+            "the job needs 2 nodes but only 1 are ready",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let status = client
+            .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains(expected),
+            "{expected:?} not in {:?}",
+            status.message()
+        );
+    }
+    let status = client
+        .submit_job(pb::SubmitJobRequest { spec: None })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("spec is missing"));
+    assert!(client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .is_empty());
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes[0].state, "ready");
+    assert!(cluster.worker("node-1").is_none(), "nothing was launched");
+    // The CLI says the same, and exits non-zero.
+    let out = std::process::Command::new(exe())
+        .args([
+            "launch",
+            "--nodes",
+            "0",
+            "--coordinator",
+            &cluster.addr,
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nodes must be at least 1"));
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_follows_a_job_to_its_end_and_reads_the_progress_file() {
+    let dir = scratch("launch");
+    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Progress through the progress file only: the output never says "step".
+    let script = "for i in 1 2 3 4 5; do echo $i > \"$HOLDFAST_PROGRESS_FILE\"; echo rank {node_rank} of {nnodes} at $HOLDFAST_RDZV_ENDPOINT; sleep 0.3; done";
+    let out = tokio::process::Command::new(exe())
+        .args([
+            "launch",
+            "--nodes",
+            "2",
+            "--coordinator",
+            &cluster.addr,
+            "--job-id",
+            "pf",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("job pf accepted on node-1, node-2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("job pf succeeded at step 5"), "{stdout}");
+    let log = std::fs::read_to_string(dir.join("node-2.log")).unwrap();
+    assert!(
+        log.contains("rank 1 of 2 at 127.0.0.1:"),
+        "placeholders and env substituted: {log}"
+    );
+    // The incidents list is empty and machine-readable.
+    let out = std::process::Command::new(exe())
+        .args(["incidents", "--json", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = std::process::Command::new(exe())
+        .args(["nodes", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("node-1") && table.contains("ready"),
+        "{table}"
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod raw {
+    //! A codec that sends arbitrary bytes as gRPC messages: how a broken peer looks.
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::codegen::Bytes;
+    use tonic::Status;
+
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct RawDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            let len = bytes::Buf::remaining(src);
+            Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
+    let dir = scratch("badagents");
+    let config = dir.join("coordinator.toml");
+    std::fs::write(&config, "hello_timeout_ms = 1000\n").unwrap();
+    let mut cluster = LocalCluster::start(&exe(), &dir, &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    // 1. A second agent claiming node-1 (its own state dir, same id).
+    let dup_state = dir.join("dup-state");
+    let dup = std::process::Command::new(exe())
+        .args([
+            "agent",
+            "--coordinator",
+            &cluster.addr,
+            "--node-id",
+            "node-1",
+            "--state-dir",
+        ])
+        .arg(&dup_state)
+        .stderr(std::fs::File::create(dir.join("dup.log")).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dup = KillOnDrop(dup);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(dir.join("dup.log")).unwrap_or_default();
+        if log.contains("node id node-1 is already connected") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "duplicate agent was not refused: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = dup.0.kill();
+
+    let channel = tonic::transport::Endpoint::from_shared(cluster.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // 2. A malformed message: bytes that are not a protobuf AgentMessage.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/holdfast.v1.AgentService/Session");
+    let garbage = tokio_stream::iter(vec![tonic::codegen::Bytes::from_static(
+        b"\x0a\xff\xff\xff\xff\xff",
+    )]);
+    let status = grpc
+        .streaming(tonic::Request::new(garbage), path.clone(), raw::RawCodec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("malformed agent message"),
+        "{status:?}"
+    );
+
+    // 3. A first message that is not hello.
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(channel.clone());
+    let not_hello = tokio_stream::iter(vec![pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())),
+    }]);
+    let status = agent.session(not_hello).await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("first message of a session must be hello"),
+        "{status:?}"
+    );
+
+    // 4. An agent that connects and sends nothing is closed after the hello timeout.
+    let started = tokio::time::Instant::now();
+    let silent = futures::stream::pending::<pb::AgentMessage>();
+    let status = tokio::time::timeout(Duration::from_secs(10), agent.session(silent))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("no hello within 1000 ms"),
+        "{status:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // The coordinator kept running, node-1 is still the original and healthy, and the log says why.
+    let mut client = cluster.client().await.unwrap();
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (nodes[0].state.as_str(), nodes[0].connected),
+        ("ready", true)
+    );
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
+    for why in [
+        "already connected",
+        "malformed agent message",
+        "must be hello",
+        "no hello within",
+    ] {
+        assert!(log.contains(why), "coordinator log lacks {why:?}");
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
