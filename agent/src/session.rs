@@ -86,7 +86,7 @@ pub async fn run_with_outbox(
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let scripts = script_runner(&config, &node_id);
-    let supervisor = Supervisor::new(
+    let mut supervisor = Supervisor::new(
         outbox.clone(),
         node_id.clone(),
         config.effective_address(),
@@ -95,6 +95,7 @@ pub async fn run_with_outbox(
         snapshot.clone(),
     )
     .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
+    supervisor.adopt();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,

@@ -255,6 +255,32 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERMs the agent of `node` (an orderly stop: it says goodbye and leaves its worker
+    /// running) and waits up to `within` for it to exit.
+    pub fn stop_agent(
+        &mut self,
+        node: &str,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal_agent(node, Signal::SIGTERM)?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("agent {node} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let mut child = self

@@ -467,6 +467,20 @@ impl Cluster {
         }
         node.conn = None;
         let announced = node.restarting_until.is_some_and(|t| now < t);
+        // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
+        // when the operator chose one: its workers keep training and it re-adopts them.
+        let grace = self.config.agent_lost_grace_ms;
+        let busy = matches!(node.state, NodeState::Allocated { .. });
+        if !announced && grace > 0 && busy {
+            node.restarting_until = Some(now + grace as i64);
+            fx.push(self.log_event(
+                node_id,
+                "",
+                format!("node {node_id} disconnected without goodbye; waiting {grace} ms for it to return"),
+                now,
+            ));
+            return fx;
+        }
         fx.push(self.log_event(node_id, "", format!("node {node_id} disconnected"), now));
         if announced {
             return fx;
@@ -1156,3 +1170,6 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod restart_tests;

@@ -44,6 +44,12 @@ pub struct CoordinatorConfig {
     /// Run the deep check again on a ready node before it takes over a failed node's ranks
     /// (it may have been idle for hours); a node that fails is fenced and the next is tried.
     pub check_replacements: bool,
+    /// How long an allocated node whose agent's stream closed *without* a goodbye (agent
+    /// crash, OOM kill) may take to reconnect before it counts as lost. Its workers keep
+    /// training meanwhile and the restarted agent adopts them. 0 = lost at once (fastest
+    /// detection of a dead host whose kernel still closed the socket). A host that died
+    /// outright is caught by the heartbeat timeout either way.
+    pub agent_lost_grace_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -65,6 +71,7 @@ impl Default for CoordinatorConfig {
             check_scripts: Vec::new(),
             script_timeout_ms: 600_000,
             check_replacements: true,
+            agent_lost_grace_ms: 0,
         }
     }
 }

@@ -195,6 +195,10 @@ pub struct Rank {
     pub last_step: u64,
     /// Launch time until the first progress, then the time of the last progress.
     pub last_progress_at: UnixMillis,
+    /// When the rank's worker ended with no known status (adopted by a restarted agent); it
+    /// counts as clean only if the other ranks exit 0 soon after.
+    #[serde(default)]
+    pub exit_unconfirmed_at: Option<UnixMillis>,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -307,6 +311,7 @@ impl Job {
         let ranks = nodes
             .into_iter()
             .map(|node| Rank {
+                exit_unconfirmed_at: None,
                 node,
                 started: false,
                 exited: None,
@@ -429,8 +434,13 @@ fn apply(
             let Some(rank) = job.rank_of(&node) else {
                 return;
             };
-            let clean = code == Some(0) && signal.is_none();
+            // An adopted worker (its agent restarted) has no exit status: the agent only saw
+            // it gone. Ranks of a synchronous job finish together, so it counts as clean if
+            // every other rank exits 0 within UNCONFIRMED_EXIT_GRACE_MS (see on_tick).
+            let unknown = code.is_none() && signal.is_none() && !stopped_by_agent;
+            let clean = (code == Some(0) && signal.is_none()) || unknown;
             job.ranks[rank].exited = Some(clean);
+            job.ranks[rank].exit_unconfirmed_at = unknown.then_some(now);
             match &mut job.state {
                 JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) => {
                     pending.remove(&rank);
@@ -441,7 +451,25 @@ fn apply(
                 JobState::Launching | JobState::Running => {
                     if clean {
                         if job.ranks.iter().all(|r| r.exited == Some(true)) {
-                            let message = format!("all {} ranks exited 0", job.ranks.len());
+                            let unconfirmed = job
+                                .ranks
+                                .iter()
+                                .filter(|r| r.exit_unconfirmed_at.is_some())
+                                .count();
+                            if unconfirmed == job.ranks.len() {
+                                // Nothing confirms a success: treat it as the fault it may be.
+                                job.ranks[rank].exited = Some(false);
+                                job.ranks[rank].exit_unconfirmed_at = None;
+                                let cause = FaultCause::WorkerExited { code, signal };
+                                on_fault(job, &node, cause, now, limits, fx);
+                                return;
+                            }
+                            let mut message = format!("all {} ranks exited 0", job.ranks.len());
+                            if unconfirmed > 0 {
+                                message.push_str(&format!(
+                                    " ({unconfirmed} adopted after an agent restart, status inferred)"
+                                ));
+                            }
                             finish(job, JobState::Succeeded, message, now, fx);
                         }
                     } else if !stopped_by_agent {
@@ -532,6 +560,7 @@ fn on_resolved(
             for r in &mut job.ranks {
                 r.started = false;
                 r.exited = None;
+                r.exit_unconfirmed_at = None;
                 r.last_progress_at = now;
             }
             job.resumed_from = resume.clone();
@@ -716,7 +745,27 @@ fn begin_relaunch(job: &mut Job, fx: &mut Vec<JobEffect>) {
     fx.push(JobEffect::ResolveCheckpoint);
 }
 
+/// How long the other ranks have to exit 0 after a rank ended with an unknown status.
+pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
+
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+    if matches!(job.state, JobState::Launching | JobState::Running) {
+        let overdue = job.ranks.iter().position(|r| {
+            r.exit_unconfirmed_at
+                .is_some_and(|t| now - t >= UNCONFIRMED_EXIT_GRACE_MS)
+        });
+        if let Some(rank) = overdue {
+            job.ranks[rank].exited = Some(false);
+            job.ranks[rank].exit_unconfirmed_at = None;
+            let node = job.ranks[rank].node.clone();
+            let cause = FaultCause::WorkerExited {
+                code: None,
+                signal: None,
+            };
+            on_fault(job, &node, cause, now, limits, fx);
+            return;
+        }
+    }
     match &job.state {
         JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
             let stalled = job.ranks.iter().find_map(|r| {
@@ -804,3 +853,6 @@ fn finish(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod adopted_tests;
