@@ -9,8 +9,10 @@
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
+//! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
 
 pub mod client;
 pub mod demo;
 pub mod follow;
+pub mod sdnotify;
 pub mod tables;

@@ -215,6 +215,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// `signal`, then tells systemd the service is stopping.
+async fn stopping(signal: impl std::future::Future<Output = ()>) {
+    signal.await;
+    holdfast_cli::sdnotify::notify_or_log("STOPPING=1");
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -247,7 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::fs::write(path, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_coordinator::run(listener, config, stopping(shutdown_signal())).await?;
             Ok(0)
         }
         Cmd::Agent(args) => {
@@ -283,7 +291,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.script_dir = d;
             }
             let health = holdfast_agent::health::HealthBoard::default();
-            holdfast_agent::run(config, health, shutdown_signal()).await?;
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_agent::run(config, health, stopping(shutdown_signal())).await?;
             Ok(0)
         }
         Cmd::Launch(args) => launch(args).await,
