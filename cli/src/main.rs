@@ -145,6 +145,10 @@ struct LaunchArgs {
     /// Restarts in place for worker faults (0 = the coordinator's default).
     #[arg(long, default_value_t = 0)]
     restart_budget: u32,
+    /// Fewest nodes the job can run on: with no replacement in time it shrinks to the
+    /// surviving nodes if at least this many remain (0 = never shrink).
+    #[arg(long, default_value_t = 0)]
+    min_nodes: u32,
     /// Regex with one capture group giving the step in output lines.
     #[arg(long, default_value = "")]
     progress_regex: String,
@@ -442,6 +446,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         progress_regex: args.progress_regex,
         env: args.env.into_iter().collect(),
         total_steps: 0,
+        min_nodes: args.min_nodes,
     };
     let job = follow::submit(&mut c, spec).await.context("job refused")?;
     println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));

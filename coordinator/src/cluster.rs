@@ -19,6 +19,7 @@ use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec,
 use crate::node::{self, NodeEvent, NodeState};
 use crate::UnixMillis;
 
+mod breaker;
 mod lifecycle;
 pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 
@@ -137,6 +138,9 @@ pub struct Cluster {
     /// Last command id handed out (lifecycle scripts).
     #[serde(default)]
     next_command: u64,
+    /// The circuit breaker on fencing (breaker.rs).
+    #[serde(skip)]
+    breaker: breaker::FenceBreaker,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -154,6 +158,7 @@ impl Cluster {
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
             next_command: 0,
+            breaker: breaker::FenceBreaker::default(),
         }
     }
 
@@ -167,6 +172,10 @@ impl Cluster {
             replacement_timeout_ms: self.config.replacement_timeout_ms,
             resolve_retry_ms: self.config.checkpoint_resolve_retry_ms,
             resolve_attempts: self.config.checkpoint_resolve_attempts,
+            restart_backoff_ms: self.config.restart_backoff_ms,
+            restart_backoff_max_ms: self.config.restart_backoff_max_ms,
+            quarantine_after: self.config.quarantine_after,
+            quarantine_window_ms: self.config.quarantine_window_ms,
         }
     }
 
@@ -556,6 +565,15 @@ impl Cluster {
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
         }
+        if spec.min_nodes > spec.nodes {
+            return Err(invalid(
+                "min_nodes",
+                format!(
+                    "must be at most nodes ({}), got {}",
+                    spec.nodes, spec.min_nodes
+                ),
+            ));
+        }
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
                 "stall_timeout_s",
@@ -633,6 +651,7 @@ impl Cluster {
             progress_regex,
             env: spec.env.into_iter().collect(),
             total_steps: spec.total_steps,
+            min_nodes: spec.min_nodes,
         };
         let mut fx = Vec::new();
         for n in &nodes {
@@ -848,6 +867,10 @@ impl Cluster {
                 }
             }
             JobEffect::FenceNode { node, cause } => {
+                if !self.fence_allowed(&node, now, fx) {
+                    self.release_unfenced(&node, now, fx);
+                    return;
+                }
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
@@ -1078,7 +1101,11 @@ impl Cluster {
         match node::step(&node.state, &event) {
             Ok(next) if next != node.state => {
                 let from = node.state.name();
+                let fenced = matches!(next, NodeState::Fenced { .. });
                 node.state = next;
+                if fenced {
+                    self.breaker.count_fence(now);
+                }
                 let detail = match &node.state {
                     NodeState::Fenced { cause } => format!(": {cause}"),
                     NodeState::Cordoned { reason } => format!(": {reason}"),
@@ -1173,3 +1200,6 @@ mod tests;
 
 #[cfg(test)]
 mod restart_tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -50,6 +50,22 @@ pub struct CoordinatorConfig {
     /// detection of a dead host whose kernel still closed the socket). A host that died
     /// outright is caught by the heartbeat timeout either way.
     pub agent_lost_grace_ms: u64,
+    /// Delay before the second restart in place of a job (the first is at once); doubles with
+    /// each further restart up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Worker faults on one node within `quarantine_window_ms` after which the coordinator
+    /// stops restarting in place and replaces the node, fencing it (quarantine) until an
+    /// operator uncordons it; 0 = never.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+    /// Circuit breaker: when fencing one more node would make more than this share of all
+    /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
+    /// suspect node is released instead and rejoins through its checks) and raises an alert:
+    /// that many failures at once point at something shared (network, storage, a bad rollout).
+    /// 1.0 = never trips.
+    pub circuit_breaker_share: f64,
+    pub circuit_breaker_window_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -72,6 +88,12 @@ impl Default for CoordinatorConfig {
             script_timeout_ms: 600_000,
             check_replacements: true,
             agent_lost_grace_ms: 0,
+            restart_backoff_ms: 2_000,
+            restart_backoff_max_ms: 60_000,
+            quarantine_after: 3,
+            quarantine_window_ms: 600_000,
+            circuit_breaker_share: 0.5,
+            circuit_breaker_window_ms: 300_000,
         }
     }
 }
@@ -155,6 +177,33 @@ impl CoordinatorConfig {
         }
         if self.script_timeout_ms == 0 {
             return Err(invalid("script_timeout_ms", "must be greater than 0"));
+        }
+        if self.restart_backoff_max_ms < self.restart_backoff_ms {
+            return Err(invalid(
+                "restart_backoff_max_ms",
+                format!(
+                    "must be at least restart_backoff_ms ({} ms), got {} ms",
+                    self.restart_backoff_ms, self.restart_backoff_max_ms
+                ),
+            ));
+        }
+        if self.quarantine_after > 0 && self.quarantine_window_ms == 0 {
+            return Err(invalid(
+                "quarantine_window_ms",
+                "must be greater than 0 when quarantine_after is set",
+            ));
+        }
+        if !(self.circuit_breaker_share > 0.0 && self.circuit_breaker_share <= 1.0) {
+            return Err(invalid(
+                "circuit_breaker_share",
+                format!("must be in (0, 1], got {}", self.circuit_breaker_share),
+            ));
+        }
+        if self.circuit_breaker_window_ms == 0 {
+            return Err(invalid(
+                "circuit_breaker_window_ms",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

@@ -36,6 +36,11 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// Last step of the job, when known (display only).
     pub total_steps: u64,
+    /// Fewest nodes the job can run on (torchrun `--nnodes MIN:MAX`); when no replacement
+    /// comes within the bound the job shrinks to its surviving nodes if at least this many
+    /// remain. 0 = never shrink.
+    #[serde(default)]
+    pub min_nodes: u32,
 }
 
 /// Why a job left `Running`: a typed cause per kind of fault.
@@ -56,6 +61,13 @@ pub enum FaultCause {
     ProgressStalled { stalled_ms: u64 },
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
+    /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
+    /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
+    RepeatedFaults {
+        faults: u32,
+        window_ms: u64,
+        last: String,
+    },
 }
 
 impl FaultCause {
@@ -67,6 +79,7 @@ impl FaultCause {
                 | FaultCause::HeartbeatTimeout
                 | FaultCause::HealthFatal(_)
                 | FaultCause::CheckFailed(_)
+                | FaultCause::RepeatedFaults { .. }
         )
     }
 
@@ -78,6 +91,7 @@ impl FaultCause {
             FaultCause::WorkerExited { .. } => "worker_exited",
             FaultCause::ProgressStalled { .. } => "progress_stalled",
             FaultCause::CheckFailed(_) => "check_failed",
+            FaultCause::RepeatedFaults { .. } => "repeated_faults",
         }
     }
 
@@ -91,6 +105,14 @@ impl FaultCause {
                 (Some(c), None) => format!("worker exited with code {c}"),
                 (None, None) => "worker exited".into(),
             },
+            FaultCause::RepeatedFaults {
+                faults,
+                window_ms,
+                last,
+            } => format!(
+                "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
+                *window_ms as f64 / 1000.0
+            ),
             FaultCause::ProgressStalled { stalled_ms } => {
                 format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
             }
@@ -104,9 +126,9 @@ impl FaultCause {
             FaultCause::HeartbeatTimeout => FenceCause::HeartbeatTimeout,
             FaultCause::HealthFatal(r) => FenceCause::HealthFatal(r.clone()),
             FaultCause::CheckFailed(r) => FenceCause::CheckFailed(r.clone()),
-            FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. } => {
-                FenceCause::RepeatedWorkerFaults
-            }
+            FaultCause::WorkerExited { .. }
+            | FaultCause::ProgressStalled { .. }
+            | FaultCause::RepeatedFaults { .. } => FenceCause::RepeatedWorkerFaults,
         }
     }
 }
@@ -212,6 +234,28 @@ pub struct JobLimits {
     pub resolve_retry_ms: u64,
     /// Attempts to read the checkpoint store before the job fails.
     pub resolve_attempts: u32,
+    /// Delay before the second restart in place; each further restart doubles it.
+    pub restart_backoff_ms: u64,
+    /// Cap of that delay.
+    pub restart_backoff_max_ms: u64,
+    /// Worker faults on one node within `quarantine_window_ms` that escalate from restarting in
+    /// place to replacing (and quarantining) the node; 0 = never.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+}
+
+impl JobLimits {
+    /// The delay before restart in place number `restarts` (1-based): the first is at once
+    /// (most worker faults are one-off), then `restart_backoff_ms`, doubling, capped.
+    pub fn restart_backoff(&self, restarts: u32) -> u64 {
+        if restarts < 2 {
+            return 0;
+        }
+        let doublings = (restarts - 2).min(32);
+        self.restart_backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.restart_backoff_max_ms)
+    }
 }
 
 /// A job and everything the coordinator knows about its run.
@@ -234,6 +278,12 @@ pub struct Job {
     pub finished_at: Option<UnixMillis>,
     /// Last thing worth telling the operator (why it waits, why it failed).
     pub message: String,
+    /// Times of recent worker faults per node, for quarantine.
+    #[serde(default)]
+    pub worker_faults: BTreeMap<String, Vec<UnixMillis>>,
+    /// A restart in place waits until then (backoff).
+    #[serde(default)]
+    pub relaunch_not_before: Option<UnixMillis>,
 }
 
 /// What can happen to a job.
@@ -333,6 +383,8 @@ impl Job {
             submitted_at: now,
             finished_at: None,
             message: String::new(),
+            worker_faults: BTreeMap::new(),
+            relaunch_not_before: None,
         }
     }
 
@@ -518,7 +570,7 @@ fn apply(
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced {
                     node: Some(node),
                 }));
-                begin_relaunch(job, fx);
+                begin_relaunch(job, now, fx);
             }
         }
         JobEvent::StopRequested => {
@@ -569,6 +621,13 @@ fn on_resolved(
                 Some(c) => format!("generation {} resumes from step {}", job.generation, c.step),
                 None => format!("generation {} starts fresh", job.generation),
             };
+            if job.ranks.len() < job.spec.nodes as usize {
+                job.message.push_str(&format!(
+                    " on {} of {} nodes (shrunk: no replacement in time)",
+                    job.ranks.len(),
+                    job.spec.nodes
+                ));
+            }
             fx.push(JobEffect::Launch {
                 generation: job.generation,
                 resume,
@@ -613,6 +672,7 @@ fn on_fault(
     let Some(rank) = job.rank_of(node) else {
         return;
     };
+    let cause = escalate(job, node, cause, now, limits);
     let replace = cause.needs_replacement();
     match &mut job.state {
         JobState::Launching | JobState::Running => {}
@@ -686,6 +746,8 @@ fn on_fault(
         RecoveryAction::ReplaceNode
     } else {
         job.restarts += 1;
+        let backoff = limits.restart_backoff(job.restarts);
+        job.relaunch_not_before = (backoff > 0).then_some(now + backoff as i64);
         RecoveryAction::RestartInPlace
     };
     fx.push(JobEffect::OpenIncident {
@@ -726,6 +788,41 @@ fn on_fault(
 }
 
 /// Every worker of the failed generation is gone: get nodes for ranks that need them.
+/// Counts a worker fault against its node; past `quarantine_after` faults within the window
+/// the fault is escalated to a node fault (replace and quarantine the node).
+fn escalate(
+    job: &mut Job,
+    node: &str,
+    cause: FaultCause,
+    now: UnixMillis,
+    limits: &JobLimits,
+) -> FaultCause {
+    let worker_fault = matches!(
+        cause,
+        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. }
+    );
+    if !worker_fault
+        || limits.quarantine_after == 0
+        || !matches!(job.state, JobState::Launching | JobState::Running)
+    {
+        return cause;
+    }
+    let window = limits.quarantine_window_ms as i64;
+    let times = job.worker_faults.entry(node.to_string()).or_default();
+    times.retain(|t| now - t < window);
+    times.push(now);
+    if times.len() < limits.quarantine_after as usize {
+        return cause;
+    }
+    let faults = times.len() as u32;
+    times.clear();
+    FaultCause::RepeatedFaults {
+        faults,
+        window_ms: limits.quarantine_window_ms,
+        last: cause.detail(),
+    }
+}
+
 fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
     fx.push(JobEffect::Incident(IncidentEvent::Fenced));
     if job.ranks.iter().any(|r| r.needs_node) {
@@ -733,16 +830,34 @@ fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
         fx.push(JobEffect::FindReplacements);
     } else {
         fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
-        begin_relaunch(job, fx);
+        begin_relaunch(job, now, fx);
     }
 }
 
-fn begin_relaunch(job: &mut Job, fx: &mut Vec<JobEffect>) {
-    job.state = JobState::Recovering(RecoveryPhase::Relaunching {
-        attempts: 0,
-        retry_at: None,
-    });
-    fx.push(JobEffect::ResolveCheckpoint);
+/// Resolves the checkpoint to relaunch from, at once or when a restart's backoff has passed
+/// (the tick sends the job on then).
+fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+    match job.relaunch_not_before.take().filter(|t| *t > now) {
+        Some(at) => {
+            job.message = format!(
+                "restart {} of {} in {:.1} s (backoff)",
+                job.restarts,
+                job.spec.restart_budget,
+                (at - now) as f64 / 1000.0
+            );
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: Some(at),
+            });
+        }
+        None => {
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: None,
+            });
+            fx.push(JobEffect::ResolveCheckpoint);
+        }
+    }
 }
 
 /// How long the other ranks have to exit 0 after a rank ended with an unknown status.
@@ -790,7 +905,22 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         }
         JobState::Recovering(RecoveryPhase::Replacing { since }) => {
             let waited = (now - since).max(0) as u64;
-            if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
+            let survivors = job.ranks.iter().filter(|r| !r.needs_node).count();
+            let can_shrink = job.spec.min_nodes > 0 && survivors >= job.spec.min_nodes as usize;
+            if limits.replacement_timeout_ms > 0
+                && waited >= limits.replacement_timeout_ms
+                && can_shrink
+            {
+                let before = job.ranks.len();
+                job.ranks.retain(|r| !r.needs_node);
+                fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
+                begin_relaunch(job, now, fx);
+                job.message = format!(
+                    "no replacement within {:.0} s: shrunk from {before} to {survivors} nodes (minimum {})",
+                    limits.replacement_timeout_ms as f64 / 1000.0,
+                    job.spec.min_nodes
+                );
+            } else if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
                 let reason = format!(
                     "no replacement node within {:.0} s for rank(s) {:?}",
                     limits.replacement_timeout_ms as f64 / 1000.0,
@@ -856,3 +986,6 @@ mod tests;
 
 #[cfg(test)]
 mod adopted_tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -22,6 +22,7 @@ pub fn job(job: &Job) -> pb::Job {
             progress_regex: job.spec.progress_regex.clone(),
             env: job.spec.env.clone().into_iter().collect(),
             total_steps: job.spec.total_steps,
+            min_nodes: job.spec.min_nodes,
         }),
         state: job.state.name().into(),
         phase: job.phase().into(),

@@ -8,6 +8,10 @@ const LIMITS: JobLimits = JobLimits {
     replacement_timeout_ms: 0,
     resolve_retry_ms: 1_000,
     resolve_attempts: 3,
+    restart_backoff_ms: 0,
+    restart_backoff_max_ms: 0,
+    quarantine_after: 0,
+    quarantine_window_ms: 0,
 };
 
 fn running() -> Job {
@@ -20,6 +24,7 @@ fn running() -> Job {
         progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
         env: BTreeMap::new(),
         total_steps: 0,
+        min_nodes: 0,
     };
     let mut job = Job::new("j".into(), spec, vec!["a".into(), "b".into()], 0);
     step(&mut job, JobEvent::CheckpointResolved(Ok(None)), 1, &LIMITS);
