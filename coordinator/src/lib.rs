@@ -10,6 +10,7 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod incident;
 pub mod job;
 pub mod node;
+pub mod provider;
 pub mod server;
 mod view;
 
