@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Runs `holdfast demo --fault FAULT --json` RUNS times (default kill-agent, 7) and prints the
 # median and P90 of each phase, in seconds from the injected fault.
-#   scripts/bench-demo.sh [--fault kill-agent|kill-worker|hang|...] [--runs N] [--debug]
+#   scripts/bench-demo.sh [--fault kill-agent|kill-worker|hang|...] [--runs N] [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fault=kill-agent runs=7 profile=release
+fault=kill-agent runs=7 profile=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --fault) fault=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    --debug) profile=debug; shift ;;
+    --release) profile=release; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

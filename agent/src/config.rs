@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub agent_max_rss_mb: u64,
     /// Enables the fault-injection test double (`<state_dir>/inject`). Never on in production.
     pub fault_injection: bool,
+    /// Address to serve the agent's Prometheus `/metrics` on, e.g. `0.0.0.0:9101`; empty = off.
+    pub metrics_listen: String,
 }
 
 impl Default for AgentConfig {
@@ -97,6 +99,7 @@ impl Default for AgentConfig {
             min_available_memory_mb: 512,
             agent_max_rss_mb: 512,
             fault_injection: false,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -181,6 +184,14 @@ impl AgentConfig {
                     format!("{} is not an absolute path", p.display()),
                 ));
             }
+        }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics_listen",
+                "must be an address like 0.0.0.0:9101, or empty to turn metrics off".into(),
+            ));
         }
         Ok(())
     }
@@ -327,6 +338,13 @@ mod tests {
                 "mounts",
                 AgentConfig {
                     mounts: vec!["scratch".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "metrics_listen",
+                AgentConfig {
+                    metrics_listen: "9101".into(),
                     ..Default::default()
                 },
             ),

@@ -29,6 +29,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot serve metrics on {addr} (metrics_listen): {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a session ended.
@@ -52,6 +58,9 @@ struct AgentState {
     heartbeat_seq: u64,
     /// The host's GPUs, announced in every hello.
     gpus: Vec<pb::Gpu>,
+    metrics: crate::metrics::AgentMetrics,
+    /// Highest coordinator term seen (durable, kept by the supervisor).
+    known_term: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
@@ -92,6 +101,24 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     );
+    let metrics = crate::metrics::AgentMetrics::default();
+    if !config.metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|source| AgentError::MetricsListen {
+                addr: config.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "agent metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            node_id.clone(),
+            metrics.clone(),
+            health.clone(),
+            snapshot.clone(),
+        ));
+    }
+    let known_term = supervisor.known_term();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -103,6 +130,8 @@ pub async fn run_with_outbox(
         commands,
         heartbeat_seq: 0,
         gpus,
+        metrics,
+        known_term,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -112,6 +141,7 @@ pub async fn run_with_outbox(
         match session(&mut state, &mut shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(why) => {
+                state.metrics.session_lost();
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
@@ -195,6 +225,20 @@ async fn session(
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
+            let known = state.known_term.load(std::sync::atomic::Ordering::SeqCst);
+            if w.term < known {
+                // A coordinator that lost its leadership (or a stale copy) still serving.
+                return SessionEnd::Lost(format!(
+                    "coordinator at {} has term {} but term {known} was already seen; refusing it \
+                     (if its state was reset on purpose, remove {})",
+                    state.config.coordinator,
+                    w.term,
+                    crate::worker::FencingState::path(&state.config.state_dir).display()
+                ));
+            }
+            if state.commands.send(WorkerCommand::Term(w.term)).is_err() {
+                return SessionEnd::Shutdown;
+            }
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
@@ -204,6 +248,7 @@ async fn session(
                 "connected to coordinator {}",
                 state.config.coordinator
             );
+            state.metrics.session_opened();
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
         Err(status) => {
@@ -249,6 +294,7 @@ async fn session(
                 if tx.try_send(hb).is_err() {
                     return SessionEnd::Lost("send queue full (coordinator not reading)".into());
                 }
+                state.metrics.heartbeat_sent();
             }
             msg = state.outbox_rx.recv() => {
                 let Some(msg) = msg else { return SessionEnd::Shutdown };

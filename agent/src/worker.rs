@@ -30,6 +30,56 @@ pub enum WorkerCommand {
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),
+    /// A coordinator of this term welcomed the agent: older terms are refused from now on.
+    Term(u64),
+}
+
+/// What the agent must not forget across its own restarts to refuse zombie commands: the
+/// highest coordinator term and the highest generation per job it has seen. Kept in
+/// `<state_dir>/fencing.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencingState {
+    pub term: u64,
+    pub generations: HashMap<String, u64>,
+}
+
+impl FencingState {
+    pub fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("fencing.json")
+    }
+
+    /// Reads the file; a missing one is a fresh agent, an unreadable one is logged and treated
+    /// as fresh (the coordinator's own term check still guards the new generation).
+    pub fn load(state_dir: &std::path::Path) -> FencingState {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{} is unreadable ({e}); starting with no term",
+                    path.display()
+                );
+                FencingState::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FencingState::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; starting with no term", path.display());
+                FencingState::default()
+            }
+        }
+    }
+
+    /// Writes the file atomically (temp file, then rename).
+    pub fn save(&self, state_dir: &std::path::Path) {
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
 }
 
 /// What the agent records about its running worker in `<state_dir>/worker.json`, so operators
@@ -67,10 +117,11 @@ pub struct Supervisor {
     state_dir: PathBuf,
     progress_poll: Duration,
     running: Option<Running>,
-    /// Highest generation seen per job: older commands are refused.
-    generations: HashMap<String, u64>,
-    /// Highest coordinator term seen.
-    term: u64,
+    /// Highest coordinator term and generation per job seen (durable): older commands are
+    /// refused.
+    fencing: FencingState,
+    /// The term, shared with the session so a welcome from an older coordinator is refused.
+    known_term: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
 }
 
@@ -90,9 +141,29 @@ impl Supervisor {
             state_dir,
             progress_poll,
             running: None,
-            generations: HashMap::new(),
-            term: 0,
+            known_term: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            fencing: FencingState::default(),
             snapshot,
+        }
+        .with_fencing_from_disk()
+    }
+
+    fn with_fencing_from_disk(mut self) -> Supervisor {
+        self.fencing = FencingState::load(&self.state_dir);
+        self.known_term.store(self.fencing.term, Ordering::SeqCst);
+        self
+    }
+
+    /// The highest coordinator term seen, kept up to date by the supervisor.
+    pub fn known_term(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.known_term.clone()
+    }
+
+    fn adopt_term(&mut self, term: u64) {
+        if term > self.fencing.term {
+            self.fencing.term = term;
+            self.known_term.store(term, Ordering::SeqCst);
+            self.fencing.save(&self.state_dir);
         }
     }
 
@@ -123,19 +194,26 @@ impl Supervisor {
             WorkerCommand::Launch(l) => l.term,
             WorkerCommand::Stop(s) => s.term,
             WorkerCommand::Fence(f) => f.term,
+            WorkerCommand::Term(t) => *t,
         };
-        if term < self.term {
+        if term < self.fencing.term {
             tracing::warn!(
                 term,
-                current = self.term,
+                current = self.fencing.term,
                 "refused a command of an older coordinator term"
             );
             return;
         }
-        self.term = term;
+        self.adopt_term(term);
         match command {
+            WorkerCommand::Term(_) => {}
             WorkerCommand::Launch(launch) => {
-                let seen = self.generations.get(&launch.job_id).copied().unwrap_or(0);
+                let seen = self
+                    .fencing
+                    .generations
+                    .get(&launch.job_id)
+                    .copied()
+                    .unwrap_or(0);
                 if launch.generation <= seen {
                     tracing::warn!(
                         job = launch.job_id,
@@ -145,8 +223,10 @@ impl Supervisor {
                     );
                     return;
                 }
-                self.generations
+                self.fencing
+                    .generations
                     .insert(launch.job_id.clone(), launch.generation);
+                self.fencing.save(&self.state_dir);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
@@ -154,8 +234,15 @@ impl Supervisor {
                 let matches = self.running.as_ref().is_some_and(|r| {
                     r.record.job_id == stop.job_id && r.record.generation <= stop.generation
                 });
-                let seen = self.generations.entry(stop.job_id.clone()).or_insert(0);
-                *seen = (*seen).max(stop.generation);
+                let seen = self
+                    .fencing
+                    .generations
+                    .entry(stop.job_id.clone())
+                    .or_insert(0);
+                if stop.generation > *seen {
+                    *seen = stop.generation;
+                    self.fencing.save(&self.state_dir);
+                }
                 if matches {
                     if let Some(r) = self.running.as_mut() {
                         r.grace = Duration::from_millis(stop.grace_ms);

@@ -33,6 +33,9 @@ pub enum Fault {
     /// A fatal GPU XID (79, fallen off the bus) through the agents' fault-injection seam: the
     /// node is fenced and replaced.
     Xid,
+    /// SIGKILL the coordinator and start it again on the same port and state file: training
+    /// goes on, no incident, no new generation.
+    KillCoordinator,
     /// No fault.
     None,
 }
@@ -44,6 +47,7 @@ impl Fault {
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
             Fault::Xid => "xid",
+            Fault::KillCoordinator => "kill-coordinator",
             Fault::None => "none",
         }
     }
@@ -64,6 +68,8 @@ pub struct DemoOptions {
     pub json: bool,
     /// Keep the working directory (logs, checkpoints) after the demo.
     pub keep: bool,
+    /// How long the coordinator stays down with `Fault::KillCoordinator`.
+    pub coordinator_outage: Duration,
 }
 
 impl Default for DemoOptions {
@@ -79,6 +85,7 @@ impl Default for DemoOptions {
             stall_timeout_s: 3.0,
             json: false,
             keep: false,
+            coordinator_outage: Duration::from_secs(3),
         }
     }
 }
@@ -89,41 +96,62 @@ pub struct LocalCluster {
     exe: PathBuf,
     pub addr: String,
     coordinator: Option<Child>,
+    /// The coordinator's flags beyond listen address and state file, kept for restarts.
+    coordinator_extra: Vec<String>,
     agents: BTreeMap<String, Child>,
 }
 
 impl LocalCluster {
     /// Starts `holdfast coordinator` (from `exe`) on a free loopback port with `extra` flags.
+    /// Its state file is `<dir>/coordinator.redb`.
     pub async fn start(exe: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let addr_file = dir.join("coordinator.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(dir.join("coordinator.log"))?;
-        let child = Command::new(exe)
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--addr-file"])
-            .arg(&addr_file)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} coordinator", exe.display()))?;
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             exe: exe.to_path_buf(),
             addr: String::new(),
-            coordinator: Some(child),
+            coordinator: None,
+            coordinator_extra: extra.iter().map(|s| s.to_string()).collect(),
             agents: BTreeMap::new(),
         };
+        cluster.spawn_coordinator("127.0.0.1:0").await?;
+        Ok(cluster)
+    }
+
+    /// The coordinator's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("coordinator.redb")
+    }
+
+    async fn spawn_coordinator(&mut self, listen: &str) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let addr_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coordinator.log"))?;
+        let child = Command::new(&self.exe)
+            .args(["coordinator", "--listen", listen, "--addr-file"])
+            .arg(&addr_file)
+            .arg("--state")
+            .arg(self.state_file())
+            .args(&self.coordinator_extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} coordinator", self.exe.display()))?;
+        self.coordinator = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
                 if text.ends_with('\n') {
-                    cluster.addr = format!("http://{}", text.trim());
-                    break;
+                    self.addr = format!("http://{}", text.trim());
+                    return Ok(());
                 }
             }
-            if let Some(Some(status)) = cluster
+            if let Some(Some(status)) = self
                 .coordinator
                 .as_mut()
                 .map(|c| c.try_wait().ok().flatten())
@@ -138,7 +166,56 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(cluster)
+    }
+
+    /// SIGKILLs the coordinator and reaps it (agents and workers keep running).
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        let mut child = self
+            .coordinator
+            .take()
+            .context("the coordinator is not running")?;
+        child.kill().context("killing the coordinator")?;
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Sends `signal` to the coordinator process.
+    pub fn signal_coordinator(&self, signal: Signal) -> anyhow::Result<()> {
+        let child = self
+            .coordinator
+            .as_ref()
+            .context("the coordinator is not running")?;
+        kill(Pid::from_raw(child.id() as i32), signal).context("signalling the coordinator")?;
+        Ok(())
+    }
+
+    /// Starts the coordinator again on the same address and state file.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.coordinator.is_none(),
+            "the coordinator is still running"
+        );
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        // The port was just freed; a lingering socket can hold it for a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_coordinator(&listen).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("coordinator restart failed, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`LocalCluster::restart_coordinator`] for callers that cannot await (event callbacks):
+    /// blocks this thread until the coordinator listens again.
+    pub fn restart_coordinator_blocking(&mut self) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.restart_coordinator())
+        })
     }
 
     /// The agent's state directory (holds `worker.json`).
@@ -394,6 +471,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         total_steps: options.steps,
         ..Default::default()
     };
+    let events = follow::watch(&mut client).await?;
     let job = follow::submit(&mut client, spec).await?;
     say(format!(
         "job {} accepted on {}",
@@ -405,8 +483,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
-    let final_job = follow::follow(
+    let final_job = follow::follow_events(
         &mut client,
+        events,
         &job.job_id,
         budget,
         |event| {
@@ -421,6 +500,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
             let Some(node) = job.nodes.last().cloned() else {
                 return;
             };
+            // Stamped before the first signal goes out: detection can only come after it.
+            let injected_at = holdfast_coordinator::now_ms();
             let result = match fault {
                 Fault::KillAgent => cluster
                     .kill_host(&node)
@@ -434,13 +515,34 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                 Fault::Xid => cluster
                     .inject(&node, "xid 79 gpu 0")
                     .map(|_| "fatal Xid 79 injected on gpu 0".to_string()),
+                Fault::KillCoordinator => {
+                    let outage = options.coordinator_outage;
+                    say(format!(
+                        "{}  FAULT: SIGKILL of the coordinator at step {}; down for {:.1} s",
+                        crate::tables::clock(holdfast_coordinator::now_ms()),
+                        job.step,
+                        outage.as_secs_f64()
+                    ));
+                    cluster
+                        .kill_coordinator()
+                        .map(|()| std::thread::sleep(outage))
+                        .and_then(|()| cluster.restart_coordinator_blocking())
+                        .map(|()| {
+                            "coordinator SIGKILLed and restarted on the same port and state file"
+                                .to_string()
+                        })
+                }
                 Fault::None => return,
             };
-            fault_at = holdfast_coordinator::now_ms();
-            victim = node.clone();
+            fault_at = injected_at;
+            victim = if fault == Fault::KillCoordinator {
+                "coordinator".to_string()
+            } else {
+                node.clone()
+            };
             match result {
                 Ok(what) => say(format!(
-                    "{}  FAULT injected at step {} on {node}: {what}",
+                    "{}  FAULT injected at step {} on {victim}: {what}",
                     crate::tables::clock(fault_at),
                     job.step
                 )),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use holdfast_cli::{client, demo, follow, tables};
+use holdfast_cli::{client, demo, follow, reports, tables};
 use holdfast_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -69,6 +69,19 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// MTTD/MTTR percentiles of recorded incidents and a job's ETTR (effective training time).
+    Report {
+        #[command(flatten)]
+        addr: Addr,
+        /// The job whose ETTR is shown (default: the latest submitted).
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
+    WhatIf(reports::WhatIfArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +105,16 @@ struct CoordinatorArgs {
     /// Override heartbeat_timeout_ms.
     #[arg(long)]
     heartbeat_timeout_ms: Option<u64>,
+    /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
+    /// restarted coordinator carries on where the previous one stopped.
+    #[arg(long, default_value = "/var/lib/holdfast/coordinator.redb")]
+    state: PathBuf,
+    /// Keep the state in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with = "state")]
+    ephemeral: bool,
+    /// Override reconnect_grace_ms.
+    #[arg(long)]
+    reconnect_grace_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +141,9 @@ struct AgentArgs {
     /// treated as real). For tests and the demo only.
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -229,7 +255,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = args.heartbeat_timeout_ms {
                 config.heartbeat_timeout_ms = t;
             }
+            if let Some(g) = args.reconnect_grace_ms {
+                config.reconnect_grace_ms = g;
+            }
             config.validate().context("invalid coordinator config")?;
+            // Opened before listening: a state file another coordinator holds is an error
+            // before any agent can connect.
+            let store: Box<dyn holdfast_coordinator::store::RecordStore> = if args.ephemeral {
+                Box::new(holdfast_coordinator::store::MemoryStore::default())
+            } else {
+                Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?)
+            };
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -238,7 +274,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::fs::write(path, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            holdfast_coordinator::run_with_store(listener, config, store, shutdown_signal())
+                .await?;
             Ok(0)
         }
         Cmd::Agent(args) => {
@@ -272,6 +309,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if args.enable_fault_injection {
                 config.fault_injection = true;
+            }
+            if let Some(m) = args.metrics_listen {
+                config.metrics_listen = m;
             }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
@@ -355,6 +395,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
         }
+        Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
+        Cmd::WhatIf(args) => reports::what_if(args).await,
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
@@ -400,13 +442,16 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         env: args.env.into_iter().collect(),
         total_steps: 0,
     };
+    // Watch first: a job that starts fast must not run ahead of its follower.
+    let events = follow::watch(&mut c).await?;
     let job = follow::submit(&mut c, spec).await.context("job refused")?;
     println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow(
+    let done = follow::follow_events(
         &mut c,
+        events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),
         |_| {},

@@ -42,10 +42,13 @@ pub struct NodeRecord {
     pub boot_id: String,
     pub agent_version: String,
     pub gpus: Vec<GpuInfo>,
-    /// Coordinator time of the last heartbeat (or hello).
+    /// Coordinator time of the last heartbeat (or hello). Not stored: it changes with every
+    /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
+    #[serde(skip)]
     pub last_heartbeat_at: UnixMillis,
     /// Agent clock minus coordinator clock, estimated from heartbeats (upper bound of the
-    /// one-way delay removed by taking the largest recent sample).
+    /// one-way delay removed by taking the largest recent sample). Relearned after a restart.
+    #[serde(skip)]
     pub clock_offset_ms: i64,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
@@ -53,6 +56,7 @@ pub struct NodeRecord {
     pub health: pb::HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
     pub worker: Option<(String, u64, u32)>,
+    #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
     pub restarting_until: Option<UnixMillis>,
@@ -120,6 +124,18 @@ pub struct Cluster {
     /// fault time.
     #[serde(skip)]
     pending_fault_time: Option<UnixMillis>,
+    /// Bumped by every change that must survive a restart (a state transition, a generation, an
+    /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
+    /// alone do not bump it, so they cost no write.
+    #[serde(skip)]
+    durable_version: u64,
+}
+
+/// The stored header of the state: the term and the job counter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    term: u64,
+    next_job: u64,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -136,6 +152,143 @@ impl Cluster {
             next_job: 1,
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
+            durable_version: 0,
+        }
+    }
+
+    // ----- durability --------------------------------------------------------------------------
+
+    /// Changes when something that must survive a restart changed.
+    pub fn durable_version(&self) -> u64 {
+        self.durable_version
+    }
+
+    fn touch(&mut self) {
+        self.durable_version += 1;
+    }
+
+    /// The state as stored records (see [`crate::store`]).
+    pub fn to_records(&self) -> Result<crate::store::Records, crate::store::StoreError> {
+        let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
+            value.map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut records = crate::store::Records::new();
+        let meta = Meta {
+            term: self.term,
+            next_job: self.next_job,
+        };
+        records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
+        for (id, node) in &self.nodes {
+            let key = format!("node/{id}");
+            let value = encode(&key, serde_json::to_vec(node))?;
+            records.insert(key, value);
+        }
+        for (id, job) in &self.jobs {
+            let key = format!("job/{id}");
+            let value = encode(&key, serde_json::to_vec(job))?;
+            records.insert(key, value);
+        }
+        for incident in &self.incidents {
+            let key = format!("incident/{:010}", incident.id);
+            let value = encode(&key, serde_json::to_vec(incident))?;
+            records.insert(key, value);
+        }
+        Ok(records)
+    }
+
+    /// Rebuilds the core from stored records after a restart (or a leader change): the term
+    /// goes up so agents refuse whatever the previous coordinator still sends, every node counts
+    /// as away with `reconnect_grace_ms` to come back before it is treated as lost, the
+    /// training's stall clocks restart, and a checkpoint resolution that was in flight is asked
+    /// for again. Nothing else is redone: a generation already launched is not launched anew.
+    /// Returns `None` when the records are empty (a fresh store).
+    pub fn restore(
+        config: CoordinatorConfig,
+        records: &crate::store::Records,
+        now: UnixMillis,
+    ) -> Result<Option<(Cluster, Vec<Effect>)>, crate::store::StoreError> {
+        fn decode<T: serde::de::DeserializeOwned>(
+            key: &str,
+            bytes: &[u8],
+        ) -> Result<T, crate::store::StoreError> {
+            serde_json::from_slice(bytes).map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        let Some(meta_bytes) = records.get("meta") else {
+            return Ok(None);
+        };
+        let meta: Meta = decode("meta", meta_bytes)?;
+        let mut cluster = Cluster::new(config);
+        cluster.term = meta.term + 1;
+        cluster.next_job = meta.next_job;
+        let grace = cluster.config.reconnect_grace_ms as i64;
+        for (key, bytes) in records {
+            if let Some(id) = key.strip_prefix("node/") {
+                let mut node: NodeRecord = decode(key, bytes)?;
+                node.conn = None;
+                node.last_heartbeat_at = now;
+                let gone_for_good = matches!(
+                    node.state,
+                    NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
+                );
+                node.restarting_until = (!gone_for_good).then_some(now + grace);
+                cluster.nodes.insert(id.to_string(), node);
+            } else if let Some(id) = key.strip_prefix("job/") {
+                let mut job: Job = decode(key, bytes)?;
+                for rank in &mut job.ranks {
+                    rank.last_progress_at = now;
+                }
+                cluster.jobs.insert(id.to_string(), job);
+            } else if key.starts_with("incident/") {
+                cluster.incidents.push(decode(key, bytes)?);
+            }
+        }
+        cluster.incidents.sort_by_key(|i| i.id);
+        let mut fx = Vec::new();
+        let resolving: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Pending
+                        | JobState::Recovering(job::RecoveryPhase::Relaunching {
+                            retry_at: None,
+                            ..
+                        })
+                )
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in resolving {
+            fx.push(cluster.resolve_effect(&job_id));
+        }
+        fx.push(cluster.log_event(
+            "",
+            "",
+            format!(
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents",
+                cluster.term,
+                cluster.nodes.len(),
+                cluster.jobs.len(),
+                cluster.incidents.len()
+            ),
+            now,
+        ));
+        cluster.touch();
+        Ok(Some((cluster, fx)))
+    }
+
+    /// Sets the term (an HA leader takes the term its election gave it).
+    pub fn set_term(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.touch();
         }
     }
 
@@ -214,26 +367,8 @@ impl Cluster {
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
         self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
-        // Reconcile what the agent runs with what the coordinator knows.
-        if let Some((job_id, generation, _, true)) = &hello.worker {
-            let current = self
-                .jobs
-                .get(job_id)
-                .filter(|j| !j.state.is_terminal() && j.rank_of(&node_id).is_some())
-                .map(|j| j.generation);
-            if current != Some(*generation) || self.is_fenced(&node_id) {
-                fx.push(Effect::Send {
-                    node: node_id.clone(),
-                    message: ToAgent::Stop(pb::Stop {
-                        job_id: job_id.clone(),
-                        generation: *generation,
-                        grace_ms: self.config.stop_grace_ms,
-                        reason: "stale generation found on reconnect".into(),
-                        term: self.term,
-                    }),
-                });
-            }
-        }
+        self.touch();
+        self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
             fx.push(Effect::Send {
                 node: node_id.clone(),
@@ -252,6 +387,82 @@ impl Cluster {
             term: self.term,
         };
         Ok((welcome, fx))
+    }
+
+    /// Reconciles what a (re)connecting agent runs with what the coordinator knows: a worker of
+    /// the job's current generation on one of its ranks is kept (and counts as started); any
+    /// other worker — an older generation, a generation being fenced, a job that is over, a
+    /// fenced node — is stopped. A rank of a generation being launched whose agent runs nothing
+    /// gets its `Launch` again (the previous one may have been lost with a restarted
+    /// coordinator); agents refuse a generation they already ran, so a launch is never doubled.
+    fn reconcile(
+        &mut self,
+        node_id: &str,
+        worker: Option<&(String, u64, u32, bool)>,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let fenced_node = self.is_fenced(node_id);
+        let running = worker.filter(|(_, _, _, running)| *running);
+        if let Some((job_id, generation, _, _)) = running {
+            let keep = !fenced_node
+                && self.jobs.get(job_id).is_some_and(|j| {
+                    matches!(j.state, JobState::Launching | JobState::Running)
+                        && j.generation == *generation
+                        && j.rank_of(node_id).is_some()
+                        && !j
+                            .fenced_generations
+                            .iter()
+                            .any(|f| f.generation == *generation)
+                });
+            if keep {
+                self.drive(
+                    job_id,
+                    JobEvent::WorkerStarted {
+                        node: node_id.to_string(),
+                        generation: *generation,
+                    },
+                    now,
+                    fx,
+                );
+            } else {
+                fx.push(Effect::Send {
+                    node: node_id.to_string(),
+                    message: ToAgent::Stop(pb::Stop {
+                        job_id: job_id.clone(),
+                        generation: *generation,
+                        grace_ms: self.config.stop_grace_ms,
+                        reason: "stale generation found on reconnect".into(),
+                        term: self.term,
+                    }),
+                });
+            }
+        }
+        if fenced_node {
+            return;
+        }
+        let relaunch: Vec<(String, u64, usize)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Launching)
+            .filter_map(|j| {
+                let rank = j.rank_of(node_id)?;
+                let r = &j.ranks[rank];
+                let runs_it =
+                    running.is_some_and(|(id, g, _, _)| *id == j.id && *g == j.generation);
+                (!r.started && r.exited.is_none() && !runs_it)
+                    .then(|| (j.id.clone(), j.generation, rank))
+            })
+            .collect();
+        for (job_id, generation, rank) in relaunch {
+            let resume = self.jobs[&job_id].resumed_from.clone();
+            let mut launches = Vec::new();
+            self.launch(&job_id, generation, resume.as_ref(), &mut launches);
+            // `launch` makes one message per rank, in rank order.
+            if let Some(one) = launches.into_iter().nth(rank) {
+                fx.push(one);
+            }
+        }
     }
 
     fn is_fenced(&self, node: &str) -> bool {
@@ -310,6 +521,7 @@ impl Cluster {
         let Some(kind) = event.kind else {
             return fx;
         };
+        self.touch();
         let job_event = match kind {
             pb::worker_event::Kind::Started(s) => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
@@ -404,6 +616,7 @@ impl Cluster {
                 node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
             }
         }
+        self.touch();
         vec![self.log_event(
             node_id,
             "",
@@ -579,6 +792,7 @@ impl Cluster {
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
+        self.touch();
         fx.push(self.log_event(
             "",
             &job_id,
@@ -736,7 +950,11 @@ impl Cluster {
             let Some(job) = self.jobs.get_mut(job_id) else {
                 return;
             };
+            let before = job.durable_part();
             let effects = job::step(job, event, now, &limits);
+            if job.durable_part() != before {
+                self.touch();
+            }
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
@@ -827,7 +1045,7 @@ impl Cluster {
                     FaultCause::ProgressStalled { stalled_ms } => Some(now - *stalled_ms as i64),
                     _ => None,
                 };
-                let incident = Incident::open(
+                let mut incident = Incident::open(
                     self.incidents.len() as u64 + 1,
                     job_id,
                     &node,
@@ -838,8 +1056,10 @@ impl Cluster {
                     fault_at,
                     now,
                 );
+                incident.fault_step = job.step;
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
+                self.touch();
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
@@ -853,6 +1073,9 @@ impl Cluster {
                         *incident = next;
                         changed.push(incident.clone());
                     }
+                }
+                if !changed.is_empty() {
+                    self.touch();
                 }
                 for incident in changed {
                     fx.push(self.incident_event(&incident, now));
@@ -1003,6 +1226,7 @@ impl Cluster {
             Ok(next) if next != node.state => {
                 let from = node.state.name();
                 node.state = next;
+                self.durable_version += 1;
                 let detail = match &node.state {
                     NodeState::Fenced { cause } => format!(": {cause}"),
                     NodeState::Cordoned { reason } => format!(": {reason}"),
@@ -1092,5 +1316,7 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
         .map(|c| format!("{}: {}", c.check, c.reason))
 }
 
+#[cfg(test)]
+mod restart_tests;
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,9 @@ pub struct CoordinatorConfig {
     pub checkpoint_resolve_attempts: u32,
     /// Delay between those attempts.
     pub checkpoint_resolve_retry_ms: u64,
+    /// After a coordinator restart (or a leader change) every node gets this long to reconnect
+    /// before it counts as lost; agents retry every ≤ 2 s by default, so a few seconds suffice.
+    pub reconnect_grace_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +53,7 @@ impl Default for CoordinatorConfig {
             tick_ms: 100,
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
+            reconnect_grace_ms: 10_000,
         }
     }
 }
@@ -112,6 +116,15 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "tick_ms",
                 "must be greater than 0 and at most heartbeat_timeout_ms",
+            ));
+        }
+        if self.reconnect_grace_ms < self.heartbeat_timeout_ms {
+            return Err(invalid(
+                "reconnect_grace_ms",
+                format!(
+                    "must be at least heartbeat_timeout_ms ({} ms), got {} ms",
+                    self.heartbeat_timeout_ms, self.reconnect_grace_ms
+                ),
             ));
         }
         if self.checkpoint_resolve_attempts == 0 {

@@ -347,6 +347,18 @@ impl Job {
             .collect()
     }
 
+    /// The job without what changes on every progress report (steps, progress times): what
+    /// must be saved when it changes.
+    pub fn durable_part(&self) -> Job {
+        let mut job = self.clone();
+        job.step = 0;
+        for r in &mut job.ranks {
+            r.last_step = 0;
+            r.last_progress_at = 0;
+        }
+        job
+    }
+
     /// Name of the recovery phase, or "" outside recovery.
     pub fn phase(&self) -> &'static str {
         match &self.state {

@@ -10,21 +10,28 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
+//! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
+//! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod incident;
 pub mod job;
+pub mod metrics;
 pub mod node;
+pub mod report;
 pub mod server;
+pub mod store;
 mod view;
 
 pub use config::CoordinatorConfig;
-pub use server::run;
+pub use server::{run, run_with_store};
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

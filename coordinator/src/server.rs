@@ -24,6 +24,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 use crate::{now_ms, UnixMillis};
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
@@ -44,6 +45,8 @@ pub struct Coordinator {
 
 struct Shared {
     cluster: Mutex<Cluster>,
+    /// Where the core's durable state goes; locked only while `cluster` is held.
+    persister: Mutex<Persister>,
     agents: Mutex<HashMap<String, AgentConn>>,
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
@@ -51,16 +54,74 @@ struct Shared {
 }
 
 impl Coordinator {
+    /// A coordinator whose state lives in memory only.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
+        let persister = Persister::new(Box::new(MemoryStore::default()), Default::default());
+        Coordinator::from_parts(Cluster::new(config), persister)
+    }
+
+    /// A coordinator over `store`: the state found there is restored (term bumped, nodes given a
+    /// reconnect grace), an empty store starts a fresh cluster. The effects of the restore (a
+    /// checkpoint resolution that was in flight) are carried out once the shell runs.
+    pub fn open(
+        config: CoordinatorConfig,
+        mut store: Box<dyn RecordStore>,
+    ) -> Result<(Coordinator, Vec<Effect>), StoreError> {
+        let records = store.load()?;
+        let described = store.describe();
+        let (cluster, effects) = match Cluster::restore(config.clone(), &records, now_ms())? {
+            Some(restored) => restored,
+            None => (Cluster::new(config), Vec::new()),
+        };
+        tracing::info!(
+            term = cluster.term,
+            nodes = cluster.nodes.len(),
+            jobs = cluster.jobs.len(),
+            "state in {described}"
+        );
+        let mut persister = Persister::new(store, records);
+        // The new term is on disk before any agent hears of it.
+        persister.save(cluster.to_records()?, cluster.durable_version())?;
+        Ok((Coordinator::from_parts(cluster, persister), effects))
+    }
+
+    fn from_parts(cluster: Cluster, persister: Persister) -> Coordinator {
         let (events, _) = broadcast::channel(4096);
         Coordinator {
             shared: Arc::new(Shared {
-                hello_timeout: Duration::from_millis(config.hello_timeout_ms),
-                cluster: Mutex::new(Cluster::new(config)),
+                hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
+                cluster: Mutex::new(cluster),
+                persister: Mutex::new(persister),
                 agents: Mutex::new(HashMap::new()),
                 events,
                 next_conn: AtomicU64::new(1),
             }),
+        }
+    }
+
+    /// Saves the core's state if something durable changed since the last save. Called with
+    /// the core locked, before the effects of the change go out: what an agent or operator is
+    /// told is never ahead of what a restarted coordinator would know. A failed write is
+    /// logged and retried at the next change; the effects still go out, because holding back
+    /// a stop or a launch would hurt the training more than a stale file.
+    fn persist(&self, cluster: &Cluster) {
+        let mut persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let version = cluster.durable_version();
+        if persister.is_saved(version) {
+            return;
+        }
+        let result = cluster
+            .to_records()
+            .and_then(|records| persister.save(records, version));
+        if let Err(e) = result {
+            tracing::error!(
+                "cannot save coordinator state to {}: {e}",
+                persister.describe()
+            );
         }
     }
 
@@ -77,6 +138,26 @@ impl Coordinator {
         self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The Prometheus exposition of the current state (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let (nodes, jobs, incidents) = {
+            let cluster = self.cluster();
+            let nodes: Vec<pb::Node> = cluster
+                .nodes
+                .values()
+                .map(|n| cluster.node_view(n))
+                .collect();
+            let jobs: Vec<pb::Job> = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
+            let incidents: Vec<pb::Incident> = cluster
+                .incidents
+                .iter()
+                .map(|i| cluster.incident_view(i))
+                .collect();
+            (nodes, jobs, incidents)
+        };
+        crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
+    }
+
     /// Subscribes to the event bus.
     pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
         self.shared.events.subscribe()
@@ -87,6 +168,7 @@ impl Coordinator {
     fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
         let mut cluster = self.cluster();
         let (value, effects) = f(&mut cluster, now_ms());
+        self.persist(&cluster);
         self.execute(effects);
         value
     }
@@ -288,6 +370,7 @@ impl AgentService for Coordinator {
             let welcome = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Welcome(welcome)),
             };
+            self.persist(&cluster);
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(welcome));
             self.agents().insert(
@@ -478,14 +561,45 @@ impl OperatorService for Coordinator {
     }
 }
 
-/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves.
+/// Why the coordinator stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
+/// `/metrics` on `listener` until `shutdown` resolves, keeping the state in memory only.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let tick = Duration::from_millis(config.tick_ms);
     let coordinator = Coordinator::new(config);
+    serve(coordinator, Vec::new(), listener, shutdown).await
+}
+
+/// [`run`] with the state in `store`: restored on start, saved on every durable change.
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Box<dyn RecordStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (coordinator, effects) = Coordinator::open(config, store)?;
+    Ok(serve(coordinator, effects, listener, shutdown).await?)
+}
+
+async fn serve(
+    coordinator: Coordinator,
+    effects: Vec<Effect>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
+    coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");
@@ -495,11 +609,19 @@ pub async fn run(
         }
         s
     });
+    let grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .into_axum_router()
+        // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
+        // dashboard's page and /metrics are.
+        .layer(tonic_web::GrpcWebLayer::new());
+    let routes = crate::dashboard::routes(coordinator, grpc);
+    // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(AgentServiceServer::new(coordinator.clone()))
-        .add_service(OperatorServiceServer::new(coordinator))
+        .accept_http1(true)
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
