@@ -49,7 +49,9 @@ pub struct AgentConfig {
     pub xid_ignore: Vec<u32>,
     /// The kernel log to scan for XIDs; unset = none.
     pub kmsg_path: Option<PathBuf>,
-    /// How far back the kernel log is read at start, in seconds.
+    /// How far back the kernel log is read at start, in seconds: an XID logged shortly before
+    /// an agent restart still counts (so one restarted within this window after a fatal XID
+    /// reports it again, until the host reboots or the window passes).
     pub kmsg_lookback_s: u64,
     /// How often the GPU and host probes poll.
     pub health_poll_interval_ms: u64,
