@@ -451,6 +451,22 @@ pub struct DemoReport {
     /// Unix ms when the fault was injected (0 when none was).
     pub fault_at: i64,
     pub victim: String,
+    /// Steps of the checkpoints that were complete right after the fault was injected.
+    pub checkpoints_at_fault: Vec<u64>,
+}
+
+/// Steps of the complete checkpoints (`step-N/COMPLETE`) under a local prefix.
+pub fn complete_checkpoints(prefix: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(prefix)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("COMPLETE").exists())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
 }
 
 impl DemoReport {
@@ -546,6 +562,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
+    let mut checkpoints_at_fault = Vec::new();
+    let checkpoint_dir = dir.join("checkpoints");
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
@@ -608,6 +626,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                 Fault::None => return,
             };
             fault_at = injected_at;
+            checkpoints_at_fault = complete_checkpoints(&checkpoint_dir);
             victim = if fault == Fault::KillCoordinator {
                 "coordinator".to_string()
             } else {
@@ -646,6 +665,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         incidents,
         fault_at,
         victim,
+        checkpoints_at_fault,
     })
 }
 
