@@ -41,6 +41,31 @@ pub async fn follow(
     client: &mut OperatorServiceClient<Channel>,
     job_id: &str,
     deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    follow_with(client, None, job_id, deadline, on_event, print).await
+}
+
+/// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
+/// while the one it talks to is unreachable it connects again through the list, so it follows
+/// the job across a leader failover.
+pub async fn follow_at(
+    addrs: &str,
+    job_id: &str,
+    deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut client = crate::client::connect(addrs).await?;
+    follow_with(&mut client, Some(addrs), job_id, deadline, on_event, print).await
+}
+
+async fn follow_with(
+    client: &mut OperatorServiceClient<Channel>,
+    reconnect: Option<&str>,
+    job_id: &str,
+    deadline: Duration,
     mut on_event: impl FnMut(&pb::Event),
     print: bool,
 ) -> anyhow::Result<pb::Job> {
@@ -91,6 +116,13 @@ pub async fn follow(
                     Ok(job) => job.into_inner(),
                     Err(status) if is_outage(&status) => {
                         lost(&mut unreachable_since, print, status.message());
+                        if let Some(addrs) = reconnect {
+                            // Another coordinator may lead now.
+                            if let Ok(c) = crate::client::connect(addrs).await {
+                                *client = c;
+                                events = None;
+                            }
+                        }
                         continue;
                     }
                     Err(status) => anyhow::bail!("cannot read job {job_id}: {}", status.message()),

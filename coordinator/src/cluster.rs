@@ -240,8 +240,10 @@ impl Cluster {
                 cluster.nodes.insert(id.to_string(), node);
             } else if let Some(id) = key.strip_prefix("job/") {
                 let mut job: Job = decode(key, bytes)?;
+                // The stall clock starts after the grace: a rank whose node has not come back
+                // yet is judged by the grace (agent lost), not as a hang.
                 for rank in &mut job.ranks {
-                    rank.last_progress_at = now;
+                    rank.last_progress_at = now + grace;
                 }
                 cluster.jobs.insert(id.to_string(), job);
             } else if key.starts_with("incident/") {
@@ -1316,6 +1318,6 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod restart_tests;
+#[cfg(test)]
+mod tests;

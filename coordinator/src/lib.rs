@@ -10,6 +10,8 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`store`] — durable state: records in a redb file (default) or in memory.
+//! - `ha` (feature `etcd`) — leader election and state in etcd for several coordinators.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -17,6 +19,8 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod incident;
 pub mod job;
 pub mod node;

@@ -51,6 +51,9 @@ struct Shared {
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
+    /// Notified when the store says another coordinator leads: serving stops.
+    deposed: Notify,
+    is_deposed: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -95,6 +98,8 @@ impl Coordinator {
                 agents: Mutex::new(HashMap::new()),
                 events,
                 next_conn: AtomicU64::new(1),
+                deposed: Notify::new(),
+                is_deposed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -103,8 +108,13 @@ impl Coordinator {
     /// the core locked, before the effects of the change go out: what an agent or operator is
     /// told is never ahead of what a restarted coordinator would know. A failed write is
     /// logged and retried at the next change; the effects still go out, because holding back
-    /// a stop or a launch would hurt the training more than a stale file.
-    fn persist(&self, cluster: &Cluster) {
+    /// a stop or a launch would hurt the training more than a stale file. The exception is a
+    /// store that says another coordinator leads now: then nothing more goes out (returns
+    /// false) and the coordinator stops serving.
+    fn persist(&self, cluster: &Cluster) -> bool {
+        if self.shared.is_deposed.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut persister = self
             .shared
             .persister
@@ -112,16 +122,27 @@ impl Coordinator {
             .unwrap_or_else(|e| e.into_inner());
         let version = cluster.durable_version();
         if persister.is_saved(version) {
-            return;
+            return true;
         }
         let result = cluster
             .to_records()
             .and_then(|records| persister.save(records, version));
-        if let Err(e) = result {
-            tracing::error!(
-                "cannot save coordinator state to {}: {e}",
-                persister.describe()
-            );
+        match result {
+            Ok(_) => true,
+            Err(StoreError::NotLeader(why)) => {
+                tracing::error!("stepping down: {why}");
+                self.shared.is_deposed.store(true, Ordering::SeqCst);
+                // The serving loop may not wait yet: `notify_one` keeps a permit for it.
+                self.shared.deposed.notify_one();
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot save coordinator state to {}: {e}",
+                    persister.describe()
+                );
+                true
+            }
         }
     }
 
@@ -148,8 +169,9 @@ impl Coordinator {
     fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
         let mut cluster = self.cluster();
         let (value, effects) = f(&mut cluster, now_ms());
-        self.persist(&cluster);
-        self.execute(effects);
+        if self.persist(&cluster) {
+            self.execute(effects);
+        }
         value
     }
 
@@ -350,7 +372,11 @@ impl AgentService for Coordinator {
             let welcome = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Welcome(welcome)),
             };
-            self.persist(&cluster);
+            if !self.persist(&cluster) {
+                return Err(Status::unavailable(
+                    "this coordinator is not the leader any more",
+                ));
+            }
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(welcome));
             self.agents().insert(
@@ -593,7 +619,14 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(AgentServiceServer::new(coordinator.clone()))
-        .add_service(OperatorServiceServer::new(coordinator))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = coordinator.shared.deposed.notified() => {
+                    tracing::error!("another coordinator leads: no longer serving");
+                }
+            }
+        })
         .await
 }
