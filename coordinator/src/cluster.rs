@@ -59,6 +59,8 @@ pub struct NodeRecord {
     #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
+    /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
+    #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
 }
 
@@ -331,6 +333,12 @@ impl Cluster {
             }
         }
         let mut fx = Vec::new();
+        // A node that comes back as it was changes nothing durable: 100 agents reconnecting
+        // to a restarted coordinator cost no writes beyond their state transitions.
+        let stored_before = self
+            .nodes
+            .get(&hello.node_id)
+            .and_then(|n| serde_json::to_vec(n).ok());
         let record = self
             .nodes
             .entry(hello.node_id.clone())
@@ -369,7 +377,9 @@ impl Cluster {
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
         self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
-        self.touch();
+        if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
+            self.touch();
+        }
         self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
             fx.push(Effect::Send {
@@ -618,7 +628,6 @@ impl Cluster {
                 node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
             }
         }
-        self.touch();
         vec![self.log_event(
             node_id,
             "",
