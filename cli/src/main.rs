@@ -94,7 +94,11 @@ struct CoordinatorArgs {
     heartbeat_timeout_ms: Option<u64>,
     /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
     /// restarted coordinator carries on where the previous one stopped.
-    #[arg(long, default_value = "/var/lib/holdfast/coordinator.redb")]
+    #[arg(
+        long,
+        env = "HOLDFAST_COORDINATOR_STATE",
+        default_value = "/var/lib/holdfast/coordinator.redb"
+    )]
     state: PathBuf,
     /// Keep the state in memory only (nothing survives a restart).
     #[arg(long, conflicts_with = "state")]
