@@ -1,9 +1,12 @@
 //! The agent's configuration: a struct with `Default`, a doc per field and `validate()`, loaded
 //! from TOML (`holdfast agent --config FILE`) with CLI overrides.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::health::xid::{XidClass, XidPolicy};
 
 /// Whether this node runs ranks from the start or waits as a spare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -35,6 +38,40 @@ pub struct AgentConfig {
     pub reconnect_max_backoff_ms: u64,
     /// How often a job's progress file is read.
     pub progress_file_poll_ms: u64,
+    /// GPUs this host must show; fewer is fatal. 0 = learn the count at first start (kept in
+    /// `<state_dir>/expected_gpus`).
+    pub expected_gpus: u32,
+    /// Whether to look at GPUs through NVML at all (false: GPU checks are not applicable).
+    pub gpu_monitoring: bool,
+    /// XID classes that replace the catalog's, by code: `{ "13" = "fatal", "94" = "worker" }`.
+    /// Classes: ignore, info, worker, reset-gpu, reboot, fatal.
+    pub xid_overrides: BTreeMap<String, XidClass>,
+    /// XIDs never acted on (logged only).
+    pub xid_ignore: Vec<u32>,
+    /// The kernel log to scan for XIDs; unset = none.
+    pub kmsg_path: Option<PathBuf>,
+    /// How far back the kernel log is read at start, in seconds.
+    pub kmsg_lookback_s: u64,
+    /// How often the GPU and host probes poll.
+    pub health_poll_interval_ms: u64,
+    /// How long a probe may take before its checks turn Unknown (a wedged driver).
+    pub probe_timeout_ms: u64,
+    /// Consecutive observations a non-fatal finding needs before it is reported.
+    pub debounce_count: u32,
+    /// Paths that need free space: checkpoints, scratch (the state directory always is).
+    pub disk_paths: Vec<PathBuf>,
+    /// Free space below this on a checked path degrades the node, in MiB.
+    pub min_free_disk_mb: u64,
+    /// Mount points that must be mounted and writable.
+    pub mounts: Vec<PathBuf>,
+    /// Available memory below this degrades the node, in MiB.
+    pub min_available_memory_mb: u64,
+    /// The agent's own resident memory above which it reports itself degraded, in MiB.
+    pub agent_max_rss_mb: u64,
+    /// Enables the fault-injection test double (`<state_dir>/inject`). Never on in production.
+    pub fault_injection: bool,
+    /// Address to serve the agent's Prometheus `/metrics` on, e.g. `0.0.0.0:9101`; empty = off.
+    pub metrics_listen: String,
 }
 
 impl Default for AgentConfig {
@@ -48,6 +85,22 @@ impl Default for AgentConfig {
             heartbeat_interval_ms: 500,
             reconnect_max_backoff_ms: 2000,
             progress_file_poll_ms: 200,
+            expected_gpus: 0,
+            gpu_monitoring: true,
+            xid_overrides: BTreeMap::new(),
+            xid_ignore: Vec::new(),
+            kmsg_path: Some(PathBuf::from("/dev/kmsg")),
+            kmsg_lookback_s: 300,
+            health_poll_interval_ms: 5000,
+            probe_timeout_ms: 3000,
+            debounce_count: 3,
+            disk_paths: Vec::new(),
+            min_free_disk_mb: 1024,
+            mounts: Vec::new(),
+            min_available_memory_mb: 512,
+            agent_max_rss_mb: 512,
+            fault_injection: false,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -109,7 +162,72 @@ impl AgentConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
         }
+        self.validate_health()
+    }
+
+    /// The health monitors' settings.
+    fn validate_health(&self) -> Result<(), AgentConfigError> {
+        let invalid = |key, reason: String| AgentConfigError::Invalid { key, reason };
+        if let Some(key) = self
+            .xid_overrides
+            .keys()
+            .find(|k| k.parse::<u32>().is_err())
+        {
+            return Err(invalid(
+                "xid_overrides",
+                format!("{key:?} is not an XID number"),
+            ));
+        }
+        if self
+            .kmsg_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "kmsg_path",
+                "must not be empty (leave it out to not read the kernel log)".into(),
+            ));
+        }
+        for (key, value) in [
+            ("health_poll_interval_ms", self.health_poll_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("debounce_count", u64::from(self.debounce_count)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        for (key, paths) in [("disk_paths", &self.disk_paths), ("mounts", &self.mounts)] {
+            if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics_listen",
+                "must be an address like 0.0.0.0:9101, or empty to turn metrics off".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The XID catalog with this config's overrides and ignore list (keys checked by
+    /// [`AgentConfig::validate`]).
+    pub fn xid_policy(&self) -> XidPolicy {
+        let overrides = self
+            .xid_overrides
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+            .collect();
+        XidPolicy::new(
+            overrides,
+            self.xid_ignore.iter().copied().collect::<BTreeSet<u32>>(),
+        )
     }
 
     /// Parses TOML text; `path` names the source in errors.
@@ -194,6 +312,62 @@ mod tests {
                     ..Default::default()
                 },
             ),
+            (
+                "xid_overrides",
+                AgentConfig {
+                    xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "kmsg_path",
+                AgentConfig {
+                    kmsg_path: Some(PathBuf::new()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "health_poll_interval_ms",
+                AgentConfig {
+                    health_poll_interval_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "probe_timeout_ms",
+                AgentConfig {
+                    probe_timeout_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "debounce_count",
+                AgentConfig {
+                    debounce_count: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "disk_paths",
+                AgentConfig {
+                    disk_paths: vec!["ckpt".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "mounts",
+                AgentConfig {
+                    mounts: vec!["scratch".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "metrics_listen",
+                AgentConfig {
+                    metrics_listen: "9101".into(),
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -210,5 +384,46 @@ mod tests {
         let ok = AgentConfig::from_toml("role = \"spare\"\nnode_id = \"gpu-7\"\n", "agent.toml")
             .unwrap();
         assert_eq!((ok.role, ok.node_id.as_str()), (NodeRole::Spare, "gpu-7"));
+    }
+
+    fn fixture(name: &str) -> Result<AgentConfig, AgentConfigError> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        AgentConfig::from_toml(&text, name)
+    }
+
+    #[test]
+    fn health_fixtures_load_or_name_the_bad_key() {
+        let good = fixture("agent-health.toml").unwrap();
+        assert_eq!((good.expected_gpus, good.mounts.len()), (8, 1));
+        assert_eq!(good.xid_policy().classify(94).class, XidClass::Worker);
+        assert_eq!(good.xid_policy().classify(43).class, XidClass::Ignore);
+        for (name, key) in [
+            ("agent-health-bad-mount.toml", "mounts"),
+            ("agent-health-bad-xid.toml", "xid_overrides"),
+        ] {
+            let err = fixture(name).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn health_settings_load_from_toml() {
+        let text = "expected_gpus = 8\nfault_injection = true\nxid_ignore = [79]\nmounts = [\"/scratch\"]\n\n[xid_overrides]\n13 = \"fatal\"\n";
+        let c = AgentConfig::from_toml(text, "agent.toml").unwrap();
+        assert_eq!((c.expected_gpus, c.fault_injection), (8, true));
+        let policy = c.xid_policy();
+        assert_eq!(policy.classify(13).class, XidClass::Fatal);
+        assert_eq!(policy.classify(79).class, XidClass::Ignore);
+        let err = AgentConfig::from_toml("[xid_overrides]\n13 = \"explode\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent.toml") && err.contains("explode"),
+            "{err}"
+        );
+        assert!(!AgentConfig::default().fault_injection, "off by default");
     }
 }

@@ -10,6 +10,7 @@
 //! - [`worker`] — the worker supervisor: process groups, progress, stop with grace.
 //! - [`identity`] — hostname, boot id.
 //! - [`health`] — the node's health summary carried by heartbeats.
+//! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
 //!
 //! The agent keeps its workers running when the coordinator is away: events produced meanwhile
 //! wait in the outbox and are sent on reconnect.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod health;
 pub mod identity;
+pub mod metrics;
 pub mod session;
 pub mod worker;
 

@@ -29,6 +29,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot serve metrics on {addr} (metrics_listen): {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a session ended.
@@ -50,6 +56,9 @@ struct AgentState {
     unsent: VecDeque<pb::AgentMessage>,
     commands: mpsc::UnboundedSender<WorkerCommand>,
     heartbeat_seq: u64,
+    /// The host's GPUs, announced in every hello.
+    gpus: Vec<pb::Gpu>,
+    metrics: crate::metrics::AgentMetrics,
     /// Highest coordinator term seen (durable, kept by the supervisor).
     known_term: Arc<std::sync::atomic::AtomicU64>,
     /// The coordinator addresses and which one the next session tries.
@@ -90,6 +99,9 @@ pub async fn run_with_outbox(
         source,
     })?;
     let node_id = config.effective_node_id();
+    // The health monitors run beside the session for the agent's whole life.
+    let gpus = crate::health::monitor::start(&config, health.clone(), outbox.clone());
+    tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
@@ -100,6 +112,23 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     );
+    let metrics = crate::metrics::AgentMetrics::default();
+    if !config.metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|source| AgentError::MetricsListen {
+                addr: config.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "agent metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            node_id.clone(),
+            metrics.clone(),
+            health.clone(),
+            snapshot.clone(),
+        ));
+    }
     let known_term = supervisor.known_term();
     let config_addresses = config.coordinators();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
@@ -112,6 +141,8 @@ pub async fn run_with_outbox(
         unsent: VecDeque::new(),
         commands,
         heartbeat_seq: 0,
+        gpus,
+        metrics,
         known_term,
         addresses: config_addresses,
         next_address: 0,
@@ -124,6 +155,7 @@ pub async fn run_with_outbox(
         match session(&mut state, &mut shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(why) => {
+                state.metrics.session_lost();
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(100);
                 }
@@ -164,7 +196,7 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
         body: Some(ToCoordinator::Hello(pb::Hello {
             node_id: state.node_id.clone(),
             hostname: identity::hostname(),
-            gpus: Vec::new(),
+            gpus: state.gpus.clone(),
             role: match state.config.role {
                 NodeRole::Worker => pb::NodeRole::Worker as i32,
                 NodeRole::Spare => pb::NodeRole::Spare as i32,
@@ -243,6 +275,7 @@ async fn session(
                 "connected to coordinator {}",
                 state.address()
             );
+            state.metrics.session_opened();
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
         Err(status) => {
@@ -288,6 +321,7 @@ async fn session(
                 if tx.try_send(hb).is_err() {
                     return SessionEnd::Lost("send queue full (coordinator not reading)".into());
                 }
+                state.metrics.heartbeat_sent();
             }
             msg = state.outbox_rx.recv() => {
                 let Some(msg) = msg else { return SessionEnd::Shutdown };

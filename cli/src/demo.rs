@@ -30,6 +30,9 @@ pub enum Fault {
     KillWorker,
     /// SIGSTOP one worker: progress stalls and the stall timeout fires.
     Hang,
+    /// A fatal GPU XID (79, fallen off the bus) through the agents' fault-injection seam: the
+    /// node is fenced and replaced.
+    Xid,
     /// SIGKILL the coordinator and start it again on the same port and state file: training
     /// goes on, no incident, no new generation.
     KillCoordinator,
@@ -43,6 +46,7 @@ impl Fault {
             Fault::KillAgent => "kill-agent",
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
+            Fault::Xid => "xid",
             Fault::KillCoordinator => "kill-coordinator",
             Fault::None => "none",
         }
@@ -297,6 +301,23 @@ impl LocalCluster {
         serde_json::from_str(&text).ok()
     }
 
+    /// Appends one fault line to the node's inject file (the agent must run with fault
+    /// injection enabled): `xid <code> [gpu <i>]`, `ecc-dbe [gpu <i>]`, `gpu-lost [gpu <i>]`.
+    pub fn inject(&self, node: &str, fault: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self
+            .state_dir(node)
+            .join(holdfast_agent::health::inject::INJECT_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(format!("{fault}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
     /// Sends `signal` to the agent process of `node`.
     pub fn signal_agent(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
         let child = self
@@ -422,11 +443,17 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         dir.display()
     ));
     let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    // The injection seam is opened only for the fault that needs it.
+    let agent_flags: &[&str] = if options.fault == Fault::Xid {
+        &["--enable-fault-injection"]
+    } else {
+        &[]
+    };
     for i in 1..=options.nodes {
-        cluster.start_agent(&format!("node-{i}"), "worker", &[])?;
+        cluster.start_agent(&format!("node-{i}"), "worker", agent_flags)?;
     }
     for i in 1..=options.spares {
-        cluster.start_agent(&format!("spare-{i}"), "spare", &[])?;
+        cluster.start_agent(&format!("spare-{i}"), "spare", agent_flags)?;
     }
     cluster
         .wait_ready(
@@ -458,6 +485,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         total_steps: options.steps,
         ..Default::default()
     };
+    let events = follow::watch(&mut client).await?;
     let job = follow::submit(&mut client, spec).await?;
     say(format!(
         "job {} accepted on {}",
@@ -469,8 +497,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
-    let final_job = follow::follow(
+    let final_job = follow::follow_events(
         &mut client,
+        events,
         &job.job_id,
         budget,
         |event| {
@@ -497,6 +526,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                 Fault::Hang => cluster
                     .signal_worker(&node, Signal::SIGSTOP)
                     .map(|pid| format!("worker {pid} SIGSTOPped")),
+                Fault::Xid => cluster
+                    .inject(&node, "xid 79 gpu 0")
+                    .map(|_| "fatal Xid 79 injected on gpu 0".to_string()),
                 Fault::KillCoordinator => {
                     let outage = options.coordinator_outage;
                     say(format!(

@@ -7,10 +7,12 @@
 //! ## Layout
 //! - [`client`] — connecting to the operator API.
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
+//! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
 
 pub mod client;
 pub mod demo;
 pub mod follow;
+pub mod reports;
 pub mod tables;

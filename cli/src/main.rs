@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use holdfast_cli::{client, demo, follow, tables};
+use holdfast_cli::{client, demo, follow, reports, tables};
 use holdfast_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -69,6 +69,19 @@ enum Cmd {
     },
     /// Run a coordinator, agents and a training job on this machine, inject a fault, report.
     Demo(DemoArgs),
+    /// MTTD/MTTR percentiles of recorded incidents and a job's ETTR (effective training time).
+    Report {
+        #[command(flatten)]
+        addr: Addr,
+        /// The job whose ETTR is shown (default: the latest submitted).
+        #[arg(long)]
+        job: Option<String>,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
+    WhatIf(reports::WhatIfArgs),
 }
 
 #[derive(clap::Args)]
@@ -142,6 +155,13 @@ struct AgentArgs {
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
+    /// Turn on the fault-injection test double (faults written to <state_dir>/inject are
+    /// treated as real). For tests and the demo only.
+    #[arg(long)]
+    enable_fault_injection: bool,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -360,6 +380,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(a) = args.advertise_address {
                 config.advertise_address = a;
             }
+            if args.enable_fault_injection {
+                config.fault_injection = true;
+            }
+            if let Some(m) = args.metrics_listen {
+                config.metrics_listen = m;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
             holdfast_agent::run(config, health, shutdown_signal()).await?;
             Ok(0)
@@ -442,6 +468,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("job {} is {}", j.job_id, j.state);
             Ok(0)
         }
+        Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
+        Cmd::WhatIf(args) => reports::what_if(args).await,
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
@@ -456,8 +484,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if options.nodes == 0 {
                 anyhow::bail!("--nodes must be at least 1");
             }
-            if options.fault == demo::Fault::KillAgent && options.spares == 0 {
-                anyhow::bail!("--fault kill-agent needs at least one spare (--spares 1)");
+            if matches!(options.fault, demo::Fault::KillAgent | demo::Fault::Xid)
+                && options.spares == 0
+            {
+                anyhow::bail!(
+                    "--fault {} needs at least one spare (--spares 1)",
+                    options.fault.name()
+                );
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
@@ -482,14 +515,17 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         env: args.env.into_iter().collect(),
         total_steps: 0,
     };
+    // Watch first: a job that starts fast must not run ahead of its follower.
+    let events = follow::watch(&mut c).await?;
     let job = follow::submit(&mut c, spec).await.context("job refused")?;
     println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
     if args.detach {
         return Ok(0);
     }
-    drop(c);
-    let done = follow::follow_at(
+    let done = follow::follow_events_at(
+        &mut c,
         &args.addr.coordinator,
+        events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),
         |_| {},

@@ -1056,7 +1056,7 @@ impl Cluster {
                     FaultCause::ProgressStalled { stalled_ms } => Some(now - *stalled_ms as i64),
                     _ => None,
                 };
-                let incident = Incident::open(
+                let mut incident = Incident::open(
                     self.incidents.len() as u64 + 1,
                     job_id,
                     &node,
@@ -1067,6 +1067,7 @@ impl Cluster {
                     fault_at,
                     now,
                 );
+                incident.fault_step = job.step;
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
                 self.touch();

@@ -59,6 +59,10 @@ pub struct Incident {
     pub from_generation: u64,
     pub to_generation: Option<u64>,
     pub resumed_from_step: Option<u64>,
+    /// The job's highest step when the fault was detected: work since the resumed checkpoint is
+    /// redone, and reports count it as lost.
+    #[serde(default)]
+    pub fault_step: u64,
 }
 
 /// What can happen to an open incident.
@@ -103,6 +107,7 @@ impl Incident {
             from_generation: generation,
             to_generation: None,
             resumed_from_step: None,
+            fault_step: 0,
         }
     }
 

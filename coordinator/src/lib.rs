@@ -12,18 +12,24 @@
 //!   executor.
 //! - [`store`] — durable state: records in a redb file (default) or in memory.
 //! - `ha` (feature `etcd`) — leader election and state in etcd for several coordinators.
+//! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
+//! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
+//! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod ha;
 pub mod incident;
 pub mod job;
+pub mod metrics;
 pub mod node;
+pub mod report;
 pub mod server;
 pub mod store;
 mod view;

@@ -159,6 +159,26 @@ impl Coordinator {
         self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The Prometheus exposition of the current state (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let (nodes, jobs, incidents) = {
+            let cluster = self.cluster();
+            let nodes: Vec<pb::Node> = cluster
+                .nodes
+                .values()
+                .map(|n| cluster.node_view(n))
+                .collect();
+            let jobs: Vec<pb::Job> = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
+            let incidents: Vec<pb::Incident> = cluster
+                .incidents
+                .iter()
+                .map(|i| cluster.incident_view(i))
+                .collect();
+            (nodes, jobs, incidents)
+        };
+        crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
+    }
+
     /// Subscribes to the event bus.
     pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
         self.shared.events.subscribe()
@@ -576,8 +596,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the agent stream and the operator API on `listener` until `shutdown` resolves,
-/// keeping the state in memory only.
+/// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
+/// `/metrics` on `listener` until `shutdown` resolves, keeping the state in memory only.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
@@ -615,15 +635,24 @@ async fn serve(
         }
         s
     });
+    let grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .into_axum_router()
+        // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
+        // dashboard's page and /metrics are.
+        .layer(tonic_web::GrpcWebLayer::new());
+    let deposed = coordinator.clone();
+    let routes = crate::dashboard::routes(coordinator, grpc);
+    // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(AgentServiceServer::new(coordinator.clone()))
-        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .accept_http1(true)
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = shutdown => {}
-                _ = coordinator.shared.deposed.notified() => {
+                _ = deposed.shared.deposed.notified() => {
                     tracing::error!("another coordinator leads: no longer serving");
                 }
             }

@@ -101,5 +101,6 @@ pub fn incident(i: &Incident) -> pb::Incident {
         to_generation: i.to_generation.unwrap_or(0),
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
         open: i.is_open(),
+        fault_step: i.fault_step,
     }
 }

@@ -3,6 +3,24 @@
 //!
 //! Monitors write their latest result with [`HealthBoard::set`]; a check that turns fatal is
 //! also sent to the coordinator at once through the outbox, not on the next heartbeat.
+//!
+//! ## Layout
+//! - [`xid`] — the XID catalog (data, with sources) and the config's overrides.
+//! - [`kmsg`] — XIDs from the kernel log.
+//! - [`nvml`] — GPU state and XID events through NVML, behind the [`GpuBackend`] trait.
+//! - [`inject`] — the fault-injection backend, a test double enabled only by the config.
+//! - [`host`] — memory, free space, mounts, the agent itself.
+//! - [`monitor`] — runs every probe off the heartbeat path with a timeout, debounces, and turns
+//!   events into checks.
+//!
+//! Nothing here talks to the coordinator except through the board and the outbox.
+
+pub mod host;
+pub mod inject;
+pub mod kmsg;
+pub mod monitor;
+pub mod nvml;
+pub mod xid;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +60,13 @@ impl HealthBoard {
         }
     }
 
+    /// Forgets a check (a placeholder that its probe's real checks replace).
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut checks) = self.checks.lock() {
+            checks.remove(name);
+        }
+    }
+
     /// Every check and the worst state among them (Healthy when there are none).
     pub fn summary(&self) -> pb::HealthSummary {
         let checks: Vec<pb::HealthCheck> = self
@@ -58,6 +83,57 @@ impl HealthBoard {
             state: state as i32,
             checks,
         }
+    }
+}
+
+/// A GPU event as every source reports it (NVML events, the kernel log, injected faults); all
+/// take the same path from here: [`monitor`] classifies them and sets checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuEvent {
+    /// The GPU's index, when the source knows it.
+    pub gpu: Option<u32>,
+    /// The GPU's PCI address, when the source knows it (the kernel log names GPUs this way).
+    pub pci: Option<String>,
+    pub kind: EventKind,
+    /// Which source saw it: "nvml", "kmsg", "injected".
+    pub source: &'static str,
+    /// Whatever else the source said.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Xid(u32),
+    /// A double-bit (uncorrectable) ECC error.
+    EccDbe,
+    /// The GPU stopped answering (NVML_ERROR_GPU_IS_LOST).
+    GpuLost,
+}
+
+/// Something that blocks until GPU events happen. Each source runs on a thread of its own, so a
+/// source stuck in the driver holds up nothing else.
+pub trait EventSource: Send {
+    fn name(&self) -> &'static str;
+    /// Returns the events seen, waiting a while (the source's own choice, at most about a
+    /// second) when there are none. An error ends the source; the monitor reports it.
+    fn wait(&mut self) -> Result<Vec<GpuEvent>, String>;
+}
+
+/// The host's GPUs as the agent sees them: an inventory, periodically polled state, and event
+/// sources. NVML ([`nvml::NvmlBackend`]) in production, [`nvml::NoGpus`] where there is no
+/// driver, and [`inject::FaultInjection`] wrapping either in tests.
+pub trait GpuBackend: Send {
+    /// The GPUs present (empty on a host without GPUs).
+    fn inventory(&mut self) -> Vec<pb::Gpu>;
+    /// One poll of every state check, each GPU's findings folded into one result per check.
+    fn poll(&mut self) -> Vec<pb::HealthCheck>;
+    /// The event sources of this backend; called once, at start.
+    fn event_sources(&mut self) -> Vec<Box<dyn EventSource>>;
+    /// Sets the GPU count the host must show (learned at first start when not configured).
+    fn expect(&mut self, gpus: u32);
+    /// True when the row-remap check watches every GPU (XID 64 is then left to it).
+    fn watches_row_remap(&self) -> bool {
+        false
     }
 }
 

@@ -1,0 +1,532 @@
+//! End-to-end: what operators see of a real local cluster (coordinator + three agents as
+//! processes, a training job) before and after a host is killed.
+//! - the dashboard, in headless Chromium over gRPC-web, shows the nodes, the running job, then the
+//!   incident with its phases and the fenced node's reason (`cli/tests/dashboard.cjs`);
+//! - `/metrics` on the coordinator's port and on an agent's `metrics_listen`;
+//! - `holdfast report --json` and `holdfast what-if` with holdfast's measured downtime.
+//!
+//! Needs Chromium and playwright-core (scripts/setup/70-browser.sh exports HOLDFAST_CHROMIUM and
+//! HOLDFAST_NODE_MODULES); without them it fails under HOLDFAST_TEST_STRICT=1, else skips.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use holdfast_cli::demo::LocalCluster;
+use holdfast_proto::v1 as pb;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+
+fn skip_or_fail(why: &str) {
+    if std::env::var("HOLDFAST_TEST_STRICT").is_ok_and(|v| v == "1") {
+        panic!("dashboard test cannot run: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// A plain HTTP/1.1 GET over loopback; returns (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the first sample line starting with `prefix` (chunked bodies keep lines whole
+/// enough for this: the sample lines are short).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn read_json_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    within: Duration,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(within, lines.next_line())
+        .await
+        .expect("browser script answered in time")
+        .expect("read browser script output")
+        .expect("browser script ended early");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+    assert_ne!(
+        v["stage"], "error",
+        "browser script failed: {}",
+        v["message"]
+    );
+    v
+}
+
+async fn wait_job(
+    client: &mut pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    id: &str,
+    f: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = client
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if f(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job never reached the condition: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_metrics_and_reports_follow_a_real_failure() {
+    let chromium =
+        std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let node_modules = std::env::var("HOLDFAST_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("../target/test-cache/browser/node_modules"));
+    if !Path::new(&chromium).exists() {
+        return skip_or_fail(&format!(
+            "no chromium at {chromium} (run scripts/setup/70-browser.sh)"
+        ));
+    }
+    if !node_modules.join("playwright-core").exists() {
+        return skip_or_fail(&format!(
+            "no playwright-core in {} (run scripts/setup/70-browser.sh)",
+            node_modules.display()
+        ));
+    }
+    if !std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return skip_or_fail("no node (run scripts/setup/70-browser.sh)");
+    }
+    let python = ["python3", "python"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python else {
+        return skip_or_fail("no python3 for the training script");
+    };
+
+    let dir = std::env::temp_dir().join(format!("holdfast-dashboard-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[])
+        .await
+        .expect("coordinator starts");
+    let agent_port = free_port();
+    let agent_metrics = format!("127.0.0.1:{agent_port}");
+    cluster
+        .start_agent("node-1", "worker", &["--metrics-listen", &agent_metrics])
+        .unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    cluster
+        .wait_ready(3, Duration::from_secs(30))
+        .await
+        .expect("agents ready");
+
+    let mut client = cluster.client().await.unwrap();
+    let script = manifest.join("../examples/train_demo.py");
+    let spec = pb::JobSpec {
+        command: vec![
+            python.into(),
+            script.display().to_string(),
+            "--steps".into(),
+            "100000".into(),
+            "--step-time".into(),
+            "0.05".into(),
+            "--ckpt-every".into(),
+            "10".into(),
+        ],
+        nodes: 2,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        restart_budget: 3,
+        ..Default::default()
+    };
+    let job = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+    let victim = job.nodes.last().cloned().unwrap();
+
+    // The page and the metrics share the gRPC port.
+    let (status, page) = http_get(&cluster.addr, "/");
+    assert!(
+        status.contains("200") && page.contains("holdfast"),
+        "{status}"
+    );
+    let (status, js) = http_get(&cluster.addr, "/app.js");
+    assert!(
+        status.contains("200") && js.contains("grpc-web"),
+        "{status}"
+    );
+
+    let screenshot = std::env::var("HOLDFAST_DASHBOARD_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.join("dashboard.png"));
+    let mut browser = tokio::process::Command::new("node")
+        .arg(manifest.join("tests/dashboard.cjs"))
+        .env("NODE_PATH", &node_modules)
+        .env("HOLDFAST_CHROMIUM", &chromium)
+        .env("DASHBOARD_URL", format!("{}/", cluster.addr))
+        .env("DASHBOARD_SCREENSHOT", &screenshot)
+        .env("DASHBOARD_VICTIM", &victim)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = browser.stdin.take().unwrap();
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+
+    // Before the fault: every node on the grid, the job running.
+    let ready = read_json_line(&mut lines, Duration::from_secs(60)).await;
+    assert_eq!(ready["stage"], "ready");
+    let shown: Vec<&str> = ready["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, ["node-1", "node-2", "spare-1"]);
+    assert_eq!(ready["generation"], 1);
+
+    // Let a checkpoint or two pass, then kill the host.
+    wait_job(&mut client, &job.job_id, |j| j.step >= 25).await;
+    cluster.kill_host(&victim).unwrap();
+    stdin.write_all(b"fault\n").await.unwrap();
+    stdin.flush().await.unwrap();
+
+    let done = read_json_line(&mut lines, Duration::from_secs(90)).await;
+    assert_eq!(done["stage"], "done", "{done}");
+    let phases = &done["incident"]["phases"];
+    for phase in ["detect", "fence", "replace", "bootstrap", "resume"] {
+        let v: f64 = phases[phase]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("phase {phase} shown as a number: {done}"));
+        assert!(v >= 0.0);
+    }
+    assert!(
+        done["incident"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("agent_lost"),
+        "{done}"
+    );
+    assert_eq!(done["victimState"], "fenced");
+    assert!(
+        done["fenceReason"].as_str().unwrap().contains("fenced"),
+        "{done}"
+    );
+    assert!(
+        done["recoveryP50"]
+            .as_str()
+            .unwrap()
+            .contains("1 incidents"),
+        "{done}"
+    );
+    assert!(done["chartBars"].as_u64().unwrap() >= 1, "{done}");
+    assert!(
+        done["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("incident")),
+        "live events: {done}"
+    );
+    assert_eq!(done["consoleErrors"].as_array().unwrap().len(), 0, "{done}");
+
+    // A node reports a fatal health check (a gRPC client speaking the agent protocol: this test
+    // cannot make a real GPU fail); the dashboard shows the check's reason on selection.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(8);
+    let now = holdfast_coordinator::now_ms();
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            node_id: "gpu-sick".into(),
+            hostname: "gpu-sick".into(),
+            role: pb::NodeRole::Spare as i32,
+            advertise_address: "127.0.0.1".into(),
+            sent_unix_ms: now,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let check = pb::HealthCheck {
+        check: "xid".into(),
+        state: pb::HealthState::Unhealthy as i32,
+        reason: "Xid 79: GPU has fallen off the bus".into(),
+        action: pb::HealthAction::ReplaceNode as i32,
+        observed_unix_ms: now,
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::HealthReport(pb::HealthReport {
+            health: Some(pb::HealthSummary {
+                state: pb::HealthState::Unhealthy as i32,
+                checks: vec![check],
+            }),
+            fatal: true,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut agent_client =
+        pb::agent_service_client::AgentServiceClient::connect(cluster.addr.clone())
+            .await
+            .unwrap();
+    let _session = agent_client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    stdin.write_all(b"gpu-sick\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let health = read_json_line(&mut lines, Duration::from_secs(30)).await;
+    assert_eq!(health["stage"], "health", "{health}");
+    assert!(
+        health["check"]
+            .as_str()
+            .unwrap()
+            .contains("Xid 79: GPU has fallen off the bus"),
+        "{health}"
+    );
+    assert!(
+        health["card"].as_str().unwrap().contains("unhealthy"),
+        "{health}"
+    );
+    assert_eq!(
+        health["consoleErrors"].as_array().unwrap().len(),
+        0,
+        "{health}"
+    );
+    drop(tx);
+
+    let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
+    assert!(screenshot.exists());
+
+    // Metrics on the coordinator's port.
+    let (status, metrics) = http_get(&cluster.addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        sample(&metrics, "holdfast_nodes{state=\"fenced\"}").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    let victim_up = format!("holdfast_node_up{{node=\"{victim}\",state=\"fenced\"}}");
+    assert_eq!(sample(&metrics, &victim_up), Some(0.0), "{metrics}");
+    assert!(
+        metrics.contains(
+            "holdfast_health_check{node=\"gpu-sick\",check=\"xid\",state=\"unhealthy\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "holdfast_incident_phase_seconds_count{phase=\"total\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id)
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    let goodput = sample(
+        &metrics,
+        &format!("holdfast_job_goodput_ratio{{job=\"{}\"}}", job.job_id),
+    )
+    .unwrap();
+    assert!(goodput > 0.0 && goodput < 1.0, "{goodput}");
+    assert!(
+        sample(
+            &metrics,
+            "holdfast_node_heartbeat_lag_seconds{node=\"node-1\"}"
+        )
+        .unwrap()
+            < 5.0
+    );
+
+    // The agent's own metrics.
+    let (status, agent) = http_get(&agent_metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        sample(
+            &agent,
+            "holdfast_agent_heartbeats_sent_total{node=\"node-1\"}"
+        )
+        .unwrap()
+            > 0.0,
+        "{agent}"
+    );
+    assert_eq!(
+        sample(&agent, "holdfast_agent_connected{node=\"node-1\"}"),
+        Some(1.0),
+        "{agent}"
+    );
+    assert!(
+        agent.contains(&format!(
+            "holdfast_agent_worker_running{{node=\"node-1\",job=\"{}\",generation=\"2\"}} 1",
+            job.job_id
+        )),
+        "{agent}"
+    );
+
+    // Reports from the recorded incident.
+    let out = std::process::Command::new(EXE)
+        .args(["report", "--json", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["recovery"]["incidents"], 1, "{report}");
+    let mttr = report["recovery"]["total_s"]["p90"].as_f64().unwrap();
+    assert!(mttr > 0.0 && mttr < 30.0, "{report}");
+    let ettr = report["job"]["ettr"].as_f64().unwrap();
+    assert!(ettr > 0.0 && ettr < 1.0, "{report}");
+    // Redone work is bounded by the checkpoint interval (10 steps), plus the steps the surviving
+    // rank ran before it was stopped and a checkpoint whose marker was not yet written.
+    assert!(
+        report["job"]["lost_steps"].as_u64().unwrap() <= 20,
+        "about one checkpoint interval redone: {report}"
+    );
+
+    let out = std::process::Command::new(EXE)
+        .args([
+            "what-if",
+            "--instances",
+            "256",
+            "--gpus-per-instance",
+            "8",
+            "--gpu-hours",
+            "10000000",
+            "--failure-rate",
+            "0.05",
+            "--json",
+            "--coordinator",
+            &cluster.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let all: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(
+        all["scenarios"][0]["scenario"]
+            .as_str()
+            .unwrap()
+            .contains("measured"),
+        "{all}"
+    );
+    assert_eq!(all["scenarios"][1]["downtime_min"], 40.0);
+    assert_eq!(all["scenarios"][2]["downtime_min"], 280.0);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // Seconds of downtime per failure instead of 40 minutes: barely anything is lost.
+    assert!(
+        (last["compute_days"].as_f64().unwrap() - 203.45).abs() < 0.01,
+        "{last}"
+    );
+    assert!(last["days_lost"].as_f64().unwrap() < 1.0, "{last}");
+    assert!(last["mtbf_hours"].as_f64().is_some() && last["total_days"].as_f64().is_some());
+
+    // The same, as operators read them.
+    let out = std::process::Command::new(EXE)
+        .args(["report", "--coordinator", &cluster.addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("holdfast P90 (1 incidents)") && text.contains("published managed P90"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("job {}: ETTR", job.job_id)),
+        "{text}"
+    );
+    let out = std::process::Command::new(EXE)
+        .args([
+            "what-if",
+            "--instances",
+            "256",
+            "--gpus-per-instance",
+            "8",
+            "--gpu-hours",
+            "10000000",
+            "--failure-rate",
+            "0.05",
+            "--coordinator",
+            &cluster.addr,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("holdfast measured (1 incidents)") && text.contains("324.98"),
+        "{text}"
+    );
+
+    let _ = client
+        .stop_job(pb::StopJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await;
+    cluster.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
