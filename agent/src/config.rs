@@ -21,7 +21,8 @@ pub enum NodeRole {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The coordinator's gRPC address, e.g. `http://10.0.0.1:7070`.
+    /// The coordinator's gRPC address, e.g. `http://10.0.0.1:7070`; with several coordinators
+    /// (HA) all of them, comma-separated: the agent finds the leader.
     pub coordinator: String,
     /// Stable node id; empty = the hostname.
     pub node_id: String,
@@ -130,14 +131,33 @@ pub enum AgentConfigError {
 }
 
 impl AgentConfig {
+    /// The coordinator addresses (`coordinator` may list several, comma-separated: the agent
+    /// tries them in turn until one leads).
+    pub fn coordinators(&self) -> Vec<String> {
+        self.coordinator
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Checks the settings; the error names the key.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let invalid = |key, reason: &str| AgentConfigError::Invalid {
             key,
             reason: reason.to_string(),
         };
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
-            return Err(invalid("coordinator", "must be an http:// or https:// URL"));
+        let addresses = self.coordinators();
+        if addresses.is_empty()
+            || !addresses
+                .iter()
+                .all(|a| a.starts_with("http://") || a.starts_with("https://"))
+        {
+            return Err(invalid(
+                "coordinator",
+                "must be one or more http:// or https:// URLs, separated by commas",
+            ));
         }
         if self
             .node_id

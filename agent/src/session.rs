@@ -67,6 +67,17 @@ struct AgentState {
     outbox: Outbox,
     /// The term of the coordinator that welcomed this agent: scripts of older terms are refused.
     term: u64,
+    /// The coordinator addresses and which one the next session tries.
+    addresses: Vec<String>,
+    next_address: usize,
+}
+
+impl AgentState {
+    fn address(&self) -> &str {
+        self.addresses
+            .get(self.next_address % self.addresses.len().max(1))
+            .map_or("", String::as_str)
+    }
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
@@ -128,6 +139,7 @@ pub async fn run_with_outbox(
         ));
     }
     let known_term = supervisor.known_term();
+    let config_addresses = config.coordinators();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -144,6 +156,8 @@ pub async fn run_with_outbox(
         scripts,
         outbox,
         term: 0,
+        addresses: config_addresses,
+        next_address: 0,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -159,8 +173,21 @@ pub async fn run_with_outbox(
                 }
                 tracing::warn!(
                     node = state.node_id,
-                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                    "coordinator session with {} ended: {why}; retrying in {backoff:?}",
+                    state.address()
                 );
+                // Several coordinators: try the next one straight away; back off only once
+                // every address failed (the leader may have moved).
+                state.next_address = state.next_address.wrapping_add(1);
+                if state.addresses.len() > 1
+                    && !state.next_address.is_multiple_of(state.addresses.len())
+                {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                    continue;
+                }
             }
         }
         tokio::select! {
@@ -227,7 +254,7 @@ async fn session(
     state: &mut AgentState,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> SessionEnd {
-    let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(state.address().to_string()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -239,7 +266,7 @@ async fn session(
         _ = shutdown.as_mut() => return SessionEnd::Shutdown,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.config.coordinator)),
+            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.address())),
         },
     };
     let mut client = AgentServiceClient::new(channel);
@@ -265,7 +292,7 @@ async fn session(
                 return SessionEnd::Lost(format!(
                     "coordinator at {} has term {} but term {known} was already seen; refusing it \
                      (if its state was reset on purpose, remove {})",
-                    state.config.coordinator,
+                    state.address(),
                     w.term,
                     crate::worker::FencingState::path(&state.config.state_dir).display()
                 ));
@@ -281,7 +308,7 @@ async fn session(
                 node = state.node_id,
                 term = w.term,
                 "connected to coordinator {}",
-                state.config.coordinator
+                state.address()
             );
             state.metrics.session_opened();
         }

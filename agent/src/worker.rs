@@ -913,6 +913,75 @@ mod tests {
     }
 
     #[test]
+    fn the_fencing_state_survives_an_agent_restart() {
+        let dir = std::env::temp_dir().join(format!("holdfast-fencing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(FencingState::load(&dir), FencingState::default());
+        let mut state = FencingState {
+            term: 7,
+            ..Default::default()
+        };
+        state.generations.insert("job-1".into(), 3);
+        state.save(&dir);
+        assert_eq!(FencingState::load(&dir), state);
+        // A supervisor started on that directory refuses what an older coordinator sends.
+        let (outbox, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            outbox,
+            "n".into(),
+            "127.0.0.1".into(),
+            dir.clone(),
+            Duration::from_millis(100),
+            Default::default(),
+        );
+        assert_eq!(supervisor.known_term().load(Ordering::SeqCst), 7);
+        std::fs::write(FencingState::path(&dir), b"not json").unwrap();
+        assert_eq!(FencingState::load(&dir), FencingState::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn commands_of_an_older_term_or_generation_are_refused_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("holdfast-fencing-cmd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut state = FencingState {
+            term: 5,
+            ..Default::default()
+        };
+        state.generations.insert("j".into(), 2);
+        state.save(&dir);
+        let (outbox, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut supervisor = Supervisor::new(
+            outbox,
+            "n".into(),
+            "127.0.0.1".into(),
+            dir.clone(),
+            Duration::from_millis(100),
+            Default::default(),
+        );
+        let launch = |term, generation| pb::Launch {
+            job_id: "j".into(),
+            generation,
+            term,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        // An older coordinator term, then an older generation: nothing starts.
+        supervisor.handle(WorkerCommand::Launch(launch(4, 9))).await;
+        supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
+        assert!(supervisor.running.is_none());
+        assert!(rx.try_recv().is_err());
+        // The current term and a new generation start a worker.
+        supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
+        assert!(supervisor.running.is_some());
+        assert_eq!(FencingState::load(&dir).term, 6);
+        assert_eq!(FencingState::load(&dir).generations["j"], 3);
+        supervisor.stop_current("test over").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn placeholders_are_substituted() {
         let launch = pb::Launch {
             job_id: "j".into(),

@@ -156,6 +156,20 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// A harness for agents of coordinators started elsewhere (several, for HA): `addr` is
+    /// what agents are given, e.g. a comma-separated list.
+    pub fn attach(exe: &Path, dir: &Path, addr: &str) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            addr: addr.to_string(),
+            coordinator: None,
+            coordinator_extra: Vec::new(),
+            agents: BTreeMap::new(),
+        })
+    }
+
     /// The coordinator's state file.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("coordinator.redb")

@@ -248,6 +248,61 @@ pub async fn follow_events(
     };
     let result = follow_inner(
         client,
+        None,
+        events,
+        job_id,
+        deadline,
+        &mut on_event,
+        &mut display,
+    )
+    .await;
+    display.finish();
+    result
+}
+
+/// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
+/// while the one it talks to is unreachable it connects again through the list, so it follows
+/// the job across a leader failover.
+pub async fn follow_at(
+    addrs: &str,
+    job_id: &str,
+    deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut client = crate::client::connect(addrs).await?;
+    let events = watch(&mut client).await?;
+    follow_events_at(
+        &mut client,
+        addrs,
+        events,
+        job_id,
+        deadline,
+        on_event,
+        print,
+    )
+    .await
+}
+
+/// [`follow_events`] that reconnects through `addrs` (see [`follow_at`]).
+pub async fn follow_events_at(
+    client: &mut OperatorServiceClient<Channel>,
+    addrs: &str,
+    events: Events,
+    job_id: &str,
+    deadline: Duration,
+    mut on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut display = Display {
+        enabled: print,
+        terminal: std::io::stdout().is_terminal(),
+        drawn: false,
+        last_plain: None,
+    };
+    let result = follow_inner(
+        client,
+        Some(addrs),
         events,
         job_id,
         deadline,
@@ -261,6 +316,7 @@ pub async fn follow_events(
 
 async fn follow_inner(
     client: &mut OperatorServiceClient<Channel>,
+    reconnect: Option<&str>,
     events: Events,
     job_id: &str,
     deadline: Duration,
@@ -318,6 +374,13 @@ async fn follow_inner(
                     Ok(job) => job.into_inner(),
                     Err(status) if is_outage(&status) => {
                         lost(&mut unreachable_since, display, status.message());
+                        if let Some(addrs) = reconnect {
+                            // Another coordinator may lead now.
+                            if let Ok(c) = crate::client::connect(addrs).await {
+                                *client = c;
+                                events = None;
+                            }
+                        }
                         continue;
                     }
                     Err(status) => anyhow::bail!("cannot read job {job_id}: {}", status.message()),

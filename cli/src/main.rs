@@ -117,7 +117,11 @@ struct CoordinatorArgs {
     heartbeat_timeout_ms: Option<u64>,
     /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
     /// restarted coordinator carries on where the previous one stopped.
-    #[arg(long, default_value = "/var/lib/holdfast/coordinator.redb")]
+    #[arg(
+        long,
+        env = "HOLDFAST_COORDINATOR_STATE",
+        default_value = "/var/lib/holdfast/coordinator.redb"
+    )]
     state: PathBuf,
     /// Keep the state in memory only (nothing survives a restart).
     #[arg(long, conflicts_with = "state")]
@@ -125,6 +129,20 @@ struct CoordinatorArgs {
     /// Override reconnect_grace_ms.
     #[arg(long)]
     reconnect_grace_ms: Option<u64>,
+    /// High availability: etcd endpoints (comma-separated). The coordinator then keeps its
+    /// state in etcd instead of --state, and serves only while it holds the leadership.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd of this group of coordinators.
+    #[arg(long, default_value = "/holdfast")]
+    etcd_prefix: String,
+    /// Seconds a dead leader keeps the leadership before a standby takes over.
+    #[arg(long, default_value_t = 2)]
+    etcd_lease_ttl_s: i64,
+    /// The address agents and operators reach this coordinator at (published while leading);
+    /// default http://<listen address>.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -255,6 +273,36 @@ async fn stopping(signal: impl std::future::Future<Output = ()>) {
     holdfast_cli::sdnotify::notify_or_log("STOPPING=1");
 }
 
+type LeaderStore = (
+    Box<dyn holdfast_coordinator::store::RecordStore>,
+    Option<tokio::sync::watch::Receiver<bool>>,
+);
+
+/// Waits for the etcd leadership, then returns the etcd state store and the lease-lost signal.
+#[cfg(feature = "etcd")]
+async fn lead_with_etcd(args: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
+    let settings = holdfast_coordinator::ha::EtcdSettings {
+        endpoints: args.etcd.iter().map(|e| client::normalize(e)).collect(),
+        prefix: args.etcd_prefix.clone(),
+        lease_ttl_s: args.etcd_lease_ttl_s.max(1),
+        advertise: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| client::normalize(&args.listen)),
+        poll: Duration::from_millis(100),
+    };
+    let leadership = holdfast_coordinator::ha::campaign(&settings).await?;
+    let store: Box<dyn holdfast_coordinator::store::RecordStore> = Box::new(leadership.store());
+    Ok((store, Some(leadership.lost.clone())))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn lead_with_etcd(_: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
+    anyhow::bail!(
+        "--etcd: this holdfast was built without etcd support (cargo build --features etcd)"
+    )
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -283,11 +331,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             config.validate().context("invalid coordinator config")?;
             // Opened before listening: a state file another coordinator holds is an error
-            // before any agent can connect.
-            let store: Box<dyn holdfast_coordinator::store::RecordStore> = if args.ephemeral {
-                Box::new(holdfast_coordinator::store::MemoryStore::default())
+            // before any agent can connect, and a standby does not listen until it leads.
+            let (store, lost) = if !args.etcd.is_empty() {
+                lead_with_etcd(&args).await?
+            } else if args.ephemeral {
+                let store: Box<dyn holdfast_coordinator::store::RecordStore> =
+                    Box::new(holdfast_coordinator::store::MemoryStore::default());
+                (store, None)
             } else {
-                Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?)
+                let store: Box<dyn holdfast_coordinator::store::RecordStore> =
+                    Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?);
+                (store, None)
             };
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
@@ -297,6 +351,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::fs::write(path, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            let lost_leadership = async move {
+                match lost {
+                    Some(mut lost) => {
+                        while !*lost.borrow() {
+                            if lost.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // A coordinator that lost its lease must stop acting at once: a standby may lead
+            // already. Long-lived streams would hold a graceful shutdown open, so it exits.
+            tokio::spawn(async move {
+                lost_leadership.await;
+                tracing::error!("lost the etcd leadership lease: exiting");
+                std::process::exit(3);
+            });
             holdfast_cli::sdnotify::spawn_watchdog();
             holdfast_cli::sdnotify::notify_or_log("READY=1");
             holdfast_coordinator::run_with_store(
@@ -514,8 +587,9 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow_events(
+    let done = follow::follow_events_at(
         &mut c,
+        &args.addr.coordinator,
         events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),

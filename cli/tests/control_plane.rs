@@ -365,3 +365,35 @@ async fn a_partitioned_node_that_heals_after_its_fence_stays_fenced_and_its_zomb
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_kill_coordinator_finishes_with_no_incident_and_no_new_generation() {
+    if python().is_none() {
+        return;
+    }
+    let out = std::process::Command::new(EXE)
+        .args([
+            "demo",
+            "--fault",
+            "kill-coordinator",
+            "--json",
+            "--steps",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let report: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(report["job_state"], "succeeded", "{report}");
+    assert_eq!(report["generation"], 1, "{report}");
+    assert_eq!(report["fault_node"], "coordinator", "{report}");
+    assert_eq!(
+        report["incidents"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    assert!(stderr.contains("SIGKILL of the coordinator"), "{stderr}");
+}

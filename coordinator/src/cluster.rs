@@ -63,6 +63,8 @@ pub struct NodeRecord {
     #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
+    /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
+    #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
     /// Lifecycle scripts the node is running now (bootstrap, deep check).
     #[serde(skip)]
@@ -263,8 +265,10 @@ impl Cluster {
                 cluster.nodes.insert(id.to_string(), node);
             } else if let Some(id) = key.strip_prefix("job/") {
                 let mut job: Job = decode(key, bytes)?;
+                // The stall clock starts after the grace: a rank whose node has not come back
+                // yet is judged by the grace (agent lost), not as a hang.
                 for rank in &mut job.ranks {
-                    rank.last_progress_at = now;
+                    rank.last_progress_at = now + grace;
                 }
                 cluster.jobs.insert(id.to_string(), job);
             } else if key.starts_with("incident/") {
@@ -356,6 +360,12 @@ impl Cluster {
             }
         }
         let mut fx = Vec::new();
+        // A node that comes back as it was changes nothing durable: 100 agents reconnecting
+        // to a restarted coordinator cost no writes beyond their state transitions.
+        let stored_before = self
+            .nodes
+            .get(&hello.node_id)
+            .and_then(|n| serde_json::to_vec(n).ok());
         let record = self
             .nodes
             .entry(hello.node_id.clone())
@@ -403,7 +413,9 @@ impl Cluster {
             &mut fx,
         );
         self.node_hello(&node_id, now, &mut fx);
-        self.touch();
+        if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
+            self.touch();
+        }
         self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
             fx.push(Effect::Send {
@@ -666,7 +678,6 @@ impl Cluster {
                 node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
             }
         }
-        self.touch();
         vec![self.log_event(
             node_id,
             "",

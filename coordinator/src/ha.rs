@@ -46,6 +46,8 @@ pub enum HaError {
         #[source]
         source: etcd_client::Error,
     },
+    #[error("cannot start the etcd client runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("etcd {what}: {source}")]
     Etcd {
         what: &'static str,
@@ -68,27 +70,82 @@ pub struct Leadership {
     pub lost: watch::Receiver<bool>,
 }
 
+/// The runtime every etcd call runs on. It is the coordinator's own thread, apart from the
+/// serving runtime: state writes block (under the core's lock, on purpose), and a write that
+/// needed a serving thread to make progress could wait on itself.
+fn etcd_runtime() -> Result<&'static tokio::runtime::Runtime, HaError> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("holdfast-etcd")
+        .enable_all()
+        .build()
+        .map_err(HaError::Runtime)?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Runs `fut` on the etcd runtime and waits for it from synchronous code.
+fn run_blocking<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let rt = etcd_runtime().map_err(|e| StoreError::Backend(e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    let wait = || {
+        rx.recv()
+            .map_err(|_| StoreError::Backend("the etcd runtime stopped".into()))
+    };
+    let in_multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_multi_thread {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    }
+}
+
 /// Connects to etcd and waits until this coordinator leads. While it waits it logs who leads.
 pub async fn campaign(settings: &EtcdSettings) -> Result<Leadership, HaError> {
-    let mut client = Client::connect(&settings.endpoints, None)
+    let rt = etcd_runtime()?;
+    let settings = settings.clone();
+    rt.spawn(async move { campaign_on_etcd_runtime(&settings).await })
         .await
-        .map_err(|source| HaError::Connect {
-            endpoints: settings.endpoints.join(","),
-            source,
-        })?;
+        .map_err(|e| HaError::Runtime(std::io::Error::other(e.to_string())))?
+}
+
+async fn campaign_on_etcd_runtime(settings: &EtcdSettings) -> Result<Leadership, HaError> {
     let prefix = settings.prefix.trim_end_matches('/').to_string();
     let leader_key = format!("{prefix}/leader");
-    let lease = client
-        .lease_grant(settings.lease_ttl_s, None)
-        .await
-        .map_err(etcd("lease grant"))?
-        .id();
+    // etcd may still be starting (or briefly away): wait for it rather than give up.
+    let mut attempt = 0u32;
+    let (mut client, lease) = loop {
+        match connect_and_lease(settings).await {
+            Ok(ok) => break ok,
+            Err(e) if attempt < 120 => {
+                if attempt.is_multiple_of(10) {
+                    tracing::warn!("waiting for etcd: {e}");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (tx, lost) = watch::channel(false);
     spawn_keep_alive(client.clone(), lease, settings.lease_ttl_s, tx);
     let mut last_seen = String::new();
     loop {
         let txn = Txn::new()
-            .when([Compare::create_revision(leader_key.as_str(), CompareOp::Equal, 0)])
+            .when([Compare::create_revision(
+                leader_key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
             .and_then([TxnOp::put(
                 leader_key.as_str(),
                 settings.advertise.as_str(),
@@ -124,11 +181,28 @@ pub async fn campaign(settings: &EtcdSettings) -> Result<Leadership, HaError> {
         if *lost.borrow() {
             return Err(HaError::Etcd {
                 what: "lease keep-alive",
-                source: etcd_client::Error::LeaseKeepAliveError("lease lost while standing by".into()),
+                source: etcd_client::Error::LeaseKeepAliveError(
+                    "lease lost while standing by".into(),
+                ),
             });
         }
         tokio::time::sleep(settings.poll).await;
     }
+}
+
+async fn connect_and_lease(settings: &EtcdSettings) -> Result<(Client, i64), HaError> {
+    let mut client = Client::connect(&settings.endpoints, None)
+        .await
+        .map_err(|source| HaError::Connect {
+            endpoints: settings.endpoints.join(","),
+            source,
+        })?;
+    let lease = client
+        .lease_grant(settings.lease_ttl_s, None)
+        .await
+        .map_err(etcd("lease grant"))?
+        .id();
+    Ok((client, lease))
 }
 
 /// Keeps the lease alive at a third of its TTL; a failure, or etcd answering that the lease is
@@ -137,8 +211,10 @@ fn spawn_keep_alive(mut client: Client, lease: i64, ttl_s: i64, lost: watch::Sen
     tokio::spawn(async move {
         let every = Duration::from_millis((ttl_s.max(1) as u64 * 1000) / 3);
         let result: Result<(), String> = async {
-            let (mut keeper, mut responses) =
-                client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
+            let (mut keeper, mut responses) = client
+                .lease_keep_alive(lease)
+                .await
+                .map_err(|e| e.to_string())?;
             loop {
                 keeper.keep_alive().await.map_err(|e| e.to_string())?;
                 match tokio::time::timeout(every * 2, responses.message()).await {
@@ -179,31 +255,31 @@ pub struct EtcdStore {
     prefix: String,
 }
 
-/// Runs `fut` to completion from synchronous code inside the multi-threaded runtime (the core's
-/// lock is a std mutex held across the write on purpose: state is durable before effects).
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(fut))
-}
-
 impl RecordStore for EtcdStore {
     fn load(&mut self) -> Result<Records, StoreError> {
         let mut client = self.client.clone();
         let prefix = self.prefix.clone();
-        let response = block_on(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+        let key = prefix.clone();
+        let response =
+            run_blocking(
+                async move { client.get(key, Some(GetOptions::new().with_prefix())).await },
+            )?
             .map_err(|e| StoreError::Backend(format!("reading {prefix} from etcd: {e}")))?;
         Ok(response
             .kvs()
             .iter()
             .filter_map(|kv| {
-                let key = std::str::from_utf8(kv.key()).ok()?.strip_prefix(prefix.as_str())?;
+                let key = std::str::from_utf8(kv.key())
+                    .ok()?
+                    .strip_prefix(prefix.as_str())?;
                 Some((key.to_string(), kv.value().to_vec()))
             })
             .collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
         for chunk in changes.chunks(OPS_PER_TXN) {
+            let mut client = self.client.clone();
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|(key, value)| {
@@ -215,9 +291,13 @@ impl RecordStore for EtcdStore {
                 })
                 .collect();
             let txn = Txn::new()
-                .when([Compare::lease(self.leader_key.as_str(), CompareOp::Equal, self.lease)])
+                .when([Compare::lease(
+                    self.leader_key.as_str(),
+                    CompareOp::Equal,
+                    self.lease,
+                )])
                 .and_then(ops);
-            let response = block_on(client.txn(txn))
+            let response = run_blocking(async move { client.txn(txn).await })?
                 .map_err(|e| StoreError::Backend(format!("writing state to etcd: {e}")))?;
             if !response.succeeded() {
                 return Err(StoreError::NotLeader(format!(

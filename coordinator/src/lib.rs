@@ -10,6 +10,8 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`store`] — durable state: records in a redb file (default) or in memory.
+//! - `ha` (feature `etcd`) — leader election and state in etcd for several coordinators.
 //! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
@@ -22,6 +24,8 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod incident;
 pub mod job;
 pub mod metrics;

@@ -56,6 +56,9 @@ struct Shared {
     next_check: AtomicU64,
     /// How long an operator check may take in all (every script at its timeout, plus slack).
     check_wait: Duration,
+    /// Notified when the store says another coordinator leads: serving stops.
+    deposed: Notify,
+    is_deposed: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -109,6 +112,8 @@ impl Coordinator {
                 agents: Mutex::new(HashMap::new()),
                 events,
                 next_conn: AtomicU64::new(1),
+                deposed: Notify::new(),
+                is_deposed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -117,8 +122,13 @@ impl Coordinator {
     /// the core locked, before the effects of the change go out: what an agent or operator is
     /// told is never ahead of what a restarted coordinator would know. A failed write is
     /// logged and retried at the next change; the effects still go out, because holding back
-    /// a stop or a launch would hurt the training more than a stale file.
-    fn persist(&self, cluster: &Cluster) {
+    /// a stop or a launch would hurt the training more than a stale file. The exception is a
+    /// store that says another coordinator leads now: then nothing more goes out (returns
+    /// false) and the coordinator stops serving.
+    fn persist(&self, cluster: &Cluster) -> bool {
+        if self.shared.is_deposed.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut persister = self
             .shared
             .persister
@@ -126,16 +136,27 @@ impl Coordinator {
             .unwrap_or_else(|e| e.into_inner());
         let version = cluster.durable_version();
         if persister.is_saved(version) {
-            return;
+            return true;
         }
         let result = cluster
             .to_records()
             .and_then(|records| persister.save(records, version));
-        if let Err(e) = result {
-            tracing::error!(
-                "cannot save coordinator state to {}: {e}",
-                persister.describe()
-            );
+        match result {
+            Ok(_) => true,
+            Err(StoreError::NotLeader(why)) => {
+                tracing::error!("stepping down: {why}");
+                self.shared.is_deposed.store(true, Ordering::SeqCst);
+                // The serving loop may not wait yet: `notify_one` keeps a permit for it.
+                self.shared.deposed.notify_one();
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot save coordinator state to {}: {e}",
+                    persister.describe()
+                );
+                true
+            }
         }
     }
 
@@ -182,8 +203,9 @@ impl Coordinator {
     fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
         let mut cluster = self.cluster();
         let (value, effects) = f(&mut cluster, now_ms());
-        self.persist(&cluster);
-        self.execute(effects);
+        if self.persist(&cluster) {
+            self.execute(effects);
+        }
         value
     }
 
@@ -397,7 +419,11 @@ impl AgentService for Coordinator {
             let welcome = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Welcome(welcome)),
             };
-            self.persist(&cluster);
+            if !self.persist(&cluster) {
+                return Err(Status::unavailable(
+                    "this coordinator is not the leader any more",
+                ));
+            }
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(welcome));
             self.agents().insert(
@@ -684,6 +710,7 @@ async fn serve(
         // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
         // dashboard's page and /metrics are.
         .layer(tonic_web::GrpcWebLayer::new());
+    let deposed = coordinator.clone();
     let routes = crate::dashboard::routes(coordinator, grpc);
     // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     tonic::transport::Server::builder()
@@ -691,6 +718,13 @@ async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .accept_http1(true)
         .add_routes(routes.into())
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = deposed.shared.deposed.notified() => {
+                    tracing::error!("another coordinator leads: no longer serving");
+                }
+            }
+        })
         .await
 }

@@ -48,6 +48,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("state store: {0}")]
     Backend(String),
+    /// Another coordinator leads now (HA): this one must stop acting.
+    #[error("not the leader any more: {0}")]
+    NotLeader(String),
 }
 
 /// Where records live. Implementations write a batch atomically: all of it or none.
