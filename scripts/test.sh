@@ -20,3 +20,5 @@ echo "== cargo build"
 cargo build --workspace --all-targets
 echo "== cargo test"
 cargo test --workspace "$@" -- --test-threads="${HOLDFAST_TEST_THREADS:-2}"
+echo "== cargo test --features etcd (high availability against a real etcd)"
+cargo test -p holdfast --features etcd --test ha_etcd -- --test-threads=1

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{AgentConfig, NodeRole};
 use crate::health::HealthBoard;
+use crate::scripts::ScriptRunner;
 use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
 use crate::{identity, now_ms, Outbox, AGENT_VERSION};
 
@@ -59,6 +60,24 @@ struct AgentState {
     /// The host's GPUs, announced in every hello.
     gpus: Vec<pb::Gpu>,
     metrics: crate::metrics::AgentMetrics,
+    /// Highest coordinator term seen (durable, kept by the supervisor).
+    known_term: Arc<std::sync::atomic::AtomicU64>,
+    /// Runs the coordinator's `RunScript` requests; results go back through `outbox`.
+    scripts: ScriptRunner,
+    outbox: Outbox,
+    /// The term of the coordinator that welcomed this agent: scripts of older terms are refused.
+    term: u64,
+    /// The coordinator addresses and which one the next session tries.
+    addresses: Vec<String>,
+    next_address: usize,
+}
+
+impl AgentState {
+    fn address(&self) -> &str {
+        self.addresses
+            .get(self.next_address % self.addresses.len().max(1))
+            .map_or("", String::as_str)
+    }
 }
 
 /// Runs the agent until `shutdown` resolves: the supervisor, and sessions with the coordinator
@@ -91,14 +110,17 @@ pub async fn run_with_outbox(
     tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let supervisor = Supervisor::new(
-        outbox,
+    let scripts = script_runner(&config, &node_id);
+    let mut supervisor = Supervisor::new(
+        outbox.clone(),
         node_id.clone(),
         config.effective_address(),
         config.state_dir.clone(),
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
-    );
+    )
+    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
+    supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
@@ -116,6 +138,8 @@ pub async fn run_with_outbox(
             snapshot.clone(),
         ));
     }
+    let known_term = supervisor.known_term();
+    let config_addresses = config.coordinators();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
         config,
@@ -128,6 +152,12 @@ pub async fn run_with_outbox(
         heartbeat_seq: 0,
         gpus,
         metrics,
+        known_term,
+        scripts,
+        outbox,
+        term: 0,
+        addresses: config_addresses,
+        next_address: 0,
     };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -143,8 +173,21 @@ pub async fn run_with_outbox(
                 }
                 tracing::warn!(
                     node = state.node_id,
-                    "coordinator session ended: {why}; retrying in {backoff:?}"
+                    "coordinator session with {} ended: {why}; retrying in {backoff:?}",
+                    state.address()
                 );
+                // Several coordinators: try the next one straight away; back off only once
+                // every address failed (the leader may have moved).
+                state.next_address = state.next_address.wrapping_add(1);
+                if state.addresses.len() > 1
+                    && !state.next_address.is_multiple_of(state.addresses.len())
+                {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                    continue;
+                }
             }
         }
         tokio::select! {
@@ -157,6 +200,28 @@ pub async fn run_with_outbox(
     let _ = supervisor.await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The script runner with the variables every lifecycle script gets.
+fn script_runner(config: &AgentConfig, node_id: &str) -> ScriptRunner {
+    let role = match config.role {
+        NodeRole::Worker => "worker",
+        NodeRole::Spare => "spare",
+    };
+    let base_env = [
+        ("HOLDFAST_NODE_ID", node_id.to_string()),
+        ("HOLDFAST_ROLE", role.to_string()),
+        ("HOLDFAST_STATE_DIR", config.state_dir.display().to_string()),
+        ("HOLDFAST_COORDINATOR", config.coordinator.clone()),
+        ("HOLDFAST_ADVERTISE_ADDRESS", config.effective_address()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ScriptRunner {
+        dir: (!config.script_dir.as_os_str().is_empty()).then(|| config.script_dir.clone()),
+        base_env,
+    }
 }
 
 fn hello(state: &AgentState) -> pb::AgentMessage {
@@ -189,7 +254,7 @@ async fn session(
     state: &mut AgentState,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> SessionEnd {
-    let endpoint = match tonic::transport::Endpoint::from_shared(state.config.coordinator.clone()) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(state.address().to_string()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -201,7 +266,7 @@ async fn session(
         _ = shutdown.as_mut() => return SessionEnd::Shutdown,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.config.coordinator)),
+            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.address())),
         },
     };
     let mut client = AgentServiceClient::new(channel);
@@ -221,14 +286,29 @@ async fn session(
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
+            let known = state.known_term.load(std::sync::atomic::Ordering::SeqCst);
+            if w.term < known {
+                // A coordinator that lost its leadership (or a stale copy) still serving.
+                return SessionEnd::Lost(format!(
+                    "coordinator at {} has term {} but term {known} was already seen; refusing it \
+                     (if its state was reset on purpose, remove {})",
+                    state.address(),
+                    w.term,
+                    crate::worker::FencingState::path(&state.config.state_dir).display()
+                ));
+            }
+            if state.commands.send(WorkerCommand::Term(w.term)).is_err() {
+                return SessionEnd::Shutdown;
+            }
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
+            state.term = state.term.max(w.term);
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
                 "connected to coordinator {}",
-                state.config.coordinator
+                state.address()
             );
             state.metrics.session_opened();
         }
@@ -302,10 +382,35 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(
-                script = r.script,
-                "this agent runs no lifecycle scripts; ignored"
-            );
+            if r.term < state.term {
+                tracing::warn!(
+                    script = r.script,
+                    term = r.term,
+                    "refused a script of an older coordinator term"
+                );
+                return;
+            }
+            // Scripts run beside the heartbeats: a long deep check must not look like a dead agent.
+            let runner = state.scripts.clone();
+            let outbox = state.outbox.clone();
+            tokio::spawn(async move {
+                tracing::info!(
+                    script = r.script,
+                    command = r.command_id,
+                    "running lifecycle script"
+                );
+                let result = runner.run(&r).await;
+                tracing::info!(
+                    script = r.script,
+                    ok = result.ok,
+                    ms = result.duration_ms,
+                    "{}",
+                    result.message
+                );
+                let _ = outbox.send(pb::AgentMessage {
+                    body: Some(ToCoordinator::CommandResult(result)),
+                });
+            });
             return;
         }
     };

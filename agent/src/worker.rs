@@ -4,6 +4,15 @@
 //! Commands arrive in order on one channel and are carried out one at a time, so a `Launch`
 //! of generation g+1 always stops generation g first. Generations only go up: a command for an
 //! older generation (a zombie coordinator's, or a late one) is refused.
+//!
+//! ## Workers outlive the agent
+//! A worker is its own process group and writes its output to `<state_dir>/logs/…log`, not to
+//! a pipe: an agent restart (crash, upgrade, `systemctl restart` with `KillMode=process`) leaves
+//! it training. On start, [`Supervisor::adopt`] reads `worker.json`; if the recorded pid is
+//! alive with the same start time it is adopted: the log is followed again (its tail re-read
+//! for the latest step), the progress file polled, and the pid watched for its end. An adopted
+//! worker is not the agent's child, so its exit status is unknown; the coordinator infers it
+//! from the other ranks (a synchronous job's ranks finish together).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,10 +27,19 @@ use nix::unistd::Pid;
 use pb::agent_message::Body as ToCoordinator;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{now_ms, Outbox};
+
+/// How often a worker's log file is read for new output.
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(50);
+/// How often an adopted worker (not this agent's child) is checked for being gone.
+const ADOPTED_EXIT_POLL: Duration = Duration::from_millis(200);
+/// How much of an adopted worker's log is read again for its latest step.
+const ADOPT_LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// Worker logs kept in `<state_dir>/logs` (older ones are removed at each launch).
+const KEEP_LOGS: usize = 8;
 
 /// A command for the supervisor.
 #[derive(Debug)]
@@ -30,6 +48,56 @@ pub enum WorkerCommand {
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),
+    /// A coordinator of this term welcomed the agent: older terms are refused from now on.
+    Term(u64),
+}
+
+/// What the agent must not forget across its own restarts to refuse zombie commands: the
+/// highest coordinator term and the highest generation per job it has seen. Kept in
+/// `<state_dir>/fencing.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencingState {
+    pub term: u64,
+    pub generations: HashMap<String, u64>,
+}
+
+impl FencingState {
+    pub fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("fencing.json")
+    }
+
+    /// Reads the file; a missing one is a fresh agent, an unreadable one is logged and treated
+    /// as fresh (the coordinator's own term check still guards the new generation).
+    pub fn load(state_dir: &std::path::Path) -> FencingState {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{} is unreadable ({e}); starting with no term",
+                    path.display()
+                );
+                FencingState::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FencingState::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; starting with no term", path.display());
+                FencingState::default()
+            }
+        }
+    }
+
+    /// Writes the file atomically (temp file, then rename).
+    pub fn save(&self, state_dir: &std::path::Path) {
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
 }
 
 /// What the agent records about its running worker in `<state_dir>/worker.json`, so operators
@@ -40,6 +108,20 @@ pub struct WorkerRecord {
     pub generation: u64,
     pub pid: u32,
     pub node_rank: u32,
+    /// Where the worker's stdout and stderr go; the agent follows the file, so the worker
+    /// never writes into a pipe that an agent restart would break.
+    #[serde(default)]
+    pub log_file: PathBuf,
+    #[serde(default)]
+    pub progress_file: PathBuf,
+    #[serde(default)]
+    pub progress_regex: String,
+    #[serde(default)]
+    pub grace_ms: u64,
+    /// The leader's start time (clock ticks after boot, /proc/PID/stat field 22): a restarted
+    /// agent adopts the pid only if it is still the same process, not a reused pid.
+    #[serde(default)]
+    pub start_ticks: u64,
 }
 
 /// The worker's status, as the session reports it in hello.
@@ -55,8 +137,12 @@ struct Running {
     progress_file: PathBuf,
     progress: ProgressReporter,
     stop_requested: Arc<AtomicBool>,
-    exited: oneshot::Receiver<std::process::ExitStatus>,
+    /// The exit status; `None` for an adopted worker (not this agent's child: the status
+    /// cannot be known, only that it is gone).
+    exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
     grace: Duration,
+    /// Set once the worker is gone, so its log follower reads to the end and stops.
+    done: Arc<AtomicBool>,
 }
 
 /// Runs the supervisor until the command channel closes.
@@ -67,14 +153,27 @@ pub struct Supervisor {
     state_dir: PathBuf,
     progress_poll: Duration,
     running: Option<Running>,
-    /// Highest generation seen per job: older commands are refused.
-    generations: HashMap<String, u64>,
-    /// Highest coordinator term seen.
-    term: u64,
+    /// Highest coordinator term and generation per job seen (durable): older commands are
+    /// refused.
+    fencing: FencingState,
+    /// The term, shared with the session so a welcome from an older coordinator is refused.
+    known_term: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+    /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
+    on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
 }
 
 impl Supervisor {
+    /// Runs `on-fence` from `runner`'s directory with `timeout_ms` whenever the node is fenced.
+    pub fn with_on_fence(
+        mut self,
+        runner: crate::scripts::ScriptRunner,
+        timeout_ms: u64,
+    ) -> Supervisor {
+        self.on_fence = Some((runner, timeout_ms));
+        self
+    }
+
     pub fn new(
         outbox: Outbox,
         node_id: String,
@@ -90,9 +189,30 @@ impl Supervisor {
             state_dir,
             progress_poll,
             running: None,
-            generations: HashMap::new(),
-            term: 0,
+            known_term: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            fencing: FencingState::default(),
             snapshot,
+            on_fence: None,
+        }
+        .with_fencing_from_disk()
+    }
+
+    fn with_fencing_from_disk(mut self) -> Supervisor {
+        self.fencing = FencingState::load(&self.state_dir);
+        self.known_term.store(self.fencing.term, Ordering::SeqCst);
+        self
+    }
+
+    /// The highest coordinator term seen, kept up to date by the supervisor.
+    pub fn known_term(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.known_term.clone()
+    }
+
+    fn adopt_term(&mut self, term: u64) {
+        if term > self.fencing.term {
+            self.fencing.term = term;
+            self.known_term.store(term, Ordering::SeqCst);
+            self.fencing.save(&self.state_dir);
         }
     }
 
@@ -100,7 +220,7 @@ impl Supervisor {
         loop {
             let exited = async {
                 match self.running.as_mut() {
-                    Some(r) => (&mut r.exited).await.ok(),
+                    Some(r) => (&mut r.exited).await.ok().flatten(),
                     None => std::future::pending().await,
                 }
             };
@@ -123,19 +243,26 @@ impl Supervisor {
             WorkerCommand::Launch(l) => l.term,
             WorkerCommand::Stop(s) => s.term,
             WorkerCommand::Fence(f) => f.term,
+            WorkerCommand::Term(t) => *t,
         };
-        if term < self.term {
+        if term < self.fencing.term {
             tracing::warn!(
                 term,
-                current = self.term,
+                current = self.fencing.term,
                 "refused a command of an older coordinator term"
             );
             return;
         }
-        self.term = term;
+        self.adopt_term(term);
         match command {
+            WorkerCommand::Term(_) => {}
             WorkerCommand::Launch(launch) => {
-                let seen = self.generations.get(&launch.job_id).copied().unwrap_or(0);
+                let seen = self
+                    .fencing
+                    .generations
+                    .get(&launch.job_id)
+                    .copied()
+                    .unwrap_or(0);
                 if launch.generation <= seen {
                     tracing::warn!(
                         job = launch.job_id,
@@ -145,8 +272,10 @@ impl Supervisor {
                     );
                     return;
                 }
-                self.generations
+                self.fencing
+                    .generations
                     .insert(launch.job_id.clone(), launch.generation);
+                self.fencing.save(&self.state_dir);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
@@ -154,8 +283,15 @@ impl Supervisor {
                 let matches = self.running.as_ref().is_some_and(|r| {
                     r.record.job_id == stop.job_id && r.record.generation <= stop.generation
                 });
-                let seen = self.generations.entry(stop.job_id.clone()).or_insert(0);
-                *seen = (*seen).max(stop.generation);
+                let seen = self
+                    .fencing
+                    .generations
+                    .entry(stop.job_id.clone())
+                    .or_insert(0);
+                if stop.generation > *seen {
+                    *seen = stop.generation;
+                    self.fencing.save(&self.state_dir);
+                }
                 if matches {
                     if let Some(r) = self.running.as_mut() {
                         r.grace = Duration::from_millis(stop.grace_ms);
@@ -166,8 +302,40 @@ impl Supervisor {
             WorkerCommand::Fence(fence) => {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
+                self.run_on_fence(&fence);
             }
         }
+    }
+
+    /// Starts `on-fence` in the background (it may power things off or drain; the supervisor
+    /// must stay responsive meanwhile) and reports its result as command `on-fence`.
+    fn run_on_fence(&self, fence: &pb::Fence) {
+        let Some((runner, timeout_ms)) = self.on_fence.clone() else {
+            return;
+        };
+        if !runner
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.join("on-fence").is_file())
+        {
+            return;
+        }
+        let request = pb::RunScript {
+            command_id: "on-fence".into(),
+            script: "on-fence".into(),
+            args: Vec::new(),
+            timeout_ms,
+            env: [("HOLDFAST_FENCE_REASON".to_string(), fence.reason.clone())].into(),
+            term: fence.term,
+        };
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let result = runner.run(&request).await;
+            tracing::info!(ok = result.ok, "on-fence: {}", result.message);
+            let _ = outbox.send(pb::AgentMessage {
+                body: Some(ToCoordinator::CommandResult(result)),
+            });
+        });
     }
 
     fn launch(&mut self, launch: pb::Launch) {
@@ -186,6 +354,24 @@ impl Supervisor {
             sanitize(&launch.job_id),
             launch.generation
         ));
+        let log_file = self.state_dir.join("logs").join(format!(
+            "{}-g{}-r{}.log",
+            sanitize(&launch.job_id),
+            launch.generation,
+            launch.node_rank
+        ));
+        let (stdout, stderr) = match open_log(&log_file) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(
+                    job = launch.job_id,
+                    "cannot open worker log {}: {e}",
+                    log_file.display()
+                );
+                self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
+                return;
+            }
+        };
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -196,8 +382,8 @@ impl Supervisor {
             )
             .env("HOLDFAST_PROGRESS_FILE", &progress_file)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0)
             .kill_on_drop(false);
         let mut child = match command.spawn() {
@@ -214,6 +400,11 @@ impl Supervisor {
             generation: launch.generation,
             pid,
             node_rank: launch.node_rank,
+            log_file,
+            progress_file,
+            progress_regex: launch.progress_regex.clone(),
+            grace_ms: launch.stop_grace_ms.max(100),
+            start_ticks: start_ticks(pid).unwrap_or(0),
         };
         tracing::info!(
             job = launch.job_id,
@@ -230,37 +421,51 @@ impl Supervisor {
             kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted { pid })),
             at_unix_ms: now_ms(),
         }));
-        let regex = Regex::new(&launch.progress_regex)
-            .or_else(|_| Regex::new(crate::DEFAULT_PROGRESS_REGEX))
-            .ok();
-        let progress = ProgressReporter {
-            outbox: self.outbox.clone(),
-            job_id: launch.job_id.clone(),
-            generation: launch.generation,
-            last: Arc::new(std::sync::Mutex::new(0)),
-            snapshot: self.snapshot.clone(),
-        };
-        let prefix = format!(
-            "[{} g{} r{}]",
-            launch.job_id, launch.generation, launch.node_rank
-        );
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, prefix.clone(), regex.clone(), progress.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, prefix, regex, progress.clone()));
-        }
         let (exit_tx, exit_rx) = oneshot::channel();
         tokio::spawn(async move {
             match child.wait().await {
                 Ok(status) => {
-                    let _ = exit_tx.send(status);
+                    let _ = exit_tx.send(Some(status));
                 }
                 Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
             }
         });
+        self.follow(record, exit_rx, 0);
+    }
+
+    /// Watches a running worker, just launched or adopted after an agent restart: follows its
+    /// log from `offset` and its progress file, and makes it the running worker.
+    fn follow(
+        &mut self,
+        record: WorkerRecord,
+        exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
+        offset: u64,
+    ) {
+        let regex = Regex::new(&record.progress_regex)
+            .or_else(|_| Regex::new(crate::DEFAULT_PROGRESS_REGEX))
+            .ok();
+        let progress = ProgressReporter {
+            outbox: self.outbox.clone(),
+            job_id: record.job_id.clone(),
+            generation: record.generation,
+            last: Arc::new(std::sync::Mutex::new(0)),
+            snapshot: self.snapshot.clone(),
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let prefix = format!(
+            "[{} g{} r{}]",
+            record.job_id, record.generation, record.node_rank
+        );
+        tokio::spawn(follow_log(
+            record.log_file.clone(),
+            offset,
+            prefix,
+            regex,
+            progress.clone(),
+            done.clone(),
+        ));
         tokio::spawn(poll_progress_file(
-            progress_file.clone(),
+            record.progress_file.clone(),
             self.progress_poll,
             progress.clone(),
         ));
@@ -269,13 +474,84 @@ impl Supervisor {
             snap.last_step = 0;
         }
         self.running = Some(Running {
+            progress_file: record.progress_file.clone(),
+            grace: Duration::from_millis(record.grace_ms.max(100)),
             record,
-            progress_file,
             progress,
             stop_requested: Arc::new(AtomicBool::new(false)),
-            exited: exit_rx,
-            grace: Duration::from_millis(launch.stop_grace_ms.max(100)),
+            exited,
+            done,
         });
+    }
+
+    /// After an agent restart: takes over the worker recorded in `worker.json` if it still
+    /// runs (same pid, same start time), or reports that it ended while the agent was away.
+    /// Called before the first session, so the first hello already reports the worker.
+    pub fn adopt(&mut self) {
+        let path = self.state_dir.join("worker.json");
+        let record: WorkerRecord = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable {}: {e}", path.display());
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", path.display());
+                return;
+            }
+        };
+        let seen = self
+            .fencing
+            .generations
+            .entry(record.job_id.clone())
+            .or_insert(0);
+        if record.generation > *seen {
+            *seen = record.generation;
+            self.fencing.save(&self.state_dir);
+        }
+        let same =
+            |pid: u32, ticks: u64| start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks);
+        if record.pid == 0
+            || record.log_file.as_os_str().is_empty()
+            || !same(record.pid, record.start_ticks)
+        {
+            tracing::warn!(
+                job = record.job_id,
+                generation = record.generation,
+                pid = record.pid,
+                "the recorded worker ended while the agent was away"
+            );
+            self.write_record(None);
+            self.report_exit(&record.job_id, record.generation, None, None, false);
+            return;
+        }
+        // Output printed while the agent was away is in the log: its tail is read again (the
+        // latest step is reported), then the log is followed.
+        let len = std::fs::metadata(&record.log_file).map_or(0, |m| m.len());
+        let offset = len.saturating_sub(ADOPT_LOG_TAIL_BYTES);
+        tracing::info!(
+            job = record.job_id,
+            generation = record.generation,
+            pid = record.pid,
+            "adopted the running worker"
+        );
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (pid, ticks) = (record.pid, record.start_ticks);
+        tokio::spawn(async move {
+            // Not this agent's child: it cannot be waited for, only seen gone.
+            let mut interval = tokio::time::interval(ADOPTED_EXIT_POLL);
+            loop {
+                interval.tick().await;
+                if !same(pid, ticks) {
+                    let _ = exit_tx.send(None);
+                    return;
+                }
+            }
+        });
+        self.follow(record, exit_rx, offset);
     }
 
     /// SIGCONT + SIGTERM to the group, SIGKILL after the grace, then waits for the exit.
@@ -300,7 +576,7 @@ impl Supervisor {
         let _ = killpg(pgid, Signal::SIGCONT);
         crate::proctree::signal_all(&tree, Signal::SIGCONT);
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
-            Ok(status) => status.ok(),
+            Ok(status) => status.ok().flatten(),
             Err(_) => {
                 tracing::warn!(
                     pid = running.record.pid,
@@ -312,6 +588,7 @@ impl Supervisor {
                     .await
                     .ok()
                     .and_then(Result::ok)
+                    .flatten()
             }
         };
         // Whatever of the tree outlived its launcher would run on as an orphan.
@@ -323,6 +600,7 @@ impl Supervisor {
         let Some(running) = self.running.take() else {
             return;
         };
+        running.done.store(true, Ordering::SeqCst);
         // Whatever the leader left behind in its group goes with it.
         let _ = killpg(Pid::from_raw(running.record.pid as i32), Signal::SIGKILL);
         use std::os::unix::process::ExitStatusExt;
@@ -431,29 +709,100 @@ impl ProgressReporter {
     }
 }
 
-/// Copies a worker's output lines to the agent's log and reports the steps it prints.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(
-    out: R,
+/// Follows a worker's log file from `offset`: copies its lines to the agent's output and
+/// reports the steps they print. Stops once the worker is `done` and the file is read to its
+/// end.
+async fn follow_log(
+    path: PathBuf,
+    offset: u64,
     prefix: String,
     regex: Option<Regex>,
     progress: ProgressReporter,
+    done: Arc<AtomicBool>,
 ) {
-    let mut lines = BufReader::new(out).lines();
+    use tokio::io::AsyncSeekExt;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot follow worker log {}: {e}", path.display());
+            return;
+        }
+    };
+    if offset > 0 && file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return;
+    }
+    // Adopted mid-file: the first partial line is not a line.
+    let mut skip_partial = offset > 0;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                println!("{prefix} {line}");
-                if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
-                    progress.report(step);
-                }
-            }
-            Ok(None) => return,
+        let finished = done.load(Ordering::SeqCst);
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
             Err(e) => {
-                tracing::debug!("worker output unreadable: {e}");
+                tracing::debug!("worker log unreadable: {e}");
                 return;
             }
+        };
+        if n == 0 {
+            if finished || progress.closed() {
+                return;
+            }
+            tokio::time::sleep(LOG_FOLLOW_POLL).await;
+            continue;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if std::mem::take(&mut skip_partial) {
+                continue;
+            }
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+            println!("{prefix} {line}");
+            if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
+                progress.report(step);
+            }
+        }
+        // A line longer than this is cut rather than held for ever.
+        if pending.len() > 1 << 20 {
+            pending.clear();
         }
     }
+}
+
+/// Opens (appending) a worker log for stdout and stderr, creating its directory and keeping
+/// only the most recent [`KEEP_LOGS`] logs there.
+fn open_log(path: &std::path::Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        logs.sort();
+        let excess = logs.len().saturating_sub(KEEP_LOGS - 1);
+        for (_, old) in logs.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
+/// A live (not zombie) process's start time in clock ticks after boot, from /proc/PID/stat.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 /// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) until the worker is gone.
@@ -569,6 +918,75 @@ mod tests {
         assert_eq!(parse_step(&re, "global_step=99"), None);
         assert_eq!(parse_step(&re, "step=99"), Some(99));
         assert_eq!(parse_step(&re, "stepping up"), None);
+    }
+
+    #[test]
+    fn the_fencing_state_survives_an_agent_restart() {
+        let dir = std::env::temp_dir().join(format!("holdfast-fencing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(FencingState::load(&dir), FencingState::default());
+        let mut state = FencingState {
+            term: 7,
+            ..Default::default()
+        };
+        state.generations.insert("job-1".into(), 3);
+        state.save(&dir);
+        assert_eq!(FencingState::load(&dir), state);
+        // A supervisor started on that directory refuses what an older coordinator sends.
+        let (outbox, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            outbox,
+            "n".into(),
+            "127.0.0.1".into(),
+            dir.clone(),
+            Duration::from_millis(100),
+            Default::default(),
+        );
+        assert_eq!(supervisor.known_term().load(Ordering::SeqCst), 7);
+        std::fs::write(FencingState::path(&dir), b"not json").unwrap();
+        assert_eq!(FencingState::load(&dir), FencingState::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn commands_of_an_older_term_or_generation_are_refused_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("holdfast-fencing-cmd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut state = FencingState {
+            term: 5,
+            ..Default::default()
+        };
+        state.generations.insert("j".into(), 2);
+        state.save(&dir);
+        let (outbox, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut supervisor = Supervisor::new(
+            outbox,
+            "n".into(),
+            "127.0.0.1".into(),
+            dir.clone(),
+            Duration::from_millis(100),
+            Default::default(),
+        );
+        let launch = |term, generation| pb::Launch {
+            job_id: "j".into(),
+            generation,
+            term,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        // An older coordinator term, then an older generation: nothing starts.
+        supervisor.handle(WorkerCommand::Launch(launch(4, 9))).await;
+        supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
+        assert!(supervisor.running.is_none());
+        assert!(rx.try_recv().is_err());
+        // The current term and a new generation start a worker.
+        supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
+        assert!(supervisor.running.is_some());
+        assert_eq!(FencingState::load(&dir).term, 6);
+        assert_eq!(FencingState::load(&dir).generations["j"], 3);
+        supervisor.stop_current("test over").await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -21,6 +21,40 @@ use crate::follow;
 /// The training script the demo runs, shipped in the binary.
 pub const TRAIN_SCRIPT: &str = include_str!("../../examples/train_demo.py");
 
+/// The lifecycle scripts the demo's agents run (the ones in `lifecycle-scripts/`).
+pub const LIFECYCLE_SCRIPTS: [(&str, &str); 3] = [
+    (
+        "on-create",
+        include_str!("../../lifecycle-scripts/on-create"),
+    ),
+    ("on-fence", include_str!("../../lifecycle-scripts/on-fence")),
+    (
+        "health/host",
+        include_str!("../../lifecycle-scripts/health/host"),
+    ),
+];
+
+/// Writes the lifecycle scripts and a coordinator config that runs them into `dir`; returns
+/// (script directory, coordinator config path).
+pub fn write_lifecycle_setup(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = dir.join("lifecycle-scripts");
+    for (name, body) in LIFECYCLE_SCRIPTS {
+        let path = scripts.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 30000\n",
+    )?;
+    Ok((scripts, config))
+}
+
 /// The faults the demo can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -33,6 +67,12 @@ pub enum Fault {
     /// A fatal GPU XID (79, fallen off the bus) through the agents' fault-injection seam: the
     /// node is fenced and replaced.
     Xid,
+    /// SIGKILL the coordinator and start it again on the same port and state file: training
+    /// goes on, no incident, no new generation.
+    KillCoordinator,
+    /// Kill a host while the first spare has gone bad: it fails its replacement check and is
+    /// fenced, the second spare takes over (needs --spares 2).
+    BadSpare,
     /// No fault.
     None,
 }
@@ -44,6 +84,8 @@ impl Fault {
             Fault::KillWorker => "kill-worker",
             Fault::Hang => "hang",
             Fault::Xid => "xid",
+            Fault::KillCoordinator => "kill-coordinator",
+            Fault::BadSpare => "bad-spare",
             Fault::None => "none",
         }
     }
@@ -64,6 +106,8 @@ pub struct DemoOptions {
     pub json: bool,
     /// Keep the working directory (logs, checkpoints) after the demo.
     pub keep: bool,
+    /// How long the coordinator stays down with `Fault::KillCoordinator`.
+    pub coordinator_outage: Duration,
 }
 
 impl Default for DemoOptions {
@@ -79,6 +123,7 @@ impl Default for DemoOptions {
             stall_timeout_s: 3.0,
             json: false,
             keep: false,
+            coordinator_outage: Duration::from_secs(3),
         }
     }
 }
@@ -89,41 +134,76 @@ pub struct LocalCluster {
     exe: PathBuf,
     pub addr: String,
     coordinator: Option<Child>,
+    /// The coordinator's flags beyond listen address and state file, kept for restarts.
+    coordinator_extra: Vec<String>,
     agents: BTreeMap<String, Child>,
 }
 
 impl LocalCluster {
     /// Starts `holdfast coordinator` (from `exe`) on a free loopback port with `extra` flags.
+    /// Its state file is `<dir>/coordinator.redb`.
     pub async fn start(exe: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let addr_file = dir.join("coordinator.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(dir.join("coordinator.log"))?;
-        let child = Command::new(exe)
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--addr-file"])
-            .arg(&addr_file)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} coordinator", exe.display()))?;
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             exe: exe.to_path_buf(),
             addr: String::new(),
-            coordinator: Some(child),
+            coordinator: None,
+            coordinator_extra: extra.iter().map(|s| s.to_string()).collect(),
             agents: BTreeMap::new(),
         };
+        cluster.spawn_coordinator("127.0.0.1:0").await?;
+        Ok(cluster)
+    }
+
+    /// A harness for agents of coordinators started elsewhere (several, for HA): `addr` is
+    /// what agents are given, e.g. a comma-separated list.
+    pub fn attach(exe: &Path, dir: &Path, addr: &str) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            addr: addr.to_string(),
+            coordinator: None,
+            coordinator_extra: Vec::new(),
+            agents: BTreeMap::new(),
+        })
+    }
+
+    /// The coordinator's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("coordinator.redb")
+    }
+
+    async fn spawn_coordinator(&mut self, listen: &str) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let addr_file = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coordinator.log"))?;
+        let child = Command::new(&self.exe)
+            .args(["coordinator", "--listen", listen, "--addr-file"])
+            .arg(&addr_file)
+            .arg("--state")
+            .arg(self.state_file())
+            .args(&self.coordinator_extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} coordinator", self.exe.display()))?;
+        self.coordinator = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
                 if text.ends_with('\n') {
-                    cluster.addr = format!("http://{}", text.trim());
-                    break;
+                    self.addr = format!("http://{}", text.trim());
+                    return Ok(());
                 }
             }
-            if let Some(Some(status)) = cluster
+            if let Some(Some(status)) = self
                 .coordinator
                 .as_mut()
                 .map(|c| c.try_wait().ok().flatten())
@@ -138,7 +218,56 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(cluster)
+    }
+
+    /// SIGKILLs the coordinator and reaps it (agents and workers keep running).
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        let mut child = self
+            .coordinator
+            .take()
+            .context("the coordinator is not running")?;
+        child.kill().context("killing the coordinator")?;
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Sends `signal` to the coordinator process.
+    pub fn signal_coordinator(&self, signal: Signal) -> anyhow::Result<()> {
+        let child = self
+            .coordinator
+            .as_ref()
+            .context("the coordinator is not running")?;
+        kill(Pid::from_raw(child.id() as i32), signal).context("signalling the coordinator")?;
+        Ok(())
+    }
+
+    /// Starts the coordinator again on the same address and state file.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.coordinator.is_none(),
+            "the coordinator is still running"
+        );
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        // The port was just freed; a lingering socket can hold it for a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_coordinator(&listen).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("coordinator restart failed, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`LocalCluster::restart_coordinator`] for callers that cannot await (event callbacks):
+    /// blocks this thread until the coordinator listens again.
+    pub fn restart_coordinator_blocking(&mut self) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.restart_coordinator())
+        })
     }
 
     /// The agent's state directory (holds `worker.json`).
@@ -238,6 +367,32 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERMs the agent of `node` (an orderly stop: it says goodbye and leaves its worker
+    /// running) and waits up to `within` for it to exit.
+    pub fn stop_agent(
+        &mut self,
+        node: &str,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal_agent(node, Signal::SIGTERM)?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("agent {node} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let mut child = self
@@ -310,6 +465,22 @@ pub struct DemoReport {
     /// Unix ms when the fault was injected (0 when none was).
     pub fault_at: i64,
     pub victim: String,
+    /// Steps of the checkpoints that were complete right after the fault was injected.
+    pub checkpoints_at_fault: Vec<u64>,
+}
+
+/// Steps of the complete checkpoints (`step-N/COMPLETE`) under a local prefix.
+pub fn complete_checkpoints(prefix: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(prefix)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("COMPLETE").exists())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
 }
 
 impl DemoReport {
@@ -351,18 +522,20 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         options.fault.name(),
         dir.display()
     ));
-    let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    let (script_dir, coordinator_config) = write_lifecycle_setup(&dir)?;
+    let config_arg = coordinator_config.display().to_string();
+    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg]).await?;
+    let script_arg = script_dir.display().to_string();
+    let mut agent_args = vec!["--script-dir", script_arg.as_str()];
     // The injection seam is opened only for the fault that needs it.
-    let agent_flags: &[&str] = if options.fault == Fault::Xid {
-        &["--enable-fault-injection"]
-    } else {
-        &[]
-    };
+    if options.fault == Fault::Xid {
+        agent_args.push("--enable-fault-injection");
+    }
     for i in 1..=options.nodes {
-        cluster.start_agent(&format!("node-{i}"), "worker", agent_flags)?;
+        cluster.start_agent(&format!("node-{i}"), "worker", &agent_args)?;
     }
     for i in 1..=options.spares {
-        cluster.start_agent(&format!("spare-{i}"), "spare", agent_flags)?;
+        cluster.start_agent(&format!("spare-{i}"), "spare", &agent_args)?;
     }
     cluster
         .wait_ready(
@@ -403,6 +576,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
+    let mut checkpoints_at_fault = Vec::new();
+    let checkpoint_dir = dir.join("checkpoints");
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
@@ -438,13 +613,42 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                 Fault::Xid => cluster
                     .inject(&node, "xid 79 gpu 0")
                     .map(|_| "fatal Xid 79 injected on gpu 0".to_string()),
+                Fault::KillCoordinator => {
+                    let outage = options.coordinator_outage;
+                    say(format!(
+                        "{}  FAULT: SIGKILL of the coordinator at step {}; down for {:.1} s",
+                        crate::tables::clock(holdfast_coordinator::now_ms()),
+                        job.step,
+                        outage.as_secs_f64()
+                    ));
+                    cluster
+                        .kill_coordinator()
+                        .map(|()| std::thread::sleep(outage))
+                        .and_then(|()| cluster.restart_coordinator_blocking())
+                        .map(|()| {
+                            "coordinator SIGKILLed and restarted on the same port and state file"
+                                .to_string()
+                        })
+                }
+                Fault::BadSpare => std::fs::write(
+                    cluster.state_dir("spare-1").join("unhealthy"),
+                    "demo fault: spare-1 found with uncorrectable memory errors while idle\n",
+                )
+                .map_err(anyhow::Error::from)
+                .and_then(|_| cluster.kill_host(&node))
+                .map(|_| "agent and worker SIGKILLed; spare-1 marked unhealthy".to_string()),
                 Fault::None => return,
             };
             fault_at = injected_at;
-            victim = node.clone();
+            checkpoints_at_fault = complete_checkpoints(&checkpoint_dir);
+            victim = if fault == Fault::KillCoordinator {
+                "coordinator".to_string()
+            } else {
+                node.clone()
+            };
             match result {
                 Ok(what) => say(format!(
-                    "{}  FAULT injected at step {} on {node}: {what}",
+                    "{}  FAULT injected at step {} on {victim}: {what}",
                     crate::tables::clock(fault_at),
                     job.step
                 )),
@@ -475,6 +679,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         incidents,
         fault_at,
         victim,
+        checkpoints_at_fault,
     })
 }
 
@@ -513,6 +718,9 @@ pub fn print_report(report: &DemoReport, to_stderr: bool) {
             s(i.resumed_unix_ms),
             i.resumed_from_step
         ));
+        for rejected in &i.rejected_candidates {
+            text.push_str(&format!("  rejected candidate {rejected}\n"));
+        }
     }
     if to_stderr {
         eprint!("{text}");

@@ -325,6 +325,9 @@ impl NetnsCluster {
                 "--addr-file",
             ])
             .arg(&addr_file)
+            // Its own state file: the default one is the machine's.
+            .arg("--state")
+            .arg(dir.join("coordinator.redb"))
             .args(coordinator_args)
             .envs(cluster.s3_env())
             .stdin(Stdio::null())

@@ -179,18 +179,41 @@ impl Display {
     }
 }
 
+type Events = Streaming<pb::Event>;
+
 /// Every event of the coordinator from now on. Open it before submitting a job, so the job's
 /// first transitions are not missed.
-pub async fn watch(
+pub async fn watch(client: &mut OperatorServiceClient<Channel>) -> anyhow::Result<Events> {
+    watch_or_outage(client)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("cannot watch events: the coordinator is unreachable"))
+}
+
+/// Opens the event stream; `None` while the coordinator is unreachable.
+async fn watch_or_outage(
     client: &mut OperatorServiceClient<Channel>,
-) -> anyhow::Result<Streaming<pb::Event>> {
-    Ok(client
+) -> anyhow::Result<Option<Events>> {
+    match client
         .watch_events(pb::WatchEventsRequest {
             job_id: String::new(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("cannot watch events: {}", s.message()))?
-        .into_inner())
+    {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(status) if is_outage(&status) => Ok(None),
+        Err(status) => anyhow::bail!("cannot watch events: {}", status.message()),
+    }
+}
+
+/// Errors that mean "the coordinator is away for now", not "the request is wrong".
+fn is_outage(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// Prints the job's events until it reaches a final state, and returns that job.
@@ -206,10 +229,12 @@ pub async fn follow(
     follow_events(client, events, job_id, deadline, on_event, print).await
 }
 
-/// [`follow`] on an event stream opened earlier with [`watch`].
+/// [`follow`] on an event stream opened earlier with [`watch`]. A coordinator that goes away
+/// (restart, failover) does not end the following: the training goes on meanwhile, so the
+/// follower retries until `deadline`.
 pub async fn follow_events(
     client: &mut OperatorServiceClient<Channel>,
-    events: Streaming<pb::Event>,
+    events: Events,
     job_id: &str,
     deadline: Duration,
     mut on_event: impl FnMut(&pb::Event),
@@ -223,6 +248,61 @@ pub async fn follow_events(
     };
     let result = follow_inner(
         client,
+        None,
+        events,
+        job_id,
+        deadline,
+        &mut on_event,
+        &mut display,
+    )
+    .await;
+    display.finish();
+    result
+}
+
+/// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
+/// while the one it talks to is unreachable it connects again through the list, so it follows
+/// the job across a leader failover.
+pub async fn follow_at(
+    addrs: &str,
+    job_id: &str,
+    deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut client = crate::client::connect(addrs).await?;
+    let events = watch(&mut client).await?;
+    follow_events_at(
+        &mut client,
+        addrs,
+        events,
+        job_id,
+        deadline,
+        on_event,
+        print,
+    )
+    .await
+}
+
+/// [`follow_events`] that reconnects through `addrs` (see [`follow_at`]).
+pub async fn follow_events_at(
+    client: &mut OperatorServiceClient<Channel>,
+    addrs: &str,
+    events: Events,
+    job_id: &str,
+    deadline: Duration,
+    mut on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut display = Display {
+        enabled: print,
+        terminal: std::io::stdout().is_terminal(),
+        drawn: false,
+        last_plain: None,
+    };
+    let result = follow_inner(
+        client,
+        Some(addrs),
         events,
         job_id,
         deadline,
@@ -236,22 +316,31 @@ pub async fn follow_events(
 
 async fn follow_inner(
     client: &mut OperatorServiceClient<Channel>,
-    mut events: Streaming<pb::Event>,
+    reconnect: Option<&str>,
+    events: Events,
     job_id: &str,
     deadline: Duration,
     on_event: &mut impl FnMut(&pb::Event),
     display: &mut Display,
 ) -> anyhow::Result<pb::Job> {
+    let mut events = Some(events);
     let mut rate = RateMeter::default();
     let mut nodes: Vec<pb::Node> = Vec::new();
     let started = tokio::time::Instant::now();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    // Set while the coordinator cannot be reached.
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         if started.elapsed() > deadline {
             anyhow::bail!("job {job_id} did not finish within {deadline:?}");
         }
         tokio::select! {
-            event = events.next() => match event {
+            event = async {
+                match events.as_mut() {
+                    Some(e) => e.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
                 Some(Ok(event)) if !event.job_id.is_empty() && event.job_id != job_id => {}
                 Some(Ok(event)) => {
                     on_event(&event);
@@ -270,16 +359,41 @@ async fn follow_inner(
                         }
                     }
                 }
-                Some(Err(status)) => anyhow::bail!("event stream broke: {}", status.message()),
-                None => anyhow::bail!("the coordinator closed the event stream"),
+                Some(Err(status)) => {
+                    lost(&mut unreachable_since, display, status.message());
+                    events = None;
+                }
+                None => {
+                    lost(&mut unreachable_since, display, "the coordinator closed the event stream");
+                    events = None;
+                }
             },
             _ = poll.tick() => {
                 // The event stream can drop events under load; the job's own state is the truth.
-                let job = client
-                    .get_job(pb::GetJobRequest { job_id: job_id.to_string() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("cannot read job {job_id}: {}", s.message()))?
-                    .into_inner();
+                let job = match client.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await {
+                    Ok(job) => job.into_inner(),
+                    Err(status) if is_outage(&status) => {
+                        lost(&mut unreachable_since, display, status.message());
+                        if let Some(addrs) = reconnect {
+                            // Another coordinator may lead now.
+                            if let Ok(c) = crate::client::connect(addrs).await {
+                                *client = c;
+                                events = None;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(status) => anyhow::bail!("cannot read job {job_id}: {}", status.message()),
+                };
+                if let Some(since) = unreachable_since.take() {
+                    display.event(&format!(
+                        "coordinator reachable again after {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    ));
+                }
+                if events.is_none() {
+                    events = watch_or_outage(client).await.ok().flatten();
+                }
                 on_event(&pb::Event { kind: "poll".into(), job: Some(job.clone()), ..Default::default() });
                 if display.enabled {
                     // Node health for the status line; a failed read keeps the last one.
@@ -293,6 +407,15 @@ async fn follow_inner(
                 }
             }
         }
+    }
+}
+
+fn lost(since: &mut Option<tokio::time::Instant>, display: &mut Display, why: &str) {
+    if since.is_none() {
+        *since = Some(tokio::time::Instant::now());
+        display.event(&format!(
+            "coordinator unreachable ({why}); training goes on, retrying"
+        ));
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
 //! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
+//! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
 
 pub mod client;
 pub mod demo;
@@ -19,4 +20,5 @@ pub mod e2e;
 pub mod follow;
 pub mod netns;
 pub mod reports;
+pub mod sdnotify;
 pub mod tables;

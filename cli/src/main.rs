@@ -82,6 +82,16 @@ enum Cmd {
     },
     /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
     WhatIf(reports::WhatIfArgs),
+    /// Run the configured deep check (health scripts) on a node now and print each script's
+    /// result; exits 0 when every script passed. The report is kept on the node.
+    Check {
+        node: String,
+        #[command(flatten)]
+        addr: Addr,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -105,6 +115,34 @@ struct CoordinatorArgs {
     /// Override heartbeat_timeout_ms.
     #[arg(long)]
     heartbeat_timeout_ms: Option<u64>,
+    /// The state file (nodes, jobs, generations, incidents, term): reloaded on start, so a
+    /// restarted coordinator carries on where the previous one stopped.
+    #[arg(
+        long,
+        env = "HOLDFAST_COORDINATOR_STATE",
+        default_value = "/var/lib/holdfast/coordinator.redb"
+    )]
+    state: PathBuf,
+    /// Keep the state in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with = "state")]
+    ephemeral: bool,
+    /// Override reconnect_grace_ms.
+    #[arg(long)]
+    reconnect_grace_ms: Option<u64>,
+    /// High availability: etcd endpoints (comma-separated). The coordinator then keeps its
+    /// state in etcd instead of --state, and serves only while it holds the leadership.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd of this group of coordinators.
+    #[arg(long, default_value = "/holdfast")]
+    etcd_prefix: String,
+    /// Seconds a dead leader keeps the leadership before a standby takes over.
+    #[arg(long, default_value_t = 2)]
+    etcd_lease_ttl_s: i64,
+    /// The address agents and operators reach this coordinator at (published while leading);
+    /// default http://<listen address>.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +172,9 @@ struct AgentArgs {
     /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Lifecycle script directory (on-create, health/*, on-fence).
+    #[arg(long)]
+    script_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +193,10 @@ struct LaunchArgs {
     /// Restarts in place for worker faults (0 = the coordinator's default).
     #[arg(long, default_value_t = 0)]
     restart_budget: u32,
+    /// Fewest nodes the job can run on: with no replacement in time it shrinks to the
+    /// surviving nodes if at least this many remain (0 = never shrink).
+    #[arg(long, default_value_t = 0)]
+    min_nodes: u32,
     /// Regex with one capture group giving the step in output lines.
     #[arg(long, default_value = "")]
     progress_regex: String,
@@ -222,6 +267,42 @@ async fn shutdown_signal() {
     }
 }
 
+/// `signal`, then tells systemd the service is stopping.
+async fn stopping(signal: impl std::future::Future<Output = ()>) {
+    signal.await;
+    holdfast_cli::sdnotify::notify_or_log("STOPPING=1");
+}
+
+type LeaderStore = (
+    Box<dyn holdfast_coordinator::store::RecordStore>,
+    Option<tokio::sync::watch::Receiver<bool>>,
+);
+
+/// Waits for the etcd leadership, then returns the etcd state store and the lease-lost signal.
+#[cfg(feature = "etcd")]
+async fn lead_with_etcd(args: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
+    let settings = holdfast_coordinator::ha::EtcdSettings {
+        endpoints: args.etcd.iter().map(|e| client::normalize(e)).collect(),
+        prefix: args.etcd_prefix.clone(),
+        lease_ttl_s: args.etcd_lease_ttl_s.max(1),
+        advertise: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| client::normalize(&args.listen)),
+        poll: Duration::from_millis(100),
+    };
+    let leadership = holdfast_coordinator::ha::campaign(&settings).await?;
+    let store: Box<dyn holdfast_coordinator::store::RecordStore> = Box::new(leadership.store());
+    Ok((store, Some(leadership.lost.clone())))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn lead_with_etcd(_: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
+    anyhow::bail!(
+        "--etcd: this holdfast was built without etcd support (cargo build --features etcd)"
+    )
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -245,7 +326,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = args.heartbeat_timeout_ms {
                 config.heartbeat_timeout_ms = t;
             }
+            if let Some(g) = args.reconnect_grace_ms {
+                config.reconnect_grace_ms = g;
+            }
             config.validate().context("invalid coordinator config")?;
+            // Opened before listening: a state file another coordinator holds is an error
+            // before any agent can connect, and a standby does not listen until it leads.
+            let (store, lost) = if !args.etcd.is_empty() {
+                lead_with_etcd(&args).await?
+            } else if args.ephemeral {
+                let store: Box<dyn holdfast_coordinator::store::RecordStore> =
+                    Box::new(holdfast_coordinator::store::MemoryStore::default());
+                (store, None)
+            } else {
+                let store: Box<dyn holdfast_coordinator::store::RecordStore> =
+                    Box::new(holdfast_coordinator::store::RedbStore::open(&args.state)?);
+                (store, None)
+            };
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -254,7 +351,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::fs::write(path, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            holdfast_coordinator::run(listener, config, shutdown_signal()).await?;
+            let lost_leadership = async move {
+                match lost {
+                    Some(mut lost) => {
+                        while !*lost.borrow() {
+                            if lost.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // A coordinator that lost its lease must stop acting at once: a standby may lead
+            // already. Long-lived streams would hold a graceful shutdown open, so it exits.
+            tokio::spawn(async move {
+                lost_leadership.await;
+                tracing::error!("lost the etcd leadership lease: exiting");
+                std::process::exit(3);
+            });
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_coordinator::run_with_store(
+                listener,
+                config,
+                store,
+                stopping(shutdown_signal()),
+            )
+            .await?;
             Ok(0)
         }
         Cmd::Agent(args) => {
@@ -292,8 +416,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(m) = args.metrics_listen {
                 config.metrics_listen = m;
             }
+            if let Some(d) = args.script_dir {
+                config.script_dir = d;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
-            holdfast_agent::run(config, health, shutdown_signal()).await?;
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_agent::run(config, health, stopping(shutdown_signal())).await?;
             Ok(0)
         }
         Cmd::Launch(args) => launch(args).await,
@@ -376,6 +505,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
         Cmd::WhatIf(args) => reports::what_if(args).await,
+        Cmd::Check { node, addr, json } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let report = c
+                .check_node(pb::CheckNodeRequest { node_id: node })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if json {
+                let scripts: Vec<_> = report
+                    .scripts
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"script": s.script, "ok": s.ok, "exit_code": s.exit_code,
+                            "duration_ms": s.duration_ms, "message": s.message, "output": s.output})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"node": report.node_id, "ok": report.ok, "purpose": report.purpose,
+                        "started_unix_ms": report.started_unix_ms, "duration_ms": report.duration_ms, "scripts": scripts})
+                );
+            } else {
+                print!("{}", tables::check_report(&report));
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
@@ -397,6 +552,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "--fault {} needs at least one spare (--spares 1)",
                     options.fault.name()
                 );
+            }
+            if options.fault == demo::Fault::BadSpare && options.spares < 2 {
+                anyhow::bail!("--fault bad-spare needs two spares (--spares 2): the first is bad");
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
@@ -420,6 +578,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         progress_regex: args.progress_regex,
         env: args.env.into_iter().collect(),
         total_steps: 0,
+        min_nodes: args.min_nodes,
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;
@@ -428,8 +587,9 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow_events(
+    let done = follow::follow_events_at(
         &mut c,
+        &args.addr.coordinator,
         events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),

@@ -308,8 +308,6 @@ fn lifecycle_scripts(dir: &Path, node: &str) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs the lifecycle scripts (coordinator `check_scripts`, agent `--script-dir`) that land \
-            with the lifecycle/provider work; run with --ignored once merged"]
 fn a_replacement_failing_its_deep_check_is_fenced_and_the_next_spare_is_used() {
     let config = std::env::temp_dir().join(format!(
         "holdfast-e2e-bad-spare-{}.toml",
@@ -336,4 +334,12 @@ fn a_replacement_failing_its_deep_check_is_fenced_and_the_next_spare_is_used() {
         "the spare that failed its check was used"
     );
     assert!(!run.job.nodes.contains(&"spare-1".to_string()));
+    assert!(
+        incident
+            .rejected_candidates
+            .iter()
+            .any(|c| c.contains("spare-1") && c.contains("ECC")),
+        "spare-1's failed check is not on the incident: {:?}",
+        incident.rejected_candidates
+    );
 }

@@ -19,6 +19,10 @@ use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec,
 use crate::node::{self, NodeEvent, NodeState};
 use crate::UnixMillis;
 
+mod breaker;
+mod lifecycle;
+pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
+
 /// A node's role, from its agent's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -42,10 +46,13 @@ pub struct NodeRecord {
     pub boot_id: String,
     pub agent_version: String,
     pub gpus: Vec<GpuInfo>,
-    /// Coordinator time of the last heartbeat (or hello).
+    /// Coordinator time of the last heartbeat (or hello). Not stored: it changes with every
+    /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
+    #[serde(skip)]
     pub last_heartbeat_at: UnixMillis,
     /// Agent clock minus coordinator clock, estimated from heartbeats (upper bound of the
-    /// one-way delay removed by taking the largest recent sample).
+    /// one-way delay removed by taking the largest recent sample). Relearned after a restart.
+    #[serde(skip)]
     pub clock_offset_ms: i64,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
@@ -53,9 +60,18 @@ pub struct NodeRecord {
     pub health: pb::HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
     pub worker: Option<(String, u64, u32)>,
+    #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
+    /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
+    #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
+    /// Lifecycle scripts the node is running now (bootstrap, deep check).
+    #[serde(skip)]
+    pub script_run: Option<ScriptRun>,
+    /// The last bootstrap/deep check the node ran, kept for operators.
+    #[serde(default)]
+    pub last_check: Option<CheckReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +101,11 @@ pub enum Effect {
     },
     /// Tell operators (event stream, logs).
     Publish(pb::Event),
+    /// An operator's check (request `request`) finished: answer the waiting call.
+    CheckFinished {
+        request: u64,
+        report: Box<pb::CheckReport>,
+    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -120,6 +141,24 @@ pub struct Cluster {
     /// fault time.
     #[serde(skip)]
     pending_fault_time: Option<UnixMillis>,
+    /// Last command id handed out (lifecycle scripts).
+    #[serde(default)]
+    next_command: u64,
+    /// The circuit breaker on fencing (breaker.rs).
+    #[serde(skip)]
+    breaker: breaker::FenceBreaker,
+    /// Bumped by every change that must survive a restart (a state transition, a generation, an
+    /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
+    /// alone do not bump it, so they cost no write.
+    #[serde(skip)]
+    durable_version: u64,
+}
+
+/// The stored header of the state: the term and the job counter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    term: u64,
+    next_job: u64,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -136,6 +175,147 @@ impl Cluster {
             next_job: 1,
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
+            next_command: 0,
+            breaker: breaker::FenceBreaker::default(),
+            durable_version: 0,
+        }
+    }
+
+    // ----- durability --------------------------------------------------------------------------
+
+    /// Changes when something that must survive a restart changed.
+    pub fn durable_version(&self) -> u64 {
+        self.durable_version
+    }
+
+    fn touch(&mut self) {
+        self.durable_version += 1;
+    }
+
+    /// The state as stored records (see [`crate::store`]).
+    pub fn to_records(&self) -> Result<crate::store::Records, crate::store::StoreError> {
+        let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
+            value.map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut records = crate::store::Records::new();
+        let meta = Meta {
+            term: self.term,
+            next_job: self.next_job,
+        };
+        records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
+        for (id, node) in &self.nodes {
+            let key = format!("node/{id}");
+            let value = encode(&key, serde_json::to_vec(node))?;
+            records.insert(key, value);
+        }
+        for (id, job) in &self.jobs {
+            let key = format!("job/{id}");
+            let value = encode(&key, serde_json::to_vec(job))?;
+            records.insert(key, value);
+        }
+        for incident in &self.incidents {
+            let key = format!("incident/{:010}", incident.id);
+            let value = encode(&key, serde_json::to_vec(incident))?;
+            records.insert(key, value);
+        }
+        Ok(records)
+    }
+
+    /// Rebuilds the core from stored records after a restart (or a leader change): the term
+    /// goes up so agents refuse whatever the previous coordinator still sends, every node counts
+    /// as away with `reconnect_grace_ms` to come back before it is treated as lost, the
+    /// training's stall clocks restart, and a checkpoint resolution that was in flight is asked
+    /// for again. Nothing else is redone: a generation already launched is not launched anew.
+    /// Returns `None` when the records are empty (a fresh store).
+    pub fn restore(
+        config: CoordinatorConfig,
+        records: &crate::store::Records,
+        now: UnixMillis,
+    ) -> Result<Option<(Cluster, Vec<Effect>)>, crate::store::StoreError> {
+        fn decode<T: serde::de::DeserializeOwned>(
+            key: &str,
+            bytes: &[u8],
+        ) -> Result<T, crate::store::StoreError> {
+            serde_json::from_slice(bytes).map_err(|e| crate::store::StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        let Some(meta_bytes) = records.get("meta") else {
+            return Ok(None);
+        };
+        let meta: Meta = decode("meta", meta_bytes)?;
+        let mut cluster = Cluster::new(config);
+        cluster.term = meta.term + 1;
+        cluster.next_job = meta.next_job;
+        let grace = cluster.config.reconnect_grace_ms as i64;
+        for (key, bytes) in records {
+            if let Some(id) = key.strip_prefix("node/") {
+                let mut node: NodeRecord = decode(key, bytes)?;
+                node.conn = None;
+                node.last_heartbeat_at = now;
+                let gone_for_good = matches!(
+                    node.state,
+                    NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
+                );
+                node.restarting_until = (!gone_for_good).then_some(now + grace);
+                cluster.nodes.insert(id.to_string(), node);
+            } else if let Some(id) = key.strip_prefix("job/") {
+                let mut job: Job = decode(key, bytes)?;
+                // The stall clock starts after the grace: a rank whose node has not come back
+                // yet is judged by the grace (agent lost), not as a hang.
+                for rank in &mut job.ranks {
+                    rank.last_progress_at = now + grace;
+                }
+                cluster.jobs.insert(id.to_string(), job);
+            } else if key.starts_with("incident/") {
+                cluster.incidents.push(decode(key, bytes)?);
+            }
+        }
+        cluster.incidents.sort_by_key(|i| i.id);
+        let mut fx = Vec::new();
+        let resolving: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Pending
+                        | JobState::Recovering(job::RecoveryPhase::Relaunching {
+                            retry_at: None,
+                            ..
+                        })
+                )
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in resolving {
+            fx.push(cluster.resolve_effect(&job_id));
+        }
+        fx.push(cluster.log_event(
+            "",
+            "",
+            format!(
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents",
+                cluster.term,
+                cluster.nodes.len(),
+                cluster.jobs.len(),
+                cluster.incidents.len()
+            ),
+            now,
+        ));
+        cluster.touch();
+        Ok(Some((cluster, fx)))
+    }
+
+    /// Sets the term (an HA leader takes the term its election gave it).
+    pub fn set_term(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.touch();
         }
     }
 
@@ -150,6 +330,10 @@ impl Cluster {
             resolve_retry_ms: self.config.checkpoint_resolve_retry_ms,
             resolve_attempts: self.config.checkpoint_resolve_attempts,
             startup_grace_ms: self.config.startup_grace_ms,
+            restart_backoff_ms: self.config.restart_backoff_ms,
+            restart_backoff_max_ms: self.config.restart_backoff_max_ms,
+            quarantine_after: self.config.quarantine_after,
+            quarantine_window_ms: self.config.quarantine_window_ms,
         }
     }
 
@@ -177,6 +361,12 @@ impl Cluster {
             }
         }
         let mut fx = Vec::new();
+        // A node that comes back as it was changes nothing durable: 100 agents reconnecting
+        // to a restarted coordinator cost no writes beyond their state transitions.
+        let stored_before = self
+            .nodes
+            .get(&hello.node_id)
+            .and_then(|n| serde_json::to_vec(n).ok());
         let record = self
             .nodes
             .entry(hello.node_id.clone())
@@ -197,6 +387,8 @@ impl Cluster {
                 worker: None,
                 last_step: 0,
                 restarting_until: None,
+                script_run: None,
+                last_check: None,
             });
         record.conn = Some(conn);
         record.hostname = hello.hostname;
@@ -214,27 +406,18 @@ impl Cluster {
             .map(|(j, g, p, _)| (j.clone(), *g, *p));
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
-        self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
-        // Reconcile what the agent runs with what the coordinator knows.
-        if let Some((job_id, generation, _, true)) = &hello.worker {
-            let current = self
-                .jobs
-                .get(job_id)
-                .filter(|j| !j.state.is_terminal() && j.rank_of(&node_id).is_some())
-                .map(|j| j.generation);
-            if current != Some(*generation) || self.is_fenced(&node_id) {
-                fx.push(Effect::Send {
-                    node: node_id.clone(),
-                    message: ToAgent::Stop(pb::Stop {
-                        job_id: job_id.clone(),
-                        generation: *generation,
-                        grace_ms: self.config.stop_grace_ms,
-                        reason: "stale generation found on reconnect".into(),
-                        term: self.term,
-                    }),
-                });
-            }
+        // A run cut short by the reconnect is void: the agent lost it with its old session.
+        self.abort_scripts(
+            &node_id,
+            "the agent reconnected while the script ran",
+            now,
+            &mut fx,
+        );
+        self.node_hello(&node_id, now, &mut fx);
+        if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
+            self.touch();
         }
+        self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
             fx.push(Effect::Send {
                 node: node_id.clone(),
@@ -253,6 +436,96 @@ impl Cluster {
             term: self.term,
         };
         Ok((welcome, fx))
+    }
+
+    /// Reconciles what a (re)connecting agent runs with what the coordinator knows: a worker of
+    /// the job's current generation on one of its ranks is kept (and counts as started); any
+    /// other worker — an older generation, a generation being fenced, a job that is over, a
+    /// fenced node — is stopped. A rank of a generation being launched whose agent runs nothing
+    /// gets its `Launch` again (the previous one may have been lost with a restarted
+    /// coordinator); agents refuse a generation they already ran, so a launch is never doubled.
+    fn reconcile(
+        &mut self,
+        node_id: &str,
+        worker: Option<&(String, u64, u32, bool)>,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let fenced_node = self.is_fenced(node_id);
+        let running = worker.filter(|(_, _, _, running)| *running);
+        if let Some((job_id, generation, _, _)) = running {
+            let keep = !fenced_node
+                && self.jobs.get(job_id).is_some_and(|j| {
+                    matches!(j.state, JobState::Launching | JobState::Running)
+                        && j.generation == *generation
+                        && j.rank_of(node_id).is_some()
+                        && !j
+                            .fenced_generations
+                            .iter()
+                            .any(|f| f.generation == *generation)
+                });
+            if keep {
+                self.drive(
+                    job_id,
+                    JobEvent::WorkerStarted {
+                        node: node_id.to_string(),
+                        generation: *generation,
+                    },
+                    now,
+                    fx,
+                );
+            } else {
+                fx.push(Effect::Send {
+                    node: node_id.to_string(),
+                    message: ToAgent::Stop(pb::Stop {
+                        job_id: job_id.clone(),
+                        generation: *generation,
+                        grace_ms: self.config.stop_grace_ms,
+                        reason: "stale generation found on reconnect".into(),
+                        term: self.term,
+                    }),
+                });
+            }
+        }
+        if fenced_node {
+            return;
+        }
+        let relaunch: Vec<(String, u64, usize)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Launching)
+            .filter_map(|j| {
+                let rank = j.rank_of(node_id)?;
+                let r = &j.ranks[rank];
+                let runs_it =
+                    running.is_some_and(|(id, g, _, _)| *id == j.id && *g == j.generation);
+                (!r.started && r.exited.is_none() && !runs_it)
+                    .then(|| (j.id.clone(), j.generation, rank))
+            })
+            .collect();
+        for (job_id, generation, rank) in relaunch {
+            let resume = self.jobs[&job_id].resumed_from.clone();
+            let mut launches = Vec::new();
+            self.launch(&job_id, generation, resume.as_ref(), &mut launches);
+            // `launch` makes one message per rank, in rank order.
+            if let Some(one) = launches.into_iter().nth(rank) {
+                fx.push(one);
+            }
+        }
+    }
+
+    /// Hello's node step: with lifecycle scripts configured a (re)joining node bootstraps and
+    /// is checked before it becomes ready.
+    fn node_hello(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+        let scripts = self.config.has_lifecycle_scripts();
+        self.node_event(node_id, NodeEvent::Hello { scripts }, now, fx);
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.state == NodeState::Bootstrapping)
+        {
+            self.start_join_scripts(node_id, now, fx);
+        }
     }
 
     fn is_fenced(&self, node: &str) -> bool {
@@ -311,6 +584,7 @@ impl Cluster {
         let Some(kind) = event.kind else {
             return fx;
         };
+        self.touch();
         let job_event = match kind {
             pb::worker_event::Kind::Started(s) => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
@@ -427,6 +701,20 @@ impl Cluster {
         }
         node.conn = None;
         let announced = node.restarting_until.is_some_and(|t| now < t);
+        // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
+        // when the operator chose one: its workers keep training and it re-adopts them.
+        let grace = self.config.agent_lost_grace_ms;
+        let busy = matches!(node.state, NodeState::Allocated { .. });
+        if !announced && grace > 0 && busy {
+            node.restarting_until = Some(now + grace as i64);
+            fx.push(self.log_event(
+                node_id,
+                "",
+                format!("node {node_id} disconnected without goodbye; waiting {grace} ms for it to return"),
+                now,
+            ));
+            return fx;
+        }
         fx.push(self.log_event(node_id, "", format!("node {node_id} disconnected"), now));
         if announced {
             return fx;
@@ -468,6 +756,19 @@ impl Cluster {
         if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
             self.node_event(node_id, event, now, fx);
         }
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.script_run.is_some())
+        {
+            self.abort_scripts(
+                node_id,
+                &format!("node fault while the script ran: {}", cause.detail()),
+                now,
+                fx,
+            );
+            self.find_replacements(now, fx);
+        }
     }
 
     // ----- operators -----------------------------------------------------------------------
@@ -488,6 +789,15 @@ impl Cluster {
         }
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
+        }
+        if spec.min_nodes > spec.nodes {
+            return Err(invalid(
+                "min_nodes",
+                format!(
+                    "must be at most nodes ({}), got {}",
+                    spec.nodes, spec.min_nodes
+                ),
+            ));
         }
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
@@ -566,6 +876,7 @@ impl Cluster {
             progress_regex,
             env: spec.env.into_iter().collect(),
             total_steps: spec.total_steps,
+            min_nodes: spec.min_nodes,
         };
         let mut fx = Vec::new();
         for n in &nodes {
@@ -580,6 +891,7 @@ impl Cluster {
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
+        self.touch();
         fx.push(self.log_event(
             "",
             &job_id,
@@ -595,7 +907,7 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
@@ -641,12 +953,11 @@ impl Cluster {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
-        let event = if connected {
-            NodeEvent::Hello { scripts: false }
+        if connected {
+            self.node_hello(node_id, now, &mut fx);
         } else {
-            NodeEvent::Disconnected
-        };
-        self.node_event(node_id, event, now, &mut fx);
+            self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
+        }
         self.find_replacements(now, &mut fx);
         let view = self.nodes.get(node_id).map_or(view, |n| self.node_view(n));
         Ok((view, fx))
@@ -714,6 +1025,7 @@ impl Cluster {
             }
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
+        self.expire_scripts(now, &mut fx);
         let live: Vec<String> = self
             .jobs
             .values()
@@ -737,7 +1049,11 @@ impl Cluster {
             let Some(job) = self.jobs.get_mut(job_id) else {
                 return;
             };
+            let before = job.durable_part();
             let effects = job::step(job, event, now, &limits);
+            if job.durable_part() != before {
+                self.touch();
+            }
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
@@ -781,6 +1097,10 @@ impl Cluster {
                 }
             }
             JobEffect::FenceNode { node, cause } => {
+                if !self.fence_allowed(&node, now, fx) {
+                    self.release_unfenced(&node, now, fx);
+                    return;
+                }
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
@@ -794,16 +1114,22 @@ impl Cluster {
                 }
             }
             JobEffect::FindReplacements => {
+                let check = self.checks_replacements();
                 for (rank, node) in self.replacements_for(job_id) {
-                    self.node_event(
-                        &node,
-                        NodeEvent::Allocate {
-                            job_id: job_id.to_string(),
-                        },
-                        now,
-                        fx,
-                    );
-                    queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    if check {
+                        // The answer comes back as the check's result (lifecycle.rs).
+                        self.start_replacement_check(job_id, rank, &node, now, fx);
+                    } else {
+                        self.node_event(
+                            &node,
+                            NodeEvent::Allocate {
+                                job_id: job_id.to_string(),
+                            },
+                            now,
+                            fx,
+                        );
+                        queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    }
                 }
             }
             JobEffect::ReleaseNodes { nodes } => {
@@ -842,6 +1168,7 @@ impl Cluster {
                 incident.fault_step = job.step;
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
+                self.touch();
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
@@ -855,6 +1182,9 @@ impl Cluster {
                         *incident = next;
                         changed.push(incident.clone());
                     }
+                }
+                if !changed.is_empty() {
+                    self.touch();
                 }
                 for incident in changed {
                     fx.push(self.incident_event(&incident, now));
@@ -904,11 +1234,13 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
+        let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()
             .into_iter()
+            .filter(|rank| !under_check.contains(rank))
             .zip(free)
             .map(|(rank, n)| (rank, n.id.clone()))
             .collect()
@@ -1004,7 +1336,12 @@ impl Cluster {
         match node::step(&node.state, &event) {
             Ok(next) if next != node.state => {
                 let from = node.state.name();
+                let fenced = matches!(next, NodeState::Fenced { .. });
                 node.state = next;
+                self.durable_version += 1;
+                if fenced {
+                    self.breaker.count_fence(now);
+                }
                 let detail = match &node.state {
                     NodeState::Fenced { cause } => format!(": {cause}"),
                     NodeState::Cordoned { reason } => format!(": {reason}"),
@@ -1095,4 +1432,12 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
 }
 
 #[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod agent_crash_tests;
+
+#[cfg(test)]
+mod policy_tests;

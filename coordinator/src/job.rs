@@ -37,6 +37,11 @@ pub struct JobSpec {
     /// Last step of the job, when known: shown to operators, and a rank past it is left to exit
     /// without stall checks.
     pub total_steps: u64,
+    /// Fewest nodes the job can run on (torchrun `--nnodes MIN:MAX`); when no replacement
+    /// comes within the bound the job shrinks to its surviving nodes if at least this many
+    /// remain. 0 = never shrink.
+    #[serde(default)]
+    pub min_nodes: u32,
 }
 
 /// Why a job left `Running`: a typed cause per kind of fault.
@@ -57,6 +62,13 @@ pub enum FaultCause {
     ProgressStalled { stalled_ms: u64 },
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
+    /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
+    /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
+    RepeatedFaults {
+        faults: u32,
+        window_ms: u64,
+        last: String,
+    },
 }
 
 impl FaultCause {
@@ -68,6 +80,7 @@ impl FaultCause {
                 | FaultCause::HeartbeatTimeout
                 | FaultCause::HealthFatal(_)
                 | FaultCause::CheckFailed(_)
+                | FaultCause::RepeatedFaults { .. }
         )
     }
 
@@ -79,6 +92,7 @@ impl FaultCause {
             FaultCause::WorkerExited { .. } => "worker_exited",
             FaultCause::ProgressStalled { .. } => "progress_stalled",
             FaultCause::CheckFailed(_) => "check_failed",
+            FaultCause::RepeatedFaults { .. } => "repeated_faults",
         }
     }
 
@@ -92,6 +106,14 @@ impl FaultCause {
                 (Some(c), None) => format!("worker exited with code {c}"),
                 (None, None) => "worker exited".into(),
             },
+            FaultCause::RepeatedFaults {
+                faults,
+                window_ms,
+                last,
+            } => format!(
+                "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
+                *window_ms as f64 / 1000.0
+            ),
             FaultCause::ProgressStalled { stalled_ms } => {
                 format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
             }
@@ -105,9 +127,9 @@ impl FaultCause {
             FaultCause::HeartbeatTimeout => FenceCause::HeartbeatTimeout,
             FaultCause::HealthFatal(r) => FenceCause::HealthFatal(r.clone()),
             FaultCause::CheckFailed(r) => FenceCause::CheckFailed(r.clone()),
-            FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. } => {
-                FenceCause::RepeatedWorkerFaults
-            }
+            FaultCause::WorkerExited { .. }
+            | FaultCause::ProgressStalled { .. }
+            | FaultCause::RepeatedFaults { .. } => FenceCause::RepeatedWorkerFaults,
         }
     }
 }
@@ -200,6 +222,10 @@ pub struct Rank {
     /// (imports, rendezvous, checkpoint load) and gets `JobLimits::startup_grace_ms`.
     #[serde(default)]
     pub progressed: bool,
+    /// When the rank's worker ended with no known status (adopted by a restarted agent); it
+    /// counts as clean only if the other ranks exit 0 soon after.
+    #[serde(default)]
+    pub exit_unconfirmed_at: Option<UnixMillis>,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -216,6 +242,28 @@ pub struct JobLimits {
     /// A rank that has not reported progress in its generation yet counts as stalled only
     /// after the larger of this and the job's stall timeout.
     pub startup_grace_ms: u64,
+    /// Delay before the second restart in place; each further restart doubles it.
+    pub restart_backoff_ms: u64,
+    /// Cap of that delay.
+    pub restart_backoff_max_ms: u64,
+    /// Worker faults on one node within `quarantine_window_ms` that escalate from restarting in
+    /// place to replacing (and quarantining) the node; 0 = never.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+}
+
+impl JobLimits {
+    /// The delay before restart in place number `restarts` (1-based): the first is at once
+    /// (most worker faults are one-off), then `restart_backoff_ms`, doubling, capped.
+    pub fn restart_backoff(&self, restarts: u32) -> u64 {
+        if restarts < 2 {
+            return 0;
+        }
+        let doublings = (restarts - 2).min(32);
+        self.restart_backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.restart_backoff_max_ms)
+    }
 }
 
 /// A job and everything the coordinator knows about its run.
@@ -238,6 +286,12 @@ pub struct Job {
     pub finished_at: Option<UnixMillis>,
     /// Last thing worth telling the operator (why it waits, why it failed).
     pub message: String,
+    /// Times of recent worker faults per node, for quarantine.
+    #[serde(default)]
+    pub worker_faults: BTreeMap<String, Vec<UnixMillis>>,
+    /// A restart in place waits until then (backoff).
+    #[serde(default)]
+    pub relaunch_not_before: Option<UnixMillis>,
 }
 
 /// What can happen to a job.
@@ -315,6 +369,7 @@ impl Job {
         let ranks = nodes
             .into_iter()
             .map(|node| Rank {
+                exit_unconfirmed_at: None,
                 node,
                 started: false,
                 exited: None,
@@ -337,6 +392,8 @@ impl Job {
             submitted_at: now,
             finished_at: None,
             message: String::new(),
+            worker_faults: BTreeMap::new(),
+            relaunch_not_before: None,
         }
     }
 
@@ -354,6 +411,19 @@ impl Job {
         (0..self.ranks.len())
             .filter(|&i| self.ranks[i].needs_node)
             .collect()
+    }
+
+    /// The job without what changes on every progress report (steps, progress times): what
+    /// must be saved when it changes.
+    pub fn durable_part(&self) -> Job {
+        let mut job = self.clone();
+        job.step = 0;
+        for r in &mut job.ranks {
+            r.last_step = 0;
+            r.last_progress_at = 0;
+            r.progressed = false;
+        }
+        job
     }
 
     /// Name of the recovery phase, or "" outside recovery.
@@ -439,8 +509,13 @@ fn apply(
             let Some(rank) = job.rank_of(&node) else {
                 return;
             };
-            let clean = code == Some(0) && signal.is_none();
+            // An adopted worker (its agent restarted) has no exit status: the agent only saw
+            // it gone. Ranks of a synchronous job finish together, so it counts as clean if
+            // every other rank exits 0 within UNCONFIRMED_EXIT_GRACE_MS (see on_tick).
+            let unknown = code.is_none() && signal.is_none() && !stopped_by_agent;
+            let clean = (code == Some(0) && signal.is_none()) || unknown;
             job.ranks[rank].exited = Some(clean);
+            job.ranks[rank].exit_unconfirmed_at = unknown.then_some(now);
             match &mut job.state {
                 JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) => {
                     pending.remove(&rank);
@@ -451,7 +526,25 @@ fn apply(
                 JobState::Launching | JobState::Running => {
                     if clean {
                         if job.ranks.iter().all(|r| r.exited == Some(true)) {
-                            let message = format!("all {} ranks exited 0", job.ranks.len());
+                            let unconfirmed = job
+                                .ranks
+                                .iter()
+                                .filter(|r| r.exit_unconfirmed_at.is_some())
+                                .count();
+                            if unconfirmed == job.ranks.len() {
+                                // Nothing confirms a success: treat it as the fault it may be.
+                                job.ranks[rank].exited = Some(false);
+                                job.ranks[rank].exit_unconfirmed_at = None;
+                                let cause = FaultCause::WorkerExited { code, signal };
+                                on_fault(job, &node, cause, now, limits, fx);
+                                return;
+                            }
+                            let mut message = format!("all {} ranks exited 0", job.ranks.len());
+                            if unconfirmed > 0 {
+                                message.push_str(&format!(
+                                    " ({unconfirmed} adopted after an agent restart, status inferred)"
+                                ));
+                            }
                             finish(job, JobState::Succeeded, message, now, fx);
                         }
                     } else if !stopped_by_agent {
@@ -500,7 +593,7 @@ fn apply(
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced {
                     node: Some(node),
                 }));
-                begin_relaunch(job, fx);
+                begin_relaunch(job, now, fx);
             }
         }
         JobEvent::StopRequested => {
@@ -542,6 +635,7 @@ fn on_resolved(
             for r in &mut job.ranks {
                 r.started = false;
                 r.exited = None;
+                r.exit_unconfirmed_at = None;
                 r.last_progress_at = now;
                 r.progressed = false;
             }
@@ -551,6 +645,13 @@ fn on_resolved(
                 Some(c) => format!("generation {} resumes from step {}", job.generation, c.step),
                 None => format!("generation {} starts fresh", job.generation),
             };
+            if job.ranks.len() < job.spec.nodes as usize {
+                job.message.push_str(&format!(
+                    " on {} of {} nodes (shrunk: no replacement in time)",
+                    job.ranks.len(),
+                    job.spec.nodes
+                ));
+            }
             fx.push(JobEffect::Launch {
                 generation: job.generation,
                 resume,
@@ -595,6 +696,7 @@ fn on_fault(
     let Some(rank) = job.rank_of(node) else {
         return;
     };
+    let cause = escalate(job, node, cause, now, limits);
     let replace = cause.needs_replacement();
     match &mut job.state {
         JobState::Launching | JobState::Running => {}
@@ -668,6 +770,8 @@ fn on_fault(
         RecoveryAction::ReplaceNode
     } else {
         job.restarts += 1;
+        let backoff = limits.restart_backoff(job.restarts);
+        job.relaunch_not_before = (backoff > 0).then_some(now + backoff as i64);
         RecoveryAction::RestartInPlace
     };
     fx.push(JobEffect::OpenIncident {
@@ -708,6 +812,41 @@ fn on_fault(
 }
 
 /// Every worker of the failed generation is gone: get nodes for ranks that need them.
+/// Counts a worker fault against its node; past `quarantine_after` faults within the window
+/// the fault is escalated to a node fault (replace and quarantine the node).
+fn escalate(
+    job: &mut Job,
+    node: &str,
+    cause: FaultCause,
+    now: UnixMillis,
+    limits: &JobLimits,
+) -> FaultCause {
+    let worker_fault = matches!(
+        cause,
+        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. }
+    );
+    if !worker_fault
+        || limits.quarantine_after == 0
+        || !matches!(job.state, JobState::Launching | JobState::Running)
+    {
+        return cause;
+    }
+    let window = limits.quarantine_window_ms as i64;
+    let times = job.worker_faults.entry(node.to_string()).or_default();
+    times.retain(|t| now - t < window);
+    times.push(now);
+    if times.len() < limits.quarantine_after as usize {
+        return cause;
+    }
+    let faults = times.len() as u32;
+    times.clear();
+    FaultCause::RepeatedFaults {
+        faults,
+        window_ms: limits.quarantine_window_ms,
+        last: cause.detail(),
+    }
+}
+
 fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
     fx.push(JobEffect::Incident(IncidentEvent::Fenced));
     if job.ranks.iter().any(|r| r.needs_node) {
@@ -715,19 +854,57 @@ fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
         fx.push(JobEffect::FindReplacements);
     } else {
         fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
-        begin_relaunch(job, fx);
+        begin_relaunch(job, now, fx);
     }
 }
 
-fn begin_relaunch(job: &mut Job, fx: &mut Vec<JobEffect>) {
-    job.state = JobState::Recovering(RecoveryPhase::Relaunching {
-        attempts: 0,
-        retry_at: None,
-    });
-    fx.push(JobEffect::ResolveCheckpoint);
+/// Resolves the checkpoint to relaunch from, at once or when a restart's backoff has passed
+/// (the tick sends the job on then).
+fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+    match job.relaunch_not_before.take().filter(|t| *t > now) {
+        Some(at) => {
+            job.message = format!(
+                "restart {} of {} in {:.1} s (backoff)",
+                job.restarts,
+                job.spec.restart_budget,
+                (at - now) as f64 / 1000.0
+            );
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: Some(at),
+            });
+        }
+        None => {
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: None,
+            });
+            fx.push(JobEffect::ResolveCheckpoint);
+        }
+    }
 }
 
+/// How long the other ranks have to exit 0 after a rank ended with an unknown status.
+pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
+
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+    if matches!(job.state, JobState::Launching | JobState::Running) {
+        let overdue = job.ranks.iter().position(|r| {
+            r.exit_unconfirmed_at
+                .is_some_and(|t| now - t >= UNCONFIRMED_EXIT_GRACE_MS)
+        });
+        if let Some(rank) = overdue {
+            job.ranks[rank].exited = Some(false);
+            job.ranks[rank].exit_unconfirmed_at = None;
+            let node = job.ranks[rank].node.clone();
+            let cause = FaultCause::WorkerExited {
+                code: None,
+                signal: None,
+            };
+            on_fault(job, &node, cause, now, limits, fx);
+            return;
+        }
+    }
     match &job.state {
         JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
             let stalled = job.ranks.iter().find_map(|r| {
@@ -759,7 +936,22 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         }
         JobState::Recovering(RecoveryPhase::Replacing { since }) => {
             let waited = (now - since).max(0) as u64;
-            if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
+            let survivors = job.ranks.iter().filter(|r| !r.needs_node).count();
+            let can_shrink = job.spec.min_nodes > 0 && survivors >= job.spec.min_nodes as usize;
+            if limits.replacement_timeout_ms > 0
+                && waited >= limits.replacement_timeout_ms
+                && can_shrink
+            {
+                let before = job.ranks.len();
+                job.ranks.retain(|r| !r.needs_node);
+                fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
+                begin_relaunch(job, now, fx);
+                job.message = format!(
+                    "no replacement within {:.0} s: shrunk from {before} to {survivors} nodes (minimum {})",
+                    limits.replacement_timeout_ms as f64 / 1000.0,
+                    job.spec.min_nodes
+                );
+            } else if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
                 let reason = format!(
                     "no replacement node within {:.0} s for rank(s) {:?}",
                     limits.replacement_timeout_ms as f64 / 1000.0,
@@ -824,3 +1016,9 @@ fn finish(
 mod stall_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod adopted_tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -10,9 +10,12 @@
 //! - [`checkpoint`] — finds the latest *complete* checkpoint through `object_store`.
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the effect
 //!   executor.
+//! - [`store`] — durable state: records in a redb file (default) or in memory.
+//! - `ha` (feature `etcd`) — leader election and state in etcd for several coordinators.
 //! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
+//! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -21,16 +24,20 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod incident;
 pub mod job;
 pub mod metrics;
 pub mod node;
+pub mod provider;
 pub mod report;
 pub mod server;
+pub mod store;
 mod view;
 
 pub use config::CoordinatorConfig;
-pub use server::run;
+pub use server::{run, run_with_store};
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

@@ -15,7 +15,7 @@ use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::{AgentService, AgentServiceServer};
 use pb::operator_service_server::{OperatorService, OperatorServiceServer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +24,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 use crate::{now_ms, UnixMillis};
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
@@ -44,23 +45,118 @@ pub struct Coordinator {
 
 struct Shared {
     cluster: Mutex<Cluster>,
+    /// Where the core's durable state goes; locked only while `cluster` is held.
+    persister: Mutex<Persister>,
     agents: Mutex<HashMap<String, AgentConn>>,
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
+    /// Operator checks waiting for their report, by request id.
+    checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
+    next_check: AtomicU64,
+    /// How long an operator check may take in all (every script at its timeout, plus slack).
+    check_wait: Duration,
+    /// Notified when the store says another coordinator leads: serving stops.
+    deposed: Notify,
+    is_deposed: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
+    /// A coordinator whose state lives in memory only.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
+        let persister = Persister::new(Box::new(MemoryStore::default()), Default::default());
+        Coordinator::from_parts(Cluster::new(config), persister)
+    }
+
+    /// A coordinator over `store`: the state found there is restored (term bumped, nodes given a
+    /// reconnect grace), an empty store starts a fresh cluster. The effects of the restore (a
+    /// checkpoint resolution that was in flight) are carried out once the shell runs.
+    pub fn open(
+        config: CoordinatorConfig,
+        mut store: Box<dyn RecordStore>,
+    ) -> Result<(Coordinator, Vec<Effect>), StoreError> {
+        let records = store.load()?;
+        let described = store.describe();
+        let (cluster, effects) = match Cluster::restore(config.clone(), &records, now_ms())? {
+            Some(restored) => restored,
+            None => (Cluster::new(config), Vec::new()),
+        };
+        tracing::info!(
+            term = cluster.term,
+            nodes = cluster.nodes.len(),
+            jobs = cluster.jobs.len(),
+            "state in {described}"
+        );
+        let mut persister = Persister::new(store, records);
+        // The new term is on disk before any agent hears of it.
+        persister.save(cluster.to_records()?, cluster.durable_version())?;
+        Ok((Coordinator::from_parts(cluster, persister), effects))
+    }
+
+    fn from_parts(cluster: Cluster, persister: Persister) -> Coordinator {
         let (events, _) = broadcast::channel(4096);
         Coordinator {
             shared: Arc::new(Shared {
-                hello_timeout: Duration::from_millis(config.hello_timeout_ms),
-                cluster: Mutex::new(Cluster::new(config)),
+                hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
+                checks: Mutex::new(HashMap::new()),
+                next_check: AtomicU64::new(1),
+                check_wait: Duration::from_millis(
+                    cluster
+                        .config()
+                        .script_timeout_ms
+                        .saturating_mul(cluster.config().check_scripts.len().max(1) as u64)
+                        + 10_000,
+                ),
+                cluster: Mutex::new(cluster),
+                persister: Mutex::new(persister),
                 agents: Mutex::new(HashMap::new()),
                 events,
                 next_conn: AtomicU64::new(1),
+                deposed: Notify::new(),
+                is_deposed: std::sync::atomic::AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Saves the core's state if something durable changed since the last save. Called with
+    /// the core locked, before the effects of the change go out: what an agent or operator is
+    /// told is never ahead of what a restarted coordinator would know. A failed write is
+    /// logged and retried at the next change; the effects still go out, because holding back
+    /// a stop or a launch would hurt the training more than a stale file. The exception is a
+    /// store that says another coordinator leads now: then nothing more goes out (returns
+    /// false) and the coordinator stops serving.
+    fn persist(&self, cluster: &Cluster) -> bool {
+        if self.shared.is_deposed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let version = cluster.durable_version();
+        if persister.is_saved(version) {
+            return true;
+        }
+        let result = cluster
+            .to_records()
+            .and_then(|records| persister.save(records, version));
+        match result {
+            Ok(_) => true,
+            Err(StoreError::NotLeader(why)) => {
+                tracing::error!("stepping down: {why}");
+                self.shared.is_deposed.store(true, Ordering::SeqCst);
+                // The serving loop may not wait yet: `notify_one` keeps a permit for it.
+                self.shared.deposed.notify_one();
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot save coordinator state to {}: {e}",
+                    persister.describe()
+                );
+                true
+            }
         }
     }
 
@@ -107,7 +203,9 @@ impl Coordinator {
     fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
         let mut cluster = self.cluster();
         let (value, effects) = f(&mut cluster, now_ms());
-        self.execute(effects);
+        if self.persist(&cluster) {
+            self.execute(effects);
+        }
         value
     }
 
@@ -171,6 +269,18 @@ impl Coordinator {
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
                 }
+                Effect::CheckFinished { request, report } => {
+                    let waiter = self
+                        .shared
+                        .checks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&request);
+                    if let Some(tx) = waiter {
+                        // The caller may have given up; nothing to do then.
+                        let _ = tx.send(*report);
+                    }
+                }
                 Effect::Publish(event) => {
                     if event.kind != "progress" {
                         tracing::info!(target: "holdfast::event", "{}", event.message);
@@ -218,6 +328,7 @@ impl Coordinator {
                     "command result: {}",
                     r.message
                 );
+                self.with_core(|c, now| ((), c.command_result(node, r, now)));
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
@@ -308,6 +419,11 @@ impl AgentService for Coordinator {
             let welcome = pb::CoordinatorMessage {
                 body: Some(pb::coordinator_message::Body::Welcome(welcome)),
             };
+            if !self.persist(&cluster) {
+                return Err(Status::unavailable(
+                    "this coordinator is not the leader any more",
+                ));
+            }
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(welcome));
             self.agents().insert(
@@ -469,6 +585,48 @@ impl OperatorService for Coordinator {
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
 
+    async fn check_node(
+        &self,
+        request: Request<pb::CheckNodeRequest>,
+    ) -> Result<Response<pb::CheckReport>, Status> {
+        let node_id = request.into_inner().node_id;
+        let id = self.shared.next_check.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let started = self.with_core(|c, now| match c.check_node(&node_id, id, now) {
+            Ok(fx) => (Ok(()), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        let forget = || {
+            self.shared
+                .checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        };
+        if let Err(e) = started {
+            forget();
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.shared.check_wait, rx).await {
+            Ok(Ok(report)) => Ok(Response::new(report)),
+            Ok(Err(_)) => Err(Status::aborted(format!(
+                "the check of {node_id} was abandoned"
+            ))),
+            Err(_) => {
+                forget();
+                Err(Status::deadline_exceeded(format!(
+                    "no check report from {node_id} within {} s",
+                    self.shared.check_wait.as_secs()
+                )))
+            }
+        }
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
@@ -498,15 +656,45 @@ impl OperatorService for Coordinator {
     }
 }
 
+/// Why the coordinator stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
-/// `/metrics` on `listener` until `shutdown` resolves.
+/// `/metrics` on `listener` until `shutdown` resolves, keeping the state in memory only.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let tick = Duration::from_millis(config.tick_ms);
     let coordinator = Coordinator::new(config);
+    serve(coordinator, Vec::new(), listener, shutdown).await
+}
+
+/// [`run`] with the state in `store`: restored on start, saved on every durable change.
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Box<dyn RecordStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (coordinator, effects) = Coordinator::open(config, store)?;
+    Ok(serve(coordinator, effects, listener, shutdown).await?)
+}
+
+async fn serve(
+    coordinator: Coordinator,
+    effects: Vec<Effect>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
+    coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");
@@ -522,6 +710,7 @@ pub async fn run(
         // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
         // dashboard's page and /metrics are.
         .layer(tonic_web::GrpcWebLayer::new());
+    let deposed = coordinator.clone();
     let routes = crate::dashboard::routes(coordinator, grpc);
     // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     tonic::transport::Server::builder()
@@ -529,6 +718,13 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .accept_http1(true)
         .add_routes(routes.into())
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = deposed.shared.deposed.notified() => {
+                    tracing::error!("another coordinator leads: no longer serving");
+                }
+            }
+        })
         .await
 }

@@ -10,6 +10,10 @@ fn limits() -> JobLimits {
         resolve_retry_ms: 1_000,
         resolve_attempts: 3,
         startup_grace_ms: 30_000,
+        restart_backoff_ms: 0,
+        restart_backoff_max_ms: 0,
+        quarantine_after: 0,
+        quarantine_window_ms: 0,
     }
 }
 
@@ -23,6 +27,7 @@ fn running_job() -> Job {
         progress_regex: String::new(),
         env: BTreeMap::new(),
         total_steps: 10,
+        min_nodes: 0,
     };
     let mut job = Job::new("j".into(), spec, vec!["n1".into()], 0);
     step(

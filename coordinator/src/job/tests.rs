@@ -9,6 +9,10 @@ const LIMITS: JobLimits = JobLimits {
     resolve_attempts: 3,
     // These tests time stalls from the launch.
     startup_grace_ms: 0,
+    restart_backoff_ms: 0,
+    restart_backoff_max_ms: 0,
+    quarantine_after: 0,
+    quarantine_window_ms: 0,
 };
 
 fn spec(stall_ms: u64, budget: u32) -> JobSpec {
@@ -21,6 +25,7 @@ fn spec(stall_ms: u64, budget: u32) -> JobSpec {
         progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
         env: BTreeMap::new(),
         total_steps: 100,
+        min_nodes: 0,
     }
 }
 

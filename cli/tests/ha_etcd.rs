@@ -1,0 +1,267 @@
+//! High availability with a real etcd server: two coordinators, one leads; the leader is
+//! SIGKILLed mid-training, the standby takes over, and a host killed right after the failover is
+//! recovered exactly once. Built with `--features etcd` (scripts/test.sh runs it).
+#![cfg(feature = "etcd")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use holdfast_cli::demo::{LocalCluster, TRAIN_SCRIPT};
+use holdfast_cli::{client, follow};
+use holdfast_proto::v1 as pb;
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+
+/// The etcd binary: `$HOLDFAST_ETCD` (set by scripts/setup/20-etcd.sh) or `etcd` on PATH.
+fn etcd_binary() -> Option<String> {
+    let candidate = std::env::var("HOLDFAST_ETCD").unwrap_or_else(|_| "etcd".into());
+    let ok = Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var("HOLDFAST_TEST_STRICT").is_err(),
+        "etcd not found (scripts/setup/20-etcd.sh installs it)"
+    );
+    eprintln!("skipped: etcd not found");
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills its child on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An etcd server on loopback with its own data directory.
+fn start_etcd(binary: &str, dir: &Path) -> (Proc, String) {
+    let client = free_port();
+    let peer = free_port();
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let child = Command::new(binary)
+        .args(["--name", "hf", "--data-dir"])
+        .arg(dir.join("etcd-data"))
+        .args([
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=hf=http://127.0.0.1:{peer}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not start; see {}",
+            dir.join("etcd.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Proc(child), format!("http://127.0.0.1:{client}"))
+}
+
+/// One coordinator of the group.
+struct Coordinator {
+    proc: Option<Proc>,
+    url: String,
+}
+
+fn start_coordinator(dir: &Path, etcd: &str, name: &str, port: u16) -> Coordinator {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(EXE)
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--etcd",
+            etcd,
+        ])
+        .args(["--etcd-prefix", "/hf-test", "--etcd-lease-ttl-s", "2"])
+        .args(["--reconnect-grace-ms", "6000"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Coordinator {
+        proc: Some(Proc(child)),
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Waits until the operator API at `url` answers; returns how long that took.
+async fn wait_serving(url: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut c) = client::connect(url).await {
+            if c.list_jobs(pb::ListJobsRequest {}).await.is_ok() {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "{url} did not serve within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("holdfast-ha-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("failover");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
+    for n in ["node-1", "node-2"] {
+        cluster.start_agent(n, "worker", &[]).unwrap();
+    }
+    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    cluster
+        .wait_ready(3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The standby does not serve.
+    assert!(
+        client::connect(&b.url).await.is_err(),
+        "the standby answers"
+    );
+
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
+    let mut ops = client::connect(&addrs).await.unwrap();
+    let spec = pb::JobSpec {
+        command: vec![
+            "python3".into(),
+            script.display().to_string(),
+            "--steps".into(),
+            "150".into(),
+            "--step-time".into(),
+            "0.1".into(),
+        ],
+        nodes: 2,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        stall_timeout_s: 5.0,
+        ..Default::default()
+    };
+    let id = follow::submit(&mut ops, spec).await.unwrap().job_id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = ops
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state == "running" && j.step >= 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Kill the leader; the standby leads once the lease (2 s) runs out.
+    drop(a.proc.take());
+    let failover = wait_serving(&b.url, Duration::from_secs(30)).await;
+    eprintln!("failover: {:.2} s", failover.as_secs_f64());
+    // A host dies right after the failover.
+    cluster.kill_host("node-2").unwrap();
+
+    let (done, incidents) = {
+        let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
+            .await
+            .unwrap();
+        let mut ops = client::connect(&addrs).await.unwrap();
+        let incidents = ops
+            .list_incidents(pb::ListIncidentsRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        (done, incidents)
+    };
+    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
+    assert_eq!(done.state, "succeeded", "{done:?}\n{log}");
+    assert_eq!(
+        done.generation, 2,
+        "relaunched more or less than once: {done:?}\n{log}"
+    );
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].node_id, "node-2");
+    assert_eq!(incidents[0].replacement_node_id, "spare-1");
+    assert!(incidents[0].resumed_unix_ms > 0, "{incidents:?}");
+    assert!(log.contains("coordinator restored: term 2"), "{log}");
+    drop(cluster);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Failover time, leader SIGKILLed → the standby serving the operator API, over several runs.
+/// Run by scripts/bench-failover.sh (ignored in the normal test run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_failover_time() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let runs: usize = std::env::var("HOLDFAST_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = workdir("bench");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut times = Vec::new();
+    let mut leader = start_coordinator(&dir, &etcd, "c0", free_port());
+    wait_serving(&leader.url, Duration::from_secs(30)).await;
+    for run in 1..=runs {
+        let standby = start_coordinator(&dir, &etcd, &format!("c{run}"), free_port());
+        // Let the standby settle into polling before the leader dies.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(leader.proc.take());
+        let t = wait_serving(&standby.url, Duration::from_secs(30)).await;
+        eprintln!("run {run}: failover {:.3} s", t.as_secs_f64());
+        times.push(t.as_secs_f64());
+        leader = standby;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "failover_s median {:.3} min {:.3} max {:.3} runs {}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        times.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
