@@ -82,18 +82,24 @@ fn hosts_talk_get_cut_off_healed_killed_and_torn_down() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sleeper.id() as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.pids("a").unwrap().is_empty() {
+    let on_a = loop {
+        let pids = lab.pids("a").unwrap();
+        if !pids.is_empty() {
+            break pids;
+        }
         assert!(
             Instant::now() < deadline,
             "the process never showed up on a"
         );
         std::thread::sleep(Duration::from_millis(20));
+    };
+    for pid in on_a {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
     }
     assert!(lab.kill_processes("a").unwrap() >= 1);
     assert!(sleeper.wait().is_ok());
