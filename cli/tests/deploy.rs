@@ -115,6 +115,43 @@ fn example_configs_parse_with_the_real_loaders_and_set_every_key() {
 }
 
 #[test]
+fn every_shipped_script_is_executable_and_parses() {
+    let mut scripts = Vec::new();
+    let mut dirs = vec![repo().join("lifecycle-scripts"), repo().join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read(&path).unwrap().starts_with(b"#!") {
+                scripts.push(path);
+            }
+        }
+    }
+    assert!(scripts.len() >= 10, "{scripts:?}");
+    for script in scripts {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", script.display());
+        let shell = if std::fs::read_to_string(&script)
+            .unwrap()
+            .starts_with("#!/usr/bin/env bash")
+        {
+            "bash"
+        } else {
+            "sh"
+        };
+        let out = Command::new(shell).arg("-n").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     if !have("systemd-analyze") {
         return;

@@ -21,6 +21,7 @@ use crate::UnixMillis;
 
 mod breaker;
 mod lifecycle;
+mod provisioning;
 pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 
 /// A node's role, from its agent's hello.
@@ -101,6 +102,21 @@ pub enum Effect {
     },
     /// Tell operators (event stream, logs).
     Publish(pb::Event),
+    /// Ask the replacement provider for `count` new hosts for `job_id`; the answer comes back
+    /// through [`Cluster::provision_result`].
+    Provision {
+        request_id: u64,
+        job_id: String,
+        count: u32,
+    },
+    /// Have the provider terminate, drain or power off a fenced host; the answer comes back
+    /// through [`Cluster::fence_host_result`].
+    FenceHost {
+        node: String,
+        hostname: String,
+        address: String,
+        reason: String,
+    },
     /// An operator's check (request `request`) finished: answer the waiting call.
     CheckFinished {
         request: u64,
@@ -147,6 +163,9 @@ pub struct Cluster {
     /// The circuit breaker on fencing (breaker.rs).
     #[serde(skip)]
     breaker: breaker::FenceBreaker,
+    /// Hosts asked of the provider and not yet arrived, per job.
+    #[serde(skip)]
+    provisioning: BTreeMap<String, u32>,
     /// Bumped by every change that must survive a restart (a state transition, a generation, an
     /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
     /// alone do not bump it, so they cost no write.
@@ -177,6 +196,7 @@ impl Cluster {
             pending_fault_time: None,
             next_command: 0,
             breaker: breaker::FenceBreaker::default(),
+            provisioning: BTreeMap::new(),
             durable_version: 0,
         }
     }
@@ -366,6 +386,9 @@ impl Cluster {
             .nodes
             .get(&hello.node_id)
             .and_then(|n| serde_json::to_vec(n).ok());
+        if !self.nodes.contains_key(&hello.node_id) {
+            self.provisioned_host_arrived(&hello.node_id);
+        }
         let record = self
             .nodes
             .entry(hello.node_id.clone())
@@ -1102,6 +1125,7 @@ impl Cluster {
                 }
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
+                self.fence_host(&node, &reason, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
                     fx.push(Effect::Send {
                         node: node.clone(),
@@ -1114,7 +1138,19 @@ impl Cluster {
             }
             JobEffect::FindReplacements => {
                 let check = self.checks_replacements();
-                for (rank, node) in self.replacements_for(job_id) {
+                let pairs = self.replacements_for(job_id);
+                let under_check = self.ranks_under_check(job_id).len();
+                let needing = self
+                    .jobs
+                    .get(job_id)
+                    .map_or(0, |j| j.ranks_needing_nodes().len());
+                self.provision_for(
+                    job_id,
+                    needing.saturating_sub(under_check + pairs.len()),
+                    now,
+                    fx,
+                );
+                for (rank, node) in pairs {
                     if check {
                         // The answer comes back as the check's result (lifecycle.rs).
                         self.start_replacement_check(job_id, rank, &node, now, fx);

@@ -410,6 +410,7 @@ impl Cluster {
             now,
             fx,
         );
+        self.fence_host(node_id, &reason, fx);
         if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
             fx.push(Effect::Send {
                 node: node_id.to_string(),
