@@ -10,6 +10,7 @@
 //! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
+//! - [`upgrade`] — rolling agent restarts (`upgrade-agents`), batch by batch.
 //! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
 
 pub mod client;
@@ -18,3 +19,4 @@ pub mod follow;
 pub mod reports;
 pub mod sdnotify;
 pub mod tables;
+pub mod upgrade;

@@ -67,6 +67,9 @@ pub struct NodeRecord {
     /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
     #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
+    /// When the connected agent process started (agent clock, unix ms).
+    #[serde(default)]
+    pub agent_started_at: UnixMillis,
     /// Lifecycle scripts the node is running now (bootstrap, deep check).
     #[serde(skip)]
     pub script_run: Option<ScriptRun>,
@@ -137,6 +140,8 @@ pub struct Hello {
     pub sent_at: UnixMillis,
     /// What the agent runs now: (job, generation, pid, running).
     pub worker: Option<(String, u64, u32, bool)>,
+    /// When the agent process started (agent clock, unix ms): a new value means it restarted.
+    pub agent_started_at: UnixMillis,
 }
 
 /// The registry, the jobs and the incidents.
@@ -411,6 +416,7 @@ impl Cluster {
                 restarting_until: None,
                 script_run: None,
                 last_check: None,
+                agent_started_at: 0,
             });
         record.conn = Some(conn);
         record.hostname = hello.hostname;
@@ -418,6 +424,7 @@ impl Cluster {
         record.address = hello.address;
         record.boot_id = hello.boot_id;
         record.agent_version = hello.agent_version;
+        record.agent_started_at = hello.agent_started_at;
         record.gpus = hello.gpus;
         record.last_heartbeat_at = now;
         record.restarting_until = None;
@@ -946,6 +953,45 @@ impl Cluster {
         let mut fx = Vec::new();
         self.drive(job_id, JobEvent::StopRequested, now, &mut fx);
         Ok((self.job_view(&self.jobs[job_id]), fx))
+    }
+
+    /// Asks a node's agent to restart in place (rolling upgrade); its workers keep running.
+    pub fn restart_agent(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
+        if node.conn.is_none() {
+            return Err(CoordinatorError::NodeBusy(format!(
+                "node {node_id} is not connected"
+            )));
+        }
+        let reason = if reason.is_empty() {
+            "restart requested by operator"
+        } else {
+            reason
+        };
+        let fx = vec![
+            Effect::Send {
+                node: node_id.to_string(),
+                message: ToAgent::RestartAgent(pb::RestartAgent {
+                    reason: reason.to_string(),
+                    term: self.term,
+                }),
+            },
+            self.log_event(
+                node_id,
+                "",
+                format!("asking the agent of {node_id} to restart: {reason}"),
+                now,
+            ),
+        ];
+        Ok((self.node_view(node), fx))
     }
 
     pub fn cordon(

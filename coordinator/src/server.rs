@@ -428,6 +428,7 @@ fn decode_hello(h: pb::Hello) -> Hello {
             })
             .collect(),
         sent_at: h.sent_unix_ms,
+        agent_started_at: h.agent_started_unix_ms,
         worker: h
             .worker
             .filter(|w| !w.job_id.is_empty())
@@ -692,6 +693,18 @@ impl OperatorService for Coordinator {
                 )))
             }
         }
+    }
+
+    async fn restart_agent(
+        &self,
+        request: Request<pb::RestartAgentRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let result = self.with_core(|c, now| match c.restart_agent(&r.node_id, &r.reason, now) {
+            Ok((node, fx)) => (Ok(node), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(Response::new).map_err(Status::from)
     }
 
     type WatchEventsStream = EventStream;

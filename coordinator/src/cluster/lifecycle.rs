@@ -607,6 +607,7 @@ mod tests {
             gpus: Vec::new(),
             sent_at: now,
             worker: None,
+            agent_started_at: 0,
         };
         c.hello(conn, h, now).unwrap().1
     }

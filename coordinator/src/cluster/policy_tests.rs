@@ -14,6 +14,7 @@ fn hello(node: &str) -> Hello {
         gpus: Vec::new(),
         sent_at: 0,
         worker: None,
+        agent_started_at: 0,
     }
 }
 
