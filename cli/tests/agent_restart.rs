@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_cli::demo::{LocalCluster, TRAIN_SCRIPT};
+use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
+
+mod common;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
@@ -35,8 +37,6 @@ async fn agent_restart_mid_training_keeps_the_job_in_its_generation() {
     let dir = std::env::temp_dir().join(format!("holdfast-agent-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("train.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
     let mut cluster = LocalCluster::start(&exe, &dir, &[]).await.unwrap();
     cluster.start_agent("node-1", "worker", &[]).unwrap();
     cluster.start_agent("node-2", "worker", &[]).unwrap();
@@ -47,20 +47,8 @@ async fn agent_restart_mid_training_keeps_the_job_in_its_generation() {
 
     let mut client = cluster.client().await.unwrap();
     let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "100".into(),
-            "--step-time".into(),
-            "0.1".into(),
-            "--ckpt-every".into(),
-            "10".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("ckpt").display()),
         stall_timeout_s: 5.0,
-        ..Default::default()
+        ..common::train_spec(&dir, 2, 100)
     };
     let id = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
@@ -142,8 +130,6 @@ async fn rolling_upgrade_restarts_every_agent_batch_by_batch_without_disturbing_
     let dir = std::env::temp_dir().join(format!("holdfast-upgrade-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("train.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
     let mut cluster = LocalCluster::start(&exe, &dir, &[]).await.unwrap();
     for node in ["node-1", "node-2", "node-3"] {
         cluster.start_agent(node, "worker", &[]).unwrap();
@@ -153,21 +139,7 @@ async fn rolling_upgrade_restarts_every_agent_batch_by_batch_without_disturbing_
         .await
         .unwrap();
     let mut client = cluster.client().await.unwrap();
-    let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "150".into(),
-            "--step-time".into(),
-            "0.1".into(),
-            "--ckpt-every".into(),
-            "10".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("ckpt").display()),
-        ..Default::default()
-    };
+    let spec = common::train_spec(&dir, 2, 150);
     let id = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await

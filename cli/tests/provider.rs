@@ -7,8 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_cli::demo::{LocalCluster, TRAIN_SCRIPT};
+use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
+
+mod common;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -55,8 +57,6 @@ async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
     .unwrap();
     // The provider scripts inherit the coordinator's environment; this file's only test.
     std::env::set_var("HOLDFAST_STATIC_START", &start);
-    let script = dir.join("train.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
 
     let config_arg = config.display().to_string();
     let mut cluster = LocalCluster::start(&exe, &dir, &["--config", &config_arg])
@@ -68,21 +68,7 @@ async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
         .await
         .unwrap();
     let mut client = cluster.client().await.unwrap();
-    let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "50".into(),
-            "--step-time".into(),
-            "0.1".into(),
-            "--ckpt-every".into(),
-            "10".into(),
-        ],
-        nodes: 1,
-        checkpoint_uri: format!("file://{}", dir.join("ckpt").display()),
-        ..Default::default()
-    };
+    let spec = common::train_spec(&dir, 1, 50);
     let id = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await
