@@ -133,15 +133,19 @@ fn every_shipped_script_is_executable_and_parses() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&script).unwrap().permissions().mode();
         assert!(mode & 0o111 != 0, "{} is not executable", script.display());
-        let shell = if std::fs::read_to_string(&script)
-            .unwrap()
-            .starts_with("#!/usr/bin/env bash")
-        {
-            "bash"
+        let text = std::fs::read_to_string(&script).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let out = if first.contains("python") {
+            let parse = "import ast, sys; ast.parse(open(sys.argv[1]).read())";
+            Command::new("python3")
+                .args(["-c", parse])
+                .arg(&script)
+                .output()
+                .unwrap()
         } else {
-            "sh"
+            let shell = if first.contains("bash") { "bash" } else { "sh" };
+            Command::new(shell).arg("-n").arg(&script).output().unwrap()
         };
-        let out = Command::new(shell).arg("-n").arg(&script).output().unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
