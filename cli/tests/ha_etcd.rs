@@ -228,6 +228,85 @@ async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("zombie");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Freeze the leader (a stalled process, a long GC pause, a VM migration…).
+    let pid = nix::unistd::Pid::from_raw(a.proc.as_ref().unwrap().0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_serving(&b.url, Duration::from_secs(30)).await;
+    // The agents notice the frozen stream and move to the new leader.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut ops = client::connect(&b.url).await.unwrap();
+        let nodes = ops
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        if nodes
+            .iter()
+            .filter(|n| n.connected && n.state == "ready")
+            .count()
+            == 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not move to the new leader: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The old leader wakes up: every node looks silent to it, but its lease is gone, so it
+    // may neither write that nor act on it. It exits.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let child = &mut a.proc.as_mut().unwrap().0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the woken leader kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let a_log = std::fs::read_to_string(dir.join("coordinator-a.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{a_log}");
+    // Nothing the old leader decided after waking reached the state or the agents.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ops = client::connect(&b.url).await.unwrap();
+    let nodes = ops
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert!(
+        nodes.iter().all(|n| n.connected && n.state == "ready"),
+        "{nodes:?}\n{a_log}"
+    );
+    assert!(!a_log.contains("→ fenced"), "{a_log}");
+    drop(cluster);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Failover time, leader SIGKILLed → the standby serving the operator API, over several runs.
 /// Run by scripts/bench-failover.sh (ignored in the normal test run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
