@@ -212,9 +212,20 @@ async fn kill_coordinator_during(python: &str, phase: Phase) {
     );
     assert_eq!(i.replacement_node_id, "spare-1");
     assert_eq!(node_state(&cluster, "node-2").await.state, "fenced");
+    let restored = log
+        .lines()
+        .find(|l| l.contains("coordinator restored: term 2"))
+        .unwrap_or_else(|| panic!("{phase:?}: no restore in {log}"));
+    // The state on disk was taken at (or after) the phase, never before the fault.
     assert!(
-        log.contains("coordinator restored: term 2"),
-        "{phase:?}: {log}"
+        restored.contains("recovering/")
+            || restored.contains("launching g2")
+            || restored.contains("running g2"),
+        "{phase:?}: {restored}"
+    );
+    eprintln!(
+        "{phase:?}: {}",
+        &restored[restored.find("coordinator restored").unwrap_or(0)..]
     );
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
