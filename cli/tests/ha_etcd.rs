@@ -229,6 +229,101 @@ async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_open_when_the_leader_dies_is_finished_by_the_standby_exactly_once() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("midrecovery");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
+    let mut ops = client::connect(&addrs).await.unwrap();
+    let spec = pb::JobSpec {
+        command: vec![
+            "python3".into(),
+            script.display().to_string(),
+            "--steps".into(),
+            "100".into(),
+        ],
+        nodes: 2,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        stall_timeout_s: 5.0,
+        ..Default::default()
+    };
+    let id = follow::submit(&mut ops, spec).await.unwrap().job_id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = ops
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state == "running" && j.step >= 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A host dies with no spare ready: the job waits for a replacement. The leader dies then.
+    cluster.kill_host("node-2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = ops
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.phase == "replacing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a.proc.take());
+    wait_serving(&b.url, Duration::from_secs(30)).await;
+    // The spare arrives after the failover; the standby carries the open incident through.
+    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
+        .await
+        .unwrap();
+    let mut ops = client::connect(&addrs).await.unwrap();
+    let incidents = ops
+        .list_incidents(pb::ListIncidentsRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
+    assert_eq!(
+        (done.state.as_str(), done.generation),
+        ("succeeded", 2),
+        "{done:?}\n{log}"
+    );
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(
+        (i.node_id.as_str(), i.replacement_node_id.as_str()),
+        ("node-2", "spare-1")
+    );
+    assert!(i.resumed_unix_ms > 0 && i.to_generation == 2, "{i:?}");
+    assert!(log.contains("recovering/replacing g1"), "{log}");
+    drop(cluster);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting() {
     let Some(etcd_bin) = etcd_binary() else {
         return;
