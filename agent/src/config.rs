@@ -50,7 +50,9 @@ pub struct AgentConfig {
     pub xid_ignore: Vec<u32>,
     /// The kernel log to scan for XIDs; unset = none.
     pub kmsg_path: Option<PathBuf>,
-    /// How far back the kernel log is read at start, in seconds.
+    /// How far back the kernel log is read at start, in seconds: an XID logged shortly before
+    /// an agent restart still counts (so one restarted within this window after a fatal XID
+    /// reports it again, until the host reboots or the window passes).
     pub kmsg_lookback_s: u64,
     /// How often the GPU and host probes poll.
     pub health_poll_interval_ms: u64,
@@ -72,6 +74,11 @@ pub struct AgentConfig {
     pub fault_injection: bool,
     /// Address to serve the agent's Prometheus `/metrics` on, e.g. `0.0.0.0:9101`; empty = off.
     pub metrics_listen: String,
+    /// The operator's lifecycle script directory (`on-create`, `health/*`, `on-fence`); the
+    /// coordinator can only run scripts by name inside it. Empty = this agent runs no scripts.
+    pub script_dir: PathBuf,
+    /// Timeout of the `on-fence` script the agent runs when its node is fenced.
+    pub on_fence_timeout_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +108,8 @@ impl Default for AgentConfig {
             agent_max_rss_mb: 512,
             fault_injection: false,
             metrics_listen: String::new(),
+            script_dir: PathBuf::new(),
+            on_fence_timeout_ms: 60_000,
         }
     }
 }
@@ -110,8 +119,15 @@ impl Default for AgentConfig {
 pub enum AgentConfigError {
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error("{path}: {reason}")]
-    Parse { path: String, reason: String },
+    /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
+    /// validation), with the line that sets it (none when a default clashes with a set key).
+    #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
+    InFile {
+        path: String,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
 }
 
 impl AgentConfig {
@@ -158,6 +174,12 @@ impl AgentConfig {
         }
         if self.progress_file_poll_ms == 0 {
             return Err(invalid("progress_file_poll_ms", "must be greater than 0"));
+        }
+        if !self.script_dir.as_os_str().is_empty() && !self.script_dir.is_absolute() {
+            return Err(invalid("script_dir", "must be an absolute path"));
+        }
+        if self.on_fence_timeout_ms == 0 {
+            return Err(invalid("on_fence_timeout_ms", "must be greater than 0"));
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
@@ -232,11 +254,26 @@ impl AgentConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<AgentConfig, AgentConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| AgentConfigError::Parse {
-            path: path.to_string(),
-            reason: e.to_string(),
+        let config: AgentConfig = toml::from_str(text).map_err(|e| {
+            let (line, key) = e
+                .span()
+                .map_or((None, String::new()), |span| locate(text, span.start));
+            AgentConfigError::InFile {
+                path: path.to_string(),
+                line,
+                key,
+                reason: e.message().to_string(),
+            }
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            AgentConfigError::Invalid { key, reason } => AgentConfigError::InFile {
+                path: path.to_string(),
+                line: key_line(text, key),
+                key: key.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -258,8 +295,70 @@ impl AgentConfig {
     }
 }
 
+/// The 1-based line of byte `offset` in `text`, and the key that line sets (if it sets one).
+fn locate(text: &str, offset: usize) -> (Option<usize>, String) {
+    let offset = offset.min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .unwrap_or_default();
+    (Some(line), key)
+}
+
+/// The 1-based line that sets `key` at the top level of `text`.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map(|i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    /// Each file in testdata/config is a bad config whose first line says which key and line
+    /// the error must name; every key `validate()` can refuse has one.
+    #[test]
+    fn every_fixture_is_refused_naming_its_file_line_and_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");
+        let mut covered = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "));
+            let (key, line) = expect
+                .and_then(|e| e.split_once(" line "))
+                .unwrap_or_else(|| panic!("{name}: first line must be `# expect: KEY line N`"));
+            let err = AgentConfig::from_toml(&text, &name)
+                .unwrap_err()
+                .to_string();
+            let want = format!("{name} line {line}: {key}: ");
+            assert!(
+                err.starts_with(&want),
+                "{name}: expected {want:?}, got {err:?}"
+            );
+            covered.insert(key.to_string());
+        }
+        let source = include_str!("config.rs");
+        let refusals = regex::Regex::new(r#"invalid\(\s*"(\w+)""#).unwrap();
+        for key in refusals.captures_iter(source).map(|c| c[1].to_string()) {
+            assert!(
+                covered.contains(&key),
+                "no fixture in testdata/config refuses {key}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -320,6 +419,13 @@ mod tests {
                 },
             ),
             (
+                "script_dir",
+                AgentConfig {
+                    script_dir: "scripts".into(),
+                    ..Default::default()
+                },
+            ),
+            (
                 "kmsg_path",
                 AgentConfig {
                     kmsg_path: Some(PathBuf::new()),
@@ -368,6 +474,13 @@ mod tests {
                     ..Default::default()
                 },
             ),
+            (
+                "on_fence_timeout_ms",
+                AgentConfig {
+                    on_fence_timeout_ms: 0,
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, config) in cases {
             let err = config.validate().unwrap_err().to_string();
@@ -405,7 +518,7 @@ mod tests {
             ("agent-health-bad-xid.toml", "xid_overrides"),
         ] {
             let err = fixture(name).unwrap_err().to_string();
-            assert!(err.starts_with(key), "{name}: {err}");
+            assert!(err.contains(&format!(": {key}: ")), "{name}: {err}");
         }
     }
 

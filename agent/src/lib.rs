@@ -11,6 +11,7 @@
 //! - [`identity`] — hostname, boot id.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
+//! - [`scripts`] — lifecycle scripts from the operator's script directory, with timeouts.
 //!
 //! The agent keeps its workers running when the coordinator is away: events produced meanwhile
 //! wait in the outbox and are sent on reconnect.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod metrics;
+pub mod scripts;
 pub mod session;
 pub mod worker;
 

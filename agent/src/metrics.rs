@@ -190,6 +190,11 @@ mod tests {
                 generation: 3,
                 pid: 1,
                 node_rank: 0,
+                log_file: Default::default(),
+                progress_file: Default::default(),
+                progress_regex: String::new(),
+                grace_ms: 0,
+                start_ticks: 0,
             }),
             last_step: 42,
         };

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{AgentConfig, NodeRole};
 use crate::health::HealthBoard;
+use crate::scripts::ScriptRunner;
 use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
 use crate::{identity, now_ms, Outbox, AGENT_VERSION};
 
@@ -61,6 +62,11 @@ struct AgentState {
     metrics: crate::metrics::AgentMetrics,
     /// Highest coordinator term seen (durable, kept by the supervisor).
     known_term: Arc<std::sync::atomic::AtomicU64>,
+    /// Runs the coordinator's `RunScript` requests; results go back through `outbox`.
+    scripts: ScriptRunner,
+    outbox: Outbox,
+    /// The term of the coordinator that welcomed this agent: scripts of older terms are refused.
+    term: u64,
     /// The coordinator addresses and which one the next session tries.
     addresses: Vec<String>,
     next_address: usize,
@@ -104,14 +110,17 @@ pub async fn run_with_outbox(
     tracing::info!(node = node_id, gpus = gpus.len(), "health monitors started");
     let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let supervisor = Supervisor::new(
-        outbox,
+    let scripts = script_runner(&config, &node_id);
+    let mut supervisor = Supervisor::new(
+        outbox.clone(),
         node_id.clone(),
         config.effective_address(),
         config.state_dir.clone(),
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
-    );
+    )
+    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
+    supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
@@ -144,6 +153,9 @@ pub async fn run_with_outbox(
         gpus,
         metrics,
         known_term,
+        scripts,
+        outbox,
+        term: 0,
         addresses: config_addresses,
         next_address: 0,
     };
@@ -188,6 +200,28 @@ pub async fn run_with_outbox(
     let _ = supervisor.await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The script runner with the variables every lifecycle script gets.
+fn script_runner(config: &AgentConfig, node_id: &str) -> ScriptRunner {
+    let role = match config.role {
+        NodeRole::Worker => "worker",
+        NodeRole::Spare => "spare",
+    };
+    let base_env = [
+        ("HOLDFAST_NODE_ID", node_id.to_string()),
+        ("HOLDFAST_ROLE", role.to_string()),
+        ("HOLDFAST_STATE_DIR", config.state_dir.display().to_string()),
+        ("HOLDFAST_COORDINATOR", config.coordinator.clone()),
+        ("HOLDFAST_ADVERTISE_ADDRESS", config.effective_address()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ScriptRunner {
+        dir: (!config.script_dir.as_os_str().is_empty()).then(|| config.script_dir.clone()),
+        base_env,
+    }
 }
 
 fn hello(state: &AgentState) -> pb::AgentMessage {
@@ -269,6 +303,7 @@ async fn session(
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
+            state.term = state.term.max(w.term);
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
@@ -347,10 +382,35 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) => return,
         FromCoordinator::RunScript(r) => {
-            tracing::warn!(
-                script = r.script,
-                "this agent runs no lifecycle scripts; ignored"
-            );
+            if r.term < state.term {
+                tracing::warn!(
+                    script = r.script,
+                    term = r.term,
+                    "refused a script of an older coordinator term"
+                );
+                return;
+            }
+            // Scripts run beside the heartbeats: a long deep check must not look like a dead agent.
+            let runner = state.scripts.clone();
+            let outbox = state.outbox.clone();
+            tokio::spawn(async move {
+                tracing::info!(
+                    script = r.script,
+                    command = r.command_id,
+                    "running lifecycle script"
+                );
+                let result = runner.run(&r).await;
+                tracing::info!(
+                    script = r.script,
+                    ok = result.ok,
+                    ms = result.duration_ms,
+                    "{}",
+                    result.message
+                );
+                let _ = outbox.send(pb::AgentMessage {
+                    body: Some(ToCoordinator::CommandResult(result)),
+                });
+            });
             return;
         }
     };

@@ -4,6 +4,15 @@
 //! Commands arrive in order on one channel and are carried out one at a time, so a `Launch`
 //! of generation g+1 always stops generation g first. Generations only go up: a command for an
 //! older generation (a zombie coordinator's, or a late one) is refused.
+//!
+//! ## Workers outlive the agent
+//! A worker is its own process group and writes its output to `<state_dir>/logs/…log`, not to
+//! a pipe: an agent restart (crash, upgrade, `systemctl restart` with `KillMode=process`) leaves
+//! it training. On start, [`Supervisor::adopt`] reads `worker.json`; if the recorded pid is
+//! alive with the same start time it is adopted: the log is followed again (its tail re-read
+//! for the latest step), the progress file polled, and the pid watched for its end. An adopted
+//! worker is not the agent's child, so its exit status is unknown; the coordinator infers it
+//! from the other ranks (a synchronous job's ranks finish together).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,10 +27,19 @@ use nix::unistd::Pid;
 use pb::agent_message::Body as ToCoordinator;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{now_ms, Outbox};
+
+/// How often a worker's log file is read for new output.
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(50);
+/// How often an adopted worker (not this agent's child) is checked for being gone.
+const ADOPTED_EXIT_POLL: Duration = Duration::from_millis(200);
+/// How much of an adopted worker's log is read again for its latest step.
+const ADOPT_LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// Worker logs kept in `<state_dir>/logs` (older ones are removed at each launch).
+const KEEP_LOGS: usize = 8;
 
 /// A command for the supervisor.
 #[derive(Debug)]
@@ -90,6 +108,20 @@ pub struct WorkerRecord {
     pub generation: u64,
     pub pid: u32,
     pub node_rank: u32,
+    /// Where the worker's stdout and stderr go; the agent follows the file, so the worker
+    /// never writes into a pipe that an agent restart would break.
+    #[serde(default)]
+    pub log_file: PathBuf,
+    #[serde(default)]
+    pub progress_file: PathBuf,
+    #[serde(default)]
+    pub progress_regex: String,
+    #[serde(default)]
+    pub grace_ms: u64,
+    /// The leader's start time (clock ticks after boot, /proc/PID/stat field 22): a restarted
+    /// agent adopts the pid only if it is still the same process, not a reused pid.
+    #[serde(default)]
+    pub start_ticks: u64,
 }
 
 /// The worker's status, as the session reports it in hello.
@@ -105,8 +137,12 @@ struct Running {
     progress_file: PathBuf,
     progress: ProgressReporter,
     stop_requested: Arc<AtomicBool>,
-    exited: oneshot::Receiver<std::process::ExitStatus>,
+    /// The exit status; `None` for an adopted worker (not this agent's child: the status
+    /// cannot be known, only that it is gone).
+    exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
     grace: Duration,
+    /// Set once the worker is gone, so its log follower reads to the end and stops.
+    done: Arc<AtomicBool>,
 }
 
 /// Runs the supervisor until the command channel closes.
@@ -123,9 +159,21 @@ pub struct Supervisor {
     /// The term, shared with the session so a welcome from an older coordinator is refused.
     known_term: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+    /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
+    on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
 }
 
 impl Supervisor {
+    /// Runs `on-fence` from `runner`'s directory with `timeout_ms` whenever the node is fenced.
+    pub fn with_on_fence(
+        mut self,
+        runner: crate::scripts::ScriptRunner,
+        timeout_ms: u64,
+    ) -> Supervisor {
+        self.on_fence = Some((runner, timeout_ms));
+        self
+    }
+
     pub fn new(
         outbox: Outbox,
         node_id: String,
@@ -144,6 +192,7 @@ impl Supervisor {
             known_term: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             fencing: FencingState::default(),
             snapshot,
+            on_fence: None,
         }
         .with_fencing_from_disk()
     }
@@ -171,7 +220,7 @@ impl Supervisor {
         loop {
             let exited = async {
                 match self.running.as_mut() {
-                    Some(r) => (&mut r.exited).await.ok(),
+                    Some(r) => (&mut r.exited).await.ok().flatten(),
                     None => std::future::pending().await,
                 }
             };
@@ -253,8 +302,40 @@ impl Supervisor {
             WorkerCommand::Fence(fence) => {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
+                self.run_on_fence(&fence);
             }
         }
+    }
+
+    /// Starts `on-fence` in the background (it may power things off or drain; the supervisor
+    /// must stay responsive meanwhile) and reports its result as command `on-fence`.
+    fn run_on_fence(&self, fence: &pb::Fence) {
+        let Some((runner, timeout_ms)) = self.on_fence.clone() else {
+            return;
+        };
+        if !runner
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.join("on-fence").is_file())
+        {
+            return;
+        }
+        let request = pb::RunScript {
+            command_id: "on-fence".into(),
+            script: "on-fence".into(),
+            args: Vec::new(),
+            timeout_ms,
+            env: [("HOLDFAST_FENCE_REASON".to_string(), fence.reason.clone())].into(),
+            term: fence.term,
+        };
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let result = runner.run(&request).await;
+            tracing::info!(ok = result.ok, "on-fence: {}", result.message);
+            let _ = outbox.send(pb::AgentMessage {
+                body: Some(ToCoordinator::CommandResult(result)),
+            });
+        });
     }
 
     fn launch(&mut self, launch: pb::Launch) {
@@ -273,6 +354,24 @@ impl Supervisor {
             sanitize(&launch.job_id),
             launch.generation
         ));
+        let log_file = self.state_dir.join("logs").join(format!(
+            "{}-g{}-r{}.log",
+            sanitize(&launch.job_id),
+            launch.generation,
+            launch.node_rank
+        ));
+        let (stdout, stderr) = match open_log(&log_file) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(
+                    job = launch.job_id,
+                    "cannot open worker log {}: {e}",
+                    log_file.display()
+                );
+                self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
+                return;
+            }
+        };
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -283,8 +382,8 @@ impl Supervisor {
             )
             .env("HOLDFAST_PROGRESS_FILE", &progress_file)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0)
             .kill_on_drop(false);
         let mut child = match command.spawn() {
@@ -301,6 +400,11 @@ impl Supervisor {
             generation: launch.generation,
             pid,
             node_rank: launch.node_rank,
+            log_file,
+            progress_file,
+            progress_regex: launch.progress_regex.clone(),
+            grace_ms: launch.stop_grace_ms.max(100),
+            start_ticks: start_ticks(pid).unwrap_or(0),
         };
         tracing::info!(
             job = launch.job_id,
@@ -317,37 +421,51 @@ impl Supervisor {
             kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted { pid })),
             at_unix_ms: now_ms(),
         }));
-        let regex = Regex::new(&launch.progress_regex)
-            .or_else(|_| Regex::new(crate::DEFAULT_PROGRESS_REGEX))
-            .ok();
-        let progress = ProgressReporter {
-            outbox: self.outbox.clone(),
-            job_id: launch.job_id.clone(),
-            generation: launch.generation,
-            last: Arc::new(std::sync::Mutex::new(0)),
-            snapshot: self.snapshot.clone(),
-        };
-        let prefix = format!(
-            "[{} g{} r{}]",
-            launch.job_id, launch.generation, launch.node_rank
-        );
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, prefix.clone(), regex.clone(), progress.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, prefix, regex, progress.clone()));
-        }
         let (exit_tx, exit_rx) = oneshot::channel();
         tokio::spawn(async move {
             match child.wait().await {
                 Ok(status) => {
-                    let _ = exit_tx.send(status);
+                    let _ = exit_tx.send(Some(status));
                 }
                 Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
             }
         });
+        self.follow(record, exit_rx, 0);
+    }
+
+    /// Watches a running worker, just launched or adopted after an agent restart: follows its
+    /// log from `offset` and its progress file, and makes it the running worker.
+    fn follow(
+        &mut self,
+        record: WorkerRecord,
+        exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
+        offset: u64,
+    ) {
+        let regex = Regex::new(&record.progress_regex)
+            .or_else(|_| Regex::new(crate::DEFAULT_PROGRESS_REGEX))
+            .ok();
+        let progress = ProgressReporter {
+            outbox: self.outbox.clone(),
+            job_id: record.job_id.clone(),
+            generation: record.generation,
+            last: Arc::new(std::sync::Mutex::new(0)),
+            snapshot: self.snapshot.clone(),
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let prefix = format!(
+            "[{} g{} r{}]",
+            record.job_id, record.generation, record.node_rank
+        );
+        tokio::spawn(follow_log(
+            record.log_file.clone(),
+            offset,
+            prefix,
+            regex,
+            progress.clone(),
+            done.clone(),
+        ));
         tokio::spawn(poll_progress_file(
-            progress_file.clone(),
+            record.progress_file.clone(),
             self.progress_poll,
             progress.clone(),
         ));
@@ -356,13 +474,84 @@ impl Supervisor {
             snap.last_step = 0;
         }
         self.running = Some(Running {
+            progress_file: record.progress_file.clone(),
+            grace: Duration::from_millis(record.grace_ms.max(100)),
             record,
-            progress_file,
             progress,
             stop_requested: Arc::new(AtomicBool::new(false)),
-            exited: exit_rx,
-            grace: Duration::from_millis(launch.stop_grace_ms.max(100)),
+            exited,
+            done,
         });
+    }
+
+    /// After an agent restart: takes over the worker recorded in `worker.json` if it still
+    /// runs (same pid, same start time), or reports that it ended while the agent was away.
+    /// Called before the first session, so the first hello already reports the worker.
+    pub fn adopt(&mut self) {
+        let path = self.state_dir.join("worker.json");
+        let record: WorkerRecord = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable {}: {e}", path.display());
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", path.display());
+                return;
+            }
+        };
+        let seen = self
+            .fencing
+            .generations
+            .entry(record.job_id.clone())
+            .or_insert(0);
+        if record.generation > *seen {
+            *seen = record.generation;
+            self.fencing.save(&self.state_dir);
+        }
+        let same =
+            |pid: u32, ticks: u64| start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks);
+        if record.pid == 0
+            || record.log_file.as_os_str().is_empty()
+            || !same(record.pid, record.start_ticks)
+        {
+            tracing::warn!(
+                job = record.job_id,
+                generation = record.generation,
+                pid = record.pid,
+                "the recorded worker ended while the agent was away"
+            );
+            self.write_record(None);
+            self.report_exit(&record.job_id, record.generation, None, None, false);
+            return;
+        }
+        // Output printed while the agent was away is in the log: its tail is read again (the
+        // latest step is reported), then the log is followed.
+        let len = std::fs::metadata(&record.log_file).map_or(0, |m| m.len());
+        let offset = len.saturating_sub(ADOPT_LOG_TAIL_BYTES);
+        tracing::info!(
+            job = record.job_id,
+            generation = record.generation,
+            pid = record.pid,
+            "adopted the running worker"
+        );
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (pid, ticks) = (record.pid, record.start_ticks);
+        tokio::spawn(async move {
+            // Not this agent's child: it cannot be waited for, only seen gone.
+            let mut interval = tokio::time::interval(ADOPTED_EXIT_POLL);
+            loop {
+                interval.tick().await;
+                if !same(pid, ticks) {
+                    let _ = exit_tx.send(None);
+                    return;
+                }
+            }
+        });
+        self.follow(record, exit_rx, offset);
     }
 
     /// SIGCONT + SIGTERM to the group, SIGKILL after the grace, then waits for the exit.
@@ -382,7 +571,7 @@ impl Supervisor {
         let _ = killpg(pgid, Signal::SIGTERM);
         let _ = killpg(pgid, Signal::SIGCONT);
         let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
-            Ok(status) => status.ok(),
+            Ok(status) => status.ok().flatten(),
             Err(_) => {
                 tracing::warn!(
                     pid = running.record.pid,
@@ -393,6 +582,7 @@ impl Supervisor {
                     .await
                     .ok()
                     .and_then(Result::ok)
+                    .flatten()
             }
         };
         self.on_exit(status);
@@ -402,6 +592,7 @@ impl Supervisor {
         let Some(running) = self.running.take() else {
             return;
         };
+        running.done.store(true, Ordering::SeqCst);
         // Whatever the leader left behind in its group goes with it.
         let _ = killpg(Pid::from_raw(running.record.pid as i32), Signal::SIGKILL);
         use std::os::unix::process::ExitStatusExt;
@@ -510,29 +701,100 @@ impl ProgressReporter {
     }
 }
 
-/// Copies a worker's output lines to the agent's log and reports the steps it prints.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(
-    out: R,
+/// Follows a worker's log file from `offset`: copies its lines to the agent's output and
+/// reports the steps they print. Stops once the worker is `done` and the file is read to its
+/// end.
+async fn follow_log(
+    path: PathBuf,
+    offset: u64,
     prefix: String,
     regex: Option<Regex>,
     progress: ProgressReporter,
+    done: Arc<AtomicBool>,
 ) {
-    let mut lines = BufReader::new(out).lines();
+    use tokio::io::AsyncSeekExt;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot follow worker log {}: {e}", path.display());
+            return;
+        }
+    };
+    if offset > 0 && file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return;
+    }
+    // Adopted mid-file: the first partial line is not a line.
+    let mut skip_partial = offset > 0;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                println!("{prefix} {line}");
-                if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
-                    progress.report(step);
-                }
-            }
-            Ok(None) => return,
+        let finished = done.load(Ordering::SeqCst);
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
             Err(e) => {
-                tracing::debug!("worker output unreadable: {e}");
+                tracing::debug!("worker log unreadable: {e}");
                 return;
             }
+        };
+        if n == 0 {
+            if finished || progress.closed() {
+                return;
+            }
+            tokio::time::sleep(LOG_FOLLOW_POLL).await;
+            continue;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if std::mem::take(&mut skip_partial) {
+                continue;
+            }
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+            println!("{prefix} {line}");
+            if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
+                progress.report(step);
+            }
+        }
+        // A line longer than this is cut rather than held for ever.
+        if pending.len() > 1 << 20 {
+            pending.clear();
         }
     }
+}
+
+/// Opens (appending) a worker log for stdout and stderr, creating its directory and keeping
+/// only the most recent [`KEEP_LOGS`] logs there.
+fn open_log(path: &std::path::Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        logs.sort();
+        let excess = logs.len().saturating_sub(KEEP_LOGS - 1);
+        for (_, old) in logs.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
+/// A live (not zombie) process's start time in clock ticks after boot, from /proc/PID/stat.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 /// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) until the worker is gone.

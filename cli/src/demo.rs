@@ -21,6 +21,40 @@ use crate::follow;
 /// The training script the demo runs, shipped in the binary.
 pub const TRAIN_SCRIPT: &str = include_str!("../../examples/train_demo.py");
 
+/// The lifecycle scripts the demo's agents run (the ones in `lifecycle-scripts/`).
+pub const LIFECYCLE_SCRIPTS: [(&str, &str); 3] = [
+    (
+        "on-create",
+        include_str!("../../lifecycle-scripts/on-create"),
+    ),
+    ("on-fence", include_str!("../../lifecycle-scripts/on-fence")),
+    (
+        "health/host",
+        include_str!("../../lifecycle-scripts/health/host"),
+    ),
+];
+
+/// Writes the lifecycle scripts and a coordinator config that runs them into `dir`; returns
+/// (script directory, coordinator config path).
+pub fn write_lifecycle_setup(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = dir.join("lifecycle-scripts");
+    for (name, body) in LIFECYCLE_SCRIPTS {
+        let path = scripts.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 30000\n",
+    )?;
+    Ok((scripts, config))
+}
+
 /// The faults the demo can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -36,6 +70,9 @@ pub enum Fault {
     /// SIGKILL the coordinator and start it again on the same port and state file: training
     /// goes on, no incident, no new generation.
     KillCoordinator,
+    /// Kill a host while the first spare has gone bad: it fails its replacement check and is
+    /// fenced, the second spare takes over (needs --spares 2).
+    BadSpare,
     /// No fault.
     None,
 }
@@ -48,6 +85,7 @@ impl Fault {
             Fault::Hang => "hang",
             Fault::Xid => "xid",
             Fault::KillCoordinator => "kill-coordinator",
+            Fault::BadSpare => "bad-spare",
             Fault::None => "none",
         }
     }
@@ -329,6 +367,32 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERMs the agent of `node` (an orderly stop: it says goodbye and leaves its worker
+    /// running) and waits up to `within` for it to exit.
+    pub fn stop_agent(
+        &mut self,
+        node: &str,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal_agent(node, Signal::SIGTERM)?;
+        let mut child = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent {node}"))?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("agent {node} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the agent and reaps it.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let mut child = self
@@ -401,6 +465,22 @@ pub struct DemoReport {
     /// Unix ms when the fault was injected (0 when none was).
     pub fault_at: i64,
     pub victim: String,
+    /// Steps of the checkpoints that were complete right after the fault was injected.
+    pub checkpoints_at_fault: Vec<u64>,
+}
+
+/// Steps of the complete checkpoints (`step-N/COMPLETE`) under a local prefix.
+pub fn complete_checkpoints(prefix: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(prefix)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("COMPLETE").exists())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
 }
 
 impl DemoReport {
@@ -442,18 +522,20 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         options.fault.name(),
         dir.display()
     ));
-    let mut cluster = LocalCluster::start(exe, &dir, &[]).await?;
+    let (script_dir, coordinator_config) = write_lifecycle_setup(&dir)?;
+    let config_arg = coordinator_config.display().to_string();
+    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg]).await?;
+    let script_arg = script_dir.display().to_string();
+    let mut agent_args = vec!["--script-dir", script_arg.as_str()];
     // The injection seam is opened only for the fault that needs it.
-    let agent_flags: &[&str] = if options.fault == Fault::Xid {
-        &["--enable-fault-injection"]
-    } else {
-        &[]
-    };
+    if options.fault == Fault::Xid {
+        agent_args.push("--enable-fault-injection");
+    }
     for i in 1..=options.nodes {
-        cluster.start_agent(&format!("node-{i}"), "worker", agent_flags)?;
+        cluster.start_agent(&format!("node-{i}"), "worker", &agent_args)?;
     }
     for i in 1..=options.spares {
-        cluster.start_agent(&format!("spare-{i}"), "spare", agent_flags)?;
+        cluster.start_agent(&format!("spare-{i}"), "spare", &agent_args)?;
     }
     cluster
         .wait_ready(
@@ -494,6 +576,8 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     ));
     let mut fault_at = 0i64;
     let mut victim = String::new();
+    let mut checkpoints_at_fault = Vec::new();
+    let checkpoint_dir = dir.join("checkpoints");
     let mut injection_error: Option<anyhow::Error> = None;
     let fault = options.fault;
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
@@ -546,9 +630,17 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
                                 .to_string()
                         })
                 }
+                Fault::BadSpare => std::fs::write(
+                    cluster.state_dir("spare-1").join("unhealthy"),
+                    "demo fault: spare-1 found with uncorrectable memory errors while idle\n",
+                )
+                .map_err(anyhow::Error::from)
+                .and_then(|_| cluster.kill_host(&node))
+                .map(|_| "agent and worker SIGKILLed; spare-1 marked unhealthy".to_string()),
                 Fault::None => return,
             };
             fault_at = injected_at;
+            checkpoints_at_fault = complete_checkpoints(&checkpoint_dir);
             victim = if fault == Fault::KillCoordinator {
                 "coordinator".to_string()
             } else {
@@ -587,6 +679,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         incidents,
         fault_at,
         victim,
+        checkpoints_at_fault,
     })
 }
 
@@ -625,6 +718,9 @@ pub fn print_report(report: &DemoReport, to_stderr: bool) {
             s(i.resumed_unix_ms),
             i.resumed_from_step
         ));
+        for rejected in &i.rejected_candidates {
+            text.push_str(&format!("  rejected candidate {rejected}\n"));
+        }
     }
     if to_stderr {
         eprint!("{text}");

@@ -10,9 +10,11 @@
 //! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
+//! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
 
 pub mod client;
 pub mod demo;
 pub mod follow;
 pub mod reports;
+pub mod sdnotify;
 pub mod tables;

@@ -82,6 +82,16 @@ enum Cmd {
     },
     /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
     WhatIf(reports::WhatIfArgs),
+    /// Run the configured deep check (health scripts) on a node now and print each script's
+    /// result; exits 0 when every script passed. The report is kept on the node.
+    Check {
+        node: String,
+        #[command(flatten)]
+        addr: Addr,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -162,6 +172,9 @@ struct AgentArgs {
     /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Lifecycle script directory (on-create, health/*, on-fence).
+    #[arg(long)]
+    script_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +193,10 @@ struct LaunchArgs {
     /// Restarts in place for worker faults (0 = the coordinator's default).
     #[arg(long, default_value_t = 0)]
     restart_budget: u32,
+    /// Fewest nodes the job can run on: with no replacement in time it shrinks to the
+    /// surviving nodes if at least this many remain (0 = never shrink).
+    #[arg(long, default_value_t = 0)]
+    min_nodes: u32,
     /// Regex with one capture group giving the step in output lines.
     #[arg(long, default_value = "")]
     progress_regex: String,
@@ -248,6 +265,12 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
     }
+}
+
+/// `signal`, then tells systemd the service is stopping.
+async fn stopping(signal: impl std::future::Future<Output = ()>) {
+    signal.await;
+    holdfast_cli::sdnotify::notify_or_log("STOPPING=1");
 }
 
 type LeaderStore = (
@@ -347,8 +370,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 tracing::error!("lost the etcd leadership lease: exiting");
                 std::process::exit(3);
             });
-            holdfast_coordinator::run_with_store(listener, config, store, shutdown_signal())
-                .await?;
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_coordinator::run_with_store(
+                listener,
+                config,
+                store,
+                stopping(shutdown_signal()),
+            )
+            .await?;
             Ok(0)
         }
         Cmd::Agent(args) => {
@@ -386,8 +416,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(m) = args.metrics_listen {
                 config.metrics_listen = m;
             }
+            if let Some(d) = args.script_dir {
+                config.script_dir = d;
+            }
             let health = holdfast_agent::health::HealthBoard::default();
-            holdfast_agent::run(config, health, shutdown_signal()).await?;
+            holdfast_cli::sdnotify::spawn_watchdog();
+            holdfast_cli::sdnotify::notify_or_log("READY=1");
+            holdfast_agent::run(config, health, stopping(shutdown_signal())).await?;
             Ok(0)
         }
         Cmd::Launch(args) => launch(args).await,
@@ -470,6 +505,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
         Cmd::WhatIf(args) => reports::what_if(args).await,
+        Cmd::Check { node, addr, json } => {
+            let mut c = client::connect(&addr.coordinator).await?;
+            let report = c
+                .check_node(pb::CheckNodeRequest { node_id: node })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if json {
+                let scripts: Vec<_> = report
+                    .scripts
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"script": s.script, "ok": s.ok, "exit_code": s.exit_code,
+                            "duration_ms": s.duration_ms, "message": s.message, "output": s.output})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"node": report.node_id, "ok": report.ok, "purpose": report.purpose,
+                        "started_unix_ms": report.started_unix_ms, "duration_ms": report.duration_ms, "scripts": scripts})
+                );
+            } else {
+                print!("{}", tables::check_report(&report));
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
         Cmd::Demo(args) => {
             let exe = std::env::current_exe().context("cannot find the holdfast binary")?;
             let options = demo::DemoOptions {
@@ -491,6 +552,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "--fault {} needs at least one spare (--spares 1)",
                     options.fault.name()
                 );
+            }
+            if options.fault == demo::Fault::BadSpare && options.spares < 2 {
+                anyhow::bail!("--fault bad-spare needs two spares (--spares 2): the first is bad");
             }
             let report = demo::run(&exe, &options).await?;
             demo::print_report(&report, args.json);
@@ -514,6 +578,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         progress_regex: args.progress_regex,
         env: args.env.into_iter().collect(),
         total_steps: 0,
+        min_nodes: args.min_nodes,
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;

@@ -130,6 +130,9 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
                 format!(" → {}", i.replacement_node_id)
             }
         ));
+        for rejected in &i.rejected_candidates {
+            out.push_str(&format!("      rejected candidate {rejected}\n"));
+        }
     }
     out.push_str("(seconds from the fault; fault time as estimated by the coordinator)\n");
     out
@@ -154,7 +157,48 @@ pub fn incident_json(i: &pb::Incident, t0: i64) -> serde_json::Value {
         "from_generation": i.from_generation,
         "to_generation": i.to_generation,
         "open": i.open,
+        "rejected_candidates": i.rejected_candidates,
     })
+}
+
+/// A node's check report: one line per script (result, exit code, time), then the output
+/// tail of the scripts that failed.
+pub fn check_report(r: &pb::CheckReport) -> String {
+    let mut out = format!(
+        "node {} {} check {} in {:.2} s (started {})\n{:<24} {:<6} {:>5} {:>9}  {}\n",
+        r.node_id,
+        r.purpose,
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.duration_ms as f64 / 1000.0,
+        clock(r.started_unix_ms),
+        "SCRIPT",
+        "RESULT",
+        "EXIT",
+        "SECONDS",
+        "MESSAGE"
+    );
+    for s in &r.scripts {
+        out.push_str(&format!(
+            "{:<24} {:<6} {:>5} {:>9.2}  {}\n",
+            s.script,
+            if s.ok { "ok" } else { "FAIL" },
+            s.exit_code.map_or("-".to_string(), |c| c.to_string()),
+            s.duration_ms as f64 / 1000.0,
+            s.message
+        ));
+    }
+    for s in r
+        .scripts
+        .iter()
+        .filter(|s| !s.ok && !s.output.trim().is_empty())
+    {
+        out.push_str(&format!(
+            "--- output of {} (tail) ---\n{}\n",
+            s.script,
+            s.output.trim_end()
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -61,11 +61,23 @@ async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() 
     ];
     assert!(phases.iter().all(|&t| t > 0), "{i:?}");
     assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{i:?}");
-    // Fault at step ≥ 25 with checkpoints every 10 steps: the latest complete one is 20 or later.
+    // The fault comes once any rank passed step 25; rank 0 writes a checkpoint every 10 steps
+    // and may lag the others by a few steps on a loaded host, so the latest complete checkpoint
+    // is step 10 or later — never a fresh start, never a step that was not checkpointed.
     assert!(
-        i.resumed_from_step >= 20 && i.resumed_from_step.is_multiple_of(10),
+        i.resumed_from_step >= 10 && i.resumed_from_step.is_multiple_of(10),
         "{i:?}"
     );
+    // Never older than the newest checkpoint complete when the fault hit (rank 0 may finish one
+    // more before it is stopped).
+    let newest = report
+        .checkpoints_at_fault
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    assert!(newest >= 10, "{:?}", report.checkpoints_at_fault);
+    assert!(i.resumed_from_step >= newest, "{i:?} vs {newest}");
     assert!(!report.job.nodes.contains(&report.victim));
 }
 

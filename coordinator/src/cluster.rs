@@ -19,6 +19,10 @@ use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec,
 use crate::node::{self, NodeEvent, NodeState};
 use crate::UnixMillis;
 
+mod breaker;
+mod lifecycle;
+pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
+
 /// A node's role, from its agent's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -62,6 +66,12 @@ pub struct NodeRecord {
     /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
     #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
+    /// Lifecycle scripts the node is running now (bootstrap, deep check).
+    #[serde(skip)]
+    pub script_run: Option<ScriptRun>,
+    /// The last bootstrap/deep check the node ran, kept for operators.
+    #[serde(default)]
+    pub last_check: Option<CheckReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +101,11 @@ pub enum Effect {
     },
     /// Tell operators (event stream, logs).
     Publish(pb::Event),
+    /// An operator's check (request `request`) finished: answer the waiting call.
+    CheckFinished {
+        request: u64,
+        report: Box<pb::CheckReport>,
+    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -126,6 +141,12 @@ pub struct Cluster {
     /// fault time.
     #[serde(skip)]
     pending_fault_time: Option<UnixMillis>,
+    /// Last command id handed out (lifecycle scripts).
+    #[serde(default)]
+    next_command: u64,
+    /// The circuit breaker on fencing (breaker.rs).
+    #[serde(skip)]
+    breaker: breaker::FenceBreaker,
     /// Bumped by every change that must survive a restart (a state transition, a generation, an
     /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
     /// alone do not bump it, so they cost no write.
@@ -154,6 +175,8 @@ impl Cluster {
             next_job: 1,
             progress_published: BTreeMap::new(),
             pending_fault_time: None,
+            next_command: 0,
+            breaker: breaker::FenceBreaker::default(),
             durable_version: 0,
         }
     }
@@ -321,6 +344,10 @@ impl Cluster {
             replacement_timeout_ms: self.config.replacement_timeout_ms,
             resolve_retry_ms: self.config.checkpoint_resolve_retry_ms,
             resolve_attempts: self.config.checkpoint_resolve_attempts,
+            restart_backoff_ms: self.config.restart_backoff_ms,
+            restart_backoff_max_ms: self.config.restart_backoff_max_ms,
+            quarantine_after: self.config.quarantine_after,
+            quarantine_window_ms: self.config.quarantine_window_ms,
         }
     }
 
@@ -374,6 +401,8 @@ impl Cluster {
                 worker: None,
                 last_step: 0,
                 restarting_until: None,
+                script_run: None,
+                last_check: None,
             });
         record.conn = Some(conn);
         record.hostname = hello.hostname;
@@ -391,7 +420,14 @@ impl Cluster {
             .map(|(j, g, p, _)| (j.clone(), *g, *p));
         push_offset(record, hello.sent_at - now);
         let node_id = record.id.clone();
-        self.node_event(&node_id, NodeEvent::Hello { scripts: false }, now, &mut fx);
+        // A run cut short by the reconnect is void: the agent lost it with its old session.
+        self.abort_scripts(
+            &node_id,
+            "the agent reconnected while the script ran",
+            now,
+            &mut fx,
+        );
+        self.node_hello(&node_id, now, &mut fx);
         if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
             self.touch();
         }
@@ -489,6 +525,20 @@ impl Cluster {
             if let Some(one) = launches.into_iter().nth(rank) {
                 fx.push(one);
             }
+        }
+    }
+
+    /// Hello's node step: with lifecycle scripts configured a (re)joining node bootstraps and
+    /// is checked before it becomes ready.
+    fn node_hello(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+        let scripts = self.config.has_lifecycle_scripts();
+        self.node_event(node_id, NodeEvent::Hello { scripts }, now, fx);
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.state == NodeState::Bootstrapping)
+        {
+            self.start_join_scripts(node_id, now, fx);
         }
     }
 
@@ -665,6 +715,20 @@ impl Cluster {
         }
         node.conn = None;
         let announced = node.restarting_until.is_some_and(|t| now < t);
+        // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
+        // when the operator chose one: its workers keep training and it re-adopts them.
+        let grace = self.config.agent_lost_grace_ms;
+        let busy = matches!(node.state, NodeState::Allocated { .. });
+        if !announced && grace > 0 && busy {
+            node.restarting_until = Some(now + grace as i64);
+            fx.push(self.log_event(
+                node_id,
+                "",
+                format!("node {node_id} disconnected without goodbye; waiting {grace} ms for it to return"),
+                now,
+            ));
+            return fx;
+        }
         fx.push(self.log_event(node_id, "", format!("node {node_id} disconnected"), now));
         if announced {
             return fx;
@@ -706,6 +770,19 @@ impl Cluster {
         if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
             self.node_event(node_id, event, now, fx);
         }
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.script_run.is_some())
+        {
+            self.abort_scripts(
+                node_id,
+                &format!("node fault while the script ran: {}", cause.detail()),
+                now,
+                fx,
+            );
+            self.find_replacements(now, fx);
+        }
     }
 
     // ----- operators -----------------------------------------------------------------------
@@ -726,6 +803,15 @@ impl Cluster {
         }
         if spec.nodes == 0 {
             return Err(invalid("nodes", "must be at least 1".into()));
+        }
+        if spec.min_nodes > spec.nodes {
+            return Err(invalid(
+                "min_nodes",
+                format!(
+                    "must be at most nodes ({}), got {}",
+                    spec.nodes, spec.min_nodes
+                ),
+            ));
         }
         if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
             return Err(invalid(
@@ -804,6 +890,7 @@ impl Cluster {
             progress_regex,
             env: spec.env.into_iter().collect(),
             total_steps: spec.total_steps,
+            min_nodes: spec.min_nodes,
         };
         let mut fx = Vec::new();
         for n in &nodes {
@@ -834,7 +921,7 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
@@ -880,12 +967,11 @@ impl Cluster {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
-        let event = if connected {
-            NodeEvent::Hello { scripts: false }
+        if connected {
+            self.node_hello(node_id, now, &mut fx);
         } else {
-            NodeEvent::Disconnected
-        };
-        self.node_event(node_id, event, now, &mut fx);
+            self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
+        }
         self.find_replacements(now, &mut fx);
         let view = self.nodes.get(node_id).map_or(view, |n| self.node_view(n));
         Ok((view, fx))
@@ -953,6 +1039,7 @@ impl Cluster {
             }
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
+        self.expire_scripts(now, &mut fx);
         let live: Vec<String> = self
             .jobs
             .values()
@@ -1024,6 +1111,10 @@ impl Cluster {
                 }
             }
             JobEffect::FenceNode { node, cause } => {
+                if !self.fence_allowed(&node, now, fx) {
+                    self.release_unfenced(&node, now, fx);
+                    return;
+                }
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
@@ -1037,16 +1128,22 @@ impl Cluster {
                 }
             }
             JobEffect::FindReplacements => {
+                let check = self.checks_replacements();
                 for (rank, node) in self.replacements_for(job_id) {
-                    self.node_event(
-                        &node,
-                        NodeEvent::Allocate {
-                            job_id: job_id.to_string(),
-                        },
-                        now,
-                        fx,
-                    );
-                    queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    if check {
+                        // The answer comes back as the check's result (lifecycle.rs).
+                        self.start_replacement_check(job_id, rank, &node, now, fx);
+                    } else {
+                        self.node_event(
+                            &node,
+                            NodeEvent::Allocate {
+                                job_id: job_id.to_string(),
+                            },
+                            now,
+                            fx,
+                        );
+                        queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    }
                 }
             }
             JobEffect::ReleaseNodes { nodes } => {
@@ -1151,11 +1248,13 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some())
+            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
             .collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
+        let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()
             .into_iter()
+            .filter(|rank| !under_check.contains(rank))
             .zip(free)
             .map(|(rank, n)| (rank, n.id.clone()))
             .collect()
@@ -1251,8 +1350,12 @@ impl Cluster {
         match node::step(&node.state, &event) {
             Ok(next) if next != node.state => {
                 let from = node.state.name();
+                let fenced = matches!(next, NodeState::Fenced { .. });
                 node.state = next;
                 self.durable_version += 1;
+                if fenced {
+                    self.breaker.count_fence(now);
+                }
                 let detail = match &node.state {
                     NodeState::Fenced { cause } => format!(": {cause}"),
                     NodeState::Cordoned { reason } => format!(": {reason}"),
@@ -1346,3 +1449,9 @@ fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
 mod restart_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod agent_crash_tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -36,6 +36,39 @@ pub struct CoordinatorConfig {
     /// After a coordinator restart (or a leader change) every node gets this long to reconnect
     /// before it counts as lost; agents retry every ≤ 2 s by default, so a few seconds suffice.
     pub reconnect_grace_ms: u64,
+    /// Bootstrap script every new or repaired node runs before its deep check (a name inside
+    /// the agents' `script_dir`, e.g. `on-create`); empty = no bootstrap.
+    pub bootstrap_script: String,
+    /// Deep-check scripts, run in order after the bootstrap and before a node becomes ready
+    /// (e.g. `["health/host", "health/gpu"]`); the first failure rejects the node.
+    pub check_scripts: Vec<String>,
+    /// Longest a single lifecycle script may run; the agent kills its process group then.
+    pub script_timeout_ms: u64,
+    /// Run the deep check again on a ready node before it takes over a failed node's ranks
+    /// (it may have been idle for hours); a node that fails is fenced and the next is tried.
+    pub check_replacements: bool,
+    /// How long an allocated node whose agent's stream closed *without* a goodbye (agent
+    /// crash, OOM kill) may take to reconnect before it counts as lost. Its workers keep
+    /// training meanwhile and the restarted agent adopts them. 0 = lost at once (fastest
+    /// detection of a dead host whose kernel still closed the socket). A host that died
+    /// outright is caught by the heartbeat timeout either way.
+    pub agent_lost_grace_ms: u64,
+    /// Delay before the second restart in place of a job (the first is at once); doubles with
+    /// each further restart up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Worker faults on one node within `quarantine_window_ms` after which the coordinator
+    /// stops restarting in place and replaces the node, fencing it (quarantine) until an
+    /// operator uncordons it; 0 = never.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+    /// Circuit breaker: when fencing one more node would make more than this share of all
+    /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
+    /// suspect node is released instead and rejoins through its checks) and raises an alert:
+    /// that many failures at once point at something shared (network, storage, a bad rollout).
+    /// 1.0 = never trips.
+    pub circuit_breaker_share: f64,
+    pub circuit_breaker_window_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +87,17 @@ impl Default for CoordinatorConfig {
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
             reconnect_grace_ms: 10_000,
+            bootstrap_script: String::new(),
+            check_scripts: Vec::new(),
+            script_timeout_ms: 600_000,
+            check_replacements: true,
+            agent_lost_grace_ms: 0,
+            restart_backoff_ms: 2_000,
+            restart_backoff_max_ms: 60_000,
+            quarantine_after: 3,
+            quarantine_window_ms: 600_000,
+            circuit_breaker_share: 0.5,
+            circuit_breaker_window_ms: 300_000,
         }
     }
 }
@@ -63,8 +107,15 @@ impl Default for CoordinatorConfig {
 pub enum ConfigError {
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error("{path}: {reason}")]
-    Parse { path: String, reason: String },
+    /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
+    /// validation), with the line that sets it (none when a default clashes with a set key).
+    #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
+    InFile {
+        path: String,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: {reason}")]
     Read { path: String, reason: String },
 }
@@ -130,16 +181,73 @@ impl CoordinatorConfig {
         if self.checkpoint_resolve_attempts == 0 {
             return Err(invalid("checkpoint_resolve_attempts", "must be at least 1"));
         }
+        if !self.bootstrap_script.is_empty() {
+            check_script_name(&self.bootstrap_script)
+                .map_err(|r| invalid("bootstrap_script", r))?;
+        }
+        for name in &self.check_scripts {
+            check_script_name(name).map_err(|r| invalid("check_scripts", r))?;
+        }
+        if self.script_timeout_ms == 0 {
+            return Err(invalid("script_timeout_ms", "must be greater than 0"));
+        }
+        if self.restart_backoff_max_ms < self.restart_backoff_ms {
+            return Err(invalid(
+                "restart_backoff_max_ms",
+                format!(
+                    "must be at least restart_backoff_ms ({} ms), got {} ms",
+                    self.restart_backoff_ms, self.restart_backoff_max_ms
+                ),
+            ));
+        }
+        if self.quarantine_after > 0 && self.quarantine_window_ms == 0 {
+            return Err(invalid(
+                "quarantine_window_ms",
+                "must be greater than 0 when quarantine_after is set",
+            ));
+        }
+        if !(self.circuit_breaker_share > 0.0 && self.circuit_breaker_share <= 1.0) {
+            return Err(invalid(
+                "circuit_breaker_share",
+                format!("must be in (0, 1], got {}", self.circuit_breaker_share),
+            ));
+        }
+        if self.circuit_breaker_window_ms == 0 {
+            return Err(invalid(
+                "circuit_breaker_window_ms",
+                "must be greater than 0",
+            ));
+        }
         Ok(())
+    }
+
+    /// True when new nodes run a bootstrap or deep check before they become ready.
+    pub fn has_lifecycle_scripts(&self) -> bool {
+        !self.bootstrap_script.is_empty() || !self.check_scripts.is_empty()
     }
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<CoordinatorConfig, ConfigError> {
-        let config: CoordinatorConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            reason: e.to_string(),
+        let config: CoordinatorConfig = toml::from_str(text).map_err(|e| {
+            let (line, key) = e
+                .span()
+                .map_or((None, String::new()), |span| locate(text, span.start));
+            ConfigError::InFile {
+                path: path.to_string(),
+                line,
+                key,
+                reason: e.message().to_string(),
+            }
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason } => ConfigError::InFile {
+                path: path.to_string(),
+                line: key_line(text, key),
+                key: key.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -153,8 +261,85 @@ impl CoordinatorConfig {
     }
 }
 
+/// Agents only run scripts by a relative name inside their script directory; a name that
+/// could not be run there is refused at start rather than on the first node.
+fn check_script_name(name: &str) -> Result<(), String> {
+    let path = std::path::Path::new(name);
+    let plain = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if name.trim().is_empty() || path.is_absolute() || !plain || name.ends_with('/') {
+        return Err(format!(
+            "{name:?} must be a relative name inside the agents' script_dir (no leading /, no `..`)"
+        ));
+    }
+    Ok(())
+}
+
+/// The 1-based line of byte `offset` in `text`, and the key that line sets (if it sets one).
+fn locate(text: &str, offset: usize) -> (Option<usize>, String) {
+    let offset = offset.min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .unwrap_or_default();
+    (Some(line), key)
+}
+
+/// The 1-based line that sets `key` at the top level of `text`.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map(|i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    /// Each file in testdata/config is a bad config whose first line says which key and line
+    /// the error must name; every key `validate()` can refuse has one.
+    #[test]
+    fn every_fixture_is_refused_naming_its_file_line_and_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");
+        let mut covered = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "));
+            let (key, line) = expect
+                .and_then(|e| e.split_once(" line "))
+                .unwrap_or_else(|| panic!("{name}: first line must be `# expect: KEY line N`"));
+            let err = CoordinatorConfig::from_toml(&text, &name)
+                .unwrap_err()
+                .to_string();
+            let want = format!("{name} line {line}: {key}: ");
+            assert!(
+                err.starts_with(&want),
+                "{name}: expected {want:?}, got {err:?}"
+            );
+            covered.insert(key.to_string());
+        }
+        let source = include_str!("config.rs");
+        let refusals = regex::Regex::new(r#"invalid\(\s*"(\w+)""#).unwrap();
+        for key in refusals.captures_iter(source).map(|c| c[1].to_string()) {
+            assert!(
+                covered.contains(&key),
+                "no fixture in testdata/config refuses {key}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

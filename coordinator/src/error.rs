@@ -22,6 +22,8 @@ pub enum CoordinatorError {
     NoHello(u64),
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
+    #[error("{0}")]
+    NodeBusy(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
 }
@@ -40,7 +42,9 @@ impl From<CoordinatorError> for Status {
                 Status::not_found(message)
             }
             CoordinatorError::NoHello(_) => Status::deadline_exceeded(message),
-            CoordinatorError::Transition(_) => Status::failed_precondition(message),
+            CoordinatorError::Transition(_) | CoordinatorError::NodeBusy(_) => {
+                Status::failed_precondition(message)
+            }
             CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),
         }
     }

@@ -63,16 +63,34 @@ pub struct Incident {
     /// redone, and reports count it as lost.
     #[serde(default)]
     pub fault_step: u64,
+    /// Replacement candidates that failed their check during this recovery ("node: reason").
+    #[serde(default)]
+    pub rejected_candidates: Vec<String>,
 }
 
 /// What can happen to an open incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncidentEvent {
     Fenced,
-    Replaced { node: Option<String> },
-    Relaunched { generation: u64, resume_step: u64 },
-    Progress { generation: u64, step: u64 },
-    Abandoned { reason: String },
+    Replaced {
+        node: Option<String>,
+    },
+    Relaunched {
+        generation: u64,
+        resume_step: u64,
+    },
+    Progress {
+        generation: u64,
+        step: u64,
+    },
+    Abandoned {
+        reason: String,
+    },
+    /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
+    CandidateRejected {
+        node: String,
+        reason: String,
+    },
 }
 
 impl Incident {
@@ -108,6 +126,7 @@ impl Incident {
             to_generation: None,
             resumed_from_step: None,
             fault_step: 0,
+            rejected_candidates: Vec::new(),
         }
     }
 
@@ -145,6 +164,11 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
     match event {
         IncidentEvent::Fenced => {
             next.fenced_at.get_or_insert(now);
+        }
+        IncidentEvent::CandidateRejected { node, reason } => {
+            if next.replaced_at.is_none() {
+                next.rejected_candidates.push(format!("{node}: {reason}"));
+            }
         }
         IncidentEvent::Replaced { node } => {
             if next.fenced_at.is_some() && next.replaced_at.is_none() {

@@ -36,6 +36,11 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// Last step of the job, when known (display only).
     pub total_steps: u64,
+    /// Fewest nodes the job can run on (torchrun `--nnodes MIN:MAX`); when no replacement
+    /// comes within the bound the job shrinks to its surviving nodes if at least this many
+    /// remain. 0 = never shrink.
+    #[serde(default)]
+    pub min_nodes: u32,
 }
 
 /// Why a job left `Running`: a typed cause per kind of fault.
@@ -56,6 +61,13 @@ pub enum FaultCause {
     ProgressStalled { stalled_ms: u64 },
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
+    /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
+    /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
+    RepeatedFaults {
+        faults: u32,
+        window_ms: u64,
+        last: String,
+    },
 }
 
 impl FaultCause {
@@ -67,6 +79,7 @@ impl FaultCause {
                 | FaultCause::HeartbeatTimeout
                 | FaultCause::HealthFatal(_)
                 | FaultCause::CheckFailed(_)
+                | FaultCause::RepeatedFaults { .. }
         )
     }
 
@@ -78,6 +91,7 @@ impl FaultCause {
             FaultCause::WorkerExited { .. } => "worker_exited",
             FaultCause::ProgressStalled { .. } => "progress_stalled",
             FaultCause::CheckFailed(_) => "check_failed",
+            FaultCause::RepeatedFaults { .. } => "repeated_faults",
         }
     }
 
@@ -91,6 +105,14 @@ impl FaultCause {
                 (Some(c), None) => format!("worker exited with code {c}"),
                 (None, None) => "worker exited".into(),
             },
+            FaultCause::RepeatedFaults {
+                faults,
+                window_ms,
+                last,
+            } => format!(
+                "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
+                *window_ms as f64 / 1000.0
+            ),
             FaultCause::ProgressStalled { stalled_ms } => {
                 format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
             }
@@ -104,9 +126,9 @@ impl FaultCause {
             FaultCause::HeartbeatTimeout => FenceCause::HeartbeatTimeout,
             FaultCause::HealthFatal(r) => FenceCause::HealthFatal(r.clone()),
             FaultCause::CheckFailed(r) => FenceCause::CheckFailed(r.clone()),
-            FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. } => {
-                FenceCause::RepeatedWorkerFaults
-            }
+            FaultCause::WorkerExited { .. }
+            | FaultCause::ProgressStalled { .. }
+            | FaultCause::RepeatedFaults { .. } => FenceCause::RepeatedWorkerFaults,
         }
     }
 }
@@ -195,6 +217,10 @@ pub struct Rank {
     pub last_step: u64,
     /// Launch time until the first progress, then the time of the last progress.
     pub last_progress_at: UnixMillis,
+    /// When the rank's worker ended with no known status (adopted by a restarted agent); it
+    /// counts as clean only if the other ranks exit 0 soon after.
+    #[serde(default)]
+    pub exit_unconfirmed_at: Option<UnixMillis>,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -208,6 +234,28 @@ pub struct JobLimits {
     pub resolve_retry_ms: u64,
     /// Attempts to read the checkpoint store before the job fails.
     pub resolve_attempts: u32,
+    /// Delay before the second restart in place; each further restart doubles it.
+    pub restart_backoff_ms: u64,
+    /// Cap of that delay.
+    pub restart_backoff_max_ms: u64,
+    /// Worker faults on one node within `quarantine_window_ms` that escalate from restarting in
+    /// place to replacing (and quarantining) the node; 0 = never.
+    pub quarantine_after: u32,
+    pub quarantine_window_ms: u64,
+}
+
+impl JobLimits {
+    /// The delay before restart in place number `restarts` (1-based): the first is at once
+    /// (most worker faults are one-off), then `restart_backoff_ms`, doubling, capped.
+    pub fn restart_backoff(&self, restarts: u32) -> u64 {
+        if restarts < 2 {
+            return 0;
+        }
+        let doublings = (restarts - 2).min(32);
+        self.restart_backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.restart_backoff_max_ms)
+    }
 }
 
 /// A job and everything the coordinator knows about its run.
@@ -230,6 +278,12 @@ pub struct Job {
     pub finished_at: Option<UnixMillis>,
     /// Last thing worth telling the operator (why it waits, why it failed).
     pub message: String,
+    /// Times of recent worker faults per node, for quarantine.
+    #[serde(default)]
+    pub worker_faults: BTreeMap<String, Vec<UnixMillis>>,
+    /// A restart in place waits until then (backoff).
+    #[serde(default)]
+    pub relaunch_not_before: Option<UnixMillis>,
 }
 
 /// What can happen to a job.
@@ -307,6 +361,7 @@ impl Job {
         let ranks = nodes
             .into_iter()
             .map(|node| Rank {
+                exit_unconfirmed_at: None,
                 node,
                 started: false,
                 exited: None,
@@ -328,6 +383,8 @@ impl Job {
             submitted_at: now,
             finished_at: None,
             message: String::new(),
+            worker_faults: BTreeMap::new(),
+            relaunch_not_before: None,
         }
     }
 
@@ -441,8 +498,13 @@ fn apply(
             let Some(rank) = job.rank_of(&node) else {
                 return;
             };
-            let clean = code == Some(0) && signal.is_none();
+            // An adopted worker (its agent restarted) has no exit status: the agent only saw
+            // it gone. Ranks of a synchronous job finish together, so it counts as clean if
+            // every other rank exits 0 within UNCONFIRMED_EXIT_GRACE_MS (see on_tick).
+            let unknown = code.is_none() && signal.is_none() && !stopped_by_agent;
+            let clean = (code == Some(0) && signal.is_none()) || unknown;
             job.ranks[rank].exited = Some(clean);
+            job.ranks[rank].exit_unconfirmed_at = unknown.then_some(now);
             match &mut job.state {
                 JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) => {
                     pending.remove(&rank);
@@ -453,7 +515,25 @@ fn apply(
                 JobState::Launching | JobState::Running => {
                     if clean {
                         if job.ranks.iter().all(|r| r.exited == Some(true)) {
-                            let message = format!("all {} ranks exited 0", job.ranks.len());
+                            let unconfirmed = job
+                                .ranks
+                                .iter()
+                                .filter(|r| r.exit_unconfirmed_at.is_some())
+                                .count();
+                            if unconfirmed == job.ranks.len() {
+                                // Nothing confirms a success: treat it as the fault it may be.
+                                job.ranks[rank].exited = Some(false);
+                                job.ranks[rank].exit_unconfirmed_at = None;
+                                let cause = FaultCause::WorkerExited { code, signal };
+                                on_fault(job, &node, cause, now, limits, fx);
+                                return;
+                            }
+                            let mut message = format!("all {} ranks exited 0", job.ranks.len());
+                            if unconfirmed > 0 {
+                                message.push_str(&format!(
+                                    " ({unconfirmed} adopted after an agent restart, status inferred)"
+                                ));
+                            }
                             finish(job, JobState::Succeeded, message, now, fx);
                         }
                     } else if !stopped_by_agent {
@@ -502,7 +582,7 @@ fn apply(
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced {
                     node: Some(node),
                 }));
-                begin_relaunch(job, fx);
+                begin_relaunch(job, now, fx);
             }
         }
         JobEvent::StopRequested => {
@@ -544,6 +624,7 @@ fn on_resolved(
             for r in &mut job.ranks {
                 r.started = false;
                 r.exited = None;
+                r.exit_unconfirmed_at = None;
                 r.last_progress_at = now;
             }
             job.resumed_from = resume.clone();
@@ -552,6 +633,13 @@ fn on_resolved(
                 Some(c) => format!("generation {} resumes from step {}", job.generation, c.step),
                 None => format!("generation {} starts fresh", job.generation),
             };
+            if job.ranks.len() < job.spec.nodes as usize {
+                job.message.push_str(&format!(
+                    " on {} of {} nodes (shrunk: no replacement in time)",
+                    job.ranks.len(),
+                    job.spec.nodes
+                ));
+            }
             fx.push(JobEffect::Launch {
                 generation: job.generation,
                 resume,
@@ -596,6 +684,7 @@ fn on_fault(
     let Some(rank) = job.rank_of(node) else {
         return;
     };
+    let cause = escalate(job, node, cause, now, limits);
     let replace = cause.needs_replacement();
     match &mut job.state {
         JobState::Launching | JobState::Running => {}
@@ -669,6 +758,8 @@ fn on_fault(
         RecoveryAction::ReplaceNode
     } else {
         job.restarts += 1;
+        let backoff = limits.restart_backoff(job.restarts);
+        job.relaunch_not_before = (backoff > 0).then_some(now + backoff as i64);
         RecoveryAction::RestartInPlace
     };
     fx.push(JobEffect::OpenIncident {
@@ -709,6 +800,41 @@ fn on_fault(
 }
 
 /// Every worker of the failed generation is gone: get nodes for ranks that need them.
+/// Counts a worker fault against its node; past `quarantine_after` faults within the window
+/// the fault is escalated to a node fault (replace and quarantine the node).
+fn escalate(
+    job: &mut Job,
+    node: &str,
+    cause: FaultCause,
+    now: UnixMillis,
+    limits: &JobLimits,
+) -> FaultCause {
+    let worker_fault = matches!(
+        cause,
+        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. }
+    );
+    if !worker_fault
+        || limits.quarantine_after == 0
+        || !matches!(job.state, JobState::Launching | JobState::Running)
+    {
+        return cause;
+    }
+    let window = limits.quarantine_window_ms as i64;
+    let times = job.worker_faults.entry(node.to_string()).or_default();
+    times.retain(|t| now - t < window);
+    times.push(now);
+    if times.len() < limits.quarantine_after as usize {
+        return cause;
+    }
+    let faults = times.len() as u32;
+    times.clear();
+    FaultCause::RepeatedFaults {
+        faults,
+        window_ms: limits.quarantine_window_ms,
+        last: cause.detail(),
+    }
+}
+
 fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
     fx.push(JobEffect::Incident(IncidentEvent::Fenced));
     if job.ranks.iter().any(|r| r.needs_node) {
@@ -716,19 +842,57 @@ fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
         fx.push(JobEffect::FindReplacements);
     } else {
         fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
-        begin_relaunch(job, fx);
+        begin_relaunch(job, now, fx);
     }
 }
 
-fn begin_relaunch(job: &mut Job, fx: &mut Vec<JobEffect>) {
-    job.state = JobState::Recovering(RecoveryPhase::Relaunching {
-        attempts: 0,
-        retry_at: None,
-    });
-    fx.push(JobEffect::ResolveCheckpoint);
+/// Resolves the checkpoint to relaunch from, at once or when a restart's backoff has passed
+/// (the tick sends the job on then).
+fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+    match job.relaunch_not_before.take().filter(|t| *t > now) {
+        Some(at) => {
+            job.message = format!(
+                "restart {} of {} in {:.1} s (backoff)",
+                job.restarts,
+                job.spec.restart_budget,
+                (at - now) as f64 / 1000.0
+            );
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: Some(at),
+            });
+        }
+        None => {
+            job.state = JobState::Recovering(RecoveryPhase::Relaunching {
+                attempts: 0,
+                retry_at: None,
+            });
+            fx.push(JobEffect::ResolveCheckpoint);
+        }
+    }
 }
 
+/// How long the other ranks have to exit 0 after a rank ended with an unknown status.
+pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
+
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+    if matches!(job.state, JobState::Launching | JobState::Running) {
+        let overdue = job.ranks.iter().position(|r| {
+            r.exit_unconfirmed_at
+                .is_some_and(|t| now - t >= UNCONFIRMED_EXIT_GRACE_MS)
+        });
+        if let Some(rank) = overdue {
+            job.ranks[rank].exited = Some(false);
+            job.ranks[rank].exit_unconfirmed_at = None;
+            let node = job.ranks[rank].node.clone();
+            let cause = FaultCause::WorkerExited {
+                code: None,
+                signal: None,
+            };
+            on_fault(job, &node, cause, now, limits, fx);
+            return;
+        }
+    }
     match &job.state {
         JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
             let stalled = job.ranks.iter().find_map(|r| {
@@ -753,7 +917,22 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         }
         JobState::Recovering(RecoveryPhase::Replacing { since }) => {
             let waited = (now - since).max(0) as u64;
-            if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
+            let survivors = job.ranks.iter().filter(|r| !r.needs_node).count();
+            let can_shrink = job.spec.min_nodes > 0 && survivors >= job.spec.min_nodes as usize;
+            if limits.replacement_timeout_ms > 0
+                && waited >= limits.replacement_timeout_ms
+                && can_shrink
+            {
+                let before = job.ranks.len();
+                job.ranks.retain(|r| !r.needs_node);
+                fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
+                begin_relaunch(job, now, fx);
+                job.message = format!(
+                    "no replacement within {:.0} s: shrunk from {before} to {survivors} nodes (minimum {})",
+                    limits.replacement_timeout_ms as f64 / 1000.0,
+                    job.spec.min_nodes
+                );
+            } else if limits.replacement_timeout_ms > 0 && waited >= limits.replacement_timeout_ms {
                 let reason = format!(
                     "no replacement node within {:.0} s for rank(s) {:?}",
                     limits.replacement_timeout_ms as f64 / 1000.0,
@@ -816,3 +995,9 @@ fn finish(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod adopted_tests;
+
+#[cfg(test)]
+mod policy_tests;

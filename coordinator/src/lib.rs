@@ -15,6 +15,7 @@
 //! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
+//! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -29,6 +30,7 @@ pub mod incident;
 pub mod job;
 pub mod metrics;
 pub mod node;
+pub mod provider;
 pub mod report;
 pub mod server;
 pub mod store;

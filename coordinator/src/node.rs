@@ -60,9 +60,11 @@ pub enum NodeState {
     Joining,
     /// Bootstrapping: the on-create script runs; → Checking on success, → Fenced on failure.
     Bootstrapping,
-    /// Checking: the deep health check runs; → Ready on success, → Fenced on failure.
+    /// Checking: the deep health check runs (after the bootstrap, or again on a ready node about
+    /// to become a replacement); → Ready on success, → Fenced on failure.
     Checking,
-    /// Ready: healthy and free; → Allocated by a job, → Offline on disconnect, → Fenced on a fatal fault.
+    /// Ready: healthy and free; → Allocated by a job, → Checking before it replaces a failed
+    /// node, → Offline on disconnect, → Fenced on a fatal fault.
     Ready,
     /// Allocated: runs ranks of `job_id`; → Ready when the job lets it go, → Fenced on any node fault.
     Allocated { job_id: String },
@@ -109,6 +111,8 @@ pub enum NodeEvent {
     Bootstrapped,
     /// The deep health check passed.
     CheckPassed,
+    /// A ready node is checked again before it takes over a failed node's ranks.
+    Recheck,
     /// A job took the node.
     Allocate { job_id: String },
     /// The job let the node go.
@@ -145,6 +149,7 @@ pub fn step(state: &NodeState, event: &NodeEvent) -> Result<NodeState, InvalidTr
         (_, E::Hello { scripts: false }) => S::Ready,
         (S::Bootstrapping, E::Bootstrapped) => S::Checking,
         (S::Checking, E::CheckPassed) => S::Ready,
+        (S::Ready, E::Recheck) => S::Checking,
         (S::Ready, E::Allocate { job_id }) => S::Allocated {
             job_id: job_id.clone(),
         },
@@ -311,6 +316,14 @@ mod tests {
                 Ok(NodeState::Fenced { cause })
             );
         }
+    }
+
+    #[test]
+    fn a_ready_node_is_checked_again_before_replacing() {
+        let s = step(&NodeState::Ready, &NodeEvent::Recheck).unwrap();
+        assert_eq!(s, NodeState::Checking);
+        assert_eq!(step(&s, &NodeEvent::CheckPassed), Ok(NodeState::Ready));
+        assert!(step(&allocated(), &NodeEvent::Recheck).is_err());
     }
 
     #[test]

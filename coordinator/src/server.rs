@@ -15,7 +15,7 @@ use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::{AgentService, AgentServiceServer};
 use pb::operator_service_server::{OperatorService, OperatorServiceServer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -51,6 +51,11 @@ struct Shared {
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
+    /// Operator checks waiting for their report, by request id.
+    checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
+    next_check: AtomicU64,
+    /// How long an operator check may take in all (every script at its timeout, plus slack).
+    check_wait: Duration,
     /// Notified when the store says another coordinator leads: serving stops.
     deposed: Notify,
     is_deposed: std::sync::atomic::AtomicBool,
@@ -93,6 +98,15 @@ impl Coordinator {
         Coordinator {
             shared: Arc::new(Shared {
                 hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
+                checks: Mutex::new(HashMap::new()),
+                next_check: AtomicU64::new(1),
+                check_wait: Duration::from_millis(
+                    cluster
+                        .config()
+                        .script_timeout_ms
+                        .saturating_mul(cluster.config().check_scripts.len().max(1) as u64)
+                        + 10_000,
+                ),
                 cluster: Mutex::new(cluster),
                 persister: Mutex::new(persister),
                 agents: Mutex::new(HashMap::new()),
@@ -255,6 +269,18 @@ impl Coordinator {
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
                 }
+                Effect::CheckFinished { request, report } => {
+                    let waiter = self
+                        .shared
+                        .checks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&request);
+                    if let Some(tx) = waiter {
+                        // The caller may have given up; nothing to do then.
+                        let _ = tx.send(*report);
+                    }
+                }
                 Effect::Publish(event) => {
                     if event.kind != "progress" {
                         tracing::info!(target: "holdfast::event", "{}", event.message);
@@ -302,6 +328,7 @@ impl Coordinator {
                     "command result: {}",
                     r.message
                 );
+                self.with_core(|c, now| ((), c.command_result(node, r, now)));
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
@@ -556,6 +583,48 @@ impl OperatorService for Coordinator {
             .map(|i| cluster.incident_view(i))
             .collect();
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    async fn check_node(
+        &self,
+        request: Request<pb::CheckNodeRequest>,
+    ) -> Result<Response<pb::CheckReport>, Status> {
+        let node_id = request.into_inner().node_id;
+        let id = self.shared.next_check.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let started = self.with_core(|c, now| match c.check_node(&node_id, id, now) {
+            Ok(fx) => (Ok(()), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        let forget = || {
+            self.shared
+                .checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        };
+        if let Err(e) = started {
+            forget();
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.shared.check_wait, rx).await {
+            Ok(Ok(report)) => Ok(Response::new(report)),
+            Ok(Err(_)) => Err(Status::aborted(format!(
+                "the check of {node_id} was abandoned"
+            ))),
+            Err(_) => {
+                forget();
+                Err(Status::deadline_exceeded(format!(
+                    "no check report from {node_id} within {} s",
+                    self.shared.check_wait.as_secs()
+                )))
+            }
+        }
     }
 
     type WatchEventsStream = EventStream;

@@ -22,6 +22,7 @@ pub fn job(job: &Job) -> pb::Job {
             progress_regex: job.spec.progress_regex.clone(),
             env: job.spec.env.clone().into_iter().collect(),
             total_steps: job.spec.total_steps,
+            min_nodes: job.spec.min_nodes,
         }),
         state: job.state.name().into(),
         phase: job.phase().into(),
@@ -76,6 +77,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             })
             .collect(),
         agent_version: node.agent_version.clone(),
+        last_check: node.last_check.as_ref().map(|c| c.to_proto(&node.id)),
     }
 }
 
@@ -102,5 +104,6 @@ pub fn incident(i: &Incident) -> pb::Incident {
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
         open: i.is_open(),
         fault_step: i.fault_step,
+        rejected_candidates: i.rejected_candidates.clone(),
     }
 }

@@ -7,6 +7,10 @@ const LIMITS: JobLimits = JobLimits {
     replacement_timeout_ms: 60_000,
     resolve_retry_ms: 1_000,
     resolve_attempts: 3,
+    restart_backoff_ms: 0,
+    restart_backoff_max_ms: 0,
+    quarantine_after: 0,
+    quarantine_window_ms: 0,
 };
 
 fn spec(stall_ms: u64, budget: u32) -> JobSpec {
@@ -19,6 +23,7 @@ fn spec(stall_ms: u64, budget: u32) -> JobSpec {
         progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
         env: BTreeMap::new(),
         total_steps: 100,
+        min_nodes: 0,
     }
 }
 

@@ -1,0 +1,227 @@
+//! The lifecycle-script contract end to end: real coordinator and agent processes, the shipped
+//! scripts plus failing, garbage-printing and hanging ones. A node that passes bootstrap and
+//! check becomes ready with its report kept; one that fails or times out is fenced with the
+//! script's output in the reason; `holdfast check` runs the deep check on demand; and in the
+//! bad-spare demo the first spare fails its replacement check and the second takes over.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use holdfast_cli::demo::{write_lifecycle_setup, LocalCluster};
+use holdfast_proto::v1 as pb;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+async fn node(cluster: &LocalCluster, id: &str) -> pb::Node {
+    let mut client = cluster.client().await.unwrap();
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    nodes
+        .into_iter()
+        .find(|n| n.node_id == id)
+        .unwrap_or_default()
+}
+
+/// Waits until `id` is in `state`, or fails with what it is in.
+async fn wait_state(cluster: &LocalCluster, id: &str, state: &str, within: Duration) -> pb::Node {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = node(cluster, id).await;
+        if n.state == state {
+            return n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} is {:?} ({}), not {state}, after {within:?}",
+            n.state,
+            n.fence_reason
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
+    let dir = std::env::temp_dir().join(format!("holdfast-lifecycle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The shipped scripts, and a coordinator that runs on-create then health/host.
+    let (good, _) = write_lifecycle_setup(&dir).unwrap();
+    let config = dir.join("coordinator-fast.toml");
+    std::fs::write(
+        &config,
+        "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 1500\n",
+    )
+    .unwrap();
+    // A bootstrap that prints binary garbage then its reason, and a check that hangs.
+    let broken = dir.join("broken-scripts");
+    script(
+        &broken,
+        "on-create",
+        "head -c 3000 /dev/urandom; echo; echo 'failed: /data is not mounted'; exit 4",
+    );
+    let hanging = dir.join("hanging-scripts");
+    script(&hanging, "on-create", "echo ok");
+    script(
+        &hanging,
+        "health/host",
+        "echo starting the burn-in; sleep 60",
+    );
+
+    let config_arg = config.display().to_string();
+    let mut cluster = LocalCluster::start(&exe(), &dir, &["--config", &config_arg])
+        .await
+        .unwrap();
+    for (id, scripts) in [("good", &good), ("broken", &broken), ("hanging", &hanging)] {
+        let arg = scripts.display().to_string();
+        cluster
+            .start_agent(id, "worker", &["--script-dir", &arg])
+            .unwrap();
+    }
+
+    let good_node = wait_state(&cluster, "good", "ready", Duration::from_secs(20)).await;
+    let report = good_node
+        .last_check
+        .expect("a ready node keeps its join report");
+    assert!(report.ok && report.purpose == "join", "{report:?}");
+    let names: Vec<&str> = report.scripts.iter().map(|s| s.script.as_str()).collect();
+    assert_eq!(names, ["on-create", "health/host"]);
+    assert!(
+        report.scripts[1].output.contains("ok: host healthy"),
+        "{:?}",
+        report.scripts[1]
+    );
+    assert!(report.scripts.iter().all(|s| s.exit_code == Some(0)));
+
+    let broken_node = wait_state(&cluster, "broken", "fenced", Duration::from_secs(20)).await;
+    assert!(
+        broken_node.fence_reason.contains("exit code 4")
+            && broken_node.fence_reason.contains("/data is not mounted"),
+        "{}",
+        broken_node.fence_reason
+    );
+    let broken_report = broken_node.last_check.unwrap();
+    assert_eq!(
+        broken_report.scripts.len(),
+        1,
+        "no check runs after a failed bootstrap"
+    );
+    assert_eq!(broken_report.scripts[0].exit_code, Some(4));
+
+    let hanging_node = wait_state(&cluster, "hanging", "fenced", Duration::from_secs(20)).await;
+    assert!(
+        hanging_node.fence_reason.contains("timed out"),
+        "{}",
+        hanging_node.fence_reason
+    );
+    assert!(
+        hanging_node.fence_reason.contains("starting the burn-in"),
+        "{}",
+        hanging_node.fence_reason
+    );
+    let hung = &hanging_node.last_check.unwrap().scripts[1];
+    assert!(
+        hung.duration_ms >= 1500 && hung.duration_ms < 10_000,
+        "{hung:?}"
+    );
+
+    // `holdfast check`: passes on the good node, then fails once the host is marked bad, and
+    // only reports (the node stays ready; the operator decides).
+    let addr = cluster.addr.clone();
+    let out = Command::new(exe())
+        .args(["check", "good", "--coordinator", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("PASSED") && text.contains("health/host"),
+        "{text}"
+    );
+    std::fs::write(
+        cluster.state_dir("good").join("unhealthy"),
+        "fan 3 failed\n",
+    )
+    .unwrap();
+    let out = Command::new(exe())
+        .args(["check", "good", "--coordinator", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("fan 3 failed"),
+        "{text}"
+    );
+    let after = node(&cluster, "good").await;
+    assert_eq!(after.state, "ready");
+    let kept = after.last_check.unwrap();
+    assert!(!kept.ok && kept.purpose == "operator", "{kept:?}");
+    // A check of a node that does not exist is a clear error.
+    let out = Command::new(exe())
+        .args(["check", "nope", "--coordinator", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node nope"));
+
+    cluster.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_spare_demo_rejects_the_first_spare_and_recovers_on_the_second() {
+    let out = Command::new(exe())
+        .args([
+            "demo",
+            "--spares",
+            "2",
+            "--fault",
+            "bad-spare",
+            "--json",
+            "--steps",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["job_state"], "succeeded", "{report}");
+    let incident = &report["incidents"][0];
+    assert_eq!(incident["replacement"], "spare-2", "{report}");
+    let rejected = incident["rejected_candidates"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{report}");
+    let rejected = rejected[0].as_str().unwrap();
+    assert!(
+        rejected.starts_with("spare-1: health/host failed with exit code 1"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("uncorrectable memory errors"),
+        "{rejected}"
+    );
+}

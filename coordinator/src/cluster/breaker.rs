@@ -1,0 +1,111 @@
+//! The cluster-wide circuit breaker on fencing. Many nodes failing at once points at something
+//! they share (a switch, the storage, a bad rollout, the coordinator's own view of the
+//! network) rather than at each node: fencing them all would throw away the cluster. When one
+//! more fence would make more than `circuit_breaker_share` of the nodes fenced within
+//! `circuit_breaker_window_ms`, fences of job nodes stop: the suspect node is released (it
+//! rejoins through its checks) and an `alert` event tells operators. Fences of idle nodes and
+//! failed checks are not held back (they cost no job its nodes), but they count.
+
+use std::collections::VecDeque;
+
+use holdfast_proto::v1 as pb;
+
+use super::{Cluster, Effect};
+use crate::node::{NodeEvent, NodeState};
+use crate::UnixMillis;
+
+/// The breaker's memory: when recent fences happened, and whether it is open.
+#[derive(Debug, Clone, Default)]
+pub struct FenceBreaker {
+    fenced_at: VecDeque<UnixMillis>,
+    open: bool,
+}
+
+impl FenceBreaker {
+    /// Every transition into Fenced is counted here.
+    pub fn count_fence(&mut self, now: UnixMillis) {
+        self.fenced_at.push_back(now);
+    }
+}
+
+impl Cluster {
+    /// True when fencing `node_id` keeps the fenced share within bounds. Opening and closing
+    /// the breaker are announced once each.
+    pub(super) fn fence_allowed(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let window = self.config.circuit_breaker_window_ms as i64;
+        while self
+            .breaker
+            .fenced_at
+            .front()
+            .is_some_and(|t| now - t >= window)
+        {
+            self.breaker.fenced_at.pop_front();
+        }
+        let nodes = self
+            .nodes
+            .values()
+            .filter(|n| n.state != NodeState::Retired)
+            .count();
+        // Rounded up: a cluster of any size may always fence one node.
+        let limit = (self.config.circuit_breaker_share * nodes as f64).ceil() as usize;
+        let recent = self.breaker.fenced_at.len();
+        if recent < limit {
+            if self.breaker.open {
+                self.breaker.open = false;
+                fx.push(alert(now, node_id, format!(
+                    "circuit breaker closed: {recent} of {nodes} nodes fenced in the last {} s; fencing resumes",
+                    window / 1000
+                )));
+            }
+            return true;
+        }
+        let message = format!(
+            "circuit breaker open: {recent} of {nodes} nodes were fenced in the last {} s (limit {:.0} %); \
+             not fencing {node_id}, releasing it to rejoin through its checks. Look for a shared cause \
+             (network, storage, a rollout) before uncordoning anything",
+            window / 1000,
+            self.config.circuit_breaker_share * 100.0
+        );
+        if !self.breaker.open {
+            self.breaker.open = true;
+            fx.push(alert(now, node_id, message));
+        } else {
+            fx.push(self.log_event(node_id, "", message, now));
+        }
+        false
+    }
+
+    /// A fence the breaker held back: the node leaves the job but is not fenced.
+    pub(super) fn release_unfenced(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.node_event(node_id, NodeEvent::Release, now, fx);
+        if self.nodes.get(node_id).is_some_and(|n| n.conn.is_none()) {
+            self.node_event(node_id, NodeEvent::Disconnected, now, fx);
+        }
+    }
+
+    /// True while the breaker holds fences back.
+    pub fn fence_breaker_open(&self) -> bool {
+        self.breaker.open
+    }
+}
+
+fn alert(now: UnixMillis, node_id: &str, message: String) -> Effect {
+    tracing::error!("{message}");
+    Effect::Publish(pb::Event {
+        at_unix_ms: now,
+        kind: "alert".into(),
+        node_id: node_id.to_string(),
+        message,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,822 @@
+//! Lifecycle scripts, decided in the core: which scripts a node runs (bootstrap and deep check
+//! at join, the deep check again before it replaces a failed node, or on an operator's request),
+//! one `RunScript` at a time, and what their results mean for the node and for the job waiting
+//! on it. Pure like the rest of [`super`]: results and deadlines come in with `now`.
+
+use std::collections::VecDeque;
+
+use holdfast_proto::v1 as pb;
+use pb::coordinator_message::Body as ToAgent;
+use serde::{Deserialize, Serialize};
+
+use super::{Cluster, Effect};
+use crate::error::CoordinatorError;
+use crate::incident::IncidentEvent;
+use crate::job::{JobEffect, JobEvent};
+use crate::node::{FenceCause, NodeEvent, NodeState};
+use crate::UnixMillis;
+
+/// How much longer than the script timeout the coordinator waits for a result that the agent
+/// should have sent (the agent enforces the timeout itself; this catches a lost result).
+const RESULT_SLACK_MS: i64 = 5_000;
+
+/// At most this much of a script's output goes into a fence reason (the full tail is kept in
+/// the node's last check).
+const REASON_OUTPUT_CHARS: usize = 600;
+
+/// Why a node runs scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckPurpose {
+    /// A new or repaired node: bootstrap, then the deep check; → Ready or Fenced.
+    Join,
+    /// A ready node about to take over `rank` of `job_id`: the deep check again.
+    Replacement { job_id: String, rank: usize },
+    /// `holdfast check NODE`: the deep check, reported to request `request`; the node's
+    /// state is left alone.
+    Operator { request: u64 },
+}
+
+impl CheckPurpose {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckPurpose::Join => "join",
+            CheckPurpose::Replacement { .. } => "replacement",
+            CheckPurpose::Operator { .. } => "operator",
+        }
+    }
+}
+
+/// One script's outcome, as the agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptOutcome {
+    pub script: String,
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// Tail of the combined stdout/stderr.
+    pub output: String,
+    pub message: String,
+}
+
+/// The scripts of one run, kept on the node as its last check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub purpose: String,
+    pub ok: bool,
+    pub scripts: Vec<ScriptOutcome>,
+    pub started_at: UnixMillis,
+    pub duration_ms: u64,
+}
+
+impl CheckReport {
+    pub fn to_proto(&self, node_id: &str) -> pb::CheckReport {
+        pb::CheckReport {
+            node_id: node_id.to_string(),
+            purpose: self.purpose.clone(),
+            ok: self.ok,
+            scripts: self
+                .scripts
+                .iter()
+                .map(|s| pb::ScriptResult {
+                    script: s.script.clone(),
+                    ok: s.ok,
+                    exit_code: s.exit_code,
+                    duration_ms: s.duration_ms,
+                    output: s.output.clone(),
+                    message: s.message.clone(),
+                })
+                .collect(),
+            started_unix_ms: self.started_at,
+            duration_ms: self.duration_ms,
+        }
+    }
+
+    /// The first failure in a line (its message ends with the script's last output line),
+    /// then the output before that line, cut to its end: what a fence reason shows.
+    fn failure_reason(&self) -> String {
+        let Some(failed) = self.scripts.iter().find(|s| !s.ok) else {
+            return "check failed".into();
+        };
+        let lines: Vec<&str> = failed
+            .output
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let shown = match lines.split_last() {
+            Some((last, rest)) if failed.message.ends_with(last) => rest,
+            _ => &lines[..],
+        };
+        if shown.is_empty() {
+            return failed.message.clone();
+        }
+        let before_last = shown.join(" / ");
+        let start = before_last
+            .char_indices()
+            .rev()
+            .nth(REASON_OUTPUT_CHARS)
+            .map_or(0, |(i, _)| i);
+        format!("{} | output: {}", failed.message, &before_last[start..])
+    }
+}
+
+/// Scripts a node is running now, one `RunScript` in flight at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptRun {
+    pub purpose: CheckPurpose,
+    /// The script in flight and its command id.
+    pub current: String,
+    pub command_id: String,
+    /// No result by then counts as a failure.
+    pub deadline: UnixMillis,
+    pub remaining: VecDeque<String>,
+    /// For a join: how many of the first scripts are the bootstrap (the node moves from
+    /// Bootstrapping to Checking after them).
+    pub bootstrap_scripts: usize,
+    pub results: Vec<ScriptOutcome>,
+    pub started_at: UnixMillis,
+}
+
+impl Cluster {
+    /// Bootstrap and deep check of a node that just joined (it is in Bootstrapping).
+    pub(super) fn start_join_scripts(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let mut scripts: VecDeque<String> = VecDeque::new();
+        if !self.config.bootstrap_script.is_empty() {
+            scripts.push_back(self.config.bootstrap_script.clone());
+        }
+        let bootstrap_scripts = scripts.len();
+        scripts.extend(self.config.check_scripts.iter().cloned());
+        if bootstrap_scripts == 0 {
+            self.node_event(node_id, NodeEvent::Bootstrapped, now, fx);
+        }
+        self.start_scripts(
+            node_id,
+            CheckPurpose::Join,
+            scripts,
+            bootstrap_scripts,
+            now,
+            fx,
+        );
+    }
+
+    /// Starts a run of `scripts` on a node; an empty list finishes at once, successfully.
+    fn start_scripts(
+        &mut self,
+        node_id: &str,
+        purpose: CheckPurpose,
+        mut scripts: VecDeque<String>,
+        bootstrap_scripts: usize,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let first = scripts.pop_front();
+        let run = ScriptRun {
+            purpose,
+            current: String::new(),
+            command_id: String::new(),
+            deadline: now,
+            remaining: scripts,
+            bootstrap_scripts,
+            results: Vec::new(),
+            started_at: now,
+        };
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.script_run = Some(run);
+        }
+        match first {
+            Some(script) => self.send_script(node_id, script, now, fx),
+            None => self.finish_scripts(node_id, now, fx),
+        }
+    }
+
+    fn send_script(
+        &mut self,
+        node_id: &str,
+        script: String,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.next_command += 1;
+        let command_id = format!("{node_id}/script-{}", self.next_command);
+        let timeout_ms = self.config.script_timeout_ms;
+        let term = self.term;
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        let Some(run) = node.script_run.as_mut() else {
+            return;
+        };
+        run.current = script.clone();
+        run.command_id = command_id.clone();
+        run.deadline = now + timeout_ms as i64 + RESULT_SLACK_MS;
+        let purpose = run.purpose.name();
+        fx.push(Effect::Send {
+            node: node_id.to_string(),
+            message: ToAgent::RunScript(pb::RunScript {
+                command_id,
+                script: script.clone(),
+                args: Vec::new(),
+                timeout_ms,
+                env: [("HOLDFAST_CHECK_PURPOSE".to_string(), purpose.to_string())].into(),
+                term,
+            }),
+        });
+        fx.push(self.log_event(
+            node_id,
+            "",
+            format!("node {node_id}: running {script} ({purpose})"),
+            now,
+        ));
+    }
+
+    /// A `CommandResult` arrived from a node's agent.
+    pub fn command_result(
+        &mut self,
+        node_id: &str,
+        result: pb::CommandResult,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if result.command_id == "on-fence" {
+            let output = result.output.trim();
+            fx.push(self.log_event(
+                node_id,
+                "",
+                format!(
+                    "node {node_id}: {}{}",
+                    result.message,
+                    if output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" | output: {output}")
+                    }
+                ),
+                now,
+            ));
+            return fx;
+        }
+        let matches = self
+            .nodes
+            .get(node_id)
+            .and_then(|n| n.script_run.as_ref())
+            .is_some_and(|r| r.command_id == result.command_id);
+        if !matches {
+            tracing::debug!(
+                node = node_id,
+                command = result.command_id,
+                "result of no pending command ignored"
+            );
+            return fx;
+        }
+        self.record_outcome(
+            node_id,
+            ScriptOutcome {
+                script: String::new(),
+                ok: result.ok,
+                exit_code: result.exit_code,
+                duration_ms: result.duration_ms,
+                output: result.output,
+                message: result.message,
+            },
+            now,
+            &mut fx,
+        );
+        fx
+    }
+
+    /// Files the outcome of the script in flight and sends the next one, or finishes the run.
+    fn record_outcome(
+        &mut self,
+        node_id: &str,
+        mut outcome: ScriptOutcome,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(run) = self
+            .nodes
+            .get_mut(node_id)
+            .and_then(|n| n.script_run.as_mut())
+        else {
+            return;
+        };
+        outcome.script = run.current.clone();
+        let ok = outcome.ok;
+        run.results.push(outcome);
+        let bootstrapped =
+            run.purpose == CheckPurpose::Join && ok && run.results.len() == run.bootstrap_scripts;
+        let next = if ok { run.remaining.pop_front() } else { None };
+        if bootstrapped {
+            self.node_event(node_id, NodeEvent::Bootstrapped, now, fx);
+        }
+        match next {
+            Some(script) => self.send_script(node_id, script, now, fx),
+            None => self.finish_scripts(node_id, now, fx),
+        }
+    }
+
+    /// The run is over (all passed, or one failed): keep the report on the node and act on it.
+    fn finish_scripts(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        let Some(run) = node.script_run.clone() else {
+            return;
+        };
+        let report = CheckReport {
+            purpose: run.purpose.name().into(),
+            ok: run.results.iter().all(|r| r.ok) && run.remaining.is_empty(),
+            scripts: run.results,
+            started_at: run.started_at,
+            duration_ms: (now - run.started_at).max(0) as u64,
+        };
+        node.last_check = Some(report.clone());
+        let summary = format!(
+            "node {node_id}: {} check {} in {:.1} s",
+            report.purpose,
+            if report.ok { "passed" } else { "failed" },
+            report.duration_ms as f64 / 1000.0
+        );
+        fx.push(self.log_event(node_id, "", summary, now));
+        if let CheckPurpose::Replacement { job_id, rank } = &run.purpose {
+            if report.ok {
+                // The run stays on the node until it is allocated, so the ready moment in
+                // between cannot hand it (or its rank) to anyone else.
+                self.node_event(node_id, NodeEvent::CheckPassed, now, fx);
+                self.node_event(
+                    node_id,
+                    NodeEvent::Allocate {
+                        job_id: job_id.clone(),
+                    },
+                    now,
+                    fx,
+                );
+                self.clear_script_run(node_id);
+                let allocated = matches!(
+                    self.nodes.get(node_id).map(|n| &n.state),
+                    Some(NodeState::Allocated { job_id: j }) if j == job_id
+                );
+                if allocated {
+                    let event = JobEvent::ReplacementFound {
+                        rank: *rank,
+                        node: node_id.to_string(),
+                    };
+                    self.drive(job_id, event, now, fx);
+                }
+                self.find_replacements(now, fx);
+                return;
+            }
+        }
+        self.clear_script_run(node_id);
+        match run.purpose {
+            CheckPurpose::Operator { request } => fx.push(Effect::CheckFinished {
+                request,
+                report: Box::new(report.to_proto(node_id)),
+            }),
+            CheckPurpose::Join if report.ok => {
+                self.node_event(node_id, NodeEvent::CheckPassed, now, fx)
+            }
+            CheckPurpose::Join => self.reject_node(node_id, None, &report, now, fx),
+            CheckPurpose::Replacement { job_id, .. } => {
+                self.reject_node(node_id, Some(&job_id), &report, now, fx);
+                self.find_replacements(now, fx);
+            }
+        }
+    }
+
+    fn clear_script_run(&mut self, node_id: &str) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.script_run = None;
+        }
+    }
+
+    /// A node failed its check: fenced with the script's output in the reason.
+    fn reject_node(
+        &mut self,
+        node_id: &str,
+        job_id: Option<&str>,
+        report: &CheckReport,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let reason = report.failure_reason();
+        self.node_event(
+            node_id,
+            NodeEvent::Fence(FenceCause::CheckFailed(reason.clone())),
+            now,
+            fx,
+        );
+        if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
+            fx.push(Effect::Send {
+                node: node_id.to_string(),
+                message: ToAgent::Fence(pb::Fence {
+                    reason: format!("failed bootstrap/health check: {reason}"),
+                    term: self.term,
+                }),
+            });
+        }
+        if let Some(job_id) = job_id {
+            let event = IncidentEvent::CandidateRejected {
+                node: node_id.to_string(),
+                reason: reason.clone(),
+            };
+            let mut queue = VecDeque::new();
+            self.apply_job_effect(job_id, JobEffect::Incident(event), now, fx, &mut queue);
+            if let Some(job) = self.jobs.get_mut(job_id) {
+                job.message =
+                    format!("replacement candidate {node_id} failed its check; trying the next");
+            }
+            fx.push(self.log_event(
+                node_id,
+                job_id,
+                format!("replacement candidate {node_id} rejected: {reason}"),
+                now,
+            ));
+        }
+    }
+
+    /// Scripts of a node that went away are abandoned: a replacement rank is freed for the
+    /// next candidate, an operator gets a failed report.
+    pub(super) fn abort_scripts(
+        &mut self,
+        node_id: &str,
+        why: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(run) = self
+            .nodes
+            .get_mut(node_id)
+            .and_then(|n| n.script_run.take())
+        else {
+            return;
+        };
+        if let CheckPurpose::Operator { request } = run.purpose {
+            let mut scripts = run.results;
+            scripts.push(ScriptOutcome {
+                script: run.current,
+                ok: false,
+                exit_code: None,
+                duration_ms: (now - run.started_at).max(0) as u64,
+                output: String::new(),
+                message: why.to_string(),
+            });
+            let report = CheckReport {
+                purpose: "operator".into(),
+                ok: false,
+                scripts,
+                started_at: run.started_at,
+                duration_ms: (now - run.started_at).max(0) as u64,
+            };
+            fx.push(Effect::CheckFinished {
+                request,
+                report: Box::new(report.to_proto(node_id)),
+            });
+        }
+    }
+
+    /// Runs that passed their deadline without a result fail.
+    pub(super) fn expire_scripts(&mut self, now: UnixMillis, fx: &mut Vec<Effect>) {
+        let overdue: Vec<(String, String, i64)> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.script_run.as_ref().map(|r| (n, r)))
+            .filter(|(_, r)| !r.command_id.is_empty() && now >= r.deadline)
+            .map(|(n, r)| (n.id.clone(), r.current.clone(), r.deadline))
+            .collect();
+        for (node_id, script, deadline) in overdue {
+            let waited = self.config.script_timeout_ms as i64 + RESULT_SLACK_MS;
+            let outcome = ScriptOutcome {
+                script: script.clone(),
+                ok: false,
+                exit_code: None,
+                duration_ms: waited.max(0) as u64,
+                output: String::new(),
+                message: format!("{script}: no result from the agent within {} ms", waited),
+            };
+            tracing::debug!(node = node_id, deadline, "script result overdue");
+            self.record_outcome(&node_id, outcome, now, fx);
+        }
+    }
+
+    /// `holdfast check NODE`: runs the deep check now; the report comes back as
+    /// [`Effect::CheckFinished`] with `request`.
+    pub fn check_node(
+        &mut self,
+        node_id: &str,
+        request: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<Effect>, CoordinatorError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
+        if node.conn.is_none() {
+            return Err(CoordinatorError::NodeBusy(format!(
+                "node {node_id} is not connected"
+            )));
+        }
+        if let Some(run) = &node.script_run {
+            return Err(CoordinatorError::NodeBusy(format!(
+                "node {node_id} is already running {} ({} check)",
+                run.current,
+                run.purpose.name()
+            )));
+        }
+        if self.config.check_scripts.is_empty() {
+            return Err(CoordinatorError::NodeBusy(
+                "no check_scripts are configured on the coordinator".into(),
+            ));
+        }
+        let scripts = self.config.check_scripts.iter().cloned().collect();
+        let mut fx = Vec::new();
+        self.start_scripts(
+            node_id,
+            CheckPurpose::Operator { request },
+            scripts,
+            0,
+            now,
+            &mut fx,
+        );
+        Ok(fx)
+    }
+
+    /// Moves a ready node into its replacement check for `rank` of `job_id`.
+    pub(super) fn start_replacement_check(
+        &mut self,
+        job_id: &str,
+        rank: usize,
+        node_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.node_event(node_id, NodeEvent::Recheck, now, fx);
+        let scripts = self.config.check_scripts.iter().cloned().collect();
+        let purpose = CheckPurpose::Replacement {
+            job_id: job_id.to_string(),
+            rank,
+        };
+        self.start_scripts(node_id, purpose, scripts, 0, now, fx);
+    }
+
+    /// Ranks of `job_id` that a candidate under check is reserved for.
+    pub(super) fn ranks_under_check(&self, job_id: &str) -> Vec<usize> {
+        self.nodes
+            .values()
+            .filter_map(|n| match n.script_run.as_ref().map(|r| &r.purpose) {
+                Some(CheckPurpose::Replacement { job_id: j, rank }) if j == job_id => Some(*rank),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// True when taking a replacement means checking it first.
+    pub(super) fn checks_replacements(&self) -> bool {
+        self.config.check_replacements && !self.config.check_scripts.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Hello, Role};
+    use crate::config::CoordinatorConfig;
+
+    fn cluster() -> Cluster {
+        Cluster::new(CoordinatorConfig {
+            bootstrap_script: "on-create".into(),
+            check_scripts: vec!["health/host".into(), "health/gpu".into()],
+            script_timeout_ms: 1000,
+            ..Default::default()
+        })
+    }
+
+    fn hello(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) -> Vec<Effect> {
+        let h = Hello {
+            node_id: id.into(),
+            hostname: id.into(),
+            role,
+            address: "127.0.0.1".into(),
+            boot_id: "b".into(),
+            agent_version: "t".into(),
+            gpus: Vec::new(),
+            sent_at: now,
+            worker: None,
+        };
+        c.hello(conn, h, now).unwrap().1
+    }
+
+    /// The scripts sent to `node` in `fx`, as (command id, script).
+    fn scripts_sent(fx: &[Effect], node: &str) -> Vec<(String, String)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    node: n,
+                    message: ToAgent::RunScript(r),
+                } if n == node => Some((r.command_id.clone(), r.script.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(
+        c: &mut Cluster,
+        node: &str,
+        command_id: &str,
+        ok: bool,
+        output: &str,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
+        let result = pb::CommandResult {
+            command_id: command_id.into(),
+            ok,
+            message: if ok {
+                "passed".into()
+            } else {
+                format!(
+                    "failed with exit code 1: {}",
+                    output.lines().last().unwrap_or("")
+                )
+            },
+            output: output.into(),
+            exit_code: Some(if ok { 0 } else { 1 }),
+            duration_ms: 5,
+        };
+        c.command_result(node, result, now)
+    }
+
+    /// Hello, then every script answered with success: the node ends ready.
+    fn join(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) {
+        let mut fx = hello(c, id, role, conn, now);
+        while let Some((cmd, _)) = scripts_sent(&fx, id).pop() {
+            fx = answer(c, id, &cmd, true, "ok", now);
+        }
+        assert_eq!(c.nodes[id].state, NodeState::Ready);
+    }
+
+    fn state(c: &Cluster, id: &str) -> &'static str {
+        c.nodes[id].state.name()
+    }
+
+    #[test]
+    fn a_joining_node_bootstraps_then_runs_each_check_then_is_ready() {
+        let mut c = cluster();
+        let fx = hello(&mut c, "n1", Role::Worker, 1, 0);
+        assert_eq!(state(&c, "n1"), "bootstrapping");
+        let sent = scripts_sent(&fx, "n1");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, "on-create");
+        // A stale or unknown command id changes nothing.
+        assert!(answer(&mut c, "n1", "other", false, "x", 10).is_empty());
+        let fx = answer(&mut c, "n1", &sent[0].0, true, "bootstrapped", 10);
+        assert_eq!(state(&c, "n1"), "checking");
+        let sent = scripts_sent(&fx, "n1");
+        assert_eq!(sent[0].1, "health/host");
+        let fx = answer(&mut c, "n1", &sent[0].0, true, "ok", 20);
+        let sent = scripts_sent(&fx, "n1");
+        assert_eq!(sent[0].1, "health/gpu");
+        answer(&mut c, "n1", &sent[0].0, true, "ok", 30);
+        assert_eq!(state(&c, "n1"), "ready");
+        let report = c.nodes["n1"].last_check.clone().unwrap();
+        assert!(report.ok);
+        assert_eq!(report.duration_ms, 30);
+        assert_eq!(report.scripts.len(), 3);
+    }
+
+    #[test]
+    fn a_failed_check_fences_with_its_output_and_stops_the_run() {
+        let mut c = cluster();
+        let fx = hello(&mut c, "n1", Role::Worker, 1, 0);
+        let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+        let fx = answer(&mut c, "n1", &cmd, true, "ok", 5);
+        let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+        let fx = answer(
+            &mut c,
+            "n1",
+            &cmd,
+            false,
+            "disk_free_mb=3\nunhealthy: only 3 MiB free",
+            9,
+        );
+        assert!(
+            scripts_sent(&fx, "n1").is_empty(),
+            "no script after a failure"
+        );
+        let NodeState::Fenced { cause } = &c.nodes["n1"].state else {
+            panic!("not fenced: {:?}", c.nodes["n1"].state)
+        };
+        let reason = cause.to_string();
+        assert!(
+            reason.contains("only 3 MiB free") && reason.contains("disk_free_mb=3"),
+            "{reason}"
+        );
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                message: ToAgent::Fence(_),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_script_without_a_result_fails_at_its_deadline() {
+        let mut c = cluster();
+        hello(&mut c, "n1", Role::Worker, 1, 0);
+        // The agent is alive (heartbeats) but the result never comes.
+        c.heartbeat("n1", 5000, None, 5000);
+        c.tick(1000 + RESULT_SLACK_MS - 1);
+        assert_eq!(state(&c, "n1"), "bootstrapping");
+        c.tick(1000 + RESULT_SLACK_MS);
+        let NodeState::Fenced { cause } = &c.nodes["n1"].state else {
+            panic!("not fenced")
+        };
+        assert!(
+            cause.to_string().contains("no result from the agent"),
+            "{cause}"
+        );
+    }
+
+    #[test]
+    fn a_replacement_that_fails_its_check_is_fenced_and_the_next_spare_takes_over() {
+        let mut c = cluster();
+        join(&mut c, "w1", Role::Worker, 1, 0);
+        join(&mut c, "s1", Role::Spare, 2, 0);
+        join(&mut c, "s2", Role::Spare, 3, 0);
+        let spec = pb::JobSpec {
+            command: vec!["train".into()],
+            nodes: 1,
+            ..Default::default()
+        };
+        let (job, _) = c.submit(spec, 100).unwrap();
+        c.checkpoint_resolved(&job.job_id, Ok(None), 110);
+        let started = pb::WorkerEvent {
+            job_id: job.job_id.clone(),
+            generation: 1,
+            kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted {
+                pid: 7,
+            })),
+            at_unix_ms: 120,
+        };
+        c.worker_event("w1", started, 120);
+        // The worker's host dies: s1 (first spare) is checked again before it takes over.
+        let fx = c.disconnected("w1", 1, 200);
+        assert_eq!(state(&c, "s1"), "checking");
+        assert_eq!(
+            state(&c, "s2"),
+            "ready",
+            "only one candidate per rank at a time"
+        );
+        let (cmd, script) = scripts_sent(&fx, "s1").remove(0);
+        assert_eq!(script, "health/host");
+        let fx = answer(&mut c, "s1", &cmd, false, "unhealthy: ECC errors", 300);
+        assert_eq!(state(&c, "s1"), "fenced");
+        assert_eq!(state(&c, "s2"), "checking");
+        let (cmd, _) = scripts_sent(&fx, "s2").remove(0);
+        let fx = answer(&mut c, "s2", &cmd, true, "ok", 310);
+        let (cmd, _) = scripts_sent(&fx, "s2").remove(0);
+        answer(&mut c, "s2", &cmd, true, "ok", 320);
+        assert_eq!(state(&c, "s2"), "allocated");
+        let job = &c.jobs[&job.job_id];
+        assert_eq!(job.nodes(), ["s2"]);
+        assert_eq!(job.phase(), "relaunching");
+        let incident = &c.incidents[0];
+        assert_eq!(incident.replacement_node_id.as_deref(), Some("s2"));
+        assert_eq!(incident.rejected_candidates.len(), 1);
+        assert!(
+            incident.rejected_candidates[0].starts_with("s1: ")
+                && incident.rejected_candidates[0].contains("ECC errors")
+        );
+    }
+
+    #[test]
+    fn an_operator_check_reports_without_changing_the_node() {
+        let mut c = cluster();
+        join(&mut c, "n1", Role::Worker, 1, 0);
+        assert!(matches!(
+            c.check_node("nope", 1, 5),
+            Err(CoordinatorError::NoSuchNode(_))
+        ));
+        let fx = c.check_node("n1", 7, 10).unwrap();
+        assert!(matches!(
+            c.check_node("n1", 8, 11),
+            Err(CoordinatorError::NodeBusy(_))
+        ));
+        let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+        let fx = answer(&mut c, "n1", &cmd, false, "unhealthy: fan", 20);
+        let report = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::CheckFinished { request: 7, report } => Some(report.clone()),
+                _ => None,
+            })
+            .expect("the operator gets the report");
+        assert!(!report.ok && report.purpose == "operator" && report.scripts.len() == 1);
+        assert_eq!(state(&c, "n1"), "ready");
+        assert!(!c.nodes["n1"].last_check.as_ref().unwrap().ok);
+    }
+}
