@@ -229,7 +229,10 @@ fn daemons_notify_systemd_ready_watchdog_and_stopping() {
             .unwrap();
         let mut command = Command::new(exe());
         match role {
-            "coordinator" => command.args(["coordinator", "--listen", "127.0.0.1:0"]),
+            // Its own state file: the default one may be held by another coordinator.
+            "coordinator" => command
+                .args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+                .arg(dir.join("coordinator.redb")),
             // The agent is ready once it runs, whether or not a coordinator answers.
             _ => command
                 .args([
