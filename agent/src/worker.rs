@@ -143,6 +143,9 @@ struct Running {
     grace: Duration,
     /// Set once the worker is gone, so its log follower reads to the end and stops.
     done: Arc<AtomicBool>,
+    /// The log follower: awaited at exit, so the last steps the worker printed are reported
+    /// before its exit is.
+    follower: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the supervisor until the command channel closes.
@@ -233,7 +236,7 @@ impl Supervisor {
                         return;
                     }
                 },
-                status = exited => self.on_exit(status),
+                status = exited => self.on_exit(status).await,
             }
         }
     }
@@ -456,7 +459,7 @@ impl Supervisor {
             "[{} g{} r{}]",
             record.job_id, record.generation, record.node_rank
         );
-        tokio::spawn(follow_log(
+        let follower = tokio::spawn(follow_log(
             record.log_file.clone(),
             offset,
             prefix,
@@ -481,6 +484,7 @@ impl Supervisor {
             stop_requested: Arc::new(AtomicBool::new(false)),
             exited,
             done,
+            follower,
         });
     }
 
@@ -585,14 +589,22 @@ impl Supervisor {
                     .flatten()
             }
         };
-        self.on_exit(status);
+        self.on_exit(status).await;
     }
 
-    fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
+    async fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
         let Some(running) = self.running.take() else {
             return;
         };
         running.done.store(true, Ordering::SeqCst);
+        // The follower now reads the log to its end and stops; bounded, so a huge log or a
+        // stuck filesystem cannot hold the exit report back for long.
+        if tokio::time::timeout(LOG_DRAIN_TIMEOUT, running.follower)
+            .await
+            .is_err()
+        {
+            tracing::warn!("worker log not drained within {LOG_DRAIN_TIMEOUT:?}");
+        }
         // Whatever the leader left behind in its group goes with it.
         let _ = killpg(Pid::from_raw(running.record.pid as i32), Signal::SIGKILL);
         use std::os::unix::process::ExitStatusExt;
@@ -700,6 +712,9 @@ impl ProgressReporter {
         self.outbox.is_closed()
     }
 }
+
+/// Longest an exit report waits for the worker's log to be read to its end.
+const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Follows a worker's log file from `offset`: copies its lines to the agent's output and
 /// reports the steps they print. Stops once the worker is `done` and the file is read to its

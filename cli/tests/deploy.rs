@@ -229,7 +229,6 @@ fn daemons_notify_systemd_ready_watchdog_and_stopping() {
             .unwrap();
         let mut command = Command::new(exe());
         match role {
-            // Its own state file: the default one may be held by another coordinator.
             "coordinator" => command
                 .args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
                 .arg(dir.join("coordinator.redb")),
