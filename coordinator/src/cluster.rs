@@ -320,15 +320,30 @@ impl Cluster {
         for job_id in resolving {
             fx.push(cluster.resolve_effect(&job_id));
         }
+        let live: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| {
+                let phase = j.phase();
+                let sep = if phase.is_empty() { "" } else { "/" };
+                format!("{} {}{sep}{phase} g{}", j.id, j.state.name(), j.generation)
+            })
+            .collect();
         fx.push(cluster.log_event(
             "",
             "",
             format!(
-                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents",
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents; live jobs: {}",
                 cluster.term,
                 cluster.nodes.len(),
                 cluster.jobs.len(),
-                cluster.incidents.len()
+                cluster.incidents.len(),
+                if live.is_empty() {
+                    "none".to_string()
+                } else {
+                    live.join(", ")
+                }
             ),
             now,
         ));
