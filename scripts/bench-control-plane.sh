@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the control plane's own recovery (results go to docs/bench/issue-6.md):
+# Measures the control plane's own recovery (results are in BENCHMARKS.md):
 #  1. failover time: the leading coordinator SIGKILLed → the standby serving the operator API,
 #     two coordinators on a real etcd, lease TTL 2 s (RUNS runs, default 7);
 #  2. restart-to-reconciled: one coordinator with AGENTS connected agents (default 100)

@@ -11,6 +11,7 @@
 //! - [`identity`] — hostname, boot id.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
+//! - [`restart`] — restarting in place (re-exec) for rolling upgrades.
 //! - [`scripts`] — lifecycle scripts from the operator's script directory, with timeouts.
 //!
 //! The agent keeps its workers running when the coordinator is away: events produced meanwhile
@@ -21,6 +22,7 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod proctree;
+pub mod restart;
 pub mod scripts;
 pub mod session;
 pub mod worker;

@@ -22,6 +22,8 @@ use crate::{identity, now_ms, Outbox, AGENT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("cannot restart in place: {0}")]
+    Restart(String),
     #[error("invalid agent config: {0}")]
     Config(#[from] crate::config::AgentConfigError),
     #[error("cannot create state directory {path}: {source}")]
@@ -44,6 +46,8 @@ enum SessionEnd {
     Shutdown,
     /// The connection failed or broke; try again.
     Lost(String),
+    /// The coordinator asked the agent to restart in place (rolling upgrade).
+    Restart(String),
 }
 
 /// What lives across sessions.
@@ -159,13 +163,20 @@ pub async fn run_with_outbox(
         addresses: config_addresses,
         next_address: 0,
     };
+    // Stamp the start now, before any hello.
+    let _ = *crate::restart::STARTED_MS;
     tokio::pin!(shutdown);
+    let mut restart: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
     let max_backoff = Duration::from_millis(state.config.reconnect_max_backoff_ms);
     loop {
         let started = tokio::time::Instant::now();
         match session(&mut state, &mut shutdown).await {
             SessionEnd::Shutdown => break,
+            SessionEnd::Restart(why) => {
+                restart = Some(why);
+                break;
+            }
             SessionEnd::Lost(why) => {
                 state.metrics.session_lost();
                 if started.elapsed() > Duration::from_secs(5) {
@@ -198,6 +209,11 @@ pub async fn run_with_outbox(
     }
     drop(state.commands);
     let _ = supervisor.await;
+    if let Some(why) = restart {
+        // Workers keep running: the re-executed agent adopts them from worker.json.
+        tracing::info!("agent restarting in place: {why}");
+        return Err(AgentError::Restart(crate::restart::exec_self()));
+    }
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -246,6 +262,7 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
                 last_step: snap.last_step,
             }),
             sent_unix_ms: now_ms(),
+            agent_started_unix_ms: *crate::restart::STARTED_MS,
         })),
     }
 }
@@ -366,6 +383,21 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
+                Ok(Some(pb::CoordinatorMessage { body: Some(FromCoordinator::RestartAgent(r)) })) => {
+                    if r.term < state.term {
+                        tracing::warn!(term = r.term, "refused a restart of an older coordinator term");
+                        continue;
+                    }
+                    let _ = tx.try_send(pb::AgentMessage {
+                        body: Some(ToCoordinator::Goodbye(pb::Goodbye {
+                            reason: format!("restarting: {}", r.reason),
+                            restarting: true,
+                        })),
+                    });
+                    drop(tx);
+                    let _ = tokio::time::timeout(Duration::from_millis(300), inbound.message()).await;
+                    return SessionEnd::Restart(r.reason);
+                }
                 Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => dispatch(state, body),
                 Ok(Some(_)) => {}
                 Ok(None) => return SessionEnd::Lost("coordinator closed the stream".into()),
@@ -380,7 +412,7 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
-        FromCoordinator::Welcome(_) => return,
+        FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
         FromCoordinator::RunScript(r) => {
             if r.term < state.term {
                 tracing::warn!(

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{now_ms, Outbox};
 
 /// How often a worker's log file is read for new output.
-const LOG_FOLLOW_POLL: Duration = Duration::from_millis(50);
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(20);
 /// How often an adopted worker (not this agent's child) is checked for being gone.
 const ADOPTED_EXIT_POLL: Duration = Duration::from_millis(200);
 /// How much of an adopted worker's log is read again for its latest step.
@@ -142,7 +142,10 @@ struct Running {
     exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
     grace: Duration,
     /// Set once the worker is gone, so its log follower reads to the end and stops.
-    done: Arc<AtomicBool>,
+    done: Arc<WorkerGone>,
+    /// The log follower: awaited at exit, so the last steps the worker printed are reported
+    /// before its exit is.
+    follower: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the supervisor until the command channel closes.
@@ -233,7 +236,7 @@ impl Supervisor {
                         return;
                     }
                 },
-                status = exited => self.on_exit(status),
+                status = exited => self.on_exit(status).await,
             }
         }
     }
@@ -451,12 +454,12 @@ impl Supervisor {
             last: Arc::new(std::sync::Mutex::new(0)),
             snapshot: self.snapshot.clone(),
         };
-        let done = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(WorkerGone::default());
         let prefix = format!(
             "[{} g{} r{}]",
             record.job_id, record.generation, record.node_rank
         );
-        tokio::spawn(follow_log(
+        let follower = tokio::spawn(follow_log(
             record.log_file.clone(),
             offset,
             prefix,
@@ -481,6 +484,7 @@ impl Supervisor {
             stop_requested: Arc::new(AtomicBool::new(false)),
             exited,
             done,
+            follower,
         });
     }
 
@@ -593,14 +597,22 @@ impl Supervisor {
         };
         // Whatever of the tree outlived its launcher would run on as an orphan.
         crate::proctree::signal_all(&tree, Signal::SIGKILL);
-        self.on_exit(status);
+        self.on_exit(status).await;
     }
 
-    fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
+    async fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
         let Some(running) = self.running.take() else {
             return;
         };
-        running.done.store(true, Ordering::SeqCst);
+        running.done.set();
+        // The follower now reads the log to its end and stops; bounded, so a huge log or a
+        // stuck filesystem cannot hold the exit report back for long.
+        if tokio::time::timeout(LOG_DRAIN_TIMEOUT, running.follower)
+            .await
+            .is_err()
+        {
+            tracing::warn!("worker log not drained within {LOG_DRAIN_TIMEOUT:?}");
+        }
         // Whatever the leader left behind in its group goes with it.
         let _ = killpg(Pid::from_raw(running.record.pid as i32), Signal::SIGKILL);
         use std::os::unix::process::ExitStatusExt;
@@ -709,6 +721,28 @@ impl ProgressReporter {
     }
 }
 
+/// Longest an exit report waits for the worker's log to be read to its end.
+const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Set when a worker is gone: its log follower then reads to the end and stops.
+#[derive(Default)]
+struct WorkerGone {
+    gone: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl WorkerGone {
+    fn set(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        // A permit is kept if the follower is not waiting yet: the wake-up is never lost.
+        self.wake.notify_one();
+    }
+
+    fn is_set(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+}
+
 /// Follows a worker's log file from `offset`: copies its lines to the agent's output and
 /// reports the steps they print. Stops once the worker is `done` and the file is read to its
 /// end.
@@ -718,7 +752,7 @@ async fn follow_log(
     prefix: String,
     regex: Option<Regex>,
     progress: ProgressReporter,
-    done: Arc<AtomicBool>,
+    done: Arc<WorkerGone>,
 ) {
     use tokio::io::AsyncSeekExt;
     let mut file = match tokio::fs::File::open(&path).await {
@@ -736,7 +770,7 @@ async fn follow_log(
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let finished = done.load(Ordering::SeqCst);
+        let finished = done.is_set();
         let n = match file.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
@@ -748,7 +782,11 @@ async fn follow_log(
             if finished || progress.closed() {
                 return;
             }
-            tokio::time::sleep(LOG_FOLLOW_POLL).await;
+            // New output is looked for every poll, and at once when the worker is gone.
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_FOLLOW_POLL) => {}
+                _ = done.wake.notified() => {}
+            }
             continue;
         }
         pending.extend_from_slice(&buf[..n]);

@@ -82,6 +82,22 @@ enum Cmd {
     },
     /// Days a training run takes with failures, for a given (or holdfast's measured) downtime.
     WhatIf(reports::WhatIfArgs),
+    /// Restart agents batch by batch while jobs keep running (each agent re-executes its
+    /// binary, so a newly installed one takes over); stops at the first batch that does not
+    /// come back healthy. Exits 0 when every agent was restarted.
+    UpgradeAgents {
+        /// Agents restarted at once.
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Seconds a batch has to come back healthy.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        /// Only these nodes (comma-separated); default: every connected node.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        addr: Addr,
+    },
     /// Run the configured deep check (health scripts) on a node now and print each script's
     /// result; exits 0 when every script passed. The report is kept on the node.
     Check {
@@ -505,6 +521,43 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Report { addr, job, json } => reports::report(&addr.coordinator, job, json).await,
         Cmd::WhatIf(args) => reports::what_if(args).await,
+        Cmd::UpgradeAgents {
+            batch_size,
+            wait,
+            nodes,
+            addr,
+        } => {
+            if batch_size == 0 {
+                anyhow::bail!("--batch-size must be at least 1");
+            }
+            let mut c = client::connect(&addr.coordinator).await?;
+            let report = holdfast_cli::upgrade::run(
+                &mut c,
+                batch_size,
+                Duration::from_secs(wait),
+                &nodes,
+                |line| println!("{line}"),
+            )
+            .await?;
+            println!(
+                "upgraded: {}",
+                if report.upgraded.is_empty() {
+                    "-".into()
+                } else {
+                    report.upgraded.join(", ")
+                }
+            );
+            if report.problems.is_empty() {
+                return Ok(0);
+            }
+            for (node, problem) in &report.problems {
+                println!("NOT HEALTHY {node}: {problem}");
+            }
+            if !report.skipped.is_empty() {
+                println!("stopped; not restarted: {}", report.skipped.join(", "));
+            }
+            Ok(1)
+        }
         Cmd::Check { node, addr, json } => {
             let mut c = client::connect(&addr.coordinator).await?;
             let report = c

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_cli::demo::{LocalCluster, TRAIN_SCRIPT};
+use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
+
+mod common;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
@@ -35,8 +37,6 @@ async fn agent_restart_mid_training_keeps_the_job_in_its_generation() {
     let dir = std::env::temp_dir().join(format!("holdfast-agent-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("train.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
     let mut cluster = LocalCluster::start(&exe, &dir, &[]).await.unwrap();
     cluster.start_agent("node-1", "worker", &[]).unwrap();
     cluster.start_agent("node-2", "worker", &[]).unwrap();
@@ -47,20 +47,8 @@ async fn agent_restart_mid_training_keeps_the_job_in_its_generation() {
 
     let mut client = cluster.client().await.unwrap();
     let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "100".into(),
-            "--step-time".into(),
-            "0.1".into(),
-            "--ckpt-every".into(),
-            "10".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("ckpt").display()),
         stall_timeout_s: 5.0,
-        ..Default::default()
+        ..common::train_spec(&dir, 2, 100)
     };
     let id = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
@@ -132,6 +120,98 @@ async fn agent_restart_mid_training_keeps_the_job_in_its_generation() {
         .into_inner()
         .incidents;
     assert!(incidents.is_empty(), "{incidents:?}");
+    cluster.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn rolling_upgrade_restarts_every_agent_batch_by_batch_without_disturbing_the_job() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_holdfast"));
+    let dir = std::env::temp_dir().join(format!("holdfast-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cluster = LocalCluster::start(&exe, &dir, &[]).await.unwrap();
+    for node in ["node-1", "node-2", "node-3"] {
+        cluster.start_agent(node, "worker", &[]).unwrap();
+    }
+    cluster
+        .wait_ready(3, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let spec = common::train_spec(&dir, 2, 150);
+    let id = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while job(&cluster, &id).await.step < 10 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = nodes(&cluster).await;
+    let out = tokio::process::Command::new(&exe)
+        .args([
+            "upgrade-agents",
+            "--batch-size",
+            "2",
+            "--wait",
+            "20",
+            "--coordinator",
+            &cluster.addr,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The idle node goes in the first batch, before the nodes that train.
+    assert!(
+        text.contains("batch 1/2: restarting node-3, node-1"),
+        "{text}"
+    );
+    assert!(text.contains("batch 2/2: healthy"), "{text}");
+    let after = nodes(&cluster).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.node_id, a.node_id);
+        assert_ne!(
+            b.agent_started_unix_ms, a.agent_started_unix_ms,
+            "{} not restarted",
+            a.node_id
+        );
+        assert_eq!(b.worker_pid, a.worker_pid, "{} worker changed", a.node_id);
+    }
+    let running = job(&cluster, &id).await;
+    assert_eq!(
+        (running.state.as_str(), running.generation),
+        ("running", 1),
+        "{running:?}"
+    );
+    // A node that does not exist is refused, and the tool says why and fails.
+    let out = tokio::process::Command::new(&exe)
+        .args([
+            "upgrade-agents",
+            "--nodes",
+            "nope",
+            "--coordinator",
+            &cluster.addr,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no connected node"));
+    let mut client = cluster.client().await.unwrap();
+    client
+        .stop_job(pb::StopJobRequest { job_id: id })
+        .await
+        .unwrap();
     cluster.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -81,6 +81,45 @@ async fn start(dir: &Path, workers: usize, spares: usize) -> LocalCluster {
     cluster
 }
 
+/// Like [`start`] with two workers and no spare yet, and a coordinator that runs a bootstrap
+/// script on every joining node: quick for the workers, 3 s for the spare (`slow-scripts`).
+async fn start_with_bootstrap(dir: &Path) -> LocalCluster {
+    use std::os::unix::fs::PermissionsExt;
+    let script = |scripts: &str, body: &str| {
+        let path = dir.join(scripts).join("on-create");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script("quick-scripts", "echo ok");
+    script("slow-scripts", "sleep 3; echo ok");
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "bootstrap_script = \"on-create\"\nscript_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let mut cluster = LocalCluster::start(
+        Path::new(EXE),
+        dir,
+        &["--reconnect-grace-ms", "6000", "--config", &config],
+    )
+    .await
+    .unwrap();
+    let quick = dir.join("quick-scripts").display().to_string();
+    for i in 1..=2 {
+        cluster
+            .start_agent(&format!("node-{i}"), "worker", &["--script-dir", &quick])
+            .unwrap();
+    }
+    cluster
+        .wait_ready(2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    cluster
+}
+
 async fn job(cluster: &LocalCluster, id: &str) -> pb::Job {
     let mut client = cluster.client().await.unwrap();
     client
@@ -120,6 +159,10 @@ async fn finish(cluster: &LocalCluster, id: &str) -> (pb::Job, Vec<pb::Incident>
 }
 
 async fn node_state(cluster: &LocalCluster, node: &str) -> pb::Node {
+    find_node(cluster, node).await.unwrap()
+}
+
+async fn find_node(cluster: &LocalCluster, node: &str) -> Option<pb::Node> {
     let mut client = cluster.client().await.unwrap();
     let nodes = client
         .list_nodes(pb::ListNodesRequest {})
@@ -127,7 +170,7 @@ async fn node_state(cluster: &LocalCluster, node: &str) -> pb::Node {
         .unwrap()
         .into_inner()
         .nodes;
-    nodes.into_iter().find(|n| n.node_id == node).unwrap()
+    nodes.into_iter().find(|n| n.node_id == node)
 }
 
 /// Where in a recovery the coordinator is killed.
@@ -138,6 +181,8 @@ enum Phase {
     /// The failed node is fenced and the job waits for a replacement (none is ready yet; the
     /// spare joins after the restart).
     Replacing,
+    /// The replacement (a spare that joins after the fault) runs its bootstrap script.
+    Bootstrapping,
     /// Every rank has a node; the checkpoint to resume from is being resolved.
     Relaunching,
     /// `Launch` of the new generation went out.
@@ -151,7 +196,9 @@ fn matches(phase: Phase, event: &pb::Event) -> bool {
     let Some(j) = &event.job else { return false };
     match phase {
         Phase::Detected => false,
-        Phase::Replacing => j.state == "recovering" && j.phase == "replacing",
+        Phase::Replacing | Phase::Bootstrapping => {
+            j.state == "recovering" && j.phase == "replacing"
+        }
         Phase::Relaunching => j.state == "recovering" && j.phase == "relaunching",
         Phase::Launched => j.state == "launching" && j.generation == 2,
     }
@@ -161,8 +208,13 @@ fn matches(phase: Phase, event: &pb::Event) -> bool {
 /// checks the job resumes exactly once: generation 2, one incident, closed.
 async fn kill_coordinator_during(python: &str, phase: Phase) {
     let dir = workdir(&format!("{phase:?}").to_lowercase());
-    let spares = if phase == Phase::Replacing { 0 } else { 1 };
-    let mut cluster = start(&dir, 2, spares).await;
+    let late_spare = matches!(phase, Phase::Replacing | Phase::Bootstrapping);
+    let spares = if late_spare { 0 } else { 1 };
+    let mut cluster = if phase == Phase::Bootstrapping {
+        start_with_bootstrap(&dir).await
+    } else {
+        start(&dir, 2, spares).await
+    };
     let mut client = cluster.client().await.unwrap();
     let submitted = follow::submit(&mut client, spec(python, &dir, 60))
         .await
@@ -184,6 +236,22 @@ async fn kill_coordinator_during(python: &str, phase: Phase) {
             .unwrap();
         if matches(phase, &event) {
             break;
+        }
+    }
+    if phase == Phase::Bootstrapping {
+        // The spare joins; the coordinator dies while its bootstrap script runs.
+        let scripts = dir.join("slow-scripts").display().to_string();
+        cluster
+            .start_agent("spare-1", "spare", &["--script-dir", &scripts])
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while find_node(&cluster, "spare-1").await.map(|n| n.state) != Some("bootstrapping".into())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spare never bootstrapped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     cluster.kill_coordinator().unwrap();
@@ -212,9 +280,20 @@ async fn kill_coordinator_during(python: &str, phase: Phase) {
     );
     assert_eq!(i.replacement_node_id, "spare-1");
     assert_eq!(node_state(&cluster, "node-2").await.state, "fenced");
+    let restored = log
+        .lines()
+        .find(|l| l.contains("coordinator restored: term 2"))
+        .unwrap_or_else(|| panic!("{phase:?}: no restore in {log}"));
+    // The state on disk was taken at (or after) the phase, never before the fault.
     assert!(
-        log.contains("coordinator restored: term 2"),
-        "{phase:?}: {log}"
+        restored.contains("recovering/")
+            || restored.contains("launching g2")
+            || restored.contains("running g2"),
+        "{phase:?}: {restored}"
+    );
+    eprintln!(
+        "{phase:?}: {}",
+        &restored[restored.find("coordinator restored").unwrap_or(0)..]
     );
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
@@ -226,6 +305,7 @@ async fn coordinator_killed_at_each_recovery_phase_resumes_the_job_exactly_once(
     for phase in [
         Phase::Detected,
         Phase::Replacing,
+        Phase::Bootstrapping,
         Phase::Relaunching,
         Phase::Launched,
     ] {

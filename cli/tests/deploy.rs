@@ -115,6 +115,47 @@ fn example_configs_parse_with_the_real_loaders_and_set_every_key() {
 }
 
 #[test]
+fn every_shipped_script_is_executable_and_parses() {
+    let mut scripts = Vec::new();
+    let mut dirs = vec![repo().join("lifecycle-scripts"), repo().join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read(&path).unwrap().starts_with(b"#!") {
+                scripts.push(path);
+            }
+        }
+    }
+    assert!(scripts.len() >= 10, "{scripts:?}");
+    for script in scripts {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", script.display());
+        let text = std::fs::read_to_string(&script).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let out = if first.contains("python") {
+            let parse = "import ast, sys; ast.parse(open(sys.argv[1]).read())";
+            Command::new("python3")
+                .args(["-c", parse])
+                .arg(&script)
+                .output()
+                .unwrap()
+        } else {
+            let shell = if first.contains("bash") { "bash" } else { "sh" };
+            Command::new(shell).arg("-n").arg(&script).output().unwrap()
+        };
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     if !have("systemd-analyze") {
         return;
@@ -229,7 +270,9 @@ fn daemons_notify_systemd_ready_watchdog_and_stopping() {
             .unwrap();
         let mut command = Command::new(exe());
         match role {
-            "coordinator" => command.args(["coordinator", "--listen", "127.0.0.1:0"]),
+            "coordinator" => command
+                .args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+                .arg(dir.join("coordinator.redb")),
             // The agent is ready once it runs, whether or not a coordinator answers.
             _ => command
                 .args([

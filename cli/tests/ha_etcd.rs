@@ -228,6 +228,180 @@ async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_open_when_the_leader_dies_is_finished_by_the_standby_exactly_once() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("midrecovery");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
+    let mut ops = client::connect(&addrs).await.unwrap();
+    let spec = pb::JobSpec {
+        command: vec![
+            "python3".into(),
+            script.display().to_string(),
+            "--steps".into(),
+            "100".into(),
+        ],
+        nodes: 2,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        stall_timeout_s: 5.0,
+        ..Default::default()
+    };
+    let id = follow::submit(&mut ops, spec).await.unwrap().job_id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = ops
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state == "running" && j.step >= 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A host dies with no spare ready: the job waits for a replacement. The leader dies then.
+    cluster.kill_host("node-2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = ops
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.phase == "replacing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a.proc.take());
+    wait_serving(&b.url, Duration::from_secs(30)).await;
+    // The spare arrives after the failover; the standby carries the open incident through.
+    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
+        .await
+        .unwrap();
+    let mut ops = client::connect(&addrs).await.unwrap();
+    let incidents = ops
+        .list_incidents(pb::ListIncidentsRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
+    assert_eq!(
+        (done.state.as_str(), done.generation),
+        ("succeeded", 2),
+        "{done:?}\n{log}"
+    );
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(
+        (i.node_id.as_str(), i.replacement_node_id.as_str()),
+        ("node-2", "spare-1")
+    );
+    assert!(i.resumed_unix_ms > 0 && i.to_generation == 2, "{i:?}");
+    assert!(log.contains("recovering/replacing g1"), "{log}");
+    drop(cluster);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("zombie");
+    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
+    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    cluster.start_agent("node-2", "worker", &[]).unwrap();
+    cluster
+        .wait_ready(2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Freeze the leader (a stalled process, a long GC pause, a VM migration…).
+    let pid = nix::unistd::Pid::from_raw(a.proc.as_ref().unwrap().0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_serving(&b.url, Duration::from_secs(30)).await;
+    // The agents notice the frozen stream and move to the new leader.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut ops = client::connect(&b.url).await.unwrap();
+        let nodes = ops
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        if nodes
+            .iter()
+            .filter(|n| n.connected && n.state == "ready")
+            .count()
+            == 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not move to the new leader: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The old leader wakes up: every node looks silent to it, but its lease is gone, so it
+    // may neither write that nor act on it. It exits.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let child = &mut a.proc.as_mut().unwrap().0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the woken leader kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let a_log = std::fs::read_to_string(dir.join("coordinator-a.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{a_log}");
+    // Nothing the old leader decided after waking reached the state or the agents.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ops = client::connect(&b.url).await.unwrap();
+    let nodes = ops
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert!(
+        nodes.iter().all(|n| n.connected && n.state == "ready"),
+        "{nodes:?}\n{a_log}"
+    );
+    assert!(!a_log.contains("→ fenced"), "{a_log}");
+    drop(cluster);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Failover time, leader SIGKILLed → the standby serving the operator API, over several runs.
 /// Run by scripts/bench-failover.sh (ignored in the normal test run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

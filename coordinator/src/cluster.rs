@@ -21,6 +21,7 @@ use crate::UnixMillis;
 
 mod breaker;
 mod lifecycle;
+mod provisioning;
 pub use lifecycle::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 
 /// A node's role, from its agent's hello.
@@ -66,6 +67,9 @@ pub struct NodeRecord {
     /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
     #[serde(skip)]
     pub restarting_until: Option<UnixMillis>,
+    /// When the connected agent process started (agent clock, unix ms).
+    #[serde(default)]
+    pub agent_started_at: UnixMillis,
     /// Lifecycle scripts the node is running now (bootstrap, deep check).
     #[serde(skip)]
     pub script_run: Option<ScriptRun>,
@@ -101,6 +105,21 @@ pub enum Effect {
     },
     /// Tell operators (event stream, logs).
     Publish(pb::Event),
+    /// Ask the replacement provider for `count` new hosts for `job_id`; the answer comes back
+    /// through [`Cluster::provision_result`].
+    Provision {
+        request_id: u64,
+        job_id: String,
+        count: u32,
+    },
+    /// Have the provider terminate, drain or power off a fenced host; the answer comes back
+    /// through [`Cluster::fence_host_result`].
+    FenceHost {
+        node: String,
+        hostname: String,
+        address: String,
+        reason: String,
+    },
     /// An operator's check (request `request`) finished: answer the waiting call.
     CheckFinished {
         request: u64,
@@ -121,6 +140,8 @@ pub struct Hello {
     pub sent_at: UnixMillis,
     /// What the agent runs now: (job, generation, pid, running).
     pub worker: Option<(String, u64, u32, bool)>,
+    /// When the agent process started (agent clock, unix ms): a new value means it restarted.
+    pub agent_started_at: UnixMillis,
 }
 
 /// The registry, the jobs and the incidents.
@@ -147,6 +168,9 @@ pub struct Cluster {
     /// The circuit breaker on fencing (breaker.rs).
     #[serde(skip)]
     breaker: breaker::FenceBreaker,
+    /// Hosts asked of the provider and not yet arrived, per job.
+    #[serde(skip)]
+    provisioning: BTreeMap<String, u32>,
     /// Bumped by every change that must survive a restart (a state transition, a generation, an
     /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
     /// alone do not bump it, so they cost no write.
@@ -177,6 +201,7 @@ impl Cluster {
             pending_fault_time: None,
             next_command: 0,
             breaker: breaker::FenceBreaker::default(),
+            provisioning: BTreeMap::new(),
             durable_version: 0,
         }
     }
@@ -295,15 +320,30 @@ impl Cluster {
         for job_id in resolving {
             fx.push(cluster.resolve_effect(&job_id));
         }
+        let live: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| {
+                let phase = j.phase();
+                let sep = if phase.is_empty() { "" } else { "/" };
+                format!("{} {}{sep}{phase} g{}", j.id, j.state.name(), j.generation)
+            })
+            .collect();
         fx.push(cluster.log_event(
             "",
             "",
             format!(
-                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents",
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents; live jobs: {}",
                 cluster.term,
                 cluster.nodes.len(),
                 cluster.jobs.len(),
-                cluster.incidents.len()
+                cluster.incidents.len(),
+                if live.is_empty() {
+                    "none".to_string()
+                } else {
+                    live.join(", ")
+                }
             ),
             now,
         ));
@@ -367,6 +407,9 @@ impl Cluster {
             .nodes
             .get(&hello.node_id)
             .and_then(|n| serde_json::to_vec(n).ok());
+        if !self.nodes.contains_key(&hello.node_id) {
+            self.provisioned_host_arrived(&hello.node_id);
+        }
         let record = self
             .nodes
             .entry(hello.node_id.clone())
@@ -389,6 +432,7 @@ impl Cluster {
                 restarting_until: None,
                 script_run: None,
                 last_check: None,
+                agent_started_at: 0,
             });
         record.conn = Some(conn);
         record.hostname = hello.hostname;
@@ -396,6 +440,7 @@ impl Cluster {
         record.address = hello.address;
         record.boot_id = hello.boot_id;
         record.agent_version = hello.agent_version;
+        record.agent_started_at = hello.agent_started_at;
         record.gpus = hello.gpus;
         record.last_heartbeat_at = now;
         record.restarting_until = None;
@@ -926,6 +971,45 @@ impl Cluster {
         Ok((self.job_view(&self.jobs[job_id]), fx))
     }
 
+    /// Asks a node's agent to restart in place (rolling upgrade); its workers keep running.
+    pub fn restart_agent(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
+        if node.conn.is_none() {
+            return Err(CoordinatorError::NodeBusy(format!(
+                "node {node_id} is not connected"
+            )));
+        }
+        let reason = if reason.is_empty() {
+            "restart requested by operator"
+        } else {
+            reason
+        };
+        let fx = vec![
+            Effect::Send {
+                node: node_id.to_string(),
+                message: ToAgent::RestartAgent(pb::RestartAgent {
+                    reason: reason.to_string(),
+                    term: self.term,
+                }),
+            },
+            self.log_event(
+                node_id,
+                "",
+                format!("asking the agent of {node_id} to restart: {reason}"),
+                now,
+            ),
+        ];
+        Ok((self.node_view(node), fx))
+    }
+
     pub fn cordon(
         &mut self,
         node_id: &str,
@@ -1103,6 +1187,7 @@ impl Cluster {
                 }
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
+                self.fence_host(&node, &reason, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
                     fx.push(Effect::Send {
                         node: node.clone(),
@@ -1115,7 +1200,19 @@ impl Cluster {
             }
             JobEffect::FindReplacements => {
                 let check = self.checks_replacements();
-                for (rank, node) in self.replacements_for(job_id) {
+                let pairs = self.replacements_for(job_id);
+                let under_check = self.ranks_under_check(job_id).len();
+                let needing = self
+                    .jobs
+                    .get(job_id)
+                    .map_or(0, |j| j.ranks_needing_nodes().len());
+                self.provision_for(
+                    job_id,
+                    needing.saturating_sub(under_check + pairs.len()),
+                    now,
+                    fx,
+                );
+                for (rank, node) in pairs {
                     if check {
                         // The answer comes back as the check's result (lifecycle.rs).
                         self.start_replacement_check(job_id, rank, &node, now, fx);

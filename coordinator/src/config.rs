@@ -74,6 +74,16 @@ pub struct CoordinatorConfig {
     /// 1.0 = never trips.
     pub circuit_breaker_share: f64,
     pub circuit_breaker_window_ms: u64,
+    /// Where replacement hosts come from: `spares` (agents registered as spares; the default)
+    /// or `exec` (the `provision` and `fence` scripts in `provider_dir`, e.g. EC2, Slurm).
+    pub provider: String,
+    /// The operator's provider scripts (`provision`, `fence`), for `provider = "exec"`.
+    pub provider_dir: std::path::PathBuf,
+    /// Longest one provider script may run; its process group is killed then.
+    pub provider_timeout_ms: u64,
+    /// Tries per provider call (1 = no retry), and the pause between them.
+    pub provider_attempts: u32,
+    pub provider_retry_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -104,6 +114,11 @@ impl Default for CoordinatorConfig {
             quarantine_window_ms: 600_000,
             circuit_breaker_share: 0.5,
             circuit_breaker_window_ms: 300_000,
+            provider: "spares".into(),
+            provider_dir: std::path::PathBuf::from("/etc/holdfast/providers"),
+            provider_timeout_ms: 600_000,
+            provider_attempts: 3,
+            provider_retry_ms: 5_000,
         }
     }
 }
@@ -224,7 +239,30 @@ impl CoordinatorConfig {
                 "must be greater than 0",
             ));
         }
+        if !matches!(self.provider.as_str(), "spares" | "exec") {
+            return Err(invalid(
+                "provider",
+                format!("must be \"spares\" or \"exec\", got {:?}", self.provider),
+            ));
+        }
+        if self.provider == "exec" && !self.provider_dir.is_absolute() {
+            return Err(invalid(
+                "provider_dir",
+                "must be an absolute path when provider = \"exec\"",
+            ));
+        }
+        if self.provider_timeout_ms == 0 {
+            return Err(invalid("provider_timeout_ms", "must be greater than 0"));
+        }
+        if self.provider_attempts == 0 {
+            return Err(invalid("provider_attempts", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// True when replacements are asked of operator scripts (they can bring new hosts).
+    pub fn provisions_hosts(&self) -> bool {
+        self.provider == "exec"
     }
 
     /// True when new nodes run a bootstrap or deep check before they become ready.

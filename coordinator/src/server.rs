@@ -24,6 +24,9 @@ use crate::checkpoint::CheckpointStore;
 use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::provider::{
+    ExecProvider, FenceRequest, ProvisionRequest, ReplacementProvider, SparePool,
+};
 use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 use crate::{now_ms, UnixMillis};
 
@@ -59,6 +62,8 @@ struct Shared {
     /// Notified when the store says another coordinator leads: serving stops.
     deposed: Notify,
     is_deposed: std::sync::atomic::AtomicBool,
+    /// Where replacement hosts come from (spare pool, or the operator's scripts).
+    provider: Arc<dyn ReplacementProvider>,
 }
 
 impl Coordinator {
@@ -98,6 +103,7 @@ impl Coordinator {
         Coordinator {
             shared: Arc::new(Shared {
                 hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
+                provider: provider_for(cluster.config()),
                 checks: Mutex::new(HashMap::new()),
                 next_check: AtomicU64::new(1),
                 check_wait: Duration::from_millis(
@@ -269,6 +275,53 @@ impl Coordinator {
                         this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
                     });
                 }
+                Effect::Provision {
+                    request_id,
+                    job_id,
+                    count,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let request = ProvisionRequest {
+                            request_id,
+                            job_id: job_id.clone(),
+                            count,
+                        };
+                        let result = this
+                            .shared
+                            .provider
+                            .provision(request)
+                            .await
+                            .map(|p| p.hosts)
+                            .map_err(|e| e.to_string());
+                        this.with_core(|c, now| {
+                            ((), c.provision_result(&job_id, count, result, now))
+                        });
+                    });
+                }
+                Effect::FenceHost {
+                    node,
+                    hostname,
+                    address,
+                    reason,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let request = FenceRequest {
+                            node_id: node.clone(),
+                            hostname,
+                            address,
+                            reason,
+                        };
+                        let result = this
+                            .shared
+                            .provider
+                            .fence(request)
+                            .await
+                            .map_err(|e| e.to_string());
+                        this.with_core(|c, now| ((), c.fence_host_result(&node, result, now)));
+                    });
+                }
                 Effect::CheckFinished { request, report } => {
                     let waiter = self
                         .shared
@@ -338,6 +391,20 @@ impl Coordinator {
     }
 }
 
+/// The provider the config names.
+fn provider_for(config: &CoordinatorConfig) -> Arc<dyn ReplacementProvider> {
+    if config.provisions_hosts() {
+        Arc::new(ExecProvider {
+            dir: config.provider_dir.clone(),
+            timeout: Duration::from_millis(config.provider_timeout_ms),
+            attempts: config.provider_attempts,
+            retry_delay: Duration::from_millis(config.provider_retry_ms),
+        })
+    } else {
+        Arc::new(SparePool)
+    }
+}
+
 fn decode_hello(h: pb::Hello) -> Hello {
     Hello {
         node_id: h.node_id,
@@ -361,6 +428,7 @@ fn decode_hello(h: pb::Hello) -> Hello {
             })
             .collect(),
         sent_at: h.sent_unix_ms,
+        agent_started_at: h.agent_started_unix_ms,
         worker: h
             .worker
             .filter(|w| !w.job_id.is_empty())
@@ -625,6 +693,18 @@ impl OperatorService for Coordinator {
                 )))
             }
         }
+    }
+
+    async fn restart_agent(
+        &self,
+        request: Request<pb::RestartAgentRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let result = self.with_core(|c, now| match c.restart_agent(&r.node_id, &r.reason, now) {
+            Ok((node, fx)) => (Ok(node), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(Response::new).map_err(Status::from)
     }
 
     type WatchEventsStream = EventStream;

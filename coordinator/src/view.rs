@@ -78,6 +78,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             .collect(),
         agent_version: node.agent_version.clone(),
         last_check: node.last_check.as_ref().map(|c| c.to_proto(&node.id)),
+        agent_started_unix_ms: node.agent_started_at,
     }
 }
 

@@ -14,6 +14,7 @@ fn hello(node: &str, worker: Option<(String, u64, u32, bool)>) -> Hello {
         gpus: Vec::new(),
         sent_at: 0,
         worker,
+        agent_started_at: 0,
     }
 }
 

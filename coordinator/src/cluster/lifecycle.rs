@@ -410,6 +410,7 @@ impl Cluster {
             now,
             fx,
         );
+        self.fence_host(node_id, &reason, fx);
         if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
             fx.push(Effect::Send {
                 node: node_id.to_string(),
@@ -606,6 +607,7 @@ mod tests {
             gpus: Vec::new(),
             sent_at: now,
             worker: None,
+            agent_started_at: 0,
         };
         c.hello(conn, h, now).unwrap().1
     }

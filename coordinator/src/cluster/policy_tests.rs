@@ -14,6 +14,7 @@ fn hello(node: &str) -> Hello {
         gpus: Vec::new(),
         sent_at: 0,
         worker: None,
+        agent_started_at: 0,
     }
 }
 
@@ -161,4 +162,48 @@ fn a_job_that_allows_it_shrinks_when_no_replacement_comes_in_time() {
         "{}",
         view.message
     );
+}
+
+#[test]
+fn an_exec_provider_is_asked_once_per_missing_host_and_fences_the_lost_one() {
+    let config = CoordinatorConfig {
+        provider: "exec".into(),
+        provider_dir: "/etc/holdfast/providers".into(),
+        ..Default::default()
+    };
+    let mut c = running(config, &["a", "b"], 0);
+    let id = conn(&c, "b");
+    let fx = c.disconnected("b", id, 1_000);
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::FenceHost { node, .. } if node == "b")));
+    let stopped = pb::WorkerEvent {
+        job_id: "job-1".into(),
+        generation: 1,
+        kind: Some(pb::worker_event::Kind::Exited(pb::WorkerExited {
+            code: None,
+            signal: Some(15),
+            stopped_by_agent: true,
+        })),
+        at_unix_ms: 1_100,
+    };
+    let fx = c.worker_event("a", stopped, 1_100);
+    let asks: Vec<u32> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Provision { job_id, count, .. } if job_id == "job-1" => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asks, [1]);
+    // Ticks while the host is on its way ask for nothing more.
+    c.heartbeat("a", 1_500, None, 1_500);
+    let fx = c.tick(1_500);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Provision { .. })));
+    // A failed provision is told to the operator, and the next search asks again.
+    c.provision_result("job-1", 1, Err("capacity".into()), 1_600);
+    assert!(c.jobs["job-1"].message.contains("capacity"));
+    // The new host registers and takes the rank.
+    c.hello(9, hello("new-1"), 2_000).unwrap();
+    assert_eq!(c.jobs["job-1"].nodes(), ["a", "new-1"]);
 }

@@ -13,6 +13,7 @@ fn hello(node: &str, role: Role, worker: Option<(&str, u64, bool)>) -> Hello {
         gpus: Vec::new(),
         sent_at: 0,
         worker: worker.map(|(j, g, running)| (j.to_string(), g, 42, running)),
+        agent_started_at: 0,
     }
 }
 

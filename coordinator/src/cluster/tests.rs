@@ -15,6 +15,7 @@ fn hello(node: &str, role: Role) -> Hello {
         gpus: Vec::new(),
         sent_at: 0,
         worker: None,
+        agent_started_at: 0,
     }
 }
 
