@@ -6,8 +6,10 @@
 //! Interface: each line appended to `<state_dir>/inject` is one fault —
 //! `xid <code> [gpu <index>]`, `ecc-dbe [gpu <index>]` or `gpu-lost [gpu <index>]`; and
 //! `hang-probe <seconds>` makes the next GPU poll hang that long, like a wedged driver. The agent
-//! takes the file (renames it, so lines appended meanwhile land in a fresh one), reads it and
-//! deletes it, every [`POLL_INTERVAL`].
+//! follows the file every [`POLL_INTERVAL`] and acts on each complete (newline-terminated) line
+//! once; a line still being written waits for the next look. The file is never moved or
+//! truncated by the agent: taking it away could lose a line whose writer had already opened it.
+//! Lines already in the file when the agent starts are not acted on again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,6 +62,7 @@ impl GpuBackend for FaultInjection {
         sources.push(Box::new(InjectFile {
             file: self.file.clone(),
             hang: self.hang.clone(),
+            offset: None,
         }));
         sources
     }
@@ -77,6 +80,9 @@ impl GpuBackend for FaultInjection {
 struct InjectFile {
     file: PathBuf,
     hang: Arc<Mutex<Option<Duration>>>,
+    /// Bytes of the file already acted on; `None` until the first look, which skips what a
+    /// previous run of the agent left there.
+    offset: Option<u64>,
 }
 
 impl EventSource for InjectFile {
@@ -85,20 +91,16 @@ impl EventSource for InjectFile {
     }
 
     fn wait(&mut self) -> Result<Vec<GpuEvent>, String> {
-        let taken = self.file.with_extension("taken");
-        match std::fs::rename(&self.file, &taken) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::thread::sleep(POLL_INTERVAL);
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(format!("taking {}: {e}", self.file.display())),
+        let lines = match self.take_new_lines() {
+            Ok(lines) => lines,
+            Err(e) => return Err(format!("reading {}: {e}", self.file.display())),
+        };
+        if lines.is_empty() {
+            std::thread::sleep(POLL_INTERVAL);
+            return Ok(Vec::new());
         }
-        let text = std::fs::read_to_string(&taken)
-            .map_err(|e| format!("reading {}: {e}", taken.display()))?;
-        let _ = std::fs::remove_file(&taken);
         let mut events = Vec::new();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
             match parse_fault(line) {
                 Ok(Injected::Event(event)) => events.push(event),
                 Ok(Injected::HangProbe(d)) => {
@@ -110,6 +112,44 @@ impl EventSource for InjectFile {
             }
         }
         Ok(events)
+    }
+}
+
+impl InjectFile {
+    /// The complete lines appended since the last look.
+    fn take_new_lines(&mut self) -> std::io::Result<Vec<String>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(&self.file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A file made later is read from its start.
+                self.offset.get_or_insert(0);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let offset = match self.offset {
+            None => {
+                self.offset = Some(len);
+                return Ok(Vec::new());
+            }
+            // Replaced or truncated by someone: start over.
+            Some(o) if o > len => 0,
+            Some(o) => o,
+        };
+        if offset == len {
+            return Ok(Vec::new());
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.take(len - offset).read_to_end(&mut bytes)?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.offset = Some(offset + complete as u64);
+        Ok(String::from_utf8_lossy(&bytes[..complete])
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 }
 
@@ -205,24 +245,49 @@ mod tests {
     fn file_lines_are_consumed_once() {
         let dir = std::env::temp_dir().join(format!("holdfast-inject-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(INJECT_FILE);
+        let _ = std::fs::remove_file(&path);
         let mut source = InjectFile {
-            file: dir.join(INJECT_FILE),
+            file: path.clone(),
             hang: Arc::default(),
+            offset: None,
         };
         assert!(source.wait().unwrap().is_empty());
-        std::fs::write(
-            dir.join(INJECT_FILE),
-            "xid 79 gpu 1\nnonsense\necc-dbe\nhang-probe 2\n",
-        )
-        .unwrap();
+        // The writer opens the file before it writes: a look in between sees nothing yet and
+        // loses nothing.
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(source.wait().unwrap().is_empty());
+        use std::io::Write;
+        writer
+            .write_all(b"xid 79 gpu 1\nnonsense\necc-dbe\nhang-probe 2\nxid 4")
+            .unwrap();
         let events = source.wait().unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind).collect::<Vec<_>>(),
             vec![EventKind::Xid(79), EventKind::EccDbe]
         );
-        assert!(!dir.join(INJECT_FILE).exists());
         assert_eq!(*source.hang.lock().unwrap(), Some(Duration::from_secs(2)));
-        assert!(source.wait().unwrap().is_empty(), "consumed");
+        assert!(
+            source.wait().unwrap().is_empty(),
+            "consumed; the partial line waits"
+        );
+        writer.write_all(b"8\n").unwrap();
+        let events = source.wait().unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![EventKind::Xid(48)]
+        );
+        // A new agent does not act on what an earlier one already read.
+        let mut restarted = InjectFile {
+            file: path.clone(),
+            hang: Arc::default(),
+            offset: None,
+        };
+        assert!(restarted.wait().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
