@@ -22,6 +22,10 @@ this machine."
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Operator API token (see operator_tokens_file in deploy/coordinator.toml), sent by every
+    /// command that calls the coordinator.
+    #[arg(long, env = "HOLDFAST_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -322,10 +326,16 @@ async fn lead_with_etcd(_: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(token) = &cli.token {
+        client::set_token(token);
+    }
     match run(cli).await {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("holdfast: {e:#}");
+            if let Some(hint) = client::auth_hint(&e) {
+                eprintln!("holdfast: {hint}");
+            }
             ExitCode::from(2)
         }
     }

@@ -79,6 +79,11 @@ pub struct CoordinatorConfig {
     /// Tries per provider call (1 = no retry), and the pause between them.
     pub provider_attempts: u32,
     pub provider_retry_ms: u64,
+    /// File of operator API tokens, one `<role> <token>` per line (roles `viewer`, `operator`;
+    /// `#` comments). Empty leaves the operator API open to anyone who can reach the port,
+    /// which the coordinator warns about at start. Absolute, so it does not depend on the
+    /// directory a service manager starts the coordinator in.
+    pub operator_tokens_file: std::path::PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -113,6 +118,7 @@ impl Default for CoordinatorConfig {
             provider_timeout_ms: 600_000,
             provider_attempts: 3,
             provider_retry_ms: 5_000,
+            operator_tokens_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -250,6 +256,14 @@ impl CoordinatorConfig {
         }
         if self.provider_attempts == 0 {
             return Err(invalid("provider_attempts", "must be at least 1"));
+        }
+        if !self.operator_tokens_file.as_os_str().is_empty()
+            && !self.operator_tokens_file.is_absolute()
+        {
+            return Err(invalid(
+                "operator_tokens_file",
+                "must be an absolute path (or empty for an open operator API)",
+            ));
         }
         Ok(())
     }

@@ -16,9 +16,11 @@
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
 //! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
+//! - [`auth`] — operator API tokens and roles, checked in front of the operator service.
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

@@ -743,6 +743,8 @@ pub enum ServeError {
     State(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenFileError),
 }
 
 /// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
@@ -751,7 +753,7 @@ pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let coordinator = Coordinator::new(config);
     serve(coordinator, Vec::new(), listener, shutdown).await
 }
@@ -764,7 +766,7 @@ pub async fn run_with_store(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (coordinator, effects) = Coordinator::open(config, store)?;
-    Ok(serve(coordinator, effects, listener, shutdown).await?)
+    serve(coordinator, effects, listener, shutdown).await
 }
 
 async fn serve(
@@ -772,7 +774,20 @@ async fn serve(
     effects: Vec<Effect>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    // Read before anything runs: a bad token file stops the start, naming its line.
+    let tokens_file = coordinator.cluster().config().operator_tokens_file.clone();
+    let tokens = if tokens_file.as_os_str().is_empty() {
+        tracing::warn!(
+            "operator_tokens_file is not set: the operator API is open to anyone who can reach \
+             this port"
+        );
+        None
+    } else {
+        Some(std::sync::Arc::new(crate::auth::OperatorTokens::load(
+            &tokens_file,
+        )?))
+    };
     let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
     coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
@@ -784,9 +799,18 @@ async fn serve(
         }
         s
     });
-    let grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+    let mut grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
         .add_service(OperatorServiceServer::new(coordinator.clone()))
-        .into_axum_router()
+        .into_axum_router();
+    // Tokens guard the operator API only (`enforce` passes other paths through): agents are not
+    // operators and never send one.
+    if let Some(tokens) = tokens {
+        grpc = grpc.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::enforce,
+        ));
+    }
+    let grpc = grpc
         // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
         // dashboard's page and /metrics are.
         .layer(tonic_web::GrpcWebLayer::new());
@@ -806,5 +830,6 @@ async fn serve(
                 }
             }
         })
-        .await
+        .await?;
+    Ok(())
 }

@@ -135,10 +135,27 @@ function trailerError(text) {
   return null;
 }
 
+// Operator API token, for a coordinator with operator_tokens_file: opened once as `?token=…`,
+// kept for this tab in sessionStorage and taken out of the address bar so it is not left in the
+// browser's history or shared with a copied link.
+const TOKEN = (() => {
+  const url = new URL(window.location.href);
+  const fromUrl = url.searchParams.get('token');
+  if (fromUrl) {
+    try { sessionStorage.setItem('holdfast-token', fromUrl); } catch (_) { /* storage disabled */ }
+    url.searchParams.delete('token');
+    window.history.replaceState(null, '', url.pathname + url.search + url.hash);
+    return fromUrl;
+  }
+  try { return sessionStorage.getItem('holdfast-token') || ''; } catch (_) { return ''; }
+})();
+
 function post(method, signal) {
+  const headers = { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', accept: 'application/grpc-web+proto' };
+  if (TOKEN) headers.authorization = `Bearer ${TOKEN}`;
   return fetch(SERVICE + method, {
     method: 'POST',
-    headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', accept: 'application/grpc-web+proto' },
+    headers,
     body: EMPTY_REQUEST,
     signal,
   });
