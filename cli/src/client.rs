@@ -53,6 +53,15 @@ pub fn set_token(token: &str) {
     let _ = TOKEN.set(token.to_string());
 }
 
+/// The CA file `https://` coordinator addresses are verified with, set once by `main` from
+/// `--ca-cert` / `HOLDFAST_CA_CERT`.
+static CA_CERT: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Sets the CA file [`connect`] trusts; only the first call counts.
+pub fn set_ca_cert(path: &std::path::Path) {
+    let _ = CA_CERT.set(path.to_path_buf());
+}
+
 /// The coordinator address the CLI uses when none is given.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 
@@ -73,26 +82,55 @@ pub fn normalize(addr: &str) -> String {
         .join(",")
 }
 
-fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| anyhow::anyhow!("bad coordinator address {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let Some(ca) = ca_pem else {
+        anyhow::bail!(
+            "{url}: https:// needs --ca-cert / HOLDFAST_CA_CERT (the CA that signed the \
+             coordinator's certificate)"
+        );
+    };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| anyhow::anyhow!("{url}: TLS settings: {e}"))
 }
 
 /// Connects to the operator API with this process's token (see [`set_token`]), with a clear
 /// error when nothing answers. With several addresses (HA: only the leader listens) the first
 /// that answers is the leader.
 pub async fn connect(addr: &str) -> anyhow::Result<Client> {
-    connect_with_token(addr, TOKEN.get().map(String::as_str)).await
+    let ca = match CA_CERT.get() {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("--ca-cert / HOLDFAST_CA_CERT {}: {e}", path.display())
+        })?),
+        None => None,
+    };
+    connect_with(addr, TOKEN.get().map(String::as_str), ca.as_deref()).await
 }
 
-/// [`connect`] sending `token` (none: no `authorization` header).
+/// [`connect`] sending `token` (none: no `authorization` header), over plain TCP.
 pub async fn connect_with_token(addr: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    connect_with(addr, token, None).await
+}
+
+/// [`connect`] sending `token` and verifying `https://` coordinators with the CA in `ca_pem`.
+pub async fn connect_with(
+    addr: &str,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<Client> {
     let bearer = BearerToken::new(token)?;
     let mut errors = Vec::new();
     for url in normalize(addr).split(',') {
-        match endpoint(url)?.connect().await {
+        match endpoint(url, ca_pem)?.connect().await {
             Ok(channel) => {
                 return Ok(OperatorServiceClient::with_interceptor(
                     channel,

@@ -26,6 +26,9 @@ struct Cli {
     /// command that calls the coordinator.
     #[arg(long, env = "HOLDFAST_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA that signed the coordinator's certificate, for `https://` coordinator addresses.
+    #[arg(long, env = "HOLDFAST_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +331,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(token) = &cli.token {
         client::set_token(token);
+    }
+    if let Some(ca) = &cli.ca_cert {
+        client::set_ca_cert(ca);
     }
     match run(cli).await {
         Ok(code) => ExitCode::from(code as u8),

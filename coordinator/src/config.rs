@@ -84,6 +84,14 @@ pub struct CoordinatorConfig {
     /// which the coordinator warns about at start. Absolute, so it does not depend on the
     /// directory a service manager starts the coordinator in.
     pub operator_tokens_file: std::path::PathBuf,
+    /// PEM certificate (chain) the coordinator's port serves TLS with; empty = plain TCP.
+    /// Agents and the CLI then use `https://` addresses.
+    pub tls_cert_file: std::path::PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: std::path::PathBuf,
+    /// PEM CA that signs agents' client certificates: when set, an agent stream without a
+    /// certificate from this CA is refused (mutual TLS). Operators use tokens instead.
+    pub tls_client_ca_file: std::path::PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -119,6 +127,9 @@ impl Default for CoordinatorConfig {
             provider_attempts: 3,
             provider_retry_ms: 5_000,
             operator_tokens_file: std::path::PathBuf::new(),
+            tls_cert_file: std::path::PathBuf::new(),
+            tls_key_file: std::path::PathBuf::new(),
+            tls_client_ca_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -263,6 +274,20 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "operator_tokens_file",
                 "must be an absolute path (or empty for an open operator API)",
+            ));
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file are set together (both, or neither for plain TCP)",
+            ));
+        }
+        if !self.tls_client_ca_file.as_os_str().is_empty()
+            && self.tls_cert_file.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "tls_client_ca_file",
+                "needs tls_cert_file and tls_key_file: client certificates only exist over TLS",
             ));
         }
         Ok(())

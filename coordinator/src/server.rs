@@ -449,6 +449,17 @@ impl AgentService for Coordinator {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        // The port is shared with operators (who use tokens), so TLS lets clients in without a
+        // certificate and the agent stream is where one is demanded.
+        if crate::tls::agents_need_certificates(self.cluster().config())
+            && request.peer_certs().is_none_or(|certs| certs.is_empty())
+        {
+            tracing::warn!(%peer, "agent stream without a client certificate refused");
+            return Err(CoordinatorError::Unauthenticated(
+                "agents must present a client certificate signed by tls_client_ca_file".into(),
+            )
+            .into());
+        }
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -745,6 +756,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokenFileError),
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
+    #[error("TLS settings (tls_cert_file, tls_key_file, tls_client_ca_file): {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
@@ -788,6 +803,7 @@ async fn serve(
             &tokens_file,
         )?))
     };
+    let tls = crate::tls::server_config(coordinator.cluster().config())?;
     let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
     coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
@@ -817,7 +833,11 @@ async fn serve(
     let deposed = coordinator.clone();
     let routes = crate::dashboard::routes(coordinator, grpc);
     // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .accept_http1(true)
