@@ -2,8 +2,8 @@
 //! and a real agent: a call without a (known) token is UNAUTHENTICATED; a viewer reads but may
 //! not submit (PERMISSION_DENIED naming the method and role); an operator submits; the agent
 //! stream needs no token; the CLI sends `--token` / `HOLDFAST_TOKEN` and, without one, says a
-//! token is needed; the dashboard's gRPC-web calls carry the token while the page and
-//! `/metrics` stay open; a bad token file stops the coordinator naming its line.
+//! token is needed; the dashboard (raw gRPC-web, then headless Chromium opened with `?token=`)
+//! sends the token while the page and `/metrics` stay open; a bad token file stops the coordinator naming its line.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -67,6 +67,46 @@ fn grpc_web_list_nodes(addr: &str, authorization: Option<&str>) -> String {
         ),
         &empty,
     )
+}
+
+/// The dashboard in headless Chromium (`dashboard_token.cjs`), opened with `?token=`. Needs
+/// Chromium, node and playwright-core (scripts/setup/70-browser.sh); without them it fails
+/// under HOLDFAST_TEST_STRICT=1, else skips.
+fn dashboard_with_token(url: &str) {
+    let chromium =
+        std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let node_modules = std::env::var("HOLDFAST_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("../target/test-cache/browser/node_modules"));
+    let missing = if !Path::new(&chromium).exists() {
+        Some(format!("no chromium at {chromium}"))
+    } else if !node_modules.join("playwright-core").exists() {
+        Some(format!("no playwright-core in {}", node_modules.display()))
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        assert!(
+            std::env::var("HOLDFAST_TEST_STRICT").is_err(),
+            "dashboard token check cannot run: {why} (run scripts/setup/70-browser.sh)"
+        );
+        eprintln!("skipped: dashboard token check: {why}");
+        return;
+    }
+    let out = Command::new("node")
+        .arg(manifest.join("tests/dashboard_token.cjs"))
+        .env("NODE_PATH", &node_modules)
+        .env("HOLDFAST_CHROMIUM", &chromium)
+        .env("DASHBOARD_URL", url)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\":true"),
+        "dashboard with ?token=: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn write_config(dir: &Path, tokens: &str) -> String {
@@ -202,6 +242,7 @@ async fn operator_api_needs_a_token_with_the_right_role() {
         "{answered}"
     );
     assert!(answered.contains("node-1"), "{answered}");
+    dashboard_with_token(&format!("{addr}/?token={VIEWER}"));
     drop(cluster);
 
     // A token file with a bad line stops the coordinator at start, naming file and line.
