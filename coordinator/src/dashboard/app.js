@@ -104,9 +104,14 @@ function decode(type, buf) {
 const SERVICE = '/holdfast.v1.OperatorService/';
 const EMPTY_REQUEST = new Uint8Array([0, 0, 0, 0, 0]); // one data frame holding an empty message
 
+// UNAUTHENTICATED (16): the coordinator has operator tokens and this tab has none (or a wrong one).
+function authHint(status) {
+  return status === '16' ? ' (open the dashboard as /?token=<token>)' : '';
+}
+
 function grpcError(headers) {
   const status = headers.get('grpc-status');
-  if (status && status !== '0') return new Error(`grpc-status ${status}: ${decodeURIComponent(headers.get('grpc-message') || '')}`);
+  if (status && status !== '0') return new Error(`grpc-status ${status}: ${decodeURIComponent(headers.get('grpc-message') || '')}${authHint(status)}`);
   return null;
 }
 
@@ -130,7 +135,7 @@ function trailerError(text) {
   const m = /grpc-status:\s*(\d+)/i.exec(text);
   if (m && m[1] !== '0') {
     const msg = /grpc-message:\s*(.*)/i.exec(text);
-    return new Error(`grpc-status ${m[1]}: ${msg ? decodeURIComponent(msg[1].trim()) : ''}`);
+    return new Error(`grpc-status ${m[1]}: ${msg ? decodeURIComponent(msg[1].trim()) : ''}${authHint(m[1])}`);
   }
   return null;
 }
