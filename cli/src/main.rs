@@ -362,6 +362,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.reconnect_grace_ms = g;
             }
             config.validate().context("invalid coordinator config")?;
+            // The token and TLS files are read again when serving; reading them here as well
+            // stops a bad one before the port opens and before systemd hears READY.
+            if !config.operator_tokens_file.as_os_str().is_empty() {
+                holdfast_coordinator::auth::OperatorTokens::load(&config.operator_tokens_file)?;
+            }
+            holdfast_coordinator::tls::server_config(&config)?;
             // Opened before listening: a state file another coordinator holds is an error
             // before any agent can connect, and a standby does not listen until it leads.
             let (store, lost) = if !args.etcd.is_empty() {

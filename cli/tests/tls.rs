@@ -1,7 +1,8 @@
 //! TLS end to end with certificates made at test time: a coordinator serving TLS with a client
 //! CA, an agent that presents its certificate (mutual TLS) and registers, an agent stream
 //! without a certificate refused, the operator API over TLS with a token (library and CLI), and
-//! a plain-TCP client that cannot talk to the TLS port.
+//! a plain-TCP client that cannot talk to the TLS port, and an unreadable certificate refused at
+//! start.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,5 +160,34 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
     let (ok, _, stderr) = run(&["nodes", "--token", OPERATOR]);
     assert!(!ok && stderr.contains("--ca-cert"), "{stderr}");
     drop(cluster);
+
+    // A certificate file that cannot be read stops the coordinator at start, naming the key.
+    let missing = dir.join("missing.toml");
+    std::fs::write(
+        &missing,
+        format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            p("no-such.pem"),
+            p("coordinator.key")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&exe)
+        .args([
+            "coordinator",
+            "--ephemeral",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("tls_cert_file") && stderr.contains("no-such.pem"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
