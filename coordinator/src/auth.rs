@@ -108,6 +108,17 @@ impl OperatorTokens {
             path: path.to_path_buf(),
             source,
         })?;
+        // Anyone who can read the file can act as an operator: say so, but do not refuse, since
+        // group-readable may be deliberate (a config-management group).
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o004 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "operator_tokens_file is readable by every user; chmod 600 it"
+                );
+            }
+        }
         Self::parse(&text, path)
     }
 
