@@ -79,8 +79,8 @@ pub struct AgentConfig {
     pub script_dir: PathBuf,
     /// Timeout of the `on-fence` script the agent runs when its node is fenced.
     pub on_fence_timeout_ms: u64,
-    /// PEM CA that signed the coordinator's certificate; set it with `https://` coordinator
-    /// addresses. Empty with `https://` = the coordinator's certificate is not trusted.
+    /// PEM CA that signed the coordinator's certificate; required with `https://` coordinator
+    /// addresses (TLS on), empty with `http://` ones.
     pub tls_ca_file: PathBuf,
     /// PEM client certificate this agent presents (the coordinator's `tls_client_ca_file`
     /// signs it); empty = none.
