@@ -79,6 +79,14 @@ pub struct AgentConfig {
     pub script_dir: PathBuf,
     /// Timeout of the `on-fence` script the agent runs when its node is fenced.
     pub on_fence_timeout_ms: u64,
+    /// PEM CA that signed the coordinator's certificate; required with `https://` coordinator
+    /// addresses (TLS on), empty with `http://` ones.
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate this agent presents (the coordinator's `tls_client_ca_file`
+    /// signs it); empty = none.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -110,6 +118,9 @@ impl Default for AgentConfig {
             metrics_listen: String::new(),
             script_dir: PathBuf::new(),
             on_fence_timeout_ms: 60_000,
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -183,6 +194,27 @@ impl AgentConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file are set together (both, or neither)",
+            ));
+        }
+        let tls = !self.tls_ca_file.as_os_str().is_empty();
+        if (tls || !self.tls_cert_file.as_os_str().is_empty())
+            && !addresses.iter().all(|a| a.starts_with("https://"))
+        {
+            return Err(invalid(
+                "tls_ca_file",
+                "TLS settings need https:// coordinator addresses",
+            ));
+        }
+        if !tls && addresses.iter().any(|a| a.starts_with("https://")) {
+            return Err(invalid(
+                "tls_ca_file",
+                "https:// coordinator addresses need the CA that signed the coordinator's certificate",
+            ));
         }
         self.validate_health()
     }

@@ -267,6 +267,26 @@ fn hello(state: &AgentState) -> pb::AgentMessage {
     }
 }
 
+/// The TLS settings of the stream (`None`: plain TCP), read from the configured PEM files on
+/// every connect so renewed certificates are picked up without a restart.
+fn client_tls(config: &AgentConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    if config.tls_ca_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))
+    };
+    let ca = read("tls_ca_file", &config.tls_ca_file)?;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if !config.tls_cert_file.as_os_str().is_empty() {
+        let cert = read("tls_cert_file", &config.tls_cert_file)?;
+        let key = read("tls_key_file", &config.tls_key_file)?;
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
+}
+
 async fn session(
     state: &mut AgentState,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -278,6 +298,14 @@ async fn session(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5)),
         Err(e) => return SessionEnd::Lost(format!("bad coordinator address: {e}")),
+    };
+    let endpoint = match client_tls(&state.config) {
+        Ok(None) => endpoint,
+        Ok(Some(tls)) => match endpoint.tls_config(tls) {
+            Ok(e) => e,
+            Err(e) => return SessionEnd::Lost(format!("TLS settings: {e}")),
+        },
+        Err(e) => return SessionEnd::Lost(e),
     };
     let channel = tokio::select! {
         _ = shutdown.as_mut() => return SessionEnd::Shutdown,

@@ -13,8 +13,6 @@ use anyhow::Context;
 use holdfast_proto::v1 as pb;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use pb::operator_service_client::OperatorServiceClient;
-use tonic::transport::Channel;
 
 use crate::follow;
 
@@ -305,7 +303,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    pub async fn client(&self) -> anyhow::Result<OperatorServiceClient<Channel>> {
+    pub async fn client(&self) -> anyhow::Result<crate::client::Client> {
         crate::client::connect(&self.addr).await
     }
 

@@ -24,8 +24,6 @@ use holdfast_coordinator::checkpoint::CheckpointStore;
 use holdfast_proto::v1 as pb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pb::operator_service_client::OperatorServiceClient;
-use tonic::transport::Channel;
 
 use crate::netns::{Lab, IFNAME};
 
@@ -533,7 +531,7 @@ impl NetnsCluster {
         Ok(runtime.block_on(future))
     }
 
-    pub async fn client(&self) -> anyhow::Result<OperatorServiceClient<Channel>> {
+    pub async fn client(&self) -> anyhow::Result<crate::client::Client> {
         crate::client::connect(&self.coordinator_url).await
     }
 

@@ -7,9 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
-use pb::operator_service_client::OperatorServiceClient;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 /// Final job states.
@@ -28,7 +26,7 @@ pub fn exit_code(state: &str) -> i32 {
 
 /// Submits `spec` and returns the accepted job, or the coordinator's reason for refusing it.
 pub async fn submit(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     spec: pb::JobSpec,
 ) -> anyhow::Result<pb::Job> {
     let job = client
@@ -183,16 +181,14 @@ type Events = Streaming<pb::Event>;
 
 /// Every event of the coordinator from now on. Open it before submitting a job, so the job's
 /// first transitions are not missed.
-pub async fn watch(client: &mut OperatorServiceClient<Channel>) -> anyhow::Result<Events> {
+pub async fn watch(client: &mut crate::client::Client) -> anyhow::Result<Events> {
     watch_or_outage(client)
         .await?
         .ok_or_else(|| anyhow::anyhow!("cannot watch events: the coordinator is unreachable"))
 }
 
 /// Opens the event stream; `None` while the coordinator is unreachable.
-async fn watch_or_outage(
-    client: &mut OperatorServiceClient<Channel>,
-) -> anyhow::Result<Option<Events>> {
+async fn watch_or_outage(client: &mut crate::client::Client) -> anyhow::Result<Option<Events>> {
     match client
         .watch_events(pb::WatchEventsRequest {
             job_id: String::new(),
@@ -219,7 +215,7 @@ fn is_outage(status: &tonic::Status) -> bool {
 /// Prints the job's events until it reaches a final state, and returns that job.
 /// `on_event` sees every event first (the demo uses it to inject its fault).
 pub async fn follow(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     job_id: &str,
     deadline: Duration,
     on_event: impl FnMut(&pb::Event),
@@ -233,7 +229,7 @@ pub async fn follow(
 /// (restart, failover) does not end the following: the training goes on meanwhile, so the
 /// follower retries until `deadline`.
 pub async fn follow_events(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     events: Events,
     job_id: &str,
     deadline: Duration,
@@ -286,7 +282,7 @@ pub async fn follow_at(
 
 /// [`follow_events`] that reconnects through `addrs` (see [`follow_at`]).
 pub async fn follow_events_at(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     addrs: &str,
     events: Events,
     job_id: &str,
@@ -315,7 +311,7 @@ pub async fn follow_events_at(
 }
 
 async fn follow_inner(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     reconnect: Option<&str>,
     events: Events,
     job_id: &str,

@@ -22,6 +22,13 @@ this machine."
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Operator API token (see operator_tokens_file in deploy/coordinator.toml), sent by every
+    /// command that calls the coordinator.
+    #[arg(long, env = "HOLDFAST_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA that signed the coordinator's certificate, for `https://` coordinator addresses.
+    #[arg(long, env = "HOLDFAST_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -322,10 +329,19 @@ async fn lead_with_etcd(_: &CoordinatorArgs) -> anyhow::Result<LeaderStore> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(token) = &cli.token {
+        client::set_token(token);
+    }
+    if let Some(ca) = &cli.ca_cert {
+        client::set_ca_cert(ca);
+    }
     match run(cli).await {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("holdfast: {e:#}");
+            if let Some(hint) = client::auth_hint(&e) {
+                eprintln!("holdfast: {hint}");
+            }
             ExitCode::from(2)
         }
     }
@@ -346,6 +362,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.reconnect_grace_ms = g;
             }
             config.validate().context("invalid coordinator config")?;
+            // The token and TLS files are read again when serving; reading them here as well
+            // stops a bad one before the port opens and before systemd hears READY.
+            if !config.operator_tokens_file.as_os_str().is_empty() {
+                holdfast_coordinator::auth::OperatorTokens::load(&config.operator_tokens_file)?;
+            }
+            holdfast_coordinator::tls::server_config(&config)?;
             // Opened before listening: a state file another coordinator holds is an error
             // before any agent can connect, and a standby does not listen until it leads.
             let (store, lost) = if !args.etcd.is_empty() {

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
-use pb::operator_service_client::OperatorServiceClient;
-use tonic::transport::Channel;
 
 /// What a rolling upgrade did.
 #[derive(Debug, Clone, Default)]
@@ -64,9 +62,7 @@ pub fn problem(before: &pb::Node, after: Option<&pb::Node>) -> Option<String> {
     unhealthy.then(|| "its health is unhealthy".to_string())
 }
 
-async fn nodes(
-    client: &mut OperatorServiceClient<Channel>,
-) -> anyhow::Result<BTreeMap<String, pb::Node>> {
+async fn nodes(client: &mut crate::client::Client) -> anyhow::Result<BTreeMap<String, pb::Node>> {
     let list = client
         .list_nodes(pb::ListNodesRequest {})
         .await?
@@ -77,7 +73,7 @@ async fn nodes(
 
 /// Restarts `batch_size` agents at a time, waiting up to `wait` for each batch.
 pub async fn run(
-    client: &mut OperatorServiceClient<Channel>,
+    client: &mut crate::client::Client,
     batch_size: usize,
     wait: Duration,
     only: &[String],

@@ -84,7 +84,7 @@ async fn read_json_line(
 }
 
 async fn wait_job(
-    client: &mut pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    client: &mut holdfast_cli::client::Client,
     id: &str,
     f: impl Fn(&pb::Job) -> bool,
 ) -> pb::Job {

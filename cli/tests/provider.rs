@@ -75,14 +75,12 @@ async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
         .unwrap()
         .into_inner()
         .job_id;
-    let get =
-        |mut c: pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
-         id: String| async move {
-            c.get_job(pb::GetJobRequest { job_id: id })
-                .await
-                .unwrap()
-                .into_inner()
-        };
+    let get = |mut c: holdfast_cli::client::Client, id: String| async move {
+        c.get_job(pb::GetJobRequest { job_id: id })
+            .await
+            .unwrap()
+            .into_inner()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while get(client.clone(), id.clone()).await.step < 15 {
         assert!(tokio::time::Instant::now() < deadline);

@@ -84,6 +84,19 @@ pub struct CoordinatorConfig {
     /// Tries per provider call (1 = no retry), and the pause between them.
     pub provider_attempts: u32,
     pub provider_retry_ms: u64,
+    /// File of operator API tokens, one `<role> <token>` per line (roles `viewer`, `operator`;
+    /// `#` comments). Empty leaves the operator API open to anyone who can reach the port,
+    /// which the coordinator warns about at start. Absolute, so it does not depend on the
+    /// directory a service manager starts the coordinator in.
+    pub operator_tokens_file: std::path::PathBuf,
+    /// PEM certificate (chain) the coordinator's port serves TLS with; empty = plain TCP.
+    /// Agents and the CLI then use `https://` addresses.
+    pub tls_cert_file: std::path::PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: std::path::PathBuf,
+    /// PEM CA that signs agents' client certificates: when set, an agent stream without a
+    /// certificate from this CA is refused (mutual TLS). Operators use tokens instead.
+    pub tls_client_ca_file: std::path::PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -119,6 +132,10 @@ impl Default for CoordinatorConfig {
             provider_timeout_ms: 600_000,
             provider_attempts: 3,
             provider_retry_ms: 5_000,
+            operator_tokens_file: std::path::PathBuf::new(),
+            tls_cert_file: std::path::PathBuf::new(),
+            tls_key_file: std::path::PathBuf::new(),
+            tls_client_ca_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -256,6 +273,28 @@ impl CoordinatorConfig {
         }
         if self.provider_attempts == 0 {
             return Err(invalid("provider_attempts", "must be at least 1"));
+        }
+        if !self.operator_tokens_file.as_os_str().is_empty()
+            && !self.operator_tokens_file.is_absolute()
+        {
+            return Err(invalid(
+                "operator_tokens_file",
+                "must be an absolute path (or empty for an open operator API)",
+            ));
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file are set together (both, or neither for plain TCP)",
+            ));
+        }
+        if !self.tls_client_ca_file.as_os_str().is_empty()
+            && self.tls_cert_file.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "tls_client_ca_file",
+                "needs tls_cert_file and tls_key_file: client certificates only exist over TLS",
+            ));
         }
         Ok(())
     }

@@ -16,9 +16,12 @@
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
 //! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
+//! - [`auth`] — operator API tokens and roles, checked in front of the operator service.
+//! - [`tls`] — TLS on the coordinator's port; client certificates for agents (mutual TLS).
 //! - [`config`] — settings with defaults and validation.
 //! - [`error`] — typed errors and their gRPC status codes.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
@@ -34,6 +37,7 @@ pub mod provider;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod tls;
 mod view;
 
 pub use config::CoordinatorConfig;

@@ -449,6 +449,17 @@ impl AgentService for Coordinator {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        // The port is shared with operators (who use tokens), so TLS lets clients in without a
+        // certificate and the agent stream is where one is demanded.
+        if crate::tls::agents_need_certificates(self.cluster().config())
+            && request.peer_certs().is_none_or(|certs| certs.is_empty())
+        {
+            tracing::warn!(%peer, "agent stream without a client certificate refused");
+            return Err(CoordinatorError::Unauthenticated(
+                "agents must present a client certificate signed by tls_client_ca_file".into(),
+            )
+            .into());
+        }
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -743,6 +754,12 @@ pub enum ServeError {
     State(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenFileError),
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
+    #[error("TLS settings (tls_cert_file, tls_key_file, tls_client_ca_file): {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
@@ -751,7 +768,7 @@ pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let coordinator = Coordinator::new(config);
     serve(coordinator, Vec::new(), listener, shutdown).await
 }
@@ -764,7 +781,7 @@ pub async fn run_with_store(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (coordinator, effects) = Coordinator::open(config, store)?;
-    Ok(serve(coordinator, effects, listener, shutdown).await?)
+    serve(coordinator, effects, listener, shutdown).await
 }
 
 async fn serve(
@@ -772,7 +789,21 @@ async fn serve(
     effects: Vec<Effect>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    // Read before anything runs: a bad token file stops the start, naming its line.
+    let tokens_file = coordinator.cluster().config().operator_tokens_file.clone();
+    let tokens = if tokens_file.as_os_str().is_empty() {
+        tracing::warn!(
+            "operator_tokens_file is not set: the operator API is open to anyone who can reach \
+             this port"
+        );
+        None
+    } else {
+        Some(std::sync::Arc::new(crate::auth::OperatorTokens::load(
+            &tokens_file,
+        )?))
+    };
+    let tls = crate::tls::server_config(coordinator.cluster().config())?;
     let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
     coordinator.execute(effects);
     coordinator.spawn_ticker(tick);
@@ -784,16 +815,29 @@ async fn serve(
         }
         s
     });
-    let grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+    let mut grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
         .add_service(OperatorServiceServer::new(coordinator.clone()))
-        .into_axum_router()
+        .into_axum_router();
+    // Tokens guard the operator API only (`enforce` passes other paths through): agents are not
+    // operators and never send one.
+    if let Some(tokens) = tokens {
+        grpc = grpc.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::enforce,
+        ));
+    }
+    let grpc = grpc
         // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
         // dashboard's page and /metrics are.
         .layer(tonic_web::GrpcWebLayer::new());
     let deposed = coordinator.clone();
     let routes = crate::dashboard::routes(coordinator, grpc);
     // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .accept_http1(true)
@@ -806,5 +850,6 @@ async fn serve(
                 }
             }
         })
-        .await
+        .await?;
+    Ok(())
 }

@@ -104,9 +104,14 @@ function decode(type, buf) {
 const SERVICE = '/holdfast.v1.OperatorService/';
 const EMPTY_REQUEST = new Uint8Array([0, 0, 0, 0, 0]); // one data frame holding an empty message
 
+// UNAUTHENTICATED (16): the coordinator has operator tokens and this tab has none (or a wrong one).
+function authHint(status) {
+  return status === '16' ? ' (open the dashboard as /?token=<token>)' : '';
+}
+
 function grpcError(headers) {
   const status = headers.get('grpc-status');
-  if (status && status !== '0') return new Error(`grpc-status ${status}: ${decodeURIComponent(headers.get('grpc-message') || '')}`);
+  if (status && status !== '0') return new Error(`grpc-status ${status}: ${decodeURIComponent(headers.get('grpc-message') || '')}${authHint(status)}`);
   return null;
 }
 
@@ -130,15 +135,32 @@ function trailerError(text) {
   const m = /grpc-status:\s*(\d+)/i.exec(text);
   if (m && m[1] !== '0') {
     const msg = /grpc-message:\s*(.*)/i.exec(text);
-    return new Error(`grpc-status ${m[1]}: ${msg ? decodeURIComponent(msg[1].trim()) : ''}`);
+    return new Error(`grpc-status ${m[1]}: ${msg ? decodeURIComponent(msg[1].trim()) : ''}${authHint(m[1])}`);
   }
   return null;
 }
 
+// Operator API token, for a coordinator with operator_tokens_file: opened once as `?token=…`,
+// kept for this tab in sessionStorage and taken out of the address bar so it is not left in the
+// browser's history or shared with a copied link.
+const TOKEN = (() => {
+  const url = new URL(window.location.href);
+  const fromUrl = url.searchParams.get('token');
+  if (fromUrl) {
+    try { sessionStorage.setItem('holdfast-token', fromUrl); } catch (_) { /* storage disabled */ }
+    url.searchParams.delete('token');
+    window.history.replaceState(null, '', url.pathname + url.search + url.hash);
+    return fromUrl;
+  }
+  try { return sessionStorage.getItem('holdfast-token') || ''; } catch (_) { return ''; }
+})();
+
 function post(method, signal) {
+  const headers = { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', accept: 'application/grpc-web+proto' };
+  if (TOKEN) headers.authorization = `Bearer ${TOKEN}`;
   return fetch(SERVICE + method, {
     method: 'POST',
-    headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', accept: 'application/grpc-web+proto' },
+    headers,
     body: EMPTY_REQUEST,
     signal,
   });

@@ -1,0 +1,193 @@
+//! TLS end to end with certificates made at test time: a coordinator serving TLS with a client
+//! CA, an agent that presents its certificate (mutual TLS) and registers, an agent stream
+//! without a certificate refused, the operator API over TLS with a token (library and CLI), and
+//! a plain-TCP client that cannot talk to the TLS port, and an unreadable certificate refused at
+//! start.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use holdfast_cli::client::{connect_with, connect_with_token};
+use holdfast_cli::demo::LocalCluster;
+use holdfast_proto::v1 as pb;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+const OPERATOR: &str = "operator-0123456789abcdef";
+
+/// Writes `ca.pem`, `coordinator.{pem,key}` (for localhost and 127.0.0.1) and
+/// `agent.{pem,key}`, all signed by the one CA, into `dir`.
+fn make_certificates(dir: &Path) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, names) in [
+        (
+            "coordinator",
+            vec!["localhost".to_string(), "127.0.0.1".into()],
+        ),
+        ("agent", vec!["node-1".to_string()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_holdfast"));
+    let dir = std::env::temp_dir().join(format!("holdfast-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let p = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(dir.join("tokens"), format!("operator {OPERATOR}\n")).unwrap();
+    let coordinator_config = dir.join("coordinator.toml");
+    std::fs::write(
+        &coordinator_config,
+        format!(
+            "operator_tokens_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+             tls_client_ca_file = \"{}\"\n",
+            p("tokens"),
+            p("coordinator.pem"),
+            p("coordinator.key"),
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let config_arg = coordinator_config.display().to_string();
+    let mut cluster = LocalCluster::start(&exe, &dir, &["--config", &config_arg])
+        .await
+        .unwrap();
+    let port = cluster.addr.rsplit(':').next().unwrap().to_string();
+    let https = format!("https://127.0.0.1:{port}");
+    cluster.addr = https.clone();
+    let agent_config = dir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "coordinator = \"{https}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\n\
+             tls_key_file = \"{}\"\n",
+            p("ca.pem"),
+            p("agent.pem"),
+            p("agent.key")
+        ),
+    )
+    .unwrap();
+    let agent_arg = agent_config.display().to_string();
+    cluster
+        .start_agent("node-1", "worker", &["--config", &agent_arg])
+        .unwrap();
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+
+    // The operator API over TLS, with a token: the agent registered over mutual TLS.
+    let mut operator = connect_with(&https, Some(OPERATOR), Some(&ca))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = operator
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        if nodes
+            .iter()
+            .any(|n| n.node_id == "node-1" && n.state == "ready")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-1 not ready over mutual TLS: {nodes:?}; see {}",
+            dir.join("node-1.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An agent stream over TLS but without a client certificate is refused.
+    let channel = tonic::transport::Endpoint::from_shared(https.clone())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anonymous_agent = pb::agent_service_client::AgentServiceClient::new(channel);
+    let err = anonymous_agent
+        .session(tokio_stream::iter(Vec::<pb::AgentMessage>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("client certificate"), "{err:?}");
+
+    // Plain TCP to the TLS port gets nowhere.
+    let plain = match connect_with_token(&format!("http://127.0.0.1:{port}"), Some(OPERATOR)).await
+    {
+        Ok(mut c) => c.list_nodes(pb::ListNodesRequest {}).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plain, "plain TCP must not reach a TLS coordinator");
+
+    // The CLI: https:// with --ca-cert and --token; without the CA it says what is missing.
+    let run = |args: &[&str]| {
+        let out = Command::new(&exe)
+            .args(args)
+            .env("HOLDFAST_COORDINATOR", &https)
+            .env_remove("HOLDFAST_TOKEN")
+            .env_remove("HOLDFAST_CA_CERT")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca_path = p("ca.pem");
+    let (ok, stdout, stderr) = run(&["nodes", "--ca-cert", &ca_path, "--token", OPERATOR]);
+    assert!(ok && stdout.contains("node-1"), "{stdout}{stderr}");
+    let (ok, _, stderr) = run(&["nodes", "--token", OPERATOR]);
+    assert!(!ok && stderr.contains("--ca-cert"), "{stderr}");
+    drop(cluster);
+
+    // A certificate file that cannot be read stops the coordinator at start, naming the key.
+    let missing = dir.join("missing.toml");
+    std::fs::write(
+        &missing,
+        format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            p("no-such.pem"),
+            p("coordinator.key")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&exe)
+        .args([
+            "coordinator",
+            "--ephemeral",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("tls_cert_file") && stderr.contains("no-such.pem"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
