@@ -233,27 +233,10 @@ pub async fn follow_events(
     events: Events,
     job_id: &str,
     deadline: Duration,
-    mut on_event: impl FnMut(&pb::Event),
+    on_event: impl FnMut(&pb::Event),
     print: bool,
 ) -> anyhow::Result<pb::Job> {
-    let mut display = Display {
-        enabled: print,
-        terminal: std::io::stdout().is_terminal(),
-        drawn: false,
-        last_plain: None,
-    };
-    let result = follow_inner(
-        client,
-        None,
-        events,
-        job_id,
-        deadline,
-        &mut on_event,
-        &mut display,
-    )
-    .await;
-    display.finish();
-    result
+    follow_displayed(client, None, events, job_id, deadline, on_event, print).await
 }
 
 /// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
@@ -287,6 +270,28 @@ pub async fn follow_events_at(
     events: Events,
     job_id: &str,
     deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    follow_displayed(
+        client,
+        Some(addrs),
+        events,
+        job_id,
+        deadline,
+        on_event,
+        print,
+    )
+    .await
+}
+
+/// Follows with the status display (terminal or plain lines), restoring the terminal after.
+async fn follow_displayed(
+    client: &mut crate::client::Client,
+    reconnect: Option<&str>,
+    events: Events,
+    job_id: &str,
+    deadline: Duration,
     mut on_event: impl FnMut(&pb::Event),
     print: bool,
 ) -> anyhow::Result<pb::Job> {
@@ -298,7 +303,7 @@ pub async fn follow_events_at(
     };
     let result = follow_inner(
         client,
-        Some(addrs),
+        reconnect,
         events,
         job_id,
         deadline,
