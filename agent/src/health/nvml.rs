@@ -682,6 +682,7 @@ fn remapped_rows(nvml: &Nvml, dev: &Device<'_>) -> Result<RemappedRows, NvmlErro
     let (mut corr, mut unc, mut pending, mut failed) = (0u32, 0u32, 0u32, 0u32);
     // SAFETY: the symbol was loaded from libnvidia-ml with this signature; the device handle is
     // valid for the life of `dev`; the four out-pointers point at live locals.
+    #[allow(unsafe_code)]
     let code = unsafe { sym(dev.handle(), &mut corr, &mut unc, &mut pending, &mut failed) };
     nvml_wrapper::error::nvml_try(code)?;
     Ok(RemappedRows {
