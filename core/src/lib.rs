@@ -5,10 +5,31 @@
 //! through [`now_ms`], and pass it down).
 //!
 //! ## Layout
+//! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`.
+//! - [`cluster`] — the decision core: registry, jobs, incidents, failure detector, behind one
+//!   entry point, [`cluster::Cluster::step`], that takes an [`cluster::Input`] and `now` and
+//!   returns [`cluster::Command`]s for the coordinator's shell to carry out.
+//! - [`protocol`] — what agents report and are told, and what operators submit and see, in the
+//!   core's own types (the coordinator's wire layer maps them to protobuf).
+//! - [`checkpoint`] — the checkpoint a generation resumes from; fenced generations.
+//! - [`records`] — the durable state as keyed records.
+//! - [`config`] — the coordinator's settings with defaults and validation.
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the
 //!   fixture test every daemon's config runs.
+//! - [`error`] — why the core refuses an input.
 
+pub mod checkpoint;
+pub mod cluster;
+pub mod config;
 pub mod config_file;
+pub mod error;
+pub mod incident;
+pub mod job;
+pub mod node;
+pub mod protocol;
+pub mod records;
+
+pub use config::CoordinatorConfig;
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

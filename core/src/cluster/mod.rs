@@ -2,21 +2,23 @@
 //! detector, driven by agent messages, operator requests and clock ticks.
 //!
 //! Everything here is synchronous and pure apart from mutating `self`: each method takes `now`
-//! and returns [`Effect`]s for the async shell ([`crate::server`]) to carry out. It never
+//! and returns [`Command`]s for the async shell ([`crate::server`]) to carry out. It never
 //! touches a socket, a file or the clock, so every decision can be tested with a fake clock.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use holdfast_proto::v1 as pb;
-use pb::coordinator_message::Body as ToAgent;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::config::CoordinatorConfig;
-use crate::error::CoordinatorError;
+use crate::error::CoreError;
 use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
 use crate::node::{self, NodeEvent, NodeState};
+use crate::protocol::{
+    AgentCommand, CommandResult, Event, EventKind, HealthSummary, JobRequest, Launch, Progress,
+    Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
+};
 use crate::UnixMillis;
 
 mod breaker;
@@ -32,7 +34,7 @@ pub enum Role {
 }
 
 /// Everything the coordinator knows about one node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
     pub hostname: String,
@@ -58,7 +60,7 @@ pub struct NodeRecord {
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
     #[serde(skip)]
-    pub health: pb::HealthSummary,
+    pub health: HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
     pub worker: Option<(String, u64, u32)>,
     #[serde(skip)]
@@ -86,49 +88,236 @@ pub struct GpuInfo {
     pub memory_bytes: u64,
 }
 
-/// What the async shell must do.
-// Effects live for one call and are moved, never stored: boxing the large variants would only
+/// What the coordinator's shell must do. Commands of one step are carried out in order, after
+/// the state they follow from has been saved.
+// Commands live for one step and are moved, never stored: boxing the large variants would only
 // add allocations.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub enum Command {
     /// Send a command to a node's agent (dropped if it is not connected).
-    Send { node: String, message: ToAgent },
+    Send {
+        /// The node.
+        node: String,
+        /// The command.
+        command: AgentCommand,
+    },
     /// Close a node's stream.
-    Disconnect { node: String, reason: String },
-    /// Resolve the latest complete checkpoint for a job and call
-    /// [`Cluster::checkpoint_resolved`] with the answer.
+    Disconnect {
+        /// The node.
+        node: String,
+        /// Why, told to the agent.
+        reason: String,
+    },
+    /// Resolve the latest complete checkpoint for a job; the answer comes back as
+    /// [`Input::CheckpointResolved`].
     ResolveCheckpoint {
+        /// The job.
         job_id: String,
+        /// Where its checkpoints are.
         uri: String,
+        /// Generations whose later checkpoints must be skipped.
         fenced: Vec<FencedGeneration>,
     },
     /// Tell operators (event stream, logs).
-    Publish(pb::Event),
+    Publish(Event),
     /// Ask the replacement provider for `count` new hosts for `job_id`; the answer comes back
-    /// through [`Cluster::provision_result`].
+    /// as [`Input::ProvisionResult`].
     Provision {
+        /// Ties the answer to the request.
         request_id: u64,
+        /// The job.
         job_id: String,
+        /// How many hosts.
         count: u32,
     },
-    /// Have the provider terminate, drain or power off a fenced host; the answer comes back
-    /// through [`Cluster::fence_host_result`].
+    /// Have the provider terminate, drain or power off a fenced host; the answer comes back as
+    /// [`Input::FenceHostResult`].
     FenceHost {
+        /// The node.
         node: String,
+        /// Its hostname, as its agent reported it.
         hostname: String,
+        /// Its address, as its agent reported it.
         address: String,
+        /// Why it was fenced.
         reason: String,
     },
-    /// An operator's check (request `request`) finished: answer the waiting call.
-    CheckFinished {
+    /// The answer to request `request` (an agent's hello, an operator call).
+    Reply {
+        /// The request it answers.
         request: u64,
-        report: Box<pb::CheckReport>,
+        /// The answer.
+        reply: Result<Reply, CoreError>,
     },
 }
 
+/// An answer to a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A hello was accepted.
+    Welcome(Welcome),
+    /// The job as it is after the request.
+    Job(Box<Job>),
+    /// The node as it is after the request.
+    Node(Box<NodeRecord>),
+    /// An operator's check finished.
+    Check {
+        /// The node checked.
+        node_id: String,
+        /// What its scripts did.
+        report: CheckReport,
+    },
+}
+
+/// Everything that can happen to the cluster, as one value: what agents report, what operators
+/// ask, what the shell found out for the core, and the clock. [`Cluster::step`] takes one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An agent said hello on connection `conn`; answered by a [`Reply::Welcome`] (or a refusal)
+    /// to `request`, which the shell sends before any other command to that node.
+    Hello {
+        /// Ties the reply to the stream.
+        request: u64,
+        /// The stream's connection id.
+        conn: u64,
+        /// What the hello said.
+        hello: Hello,
+    },
+    /// A heartbeat, with the agent's health when it changed.
+    Heartbeat {
+        /// The node.
+        node: String,
+        /// When the agent sent it (agent clock).
+        sent_at: UnixMillis,
+        /// The agent's health.
+        health: Option<HealthSummary>,
+    },
+    /// A health check changed at once (a check turned fatal, or cleared).
+    HealthReport {
+        /// The node.
+        node: String,
+        /// The agent's health.
+        health: HealthSummary,
+    },
+    /// A worker started or exited.
+    Worker {
+        /// The node.
+        node: String,
+        /// What happened.
+        event: WorkerEvent,
+    },
+    /// A worker made progress.
+    Progress {
+        /// The node.
+        node: String,
+        /// How far.
+        progress: Progress,
+    },
+    /// A lifecycle script's result.
+    ScriptResult {
+        /// The node.
+        node: String,
+        /// The result.
+        result: CommandResult,
+    },
+    /// The agent announced an orderly shutdown.
+    Goodbye {
+        /// The node.
+        node: String,
+        /// It will come back (a restart or an upgrade).
+        restarting: bool,
+    },
+    /// The stream of connection `conn` closed.
+    Disconnected {
+        /// The node.
+        node: String,
+        /// The connection that closed; an older one's close is ignored.
+        conn: u64,
+    },
+    /// An operator submits a job; answered by [`Reply::Job`].
+    Submit {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The job.
+        job: JobRequest,
+    },
+    /// An operator stops a job; answered by [`Reply::Job`].
+    StopJob {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The job.
+        job_id: String,
+    },
+    /// An operator cordons a node; answered by [`Reply::Node`].
+    Cordon {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operator uncordons (repairs) a node; answered by [`Reply::Node`].
+    Uncordon {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The node.
+        node: String,
+    },
+    /// An operator asks for a node's deep check; answered by [`Reply::Check`] when it ends.
+    CheckNode {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The node.
+        node: String,
+    },
+    /// An operator asks a node's agent to restart in place; answered by [`Reply::Node`].
+    RestartAgent {
+        /// Ties the reply to the call.
+        request: u64,
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The answer to a [`Command::ResolveCheckpoint`].
+    CheckpointResolved {
+        /// The job.
+        job_id: String,
+        /// The newest complete checkpoint, none, or why it could not be found.
+        result: Result<Option<Checkpoint>, String>,
+    },
+    /// The answer to a [`Command::Provision`].
+    ProvisionResult {
+        /// The job.
+        job_id: String,
+        /// How many hosts were asked for.
+        count: u32,
+        /// The hosts started, or why not.
+        result: Result<Vec<String>, String>,
+    },
+    /// The answer to a [`Command::FenceHost`].
+    FenceHostResult {
+        /// The node.
+        node: String,
+        /// The provider's output, or why it failed.
+        result: Result<String, String>,
+    },
+    /// The failure detector's clock: timeouts, stalls, recovery deadlines.
+    Tick,
+}
+
+/// Work an input left for later in the same step: handled from a queue, so that no handler
+/// calls back into another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Work {
+    /// A node became ready: give it to a job that waits for one.
+    FindReplacements,
+}
+
 /// What an agent's hello carries, decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
     pub node_id: String,
     pub hostname: String,
@@ -158,10 +347,6 @@ pub struct Cluster {
     /// Last time a progress event was published per job (progress events are rate-limited).
     #[serde(skip)]
     progress_published: BTreeMap<String, UnixMillis>,
-    /// Agent-reported time (corrected) of the worker exit being handled, for the incident's
-    /// fault time.
-    #[serde(skip)]
-    pending_fault_time: Option<UnixMillis>,
     /// Last command id handed out (lifecycle scripts).
     #[serde(default)]
     next_command: u64,
@@ -171,6 +356,9 @@ pub struct Cluster {
     /// Hosts asked of the provider and not yet arrived, per job.
     #[serde(skip)]
     provisioning: BTreeMap<String, u32>,
+    /// Work left by the input being stepped (see [`Work`]).
+    #[serde(skip)]
+    work: VecDeque<Work>,
     /// Bumped by every change that must survive a restart (a state transition, a generation, an
     /// incident, a connect); the shell saves the state when it moved. Heartbeats and progress
     /// alone do not bump it, so they cost no write.
@@ -198,11 +386,111 @@ impl Cluster {
             incidents: Vec::new(),
             next_job: 1,
             progress_published: BTreeMap::new(),
-            pending_fault_time: None,
             next_command: 0,
             breaker: breaker::FenceBreaker::default(),
             provisioning: BTreeMap::new(),
             durable_version: 0,
+            work: VecDeque::new(),
+        }
+    }
+
+    /// The one entry point: takes what happened and the time, changes the state, and returns
+    /// what the shell must do, in order. Work an input leaves (a node that became ready may be
+    /// a job's replacement) is handled from a queue before it returns.
+    pub fn step(&mut self, input: Input, now: UnixMillis) -> Vec<Command> {
+        let reply = |request: u64, result: Result<(Reply, Vec<Command>), CoreError>| match result
+        {
+            Ok((reply, mut fx)) => {
+                fx.insert(
+                    0,
+                    Command::Reply {
+                        request,
+                        reply: Ok(reply),
+                    },
+                );
+                fx
+            }
+            Err(e) => vec![Command::Reply {
+                request,
+                reply: Err(e),
+            }],
+        };
+        let node_reply = |r: Result<(NodeRecord, Vec<Command>), CoreError>| {
+            r.map(|(n, fx)| (Reply::Node(Box::new(n)), fx))
+        };
+        let job_reply =
+            |r: Result<(Job, Vec<Command>), CoreError>| r.map(|(j, fx)| (Reply::Job(Box::new(j)), fx));
+        let mut fx = match input {
+            Input::Hello {
+                request,
+                conn,
+                hello,
+            } => reply(
+                request,
+                self.hello(conn, hello, now)
+                    .map(|(w, fx)| (Reply::Welcome(w), fx)),
+            ),
+            Input::Heartbeat {
+                node,
+                sent_at,
+                health,
+            } => self.heartbeat(&node, sent_at, health, now),
+            Input::HealthReport { node, health } => self.health_report(&node, health, now),
+            Input::Worker { node, event } => self.worker_event(&node, event, now),
+            Input::Progress { node, progress } => self.progress(&node, progress, now),
+            Input::ScriptResult { node, result } => self.command_result(&node, result, now),
+            Input::Goodbye { node, restarting } => self.goodbye(&node, restarting, now),
+            Input::Disconnected { node, conn } => self.disconnected(&node, conn, now),
+            Input::Submit { request, job } => reply(request, job_reply(self.submit(job, now))),
+            Input::StopJob { request, job_id } => {
+                reply(request, job_reply(self.stop_job(&job_id, now)))
+            }
+            Input::Cordon {
+                request,
+                node,
+                reason,
+            } => reply(request, node_reply(self.cordon(&node, &reason, now))),
+            Input::Uncordon { request, node } => {
+                reply(request, node_reply(self.uncordon(&node, now)))
+            }
+            Input::CheckNode { request, node } => match self.check_node(&node, request, now) {
+                Ok(fx) => fx,
+                Err(e) => vec![Command::Reply {
+                    request,
+                    reply: Err(e),
+                }],
+            },
+            Input::RestartAgent {
+                request,
+                node,
+                reason,
+            } => reply(
+                request,
+                node_reply(self.restart_agent(&node, &reason, now)),
+            ),
+            Input::CheckpointResolved { job_id, result } => {
+                self.checkpoint_resolved(&job_id, result, now)
+            }
+            Input::ProvisionResult {
+                job_id,
+                count,
+                result,
+            } => self.provision_result(&job_id, count, result, now),
+            Input::FenceHostResult { node, result } => self.fence_host_result(&node, result, now),
+            Input::Tick => self.tick(now),
+        };
+        while let Some(work) = self.work.pop_front() {
+            match work {
+                Work::FindReplacements => self.find_replacements(now, &mut fx),
+            }
+        }
+        fx
+    }
+
+    /// Leaves work for the end of the step (once: the same work queued twice is done once).
+    fn defer(&mut self, work: Work) {
+        if !self.work.contains(&work) {
+            self.work.push_back(work);
         }
     }
 
@@ -218,14 +506,14 @@ impl Cluster {
     }
 
     /// The state as stored records (see [`crate::store`]).
-    pub fn to_records(&self) -> Result<crate::store::Records, crate::store::StoreError> {
+    pub fn to_records(&self) -> Result<crate::records::Records, crate::records::CorruptRecord> {
         let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
-            value.map_err(|e| crate::store::StoreError::Corrupt {
+            value.map_err(|e| crate::records::CorruptRecord {
                 key: key.to_string(),
                 reason: e.to_string(),
             })
         };
-        let mut records = crate::store::Records::new();
+        let mut records = crate::records::Records::new();
         let meta = Meta {
             term: self.term,
             next_job: self.next_job,
@@ -257,14 +545,14 @@ impl Cluster {
     /// Returns `None` when the records are empty (a fresh store).
     pub fn restore(
         config: CoordinatorConfig,
-        records: &crate::store::Records,
+        records: &crate::records::Records,
         now: UnixMillis,
-    ) -> Result<Option<(Cluster, Vec<Effect>)>, crate::store::StoreError> {
+    ) -> Result<Option<(Cluster, Vec<Command>)>, crate::records::CorruptRecord> {
         fn decode<T: serde::de::DeserializeOwned>(
             key: &str,
             bytes: &[u8],
-        ) -> Result<T, crate::store::StoreError> {
-            serde_json::from_slice(bytes).map_err(|e| crate::store::StoreError::Corrupt {
+        ) -> Result<T, crate::records::CorruptRecord> {
+            serde_json::from_slice(bytes).map_err(|e| crate::records::CorruptRecord {
                 key: key.to_string(),
                 reason: e.to_string(),
             })
@@ -381,20 +669,20 @@ impl Cluster {
 
     /// An agent said hello on connection `conn`. Refused when another live stream already holds
     /// the node id. Returns the welcome to send back first.
-    pub fn hello(
+    pub(crate) fn hello(
         &mut self,
         conn: u64,
         hello: Hello,
         now: UnixMillis,
-    ) -> Result<(pb::Welcome, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(Welcome, Vec<Command>), CoreError> {
         if hello.node_id.trim().is_empty() {
-            return Err(CoordinatorError::BadMessage(
+            return Err(CoreError::BadMessage(
                 "hello.node_id is empty".into(),
             ));
         }
         if let Some(existing) = self.nodes.get(&hello.node_id) {
             if existing.conn.is_some() {
-                return Err(CoordinatorError::DuplicateNode {
+                return Err(CoreError::DuplicateNode {
                     node: hello.node_id.clone(),
                     hostname: existing.hostname.clone(),
                 });
@@ -426,7 +714,7 @@ impl Cluster {
                 last_heartbeat_at: now,
                 clock_offset_ms: 0,
                 offset_samples: VecDeque::new(),
-                health: pb::HealthSummary::default(),
+                health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
                 restarting_until: None,
@@ -464,17 +752,17 @@ impl Cluster {
         }
         self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {
-            fx.push(Effect::Send {
+            fx.push(Command::Send {
                 node: node_id.clone(),
-                message: ToAgent::Fence(pb::Fence {
+                command: AgentCommand::Fence {
                     reason: self.nodes[&node_id].state.name().into(),
                     term: self.term,
-                }),
+                },
             });
         }
         fx.push(self.log_event(&node_id, "", format!("node {node_id} connected"), now));
-        self.find_replacements(now, &mut fx);
-        let welcome = pb::Welcome {
+        self.defer(Work::FindReplacements);
+        let welcome = Welcome {
             node_id,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             coordinator_unix_ms: now,
@@ -494,7 +782,7 @@ impl Cluster {
         node_id: &str,
         worker: Option<&(String, u64, u32, bool)>,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let fenced_node = self.is_fenced(node_id);
         let running = worker.filter(|(_, _, _, running)| *running);
@@ -520,9 +808,9 @@ impl Cluster {
                     fx,
                 );
             } else {
-                fx.push(Effect::Send {
+                fx.push(Command::Send {
                     node: node_id.to_string(),
-                    message: ToAgent::Stop(pb::Stop {
+                    command: AgentCommand::Stop(Stop {
                         job_id: job_id.clone(),
                         generation: *generation,
                         grace_ms: self.config.stop_grace_ms,
@@ -561,7 +849,7 @@ impl Cluster {
 
     /// Hello's node step: with lifecycle scripts configured a (re)joining node bootstraps and
     /// is checked before it becomes ready.
-    fn node_hello(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn node_hello(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Command>) {
         let scripts = self.config.has_lifecycle_scripts();
         self.node_event(node_id, NodeEvent::Hello { scripts }, now, fx);
         if self
@@ -581,13 +869,13 @@ impl Cluster {
     }
 
     /// A heartbeat arrived.
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &mut self,
         node_id: &str,
         sent_at: UnixMillis,
-        health: Option<pb::HealthSummary>,
+        health: Option<HealthSummary>,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let mut fx = Vec::new();
         let Some(node) = self.nodes.get_mut(node_id) else {
             return fx;
@@ -595,7 +883,7 @@ impl Cluster {
         node.last_heartbeat_at = now;
         push_offset(node, sent_at - now);
         if let Some(health) = health {
-            let fatal = fatal_reason(&health);
+            let fatal = health.fatal_reason();
             node.health = health;
             if let Some(reason) = fatal {
                 self.node_fault(node_id, FaultCause::HealthFatal(reason), now, &mut fx);
@@ -605,12 +893,12 @@ impl Cluster {
     }
 
     /// An immediate health report (a check turned fatal, or cleared).
-    pub fn health_report(
+    pub(crate) fn health_report(
         &mut self,
         node_id: &str,
-        health: pb::HealthSummary,
+        health: HealthSummary,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         self.heartbeat(node_id, now + self.offset(node_id), Some(health), now)
     }
 
@@ -619,33 +907,34 @@ impl Cluster {
     }
 
     /// A worker started or exited on a node.
-    pub fn worker_event(
+    pub(crate) fn worker_event(
         &mut self,
         node_id: &str,
-        event: pb::WorkerEvent,
+        event: WorkerEvent,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let mut fx = Vec::new();
-        let Some(kind) = event.kind else {
-            return fx;
-        };
         self.touch();
-        let job_event = match kind {
-            pb::worker_event::Kind::Started(s) => {
+        let job_event = match event.kind {
+            WorkerEventKind::Started { pid } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
-                    node.worker = Some((event.job_id.clone(), event.generation, s.pid));
+                    node.worker = Some((event.job_id.clone(), event.generation, pid));
                 }
                 JobEvent::WorkerStarted {
                     node: node_id.to_string(),
                     generation: event.generation,
                 }
             }
-            pb::worker_event::Kind::Exited(e) => {
+            WorkerEventKind::Exited {
+                code,
+                signal,
+                stopped_by_agent,
+            } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.worker = None;
                 }
-                let at = event.at_unix_ms - self.offset(node_id);
-                let what = match (e.code, e.signal) {
+                let at = event.at.saturating_sub(self.offset(node_id));
+                let what = match (code, signal) {
                     (_, Some(s)) => format!("signal {s}"),
                     (Some(c), None) => format!("code {c}"),
                     _ => "unknown status".into(),
@@ -657,7 +946,7 @@ impl Cluster {
                         "worker of {} generation {} on {node_id} exited ({what}{})",
                         event.job_id,
                         event.generation,
-                        if e.stopped_by_agent {
+                        if stopped_by_agent {
                             ", stopped by agent"
                         } else {
                             ""
@@ -665,23 +954,22 @@ impl Cluster {
                     ),
                     now,
                 ));
-                self.pending_fault_time = Some(at);
                 JobEvent::WorkerExited {
                     node: node_id.to_string(),
                     generation: event.generation,
-                    code: e.code,
-                    signal: e.signal,
-                    stopped_by_agent: e.stopped_by_agent,
+                    code,
+                    signal,
+                    stopped_by_agent,
+                    at: Some(at),
                 }
             }
         };
         self.drive(&event.job_id, job_event, now, &mut fx);
-        self.pending_fault_time = None;
         fx
     }
 
     /// Training progress from a node's worker.
-    pub fn progress(&mut self, node_id: &str, p: pb::Progress, now: UnixMillis) -> Vec<Effect> {
+    pub(crate) fn progress(&mut self, node_id: &str, p: Progress, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.last_step = p.step;
@@ -703,14 +991,13 @@ impl Cluster {
         if due {
             if let Some(job) = self.jobs.get(&p.job_id) {
                 self.progress_published.insert(p.job_id.clone(), now);
-                fx.push(Effect::Publish(pb::Event {
-                    at_unix_ms: now,
-                    kind: "progress".into(),
+                fx.push(Command::Publish(Event {
+                    at: now,
+                    kind: EventKind::Progress,
                     job_id: p.job_id.clone(),
                     node_id: node_id.to_string(),
                     message: format!("step {}", job.step),
-                    job: Some(self.job_view(job)),
-                    ..Default::default()
+                    subject: Some(Subject::Job(Box::new(job.clone()))),
                 }));
             }
         }
@@ -718,7 +1005,7 @@ impl Cluster {
     }
 
     /// The agent announced an orderly shutdown.
-    pub fn goodbye(&mut self, node_id: &str, restarting: bool, now: UnixMillis) -> Vec<Effect> {
+    pub(crate) fn goodbye(&mut self, node_id: &str, restarting: bool, now: UnixMillis) -> Vec<Command> {
         if let Some(node) = self.nodes.get_mut(node_id) {
             if restarting {
                 node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
@@ -736,7 +1023,7 @@ impl Cluster {
     }
 
     /// The stream of connection `conn` closed.
-    pub fn disconnected(&mut self, node_id: &str, conn: u64, now: UnixMillis) -> Vec<Effect> {
+    pub(crate) fn disconnected(&mut self, node_id: &str, conn: u64, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
         let Some(node) = self.nodes.get_mut(node_id) else {
             return fx;
@@ -775,7 +1062,7 @@ impl Cluster {
         node_id: &str,
         cause: FaultCause,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let jobs: Vec<String> = self
             .jobs
@@ -812,67 +1099,21 @@ impl Cluster {
                 now,
                 fx,
             );
-            self.find_replacements(now, fx);
+            self.defer(Work::FindReplacements);
         }
     }
 
     // ----- operators -----------------------------------------------------------------------
 
     /// Validates and accepts a job: reserves its nodes and starts resolving its checkpoint.
-    pub fn submit(
+    pub(crate) fn submit(
         &mut self,
-        spec: pb::JobSpec,
+        request: JobRequest,
         now: UnixMillis,
-    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
-        let invalid =
-            |field: &'static str, reason: String| CoordinatorError::InvalidJob { field, reason };
-        if spec.command.is_empty() || spec.command[0].trim().is_empty() {
-            return Err(invalid(
-                "command",
-                "is empty: give the training command after --".into(),
-            ));
-        }
-        if spec.nodes == 0 {
-            return Err(invalid("nodes", "must be at least 1".into()));
-        }
-        if spec.min_nodes > spec.nodes {
-            return Err(invalid(
-                "min_nodes",
-                format!(
-                    "must be at most nodes ({}), got {}",
-                    spec.nodes, spec.min_nodes
-                ),
-            ));
-        }
-        if !(spec.stall_timeout_s.is_finite() && spec.stall_timeout_s >= 0.0) {
-            return Err(invalid(
-                "stall_timeout_s",
-                format!(
-                    "must be a number of seconds ≥ 0, got {}",
-                    spec.stall_timeout_s
-                ),
-            ));
-        }
-        let progress_regex = if spec.progress_regex.is_empty() {
-            crate::DEFAULT_PROGRESS_REGEX.to_string()
-        } else {
-            spec.progress_regex.clone()
-        };
-        match regex::Regex::new(&progress_regex) {
-            Ok(re) if re.captures_len() >= 2 => {}
-            Ok(_) => {
-                return Err(invalid(
-                    "progress_regex",
-                    "needs one capture group around the step number".into(),
-                ))
-            }
-            Err(e) => return Err(invalid("progress_regex", e.to_string())),
-        }
-        if !spec.checkpoint_uri.is_empty() {
-            crate::checkpoint::CheckpointStore::open(&spec.checkpoint_uri)
-                .map_err(|e| invalid("checkpoint_uri", e.to_string()))?;
-        }
-        let job_id = if spec.job_id.is_empty() {
+    ) -> Result<(Job, Vec<Command>), CoreError> {
+        let invalid = |field: &'static str, reason: String| CoreError::InvalidJob { field, reason };
+        let spec = JobSpec::validate(&request, self.config.default_restart_budget)?;
+        let job_id = if request.job_id.is_empty() {
             loop {
                 let id = format!("job-{}", self.next_job);
                 self.next_job += 1;
@@ -881,10 +1122,10 @@ impl Cluster {
                 }
             }
         } else {
-            spec.job_id.clone()
+            request.job_id.clone()
         };
         if self.jobs.contains_key(&job_id) {
-            return Err(CoordinatorError::JobExists(job_id));
+            return Err(CoreError::JobExists(job_id));
         }
         let nodes = self.pick_nodes(spec.nodes as usize).ok_or_else(|| {
             let ready: Vec<&str> = self
@@ -908,21 +1149,6 @@ impl Cluster {
                 ),
             )
         })?;
-        let spec = JobSpec {
-            command: spec.command,
-            nodes: spec.nodes,
-            checkpoint_uri: spec.checkpoint_uri,
-            stall_timeout_ms: (spec.stall_timeout_s * 1000.0).round() as u64,
-            restart_budget: if spec.restart_budget == 0 {
-                self.config.default_restart_budget
-            } else {
-                spec.restart_budget
-            },
-            progress_regex,
-            env: spec.env.into_iter().collect(),
-            total_steps: spec.total_steps,
-            min_nodes: spec.min_nodes,
-        };
         let mut fx = Vec::new();
         for n in &nodes {
             self.node_event(
@@ -944,7 +1170,7 @@ impl Cluster {
             now,
         ));
         fx.push(self.resolve_effect(&job_id));
-        Ok((self.job_view(&self.jobs[&job_id]), fx))
+        Ok((self.jobs[&job_id].clone(), fx))
     }
 
     /// Workers first, then spares, in node-id order.
@@ -958,32 +1184,32 @@ impl Cluster {
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
-    pub fn stop_job(
+    pub(crate) fn stop_job(
         &mut self,
         job_id: &str,
         now: UnixMillis,
-    ) -> Result<(pb::Job, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(Job, Vec<Command>), CoreError> {
         if !self.jobs.contains_key(job_id) {
-            return Err(CoordinatorError::NoSuchJob(job_id.to_string()));
+            return Err(CoreError::NoSuchJob(job_id.to_string()));
         }
         let mut fx = Vec::new();
         self.drive(job_id, JobEvent::StopRequested, now, &mut fx);
-        Ok((self.job_view(&self.jobs[job_id]), fx))
+        Ok((self.jobs[job_id].clone(), fx))
     }
 
     /// Asks a node's agent to restart in place (rolling upgrade); its workers keep running.
-    pub fn restart_agent(
+    pub(crate) fn restart_agent(
         &mut self,
         node_id: &str,
         reason: &str,
         now: UnixMillis,
-    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let node = self
             .nodes
             .get(node_id)
-            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
         if node.conn.is_none() {
-            return Err(CoordinatorError::NodeBusy(format!(
+            return Err(CoreError::NodeBusy(format!(
                 "node {node_id} is not connected"
             )));
         }
@@ -993,12 +1219,12 @@ impl Cluster {
             reason
         };
         let fx = vec![
-            Effect::Send {
+            Command::Send {
                 node: node_id.to_string(),
-                message: ToAgent::RestartAgent(pb::RestartAgent {
+                command: AgentCommand::RestartAgent {
                     reason: reason.to_string(),
                     term: self.term,
-                }),
+                },
             },
             self.log_event(
                 node_id,
@@ -1007,15 +1233,15 @@ impl Cluster {
                 now,
             ),
         ];
-        Ok((self.node_view(node), fx))
+        Ok((node.clone(), fx))
     }
 
-    pub fn cordon(
+    pub(crate) fn cordon(
         &mut self,
         node_id: &str,
         reason: &str,
         now: UnixMillis,
-    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         self.operator_node_event(
             node_id,
             NodeEvent::Cordon {
@@ -1029,11 +1255,11 @@ impl Cluster {
         )
     }
 
-    pub fn uncordon(
+    pub(crate) fn uncordon(
         &mut self,
         node_id: &str,
         now: UnixMillis,
-    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
@@ -1042,8 +1268,8 @@ impl Cluster {
         } else {
             self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
         }
-        self.find_replacements(now, &mut fx);
-        let view = self.nodes.get(node_id).map_or(view, |n| self.node_view(n));
+        self.defer(Work::FindReplacements);
+        let view = self.nodes.get(node_id).map_or(view, |n| n.clone());
         Ok((view, fx))
     }
 
@@ -1052,32 +1278,32 @@ impl Cluster {
         node_id: &str,
         event: NodeEvent,
         now: UnixMillis,
-    ) -> Result<(pb::Node, Vec<Effect>), CoordinatorError> {
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let node = self
             .nodes
             .get(node_id)
-            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
-        node::step(&node.state, &event).map_err(CoordinatorError::Transition)?;
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
+        node::step(&node.state, &event).map_err(CoreError::Transition)?;
         let mut fx = Vec::new();
         self.node_event(node_id, event, now, &mut fx);
-        Ok((self.node_view(&self.nodes[node_id]), fx))
+        Ok((self.nodes[node_id].clone(), fx))
     }
 
     // ----- answers from the shell ------------------------------------------------------------
 
-    pub fn checkpoint_resolved(
+    pub(crate) fn checkpoint_resolved(
         &mut self,
         job_id: &str,
         result: Result<Option<Checkpoint>, String>,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let mut fx = Vec::new();
         self.drive(job_id, JobEvent::CheckpointResolved(result), now, &mut fx);
         fx
     }
 
     /// The failure detector's clock: heartbeat timeouts, stalls, recovery deadlines.
-    pub fn tick(&mut self, now: UnixMillis) -> Vec<Effect> {
+    pub(crate) fn tick(&mut self, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
         let timeout = self.config.heartbeat_timeout_ms as i64;
         let silent: Vec<String> = self
@@ -1090,7 +1316,7 @@ impl Cluster {
             if let Some(node) = self.nodes.get_mut(&node_id) {
                 node.conn = None;
             }
-            fx.push(Effect::Disconnect {
+            fx.push(Command::Disconnect {
                 node: node_id.clone(),
                 reason: format!("no heartbeat for {timeout} ms"),
             });
@@ -1126,7 +1352,7 @@ impl Cluster {
 
     /// Runs one job event through the job lifecycle and carries out its effects, feeding
     /// follow-up events (replacements found, unreachable nodes) back in until it settles.
-    fn drive(&mut self, job_id: &str, event: JobEvent, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn drive(&mut self, job_id: &str, event: JobEvent, now: UnixMillis, fx: &mut Vec<Command>) {
         let limits = self.limits();
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
@@ -1149,7 +1375,7 @@ impl Cluster {
         job_id: &str,
         effect: JobEffect,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
         queue: &mut VecDeque<JobEvent>,
     ) {
         match effect {
@@ -1165,9 +1391,9 @@ impl Cluster {
                 for node in nodes {
                     let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
                     if reachable {
-                        fx.push(Effect::Send {
+                        fx.push(Command::Send {
                             node: node.clone(),
-                            message: ToAgent::Stop(pb::Stop {
+                            command: AgentCommand::Stop(Stop {
                                 job_id: job_id.to_string(),
                                 generation,
                                 grace_ms: self.config.stop_grace_ms,
@@ -1189,12 +1415,12 @@ impl Cluster {
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 self.fence_host(&node, &reason, fx);
                 if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
-                    fx.push(Effect::Send {
+                    fx.push(Command::Send {
                         node: node.clone(),
-                        message: ToAgent::Fence(pb::Fence {
+                        command: AgentCommand::Fence {
                             reason,
                             term: self.term,
-                        }),
+                        },
                     });
                 }
             }
@@ -1238,19 +1464,18 @@ impl Cluster {
                 node,
                 cause,
                 action,
+                fault_at,
             } => {
                 let Some(job) = self.jobs.get(job_id) else {
                     return;
                 };
-                let fault_at = match &cause {
-                    FaultCause::WorkerExited { .. } => self.pending_fault_time,
+                let fault_at = fault_at.or_else(|| match &cause {
                     FaultCause::HeartbeatTimeout => self
                         .nodes
                         .get(&node)
                         .map(|n| n.last_heartbeat_at + self.config.heartbeat_interval_ms as i64),
-                    FaultCause::ProgressStalled { stalled_ms } => Some(now - *stalled_ms as i64),
                     _ => None,
-                };
+                });
                 let mut incident = Incident::open(
                     self.incidents.len() as u64 + 1,
                     job_id,
@@ -1304,13 +1529,13 @@ impl Cluster {
                             format!(": {}", job.message)
                         }
                     );
-                    fx.push(Effect::Publish(pb::Event {
-                        at_unix_ms: now,
-                        kind: "job_state".into(),
+                    fx.push(Command::Publish(Event {
+                        at: now,
+                        kind: EventKind::JobState,
                         job_id: job_id.to_string(),
+                        node_id: String::new(),
                         message,
-                        job: Some(self.job_view(job)),
-                        ..Default::default()
+                        subject: Some(Subject::Job(Box::new(job.clone()))),
                     }));
                 }
             }
@@ -1344,7 +1569,7 @@ impl Cluster {
     }
 
     /// Gives newly ready nodes to jobs that wait for replacements.
-    fn find_replacements(&mut self, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn find_replacements(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
         let waiting: Vec<String> = self
             .jobs
             .values()
@@ -1366,9 +1591,9 @@ impl Cluster {
         }
     }
 
-    fn resolve_effect(&self, job_id: &str) -> Effect {
+    fn resolve_effect(&self, job_id: &str) -> Command {
         let job = &self.jobs[job_id];
-        Effect::ResolveCheckpoint {
+        Command::ResolveCheckpoint {
             job_id: job_id.to_string(),
             uri: job.spec.checkpoint_uri.clone(),
             fenced: job.fenced_generations.clone(),
@@ -1381,7 +1606,7 @@ impl Cluster {
         job_id: &str,
         generation: u64,
         resume: Option<&Checkpoint>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
@@ -1397,9 +1622,9 @@ impl Cluster {
         let span = u64::from(self.config.rdzv_port_span);
         let master_port = u64::from(self.config.rdzv_port_base) + (job_salt + generation) % span;
         for (rank, r) in job.ranks.iter().enumerate() {
-            fx.push(Effect::Send {
+            fx.push(Command::Send {
                 node: r.node.clone(),
-                message: ToAgent::Launch(pb::Launch {
+                command: AgentCommand::Launch(Launch {
                     job_id: job_id.to_string(),
                     generation,
                     command: job.spec.command.clone(),
@@ -1425,7 +1650,7 @@ impl Cluster {
         node_id: &str,
         event: NodeEvent,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
@@ -1445,17 +1670,17 @@ impl Cluster {
                     _ => String::new(),
                 };
                 let message = format!("node {node_id} {from} → {}{detail}", node.state.name());
-                let view = self.node_view(&self.nodes[node_id]);
-                fx.push(Effect::Publish(pb::Event {
-                    at_unix_ms: now,
-                    kind: "node_state".into(),
+                let view = Box::new(self.nodes[node_id].clone());
+                fx.push(Command::Publish(Event {
+                    at: now,
+                    kind: EventKind::NodeState,
+                    job_id: String::new(),
                     node_id: node_id.to_string(),
                     message,
-                    node: Some(view),
-                    ..Default::default()
+                    subject: Some(Subject::Node(view)),
                 }));
                 if self.nodes[node_id].state.is_ready() {
-                    self.find_replacements(now, fx);
+                    self.defer(Work::FindReplacements);
                 }
             }
             Ok(_) => {}
@@ -1463,24 +1688,12 @@ impl Cluster {
         }
     }
 
-    // ----- views -----------------------------------------------------------------------------
+    // ----- events ----------------------------------------------------------------------------
 
-    pub fn job_view(&self, job: &Job) -> pb::Job {
-        crate::view::job(job)
-    }
-
-    pub fn node_view(&self, node: &NodeRecord) -> pb::Node {
-        crate::view::node(node, &self.jobs)
-    }
-
-    pub fn incident_view(&self, incident: &Incident) -> pb::Incident {
-        crate::view::incident(incident)
-    }
-
-    fn incident_event(&self, incident: &Incident, now: UnixMillis) -> Effect {
-        Effect::Publish(pb::Event {
-            at_unix_ms: now,
-            kind: "incident".into(),
+    fn incident_event(&self, incident: &Incident, now: UnixMillis) -> Command {
+        Command::Publish(Event {
+            at: now,
+            kind: EventKind::Incident,
             job_id: incident.job_id.clone(),
             node_id: incident.node_id.clone(),
             message: format!(
@@ -1491,19 +1704,18 @@ impl Cluster {
                 incident.detail,
                 incident.phase()
             ),
-            incident: Some(self.incident_view(incident)),
-            ..Default::default()
+            subject: Some(Subject::Incident(Box::new(incident.clone()))),
         })
     }
 
-    fn log_event(&self, node_id: &str, job_id: &str, message: String, now: UnixMillis) -> Effect {
-        Effect::Publish(pb::Event {
-            at_unix_ms: now,
-            kind: "log".into(),
+    fn log_event(&self, node_id: &str, job_id: &str, message: String, now: UnixMillis) -> Command {
+        Command::Publish(Event {
+            at: now,
+            kind: EventKind::Log,
             job_id: job_id.to_string(),
             node_id: node_id.to_string(),
             message,
-            ..Default::default()
+            subject: None,
         })
     }
 }
@@ -1514,18 +1726,6 @@ fn push_offset(node: &mut NodeRecord, sample: i64) {
         node.offset_samples.pop_front();
     }
     node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
-}
-
-/// The reason of the first check that asks for the node to be replaced, if any.
-fn fatal_reason(health: &pb::HealthSummary) -> Option<String> {
-    health
-        .checks
-        .iter()
-        .find(|c| {
-            c.state == pb::HealthState::Unhealthy as i32
-                && c.action == pb::HealthAction::ReplaceNode as i32
-        })
-        .map(|c| format!("{}: {}", c.check, c.reason))
 }
 
 #[cfg(test)]

@@ -5,12 +5,11 @@
 
 use std::collections::VecDeque;
 
-use holdfast_proto::v1 as pb;
-use pb::coordinator_message::Body as ToAgent;
 use serde::{Deserialize, Serialize};
 
-use super::{Cluster, Effect};
-use crate::error::CoordinatorError;
+use super::{Cluster, Command, Reply, Work};
+use crate::protocol::{AgentCommand, CommandResult, RunScript};
+use crate::error::CoreError;
 use crate::incident::IncidentEvent;
 use crate::job::{JobEffect, JobEvent};
 use crate::node::{FenceCause, NodeEvent, NodeState};
@@ -69,28 +68,6 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    pub fn to_proto(&self, node_id: &str) -> pb::CheckReport {
-        pb::CheckReport {
-            node_id: node_id.to_string(),
-            purpose: self.purpose.clone(),
-            ok: self.ok,
-            scripts: self
-                .scripts
-                .iter()
-                .map(|s| pb::ScriptResult {
-                    script: s.script.clone(),
-                    ok: s.ok,
-                    exit_code: s.exit_code,
-                    duration_ms: s.duration_ms,
-                    output: s.output.clone(),
-                    message: s.message.clone(),
-                })
-                .collect(),
-            started_unix_ms: self.started_at,
-            duration_ms: self.duration_ms,
-        }
-    }
-
     /// The first failure in a line (its message ends with the script's last output line),
     /// then the output before that line, cut to its end: what a fence reason shows.
     fn failure_reason(&self) -> String {
@@ -143,7 +120,7 @@ impl Cluster {
         &mut self,
         node_id: &str,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let mut scripts: VecDeque<String> = VecDeque::new();
         if !self.config.bootstrap_script.is_empty() {
@@ -172,7 +149,7 @@ impl Cluster {
         mut scripts: VecDeque<String>,
         bootstrap_scripts: usize,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let first = scripts.pop_front();
         let run = ScriptRun {
@@ -199,7 +176,7 @@ impl Cluster {
         node_id: &str,
         script: String,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         self.next_command += 1;
         let command_id = format!("{node_id}/script-{}", self.next_command);
@@ -215,9 +192,9 @@ impl Cluster {
         run.command_id = command_id.clone();
         run.deadline = now + timeout_ms as i64 + RESULT_SLACK_MS;
         let purpose = run.purpose.name();
-        fx.push(Effect::Send {
+        fx.push(Command::Send {
             node: node_id.to_string(),
-            message: ToAgent::RunScript(pb::RunScript {
+            command: AgentCommand::RunScript(RunScript {
                 command_id,
                 script: script.clone(),
                 args: Vec::new(),
@@ -235,12 +212,12 @@ impl Cluster {
     }
 
     /// A `CommandResult` arrived from a node's agent.
-    pub fn command_result(
+    pub(crate) fn command_result(
         &mut self,
         node_id: &str,
-        result: pb::CommandResult,
+        result: CommandResult,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let mut fx = Vec::new();
         if result.command_id == "on-fence" {
             let output = result.output.trim();
@@ -295,7 +272,7 @@ impl Cluster {
         node_id: &str,
         mut outcome: ScriptOutcome,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let Some(run) = self
             .nodes
@@ -320,7 +297,7 @@ impl Cluster {
     }
 
     /// The run is over (all passed, or one failed): keep the report on the node and act on it.
-    fn finish_scripts(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Effect>) {
+    fn finish_scripts(&mut self, node_id: &str, now: UnixMillis, fx: &mut Vec<Command>) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -367,15 +344,18 @@ impl Cluster {
                     };
                     self.drive(job_id, event, now, fx);
                 }
-                self.find_replacements(now, fx);
+                self.defer(Work::FindReplacements);
                 return;
             }
         }
         self.clear_script_run(node_id);
         match run.purpose {
-            CheckPurpose::Operator { request } => fx.push(Effect::CheckFinished {
+            CheckPurpose::Operator { request } => fx.push(Command::Reply {
                 request,
-                report: Box::new(report.to_proto(node_id)),
+                reply: Ok(Reply::Check {
+                    node_id: node_id.to_string(),
+                    report,
+                }),
             }),
             CheckPurpose::Join if report.ok => {
                 self.node_event(node_id, NodeEvent::CheckPassed, now, fx)
@@ -383,7 +363,7 @@ impl Cluster {
             CheckPurpose::Join => self.reject_node(node_id, None, &report, now, fx),
             CheckPurpose::Replacement { job_id, .. } => {
                 self.reject_node(node_id, Some(&job_id), &report, now, fx);
-                self.find_replacements(now, fx);
+                self.defer(Work::FindReplacements);
             }
         }
     }
@@ -401,7 +381,7 @@ impl Cluster {
         job_id: Option<&str>,
         report: &CheckReport,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let reason = report.failure_reason();
         self.node_event(
@@ -412,12 +392,12 @@ impl Cluster {
         );
         self.fence_host(node_id, &reason, fx);
         if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
-            fx.push(Effect::Send {
+            fx.push(Command::Send {
                 node: node_id.to_string(),
-                message: ToAgent::Fence(pb::Fence {
+                command: AgentCommand::Fence {
                     reason: format!("failed bootstrap/health check: {reason}"),
                     term: self.term,
-                }),
+                },
             });
         }
         if let Some(job_id) = job_id {
@@ -427,10 +407,16 @@ impl Cluster {
             };
             let mut queue = VecDeque::new();
             self.apply_job_effect(job_id, JobEffect::Incident(event), now, fx, &mut queue);
-            if let Some(job) = self.jobs.get_mut(job_id) {
-                job.message =
-                    format!("replacement candidate {node_id} failed its check; trying the next");
-            }
+            self.drive(
+                job_id,
+                JobEvent::Note {
+                    message: format!(
+                        "replacement candidate {node_id} failed its check; trying the next"
+                    ),
+                },
+                now,
+                fx,
+            );
             fx.push(self.log_event(
                 node_id,
                 job_id,
@@ -447,7 +433,7 @@ impl Cluster {
         node_id: &str,
         why: &str,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         let Some(run) = self
             .nodes
@@ -473,15 +459,18 @@ impl Cluster {
                 started_at: run.started_at,
                 duration_ms: (now - run.started_at).max(0) as u64,
             };
-            fx.push(Effect::CheckFinished {
+            fx.push(Command::Reply {
                 request,
-                report: Box::new(report.to_proto(node_id)),
+                reply: Ok(Reply::Check {
+                    node_id: node_id.to_string(),
+                    report,
+                }),
             });
         }
     }
 
     /// Runs that passed their deadline without a result fail.
-    pub(super) fn expire_scripts(&mut self, now: UnixMillis, fx: &mut Vec<Effect>) {
+    pub(super) fn expire_scripts(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
         let overdue: Vec<(String, String, i64)> = self
             .nodes
             .values()
@@ -505,31 +494,31 @@ impl Cluster {
     }
 
     /// `holdfast check NODE`: runs the deep check now; the report comes back as
-    /// [`Effect::CheckFinished`] with `request`.
-    pub fn check_node(
+    /// [`Command::Reply`] to `request`.
+    pub(crate) fn check_node(
         &mut self,
         node_id: &str,
         request: u64,
         now: UnixMillis,
-    ) -> Result<Vec<Effect>, CoordinatorError> {
+    ) -> Result<Vec<Command>, CoreError> {
         let node = self
             .nodes
             .get(node_id)
-            .ok_or_else(|| CoordinatorError::NoSuchNode(node_id.to_string()))?;
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
         if node.conn.is_none() {
-            return Err(CoordinatorError::NodeBusy(format!(
+            return Err(CoreError::NodeBusy(format!(
                 "node {node_id} is not connected"
             )));
         }
         if let Some(run) = &node.script_run {
-            return Err(CoordinatorError::NodeBusy(format!(
+            return Err(CoreError::NodeBusy(format!(
                 "node {node_id} is already running {} ({} check)",
                 run.current,
                 run.purpose.name()
             )));
         }
         if self.config.check_scripts.is_empty() {
-            return Err(CoordinatorError::NodeBusy(
+            return Err(CoreError::NodeBusy(
                 "no check_scripts are configured on the coordinator".into(),
             ));
         }
@@ -553,7 +542,7 @@ impl Cluster {
         rank: usize,
         node_id: &str,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         self.node_event(node_id, NodeEvent::Recheck, now, fx);
         let scripts = self.config.check_scripts.iter().cloned().collect();
@@ -596,7 +585,7 @@ mod tests {
         })
     }
 
-    fn hello(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) -> Vec<Effect> {
+    fn hello(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) -> Vec<Command> {
         let h = Hello {
             node_id: id.into(),
             hostname: id.into(),
@@ -613,10 +602,10 @@ mod tests {
     }
 
     /// The scripts sent to `node` in `fx`, as (command id, script).
-    fn scripts_sent(fx: &[Effect], node: &str) -> Vec<(String, String)> {
+    fn scripts_sent(fx: &[Command], node: &str) -> Vec<(String, String)> {
         fx.iter()
             .filter_map(|e| match e {
-                Effect::Send {
+                Command::Send {
                     node: n,
                     message: ToAgent::RunScript(r),
                 } if n == node => Some((r.command_id.clone(), r.script.clone())),
@@ -632,8 +621,8 @@ mod tests {
         ok: bool,
         output: &str,
         now: UnixMillis,
-    ) -> Vec<Effect> {
-        let result = pb::CommandResult {
+    ) -> Vec<Command> {
+        let result = CommandResult {
             command_id: command_id.into(),
             ok,
             message: if ok {
@@ -718,7 +707,7 @@ mod tests {
         );
         assert!(fx.iter().any(|e| matches!(
             e,
-            Effect::Send {
+            Command::Send {
                 message: ToAgent::Fence(_),
                 ..
             }
@@ -801,19 +790,19 @@ mod tests {
         join(&mut c, "n1", Role::Worker, 1, 0);
         assert!(matches!(
             c.check_node("nope", 1, 5),
-            Err(CoordinatorError::NoSuchNode(_))
+            Err(CoreError::NoSuchNode(_))
         ));
         let fx = c.check_node("n1", 7, 10).unwrap();
         assert!(matches!(
             c.check_node("n1", 8, 11),
-            Err(CoordinatorError::NodeBusy(_))
+            Err(CoreError::NodeBusy(_))
         ));
         let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
         let fx = answer(&mut c, "n1", &cmd, false, "unhealthy: fan", 20);
         let report = fx
             .iter()
             .find_map(|e| match e {
-                Effect::CheckFinished { request: 7, report } => Some(report.clone()),
+                Command::CheckFinished { request: 7, report } => Some(report.clone()),
                 _ => None,
             })
             .expect("the operator gets the report");

@@ -1,10 +1,11 @@
 //! Asking the replacement provider for hosts, decided in the core. With `provider = "exec"`,
 //! a job that waits for more nodes than are ready asks for the difference once
-//! ([`Effect::Provision`]); the new hosts' agents register, bootstrap, are checked and taken
+//! ([`Command::Provision`]); the new hosts' agents register, bootstrap, are checked and taken
 //! like any ready node. A fenced job node (and a candidate that failed its check) is handed to
-//! the provider's `fence` ([`Effect::FenceHost`]) to be terminated, drained or powered off.
+//! the provider's `fence` ([`Command::FenceHost`]) to be terminated, drained or powered off.
 
-use super::{Cluster, Effect};
+use super::{Cluster, Command};
+use crate::job::JobEvent;
 use crate::UnixMillis;
 
 impl Cluster {
@@ -15,7 +16,7 @@ impl Cluster {
         job_id: &str,
         unfilled: usize,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         if !self.config.provisions_hosts() {
             return;
@@ -27,7 +28,7 @@ impl Cluster {
         }
         self.provisioning.insert(job_id.to_string(), asked + more);
         self.next_command += 1;
-        fx.push(Effect::Provision {
+        fx.push(Command::Provision {
             request_id: self.next_command,
             job_id: job_id.to_string(),
             count: more,
@@ -54,13 +55,13 @@ impl Cluster {
     }
 
     /// The provider answered a `Provision`.
-    pub fn provision_result(
+    pub(crate) fn provision_result(
         &mut self,
         job_id: &str,
         count: u32,
         result: Result<Vec<String>, String>,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let mut fx = Vec::new();
         match result {
             Ok(hosts) => fx.push(self.log_event(
@@ -80,9 +81,14 @@ impl Cluster {
                 if let Some(asked) = self.provisioning.get_mut(job_id) {
                     *asked = asked.saturating_sub(count);
                 }
-                if let Some(job) = self.jobs.get_mut(job_id) {
-                    job.message = format!("the provider could not provision a host: {reason}");
-                }
+                self.drive(
+                    job_id,
+                    JobEvent::Note {
+                        message: format!("the provider could not provision a host: {reason}"),
+                    },
+                    now,
+                    &mut fx,
+                );
                 fx.push(self.log_event(
                     "",
                     job_id,
@@ -95,12 +101,12 @@ impl Cluster {
     }
 
     /// The provider answered a `FenceHost`.
-    pub fn fence_host_result(
+    pub(crate) fn fence_host_result(
         &mut self,
         node_id: &str,
         result: Result<String, String>,
         now: UnixMillis,
-    ) -> Vec<Effect> {
+    ) -> Vec<Command> {
         let message = match result {
             Ok(output) => format!(
                 "provider fenced {node_id}{}",
@@ -116,14 +122,14 @@ impl Cluster {
     }
 
     /// Hands a fenced node to the provider's `fence`, when the provider has one.
-    pub(super) fn fence_host(&self, node_id: &str, reason: &str, fx: &mut Vec<Effect>) {
+    pub(super) fn fence_host(&self, node_id: &str, reason: &str, fx: &mut Vec<Command>) {
         if !self.config.provisions_hosts() {
             return;
         }
         let Some(node) = self.nodes.get(node_id) else {
             return;
         };
-        fx.push(Effect::FenceHost {
+        fx.push(Command::FenceHost {
             node: node_id.to_string(),
             hostname: node.hostname.clone(),
             address: node.address.clone(),

@@ -8,9 +8,9 @@
 
 use std::collections::VecDeque;
 
-use holdfast_proto::v1 as pb;
 
-use super::{Cluster, Effect};
+use super::{Cluster, Command};
+use crate::protocol::{Event, EventKind};
 use crate::node::{NodeEvent, NodeState};
 use crate::UnixMillis;
 
@@ -35,7 +35,7 @@ impl Cluster {
         &mut self,
         node_id: &str,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) -> bool {
         let window = self.config.circuit_breaker_window_ms as i64;
         while self
@@ -85,7 +85,7 @@ impl Cluster {
         &mut self,
         node_id: &str,
         now: UnixMillis,
-        fx: &mut Vec<Effect>,
+        fx: &mut Vec<Command>,
     ) {
         self.node_event(node_id, NodeEvent::Release, now, fx);
         if self.nodes.get(node_id).is_some_and(|n| n.conn.is_none()) {
@@ -99,13 +99,13 @@ impl Cluster {
     }
 }
 
-fn alert(now: UnixMillis, node_id: &str, message: String) -> Effect {
-    tracing::error!("{message}");
-    Effect::Publish(pb::Event {
-        at_unix_ms: now,
-        kind: "alert".into(),
+fn alert(now: UnixMillis, node_id: &str, message: String) -> Command {
+    Command::Publish(Event {
+        at: now,
+        kind: EventKind::Alert,
+        job_id: String::new(),
         node_id: node_id.to_string(),
         message,
-        ..Default::default()
+        subject: None,
     })
 }

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::incident::{IncidentEvent, RecoveryAction};
 use crate::node::FenceCause;
+use crate::error::CoreError;
+use crate::protocol::JobRequest;
 use crate::UnixMillis;
 
 /// What the user asked for, validated.
@@ -42,6 +44,74 @@ pub struct JobSpec {
     /// remain. 0 = never shrink.
     #[serde(default)]
     pub min_nodes: u32,
+}
+
+impl JobSpec {
+    /// Checks what an operator asked for and turns it into a spec, naming the field that is
+    /// wrong. The checkpoint URI's syntax is checked by the coordinator, which knows the stores.
+    pub fn validate(
+        request: &JobRequest,
+        default_restart_budget: u32,
+    ) -> Result<JobSpec, CoreError> {
+        let invalid = |field: &'static str, reason: String| CoreError::InvalidJob { field, reason };
+        if request.command.first().is_none_or(|c| c.trim().is_empty()) {
+            return Err(invalid(
+                "command",
+                "is empty: give the training command after --".into(),
+            ));
+        }
+        if request.nodes == 0 {
+            return Err(invalid("nodes", "must be at least 1".into()));
+        }
+        if request.min_nodes > request.nodes {
+            return Err(invalid(
+                "min_nodes",
+                format!(
+                    "must be at most nodes ({}), got {}",
+                    request.nodes, request.min_nodes
+                ),
+            ));
+        }
+        if !(request.stall_timeout_s.is_finite() && request.stall_timeout_s >= 0.0) {
+            return Err(invalid(
+                "stall_timeout_s",
+                format!(
+                    "must be a number of seconds ≥ 0, got {}",
+                    request.stall_timeout_s
+                ),
+            ));
+        }
+        let progress_regex = if request.progress_regex.is_empty() {
+            crate::DEFAULT_PROGRESS_REGEX.to_string()
+        } else {
+            request.progress_regex.clone()
+        };
+        match regex::Regex::new(&progress_regex) {
+            Ok(re) if re.captures_len() >= 2 => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "progress_regex",
+                    "needs one capture group around the step number".into(),
+                ))
+            }
+            Err(e) => return Err(invalid("progress_regex", e.to_string())),
+        }
+        Ok(JobSpec {
+            command: request.command.clone(),
+            nodes: request.nodes,
+            checkpoint_uri: request.checkpoint_uri.clone(),
+            stall_timeout_ms: (request.stall_timeout_s * 1000.0).round() as u64,
+            restart_budget: if request.restart_budget == 0 {
+                default_restart_budget
+            } else {
+                request.restart_budget
+            },
+            progress_regex,
+            env: request.env.clone(),
+            total_steps: request.total_steps,
+            min_nodes: request.min_nodes,
+        })
+    }
 }
 
 /// Why a job left `Running`: a typed cause per kind of fault.
@@ -308,6 +378,8 @@ pub enum JobEvent {
         code: Option<i32>,
         signal: Option<i32>,
         stopped_by_agent: bool,
+        /// When the worker exited (coordinator clock), for the incident's fault time.
+        at: Option<UnixMillis>,
     },
     Progress {
         node: String,
@@ -327,6 +399,11 @@ pub enum JobEvent {
         node: String,
     },
     StopRequested,
+    /// Something operators should read on the job (a replacement candidate failed its check,
+    /// the provider could not provision): it becomes the job's message until the next one.
+    Note {
+        message: String,
+    },
     Tick,
 }
 
@@ -352,10 +429,13 @@ pub enum JobEffect {
     FindReplacements,
     /// Give the nodes back (job over).
     ReleaseNodes { nodes: Vec<String> },
+    /// Open an incident; `fault_at` is when the fault happened, when the event that reported
+    /// it says (the cluster estimates it otherwise).
     OpenIncident {
         node: String,
         cause: FaultCause,
         action: RecoveryAction,
+        fault_at: Option<UnixMillis>,
     },
     /// Advance every open incident of this job.
     Incident(IncidentEvent),
@@ -502,6 +582,7 @@ fn apply(
             code,
             signal,
             stopped_by_agent,
+            at,
         } => {
             if generation != job.generation {
                 return;
@@ -536,7 +617,7 @@ fn apply(
                                 job.ranks[rank].exited = Some(false);
                                 job.ranks[rank].exit_unconfirmed_at = None;
                                 let cause = FaultCause::WorkerExited { code, signal };
-                                on_fault(job, &node, cause, now, limits, fx);
+                                on_fault(job, &node, cause, at, now, limits, fx);
                                 return;
                             }
                             let mut message = format!("all {} ranks exited 0", job.ranks.len());
@@ -552,6 +633,7 @@ fn apply(
                             job,
                             &node,
                             FaultCause::WorkerExited { code, signal },
+                            at,
                             now,
                             limits,
                             fx,
@@ -561,7 +643,7 @@ fn apply(
                 _ => {}
             }
         }
-        JobEvent::Fault { node, cause } => on_fault(job, &node, cause, now, limits, fx),
+        JobEvent::Fault { node, cause } => on_fault(job, &node, cause, None, now, limits, fx),
         JobEvent::NodeUnreachable { node } => {
             let rank = job.rank_of(&node);
             if let JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) = &mut job.state {
@@ -594,6 +676,11 @@ fn apply(
                     node: Some(node),
                 }));
                 begin_relaunch(job, now, fx);
+            }
+        }
+        JobEvent::Note { message } => {
+            if !job.state.is_terminal() {
+                job.message = message;
             }
         }
         JobEvent::StopRequested => {
@@ -689,6 +776,7 @@ fn on_fault(
     job: &mut Job,
     node: &str,
     cause: FaultCause,
+    fault_at: Option<UnixMillis>,
     now: UnixMillis,
     limits: &JobLimits,
     fx: &mut Vec<JobEffect>,
@@ -711,6 +799,7 @@ fn on_fault(
                 node: node.to_string(),
                 cause: cause.clone(),
                 action: RecoveryAction::ReplaceNode,
+                fault_at,
             });
             fx.push(JobEffect::FenceNode {
                 node: node.to_string(),
@@ -741,6 +830,7 @@ fn on_fault(
             node: node.to_string(),
             cause: cause.clone(),
             action: RecoveryAction::None,
+            fault_at,
         });
         let live = live_nodes(job);
         if !live.is_empty() {
@@ -778,6 +868,7 @@ fn on_fault(
         node: node.to_string(),
         cause: cause.clone(),
         action,
+        fault_at,
     });
     if replace {
         job.ranks[rank].needs_node = true;
@@ -901,7 +992,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                 code: None,
                 signal: None,
             };
-            on_fault(job, &node, cause, now, limits, fx);
+            on_fault(job, &node, cause, None, now, limits, fx);
             return;
         }
     }
@@ -924,6 +1015,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                     job,
                     &node,
                     FaultCause::ProgressStalled { stalled_ms },
+                    Some(now - stalled_ms as i64),
                     now,
                     limits,
                     fx,
@@ -966,12 +1058,15 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                     now,
                     fx,
                 );
-            } else if job.message.is_empty() || !job.message.starts_with("waiting") {
-                job.message = format!(
+            } else {
+                let waiting = format!(
                     "waiting for a replacement node for rank(s) {:?}",
                     job.ranks_needing_nodes()
                 );
-                fx.push(JobEffect::StateChanged);
+                if job.message != waiting {
+                    job.message = waiting;
+                    fx.push(JobEffect::StateChanged);
+                }
             }
         }
         JobState::Recovering(RecoveryPhase::Relaunching {

@@ -1,0 +1,329 @@
+//! What crosses the core's boundary, in the core's own terms: what agents report, what the core
+//! asks of them, what operators submit and what they are told. The coordinator's wire layer
+//! turns these into protobuf messages and back; nothing here knows about the wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::incident::Incident;
+use crate::job::Job;
+use crate::UnixMillis;
+
+/// A command for one agent. Every command carries the coordinator's term: agents refuse terms
+/// older than the newest they have seen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentCommand {
+    /// Start this node's ranks of a job's generation.
+    Launch(Launch),
+    /// Stop the workers of a job's generation (SIGTERM, grace, SIGKILL of the process tree).
+    Stop(Stop),
+    /// The node is fenced: stop everything and accept nothing but a new term.
+    Fence {
+        /// Why, for the agent's log.
+        reason: String,
+        /// The coordinator's term.
+        term: u64,
+    },
+    /// Run one lifecycle script by name and report its result.
+    RunScript(RunScript),
+    /// Re-execute the agent in place; its workers keep running.
+    RestartAgent {
+        /// Why, for the agent's log.
+        reason: String,
+        /// The coordinator's term.
+        term: u64,
+    },
+}
+
+/// One node's part of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// The job.
+    pub job_id: String,
+    /// The generation this launch starts; agents refuse one they already ran.
+    pub generation: u64,
+    /// The training command (placeholders substituted by the agent).
+    pub command: Vec<String>,
+    /// Extra environment of the job.
+    pub env: BTreeMap<String, String>,
+    /// This node's rank among the job's nodes.
+    pub node_rank: u32,
+    /// How many nodes the generation has.
+    pub nnodes: u32,
+    /// Address of node rank 0.
+    pub master_addr: String,
+    /// A port fresh for this generation, so a zombie of an older one cannot join.
+    pub master_port: u32,
+    /// Rendezvous id, fresh for this generation.
+    pub rdzv_id: String,
+    /// Checkpoint to resume from (empty: fresh start).
+    pub resume_from: String,
+    /// Step of that checkpoint.
+    pub resume_step: u64,
+    /// Where the job writes checkpoints.
+    pub checkpoint_uri: String,
+    /// How progress is read from the worker's output.
+    pub progress_regex: String,
+    /// SIGTERM → SIGKILL grace when the worker is stopped.
+    pub stop_grace_ms: u64,
+    /// The coordinator's term.
+    pub term: u64,
+}
+
+/// Stop a job's workers on one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stop {
+    /// The job.
+    pub job_id: String,
+    /// The generation to stop (older and equal ones).
+    pub generation: u64,
+    /// SIGTERM → SIGKILL grace.
+    pub grace_ms: u64,
+    /// Why, for the agent's log.
+    pub reason: String,
+    /// The coordinator's term.
+    pub term: u64,
+}
+
+/// Run one lifecycle script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunScript {
+    /// Echoed in the result.
+    pub command_id: String,
+    /// A name inside the agent's script directory.
+    pub script: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// The agent kills the script's process group after this.
+    pub timeout_ms: u64,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// The coordinator's term.
+    pub term: u64,
+}
+
+/// What the coordinator answers an agent's hello with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The node id the agent is known by.
+    pub node_id: String,
+    /// How often the agent must send heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// The coordinator's clock when it answered.
+    pub coordinator_unix_ms: UnixMillis,
+    /// The coordinator's term.
+    pub term: u64,
+}
+
+/// The state of one health check: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HealthState {
+    /// Not reported.
+    #[default]
+    Unspecified,
+    /// Fine.
+    Healthy,
+    /// Works, with a warning.
+    Degraded,
+    /// Broken; the action says what would repair it.
+    Unhealthy,
+    /// The probe could not tell (it hung or failed).
+    Unknown,
+    /// Not on this host (no GPU, no driver).
+    NotApplicable,
+}
+
+/// What a check suggests doing about its finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HealthAction {
+    /// Nothing.
+    #[default]
+    None,
+    /// Restart the worker in place.
+    RestartWorker,
+    /// Reset the GPU.
+    ResetGpu,
+    /// Reboot the host.
+    Reboot,
+    /// Take the node out and replace it.
+    ReplaceNode,
+}
+
+/// One check's finding.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// The check's name (`xid`, `gpu_count`, `disk`…).
+    pub check: String,
+    /// Its state.
+    pub state: HealthState,
+    /// Why, in words.
+    pub reason: String,
+    /// What it suggests.
+    pub action: HealthAction,
+    /// When the agent observed it (agent clock).
+    pub observed_at: UnixMillis,
+}
+
+/// A node's health as its agent last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthSummary {
+    /// The worst state of all checks.
+    pub state: HealthState,
+    /// Every check.
+    pub checks: Vec<HealthCheck>,
+}
+
+impl HealthSummary {
+    /// The first check that asks for the node to be replaced, as `check: reason`.
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.checks
+            .iter()
+            .find(|c| c.state == HealthState::Unhealthy && c.action == HealthAction::ReplaceNode)
+            .map(|c| format!("{}: {}", c.check, c.reason))
+    }
+}
+
+/// A worker started or exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEvent {
+    /// The job.
+    pub job_id: String,
+    /// The generation the worker belongs to.
+    pub generation: u64,
+    /// When it happened (agent clock).
+    pub at: UnixMillis,
+    /// What happened.
+    pub kind: WorkerEventKind,
+}
+
+/// What happened to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEventKind {
+    /// It started with this pid.
+    Started {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// It exited.
+    Exited {
+        /// Exit code, when it exited normally.
+        code: Option<i32>,
+        /// Signal, when a signal ended it.
+        signal: Option<i32>,
+        /// The agent stopped it (a Stop or a Fence), so it is no fault.
+        stopped_by_agent: bool,
+    },
+}
+
+/// Training progress read from a worker's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The job.
+    pub job_id: String,
+    /// The worker's generation.
+    pub generation: u64,
+    /// The step it reached.
+    pub step: u64,
+}
+
+/// A lifecycle script's result.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandResult {
+    /// The `RunScript`'s command id.
+    pub command_id: String,
+    /// Exit code 0 within the timeout.
+    pub ok: bool,
+    /// What happened, in a line.
+    pub message: String,
+    /// Tail of the combined output.
+    pub output: String,
+    /// The exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// How long it ran.
+    pub duration_ms: u64,
+}
+
+/// A job as an operator submits it, before validation ([`crate::job::JobSpec::validate`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobRequest {
+    /// The job's id; empty: the coordinator picks one.
+    pub job_id: String,
+    /// The training command.
+    pub command: Vec<String>,
+    /// How many nodes.
+    pub nodes: u32,
+    /// Where checkpoints are (`file://`, `s3://`); empty: none.
+    pub checkpoint_uri: String,
+    /// No progress for this long is a hang (0: off).
+    pub stall_timeout_s: f64,
+    /// Restarts in place allowed (0: the coordinator's default).
+    pub restart_budget: u32,
+    /// How progress is read (empty: the default).
+    pub progress_regex: String,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Steps in all, for progress display (0: unknown).
+    pub total_steps: u64,
+    /// The job may shrink to this many nodes when no replacement comes (0: never shrinks).
+    pub min_nodes: u32,
+}
+
+/// What kind of thing an [`Event`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A node changed state.
+    NodeState,
+    /// A job changed state.
+    JobState,
+    /// An incident opened or moved on.
+    Incident,
+    /// A job made progress (rate-limited).
+    Progress,
+    /// Something worth a log line.
+    Log,
+    /// Something needs an operator (the circuit breaker opened).
+    Alert,
+}
+
+impl EventKind {
+    /// The name on the wire's string field and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::NodeState => "node_state",
+            EventKind::JobState => "job_state",
+            EventKind::Incident => "incident",
+            EventKind::Progress => "progress",
+            EventKind::Log => "log",
+            EventKind::Alert => "alert",
+        }
+    }
+}
+
+/// What an event is about, as it was when the event was made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subject {
+    /// A job.
+    Job(Box<Job>),
+    /// A node.
+    Node(Box<crate::cluster::NodeRecord>),
+    /// An incident.
+    Incident(Box<Incident>),
+}
+
+/// Something operators are told (event stream, logs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// When.
+    pub at: UnixMillis,
+    /// What kind.
+    pub kind: EventKind,
+    /// The job it concerns (empty: none).
+    pub job_id: String,
+    /// The node it concerns (empty: none).
+    pub node_id: String,
+    /// One line for people.
+    pub message: String,
+    /// The thing it is about, as it was then.
+    pub subject: Option<Subject>,
+}
