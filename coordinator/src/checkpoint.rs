@@ -10,29 +10,14 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::UnixMillis;
 
 /// Name of the completion marker inside a checkpoint directory.
 pub const COMPLETE_MARKER: &str = "COMPLETE";
 
-/// A complete checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub step: u64,
-    /// URI of the checkpoint directory (`file:///…/step-40`, `s3://bucket/run/step-40`).
-    pub uri: String,
-    /// Generation that wrote it, when its marker says.
-    pub generation: Option<u64>,
-}
-
-/// A generation the coordinator fenced, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FencedGeneration {
-    pub generation: u64,
-    pub fenced_at: UnixMillis,
-}
+pub use holdfast_core::checkpoint::{Checkpoint, FencedGeneration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -20,15 +20,17 @@ use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use holdfast_core::cluster::{Cluster, Command, Input, Reply};
+use holdfast_core::error::CoreError;
+
 use crate::checkpoint::CheckpointStore;
-use crate::cluster::{Cluster, Effect, GpuInfo, Hello, Role};
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
 use crate::provider::{
     ExecProvider, FenceRequest, ProvisionRequest, ReplacementProvider, SparePool,
 };
 use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
-use crate::{now_ms, UnixMillis};
+use crate::now_ms;
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
 
@@ -56,7 +58,8 @@ struct Shared {
     hello_timeout: Duration,
     /// Operator checks waiting for their report, by request id.
     checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
-    next_check: AtomicU64,
+    /// Request ids: they tie the core's replies to hellos and operator calls.
+    next_request: AtomicU64,
     /// How long an operator check may take in all (every script at its timeout, plus slack).
     check_wait: Duration,
     /// Notified when the store says another coordinator leads: serving stops.
@@ -79,7 +82,7 @@ impl Coordinator {
     pub fn open(
         config: CoordinatorConfig,
         mut store: Box<dyn RecordStore>,
-    ) -> Result<(Coordinator, Vec<Effect>), StoreError> {
+    ) -> Result<(Coordinator, Vec<Command>), StoreError> {
         let records = store.load()?;
         let described = store.describe();
         let (cluster, effects) = match Cluster::restore(config.clone(), &records, now_ms())? {
@@ -105,7 +108,7 @@ impl Coordinator {
                 hello_timeout: Duration::from_millis(cluster.config().hello_timeout_ms),
                 provider: provider_for(cluster.config()),
                 checks: Mutex::new(HashMap::new()),
-                next_check: AtomicU64::new(1),
+                next_request: AtomicU64::new(1),
                 check_wait: Duration::from_millis(
                     cluster
                         .config()
@@ -146,6 +149,7 @@ impl Coordinator {
         }
         let result = cluster
             .to_records()
+            .map_err(StoreError::from)
             .and_then(|records| persister.save(records, version));
         match result {
             Ok(_) => true,
@@ -186,14 +190,11 @@ impl Coordinator {
             let nodes: Vec<pb::Node> = cluster
                 .nodes
                 .values()
-                .map(|n| cluster.node_view(n))
+                .map(|n| crate::view::node(n, &cluster.jobs))
                 .collect();
-            let jobs: Vec<pb::Job> = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
-            let incidents: Vec<pb::Incident> = cluster
-                .incidents
-                .iter()
-                .map(|i| cluster.incident_view(i))
-                .collect();
+            let jobs: Vec<pb::Job> = cluster.jobs.values().map(crate::view::job).collect();
+            let incidents: Vec<pb::Incident> =
+                cluster.incidents.iter().map(crate::view::incident).collect();
             (nodes, jobs, incidents)
         };
         crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
@@ -204,27 +205,43 @@ impl Coordinator {
         self.shared.events.subscribe()
     }
 
-    /// Runs `f` on the core with the current time and carries out its effects while the core is
-    /// still locked, so commands reach each agent in the order they were decided.
-    fn with_core<T>(&self, f: impl FnOnce(&mut Cluster, UnixMillis) -> (T, Vec<Effect>)) -> T {
-        let mut cluster = self.cluster();
-        let (value, effects) = f(&mut cluster, now_ms());
-        if self.persist(&cluster) {
-            self.execute(effects);
-        }
-        value
+    /// A fresh request id, for an input whose reply the caller waits for.
+    fn request_id(&self) -> u64 {
+        self.shared.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn execute(&self, effects: Vec<Effect>) {
-        for effect in effects {
-            match effect {
-                Effect::Send { node, message } => {
+    /// Steps the core with `input` at the current time, saves what changed, and carries out
+    /// the commands while the core is still locked, so commands reach each agent in the order
+    /// they were decided. Returns the reply the step made to a waiting call, if any; `None`
+    /// also when this coordinator no longer leads (nothing went out).
+    fn step(&self, input: Input) -> Option<Result<Reply, CoreError>> {
+        let mut cluster = self.cluster();
+        let commands = cluster.step(input, now_ms());
+        if !self.persist(&cluster) {
+            return None;
+        }
+        self.execute(&cluster, commands)
+    }
+
+    /// Carries out `commands`; returns the reply none of the waiting checks took.
+    fn execute(&self, cluster: &Cluster, commands: Vec<Command>) -> Option<Result<Reply, CoreError>> {
+        let mut unclaimed = None;
+        for command in commands {
+            if let Some(reply) = self.execute_one(cluster, command) {
+                unclaimed = Some(reply);
+            }
+        }
+        unclaimed
+    }
+
+    fn execute_one(&self, cluster: &Cluster, command: Command) -> Option<Result<Reply, CoreError>> {
+        {
+            match command {
+                Command::Send { node, command } => {
                     let agents = self.agents();
                     match agents.get(&node) {
                         Some(agent) => {
-                            let msg = pb::CoordinatorMessage {
-                                body: Some(message),
-                            };
+                            let msg = crate::wire::agent_command(command);
                             if agent.tx.send(Ok(msg)).is_err() {
                                 tracing::warn!(
                                     node,
@@ -235,7 +252,7 @@ impl Coordinator {
                         None => tracing::warn!(node, "agent not connected; command dropped"),
                     }
                 }
-                Effect::Disconnect { node, reason } => {
+                Command::Disconnect { node, reason } => {
                     if let Some(agent) = self.agents().remove(&node) {
                         tracing::warn!(node, "closing agent stream: {reason}");
                         // Tell the agent why before the stream goes.
@@ -243,7 +260,7 @@ impl Coordinator {
                         agent.close.notify_one();
                     }
                 }
-                Effect::ResolveCheckpoint {
+                Command::ResolveCheckpoint {
                     job_id,
                     uri,
                     fenced,
@@ -272,10 +289,10 @@ impl Coordinator {
                                 tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
                             }
                         }
-                        this.with_core(|c, now| ((), c.checkpoint_resolved(&job_id, result, now)));
+                        this.step(Input::CheckpointResolved { job_id, result });
                     });
                 }
-                Effect::Provision {
+                Command::Provision {
                     request_id,
                     job_id,
                     count,
@@ -294,12 +311,14 @@ impl Coordinator {
                             .await
                             .map(|p| p.hosts)
                             .map_err(|e| e.to_string());
-                        this.with_core(|c, now| {
-                            ((), c.provision_result(&job_id, count, result, now))
+                        this.step(Input::ProvisionResult {
+                            job_id,
+                            count,
+                            result,
                         });
                     });
                 }
-                Effect::FenceHost {
+                Command::FenceHost {
                     node,
                     hostname,
                     address,
@@ -319,30 +338,37 @@ impl Coordinator {
                             .fence(request)
                             .await
                             .map_err(|e| e.to_string());
-                        this.with_core(|c, now| ((), c.fence_host_result(&node, result, now)));
+                        this.step(Input::FenceHostResult { node, result });
                     });
                 }
-                Effect::CheckFinished { request, report } => {
+                Command::Reply { request, reply } => {
                     let waiter = self
                         .shared
                         .checks
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&request);
-                    if let Some(tx) = waiter {
-                        // The caller may have given up; nothing to do then.
-                        let _ = tx.send(*report);
+                    match (waiter, reply) {
+                        (Some(tx), Ok(Reply::Check { node_id, report })) => {
+                            // The caller may have given up; nothing to do then.
+                            let _ = tx.send(crate::wire::check_report(&report, &node_id));
+                        }
+                        (_, reply) => return Some(reply),
                     }
                 }
-                Effect::Publish(event) => {
-                    if event.kind != "progress" {
+                Command::Publish(event) => {
+                    if event.kind != holdfast_core::protocol::EventKind::Progress {
                         tracing::info!(target: "holdfast::event", "{}", event.message);
                     }
                     // No subscribers is fine.
-                    let _ = self.shared.events.send(event);
+                    let _ = self
+                        .shared
+                        .events
+                        .send(crate::wire::event(&event, &cluster.jobs));
                 }
             }
         }
+        None
     }
 
     /// Runs the failure detector's clock until the process ends.
@@ -353,26 +379,38 @@ impl Coordinator {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 interval.tick().await;
-                this.with_core(|c, now| ((), c.tick(now)));
+                this.step(Input::Tick);
             }
         });
     }
 
     fn handle_agent_message(&self, node: &str, body: FromAgent) {
-        match body {
-            FromAgent::Hello(_) => tracing::warn!(node, "second hello on one stream ignored"),
-            FromAgent::Heartbeat(hb) => {
-                self.with_core(|c, now| ((), c.heartbeat(node, hb.sent_unix_ms, hb.health, now)));
+        let node = node.to_string();
+        let input = match body {
+            FromAgent::Hello(_) => {
+                tracing::warn!(node, "second hello on one stream ignored");
+                return;
             }
-            FromAgent::HealthReport(r) => {
-                if let Some(health) = r.health {
-                    self.with_core(|c, now| ((), c.health_report(node, health, now)));
-                }
-            }
-            FromAgent::WorkerEvent(e) => {
-                self.with_core(|c, now| ((), c.worker_event(node, e, now)))
-            }
-            FromAgent::Progress(p) => self.with_core(|c, now| ((), c.progress(node, p, now))),
+            FromAgent::Heartbeat(hb) => Input::Heartbeat {
+                node,
+                sent_at: hb.sent_unix_ms,
+                health: hb.health.map(crate::wire::health),
+            },
+            FromAgent::HealthReport(r) => match r.health {
+                Some(health) => Input::HealthReport {
+                    node,
+                    health: crate::wire::health(health),
+                },
+                None => return,
+            },
+            FromAgent::WorkerEvent(e) => match crate::wire::worker_event(e) {
+                Some(event) => Input::Worker { node, event },
+                None => return,
+            },
+            FromAgent::Progress(p) => Input::Progress {
+                node,
+                progress: crate::wire::progress(p),
+            },
             FromAgent::CommandResult(r) => {
                 tracing::info!(
                     node,
@@ -381,14 +419,53 @@ impl Coordinator {
                     "command result: {}",
                     r.message
                 );
-                self.with_core(|c, now| ((), c.command_result(node, r, now)));
+                Input::ScriptResult {
+                    node,
+                    result: crate::wire::command_result(r),
+                }
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
-                self.with_core(|c, now| ((), c.goodbye(node, g.restarting, now)));
+                Input::Goodbye {
+                    node,
+                    restarting: g.restarting,
+                }
             }
+        };
+        self.step(input);
+    }
+}
+
+impl Coordinator {
+    fn job_reply(
+        &self,
+        reply: Option<Result<Reply, CoreError>>,
+    ) -> Result<Response<pb::Job>, Status> {
+        match reply {
+            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
+            Some(Err(e)) => Err(CoordinatorError::from(e).into()),
+            _ => Err(not_answered()),
         }
     }
+
+    fn node_reply(
+        &self,
+        reply: Option<Result<Reply, CoreError>>,
+    ) -> Result<Response<pb::Node>, Status> {
+        match reply {
+            Some(Ok(Reply::Node(node))) => {
+                let cluster = self.cluster();
+                Ok(Response::new(crate::view::node(&node, &cluster.jobs)))
+            }
+            Some(Err(e)) => Err(CoordinatorError::from(e).into()),
+            _ => Err(not_answered()),
+        }
+    }
+}
+
+/// A call the core did not answer: this coordinator stopped leading while it ran.
+fn not_answered() -> Status {
+    Status::unavailable("this coordinator is not the leader any more")
 }
 
 /// The provider the config names.
@@ -402,37 +479,6 @@ fn provider_for(config: &CoordinatorConfig) -> Arc<dyn ReplacementProvider> {
         })
     } else {
         Arc::new(SparePool)
-    }
-}
-
-fn decode_hello(h: pb::Hello) -> Hello {
-    Hello {
-        node_id: h.node_id,
-        hostname: h.hostname,
-        role: if h.role == pb::NodeRole::Spare as i32 {
-            Role::Spare
-        } else {
-            Role::Worker
-        },
-        address: h.advertise_address,
-        boot_id: h.boot_id,
-        agent_version: h.agent_version,
-        gpus: h
-            .gpus
-            .into_iter()
-            .map(|g| GpuInfo {
-                index: g.index,
-                uuid: g.uuid,
-                name: g.name,
-                memory_bytes: g.memory_bytes,
-            })
-            .collect(),
-        sent_at: h.sent_unix_ms,
-        agent_started_at: h.agent_started_unix_ms,
-        worker: h
-            .worker
-            .filter(|w| !w.job_id.is_empty())
-            .map(|w| (w.job_id, w.generation, w.pid, w.running)),
     }
 }
 
@@ -487,24 +533,38 @@ impl AgentService for Coordinator {
         let close = Arc::new(Notify::new());
         let node = {
             let mut cluster = self.cluster();
-            let (welcome, effects) = match cluster.hello(conn, decode_hello(hello), now_ms()) {
-                Ok(ok) => ok,
-                Err(e) => {
+            let request = self.request_id();
+            let mut commands = cluster
+                .step(
+                    Input::Hello {
+                        request,
+                        conn,
+                        hello: crate::wire::hello(hello),
+                    },
+                    now_ms(),
+                )
+                .into_iter();
+            // The reply comes first: the welcome goes out before any other command to the node.
+            let welcome = match commands.next() {
+                Some(Command::Reply {
+                    reply: Ok(Reply::Welcome(welcome)),
+                    ..
+                }) => welcome,
+                Some(Command::Reply { reply: Err(e), .. }) => {
+                    let e = CoordinatorError::from(e);
                     tracing::warn!(peer, "refused agent stream: {e}");
                     return Err(e.into());
                 }
+                _ => return Err(Status::internal("the hello was not answered")),
             };
             let node = welcome.node_id.clone();
-            let welcome = pb::CoordinatorMessage {
-                body: Some(pb::coordinator_message::Body::Welcome(welcome)),
-            };
             if !self.persist(&cluster) {
                 return Err(Status::unavailable(
                     "this coordinator is not the leader any more",
                 ));
             }
             // The receiver is alive: it is returned below.
-            let _ = tx.send(Ok(welcome));
+            let _ = tx.send(Ok(crate::wire::welcome(welcome)));
             self.agents().insert(
                 node.clone(),
                 AgentConn {
@@ -513,7 +573,7 @@ impl AgentService for Coordinator {
                     close: close.clone(),
                 },
             );
-            self.execute(effects);
+            self.execute(&cluster, commands.collect());
             node
         };
         tracing::info!(node, peer, conn, "agent session open");
@@ -540,7 +600,7 @@ impl AgentService for Coordinator {
                 }
             }
             tracing::info!(node, conn, "agent session closed");
-            this.with_core(|c, now| ((), c.disconnected(&node, conn, now)));
+            this.step(Input::Disconnected { node, conn });
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
@@ -556,16 +616,25 @@ impl OperatorService for Coordinator {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("invalid job spec: spec is missing"))?;
-        let result = self.with_core(|c, now| match c.submit(spec, now) {
-            Ok((job, fx)) => (Ok(job), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        match result {
-            Ok(job) => Ok(Response::new(job)),
-            Err(e) => {
+        if !spec.checkpoint_uri.is_empty() {
+            if let Err(e) = CheckpointStore::open(&spec.checkpoint_uri) {
+                let e = CoordinatorError::InvalidJob {
+                    field: "checkpoint_uri",
+                    reason: e.to_string(),
+                };
                 tracing::warn!("job refused: {e}");
-                Err(e.into())
+                return Err(e.into());
             }
+        }
+        let request = self.request_id();
+        let job = crate::wire::job_request(spec);
+        match self.step(Input::Submit { request, job }) {
+            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
+            Some(Err(e)) => {
+                tracing::warn!("job refused: {e}");
+                Err(CoordinatorError::from(e).into())
+            }
+            _ => Err(not_answered()),
         }
     }
 
@@ -580,13 +649,13 @@ impl OperatorService for Coordinator {
         } else {
             cluster.jobs.get(&id)
         };
-        job.map(|j| Response::new(cluster.job_view(j)))
+        job.map(|j| Response::new(crate::view::job(j)))
             .ok_or_else(|| {
-                CoordinatorError::NoSuchJob(if id.is_empty() {
+                CoordinatorError::from(CoreError::NoSuchJob(if id.is_empty() {
                     "submitted yet".into()
                 } else {
                     id
-                })
+                }))
                 .into()
             })
     }
@@ -596,7 +665,7 @@ impl OperatorService for Coordinator {
         _: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let cluster = self.cluster();
-        let jobs = cluster.jobs.values().map(|j| cluster.job_view(j)).collect();
+        let jobs = cluster.jobs.values().map(crate::view::job).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
@@ -605,11 +674,11 @@ impl OperatorService for Coordinator {
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        let result = self.with_core(|c, now| match c.stop_job(&id, now) {
-            Ok((job, fx)) => (Ok(job), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        result.map(Response::new).map_err(Status::from)
+        let request = self.request_id();
+        self.job_reply(self.step(Input::StopJob {
+            request,
+            job_id: id,
+        }))
     }
 
     async fn list_nodes(
@@ -620,7 +689,7 @@ impl OperatorService for Coordinator {
         let nodes = cluster
             .nodes
             .values()
-            .map(|n| cluster.node_view(n))
+            .map(|n| crate::view::node(n, &cluster.jobs))
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
@@ -630,11 +699,12 @@ impl OperatorService for Coordinator {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let result = self.with_core(|c, now| match c.cordon(&r.node_id, &r.reason, now) {
-            Ok((node, fx)) => (Ok(node), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        result.map(Response::new).map_err(Status::from)
+        let request = self.request_id();
+        self.node_reply(self.step(Input::Cordon {
+            request,
+            node: r.node_id,
+            reason: r.reason,
+        }))
     }
 
     async fn uncordon(
@@ -642,11 +712,11 @@ impl OperatorService for Coordinator {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let result = self.with_core(|c, now| match c.uncordon(&r.node_id, now) {
-            Ok((node, fx)) => (Ok(node), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        result.map(Response::new).map_err(Status::from)
+        let request = self.request_id();
+        self.node_reply(self.step(Input::Uncordon {
+            request,
+            node: r.node_id,
+        }))
     }
 
     async fn list_incidents(
@@ -659,7 +729,7 @@ impl OperatorService for Coordinator {
             .incidents
             .iter()
             .filter(|i| job_id.is_empty() || i.job_id == job_id)
-            .map(|i| cluster.incident_view(i))
+            .map(crate::view::incident)
             .collect();
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
@@ -669,17 +739,20 @@ impl OperatorService for Coordinator {
         request: Request<pb::CheckNodeRequest>,
     ) -> Result<Response<pb::CheckReport>, Status> {
         let node_id = request.into_inner().node_id;
-        let id = self.shared.next_check.fetch_add(1, Ordering::Relaxed);
+        let id = self.request_id();
         let (tx, rx) = oneshot::channel();
         self.shared
             .checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let started = self.with_core(|c, now| match c.check_node(&node_id, id, now) {
-            Ok(fx) => (Ok(()), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
+        let started = match self.step(Input::CheckNode {
+            request: id,
+            node: node_id.clone(),
+        }) {
+            Some(Err(e)) => Err(CoordinatorError::from(e)),
+            _ => Ok(()),
+        };
         let forget = || {
             self.shared
                 .checks
@@ -711,11 +784,12 @@ impl OperatorService for Coordinator {
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let result = self.with_core(|c, now| match c.restart_agent(&r.node_id, &r.reason, now) {
-            Ok((node, fx)) => (Ok(node), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        result.map(Response::new).map_err(Status::from)
+        let request = self.request_id();
+        self.node_reply(self.step(Input::RestartAgent {
+            request,
+            node: r.node_id,
+            reason: r.reason,
+        }))
     }
 
     type WatchEventsStream = EventStream;
@@ -786,7 +860,7 @@ pub async fn run_with_store(
 
 async fn serve(
     coordinator: Coordinator,
-    effects: Vec<Effect>,
+    effects: Vec<Command>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -805,7 +879,10 @@ async fn serve(
     };
     let tls = crate::tls::server_config(coordinator.cluster().config())?;
     let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
-    coordinator.execute(effects);
+    {
+        let cluster = coordinator.cluster();
+        coordinator.execute(&cluster, effects);
+    }
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");

@@ -10,13 +10,11 @@
 //! `etcd` feature, the etcd store of [`crate::ha`]. [`MemoryStore`] keeps nothing across
 //! restarts: it is what a coordinator started without a state file uses.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-/// Records by key: the serialized state of the core.
-pub type Records = BTreeMap<String, Vec<u8>>;
+pub use holdfast_core::records::Records;
 
 /// One change: `Some(bytes)` writes the record, `None` deletes it.
 pub type Change = (String, Option<Vec<u8>>);
@@ -44,8 +42,8 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
-    #[error("state record {key} is corrupt: {reason}")]
-    Corrupt { key: String, reason: String },
+    #[error(transparent)]
+    Corrupt(#[from] holdfast_core::records::CorruptRecord),
     #[error("state store: {0}")]
     Backend(String),
     /// Another coordinator leads now (HA): this one must stop acting.

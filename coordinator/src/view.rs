@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use holdfast_proto::v1 as pb;
 
-use crate::cluster::{NodeRecord, Role};
-use crate::incident::Incident;
-use crate::job::{Job, JobState};
-use crate::node::NodeState;
+use holdfast_core::cluster::{NodeRecord, Role};
+use holdfast_core::incident::Incident;
+use holdfast_core::job::{Job, JobState};
+use holdfast_core::node::NodeState;
 
 pub fn job(job: &Job) -> pb::Job {
     pb::Job {
@@ -54,7 +54,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
         state: node.state.name().into(),
         connected: node.conn.is_some(),
         address: node.address.clone(),
-        health: Some(node.health.clone()),
+        health: Some(crate::wire::health_pb(&node.health)),
         job_id: job.map(|j| j.id.clone()).unwrap_or_default(),
         generation: node.worker.as_ref().map_or(0, |w| w.1),
         worker_pid: node.worker.as_ref().map_or(0, |w| w.2),
@@ -77,7 +77,10 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             })
             .collect(),
         agent_version: node.agent_version.clone(),
-        last_check: node.last_check.as_ref().map(|c| c.to_proto(&node.id)),
+        last_check: node
+            .last_check
+            .as_ref()
+            .map(|c| crate::wire::check_report(c, &node.id)),
         agent_started_unix_ms: node.agent_started_at,
     }
 }

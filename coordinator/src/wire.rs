@@ -1,0 +1,278 @@
+//! The wire layer: `holdfast.v1` protobuf messages ⇄ the core's inputs, commands and events.
+//! The only place where the core's types and the protobuf types meet; the views of records
+//! operators read are in [`crate::view`].
+
+use std::collections::BTreeMap;
+
+use holdfast_core::cluster::{CheckReport, GpuInfo, Hello, Role};
+use holdfast_core::job::Job;
+use holdfast_core::protocol::{
+    AgentCommand, CommandResult, Event, HealthAction, HealthCheck, HealthState, HealthSummary,
+    JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
+};
+use holdfast_proto::v1 as pb;
+use pb::coordinator_message::Body as ToAgent;
+
+/// An agent's hello, decoded.
+pub fn hello(h: pb::Hello) -> Hello {
+    Hello {
+        node_id: h.node_id,
+        hostname: h.hostname,
+        role: if h.role == pb::NodeRole::Spare as i32 {
+            Role::Spare
+        } else {
+            Role::Worker
+        },
+        address: h.advertise_address,
+        boot_id: h.boot_id,
+        agent_version: h.agent_version,
+        gpus: h
+            .gpus
+            .into_iter()
+            .map(|g| GpuInfo {
+                index: g.index,
+                uuid: g.uuid,
+                name: g.name,
+                memory_bytes: g.memory_bytes,
+            })
+            .collect(),
+        sent_at: h.sent_unix_ms,
+        agent_started_at: h.agent_started_unix_ms,
+        worker: h
+            .worker
+            .filter(|w| !w.job_id.is_empty())
+            .map(|w| (w.job_id, w.generation, w.pid, w.running)),
+    }
+}
+
+/// The welcome an accepted hello is answered with.
+pub fn welcome(w: Welcome) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        body: Some(ToAgent::Welcome(pb::Welcome {
+            node_id: w.node_id,
+            heartbeat_interval_ms: w.heartbeat_interval_ms,
+            coordinator_unix_ms: w.coordinator_unix_ms,
+            term: w.term,
+        })),
+    }
+}
+
+/// A command for an agent, encoded.
+pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
+    let body = match command {
+        AgentCommand::Launch(l) => ToAgent::Launch(pb::Launch {
+            job_id: l.job_id,
+            generation: l.generation,
+            command: l.command,
+            env: l.env.into_iter().collect(),
+            node_rank: l.node_rank,
+            nnodes: l.nnodes,
+            master_addr: l.master_addr,
+            master_port: l.master_port,
+            rdzv_id: l.rdzv_id,
+            resume_from: l.resume_from,
+            resume_step: l.resume_step,
+            checkpoint_uri: l.checkpoint_uri,
+            progress_regex: l.progress_regex,
+            stop_grace_ms: l.stop_grace_ms,
+            term: l.term,
+        }),
+        AgentCommand::Stop(s) => ToAgent::Stop(pb::Stop {
+            job_id: s.job_id,
+            generation: s.generation,
+            grace_ms: s.grace_ms,
+            reason: s.reason,
+            term: s.term,
+        }),
+        AgentCommand::Fence { reason, term } => ToAgent::Fence(pb::Fence { reason, term }),
+        AgentCommand::RunScript(r) => ToAgent::RunScript(pb::RunScript {
+            command_id: r.command_id,
+            script: r.script,
+            args: r.args,
+            timeout_ms: r.timeout_ms,
+            env: r.env.into_iter().collect(),
+            term: r.term,
+        }),
+        AgentCommand::RestartAgent { reason, term } => {
+            ToAgent::RestartAgent(pb::RestartAgent { reason, term })
+        }
+    };
+    pb::CoordinatorMessage { body: Some(body) }
+}
+
+fn health_state(state: i32) -> HealthState {
+    match pb::HealthState::try_from(state) {
+        Ok(pb::HealthState::Healthy) => HealthState::Healthy,
+        Ok(pb::HealthState::Degraded) => HealthState::Degraded,
+        Ok(pb::HealthState::Unhealthy) => HealthState::Unhealthy,
+        Ok(pb::HealthState::Unknown) => HealthState::Unknown,
+        Ok(pb::HealthState::NotApplicable) => HealthState::NotApplicable,
+        Ok(pb::HealthState::Unspecified) | Err(_) => HealthState::Unspecified,
+    }
+}
+
+fn health_state_pb(state: HealthState) -> pb::HealthState {
+    match state {
+        HealthState::Unspecified => pb::HealthState::Unspecified,
+        HealthState::Healthy => pb::HealthState::Healthy,
+        HealthState::Degraded => pb::HealthState::Degraded,
+        HealthState::Unhealthy => pb::HealthState::Unhealthy,
+        HealthState::Unknown => pb::HealthState::Unknown,
+        HealthState::NotApplicable => pb::HealthState::NotApplicable,
+    }
+}
+
+fn health_action(action: i32) -> HealthAction {
+    match pb::HealthAction::try_from(action) {
+        Ok(pb::HealthAction::RestartWorker) => HealthAction::RestartWorker,
+        Ok(pb::HealthAction::ResetGpu) => HealthAction::ResetGpu,
+        Ok(pb::HealthAction::Reboot) => HealthAction::Reboot,
+        Ok(pb::HealthAction::ReplaceNode) => HealthAction::ReplaceNode,
+        Ok(pb::HealthAction::None) | Err(_) => HealthAction::None,
+    }
+}
+
+fn health_action_pb(action: HealthAction) -> pb::HealthAction {
+    match action {
+        HealthAction::None => pb::HealthAction::None,
+        HealthAction::RestartWorker => pb::HealthAction::RestartWorker,
+        HealthAction::ResetGpu => pb::HealthAction::ResetGpu,
+        HealthAction::Reboot => pb::HealthAction::Reboot,
+        HealthAction::ReplaceNode => pb::HealthAction::ReplaceNode,
+    }
+}
+
+/// A node's health as its agent reported it.
+pub fn health(h: pb::HealthSummary) -> HealthSummary {
+    HealthSummary {
+        state: health_state(h.state),
+        checks: h
+            .checks
+            .into_iter()
+            .map(|c| HealthCheck {
+                check: c.check,
+                state: health_state(c.state),
+                reason: c.reason,
+                action: health_action(c.action),
+                observed_at: c.observed_unix_ms,
+            })
+            .collect(),
+    }
+}
+
+/// A node's health as operators see it.
+pub fn health_pb(h: &HealthSummary) -> pb::HealthSummary {
+    pb::HealthSummary {
+        state: health_state_pb(h.state) as i32,
+        checks: h
+            .checks
+            .iter()
+            .map(|c| pb::HealthCheck {
+                check: c.check.clone(),
+                state: health_state_pb(c.state) as i32,
+                reason: c.reason.clone(),
+                action: health_action_pb(c.action) as i32,
+                observed_unix_ms: c.observed_at,
+            })
+            .collect(),
+    }
+}
+
+/// A worker event; `None` when it says neither start nor exit.
+pub fn worker_event(e: pb::WorkerEvent) -> Option<WorkerEvent> {
+    let kind = match e.kind? {
+        pb::worker_event::Kind::Started(s) => WorkerEventKind::Started { pid: s.pid },
+        pb::worker_event::Kind::Exited(x) => WorkerEventKind::Exited {
+            code: x.code,
+            signal: x.signal,
+            stopped_by_agent: x.stopped_by_agent,
+        },
+    };
+    Some(WorkerEvent {
+        job_id: e.job_id,
+        generation: e.generation,
+        at: e.at_unix_ms,
+        kind,
+    })
+}
+
+/// Training progress.
+pub fn progress(p: pb::Progress) -> Progress {
+    Progress {
+        job_id: p.job_id,
+        generation: p.generation,
+        step: p.step,
+    }
+}
+
+/// A lifecycle script's result.
+pub fn command_result(r: pb::CommandResult) -> CommandResult {
+    CommandResult {
+        command_id: r.command_id,
+        ok: r.ok,
+        message: r.message,
+        output: r.output,
+        exit_code: r.exit_code,
+        duration_ms: r.duration_ms,
+    }
+}
+
+/// A job as an operator submitted it.
+pub fn job_request(spec: pb::JobSpec) -> JobRequest {
+    JobRequest {
+        job_id: spec.job_id,
+        command: spec.command,
+        nodes: spec.nodes,
+        checkpoint_uri: spec.checkpoint_uri,
+        stall_timeout_s: spec.stall_timeout_s,
+        restart_budget: spec.restart_budget,
+        progress_regex: spec.progress_regex,
+        env: spec.env.into_iter().collect(),
+        total_steps: spec.total_steps,
+        min_nodes: spec.min_nodes,
+    }
+}
+
+/// A node's check report as operators see it.
+pub fn check_report(report: &CheckReport, node_id: &str) -> pb::CheckReport {
+    pb::CheckReport {
+        node_id: node_id.to_string(),
+        purpose: report.purpose.clone(),
+        ok: report.ok,
+        scripts: report
+            .scripts
+            .iter()
+            .map(|s| pb::ScriptResult {
+                script: s.script.clone(),
+                ok: s.ok,
+                exit_code: s.exit_code,
+                duration_ms: s.duration_ms,
+                output: s.output.clone(),
+                message: s.message.clone(),
+            })
+            .collect(),
+        started_unix_ms: report.started_at,
+        duration_ms: report.duration_ms,
+    }
+}
+
+/// An event for operators; `jobs` tells a node which job it runs.
+pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
+    let mut out = pb::Event {
+        at_unix_ms: e.at,
+        kind: e.kind.name().into(),
+        job_id: e.job_id.clone(),
+        node_id: e.node_id.clone(),
+        message: e.message.clone(),
+        ..Default::default()
+    };
+    match &e.subject {
+        Some(Subject::Job(job)) => out.job = Some(crate::view::job(job)),
+        Some(Subject::Node(node)) => out.node = Some(crate::view::node(node, jobs)),
+        Some(Subject::Incident(incident)) => {
+            out.incident = Some(crate::view::incident(incident))
+        }
+        None => {}
+    }
+    out
+}
