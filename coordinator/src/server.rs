@@ -26,11 +26,11 @@ use holdfast_core::error::CoreError;
 use crate::checkpoint::CheckpointStore;
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::now_ms;
 use crate::provider::{
     ExecProvider, FenceRequest, ProvisionRequest, ReplacementProvider, SparePool,
 };
 use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
-use crate::now_ms;
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
 
@@ -193,8 +193,11 @@ impl Coordinator {
                 .map(|n| crate::view::node(n, &cluster.jobs))
                 .collect();
             let jobs: Vec<pb::Job> = cluster.jobs.values().map(crate::view::job).collect();
-            let incidents: Vec<pb::Incident> =
-                cluster.incidents.iter().map(crate::view::incident).collect();
+            let incidents: Vec<pb::Incident> = cluster
+                .incidents
+                .iter()
+                .map(crate::view::incident)
+                .collect();
             (nodes, jobs, incidents)
         };
         crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
@@ -224,7 +227,11 @@ impl Coordinator {
     }
 
     /// Carries out `commands`; returns the reply none of the waiting checks took.
-    fn execute(&self, cluster: &Cluster, commands: Vec<Command>) -> Option<Result<Reply, CoreError>> {
+    fn execute(
+        &self,
+        cluster: &Cluster,
+        commands: Vec<Command>,
+    ) -> Option<Result<Reply, CoreError>> {
         let mut unclaimed = None;
         for command in commands {
             if let Some(reply) = self.execute_one(cluster, command) {

@@ -269,9 +269,7 @@ pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
     match &e.subject {
         Some(Subject::Job(job)) => out.job = Some(crate::view::job(job)),
         Some(Subject::Node(node)) => out.node = Some(crate::view::node(node, jobs)),
-        Some(Subject::Incident(incident)) => {
-            out.incident = Some(crate::view::incident(incident))
-        }
+        Some(Subject::Incident(incident)) => out.incident = Some(crate::view::incident(incident)),
         None => {}
     }
     out

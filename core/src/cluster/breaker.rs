@@ -8,10 +8,9 @@
 
 use std::collections::VecDeque;
 
-
 use super::{Cluster, Command};
-use crate::protocol::{Event, EventKind};
 use crate::node::{NodeEvent, NodeState};
+use crate::protocol::{Event, EventKind};
 use crate::UnixMillis;
 
 /// The breaker's memory: when recent fences happened, and whether it is open.

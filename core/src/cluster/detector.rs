@@ -1,0 +1,305 @@
+//! The failure detector: heartbeats, health reports, worker exits, progress, goodbyes and
+//! closed streams become node faults; the clock turns silence into heartbeat timeouts.
+
+use super::*;
+
+impl Cluster {
+    /// A heartbeat arrived.
+    pub(crate) fn heartbeat(
+        &mut self,
+        node_id: &str,
+        sent_at: UnixMillis,
+        health: Option<HealthSummary>,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return fx;
+        };
+        node.last_heartbeat_at = now;
+        push_offset(node, sent_at - now);
+        if let Some(health) = health {
+            let fatal = health.fatal_reason();
+            node.health = health;
+            if let Some(reason) = fatal {
+                self.node_fault(node_id, FaultCause::HealthFatal(reason), now, &mut fx);
+            }
+        }
+        fx
+    }
+
+    /// An immediate health report (a check turned fatal, or cleared).
+    pub(crate) fn health_report(
+        &mut self,
+        node_id: &str,
+        health: HealthSummary,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        self.heartbeat(node_id, now + self.offset(node_id), Some(health), now)
+    }
+
+    pub(super) fn offset(&self, node_id: &str) -> i64 {
+        self.nodes.get(node_id).map_or(0, |n| n.clock_offset_ms)
+    }
+
+    /// A worker started or exited on a node.
+    pub(crate) fn worker_event(
+        &mut self,
+        node_id: &str,
+        event: WorkerEvent,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        self.touch();
+        let job_event = match event.kind {
+            WorkerEventKind::Started { pid } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.worker = Some((event.job_id.clone(), event.generation, pid));
+                }
+                JobEvent::WorkerStarted {
+                    node: node_id.to_string(),
+                    generation: event.generation,
+                }
+            }
+            WorkerEventKind::Exited {
+                code,
+                signal,
+                stopped_by_agent,
+            } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.worker = None;
+                }
+                let at = event.at.saturating_sub(self.offset(node_id));
+                let what = match (code, signal) {
+                    (_, Some(s)) => format!("signal {s}"),
+                    (Some(c), None) => format!("code {c}"),
+                    _ => "unknown status".into(),
+                };
+                fx.push(self.log_event(
+                    node_id,
+                    &event.job_id,
+                    format!(
+                        "worker of {} generation {} on {node_id} exited ({what}{})",
+                        event.job_id,
+                        event.generation,
+                        if stopped_by_agent {
+                            ", stopped by agent"
+                        } else {
+                            ""
+                        }
+                    ),
+                    now,
+                ));
+                JobEvent::WorkerExited {
+                    node: node_id.to_string(),
+                    generation: event.generation,
+                    code,
+                    signal,
+                    stopped_by_agent,
+                    at: Some(at),
+                }
+            }
+        };
+        self.drive(&event.job_id, job_event, now, &mut fx);
+        fx
+    }
+
+    /// Training progress from a node's worker.
+    pub(crate) fn progress(&mut self, node_id: &str, p: Progress, now: UnixMillis) -> Vec<Command> {
+        let mut fx = Vec::new();
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.last_step = p.step;
+        }
+        self.drive(
+            &p.job_id,
+            JobEvent::Progress {
+                node: node_id.to_string(),
+                generation: p.generation,
+                step: p.step,
+            },
+            now,
+            &mut fx,
+        );
+        let due = self
+            .progress_published
+            .get(&p.job_id)
+            .is_none_or(|t| now - t >= PROGRESS_PUBLISH_EVERY_MS);
+        if due {
+            if let Some(job) = self.jobs.get(&p.job_id) {
+                self.progress_published.insert(p.job_id.clone(), now);
+                fx.push(Command::Publish(Event {
+                    at: now,
+                    kind: EventKind::Progress,
+                    job_id: p.job_id.clone(),
+                    node_id: node_id.to_string(),
+                    message: format!("step {}", job.step),
+                    subject: Some(Subject::Job(Box::new(job.clone()))),
+                }));
+            }
+        }
+        fx
+    }
+
+    /// The agent announced an orderly shutdown.
+    pub(crate) fn goodbye(
+        &mut self,
+        node_id: &str,
+        restarting: bool,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            if restarting {
+                node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
+            }
+        }
+        vec![self.log_event(
+            node_id,
+            "",
+            format!(
+                "node {node_id} said goodbye{}",
+                if restarting { " (restarting)" } else { "" }
+            ),
+            now,
+        )]
+    }
+
+    /// The stream of connection `conn` closed.
+    pub(crate) fn disconnected(
+        &mut self,
+        node_id: &str,
+        conn: u64,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return fx;
+        };
+        if node.conn != Some(conn) {
+            return fx;
+        }
+        node.conn = None;
+        let announced = node.restarting_until.is_some_and(|t| now < t);
+        // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
+        // when the operator chose one: its workers keep training and it re-adopts them.
+        let grace = self.config.agent_lost_grace_ms;
+        let busy = matches!(node.state, NodeState::Allocated { .. });
+        if !announced && grace > 0 && busy {
+            node.restarting_until = Some(now + grace as i64);
+            fx.push(self.log_event(
+                node_id,
+                "",
+                format!("node {node_id} disconnected without goodbye; waiting {grace} ms for it to return"),
+                now,
+            ));
+            return fx;
+        }
+        fx.push(self.log_event(node_id, "", format!("node {node_id} disconnected"), now));
+        if announced {
+            return fx;
+        }
+        self.node_fault(node_id, FaultCause::AgentLost, now, &mut fx);
+        fx
+    }
+
+    /// A node fault: the jobs on it recover, the node is fenced (if allocated or the fault is
+    /// fatal) or marked offline (if idle and just gone).
+    pub(super) fn node_fault(
+        &mut self,
+        node_id: &str,
+        cause: FaultCause,
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+    ) {
+        let jobs: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in &jobs {
+            self.drive(
+                job_id,
+                JobEvent::Fault {
+                    node: node_id.to_string(),
+                    cause: cause.clone(),
+                },
+                now,
+                fx,
+            );
+        }
+        let event = match &cause {
+            FaultCause::AgentLost | FaultCause::HeartbeatTimeout => NodeEvent::Disconnected,
+            other => NodeEvent::Fence(other.fence_cause()),
+        };
+        if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
+            self.node_event(node_id, event, now, fx);
+        }
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.script_run.is_some())
+        {
+            self.abort_scripts(
+                node_id,
+                &format!("node fault while the script ran: {}", cause.detail()),
+                now,
+                fx,
+            );
+            self.defer(Work::FindReplacements);
+        }
+    }
+
+    /// The failure detector's clock: heartbeat timeouts, stalls, recovery deadlines.
+    pub(crate) fn tick(&mut self, now: UnixMillis) -> Vec<Command> {
+        let mut fx = Vec::new();
+        let timeout = self.config.heartbeat_timeout_ms as i64;
+        let silent: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.conn.is_some() && now - n.last_heartbeat_at > timeout)
+            .map(|n| n.id.clone())
+            .collect();
+        for node_id in silent {
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                node.conn = None;
+            }
+            fx.push(Command::Disconnect {
+                node: node_id.clone(),
+                reason: format!("no heartbeat for {timeout} ms"),
+            });
+            self.node_fault(&node_id, FaultCause::HeartbeatTimeout, now, &mut fx);
+        }
+        // An agent that announced a restart and did not come back in time is lost after all.
+        let overdue: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.conn.is_none() && n.restarting_until.is_some_and(|t| now >= t))
+            .map(|n| n.id.clone())
+            .collect();
+        for node_id in overdue {
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                node.restarting_until = None;
+            }
+            self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
+        }
+        self.expire_scripts(now, &mut fx);
+        let live: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in live {
+            self.drive(&job_id, JobEvent::Tick, now, &mut fx);
+        }
+        fx
+    }
+}
+
+pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
+    node.offset_samples.push_back(sample);
+    if node.offset_samples.len() > OFFSET_SAMPLES {
+        node.offset_samples.pop_front();
+    }
+    node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
+}

@@ -1,0 +1,111 @@
+//! Operator requests on jobs and nodes: stop a job, cordon and uncordon a node, restart an
+//! agent in place.
+
+use super::*;
+
+impl Cluster {
+    pub(crate) fn stop_job(
+        &mut self,
+        job_id: &str,
+        now: UnixMillis,
+    ) -> Result<(Job, Vec<Command>), CoreError> {
+        if !self.jobs.contains_key(job_id) {
+            return Err(CoreError::NoSuchJob(job_id.to_string()));
+        }
+        let mut fx = Vec::new();
+        self.drive(job_id, JobEvent::StopRequested, now, &mut fx);
+        Ok((self.jobs[job_id].clone(), fx))
+    }
+
+    /// Asks a node's agent to restart in place (rolling upgrade); its workers keep running.
+    pub(crate) fn restart_agent(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
+        if node.conn.is_none() {
+            return Err(CoreError::NodeBusy(format!(
+                "node {node_id} is not connected"
+            )));
+        }
+        let reason = if reason.is_empty() {
+            "restart requested by operator"
+        } else {
+            reason
+        };
+        let fx = vec![
+            Command::Send {
+                node: node_id.to_string(),
+                command: AgentCommand::RestartAgent {
+                    reason: reason.to_string(),
+                    term: self.term,
+                },
+            },
+            self.log_event(
+                node_id,
+                "",
+                format!("asking the agent of {node_id} to restart: {reason}"),
+                now,
+            ),
+        ];
+        Ok((node.clone(), fx))
+    }
+
+    pub(crate) fn cordon(
+        &mut self,
+        node_id: &str,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
+        self.operator_node_event(
+            node_id,
+            NodeEvent::Cordon {
+                reason: if reason.is_empty() {
+                    "cordoned by operator".into()
+                } else {
+                    reason.into()
+                },
+            },
+            now,
+        )
+    }
+
+    pub(crate) fn uncordon(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
+        let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
+        // A repaired node that is connected goes straight on through hello's path.
+        let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
+        if connected {
+            self.node_hello(node_id, now, &mut fx);
+        } else {
+            self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
+        }
+        self.defer(Work::FindReplacements);
+        let view = self.nodes.get(node_id).map_or(view, |n| n.clone());
+        Ok((view, fx))
+    }
+
+    pub(super) fn operator_node_event(
+        &mut self,
+        node_id: &str,
+        event: NodeEvent,
+        now: UnixMillis,
+    ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
+        node::step(&node.state, &event).map_err(CoreError::Transition)?;
+        let mut fx = Vec::new();
+        self.node_event(node_id, event, now, &mut fx);
+        Ok((self.nodes[node_id].clone(), fx))
+    }
+}

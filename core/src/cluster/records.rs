@@ -1,0 +1,165 @@
+//! The core's durable state as records, and back after a restart: what must survive a crash
+//! (nodes, jobs with their generations, incidents, the term) and what a restarted coordinator
+//! gives every node (a reconnect grace) instead of remembering it.
+
+use super::*;
+
+/// The stored header of the state: the term and the job counter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    term: u64,
+    next_job: u64,
+}
+
+impl Cluster {
+    /// Changes when something that must survive a restart changed.
+    pub fn durable_version(&self) -> u64 {
+        self.durable_version
+    }
+
+    pub(super) fn touch(&mut self) {
+        self.durable_version += 1;
+    }
+
+    /// The state as stored records (see [`crate::store`]).
+    pub fn to_records(&self) -> Result<crate::records::Records, crate::records::CorruptRecord> {
+        let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
+            value.map_err(|e| crate::records::CorruptRecord {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut records = crate::records::Records::new();
+        let meta = Meta {
+            term: self.term,
+            next_job: self.next_job,
+        };
+        records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
+        for (id, node) in &self.nodes {
+            let key = format!("node/{id}");
+            let value = encode(&key, serde_json::to_vec(node))?;
+            records.insert(key, value);
+        }
+        for (id, job) in &self.jobs {
+            let key = format!("job/{id}");
+            let value = encode(&key, serde_json::to_vec(job))?;
+            records.insert(key, value);
+        }
+        for incident in &self.incidents {
+            let key = format!("incident/{:010}", incident.id);
+            let value = encode(&key, serde_json::to_vec(incident))?;
+            records.insert(key, value);
+        }
+        Ok(records)
+    }
+
+    /// Rebuilds the core from stored records after a restart (or a leader change): the term
+    /// goes up so agents refuse whatever the previous coordinator still sends, every node counts
+    /// as away with `reconnect_grace_ms` to come back before it is treated as lost, the
+    /// training's stall clocks restart, and a checkpoint resolution that was in flight is asked
+    /// for again. Nothing else is redone: a generation already launched is not launched anew.
+    /// Returns `None` when the records are empty (a fresh store).
+    pub fn restore(
+        config: CoordinatorConfig,
+        records: &crate::records::Records,
+        now: UnixMillis,
+    ) -> Result<Option<(Cluster, Vec<Command>)>, crate::records::CorruptRecord> {
+        fn decode<T: serde::de::DeserializeOwned>(
+            key: &str,
+            bytes: &[u8],
+        ) -> Result<T, crate::records::CorruptRecord> {
+            serde_json::from_slice(bytes).map_err(|e| crate::records::CorruptRecord {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        let Some(meta_bytes) = records.get("meta") else {
+            return Ok(None);
+        };
+        let meta: Meta = decode("meta", meta_bytes)?;
+        let mut cluster = Cluster::new(config);
+        cluster.term = meta.term + 1;
+        cluster.next_job = meta.next_job;
+        let grace = cluster.config.reconnect_grace_ms as i64;
+        for (key, bytes) in records {
+            if let Some(id) = key.strip_prefix("node/") {
+                let mut node: NodeRecord = decode(key, bytes)?;
+                node.conn = None;
+                node.last_heartbeat_at = now;
+                let gone_for_good = matches!(
+                    node.state,
+                    NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
+                );
+                node.restarting_until = (!gone_for_good).then_some(now + grace);
+                cluster.nodes.insert(id.to_string(), node);
+            } else if let Some(id) = key.strip_prefix("job/") {
+                let mut job: Job = decode(key, bytes)?;
+                // The stall clock starts after the grace: a rank whose node has not come back
+                // yet is judged by the grace (agent lost), not as a hang.
+                for rank in &mut job.ranks {
+                    rank.last_progress_at = now + grace;
+                }
+                cluster.jobs.insert(id.to_string(), job);
+            } else if key.starts_with("incident/") {
+                cluster.incidents.push(decode(key, bytes)?);
+            }
+        }
+        cluster.incidents.sort_by_key(|i| i.id);
+        let mut fx = Vec::new();
+        let resolving: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    JobState::Pending
+                        | JobState::Recovering(job::RecoveryPhase::Relaunching {
+                            retry_at: None,
+                            ..
+                        })
+                )
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in resolving {
+            fx.push(cluster.resolve_effect(&job_id));
+        }
+        let live: Vec<String> = cluster
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| {
+                let phase = j.phase();
+                let sep = if phase.is_empty() { "" } else { "/" };
+                format!("{} {}{sep}{phase} g{}", j.id, j.state.name(), j.generation)
+            })
+            .collect();
+        fx.push(cluster.log_event(
+            "",
+            "",
+            format!(
+                "coordinator restored: term {}, {} nodes, {} jobs, {} incidents; live jobs: {}",
+                cluster.term,
+                cluster.nodes.len(),
+                cluster.jobs.len(),
+                cluster.incidents.len(),
+                if live.is_empty() {
+                    "none".to_string()
+                } else {
+                    live.join(", ")
+                }
+            ),
+            now,
+        ));
+        cluster.touch();
+        Ok(Some((cluster, fx)))
+    }
+
+    /// Sets the term (an HA leader takes the term its election gave it).
+    pub fn set_term(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.touch();
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The job driver: runs job events through the job lifecycle ([`crate::job::step`]) and carries
+//! out what it asks for — stops, fences, replacements, incidents, launches.
+
+use super::*;
+
+impl Cluster {
+    pub(crate) fn checkpoint_resolved(
+        &mut self,
+        job_id: &str,
+        result: Result<Option<Checkpoint>, String>,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        self.drive(job_id, JobEvent::CheckpointResolved(result), now, &mut fx);
+        fx
+    }
+
+    /// Runs one job event through the job lifecycle and carries out its effects, feeding
+    /// follow-up events (replacements found, unreachable nodes) back in until it settles.
+    pub(super) fn drive(
+        &mut self,
+        job_id: &str,
+        event: JobEvent,
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+    ) {
+        let limits = self.limits();
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let Some(job) = self.jobs.get_mut(job_id) else {
+                return;
+            };
+            let before = job.durable_part();
+            let effects = job::step(job, event, now, &limits);
+            if job.durable_part() != before {
+                self.touch();
+            }
+            for effect in effects {
+                self.apply_job_effect(job_id, effect, now, fx, &mut queue);
+            }
+        }
+    }
+
+    pub(super) fn apply_job_effect(
+        &mut self,
+        job_id: &str,
+        effect: JobEffect,
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+        queue: &mut VecDeque<JobEvent>,
+    ) {
+        match effect {
+            JobEffect::ResolveCheckpoint => fx.push(self.resolve_effect(job_id)),
+            JobEffect::Launch { generation, resume } => {
+                self.launch(job_id, generation, resume.as_ref(), fx)
+            }
+            JobEffect::StopWorkers {
+                nodes,
+                generation,
+                reason,
+            } => {
+                for node in nodes {
+                    let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
+                    if reachable {
+                        fx.push(Command::Send {
+                            node: node.clone(),
+                            command: AgentCommand::Stop(Stop {
+                                job_id: job_id.to_string(),
+                                generation,
+                                grace_ms: self.config.stop_grace_ms,
+                                reason: reason.clone(),
+                                term: self.term,
+                            }),
+                        });
+                    } else {
+                        queue.push_back(JobEvent::NodeUnreachable { node });
+                    }
+                }
+            }
+            JobEffect::FenceNode { node, cause } => {
+                if !self.fence_allowed(&node, now, fx) {
+                    self.release_unfenced(&node, now, fx);
+                    return;
+                }
+                let reason = cause.to_string();
+                self.node_event(&node, NodeEvent::Fence(cause), now, fx);
+                self.fence_host(&node, &reason, fx);
+                if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
+                    fx.push(Command::Send {
+                        node: node.clone(),
+                        command: AgentCommand::Fence {
+                            reason,
+                            term: self.term,
+                        },
+                    });
+                }
+            }
+            JobEffect::FindReplacements => {
+                let check = self.checks_replacements();
+                let pairs = self.replacements_for(job_id);
+                let under_check = self.ranks_under_check(job_id).len();
+                let needing = self
+                    .jobs
+                    .get(job_id)
+                    .map_or(0, |j| j.ranks_needing_nodes().len());
+                self.provision_for(
+                    job_id,
+                    needing.saturating_sub(under_check + pairs.len()),
+                    now,
+                    fx,
+                );
+                for (rank, node) in pairs {
+                    if check {
+                        // The answer comes back as the check's result (lifecycle.rs).
+                        self.start_replacement_check(job_id, rank, &node, now, fx);
+                    } else {
+                        self.node_event(
+                            &node,
+                            NodeEvent::Allocate {
+                                job_id: job_id.to_string(),
+                            },
+                            now,
+                            fx,
+                        );
+                        queue.push_back(JobEvent::ReplacementFound { rank, node });
+                    }
+                }
+            }
+            JobEffect::ReleaseNodes { nodes } => {
+                for node in nodes {
+                    self.node_event(&node, NodeEvent::Release, now, fx);
+                }
+            }
+            JobEffect::OpenIncident {
+                node,
+                cause,
+                action,
+                fault_at,
+            } => {
+                let Some(job) = self.jobs.get(job_id) else {
+                    return;
+                };
+                let fault_at = fault_at.or_else(|| match &cause {
+                    FaultCause::HeartbeatTimeout => self
+                        .nodes
+                        .get(&node)
+                        .map(|n| n.last_heartbeat_at + self.config.heartbeat_interval_ms as i64),
+                    _ => None,
+                });
+                let mut incident = Incident::open(
+                    self.incidents.len() as u64 + 1,
+                    job_id,
+                    &node,
+                    cause.code(),
+                    &cause.detail(),
+                    action,
+                    job.generation,
+                    fault_at,
+                    now,
+                );
+                incident.fault_step = job.step;
+                fx.push(self.incident_event(&incident, now));
+                self.incidents.push(incident);
+                self.touch();
+            }
+            JobEffect::Incident(event) => {
+                let mut changed = Vec::new();
+                for incident in self
+                    .incidents
+                    .iter_mut()
+                    .filter(|i| i.job_id == job_id && i.is_open())
+                {
+                    let next = incident::step(incident, &event, now);
+                    if next != *incident {
+                        *incident = next;
+                        changed.push(incident.clone());
+                    }
+                }
+                if !changed.is_empty() {
+                    self.touch();
+                }
+                for incident in changed {
+                    fx.push(self.incident_event(&incident, now));
+                }
+            }
+            JobEffect::StateChanged => {
+                if let Some(job) = self.jobs.get(job_id) {
+                    let phase = job.phase();
+                    let message = format!(
+                        "job {job_id} {}{}{}",
+                        job.state.name(),
+                        if phase.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({phase})")
+                        },
+                        if job.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", job.message)
+                        }
+                    );
+                    fx.push(Command::Publish(Event {
+                        at: now,
+                        kind: EventKind::JobState,
+                        job_id: job_id.to_string(),
+                        node_id: String::new(),
+                        message,
+                        subject: Some(Subject::Job(Box::new(job.clone()))),
+                    }));
+                }
+            }
+        }
+    }
+
+    pub(super) fn resolve_effect(&self, job_id: &str) -> Command {
+        let job = &self.jobs[job_id];
+        Command::ResolveCheckpoint {
+            job_id: job_id.to_string(),
+            uri: job.spec.checkpoint_uri.clone(),
+            fenced: job.fenced_generations.clone(),
+        }
+    }
+}

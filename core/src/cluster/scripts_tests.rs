@@ -1,0 +1,240 @@
+//! Lifecycle scripts: join checks, failures, deadlines, replacement checks, operator checks.
+
+use super::*;
+use crate::cluster::{Hello, Role};
+use crate::config::CoordinatorConfig;
+
+fn cluster() -> Cluster {
+    Cluster::new(CoordinatorConfig {
+        bootstrap_script: "on-create".into(),
+        check_scripts: vec!["health/host".into(), "health/gpu".into()],
+        script_timeout_ms: 1000,
+        ..Default::default()
+    })
+}
+
+fn hello(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) -> Vec<Command> {
+    let h = Hello {
+        node_id: id.into(),
+        hostname: id.into(),
+        role,
+        address: "127.0.0.1".into(),
+        boot_id: "b".into(),
+        agent_version: "t".into(),
+        gpus: Vec::new(),
+        sent_at: now,
+        worker: None,
+        agent_started_at: 0,
+    };
+    c.hello(conn, h, now).unwrap().1
+}
+
+/// The scripts sent to `node` in `fx`, as (command id, script).
+fn scripts_sent(fx: &[Command], node: &str) -> Vec<(String, String)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Command::Send {
+                node: n,
+                message: ToAgent::RunScript(r),
+            } if n == node => Some((r.command_id.clone(), r.script.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer(
+    c: &mut Cluster,
+    node: &str,
+    command_id: &str,
+    ok: bool,
+    output: &str,
+    now: UnixMillis,
+) -> Vec<Command> {
+    let result = CommandResult {
+        command_id: command_id.into(),
+        ok,
+        message: if ok {
+            "passed".into()
+        } else {
+            format!(
+                "failed with exit code 1: {}",
+                output.lines().last().unwrap_or("")
+            )
+        },
+        output: output.into(),
+        exit_code: Some(if ok { 0 } else { 1 }),
+        duration_ms: 5,
+    };
+    c.command_result(node, result, now)
+}
+
+/// Hello, then every script answered with success: the node ends ready.
+fn join(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) {
+    let mut fx = hello(c, id, role, conn, now);
+    while let Some((cmd, _)) = scripts_sent(&fx, id).pop() {
+        fx = answer(c, id, &cmd, true, "ok", now);
+    }
+    assert_eq!(c.nodes[id].state, NodeState::Ready);
+}
+
+fn state(c: &Cluster, id: &str) -> &'static str {
+    c.nodes[id].state.name()
+}
+
+#[test]
+fn a_joining_node_bootstraps_then_runs_each_check_then_is_ready() {
+    let mut c = cluster();
+    let fx = hello(&mut c, "n1", Role::Worker, 1, 0);
+    assert_eq!(state(&c, "n1"), "bootstrapping");
+    let sent = scripts_sent(&fx, "n1");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, "on-create");
+    // A stale or unknown command id changes nothing.
+    assert!(answer(&mut c, "n1", "other", false, "x", 10).is_empty());
+    let fx = answer(&mut c, "n1", &sent[0].0, true, "bootstrapped", 10);
+    assert_eq!(state(&c, "n1"), "checking");
+    let sent = scripts_sent(&fx, "n1");
+    assert_eq!(sent[0].1, "health/host");
+    let fx = answer(&mut c, "n1", &sent[0].0, true, "ok", 20);
+    let sent = scripts_sent(&fx, "n1");
+    assert_eq!(sent[0].1, "health/gpu");
+    answer(&mut c, "n1", &sent[0].0, true, "ok", 30);
+    assert_eq!(state(&c, "n1"), "ready");
+    let report = c.nodes["n1"].last_check.clone().unwrap();
+    assert!(report.ok);
+    assert_eq!(report.duration_ms, 30);
+    assert_eq!(report.scripts.len(), 3);
+}
+
+#[test]
+fn a_failed_check_fences_with_its_output_and_stops_the_run() {
+    let mut c = cluster();
+    let fx = hello(&mut c, "n1", Role::Worker, 1, 0);
+    let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+    let fx = answer(&mut c, "n1", &cmd, true, "ok", 5);
+    let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+    let fx = answer(
+        &mut c,
+        "n1",
+        &cmd,
+        false,
+        "disk_free_mb=3\nunhealthy: only 3 MiB free",
+        9,
+    );
+    assert!(
+        scripts_sent(&fx, "n1").is_empty(),
+        "no script after a failure"
+    );
+    let NodeState::Fenced { cause } = &c.nodes["n1"].state else {
+        panic!("not fenced: {:?}", c.nodes["n1"].state)
+    };
+    let reason = cause.to_string();
+    assert!(
+        reason.contains("only 3 MiB free") && reason.contains("disk_free_mb=3"),
+        "{reason}"
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Command::Send {
+            message: ToAgent::Fence(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_script_without_a_result_fails_at_its_deadline() {
+    let mut c = cluster();
+    hello(&mut c, "n1", Role::Worker, 1, 0);
+    // The agent is alive (heartbeats) but the result never comes.
+    c.heartbeat("n1", 5000, None, 5000);
+    c.tick(1000 + RESULT_SLACK_MS - 1);
+    assert_eq!(state(&c, "n1"), "bootstrapping");
+    c.tick(1000 + RESULT_SLACK_MS);
+    let NodeState::Fenced { cause } = &c.nodes["n1"].state else {
+        panic!("not fenced")
+    };
+    assert!(
+        cause.to_string().contains("no result from the agent"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn a_replacement_that_fails_its_check_is_fenced_and_the_next_spare_takes_over() {
+    let mut c = cluster();
+    join(&mut c, "w1", Role::Worker, 1, 0);
+    join(&mut c, "s1", Role::Spare, 2, 0);
+    join(&mut c, "s2", Role::Spare, 3, 0);
+    let spec = pb::JobSpec {
+        command: vec!["train".into()],
+        nodes: 1,
+        ..Default::default()
+    };
+    let (job, _) = c.submit(spec, 100).unwrap();
+    c.checkpoint_resolved(&job.job_id, Ok(None), 110);
+    let started = pb::WorkerEvent {
+        job_id: job.job_id.clone(),
+        generation: 1,
+        kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted {
+            pid: 7,
+        })),
+        at_unix_ms: 120,
+    };
+    c.worker_event("w1", started, 120);
+    // The worker's host dies: s1 (first spare) is checked again before it takes over.
+    let fx = c.disconnected("w1", 1, 200);
+    assert_eq!(state(&c, "s1"), "checking");
+    assert_eq!(
+        state(&c, "s2"),
+        "ready",
+        "only one candidate per rank at a time"
+    );
+    let (cmd, script) = scripts_sent(&fx, "s1").remove(0);
+    assert_eq!(script, "health/host");
+    let fx = answer(&mut c, "s1", &cmd, false, "unhealthy: ECC errors", 300);
+    assert_eq!(state(&c, "s1"), "fenced");
+    assert_eq!(state(&c, "s2"), "checking");
+    let (cmd, _) = scripts_sent(&fx, "s2").remove(0);
+    let fx = answer(&mut c, "s2", &cmd, true, "ok", 310);
+    let (cmd, _) = scripts_sent(&fx, "s2").remove(0);
+    answer(&mut c, "s2", &cmd, true, "ok", 320);
+    assert_eq!(state(&c, "s2"), "allocated");
+    let job = &c.jobs[&job.job_id];
+    assert_eq!(job.nodes(), ["s2"]);
+    assert_eq!(job.phase(), "relaunching");
+    let incident = &c.incidents[0];
+    assert_eq!(incident.replacement_node_id.as_deref(), Some("s2"));
+    assert_eq!(incident.rejected_candidates.len(), 1);
+    assert!(
+        incident.rejected_candidates[0].starts_with("s1: ")
+            && incident.rejected_candidates[0].contains("ECC errors")
+    );
+}
+
+#[test]
+fn an_operator_check_reports_without_changing_the_node() {
+    let mut c = cluster();
+    join(&mut c, "n1", Role::Worker, 1, 0);
+    assert!(matches!(
+        c.check_node("nope", 1, 5),
+        Err(CoreError::NoSuchNode(_))
+    ));
+    let fx = c.check_node("n1", 7, 10).unwrap();
+    assert!(matches!(
+        c.check_node("n1", 8, 11),
+        Err(CoreError::NodeBusy(_))
+    ));
+    let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+    let fx = answer(&mut c, "n1", &cmd, false, "unhealthy: fan", 20);
+    let report = fx
+        .iter()
+        .find_map(|e| match e {
+            Command::CheckFinished { request: 7, report } => Some(report.clone()),
+            _ => None,
+        })
+        .expect("the operator gets the report");
+    assert!(!report.ok && report.purpose == "operator" && report.scripts.len() == 1);
+    assert_eq!(state(&c, "n1"), "ready");
+    assert!(!c.nodes["n1"].last_check.as_ref().unwrap().ok);
+}
