@@ -42,6 +42,7 @@ fn running() -> Job {
 
 fn exited(node: &str, code: Option<i32>) -> JobEvent {
     JobEvent::WorkerExited {
+        at: None,
         node: node.into(),
         generation: 1,
         code,

@@ -52,6 +52,7 @@ fn relaunched(job: &mut Job, now: UnixMillis) {
 
 fn crash(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
     let event = JobEvent::WorkerExited {
+        at: None,
         node: node.into(),
         generation: job.generation,
         code: Some(1),
@@ -62,6 +63,7 @@ fn crash(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
     // The survivors confirm their stop.
     for other in job.nodes().into_iter().filter(|n| n != node) {
         let stopped = JobEvent::WorkerExited {
+            at: None,
             node: other,
             generation: job.generation,
             code: None,
@@ -130,7 +132,7 @@ fn repeated_worker_faults_on_one_node_escalate_to_replacing_and_quarantining_it(
     // A fault on another node does not count against a.
     let fx = crash(&mut job, "a", 40_000);
     let escalated = fx.iter().any(|e| {
-        matches!(e, JobEffect::OpenIncident { action: RecoveryAction::ReplaceNode, cause: FaultCause::RepeatedFaults { faults: 3, .. }, node } if node == "a")
+        matches!(e, JobEffect::OpenIncident { action: RecoveryAction::ReplaceNode, cause: FaultCause::RepeatedFaults { faults: 3, .. }, node, .. } if node == "a")
     });
     assert!(escalated, "{fx:?}");
     assert!(fx.iter().any(|e| matches!(
@@ -172,6 +174,7 @@ fn lose_node(job: &mut Job, node: &str, now: UnixMillis) {
     step(job, fault, now, &LIMITS);
     for other in job.nodes().into_iter().filter(|n| n != node) {
         let stopped = JobEvent::WorkerExited {
+            at: None,
             node: other,
             generation: job.generation,
             code: None,

@@ -76,6 +76,7 @@ fn exited(
     by_agent: bool,
 ) -> JobEvent {
     JobEvent::WorkerExited {
+        at: None,
         node: node.into(),
         generation,
         code,
@@ -536,7 +537,7 @@ fn stall_detection_names_the_stuck_rank() {
     let fx = ev(&mut job, JobEvent::Tick, 5_000);
     assert!(has(
         &fx,
-        |e| matches!(e, JobEffect::OpenIncident { node, cause: FaultCause::ProgressStalled { stalled_ms: 3_000 }, action: RecoveryAction::RestartInPlace } if node == "b")
+        |e| matches!(e, JobEffect::OpenIncident { node, cause: FaultCause::ProgressStalled { stalled_ms: 3_000 }, action: RecoveryAction::RestartInPlace, .. } if node == "b")
     ));
 }
 
