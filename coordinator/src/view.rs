@@ -283,6 +283,45 @@ mod tests {
         assert_eq!(event_kind("heartbeat"), pb::EventKind::Unspecified);
     }
 
+    /// The dashboard decodes the typed fields itself, with its own copy of the names by wire
+    /// number; it must be the proto's.
+    #[test]
+    fn the_dashboard_numbers_the_enums_like_the_proto() {
+        let js = include_str!("dashboard/app.js");
+        let table = |name: &str| -> Vec<String> {
+            let start = format!("const {name} = [");
+            let line = js
+                .lines()
+                .find_map(|l| l.strip_prefix(start.as_str()))
+                .unwrap_or_else(|| panic!("no {start} in app.js"));
+            let list = line.split(']').next().unwrap_or_default();
+            list.split(',')
+                .map(|n| n.trim().trim_matches('\'').to_string())
+                .collect()
+        };
+        let want = |names: Vec<&str>| -> Vec<String> {
+            std::iter::once("")
+                .chain(names)
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            table("JOB_STATES"),
+            want(pb::JobState::KNOWN.iter().map(|s| s.name()).collect())
+        );
+        assert_eq!(
+            table("EVENT_KINDS"),
+            want(pb::EventKind::KNOWN.iter().map(|k| k.name()).collect())
+        );
+        // KNOWN is in wire order and dense from 1, so a position is the wire number.
+        for (k, s) in pb::JobState::KNOWN.iter().enumerate() {
+            assert_eq!(*s as usize, k + 1);
+        }
+        for (k, s) in pb::EventKind::KNOWN.iter().enumerate() {
+            assert_eq!(*s as usize, k + 1);
+        }
+    }
+
     #[test]
     fn views_carry_the_enum_beside_the_string() {
         let incident = crate::incident::Incident::open(
