@@ -319,7 +319,7 @@ impl LocalCluster {
                 .nodes;
             let ready = nodes
                 .iter()
-                .filter(|n| n.connected && n.state == "ready")
+                .filter(|n| n.connected && n.node_state() == pb::NodeState::Ready)
                 .count();
             if ready >= count {
                 return Ok(());
@@ -588,7 +588,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
             let Some(job) = &event.job else { return };
             if fault == Fault::None
                 || fault_at != 0
-                || job.state != "running"
+                || job.job_state() != pb::JobState::Running
                 || job.step < options.fault_at_step
             {
                 return;

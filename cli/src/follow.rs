@@ -10,16 +10,28 @@ use holdfast_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-/// Final job states.
+/// Final job states, given the job's state string (`pb::Job::state`). Prefer
+/// `job.job_state().is_terminal()` where the whole job is at hand: it also reads a coordinator
+/// that sends only the typed state.
 pub fn is_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "stopped")
+    pb::JobState::from_name(state).is_terminal()
+}
+
+/// Exit code for a finished job, given its state string: 0 succeeded, 1 failed, 3 stopped.
+/// Prefer [`job_exit_code`] where the whole job is at hand.
+pub fn exit_code(state: &str) -> i32 {
+    state_exit_code(pb::JobState::from_name(state))
 }
 
 /// Exit code for a finished job: 0 succeeded, 1 failed, 3 stopped.
-pub fn exit_code(state: &str) -> i32 {
+pub fn job_exit_code(job: &pb::Job) -> i32 {
+    state_exit_code(job.job_state())
+}
+
+fn state_exit_code(state: pb::JobState) -> i32 {
     match state {
-        "succeeded" => 0,
-        "stopped" => 3,
+        pb::JobState::Succeeded => 0,
+        pb::JobState::Stopped => 3,
         _ => 1,
     }
 }
@@ -90,7 +102,7 @@ pub fn status_line(job: &pb::Job, nodes: &[pb::Node], rate: Option<f64>) -> Stri
                     h.state == pb::HealthState::Unhealthy as i32
                         || h.state == pb::HealthState::Degraded as i32
                 });
-                if n.connected && !unhealthy && n.state == "allocated" {
+                if n.connected && !unhealthy && n.node_state() == pb::NodeState::Allocated {
                     healthy += 1;
                 } else {
                     let why = if !n.connected {
@@ -345,17 +357,18 @@ async fn follow_inner(
                 Some(Ok(event)) if !event.job_id.is_empty() && event.job_id != job_id => {}
                 Some(Ok(event)) => {
                     on_event(&event);
-                    if event.kind != "progress" {
+                    let progress = event.event_kind() == pb::EventKind::Progress;
+                    if !progress {
                         display.event(&format!("{}  {}", crate::tables::clock(event.at_unix_ms), event.message));
                     }
                     if let Some(job) = &event.job {
                         if job.job_id == job_id {
-                            if event.kind == "progress" {
+                            if progress {
                                 rate.observe(job.generation, job.step, event.at_unix_ms);
                             }
                             display.status(&status_line(job, &nodes, rate.rate()));
                         }
-                        if job.job_id == job_id && is_terminal(&job.state) {
+                        if job.job_id == job_id && job.job_state().is_terminal() {
                             return Ok(job.clone());
                         }
                     }
@@ -395,6 +408,7 @@ async fn follow_inner(
                 if events.is_none() {
                     events = watch_or_outage(client).await.ok().flatten();
                 }
+                // Made here, not by the coordinator: "poll" has no typed kind (UNSPECIFIED).
                 on_event(&pb::Event { kind: "poll".into(), job: Some(job.clone()), ..Default::default() });
                 if display.enabled {
                     // Node health for the status line; a failed read keeps the last one.
@@ -403,7 +417,7 @@ async fn follow_inner(
                     }
                     display.status(&status_line(&job, &nodes, rate.rate()));
                 }
-                if is_terminal(&job.state) {
+                if job.job_state().is_terminal() {
                     return Ok(job);
                 }
             }
@@ -474,5 +488,68 @@ mod tests {
             line,
             "job-1 recovering (replacing) · gen 2 · step 45/80 · 9.8 steps/s · ckpt 40 · nodes 1/2 healthy (b offline)"
         );
+    }
+
+    #[test]
+    fn final_states_and_exit_codes_read_either_field() {
+        let old = |state: &str| pb::Job {
+            state: state.into(),
+            ..Default::default()
+        };
+        let new = |state: pb::JobState| pb::Job {
+            state_enum: state as i32,
+            ..Default::default()
+        };
+        for (name, typed, code) in [
+            ("succeeded", pb::JobState::Succeeded, 0),
+            ("failed", pb::JobState::Failed, 1),
+            ("stopped", pb::JobState::Stopped, 3),
+        ] {
+            assert!(is_terminal(name), "{name}");
+            assert_eq!(exit_code(name), code, "{name}");
+            assert_eq!(job_exit_code(&old(name)), code, "{name}");
+            assert_eq!(job_exit_code(&new(typed)), code, "{name}");
+            assert!(new(typed).job_state().is_terminal(), "{name}");
+        }
+        for name in [
+            "pending",
+            "launching",
+            "running",
+            "recovering",
+            "",
+            "paused",
+        ] {
+            assert!(!is_terminal(name), "{name}");
+            assert!(!old(name).job_state().is_terminal(), "{name}");
+        }
+        assert!(!new(pb::JobState::Running).job_state().is_terminal());
+        // A state this build does not know is not a success.
+        assert_eq!(exit_code("paused"), 1);
+    }
+
+    #[test]
+    fn status_line_counts_healthy_nodes_from_the_typed_state() {
+        let job = pb::Job {
+            job_id: "job-1".into(),
+            state: "running".into(),
+            nodes: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        // A coordinator that sends only the typed state.
+        let nodes = vec![
+            pb::Node {
+                node_id: "a".into(),
+                state_enum: pb::NodeState::Allocated as i32,
+                connected: true,
+                ..Default::default()
+            },
+            pb::Node {
+                node_id: "b".into(),
+                state: "allocated".into(),
+                connected: true,
+                ..Default::default()
+            },
+        ];
+        assert!(status_line(&job, &nodes, None).ends_with("nodes 2/2 healthy"));
     }
 }

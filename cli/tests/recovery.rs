@@ -49,6 +49,9 @@ async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() 
         (i.cause.as_str(), i.action.as_str()),
         ("agent_lost", "replace_node")
     );
+    // The coordinator sends the typed fields itself; readers need not fall back to the strings.
+    assert_eq!(report.job.state_enum, pb::JobState::Succeeded as i32);
+    assert_eq!(i.cause_enum, pb::IncidentCause::AgentLost as i32);
     assert_eq!(i.node_id, report.victim);
     assert_eq!(i.replacement_node_id, "spare-1");
     // Every phase was reached, in order.
@@ -259,6 +262,7 @@ async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched()
         .into_inner()
         .nodes;
     assert_eq!(nodes[0].state, "ready");
+    assert_eq!(nodes[0].state_enum, pb::NodeState::Ready as i32);
     assert!(cluster.worker("node-1").is_none(), "nothing was launched");
     // The CLI says the same, and exits non-zero.
     let out = std::process::Command::new(exe())

@@ -1,10 +1,15 @@
 //! The `holdfast.v1` protocol, generated from `holdfast/v1/holdfast.proto`:
 //! the agent ⇄ coordinator stream (`AgentService`) and the operator API
 //! (`OperatorService`) used by the CLI and the dashboard.
+//!
+//! [`names`] maps the operator API's typed enums to and from the short state names the
+//! coordinator uses, and reads either field of a message whose enum has a string twin.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("holdfast.v1");
 }
+
+pub mod names;
 
 pub use v1::*;

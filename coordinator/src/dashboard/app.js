@@ -25,6 +25,7 @@ const SCHEMA = {
     1: ['job_id', 's'], 2: ['spec', 'm', 'JobSpec'], 3: ['state', 's'], 4: ['phase', 's'], 5: ['generation', 'u'],
     6: ['step', 'u'], 7: ['nodes', 's', null, true], 8: ['message', 's'], 9: ['restarts', 'u'],
     10: ['last_checkpoint_step', 'u'], 11: ['submitted_unix_ms', 'i'], 12: ['finished_unix_ms', 'i'],
+    13: ['state_enum', 'e'],
   },
   Incident: {
     1: ['id', 'u'], 2: ['job_id', 's'], 3: ['node_id', 's'], 4: ['cause', 's'], 5: ['detail', 's'],
@@ -35,12 +36,31 @@ const SCHEMA = {
   },
   Event: {
     1: ['at_unix_ms', 'i'], 2: ['kind', 's'], 3: ['job_id', 's'], 4: ['node_id', 's'], 5: ['message', 's'],
-    6: ['job', 'm', 'Job'], 7: ['incident', 'm', 'Incident'], 8: ['node', 'm', 'Node'],
+    6: ['job', 'm', 'Job'], 7: ['incident', 'm', 'Incident'], 8: ['node', 'm', 'Node'], 9: ['kind_enum', 'e'],
   },
   ListNodesResponse: { 1: ['nodes', 'm', 'Node', true] },
   ListJobsResponse: { 1: ['jobs', 'm', 'Job', true] },
   ListIncidentsResponse: { 1: ['incidents', 'm', 'Incident', true] },
 };
+
+// The holdfast.v1 enums this page decides on: each value's name by its number (0 is UNSPECIFIED).
+// The names are what the older string fields (`Job.state`, `Event.kind`) carry.
+const JOB_STATES = ['', 'pending', 'launching', 'running', 'recovering', 'succeeded', 'failed', 'stopped'];
+const EVENT_KINDS = ['', 'node_state', 'job_state', 'incident', 'progress', 'log', 'alert'];
+const constants = (names) => Object.fromEntries(names.map((n, k) => [n.toUpperCase(), k]).filter(([, k]) => k > 0));
+const JobState = constants(JOB_STATES);
+const EventKind = constants(EVENT_KINDS);
+const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED]);
+
+// The typed field when it is set and known to this page, else the string field mapped through the
+// same names: a coordinator from before the typed fields still works. 0 when neither is known.
+function typed(names, value, legacy) {
+  if (value > 0 && value < names.length) return value;
+  const k = names.indexOf(legacy);
+  return k > 0 ? k : 0;
+}
+const jobState = (j) => typed(JOB_STATES, j.state_enum, j.state);
+const eventKind = (e) => typed(EVENT_KINDS, e.kind_enum, e.kind);
 
 const utf8 = new TextDecoder();
 
@@ -276,7 +296,7 @@ function renderNodeDetail() {
 }
 
 function currentJob() {
-  const live = state.jobs.filter((j) => !['succeeded', 'failed', 'stopped'].includes(j.state));
+  const live = state.jobs.filter((j) => !TERMINAL.has(jobState(j)));
   const pool = live.length ? live : state.jobs;
   return pool.reduce((a, b) => (!a || b.submitted_unix_ms > a.submitted_unix_ms ? b : a), null);
 }
@@ -380,7 +400,7 @@ function renderChart(list) {
 }
 
 function addEvent(e) {
-  if (e.kind === 'progress') {
+  if (eventKind(e) === EventKind.PROGRESS) {
     // steps/s from successive progress events of the current generation
     const j = e.job;
     if (j) {
@@ -421,10 +441,10 @@ async function watch() {
     try {
       await serverStream('WatchEvents', 'Event', (e) => {
         addEvent(e);
-        if (e.kind !== 'progress') refresh();
+        if (eventKind(e) !== EventKind.PROGRESS) refresh();
       });
     } catch (err) {
-      addEvent({ kind: 'log', message: `event stream: ${err.message}; reconnecting`, at_unix_ms: Date.now() });
+      addEvent({ kind: 'log', kind_enum: EventKind.LOG, message: `event stream: ${err.message}; reconnecting`, at_unix_ms: Date.now() });
     }
     await new Promise((r) => setTimeout(r, 1000));
   }
