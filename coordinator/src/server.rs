@@ -818,6 +818,7 @@ impl OperatorService for Coordinator {
                     Some(Ok(pb::Event {
                         at_unix_ms: now_ms(),
                         kind: "log".into(),
+                        kind_enum: pb::EventKind::Log as i32,
                         message: format!("{n} events dropped: watcher too slow"),
                         ..Default::default()
                     }))

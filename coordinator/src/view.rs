@@ -121,18 +121,8 @@ pub fn incident(i: &Incident) -> pb::Incident {
 }
 
 /// The typed kind of an event whose string `kind` is `kind` ("progress", "job_state", …);
-/// `Unspecified` for a kind the protocol does not know.
-///
-/// Wherever the coordinator builds a `pb::Event` it must fill `kind_enum` with this next to
-/// `kind` (`kind_enum: event_kind(&kind) as i32`), or, equivalently, stamp every event once
-/// where it is published to watchers; until then clients fall back to the string
-/// ([`pb::Event::event_kind`]).
-// Nothing calls it yet: the code that builds events is being rewritten and takes it up then,
-// when this expectation fails and is to be removed.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "to be called where events are built")
-)]
+/// `Unspecified` for a kind the protocol does not know. Every event the coordinator sends
+/// carries both (see [`crate::wire::event`]).
 pub fn event_kind(kind: &str) -> pb::EventKind {
     pb::EventKind::from_name(kind)
 }
@@ -142,8 +132,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::job::{FaultCause, RecoveryPhase};
-    use crate::node::FenceCause;
+    use holdfast_core::job::{FaultCause, RecoveryPhase};
+    use holdfast_core::node::FenceCause;
 
     // Built from the core's own enums rather than listed by hand, so a state renamed or added
     // in the core without a value on the wire fails here instead of reaching clients as
@@ -327,13 +317,13 @@ mod tests {
 
     #[test]
     fn views_carry_the_enum_beside_the_string() {
-        let incident = crate::incident::Incident::open(
+        let incident = holdfast_core::incident::Incident::open(
             1,
             "job-1",
             "node-1",
             FaultCause::HealthFatal("xid 79".into()).code(),
             "xid 79",
-            crate::incident::RecoveryAction::ReplaceNode,
+            holdfast_core::incident::RecoveryAction::ReplaceNode,
             1,
             None,
             1_000,

@@ -261,6 +261,7 @@ pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
     let mut out = pb::Event {
         at_unix_ms: e.at,
         kind: e.kind.name().into(),
+        kind_enum: crate::view::event_kind(e.kind.name()) as i32,
         job_id: e.job_id.clone(),
         node_id: e.node_id.clone(),
         message: e.message.clone(),
