@@ -1,0 +1,193 @@
+//! The agent service: one bidirectional stream per agent. The first message must be a hello,
+//! answered by the core's welcome before anything else goes to the node; every later message
+//! becomes one input of the core.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use holdfast_core::cluster::{Command, Input, Reply};
+use holdfast_proto::v1 as pb;
+use pb::agent_message::Body as FromAgent;
+use pb::agent_service_server::AgentService;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{AgentConn, Coordinator};
+use crate::error::CoordinatorError;
+use crate::now_ms;
+
+impl Coordinator {
+    fn handle_agent_message(&self, node: &str, body: FromAgent) {
+        let node = node.to_string();
+        let input = match body {
+            FromAgent::Hello(_) => {
+                tracing::warn!(node, "second hello on one stream ignored");
+                return;
+            }
+            FromAgent::Heartbeat(hb) => Input::Heartbeat {
+                node,
+                sent_at: hb.sent_unix_ms,
+                health: hb.health.map(crate::wire::health),
+            },
+            FromAgent::HealthReport(r) => match r.health {
+                Some(health) => Input::HealthReport {
+                    node,
+                    health: crate::wire::health(health),
+                },
+                None => return,
+            },
+            FromAgent::WorkerEvent(e) => match crate::wire::worker_event(e) {
+                Some(event) => Input::Worker { node, event },
+                None => return,
+            },
+            FromAgent::Progress(p) => Input::Progress {
+                node,
+                progress: crate::wire::progress(p),
+            },
+            FromAgent::CommandResult(r) => {
+                tracing::info!(
+                    node,
+                    command = r.command_id,
+                    ok = r.ok,
+                    "command result: {}",
+                    r.message
+                );
+                Input::ScriptResult {
+                    node,
+                    result: crate::wire::command_result(r),
+                }
+            }
+            FromAgent::Goodbye(g) => {
+                tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
+                Input::Goodbye {
+                    node,
+                    restarting: g.restarting,
+                }
+            }
+        };
+        self.step(input);
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Coordinator {
+    type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        // The port is shared with operators (who use tokens), so TLS lets clients in without a
+        // certificate and the agent stream is where one is demanded.
+        if crate::tls::agents_need_certificates(self.cluster().config())
+            && request.peer_certs().is_none_or(|certs| certs.is_empty())
+        {
+            tracing::warn!(%peer, "agent stream without a client certificate refused");
+            return Err(CoordinatorError::Unauthenticated(
+                "agents must present a client certificate signed by tls_client_ca_file".into(),
+            )
+            .into());
+        }
+        let mut inbound = request.into_inner();
+        let timeout = self.shared.hello_timeout;
+        let first = match tokio::time::timeout(timeout, inbound.message()).await {
+            Err(_) => {
+                let e = CoordinatorError::NoHello(timeout.as_millis() as u64);
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
+            Ok(Err(status)) => {
+                let e = CoordinatorError::BadMessage(status.message().to_string());
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
+            Ok(Ok(Some(msg))) => msg,
+        };
+        let Some(FromAgent::Hello(hello)) = first.body else {
+            let e =
+                CoordinatorError::BadMessage("the first message of a session must be hello".into());
+            tracing::warn!(peer, "refused agent stream: {e}");
+            return Err(e.into());
+        };
+        let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let close = Arc::new(Notify::new());
+        let request = self.request_id();
+        let input = Input::Hello {
+            request,
+            conn,
+            hello: crate::wire::hello(hello),
+        };
+        let (welcome, sealed) = {
+            let mut cluster = self.cluster();
+            let mut commands = cluster.step(input, now_ms()).into_iter();
+            // The reply comes first: the welcome goes out before any other command to the node.
+            let welcome = match commands.next() {
+                Some(Command::Reply {
+                    reply: Ok(Reply::Welcome(welcome)),
+                    ..
+                }) => welcome,
+                Some(Command::Reply { reply: Err(e), .. }) => {
+                    let e = CoordinatorError::from(e);
+                    tracing::warn!(peer, "refused agent stream: {e}");
+                    return Err(e.into());
+                }
+                _ => return Err(Status::internal("the hello was not answered")),
+            };
+            (welcome, self.seal(&cluster, commands.collect()))
+        };
+        let node = welcome.node_id.clone();
+        let mut sent = false;
+        self.commit(sealed, || {
+            // The receiver is alive: it is returned below.
+            let _ = tx.send(Ok(crate::wire::welcome(welcome)));
+            self.agents().insert(
+                node.clone(),
+                AgentConn {
+                    conn,
+                    tx,
+                    close: close.clone(),
+                },
+            );
+            sent = true;
+            true
+        });
+        if !sent {
+            return Err(Status::unavailable(
+                "this coordinator is not the leader any more",
+            ));
+        }
+        tracing::info!(node, peer, conn, "agent session open");
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = close.notified() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(pb::AgentMessage { body: Some(body) })) => this.handle_agent_message(&node, body),
+                        Ok(Some(_)) => tracing::warn!(node, "empty agent message ignored"),
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(node, "agent stream broke: {}", status.message());
+                            break;
+                        }
+                    }
+                }
+            }
+            {
+                let mut agents = this.agents();
+                if agents.get(&node).is_some_and(|a| a.conn == conn) {
+                    agents.remove(&node);
+                }
+            }
+            tracing::info!(node, conn, "agent session closed");
+            this.step(Input::Disconnected { node, conn });
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}

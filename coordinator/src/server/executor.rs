@@ -1,0 +1,185 @@
+//! The executor of the core's commands: messages to agents, closed streams, checkpoint
+//! lookups, provider calls, replies to waiting calls, events for watchers; and the ticker that
+//! drives the failure detector's clock.
+
+use std::time::Duration;
+
+use holdfast_core::cluster::{Command, Input, Reply};
+use holdfast_core::error::CoreError;
+use holdfast_proto::v1 as pb;
+use tonic::Status;
+
+use super::{Coordinator, Outbound};
+use crate::checkpoint::CheckpointStore;
+use crate::provider::{FenceRequest, ProvisionRequest};
+
+impl Coordinator {
+    /// Carries out a step's commands in order; returns the reply no waiting check took.
+    pub(super) fn execute(&self, outbound: Vec<Outbound>) -> Option<Result<Reply, CoreError>> {
+        let mut unclaimed = None;
+        for out in outbound {
+            let reply = match out {
+                Outbound::Command(command) => self.execute_one(command),
+                Outbound::Event(event) => {
+                    self.publish(event);
+                    None
+                }
+            };
+            if reply.is_some() {
+                unclaimed = reply;
+            }
+        }
+        unclaimed
+    }
+
+    /// Tells watchers (and the log).
+    fn publish(&self, event: pb::Event) {
+        if event.event_kind() != pb::EventKind::Progress {
+            tracing::info!(target: "holdfast::event", "{}", event.message);
+        }
+        // No subscribers is fine.
+        let _ = self.shared.events.send(event);
+    }
+
+    fn execute_one(&self, command: Command) -> Option<Result<Reply, CoreError>> {
+        {
+            match command {
+                Command::Send { node, command } => {
+                    let agents = self.agents();
+                    match agents.get(&node) {
+                        Some(agent) => {
+                            let msg = crate::wire::agent_command(command);
+                            if agent.tx.send(Ok(msg)).is_err() {
+                                tracing::warn!(
+                                    node,
+                                    "agent stream already closed; command dropped"
+                                );
+                            }
+                        }
+                        None => tracing::warn!(node, "agent not connected; command dropped"),
+                    }
+                }
+                Command::Disconnect { node, reason } => {
+                    if let Some(agent) = self.agents().remove(&node) {
+                        tracing::warn!(node, "closing agent stream: {reason}");
+                        // Tell the agent why before the stream goes.
+                        let _ = agent.tx.send(Err(Status::unavailable(reason)));
+                        agent.close.notify_one();
+                    }
+                }
+                Command::ResolveCheckpoint {
+                    job_id,
+                    uri,
+                    fenced,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let result = if uri.is_empty() {
+                            Ok(None)
+                        } else {
+                            match CheckpointStore::open(&uri) {
+                                Ok(store) => store
+                                    .resolve_latest(&fenced)
+                                    .await
+                                    .map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        };
+                        match &result {
+                            Ok(Some(c)) => {
+                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
+                            }
+                            Ok(None) => {
+                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
+                            }
+                            Err(e) => {
+                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
+                            }
+                        }
+                        this.step(Input::CheckpointResolved { job_id, result });
+                    });
+                }
+                Command::Provision {
+                    request_id,
+                    job_id,
+                    count,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let request = ProvisionRequest {
+                            request_id,
+                            job_id: job_id.clone(),
+                            count,
+                        };
+                        let result = this
+                            .shared
+                            .provider
+                            .provision(request)
+                            .await
+                            .map(|p| p.hosts)
+                            .map_err(|e| e.to_string());
+                        this.step(Input::ProvisionResult {
+                            job_id,
+                            count,
+                            result,
+                        });
+                    });
+                }
+                Command::FenceHost {
+                    node,
+                    hostname,
+                    address,
+                    reason,
+                } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let request = FenceRequest {
+                            node_id: node.clone(),
+                            hostname,
+                            address,
+                            reason,
+                        };
+                        let result = this
+                            .shared
+                            .provider
+                            .fence(request)
+                            .await
+                            .map_err(|e| e.to_string());
+                        this.step(Input::FenceHostResult { node, result });
+                    });
+                }
+                Command::Reply { request, reply } => {
+                    let waiter = self
+                        .shared
+                        .checks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&request);
+                    match (waiter, reply) {
+                        (Some(tx), Ok(Reply::Check { node_id, report })) => {
+                            // The caller may have given up; nothing to do then.
+                            let _ = tx.send(crate::wire::check_report(&report, &node_id));
+                        }
+                        (_, reply) => return Some(reply),
+                    }
+                }
+                // Turned into a wire event when the step was sealed.
+                Command::Publish(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Runs the failure detector's clock until the process ends.
+    pub(super) fn spawn_ticker(&self, tick: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                this.step(Input::Tick);
+            }
+        });
+    }
+}

@@ -1,0 +1,351 @@
+//! The coordinator's async shell: gRPC services over real sockets, the failure detector's ticker,
+//! and the executor of the core's commands. Decisions are made in `holdfast-core`'s
+//! `Cluster::step`; this module only moves bytes and time.
+//!
+//! ## Layout
+//! - this file — the [`Coordinator`]: the core behind its lock, and the ordered commit of each
+//!   step (save what changed, then send what was decided).
+//! - [`agent`] — the agent stream.
+//! - [`operator`] — the operator API.
+//! - [`executor`] — carrying out the core's commands; the ticker.
+//! - [`serve`] — one port for gRPC, gRPC-web, the dashboard and `/metrics`.
+//!
+//! ## Ordering
+//! A step runs under the core's lock and is *sealed* there: it takes a ticket, and its records
+//! (when something durable changed) and its events are copied out. The lock is then released and
+//! the step is *committed* in ticket order: its records are saved, then its commands go out. So
+//! a slow disk never holds the core (heartbeats keep being processed), and still nothing is told
+//! to an agent or an operator before a restarted coordinator would know it, and commands reach
+//! each agent in the order they were decided.
+
+mod agent;
+mod executor;
+mod operator;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use holdfast_core::cluster::{Cluster, Command, Input, Reply};
+use holdfast_core::error::CoreError;
+use holdfast_core::records::Records;
+use holdfast_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tonic::Status;
+
+use crate::config::CoordinatorConfig;
+use crate::now_ms;
+use crate::provider::{ExecProvider, ReplacementProvider, SparePool};
+use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
+
+pub use serve::{run, run_with_store, ServeError};
+
+type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
+
+/// A live agent stream.
+struct AgentConn {
+    conn: u64,
+    tx: ToAgentTx,
+    /// Notified to make the reader drop the stream (heartbeat timeout).
+    close: Arc<Notify>,
+}
+
+/// The running coordinator: the core behind a lock, the live agent streams, the event bus.
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cluster: Mutex<Cluster>,
+    /// Where the core's durable state goes; used by one commit at a time.
+    persister: Mutex<Persister>,
+    /// The durable version of the last sealed step: records are copied out only when it moved.
+    sealed_version: AtomicU64,
+    /// Tickets of sealed steps, handed out under the core's lock.
+    next_ticket: AtomicU64,
+    /// The ticket whose turn it is to commit.
+    turn: Mutex<u64>,
+    turn_changed: Condvar,
+    agents: Mutex<HashMap<String, AgentConn>>,
+    events: broadcast::Sender<pb::Event>,
+    next_conn: AtomicU64,
+    hello_timeout: Duration,
+    /// Operator checks waiting for their report, by request id.
+    checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
+    /// Request ids: they tie the core's replies to hellos and operator calls.
+    next_request: AtomicU64,
+    /// How long an operator check may take in all (every script at its timeout, plus slack).
+    check_wait: Duration,
+    /// Notified when the store says another coordinator leads: serving stops.
+    deposed: Notify,
+    is_deposed: AtomicBool,
+    /// Where replacement hosts come from (spare pool, or the operator's scripts).
+    provider: Arc<dyn ReplacementProvider>,
+}
+
+/// One output of a step, ready to go out without the core.
+// Outputs live from a step to its commit and are moved, never stored for long: boxing the
+// large variant would only add allocations.
+#[allow(clippy::large_enum_variant)]
+enum Outbound {
+    /// A command for the executor.
+    Command(Command),
+    /// An event for watchers, already in its wire form (views are made from the state the
+    /// step left).
+    Event(pb::Event),
+}
+
+/// A step sealed under the core's lock, committed after it in ticket order.
+struct Sealed {
+    ticket: u64,
+    /// The state to save, when something durable changed: (records, durable version).
+    records: Option<(Records, u64)>,
+    outbound: Vec<Outbound>,
+}
+
+impl Coordinator {
+    /// A coordinator whose state lives in memory only.
+    pub fn new(config: CoordinatorConfig) -> Coordinator {
+        let persister = Persister::new(Box::new(MemoryStore::default()), Default::default());
+        Coordinator::from_parts(Cluster::new(config), persister)
+    }
+
+    /// A coordinator over `store`: the state found there is restored (term bumped, nodes given a
+    /// reconnect grace), an empty store starts a fresh cluster. The commands of the restore (a
+    /// checkpoint resolution that was in flight) are carried out once the shell runs.
+    pub fn open(
+        config: CoordinatorConfig,
+        mut store: Box<dyn RecordStore>,
+    ) -> Result<(Coordinator, Vec<Command>), StoreError> {
+        let records = store.load()?;
+        let described = store.describe();
+        let (cluster, commands) = match Cluster::restore(config.clone(), &records, now_ms())? {
+            Some(restored) => restored,
+            None => (Cluster::new(config), Vec::new()),
+        };
+        tracing::info!(
+            term = cluster.term,
+            nodes = cluster.nodes.len(),
+            jobs = cluster.jobs.len(),
+            "state in {described}"
+        );
+        let mut persister = Persister::new(store, records);
+        // The new term is on disk before any agent hears of it.
+        persister.save(cluster.to_records()?, cluster.durable_version())?;
+        Ok((Coordinator::from_parts(cluster, persister), commands))
+    }
+
+    fn from_parts(cluster: Cluster, persister: Persister) -> Coordinator {
+        let (events, _) = broadcast::channel(4096);
+        let config = cluster.config();
+        Coordinator {
+            shared: Arc::new(Shared {
+                hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+                provider: provider_for(config),
+                checks: Mutex::new(HashMap::new()),
+                next_request: AtomicU64::new(1),
+                check_wait: Duration::from_millis(
+                    config
+                        .script_timeout_ms
+                        .saturating_mul(config.check_scripts.len().max(1) as u64)
+                        + 10_000,
+                ),
+                sealed_version: AtomicU64::new(cluster.durable_version()),
+                next_ticket: AtomicU64::new(0),
+                turn: Mutex::new(0),
+                turn_changed: Condvar::new(),
+                cluster: Mutex::new(cluster),
+                persister: Mutex::new(persister),
+                agents: Mutex::new(HashMap::new()),
+                events,
+                next_conn: AtomicU64::new(1),
+                deposed: Notify::new(),
+                is_deposed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The core, locked. A poisoned lock (a panic elsewhere) is taken over: the core's state is
+    /// only changed by whole steps, so it is still consistent.
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.shared
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
+        self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Prometheus exposition of the current state (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let (nodes, jobs, incidents) = {
+            let cluster = self.cluster();
+            let nodes: Vec<pb::Node> = cluster
+                .nodes
+                .values()
+                .map(|n| crate::view::node(n, &cluster.jobs))
+                .collect();
+            let jobs: Vec<pb::Job> = cluster.jobs.values().map(crate::view::job).collect();
+            let incidents: Vec<pb::Incident> = cluster
+                .incidents
+                .iter()
+                .map(crate::view::incident)
+                .collect();
+            (nodes, jobs, incidents)
+        };
+        crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
+    }
+
+    /// Subscribes to the event bus.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// A fresh request id, for an input whose reply the caller waits for.
+    fn request_id(&self) -> u64 {
+        self.shared.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Steps the core with `input` at the current time, then saves what changed and carries
+    /// out the commands in the order steps were taken (see the module's "Ordering"). Returns
+    /// the reply the step made to a waiting call, if any; `None` also when this coordinator no
+    /// longer leads (nothing went out).
+    fn step(&self, input: Input) -> Option<Result<Reply, CoreError>> {
+        let sealed = {
+            let mut cluster = self.cluster();
+            let commands = cluster.step(input, now_ms());
+            self.seal(&cluster, commands)
+        };
+        self.commit(sealed, || true)
+    }
+
+    /// Carries out commands the core made outside a step (those of a restore).
+    fn carry_out(&self, commands: Vec<Command>) {
+        let sealed = {
+            let cluster = self.cluster();
+            self.seal(&cluster, commands)
+        };
+        self.commit(sealed, || true);
+    }
+
+    /// Takes a ticket and copies out what the step must save and send. Called with the core
+    /// locked, so tickets follow the order of the steps.
+    fn seal(&self, cluster: &Cluster, commands: Vec<Command>) -> Sealed {
+        let ticket = self.shared.next_ticket.fetch_add(1, Ordering::SeqCst);
+        let version = cluster.durable_version();
+        let moved = self.shared.sealed_version.swap(version, Ordering::SeqCst) != version;
+        let records = if moved {
+            match cluster.to_records() {
+                Ok(records) => Some((records, version)),
+                Err(e) => {
+                    tracing::error!("cannot encode coordinator state: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let outbound = commands
+            .into_iter()
+            .map(|command| match command {
+                Command::Publish(event) => {
+                    Outbound::Event(crate::wire::event(&event, &cluster.jobs))
+                }
+                other => Outbound::Command(other),
+            })
+            .collect();
+        Sealed {
+            ticket,
+            records,
+            outbound,
+        }
+    }
+
+    /// Waits for the sealed step's turn, saves its records, runs `first` (which may refuse:
+    /// then nothing goes out), and carries out its commands.
+    fn commit(
+        &self,
+        sealed: Sealed,
+        first: impl FnOnce() -> bool,
+    ) -> Option<Result<Reply, CoreError>> {
+        let mut turn = self.shared.turn.lock().unwrap_or_else(|e| e.into_inner());
+        while *turn != sealed.ticket {
+            turn = self
+                .shared
+                .turn_changed
+                .wait(turn)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        // The turn passes on however this ends, even by a panic in what follows.
+        struct PassTurn<'a>(&'a Shared, MutexGuard<'a, u64>);
+        impl Drop for PassTurn<'_> {
+            fn drop(&mut self) {
+                *self.1 += 1;
+                self.0.turn_changed.notify_all();
+            }
+        }
+        let _turn = PassTurn(&self.shared, turn);
+        if !self.save(sealed.records) || !first() {
+            return None;
+        }
+        self.execute(sealed.outbound)
+    }
+
+    /// Saves `records` when given. A failed write is logged and retried at the next change;
+    /// the commands still go out, because holding back a stop or a launch would hurt the
+    /// training more than a stale file. The exception is a store that says another
+    /// coordinator leads now: then nothing more goes out (returns false) and the coordinator
+    /// stops serving.
+    fn save(&self, records: Option<(Records, u64)>) -> bool {
+        if self.shared.is_deposed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some((records, version)) = records else {
+            return true;
+        };
+        let mut persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if persister.is_saved(version) {
+            return true;
+        }
+        match persister.save(records, version) {
+            Ok(_) => true,
+            Err(StoreError::NotLeader(why)) => {
+                tracing::error!("stepping down: {why}");
+                self.shared.is_deposed.store(true, Ordering::SeqCst);
+                // The serving loop may not wait yet: `notify_one` keeps a permit for it.
+                self.shared.deposed.notify_one();
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot save coordinator state to {}: {e}",
+                    persister.describe()
+                );
+                true
+            }
+        }
+    }
+}
+
+/// The provider the config names.
+fn provider_for(config: &CoordinatorConfig) -> Arc<dyn ReplacementProvider> {
+    if config.provisions_hosts() {
+        Arc::new(ExecProvider {
+            dir: config.provider_dir.clone(),
+            timeout: Duration::from_millis(config.provider_timeout_ms),
+            attempts: config.provider_attempts,
+            retry_delay: Duration::from_millis(config.provider_retry_ms),
+        })
+    } else {
+        Arc::new(SparePool)
+    }
+}

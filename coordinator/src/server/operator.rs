@@ -1,0 +1,269 @@
+//! The operator service: jobs, nodes, incidents, checks, agent restarts and the event stream.
+//! Calls that change something are inputs of the core answered by its reply; reads look at the
+//! core's state directly.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use holdfast_core::cluster::{Input, Reply};
+use holdfast_core::error::CoreError;
+use holdfast_proto::v1 as pb;
+use pb::operator_service_server::OperatorService;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use super::Coordinator;
+use crate::checkpoint::CheckpointStore;
+use crate::error::CoordinatorError;
+use crate::now_ms;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+impl Coordinator {
+    fn job_reply(
+        &self,
+        reply: Option<Result<Reply, CoreError>>,
+    ) -> Result<Response<pb::Job>, Status> {
+        match reply {
+            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
+            Some(Err(e)) => Err(CoordinatorError::from(e).into()),
+            _ => Err(not_answered()),
+        }
+    }
+
+    fn node_reply(
+        &self,
+        reply: Option<Result<Reply, CoreError>>,
+    ) -> Result<Response<pb::Node>, Status> {
+        match reply {
+            Some(Ok(Reply::Node(node))) => {
+                let cluster = self.cluster();
+                Ok(Response::new(crate::view::node(&node, &cluster.jobs)))
+            }
+            Some(Err(e)) => Err(CoordinatorError::from(e).into()),
+            _ => Err(not_answered()),
+        }
+    }
+}
+
+/// A call the core did not answer: this coordinator stopped leading while it ran.
+fn not_answered() -> Status {
+    Status::unavailable("this coordinator is not the leader any more")
+}
+
+#[tonic::async_trait]
+impl OperatorService for Coordinator {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("invalid job spec: spec is missing"))?;
+        if !spec.checkpoint_uri.is_empty() {
+            if let Err(e) = CheckpointStore::open(&spec.checkpoint_uri) {
+                let e = CoordinatorError::InvalidJob {
+                    field: "checkpoint_uri",
+                    reason: e.to_string(),
+                };
+                tracing::warn!("job refused: {e}");
+                return Err(e.into());
+            }
+        }
+        let request = self.request_id();
+        let job = crate::wire::job_request(spec);
+        match self.step(Input::Submit { request, job }) {
+            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
+            Some(Err(e)) => {
+                tracing::warn!("job refused: {e}");
+                Err(CoordinatorError::from(e).into())
+            }
+            _ => Err(not_answered()),
+        }
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let cluster = self.cluster();
+        let job = if id.is_empty() {
+            cluster.jobs.values().max_by_key(|j| j.submitted_at)
+        } else {
+            cluster.jobs.get(&id)
+        };
+        job.map(|j| Response::new(crate::view::job(j)))
+            .ok_or_else(|| {
+                CoordinatorError::from(CoreError::NoSuchJob(if id.is_empty() {
+                    "submitted yet".into()
+                } else {
+                    id
+                }))
+                .into()
+            })
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let cluster = self.cluster();
+        let jobs = cluster.jobs.values().map(crate::view::job).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let request = self.request_id();
+        self.job_reply(self.step(Input::StopJob {
+            request,
+            job_id: id,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let cluster = self.cluster();
+        let nodes = cluster
+            .nodes
+            .values()
+            .map(|n| crate::view::node(n, &cluster.jobs))
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let request = self.request_id();
+        self.node_reply(self.step(Input::Cordon {
+            request,
+            node: r.node_id,
+            reason: r.reason,
+        }))
+    }
+
+    async fn uncordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let request = self.request_id();
+        self.node_reply(self.step(Input::Uncordon {
+            request,
+            node: r.node_id,
+        }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        let cluster = self.cluster();
+        let incidents = cluster
+            .incidents
+            .iter()
+            .filter(|i| job_id.is_empty() || i.job_id == job_id)
+            .map(crate::view::incident)
+            .collect();
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    async fn check_node(
+        &self,
+        request: Request<pb::CheckNodeRequest>,
+    ) -> Result<Response<pb::CheckReport>, Status> {
+        let node_id = request.into_inner().node_id;
+        let id = self.request_id();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let started = match self.step(Input::CheckNode {
+            request: id,
+            node: node_id.clone(),
+        }) {
+            Some(Err(e)) => Err(CoordinatorError::from(e)),
+            _ => Ok(()),
+        };
+        let forget = || {
+            self.shared
+                .checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        };
+        if let Err(e) = started {
+            forget();
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.shared.check_wait, rx).await {
+            Ok(Ok(report)) => Ok(Response::new(report)),
+            Ok(Err(_)) => Err(Status::aborted(format!(
+                "the check of {node_id} was abandoned"
+            ))),
+            Err(_) => {
+                forget();
+                Err(Status::deadline_exceeded(format!(
+                    "no check report from {node_id} within {} s",
+                    self.shared.check_wait.as_secs()
+                )))
+            }
+        }
+    }
+
+    async fn restart_agent(
+        &self,
+        request: Request<pb::RestartAgentRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = request.into_inner();
+        let request = self.request_id();
+        self.node_reply(self.step(Input::RestartAgent {
+            request,
+            node: r.node_id,
+            reason: r.reason,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let job_id = request.into_inner().job_id;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(
+            move |item| match item {
+                Ok(event)
+                    if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
+                {
+                    Some(Ok(event))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::Event {
+                        at_unix_ms: now_ms(),
+                        kind: "log".into(),
+                        kind_enum: pb::EventKind::Log as i32,
+                        message: format!("{n} events dropped: watcher too slow"),
+                        ..Default::default()
+                    }))
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

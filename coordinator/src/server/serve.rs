@@ -1,0 +1,125 @@
+//! Serving: one port for the agent stream, the operator API over gRPC and gRPC-web, the
+//! dashboard and `/metrics`, with operator tokens and TLS when configured.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use holdfast_proto::v1 as pb;
+use pb::agent_service_server::AgentServiceServer;
+use pb::operator_service_server::OperatorServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use holdfast_core::cluster::Command;
+
+use super::Coordinator;
+use crate::config::CoordinatorConfig;
+use crate::store::{RecordStore, StoreError};
+
+/// Why the coordinator stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenFileError),
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
+    #[error("TLS settings (tls_cert_file, tls_key_file, tls_client_ca_file): {0}")]
+    Tls(tonic::transport::Error),
+}
+
+/// Serves the agent stream and the operator API (gRPC and gRPC-web), the dashboard and
+/// `/metrics` on `listener` until `shutdown` resolves, keeping the state in memory only.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let coordinator = Coordinator::new(config);
+    serve(coordinator, Vec::new(), listener, shutdown).await
+}
+
+/// [`run`] with the state in `store`: restored on start, saved on every durable change.
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Box<dyn RecordStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (coordinator, effects) = Coordinator::open(config, store)?;
+    serve(coordinator, effects, listener, shutdown).await
+}
+
+async fn serve(
+    coordinator: Coordinator,
+    effects: Vec<Command>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    // Read before anything runs: a bad token file stops the start, naming its line.
+    let tokens_file = coordinator.cluster().config().operator_tokens_file.clone();
+    let tokens = if tokens_file.as_os_str().is_empty() {
+        tracing::warn!(
+            "operator_tokens_file is not set: the operator API is open to anyone who can reach \
+             this port"
+        );
+        None
+    } else {
+        Some(std::sync::Arc::new(crate::auth::OperatorTokens::load(
+            &tokens_file,
+        )?))
+    };
+    let tls = crate::tls::server_config(coordinator.cluster().config())?;
+    let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
+    coordinator.carry_out(effects);
+    coordinator.spawn_ticker(tick);
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "coordinator serving");
+    let incoming = TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
+    let mut grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
+        .add_service(OperatorServiceServer::new(coordinator.clone()))
+        .into_axum_router();
+    // Tokens guard the operator API only (`enforce` passes other paths through): agents are not
+    // operators and never send one.
+    if let Some(tokens) = tokens {
+        grpc = grpc.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::enforce,
+        ));
+    }
+    let grpc = grpc
+        // Only the gRPC routes speak gRPC-web: the layer refuses plain HTTP/1 requests, which the
+        // dashboard's page and /metrics are.
+        .layer(tonic_web::GrpcWebLayer::new());
+    let deposed = coordinator.clone();
+    let routes = crate::dashboard::routes(coordinator, grpc);
+    // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    server
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .accept_http1(true)
+        .add_routes(routes.into())
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = deposed.shared.deposed.notified() => {
+                    tracing::error!("another coordinator leads: no longer serving");
+                }
+            }
+        })
+        .await?;
+    Ok(())
+}
