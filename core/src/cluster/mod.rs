@@ -583,17 +583,16 @@ impl Cluster {
     }
 }
 
-// Ported to the new inputs in the next step.
-#[cfg(all(test, any()))]
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod restart_tests;
-// Ported to the new inputs in the next step.
-#[cfg(all(test, any()))]
+#[cfg(test)]
 mod tests;
 
-// Ported to the new inputs in the next step.
-#[cfg(all(test, any()))]
+#[cfg(test)]
 mod agent_crash_tests;
 
-// Ported to the new inputs in the next step.
-#[cfg(all(test, any()))]
+#[cfg(test)]
 mod policy_tests;

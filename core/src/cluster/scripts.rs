@@ -570,7 +570,6 @@ impl Cluster {
     }
 }
 
-// Ported to the new inputs in the next step.
-#[cfg(all(test, any()))]
+#[cfg(test)]
 #[path = "scripts_tests.rs"]
 mod tests;

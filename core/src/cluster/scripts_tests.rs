@@ -1,7 +1,8 @@
 //! Lifecycle scripts: join checks, failures, deadlines, replacement checks, operator checks.
 
+use super::super::testing::*;
 use super::*;
-use crate::cluster::{Hello, Role};
+use crate::cluster::Role;
 use crate::config::CoordinatorConfig;
 
 fn cluster() -> Cluster {
@@ -11,70 +12,6 @@ fn cluster() -> Cluster {
         script_timeout_ms: 1000,
         ..Default::default()
     })
-}
-
-fn hello(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) -> Vec<Command> {
-    let h = Hello {
-        node_id: id.into(),
-        hostname: id.into(),
-        role,
-        address: "127.0.0.1".into(),
-        boot_id: "b".into(),
-        agent_version: "t".into(),
-        gpus: Vec::new(),
-        sent_at: now,
-        worker: None,
-        agent_started_at: 0,
-    };
-    c.hello(conn, h, now).unwrap().1
-}
-
-/// The scripts sent to `node` in `fx`, as (command id, script).
-fn scripts_sent(fx: &[Command], node: &str) -> Vec<(String, String)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Command::Send {
-                node: n,
-                message: ToAgent::RunScript(r),
-            } if n == node => Some((r.command_id.clone(), r.script.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn answer(
-    c: &mut Cluster,
-    node: &str,
-    command_id: &str,
-    ok: bool,
-    output: &str,
-    now: UnixMillis,
-) -> Vec<Command> {
-    let result = CommandResult {
-        command_id: command_id.into(),
-        ok,
-        message: if ok {
-            "passed".into()
-        } else {
-            format!(
-                "failed with exit code 1: {}",
-                output.lines().last().unwrap_or("")
-            )
-        },
-        output: output.into(),
-        exit_code: Some(if ok { 0 } else { 1 }),
-        duration_ms: 5,
-    };
-    c.command_result(node, result, now)
-}
-
-/// Hello, then every script answered with success: the node ends ready.
-fn join(c: &mut Cluster, id: &str, role: Role, conn: u64, now: UnixMillis) {
-    let mut fx = hello(c, id, role, conn, now);
-    while let Some((cmd, _)) = scripts_sent(&fx, id).pop() {
-        fx = answer(c, id, &cmd, true, "ok", now);
-    }
-    assert_eq!(c.nodes[id].state, NodeState::Ready);
 }
 
 fn state(c: &Cluster, id: &str) -> &'static str {
@@ -133,13 +70,7 @@ fn a_failed_check_fences_with_its_output_and_stops_the_run() {
         reason.contains("only 3 MiB free") && reason.contains("disk_free_mb=3"),
         "{reason}"
     );
-    assert!(fx.iter().any(|e| matches!(
-        e,
-        Command::Send {
-            message: ToAgent::Fence(_),
-            ..
-        }
-    )));
+    assert_eq!(fences(&fx), ["n1"]);
 }
 
 #[test]
@@ -147,10 +78,10 @@ fn a_script_without_a_result_fails_at_its_deadline() {
     let mut c = cluster();
     hello(&mut c, "n1", Role::Worker, 1, 0);
     // The agent is alive (heartbeats) but the result never comes.
-    c.heartbeat("n1", 5000, None, 5000);
-    c.tick(1000 + RESULT_SLACK_MS - 1);
+    heartbeat(&mut c, "n1", 5000);
+    tick(&mut c, 1000 + RESULT_SLACK_MS - 1);
     assert_eq!(state(&c, "n1"), "bootstrapping");
-    c.tick(1000 + RESULT_SLACK_MS);
+    tick(&mut c, 1000 + RESULT_SLACK_MS);
     let NodeState::Fenced { cause } = &c.nodes["n1"].state else {
         panic!("not fenced")
     };
@@ -166,24 +97,9 @@ fn a_replacement_that_fails_its_check_is_fenced_and_the_next_spare_takes_over() 
     join(&mut c, "w1", Role::Worker, 1, 0);
     join(&mut c, "s1", Role::Spare, 2, 0);
     join(&mut c, "s2", Role::Spare, 3, 0);
-    let spec = pb::JobSpec {
-        command: vec!["train".into()],
-        nodes: 1,
-        ..Default::default()
-    };
-    let (job, _) = c.submit(spec, 100).unwrap();
-    c.checkpoint_resolved(&job.job_id, Ok(None), 110);
-    let started = pb::WorkerEvent {
-        job_id: job.job_id.clone(),
-        generation: 1,
-        kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted {
-            pid: 7,
-        })),
-        at_unix_ms: 120,
-    };
-    c.worker_event("w1", started, 120);
+    run_job(&mut c, job(1), 100);
     // The worker's host dies: s1 (first spare) is checked again before it takes over.
-    let fx = c.disconnected("w1", 1, 200);
+    let fx = disconnect(&mut c, "w1", 200);
     assert_eq!(state(&c, "s1"), "checking");
     assert_eq!(
         state(&c, "s2"),
@@ -200,7 +116,7 @@ fn a_replacement_that_fails_its_check_is_fenced_and_the_next_spare_takes_over() 
     let (cmd, _) = scripts_sent(&fx, "s2").remove(0);
     answer(&mut c, "s2", &cmd, true, "ok", 320);
     assert_eq!(state(&c, "s2"), "allocated");
-    let job = &c.jobs[&job.job_id];
+    let job = &c.jobs[JOB];
     assert_eq!(job.nodes(), ["s2"]);
     assert_eq!(job.phase(), "relaunching");
     let incident = &c.incidents[0];
@@ -216,24 +132,27 @@ fn a_replacement_that_fails_its_check_is_fenced_and_the_next_spare_takes_over() 
 fn an_operator_check_reports_without_changing_the_node() {
     let mut c = cluster();
     join(&mut c, "n1", Role::Worker, 1, 0);
+    let fx = check_node(&mut c, "nope", 1, 5);
     assert!(matches!(
-        c.check_node("nope", 1, 5),
-        Err(CoreError::NoSuchNode(_))
+        replies(&fx, 1)[..],
+        [Err(CoreError::NoSuchNode(_))]
     ));
-    let fx = c.check_node("n1", 7, 10).unwrap();
+    let fx = check_node(&mut c, "n1", 7, 10);
+    assert!(
+        replies(&fx, 7).is_empty(),
+        "the report comes when the check ends"
+    );
+    let busy = check_node(&mut c, "n1", 8, 11);
     assert!(matches!(
-        c.check_node("n1", 8, 11),
-        Err(CoreError::NodeBusy(_))
+        replies(&busy, 8)[..],
+        [Err(CoreError::NodeBusy(_))]
     ));
     let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
     let fx = answer(&mut c, "n1", &cmd, false, "unhealthy: fan", 20);
-    let report = fx
-        .iter()
-        .find_map(|e| match e {
-            Command::CheckFinished { request: 7, report } => Some(report.clone()),
-            _ => None,
-        })
-        .expect("the operator gets the report");
+    let [Ok(Reply::Check { node_id, report })] = replies(&fx, 7)[..] else {
+        panic!("the operator gets the report: {fx:?}")
+    };
+    assert_eq!(node_id, "n1");
     assert!(!report.ok && report.purpose == "operator" && report.scripts.len() == 1);
     assert_eq!(state(&c, "n1"), "ready");
     assert!(!c.nodes["n1"].last_check.as_ref().unwrap().ok);

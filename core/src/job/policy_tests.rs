@@ -1,78 +1,65 @@
 //! Recovery policy in the job lifecycle: restart backoff, escalation from restart-in-place to
 //! replacement (quarantine), and what happens when no replacement comes (shrink or fail).
 
+use super::tests::{self, exited, fault, launched, plain_spec, start_all, stopped};
 use super::*;
 
 const LIMITS: JobLimits = JobLimits {
-    stop_deadline_ms: 5_000,
-    replacement_timeout_ms: 60_000,
-    resolve_retry_ms: 1_000,
-    resolve_attempts: 3,
     restart_backoff_ms: 2_000,
     restart_backoff_max_ms: 5_000,
     quarantine_after: 3,
     quarantine_window_ms: 100_000,
-    startup_grace_ms: 0,
+    ..tests::LIMITS
 };
 
 fn running(nodes: &[&str], min_nodes: u32, budget: u32) -> Job {
     let spec = JobSpec {
-        command: vec!["train".into()],
-        nodes: nodes.len() as u32,
-        checkpoint_uri: String::new(),
-        stall_timeout_ms: 0,
         restart_budget: budget,
-        progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
-        env: BTreeMap::new(),
-        total_steps: 0,
         min_nodes,
+        ..plain_spec(nodes.len() as u32)
     };
-    let mut job = Job::new(
-        "j".into(),
-        spec,
-        nodes.iter().map(|n| n.to_string()).collect(),
-        0,
-    );
-    step(&mut job, JobEvent::CheckpointResolved(Ok(None)), 1, &LIMITS);
-    relaunched(&mut job, 2);
-    job
+    launched(spec, nodes, &LIMITS, (1, 2))
 }
 
 /// Every rank of the current generation started.
 fn relaunched(job: &mut Job, now: UnixMillis) {
-    for node in job.nodes() {
-        let started = JobEvent::WorkerStarted {
-            node,
-            generation: job.generation,
-        };
-        step(job, started, now, &LIMITS);
-    }
-    assert_eq!(job.state, JobState::Running);
+    start_all(job, &LIMITS, now);
+}
+
+/// The survivors of a fault on `node` confirm their stop.
+fn survivors_stop(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
+    let survivors: Vec<String> = job.nodes().into_iter().filter(|n| n != node).collect();
+    let generation = job.generation;
+    survivors
+        .iter()
+        .flat_map(|other| step(job, stopped(other, generation), now, &LIMITS))
+        .collect()
 }
 
 fn crash(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
-    let event = JobEvent::WorkerExited {
-        at: None,
-        node: node.into(),
-        generation: job.generation,
-        code: Some(1),
-        signal: None,
-        stopped_by_agent: false,
-    };
-    let mut fx = step(job, event, now, &LIMITS);
-    // The survivors confirm their stop.
-    for other in job.nodes().into_iter().filter(|n| n != node) {
-        let stopped = JobEvent::WorkerExited {
-            at: None,
-            node: other,
-            generation: job.generation,
-            code: None,
-            signal: Some(15),
-            stopped_by_agent: true,
-        };
-        fx.extend(step(job, stopped, now, &LIMITS));
-    }
+    let crashed = exited(node, job.generation, Some(1), None, false);
+    let mut fx = step(job, crashed, now, &LIMITS);
+    fx.extend(survivors_stop(job, node, now));
     fx
+}
+
+/// A worker fault on `node` at `now` that restarts in place; the job runs again `wait` later.
+fn restart_in_place(job: &mut Job, node: &str, now: UnixMillis, wait: UnixMillis) {
+    let fx = crash(job, node, now);
+    let in_place = fx.iter().any(|e| {
+        matches!(
+            e,
+            JobEffect::OpenIncident {
+                action: RecoveryAction::RestartInPlace,
+                ..
+            }
+        )
+    });
+    assert!(in_place, "the fault at {now} restarts in place: {fx:?}");
+    step(job, JobEvent::Tick, now + wait, &LIMITS);
+    let resolved = JobEvent::CheckpointResolved(Ok(None));
+    step(job, resolved, now + wait + 1, &LIMITS);
+    relaunched(job, now + wait + 2);
 }
 
 fn resolves(fx: &[JobEffect]) -> bool {
@@ -108,26 +95,8 @@ fn the_first_restart_is_immediate_and_the_second_waits_its_backoff() {
 #[test]
 fn repeated_worker_faults_on_one_node_escalate_to_replacing_and_quarantining_it() {
     let mut job = running(&["a", "b"], 0, 10);
-    for (i, t) in [1_000, 20_000].into_iter().enumerate() {
-        let fx = crash(&mut job, "a", t);
-        assert!(
-            fx.iter().any(|e| matches!(
-                e,
-                JobEffect::OpenIncident {
-                    action: RecoveryAction::RestartInPlace,
-                    ..
-                }
-            )),
-            "fault {i} restarts in place"
-        );
-        step(&mut job, JobEvent::Tick, t + 10_000, &LIMITS);
-        step(
-            &mut job,
-            JobEvent::CheckpointResolved(Ok(None)),
-            t + 10_001,
-            &LIMITS,
-        );
-        relaunched(&mut job, t + 10_002);
+    for t in [1_000, 20_000] {
+        restart_in_place(&mut job, "a", t, 10_000);
     }
     // A fault on another node does not count against a.
     let fx = crash(&mut job, "a", 40_000);
@@ -147,42 +116,13 @@ fn repeated_worker_faults_on_one_node_escalate_to_replacing_and_quarantining_it(
 fn faults_outside_the_window_do_not_add_up() {
     let mut job = running(&["a", "b"], 0, 10);
     for t in [1_000, 120_000, 240_000] {
-        let fx = crash(&mut job, "a", t);
-        assert!(fx.iter().any(|e| matches!(
-            e,
-            JobEffect::OpenIncident {
-                action: RecoveryAction::RestartInPlace,
-                ..
-            }
-        )));
-        step(&mut job, JobEvent::Tick, t + 60_000, &LIMITS);
-        step(
-            &mut job,
-            JobEvent::CheckpointResolved(Ok(None)),
-            t + 60_001,
-            &LIMITS,
-        );
-        relaunched(&mut job, t + 60_002);
+        restart_in_place(&mut job, "a", t, 60_000);
     }
 }
 
 fn lose_node(job: &mut Job, node: &str, now: UnixMillis) {
-    let fault = JobEvent::Fault {
-        node: node.into(),
-        cause: FaultCause::AgentLost,
-    };
-    step(job, fault, now, &LIMITS);
-    for other in job.nodes().into_iter().filter(|n| n != node) {
-        let stopped = JobEvent::WorkerExited {
-            at: None,
-            node: other,
-            generation: job.generation,
-            code: None,
-            signal: Some(15),
-            stopped_by_agent: true,
-        };
-        step(job, stopped, now, &LIMITS);
-    }
+    step(job, fault(node, FaultCause::AgentLost), now, &LIMITS);
+    survivors_stop(job, node, now);
     assert_eq!(job.phase(), "replacing");
 }
 

@@ -2,12 +2,13 @@
 
 use super::*;
 
-const LIMITS: JobLimits = JobLimits {
+/// Every policy off: no backoff, no quarantine, no startup grace (these tests time stalls from
+/// the launch). The other job test files start from these.
+pub(super) const LIMITS: JobLimits = JobLimits {
     stop_deadline_ms: 5_000,
     replacement_timeout_ms: 60_000,
     resolve_retry_ms: 1_000,
     resolve_attempts: 3,
-    // These tests time stalls from the launch.
     startup_grace_ms: 0,
     restart_backoff_ms: 0,
     restart_backoff_max_ms: 0,
@@ -15,17 +16,98 @@ const LIMITS: JobLimits = JobLimits {
     quarantine_window_ms: 0,
 };
 
-fn spec(stall_ms: u64, budget: u32) -> JobSpec {
+/// `train` on `nodes` nodes: no checkpoints, no stall timeout, three restarts, no shrinking.
+pub(super) fn plain_spec(nodes: u32) -> JobSpec {
     JobSpec {
         command: vec!["train".into()],
-        nodes: 2,
+        nodes,
+        checkpoint_uri: String::new(),
+        stall_timeout_ms: 0,
+        restart_budget: 3,
+        progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
+        env: BTreeMap::new(),
+        total_steps: 0,
+        min_nodes: 0,
+    }
+}
+
+/// Job `j` of `spec` on `nodes`, resolved to a fresh start at `resolved_at` and every rank
+/// started at `started_at`: Running in generation 1.
+pub(super) fn launched(
+    spec: JobSpec,
+    nodes: &[&str],
+    limits: &JobLimits,
+    (resolved_at, started_at): (UnixMillis, UnixMillis),
+) -> Job {
+    let nodes = nodes.iter().map(|n| n.to_string()).collect();
+    let mut job = Job::new("j".into(), spec, nodes, 0);
+    step(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(None)),
+        resolved_at,
+        limits,
+    );
+    start_all(&mut job, limits, started_at);
+    job
+}
+
+/// Every rank of the current generation started: the job runs.
+pub(super) fn start_all(job: &mut Job, limits: &JobLimits, now: UnixMillis) {
+    for node in job.nodes() {
+        let generation = job.generation;
+        step(
+            job,
+            JobEvent::WorkerStarted { node, generation },
+            now,
+            limits,
+        );
+    }
+    assert_eq!(job.state, JobState::Running);
+}
+
+pub(super) fn exited(
+    node: &str,
+    generation: u64,
+    code: Option<i32>,
+    signal: Option<i32>,
+    by_agent: bool,
+) -> JobEvent {
+    JobEvent::WorkerExited {
+        at: None,
+        node: node.into(),
+        generation,
+        code,
+        signal,
+        stopped_by_agent: by_agent,
+    }
+}
+
+/// `node`'s worker was stopped by its agent (SIGTERM), as asked.
+pub(super) fn stopped(node: &str, generation: u64) -> JobEvent {
+    exited(node, generation, None, Some(15), true)
+}
+
+pub(super) fn progress(node: &str, generation: u64, step: u64) -> JobEvent {
+    let node = node.into();
+    JobEvent::Progress {
+        node,
+        generation,
+        step,
+    }
+}
+
+pub(super) fn fault(node: &str, cause: FaultCause) -> JobEvent {
+    let node = node.into();
+    JobEvent::Fault { node, cause }
+}
+
+fn spec(stall_ms: u64, budget: u32) -> JobSpec {
+    JobSpec {
         checkpoint_uri: "file:///ckpt".into(),
         stall_timeout_ms: stall_ms,
         restart_budget: budget,
-        progress_regex: crate::DEFAULT_PROGRESS_REGEX.into(),
-        env: BTreeMap::new(),
         total_steps: 100,
-        min_nodes: 0,
+        ..plain_spec(2)
     }
 }
 
@@ -52,37 +134,7 @@ fn ev(job: &mut Job, event: JobEvent, now: i64) -> Vec<JobEffect> {
 
 /// A job in Running at generation 1 on nodes a and b.
 fn running(stall_ms: u64, budget: u32) -> Job {
-    let mut job = new_job(stall_ms, budget);
-    ev(&mut job, JobEvent::CheckpointResolved(Ok(None)), 10);
-    for node in ["a", "b"] {
-        ev(
-            &mut job,
-            JobEvent::WorkerStarted {
-                node: node.into(),
-                generation: 1,
-            },
-            20,
-        );
-    }
-    assert_eq!(job.state, JobState::Running);
-    job
-}
-
-fn exited(
-    node: &str,
-    generation: u64,
-    code: Option<i32>,
-    signal: Option<i32>,
-    by_agent: bool,
-) -> JobEvent {
-    JobEvent::WorkerExited {
-        at: None,
-        node: node.into(),
-        generation,
-        code,
-        signal,
-        stopped_by_agent: by_agent,
-    }
+    launched(spec(stall_ms, budget), &["a", "b"], &LIMITS, (10, 20))
 }
 
 fn has<F: Fn(&JobEffect) -> bool>(fx: &[JobEffect], f: F) -> bool {
@@ -178,24 +230,8 @@ fn running_succeeds_when_every_rank_exits_zero() {
 #[test]
 fn progress_is_tracked_per_rank_and_ignores_old_generations() {
     let mut job = running(0, 3);
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "a".into(),
-            generation: 1,
-            step: 5,
-        },
-        50,
-    );
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "b".into(),
-            generation: 0,
-            step: 99,
-        },
-        50,
-    );
+    ev(&mut job, progress("a", 1, 5), 50);
+    ev(&mut job, progress("b", 0, 99), 50);
     assert_eq!(job.step, 5);
     assert_eq!(job.ranks[0].last_progress_at, 50);
 }
@@ -216,13 +252,10 @@ fn worker_crash_restarts_in_place_on_the_same_nodes() {
         |e| matches!(e, JobEffect::StopWorkers { nodes, generation: 1, .. } if nodes == &vec!["a".to_string()])
     ));
     assert!(!has(&fx, |e| matches!(e, JobEffect::FenceNode { .. })));
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Fencing { .. })
-    ));
+    assert_eq!(job.phase(), "fencing");
     assert_eq!(job.restarts, 1);
     // The survivor confirms its stop: fenced, "replaced" by itself, relaunching.
-    let fx = ev(&mut job, exited("a", 1, None, Some(15), true), 150);
+    let fx = ev(&mut job, stopped("a", 1), 150);
     assert!(has(&fx, |e| matches!(
         e,
         JobEffect::Incident(IncidentEvent::Fenced)
@@ -232,10 +265,7 @@ fn worker_crash_restarts_in_place_on_the_same_nodes() {
         JobEffect::Incident(IncidentEvent::Replaced { node: None })
     )));
     assert!(has(&fx, |e| matches!(e, JobEffect::ResolveCheckpoint)));
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Relaunching { .. })
-    ));
+    assert_eq!(job.phase(), "relaunching");
     let fx = ev(
         &mut job,
         JobEvent::CheckpointResolved(Ok(Some(ckpt(30)))),
@@ -280,14 +310,7 @@ fn exhausted_restart_budget_fails_the_job_with_the_reason() {
 #[test]
 fn node_loss_fences_the_node_and_replaces_its_rank() {
     let mut job = running(0, 3);
-    let fx = ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::AgentLost,
-        },
-        100,
-    );
+    let fx = ev(&mut job, fault("b", FaultCause::AgentLost), 100);
     assert!(has(
         &fx,
         |e| matches!(e, JobEffect::FenceNode { node, cause: FenceCause::AgentLost } if node == "b")
@@ -321,93 +344,47 @@ fn node_loss_fences_the_node_and_replaces_its_rank() {
         &fx,
         |e| matches!(e, JobEffect::Incident(IncidentEvent::Replaced { node: Some(n) }) if n == "s")
     ));
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Relaunching { .. })
-    ));
+    assert_eq!(job.phase(), "relaunching");
 }
 
 #[test]
 fn an_unreachable_survivor_counts_as_stopped() {
     let mut job = running(0, 3);
-    ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::HeartbeatTimeout,
-        },
-        100,
-    );
+    ev(&mut job, fault("b", FaultCause::HeartbeatTimeout), 100);
     ev(
         &mut job,
         JobEvent::NodeUnreachable { node: "a".into() },
         100,
     );
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Replacing { .. })
-    ));
+    assert_eq!(job.phase(), "replacing");
 }
 
 #[test]
 fn fencing_moves_on_at_its_deadline() {
     let mut job = running(0, 3);
-    ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::AgentLost,
-        },
-        100,
-    );
+    ev(&mut job, fault("b", FaultCause::AgentLost), 100);
     ev(&mut job, JobEvent::Tick, 100 + 4_999);
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Fencing { .. })
-    ));
+    assert_eq!(job.phase(), "fencing");
     ev(&mut job, JobEvent::Tick, 100 + 5_000);
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Replacing { .. })
-    ));
+    assert_eq!(job.phase(), "replacing");
 }
 
 #[test]
 fn a_second_node_fault_during_recovery_is_fenced_too() {
     let mut job = running(0, 3);
-    ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::AgentLost,
-        },
-        100,
-    );
-    let fx = ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "a".into(),
-            cause: FaultCause::HeartbeatTimeout,
-        },
-        110,
-    );
+    ev(&mut job, fault("b", FaultCause::AgentLost), 100);
+    let fx = ev(&mut job, fault("a", FaultCause::HeartbeatTimeout), 110);
     assert!(has(
         &fx,
         |e| matches!(e, JobEffect::FenceNode { node, .. } if node == "a")
     ));
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Replacing { .. })
-    ));
+    assert_eq!(job.phase(), "replacing");
     assert_eq!(job.ranks_needing_nodes(), vec![0, 1]);
     // A worker fault of the generation being replaced changes nothing.
     let before = job.clone();
     let fx = ev(
         &mut job,
-        JobEvent::Fault {
-            node: "a".into(),
-            cause: FaultCause::ProgressStalled { stalled_ms: 1 },
-        },
+        fault("a", FaultCause::ProgressStalled { stalled_ms: 1 }),
         120,
     );
     assert!(fx.is_empty());
@@ -418,23 +395,10 @@ fn a_second_node_fault_during_recovery_is_fenced_too() {
 fn node_fault_while_relaunching_goes_back_to_replacing() {
     let mut job = running(0, 3);
     ev(&mut job, exited("a", 1, Some(1), None, false), 100);
-    ev(&mut job, exited("b", 1, None, Some(15), true), 101);
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Relaunching { .. })
-    ));
-    let fx = ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::AgentLost,
-        },
-        102,
-    );
-    assert!(matches!(
-        job.state,
-        JobState::Recovering(RecoveryPhase::Replacing { .. })
-    ));
+    ev(&mut job, stopped("b", 1), 101);
+    assert_eq!(job.phase(), "relaunching");
+    let fx = ev(&mut job, fault("b", FaultCause::AgentLost), 102);
+    assert_eq!(job.phase(), "replacing");
     assert!(has(&fx, |e| matches!(e, JobEffect::FindReplacements)));
     // The resolution that was under way is no longer wanted.
     let generation = job.generation;
@@ -445,15 +409,8 @@ fn node_fault_while_relaunching_goes_back_to_replacing() {
 #[test]
 fn replacing_times_out_with_a_clear_reason() {
     let mut job = running(0, 3);
-    ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "b".into(),
-            cause: FaultCause::AgentLost,
-        },
-        100,
-    );
-    ev(&mut job, exited("a", 1, None, Some(15), true), 100);
+    ev(&mut job, fault("b", FaultCause::AgentLost), 100);
+    ev(&mut job, stopped("a", 1), 100);
     let fx = ev(&mut job, JobEvent::Tick, 200);
     assert!(
         job.message.starts_with("waiting for a replacement"),
@@ -471,7 +428,7 @@ fn replacing_times_out_with_a_clear_reason() {
 fn relaunch_retries_an_unreadable_store_then_fails() {
     let mut job = running(0, 3);
     ev(&mut job, exited("a", 1, Some(1), None, false), 100);
-    ev(&mut job, exited("b", 1, None, Some(15), true), 100);
+    ev(&mut job, stopped("b", 1), 100);
     ev(
         &mut job,
         JobEvent::CheckpointResolved(Err("timeout".into())),
@@ -506,33 +463,9 @@ fn relaunch_retries_an_unreadable_store_then_fails() {
 #[test]
 fn stall_detection_names_the_stuck_rank() {
     let mut job = running(3_000, 3);
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "a".into(),
-            generation: 1,
-            step: 1,
-        },
-        2_000,
-    );
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "b".into(),
-            generation: 1,
-            step: 1,
-        },
-        2_000,
-    );
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "a".into(),
-            generation: 1,
-            step: 2,
-        },
-        4_000,
-    );
+    ev(&mut job, progress("a", 1, 1), 2_000);
+    ev(&mut job, progress("b", 1, 1), 2_000);
+    ev(&mut job, progress("a", 1, 2), 4_000);
     assert!(ev(&mut job, JobEvent::Tick, 4_999).is_empty());
     let fx = ev(&mut job, JobEvent::Tick, 5_000);
     assert!(has(
@@ -547,15 +480,7 @@ fn stall_detection_is_off_at_zero_and_ignores_finished_ranks() {
     assert!(ev(&mut job, JobEvent::Tick, 1_000_000).is_empty());
     let mut job = running(1_000, 3);
     ev(&mut job, exited("a", 1, Some(0), None, false), 30);
-    ev(
-        &mut job,
-        JobEvent::Progress {
-            node: "b".into(),
-            generation: 1,
-            step: 9,
-        },
-        1_500,
-    );
+    ev(&mut job, progress("b", 1, 9), 1_500);
     assert!(ev(&mut job, JobEvent::Tick, 2_000).is_empty());
 }
 
@@ -570,15 +495,7 @@ fn stop_requested_stops_live_workers_and_is_final() {
     ));
     assert!(has(&fx, |e| matches!(e, JobEffect::ReleaseNodes { .. })));
     // Final states ignore everything.
-    assert!(ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "a".into(),
-            cause: FaultCause::AgentLost
-        },
-        200
-    )
-    .is_empty());
+    assert!(ev(&mut job, fault("a", FaultCause::AgentLost), 200).is_empty());
     assert!(ev(&mut job, JobEvent::Tick, 300).is_empty());
 }
 
@@ -588,15 +505,7 @@ fn events_of_old_generations_and_unknown_nodes_are_ignored() {
     let before = job.clone();
     assert!(ev(&mut job, exited("a", 0, Some(1), None, false), 100).is_empty());
     assert!(ev(&mut job, exited("zz", 1, Some(1), None, false), 100).is_empty());
-    assert!(ev(
-        &mut job,
-        JobEvent::Fault {
-            node: "zz".into(),
-            cause: FaultCause::AgentLost
-        },
-        100
-    )
-    .is_empty());
+    assert!(ev(&mut job, fault("zz", FaultCause::AgentLost), 100).is_empty());
     assert!(ev(
         &mut job,
         JobEvent::ReplacementFound {
