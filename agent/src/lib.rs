@@ -36,15 +36,5 @@ use holdfast_proto::v1 as pb;
 /// one session, so events produced while disconnected are sent after the next hello.
 pub type Outbox = tokio::sync::mpsc::UnboundedSender<pb::AgentMessage>;
 
-/// Matches `step 12`, `step=12`, `Step: 12` in a worker's output.
-pub const DEFAULT_PROGRESS_REGEX: &str = r"(?i)\bstep[\s:=]+(\d+)";
-
 /// Version announced in hello.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Wall-clock unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use holdfast_core::now_ms;
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as ToCoordinator;
 use pb::agent_service_client::AgentServiceClient;
@@ -18,7 +19,7 @@ use crate::config::{AgentConfig, NodeRole};
 use crate::health::HealthBoard;
 use crate::scripts::ScriptRunner;
 use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
-use crate::{identity, now_ms, Outbox, AGENT_VERSION};
+use crate::{identity, Outbox, AGENT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use holdfast_core::now_ms;
 use holdfast_proto::v1 as pb;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{now_ms, Outbox};
+use crate::Outbox;
 
 /// How often a worker's log file is read for new output.
 const LOG_FOLLOW_POLL: Duration = Duration::from_millis(20);
@@ -445,7 +446,7 @@ impl Supervisor {
         offset: u64,
     ) {
         let regex = Regex::new(&record.progress_regex)
-            .or_else(|_| Regex::new(crate::DEFAULT_PROGRESS_REGEX))
+            .or_else(|_| Regex::new(holdfast_core::DEFAULT_PROGRESS_REGEX))
             .ok();
         let progress = ProgressReporter {
             outbox: self.outbox.clone(),
@@ -950,7 +951,7 @@ mod tests {
 
     #[test]
     fn default_regex_finds_steps() {
-        let re = Regex::new(crate::DEFAULT_PROGRESS_REGEX).unwrap();
+        let re = Regex::new(holdfast_core::DEFAULT_PROGRESS_REGEX).unwrap();
         assert_eq!(parse_step(&re, "step 12 loss 0.5"), Some(12));
         assert_eq!(parse_step(&re, "[rank0] Step: 7"), Some(7));
         assert_eq!(parse_step(&re, "global_step=99"), None);

@@ -25,9 +25,10 @@ pub mod xid;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use holdfast_core::now_ms;
 use holdfast_proto::v1 as pb;
 
-use crate::{now_ms, Outbox};
+use crate::Outbox;
 
 /// The latest result of every check, shared between monitors and the session.
 #[derive(Clone, Default)]
