@@ -8,6 +8,9 @@
 //! - [`session`] — the stream to the coordinator: connect, hello, heartbeats, reconnect with
 //!   backoff; commands go to the supervisor, events come back through the [`Outbox`].
 //! - [`worker`] — the worker supervisor: process groups, progress, stop with grace.
+//! - [`fencing`] — whether a coordinator's command still counts (its term, the job's
+//!   generation), remembered across agent restarts.
+//! - [`durable`] — state files written atomically and durably.
 //! - [`identity`] — hostname, boot id.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
@@ -18,6 +21,8 @@
 //! wait in the outbox and are sent on reconnect.
 
 pub mod config;
+pub mod durable;
+pub mod fencing;
 pub mod health;
 pub mod identity;
 pub mod metrics;

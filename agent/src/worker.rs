@@ -14,7 +14,6 @@
 //! worker is not the agent's child, so its exit status is unknown; the coordinator infers it
 //! from the other ranks (a synchronous job's ranks finish together).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fencing::store::SharedFencing;
+use crate::fencing::Refusal;
 use crate::Outbox;
 
 /// How often a worker's log file is read for new output.
@@ -49,56 +50,9 @@ pub enum WorkerCommand {
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),
-    /// A coordinator of this term welcomed the agent: older terms are refused from now on.
+    /// A coordinator of this term spoke: older terms are refused from now on. (The session
+    /// records its welcomes in the shared fencing state itself, before any command follows.)
     Term(u64),
-}
-
-/// What the agent must not forget across its own restarts to refuse zombie commands: the
-/// highest coordinator term and the highest generation per job it has seen. Kept in
-/// `<state_dir>/fencing.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FencingState {
-    pub term: u64,
-    pub generations: HashMap<String, u64>,
-}
-
-impl FencingState {
-    pub fn path(state_dir: &std::path::Path) -> PathBuf {
-        state_dir.join("fencing.json")
-    }
-
-    /// Reads the file; a missing one is a fresh agent, an unreadable one is logged and treated
-    /// as fresh (the coordinator's own term check still guards the new generation).
-    pub fn load(state_dir: &std::path::Path) -> FencingState {
-        let path = Self::path(state_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "{} is unreadable ({e}); starting with no term",
-                    path.display()
-                );
-                FencingState::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FencingState::default(),
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}; starting with no term", path.display());
-                FencingState::default()
-            }
-        }
-    }
-
-    /// Writes the file atomically (temp file, then rename).
-    pub fn save(&self, state_dir: &std::path::Path) {
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec(self)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            tracing::warn!("cannot write {}: {e}", path.display());
-        }
-    }
 }
 
 /// What the agent records about its running worker in `<state_dir>/worker.json`, so operators
@@ -157,11 +111,9 @@ pub struct Supervisor {
     state_dir: PathBuf,
     progress_poll: Duration,
     running: Option<Running>,
-    /// Highest coordinator term and generation per job seen (durable): older commands are
-    /// refused.
-    fencing: FencingState,
-    /// The term, shared with the session so a welcome from an older coordinator is refused.
-    known_term: Arc<std::sync::atomic::AtomicU64>,
+    /// Highest coordinator term and generation per job seen (durable), shared with the
+    /// session: older commands are refused.
+    fencing: SharedFencing,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
     /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
     on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
@@ -190,34 +142,18 @@ impl Supervisor {
             outbox,
             node_id,
             advertise_address,
-            state_dir,
             progress_poll,
             running: None,
-            known_term: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            fencing: FencingState::default(),
+            fencing: SharedFencing::load(&state_dir),
+            state_dir,
             snapshot,
             on_fence: None,
         }
-        .with_fencing_from_disk()
     }
 
-    fn with_fencing_from_disk(mut self) -> Supervisor {
-        self.fencing = FencingState::load(&self.state_dir);
-        self.known_term.store(self.fencing.term, Ordering::SeqCst);
-        self
-    }
-
-    /// The highest coordinator term seen, kept up to date by the supervisor.
-    pub fn known_term(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.known_term.clone()
-    }
-
-    fn adopt_term(&mut self, term: u64) {
-        if term > self.fencing.term {
-            self.fencing.term = term;
-            self.known_term.store(term, Ordering::SeqCst);
-            self.fencing.save(&self.state_dir);
-        }
+    /// The fencing state (loaded from `state_dir`), for the session to decide through.
+    pub fn fencing(&self) -> SharedFencing {
+        self.fencing.clone()
     }
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
@@ -243,43 +179,39 @@ impl Supervisor {
     }
 
     async fn handle(&mut self, command: WorkerCommand) {
-        let term = match &command {
-            WorkerCommand::Launch(l) => l.term,
-            WorkerCommand::Stop(s) => s.term,
-            WorkerCommand::Fence(f) => f.term,
-            WorkerCommand::Term(t) => *t,
-        };
-        if term < self.fencing.term {
-            tracing::warn!(
-                term,
-                current = self.fencing.term,
-                "refused a command of an older coordinator term"
-            );
-            return;
+        let verdict = self.fencing.decide(|fencing| match &command {
+            WorkerCommand::Launch(l) => fencing.admit_launch(&l.job_id, l.generation, l.term),
+            WorkerCommand::Stop(s) => fencing.admit_stop(&s.job_id, s.generation, s.term),
+            WorkerCommand::Fence(f) => fencing.observe(f.term).map_err(Refusal::from),
+            WorkerCommand::Term(t) => fencing.observe(*t).map_err(Refusal::from),
+        });
+        match verdict {
+            Ok(()) => {}
+            Err(Refusal::OlderTerm(older)) => {
+                tracing::warn!(
+                    term = older.term,
+                    current = older.current,
+                    "refused a command of an older coordinator term"
+                );
+                return;
+            }
+            Err(Refusal::StaleGeneration {
+                job,
+                generation,
+                seen,
+            }) => {
+                tracing::warn!(
+                    job,
+                    generation,
+                    seen,
+                    "refused launch of a stale generation"
+                );
+                return;
+            }
         }
-        self.adopt_term(term);
         match command {
             WorkerCommand::Term(_) => {}
             WorkerCommand::Launch(launch) => {
-                let seen = self
-                    .fencing
-                    .generations
-                    .get(&launch.job_id)
-                    .copied()
-                    .unwrap_or(0);
-                if launch.generation <= seen {
-                    tracing::warn!(
-                        job = launch.job_id,
-                        generation = launch.generation,
-                        seen,
-                        "refused launch of a stale generation"
-                    );
-                    return;
-                }
-                self.fencing
-                    .generations
-                    .insert(launch.job_id.clone(), launch.generation);
-                self.fencing.save(&self.state_dir);
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
             }
@@ -287,15 +219,6 @@ impl Supervisor {
                 let matches = self.running.as_ref().is_some_and(|r| {
                     r.record.job_id == stop.job_id && r.record.generation <= stop.generation
                 });
-                let seen = self
-                    .fencing
-                    .generations
-                    .entry(stop.job_id.clone())
-                    .or_insert(0);
-                if stop.generation > *seen {
-                    *seen = stop.generation;
-                    self.fencing.save(&self.state_dir);
-                }
                 if matches {
                     if let Some(r) = self.running.as_mut() {
                         r.grace = Duration::from_millis(stop.grace_ms);
@@ -508,15 +431,8 @@ impl Supervisor {
                 return;
             }
         };
-        let seen = self
-            .fencing
-            .generations
-            .entry(record.job_id.clone())
-            .or_insert(0);
-        if record.generation > *seen {
-            *seen = record.generation;
-            self.fencing.save(&self.state_dir);
-        }
+        self.fencing
+            .decide(|f| f.observe_generation(&record.job_id, record.generation));
         let same =
             |pid: u32, ticks: u64| start_ticks(pid).is_some_and(|t| ticks == 0 || t == ticks);
         if record.pid == 0
@@ -959,31 +875,33 @@ mod tests {
         assert_eq!(parse_step(&re, "stepping up"), None);
     }
 
-    #[test]
-    fn the_fencing_state_survives_an_agent_restart() {
-        let dir = std::env::temp_dir().join(format!("holdfast-fencing-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(FencingState::load(&dir), FencingState::default());
-        let mut state = FencingState {
-            term: 7,
-            ..Default::default()
-        };
-        state.generations.insert("job-1".into(), 3);
-        state.save(&dir);
-        assert_eq!(FencingState::load(&dir), state);
-        // A supervisor started on that directory refuses what an older coordinator sends.
-        let (outbox, _rx) = tokio::sync::mpsc::unbounded_channel();
+    fn supervisor(
+        state_dir: &std::path::Path,
+    ) -> (Supervisor, mpsc::UnboundedReceiver<pb::AgentMessage>) {
+        let (outbox, rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor::new(
             outbox,
             "n".into(),
             "127.0.0.1".into(),
-            dir.clone(),
+            state_dir.to_path_buf(),
             Duration::from_millis(100),
             Default::default(),
         );
-        assert_eq!(supervisor.known_term().load(Ordering::SeqCst), 7);
-        std::fs::write(FencingState::path(&dir), b"not json").unwrap();
-        assert_eq!(FencingState::load(&dir), FencingState::default());
+        (supervisor, rx)
+    }
+
+    #[test]
+    fn the_fencing_state_survives_an_agent_restart() {
+        let dir = std::env::temp_dir().join(format!("holdfast-fencing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        SharedFencing::load(&dir)
+            .decide(|f| f.admit_launch("job-1", 3, 7))
+            .unwrap();
+        // A supervisor started on that directory refuses what an older coordinator sends.
+        let (supervisor, _rx) = supervisor(&dir);
+        assert_eq!(supervisor.fencing().term(), 7);
+        assert!(supervisor.fencing().admit_term(6).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -992,21 +910,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("holdfast-fencing-cmd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut state = FencingState {
-            term: 5,
-            ..Default::default()
-        };
-        state.generations.insert("j".into(), 2);
-        state.save(&dir);
-        let (outbox, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut supervisor = Supervisor::new(
-            outbox,
-            "n".into(),
-            "127.0.0.1".into(),
-            dir.clone(),
-            Duration::from_millis(100),
-            Default::default(),
-        );
+        SharedFencing::load(&dir)
+            .decide(|f| f.admit_launch("j", 2, 5))
+            .unwrap();
+        let (mut supervisor, mut rx) = supervisor(&dir);
         let launch = |term, generation| pb::Launch {
             job_id: "j".into(),
             generation,
@@ -1019,11 +926,29 @@ mod tests {
         supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
         assert!(supervisor.running.is_none());
         assert!(rx.try_recv().is_err());
+        // A stop or a fence of an older term is refused too.
+        supervisor
+            .handle(WorkerCommand::Stop(pb::Stop {
+                job_id: "j".into(),
+                generation: 7,
+                term: 4,
+                ..Default::default()
+            }))
+            .await;
+        supervisor
+            .handle(WorkerCommand::Fence(pb::Fence {
+                term: 4,
+                ..Default::default()
+            }))
+            .await;
+        let on_disk = crate::fencing::store::load(&dir);
+        assert_eq!((on_disk.term(), on_disk.generation("j")), (5, 2));
         // The current term and a new generation start a worker.
         supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
         assert!(supervisor.running.is_some());
-        assert_eq!(FencingState::load(&dir).term, 6);
-        assert_eq!(FencingState::load(&dir).generations["j"], 3);
+        let on_disk = crate::fencing::store::load(&dir);
+        assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
+        assert_eq!(supervisor.fencing().term(), 6);
         supervisor.stop_current("test over").await;
         let _ = std::fs::remove_dir_all(&dir);
     }
