@@ -51,9 +51,7 @@ mod tests {
 
     #[test]
     fn replaces_the_content_whole_and_leaves_no_temp_file() {
-        let dir = std::env::temp_dir().join(format!("holdfast-durable-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("durable");
         let path = dir.join("state.json");
         write(&path, b"first, and longer").unwrap();
         write(&path, b"second").unwrap();
@@ -67,6 +65,5 @@ mod tests {
             write(Path::new("/"), b"x").is_err(),
             "a path without a file name"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -32,6 +32,9 @@ pub mod scripts;
 pub mod session;
 pub mod worker;
 
+#[cfg(test)]
+mod testdir;
+
 pub use config::AgentConfig;
 pub use session::run;
 

@@ -96,16 +96,9 @@ impl SharedFencing {
 mod tests {
     use super::*;
 
-    fn temp_state_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn the_state_survives_a_restart_and_a_bad_file_is_a_fresh_start() {
-        let dir = temp_state_dir("fencing-store");
+        let dir = crate::testdir::TestDir::new("fencing-store");
         assert_eq!(load(&dir), Fencing::default());
         let shared = SharedFencing::load(&dir);
         shared.decide(|f| f.admit_launch("job-1", 3, 7)).unwrap();
@@ -115,12 +108,11 @@ mod tests {
         assert!(restarted.admit_term(6).is_err());
         std::fs::write(path(&dir), b"not json").unwrap();
         assert_eq!(load(&dir), Fencing::default());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_refusal_that_raised_the_term_is_saved_and_a_plain_refusal_writes_nothing() {
-        let dir = temp_state_dir("fencing-decide");
+        let dir = crate::testdir::TestDir::new("fencing-decide");
         let shared = SharedFencing::load(&dir);
         shared.decide(|f| f.admit_launch("j", 2, 5)).unwrap();
         assert!(shared.decide(|f| f.admit_launch("j", 2, 6)).is_err());
@@ -131,6 +123,5 @@ mod tests {
         // Clones are one state.
         shared.clone().decide(|f| f.observe(8)).unwrap();
         assert_eq!(shared.term(), 8);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -334,9 +334,7 @@ mod tests {
 
     #[test]
     fn the_fencing_state_survives_an_agent_restart() {
-        let dir = std::env::temp_dir().join(format!("holdfast-fencing-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("fencing");
         SharedFencing::load(&dir)
             .decide(|f| f.admit_launch("job-1", 3, 7))
             .unwrap();
@@ -344,14 +342,11 @@ mod tests {
         let (supervisor, _rx) = supervisor(&dir);
         assert_eq!(supervisor.fencing().term(), 7);
         assert!(supervisor.fencing().admit_term(6).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn commands_of_an_older_term_or_generation_are_refused_after_a_restart() {
-        let dir = std::env::temp_dir().join(format!("holdfast-fencing-cmd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("fencing-cmd");
         SharedFencing::load(&dir)
             .decide(|f| f.admit_launch("j", 2, 5))
             .unwrap();
@@ -392,6 +387,5 @@ mod tests {
         assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
         assert_eq!(supervisor.fencing().term(), 6);
         supervisor.stop_current("test over").await;
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

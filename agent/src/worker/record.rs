@@ -97,9 +97,7 @@ mod tests {
 
     #[test]
     fn the_record_is_written_whole_read_back_and_cleared() {
-        let dir = std::env::temp_dir().join(format!("holdfast-record-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("record");
         assert_eq!(read(&dir), None);
         let record = WorkerRecord {
             job_id: "j".into(),
@@ -127,7 +125,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(&dir).map(|r| (r.pid, r.start_ticks)), Some((9, 0)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
