@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::record;
-use super::Supervisor;
+use super::{record, Supervisor};
 
 /// How often an adopted worker (not this agent's child) is checked for being gone.
 const ADOPTED_EXIT_POLL: Duration = Duration::from_millis(200);
