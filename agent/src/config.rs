@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use holdfast_core::config_file::{key_line, locate};
 use serde::{Deserialize, Serialize};
 
 use crate::health::xid::{XidClass, XidPolicy};
@@ -327,71 +328,11 @@ impl AgentConfig {
     }
 }
 
-/// The 1-based line of byte `offset` in `text`, and the key that line sets (if it sets one).
-fn locate(text: &str, offset: usize) -> (Option<usize>, String) {
-    let offset = offset.min(text.len());
-    let line = text[..offset].matches('\n').count() + 1;
-    let key = text
-        .lines()
-        .nth(line - 1)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .unwrap_or_default();
-    (Some(line), key)
-}
-
-/// The 1-based line that sets `key` at the top level of `text`.
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.split_once('=')
-                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
-        })
-        .map(|i| i + 1)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    /// Each file in testdata/config is a bad config whose first line says which key and line
-    /// the error must name; every key `validate()` can refuse has one.
-    #[test]
-    fn every_fixture_is_refused_naming_its_file_line_and_key() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");
-        let mut covered = BTreeSet::new();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let expect = text
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# expect: "));
-            let (key, line) = expect
-                .and_then(|e| e.split_once(" line "))
-                .unwrap_or_else(|| panic!("{name}: first line must be `# expect: KEY line N`"));
-            let err = AgentConfig::from_toml(&text, &name)
-                .unwrap_err()
-                .to_string();
-            let want = format!("{name} line {line}: {key}: ");
-            assert!(
-                err.starts_with(&want),
-                "{name}: expected {want:?}, got {err:?}"
-            );
-            covered.insert(key.to_string());
-        }
-        let source = include_str!("config.rs");
-        let refusals = regex::Regex::new(r#"invalid\(\s*"(\w+)""#).unwrap();
-        for key in refusals.captures_iter(source).map(|c| c[1].to_string()) {
-            assert!(
-                covered.contains(&key),
-                "no fixture in testdata/config refuses {key}"
-            );
-        }
-    }
-
     use super::*;
+
+    holdfast_core::config_fixture_test!(AgentConfig, "config.rs");
 
     #[test]
     fn defaults_are_valid() {
@@ -400,121 +341,34 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases = [
-            (
-                "coordinator",
-                AgentConfig {
-                    coordinator: "10.0.0.1:7070".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "node_id",
-                AgentConfig {
-                    node_id: "a b".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "heartbeat_interval_ms",
-                AgentConfig {
-                    heartbeat_interval_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "reconnect_max_backoff_ms",
-                AgentConfig {
-                    reconnect_max_backoff_ms: 1,
-                    ..Default::default()
-                },
-            ),
-            (
-                "progress_file_poll_ms",
-                AgentConfig {
-                    progress_file_poll_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "state_dir",
-                AgentConfig {
-                    state_dir: PathBuf::new(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "xid_overrides",
-                AgentConfig {
-                    xid_overrides: BTreeMap::from([("x79".into(), XidClass::Fatal)]),
-                    ..Default::default()
-                },
-            ),
-            (
-                "script_dir",
-                AgentConfig {
-                    script_dir: "scripts".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "kmsg_path",
-                AgentConfig {
-                    kmsg_path: Some(PathBuf::new()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "health_poll_interval_ms",
-                AgentConfig {
-                    health_poll_interval_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "probe_timeout_ms",
-                AgentConfig {
-                    probe_timeout_ms: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "debounce_count",
-                AgentConfig {
-                    debounce_count: 0,
-                    ..Default::default()
-                },
-            ),
-            (
-                "disk_paths",
-                AgentConfig {
-                    disk_paths: vec!["ckpt".into()],
-                    ..Default::default()
-                },
-            ),
-            (
-                "mounts",
-                AgentConfig {
-                    mounts: vec!["scratch".into()],
-                    ..Default::default()
-                },
-            ),
-            (
-                "metrics_listen",
-                AgentConfig {
-                    metrics_listen: "9101".into(),
-                    ..Default::default()
-                },
-            ),
-            (
-                "on_fence_timeout_ms",
-                AgentConfig {
-                    on_fence_timeout_ms: 0,
-                    ..Default::default()
-                },
-            ),
+        /// A change to the defaults.
+        type Change = fn(&mut AgentConfig);
+        // Each key, and a change that it refuses.
+        let cases: &[(&str, Change)] = &[
+            ("coordinator", |c| c.coordinator = "10.0.0.1:7070".into()),
+            ("node_id", |c| c.node_id = "a b".into()),
+            ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
+            ("reconnect_max_backoff_ms", |c| {
+                c.reconnect_max_backoff_ms = 1
+            }),
+            ("progress_file_poll_ms", |c| c.progress_file_poll_ms = 0),
+            ("state_dir", |c| c.state_dir = PathBuf::new()),
+            ("xid_overrides", |c| {
+                c.xid_overrides = BTreeMap::from([("x79".into(), XidClass::Fatal)])
+            }),
+            ("script_dir", |c| c.script_dir = "scripts".into()),
+            ("kmsg_path", |c| c.kmsg_path = Some(PathBuf::new())),
+            ("health_poll_interval_ms", |c| c.health_poll_interval_ms = 0),
+            ("probe_timeout_ms", |c| c.probe_timeout_ms = 0),
+            ("debounce_count", |c| c.debounce_count = 0),
+            ("disk_paths", |c| c.disk_paths = vec!["ckpt".into()]),
+            ("mounts", |c| c.mounts = vec!["scratch".into()]),
+            ("metrics_listen", |c| c.metrics_listen = "9101".into()),
+            ("on_fence_timeout_ms", |c| c.on_fence_timeout_ms = 0),
         ];
-        for (key, config) in cases {
+        for (key, refused) in cases {
+            let mut config = AgentConfig::default();
+            refused(&mut config);
             let err = config.validate().unwrap_err().to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }

@@ -8,6 +8,9 @@
 //! - [`session`] — the stream to the coordinator: connect, hello, heartbeats, reconnect with
 //!   backoff; commands go to the supervisor, events come back through the [`Outbox`].
 //! - [`worker`] — the worker supervisor: process groups, progress, stop with grace.
+//! - [`fencing`] — whether a coordinator's command still counts (its term, the job's
+//!   generation), remembered across agent restarts.
+//! - [`durable`] — state files written atomically and durably.
 //! - [`identity`] — hostname, boot id.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
@@ -18,6 +21,8 @@
 //! wait in the outbox and are sent on reconnect.
 
 pub mod config;
+pub mod durable;
+pub mod fencing;
 pub mod health;
 pub mod identity;
 pub mod metrics;
@@ -26,6 +31,9 @@ pub mod restart;
 pub mod scripts;
 pub mod session;
 pub mod worker;
+
+#[cfg(test)]
+mod testdir;
 
 pub use config::AgentConfig;
 pub use session::run;
@@ -36,15 +44,5 @@ use holdfast_proto::v1 as pb;
 /// one session, so events produced while disconnected are sent after the next hello.
 pub type Outbox = tokio::sync::mpsc::UnboundedSender<pb::AgentMessage>;
 
-/// Matches `step 12`, `step=12`, `Step: 12` in a worker's output.
-pub const DEFAULT_PROGRESS_REGEX: &str = r"(?i)\bstep[\s:=]+(\d+)";
-
 /// Version announced in hello.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Wall-clock unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

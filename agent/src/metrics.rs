@@ -62,30 +62,34 @@ impl AgentMetrics {
             }
         };
         let plain = |v: u64| vec![(String::new(), v.to_string())];
-        family(
-            "holdfast_agent_heartbeats_sent_total",
-            "counter",
-            "Heartbeats sent to the coordinator.",
-            plain(c.heartbeats_sent.load(Ordering::Relaxed)),
-        );
-        family(
-            "holdfast_agent_sessions_total",
-            "counter",
-            "Sessions the coordinator welcomed.",
-            plain(c.sessions_opened.load(Ordering::Relaxed)),
-        );
-        family(
-            "holdfast_agent_reconnects_total",
-            "counter",
-            "Sessions lost or connection attempts failed (each is followed by a reconnect).",
-            plain(c.sessions_lost.load(Ordering::Relaxed)),
-        );
-        family(
-            "holdfast_agent_connected",
-            "gauge",
-            "1 while a session with the coordinator is open.",
-            plain(c.connected.load(Ordering::Relaxed)),
-        );
+        for (name, kind, help, value) in [
+            (
+                "holdfast_agent_heartbeats_sent_total",
+                "counter",
+                "Heartbeats sent to the coordinator.",
+                &c.heartbeats_sent,
+            ),
+            (
+                "holdfast_agent_sessions_total",
+                "counter",
+                "Sessions the coordinator welcomed.",
+                &c.sessions_opened,
+            ),
+            (
+                "holdfast_agent_reconnects_total",
+                "counter",
+                "Sessions lost or connection attempts failed (each is followed by a reconnect).",
+                &c.sessions_lost,
+            ),
+            (
+                "holdfast_agent_connected",
+                "gauge",
+                "1 while a session with the coordinator is open.",
+                &c.connected,
+            ),
+        ] {
+            family(name, kind, help, plain(value.load(Ordering::Relaxed)));
+        }
         let running = worker.record.as_ref();
         family(
             "holdfast_agent_worker_running",

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::LazyLock;
 
 /// When this agent process started, unix ms (reported in hello: a new value means a restart).
-pub static STARTED_MS: LazyLock<i64> = LazyLock::new(crate::now_ms);
+pub static STARTED_MS: LazyLock<i64> = LazyLock::new(holdfast_core::now_ms);
 
 /// Replaces this process with a fresh run of its binary. Returns only on failure, with why.
 pub fn exec_self() -> String {

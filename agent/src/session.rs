@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use holdfast_core::now_ms;
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as ToCoordinator;
 use pb::agent_service_client::AgentServiceClient;
@@ -15,10 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{AgentConfig, NodeRole};
+use crate::fencing::store::SharedFencing;
+use crate::fencing::OlderTerm;
 use crate::health::HealthBoard;
 use crate::scripts::ScriptRunner;
 use crate::worker::{Supervisor, WorkerCommand, WorkerSnapshot};
-use crate::{identity, now_ms, Outbox, AGENT_VERSION};
+use crate::{identity, Outbox, AGENT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -64,13 +67,12 @@ struct AgentState {
     /// The host's GPUs, announced in every hello.
     gpus: Vec<pb::Gpu>,
     metrics: crate::metrics::AgentMetrics,
-    /// Highest coordinator term seen (durable, kept by the supervisor).
-    known_term: Arc<std::sync::atomic::AtomicU64>,
+    /// Highest coordinator term and generations seen (durable), shared with the supervisor:
+    /// welcomes, scripts and restarts of older terms are refused.
+    fencing: SharedFencing,
     /// Runs the coordinator's `RunScript` requests; results go back through `outbox`.
     scripts: ScriptRunner,
     outbox: Outbox,
-    /// The term of the coordinator that welcomed this agent: scripts of older terms are refused.
-    term: u64,
     /// The coordinator addresses and which one the next session tries.
     addresses: Vec<String>,
     next_address: usize,
@@ -142,7 +144,7 @@ pub async fn run_with_outbox(
             snapshot.clone(),
         ));
     }
-    let known_term = supervisor.known_term();
+    let fencing = supervisor.fencing();
     let config_addresses = config.coordinators();
     let supervisor = tokio::spawn(supervisor.run(commands_rx));
     let mut state = AgentState {
@@ -156,10 +158,9 @@ pub async fn run_with_outbox(
         heartbeat_seq: 0,
         gpus,
         metrics,
-        known_term,
+        fencing,
         scripts,
         outbox,
-        term: 0,
         addresses: config_addresses,
         next_address: 0,
     };
@@ -331,24 +332,19 @@ async fn session(
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
-            let known = state.known_term.load(std::sync::atomic::Ordering::SeqCst);
-            if w.term < known {
+            // From here on, the supervisor refuses commands of older terms too.
+            if let Err(OlderTerm { term, current }) = state.fencing.decide(|f| f.observe(w.term)) {
                 // A coordinator that lost its leadership (or a stale copy) still serving.
                 return SessionEnd::Lost(format!(
-                    "coordinator at {} has term {} but term {known} was already seen; refusing it \
-                     (if its state was reset on purpose, remove {})",
+                    "coordinator at {} has term {term} but term {current} was already seen; \
+                     refusing it (if its state was reset on purpose, remove {})",
                     state.address(),
-                    w.term,
-                    crate::worker::FencingState::path(&state.config.state_dir).display()
+                    state.fencing.path().display()
                 ));
-            }
-            if state.commands.send(WorkerCommand::Term(w.term)).is_err() {
-                return SessionEnd::Shutdown;
             }
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
-            state.term = state.term.max(w.term);
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
@@ -412,7 +408,7 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(pb::CoordinatorMessage { body: Some(FromCoordinator::RestartAgent(r)) })) => {
-                    if r.term < state.term {
+                    if state.fencing.admit_term(r.term).is_err() {
                         tracing::warn!(term = r.term, "refused a restart of an older coordinator term");
                         continue;
                     }
@@ -442,7 +438,7 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
         FromCoordinator::RunScript(r) => {
-            if r.term < state.term {
+            if state.fencing.admit_term(r.term).is_err() {
                 tracing::warn!(
                     script = r.script,
                     term = r.term,

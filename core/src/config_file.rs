@@ -23,3 +23,135 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
         })
         .map(|i| i + 1)
 }
+
+/// The keys a config source refuses by name: every `invalid("key"` in `source` (the call
+/// may break its line after the parenthesis). Keys passed through variables are not seen.
+pub fn refused_keys(source: &str) -> Vec<&str> {
+    let mut keys = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("invalid(") {
+        rest = &rest[at + "invalid(".len()..];
+        let Some(quoted) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let end = quoted
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(quoted.len());
+        if end > 0 && quoted[end..].starts_with('"') {
+            keys.push(&quoted[..end]);
+        }
+    }
+    keys
+}
+
+/// Checks a daemon's bad-config fixtures: each file in `dir` must be refused by `parse` (given
+/// the text and the file's name) with an error that starts `NAME line N: KEY: `, as the file's
+/// first line `# expect: KEY line N` says; and every key `source` refuses by name (see
+/// [`refused_keys`]) must have a fixture. Returns every problem found, one line each.
+pub fn check_fixtures<E: std::fmt::Display, C>(
+    dir: &std::path::Path,
+    source: &str,
+    parse: impl Fn(&str, &str) -> Result<C, E>,
+) -> Result<(), Vec<String>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| vec![format!("cannot list {}: {e}", dir.display())])?;
+    let mut problems = Vec::new();
+    let mut covered = std::collections::BTreeSet::new();
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                problems.push(format!("cannot list {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.push(format!("{name}: unreadable: {e}"));
+                continue;
+            }
+        };
+        let Some((key, line)) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .and_then(|e| e.split_once(" line "))
+        else {
+            problems.push(format!("{name}: first line must be `# expect: KEY line N`"));
+            continue;
+        };
+        let want = format!("{name} line {line}: {key}: ");
+        match parse(&text, &name) {
+            Ok(_) => problems.push(format!("{name}: expected {want:?}, but it loads")),
+            Err(e) if !e.to_string().starts_with(&want) => {
+                problems.push(format!(
+                    "{name}: expected {want:?}, got {:?}",
+                    e.to_string()
+                ));
+            }
+            Err(_) => {}
+        }
+        covered.insert(key.to_string());
+    }
+    for key in refused_keys(source) {
+        if !covered.contains(key) {
+            problems.push(format!("no fixture in {} refuses {key}", dir.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The fixture test of a daemon's config, as a `#[test]` fn in the calling module:
+/// `holdfast_core::config_fixture_test!(AgentConfig, "config.rs");` checks every bad config in
+/// the calling crate's `testdata/config` against `AgentConfig::from_toml(text, file_name)` (see
+/// [`check_fixtures`]), and that every key the source file (relative to the calling file, as
+/// `include_str!` takes it) refuses by name has a fixture.
+#[macro_export]
+macro_rules! config_fixture_test {
+    ($config:ty, $source:literal) => {
+        /// Each file in testdata/config is a bad config whose first line says which key and
+        /// line the error must name; every key `validate()` can refuse has one.
+        #[test]
+        fn every_fixture_is_refused_naming_its_file_line_and_key() {
+            let dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");
+            if let Err(problems) = $crate::config_file::check_fixtures(
+                &dir,
+                include_str!($source),
+                <$config>::from_toml,
+            ) {
+                panic!("{}", problems.join("\n"));
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_keys_are_found_across_line_breaks_and_not_through_variables() {
+        let source =
+            "invalid(\"a_1\", x); invalid(\n    \"b\",\n); invalid(key, y); invalid(\"\"); \
+                      invalid(\"c d\")";
+        assert_eq!(refused_keys(source), ["a_1", "b"]);
+    }
+
+    #[test]
+    fn lines_and_keys_are_located() {
+        let text = "a = 1\n\"b\" = 2\n";
+        assert_eq!(locate(text, 8), (Some(2), "b".to_string()));
+        assert_eq!(locate(text, 999), (Some(3), String::new()));
+        assert_eq!(key_line(text, "b"), Some(2));
+        assert_eq!(key_line(text, "c"), None);
+    }
+}

@@ -25,9 +25,10 @@ pub mod xid;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use holdfast_core::now_ms;
 use holdfast_proto::v1 as pb;
 
-use crate::{now_ms, Outbox};
+use crate::Outbox;
 
 /// The latest result of every check, shared between monitors and the session.
 #[derive(Clone, Default)]
@@ -175,30 +176,27 @@ mod tests {
 
     #[test]
     fn summary_takes_the_worst_state_and_fatal_is_reported_once() {
+        use pb::{HealthAction as A, HealthState as S};
         let board = HealthBoard::default();
-        assert_eq!(board.summary().state, pb::HealthState::Healthy as i32);
-        assert!(!board.set(check(
-            "memory",
-            pb::HealthState::Degraded,
-            "low",
-            pb::HealthAction::None
-        )));
-        assert_eq!(board.summary().state, pb::HealthState::Degraded as i32);
-        let fatal = check(
-            "xid",
-            pb::HealthState::Unhealthy,
-            "Xid 79",
-            pb::HealthAction::ReplaceNode,
-        );
-        assert!(board.set(fatal.clone()));
-        assert!(!board.set(fatal), "already fatal: no second report");
-        assert_eq!(board.summary().state, pb::HealthState::Unhealthy as i32);
-        assert!(!board.set(check(
-            "xid",
-            pb::HealthState::Healthy,
-            "",
-            pb::HealthAction::None
-        )));
-        assert_eq!(board.summary().state, pb::HealthState::Degraded as i32);
+        assert_eq!(board.summary().state, S::Healthy as i32);
+        let fatal = check("xid", S::Unhealthy, "Xid 79", A::ReplaceNode);
+        // Each result in turn: whether it is to be reported at once, and the node's state after.
+        for (i, (result, reported, state)) in [
+            (
+                check("memory", S::Degraded, "low", A::None),
+                false,
+                S::Degraded,
+            ),
+            (fatal.clone(), true, S::Unhealthy),
+            // Already fatal: no second report.
+            (fatal, false, S::Unhealthy),
+            (check("xid", S::Healthy, "", A::None), false, S::Degraded),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(board.set(result), reported, "result {i}");
+            assert_eq!(board.summary().state, state as i32, "result {i}");
+        }
     }
 }

@@ -1,0 +1,391 @@
+//! The supervisor's command loop: every command passes the fencing check, then a launch stops
+//! the current worker and starts the next, a stop or a fence stops it (SIGTERM, grace,
+//! SIGKILL of the whole group), and a worker's exit is reported once its log is read.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_core::now_ms;
+use holdfast_proto::v1 as pb;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use pb::agent_message::Body as ToCoordinator;
+use tokio::sync::{mpsc, oneshot};
+
+use super::follow::{read_progress_file, ProgressReporter, WorkerGone};
+use super::{record, WorkerCommand, WorkerRecord, WorkerSnapshot};
+use crate::fencing::store::SharedFencing;
+use crate::fencing::Refusal;
+use crate::Outbox;
+
+/// Longest an exit report waits for the worker's log to be read to its end.
+const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The worker the supervisor runs (or adopted), from its start until its exit is reported.
+pub(super) struct Running {
+    pub(super) record: WorkerRecord,
+    /// Read once more at exit, so the last step written before the exit is not missed.
+    pub(super) progress_file: PathBuf,
+    pub(super) progress: ProgressReporter,
+    pub(super) stop_requested: Arc<AtomicBool>,
+    /// The exit status; `None` for an adopted worker (not this agent's child: the status
+    /// cannot be known, only that it is gone).
+    pub(super) exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
+    pub(super) grace: Duration,
+    /// Set once the worker is gone, so its log follower reads to the end and stops.
+    pub(super) done: Arc<WorkerGone>,
+    /// The log follower: awaited at exit, so the last steps the worker printed are reported
+    /// before its exit is.
+    pub(super) follower: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the supervisor until the command channel closes.
+pub struct Supervisor {
+    pub(super) outbox: Outbox,
+    pub(super) node_id: String,
+    pub(super) advertise_address: String,
+    pub(super) state_dir: PathBuf,
+    pub(super) progress_poll: Duration,
+    pub(super) running: Option<Running>,
+    /// Highest coordinator term and generation per job seen (durable), shared with the
+    /// session: older commands are refused.
+    pub(super) fencing: SharedFencing,
+    pub(super) snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+    /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
+    on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
+}
+
+impl Supervisor {
+    /// Runs `on-fence` from `runner`'s directory with `timeout_ms` whenever the node is fenced.
+    pub fn with_on_fence(
+        mut self,
+        runner: crate::scripts::ScriptRunner,
+        timeout_ms: u64,
+    ) -> Supervisor {
+        self.on_fence = Some((runner, timeout_ms));
+        self
+    }
+
+    pub fn new(
+        outbox: Outbox,
+        node_id: String,
+        advertise_address: String,
+        state_dir: PathBuf,
+        progress_poll: Duration,
+        snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+    ) -> Supervisor {
+        Supervisor {
+            outbox,
+            node_id,
+            advertise_address,
+            progress_poll,
+            running: None,
+            fencing: SharedFencing::load(&state_dir),
+            state_dir,
+            snapshot,
+            on_fence: None,
+        }
+    }
+
+    /// The fencing state (loaded from `state_dir`), for the session to decide through.
+    pub fn fencing(&self) -> SharedFencing {
+        self.fencing.clone()
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
+        loop {
+            let exited = async {
+                match self.running.as_mut() {
+                    Some(r) => (&mut r.exited).await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => {
+                        // The agent is shutting down: workers keep running (a restarted agent
+                        // finds them through worker.json).
+                        return;
+                    }
+                },
+                status = exited => self.on_exit(status).await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: WorkerCommand) {
+        let verdict = self.fencing.decide(|fencing| match &command {
+            WorkerCommand::Launch(l) => fencing.admit_launch(&l.job_id, l.generation, l.term),
+            WorkerCommand::Stop(s) => fencing.admit_stop(&s.job_id, s.generation, s.term),
+            WorkerCommand::Fence(f) => fencing.observe(f.term).map_err(Refusal::from),
+            WorkerCommand::Term(t) => fencing.observe(*t).map_err(Refusal::from),
+        });
+        match verdict {
+            Ok(()) => {}
+            Err(Refusal::OlderTerm(older)) => {
+                tracing::warn!(
+                    term = older.term,
+                    current = older.current,
+                    "refused a command of an older coordinator term"
+                );
+                return;
+            }
+            Err(Refusal::StaleGeneration {
+                job,
+                generation,
+                seen,
+            }) => {
+                tracing::warn!(
+                    job,
+                    generation,
+                    seen,
+                    "refused launch of a stale generation"
+                );
+                return;
+            }
+        }
+        match command {
+            WorkerCommand::Term(_) => {}
+            WorkerCommand::Launch(launch) => {
+                self.stop_current("superseded by a new generation").await;
+                self.launch(launch);
+            }
+            WorkerCommand::Stop(stop) => {
+                let matches = self.running.as_ref().is_some_and(|r| {
+                    r.record.job_id == stop.job_id && r.record.generation <= stop.generation
+                });
+                if matches {
+                    if let Some(r) = self.running.as_mut() {
+                        r.grace = Duration::from_millis(stop.grace_ms);
+                    }
+                    self.stop_current(&stop.reason).await;
+                }
+            }
+            WorkerCommand::Fence(fence) => {
+                tracing::warn!("node fenced: {}", fence.reason);
+                self.stop_current("node fenced").await;
+                self.run_on_fence(&fence);
+            }
+        }
+    }
+
+    /// Starts `on-fence` in the background (it may power things off or drain; the supervisor
+    /// must stay responsive meanwhile) and reports its result as command `on-fence`.
+    fn run_on_fence(&self, fence: &pb::Fence) {
+        let Some((runner, timeout_ms)) = self.on_fence.clone() else {
+            return;
+        };
+        if !runner
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.join("on-fence").is_file())
+        {
+            return;
+        }
+        let request = pb::RunScript {
+            command_id: "on-fence".into(),
+            script: "on-fence".into(),
+            args: Vec::new(),
+            timeout_ms,
+            env: [("HOLDFAST_FENCE_REASON".to_string(), fence.reason.clone())].into(),
+            term: fence.term,
+        };
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let result = runner.run(&request).await;
+            tracing::info!(ok = result.ok, "on-fence: {}", result.message);
+            let _ = outbox.send(pb::AgentMessage {
+                body: Some(ToCoordinator::CommandResult(result)),
+            });
+        });
+    }
+
+    /// SIGCONT + SIGTERM to the group, SIGKILL after the grace, then waits for the exit.
+    async fn stop_current(&mut self, reason: &str) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        running.stop_requested.store(true, Ordering::SeqCst);
+        let pgid = Pid::from_raw(running.record.pid as i32);
+        tracing::info!(
+            job = running.record.job_id,
+            generation = running.record.generation,
+            pid = running.record.pid,
+            "stopping worker: {reason}"
+        );
+        // Launchers such as torchrun run their workers in sessions of their own, out of the
+        // group's reach: find them now, while they are still the leader's descendants.
+        let tree = crate::proctree::descendants(running.record.pid as i32);
+        // A stopped (SIGSTOP) process only acts on SIGTERM once continued.
+        let _ = killpg(pgid, Signal::SIGTERM);
+        crate::proctree::signal_all(&tree, Signal::SIGTERM);
+        let _ = killpg(pgid, Signal::SIGCONT);
+        crate::proctree::signal_all(&tree, Signal::SIGCONT);
+        let status = match tokio::time::timeout(running.grace, &mut running.exited).await {
+            Ok(status) => status.ok().flatten(),
+            Err(_) => {
+                tracing::warn!(
+                    pid = running.record.pid,
+                    "worker ignored SIGTERM; sending SIGKILL to its group"
+                );
+                let _ = killpg(pgid, Signal::SIGKILL);
+                crate::proctree::signal_all(&tree, Signal::SIGKILL);
+                tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+            }
+        };
+        // Whatever of the tree outlived its launcher would run on as an orphan.
+        crate::proctree::signal_all(&tree, Signal::SIGKILL);
+        self.on_exit(status).await;
+    }
+
+    async fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.done.set();
+        // The follower now reads the log to its end and stops; bounded, so a huge log or a
+        // stuck filesystem cannot hold the exit report back for long.
+        if tokio::time::timeout(LOG_DRAIN_TIMEOUT, running.follower)
+            .await
+            .is_err()
+        {
+            tracing::warn!("worker log not drained within {LOG_DRAIN_TIMEOUT:?}");
+        }
+        // Whatever the leader left behind in its group goes with it.
+        let _ = killpg(Pid::from_raw(running.record.pid as i32), Signal::SIGKILL);
+        use std::os::unix::process::ExitStatusExt;
+        let (code, signal) = status.map_or((None, None), |s| (s.code(), s.signal()));
+        let stopped = running.stop_requested.load(Ordering::SeqCst);
+        tracing::info!(
+            job = running.record.job_id,
+            generation = running.record.generation,
+            ?code,
+            ?signal,
+            stopped_by_agent = stopped,
+            "worker exited"
+        );
+        if let Some(step) = read_progress_file(&running.progress_file) {
+            running.progress.report(step);
+        }
+        record::write(&self.state_dir, None);
+        if let Ok(mut snap) = self.snapshot.lock() {
+            snap.record = None;
+        }
+        self.report_exit(
+            &running.record.job_id,
+            running.record.generation,
+            code,
+            signal,
+            stopped,
+        );
+    }
+
+    pub(super) fn report_exit(
+        &self,
+        job_id: &str,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        stopped: bool,
+    ) {
+        self.send(ToCoordinator::WorkerEvent(pb::WorkerEvent {
+            job_id: job_id.to_string(),
+            generation,
+            kind: Some(pb::worker_event::Kind::Exited(pb::WorkerExited {
+                code,
+                signal,
+                stopped_by_agent: stopped,
+            })),
+            at_unix_ms: now_ms(),
+        }));
+    }
+
+    pub(super) fn send(&self, body: ToCoordinator) {
+        // The outbox outlives every session; a send fails only when the agent is shutting down.
+        let _ = self.outbox.send(pb::AgentMessage { body: Some(body) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervisor(
+        state_dir: &std::path::Path,
+    ) -> (Supervisor, mpsc::UnboundedReceiver<pb::AgentMessage>) {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            outbox,
+            "n".into(),
+            "127.0.0.1".into(),
+            state_dir.to_path_buf(),
+            Duration::from_millis(100),
+            Default::default(),
+        );
+        (supervisor, rx)
+    }
+
+    #[test]
+    fn the_fencing_state_survives_an_agent_restart() {
+        let dir = crate::testdir::TestDir::new("fencing");
+        SharedFencing::load(&dir)
+            .decide(|f| f.admit_launch("job-1", 3, 7))
+            .unwrap();
+        // A supervisor started on that directory refuses what an older coordinator sends.
+        let (supervisor, _rx) = supervisor(&dir);
+        assert_eq!(supervisor.fencing().term(), 7);
+        assert!(supervisor.fencing().admit_term(6).is_err());
+    }
+
+    #[tokio::test]
+    async fn commands_of_an_older_term_or_generation_are_refused_after_a_restart() {
+        let dir = crate::testdir::TestDir::new("fencing-cmd");
+        SharedFencing::load(&dir)
+            .decide(|f| f.admit_launch("j", 2, 5))
+            .unwrap();
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        let launch = |term, generation| pb::Launch {
+            job_id: "j".into(),
+            generation,
+            term,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        // An older coordinator term, then an older generation: nothing starts.
+        supervisor.handle(WorkerCommand::Launch(launch(4, 9))).await;
+        supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
+        assert!(supervisor.running.is_none());
+        assert!(rx.try_recv().is_err());
+        // A stop or a fence of an older term is refused too.
+        supervisor
+            .handle(WorkerCommand::Stop(pb::Stop {
+                job_id: "j".into(),
+                generation: 7,
+                term: 4,
+                ..Default::default()
+            }))
+            .await;
+        supervisor
+            .handle(WorkerCommand::Fence(pb::Fence {
+                term: 4,
+                ..Default::default()
+            }))
+            .await;
+        let on_disk = crate::fencing::store::load(&dir);
+        assert_eq!((on_disk.term(), on_disk.generation("j")), (5, 2));
+        // The current term and a new generation start a worker.
+        supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
+        assert!(supervisor.running.is_some());
+        let on_disk = crate::fencing::store::load(&dir);
+        assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
+        assert_eq!(supervisor.fencing().term(), 6);
+        supervisor.stop_current("test over").await;
+    }
+}

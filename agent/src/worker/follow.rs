@@ -1,0 +1,275 @@
+//! Following a running worker: its log file is read as it grows, each line copied to the
+//! agent's output and the steps it prints (per the job's progress regex) reported; the
+//! progress file the job may write (`HOLDFAST_PROGRESS_FILE`) is polled for the same.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_core::now_ms;
+use holdfast_proto::v1 as pb;
+use pb::agent_message::Body as ToCoordinator;
+use regex::Regex;
+use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
+
+use super::actor::Running;
+use super::{Supervisor, WorkerRecord, WorkerSnapshot};
+use crate::Outbox;
+
+/// How often a worker's log file is read for new output.
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(20);
+
+impl Supervisor {
+    /// Watches a running worker, just launched or adopted after an agent restart: follows its
+    /// log from `offset` and its progress file, and makes it the running worker.
+    pub(super) fn follow(
+        &mut self,
+        record: WorkerRecord,
+        exited: oneshot::Receiver<Option<std::process::ExitStatus>>,
+        offset: u64,
+    ) {
+        let regex = Regex::new(&record.progress_regex)
+            .or_else(|_| Regex::new(holdfast_core::DEFAULT_PROGRESS_REGEX))
+            .ok();
+        let progress = ProgressReporter {
+            outbox: self.outbox.clone(),
+            job_id: record.job_id.clone(),
+            generation: record.generation,
+            last: Arc::new(std::sync::Mutex::new(0)),
+            snapshot: self.snapshot.clone(),
+        };
+        let done = Arc::new(WorkerGone::default());
+        let prefix = format!(
+            "[{} g{} r{}]",
+            record.job_id, record.generation, record.node_rank
+        );
+        let follower = tokio::spawn(follow_log(
+            record.log_file.clone(),
+            offset,
+            prefix,
+            regex,
+            progress.clone(),
+            done.clone(),
+        ));
+        tokio::spawn(poll_progress_file(
+            record.progress_file.clone(),
+            self.progress_poll,
+            progress.clone(),
+        ));
+        if let Ok(mut snap) = self.snapshot.lock() {
+            snap.record = Some(record.clone());
+            snap.last_step = 0;
+        }
+        self.running = Some(Running {
+            progress_file: record.progress_file.clone(),
+            grace: Duration::from_millis(record.grace_ms.max(100)),
+            record,
+            progress,
+            stop_requested: Arc::new(AtomicBool::new(false)),
+            exited,
+            done,
+            follower,
+        });
+    }
+}
+
+/// Sends a progress message whenever the step changes.
+#[derive(Clone)]
+pub(super) struct ProgressReporter {
+    outbox: Outbox,
+    job_id: String,
+    generation: u64,
+    last: Arc<std::sync::Mutex<u64>>,
+    snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
+}
+
+impl ProgressReporter {
+    pub(super) fn report(&self, step: u64) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if *last == step {
+            return;
+        }
+        *last = step;
+        if let Ok(mut snap) = self.snapshot.lock() {
+            snap.last_step = step;
+        }
+        let _ = self.outbox.send(pb::AgentMessage {
+            body: Some(ToCoordinator::Progress(pb::Progress {
+                job_id: self.job_id.clone(),
+                generation: self.generation,
+                step,
+                at_unix_ms: now_ms(),
+            })),
+        });
+    }
+
+    fn closed(&self) -> bool {
+        self.outbox.is_closed()
+    }
+}
+
+/// Set when a worker is gone: its log follower then reads to the end and stops.
+#[derive(Default)]
+pub(super) struct WorkerGone {
+    gone: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl WorkerGone {
+    pub(super) fn set(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        // A permit is kept if the follower is not waiting yet: the wake-up is never lost.
+        self.wake.notify_one();
+    }
+
+    fn is_set(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+}
+
+/// Follows a worker's log file from `offset`: copies its lines to the agent's output and
+/// reports the steps they print. Stops once the worker is `done` and the file is read to its
+/// end.
+async fn follow_log(
+    path: PathBuf,
+    offset: u64,
+    prefix: String,
+    regex: Option<Regex>,
+    progress: ProgressReporter,
+    done: Arc<WorkerGone>,
+) {
+    use tokio::io::AsyncSeekExt;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot follow worker log {}: {e}", path.display());
+            return;
+        }
+    };
+    if offset > 0 && file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return;
+    }
+    // Adopted mid-file: the first partial line is not a line.
+    let mut skip_partial = offset > 0;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let finished = done.is_set();
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("worker log unreadable: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            if finished || progress.closed() {
+                return;
+            }
+            // New output is looked for every poll, and at once when the worker is gone.
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_FOLLOW_POLL) => {}
+                _ = done.wake.notified() => {}
+            }
+            continue;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if std::mem::take(&mut skip_partial) {
+                continue;
+            }
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+            println!("{prefix} {line}");
+            if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
+                progress.report(step);
+            }
+        }
+        // A line longer than this is cut rather than held for ever.
+        if pending.len() > 1 << 20 {
+            pending.clear();
+        }
+    }
+}
+
+/// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) until the worker is gone.
+async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressReporter) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        if progress.closed() {
+            return;
+        }
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => {
+                if let Some(step) = progress_file_step(&text) {
+                    progress.report(step);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("progress file {} unreadable: {e}", path.display()),
+        }
+        if progress
+            .snapshot
+            .lock()
+            .map(|s| {
+                s.record
+                    .as_ref()
+                    .is_none_or(|r| r.generation != progress.generation)
+            })
+            .unwrap_or(true)
+        {
+            let _ = tokio::fs::remove_file(&path).await;
+            return;
+        }
+    }
+}
+
+/// The step a job wrote to its progress file (the last number in it), if any.
+pub(super) fn read_progress_file(path: &Path) -> Option<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => progress_file_step(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::debug!("progress file {} unreadable: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// The step in a progress file's text: its last number (a job may append rather than rewrite).
+fn progress_file_step(text: &str) -> Option<u64> {
+    text.split_whitespace().last()?.parse().ok()
+}
+
+/// The step in a line of output, per the job's progress regex (first capture group).
+pub fn parse_step(regex: &Regex, line: &str) -> Option<u64> {
+    regex.captures(line)?.get(1)?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_regex_finds_steps() {
+        let re = Regex::new(holdfast_core::DEFAULT_PROGRESS_REGEX).unwrap();
+        assert_eq!(parse_step(&re, "step 12 loss 0.5"), Some(12));
+        assert_eq!(parse_step(&re, "[rank0] Step: 7"), Some(7));
+        assert_eq!(parse_step(&re, "global_step=99"), None);
+        assert_eq!(parse_step(&re, "step=99"), Some(99));
+        assert_eq!(parse_step(&re, "stepping up"), None);
+    }
+
+    #[test]
+    fn a_progress_file_says_its_last_number() {
+        assert_eq!(progress_file_step("12\n"), Some(12));
+        assert_eq!(progress_file_step("12\n13\n"), Some(13));
+        assert_eq!(progress_file_step(""), None);
+        assert_eq!(progress_file_step("12 half"), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! The worker supervisor: runs the job's command as its own process group, reports its start,
+//! progress and exit, and stops it with SIGTERM → grace → SIGKILL of the whole group.
+//!
+//! Commands arrive in order on one channel and are carried out one at a time, so a `Launch`
+//! of generation g+1 always stops generation g first. Generations only go up: a command of an
+//! older coordinator term or a launch of a generation already run (a zombie coordinator's, or
+//! a late one) is refused, as [`crate::fencing`] decides.
+//!
+//! ## Workers outlive the agent
+//! A worker is its own process group and writes its output to `<state_dir>/logs/…log`, not to
+//! a pipe: an agent restart (crash, upgrade, `systemctl restart` with `KillMode=process`) leaves
+//! it training. On start, [`Supervisor::adopt`] reads `worker.json`; if the recorded pid is
+//! alive with the same start time it is adopted: the log is followed again (its tail re-read
+//! for the latest step), the progress file polled, and the pid watched for its end. An adopted
+//! worker is not the agent's child, so its exit status is unknown; the coordinator infers it
+//! from the other ranks (a synchronous job's ranks finish together).
+//!
+//! ## Layout
+//! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
+//! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
+//! - `follow.rs` — following a running worker: its log output and progress file, as steps.
+//! - `adopt.rs` — taking over the worker recorded in `worker.json` after an agent restart.
+//! - `record.rs` — `worker.json`, the record of the running worker.
+//! - `placeholders.rs` — the `{placeholder}` values a launch's command is written with.
+
+mod actor;
+mod adopt;
+mod follow;
+mod placeholders;
+mod record;
+mod spawn;
+
+use holdfast_proto::v1 as pb;
+
+pub use actor::Supervisor;
+pub use follow::parse_step;
+pub use placeholders::{placeholders, substitute};
+pub use record::WorkerRecord;
+
+/// A command for the supervisor.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    Launch(pb::Launch),
+    Stop(pb::Stop),
+    /// Stop everything: the node was fenced.
+    Fence(pb::Fence),
+    /// A coordinator of this term spoke: older terms are refused from now on. (The session
+    /// records its welcomes in the shared fencing state itself, before any command follows.)
+    Term(u64),
+}
+
+/// The worker's status, as the session reports it in hello.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSnapshot {
+    pub record: Option<WorkerRecord>,
+    pub last_step: u64,
+}

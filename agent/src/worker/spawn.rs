@@ -1,0 +1,219 @@
+//! Starting a worker: the launch's command with its placeholders filled in, run as a process
+//! group of its own with the launch's environment and the `HOLDFAST_*` variables, its output
+//! appended to a log file under `<state_dir>/logs` rather than a pipe, so it outlives the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use holdfast_core::now_ms;
+use holdfast_proto::v1 as pb;
+use pb::agent_message::Body as ToCoordinator;
+use tokio::sync::oneshot;
+
+use super::placeholders::{placeholders, substitute};
+use super::record::{self, start_ticks};
+use super::{Supervisor, WorkerRecord};
+
+/// Worker logs kept in `<state_dir>/logs` (older ones are removed at each launch).
+const KEEP_LOGS: usize = 8;
+
+impl Supervisor {
+    /// Starts `launch`'s worker and makes it the running one; a worker that cannot start is
+    /// reported as exited (code 127, as a shell reports a command it cannot run).
+    pub(super) fn launch(&mut self, launch: pb::Launch) {
+        let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
+        let argv: Vec<String> = launch
+            .command
+            .iter()
+            .map(|a| substitute(a, &vars))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            self.report_exit(&launch.job_id, launch.generation, None, None, false);
+            return;
+        };
+        let progress_file = self.state_dir.join(format!(
+            "progress-{}-g{}",
+            sanitize(&launch.job_id),
+            launch.generation
+        ));
+        let log_file = self.state_dir.join("logs").join(format!(
+            "{}-g{}-r{}.log",
+            sanitize(&launch.job_id),
+            launch.generation,
+            launch.node_rank
+        ));
+        let (stdout, stderr) = match open_log(&log_file) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(
+                    job = launch.job_id,
+                    "cannot open worker log {}: {e}",
+                    log_file.display()
+                );
+                self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
+                return;
+            }
+        };
+        let mut command = worker_command(program, args, &launch, &vars, &progress_file);
+        command.stdout(stdout).stderr(stderr);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(job = launch.job_id, "cannot start worker {program:?}: {e}");
+                self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let record = WorkerRecord {
+            job_id: launch.job_id.clone(),
+            generation: launch.generation,
+            pid,
+            node_rank: launch.node_rank,
+            log_file,
+            progress_file,
+            progress_regex: launch.progress_regex.clone(),
+            grace_ms: launch.stop_grace_ms.max(100),
+            start_ticks: start_ticks(pid).unwrap_or(0),
+        };
+        tracing::info!(
+            job = launch.job_id,
+            generation = launch.generation,
+            rank = launch.node_rank,
+            pid,
+            "worker started: {}",
+            argv.join(" ")
+        );
+        record::write(&self.state_dir, Some(&record));
+        self.send(ToCoordinator::WorkerEvent(pb::WorkerEvent {
+            job_id: launch.job_id.clone(),
+            generation: launch.generation,
+            kind: Some(pb::worker_event::Kind::Started(pb::WorkerStarted { pid })),
+            at_unix_ms: now_ms(),
+        }));
+        let (exit_tx, exit_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => {
+                    let _ = exit_tx.send(Some(status));
+                }
+                Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
+            }
+        });
+        self.follow(record, exit_rx, 0);
+    }
+}
+
+/// The worker's command: `program` with `args`, the launch's environment and the placeholders
+/// as `HOLDFAST_*` variables, no stdin, in a process group of its own (the group is what a
+/// stop signals), left running when the agent goes.
+fn worker_command(
+    program: &str,
+    args: &[String],
+    launch: &pb::Launch,
+    vars: &[(&'static str, String)],
+    progress_file: &Path,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(launch.env.iter())
+        .envs(
+            vars.iter()
+                .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
+        )
+        .env("HOLDFAST_PROGRESS_FILE", progress_file)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    command
+}
+
+/// Opens (appending) a worker log for stdout and stderr, creating its directory and keeping
+/// only the most recent [`KEEP_LOGS`] logs there.
+fn open_log(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        logs.sort();
+        let excess = logs.len().saturating_sub(KEEP_LOGS - 1);
+        for (_, old) in logs.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
+/// `s` as a file name part: anything but ASCII letters, digits, `-` and `_` becomes `_`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_gets_the_launch_environment_and_the_holdfast_variables() {
+        let launch = pb::Launch {
+            job_id: "j".into(),
+            generation: 3,
+            node_rank: 1,
+            env: [("NCCL_DEBUG".to_string(), "INFO".to_string())].into(),
+            ..Default::default()
+        };
+        let vars = placeholders(&launch, "n1", "10.0.0.2");
+        let command = worker_command("train", &[], &launch, &vars, Path::new("/s/progress"));
+        let env: std::collections::HashMap<_, _> = command
+            .as_std()
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect();
+        for (key, value) in [
+            ("NCCL_DEBUG", "INFO"),
+            ("HOLDFAST_JOB_ID", "j"),
+            ("HOLDFAST_NODE_ID", "n1"),
+            ("HOLDFAST_NODE_RANK", "1"),
+            ("HOLDFAST_GENERATION", "3"),
+            ("HOLDFAST_LOCAL_ADDR", "10.0.0.2"),
+            ("HOLDFAST_PROGRESS_FILE", "/s/progress"),
+        ] {
+            assert_eq!(env.get(key).map(String::as_str), Some(value), "{key}");
+        }
+    }
+
+    #[test]
+    fn only_the_latest_logs_are_kept() {
+        let state_dir = crate::testdir::TestDir::new("logs");
+        let dir = state_dir.join("logs");
+        // Logs of one time stamp go by name: these, in the order they were opened.
+        for i in 0..KEEP_LOGS + 3 {
+            open_log(&dir.join(format!("{i:02}.log"))).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), KEEP_LOGS);
+        assert!(
+            !dir.join("00.log").exists() && dir.join(format!("{:02}.log", KEEP_LOGS + 2)).exists()
+        );
+    }
+
+    #[test]
+    fn job_ids_become_safe_file_names() {
+        assert_eq!(sanitize("team/job 1-a_b"), "team_job_1-a_b");
+    }
+}
