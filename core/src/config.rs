@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_file::{key_line, locate};
+
 /// Coordinator settings. Every field has a default; a TOML file sets only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,69 +361,9 @@ fn check_script_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The 1-based line of byte `offset` in `text`, and the key that line sets (if it sets one).
-fn locate(text: &str, offset: usize) -> (Option<usize>, String) {
-    let offset = offset.min(text.len());
-    let line = text[..offset].matches('\n').count() + 1;
-    let key = text
-        .lines()
-        .nth(line - 1)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .unwrap_or_default();
-    (Some(line), key)
-}
-
-/// The 1-based line that sets `key` at the top level of `text`.
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.split_once('=')
-                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
-        })
-        .map(|i| i + 1)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    /// Each file in testdata/config is a bad config whose first line says which key and line
-    /// the error must name; every key `validate()` can refuse has one.
-    #[test]
-    fn every_fixture_is_refused_naming_its_file_line_and_key() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");
-        let mut covered = BTreeSet::new();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let expect = text
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# expect: "));
-            let (key, line) = expect
-                .and_then(|e| e.split_once(" line "))
-                .unwrap_or_else(|| panic!("{name}: first line must be `# expect: KEY line N`"));
-            let err = CoordinatorConfig::from_toml(&text, &name)
-                .unwrap_err()
-                .to_string();
-            let want = format!("{name} line {line}: {key}: ");
-            assert!(
-                err.starts_with(&want),
-                "{name}: expected {want:?}, got {err:?}"
-            );
-            covered.insert(key.to_string());
-        }
-        let source = include_str!("config.rs");
-        let refusals = regex::Regex::new(r#"invalid\(\s*"(\w+)""#).unwrap();
-        for key in refusals.captures_iter(source).map(|c| c[1].to_string()) {
-            assert!(
-                covered.contains(&key),
-                "no fixture in testdata/config refuses {key}"
-            );
-        }
-    }
+    crate::config_fixture_test!(CoordinatorConfig, "config.rs");
 
     use super::*;
 
