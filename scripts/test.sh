@@ -16,6 +16,13 @@ for setup in scripts/setup/*.sh; do
   source "$setup"
 done
 
+echo "== lint: cargo fmt --check, cargo clippy -D warnings"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "== cargo build"
 cargo build --workspace --all-targets
 echo "== cargo test"
