@@ -252,6 +252,7 @@ impl Cluster {
     /// The failure detector's clock: heartbeat timeouts, stalls, recovery deadlines.
     pub(crate) fn tick(&mut self, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
+        self.discount_unobserved_time(now, &mut fx);
         let timeout = self.config.heartbeat_timeout_ms as i64;
         let silent: Vec<String> = self
             .nodes
@@ -296,6 +297,56 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The coordinator's own stalls are never a node's fault. Ticks come every `tick_ms`; when
+    /// the gap since the last one is much longer (the process was stopped or not scheduled, a
+    /// VM paused, the host swapped) or negative (the clock jumped back), the core could not
+    /// observe for that long. Every clock that judges a node or a job — last heartbeat, stall
+    /// clocks, announced-restart and script deadlines, recovery deadlines — moves by the
+    /// unobserved time, so a node is suspected only for silence the coordinator could see.
+    /// Heartbeats that queued up meanwhile arrive next and refresh the nodes for real; a node
+    /// that really died is judged on the silence before and after the gap.
+    fn discount_unobserved_time(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
+        let last = self.last_tick_at.replace(now);
+        let Some(last) = last else {
+            return;
+        };
+        let expected = self.config.tick_ms as i64;
+        let gap = now - last;
+        if gap >= 0 && gap <= 2 * expected {
+            return;
+        }
+        let unobserved = gap - expected;
+        for node in self.nodes.values_mut() {
+            node.last_heartbeat_at = node.last_heartbeat_at.saturating_add(unobserved);
+            if let Some(t) = &mut node.restarting_until {
+                *t = t.saturating_add(unobserved);
+            }
+            if let Some(run) = &mut node.script_run {
+                run.deadline = run.deadline.saturating_add(unobserved);
+            }
+        }
+        for job in self.jobs.values_mut() {
+            if !job.state.is_terminal() {
+                job.shift_clocks(unobserved);
+            }
+        }
+        if unobserved.abs() >= self.config.heartbeat_interval_ms as i64 {
+            let what = if gap < 0 {
+                format!("the clock jumped back by {} ms", -gap)
+            } else {
+                format!("the coordinator could not observe for {gap} ms (stopped, not scheduled or its clock jumped)")
+            };
+            fx.push(self.log_event(
+                "",
+                "",
+                format!("{what}: every node's and job's deadlines move by {unobserved} ms; no node is suspected for that time"),
+                now,
+            ));
+        }
+    }
+}
+
 pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
     node.offset_samples.push_back(sample);
     if node.offset_samples.len() > OFFSET_SAMPLES {
@@ -303,3 +354,7 @@ pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
     }
     node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
 }
+
+#[cfg(test)]
+#[path = "detector_tests.rs"]
+mod tests;

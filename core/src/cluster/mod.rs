@@ -362,6 +362,10 @@ pub struct Cluster {
     /// Hosts asked of the provider and not yet arrived, per job.
     #[serde(skip)]
     provisioning: BTreeMap<String, u32>,
+    /// When the last tick came: a much longer gap is time the core could not observe
+    /// (detector.rs).
+    #[serde(skip)]
+    last_tick_at: Option<UnixMillis>,
     /// Work left by the input being stepped (see [`Work`]).
     #[serde(skip)]
     work: VecDeque<Work>,
@@ -390,6 +394,7 @@ impl Cluster {
             provisioning: BTreeMap::new(),
             durable_version: 0,
             work: VecDeque::new(),
+            last_tick_at: None,
         }
     }
 

@@ -18,7 +18,15 @@ impl Cluster {
             return Err(CoreError::BadMessage("hello.node_id is empty".into()));
         }
         if let Some(existing) = self.nodes.get(&hello.node_id) {
-            if existing.conn.is_some() {
+            // The same agent process (same boot, same start) coming back on a new stream means
+            // its old stream is dead but not yet noticed here (a half-open connection after a
+            // network blip or a stopped coordinator): the new stream takes over, and the old
+            // one's close is ignored (its connection id no longer matches). Any other agent
+            // claiming a connected node's id is refused.
+            let same_agent = existing.boot_id == hello.boot_id
+                && existing.agent_started_at == hello.agent_started_at
+                && hello.agent_started_at != 0;
+            if existing.conn.is_some() && !same_agent {
                 return Err(CoreError::DuplicateNode {
                     node: hello.node_id.clone(),
                     hostname: existing.hostname.clone(),

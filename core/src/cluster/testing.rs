@@ -157,7 +157,16 @@ pub(super) fn tick_alive(c: &mut Cluster, alive: &[&str], now: UnixMillis) -> Ve
     tick(c, now)
 }
 
+/// The clock at `now`, the coordinator having observed all along: the ticks in between are
+/// left out, and only the inputs a test shows happened in between (see [`tick_after_pause`]
+/// for a coordinator that could not observe).
 pub(super) fn tick(c: &mut Cluster, now: UnixMillis) -> Vec<Command> {
+    c.last_tick_at = Some(now - c.config.tick_ms as i64);
+    c.step(Input::Tick, now)
+}
+
+/// The first tick at `now` after the coordinator could not observe since its last tick.
+pub(super) fn tick_after_pause(c: &mut Cluster, now: UnixMillis) -> Vec<Command> {
     c.step(Input::Tick, now)
 }
 

@@ -444,6 +444,31 @@ pub enum JobEffect {
 }
 
 impl Job {
+    /// Moves every running clock of the job (stall clocks, recovery deadlines, backoffs) by
+    /// `by` ms: time the coordinator could not observe does not count against the job's ranks.
+    pub fn shift_clocks(&mut self, by: i64) {
+        for rank in &mut self.ranks {
+            rank.last_progress_at = rank.last_progress_at.saturating_add(by);
+            if let Some(t) = &mut rank.exit_unconfirmed_at {
+                *t = t.saturating_add(by);
+            }
+        }
+        if let Some(t) = &mut self.relaunch_not_before {
+            *t = t.saturating_add(by);
+        }
+        if let JobState::Recovering(phase) = &mut self.state {
+            match phase {
+                RecoveryPhase::Fencing { deadline, .. } => *deadline = deadline.saturating_add(by),
+                RecoveryPhase::Replacing { since } => *since = since.saturating_add(by),
+                RecoveryPhase::Relaunching { retry_at, .. } => {
+                    if let Some(t) = retry_at {
+                        *t = t.saturating_add(by);
+                    }
+                }
+            }
+        }
+    }
+
     /// A new job in `Pending` on `nodes` (already allocated by the cluster).
     pub fn new(id: String, spec: JobSpec, nodes: Vec<String>, now: UnixMillis) -> Job {
         let ranks = nodes
