@@ -135,21 +135,60 @@ impl Incident {
         self.resumed_at.is_none() && self.abandoned.is_none()
     }
 
-    /// The phase the incident is in, for display.
-    pub fn phase(&self) -> &'static str {
+    /// The phase the incident is in: the last one stamped.
+    pub fn phase(&self) -> IncidentPhase {
         if self.abandoned.is_some() {
-            "abandoned"
+            IncidentPhase::Abandoned
         } else if self.resumed_at.is_some() {
-            "resumed"
+            IncidentPhase::Resumed
         } else if self.relaunched_at.is_some() {
-            "relaunched"
+            IncidentPhase::Relaunched
         } else if self.replaced_at.is_some() {
-            "replaced"
+            IncidentPhase::Replaced
         } else if self.fenced_at.is_some() {
-            "fenced"
+            IncidentPhase::Fenced
         } else {
-            "detected"
+            IncidentPhase::Detected
         }
+    }
+}
+
+/// Where an incident is. Each phase is stamped once, in this order; the stamps are the state
+/// (a stored incident is its stamps), the phase is read off them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentPhase {
+    /// Detected: the fault was seen; → Fenced when the failed generation is stopped everywhere
+    /// reachable (and the node fenced when it must be replaced), → Abandoned if the job ends.
+    Detected,
+    /// Fenced: → Replaced when every rank has a node again.
+    Fenced,
+    /// Replaced: → Relaunched when every rank of the new generation started.
+    Replaced,
+    /// Relaunched: → Resumed at the first progress past the resumed checkpoint.
+    Relaunched,
+    /// Resumed: closed; the recovery is over.
+    Resumed,
+    /// Abandoned: closed; the job failed or was stopped before it recovered.
+    Abandoned,
+}
+
+impl IncidentPhase {
+    /// The lower-case name shown to operators.
+    pub fn name(self) -> &'static str {
+        match self {
+            IncidentPhase::Detected => "detected",
+            IncidentPhase::Fenced => "fenced",
+            IncidentPhase::Replaced => "replaced",
+            IncidentPhase::Relaunched => "relaunched",
+            IncidentPhase::Resumed => "resumed",
+            IncidentPhase::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for IncidentPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -221,10 +260,13 @@ mod tests {
     #[test]
     fn walks_every_phase_in_order() {
         let i = opened();
-        assert_eq!(i.phase(), "detected");
+        assert_eq!(i.phase(), IncidentPhase::Detected);
         assert_eq!(i.fault_at, 900);
         let i = step(&i, &IncidentEvent::Fenced, 1100);
-        assert_eq!((i.phase(), i.fenced_at), ("fenced", Some(1100)));
+        assert_eq!(
+            (i.phase(), i.fenced_at),
+            (IncidentPhase::Fenced, Some(1100))
+        );
         let i = step(
             &i,
             &IncidentEvent::Replaced {
@@ -268,7 +310,10 @@ mod tests {
             },
             1500,
         );
-        assert_eq!((i.phase(), i.resumed_at), ("resumed", Some(1500)));
+        assert_eq!(
+            (i.phase(), i.resumed_at),
+            (IncidentPhase::Resumed, Some(1500))
+        );
         assert!(!i.is_open());
         // Closed incidents do not change.
         let after = step(
@@ -309,7 +354,7 @@ mod tests {
             },
             1100,
         );
-        assert_eq!(i.phase(), "abandoned");
+        assert_eq!(i.phase(), IncidentPhase::Abandoned);
         assert!(!i.is_open());
     }
 

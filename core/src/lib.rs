@@ -18,6 +18,8 @@
 //!   fixture test every daemon's config runs.
 //! - [`error`] — why the core refuses an input.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
