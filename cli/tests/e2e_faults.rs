@@ -276,7 +276,7 @@ fn fatal_xid_fences_the_host_and_a_spare_takes_over() {
     ) else {
         return;
     };
-    let incident = assert_recovered(&run, &options, &["gpu_fatal"]);
+    let incident = assert_recovered(&run, &options, &["health_fatal"]);
     assert!(incident.detail.contains("79"), "{}", incident.detail);
     assert_eq!(incident.replacement_node_id, "spare-1");
 }

@@ -37,7 +37,7 @@ async fn injected_fatal_xid_fences_and_replaces_the_node_and_the_job_resumes() {
     let i = &report.incidents[0];
     assert_eq!(
         (i.cause.as_str(), i.action.as_str()),
-        ("gpu_fatal", "replace_node")
+        ("health_fatal", "replace_node")
     );
     assert!(
         i.detail.contains("Xid 79") && i.detail.contains("via injected"),

@@ -16,6 +16,7 @@
 //! - [`config`] — the coordinator's settings with defaults and validation.
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the
 //!   fixture test every daemon's config runs.
+//! - [`fault`] — the one cause of every fault (incidents, fenced nodes, metrics).
 //! - [`error`] — why the core refuses an input.
 
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod error;
+pub mod fault;
 pub mod incident;
 pub mod job;
 pub mod node;

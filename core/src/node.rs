@@ -7,50 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a node was fenced. Every fault has a typed cause; the string form is what
-/// operators see in `holdfast nodes` and incidents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FenceCause {
-    /// The agent's stream closed without a goodbye (host died, agent killed, network cut).
-    AgentLost,
-    /// No heartbeat arrived within the heartbeat timeout.
-    HeartbeatTimeout,
-    /// A health check reported a fault that needs the node replaced (fatal XID, lost GPU…).
-    HealthFatal(String),
-    /// The node's worker kept failing after restarts in place ran out.
-    RepeatedWorkerFaults,
-    /// The node failed its bootstrap or deep health check.
-    CheckFailed(String),
-    /// An operator fenced it.
-    Operator(String),
-}
-
-impl FenceCause {
-    /// Short machine-readable cause, as used in incidents and metrics.
-    pub fn code(&self) -> &'static str {
-        match self {
-            FenceCause::AgentLost => "agent_lost",
-            FenceCause::HeartbeatTimeout => "heartbeat_timeout",
-            FenceCause::HealthFatal(_) => "health_fatal",
-            FenceCause::RepeatedWorkerFaults => "repeated_worker_faults",
-            FenceCause::CheckFailed(_) => "check_failed",
-            FenceCause::Operator(_) => "operator",
-        }
-    }
-}
-
-impl std::fmt::Display for FenceCause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FenceCause::AgentLost => write!(f, "agent stream closed without goodbye"),
-            FenceCause::HeartbeatTimeout => write!(f, "heartbeats missing past the timeout"),
-            FenceCause::HealthFatal(r) => write!(f, "fatal health fault: {r}"),
-            FenceCause::RepeatedWorkerFaults => write!(f, "worker kept failing on this node"),
-            FenceCause::CheckFailed(r) => write!(f, "failed bootstrap/health check: {r}"),
-            FenceCause::Operator(r) => write!(f, "fenced by operator: {r}"),
-        }
-    }
-}
+pub use crate::fault::FaultCause;
 
 /// Where a node is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +29,7 @@ pub enum NodeState {
     Offline,
     /// Fenced: never handed out again; → Joining (repaired) only when an operator uncordons it,
     /// → Retired when an operator retires it.
-    Fenced { cause: FenceCause },
+    Fenced { cause: FaultCause },
     /// Cordoned by an operator: not handed out; a job already on it keeps running;
     /// → Joining on uncordon.
     Cordoned { reason: String },
@@ -120,7 +77,7 @@ pub enum NodeEvent {
     /// The agent went away (stream closed or heartbeats missing).
     Disconnected,
     /// The node must be fenced.
-    Fence(FenceCause),
+    Fence(FaultCause),
     /// An operator cordoned it.
     Cordon { reason: String },
     /// An operator uncordoned (repaired) it.
@@ -159,7 +116,7 @@ pub fn step(state: &NodeState, event: &NodeEvent) -> Result<NodeState, InvalidTr
             state.clone()
         }
         (S::Allocated { .. }, E::Disconnected) => S::Fenced {
-            cause: FenceCause::AgentLost,
+            cause: FaultCause::AgentLost,
         },
         (S::Joining | S::Bootstrapping | S::Checking | S::Ready, E::Disconnected) => S::Offline,
         (S::Offline | S::Fenced { .. } | S::Cordoned { .. } | S::Retired, E::Disconnected) => {
@@ -194,7 +151,7 @@ mod tests {
 
     fn fenced() -> NodeState {
         NodeState::Fenced {
-            cause: FenceCause::AgentLost,
+            cause: FaultCause::AgentLost,
         }
     }
 
@@ -288,7 +245,7 @@ mod tests {
 
     #[test]
     fn fence_keeps_the_first_cause() {
-        let cause = FenceCause::HealthFatal("xid 79".into());
+        let cause = FaultCause::HealthFatal("xid 79".into());
         let s = step(&allocated(), &NodeEvent::Fence(cause.clone())).unwrap();
         assert_eq!(
             s,
@@ -296,12 +253,12 @@ mod tests {
                 cause: cause.clone()
             }
         );
-        let again = step(&s, &NodeEvent::Fence(FenceCause::HeartbeatTimeout)).unwrap();
+        let again = step(&s, &NodeEvent::Fence(FaultCause::HeartbeatTimeout)).unwrap();
         assert_eq!(again, NodeState::Fenced { cause });
         assert_eq!(
             step(
                 &NodeState::Retired,
-                &NodeEvent::Fence(FenceCause::AgentLost)
+                &NodeEvent::Fence(FaultCause::AgentLost)
             ),
             Ok(NodeState::Retired)
         );
@@ -310,7 +267,7 @@ mod tests {
     #[test]
     fn bootstrap_and_check_failures_fence() {
         for from in [NodeState::Bootstrapping, NodeState::Checking] {
-            let cause = FenceCause::CheckFailed("exit 1".into());
+            let cause = FaultCause::CheckFailed("exit 1".into());
             assert_eq!(
                 step(&from, &NodeEvent::Fence(cause.clone())),
                 Ok(NodeState::Fenced { cause })

@@ -229,7 +229,7 @@ impl Cluster {
         }
         let event = match &cause {
             FaultCause::AgentLost | FaultCause::HeartbeatTimeout => NodeEvent::Disconnected,
-            other => NodeEvent::Fence(other.fence_cause()),
+            other => NodeEvent::Fence(other.clone()),
         };
         if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
             self.node_event(node_id, event, now, fx);

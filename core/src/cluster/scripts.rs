@@ -11,7 +11,7 @@ use super::{Cluster, Command, Reply, Work};
 use crate::error::CoreError;
 use crate::incident::IncidentEvent;
 use crate::job::{JobEffect, JobEvent};
-use crate::node::{FenceCause, NodeEvent, NodeState};
+use crate::node::{FaultCause, NodeEvent, NodeState};
 use crate::protocol::{AgentCommand, CommandResult, RunScript};
 use crate::UnixMillis;
 
@@ -386,7 +386,7 @@ impl Cluster {
         let reason = report.failure_reason();
         self.node_event(
             node_id,
-            NodeEvent::Fence(FenceCause::CheckFailed(reason.clone())),
+            NodeEvent::Fence(FaultCause::CheckFailed(reason.clone())),
             now,
             fx,
         );

@@ -3,7 +3,6 @@
 use super::testing::*;
 use super::*;
 use crate::incident::RecoveryAction;
-use crate::node::FenceCause;
 use crate::protocol::{HealthAction, HealthCheck, HealthState};
 
 /// A cluster running job-1 on a and b at generation 1, its workers started at t=30.
@@ -115,7 +114,7 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
     assert!(matches!(
         &c.nodes["b"].state,
         NodeState::Fenced {
-            cause: FenceCause::AgentLost
+            cause: FaultCause::AgentLost
         }
     ));
     // The survivor is told to stop generation 1.
@@ -223,7 +222,7 @@ fn heartbeat_timeout_disconnects_and_fences() {
     assert!(matches!(
         &c.nodes["b"].state,
         NodeState::Fenced {
-            cause: FenceCause::HeartbeatTimeout
+            cause: FaultCause::HeartbeatTimeout
         }
     ));
     assert_eq!(c.incidents[0].cause, "heartbeat_timeout");
@@ -258,11 +257,11 @@ fn a_fatal_health_check_fences_the_node() {
     c.step(Input::HealthReport { node, health }, 100);
     match &c.nodes["b"].state {
         NodeState::Fenced {
-            cause: FenceCause::HealthFatal(reason),
+            cause: FaultCause::HealthFatal(reason),
         } => assert!(reason.contains("Xid 79")),
         other => panic!("expected fenced, got {other:?}"),
     }
-    assert_eq!(c.incidents[0].cause, "gpu_fatal");
+    assert_eq!(c.incidents[0].cause, "health_fatal");
 }
 
 #[test]

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::error::CoreError;
+pub use crate::fault::FaultCause;
 use crate::incident::{IncidentEvent, RecoveryAction};
-use crate::node::FenceCause;
 use crate::protocol::JobRequest;
 use crate::UnixMillis;
 
@@ -111,96 +111,6 @@ impl JobSpec {
             total_steps: request.total_steps,
             min_nodes: request.min_nodes,
         })
-    }
-}
-
-/// Why a job left `Running`: a typed cause per kind of fault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FaultCause {
-    /// The agent's stream closed without goodbye.
-    AgentLost,
-    /// Heartbeats stopped.
-    HeartbeatTimeout,
-    /// A health check asked for the node to be replaced.
-    HealthFatal(String),
-    /// The worker exited non-zero or was killed by a signal the agent did not send.
-    WorkerExited {
-        code: Option<i32>,
-        signal: Option<i32>,
-    },
-    /// The rank made no progress within the stall timeout.
-    ProgressStalled { stalled_ms: u64 },
-    /// The node failed its bootstrap or deep check while taking over a rank.
-    CheckFailed(String),
-    /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
-    /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
-    RepeatedFaults {
-        faults: u32,
-        window_ms: u64,
-        last: String,
-    },
-}
-
-impl FaultCause {
-    /// Node faults move the rank to another node; worker faults restart it in place.
-    pub fn needs_replacement(&self) -> bool {
-        matches!(
-            self,
-            FaultCause::AgentLost
-                | FaultCause::HeartbeatTimeout
-                | FaultCause::HealthFatal(_)
-                | FaultCause::CheckFailed(_)
-                | FaultCause::RepeatedFaults { .. }
-        )
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            FaultCause::AgentLost => "agent_lost",
-            FaultCause::HeartbeatTimeout => "heartbeat_timeout",
-            FaultCause::HealthFatal(_) => "gpu_fatal",
-            FaultCause::WorkerExited { .. } => "worker_exited",
-            FaultCause::ProgressStalled { .. } => "progress_stalled",
-            FaultCause::CheckFailed(_) => "check_failed",
-            FaultCause::RepeatedFaults { .. } => "repeated_faults",
-        }
-    }
-
-    pub fn detail(&self) -> String {
-        match self {
-            FaultCause::AgentLost => "agent stream closed without goodbye".into(),
-            FaultCause::HeartbeatTimeout => "no heartbeat within the timeout".into(),
-            FaultCause::HealthFatal(r) | FaultCause::CheckFailed(r) => r.clone(),
-            FaultCause::WorkerExited { code, signal } => match (code, signal) {
-                (_, Some(s)) => format!("worker killed by signal {s}"),
-                (Some(c), None) => format!("worker exited with code {c}"),
-                (None, None) => "worker exited".into(),
-            },
-            FaultCause::RepeatedFaults {
-                faults,
-                window_ms,
-                last,
-            } => format!(
-                "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
-                *window_ms as f64 / 1000.0
-            ),
-            FaultCause::ProgressStalled { stalled_ms } => {
-                format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
-            }
-        }
-    }
-
-    /// The node fence cause for a fault that replaces the node.
-    pub fn fence_cause(&self) -> FenceCause {
-        match self {
-            FaultCause::AgentLost => FenceCause::AgentLost,
-            FaultCause::HeartbeatTimeout => FenceCause::HeartbeatTimeout,
-            FaultCause::HealthFatal(r) => FenceCause::HealthFatal(r.clone()),
-            FaultCause::CheckFailed(r) => FenceCause::CheckFailed(r.clone()),
-            FaultCause::WorkerExited { .. }
-            | FaultCause::ProgressStalled { .. }
-            | FaultCause::RepeatedFaults { .. } => FenceCause::RepeatedWorkerFaults,
-        }
     }
 }
 
@@ -424,7 +334,7 @@ pub enum JobEffect {
         reason: String,
     },
     /// Fence the node (it is never handed out again).
-    FenceNode { node: String, cause: FenceCause },
+    FenceNode { node: String, cause: FaultCause },
     /// Find nodes for the ranks that need one (answers come back as `ReplacementFound`).
     FindReplacements,
     /// Give the nodes back (job over).

@@ -106,7 +106,7 @@ fn repeated_worker_faults_on_one_node_escalate_to_replacing_and_quarantining_it(
     assert!(escalated, "{fx:?}");
     assert!(fx.iter().any(|e| matches!(
         e,
-        JobEffect::FenceNode { node, cause: FenceCause::RepeatedWorkerFaults } if node == "a"
+        JobEffect::FenceNode { node, cause: FaultCause::RepeatedFaults { .. } } if node == "a"
     )));
     assert_eq!(job.phase(), "replacing");
     assert_eq!(job.restarts, 2, "a replacement uses no restart budget");

@@ -294,7 +294,7 @@ fn on_fault(
             });
             fx.push(JobEffect::FenceNode {
                 node: node.to_string(),
-                cause: cause.fence_cause(),
+                cause: cause.clone(),
             });
             match &mut job.state {
                 JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) => {
@@ -365,7 +365,7 @@ fn on_fault(
         job.ranks[rank].needs_node = true;
         fx.push(JobEffect::FenceNode {
             node: node.to_string(),
-            cause: cause.fence_cause(),
+            cause: cause.clone(),
         });
     }
     job.fenced_generations.push(FencedGeneration {

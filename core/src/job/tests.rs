@@ -313,7 +313,7 @@ fn node_loss_fences_the_node_and_replaces_its_rank() {
     let fx = ev(&mut job, fault("b", FaultCause::AgentLost), 100);
     assert!(has(
         &fx,
-        |e| matches!(e, JobEffect::FenceNode { node, cause: FenceCause::AgentLost } if node == "b")
+        |e| matches!(e, JobEffect::FenceNode { node, cause: FaultCause::AgentLost } if node == "b")
     ));
     assert!(has(&fx, |e| matches!(
         e,
@@ -519,7 +519,7 @@ fn events_of_old_generations_and_unknown_nodes_are_ignored() {
 }
 
 #[test]
-fn fault_causes_map_to_codes_and_fence_causes() {
+fn fault_causes_have_one_code_and_an_operator_wording() {
     assert!(FaultCause::HealthFatal("x".into()).needs_replacement());
     assert!(!FaultCause::WorkerExited {
         code: Some(1),
@@ -538,9 +538,13 @@ fn fault_causes_map_to_codes_and_fence_causes() {
         .detail(),
         "worker killed by signal 9"
     );
+    // One cause for the incident and the fenced node: the same code either way.
     assert_eq!(
-        FaultCause::HeartbeatTimeout.fence_cause(),
-        FenceCause::HeartbeatTimeout
+        FaultCause::HealthFatal("xid 79".into()).code(),
+        "health_fatal"
     );
-    assert_eq!(FaultCause::HealthFatal("xid 79".into()).code(), "gpu_fatal");
+    assert_eq!(
+        FaultCause::HealthFatal("xid 79".into()).to_string(),
+        "fatal health fault: xid 79"
+    );
 }

@@ -1,0 +1,107 @@
+//! The one cause of every fault: why a job left `Running`, why a node was fenced, what an
+//! incident names.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a job left `Running` and why a node was fenced: one typed cause per kind of fault. Its
+/// code names it in incidents and metrics; its `Display` is what operators read on a fenced
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultCause {
+    /// The agent's stream closed without goodbye.
+    AgentLost,
+    /// Heartbeats stopped.
+    HeartbeatTimeout,
+    /// A health check asked for the node to be replaced.
+    HealthFatal(String),
+    /// The worker exited non-zero or was killed by a signal the agent did not send.
+    WorkerExited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The rank made no progress within the stall timeout.
+    ProgressStalled { stalled_ms: u64 },
+    /// The node failed its bootstrap or deep check while taking over a rank.
+    CheckFailed(String),
+    /// An operator fenced the node.
+    Operator(String),
+    /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
+    /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
+    RepeatedFaults {
+        faults: u32,
+        window_ms: u64,
+        last: String,
+    },
+}
+
+impl FaultCause {
+    /// Node faults move the rank to another node; worker faults restart it in place.
+    pub fn needs_replacement(&self) -> bool {
+        matches!(
+            self,
+            FaultCause::AgentLost
+                | FaultCause::HeartbeatTimeout
+                | FaultCause::HealthFatal(_)
+                | FaultCause::CheckFailed(_)
+                | FaultCause::RepeatedFaults { .. }
+                | FaultCause::Operator(_)
+        )
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            FaultCause::AgentLost => "agent_lost",
+            FaultCause::HeartbeatTimeout => "heartbeat_timeout",
+            FaultCause::HealthFatal(_) => "health_fatal",
+            FaultCause::WorkerExited { .. } => "worker_exited",
+            FaultCause::ProgressStalled { .. } => "progress_stalled",
+            FaultCause::CheckFailed(_) => "check_failed",
+            FaultCause::RepeatedFaults { .. } => "repeated_faults",
+            FaultCause::Operator(_) => "operator",
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            FaultCause::AgentLost => "agent stream closed without goodbye".into(),
+            FaultCause::HeartbeatTimeout => "no heartbeat within the timeout".into(),
+            FaultCause::HealthFatal(r) | FaultCause::CheckFailed(r) | FaultCause::Operator(r) => {
+                r.clone()
+            }
+            FaultCause::WorkerExited { code, signal } => match (code, signal) {
+                (_, Some(s)) => format!("worker killed by signal {s}"),
+                (Some(c), None) => format!("worker exited with code {c}"),
+                (None, None) => "worker exited".into(),
+            },
+            FaultCause::RepeatedFaults {
+                faults,
+                window_ms,
+                last,
+            } => format!(
+                "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
+                *window_ms as f64 / 1000.0
+            ),
+            FaultCause::ProgressStalled { stalled_ms } => {
+                format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FaultCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultCause::AgentLost => write!(f, "agent stream closed without goodbye"),
+            FaultCause::HeartbeatTimeout => write!(f, "heartbeats missing past the timeout"),
+            FaultCause::HealthFatal(r) => write!(f, "fatal health fault: {r}"),
+            FaultCause::CheckFailed(r) => write!(f, "failed bootstrap/health check: {r}"),
+            FaultCause::Operator(r) => write!(f, "fenced by operator: {r}"),
+            FaultCause::RepeatedFaults { .. } => {
+                write!(f, "worker kept failing on this node: {}", self.detail())
+            }
+            FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. } => {
+                f.write_str(&self.detail())
+            }
+        }
+    }
+}
