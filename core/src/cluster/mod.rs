@@ -86,6 +86,14 @@ pub struct NodeRecord {
     pub last_check: Option<CheckReport>,
 }
 
+impl NodeRecord {
+    /// May be given to a job now: ready, connected, and not in the middle of a script run. The
+    /// one place that decides it (new jobs and replacements alike).
+    pub fn allocatable(&self) -> bool {
+        self.state.is_ready() && self.conn.is_some() && self.script_run.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     pub index: u32,

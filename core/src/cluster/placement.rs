@@ -77,7 +77,7 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
+            .filter(|n| n.allocatable())
             .collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
@@ -97,7 +97,7 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = self
             .nodes
             .values()
-            .filter(|n| n.state.is_ready() && n.conn.is_some() && n.script_run.is_none())
+            .filter(|n| n.allocatable())
             .collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
         let under_check = self.ranks_under_check(job_id);
