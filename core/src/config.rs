@@ -76,6 +76,17 @@ pub struct CoordinatorConfig {
     /// 1.0 = never trips.
     pub circuit_breaker_share: f64,
     pub circuit_breaker_window_ms: u64,
+    /// Correlated silence: when at least this share of the connected nodes (and at least two)
+    /// are past the heartbeat timeout at once, a shared cause (a switch, the control network,
+    /// the coordinator's own network) is suspected before N node faults: fencing is held, one
+    /// alert is raised, and only the nodes still silent once the rest are heard again (or once
+    /// `silence_storm_hold_ms` passed) are treated as faults. 1.0 = only when every node is
+    /// silent.
+    pub silence_storm_share: f64,
+    /// How long a silence storm may hold fencing while some nodes are still heard. When every
+    /// node is silent the coordinator cannot tell anything and holds until nodes are heard
+    /// again, saying so.
+    pub silence_storm_hold_ms: u64,
     /// Where replacement hosts come from: `spares` (agents registered as spares; the default)
     /// or `exec` (the `provision` and `fence` scripts in `provider_dir`, e.g. EC2, Slurm).
     pub provider: String,
@@ -129,6 +140,8 @@ impl Default for CoordinatorConfig {
             quarantine_window_ms: 600_000,
             circuit_breaker_share: 0.5,
             circuit_breaker_window_ms: 300_000,
+            silence_storm_share: 0.5,
+            silence_storm_hold_ms: 30_000,
             provider: "spares".into(),
             provider_dir: std::path::PathBuf::from("/etc/holdfast/providers"),
             provider_timeout_ms: 600_000,
@@ -250,6 +263,12 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "circuit_breaker_share",
                 format!("must be in (0, 1], got {}", self.circuit_breaker_share),
+            ));
+        }
+        if !(self.silence_storm_share > 0.0 && self.silence_storm_share <= 1.0) {
+            return Err(invalid(
+                "silence_storm_share",
+                format!("must be in (0, 1], got {}", self.silence_storm_share),
             ));
         }
         if self.circuit_breaker_window_ms == 0 {

@@ -4,7 +4,9 @@
 //! more fence would make more than `circuit_breaker_share` of the nodes fenced within
 //! `circuit_breaker_window_ms`, fences of job nodes stop: the suspect node is released (it
 //! rejoins through its checks) and an `alert` event tells operators. Fences of idle nodes and
-//! failed checks are not held back (they cost no job its nodes), but they count.
+//! failed checks are not held back (they cost no job its nodes), but they count. Whatever the
+//! share, no fault fences the last live node of a job of two or more nodes: that many of one
+//! job's nodes lost at once is a shared cause until shown otherwise.
 
 use std::collections::VecDeque;
 
@@ -28,9 +30,34 @@ impl FenceBreaker {
 }
 
 impl Cluster {
-    /// True when fencing `node_id` keeps the fenced share within bounds. Opening and closing
-    /// the breaker are announced once each.
+    /// True when fencing `node_id` keeps the fenced share within bounds and leaves its job a
+    /// live node. Opening and closing the breaker are announced once each.
     pub(super) fn fence_allowed(
+        &mut self,
+        node_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+    ) -> bool {
+        if !self.share_allows(node_id, now, fx) {
+            return false;
+        }
+        if let Some(job_id) = self.last_live_node_of(node_id) {
+            fx.push(alert(
+                now,
+                node_id,
+                format!(
+                    "not fencing {node_id}: every other node of job {job_id} is fenced or \
+                     silent too, and no fault can take all of a job's nodes at once; releasing \
+                     it to rejoin through its checks (a shared cause is likelier)"
+                ),
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// The cluster-wide share rule alone.
+    pub(super) fn share_allows(
         &mut self,
         node_id: &str,
         now: UnixMillis,
@@ -77,6 +104,20 @@ impl Cluster {
             fx.push(self.log_event(node_id, "", message, now));
         }
         false
+    }
+
+    /// The job whose last live node `node_id` is, if fencing it would leave a job of two or
+    /// more nodes with none: every other node of the job is fenced or not connected.
+    fn last_live_node_of(&self, node_id: &str) -> Option<String> {
+        let job = self.jobs.values().find(|j| {
+            !j.state.is_terminal() && j.ranks.len() >= 2 && j.rank_of(node_id).is_some()
+        })?;
+        let others_lost = job.ranks.iter().filter(|r| r.node != node_id).all(|r| {
+            self.nodes
+                .get(&r.node)
+                .is_none_or(|n| n.conn.is_none() || matches!(n.state, NodeState::Fenced { .. }))
+        });
+        others_lost.then(|| job.id.clone())
     }
 
     /// A fence the breaker held back: the node leaves the job but is not fenced.

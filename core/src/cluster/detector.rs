@@ -2,6 +2,7 @@
 //! closed streams become node faults; the clock turns silence into heartbeat timeouts.
 
 use super::*;
+use crate::protocol::{Event, EventKind};
 
 impl Cluster {
     /// A heartbeat arrived.
@@ -260,6 +261,11 @@ impl Cluster {
             .filter(|n| n.conn.is_some() && now - n.last_heartbeat_at > timeout)
             .map(|n| n.id.clone())
             .collect();
+        let silent = if self.silence_is_shared(&silent, now, &mut fx) {
+            Vec::new()
+        } else {
+            silent
+        };
         for node_id in silent {
             if let Some(node) = self.nodes.get_mut(&node_id) {
                 node.conn = None;
@@ -290,7 +296,18 @@ impl Cluster {
             .filter(|j| !j.state.is_terminal())
             .map(|j| j.id.clone())
             .collect();
+        let unheard_after = 2 * self.config.heartbeat_interval_ms as i64;
+        let unheard: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.conn.is_none() || now - n.last_heartbeat_at > unheard_after)
+            .map(|n| n.id.clone())
+            .collect();
         for job_id in live {
+            if !unheard.is_empty() {
+                let nodes = unheard.clone();
+                self.drive(&job_id, JobEvent::Unheard { nodes }, now, &mut fx);
+            }
             self.drive(&job_id, JobEvent::Tick, now, &mut fx);
         }
         fx
@@ -298,6 +315,90 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Correlated silence is one shared cause, not N node faults. When `silent` (connected
+    /// nodes past the heartbeat timeout) holds at least `silence_storm_share` of the connected
+    /// nodes, and at least two, a switch, the control network or the coordinator's own network
+    /// is likelier than that many dead hosts: their faults are held (true) and one alert says
+    /// so. The storm ends when enough nodes are heard again — then the nodes still silent are
+    /// faults, judged on their whole silence — or when it held `silence_storm_hold_ms` while
+    /// some nodes were still heard. While every connected node is silent nothing can be told
+    /// apart and fencing is held until nodes are heard again.
+    fn silence_is_shared(
+        &mut self,
+        silent: &[String],
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+    ) -> bool {
+        let connected = self.nodes.values().filter(|n| n.conn.is_some()).count();
+        let threshold =
+            ((self.config.silence_storm_share * connected as f64).ceil() as usize).max(2);
+        let storm = silent.len() >= threshold;
+        let everyone = storm && silent.len() == connected;
+        match (self.silence_storm, storm) {
+            (None, true) => {
+                self.silence_storm = Some(now);
+                fx.push(Command::Publish(Event {
+                    at: now,
+                    kind: EventKind::Alert,
+                    job_id: String::new(),
+                    node_id: String::new(),
+                    message: format!(
+                        "{} of {connected} nodes went silent at once ({}): suspecting a shared \
+                         cause (a switch, the control network, this coordinator's network) \
+                         before node faults; holding fences until the rest are heard again{}",
+                        silent.len(),
+                        silent.join(", "),
+                        if everyone {
+                            String::new()
+                        } else {
+                            format!(" or for {} s", self.config.silence_storm_hold_ms / 1000)
+                        }
+                    ),
+                    subject: None,
+                }));
+                true
+            }
+            (Some(since), true) => {
+                let held = now - since;
+                if everyone || held < self.config.silence_storm_hold_ms as i64 {
+                    return true;
+                }
+                self.silence_storm = None;
+                fx.push(self.log_event(
+                    "",
+                    "",
+                    format!(
+                        "silence storm held fences for {} s and {} nodes are still silent while \
+                         others are heard: treating them as node faults",
+                        held / 1000,
+                        silent.len()
+                    ),
+                    now,
+                ));
+                false
+            }
+            (Some(since), false) => {
+                self.silence_storm = None;
+                fx.push(self.log_event(
+                    "",
+                    "",
+                    format!(
+                        "silence storm over after {} ms: nodes are heard again{}",
+                        now - since,
+                        if silent.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; still silent, now node faults: {}", silent.join(", "))
+                        }
+                    ),
+                    now,
+                ));
+                false
+            }
+            (None, false) => false,
+        }
+    }
+
     /// The coordinator's own stalls are never a node's fault. Ticks come every `tick_ms`; when
     /// the gap since the last one is much longer (the process was stopped or not scheduled, a
     /// VM paused, the host swapped) or negative (the clock jumped back), the core could not

@@ -114,3 +114,144 @@ fn short_scheduling_hiccups_change_nothing() {
     assert!(events(&fx, EventKind::Log).is_empty(), "{fx:?}");
     assert_eq!(c.nodes["b"].last_heartbeat_at, before);
 }
+
+fn alerts(fx: &[Command]) -> Vec<&str> {
+    events(fx, EventKind::Alert)
+        .into_iter()
+        .map(|e| e.message.as_str())
+        .collect()
+}
+
+/// Ticks every 100 ms from `from` to `to`, with heartbeats from `alive` at each tick and, from
+/// those that run job-1's ranks, a step every second (the training itself goes on: only the
+/// control network is in question); returns every command.
+fn run(c: &mut Cluster, alive: &[&str], from: UnixMillis, to: UnixMillis) -> Vec<Command> {
+    let mut fx = Vec::new();
+    let mut t = from;
+    while t <= to {
+        if t % 1_000 == 0 {
+            for node in alive {
+                if c.jobs.get(JOB).is_some_and(|j| j.rank_of(node).is_some()) {
+                    fx.extend(worker(c, node, 1, Step(t as u64 / 100), t));
+                }
+            }
+        }
+        fx.extend(tick_alive(c, alive, t));
+        t += 100;
+    }
+    fx
+}
+
+#[test]
+fn a_control_network_blip_that_silences_every_node_is_one_alert_and_no_fence() {
+    let mut c = observed_job();
+    // Nobody is heard for 10 s while the coordinator keeps ticking.
+    let fx = run(&mut c, &[], 1_100, 11_000);
+    assert_eq!(
+        alerts(&fx).len(),
+        1,
+        "one alert for the shared cause: {fx:?}"
+    );
+    assert!(alerts(&fx)[0].contains("3 of 3 nodes went silent at once"));
+    assert_untouched(&c, &fx, "during the blip");
+    // Everyone is heard again.
+    let fx = run(&mut c, &["a", "b", "s"], 11_100, 12_000);
+    assert_untouched(&c, &fx, "after the blip");
+    assert!(events(&fx, EventKind::Log)
+        .iter()
+        .any(|e| e.message.contains("silence storm over")));
+}
+
+#[test]
+fn a_blip_that_silences_most_nodes_holds_until_the_rest_are_heard() {
+    let mut c = observed_job();
+    // a and s go quiet (2 of 3: a shared cause), b is heard all along.
+    let fx = run(&mut c, &["b"], 1_100, 8_000);
+    assert_eq!(alerts(&fx).len(), 1, "{fx:?}");
+    assert_untouched(&c, &fx, "while a and s are silent");
+    let fx = run(&mut c, &["a", "b", "s"], 8_100, 9_000);
+    assert_untouched(&c, &fx, "after a and s are heard again");
+}
+
+#[test]
+fn only_the_nodes_still_silent_once_the_rest_are_heard_are_faults() {
+    let mut c = observed_job();
+    let fx = run(&mut c, &[], 1_100, 6_000);
+    assert!(fences(&fx).is_empty(), "{fx:?}");
+    // b and s come back; a stays silent: a is a node fault now, judged on its whole silence.
+    let fx = run(&mut c, &["b", "s"], 6_100, 6_100);
+    assert_eq!(disconnects(&fx), ["a"]);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+    assert_eq!(c.incidents.len(), 1);
+    assert_eq!(c.incidents[0].node_id, "a");
+    assert!(c.nodes["b"].conn.is_some() && c.nodes["s"].conn.is_some());
+}
+
+#[test]
+fn a_storm_that_outlasts_its_hold_while_others_are_heard_becomes_node_faults() {
+    let config = CoordinatorConfig {
+        silence_storm_hold_ms: 10_000,
+        ..Default::default()
+    };
+    let mut c = cluster_of(
+        config,
+        &[
+            ("a", Role::Worker),
+            ("b", Role::Worker),
+            ("c", Role::Worker),
+            ("s", Role::Spare),
+        ],
+    );
+    run_job(&mut c, job(2), 10);
+    tick_alive(&mut c, &["a", "b", "c", "s"], 1_000);
+    // c and s (2 of 4, neither of the job's) go silent; a and b are heard. Held for 10 s.
+    let fx = run(&mut c, &["a", "b"], 1_100, 12_900);
+    assert!(disconnects(&fx).is_empty(), "{fx:?}");
+    assert_eq!(alerts(&fx).len(), 1);
+    let fx = run(&mut c, &["a", "b"], 13_000, 13_200);
+    let mut gone = disconnects(&fx);
+    gone.sort_unstable();
+    assert_eq!(
+        gone,
+        ["c", "s"],
+        "after the hold they are node faults: {fx:?}"
+    );
+    assert!(c.incidents.is_empty(), "idle nodes: offline, no incident");
+    assert_eq!(c.nodes["c"].state, NodeState::Offline);
+}
+
+#[test]
+fn no_fault_fences_every_node_of_a_job_and_it_recovers_when_they_come_back() {
+    let mut c = observed_job();
+    // Both of the job's hosts drop off (their streams close), one after the other.
+    disconnect(&mut c, "a", 1_100);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+    let fx = disconnect(&mut c, "b", 1_200);
+    assert!(
+        alerts(&fx)
+            .iter()
+            .any(|m| m.contains("every other node of job job-1")),
+        "{fx:?}"
+    );
+    assert!(
+        !matches!(c.nodes["b"].state, NodeState::Fenced { .. }),
+        "the job's last node is released, not fenced"
+    );
+    // The spare takes one rank; the other waits, saying so.
+    let job = &c.jobs[JOB];
+    assert!(
+        job.message.contains("waiting") || job.phase() == "fencing" || job.phase() == "replacing",
+        "{job:?}"
+    );
+    // b comes back on its own: it rejoins and takes its rank again, with no operator.
+    hello(&mut c, "b", Role::Worker, 20, 3_000);
+    let job = &c.jobs[JOB];
+    assert!(
+        matches!(job.state, JobState::Recovering(_) | JobState::Launching),
+        "{:?}",
+        job.state
+    );
+    let mut nodes = job.nodes();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["b", "s"], "b and the spare run the job now");
+}

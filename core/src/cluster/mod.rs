@@ -370,6 +370,9 @@ pub struct Cluster {
     /// Hosts asked of the provider and not yet arrived, per job.
     #[serde(skip)]
     provisioning: BTreeMap<String, u32>,
+    /// Since when a silence storm holds fences (detector.rs); `None` when there is none.
+    #[serde(skip)]
+    silence_storm: Option<UnixMillis>,
     /// When the last tick came: a much longer gap is time the core could not observe
     /// (detector.rs).
     #[serde(skip)]
@@ -403,6 +406,7 @@ impl Cluster {
             durable_version: 0,
             work: VecDeque::new(),
             last_tick_at: None,
+            silence_storm: None,
         }
     }
 

@@ -74,11 +74,7 @@ impl Cluster {
 
     /// Workers first, then spares, in node-id order.
     pub(super) fn pick_nodes(&self, count: usize) -> Option<Vec<String>> {
-        let mut free: Vec<&NodeRecord> = self
-            .nodes
-            .values()
-            .filter(|n| n.allocatable())
-            .collect();
+        let mut free: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.allocatable()).collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
@@ -94,11 +90,7 @@ impl Cluster {
         ) {
             return Vec::new();
         }
-        let mut free: Vec<&NodeRecord> = self
-            .nodes
-            .values()
-            .filter(|n| n.allocatable())
-            .collect();
+        let mut free: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.allocatable()).collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
         let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()

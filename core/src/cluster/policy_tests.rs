@@ -59,10 +59,14 @@ fn the_circuit_breaker_stops_fencing_past_the_share_and_alerts_once() {
     assert!(alerts(&fx).is_empty());
     assert_eq!(c.nodes["d"].state, NodeState::Offline);
 
-    // Once the window has passed fencing is allowed again, and the breaker says it closed.
+    // Once the window has passed the share allows fencing again, and the breaker says it closed.
     let mut fx = Vec::new();
-    assert!(c.fence_allowed("c", 70_000, &mut fx));
+    assert!(c.share_allows("c", 70_000, &mut fx));
     assert!(alerts(&fx)[0].contains("circuit breaker closed"), "{fx:?}");
+    // But c is the job's last node not lost: no fault fences every node of a job.
+    let mut fx = Vec::new();
+    assert!(!c.fence_allowed("c", 70_000, &mut fx));
+    assert!(alerts(&fx)[0].contains("every other node of job"), "{fx:?}");
 }
 
 #[test]

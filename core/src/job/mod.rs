@@ -309,6 +309,12 @@ pub enum JobEvent {
         node: String,
     },
     StopRequested,
+    /// These nodes cannot be heard now (silent past two heartbeats, or away within a grace):
+    /// their ranks' progress cannot be observed, so it cannot be judged; their stall clocks
+    /// start again when they are heard.
+    Unheard {
+        nodes: Vec<String>,
+    },
     /// Something operators should read on the job (a replacement candidate failed its check,
     /// the provider could not provision): it becomes the job's message until the next one.
     Note {

@@ -169,6 +169,13 @@ fn apply(
                 begin_relaunch(job, now, fx);
             }
         }
+        JobEvent::Unheard { nodes } => {
+            for rank in &mut job.ranks {
+                if nodes.contains(&rank.node) {
+                    rank.last_progress_at = rank.last_progress_at.max(now);
+                }
+            }
+        }
         JobEvent::Note { message } => {
             if !job.state.is_terminal() {
                 job.message = message;
