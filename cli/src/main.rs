@@ -654,6 +654,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<i32> {
         env: args.env.into_iter().collect(),
         total_steps: 0,
         min_nodes: args.min_nodes,
+        progress_vouches: None,
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;

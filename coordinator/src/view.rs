@@ -27,6 +27,7 @@ pub fn job(job: &Job) -> pb::Job {
             env: job.spec.env.clone().into_iter().collect(),
             total_steps: job.spec.total_steps,
             min_nodes: job.spec.min_nodes,
+            progress_vouches: Some(job.spec.progress_vouches),
         }),
         state: job.state.name().into(),
         state_enum: pb::JobState::from_name(job.state.name()) as i32,

@@ -230,6 +230,7 @@ pub fn job_request(spec: pb::JobSpec) -> JobRequest {
         env: spec.env.into_iter().collect(),
         total_steps: spec.total_steps,
         min_nodes: spec.min_nodes,
+        progress_vouches: spec.progress_vouches,
     }
 }
 

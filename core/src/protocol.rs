@@ -267,6 +267,9 @@ pub struct JobRequest {
     pub total_steps: u64,
     /// The job may shrink to this many nodes when no replacement comes (0: never shrinks).
     pub min_nodes: u32,
+    /// Whether progress vouches for a silent node's liveness (unset: yes; see
+    /// [`crate::job::JobSpec::progress_vouches`]).
+    pub progress_vouches: Option<bool>,
 }
 
 /// What kind of thing an [`Event`] tells.

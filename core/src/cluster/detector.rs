@@ -198,6 +198,14 @@ impl Cluster {
         if announced {
             return fx;
         }
+        // The host may be alive with only its agent gone: its job's progress decides, within
+        // a few of the job's steps (the tick judges it, see `progress_vouches`).
+        if matches!(self.progress_vouches(node_id, now, now), Vouch::Wait) {
+            if let Some(node) = self.nodes.get_mut(node_id) {
+                node.lost_at = Some(now);
+            }
+            return fx;
+        }
         self.node_fault(node_id, FaultCause::AgentLost, now, &mut fx);
         fx
     }
@@ -266,7 +274,35 @@ impl Cluster {
         } else {
             silent
         };
+        let mut faulty = Vec::new();
         for node_id in silent {
+            let last_heard = self.nodes[&node_id].last_heartbeat_at;
+            match self.progress_vouches(&node_id, last_heard, now) {
+                Vouch::Wait => {}
+                Vouch::Alive(job_id) => self.keep_vouched(&node_id, &job_id, now, &mut fx),
+                Vouch::No => faulty.push(node_id),
+            }
+        }
+        // Agents whose stream closed while their job's progress may still vouch for them.
+        let lost: Vec<(String, UnixMillis)> = self
+            .nodes
+            .values()
+            .filter_map(|n| Some((n.id.clone(), n.lost_at?)))
+            .collect();
+        for (node_id, lost_at) in lost {
+            match self.progress_vouches(&node_id, lost_at, now) {
+                Vouch::Wait => {}
+                Vouch::Alive(job_id) => self.keep_vouched(&node_id, &job_id, now, &mut fx),
+                Vouch::No => {
+                    if let Some(node) = self.nodes.get_mut(&node_id) {
+                        node.lost_at = None;
+                    }
+                    self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
+                }
+            }
+        }
+        self.fault_vouched_when_all_stall(now, &mut fx);
+        for node_id in faulty {
             if let Some(node) = self.nodes.get_mut(&node_id) {
                 node.conn = None;
             }
@@ -314,7 +350,118 @@ impl Cluster {
     }
 }
 
+/// What a job's progress says about a silent node.
+enum Vouch {
+    /// Not yet decidable: the job's step time has not passed since the node went silent.
+    Wait,
+    /// Every other rank of this job stepped since: the node's ranks are alive.
+    Alive(String),
+    /// Nothing vouches (no job, a job that opted out, no progress): a node fault.
+    No,
+}
+
 impl Cluster {
+    /// Progress vouches for liveness. A dead host stops the other ranks of a synchronous job
+    /// within a step or two; when every other rank stepped after the node was last heard
+    /// (`last_heard`: its last heartbeat, or when its stream closed) plus two step times and
+    /// one heartbeat interval of slack, its ranks are alive and only its agent (or its link to
+    /// the coordinator) is gone. The decision waits at most one more step time for that
+    /// progress to show.
+    fn progress_vouches(&self, node_id: &str, last_heard: UnixMillis, now: UnixMillis) -> Vouch {
+        let Some(job) = self
+            .jobs
+            .values()
+            .find(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
+        else {
+            return Vouch::No;
+        };
+        if !job.spec.progress_vouches || job.ranks.len() < 2 || job.step_time_ms == 0 {
+            return Vouch::No;
+        }
+        let step = job.step_time_ms as i64;
+        let since = last_heard + 2 * step + self.config.heartbeat_interval_ms as i64;
+        if job.progress_vouches_for(node_id, since) {
+            Vouch::Alive(job.id.clone())
+        } else if now < since + step {
+            Vouch::Wait
+        } else {
+            Vouch::No
+        }
+    }
+
+    /// Keeps a silent node's ranks on its job's word: the agent counts as lost (its stream is
+    /// closed), the node stays allocated, and an alert says what happens next.
+    fn keep_vouched(
+        &mut self,
+        node_id: &str,
+        job_id: &str,
+        now: UnixMillis,
+        fx: &mut Vec<Command>,
+    ) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        node.vouched_since = Some(now);
+        node.lost_at = None;
+        let silent_ms = now - node.last_heartbeat_at;
+        if node.conn.take().is_some() {
+            fx.push(Command::Disconnect {
+                node: node_id.to_string(),
+                reason: format!("no heartbeat for {silent_ms} ms"),
+            });
+        }
+        fx.push(Command::Publish(Event {
+            at: now,
+            kind: EventKind::Alert,
+            job_id: job_id.to_string(),
+            node_id: node_id.to_string(),
+            message: format!(
+                "the agent of {node_id} is silent ({silent_ms} ms) but job {job_id} keeps \
+                 stepping on every other rank: its ranks are alive, keeping them. {node_id} is \
+                 fenced at the job's next fault, if its ranks stall, or if its agent returns \
+                 without its worker"
+            ),
+            subject: None,
+        }));
+    }
+
+    /// A vouched node is blamed when the rest of its job stalls: the ranks that could be heard
+    /// waited on the ones that could not.
+    fn fault_vouched_when_all_stall(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
+        let mut stalled = Vec::new();
+        for node in self.nodes.values().filter(|n| n.vouched_since.is_some()) {
+            let Some(job) = self
+                .jobs
+                .values()
+                .find(|j| !j.state.is_terminal() && j.rank_of(&node.id).is_some())
+            else {
+                continue;
+            };
+            let timeout = job.spec.stall_timeout_ms as i64;
+            let idle = job
+                .ranks
+                .iter()
+                .filter(|r| r.node != node.id)
+                .map(|r| now - r.last_progress_at)
+                .min()
+                .unwrap_or(0);
+            if job.state == JobState::Running && timeout > 0 && idle >= timeout {
+                stalled.push((node.id.clone(), idle as u64));
+            }
+        }
+        for (node_id, stalled_ms) in stalled {
+            if let Some(n) = self.nodes.get_mut(&node_id) {
+                n.vouched_since = None;
+            }
+            self.node_fault(
+                &node_id,
+                FaultCause::ProgressStalled { stalled_ms },
+                now,
+                fx,
+            );
+        }
+    }
+
     /// Correlated silence is one shared cause, not N node faults. When `silent` (connected
     /// nodes past the heartbeat timeout) holds at least `silence_storm_share` of the connected
     /// nodes, and at least two, a switch, the control network or the coordinator's own network

@@ -255,3 +255,163 @@ fn no_fault_fences_every_node_of_a_job_and_it_recovers_when_they_come_back() {
     nodes.sort_unstable();
     assert_eq!(nodes, ["b", "s"], "b and the spare run the job now");
 }
+
+// ----- progress vouches for liveness ------------------------------------------------------------
+
+/// job-1 on a and b stepping every 100 ms until t=2,000 (its step time is learned), spare s;
+/// `vouches` says whether the job lets progress vouch for a silent node.
+fn stepping_job(vouches: bool) -> Cluster {
+    let mut c = three_nodes();
+    run_job(
+        &mut c,
+        JobRequest {
+            stall_timeout_s: 3.0,
+            progress_vouches: Some(vouches),
+            ..job(2)
+        },
+        10,
+    );
+    steps(&mut c, &["a", "b", "s"], &["a", "b"], 100, 2_000);
+    assert_eq!(c.jobs[JOB].step_time_ms, 100);
+    c
+}
+
+/// Ticks every 100 ms from `from` to `to`: heartbeats from `heard`, one step per tick from the
+/// ranks on `stepping` (reported only while their agent is heard).
+fn steps(
+    c: &mut Cluster,
+    heard: &[&str],
+    stepping: &[&str],
+    from: UnixMillis,
+    to: UnixMillis,
+) -> Vec<Command> {
+    let mut fx = Vec::new();
+    let mut t = from;
+    while t <= to {
+        for node in stepping.iter().filter(|n| heard.contains(n)) {
+            fx.extend(worker(c, node, 1, Step(t as u64 / 100), t));
+        }
+        fx.extend(tick_alive(c, heard, t));
+        t += 100;
+    }
+    fx
+}
+
+#[test]
+fn a_silent_agent_whose_job_keeps_stepping_keeps_its_ranks() {
+    let mut c = stepping_job(true);
+    // a's agent dies (or loses its link); its worker keeps training: b keeps stepping.
+    let fx = steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
+    assert!(fences(&fx).is_empty(), "{fx:?}");
+    assert!(c.incidents.is_empty(), "{:?}", c.incidents);
+    assert!(alerts(&fx)
+        .iter()
+        .any(|m| m.contains("keeps stepping") && m.contains("a")));
+    assert_eq!(disconnects(&fx), ["a"], "the lost agent's stream is closed");
+    let job = &c.jobs[JOB];
+    assert_eq!((&job.state, job.generation), (&JobState::Running, 1));
+    assert_eq!(job.nodes(), ["a", "b"], "a keeps its rank");
+    assert!(c.nodes["a"].vouched_since.is_some());
+    // Its agent comes back with the same worker: nothing to do.
+    let fx = hello_running(&mut c, "a", 30, 1, 6_100);
+    assert!(fences(&fx).is_empty() && stops(&fx).is_empty(), "{fx:?}");
+    assert!(c.nodes["a"].vouched_since.is_none());
+    assert!(c.incidents.is_empty());
+}
+
+#[test]
+fn a_dead_host_stops_the_others_and_is_replaced_at_the_heartbeat_timeout() {
+    let mut c = stepping_job(true);
+    // a dies at 2,000: b blocks in its next exchange, so it stops stepping too.
+    let fx = steps(&mut c, &["b", "s"], &[], 2_100, 4_100);
+    assert_eq!(disconnects(&fx), ["a"]);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+    assert_eq!(c.incidents.len(), 1);
+    assert_eq!(c.incidents[0].node_id, "a");
+    assert!(
+        c.incidents[0].detected_at <= 4_100,
+        "detected at the heartbeat timeout, not the stall timeout: {:?}",
+        c.incidents[0]
+    );
+}
+
+#[test]
+fn a_vouched_node_is_fenced_at_the_jobs_next_fault() {
+    let mut c = stepping_job(true);
+    steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
+    assert!(c.nodes["a"].vouched_since.is_some());
+    // b's worker crashes: the job recovers, and a (unreachable) cannot be part of it.
+    worker(&mut c, "b", 1, Crashed, 6_100);
+    assert!(
+        matches!(c.nodes["a"].state, NodeState::Fenced { .. }),
+        "{:?}",
+        c.nodes["a"].state
+    );
+    assert!(
+        c.incidents.iter().any(|i| i.node_id == "a"),
+        "{:?}",
+        c.incidents
+    );
+}
+
+#[test]
+fn a_vouched_node_whose_agent_returns_without_its_worker_is_a_fault() {
+    let mut c = stepping_job(true);
+    steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
+    hello(&mut c, "a", Role::Worker, 30, 6_100);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+    assert_eq!(c.incidents[0].node_id, "a");
+}
+
+#[test]
+fn a_vouched_node_is_blamed_when_the_rest_of_its_job_stalls() {
+    let mut c = stepping_job(true);
+    steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
+    // b stops stepping (waiting on a's ranks) while its agent is heard.
+    let fx = steps(&mut c, &["b", "s"], &[], 6_100, 9_500);
+    assert!(c.incidents.iter().any(|i| i.node_id == "a"), "{fx:?}");
+    assert!(
+        !c.incidents.iter().any(|i| i.node_id == "b"),
+        "the heard rank that waited is not blamed: {:?}",
+        c.incidents
+    );
+}
+
+#[test]
+fn a_job_that_opts_out_is_not_vouched_for() {
+    let mut c = stepping_job(false);
+    let fx = steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 4_200);
+    assert_eq!(disconnects(&fx), ["a"]);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+}
+
+#[test]
+fn a_crashed_agent_whose_job_keeps_stepping_is_no_fault_and_readopts_its_worker() {
+    let mut c = stepping_job(true);
+    // a's agent process dies (its stream closes); its worker trains on.
+    let fx = disconnect(&mut c, "a", 2_050);
+    assert!(fences(&fx).is_empty() && c.incidents.is_empty(), "{fx:?}");
+    let fx = steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 4_000);
+    assert!(fences(&fx).is_empty(), "{fx:?}");
+    assert!(c.incidents.is_empty());
+    assert!(c.nodes["a"].vouched_since.is_some());
+    // systemd restarts it; it re-adopts the same worker.
+    hello_running(&mut c, "a", 31, 1, 4_100);
+    assert!(c.incidents.is_empty());
+    assert_eq!(c.jobs[JOB].generation, 1);
+}
+
+#[test]
+fn a_killed_host_is_a_fault_within_a_few_steps_of_its_stream_closing() {
+    let mut c = stepping_job(true);
+    disconnect(&mut c, "a", 2_050);
+    // b blocks at once: nothing vouches for a.
+    steps(&mut c, &["b", "s"], &[], 2_100, 3_200);
+    assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
+    let incident = &c.incidents[0];
+    assert_eq!(incident.node_id, "a");
+    assert!(
+        incident.detected_at - 2_050 <= 1_000,
+        "decided within a few steps of 100 ms: {incident:?}"
+    );
+}

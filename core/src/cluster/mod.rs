@@ -84,6 +84,16 @@ pub struct NodeRecord {
     /// The last bootstrap/deep check the node ran, kept for operators.
     #[serde(default)]
     pub last_check: Option<CheckReport>,
+    /// Set when the node's agent went silent while its job kept stepping: the job's progress
+    /// vouches for its ranks, which keep running (detector.rs). Cleared when the agent returns
+    /// with the same worker; the node is fenced at the job's next fault or if the agent
+    /// returns without it.
+    #[serde(skip)]
+    pub vouched_since: Option<UnixMillis>,
+    /// When the agent's stream closed while its job's progress may still vouch for its ranks
+    /// (judged by the next ticks).
+    #[serde(skip)]
+    pub lost_at: Option<UnixMillis>,
 }
 
 impl NodeRecord {
@@ -328,6 +338,12 @@ pub enum Input {
 enum Work {
     /// A node became ready: give it to a job that waits for one.
     FindReplacements,
+    /// A node is faulty after all (a node whose ranks progress vouched for, once its job
+    /// recovers from another fault).
+    NodeFault {
+        node: String,
+        cause: job::FaultCause,
+    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -495,6 +511,7 @@ impl Cluster {
         while let Some(work) = self.work.pop_front() {
             match work {
                 Work::FindReplacements => self.find_replacements(now, &mut fx),
+                Work::NodeFault { node, cause } => self.node_fault(&node, cause, now, &mut fx),
             }
         }
         fx

@@ -65,8 +65,18 @@ impl Cluster {
                 restarting_until: None,
                 script_run: None,
                 last_check: None,
+                vouched_since: None,
+                lost_at: None,
                 agent_started_at: 0,
             });
+        // A node kept on its job's progress comes back: with the worker it had, all is well;
+        // without it, its ranks are gone after all.
+        let was_lost = record.lost_at.take().is_some();
+        let vouched_worker = record
+            .vouched_since
+            .take()
+            .map(|_| record.worker.clone())
+            .or_else(|| was_lost.then(|| record.worker.clone()));
         record.conn = Some(conn);
         record.hostname = hello.hostname;
         record.role = hello.role;
@@ -94,6 +104,29 @@ impl Cluster {
         self.node_hello(&node_id, now, &mut fx);
         if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
             self.touch();
+        }
+        if let Some(had) = vouched_worker {
+            let has = hello
+                .worker
+                .as_ref()
+                .filter(|(_, _, _, running)| *running)
+                .map(|(j, g, p, _)| (j.clone(), *g, *p));
+            if has.is_none() || has != had {
+                fx.push(self.log_event(
+                    &node_id,
+                    "",
+                    format!("node {node_id} came back without the worker its job's progress vouched for"),
+                    now,
+                ));
+                self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
+            } else {
+                fx.push(self.log_event(
+                    &node_id,
+                    "",
+                    format!("node {node_id} came back with its worker still running"),
+                    now,
+                ));
+            }
         }
         self.reconcile(&node_id, hello.worker.as_ref(), now, &mut fx);
         if self.is_fenced(&node_id) {

@@ -39,6 +39,40 @@ impl Cluster {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
         }
+        self.fault_vouched_nodes_of_recovering(job_id);
+    }
+
+    /// A node kept in its job on the job's progress alone cannot take part in a recovery (its
+    /// agent cannot be reached to stop or launch anything): once the job recovers from another
+    /// fault, it is a node fault too.
+    fn fault_vouched_nodes_of_recovering(&mut self, job_id: &str) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        if !matches!(job.state, JobState::Recovering(_)) {
+            return;
+        }
+        let vouched: Vec<String> = job
+            .ranks
+            .iter()
+            .filter(|r| !r.needs_node)
+            .filter(|r| {
+                self.nodes
+                    .get(&r.node)
+                    .is_some_and(|n| n.vouched_since.is_some() || n.lost_at.is_some())
+            })
+            .map(|r| r.node.clone())
+            .collect();
+        for node in vouched {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.vouched_since = None;
+                n.lost_at = None;
+            }
+            self.defer(Work::NodeFault {
+                node,
+                cause: FaultCause::AgentLost,
+            });
+        }
     }
 
     pub(super) fn apply_job_effect(

@@ -44,6 +44,18 @@ pub struct JobSpec {
     /// remain. 0 = never shrink.
     #[serde(default)]
     pub min_nodes: u32,
+    /// Progress vouches for liveness: in a synchronous job every rank waits for every other
+    /// at each step, so steps on all the other ranks prove a silent node's ranks alive. When
+    /// set (the default), a node whose agent goes silent while the job keeps stepping keeps
+    /// its ranks (the agent is marked lost and an alert raised) and is fenced at the job's
+    /// next real fault. Turn it off for jobs whose ranks do not wait on each other (independent
+    /// workers, asynchronous or elastic training), where others' progress proves nothing.
+    #[serde(default = "vouching_default")]
+    pub progress_vouches: bool,
+}
+
+fn vouching_default() -> bool {
+    true
 }
 
 impl JobSpec {
@@ -110,6 +122,7 @@ impl JobSpec {
             env: request.env.clone(),
             total_steps: request.total_steps,
             min_nodes: request.min_nodes,
+            progress_vouches: request.progress_vouches.unwrap_or(true),
         })
     }
 }
@@ -272,6 +285,13 @@ pub struct Job {
     /// A restart in place waits until then (backoff).
     #[serde(default)]
     pub relaunch_not_before: Option<UnixMillis>,
+    /// The job's own step time, learned from its progress (a moving average; 0 until two
+    /// steps were seen): how fast a dead rank stops the others.
+    #[serde(default)]
+    pub step_time_ms: u64,
+    /// When the job's step last went up.
+    #[serde(default)]
+    pub step_advanced_at: UnixMillis,
 }
 
 /// What can happen to a job.
@@ -415,7 +435,24 @@ impl Job {
             message: String::new(),
             worker_faults: BTreeMap::new(),
             relaunch_not_before: None,
+            step_time_ms: 0,
+            step_advanced_at: 0,
         }
+    }
+
+    /// Whether the job's own progress proves the ranks on `node` alive since `since`: a
+    /// running job of two or more ranks that opted in (see [`JobSpec::progress_vouches`]), with
+    /// a known step time, whose every other rank made progress after `since`.
+    pub fn progress_vouches_for(&self, node: &str, since: UnixMillis) -> bool {
+        self.spec.progress_vouches
+            && self.state == JobState::Running
+            && self.ranks.len() >= 2
+            && self.step_time_ms > 0
+            && self
+                .ranks
+                .iter()
+                .filter(|r| r.node != node)
+                .all(|r| r.progressed && r.last_progress_at > since)
     }
 
     /// The nodes of the current ranks, in rank order.
@@ -439,6 +476,8 @@ impl Job {
     pub fn durable_part(&self) -> Job {
         let mut job = self.clone();
         job.step = 0;
+        job.step_time_ms = 0;
+        job.step_advanced_at = 0;
         for r in &mut job.ranks {
             r.last_step = 0;
             r.last_progress_at = 0;

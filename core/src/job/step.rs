@@ -60,6 +60,9 @@ fn apply(
                 }
                 r.progressed = true;
                 r.last_step = s;
+                if s > job.step {
+                    learn_step_time(job, s, now);
+                }
                 job.step = job.step.max(s);
                 fx.push(JobEffect::Incident(IncidentEvent::Progress {
                     generation,
@@ -603,4 +606,19 @@ fn finish(
     job.finished_at = Some(now);
     fx.push(JobEffect::Incident(IncidentEvent::Abandoned { reason }));
     fx.push(JobEffect::ReleaseNodes { nodes: job.nodes() });
+}
+
+/// The job's step time as a moving average of the time per step between advances; the first
+/// advance of a generation only sets the mark.
+fn learn_step_time(job: &mut Job, step: u64, now: UnixMillis) {
+    let steps = step - job.step;
+    if job.step_advanced_at > 0 && job.step > 0 && now > job.step_advanced_at {
+        let per_step = ((now - job.step_advanced_at) as u64 / steps).max(1);
+        job.step_time_ms = if job.step_time_ms == 0 {
+            per_step
+        } else {
+            (job.step_time_ms * 3 + per_step) / 4
+        };
+    }
+    job.step_advanced_at = now;
 }

@@ -28,6 +28,7 @@ pub(super) fn plain_spec(nodes: u32) -> JobSpec {
         env: BTreeMap::new(),
         total_steps: 0,
         min_nodes: 0,
+        progress_vouches: true,
     }
 }
 
