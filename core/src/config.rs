@@ -26,6 +26,8 @@ pub struct CoordinatorConfig {
     /// Rendezvous ports are drawn from `[rdzv_port_base, rdzv_port_base + rdzv_port_span)`,
     /// a fresh one per generation so stale workers cannot join a new rendezvous.
     pub rdzv_port_base: u16,
+    /// How many ports that range holds (at least 1); a job's port comes round again only after
+    /// this many generations.
     pub rdzv_port_span: u16,
     /// Restarts in place a job gets when its spec says nothing.
     pub default_restart_budget: u32,
@@ -63,11 +65,15 @@ pub struct CoordinatorConfig {
     /// Delay before the second restart in place of a job (the first is at once); doubles with
     /// each further restart up to `restart_backoff_max_ms`.
     pub restart_backoff_ms: u64,
+    /// Cap of that delay (default 1 min), so a large restart budget never waits longer than
+    /// this between tries.
     pub restart_backoff_max_ms: u64,
     /// Worker faults on one node within `quarantine_window_ms` after which the coordinator
     /// stops restarting in place and replaces the node, fencing it (quarantine) until an
     /// operator uncordons it; 0 = never.
     pub quarantine_after: u32,
+    /// The window those faults are counted in (default 10 min); older faults are forgotten.
+    /// Must be above 0 when `quarantine_after` is set.
     pub quarantine_window_ms: u64,
     /// Circuit breaker: when fencing one more node would make more than this share of all
     /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
@@ -75,6 +81,8 @@ pub struct CoordinatorConfig {
     /// that many failures at once point at something shared (network, storage, a bad rollout).
     /// 1.0 = never trips.
     pub circuit_breaker_share: f64,
+    /// The window fences are counted in for that share (default 5 min): a burst trips the
+    /// breaker, a slow trickle of failing hardware does not.
     pub circuit_breaker_window_ms: u64,
     /// Correlated silence: when at least this share of the connected nodes (and at least two)
     /// are past the heartbeat timeout at once, a shared cause (a switch, the control network,
@@ -94,8 +102,10 @@ pub struct CoordinatorConfig {
     pub provider_dir: std::path::PathBuf,
     /// Longest one provider script may run; its process group is killed then.
     pub provider_timeout_ms: u64,
-    /// Tries per provider call (1 = no retry), and the pause between them.
+    /// Tries per provider call (1 = no retry).
     pub provider_attempts: u32,
+    /// Pause between those tries; the default 5 s gives a passing provider error (an API
+    /// throttle, a busy scheduler) time to clear.
     pub provider_retry_ms: u64,
     /// File of operator API tokens, one `<role> <token>` per line (roles `viewer`, `operator`;
     /// `#` comments). Empty leaves the operator API open to anyone who can reach the port,
@@ -158,19 +168,35 @@ impl Default for CoordinatorConfig {
 /// A setting that cannot work, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A value `validate()` refuses; loading a file turns it into `InFile` with the line.
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid {
+        /// The setting's key, as it is written in TOML.
+        key: &'static str,
+        /// What is wrong, and what would work.
+        reason: String,
+    },
     /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
     /// validation), with the line that sets it (none when a default clashes with a set key).
     #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
     InFile {
+        /// The file, as it was given.
         path: String,
+        /// The 1-based line that sets the key.
         line: Option<usize>,
+        /// The key at fault; empty when the parser cannot tell.
         key: String,
+        /// The parser's message or the validation's reason.
         reason: String,
     },
+    /// The file could not be read.
     #[error("{path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file, as it was given.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -16,11 +16,17 @@ pub enum FaultCause {
     HealthFatal(String),
     /// The worker exited non-zero or was killed by a signal the agent did not send.
     WorkerExited {
+        /// Its exit code; `None` when a signal killed it or the status is unknown (a worker
+        /// adopted by a restarted agent).
         code: Option<i32>,
+        /// The signal that killed it, if one did; it wins over `code` in the detail.
         signal: Option<i32>,
     },
     /// The rank made no progress within the stall timeout.
-    ProgressStalled { stalled_ms: u64 },
+    ProgressStalled {
+        /// How long the rank had gone without progress when the detector judged it hung.
+        stalled_ms: u64,
+    },
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
     /// An operator fenced the node.
@@ -28,8 +34,11 @@ pub enum FaultCause {
     /// Worker faults kept happening on this node (`faults` within `window_ms`; the last one
     /// is `last`): restarting in place is escalated to replacing the node, which is quarantined.
     RepeatedFaults {
+        /// Worker faults counted on the node within the window (reached `quarantine_after`).
         faults: u32,
+        /// The window they fell in (`quarantine_window_ms`).
         window_ms: u64,
+        /// The detail of the fault that tipped it over, so the root cause is not lost.
         last: String,
     },
 }
@@ -48,6 +57,8 @@ impl FaultCause {
         )
     }
 
+    /// The cause's stable snake_case name (`agent_lost`, `worker_exited`, …): an incident's
+    /// `cause`, the `cause` label of the incident metric, the wire's `IncidentCause`.
     pub fn code(&self) -> &'static str {
         match self {
             FaultCause::AgentLost => "agent_lost",
@@ -61,6 +72,9 @@ impl FaultCause {
         }
     }
 
+    /// What happened, without the kind ([`FaultCause::code`] names that): an incident's
+    /// `detail` and the job's message; health, check and operator reasons are given as they
+    /// are.
     pub fn detail(&self) -> String {
         match self {
             FaultCause::AgentLost => "agent stream closed without goodbye".into(),

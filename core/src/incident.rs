@@ -20,6 +20,8 @@ pub enum RecoveryAction {
 }
 
 impl RecoveryAction {
+    /// The action's stable snake_case name: an incident's `action` as operators, the wire and
+    /// the `action` label of the incident metric see it.
     pub fn code(self) -> &'static str {
         match self {
             RecoveryAction::RestartInPlace => "restart_in_place",
@@ -32,7 +34,9 @@ impl RecoveryAction {
 /// One recorded failure and its recovery. Timestamps are coordinator wall-clock unix ms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
+    /// Numbered from 1 in the order incidents open, across all jobs (stored as `incident/<id>`).
     pub id: u64,
+    /// The job the fault interrupted; job events advance only its open incidents.
     pub job_id: String,
     /// The node the fault was seen on.
     pub node_id: String,
@@ -40,10 +44,12 @@ pub struct Incident {
     pub cause: String,
     /// Human-readable detail (exit code, health reason, …).
     pub detail: String,
+    /// What the job did about the fault, decided at detection.
     pub action: RecoveryAction,
     /// Best estimate of when the fault happened (agent time corrected for clock offset),
     /// or the detection time when nothing earlier is known.
     pub fault_at: UnixMillis,
+    /// When the coordinator saw the fault; `detected_at - fault_at` is the detection latency.
     pub detected_at: UnixMillis,
     /// The failed generation's workers were stopped everywhere reachable and the node marked fenced.
     pub fenced_at: Option<UnixMillis>,
@@ -55,9 +61,14 @@ pub struct Incident {
     pub resumed_at: Option<UnixMillis>,
     /// Set when the job ended (failed, stopped) before the incident could close.
     pub abandoned: Option<String>,
+    /// The node that completed the replacement; `None` for a restart in place or a shrink.
     pub replacement_node_id: Option<String>,
+    /// The generation the fault ended.
     pub from_generation: u64,
+    /// The generation that relaunched, once it did: resumption is judged on its progress only.
     pub to_generation: Option<u64>,
+    /// The checkpoint step the relaunch resumed from (0 when it started fresh); progress past
+    /// it closes the incident.
     pub resumed_from_step: Option<u64>,
     /// The job's highest step when the fault was detected: work since the resumed checkpoint is
     /// redone, and reports count it as lost.
@@ -71,24 +82,38 @@ pub struct Incident {
 /// What can happen to an open incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncidentEvent {
+    /// Every worker of the failed generation is gone (or past the stop deadline): stamps
+    /// `fenced_at`.
     Fenced,
+    /// Every rank has a node again: stamps `replaced_at`.
     Replaced {
+        /// The replacement that completed it; `None` for a restart in place or a shrink.
         node: Option<String>,
     },
+    /// Every rank of the new generation started: stamps `relaunched_at`.
     Relaunched {
+        /// The new generation, whose progress will close the incident.
         generation: u64,
+        /// The step of the checkpoint it resumed from; 0 when it started fresh.
         resume_step: u64,
     },
+    /// A rank reported progress: stamps `resumed_at` once it passes the resumed step.
     Progress {
+        /// The generation it came from; another generation's progress proves nothing.
         generation: u64,
+        /// The step reached.
         step: u64,
     },
+    /// The job ended (failed, stopped, or succeeded) before it recovered: closes the incident.
     Abandoned {
+        /// The job's final message, kept as why.
         reason: String,
     },
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
+        /// The candidate, now fenced.
         node: String,
+        /// Its check's failure, as in its fence reason.
         reason: String,
     },
 }

@@ -24,15 +24,24 @@ pub enum NodeState {
     /// node, → Offline on disconnect, → Fenced on a fatal fault.
     Ready,
     /// Allocated: runs ranks of `job_id`; → Ready when the job lets it go, → Fenced on any node fault.
-    Allocated { job_id: String },
+    Allocated {
+        /// The job whose ranks run here; a node serves one job at a time.
+        job_id: String,
+    },
     /// Offline: a free node whose agent is away; → Joining when it says hello again.
     Offline,
     /// Fenced: never handed out again; → Joining (repaired) only when an operator uncordons it,
     /// → Retired when an operator retires it.
-    Fenced { cause: FaultCause },
+    Fenced {
+        /// Why, as operators read it on the node; the first cause is kept when more follow.
+        cause: FaultCause,
+    },
     /// Cordoned by an operator: not handed out; a job already on it keeps running;
     /// → Joining on uncordon.
-    Cordoned { reason: String },
+    Cordoned {
+        /// The operator's reason, shown on the node until it is uncordoned.
+        reason: String,
+    },
     /// Retired: removed from service for good.
     Retired,
 }
@@ -62,8 +71,11 @@ impl NodeState {
 /// What can happen to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvent {
-    /// The agent said hello. `scripts` tells whether bootstrap/check scripts are configured.
-    Hello { scripts: bool },
+    /// The agent said hello (a first join, or back after a disconnect or a restart).
+    Hello {
+        /// Bootstrap/check scripts are configured: the node must pass them to become Ready.
+        scripts: bool,
+    },
     /// The bootstrap script succeeded.
     Bootstrapped,
     /// The deep health check passed.
@@ -71,7 +83,10 @@ pub enum NodeEvent {
     /// A ready node is checked again before it takes over a failed node's ranks.
     Recheck,
     /// A job took the node.
-    Allocate { job_id: String },
+    Allocate {
+        /// The job that took it (a new job's rank, or a replacement for a failed node's).
+        job_id: String,
+    },
     /// The job let the node go.
     Release,
     /// The agent went away (stream closed or heartbeats missing).
@@ -79,7 +94,10 @@ pub enum NodeEvent {
     /// The node must be fenced.
     Fence(FaultCause),
     /// An operator cordoned it.
-    Cordon { reason: String },
+    Cordon {
+        /// Why, in the operator's words; kept on the node while it is cordoned.
+        reason: String,
+    },
     /// An operator uncordoned (repaired) it.
     Uncordon,
     /// An operator retired it.
@@ -90,7 +108,9 @@ pub enum NodeEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("node cannot go from {from} on {event}")]
 pub struct InvalidTransition {
+    /// The state the node stays in, by its operator-facing [`NodeState::name`].
     pub from: &'static str,
+    /// The refused event, debug-formatted for the log line that reports it.
     pub event: String,
 }
 

@@ -2,8 +2,9 @@
 //! detector, driven by agent messages, operator requests and clock ticks.
 //!
 //! Everything here is synchronous and pure apart from mutating `self`: each method takes `now`
-//! and returns [`Command`]s for the async shell ([`crate::server`]) to carry out. It never
-//! touches a socket, a file or the clock, so every decision can be tested with a fake clock.
+//! and returns [`Command`]s for the async shell (`holdfast_coordinator::server`) to carry out.
+//! It never touches a socket, a file or the clock, so every decision can be tested with a fake
+//! clock.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -35,16 +36,23 @@ pub use scripts::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 /// A node's role, from its agent's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
+    /// Runs jobs: taken first for a new job, last as a replacement.
     Worker,
+    /// Held back for recovery: taken first as a replacement, last for a new job.
     Spare,
 }
 
 /// Everything the coordinator knows about one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
+    /// The agent's `node_id`, the registry key; another agent claiming it while this one is
+    /// connected is refused.
     pub id: String,
+    /// The host's name as its agent reports it: for operators and the provider's fence call.
     pub hostname: String,
+    /// Worker or spare: decides the order nodes are taken in.
     pub role: Role,
+    /// Its lifecycle state; changed only through [`crate::node::step`].
     pub state: NodeState,
     /// The live stream's connection id; `None` while the agent is away. Stream-closed reports of
     /// an older connection are ignored.
@@ -52,8 +60,12 @@ pub struct NodeRecord {
     pub conn: Option<u64>,
     /// Address other hosts reach this one at (master address for rank 0).
     pub address: String,
+    /// The host's kernel boot id; with `agent_started_at` it recognises the same agent
+    /// process coming back over a new stream (the old one half-open).
     pub boot_id: String,
+    /// The agent's version, for operators following a rolling upgrade.
     pub agent_version: String,
+    /// The GPUs the agent found, for operators.
     pub gpus: Vec<GpuInfo>,
     /// Coordinator time of the last heartbeat (or hello). Not stored: it changes with every
     /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
@@ -65,10 +77,14 @@ pub struct NodeRecord {
     pub clock_offset_ms: i64,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
+    /// The agent's latest health checks, for operators; a fatal one faults the node as it
+    /// arrives. Not stored: every heartbeat carries it.
     #[serde(skip)]
     pub health: HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
     pub worker: Option<(String, u64, u32)>,
+    /// The step its worker last reported, for operators. Not stored: the next progress report
+    /// brings it.
     #[serde(skip)]
     pub last_step: u64,
     /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
@@ -104,11 +120,16 @@ impl NodeRecord {
     }
 }
 
+/// One GPU of a node, as its agent found it at hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
+    /// The device's NVML index on the host.
     pub index: u32,
+    /// The device's UUID: names it across reboots, when indices may change.
     pub uuid: String,
+    /// The model name.
     pub name: String,
+    /// Total device memory.
     pub memory_bytes: u64,
 }
 
@@ -349,13 +370,22 @@ enum Work {
 /// What an agent's hello carries, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
+    /// The id the agent claims; refused while another agent's live stream holds it.
     pub node_id: String,
+    /// The host's name.
     pub hostname: String,
+    /// Worker or spare, from the agent's config.
     pub role: Role,
+    /// Address other hosts reach it at (rank 0's is the master address).
     pub address: String,
+    /// The host's kernel boot id; with `agent_started_at` it shows whether this is the node's
+    /// own agent process coming back (its new stream takes over) or another agent.
     pub boot_id: String,
+    /// The agent's version.
     pub agent_version: String,
+    /// The GPUs the agent found.
     pub gpus: Vec<GpuInfo>,
+    /// When the agent sent it (agent clock): the first clock-offset sample.
     pub sent_at: UnixMillis,
     /// What the agent runs now: (job, generation, pid, running).
     pub worker: Option<(String, u64, u32, bool)>,
@@ -370,8 +400,12 @@ pub struct Cluster {
     config: CoordinatorConfig,
     /// The coordinator's term: commands carry it, agents refuse older terms.
     pub term: u64,
+    /// Every node that ever said hello, by id; fenced and retired ones stay, so a returning
+    /// agent finds its state.
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// Every job submitted, by id; finished ones stay for operators.
     pub jobs: BTreeMap<String, Job>,
+    /// Every incident, in the order opened (an incident's id is its position + 1).
     pub incidents: Vec<Incident>,
     next_job: u64,
     /// Last time a progress event was published per job (progress events are rate-limited).
@@ -407,6 +441,8 @@ const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
 const OFFSET_SAMPLES: usize = 16;
 
 impl Cluster {
+    /// An empty cluster at term 1 that decides with `config` (already validated); a restarted
+    /// coordinator uses [`Cluster::restore`] instead.
     pub fn new(config: CoordinatorConfig) -> Cluster {
         Cluster {
             config,
@@ -524,6 +560,8 @@ impl Cluster {
         }
     }
 
+    /// The settings the core decides with; the shell takes its own (tick, TLS, tokens) from
+    /// them too.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
     }

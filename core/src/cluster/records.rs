@@ -21,7 +21,7 @@ impl Cluster {
         self.durable_version += 1;
     }
 
-    /// The state as stored records (see [`crate::store`]).
+    /// The state as stored records (see `holdfast_coordinator::store`).
     pub fn to_records(&self) -> Result<crate::records::Records, crate::records::CorruptRecord> {
         let encode = |key: &str, value: Result<Vec<u8>, serde_json::Error>| {
             value.map_err(|e| crate::records::CorruptRecord {

@@ -29,13 +29,22 @@ pub enum CheckPurpose {
     /// A new or repaired node: bootstrap, then the deep check; → Ready or Fenced.
     Join,
     /// A ready node about to take over `rank` of `job_id`: the deep check again.
-    Replacement { job_id: String, rank: usize },
+    Replacement {
+        /// The job waiting for the node.
+        job_id: String,
+        /// The rank the node is held for while the check runs; no other candidate gets it.
+        rank: usize,
+    },
     /// `holdfast check NODE`: the deep check, reported to request `request`; the node's
     /// state is left alone.
-    Operator { request: u64 },
+    Operator {
+        /// The operator call the report answers.
+        request: u64,
+    },
 }
 
 impl CheckPurpose {
+    /// The lower-case name: a report's `purpose`, and `HOLDFAST_CHECK_PURPOSE` for the scripts.
     pub fn name(&self) -> &'static str {
         match self {
             CheckPurpose::Join => "join",
@@ -48,22 +57,33 @@ impl CheckPurpose {
 /// One script's outcome, as the agent reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptOutcome {
+    /// The script's name inside the agents' `script_dir`.
     pub script: String,
+    /// It exited 0 within the timeout.
     pub ok: bool,
+    /// Its exit code, when it exited (none when it was killed, never started, or no result
+    /// came).
     pub exit_code: Option<i32>,
+    /// How long it ran.
     pub duration_ms: u64,
     /// Tail of the combined stdout/stderr.
     pub output: String,
+    /// What happened, in a line: the agent's, or why the coordinator gave up on the script.
     pub message: String,
 }
 
 /// The scripts of one run, kept on the node as its last check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {
+    /// Why the scripts ran, as a [`CheckPurpose::name`].
     pub purpose: String,
+    /// Every script ran and passed.
     pub ok: bool,
+    /// Each script's outcome, in run order; the run stops at the first failure.
     pub scripts: Vec<ScriptOutcome>,
+    /// When the run began (coordinator clock).
     pub started_at: UnixMillis,
+    /// How long the whole run took.
     pub duration_ms: u64,
 }
 
@@ -100,17 +120,23 @@ impl CheckReport {
 /// Scripts a node is running now, one `RunScript` in flight at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptRun {
+    /// Why the node runs them: decides what the outcome does to the node and the job.
     pub purpose: CheckPurpose,
-    /// The script in flight and its command id.
+    /// The script in flight.
     pub current: String,
+    /// The `RunScript` id of the script in flight (`<node>/script-<n>`): a result with any
+    /// other id is stale and ignored. Empty before the first is sent.
     pub command_id: String,
     /// No result by then counts as a failure.
     pub deadline: UnixMillis,
+    /// Scripts still to run after `current`, in order; a failure ends the run without them.
     pub remaining: VecDeque<String>,
     /// For a join: how many of the first scripts are the bootstrap (the node moves from
     /// Bootstrapping to Checking after them).
     pub bootstrap_scripts: usize,
+    /// Outcomes of the scripts done so far; they become the report.
     pub results: Vec<ScriptOutcome>,
+    /// When the run began; the report's duration counts from it.
     pub started_at: UnixMillis,
 }
 

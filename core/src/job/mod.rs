@@ -133,21 +133,31 @@ pub enum RecoveryPhase {
     /// Fencing: Stop was sent to the failed generation's live ranks; → Replacing (or Relaunching
     /// when no rank needs a node) once every one reported its worker gone, or at `deadline`.
     Fencing {
+        /// Ranks whose stop is not confirmed yet (worker exit, or node unreachable); fencing
+        /// ends when it is empty.
         pending: BTreeSet<usize>,
+        /// `stop_deadline_ms` after the fault: fencing moves on without the silent ranks then.
         deadline: UnixMillis,
     },
     /// Replacing: some ranks wait for a node; → Relaunching when every rank has one,
     /// → Failed when `replacement_timeout` passes (if set).
-    Replacing { since: UnixMillis },
+    Replacing {
+        /// When the wait for nodes began; the replacement timeout (and a shrink) count from it.
+        since: UnixMillis,
+    },
     /// Relaunching: the latest complete checkpoint is being resolved; → Launching.
     /// A failed read is retried at `retry_at`, up to a bound, then → Failed.
     Relaunching {
+        /// Failed reads of the checkpoint store in this relaunch so far.
         attempts: u32,
+        /// When the next read is due (after a failed read, or a restart's backoff); `None`
+        /// while a read is in flight.
         retry_at: Option<UnixMillis>,
     },
 }
 
 impl RecoveryPhase {
+    /// The lower-case name shown to operators as the job's phase.
     pub fn name(&self) -> &'static str {
         match self {
             RecoveryPhase::Fencing { .. } => "fencing",
@@ -173,12 +183,16 @@ pub enum JobState {
     /// Succeeded: every rank exited 0. Final.
     Succeeded,
     /// Failed with a reason the operator can act on. Final.
-    Failed { reason: String },
+    Failed {
+        /// What failed, and what was tried; also the job's last message.
+        reason: String,
+    },
     /// Stopped by an operator. Final.
     Stopped,
 }
 
 impl JobState {
+    /// The lower-case name shown to operators.
     pub fn name(&self) -> &'static str {
         match self {
             JobState::Pending => "pending",
@@ -191,6 +205,7 @@ impl JobState {
         }
     }
 
+    /// Succeeded, Failed or Stopped: the job takes no more events and its nodes are released.
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
@@ -202,12 +217,17 @@ impl JobState {
 /// One rank of the current generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rank {
+    /// The node that runs this rank now; a replacement takes the failed node's place here.
     pub node: String,
+    /// The current generation's worker reported it started (or was found running on
+    /// reconnect); once every rank's has, the job is Running.
     pub started: bool,
     /// `Some(true)` after a clean exit, `Some(false)` after a failure or a stop.
     pub exited: Option<bool>,
     /// Set while the rank waits for a replacement node.
     pub needs_node: bool,
+    /// The step this rank last reported; a rank past the job's `total_steps` is finishing, not
+    /// stalled.
     pub last_step: u64,
     /// Launch time until the first progress, then the time of the last progress.
     pub last_progress_at: UnixMillis,
@@ -242,6 +262,7 @@ pub struct JobLimits {
     /// Worker faults on one node within `quarantine_window_ms` that escalate from restarting in
     /// place to replacing (and quarantining) the node; 0 = never.
     pub quarantine_after: u32,
+    /// The window `quarantine_after` counts faults in; older faults are forgotten.
     pub quarantine_window_ms: u64,
 }
 
@@ -262,12 +283,18 @@ impl JobLimits {
 /// A job and everything the coordinator knows about its run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    /// The job's id: `job-N` unless the operator named it.
     pub id: String,
+    /// What was submitted, validated; never changed (a shrunk job keeps its original `nodes`).
     pub spec: JobSpec,
+    /// Where the job is in its lifecycle; only the job's step function moves it.
     pub state: JobState,
     /// Starts at 0; the first launch is generation 1; every relaunch adds one.
     pub generation: u64,
+    /// One per node the job runs on, in node-rank order; fewer than `spec.nodes` after a shrink.
     pub ranks: Vec<Rank>,
+    /// Restarts in place used so far, against `spec.restart_budget`; they also set the next
+    /// backoff. Replacing a node does not count.
     pub restarts: u32,
     /// The checkpoint the current generation resumed from.
     pub resumed_from: Option<Checkpoint>,
@@ -275,7 +302,9 @@ pub struct Job {
     pub fenced_generations: Vec<FencedGeneration>,
     /// Highest step reported by any rank.
     pub step: u64,
+    /// When the coordinator accepted the job.
     pub submitted_at: UnixMillis,
+    /// When the job reached a final state; `None` while it lives.
     pub finished_at: Option<UnixMillis>,
     /// Last thing worth telling the operator (why it waits, why it failed).
     pub message: String,
@@ -297,37 +326,62 @@ pub struct Job {
 /// What can happen to a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
+    /// The answer to `ResolveCheckpoint`: the checkpoint to resume from, `None` to start fresh,
+    /// or why the store could not be read.
     CheckpointResolved(Result<Option<Checkpoint>, String>),
+    /// A rank's worker started; the job is Running once every rank's has.
     WorkerStarted {
+        /// The node it runs on; the rank is found by it.
         node: String,
+        /// The generation it belongs to; another generation's report is ignored.
         generation: u64,
     },
+    /// A rank's worker exited: clean (all ranks → Succeeded), stopped, or a worker fault.
     WorkerExited {
+        /// The node it ran on.
         node: String,
+        /// The generation it belonged to; another generation's exit is ignored.
         generation: u64,
+        /// Its exit code; `None` when a signal killed it or the status is unknown (adopted).
         code: Option<i32>,
+        /// The signal that killed it, if one did.
         signal: Option<i32>,
+        /// The agent stopped it on the coordinator's `Stop`: expected, never a fault.
         stopped_by_agent: bool,
         /// When the worker exited (coordinator clock), for the incident's fault time.
         at: Option<UnixMillis>,
     },
+    /// A rank's worker reported a training step; a new step resets its stall clock.
     Progress {
+        /// The node it runs on.
         node: String,
+        /// The generation it belongs to; another generation's progress is ignored.
         generation: u64,
+        /// The step reached; the job's `step` is the highest across ranks.
         step: u64,
     },
+    /// The failure detector found a node fault (agent lost, heartbeat timeout, fatal health)
+    /// on one of the job's nodes.
     Fault {
+        /// The node at fault.
         node: String,
+        /// Why; [`FaultCause::needs_replacement`] decides restart in place or replacement.
         cause: FaultCause,
     },
     /// A node the job sent Stop to cannot be reached: its workers count as gone.
     NodeUnreachable {
+        /// The node, with no live stream to send `Stop` on.
         node: String,
     },
+    /// A node (checked first, when replacements are checked) was allocated to a rank that
+    /// waited for one; → Relaunching once every rank has a node.
     ReplacementFound {
+        /// The rank that waited, an index into `ranks`.
         rank: usize,
+        /// The node, already allocated to the job.
         node: String,
     },
+    /// An operator stopped the job: live workers are told to stop, and the job ends Stopped.
     StopRequested,
     /// These nodes cannot be heard now (silent past two heartbeats, or away within a grace):
     /// their ranks' progress cannot be observed, so it cannot be judged; their stall clocks
@@ -338,8 +392,10 @@ pub enum JobEvent {
     /// Something operators should read on the job (a replacement candidate failed its check,
     /// the provider could not provision): it becomes the job's message until the next one.
     Note {
+        /// The text, as operators read it.
         message: String,
     },
+    /// The clock: stalls, the unconfirmed-exit grace, recovery deadlines, retries, backoffs.
     Tick,
 }
 
@@ -350,27 +406,45 @@ pub enum JobEffect {
     ResolveCheckpoint,
     /// Send `Launch` for `generation` to every rank's node.
     Launch {
+        /// The generation to start; reports carrying an older one are ignored from now on.
         generation: u64,
+        /// The checkpoint every rank resumes from; `None` starts fresh.
         resume: Option<Checkpoint>,
     },
     /// Send `Stop` for `generation` to these nodes.
     StopWorkers {
+        /// Nodes whose worker may still run; an unreachable one comes back as
+        /// `NodeUnreachable`.
         nodes: Vec<String>,
+        /// The generation being stopped.
         generation: u64,
+        /// Why, for the agent's log (fencing generation N, job stopped, job failed).
         reason: String,
     },
     /// Fence the node (it is never handed out again).
-    FenceNode { node: String, cause: FaultCause },
+    FenceNode {
+        /// The faulty node.
+        node: String,
+        /// Why; kept on the fenced node for operators.
+        cause: FaultCause,
+    },
     /// Find nodes for the ranks that need one (answers come back as `ReplacementFound`).
     FindReplacements,
     /// Give the nodes back (job over).
-    ReleaseNodes { nodes: Vec<String> },
-    /// Open an incident; `fault_at` is when the fault happened, when the event that reported
-    /// it says (the cluster estimates it otherwise).
+    ReleaseNodes {
+        /// The job's nodes; each goes back to Ready unless it is fenced, cordoned or gone.
+        nodes: Vec<String>,
+    },
+    /// Open an incident for a fault the job just reacted to.
     OpenIncident {
+        /// The node the fault was seen on.
         node: String,
+        /// What happened; its code and detail become the incident's.
         cause: FaultCause,
+        /// What the job does about it.
         action: RecoveryAction,
+        /// When the fault happened, when the event that reported it says (a worker's exit
+        /// time, a stall's last progress); the cluster estimates it otherwise.
         fault_at: Option<UnixMillis>,
     },
     /// Advance every open incident of this job.
@@ -460,6 +534,7 @@ impl Job {
         self.ranks.iter().map(|r| r.node.clone()).collect()
     }
 
+    /// The rank `node` runs, if any: how reports that name a node find their rank.
     pub fn rank_of(&self, node: &str) -> Option<usize> {
         self.ranks.iter().position(|r| r.node == node)
     }
