@@ -387,6 +387,7 @@ pub enum JobEvent {
     /// their ranks' progress cannot be observed, so it cannot be judged; their stall clocks
     /// start again when they are heard.
     Unheard {
+        /// The nodes that cannot be heard now.
         nodes: Vec<String>,
     },
     /// Something operators should read on the job (a replacement candidate failed its check,
