@@ -17,6 +17,8 @@
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the
 //!   fixture test every daemon's config runs.
 //! - [`error`] — why the core refuses an input.
+//! - `sim` — the simulation test double (test builds and the `sim` feature only): the real core
+//!   driven by in-memory agents, a fake clock and injected faults.
 
 pub mod checkpoint;
 pub mod cluster;
@@ -28,6 +30,8 @@ pub mod job;
 pub mod node;
 pub mod protocol;
 pub mod records;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 pub use config::CoordinatorConfig;
 
