@@ -56,7 +56,8 @@
 //!   every tick): no node holds a rank in two live jobs; no live job has a rank with an empty
 //!   node; a node allocated to a job holds one of its ranks; every incident is closed, or open
 //!   while its recovery is under way (its job pending or recovering, launching after the
-//!   incident's replacement, running after its relaunch), with its phases stamped in order;
+//!   incident's replacement, running after its relaunch; once relaunched, only while the job is
+//!   at the generation it relaunched), with its phases stamped in order;
 //!   generations only grow; the records round-trip through `restore` unchanged apart from what
 //!   `restore` changes on purpose (the term, the ranks' progress clocks).
 //!
@@ -213,7 +214,8 @@ enum SimEvent {
 struct Queued {
     at: UnixMillis,
     seq: u64,
-    event: SimEvent,
+    /// Boxed: the heap moves entries on every push and pop.
+    event: Box<SimEvent>,
 }
 
 impl PartialEq for Queued {
@@ -524,7 +526,7 @@ impl Sim {
                 let Some(Reverse(queued)) = self.queue.pop() else {
                     break;
                 };
-                self.handle(queued.event);
+                self.handle(*queued.event);
             } else {
                 self.next_tick_at += self.config.tick_ms as i64;
                 self.tick();
@@ -562,7 +564,7 @@ impl Sim {
         self.queue.push(Reverse(Queued {
             at,
             seq: self.seq,
-            event,
+            event: Box::new(event),
         }));
     }
 

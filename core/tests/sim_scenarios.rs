@@ -456,3 +456,42 @@ fn the_same_inputs_give_the_same_run() {
     }
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_coordinator_pause_shorter_than_the_heartbeat_timeout_changes_nothing() {
+    let mut sim = cluster(3, 1);
+    train(&mut sim, "job", 3, 15);
+    sim.pause_coordinator(1_000);
+    sim.run_for(5_000);
+    assert!(sim.stats().ticks_missed >= 9);
+    assert!(sim.incidents().is_empty());
+    assert!(sim.nodes_in("fenced").is_empty());
+    assert_eq!(sim.job("job").generation, 1);
+}
+
+/// The coordinator's own stall (a GC-like pause, a slow disk under the state store, a stopped
+/// VM) is not the nodes' fault: when it wakes, the silence it measured is its own.
+///
+/// Today the missed tick that fires first on waking sees every node silent for longer than the
+/// heartbeat timeout and fences them: w0 and w1 are fenced, the circuit breaker holds back the
+/// third (w2 is released instead), three incidents open, and with one spare the job is stuck
+/// waiting for a replacement for ever.
+#[test]
+#[ignore = "known bug: a coordinator stall longer than the heartbeat timeout fences the nodes it did not hear from (the coordinator's own stalls are never a node's fault; fixed by a later change)"]
+fn a_coordinator_pause_longer_than_the_heartbeat_timeout_fences_no_one() {
+    let mut sim = cluster(3, 1);
+    train(&mut sim, "job", 3, 15);
+    let step = sim.job("job").step;
+    sim.pause_coordinator(3_000);
+    sim.run_for(10_000);
+    assert!(
+        sim.nodes_in("fenced").is_empty(),
+        "fenced: {:?}",
+        sim.nodes_in("fenced")
+    );
+    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    let job = sim.job("job");
+    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
+    assert!(job.step > step + 50);
+    assert_eq!(sim.nodes_in("allocated"), ["w0", "w1", "w2"]);
+}

@@ -1,7 +1,8 @@
 //! What must hold of the core's state at every moment of a run, and the check that its durable
 //! records round-trip through a restore.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde_json::Value;
 
@@ -98,8 +99,10 @@ impl Sim {
     fn state_violations(&mut self) -> Vec<String> {
         let c = &self.cluster;
         let mut v = Vec::new();
-        // node → the live job one of whose ranks it holds.
-        let mut holders: BTreeMap<&str, &str> = BTreeMap::new();
+        // node → the live job one of whose ranks it holds. Hashed (the check runs every tick
+        // over thousands of ranks); only membership is asked, so the order does not matter.
+        let mut holders: FastMap<&str, &str> = FastMap::default();
+        holders.reserve(c.nodes.len());
         for job in c.jobs.values().filter(|j| !j.state.is_terminal()) {
             for (i, rank) in job.ranks.iter().enumerate() {
                 if rank.node.is_empty() {
@@ -184,6 +187,9 @@ impl Sim {
             return v;
         }
         for (key, bytes) in &records {
+            if again[key] == *bytes && key != "meta" {
+                continue;
+            }
             let (Ok(mut before), Ok(mut after)) = (
                 serde_json::from_slice::<Value>(bytes),
                 serde_json::from_slice::<Value>(&again[key]),
@@ -220,6 +226,30 @@ impl Sim {
     }
 }
 
+/// FNV-1a: a cheap hasher for the check's scratch maps of short ids.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
 fn forget_progress_clocks(job: &mut Value) {
     if let Some(ranks) = job.get_mut("ranks").and_then(Value::as_array_mut) {
         for rank in ranks {
@@ -233,7 +263,7 @@ fn forget_progress_clocks(job: &mut Value) {
 /// An incident's phases are stamped in order, and an open incident is explained by its job's
 /// recovery: pending or recovering, launching once the incident is past its replacement,
 /// running once it is past its relaunch (it closes with the first progress past the resumed
-/// step).
+/// step) — and, once relaunched, only while its job is still at the generation it relaunched.
 fn incident_violations(c: &Cluster, i: &Incident, v: &mut Vec<String>) {
     let stamps = [
         ("detected", Some(i.detected_at)),
@@ -269,12 +299,16 @@ fn incident_violations(c: &Cluster, i: &Incident, v: &mut Vec<String>) {
         v.push(format!("incident {} is of unknown job {}", i.id, i.job_id));
         return;
     };
-    let explained = match &job.state {
-        JobState::Pending | JobState::Recovering(_) => true,
-        JobState::Launching => i.replaced_at.is_some(),
-        JobState::Running => i.relaunched_at.is_some(),
-        JobState::Succeeded | JobState::Failed { .. } | JobState::Stopped => false,
-    };
+    // Once relaunched, only progress of the generation it relaunched closes it: a later
+    // generation leaves it open for good.
+    let follows_job = i.relaunched_at.is_none() || i.to_generation == Some(job.generation);
+    let explained = follows_job
+        && match &job.state {
+            JobState::Pending | JobState::Recovering(_) => true,
+            JobState::Launching => i.replaced_at.is_some(),
+            JobState::Running => i.relaunched_at.is_some(),
+            JobState::Succeeded | JobState::Failed { .. } | JobState::Stopped => false,
+        };
     if !explained {
         v.push(format!(
             "incident {} ({} on {}, {}) is open in phase {} while job {} is {} at generation {}",
