@@ -56,8 +56,8 @@
 //!   every tick): no node holds a rank in two live jobs; no live job has a rank with an empty
 //!   node; a node allocated to a job holds one of its ranks; every incident is closed, or open
 //!   while its recovery is under way (its job pending or recovering, launching after the
-//!   incident's replacement, running after its relaunch; once relaunched, only while the job is
-//!   at the generation it relaunched), with its phases stamped in order;
+//!   incident's replacement, running after its relaunch into the job's current generation),
+//!   with its phases stamped in order;
 //!   generations only grow; the records round-trip through `restore` unchanged apart from what
 //!   `restore` changes on purpose (the term, the ranks' progress clocks).
 //!

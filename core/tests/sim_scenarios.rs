@@ -495,3 +495,78 @@ fn a_coordinator_pause_longer_than_the_heartbeat_timeout_fences_no_one() {
     assert!(job.step > step + 50);
     assert_eq!(sim.nodes_in("allocated"), ["w0", "w1", "w2"]);
 }
+
+#[test]
+fn a_second_node_fault_while_the_job_waits_for_a_replacement_gets_its_incident_closed() {
+    let mut sim = cluster(3, 0);
+    train(&mut sim, "job", 3, 15);
+    sim.kill("w1");
+    sim.run_for(3_000);
+    assert!(matches!(
+        sim.job("job").state,
+        JobState::Recovering(RecoveryPhase::Replacing { .. })
+    ));
+    let second_at = sim.now();
+    sim.kill("w2");
+    sim.run_for(1_000);
+    assert_eq!(sim.incidents().len(), 2);
+    assert_eq!(
+        sim.incidents()[1].fenced_at,
+        Some(second_at + 1),
+        "the second node is fenced at once: the job's workers are already stopped"
+    );
+    sim.add_node("late0", Role::Spare);
+    sim.add_node("late1", Role::Spare);
+    assert!(sim.run_until(closed, 5_000), "{:#?}", sim.incidents());
+    let job = sim.job("job");
+    assert_eq!(
+        (job.generation, job.nodes()),
+        (2, vec!["w0".into(), "late0".into(), "late1".into()])
+    );
+    for i in sim.incidents() {
+        assert_phases_in_order(i, second_at - 3_000);
+        assert_eq!(i.to_generation, Some(2));
+    }
+}
+
+#[test]
+fn an_incident_whose_relaunch_fails_before_any_progress_closes_with_the_next_generation() {
+    let mut sim = cluster(3, 1);
+    let params = JobParams {
+        step_ms: 1_000,
+        checkpoint_every: 2,
+    };
+    sim.submit(Sim::job_request("job", 3), params)
+        .expect("accepted");
+    assert!(sim.run_until(|s| s.job("job").step >= 5, 10_000));
+    sim.kill("w1");
+    assert!(sim.run_until(
+        |s| s
+            .incidents()
+            .first()
+            .is_some_and(|i| i.relaunched_at.is_some()),
+        5_000
+    ));
+    // Generation 2 runs but has made no step yet when one of its workers dies.
+    assert_eq!(sim.job("job").generation, 2);
+    assert_eq!(
+        sim.gang_step_of("job", 2),
+        Some(4),
+        "resumed from step 4, no step since"
+    );
+    sim.kill_worker("s0", Exit::Signal(11));
+    // Both incidents close with the first step of generation 3.
+    assert!(sim.run_until(closed, 10_000), "{:#?}", sim.incidents());
+    assert_eq!(sim.job("job").generation, 3);
+    let [first, second] = sim.incidents() else {
+        panic!("{:#?}", sim.incidents())
+    };
+    assert_eq!(first.cause, "agent_lost");
+    assert_eq!(second.cause, "worker_exited");
+    assert_eq!(
+        first.to_generation,
+        Some(3),
+        "it followed the job to generation 3"
+    );
+    assert_eq!(second.to_generation, Some(3));
+}

@@ -263,7 +263,7 @@ fn forget_progress_clocks(job: &mut Value) {
 /// An incident's phases are stamped in order, and an open incident is explained by its job's
 /// recovery: pending or recovering, launching once the incident is past its replacement,
 /// running once it is past its relaunch (it closes with the first progress past the resumed
-/// step) — and, once relaunched, only while its job is still at the generation it relaunched.
+/// step) of the generation it relaunched.
 fn incident_violations(c: &Cluster, i: &Incident, v: &mut Vec<String>) {
     let stamps = [
         ("detected", Some(i.detected_at)),
@@ -299,16 +299,14 @@ fn incident_violations(c: &Cluster, i: &Incident, v: &mut Vec<String>) {
         v.push(format!("incident {} is of unknown job {}", i.id, i.job_id));
         return;
     };
-    // Once relaunched, only progress of the generation it relaunched closes it: a later
+    // Only progress of the generation it relaunched closes it: a running job at another
     // generation leaves it open for good.
-    let follows_job = i.relaunched_at.is_none() || i.to_generation == Some(job.generation);
-    let explained = follows_job
-        && match &job.state {
-            JobState::Pending | JobState::Recovering(_) => true,
-            JobState::Launching => i.replaced_at.is_some(),
-            JobState::Running => i.relaunched_at.is_some(),
-            JobState::Succeeded | JobState::Failed { .. } | JobState::Stopped => false,
-        };
+    let explained = match &job.state {
+        JobState::Pending | JobState::Recovering(_) => true,
+        JobState::Launching => i.replaced_at.is_some(),
+        JobState::Running => i.relaunched_at.is_some() && i.to_generation == Some(job.generation),
+        JobState::Succeeded | JobState::Failed { .. } | JobState::Stopped => false,
+    };
     if !explained {
         v.push(format!(
             "incident {} ({} on {}, {}) is open in phase {} while job {} is {} at generation {}",
