@@ -51,13 +51,13 @@
 //!   [`Sim::inject_fatal_health`], and [`Sim::restart_coordinator`] (the state goes through
 //!   [`Cluster::to_records`] and [`Cluster::restore`]; every stream closes and the agents
 //!   reconnect after their reconnect delay).
-//! - **Invariants** ([`Sim::check_invariants`], checked automatically as
-//!   [`InvariantChecks`] says: by default after every core step, with the records round-trip
-//!   every tick): no node holds a rank in two live jobs; no live job has a rank with an empty
-//!   node; a node allocated to a job holds one of its ranks; every incident is closed, or open
-//!   while its recovery is under way (its job pending or recovering, launching after the
-//!   incident's replacement, running after its relaunch into the job's current generation),
-//!   with its phases stamped in order;
+//! - **Invariants** ([`Sim::check_invariants`], checked automatically as [`InvariantChecks`]
+//!   says: by default after every core step, with the records round-trip every tick): no node
+//!   holds a rank in two live jobs; no live job has a rank with an empty node; a node allocated
+//!   to a job holds one of its ranks, and a rank of a live job is on a node allocated to it (or
+//!   cordoned); every incident is closed, or open while its recovery is under way (its job
+//!   pending or recovering, launching after the incident's replacement, running after its
+//!   relaunch into the job's current generation), with its phases stamped in order;
 //!   generations only grow; the records round-trip through `restore` unchanged apart from what
 //!   `restore` changes on purpose (the term, the ranks' progress clocks).
 //!
@@ -66,10 +66,13 @@
 //! processes and their grace periods (a stop is instant); lost or reordered messages on a
 //! healthy stream (TCP); the agent's keepalive (a cut agent finds out its stream was closed
 //! when the cut heals); messages sent during a cut (lost, not retransmitted); a coordinator
-//! that is down for a while (a restart is instant) or shrinks a job's gang mid-generation.
+//! that is down for a while (a restart is instant); hosts from a provider (`Provision`
+//! succeeds with none: nodes join only when a test adds them); an adopted worker's unknown
+//! exit status (the sim always knows how a worker ended).
 //!
 //! ## Writing a test
-//! ```ignore
+//! ```
+//! # use holdfast_core::{cluster::Role, sim::Sim, CoordinatorConfig};
 //! let mut sim = Sim::new(CoordinatorConfig::default());
 //! sim.add_nodes("w", 3, Role::Worker);
 //! sim.add_nodes("s", 1, Role::Spare);
@@ -79,6 +82,15 @@
 //! sim.kill("w1");
 //! assert!(sim.run_until(|s| s.job("job").generation == 2 && s.open_incidents().is_empty(), 20_000));
 //! ```
+//! - [`Sim::run_until`] returns whether the condition came true: assert it, or the test goes on
+//!   from a state it did not mean.
+//! - Faults take effect at once; what the core makes of them shows after a `run_*`. Operator
+//!   requests ([`Sim::request`], [`Sim::submit`]) are stepped at once and return the core's
+//!   answer; a check answers later ([`Sim::send_request`], [`Sim::take_reply`]).
+//! - Randomized tests draw from [`Sim::rng`] of a [`Sim::with_seed`] sim, so a failure replays.
+//! - For clusters of thousands of nodes use [`InvariantChecks::per_tick`] and
+//!   [`Sim::keep_events`]`(false)`.
+//!
 //! Integration tests in `core/tests/` get the module through the crate's dev-dependency on
 //! itself with the `sim` feature. A violated invariant panics with the time and what is wrong.
 
@@ -96,10 +108,15 @@ use crate::protocol::{AgentCommand, CommandResult, Event, EventKind, JobRequest}
 use crate::UnixMillis;
 
 mod agent;
+mod faults;
 mod invariants;
+mod queries;
 mod rng;
+mod shell;
+mod training;
 
-pub use agent::{Exit, NodeOptions, Worker, WorkerStatus};
+pub use agent::{NodeOptions, Worker, WorkerStatus};
+pub use faults::Exit;
 pub use invariants::InvariantChecks;
 pub use rng::SimRng;
 
@@ -271,6 +288,7 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     next_tick_at: UnixMillis,
+    last_tick_at: Option<UnixMillis>,
     agents: BTreeMap<String, Agent>,
     streams: BTreeMap<u64, Stream>,
     /// node → the stream the shell sends its commands on.
@@ -319,6 +337,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             next_tick_at: START_MS + tick,
+            last_tick_at: None,
             agents: BTreeMap::new(),
             streams: BTreeMap::new(),
             server: BTreeMap::new(),
@@ -392,9 +411,18 @@ impl Sim {
 
     // ----- operators ---------------------------------------------------------------------------
 
-    /// Steps an operator request now and returns the core's answer to it. `make` gets the
+    /// Steps an operator request now and returns the core's answer to it, which the core gives
+    /// in the same step for everything but a check ([`Sim::send_request`]). `make` gets the
     /// request id.
     pub fn request(&mut self, make: impl FnOnce(u64) -> Input) -> Result<Reply, CoreError> {
+        let request = self.send_request(make);
+        self.take_reply(request)
+            .expect("sim: the core did not answer an operator request in its step")
+    }
+
+    /// Steps an operator request now and returns its id; the answer waits in
+    /// [`Sim::take_reply`] (a node check answers when its scripts end).
+    pub fn send_request(&mut self, make: impl FnOnce(u64) -> Input) -> u64 {
         assert!(
             self.paused_until.is_none(),
             "sim: an operator request while the coordinator is paused"
@@ -402,9 +430,12 @@ impl Sim {
         let request = self.next_request;
         self.next_request += 1;
         self.step(make(request));
-        self.replies
-            .remove(&request)
-            .expect("sim: the core did not answer an operator request in its step")
+        request
+    }
+
+    /// The core's answer to operator request `request`, once (`None` until it came).
+    pub fn take_reply(&mut self, request: u64) -> Option<Result<Reply, CoreError>> {
+        self.replies.remove(&request)
     }
 
     /// Submits a job; its gang trains as `params` say.
@@ -536,10 +567,13 @@ impl Sim {
     }
 
     fn tick(&mut self) {
-        if self.paused_until.is_some() {
+        // Paused, or the wake-up tick already fired this millisecond (missed ticks are skipped,
+        // not bunched).
+        if self.paused_until.is_some() || self.last_tick_at == Some(self.now) {
             self.stats.ticks_missed += 1;
             return;
         }
+        self.last_tick_at = Some(self.now);
         self.stats.ticks += 1;
         self.step(Input::Tick);
         self.after_tick();
@@ -586,428 +620,7 @@ impl Sim {
             SimEvent::CoordinatorWakes => self.coordinator_wakes(),
         }
     }
-
-    // ----- the coordinator ---------------------------------------------------------------------
-
-    /// Steps the core with `input` now and carries out its commands.
-    fn step(&mut self, input: Input) {
-        self.stats.inputs += 1;
-        let fx = self.cluster.step(input, self.now);
-        self.carry_out(fx);
-        if self.checks.every_input {
-            self.check_state();
-        }
-    }
-
-    /// An input reaches the coordinator process: lost if its stream belongs to an older
-    /// incarnation or the node is cut off, held while the coordinator is paused.
-    fn coordinator_input(&mut self, origin: Origin, input: Input) {
-        let arrives = match origin {
-            Origin::Shell(epoch) => epoch == self.epoch,
-            Origin::Stream(conn) => self.streams.get(&conn).is_some_and(|s| {
-                s.epoch == self.epoch && !self.agents.get(&s.node).is_some_and(|a| a.cut)
-            }),
-        };
-        if !arrives {
-            self.stats.lost_to_coordinator += 1;
-            return;
-        }
-        if self.paused_until.is_some() {
-            self.held.push((origin, input));
-            return;
-        }
-        self.deliver(origin, input);
-    }
-
-    /// The shell reads an input that arrived and steps the core with it.
-    fn deliver(&mut self, origin: Origin, input: Input) {
-        let conn = match origin {
-            Origin::Shell(epoch) => {
-                if epoch == self.epoch {
-                    self.step(input);
-                }
-                return;
-            }
-            Origin::Stream(conn) => conn,
-        };
-        let Some(stream) = self.streams.get_mut(&conn) else {
-            return;
-        };
-        if !stream.open || stream.epoch != self.epoch {
-            self.stats.lost_to_coordinator += 1;
-            return;
-        }
-        match input {
-            Input::Disconnected { node, conn } => {
-                // The shell's reader sees the stream end.
-                stream.open = false;
-                if self.server.get(&node) == Some(&conn) {
-                    self.server.remove(&node);
-                }
-                self.step(Input::Disconnected { node, conn });
-            }
-            Input::Hello {
-                request,
-                conn,
-                hello,
-            } => {
-                self.pending_hellos.insert(request, conn);
-                self.step(Input::Hello {
-                    request,
-                    conn,
-                    hello,
-                });
-            }
-            other => self.step(other),
-        }
-    }
-
-    fn coordinator_wakes(&mut self) {
-        if self.paused_until.is_none_or(|t| t > self.now) {
-            return;
-        }
-        self.paused_until = None;
-        // The ticker's missed tick fires first; then the streams are read.
-        self.stats.ticks += 1;
-        self.step(Input::Tick);
-        for (origin, input) in std::mem::take(&mut self.held) {
-            self.deliver(origin, input);
-        }
-        self.after_tick();
-    }
-
-    /// Carries out the core's commands in order, as the coordinator's shell does.
-    fn carry_out(&mut self, fx: Vec<Command>) {
-        let later = self.now + self.latency_ms;
-        let shell = Origin::Shell(self.epoch);
-        for command in fx {
-            match command {
-                Command::Send { node, command } => match self.server.get(&node) {
-                    Some(&conn) => self.push(
-                        later,
-                        SimEvent::ToAgent {
-                            node,
-                            conn,
-                            message: ToAgent::Command(Box::new(command)),
-                        },
-                    ),
-                    None => self.stats.lost_to_agents += 1,
-                },
-                Command::Disconnect { node, .. } => {
-                    if let Some(conn) = self.server.remove(&node) {
-                        if let Some(stream) = self.streams.get_mut(&conn) {
-                            stream.open = false;
-                        }
-                        let at = self.now;
-                        self.push(
-                            at,
-                            SimEvent::ToCoordinator {
-                                origin: shell,
-                                input: Input::Disconnected {
-                                    node: node.clone(),
-                                    conn,
-                                },
-                            },
-                        );
-                        self.push(
-                            later,
-                            SimEvent::ToAgent {
-                                node,
-                                conn,
-                                message: ToAgent::Closed,
-                            },
-                        );
-                    }
-                }
-                Command::ResolveCheckpoint {
-                    job_id,
-                    uri,
-                    fenced,
-                } => {
-                    let result = self.resolve(&job_id, &uri, &fenced);
-                    self.push(
-                        later,
-                        SimEvent::ToCoordinator {
-                            origin: shell,
-                            input: Input::CheckpointResolved { job_id, result },
-                        },
-                    );
-                }
-                Command::Publish(event) => {
-                    if event.kind == EventKind::Progress {
-                        self.stats.progress_events += 1;
-                    } else if self.keep_events {
-                        self.events.push(event);
-                    }
-                }
-                Command::Provision { job_id, count, .. } => self.push(
-                    later,
-                    SimEvent::ToCoordinator {
-                        origin: shell,
-                        input: Input::ProvisionResult {
-                            job_id,
-                            count,
-                            result: Ok(Vec::new()),
-                        },
-                    },
-                ),
-                Command::FenceHost { node, .. } => self.push(
-                    later,
-                    SimEvent::ToCoordinator {
-                        origin: shell,
-                        input: Input::FenceHostResult {
-                            node,
-                            result: Ok("sim provider fenced it".into()),
-                        },
-                    },
-                ),
-                Command::Reply { request, reply } => match self.pending_hellos.remove(&request) {
-                    Some(conn) => self.answer_hello(conn, reply),
-                    None => {
-                        self.replies.insert(request, reply);
-                    }
-                },
-            }
-        }
-    }
-
-    /// The shell answers a hello: registers the stream and sends the welcome, or closes it.
-    fn answer_hello(&mut self, conn: u64, reply: Result<Reply, CoreError>) {
-        let Some(stream) = self.streams.get_mut(&conn) else {
-            return;
-        };
-        let node = stream.node.clone();
-        let message = match reply {
-            Ok(Reply::Welcome(welcome)) => {
-                self.server.insert(node.clone(), conn);
-                ToAgent::Welcome {
-                    term: welcome.term,
-                    heartbeat_interval_ms: welcome.heartbeat_interval_ms,
-                }
-            }
-            _ => {
-                stream.open = false;
-                ToAgent::Refused
-            }
-        };
-        let at = self.now + self.latency_ms;
-        self.push(
-            at,
-            SimEvent::ToAgent {
-                node,
-                conn,
-                message,
-            },
-        );
-    }
-
-    /// The newest checkpoint not written by a fenced generation after its fence.
-    fn resolve(
-        &self,
-        job_id: &str,
-        uri: &str,
-        fenced: &[FencedGeneration],
-    ) -> Result<Option<Checkpoint>, String> {
-        if uri.is_empty() {
-            return Ok(None);
-        }
-        if self.store_down {
-            return Err("sim: the checkpoint store is unreachable".into());
-        }
-        let Some(all) = self.checkpoints.get(job_id) else {
-            return Ok(None);
-        };
-        Ok(all
-            .values()
-            .rev()
-            .find(|c| {
-                !fenced
-                    .iter()
-                    .any(|f| f.generation == c.generation && c.written_at > f.fenced_at)
-            })
-            .map(|c| Checkpoint {
-                step: c.step,
-                uri: c.uri.clone(),
-                generation: Some(c.generation),
-            }))
-    }
-
-    // ----- coordinator faults -----------------------------------------------------------------
-
-    /// The coordinator stops for `ms`: no ticks, no messages handled. When it wakes the missed
-    /// tick fires first, then everything that arrived meanwhile, in order.
-    pub fn pause_coordinator(&mut self, ms: i64) {
-        let until = self.now + ms;
-        self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
-        self.push(until, SimEvent::CoordinatorWakes);
-    }
-
-    /// The coordinator restarts: its state goes through [`Cluster::to_records`] and
-    /// [`Cluster::restore`], every stream closes, held and in-flight inputs are lost, and the
-    /// agents reconnect after their reconnect delay.
-    pub fn restart_coordinator(&mut self) {
-        let records = self
-            .cluster
-            .to_records()
-            .expect("sim: the state cannot be stored");
-        let (cluster, fx) = Cluster::restore(self.config.clone(), &records, self.now)
-            .expect("sim: the stored state cannot be restored")
-            .expect("sim: the stored state is empty");
-        self.cluster = cluster;
-        self.epoch += 1;
-        self.paused_until = None;
-        self.held.clear();
-        self.server.clear();
-        self.pending_hellos.clear();
-        let later = self.now + self.latency_ms;
-        let open: Vec<(u64, String)> = self
-            .streams
-            .iter_mut()
-            .filter(|(_, s)| s.open)
-            .map(|(c, s)| {
-                s.open = false;
-                (*c, s.node.clone())
-            })
-            .collect();
-        for (conn, node) in open {
-            self.push(
-                later,
-                SimEvent::ToAgent {
-                    node,
-                    conn,
-                    message: ToAgent::Closed,
-                },
-            );
-        }
-        self.carry_out(fx);
-        if self.checks.every_input {
-            self.check_state();
-        }
-    }
-
-    /// Makes checkpoint resolution fail (`true`) or work again.
-    pub fn set_checkpoint_store_down(&mut self, down: bool) {
-        self.store_down = down;
-    }
-
-    // ----- queries -----------------------------------------------------------------------------
-
-    /// The sim's clock.
-    pub fn now(&self) -> UnixMillis {
-        self.now
-    }
-
-    /// The core.
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
-    }
-
-    /// The config the core runs with.
-    pub fn config(&self) -> &CoordinatorConfig {
-        &self.config
-    }
-
-    /// A job; panics when the core has no such job.
-    pub fn job(&self, id: &str) -> &Job {
-        self.cluster
-            .jobs
-            .get(id)
-            .unwrap_or_else(|| panic!("sim: no job {id}"))
-    }
-
-    /// A node as the core knows it; panics when the core has no such node.
-    pub fn node(&self, id: &str) -> &NodeRecord {
-        self.cluster
-            .nodes
-            .get(id)
-            .unwrap_or_else(|| panic!("sim: the core has no node {id}"))
-    }
-
-    /// A node's state in the core.
-    pub fn node_state(&self, id: &str) -> &NodeState {
-        &self.node(id).state
-    }
-
-    /// Nodes whose state is named `state` (`ready`, `allocated`, `fenced`, …), in id order.
-    pub fn nodes_in(&self, state: &str) -> Vec<String> {
-        self.cluster
-            .nodes
-            .values()
-            .filter(|n| n.state.name() == state)
-            .map(|n| n.id.clone())
-            .collect()
-    }
-
-    /// Every incident, in id order.
-    pub fn incidents(&self) -> &[Incident] {
-        &self.cluster.incidents
-    }
-
-    /// The incidents of one job.
-    pub fn incidents_of(&self, job_id: &str) -> Vec<&Incident> {
-        self.cluster
-            .incidents
-            .iter()
-            .filter(|i| i.job_id == job_id)
-            .collect()
-    }
-
-    /// Incidents still open.
-    pub fn open_incidents(&self) -> Vec<&Incident> {
-        self.cluster
-            .incidents
-            .iter()
-            .filter(|i| i.is_open())
-            .collect()
-    }
-
-    /// Events the core published (progress events are only counted, in [`SimStats`]).
-    pub fn events(&self) -> &[Event] {
-        &self.events
-    }
-
-    /// The states a node went through, from the core's node events, with their times.
-    pub fn node_history(&self, id: &str) -> Vec<(UnixMillis, NodeState)> {
-        self.events
-            .iter()
-            .filter(|e| e.kind == EventKind::NodeState && e.node_id == id)
-            .filter_map(|e| match &e.subject {
-                Some(crate::protocol::Subject::Node(n)) => Some((e.at, n.state.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// When a node first entered the state named `state`, by the core's events.
-    pub fn entered(&self, id: &str, state: &str) -> Option<UnixMillis> {
-        self.node_history(id)
-            .into_iter()
-            .find(|(_, s)| s.name() == state)
-            .map(|(at, _)| at)
-    }
-
-    /// The checkpoints in the sim's store for a job, oldest step first.
-    pub fn checkpoints(&self, job_id: &str) -> Vec<SimCheckpoint> {
-        self.checkpoints
-            .get(job_id)
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The newest checkpoint in the store for a job.
-    pub fn newest_checkpoint(&self, job_id: &str) -> Option<SimCheckpoint> {
-        self.checkpoints
-            .get(job_id)
-            .and_then(|c| c.values().next_back().cloned())
-    }
-
-    /// Counters of the run so far.
-    pub fn stats(&self) -> SimStats {
-        self.stats
-    }
-
-    /// Node ids the sim has agents for, in order.
-    pub fn node_ids(&self) -> Vec<String> {
-        self.agents.keys().cloned().collect()
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,12 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{AgentTimer, Gang, Origin, Sim, SimCheckpoint, SimEvent, SimJob, Stream, ToAgent};
+use super::{AgentTimer, Origin, Sim, SimEvent, Stream, ToAgent};
 use crate::cluster::{Hello, Input, Role};
-use crate::protocol::{
-    AgentCommand, CommandResult, HealthAction, HealthCheck, HealthState, HealthSummary, Launch,
-    Progress, WorkerEvent, WorkerEventKind,
-};
+use crate::protocol::{AgentCommand, CommandResult, HealthState, HealthSummary};
 use crate::UnixMillis;
 
 /// How a node's agent behaves.
@@ -36,13 +33,6 @@ impl Default for NodeOptions {
             check_fails: false,
         }
     }
-}
-
-/// How a worker ends when a test kills it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
 }
 
 /// What a worker process is doing.
@@ -128,25 +118,25 @@ impl Agent {
         }
     }
 
-    fn paused(&self, now: UnixMillis) -> Option<UnixMillis> {
+    pub(super) fn paused(&self, now: UnixMillis) -> Option<UnixMillis> {
         self.paused_until.filter(|t| *t > now)
     }
 }
 
 impl Sim {
-    fn agent(&self, node: &str) -> &Agent {
+    pub(super) fn agent(&self, node: &str) -> &Agent {
         self.agents
             .get(node)
             .unwrap_or_else(|| panic!("sim: no node {node}"))
     }
 
-    fn agent_mut(&mut self, node: &str) -> &mut Agent {
+    pub(super) fn agent_mut(&mut self, node: &str) -> &mut Agent {
         self.agents
             .get_mut(node)
             .unwrap_or_else(|| panic!("sim: no node {node}"))
     }
 
-    fn agent_clock(&self, node: &str) -> UnixMillis {
+    pub(super) fn agent_clock(&self, node: &str) -> UnixMillis {
         self.now + self.agent(node).options.clock_offset_ms
     }
 
@@ -203,7 +193,7 @@ impl Sim {
 
     /// The agent sends a message on its stream; with no stream, worker events wait in its
     /// outbox (progress: the latest only) and the rest is dropped.
-    fn agent_send(&mut self, node: &str, input: Input) {
+    pub(super) fn agent_send(&mut self, node: &str, input: Input) {
         let at = self.now + self.latency_ms;
         let agent = self.agent_mut(node);
         if !agent.up {
@@ -236,7 +226,7 @@ impl Sim {
         }
     }
 
-    fn schedule(&mut self, node: &str, at: UnixMillis, timer: AgentTimer) {
+    pub(super) fn schedule(&mut self, node: &str, at: UnixMillis, timer: AgentTimer) {
         let incarnation = self.agent(node).incarnation;
         self.push(
             at,
@@ -436,7 +426,7 @@ impl Sim {
     }
 
     /// The agent's side of its stream closes; the shell sees it unless the network is cut.
-    fn close_from_agent(&mut self, node: &str) {
+    pub(super) fn close_from_agent(&mut self, node: &str) {
         let at = self.now + self.latency_ms;
         let agent = self.agent_mut(node);
         agent.welcomed = false;
@@ -456,372 +446,6 @@ impl Sim {
                 },
             },
         );
-    }
-
-    // ----- workers -----------------------------------------------------------------------------
-
-    fn start_worker(&mut self, node: &str, launch: &Launch) {
-        let pid = self.next_pid;
-        self.next_pid += 1;
-        let delay = self.agent(node).options.start_delay_ms as i64;
-        self.agent_mut(node).worker = Some(Worker {
-            job_id: launch.job_id.clone(),
-            generation: launch.generation,
-            pid,
-            rank: launch.node_rank,
-            status: WorkerStatus::Starting,
-        });
-        let key = (launch.job_id.clone(), launch.generation);
-        if !self.gangs.contains_key(&key) {
-            self.gangs.insert(
-                key.clone(),
-                Gang {
-                    nnodes: launch.nnodes,
-                    step: launch.resume_step,
-                    members: BTreeMap::new(),
-                },
-            );
-            let at = self.now + self.sim_job(&launch.job_id).params.step_ms as i64;
-            self.push(
-                at,
-                SimEvent::Gang {
-                    job_id: key.0.clone(),
-                    generation: key.1,
-                },
-            );
-        }
-        if let Some(gang) = self.gangs.get_mut(&key) {
-            gang.members
-                .insert(launch.node_rank, (node.to_string(), pid));
-        }
-        if delay == 0 {
-            self.worker_started(node, pid);
-        } else {
-            let at = self.now + delay;
-            self.push(
-                at,
-                SimEvent::WorkerStarted {
-                    node: node.to_string(),
-                    pid,
-                },
-            );
-        }
-    }
-
-    pub(super) fn worker_started(&mut self, node: &str, pid: u32) {
-        let now = self.now;
-        let agent = self.agent(node);
-        if !agent.up {
-            return;
-        }
-        if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::WorkerStarted {
-                    node: node.to_string(),
-                    pid,
-                },
-            );
-            return;
-        }
-        let at = self.agent_clock(node);
-        let agent = self.agent_mut(node);
-        let Some(worker) = agent.worker.as_mut().filter(|w| w.pid == pid) else {
-            return;
-        };
-        if worker.status != WorkerStatus::Starting {
-            return;
-        }
-        worker.status = WorkerStatus::Running;
-        let event = WorkerEvent {
-            job_id: worker.job_id.clone(),
-            generation: worker.generation,
-            at,
-            kind: WorkerEventKind::Started { pid },
-        };
-        self.agent_send(
-            node,
-            Input::Worker {
-                node: node.to_string(),
-                event,
-            },
-        );
-    }
-
-    /// The node's worker ends (if it has one) and the agent reports the exit.
-    fn end_worker(
-        &mut self,
-        node: &str,
-        code: Option<i32>,
-        signal: Option<i32>,
-        stopped_by_agent: bool,
-    ) {
-        let at = self.agent_clock(node);
-        let agent = self.agent_mut(node);
-        let Some(worker) = agent.worker.take() else {
-            return;
-        };
-        agent.last_worker = Some((worker.job_id.clone(), worker.generation, worker.pid));
-        self.leave_gang(&worker);
-        let event = WorkerEvent {
-            job_id: worker.job_id,
-            generation: worker.generation,
-            at,
-            kind: WorkerEventKind::Exited {
-                code,
-                signal,
-                stopped_by_agent,
-            },
-        };
-        self.agent_send(
-            node,
-            Input::Worker {
-                node: node.to_string(),
-                event,
-            },
-        );
-    }
-
-    fn leave_gang(&mut self, worker: &Worker) {
-        let key = (worker.job_id.clone(), worker.generation);
-        if let Some(gang) = self.gangs.get_mut(&key) {
-            if gang
-                .members
-                .get(&worker.rank)
-                .is_some_and(|(_, pid)| *pid == worker.pid)
-            {
-                gang.members.remove(&worker.rank);
-            }
-        }
-    }
-
-    fn sim_job(&self, job_id: &str) -> SimJob {
-        self.jobs.get(job_id).copied().unwrap_or(SimJob {
-            params: super::JobParams::default(),
-            total_steps: 0,
-        })
-    }
-
-    /// One step of a gang: taken when every rank's worker trains; then progress from every
-    /// rank, a checkpoint when due, and the end at the job's last step.
-    pub(super) fn gang_step(&mut self, job_id: &str, generation: u64) {
-        let now = self.now;
-        let key = (job_id.to_string(), generation);
-        let Some(gang) = self.gangs.get(&key) else {
-            return;
-        };
-        if gang.members.is_empty() {
-            self.gangs.remove(&key);
-            return;
-        }
-        let job = self.sim_job(job_id);
-        let members: Vec<String> = gang.members.values().map(|(n, _)| n.clone()).collect();
-        let whole = gang.members.len() == gang.nnodes as usize
-            && gang.members.values().all(|(node, pid)| {
-                self.agents.get(node).is_some_and(|a| {
-                    a.up && a.paused(now).is_none()
-                        && a.worker
-                            .as_ref()
-                            .is_some_and(|w| w.pid == *pid && w.status == WorkerStatus::Running)
-                })
-            });
-        let mut interval = job.params.step_ms.max(1) as f64;
-        if whole {
-            let slowest = members
-                .iter()
-                .filter_map(|n| self.agents.get(n))
-                .map(|a| a.slow)
-                .fold(1.0, f64::max);
-            interval *= slowest;
-            let step = {
-                let gang = self.gangs.get_mut(&key).expect("the gang was just read");
-                gang.step += 1;
-                gang.step
-            };
-            for node in &members {
-                self.agent_send(
-                    node,
-                    Input::Progress {
-                        node: node.clone(),
-                        progress: Progress {
-                            job_id: job_id.to_string(),
-                            generation,
-                            step,
-                        },
-                    },
-                );
-            }
-            let every = job.params.checkpoint_every;
-            if every > 0 && step % every == 0 {
-                let uri = format!("sim://{job_id}/step-{step}");
-                self.checkpoints
-                    .entry(job_id.to_string())
-                    .or_default()
-                    .insert(
-                        step,
-                        SimCheckpoint {
-                            step,
-                            generation,
-                            written_at: now,
-                            uri,
-                        },
-                    );
-            }
-            if job.total_steps > 0 && step >= job.total_steps {
-                for node in &members {
-                    self.end_worker(node, Some(0), None, false);
-                }
-                self.gangs.remove(&key);
-                return;
-            }
-        }
-        let at = now + interval.round() as i64;
-        self.push(
-            at,
-            SimEvent::Gang {
-                job_id: job_id.to_string(),
-                generation,
-            },
-        );
-    }
-
-    // ----- faults ------------------------------------------------------------------------------
-
-    /// The host dies: agent and worker with it. The stream closes (the core sees it unless the
-    /// node is cut). [`Sim::heal`] reboots it.
-    pub fn kill(&mut self, node: &str) {
-        if !self.agent(node).up {
-            return;
-        }
-        self.close_from_agent(node);
-        let agent = self.agent_mut(node);
-        agent.up = false;
-        agent.incarnation += 1;
-        agent.paused_until = None;
-        agent.outbox.clear();
-        if let Some(worker) = agent.worker.take() {
-            agent.last_worker = None;
-            self.leave_gang(&worker);
-        }
-    }
-
-    /// The network between the node and the coordinator is cut, both ways. The worker keeps
-    /// training with its peers.
-    pub fn cut(&mut self, node: &str) {
-        self.agent_mut(node).cut = true;
-    }
-
-    /// Undoes [`Sim::kill`] (the host reboots with no worker and says hello), [`Sim::cut`] (the
-    /// agent says hello on a new stream if the core closed its stream meanwhile) and
-    /// [`Sim::slow`]. A pause runs its course.
-    pub fn heal(&mut self, node: &str) {
-        let now = self.now;
-        let clock = self.agent_clock(node);
-        let agent = self.agent_mut(node);
-        agent.slow = 1.0;
-        if !agent.up {
-            agent.up = true;
-            agent.cut = false;
-            agent.incarnation += 1;
-            agent.boots += 1;
-            agent.started_at = clock;
-            agent.conn = None;
-            agent.welcomed = false;
-            agent.last_worker = None;
-            agent.health = HealthSummary {
-                state: HealthState::Healthy,
-                checks: Vec::new(),
-            };
-            agent.health_changed = true;
-            self.schedule(node, now, AgentTimer::Reconnect);
-            return;
-        }
-        if !agent.cut {
-            return;
-        }
-        agent.cut = false;
-        match agent.conn {
-            Some(conn) => {
-                let open = self
-                    .streams
-                    .get(&conn)
-                    .is_some_and(|s| s.open && s.epoch == self.epoch);
-                if !open {
-                    let agent = self.agent_mut(node);
-                    agent.conn = None;
-                    agent.welcomed = false;
-                    self.schedule(node, now, AgentTimer::Reconnect);
-                }
-            }
-            None => self.schedule(node, now, AgentTimer::Reconnect),
-        }
-    }
-
-    /// SIGSTOP of the agent and its worker for `ms`: nothing is sent, nothing handled, no step
-    /// taken; then everything resumes where it was.
-    pub fn pause(&mut self, node: &str, ms: i64) {
-        let until = self.now + ms;
-        let agent = self.agent_mut(node);
-        agent.paused_until = Some(agent.paused_until.map_or(until, |t| t.max(until)));
-    }
-
-    /// The node's worker steps `factor` times slower (its whole gang with it); 1.0 undoes it.
-    pub fn slow(&mut self, node: &str, factor: f64) {
-        assert!(factor >= 1.0, "sim: a slow factor is at least 1");
-        self.agent_mut(node).slow = factor;
-    }
-
-    /// The node's worker dies on its own (not stopped by the agent).
-    pub fn kill_worker(&mut self, node: &str, exit: Exit) {
-        let (code, signal) = match exit {
-            Exit::Code(c) => (Some(c), None),
-            Exit::Signal(s) => (None, Some(s)),
-        };
-        self.end_worker(node, code, signal, false);
-    }
-
-    /// The node's worker stays alive and makes no more progress (its gang stops with it).
-    pub fn hang_worker(&mut self, node: &str) {
-        if let Some(worker) = self.agent_mut(node).worker.as_mut() {
-            worker.status = WorkerStatus::Hung;
-        }
-    }
-
-    /// The agent reports `health` at once (a health report) and in its next heartbeat.
-    pub fn set_health(&mut self, node: &str, health: HealthSummary) {
-        let agent = self.agent_mut(node);
-        agent.health = health.clone();
-        agent.health_changed = true;
-        self.agent_send(
-            node,
-            Input::HealthReport {
-                node: node.to_string(),
-                health,
-            },
-        );
-    }
-
-    /// A GPU check turns unhealthy and asks for the node to be replaced.
-    pub fn inject_fatal_health(&mut self, node: &str) {
-        let observed_at = self.agent_clock(node);
-        self.set_health(
-            node,
-            HealthSummary {
-                state: HealthState::Unhealthy,
-                checks: vec![HealthCheck {
-                    check: "xid".into(),
-                    state: HealthState::Unhealthy,
-                    reason: "Xid 79: GPU has fallen off the bus".into(),
-                    action: HealthAction::ReplaceNode,
-                    observed_at,
-                }],
-            },
-        );
-    }
-
-    /// The node's lifecycle scripts fail (`true`) or pass from now on.
-    pub fn set_check_fails(&mut self, node: &str, fails: bool) {
-        self.agent_mut(node).options.check_fails = fails;
     }
 
     // ----- queries -----------------------------------------------------------------------------

@@ -120,28 +120,46 @@ impl Sim {
                 }
             }
         }
+        let mut rank_nodes_known = 0;
         for node in c.nodes.values() {
-            let NodeState::Allocated { job_id } = &node.state else {
-                continue;
-            };
-            match c.jobs.get(job_id) {
-                None => v.push(format!(
-                    "node {} is allocated to unknown job {job_id}",
-                    node.id
-                )),
-                Some(job) if job.state.is_terminal() => v.push(format!(
-                    "node {} is allocated to {job_id}, which is {}",
+            let holds = holders.get(node.id.as_str()).copied();
+            rank_nodes_known += usize::from(holds.is_some());
+            match (&node.state, holds) {
+                (NodeState::Allocated { job_id }, Some(job)) if job_id == job => {}
+                // A cordoned node keeps running its job.
+                (NodeState::Cordoned { .. }, Some(_)) => {}
+                (state, Some(job)) => v.push(format!(
+                    "node {} holds a rank of {job} but is {}{}",
                     node.id,
-                    job.state.name()
+                    state.name(),
+                    match state {
+                        NodeState::Allocated { job_id } => format!(" to {job_id}"),
+                        _ => String::new(),
+                    }
                 )),
-                Some(_) if holders.get(node.id.as_str()) != Some(&job_id.as_str()) => {
-                    v.push(format!(
+                (NodeState::Allocated { job_id }, None) => match c.jobs.get(job_id) {
+                    None => v.push(format!(
+                        "node {} is allocated to unknown job {job_id}",
+                        node.id
+                    )),
+                    Some(job) if job.state.is_terminal() => v.push(format!(
+                        "node {} is allocated to {job_id}, which is {}",
+                        node.id,
+                        job.state.name()
+                    )),
+                    Some(_) => v.push(format!(
                         "node {} is allocated to {job_id} but holds none of its ranks",
                         node.id
-                    ))
-                }
-                Some(_) => {}
+                    )),
+                },
+                (_, None) => {}
             }
+        }
+        if rank_nodes_known != holders.len() {
+            v.push(format!(
+                "{} ranks of live jobs are on nodes the core does not know",
+                holders.len() - rank_nodes_known
+            ));
         }
         for incident in &c.incidents {
             incident_violations(c, incident, &mut v);
