@@ -1,4 +1,6 @@
 //! The core at scale: 2,000 nodes (60 jobs of 30 nodes, 200 spares) under 100 random faults.
+//! `HOLDFAST_SIM_SEED=<n> cargo test -p holdfast-core --test sim_scale -- --nocapture` replays
+//! it with another draw of faults and prints what happened.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -23,9 +25,9 @@ enum Fault {
 }
 
 /// 2,000 nodes train 60 jobs while a seeded RNG kills, cuts, pauses (0.5–5 s) and slows 100
-/// of them, healing some on the way and all at the end; the cluster must end with every job
-/// running on a full set of nodes, every incident closed, and no node fenced that no fault
-/// touched.
+/// of them, healing some on the way and all at the end, and the coordinator restarts halfway
+/// through; the cluster must end with every job running on a full set of nodes, every
+/// incident closed, and no node fenced that no fault touched.
 ///
 /// Invariants: the state invariants are checked after every tick (100 ms), not after every
 /// input — a run steps the core several hundred thousand times and the check is linear in the
@@ -71,9 +73,12 @@ fn two_thousand_nodes_ride_out_a_hundred_random_faults() {
     let mut touched: BTreeMap<String, Fault> = BTreeMap::new();
     // Killed and cut nodes not healed yet.
     let mut down: Vec<String> = Vec::new();
-    for _ in 0..FAULTS {
+    for n in 0..FAULTS {
         let wait = sim.rng().between(50, 400);
         sim.run_for(wait);
+        if n == FAULTS / 2 {
+            sim.restart_coordinator();
+        }
         if !down.is_empty() && sim.rng().chance(0.3) {
             let i = sim.rng().below(down.len() as u64) as usize;
             let node = down.swap_remove(i);
