@@ -248,6 +248,11 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
                 next.relaunched_at = Some(now);
                 next.to_generation = Some(*generation);
                 next.resumed_from_step = Some(*resume_step);
+            } else if next.to_generation.is_some_and(|g| g < *generation) {
+                // The generation it relaunched failed before it made progress: the recovery
+                // goes on in this one, whose progress closes the incident.
+                next.to_generation = Some(*generation);
+                next.resumed_from_step = Some(*resume_step);
             }
         }
         IncidentEvent::Progress { generation, step } => {
@@ -368,6 +373,26 @@ mod tests {
         let i = step(&i, &IncidentEvent::Fenced, 1100);
         let i = step(&i, &IncidentEvent::Fenced, 1500);
         assert_eq!(i.fenced_at, Some(1100));
+    }
+
+    #[test]
+    fn a_relaunch_that_failed_before_progress_is_followed_into_the_next_generation() {
+        let i = step(&opened(), &IncidentEvent::Fenced, 1100);
+        let i = step(&i, &IncidentEvent::Replaced { node: None }, 1200);
+        let relaunched = |generation, resume_step| IncidentEvent::Relaunched {
+            generation,
+            resume_step,
+        };
+        let i = step(&i, &relaunched(2, 30), 1300);
+        // Generation 2 failed before its first step; generation 3 resumes from step 28.
+        let i = step(&i, &relaunched(3, 28), 1500);
+        assert_eq!(i.relaunched_at, Some(1300), "stamped once");
+        assert_eq!((i.to_generation, i.resumed_from_step), (Some(3), Some(28)));
+        let progress = |generation, step| IncidentEvent::Progress { generation, step };
+        assert!(step(&i, &progress(2, 31), 1600).is_open());
+        assert_eq!(step(&i, &progress(3, 29), 1600).resumed_at, Some(1600));
+        // An older generation's relaunch changes nothing.
+        assert_eq!(step(&i, &relaunched(2, 30), 1600), i);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!   fixture test every daemon's config runs.
 //! - [`fault`] — the one cause of every fault (incidents, fenced nodes, metrics).
 //! - [`error`] — why the core refuses an input.
+//! - `sim` — the simulation test double (test builds and the `sim` feature only): the real core
+//!   driven by in-memory agents, a fake clock and injected faults.
 
 #![warn(missing_docs)]
 
@@ -32,6 +34,8 @@ pub mod job;
 pub mod node;
 pub mod protocol;
 pub mod records;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 pub use config::CoordinatorConfig;
 

@@ -314,11 +314,15 @@ fn on_fault(
                     }
                 }
                 JobState::Recovering(RecoveryPhase::Replacing { .. }) => {
+                    // The failed generation is stopped already: this fault's incident is
+                    // fenced with its node (it would otherwise wait for a fencing that is over).
+                    fx.push(JobEffect::Incident(IncidentEvent::Fenced));
                     fx.push(JobEffect::FindReplacements);
                 }
                 _ => {
                     // Pending or Relaunching: nothing of the new generation started yet.
                     job.state = JobState::Recovering(RecoveryPhase::Replacing { since: now });
+                    fx.push(JobEffect::Incident(IncidentEvent::Fenced));
                     fx.push(JobEffect::FindReplacements);
                 }
             }
