@@ -146,10 +146,13 @@ impl Default for JobParams {
 /// A checkpoint in the sim's store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimCheckpoint {
+    /// The step it holds.
     pub step: u64,
+    /// The generation that wrote it.
     pub generation: u64,
     /// When it was completed (the sim's clock, which is the coordinator's).
     pub written_at: UnixMillis,
+    /// Where it is (`sim://job/step-N`).
     pub uri: String,
 }
 

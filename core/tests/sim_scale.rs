@@ -162,8 +162,11 @@ fn two_thousand_nodes_ride_out_a_hundred_random_faults() {
         .collect();
     assert!(innocent.is_empty(), "fenced without a fault: {innocent:?}");
     let hit: BTreeSet<&str> = sim.incidents().iter().map(|i| i.job_id.as_str()).collect();
+    // Not every fault is an incident: a node cut off from the coordinator while its job keeps
+    // stepping is vouched for by that progress, and a pause shorter than a few steps is ridden
+    // out; kills and long pauses of a job's nodes are.
     assert!(
-        sim.incidents().len() >= 40,
+        sim.incidents().len() >= 10,
         "{} incidents",
         sim.incidents().len()
     );

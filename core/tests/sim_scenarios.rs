@@ -5,7 +5,8 @@
 use holdfast_core::cluster::Role;
 use holdfast_core::incident::{Incident, RecoveryAction};
 use holdfast_core::job::{JobState, RecoveryPhase};
-use holdfast_core::node::{FenceCause, NodeState};
+use holdfast_core::node::{FaultCause, NodeState};
+use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{Exit, JobParams, NodeOptions, Sim, WorkerStatus};
 use holdfast_core::CoordinatorConfig;
 
@@ -89,7 +90,7 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
     assert_eq!(
         sim.node_state("w1"),
         &NodeState::Fenced {
-            cause: FenceCause::AgentLost
+            cause: FaultCause::AgentLost
         }
     );
     assert_eq!(sim.nodes_in("allocated"), ["s0", "w0", "w2"]);
@@ -100,8 +101,15 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
     assert_eq!((i.from_generation, i.to_generation), (1, Some(2)));
     assert_eq!(i.resumed_from_step, Some(20));
     assert_phases_in_order(&i, killed_at);
-    // The stream closed at once: detection within a message's latency, not a timeout.
-    assert!(i.detected_at - killed_at <= 10, "{i:#?}");
+    // The stream closed at once; the job's progress is given a few steps to vouch for w1 (its
+    // agent alone might have died), and the other ranks stopped: detected within that window,
+    // not after a timeout.
+    let step = sim.job("job").step_time_ms as i64;
+    let window = 3 * step + sim.config().heartbeat_interval_ms as i64 + sim.config().tick_ms as i64;
+    assert!(
+        i.detected_at - killed_at <= window,
+        "{i:#?} (window {window} ms)"
+    );
 }
 
 #[test]
@@ -170,9 +178,43 @@ fn a_hung_worker_is_caught_after_the_stall_timeout_and_restarted() {
 }
 
 #[test]
-fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_returns() {
+fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps() {
     let mut sim = cluster(3, 1);
     train(&mut sim, "job", 3, 15);
+    let step = sim.job("job").step;
+    // w1's control link is cut; the training's own network is not: the gang keeps stepping.
+    sim.cut("w1");
+    sim.run_for(5_000);
+    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    assert!(sim.nodes_in("fenced").is_empty());
+    assert!(
+        sim.node("w1").vouched_since.is_some(),
+        "w1's agent counts as lost"
+    );
+    let job = sim.job("job");
+    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
+    assert_eq!(job.nodes(), ["w0", "w1", "w2"]);
+    assert!(job.step > step + 20, "training went on");
+    // The link heals: the agent comes back with the same worker, nothing else happens.
+    sim.heal("w1");
+    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
+    sim.run_for(1_000);
+    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    assert!(sim.node("w1").vouched_since.is_none());
+    assert_eq!(sim.job("job").generation, 1);
+}
+
+#[test]
+fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_returns() {
+    let mut sim = cluster(3, 1);
+    // A job that does not let progress vouch for a silent node (see the next test for one
+    // that does).
+    let request = JobRequest {
+        progress_vouches: Some(false),
+        ..Sim::job_request("job", 3)
+    };
+    sim.submit(request, JobParams::default()).unwrap();
+    assert!(sim.run_until(|s| s.job("job").step >= 15, 30_000));
     let last_heartbeat = sim.node("w1").last_heartbeat_at;
     let cut_at = sim.now();
     sim.cut("w1");
@@ -189,7 +231,7 @@ fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_ret
     assert_eq!(
         sim.node_state("w1"),
         &NodeState::Fenced {
-            cause: FenceCause::HeartbeatTimeout
+            cause: FaultCause::HeartbeatTimeout
         }
     );
     assert!(sim.run_until(closed, 10_000));
@@ -222,11 +264,14 @@ fn a_fatal_health_report_fences_the_node_and_a_spare_replaces_it() {
     assert!(matches!(
         sim.node_state("w2"),
         NodeState::Fenced {
-            cause: FenceCause::HealthFatal(reason)
+            cause: FaultCause::HealthFatal(reason)
         } if reason.contains("Xid 79")
     ));
     let i = only_incident(&sim);
-    assert_eq!((i.cause.as_str(), i.node_id.as_str()), ("gpu_fatal", "w2"));
+    assert_eq!(
+        (i.cause.as_str(), i.node_id.as_str()),
+        ("health_fatal", "w2")
+    );
     assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
     assert_phases_in_order(&i, at);
     assert!(i.detected_at - at <= 10);
@@ -258,7 +303,7 @@ fn with_no_spare_left_the_job_waits_and_resumes_when_a_spare_joins() {
         job.message
     );
     assert_eq!(sim.open_incidents().len(), 1);
-    assert_eq!(sim.incidents()[0].phase(), "fenced");
+    assert_eq!(sim.incidents()[0].phase().name(), "fenced");
 
     let joined_at = sim.now();
     sim.add_node("late", Role::Spare);
@@ -309,7 +354,7 @@ fn a_replacement_that_fails_its_deep_check_is_fenced_and_the_next_spare_is_used(
     assert!(matches!(
         sim.node_state("s0"),
         NodeState::Fenced {
-            cause: FenceCause::CheckFailed(_)
+            cause: FaultCause::CheckFailed(_)
         }
     ));
     let job = sim.job("job");
@@ -472,18 +517,21 @@ fn a_coordinator_pause_shorter_than_the_heartbeat_timeout_changes_nothing() {
 /// The coordinator's own stall (a GC-like pause, a slow disk under the state store, a stopped
 /// VM) is not the nodes' fault: when it wakes, the silence it measured is its own.
 ///
-/// Today the missed tick that fires first on waking sees every node silent for longer than the
-/// heartbeat timeout and fences them: w0 and w1 are fenced, the circuit breaker holds back the
-/// third (w2 is released instead), three incidents open, and with one spare the job is stuck
-/// waiting for a replacement for ever.
+/// Without the detector's discount of unobserved time, the missed tick that fires first on
+/// waking would see every node silent past the heartbeat timeout and fence them all.
 #[test]
-#[ignore = "known bug: a coordinator stall longer than the heartbeat timeout fences the nodes it did not hear from (the coordinator's own stalls are never a node's fault; fixed by a later change)"]
 fn a_coordinator_pause_longer_than_the_heartbeat_timeout_fences_no_one() {
+    for pause in [2_100, 3_000, 5_000, 20_000, 120_000] {
+        a_coordinator_pause_of(pause);
+    }
+}
+
+fn a_coordinator_pause_of(pause: i64) {
     let mut sim = cluster(3, 1);
     train(&mut sim, "job", 3, 15);
     let step = sim.job("job").step;
-    sim.pause_coordinator(3_000);
-    sim.run_for(10_000);
+    sim.pause_coordinator(pause);
+    sim.run_for(pause + 10_000);
     assert!(
         sim.nodes_in("fenced").is_empty(),
         "fenced: {:?}",
@@ -492,7 +540,11 @@ fn a_coordinator_pause_longer_than_the_heartbeat_timeout_fences_no_one() {
     assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
     let job = sim.job("job");
     assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
-    assert!(job.step > step + 50);
+    assert!(
+        job.step > step + 50,
+        "pause {pause}: step {} from {step}",
+        job.step
+    );
     assert_eq!(sim.nodes_in("allocated"), ["w0", "w1", "w2"]);
 }
 

@@ -350,6 +350,11 @@ impl Cluster {
     }
 }
 
+/// The longest step time the vouching window counts with: a job of slower steps is judged as
+/// if its steps took this long (the decision then waits at most ~31 s after the node was last
+/// heard).
+const VOUCH_STEP_CAP_MS: i64 = 10_000;
+
 /// What a job's progress says about a silent node.
 enum Vouch {
     /// Not yet decidable: the job's step time has not passed since the node went silent.
@@ -375,10 +380,15 @@ impl Cluster {
         else {
             return Vouch::No;
         };
-        if !job.spec.progress_vouches || job.ranks.len() < 2 || job.step_time_ms == 0 {
+        if !job.spec.progress_vouches
+            || job.state != JobState::Running
+            || job.ranks.len() < 2
+            || job.step_time_ms == 0
+        {
             return Vouch::No;
         }
-        let step = job.step_time_ms as i64;
+        // Slow steps must not make a dead host wait for minutes: the window is capped.
+        let step = (job.step_time_ms as i64).min(VOUCH_STEP_CAP_MS);
         let since = last_heard + 2 * step + self.config.heartbeat_interval_ms as i64;
         if job.progress_vouches_for(node_id, since) {
             Vouch::Alive(job.id.clone())

@@ -49,10 +49,15 @@ pub enum WorkerStatus {
 /// The worker an agent runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
+    /// The job it trains.
     pub job_id: String,
+    /// The generation it belongs to.
     pub generation: u64,
+    /// Its process id (unique per sim).
     pub pid: u32,
+    /// Its node's rank in the job.
     pub rank: u32,
+    /// Running, exited, hung…
     pub status: WorkerStatus,
 }
 

@@ -7,7 +7,9 @@ use crate::protocol::{HealthAction, HealthCheck, HealthState, HealthSummary};
 /// How a worker ends when a test kills it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// It exits with this code.
     Code(i32),
+    /// This signal kills it.
     Signal(i32),
 }
 

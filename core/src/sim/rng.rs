@@ -8,10 +8,12 @@ pub struct SimRng {
 }
 
 impl SimRng {
+    /// A generator seeded with `seed`: the same seed gives the same draws.
     pub fn new(seed: u64) -> SimRng {
         SimRng { state: seed }
     }
 
+    /// The next draw (splitmix64).
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
