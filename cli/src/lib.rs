@@ -10,16 +10,12 @@
 //! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
-//! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
-//! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
 //! - [`upgrade`] — rolling agent restarts (`upgrade-agents`), batch by batch.
 //! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
 
 pub mod client;
 pub mod demo;
-pub mod e2e;
 pub mod follow;
-pub mod netns;
 pub mod reports;
 pub mod sdnotify;
 pub mod tables;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use holdfast_cli::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -78,7 +78,10 @@ fn run_case(
     };
     let ready = 2 + case.spares as usize;
     let run = {
-        let _inside = cluster.lab.enter(holdfast_cli::e2e::CONTROL_HOST).unwrap();
+        let _inside = cluster
+            .lab
+            .enter(holdfast_testkit::e2e::CONTROL_HOST)
+            .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

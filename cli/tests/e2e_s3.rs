@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use holdfast_cli::e2e::{NetnsCluster, Tools, BUCKET};
 use holdfast_coordinator::checkpoint::{CheckpointStore, FencedGeneration};
+use holdfast_testkit::e2e::{NetnsCluster, Tools, BUCKET};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 

@@ -7,10 +7,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use holdfast_cli::netns::Lab;
+use holdfast_testkit::netns::Lab;
 
 fn available() -> bool {
-    match holdfast_cli::netns::available() {
+    match holdfast_testkit::netns::available() {
         Ok(()) => true,
         Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
             panic!("network namespaces unavailable: {why}")

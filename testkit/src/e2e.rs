@@ -25,6 +25,9 @@ use holdfast_proto::v1 as pb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use holdfast_cli::client::{self, Client};
+use holdfast_cli::follow;
+
 use crate::netns::{Lab, IFNAME};
 
 /// The host of the coordinator (and of the test's operator calls).
@@ -531,8 +534,8 @@ impl NetnsCluster {
         Ok(runtime.block_on(future))
     }
 
-    pub async fn client(&self) -> anyhow::Result<crate::client::Client> {
-        crate::client::connect(&self.coordinator_url).await
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        client::connect(&self.coordinator_url).await
     }
 
     /// Waits until `count` nodes are connected and ready.
@@ -616,7 +619,7 @@ impl NetnsCluster {
             .to_string();
         let store = self.checkpoint_store(&prefix)?;
         let mut client = self.client().await?;
-        let job = crate::follow::submit(&mut client, spec).await?;
+        let job = follow::submit(&mut client, spec).await?;
         let started = Instant::now();
         let mut run = FaultRun {
             fault: injection.as_ref().map_or(E2eFault::HostKill, |i| i.fault),
@@ -642,7 +645,7 @@ impl NetnsCluster {
                 on_message(self, &current);
             }
             run.job = current.clone();
-            if crate::follow::is_terminal(&current.state) {
+            if follow::is_terminal(&current.state) {
                 break;
             }
             if started.elapsed() > deadline {

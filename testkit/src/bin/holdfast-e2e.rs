@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use holdfast_cli::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
 
 #[derive(Parser)]
 #[command(
