@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod node;
 pub mod provider;
 pub mod report;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;
