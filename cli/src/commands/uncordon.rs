@@ -1,0 +1,24 @@
+//! `holdfast uncordon`: puts a cordoned or fenced (repaired) node back into service.
+
+use holdfast_proto::v1 as pb;
+
+use super::{refused, Addr};
+use crate::client;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    node: String,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let mut c = client::connect(&args.addr.coordinator).await?;
+    let request = pb::CordonRequest {
+        node_id: args.node,
+        reason: String::new(),
+    };
+    let n = c.uncordon(request).await.map_err(refused)?.into_inner();
+    println!("node {} is {}", n.node_id, n.state);
+    Ok(0)
+}
