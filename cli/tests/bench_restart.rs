@@ -4,13 +4,11 @@
 //! Agents run in this process as tasks (each a full agent with its own state directory and gRPC
 //! stream). Ignored in the normal run; scripts/bench-restart.sh runs it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -40,9 +38,8 @@ async fn bench_restart_to_reconciled() {
     let agents: usize = env_or("HOLDFAST_BENCH_AGENTS", 100);
     let runs: usize = env_or("HOLDFAST_BENCH_RUNS", 5);
     let backoff_ms: u64 = env_or("HOLDFAST_BENCH_AGENT_BACKOFF_MS", 2000);
-    let dir = std::env::temp_dir().join(format!("holdfast-bench-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[])
+    let dir = Scratch::new("bench-restart");
+    let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -64,11 +61,11 @@ async fn bench_restart_to_reconciled() {
             }
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while connected(&cluster).await < agents {
-        assert!(Instant::now() < deadline, "agents did not all connect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kit::wait_for(Duration::from_secs(60), || async {
+        let n = connected(&cluster).await;
+        kit::check(n >= agents, || format!("{n} of {agents} agents connected"))
+    })
+    .await;
     let mut times = Vec::new();
     for run in 1..=runs {
         cluster.kill_coordinator().unwrap();
@@ -98,6 +95,4 @@ async fn bench_restart_to_reconciled() {
         times.len()
     );
     let _ = stop_tx.send(true);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_coordinator::checkpoint::{CheckpointStore, FencedGeneration};
 use holdfast_testkit::e2e::{NetnsCluster, Tools, BUCKET};
+use holdfast_testkit::{holdfast_exe, Scratch};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -45,11 +46,10 @@ fn lay_out(root: &Path, prefix: &str, count: u64, per_dir: u64) -> u64 {
 
 #[test]
 fn checkpoints_resolve_through_s3() {
-    let Some(tools) = Tools::for_tests(Path::new(env!("CARGO_BIN_EXE_holdfast"))) else {
+    let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("holdfast-e2e-s3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new("e2e-s3");
     let cluster = NetnsCluster::start(tools, &dir, &[]).expect("starting the S3 server");
     let objects = lay_out(&cluster.s3_root(), "big", 1000, 100);
     assert_eq!(objects, 100_000);
@@ -155,6 +155,4 @@ fn checkpoints_resolve_through_s3() {
             assert!(took < Duration::from_secs(30), "resolving took {took:?}");
         })
         .unwrap();
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }

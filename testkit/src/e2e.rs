@@ -29,6 +29,7 @@ use holdfast_cli::client::{self, Client};
 use holdfast_cli::follow;
 
 use crate::netns::{Lab, IFNAME};
+use crate::Rig;
 
 /// The host of the coordinator (and of the test's operator calls).
 pub const CONTROL_HOST: &str = "control";
@@ -44,9 +45,7 @@ const S3_SECRET: &str = "holdfast-secret";
 
 /// The repository's `examples/` directory (the training script and torchrun wrapper).
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
+    crate::repo_root().join("examples")
 }
 
 /// The external programs the rig runs.
@@ -80,20 +79,12 @@ impl Tools {
         })
     }
 
-    /// For tests: the tools, or `None` after printing "skipped: <why>" — unless
-    /// HOLDFAST_TEST_STRICT is set (scripts/test.sh sets it), where a missing tool fails the
-    /// test.
+    /// For tests: the tools, or `None` after printing "skipped: <why>" — unless under
+    /// HOLDFAST_TEST_STRICT=1 (scripts/test.sh), where a missing tool fails the test.
     pub fn for_tests(holdfast: &Path) -> Option<Tools> {
-        match Tools::from_env(holdfast) {
-            Ok(tools) => Some(tools),
-            Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
-                panic!("the end-to-end tier cannot run: {why}")
-            }
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                None
-            }
-        }
+        crate::require(
+            Tools::from_env(holdfast).map_err(|why| format!("the end-to-end tier: {why}")),
+        )
     }
 }
 
@@ -433,46 +424,9 @@ impl NetnsCluster {
         Ok(Arc::new(store))
     }
 
-    /// Adds host `node` (unless it exists) and starts its agent with `role` and `extra` flags.
-    pub fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let host = match self.lab.host(node) {
-            Ok(host) => host.clone(),
-            Err(_) => self.lab.add_host(node)?,
-        };
-        let state = self.state_dir(node);
-        std::fs::create_dir_all(&state)?;
-        let log = self.log_file(node)?;
-        let child = self
-            .lab
-            .command(node, &self.tools.holdfast)?
-            .args([
-                "agent",
-                "--coordinator",
-                &self.coordinator_url,
-                "--node-id",
-                node,
-                "--role",
-                role,
-            ])
-            .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
-            .arg(&state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting the agent of {node}"))?;
-        self.agents.insert(node.to_string(), child);
-        Ok(())
-    }
-
     /// Pids of the training processes running on `node`.
     pub fn training_processes(&self, node: &str) -> anyhow::Result<Vec<i32>> {
         Ok(training_pids(&self.lab.pids(node)?))
-    }
-
-    pub fn state_dir(&self, node: &str) -> PathBuf {
-        self.dir.join("nodes").join(node)
     }
 
     /// The job spec that runs `train_ddp.py` through torchrun on every host.
@@ -527,77 +481,48 @@ impl NetnsCluster {
     /// coordinator and the S3 server can be reached).
     pub fn block_on<F: Future>(&self, future: F) -> anyhow::Result<F::Output> {
         let _inside = self.lab.enter(CONTROL_HOST)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building a runtime")?;
-        Ok(runtime.block_on(future))
+        Ok(current_thread_runtime()?.block_on(future))
     }
 
-    pub async fn client(&self) -> anyhow::Result<Client> {
-        client::connect(&self.coordinator_url).await
+    /// [`NetnsCluster::block_on`] for work that drives the cluster too (starts agents,
+    /// injects faults): `work` gets it.
+    pub fn control<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut NetnsCluster) -> T,
+    ) -> anyhow::Result<T> {
+        let _inside = self.lab.enter(CONTROL_HOST)?;
+        Ok(current_thread_runtime()?.block_on(work(self)))
     }
 
-    /// Waits until `count` nodes are connected and ready.
-    pub async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(mut client) = self.client().await {
-                if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
-                    let ready = nodes
-                        .into_inner()
-                        .nodes
-                        .iter()
-                        .filter(|n| n.connected && n.state == "ready")
-                        .count();
-                    if ready >= count {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("fewer than {count} nodes ready after {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// SIGKILLs every process of `node` (agent, torchrun, training) and reaps its agent;
+    /// returns how many there were.
+    fn kill_host_processes(&mut self, node: &str) -> anyhow::Result<usize> {
+        let n = self.lab.kill_processes(node)?;
+        if let Some(mut child) = self.agents.remove(node) {
+            let _ = child.wait();
         }
+        Ok(n)
     }
 
-    /// Injects `fault` on `node`.
-    pub fn inject(&mut self, fault: E2eFault, node: &str) -> anyhow::Result<String> {
+    /// Injects `fault` on `node`; says what was done.
+    pub fn inject_fault(&mut self, fault: E2eFault, node: &str) -> anyhow::Result<String> {
         match fault {
-            E2eFault::HostKill => {
-                let n = self.lab.kill_processes(node)?;
-                if let Some(mut child) = self.agents.remove(node) {
-                    let _ = child.wait();
-                }
-                Ok(format!("{n} processes SIGKILLed"))
-            }
+            E2eFault::HostKill => self
+                .kill_host_processes(node)
+                .map(|n| format!("{n} processes SIGKILLed")),
             E2eFault::HostPartition => self.lab.cut(node).map(|()| "cable cut".to_string()),
             E2eFault::WorkerKill | E2eFault::WorkerHang => {
-                let pid = self
-                    .training_processes(node)?
-                    .first()
-                    .copied()
-                    .with_context(|| format!("no training process on {node}"))?;
                 let signal = if fault == E2eFault::WorkerKill {
                     Signal::SIGKILL
                 } else {
                     Signal::SIGSTOP
                 };
-                kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+                let pid = self.signal_worker(node, signal)?;
                 Ok(format!("training process {pid} got {signal}"))
             }
-            E2eFault::Xid => {
-                use std::io::Write;
-                let path = self.state_dir(node).join("inject");
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                writeln!(file, "xid 79").with_context(|| format!("writing {}", path.display()))?;
-                Ok("xid 79 injected".to_string())
-            }
+            E2eFault::Xid => self
+                .inject(node, "xid 79")
+                .map(|()| "xid 79 injected".to_string()),
         }
     }
 
@@ -665,7 +590,7 @@ impl NetnsCluster {
                     run.fault_at = holdfast_coordinator::now_ms();
                     run.fault_step = current.step;
                     run.checkpoint_at_fault = Some(checkpoint.step);
-                    let what = self.inject(injection.fault, &victim)?;
+                    let what = self.inject_fault(injection.fault, &victim)?;
                     tracing::info!(
                         fault = injection.fault.name(),
                         victim,
@@ -687,14 +612,96 @@ impl NetnsCluster {
             .incidents;
         Ok(run)
     }
+}
 
-    /// The path of a node's log (agent output, worker output included).
-    pub fn log_path(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("{node}.log"))
+impl Rig for NetnsCluster {
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Stops every process and reaps it (the lab's drop deletes the hosts).
-    pub fn shutdown(&mut self) {
+    fn coordinator_url(&self) -> &str {
+        &self.coordinator_url
+    }
+
+    /// Adds host `node` first, unless it exists.
+    fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let host = match self.lab.host(node) {
+            Ok(host) => host.clone(),
+            Err(_) => self.lab.add_host(node)?,
+        };
+        let state = self.state_dir(node);
+        std::fs::create_dir_all(&state)?;
+        let log = self.log_file(node)?;
+        let child = self
+            .lab
+            .command(node, &self.tools.holdfast)?
+            .args([
+                "agent",
+                "--coordinator",
+                &self.coordinator_url,
+                "--node-id",
+                node,
+                "--role",
+                role,
+            ])
+            .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting the agent of {node}"))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    /// Every process of the host dies, the cable stays plugged in.
+    fn kill_host(&mut self, node: &str) -> anyhow::Result<()> {
+        self.kill_host_processes(node).map(drop)
+    }
+
+    /// The host's first training process (not torchrun, not the agent).
+    fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
+        let pid = self
+            .training_processes(node)?
+            .first()
+            .copied()
+            .with_context(|| format!("no training process on {node}"))?;
+        kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+        Ok(pid as u32)
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        client::connect(&self.coordinator_url).await
+    }
+
+    /// Connection errors count as not ready yet: the coordinator may still be starting.
+    async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(mut client) = self.client().await {
+                if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
+                    let ready = nodes
+                        .into_inner()
+                        .nodes
+                        .iter()
+                        .filter(|n| n.connected && n.state == "ready")
+                        .count();
+                    if ready >= count {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("fewer than {count} nodes ready after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The lab's drop deletes the hosts.
+    fn shutdown(&mut self) {
         for host in self.lab.hosts().map(|h| h.name.clone()).collect::<Vec<_>>() {
             let _ = self.lab.heal(&host);
             let _ = self.lab.kill_processes(&host);
@@ -714,6 +721,14 @@ impl Drop for NetnsCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A runtime on this thread only: its sockets are opened in the namespace the thread is in.
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime")
 }
 
 /// A line of output and when it was read.
@@ -877,7 +892,7 @@ pub fn run_baseline(
                         } else if fault == E2eFault::HostKill {
                             cluster.lab.kill_processes(&victim)?;
                         } else {
-                            cluster.inject(fault, &victim)?;
+                            cluster.inject_fault(fault, &victim)?;
                         }
                     }
                 }
