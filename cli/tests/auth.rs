@@ -72,15 +72,9 @@ fn dashboard_with_token(url: &str) {
 }
 
 fn write_config(dir: &Path, tokens: &str) -> String {
-    let tokens_path = dir.join("operator-tokens");
-    std::fs::write(&tokens_path, tokens).unwrap();
-    let config = dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!("operator_tokens_file = \"{}\"\n", tokens_path.display()),
-    )
-    .unwrap();
-    config.display().to_string()
+    let tokens_path = kit::write_file(dir, "operator-tokens", tokens);
+    let config = format!("operator_tokens_file = \"{tokens_path}\"\n");
+    kit::write_file(dir, "coordinator.toml", &config)
 }
 
 #[tokio::test]

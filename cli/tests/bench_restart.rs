@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use holdfast_cli::demo::LocalCluster;
-use holdfast_proto::v1 as pb;
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -15,21 +14,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-async fn connected(cluster: &LocalCluster) -> usize {
-    let Ok(mut c) = cluster.client().await else {
-        return 0;
-    };
-    match c.list_nodes(pb::ListNodesRequest {}).await {
-        Ok(r) => r
-            .into_inner()
-            .nodes
-            .iter()
-            .filter(|n| n.connected && n.state == "ready")
-            .count(),
-        Err(_) => 0,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +46,7 @@ async fn bench_restart_to_reconciled() {
         });
     }
     kit::wait_for(Duration::from_secs(60), || async {
-        let n = connected(&cluster).await;
+        let n = kit::ready_count(&cluster).await;
         kit::check(n >= agents, || format!("{n} of {agents} agents connected"))
     })
     .await;
@@ -73,7 +57,7 @@ async fn bench_restart_to_reconciled() {
         cluster.restart_coordinator().await.unwrap();
         let listening = started.elapsed();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while connected(&cluster).await < agents {
+        while kit::ready_count(&cluster).await < agents {
             assert!(Instant::now() < deadline, "agents did not all come back");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -86,13 +70,9 @@ async fn bench_restart_to_reconciled() {
         // Let the agents settle on the new coordinator before the next kill.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    times.sort_by(f64::total_cmp);
     println!(
-        "restart_to_reconciled_s agents {agents} agent_max_backoff_ms {backoff_ms} median {:.3} min {:.3} max {:.3} runs {}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-        times.len()
+        "restart_to_reconciled_s agents {agents} agent_max_backoff_ms {backoff_ms} {}",
+        kit::timing_summary(&mut times)
     );
     let _ = stop_tx.send(true);
 }

@@ -257,30 +257,20 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         ),
         "{metrics}"
     );
-    assert_eq!(
-        sample(
-            &metrics,
-            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}"
+    let generation = format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id);
+    for (line, value) in [
+        (
+            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}",
+            1.0,
         ),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(
-            &metrics,
-            "holdfast_incident_phase_seconds_count{phase=\"total\"}"
+        (
+            "holdfast_incident_phase_seconds_count{phase=\"total\"}",
+            1.0,
         ),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(
-            &metrics,
-            &format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id)
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
+        (generation.as_str(), 2.0),
+    ] {
+        assert_eq!(sample(&metrics, line), Some(value), "{line}: {metrics}");
+    }
     let goodput = sample(
         &metrics,
         &format!("holdfast_job_goodput_ratio{{job=\"{}\"}}", job.job_id),
@@ -322,16 +312,16 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     );
 
     // Reports from the recorded incident.
-    let out = std::process::Command::new(exe)
-        .args(["report", "--json", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = |args: &[&str]| {
+        kit::run(
+            std::process::Command::new(exe)
+                .args(args)
+                .args(["--coordinator", &cluster.addr]),
+        )
+    };
+    let out = cli(&["report", "--json"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["recovery"]["incidents"], 1, "{report}");
     let mttr = report["recovery"]["total_s"]["p90"].as_f64().unwrap();
     assert!(mttr > 0.0 && mttr < 30.0, "{report}");
@@ -344,29 +334,20 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         "about one checkpoint interval redone: {report}"
     );
 
-    let out = std::process::Command::new(exe)
-        .args([
-            "what-if",
-            "--instances",
-            "256",
-            "--gpus-per-instance",
-            "8",
-            "--gpu-hours",
-            "10000000",
-            "--failure-rate",
-            "0.05",
-            "--json",
-            "--coordinator",
-            &cluster.addr,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let what_if = [
+        "what-if",
+        "--instances",
+        "256",
+        "--gpus-per-instance",
+        "8",
+        "--gpu-hours",
+        "10000000",
+        "--failure-rate",
+        "0.05",
+    ];
+    let out = cli(&[&what_if[..], &["--json"]].concat());
+    assert!(out.ok(), "{}", out.stderr);
+    let text = out.stdout;
     let all: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(
         all["scenarios"][0]["scenario"]
@@ -387,11 +368,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     assert!(last["mtbf_hours"].as_f64().is_some() && last["total_days"].as_f64().is_some());
 
     // The same, as operators read them.
-    let out = std::process::Command::new(exe)
-        .args(["report", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = cli(&["report"]).stdout;
     eprintln!("{text}");
     assert!(
         text.contains("holdfast P90 (1 incidents)") && text.contains("published managed P90"),
@@ -401,23 +378,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         text.contains(&format!("job {}: ETTR", job.job_id)),
         "{text}"
     );
-    let out = std::process::Command::new(exe)
-        .args([
-            "what-if",
-            "--instances",
-            "256",
-            "--gpus-per-instance",
-            "8",
-            "--gpu-hours",
-            "10000000",
-            "--failure-rate",
-            "0.05",
-            "--coordinator",
-            &cluster.addr,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = cli(&what_if).stdout;
     eprintln!("{text}");
     assert!(
         text.contains("holdfast measured (1 incidents)") && text.contains("324.98"),

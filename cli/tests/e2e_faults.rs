@@ -188,14 +188,13 @@ fn host_partitioned_is_fenced_and_replaced() {
     );
 }
 
-#[test]
-fn worker_killed_restarts_in_place() {
-    let Some((run, options)) =
-        run_case(Case::new("worker-kill", E2eFault::WorkerKill, 1), |_, _| {})
-    else {
+/// A worker fault on a healthy host: the job recovered with an incident of `cause`, restarted
+/// in place on the same hosts.
+fn assert_restarted_in_place(name: &'static str, fault: E2eFault, cause: &str) {
+    let Some((run, options)) = run_case(Case::new(name, fault, 1), |_, _| {}) else {
         return;
     };
-    let incident = assert_recovered(&run, &options, &["worker_exited"]);
+    let incident = assert_recovered(&run, &options, &[cause]);
     assert_eq!(incident.action, "restart_in_place");
     assert!(
         run.job.nodes.contains(&"node-2".to_string()),
@@ -204,20 +203,15 @@ fn worker_killed_restarts_in_place() {
 }
 
 #[test]
+fn worker_killed_restarts_in_place() {
+    assert_restarted_in_place("worker-kill", E2eFault::WorkerKill, "worker_exited");
+}
+
+#[test]
 fn worker_hung_is_detected_by_its_stalled_progress() {
-    let Some((run, options)) =
-        run_case(Case::new("worker-hang", E2eFault::WorkerHang, 1), |_, _| {})
-    else {
-        return;
-    };
     // The hung rank's peers block in the collective and fall silent with it: progress alone
     // cannot tell which of them hangs, so the incident may name either; all restart in place.
-    let incident = assert_recovered(&run, &options, &["progress_stalled"]);
-    assert_eq!(incident.action, "restart_in_place");
-    assert!(
-        run.job.nodes.contains(&"node-2".to_string()),
-        "a healthy host was replaced"
-    );
+    assert_restarted_in_place("worker-hang", E2eFault::WorkerHang, "progress_stalled");
 }
 
 #[test]

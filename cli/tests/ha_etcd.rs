@@ -101,15 +101,53 @@ fn workdir(name: &str) -> Scratch {
     Scratch::new(&format!("ha-{name}"))
 }
 
-/// Two coordinators on `etcd`, `a` leading (serving) before `b` starts, and a harness for agents
-/// that are given both.
-async fn group(dir: &Path, etcd: &str) -> (Coordinator, Coordinator, LocalCluster) {
-    let a = start_coordinator(dir, etcd, "coordinator-a", free_port());
+/// An etcd server, two coordinators on it — `a` leading, `b` standing by — and agents that are
+/// given both. Fields drop in order: the agents first, the directory last.
+struct Ha {
+    cluster: LocalCluster,
+    b: Coordinator,
+    a: Coordinator,
+    _etcd: Proc,
+    dir: Scratch,
+}
+
+/// [`Ha`] in a directory of its own with `workers` worker and `spares` spare agents ready;
+/// `None` without etcd.
+async fn ha(name: &str, workers: usize, spares: usize) -> Option<Ha> {
+    let etcd_bin = etcd_binary()?;
+    let dir = workdir(name);
+    let (etcd_proc, etcd) = start_etcd(&etcd_bin, &dir);
+    let a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
     wait_serving(&a.url, Duration::from_secs(30)).await;
-    let b = start_coordinator(dir, etcd, "coordinator-b", free_port());
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
     let addrs = format!("{},{}", a.url, b.url);
-    let cluster = LocalCluster::attach(holdfast_exe!(), dir, &addrs).unwrap();
-    (a, b, cluster)
+    let mut cluster = LocalCluster::attach(holdfast_exe!(), &dir, &addrs).unwrap();
+    cluster.start_nodes(workers, spares, &[]).unwrap();
+    cluster
+        .wait_ready(workers + spares, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Some(Ha {
+        cluster,
+        b,
+        a,
+        _etcd: etcd_proc,
+        dir,
+    })
+}
+
+impl Ha {
+    /// Follows job `id` to its end through whichever coordinator leads; returns it with its
+    /// incidents and the standby's log.
+    async fn finish(&self, id: &str) -> (pb::Job, Vec<pb::Incident>, String) {
+        let addrs = &self.cluster.addr;
+        let done = follow::follow_at(addrs, id, Duration::from_secs(120), |_| {}, false)
+            .await
+            .unwrap();
+        let incidents = kit::incidents(&self.cluster, id).await;
+        let log = std::fs::read_to_string(self.dir.join("coordinator-b.log")).unwrap_or_default();
+        (done, incidents, log)
+    }
 }
 
 /// The job of these tests: two nodes, checkpoints in `dir`, a stall timeout that a failover
@@ -131,114 +169,66 @@ async fn wait_training(cluster: &LocalCluster, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("failover", 2, 1).await else {
         return;
     };
-    let dir = workdir("failover");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let (mut a, b, mut cluster) = group(&dir, &etcd).await;
-    let addrs = cluster.addr.clone();
-    cluster.start_nodes(2, 1, &[]).unwrap();
-    cluster
-        .wait_ready(3, Duration::from_secs(30))
-        .await
-        .unwrap();
     // The standby does not serve.
     assert!(
-        client::connect(&b.url).await.is_err(),
+        client::connect(&ha.b.url).await.is_err(),
         "the standby answers"
     );
 
-    let id = kit::submit(&cluster, spec(&dir, 150)).await.job_id;
-    wait_training(&cluster, &id).await;
+    let id = kit::submit(&ha.cluster, spec(&ha.dir, 150)).await.job_id;
+    wait_training(&ha.cluster, &id).await;
 
     // Kill the leader; the standby leads once the lease (2 s) runs out.
-    drop(a.proc.take());
-    let failover = wait_serving(&b.url, Duration::from_secs(30)).await;
+    drop(ha.a.proc.take());
+    let failover = wait_serving(&ha.b.url, Duration::from_secs(30)).await;
     eprintln!("failover: {:.2} s", failover.as_secs_f64());
     // A host dies right after the failover.
-    cluster.kill_host("node-2").unwrap();
+    ha.cluster.kill_host("node-2").unwrap();
 
-    let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
-        .await
-        .unwrap();
-    let incidents = kit::incidents(&cluster, &id).await;
-    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
-    assert_eq!(done.state, "succeeded", "{done:?}\n{log}");
-    assert_eq!(
-        done.generation, 2,
-        "relaunched more or less than once: {done:?}\n{log}"
-    );
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0].node_id, "node-2");
-    assert_eq!(incidents[0].replacement_node_id, "spare-1");
-    assert!(incidents[0].resumed_unix_ms > 0, "{incidents:?}");
+    let (done, incidents, log) = ha.finish(&id).await;
+    let i = kit::assert_recovered_once(&done, &incidents, &log);
+    assert_eq!(i.node_id, "node-2");
+    assert_eq!(i.replacement_node_id, "spare-1");
+    assert!(i.resumed_unix_ms > 0, "{incidents:?}");
     assert!(log.contains("coordinator restored: term 2"), "{log}");
-    drop(cluster);
-    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incident_open_when_the_leader_dies_is_finished_by_the_standby_exactly_once() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("midrecovery", 2, 0).await else {
         return;
     };
-    let dir = workdir("midrecovery");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let (mut a, b, mut cluster) = group(&dir, &etcd).await;
-    let addrs = cluster.addr.clone();
-    cluster.start_nodes(2, 0, &[]).unwrap();
-    cluster
-        .wait_ready(2, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let id = kit::submit(&cluster, spec(&dir, 100)).await.job_id;
-    wait_training(&cluster, &id).await;
+    let id = kit::submit(&ha.cluster, spec(&ha.dir, 100)).await.job_id;
+    wait_training(&ha.cluster, &id).await;
     // A host dies with no spare ready: the job waits for a replacement. The leader dies then.
-    cluster.kill_host("node-2").unwrap();
-    kit::wait_job(&cluster, &id, Duration::from_secs(30), |j| {
+    ha.cluster.kill_host("node-2").unwrap();
+    kit::wait_job(&ha.cluster, &id, Duration::from_secs(30), |j| {
         j.phase == "replacing"
     })
     .await;
-    drop(a.proc.take());
-    wait_serving(&b.url, Duration::from_secs(30)).await;
+    drop(ha.a.proc.take());
+    wait_serving(&ha.b.url, Duration::from_secs(30)).await;
     // The spare arrives after the failover; the standby carries the open incident through.
-    cluster.start_agent("spare-1", "spare", &[]).unwrap();
-    let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
-        .await
-        .unwrap();
-    let incidents = kit::incidents(&cluster, &id).await;
-    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
-    assert_eq!(
-        (done.state.as_str(), done.generation),
-        ("succeeded", 2),
-        "{done:?}\n{log}"
-    );
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let i = &incidents[0];
+    ha.cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let (done, incidents, log) = ha.finish(&id).await;
+    let i = kit::assert_recovered_once(&done, &incidents, &log);
     assert_eq!(
         (i.node_id.as_str(), i.replacement_node_id.as_str()),
         ("node-2", "spare-1")
     );
     assert!(i.resumed_unix_ms > 0 && i.to_generation == 2, "{i:?}");
     assert!(log.contains("recovering/replacing g1"), "{log}");
-    drop(cluster);
-    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("zombie", 2, 0).await else {
         return;
     };
-    let dir = workdir("zombie");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let (mut a, b, mut cluster) = group(&dir, &etcd).await;
-    cluster.start_nodes(2, 0, &[]).unwrap();
-    cluster
-        .wait_ready(2, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (a, b) = (&mut ha.a, &ha.b);
     // Freeze the leader (a stalled process, a long GC pause, a VM migration…).
     let pid = nix::unistd::Pid::from_raw(a.proc.as_ref().unwrap().0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -264,7 +254,7 @@ async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting
         async move { exited.ok_or_else(|| "the woken leader kept running".to_string()) }
     })
     .await;
-    let a_log = std::fs::read_to_string(dir.join("coordinator-a.log")).unwrap_or_default();
+    let a_log = std::fs::read_to_string(ha.dir.join("coordinator-a.log")).unwrap_or_default();
     assert_eq!(status.code(), Some(3), "{a_log}");
     // Nothing the old leader decided after waking reached the state or the agents.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -274,8 +264,6 @@ async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting
         "{nodes:?}\n{a_log}"
     );
     assert!(!a_log.contains("→ fenced"), "{a_log}");
-    drop(cluster);
-    drop(b);
 }
 
 /// The nodes as the coordinator at `url` (not the group) has them.
@@ -315,12 +303,5 @@ async fn bench_failover_time() {
         times.push(t.as_secs_f64());
         leader = standby;
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "failover_s median {:.3} min {:.3} max {:.3} runs {}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-        times.len()
-    );
+    println!("failover_s {}", kit::timing_summary(&mut times));
 }

@@ -48,6 +48,19 @@ fn check<'a>(n: &'a pb::Node, name: &str) -> Option<&'a pb::HealthCheck> {
     n.health.as_ref()?.checks.iter().find(|c| c.check == name)
 }
 
+/// Waits until node `seam` reports its check `name` in a way `cond` accepts.
+async fn wait_check(
+    cluster: &LocalCluster,
+    name: &str,
+    within: Duration,
+    cond: impl Fn(&pb::HealthCheck) -> bool,
+) -> pb::Node {
+    kit::wait_node(cluster, "seam", within, name, |n| {
+        check(n, name).is_some_and(&cond)
+    })
+    .await
+}
+
 /// The seam is refused unless enabled; a hung GPU probe turns Unknown while heartbeats go on;
 /// an application XID is a worker fault that does not fence; GPU checks are not applicable on
 /// a host without GPUs.
@@ -57,13 +70,11 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
     let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
         .await
         .unwrap();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = kit::write_file(
+        &dir,
+        "agent.toml",
         "fault_injection = true\nhealth_poll_interval_ms = 100\nprobe_timeout_ms = 300\ndebounce_count = 2\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
     cluster.start_agent("plain", "worker", &[]).unwrap();
     cluster
         .start_agent("seam", "worker", &["--config", &config])
@@ -77,14 +88,7 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
     cluster.inject("plain", "xid 79 gpu 0").unwrap();
 
     // GPU checks are reported, and not applicable on this GPU-less host.
-    let n = kit::wait_node(
-        &cluster,
-        "seam",
-        Duration::from_secs(10),
-        "gpu checks",
-        |n| check(n, "ecc").is_some(),
-    )
-    .await;
+    let n = wait_check(&cluster, "ecc", Duration::from_secs(10), |_| true).await;
     assert_eq!(
         check(&n, "ecc").unwrap().state,
         pb::HealthState::NotApplicable as i32
@@ -93,8 +97,8 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
 
     // A probe that hangs for 3 s: Unknown within its 300 ms timeout, heartbeats continue.
     cluster.inject("seam", "hang-probe 3").unwrap();
-    let hung = kit::wait_node(&cluster, "seam", Duration::from_secs(2), "Unknown", |n| {
-        check(n, "ecc").is_some_and(|c| c.state == pb::HealthState::Unknown as i32)
+    let hung = wait_check(&cluster, "ecc", Duration::from_secs(2), |c| {
+        c.state == pb::HealthState::Unknown as i32
     })
     .await;
     assert!(
@@ -120,21 +124,14 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
         "still hung"
     );
     // When the probe answers again the check clears.
-    kit::wait_node(&cluster, "seam", Duration::from_secs(6), "recovery", |n| {
-        check(n, "ecc").is_some_and(|c| c.state == pb::HealthState::NotApplicable as i32)
+    wait_check(&cluster, "ecc", Duration::from_secs(6), |c| {
+        c.state == pb::HealthState::NotApplicable as i32
     })
     .await;
 
     // An application XID is a worker fault: restart-worker advice, the node stays in service.
     cluster.inject("seam", "xid 13 gpu 1").unwrap();
-    let n = kit::wait_node(
-        &cluster,
-        "seam",
-        Duration::from_secs(3),
-        "xid-worker",
-        |n| check(n, "xid-worker").is_some(),
-    )
-    .await;
+    let n = wait_check(&cluster, "xid-worker", Duration::from_secs(3), |_| true).await;
     let c = check(&n, "xid-worker").unwrap();
     assert_eq!(
         (c.state, c.action),

@@ -29,12 +29,11 @@ async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
     let dir = Scratch::new("lifecycle");
     // The shipped scripts, and a coordinator that runs on-create then health/host.
     let (good, _) = write_lifecycle_setup(&dir).unwrap();
-    let config = dir.join("coordinator-fast.toml");
-    std::fs::write(
-        &config,
+    let config_arg = kit::write_file(
+        &dir,
+        "coordinator-fast.toml",
         "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 1500\n",
-    )
-    .unwrap();
+    );
     // A bootstrap that prints binary garbage then its reason, and a check that hangs.
     let broken = dir.join("broken-scripts");
     script(
@@ -50,7 +49,6 @@ async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
         "echo starting the burn-in; sleep 60",
     );
 
-    let config_arg = config.display().to_string();
     let mut cluster = LocalCluster::start(exe(), &dir, &["--config", &config_arg])
         .await
         .unwrap();

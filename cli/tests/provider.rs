@@ -39,19 +39,17 @@ async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
         exe = exe.display(),
         dir = dir.display()
     );
-    let config = dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config_arg = kit::write_file(
+        &dir,
+        "coordinator.toml",
+        &format!(
             "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = 20000\nprovider_attempts = 2\nprovider_retry_ms = 100\n",
             provider.display()
         ),
-    )
-    .unwrap();
+    );
     // The provider scripts inherit the coordinator's environment; this file's only test.
     std::env::set_var("HOLDFAST_STATIC_START", &start);
 
-    let config_arg = config.display().to_string();
     let mut cluster = local_cluster(exe, &dir, &["--config", &config_arg], 1, 0).await;
     let id = kit::submit(&cluster, kit::train_spec(&dir, 1, 50))
         .await

@@ -22,14 +22,17 @@ fn options(fault: Fault) -> DemoOptions {
     }
 }
 
-fn only_incident(report: &demo::DemoReport) -> &pb::Incident {
+/// The demo's one incident, which must have `cause` and `action`.
+fn only_incident<'a>(report: &'a demo::DemoReport, cause: &str, action: &str) -> &'a pb::Incident {
     assert_eq!(
         report.incidents.len(),
         1,
         "incidents: {:#?}",
         report.incidents
     );
-    &report.incidents[0]
+    let i = &report.incidents[0];
+    assert_eq!((i.cause.as_str(), i.action.as_str()), (cause, action));
+    i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,11 +41,7 @@ async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() 
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
     assert_eq!(report.job.step, 60);
     assert_eq!(report.job.generation, 2);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("agent_lost", "replace_node")
-    );
+    let i = only_incident(&report, "agent_lost", "replace_node");
     assert_eq!(i.node_id, report.victim);
     assert_eq!(i.replacement_node_id, "spare-1");
     // Every phase was reached, in order.
@@ -79,11 +78,7 @@ async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() 
 async fn killed_worker_restarts_in_place_without_a_replacement() {
     let report = demo::run(exe(), &options(Fault::KillWorker)).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("worker_exited", "restart_in_place")
-    );
+    let i = only_incident(&report, "worker_exited", "restart_in_place");
     assert!(i.detail.contains("signal 9"), "{}", i.detail);
     assert_eq!(i.replacement_node_id, "");
     assert_eq!(
@@ -99,11 +94,7 @@ async fn killed_worker_restarts_in_place_without_a_replacement() {
 async fn stopped_worker_is_detected_as_stalled_and_restarted() {
     let report = demo::run(exe(), &options(Fault::Hang)).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("progress_stalled", "restart_in_place")
-    );
+    let i = only_incident(&report, "progress_stalled", "restart_in_place");
     assert_eq!(i.node_id, report.victim, "the stuck rank's node is named");
     // Detected after the 3 s stall timeout, not before, and not much later.
     let detect_ms = i.detected_unix_ms - report.fault_at;
@@ -164,28 +155,16 @@ async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched()
     let dir = Scratch::new("it-badspec");
     let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
     let mut client = cluster.client().await.unwrap();
+    let spec = |command: &[&str], nodes| pb::JobSpec {
+        command: command.iter().map(|a| a.to_string()).collect(),
+        nodes,
+        ..Default::default()
+    };
     let cases = [
+        (spec(&[], 1), "command"),
+        (spec(&["true"], 0), "nodes must be at least 1"),
         (
-            pb::JobSpec {
-                nodes: 1,
-                ..Default::default()
-            },
-            "command",
-        ),
-        (
-            pb::JobSpec {
-                command: vec!["true".into()],
-                nodes: 0,
-                ..Default::default()
-            },
-            "nodes must be at least 1",
-        ),
-        (
-            pb::JobSpec {
-                command: vec!["true".into()],
-                nodes: 2,
-                ..Default::default()
-            },
+            spec(&["true"], 2),
             "the job needs 2 nodes but only 1 are ready",
         ),
     ];
@@ -206,13 +185,9 @@ async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched()
         .await
         .unwrap_err();
     assert!(status.message().contains("spec is missing"));
-    assert!(client
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .is_empty());
+    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.unwrap();
+    let jobs = jobs.into_inner().jobs;
+    assert!(jobs.is_empty(), "{jobs:?}");
     let nodes = kit::nodes(&cluster).await;
     assert_eq!(nodes[0].state, "ready");
     assert!(cluster.worker("node-1").is_none(), "nothing was launched");
@@ -323,9 +298,8 @@ mod raw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
     let dir = Scratch::new("it-badagents");
-    let config = dir.join("coordinator.toml");
-    std::fs::write(&config, "hello_timeout_ms = 1000\n").unwrap();
-    let cluster = local_cluster(exe(), &dir, &["--config", config.to_str().unwrap()], 1, 0).await;
+    let config = kit::write_file(&dir, "coordinator.toml", "hello_timeout_ms = 1000\n");
+    let cluster = local_cluster(exe(), &dir, &["--config", &config], 1, 0).await;
 
     // 1. A second agent claiming node-1 (its own state dir, same id).
     let dup_state = dir.join("dup-state");

@@ -46,40 +46,39 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
     let dir = Scratch::new("tls");
     make_certificates(&dir);
     let p = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(dir.join("tokens"), format!("operator {OPERATOR}\n")).unwrap();
-    let coordinator_config = dir.join("coordinator.toml");
-    std::fs::write(
-        &coordinator_config,
-        format!(
-            "operator_tokens_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
-             tls_client_ca_file = \"{}\"\n",
-            p("tokens"),
-            p("coordinator.pem"),
-            p("coordinator.key"),
-            p("ca.pem")
-        ),
-    )
-    .unwrap();
-    let config_arg = coordinator_config.display().to_string();
+    let tokens = kit::write_file(&dir, "tokens", &format!("operator {OPERATOR}\n"));
+    // A config file of string settings, one `key = "value"` line each.
+    let config = |name: &str, settings: &[(&str, &str)]| {
+        let lines: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = \"{value}\"\n"))
+            .collect();
+        kit::write_file(&dir, name, &lines)
+    };
+    let config_arg = config(
+        "coordinator.toml",
+        &[
+            ("operator_tokens_file", &tokens),
+            ("tls_cert_file", &p("coordinator.pem")),
+            ("tls_key_file", &p("coordinator.key")),
+            ("tls_client_ca_file", &p("ca.pem")),
+        ],
+    );
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg])
         .await
         .unwrap();
     let port = cluster.addr.rsplit(':').next().unwrap().to_string();
     let https = format!("https://127.0.0.1:{port}");
     cluster.addr = https.clone();
-    let agent_config = dir.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "coordinator = \"{https}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\n\
-             tls_key_file = \"{}\"\n",
-            p("ca.pem"),
-            p("agent.pem"),
-            p("agent.key")
-        ),
-    )
-    .unwrap();
-    let agent_arg = agent_config.display().to_string();
+    let agent_arg = config(
+        "agent.toml",
+        &[
+            ("coordinator", &https),
+            ("tls_ca_file", &p("ca.pem")),
+            ("tls_cert_file", &p("agent.pem")),
+            ("tls_key_file", &p("agent.key")),
+        ],
+    );
     cluster
         .start_agent("node-1", "worker", &["--config", &agent_arg])
         .unwrap();

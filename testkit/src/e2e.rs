@@ -117,6 +117,13 @@ impl Default for JobOptions {
     }
 }
 
+impl JobOptions {
+    /// The training script's flags for steps, pace and checkpoint interval.
+    fn schedule_args(&self) -> [String; 6] {
+        holdfast_cli::demo::schedule_args(self.steps, self.step_time_s, self.ckpt_every)
+    }
+}
+
 /// The faults the rig injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum E2eFault {
@@ -284,10 +291,8 @@ impl NetnsCluster {
         let bucket = cluster.s3_root().join(BUCKET);
         std::fs::create_dir_all(&bucket)
             .with_context(|| format!("creating {}", bucket.display()))?;
-        let log = cluster.log_file("s3")?;
-        let child = cluster
-            .lab
-            .command(S3_HOST, &cluster.tools.s3_server)?
+        let mut s3_server = cluster.lab.command(S3_HOST, &cluster.tools.s3_server)?;
+        s3_server
             .args([
                 "--host",
                 &s3.addr.to_string(),
@@ -295,21 +300,14 @@ impl NetnsCluster {
                 &S3_PORT.to_string(),
             ])
             .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
-            .arg(cluster.s3_root())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the S3 server")?;
-        cluster.s3 = Some(child);
+            .arg(cluster.s3_root());
+        cluster.s3 = Some(cluster.spawn_logged(&mut s3_server, "s3", "the S3 server")?);
         cluster.wait_for_s3()?;
 
         let addr_file = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = cluster.log_file("coordinator")?;
-        let child = cluster
-            .lab
-            .command(CONTROL_HOST, &cluster.tools.holdfast)?
+        let mut coordinator = cluster.lab.command(CONTROL_HOST, &cluster.tools.holdfast)?;
+        coordinator
             .args([
                 "coordinator",
                 "--listen",
@@ -321,12 +319,8 @@ impl NetnsCluster {
             .arg("--state")
             .arg(dir.join("coordinator.redb"))
             .args(coordinator_args)
-            .envs(cluster.s3_env())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the coordinator")?;
+            .envs(cluster.s3_env());
+        let child = cluster.spawn_logged(&mut coordinator, "coordinator", "the coordinator")?;
         cluster.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n')) {
@@ -348,13 +342,25 @@ impl NetnsCluster {
         Ok(cluster)
     }
 
-    fn log_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        let path = self.dir.join(format!("{name}.log"));
-        std::fs::OpenOptions::new()
+    /// Starts `command` with its output appended to the log `name` (see [`Rig::log_path`]).
+    fn spawn_logged(
+        &self,
+        command: &mut std::process::Command,
+        name: &str,
+        what: &str,
+    ) -> anyhow::Result<Child> {
+        let path = self.log_path(name);
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
+            .with_context(|| format!("opening {}", path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {what}"))
     }
 
     /// The variables S3 clients need: object_store (coordinator) and boto3 (training) both read
@@ -452,14 +458,7 @@ impl NetnsCluster {
             .map(String::from),
         );
         command.push(examples.join("train_ddp.py").display().to_string());
-        command.extend([
-            "--steps".into(),
-            options.steps.to_string(),
-            "--step-time".into(),
-            options.step_time_s.to_string(),
-            "--ckpt-every".into(),
-            options.ckpt_every.to_string(),
-        ]);
+        command.extend(options.schedule_args());
         let mut env: std::collections::HashMap<String, String> =
             self.s3_env().into_iter().collect();
         env.insert("GLOO_SOCKET_IFNAME".into(), IFNAME.into());
@@ -602,14 +601,9 @@ impl NetnsCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        run.incidents = client
-            .list_incidents(pb::ListIncidentsRequest {
-                job_id: job.job_id.clone(),
-            })
+        run.incidents = client::incidents(&mut client, &job.job_id)
             .await
-            .map_err(|s| anyhow::anyhow!("listing incidents: {}", s.message()))?
-            .into_inner()
-            .incidents;
+            .context("listing incidents")?;
         Ok(run)
     }
 }
@@ -631,10 +625,8 @@ impl Rig for NetnsCluster {
         };
         let state = self.state_dir(node);
         std::fs::create_dir_all(&state)?;
-        let log = self.log_file(node)?;
-        let child = self
-            .lab
-            .command(node, &self.tools.holdfast)?
+        let mut agent = self.lab.command(node, &self.tools.holdfast)?;
+        agent
             .args([
                 "agent",
                 "--coordinator",
@@ -646,12 +638,8 @@ impl Rig for NetnsCluster {
             ])
             .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
             .arg(&state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting the agent of {node}"))?;
+            .args(extra);
+        let child = self.spawn_logged(&mut agent, node, &format!("the agent of {node}"))?;
         self.agents.insert(node.to_string(), child);
         Ok(())
     }
@@ -678,26 +666,12 @@ impl Rig for NetnsCluster {
 
     /// Connection errors count as not ready yet: the coordinator may still be starting.
     async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(mut client) = self.client().await {
-                if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
-                    let ready = nodes
-                        .into_inner()
-                        .nodes
-                        .iter()
-                        .filter(|n| n.connected && n.state == "ready")
-                        .count();
-                    if ready >= count {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("fewer than {count} nodes ready after {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::poll_until(within, || async {
+            let ready = crate::ready_count(self).await;
+            crate::check(ready >= count, || format!("{ready} ready"))
+        })
+        .await
+        .map_err(|seen| anyhow::anyhow!("fewer than {count} nodes ready after {within:?}: {seen}"))
     }
 
     /// The lab's drop deletes the hosts.
@@ -836,17 +810,8 @@ pub fn run_baseline(
                 "--max-restarts=3",
             ])
             .arg(examples_dir().join("train_ddp.py"))
-            .args([
-                "--steps",
-                &options.steps.to_string(),
-                "--step-time",
-                &options.step_time_s.to_string(),
-                "--ckpt-every",
-                &options.ckpt_every.to_string(),
-                "--checkpoint-uri",
-                &spec.checkpoint_uri,
-                "--resume-latest",
-            ])
+            .args(options.schedule_args())
+            .args(["--checkpoint-uri", &spec.checkpoint_uri, "--resume-latest"])
             .envs(spec.env.iter())
             // The known workaround for torchrun restarts with a shared rendezvous store
             // (pytorch/pytorch#135712), as a user of torchrun alone would set it.

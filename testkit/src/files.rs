@@ -54,6 +54,14 @@ impl Drop for Scratch {
     }
 }
 
+/// Writes `text` to `dir/name` (a config file, a token file); returns its path as a flag
+/// value.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.display().to_string()
+}
+
 /// Writes an executable `#!/bin/sh` script `dir/name` (parents created) running `body`;
 /// returns its path.
 pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use holdfast_cli::demo::TRAIN_SCRIPT;
+use holdfast_cli::demo::{schedule_args, TRAIN_SCRIPT};
 use holdfast_proto::v1 as pb;
 
 /// The shape of a training job.
@@ -32,16 +32,9 @@ impl Default for Train {
 impl Train {
     /// The command line (script at `script`).
     pub fn command(&self, script: &Path) -> Vec<String> {
-        vec![
-            self.python.clone(),
-            script.display().to_string(),
-            "--steps".into(),
-            self.steps.to_string(),
-            "--step-time".into(),
-            self.step_time_s.to_string(),
-            "--ckpt-every".into(),
-            self.ckpt_every.to_string(),
-        ]
+        let mut command = vec![self.python.clone(), script.display().to_string()];
+        command.extend(schedule_args(self.steps, self.step_time_s, self.ckpt_every));
+        command
     }
 
     /// The job, with the script written into `dir` and its checkpoints under
@@ -71,4 +64,20 @@ pub fn train_spec(dir: &Path, nodes: u32, steps: u64) -> pb::JobSpec {
 /// Where a [`Train`] job of `dir` writes its checkpoints (`step-N/`, `COMPLETE` markers).
 pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     dir.join("checkpoints")
+}
+
+/// Asserts that `done` succeeded after exactly one relaunch (generation 2) with exactly one
+/// incident, and returns that incident. `context` (the case, a log) goes into every failure.
+pub fn assert_recovered_once<'a>(
+    done: &pb::Job,
+    incidents: &'a [pb::Incident],
+    context: &str,
+) -> &'a pb::Incident {
+    assert_eq!(done.state, "succeeded", "{context}: {done:?}");
+    assert_eq!(
+        done.generation, 2,
+        "{context}: relaunched more or less than once: {done:?}"
+    );
+    assert_eq!(incidents.len(), 1, "{context}: {incidents:?}");
+    &incidents[0]
 }

@@ -16,7 +16,8 @@
 //! - [`jobs`] — the training job most tests run.
 //! - [`host`] — tools the machine offers (skip, or fail under `HOLDFAST_TEST_STRICT=1`), ports,
 //!   the headless browser.
-//! - [`process`] — the binary under test ([`holdfast_exe!`]), command output, raw HTTP.
+//! - [`process`] — the binary under test ([`holdfast_exe!`]), command output, raw HTTP,
+//!   benchmark summaries.
 //! - `src/bin/holdfast-e2e.rs` — the end-to-end rig's runner behind `scripts/bench-e2e.sh`.
 
 pub mod e2e;
@@ -28,12 +29,12 @@ pub mod process;
 pub mod rig;
 pub mod wait;
 
-pub use files::{repo_root, write_script, Scratch};
+pub use files::{repo_root, write_file, write_script, Scratch};
 pub use host::{free_port, python, require, skip, strict, Browser};
-pub use jobs::{checkpoint_dir, train_spec, Train};
-pub use process::{http, http_get, run, run_async, KillOnDrop, Ran};
+pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};
+pub use process::{http, http_get, run, run_async, timing_summary, KillOnDrop, Ran};
 pub use rig::{
-    find_node, finish, incidents, job, local_cluster, node, nodes, submit, wait_job, wait_node,
-    wait_node_ready, Rig,
+    find_node, finish, incidents, job, local_cluster, node, nodes, ready_count, submit, wait_job,
+    wait_node, wait_node_ready, Rig,
 };
-pub use wait::{check, wait_for, wait_for_blocking};
+pub use wait::{check, poll_until, wait_for, wait_for_blocking};

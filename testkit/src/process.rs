@@ -60,6 +60,19 @@ pub async fn run_async(command: &mut tokio::process::Command) -> Ran {
     )
 }
 
+/// What a benchmark prints over its runs' seconds: `median M min A max B runs N`.
+pub fn timing_summary(times: &mut [f64]) -> String {
+    assert!(!times.is_empty(), "no runs were timed");
+    times.sort_by(f64::total_cmp);
+    format!(
+        "median {:.3} min {:.3} max {:.3} runs {}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        times.len()
+    )
+}
+
 /// A child process killed and reaped when the test is done with it, failed or not.
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);

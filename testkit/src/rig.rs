@@ -11,7 +11,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use holdfast_cli::client::Client;
 use holdfast_cli::demo::LocalCluster;
 use holdfast_cli::follow;
@@ -64,16 +63,7 @@ pub trait Rig {
     /// Appends one fault line to the node's inject file (its agent must run with
     /// `--enable-fault-injection`): `xid <code> [gpu <i>]`, `ecc-dbe [gpu <i>]`, …
     fn inject(&self, node: &str, fault: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        let path = self
-            .state_dir(node)
-            .join(holdfast_agent::health::inject::INJECT_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(file, "{fault}").with_context(|| format!("writing {}", path.display()))
+        holdfast_cli::demo::inject(&self.state_dir(node), fault)
     }
 
     /// Starts `workers` worker agents `node-1`… and `spares` spare agents `spare-1`…, each with
@@ -143,10 +133,6 @@ impl Rig for LocalCluster {
     fn state_dir(&self, node: &str) -> PathBuf {
         LocalCluster::state_dir(self, node)
     }
-
-    fn inject(&self, node: &str, fault: &str) -> anyhow::Result<()> {
-        LocalCluster::inject(self, node, fault)
-    }
 }
 
 /// A local cluster of `holdfast` processes (`exe`) in `dir`: the coordinator with
@@ -170,6 +156,23 @@ pub async fn local_cluster(
         .await
         .expect("the agents are ready");
     cluster
+}
+
+/// How many nodes are connected and ready; 0 while the coordinator cannot be asked (not
+/// started yet, restarting).
+pub async fn ready_count(rig: &impl Rig) -> usize {
+    let Ok(mut client) = rig.client().await else {
+        return 0;
+    };
+    match client.list_nodes(pb::ListNodesRequest {}).await {
+        Ok(reply) => reply
+            .into_inner()
+            .nodes
+            .iter()
+            .filter(|n| n.connected && n.state == "ready")
+            .count(),
+        Err(_) => 0,
+    }
 }
 
 /// Every node the coordinator knows.
@@ -274,12 +277,9 @@ pub async fn wait_job(
 /// The incidents recorded for job `id`.
 pub async fn incidents(rig: &impl Rig, id: &str) -> Vec<pb::Incident> {
     let mut client = rig.client().await.expect("an operator client");
-    client
-        .list_incidents(pb::ListIncidentsRequest { job_id: id.into() })
+    holdfast_cli::client::incidents(&mut client, id)
         .await
         .expect("listing incidents")
-        .into_inner()
-        .incidents
 }
 
 /// Follows job `id` to its end (at most `within`) on one operator connection; returns it

@@ -3,7 +3,7 @@
 use holdfast_proto::v1 as pb;
 
 use super::{refused, Addr};
-use crate::{client, tables};
+use crate::tables;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
+    let mut c = args.addr.connect().await?;
     let request = pb::CheckNodeRequest { node_id: args.node };
     let report = c.check_node(request).await.map_err(refused)?.into_inner();
     if args.json {

@@ -3,7 +3,6 @@
 use holdfast_proto::v1 as pb;
 
 use super::{refused, Addr};
-use crate::client;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,12 +14,27 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
+    set(&args.addr, args.node, args.reason, true).await
+}
+
+/// Cordons `node` (or, with `cordon` false, puts it back into service) and prints its state.
+pub(super) async fn set(
+    addr: &Addr,
+    node: String,
+    reason: String,
+    cordon: bool,
+) -> anyhow::Result<i32> {
+    let mut c = addr.connect().await?;
     let request = pb::CordonRequest {
-        node_id: args.node,
-        reason: args.reason,
+        node_id: node,
+        reason,
     };
-    let n = c.cordon(request).await.map_err(refused)?.into_inner();
+    let changed = if cordon {
+        c.cordon(request).await
+    } else {
+        c.uncordon(request).await
+    };
+    let n = changed.map_err(refused)?.into_inner();
     println!("node {} is {}", n.node_id, n.state);
     Ok(0)
 }

@@ -1,7 +1,5 @@
 //! `holdfast incidents`: recorded incidents with the time of each recovery phase.
 
-use holdfast_proto::v1 as pb;
-
 use super::Addr;
 use crate::{client, tables};
 
@@ -18,14 +16,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
-    let incidents = c
-        .list_incidents(pb::ListIncidentsRequest {
-            job_id: args.job.unwrap_or_default(),
-        })
-        .await?
-        .into_inner()
-        .incidents;
+    let mut c = args.addr.connect().await?;
+    let incidents = client::incidents(&mut c, args.job.as_deref().unwrap_or_default()).await?;
     if args.json {
         let list: Vec<_> = incidents
             .iter()

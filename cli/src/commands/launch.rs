@@ -6,7 +6,7 @@ use anyhow::Context;
 use holdfast_proto::v1 as pb;
 
 use super::Addr;
-use crate::{client, follow};
+use crate::follow;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,7 +53,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
+    let mut c = args.addr.connect().await?;
     let spec = pb::JobSpec {
         job_id: args.job_id,
         command: args.command,

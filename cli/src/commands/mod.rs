@@ -26,6 +26,13 @@ pub struct Addr {
     pub coordinator: String,
 }
 
+impl Addr {
+    /// An operator API client of this coordinator.
+    pub async fn connect(&self) -> anyhow::Result<client::Client> {
+        client::connect(&self.coordinator).await
+    }
+}
+
 /// Logs to stderr at `$HOLDFAST_LOG` (default `info`). The daemons log; the other commands
 /// print what they have to say and would only be cluttered.
 pub fn init_logging() {

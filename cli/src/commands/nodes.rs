@@ -3,10 +3,10 @@
 use holdfast_proto::v1 as pb;
 
 use super::Addr;
-use crate::{client, tables};
+use crate::tables;
 
 pub async fn run(addr: Addr) -> anyhow::Result<i32> {
-    let mut c = client::connect(&addr.coordinator).await?;
+    let mut c = addr.connect().await?;
     let nodes = c
         .list_nodes(pb::ListNodesRequest {})
         .await?

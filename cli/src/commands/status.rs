@@ -3,10 +3,10 @@
 use holdfast_proto::v1 as pb;
 
 use super::Addr;
-use crate::{client, tables};
+use crate::tables;
 
 pub async fn run(addr: Addr) -> anyhow::Result<i32> {
-    let mut c = client::connect(&addr.coordinator).await?;
+    let mut c = addr.connect().await?;
     let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
     let nodes = c
         .list_nodes(pb::ListNodesRequest {})

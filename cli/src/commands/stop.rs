@@ -3,7 +3,6 @@
 use holdfast_proto::v1 as pb;
 
 use super::{refused, Addr};
-use crate::client;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,7 +12,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
+    let mut c = args.addr.connect().await?;
     let request = pb::StopJobRequest { job_id: args.job };
     let j = c.stop_job(request).await.map_err(refused)?.into_inner();
     println!("job {} is {}", j.job_id, j.state);

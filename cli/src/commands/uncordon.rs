@@ -1,9 +1,6 @@
 //! `holdfast uncordon`: puts a cordoned or fenced (repaired) node back into service.
 
-use holdfast_proto::v1 as pb;
-
-use super::{refused, Addr};
-use crate::client;
+use super::Addr;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,12 +10,5 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = client::connect(&args.addr.coordinator).await?;
-    let request = pb::CordonRequest {
-        node_id: args.node,
-        reason: String::new(),
-    };
-    let n = c.uncordon(request).await.map_err(refused)?.into_inner();
-    println!("node {} is {}", n.node_id, n.state);
-    Ok(0)
+    super::cordon::set(&args.addr, args.node, String::new(), false).await
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Addr;
-use crate::{client, upgrade};
+use crate::upgrade;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,7 +24,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    let mut c = client::connect(&args.addr.coordinator).await?;
+    let mut c = args.addr.connect().await?;
     let report = upgrade::run(
         &mut c,
         args.batch_size,
