@@ -79,7 +79,7 @@ impl Tools {
         })
     }
 
-    /// For tests: the tools, or `None` after printing "skipped: <why>" — unless under
+    /// For tests: the tools, or `None` after printing `skipped: <why>` — unless under
     /// HOLDFAST_TEST_STRICT=1 (scripts/test.sh), where a missing tool fails the test.
     pub fn for_tests(holdfast: &Path) -> Option<Tools> {
         crate::require(

@@ -10,7 +10,7 @@ pub fn strict() -> bool {
     std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// `found`, or `None` after printing "skipped: <why>" — a failure under [`strict`].
+/// `found`, or `None` after printing `skipped: <why>` — a failure under [`strict`].
 pub fn require<T>(found: Result<T, String>) -> Option<T> {
     match found {
         Ok(value) => Some(value),

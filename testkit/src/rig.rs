@@ -5,7 +5,8 @@
 //! follow a job to its end.
 //!
 //! On a netns rig, operator calls must come from the control host's namespace: await these
-//! inside [`NetnsCluster::block_on`](crate::e2e::NetnsCluster::block_on).
+//! inside [`NetnsCluster::block_on`](crate::e2e::NetnsCluster::block_on) or
+//! [`NetnsCluster::control`](crate::e2e::NetnsCluster::control).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
