@@ -38,6 +38,7 @@ mkdir -p "$HOLDFAST_CACHE"
   source scripts/setup/40-torch.sh
   # shellcheck disable=SC1091
   source scripts/setup/41-s3.sh
-  cargo build -q -p holdfast --bins
+  # The runner lives in the test kit; it starts the holdfast binary built beside it.
+  cargo build -q -p holdfast -p holdfast-testkit --bins
 } >&2
 exec target/debug/holdfast-e2e --fault "$fault" --bound-s "$bound" "${flags[@]}"

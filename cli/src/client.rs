@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use holdfast_proto::v1 as pb;
 use holdfast_proto::v1::operator_service_client::OperatorServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -144,6 +145,15 @@ pub async fn connect_with(
         "cannot reach the coordinator at {} (is `holdfast coordinator` running?)",
         errors.join("; ")
     )
+}
+
+/// The incidents recorded for `job_id` (every job's when empty). A refusal stays a
+/// `tonic::Status` in the error's chain, for [`auth_hint`].
+pub async fn incidents(client: &mut Client, job_id: &str) -> anyhow::Result<Vec<pb::Incident>> {
+    let request = pb::ListIncidentsRequest {
+        job_id: job_id.to_string(),
+    };
+    Ok(client.list_incidents(request).await?.into_inner().incidents)
 }
 
 /// The operator's next step when the coordinator refused the call for want of a (valid) token

@@ -337,21 +337,9 @@ impl LocalCluster {
         serde_json::from_str(&text).ok()
     }
 
-    /// Appends one fault line to the node's inject file (the agent must run with fault
-    /// injection enabled): `xid <code> [gpu <i>]`, `ecc-dbe [gpu <i>]`, `gpu-lost [gpu <i>]`.
+    /// Appends one fault line to the node's inject file (see [`inject`]).
     pub fn inject(&self, node: &str, fault: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        let path = self
-            .state_dir(node)
-            .join(holdfast_agent::health::inject::INJECT_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        file.write_all(format!("{fault}\n").as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        inject(&self.state_dir(node), fault)
     }
 
     /// Sends `signal` to the agent process of `node`.
@@ -455,6 +443,34 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Appends one fault line to the inject file in an agent's `state_dir` (the agent must run with
+/// fault injection enabled): `xid <code> [gpu <i>]`, `ecc-dbe [gpu <i>]`, `gpu-lost [gpu <i>]`.
+pub fn inject(state_dir: &Path, fault: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = state_dir.join(holdfast_agent::health::inject::INJECT_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(format!("{fault}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The flags the training scripts (`examples/train_demo.py`, `examples/train_ddp.py`) take for
+/// the job's length, pace and checkpoint interval.
+pub fn schedule_args(steps: u64, step_time_s: f64, ckpt_every: u64) -> [String; 6] {
+    [
+        "--steps".into(),
+        steps.to_string(),
+        "--step-time".into(),
+        step_time_s.to_string(),
+        "--ckpt-every".into(),
+        ckpt_every.to_string(),
+    ]
+}
+
 /// What the demo measured.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
@@ -547,17 +563,14 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         options.nodes + options.spares
     ));
     let mut client = cluster.client().await?;
+    let mut command = vec![python, script.display().to_string()];
+    command.extend(schedule_args(
+        options.steps,
+        options.step_time_s,
+        options.ckpt_every,
+    ));
     let spec = pb::JobSpec {
-        command: vec![
-            python,
-            script.display().to_string(),
-            "--steps".into(),
-            options.steps.to_string(),
-            "--step-time".into(),
-            options.step_time_s.to_string(),
-            "--ckpt-every".into(),
-            options.ckpt_every.to_string(),
-        ],
+        command,
         nodes: options.nodes,
         checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
         stall_timeout_s: options.stall_timeout_s,
@@ -660,13 +673,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         return Err(e.context("injecting the fault"));
     }
     let final_job = final_job?;
-    let incidents = client
-        .list_incidents(pb::ListIncidentsRequest {
-            job_id: final_job.job_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .incidents;
+    let incidents = crate::client::incidents(&mut client, &final_job.job_id).await?;
     cluster.shutdown();
     drop(cluster);
     if !options.keep {

@@ -5,22 +5,24 @@
 //! the operator API; `demo` runs a whole cluster on loopback and injects a fault.
 //!
 //! ## Layout
+//! - `src/main.rs` — parses the command line, sets up logging, dispatches to [`commands`].
+//! - [`commands`] — one module per subcommand: its flags and its `run` (→ exit code). The
+//!   coordinator daemon's start-up lives in `holdfast_coordinator::daemon`; `commands::coordinator`
+//!   only maps its flags onto it.
 //! - [`client`] — connecting to the operator API.
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
 //! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
-//! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
-//! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
 //! - [`upgrade`] — rolling agent restarts (`upgrade-agents`), batch by batch.
-//! - [`sdnotify`] — systemd's notify protocol for the daemons (ready, stopping, watchdog).
+//!
+//! The test rigs (network-namespace hosts, the end-to-end rig) and the helpers the tests in
+//! `tests/` share live in the `holdfast-testkit` crate (`testkit/`), outside the product.
 
 pub mod client;
+pub mod commands;
 pub mod demo;
-pub mod e2e;
 pub mod follow;
-pub mod netns;
 pub mod reports;
-pub mod sdnotify;
 pub mod tables;
 pub mod upgrade;

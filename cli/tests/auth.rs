@@ -5,26 +5,24 @@
 //! token is needed; the dashboard (raw gRPC-web, then headless Chromium opened with `?token=`)
 //! sends the token while the page and `/metrics` stay open; a bad token file stops the coordinator naming its line.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use holdfast_cli::client::connect_with_token;
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
-
-mod common;
+use holdfast_testkit::{self as kit, holdfast_exe, http, Browser, Ran, Scratch};
 
 const VIEWER: &str = "viewer-0123456789abcdef";
 const OPERATOR: &str = "operator-0123456789abcdef";
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
+fn exe() -> &'static Path {
+    holdfast_exe!()
 }
 
 /// Runs the CLI with `args` (and no token from the environment unless `token_env`).
-fn cli(addr: &str, args: &[&str], token_env: Option<&str>) -> (bool, String, String) {
+fn cli(addr: &str, args: &[&str], token_env: Option<&str>) -> Ran {
     let mut cmd = Command::new(exe());
     cmd.args(args)
         .env("HOLDFAST_COORDINATOR", addr)
@@ -32,25 +30,7 @@ fn cli(addr: &str, args: &[&str], token_env: Option<&str>) -> (bool, String, Str
     if let Some(t) = token_env {
         cmd.env("HOLDFAST_TOKEN", t);
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// One raw HTTP/1.1 request over loopback; returns the whole response as text.
-fn http(addr: &str, request: &str, body: &[u8]) -> String {
-    let host = addr.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.replace("{host}", host).as_bytes())
-        .unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out).into_owned()
+    kit::run(&mut cmd)
 }
 
 /// A gRPC-web ListNodes call as the dashboard makes it, with `authorization` if given.
@@ -73,64 +53,38 @@ fn grpc_web_list_nodes(addr: &str, authorization: Option<&str>) -> String {
 /// Chromium, node and playwright-core (scripts/setup/70-browser.sh); without them it fails
 /// under HOLDFAST_TEST_STRICT=1, else skips.
 fn dashboard_with_token(url: &str) {
-    let chromium =
-        std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let node_modules = std::env::var("HOLDFAST_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| manifest.join("../target/test-cache/browser/node_modules"));
-    let missing = if !Path::new(&chromium).exists() {
-        Some(format!("no chromium at {chromium}"))
-    } else if !node_modules.join("playwright-core").exists() {
-        Some(format!("no playwright-core in {}", node_modules.display()))
-    } else {
-        None
+    let browser = match Browser::find() {
+        Ok(browser) => browser,
+        Err(why) => {
+            assert!(!kit::strict(), "dashboard token check cannot run: {why}");
+            eprintln!("skipped: dashboard token check: {why}");
+            return;
+        }
     };
-    if let Some(why) = missing {
-        assert!(
-            std::env::var("HOLDFAST_TEST_STRICT").is_err(),
-            "dashboard token check cannot run: {why} (run scripts/setup/70-browser.sh)"
-        );
-        eprintln!("skipped: dashboard token check: {why}");
-        return;
-    }
-    let out = Command::new("node")
-        .arg(manifest.join("tests/dashboard_token.cjs"))
-        .env("NODE_PATH", &node_modules)
-        .env("HOLDFAST_CHROMIUM", &chromium)
-        .env("DASHBOARD_URL", url)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let script = kit::repo_root().join("cli/tests/dashboard_token.cjs");
+    let out = kit::run(browser.node(&script).env("DASHBOARD_URL", url));
     assert!(
-        out.status.success() && stdout.contains("\"ok\":true"),
-        "dashboard with ?token=: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.ok() && out.stdout.contains("\"ok\":true"),
+        "dashboard with ?token=: {}{}",
+        out.stdout,
+        out.stderr
     );
 }
 
 fn write_config(dir: &Path, tokens: &str) -> String {
-    let tokens_path = dir.join("operator-tokens");
-    std::fs::write(&tokens_path, tokens).unwrap();
-    let config = dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!("operator_tokens_file = \"{}\"\n", tokens_path.display()),
-    )
-    .unwrap();
-    config.display().to_string()
+    let tokens_path = kit::write_file(dir, "operator-tokens", tokens);
+    let config = format!("operator_tokens_file = \"{tokens_path}\"\n");
+    kit::write_file(dir, "coordinator.toml", &config)
 }
 
 #[tokio::test]
 async fn operator_api_needs_a_token_with_the_right_role() {
-    let dir = std::env::temp_dir().join(format!("holdfast-auth-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("auth");
     let config = write_config(
         &dir,
         &format!("# test tokens\nviewer {VIEWER}\noperator {OPERATOR}\n"),
     );
-    let mut cluster = LocalCluster::start(&exe(), &dir, &["--config", &config])
+    let mut cluster = LocalCluster::start(exe(), &dir, &["--config", &config])
         .await
         .unwrap();
     let addr = cluster.addr.clone();
@@ -156,28 +110,9 @@ async fn operator_api_needs_a_token_with_the_right_role() {
 
     // A viewer reads: the agent registered without any token.
     let mut viewer = connect_with_token(&addr, Some(VIEWER)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = viewer
-            .list_nodes(pb::ListNodesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
-        if nodes
-            .iter()
-            .any(|n| n.node_id == "node-1" && n.state == "ready")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node-1 not ready: {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    kit::wait_node_ready(&viewer, "node-1", Duration::from_secs(20)).await;
     // …but may not submit.
-    let spec = common::train_spec(&dir, 1, 20);
+    let spec = kit::train_spec(&dir, 1, 20);
     let err = viewer
         .submit_job(pb::SubmitJobRequest {
             spec: Some(spec.clone()),
@@ -207,19 +142,25 @@ async fn operator_api_needs_a_token_with_the_right_role() {
     assert_eq!(seen.job_id, job.job_id);
 
     // The CLI: without a token it says one is needed; with --token or HOLDFAST_TOKEN it works.
-    let (ok, _, stderr) = cli(&addr, &["nodes"], None);
-    assert!(!ok);
+    let out = cli(&addr, &["nodes"], None);
+    assert!(!out.ok());
     assert!(
-        stderr.contains("needs an operator API token") && stderr.contains("--token"),
-        "{stderr}"
+        out.stderr.contains("needs an operator API token") && out.stderr.contains("--token"),
+        "{}",
+        out.stderr
     );
-    let (ok, stdout, stderr) = cli(&addr, &["nodes", "--token", VIEWER], None);
-    assert!(ok && stdout.contains("node-1"), "{stdout}{stderr}");
-    let (ok, _, stderr) = cli(&addr, &["stop", &job.job_id], Some(VIEWER));
-    assert!(!ok);
-    assert!(stderr.contains("operator role"), "{stderr}");
-    let (ok, stdout, stderr) = cli(&addr, &["stop", &job.job_id], Some(OPERATOR));
-    assert!(ok, "{stdout}{stderr}");
+    let out = cli(&addr, &["nodes", "--token", VIEWER], None);
+    assert!(
+        out.ok() && out.stdout.contains("node-1"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = cli(&addr, &["stop", &job.job_id], Some(VIEWER));
+    assert!(!out.ok());
+    assert!(out.stderr.contains("operator role"), "{}", out.stderr);
+    let out = cli(&addr, &["stop", &job.job_id], Some(OPERATOR));
+    assert!(out.ok(), "{}{}", out.stdout, out.stderr);
 
     // The dashboard: the page and /metrics are open; its gRPC-web calls need the token.
     let page = http(
@@ -247,16 +188,16 @@ async fn operator_api_needs_a_token_with_the_right_role() {
 
     // A token file with a bad line stops the coordinator at start, naming file and line.
     let bad = write_config(&dir, &format!("viewer {VIEWER}\nadmin {OPERATOR}\n"));
-    let out = Command::new(exe())
-        .args(["coordinator", "--ephemeral", "--listen", "127.0.0.1:0"])
-        .args(["--config", &bad])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("operator-tokens line 2: unknown role \"admin\""),
-        "{stderr}"
+    let out = kit::run(
+        Command::new(exe())
+            .args(["coordinator", "--ephemeral", "--listen", "127.0.0.1:0"])
+            .args(["--config", &bad]),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.ok());
+    assert!(
+        out.stderr
+            .contains("operator-tokens line 2: unknown role \"admin\""),
+        "{}",
+        out.stderr
+    );
 }

@@ -4,13 +4,10 @@
 //! Agents run in this process as tasks (each a full agent with its own state directory and gRPC
 //! stream). Ignored in the normal run; scripts/bench-restart.sh runs it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use holdfast_cli::demo::LocalCluster;
-use holdfast_proto::v1 as pb;
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -19,30 +16,14 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-async fn connected(cluster: &LocalCluster) -> usize {
-    let Ok(mut c) = cluster.client().await else {
-        return 0;
-    };
-    match c.list_nodes(pb::ListNodesRequest {}).await {
-        Ok(r) => r
-            .into_inner()
-            .nodes
-            .iter()
-            .filter(|n| n.connected && n.state == "ready")
-            .count(),
-        Err(_) => 0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_restart_to_reconciled() {
     let agents: usize = env_or("HOLDFAST_BENCH_AGENTS", 100);
     let runs: usize = env_or("HOLDFAST_BENCH_RUNS", 5);
     let backoff_ms: u64 = env_or("HOLDFAST_BENCH_AGENT_BACKOFF_MS", 2000);
-    let dir = std::env::temp_dir().join(format!("holdfast-bench-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[])
+    let dir = Scratch::new("bench-restart");
+    let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -64,11 +45,11 @@ async fn bench_restart_to_reconciled() {
             }
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while connected(&cluster).await < agents {
-        assert!(Instant::now() < deadline, "agents did not all connect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kit::wait_for(Duration::from_secs(60), || async {
+        let n = kit::ready_count(&cluster).await;
+        kit::check(n >= agents, || format!("{n} of {agents} agents connected"))
+    })
+    .await;
     let mut times = Vec::new();
     for run in 1..=runs {
         cluster.kill_coordinator().unwrap();
@@ -76,7 +57,7 @@ async fn bench_restart_to_reconciled() {
         cluster.restart_coordinator().await.unwrap();
         let listening = started.elapsed();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while connected(&cluster).await < agents {
+        while kit::ready_count(&cluster).await < agents {
             assert!(Instant::now() < deadline, "agents did not all come back");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -89,15 +70,9 @@ async fn bench_restart_to_reconciled() {
         // Let the agents settle on the new coordinator before the next kill.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    times.sort_by(f64::total_cmp);
     println!(
-        "restart_to_reconciled_s agents {agents} agent_max_backoff_ms {backoff_ms} median {:.3} min {:.3} max {:.3} runs {}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-        times.len()
+        "restart_to_reconciled_s agents {agents} agent_max_backoff_ms {backoff_ms} {}",
+        kit::timing_summary(&mut times)
     );
     let _ = stop_tx.send(true);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,42 +8,15 @@
 //! Needs Chromium and playwright-core (scripts/setup/70-browser.sh exports HOLDFAST_CHROMIUM and
 //! HOLDFAST_NODE_MODULES); without them it fails under HOLDFAST_TEST_STRICT=1, else skips.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::{
+    self as kit, free_port, holdfast_exe, http_get, python, Browser, Scratch, Train,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-
-fn skip_or_fail(why: &str) {
-    if std::env::var("HOLDFAST_TEST_STRICT").is_ok_and(|v| v == "1") {
-        panic!("dashboard test cannot run: {why}");
-    }
-    eprintln!("skipped: {why}");
-}
-
-/// A plain HTTP/1.1 GET over loopback; returns (status line, body).
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    let host = addr.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
 
 /// The value of the first sample line starting with `prefix` (chunked bodies keep lines whole
 /// enough for this: the sample lines are short).
@@ -54,14 +27,6 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn read_json_line(
@@ -83,68 +48,16 @@ async fn read_json_line(
     v
 }
 
-async fn wait_job(
-    client: &mut holdfast_cli::client::Client,
-    id: &str,
-    f: impl Fn(&pb::Job) -> bool,
-) -> pb::Job {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = client
-            .get_job(pb::GetJobRequest { job_id: id.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        if f(&job) {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job never reached the condition: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_metrics_and_reports_follow_a_real_failure() {
-    let chromium =
-        std::env::var("HOLDFAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let node_modules = std::env::var("HOLDFAST_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| manifest.join("../target/test-cache/browser/node_modules"));
-    if !Path::new(&chromium).exists() {
-        return skip_or_fail(&format!(
-            "no chromium at {chromium} (run scripts/setup/70-browser.sh)"
-        ));
-    }
-    if !node_modules.join("playwright-core").exists() {
-        return skip_or_fail(&format!(
-            "no playwright-core in {} (run scripts/setup/70-browser.sh)",
-            node_modules.display()
-        ));
-    }
-    if !std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return skip_or_fail("no node (run scripts/setup/70-browser.sh)");
-    }
-    let python = ["python3", "python"].into_iter().find(|p| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(python) = python else {
-        return skip_or_fail("no python3 for the training script");
+    let exe = holdfast_exe!();
+    let Some(browser) = kit::require(Browser::find()) else {
+        return;
     };
+    let Some(python) = python() else { return };
 
-    let dir = std::env::temp_dir().join(format!("holdfast-dashboard-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = LocalCluster::start(Path::new(EXE), &dir, &[])
+    let dir = Scratch::new("dashboard-test");
+    let mut cluster = holdfast_cli::demo::LocalCluster::start(exe, &dir, &[])
         .await
         .expect("coordinator starts");
     let agent_port = free_port();
@@ -159,29 +72,17 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         .await
         .expect("agents ready");
 
-    let mut client = cluster.client().await.unwrap();
-    let script = manifest.join("../examples/train_demo.py");
-    let spec = pb::JobSpec {
-        command: vec![
-            python.into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "100000".into(),
-            "--step-time".into(),
-            "0.05".into(),
-            "--ckpt-every".into(),
-            "10".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        restart_budget: 3,
+    let train = Train {
+        python,
+        steps: 100000,
+        step_time_s: 0.05,
         ..Default::default()
     };
-    let job = client
-        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner();
+    let spec = pb::JobSpec {
+        restart_budget: 3,
+        ..train.spec(&dir)
+    };
+    let job = kit::submit(&cluster, spec).await;
     let victim = job.nodes.last().cloned().unwrap();
 
     // The page and the metrics share the gRPC port.
@@ -199,10 +100,8 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     let screenshot = std::env::var("HOLDFAST_DASHBOARD_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| dir.join("dashboard.png"));
-    let mut browser = tokio::process::Command::new("node")
-        .arg(manifest.join("tests/dashboard.cjs"))
-        .env("NODE_PATH", &node_modules)
-        .env("HOLDFAST_CHROMIUM", &chromium)
+    let script = kit::repo_root().join("cli/tests/dashboard.cjs");
+    let mut browser = tokio::process::Command::from(browser.node(&script))
         .env("DASHBOARD_URL", format!("{}/", cluster.addr))
         .env("DASHBOARD_SCREENSHOT", &screenshot)
         .env("DASHBOARD_VICTIM", &victim)
@@ -227,7 +126,10 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     assert_eq!(ready["generation"], 1);
 
     // Let a checkpoint or two pass, then kill the host.
-    wait_job(&mut client, &job.job_id, |j| j.step >= 25).await;
+    kit::wait_job(&cluster, &job.job_id, Duration::from_secs(30), |j| {
+        j.step >= 25
+    })
+    .await;
     cluster.kill_host(&victim).unwrap();
     stdin.write_all(b"fault\n").await.unwrap();
     stdin.flush().await.unwrap();
@@ -355,30 +257,20 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         ),
         "{metrics}"
     );
-    assert_eq!(
-        sample(
-            &metrics,
-            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}"
+    let generation = format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id);
+    for (line, value) in [
+        (
+            "holdfast_incidents_total{cause=\"agent_lost\",action=\"replace_node\"}",
+            1.0,
         ),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(
-            &metrics,
-            "holdfast_incident_phase_seconds_count{phase=\"total\"}"
+        (
+            "holdfast_incident_phase_seconds_count{phase=\"total\"}",
+            1.0,
         ),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(
-            &metrics,
-            &format!("holdfast_job_generation{{job=\"{}\"}}", job.job_id)
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
+        (generation.as_str(), 2.0),
+    ] {
+        assert_eq!(sample(&metrics, line), Some(value), "{line}: {metrics}");
+    }
     let goodput = sample(
         &metrics,
         &format!("holdfast_job_goodput_ratio{{job=\"{}\"}}", job.job_id),
@@ -420,16 +312,16 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     );
 
     // Reports from the recorded incident.
-    let out = std::process::Command::new(EXE)
-        .args(["report", "--json", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = |args: &[&str]| {
+        kit::run(
+            std::process::Command::new(exe)
+                .args(args)
+                .args(["--coordinator", &cluster.addr]),
+        )
+    };
+    let out = cli(&["report", "--json"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["recovery"]["incidents"], 1, "{report}");
     let mttr = report["recovery"]["total_s"]["p90"].as_f64().unwrap();
     assert!(mttr > 0.0 && mttr < 30.0, "{report}");
@@ -442,29 +334,20 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         "about one checkpoint interval redone: {report}"
     );
 
-    let out = std::process::Command::new(EXE)
-        .args([
-            "what-if",
-            "--instances",
-            "256",
-            "--gpus-per-instance",
-            "8",
-            "--gpu-hours",
-            "10000000",
-            "--failure-rate",
-            "0.05",
-            "--json",
-            "--coordinator",
-            &cluster.addr,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let what_if = [
+        "what-if",
+        "--instances",
+        "256",
+        "--gpus-per-instance",
+        "8",
+        "--gpu-hours",
+        "10000000",
+        "--failure-rate",
+        "0.05",
+    ];
+    let out = cli(&[&what_if[..], &["--json"]].concat());
+    assert!(out.ok(), "{}", out.stderr);
+    let text = out.stdout;
     let all: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(
         all["scenarios"][0]["scenario"]
@@ -485,11 +368,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     assert!(last["mtbf_hours"].as_f64().is_some() && last["total_days"].as_f64().is_some());
 
     // The same, as operators read them.
-    let out = std::process::Command::new(EXE)
-        .args(["report", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = cli(&["report"]).stdout;
     eprintln!("{text}");
     assert!(
         text.contains("holdfast P90 (1 incidents)") && text.contains("published managed P90"),
@@ -499,34 +378,17 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         text.contains(&format!("job {}: ETTR", job.job_id)),
         "{text}"
     );
-    let out = std::process::Command::new(EXE)
-        .args([
-            "what-if",
-            "--instances",
-            "256",
-            "--gpus-per-instance",
-            "8",
-            "--gpu-hours",
-            "10000000",
-            "--failure-rate",
-            "0.05",
-            "--coordinator",
-            &cluster.addr,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = cli(&what_if).stdout;
     eprintln!("{text}");
     assert!(
         text.contains("holdfast measured (1 incidents)") && text.contains("324.98"),
         "{text}"
     );
 
+    let mut client = cluster.client().await.unwrap();
     let _ = client
         .stop_job(pb::StopJobRequest {
             job_id: job.job_id.clone(),
         })
         .await;
-    cluster.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

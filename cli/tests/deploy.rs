@@ -4,48 +4,22 @@
 //! notify protocol (READY, WATCHDOG, STOPPING) over a real `$NOTIFY_SOCKET`.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use holdfast_agent::AgentConfig;
 use holdfast_coordinator::CoordinatorConfig;
+use holdfast_testkit::{self as kit, holdfast_exe, repo_root as repo, Scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+fn exe() -> &'static Path {
+    holdfast_exe!()
 }
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("holdfast-deploy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// True when the test may go on; a missing tool fails under HOLDFAST_TEST_STRICT=1.
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("HOLDFAST_TEST_STRICT").is_err(),
-            "{tool} is missing (scripts/setup/50-systemd.sh installs it)"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
+fn tmp(name: &str) -> Scratch {
+    Scratch::new(&format!("deploy-{name}"))
 }
 
 /// Keys of a config's defaults that the example file does not set on a line of its own.
@@ -100,18 +74,18 @@ fn example_configs_parse_with_the_real_loaders_and_set_every_key() {
         "# site overrides\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 1500\n",
     )
     .unwrap();
-    let out = Command::new(exe())
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("coordinator.toml line 3: heartbeat_timeout_ms:"),
-        "{stderr}"
+    let out = kit::run(
+        Command::new(exe())
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&bad),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("coordinator.toml line 3: heartbeat_timeout_ms:"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -157,7 +131,8 @@ fn every_shipped_script_is_executable_and_parses() {
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
-    if !have("systemd-analyze") {
+    let hint = "scripts/setup/50-systemd.sh installs it";
+    if kit::require(kit::host::tool("systemd-analyze", hint)).is_none() {
         return;
     }
     let dir = tmp("units");
@@ -177,37 +152,32 @@ fn systemd_units_pass_systemd_analyze_verify() {
         agent.contains("\nKillMode=process\n"),
         "workers must outlive an agent restart"
     );
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(dir.join("holdfast-agent.service"))
-        .arg(dir.join("holdfast-coordinator.service"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify: {stderr}"
+    let out = kit::run(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join("holdfast-agent.service"))
+            .arg(dir.join("holdfast-coordinator.service")),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.ok() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify: {}",
+        out.stderr
+    );
 }
 
 #[test]
 fn install_script_lays_out_binary_scripts_configs_and_units_and_keeps_edited_configs() {
     let root = tmp("install");
     let run = || {
-        Command::new(repo().join("deploy/install.sh"))
-            .arg("--binary")
-            .arg(exe())
-            .env("DESTDIR", &root)
-            .output()
-            .unwrap()
+        kit::run(
+            Command::new(repo().join("deploy/install.sh"))
+                .arg("--binary")
+                .arg(exe())
+                .env("DESTDIR", &*root),
+        )
     };
     let out = run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.ok(), "{}", out.stderr);
     for file in [
         "usr/local/bin/holdfast",
         "usr/local/lib/holdfast/lifecycle-scripts/on-create",
@@ -232,13 +202,12 @@ fn install_script_lays_out_binary_scripts_configs_and_units_and_keeps_edited_con
         "node_id = \"gpu-7\"\n",
     )
     .unwrap();
-    assert!(run().status.success());
+    assert!(run().ok());
     assert_eq!(
         std::fs::read_to_string(root.join("etc/holdfast/agent.toml")).unwrap(),
         "node_id = \"gpu-7\"\n"
     );
     assert!(root.join("etc/holdfast/agent.toml.new").is_file());
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Reads datagrams until one equals `want` or `within` passes; returns all read.
@@ -297,18 +266,12 @@ fn daemons_notify_systemd_ready_watchdog_and_stopping() {
         wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
         wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{role} did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = kit::wait_for_blocking(Duration::from_secs(10), || {
+            child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| format!("{role} did not exit after SIGTERM"))
+        });
         assert!(status.success(), "{role} exited with {status}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,13 +5,13 @@
 //! Needs root, `scripts/setup/40-torch.sh` and `41-s3.sh` (skipped without them unless
 //! HOLDFAST_TEST_STRICT=1). The cases run one at a time: torch on 2 cores leaves no room for two.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use holdfast_cli::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::{self as kit, holdfast_exe, Rig, Scratch};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -48,12 +48,9 @@ fn run_case(
     case: Case,
     on_message: impl FnMut(&mut NetnsCluster, &pb::Job),
 ) -> Option<(FaultRun, JobOptions)> {
-    let tools = Tools::for_tests(Path::new(env!("CARGO_BIN_EXE_holdfast")))?;
+    let tools = Tools::for_tests(holdfast_exe!())?;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir =
-        std::env::temp_dir().join(format!("holdfast-e2e-{}-{}", case.name, std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new(&format!("e2e-{}", case.name));
     let coordinator_args: Vec<&str> = case.coordinator_args.iter().map(String::as_str).collect();
     let mut cluster =
         NetnsCluster::start(tools, &dir, &coordinator_args).expect("starting the cluster");
@@ -77,13 +74,8 @@ fn run_case(
         node: Some("node-2".into()),
     };
     let ready = 2 + case.spares as usize;
-    let run = {
-        let _inside = cluster.lab.enter(holdfast_cli::e2e::CONTROL_HOST).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+    let run = cluster
+        .control(async |cluster| {
             cluster
                 .wait_ready(ready, Duration::from_secs(30))
                 .await
@@ -93,7 +85,7 @@ fn run_case(
                 .await
                 .unwrap()
         })
-    };
+        .unwrap();
     println!(
         "{} → {} (incidents: {:?}; messages: {:?})",
         case.fault.name(),
@@ -105,36 +97,24 @@ fn run_case(
         run.messages
     );
     if run.job.state != "succeeded" {
-        for log in ["coordinator", "node-1", "node-2"] {
-            let text = std::fs::read_to_string(cluster.log_path(log)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            eprintln!(
-                "--- {log}.log (last lines)\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        cluster.print_log_tails(&["coordinator", "node-1", "node-2"]);
     }
     // Once the job is over no training process may be left behind (a hung worker in a session
     // of its own included) — except on a host that was cut off, which nothing could reach.
     if run.job.state == "succeeded" && case.fault != E2eFault::HostPartition {
         let hosts: Vec<String> = cluster.lab.hosts().map(|h| h.name.clone()).collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        for host in hosts {
-            loop {
-                let left = cluster.training_processes(&host).unwrap();
-                if left.is_empty() {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "training processes left on {host}: {left:?}"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        kit::wait_for_blocking(Duration::from_secs(5), || {
+            let left: Vec<(&String, Vec<i32>)> = hosts
+                .iter()
+                .map(|host| (host, cluster.training_processes(host).unwrap()))
+                .filter(|(_, pids)| !pids.is_empty())
+                .collect();
+            kit::check(left.is_empty(), || {
+                format!("training processes left: {left:?}")
+            })
+        });
     }
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
     Some((run, options))
 }
 
@@ -208,14 +188,13 @@ fn host_partitioned_is_fenced_and_replaced() {
     );
 }
 
-#[test]
-fn worker_killed_restarts_in_place() {
-    let Some((run, options)) =
-        run_case(Case::new("worker-kill", E2eFault::WorkerKill, 1), |_, _| {})
-    else {
+/// A worker fault on a healthy host: the job recovered with an incident of `cause`, restarted
+/// in place on the same hosts.
+fn assert_restarted_in_place(name: &'static str, fault: E2eFault, cause: &str) {
+    let Some((run, options)) = run_case(Case::new(name, fault, 1), |_, _| {}) else {
         return;
     };
-    let incident = assert_recovered(&run, &options, &["worker_exited"]);
+    let incident = assert_recovered(&run, &options, &[cause]);
     assert_eq!(incident.action, "restart_in_place");
     assert!(
         run.job.nodes.contains(&"node-2".to_string()),
@@ -224,20 +203,15 @@ fn worker_killed_restarts_in_place() {
 }
 
 #[test]
+fn worker_killed_restarts_in_place() {
+    assert_restarted_in_place("worker-kill", E2eFault::WorkerKill, "worker_exited");
+}
+
+#[test]
 fn worker_hung_is_detected_by_its_stalled_progress() {
-    let Some((run, options)) =
-        run_case(Case::new("worker-hang", E2eFault::WorkerHang, 1), |_, _| {})
-    else {
-        return;
-    };
     // The hung rank's peers block in the collective and fall silent with it: progress alone
     // cannot tell which of them hangs, so the incident may name either; all restart in place.
-    let incident = assert_recovered(&run, &options, &["progress_stalled"]);
-    assert_eq!(incident.action, "restart_in_place");
-    assert!(
-        run.job.nodes.contains(&"node-2".to_string()),
-        "a healthy host was replaced"
-    );
+    assert_restarted_in_place("worker-hang", E2eFault::WorkerHang, "progress_stalled");
 }
 
 #[test]
@@ -285,13 +259,7 @@ fn fatal_xid_fences_the_host_and_a_spare_takes_over() {
 /// fails when it is about to replace a node (as when memory errors appear while it idles).
 fn lifecycle_scripts(dir: &Path, node: &str) -> Vec<String> {
     let scripts = dir.join("scripts").join(node);
-    let write = |name: &str, body: String| {
-        let path = scripts.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    write("on-create", "echo ok".into());
+    kit::write_script(&scripts, "on-create", "echo ok");
     let runs: PathBuf = scripts.join("runs");
     let check = if node == "spare-1" {
         format!(
@@ -303,7 +271,7 @@ fn lifecycle_scripts(dir: &Path, node: &str) -> Vec<String> {
     } else {
         "echo 'ok: host healthy'".into()
     };
-    write("health/host", check);
+    kit::write_script(&scripts, "health/host", &check);
     vec!["--script-dir".into(), scripts.display().to_string()]
 }
 

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use holdfast_cli::e2e::{NetnsCluster, Tools, BUCKET};
-use holdfast_coordinator::checkpoint::{CheckpointStore, FencedGeneration};
+use holdfast_coordinator::checkpoint::{Checkpoint, CheckpointStore, FencedGeneration};
+use holdfast_testkit::e2e::{NetnsCluster, Tools, BUCKET};
+use holdfast_testkit::{holdfast_exe, Scratch};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -15,6 +16,38 @@ async fn put(store: &dyn ObjectStore, key: &str, body: &str) {
         .put(&ObjectPath::from(key), PutPayload::from(body.to_string()))
         .await
         .unwrap_or_else(|e| panic!("putting {key}: {e}"));
+}
+
+/// The latest complete checkpoint `store` resolves, past `fences`; there must be one.
+async fn latest(store: &CheckpointStore, fences: &[FencedGeneration]) -> Checkpoint {
+    store
+        .resolve_latest(fences)
+        .await
+        .unwrap()
+        .expect("a checkpoint")
+}
+
+/// The `COMPLETE` marker of checkpoint `step`, written by `generation`.
+fn marker(step: u64, generation: u64) -> String {
+    format!(r#"{{"step":{step},"generation":{generation}}}"#)
+}
+
+/// Writes checkpoint `step` under `prefix` through the API: `model.pt` with `model` (if any),
+/// then the `COMPLETE` marker of `generation` (none: a checkpoint cut off mid-write).
+async fn put_checkpoint(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    step: u64,
+    model: Option<&str>,
+    generation: Option<u64>,
+) {
+    if let Some(body) = model {
+        put(store, &format!("{prefix}/step-{step}/model.pt"), body).await;
+    }
+    if let Some(generation) = generation {
+        let key = format!("{prefix}/step-{step}/COMPLETE");
+        put(store, &key, &marker(step, generation)).await;
+    }
 }
 
 /// Writes `count` checkpoint directories of `per_dir` objects each straight into the server's
@@ -32,11 +65,7 @@ fn lay_out(root: &Path, prefix: &str, count: u64, per_dir: u64) -> u64 {
             objects += 1;
         }
         if complete {
-            std::fs::write(
-                dir.join("COMPLETE"),
-                format!(r#"{{"step":{step},"generation":1}}"#),
-            )
-            .unwrap();
+            std::fs::write(dir.join("COMPLETE"), marker(step, 1)).unwrap();
             objects += 1;
         }
     }
@@ -45,11 +74,10 @@ fn lay_out(root: &Path, prefix: &str, count: u64, per_dir: u64) -> u64 {
 
 #[test]
 fn checkpoints_resolve_through_s3() {
-    let Some(tools) = Tools::for_tests(Path::new(env!("CARGO_BIN_EXE_holdfast"))) else {
+    let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("holdfast-e2e-s3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new("e2e-s3");
     let cluster = NetnsCluster::start(tools, &dir, &[]).expect("starting the S3 server");
     let objects = lay_out(&cluster.s3_root(), "big", 1000, 100);
     assert_eq!(objects, 100_000);
@@ -63,27 +91,11 @@ fn checkpoints_resolve_through_s3() {
             let s3 = cluster.s3_store().unwrap();
 
             // The latest complete checkpoint is chosen; a newer partial one is skipped.
-            put(&*s3, "run/step-10/model.pt", "a").await;
-            put(
-                &*s3,
-                "run/step-10/COMPLETE",
-                r#"{"step":10,"generation":1}"#,
-            )
-            .await;
-            put(&*s3, "run/step-20/model.pt", "b").await;
-            put(
-                &*s3,
-                "run/step-20/COMPLETE",
-                r#"{"step":20,"generation":1}"#,
-            )
-            .await;
-            put(&*s3, "run/step-30/model.pt", "partial").await;
+            put_checkpoint(&*s3, "run", 10, Some("a"), Some(1)).await;
+            put_checkpoint(&*s3, "run", 20, Some("b"), Some(1)).await;
+            put_checkpoint(&*s3, "run", 30, Some("partial"), None).await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/run")).unwrap();
-            let found = store
-                .resolve_latest(&[])
-                .await
-                .unwrap()
-                .expect("a checkpoint");
+            let found = latest(&store, &[]).await;
             assert_eq!(found.step, 20);
             assert_eq!(found.uri, format!("s3://{BUCKET}/run/step-20"));
             assert_eq!(found.generation, Some(1));
@@ -92,12 +104,7 @@ fn checkpoints_resolve_through_s3() {
 
             // A checkpoint of a fenced generation written after its fence is never chosen; one
             // it wrote before the fence is.
-            put(
-                &*s3,
-                "zombie/step-10/COMPLETE",
-                r#"{"step":10,"generation":1}"#,
-            )
-            .await;
+            put_checkpoint(&*s3, "zombie", 10, None, Some(1)).await;
             let fence = FencedGeneration {
                 generation: 2,
                 fenced_at: holdfast_coordinator::now_ms(),
@@ -105,19 +112,10 @@ fn checkpoints_resolve_through_s3() {
             // S3 stamps objects to the second: "after the fence" is a later second.
             let into_next_second = 1_000 - fence.fenced_at.rem_euclid(1_000) + 10;
             tokio::time::sleep(Duration::from_millis(into_next_second as u64)).await;
-            put(&*s3, "zombie/step-20/model.pt", "written by a cut-off host").await;
-            put(
-                &*s3,
-                "zombie/step-20/COMPLETE",
-                r#"{"step":20,"generation":2}"#,
-            )
-            .await;
+            let cut_off = Some("written by a cut-off host");
+            put_checkpoint(&*s3, "zombie", 20, cut_off, Some(2)).await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/zombie")).unwrap();
-            let found = store
-                .resolve_latest(&[fence])
-                .await
-                .unwrap()
-                .expect("a checkpoint");
+            let found = latest(&store, &[fence]).await;
             assert_eq!(
                 (found.step, found.generation),
                 (10, Some(1)),
@@ -127,11 +125,7 @@ fn checkpoints_resolve_through_s3() {
                 generation: 2,
                 fenced_at: holdfast_coordinator::now_ms() + 2_000,
             };
-            let found = store
-                .resolve_latest(&[later_fence])
-                .await
-                .unwrap()
-                .expect("a checkpoint");
+            let found = latest(&store, &[later_fence]).await;
             assert_eq!(
                 found.step, 20,
                 "a checkpoint written before the fence is legitimate"
@@ -141,11 +135,7 @@ fn checkpoints_resolve_through_s3() {
             // partial) resolves to the newest complete one, in bounded time.
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/big")).unwrap();
             let started = Instant::now();
-            let found = store
-                .resolve_latest(&[])
-                .await
-                .unwrap()
-                .expect("a checkpoint");
+            let found = latest(&store, &[]).await;
             let took = started.elapsed();
             assert_eq!(found.step, 999);
             println!(
@@ -155,6 +145,4 @@ fn checkpoints_resolve_through_s3() {
             assert!(took < Duration::from_secs(30), "resolving took {took:?}");
         })
         .unwrap();
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,50 +3,23 @@
 //! recovered exactly once. Built with `--features etcd` (scripts/test.sh runs it).
 #![cfg(feature = "etcd")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use holdfast_cli::demo::{LocalCluster, TRAIN_SCRIPT};
+use holdfast_cli::demo::LocalCluster;
 use holdfast_cli::{client, follow};
 use holdfast_proto::v1 as pb;
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+use holdfast_testkit::{self as kit, free_port, holdfast_exe, KillOnDrop as Proc, Rig, Scratch};
 
 /// The etcd binary: `$HOLDFAST_ETCD` (set by scripts/setup/20-etcd.sh) or `etcd` on PATH.
 fn etcd_binary() -> Option<String> {
     let candidate = std::env::var("HOLDFAST_ETCD").unwrap_or_else(|_| "etcd".into());
-    let ok = Command::new(&candidate)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("HOLDFAST_TEST_STRICT").is_err(),
-        "etcd not found (scripts/setup/20-etcd.sh installs it)"
-    );
-    eprintln!("skipped: etcd not found");
-    None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills its child on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    kit::require(if kit::host::runs(&candidate) {
+        Ok(candidate)
+    } else {
+        Err("etcd not found (scripts/setup/20-etcd.sh installs it)".into())
+    })
 }
 
 /// An etcd server on loopback with its own data directory.
@@ -69,15 +42,12 @@ fn start_etcd(binary: &str, dir: &Path) -> (Proc, String) {
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "etcd did not start; see {}",
-            dir.join("etcd.log").display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kit::wait_for_blocking(Duration::from_secs(20), || {
+        kit::check(
+            std::net::TcpStream::connect(("127.0.0.1", client)).is_ok(),
+            || format!("etcd did not start; see {}", dir.join("etcd.log").display()),
+        )
+    });
     (Proc(child), format!("http://127.0.0.1:{client}"))
 }
 
@@ -89,7 +59,7 @@ struct Coordinator {
 
 fn start_coordinator(dir: &Path, etcd: &str, name: &str, port: u16) -> Coordinator {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(EXE)
+    let child = Command::new(holdfast_exe!())
         .args([
             "coordinator",
             "--listen",
@@ -127,279 +97,183 @@ async fn wait_serving(url: &str, within: Duration) -> Duration {
     }
 }
 
-fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("holdfast-ha-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn workdir(name: &str) -> Scratch {
+    Scratch::new(&format!("ha-{name}"))
+}
+
+/// An etcd server, two coordinators on it — `a` leading, `b` standing by — and agents that are
+/// given both. Fields drop in order: the agents first, the directory last.
+struct Ha {
+    cluster: LocalCluster,
+    b: Coordinator,
+    a: Coordinator,
+    _etcd: Proc,
+    dir: Scratch,
+}
+
+/// [`Ha`] in a directory of its own with `workers` worker and `spares` spare agents ready;
+/// `None` without etcd.
+async fn ha(name: &str, workers: usize, spares: usize) -> Option<Ha> {
+    let etcd_bin = etcd_binary()?;
+    let dir = workdir(name);
+    let (etcd_proc, etcd) = start_etcd(&etcd_bin, &dir);
+    let a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
+    let addrs = format!("{},{}", a.url, b.url);
+    let mut cluster = LocalCluster::attach(holdfast_exe!(), &dir, &addrs).unwrap();
+    cluster.start_nodes(workers, spares, &[]).unwrap();
+    cluster
+        .wait_ready(workers + spares, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Some(Ha {
+        cluster,
+        b,
+        a,
+        _etcd: etcd_proc,
+        dir,
+    })
+}
+
+impl Ha {
+    /// Follows job `id` to its end through whichever coordinator leads; returns it with its
+    /// incidents and the standby's log.
+    async fn finish(&self, id: &str) -> (pb::Job, Vec<pb::Incident>, String) {
+        let addrs = &self.cluster.addr;
+        let done = follow::follow_at(addrs, id, Duration::from_secs(120), |_| {}, false)
+            .await
+            .unwrap();
+        let incidents = kit::incidents(&self.cluster, id).await;
+        let log = std::fs::read_to_string(self.dir.join("coordinator-b.log")).unwrap_or_default();
+        (done, incidents, log)
+    }
+}
+
+/// The job of these tests: two nodes, checkpoints in `dir`, a stall timeout that a failover
+/// must not trip.
+fn spec(dir: &Path, steps: u64) -> pb::JobSpec {
+    pb::JobSpec {
+        stall_timeout_s: 5.0,
+        ..kit::train_spec(dir, 2, steps)
+    }
+}
+
+/// Waits until job `id` runs at step 15 or later.
+async fn wait_training(cluster: &LocalCluster, id: &str) {
+    kit::wait_job(cluster, id, Duration::from_secs(60), |j| {
+        j.state == "running" && j.step >= 15
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_a_killed_leader_and_handles_a_fault_right_after() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("failover", 2, 1).await else {
         return;
     };
-    let dir = workdir("failover");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
-    wait_serving(&a.url, Duration::from_secs(30)).await;
-    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
-    let addrs = format!("{},{}", a.url, b.url);
-    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
-    for n in ["node-1", "node-2"] {
-        cluster.start_agent(n, "worker", &[]).unwrap();
-    }
-    cluster.start_agent("spare-1", "spare", &[]).unwrap();
-    cluster
-        .wait_ready(3, Duration::from_secs(30))
-        .await
-        .unwrap();
     // The standby does not serve.
     assert!(
-        client::connect(&b.url).await.is_err(),
+        client::connect(&ha.b.url).await.is_err(),
         "the standby answers"
     );
 
-    let script = dir.join("train_demo.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
-    let mut ops = client::connect(&addrs).await.unwrap();
-    let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "150".into(),
-            "--step-time".into(),
-            "0.1".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        stall_timeout_s: 5.0,
-        ..Default::default()
-    };
-    let id = follow::submit(&mut ops, spec).await.unwrap().job_id;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let j = ops
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if j.state == "running" && j.step >= 15 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{j:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let id = kit::submit(&ha.cluster, spec(&ha.dir, 150)).await.job_id;
+    wait_training(&ha.cluster, &id).await;
 
     // Kill the leader; the standby leads once the lease (2 s) runs out.
-    drop(a.proc.take());
-    let failover = wait_serving(&b.url, Duration::from_secs(30)).await;
+    drop(ha.a.proc.take());
+    let failover = wait_serving(&ha.b.url, Duration::from_secs(30)).await;
     eprintln!("failover: {:.2} s", failover.as_secs_f64());
     // A host dies right after the failover.
-    cluster.kill_host("node-2").unwrap();
+    ha.cluster.kill_host("node-2").unwrap();
 
-    let (done, incidents) = {
-        let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
-            .await
-            .unwrap();
-        let mut ops = client::connect(&addrs).await.unwrap();
-        let incidents = ops
-            .list_incidents(pb::ListIncidentsRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .incidents;
-        (done, incidents)
-    };
-    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
-    assert_eq!(done.state, "succeeded", "{done:?}\n{log}");
-    assert_eq!(
-        done.generation, 2,
-        "relaunched more or less than once: {done:?}\n{log}"
-    );
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0].node_id, "node-2");
-    assert_eq!(incidents[0].replacement_node_id, "spare-1");
-    assert!(incidents[0].resumed_unix_ms > 0, "{incidents:?}");
+    let (done, incidents, log) = ha.finish(&id).await;
+    let i = kit::assert_recovered_once(&done, &incidents, &log);
+    assert_eq!(i.node_id, "node-2");
+    assert_eq!(i.replacement_node_id, "spare-1");
+    assert!(i.resumed_unix_ms > 0, "{incidents:?}");
     assert!(log.contains("coordinator restored: term 2"), "{log}");
-    drop(cluster);
-    drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incident_open_when_the_leader_dies_is_finished_by_the_standby_exactly_once() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("midrecovery", 2, 0).await else {
         return;
     };
-    let dir = workdir("midrecovery");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
-    wait_serving(&a.url, Duration::from_secs(30)).await;
-    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
-    let addrs = format!("{},{}", a.url, b.url);
-    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster.start_agent("node-2", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(2, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let script = dir.join("train_demo.py");
-    std::fs::write(&script, TRAIN_SCRIPT).unwrap();
-    let mut ops = client::connect(&addrs).await.unwrap();
-    let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "100".into(),
-        ],
-        nodes: 2,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        stall_timeout_s: 5.0,
-        ..Default::default()
-    };
-    let id = follow::submit(&mut ops, spec).await.unwrap().job_id;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let j = ops
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if j.state == "running" && j.step >= 15 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{j:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let id = kit::submit(&ha.cluster, spec(&ha.dir, 100)).await.job_id;
+    wait_training(&ha.cluster, &id).await;
     // A host dies with no spare ready: the job waits for a replacement. The leader dies then.
-    cluster.kill_host("node-2").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let j = ops
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if j.phase == "replacing" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{j:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(a.proc.take());
-    wait_serving(&b.url, Duration::from_secs(30)).await;
+    ha.cluster.kill_host("node-2").unwrap();
+    kit::wait_job(&ha.cluster, &id, Duration::from_secs(30), |j| {
+        j.phase == "replacing"
+    })
+    .await;
+    drop(ha.a.proc.take());
+    wait_serving(&ha.b.url, Duration::from_secs(30)).await;
     // The spare arrives after the failover; the standby carries the open incident through.
-    cluster.start_agent("spare-1", "spare", &[]).unwrap();
-    let done = follow::follow_at(&addrs, &id, Duration::from_secs(120), |_| {}, false)
-        .await
-        .unwrap();
-    let mut ops = client::connect(&addrs).await.unwrap();
-    let incidents = ops
-        .list_incidents(pb::ListIncidentsRequest { job_id: id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .incidents;
-    let log = std::fs::read_to_string(dir.join("coordinator-b.log")).unwrap_or_default();
-    assert_eq!(
-        (done.state.as_str(), done.generation),
-        ("succeeded", 2),
-        "{done:?}\n{log}"
-    );
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let i = &incidents[0];
+    ha.cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let (done, incidents, log) = ha.finish(&id).await;
+    let i = kit::assert_recovered_once(&done, &incidents, &log);
     assert_eq!(
         (i.node_id.as_str(), i.replacement_node_id.as_str()),
         ("node-2", "spare-1")
     );
     assert!(i.resumed_unix_ms > 0 && i.to_generation == 2, "{i:?}");
     assert!(log.contains("recovering/replacing g1"), "{log}");
-    drop(cluster);
-    drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting() {
-    let Some(etcd_bin) = etcd_binary() else {
+    let Some(mut ha) = ha("zombie", 2, 0).await else {
         return;
     };
-    let dir = workdir("zombie");
-    let (_etcd, etcd) = start_etcd(&etcd_bin, &dir);
-    let mut a = start_coordinator(&dir, &etcd, "coordinator-a", free_port());
-    wait_serving(&a.url, Duration::from_secs(30)).await;
-    let b = start_coordinator(&dir, &etcd, "coordinator-b", free_port());
-    let addrs = format!("{},{}", a.url, b.url);
-    let mut cluster = LocalCluster::attach(Path::new(EXE), &dir, &addrs).unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster.start_agent("node-2", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(2, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (a, b) = (&mut ha.a, &ha.b);
     // Freeze the leader (a stalled process, a long GC pause, a VM migration…).
     let pid = nix::unistd::Pid::from_raw(a.proc.as_ref().unwrap().0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     wait_serving(&b.url, Duration::from_secs(30)).await;
     // The agents notice the frozen stream and move to the new leader.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let mut ops = client::connect(&b.url).await.unwrap();
-        let nodes = ops
-            .list_nodes(pb::ListNodesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
-        if nodes
+    kit::wait_for(Duration::from_secs(40), || async {
+        let nodes = nodes_at(&b.url).await;
+        let ready = nodes
             .iter()
             .filter(|n| n.connected && n.state == "ready")
-            .count()
-            == 2
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agents did not move to the new leader: {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .count();
+        kit::check(ready == 2, || {
+            format!("agents did not move to the new leader: {nodes:?}")
+        })
+    })
+    .await;
     // The old leader wakes up: every node looks silent to it, but its lease is gone, so it
     // may neither write that nor act on it. It exits.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let child = &mut a.proc.as_mut().unwrap().0;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the woken leader kept running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let a_log = std::fs::read_to_string(dir.join("coordinator-a.log")).unwrap_or_default();
+    let status = kit::wait_for(Duration::from_secs(15), || {
+        let exited = child.try_wait().unwrap();
+        async move { exited.ok_or_else(|| "the woken leader kept running".to_string()) }
+    })
+    .await;
+    let a_log = std::fs::read_to_string(ha.dir.join("coordinator-a.log")).unwrap_or_default();
     assert_eq!(status.code(), Some(3), "{a_log}");
     // Nothing the old leader decided after waking reached the state or the agents.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut ops = client::connect(&b.url).await.unwrap();
-    let nodes = ops
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
+    let nodes = nodes_at(&b.url).await;
     assert!(
         nodes.iter().all(|n| n.connected && n.state == "ready"),
         "{nodes:?}\n{a_log}"
     );
     assert!(!a_log.contains("→ fenced"), "{a_log}");
-    drop(cluster);
-    drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The nodes as the coordinator at `url` (not the group) has them.
+async fn nodes_at(url: &str) -> Vec<pb::Node> {
+    let mut ops = client::connect(url).await.unwrap();
+    ops.list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
 }
 
 /// Failover time, leader SIGKILLed → the standby serving the operator API, over several runs.
@@ -429,13 +303,5 @@ async fn bench_failover_time() {
         times.push(t.as_secs_f64());
         leader = standby;
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "failover_s median {:.3} min {:.3} max {:.3} runs {}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-        times.len()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    println!("failover_s {}", kit::timing_summary(&mut times));
 }

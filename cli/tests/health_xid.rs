@@ -2,22 +2,11 @@
 //! GPU faults entering through the agents' fault-injection seam (the same classification path
 //! a real NVML or kernel-log event takes).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use holdfast_cli::demo::{self, DemoOptions, Fault, LocalCluster};
 use holdfast_proto::v1 as pb;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("holdfast-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use holdfast_testkit::{self as kit, holdfast_exe, repo_root, Scratch};
 
 /// An injected fatal XID fences the node at once, the spare replaces it and the job resumes
 /// from its latest complete checkpoint.
@@ -30,7 +19,7 @@ async fn injected_fatal_xid_fences_and_replaces_the_node_and_the_job_resumes() {
         json: true,
         ..Default::default()
     };
-    let report = demo::run(&exe(), &options).await.unwrap();
+    let report = demo::run(holdfast_exe!(), &options).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
     assert_eq!((report.job.step, report.job.generation), (60, 2));
     assert_eq!(report.incidents.len(), 1, "{:#?}", report.incidents);
@@ -55,41 +44,21 @@ async fn injected_fatal_xid_fences_and_replaces_the_node_and_the_job_resumes() {
     assert!(i.resumed_from_step >= 10 && i.resumed_from_step <= 25);
 }
 
-async fn node(cluster: &LocalCluster, id: &str) -> pb::Node {
-    let mut client = cluster.client().await.unwrap();
-    let nodes = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
-    nodes.into_iter().find(|n| n.node_id == id).unwrap()
-}
-
 fn check<'a>(n: &'a pb::Node, name: &str) -> Option<&'a pb::HealthCheck> {
     n.health.as_ref()?.checks.iter().find(|c| c.check == name)
 }
 
-/// Waits until `cond` holds for the node, or fails after `within`.
-async fn wait_node(
+/// Waits until node `seam` reports its check `name` in a way `cond` accepts.
+async fn wait_check(
     cluster: &LocalCluster,
-    id: &str,
+    name: &str,
     within: Duration,
-    what: &str,
-    cond: impl Fn(&pb::Node) -> bool,
+    cond: impl Fn(&pb::HealthCheck) -> bool,
 ) -> pb::Node {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let n = node(cluster, id).await;
-        if cond(&n) {
-            return n;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} not seen within {within:?}: {n:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kit::wait_node(cluster, "seam", within, name, |n| {
+        check(n, name).is_some_and(&cond)
+    })
+    .await
 }
 
 /// The seam is refused unless enabled; a hung GPU probe turns Unknown while heartbeats go on;
@@ -97,15 +66,15 @@ async fn wait_node(
 /// a host without GPUs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fence() {
-    let dir = scratch("health");
-    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
+    let dir = Scratch::new("it-health");
+    let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
+        .await
+        .unwrap();
+    let config = kit::write_file(
+        &dir,
+        "agent.toml",
         "fault_injection = true\nhealth_poll_interval_ms = 100\nprobe_timeout_ms = 300\ndebounce_count = 2\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
     cluster.start_agent("plain", "worker", &[]).unwrap();
     cluster
         .start_agent("seam", "worker", &["--config", &config])
@@ -119,14 +88,7 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
     cluster.inject("plain", "xid 79 gpu 0").unwrap();
 
     // GPU checks are reported, and not applicable on this GPU-less host.
-    let n = wait_node(
-        &cluster,
-        "seam",
-        Duration::from_secs(10),
-        "gpu checks",
-        |n| check(n, "ecc").is_some(),
-    )
-    .await;
+    let n = wait_check(&cluster, "ecc", Duration::from_secs(10), |_| true).await;
     assert_eq!(
         check(&n, "ecc").unwrap().state,
         pb::HealthState::NotApplicable as i32
@@ -135,8 +97,8 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
 
     // A probe that hangs for 3 s: Unknown within its 300 ms timeout, heartbeats continue.
     cluster.inject("seam", "hang-probe 3").unwrap();
-    let hung = wait_node(&cluster, "seam", Duration::from_secs(2), "Unknown", |n| {
-        check(n, "ecc").is_some_and(|c| c.state == pb::HealthState::Unknown as i32)
+    let hung = wait_check(&cluster, "ecc", Duration::from_secs(2), |c| {
+        c.state == pb::HealthState::Unknown as i32
     })
     .await;
     assert!(
@@ -147,7 +109,7 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
         "{:?}",
         check(&hung, "ecc")
     );
-    let later = wait_node(
+    let later = kit::wait_node(
         &cluster,
         "seam",
         Duration::from_secs(2),
@@ -162,21 +124,14 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
         "still hung"
     );
     // When the probe answers again the check clears.
-    wait_node(&cluster, "seam", Duration::from_secs(6), "recovery", |n| {
-        check(n, "ecc").is_some_and(|c| c.state == pb::HealthState::NotApplicable as i32)
+    wait_check(&cluster, "ecc", Duration::from_secs(6), |c| {
+        c.state == pb::HealthState::NotApplicable as i32
     })
     .await;
 
     // An application XID is a worker fault: restart-worker advice, the node stays in service.
     cluster.inject("seam", "xid 13 gpu 1").unwrap();
-    let n = wait_node(
-        &cluster,
-        "seam",
-        Duration::from_secs(3),
-        "xid-worker",
-        |n| check(n, "xid-worker").is_some(),
-    )
-    .await;
+    let n = wait_check(&cluster, "xid-worker", Duration::from_secs(3), |_| true).await;
     let c = check(&n, "xid-worker").unwrap();
     assert_eq!(
         (c.state, c.action),
@@ -193,22 +148,20 @@ async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fen
     assert_eq!(n.state, "ready");
 
     // The plain agent never took its inject file.
-    let plain = node(&cluster, "plain").await;
+    let plain = kit::node(&cluster, "plain").await;
     assert!(check(&plain, "xid").is_none(), "{plain:#?}");
     assert_eq!(plain.state, "ready");
     assert!(cluster
         .state_dir("plain")
         .join(holdfast_agent::health::inject::INJECT_FILE)
         .exists());
-    cluster.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The shipped deep checks keep their contract: one line, exit 0 on pass or "not applicable"
 /// (every GPU check on a host without GPUs), non-zero on failure.
 #[test]
 fn deep_check_scripts_follow_their_contract() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lifecycle-scripts/health");
+    let dir = repo_root().join("lifecycle-scripts/health");
     let no_gpu = !std::path::Path::new("/dev/nvidiactl").exists();
     let mut ran = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

@@ -4,70 +4,36 @@
 //! script's output in the reason; `holdfast check` runs the deep check on demand; and in the
 //! bad-spare demo the first spare fails its replacement check and the second takes over.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use holdfast_cli::demo::{write_lifecycle_setup, LocalCluster};
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::{self as kit, holdfast_exe, write_script as script, Scratch};
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
-}
-
-fn script(dir: &Path, name: &str, body: &str) {
-    let path = dir.join(name);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-async fn node(cluster: &LocalCluster, id: &str) -> pb::Node {
-    let mut client = cluster.client().await.unwrap();
-    let nodes = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
-    nodes
-        .into_iter()
-        .find(|n| n.node_id == id)
-        .unwrap_or_default()
+fn exe() -> &'static Path {
+    holdfast_exe!()
 }
 
 /// Waits until `id` is in `state`, or fails with what it is in.
 async fn wait_state(cluster: &LocalCluster, id: &str, state: &str, within: Duration) -> pb::Node {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let n = node(cluster, id).await;
-        if n.state == state {
-            return n;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} is {:?} ({}), not {state}, after {within:?}",
-            n.state,
-            n.fence_reason
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kit::wait_node(cluster, id, within, &format!("state {state}"), |n| {
+        n.state == state
+    })
+    .await
 }
 
 #[tokio::test]
 async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
-    let dir = std::env::temp_dir().join(format!("holdfast-lifecycle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("lifecycle");
     // The shipped scripts, and a coordinator that runs on-create then health/host.
     let (good, _) = write_lifecycle_setup(&dir).unwrap();
-    let config = dir.join("coordinator-fast.toml");
-    std::fs::write(
-        &config,
+    let config_arg = kit::write_file(
+        &dir,
+        "coordinator-fast.toml",
         "bootstrap_script = \"on-create\"\ncheck_scripts = [\"health/host\"]\nscript_timeout_ms = 1500\n",
-    )
-    .unwrap();
+    );
     // A bootstrap that prints binary garbage then its reason, and a check that hangs.
     let broken = dir.join("broken-scripts");
     script(
@@ -83,8 +49,7 @@ async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
         "echo starting the burn-in; sleep 60",
     );
 
-    let config_arg = config.display().to_string();
-    let mut cluster = LocalCluster::start(&exe(), &dir, &["--config", &config_arg])
+    let mut cluster = LocalCluster::start(exe(), &dir, &["--config", &config_arg])
         .await
         .unwrap();
     for (id, scripts) in [("good", &good), ("broken", &broken), ("hanging", &hanging)] {
@@ -142,17 +107,12 @@ async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
 
     // `holdfast check`: passes on the good node, then fails once the host is marked bad, and
     // only reports (the node stays ready; the operator decides).
-    let addr = cluster.addr.clone();
-    let out = Command::new(exe())
-        .args(["check", "good", "--coordinator", &addr])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let check = |node: &str| {
+        kit::run(Command::new(exe()).args(["check", node, "--coordinator", &cluster.addr]))
+    };
+    let out = check("good");
+    let text = &out.stdout;
+    assert!(out.ok(), "{text} {}", out.stderr);
     assert!(
         text.contains("PASSED") && text.contains("health/host"),
         "{text}"
@@ -162,53 +122,37 @@ async fn bootstrap_and_checks_gate_readiness_and_failures_fence_with_output() {
         "fan 3 failed\n",
     )
     .unwrap();
-    let out = Command::new(exe())
-        .args(["check", "good", "--coordinator", &addr])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let out = check("good");
+    let text = &out.stdout;
+    assert_eq!(out.code(), Some(1), "{text}");
     assert!(
         text.contains("FAILED") && text.contains("fan 3 failed"),
         "{text}"
     );
-    let after = node(&cluster, "good").await;
+    let after = kit::node(&cluster, "good").await;
     assert_eq!(after.state, "ready");
     let kept = after.last_check.unwrap();
     assert!(!kept.ok && kept.purpose == "operator", "{kept:?}");
     // A check of a node that does not exist is a clear error.
-    let out = Command::new(exe())
-        .args(["check", "nope", "--coordinator", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no node nope"));
-
-    cluster.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = check("nope");
+    assert_eq!(out.code(), Some(2));
+    assert!(out.stderr.contains("no node nope"));
 }
 
 #[test]
 fn bad_spare_demo_rejects_the_first_spare_and_recovers_on_the_second() {
-    let out = Command::new(exe())
-        .args([
-            "demo",
-            "--spares",
-            "2",
-            "--fault",
-            "bad-spare",
-            "--json",
-            "--steps",
-            "60",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = kit::run(Command::new(exe()).args([
+        "demo",
+        "--spares",
+        "2",
+        "--fault",
+        "bad-spare",
+        "--json",
+        "--steps",
+        "60",
+    ]));
+    let stdout = &out.stdout;
+    assert!(out.ok(), "{stdout}\n{}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(report["job_state"], "succeeded", "{report}");
     let incident = &report["incidents"][0];

@@ -5,29 +5,17 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use holdfast_cli::netns::Lab;
+use holdfast_testkit::netns::{self, Lab};
+use holdfast_testkit::{self as kit};
 
 fn available() -> bool {
-    match holdfast_cli::netns::available() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
-            panic!("network namespaces unavailable: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            false
-        }
-    }
+    kit::require(netns::available().map_err(|why| format!("network namespaces: {why}"))).is_some()
 }
 
 fn namespaces() -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kit::run(std::process::Command::new("ip").args(["netns", "list"])).stdout
 }
 
 /// Whether `from` can open a TCP connection to `to` within `within`.
@@ -69,10 +57,11 @@ fn hosts_talk_get_cut_off_healed_killed_and_torn_down() {
         "b is reachable while cut off"
     );
     lab.heal("b").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !connects(&lab, "a", to, Duration::from_millis(500)) {
-        assert!(Instant::now() < deadline, "b is unreachable after healing");
-    }
+    kit::wait_for_blocking(Duration::from_secs(5), || {
+        kit::check(connects(&lab, "a", to, Duration::from_millis(500)), || {
+            "b is unreachable after healing".into()
+        })
+    });
 
     // Everything running on a host dies with it, stopped processes included.
     let mut sleeper = lab
@@ -82,18 +71,13 @@ fn hosts_talk_get_cut_off_healed_killed_and_torn_down() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let on_a = loop {
+    let on_a = kit::wait_for_blocking(Duration::from_secs(5), || {
         let pids = lab.pids("a").unwrap();
-        if !pids.is_empty() {
-            break pids;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process never showed up on a"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        kit::check(!pids.is_empty(), || {
+            "the process never showed up on a".into()
+        })
+        .map(|()| pids)
+    });
     for pid in on_a {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

@@ -1,21 +1,15 @@
 //! Integration tier: the built `holdfast` binary as real processes on loopback — coordinator,
 //! agents, Python workers — with real faults (SIGKILL, SIGSTOP) and bounded waits.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use holdfast_cli::demo::{self, DemoOptions, Fault, LocalCluster};
+use holdfast_cli::demo::{self, DemoOptions, Fault};
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, KillOnDrop, Scratch, Train};
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_holdfast"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("holdfast-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn exe() -> &'static Path {
+    holdfast_exe!()
 }
 
 fn options(fault: Fault) -> DemoOptions {
@@ -28,27 +22,26 @@ fn options(fault: Fault) -> DemoOptions {
     }
 }
 
-fn only_incident(report: &demo::DemoReport) -> &pb::Incident {
+/// The demo's one incident, which must have `cause` and `action`.
+fn only_incident<'a>(report: &'a demo::DemoReport, cause: &str, action: &str) -> &'a pb::Incident {
     assert_eq!(
         report.incidents.len(),
         1,
         "incidents: {:#?}",
         report.incidents
     );
-    &report.incidents[0]
+    let i = &report.incidents[0];
+    assert_eq!((i.cause.as_str(), i.action.as_str()), (cause, action));
+    i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() {
-    let report = demo::run(&exe(), &options(Fault::KillAgent)).await.unwrap();
+    let report = demo::run(exe(), &options(Fault::KillAgent)).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
     assert_eq!(report.job.step, 60);
     assert_eq!(report.job.generation, 2);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("agent_lost", "replace_node")
-    );
+    let i = only_incident(&report, "agent_lost", "replace_node");
     // The coordinator sends the typed fields itself; readers need not fall back to the strings.
     assert_eq!(report.job.state_enum, pb::JobState::Succeeded as i32);
     assert_eq!(i.cause_enum, pb::IncidentCause::AgentLost as i32);
@@ -86,15 +79,9 @@ async fn killed_host_resumes_on_the_spare_from_the_latest_complete_checkpoint() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_restarts_in_place_without_a_replacement() {
-    let report = demo::run(&exe(), &options(Fault::KillWorker))
-        .await
-        .unwrap();
+    let report = demo::run(exe(), &options(Fault::KillWorker)).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("worker_exited", "restart_in_place")
-    );
+    let i = only_incident(&report, "worker_exited", "restart_in_place");
     assert!(i.detail.contains("signal 9"), "{}", i.detail);
     assert_eq!(i.replacement_node_id, "");
     assert_eq!(
@@ -108,13 +95,9 @@ async fn killed_worker_restarts_in_place_without_a_replacement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_worker_is_detected_as_stalled_and_restarted() {
-    let report = demo::run(&exe(), &options(Fault::Hang)).await.unwrap();
+    let report = demo::run(exe(), &options(Fault::Hang)).await.unwrap();
     assert_eq!(report.job.state, "succeeded", "{}", report.job.message);
-    let i = only_incident(&report);
-    assert_eq!(
-        (i.cause.as_str(), i.action.as_str()),
-        ("progress_stalled", "restart_in_place")
-    );
+    let i = only_incident(&report, "progress_stalled", "restart_in_place");
     assert_eq!(i.node_id, report.victim, "the stuck rank's node is named");
     // Detected after the 3 s stall timeout, not before, and not much later.
     let detect_ms = i.detected_unix_ms - report.fault_at;
@@ -127,8 +110,8 @@ async fn stopped_worker_is_detected_as_stalled_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_one() {
-    let dir = scratch("partial");
-    let ckpt = dir.join("checkpoints");
+    let dir = Scratch::new("it-partial");
+    let ckpt = kit::checkpoint_dir(&dir);
     for step in [10, 20] {
         std::fs::create_dir_all(ckpt.join(format!("step-{step}"))).unwrap();
         std::fs::write(
@@ -143,40 +126,16 @@ async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_on
     )
     .unwrap();
     // step-20 has no marker: it was cut off mid-write.
-    let script = dir.join("train_demo.py");
-    std::fs::write(&script, demo::TRAIN_SCRIPT).unwrap();
-    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(1, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let mut client = cluster.client().await.unwrap();
-    let spec = pb::JobSpec {
-        command: vec![
-            "python3".into(),
-            script.display().to_string(),
-            "--steps".into(),
-            "14".into(),
-            "--step-time".into(),
-            "0.01".into(),
-        ],
+    let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
+    let spec = Train {
         nodes: 1,
-        checkpoint_uri: format!("file://{}", ckpt.display()),
+        steps: 14,
+        step_time_s: 0.01,
         ..Default::default()
-    };
-    let job = holdfast_cli::follow::submit(&mut client, spec)
-        .await
-        .unwrap();
-    let done = holdfast_cli::follow::follow(
-        &mut client,
-        &job.job_id,
-        Duration::from_secs(60),
-        |_| {},
-        false,
-    )
-    .await
-    .unwrap();
+    }
+    .spec(&dir);
+    let job = kit::submit(&cluster, spec).await;
+    let (done, _) = kit::finish(&cluster, &job.job_id, Duration::from_secs(60)).await;
     assert_eq!(done.state, "succeeded", "{}", done.message);
     assert_eq!(
         done.last_checkpoint_step, 10,
@@ -192,42 +151,23 @@ async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_on
         log.contains("resumed from") && log.contains("at step 10"),
         "{log}"
     );
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched() {
-    let dir = scratch("badspec");
-    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(1, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let dir = Scratch::new("it-badspec");
+    let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
     let mut client = cluster.client().await.unwrap();
+    let spec = |command: &[&str], nodes| pb::JobSpec {
+        command: command.iter().map(|a| a.to_string()).collect(),
+        nodes,
+        ..Default::default()
+    };
     let cases = [
+        (spec(&[], 1), "command"),
+        (spec(&["true"], 0), "nodes must be at least 1"),
         (
-            pb::JobSpec {
-                nodes: 1,
-                ..Default::default()
-            },
-            "command",
-        ),
-        (
-            pb::JobSpec {
-                command: vec!["true".into()],
-                nodes: 0,
-                ..Default::default()
-            },
-            "nodes must be at least 1",
-        ),
-        (
-            pb::JobSpec {
-                command: vec!["true".into()],
-                nodes: 2,
-                ..Default::default()
-            },
+            spec(&["true"], 2),
             "the job needs 2 nodes but only 1 are ready",
         ),
     ];
@@ -248,76 +188,49 @@ async fn bad_job_specs_are_refused_with_the_problem_named_and_nothing_launched()
         .await
         .unwrap_err();
     assert!(status.message().contains("spec is missing"));
-    assert!(client
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .is_empty());
-    let nodes = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
+    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.unwrap();
+    let jobs = jobs.into_inner().jobs;
+    assert!(jobs.is_empty(), "{jobs:?}");
+    let nodes = kit::nodes(&cluster).await;
     assert_eq!(nodes[0].state, "ready");
     assert_eq!(nodes[0].state_enum, pb::NodeState::Ready as i32);
     assert!(cluster.worker("node-1").is_none(), "nothing was launched");
     // The CLI says the same, and exits non-zero.
-    let out = std::process::Command::new(exe())
-        .args([
-            "launch",
-            "--nodes",
-            "0",
-            "--coordinator",
-            &cluster.addr,
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nodes must be at least 1"));
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = kit::run(std::process::Command::new(exe()).args([
+        "launch",
+        "--nodes",
+        "0",
+        "--coordinator",
+        &cluster.addr,
+        "--",
+        "true",
+    ]));
+    assert!(!out.ok());
+    assert!(out.stderr.contains("nodes must be at least 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_follows_a_job_to_its_end_and_reads_the_progress_file() {
-    let dir = scratch("launch");
-    let mut cluster = LocalCluster::start(&exe(), &dir, &[]).await.unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster.start_agent("node-2", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(2, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let dir = Scratch::new("it-launch");
+    let cluster = local_cluster(exe(), &dir, &[], 2, 0).await;
     // Progress through the progress file only: the output never says "step".
     let script = "for i in 1 2 3 4 5; do echo $i > \"$HOLDFAST_PROGRESS_FILE\"; echo rank {node_rank} of {nnodes} at $HOLDFAST_RDZV_ENDPOINT; sleep 0.3; done";
-    let out = tokio::process::Command::new(exe())
-        .args([
-            "launch",
-            "--nodes",
-            "2",
-            "--coordinator",
-            &cluster.addr,
-            "--job-id",
-            "pf",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = kit::run_async(tokio::process::Command::new(exe()).args([
+        "launch",
+        "--nodes",
+        "2",
+        "--coordinator",
+        &cluster.addr,
+        "--job-id",
+        "pf",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]))
+    .await;
+    let stdout = &out.stdout;
+    assert!(out.ok(), "{stdout}\n{}", out.stderr);
     assert!(
         stdout.contains("job pf accepted on node-1, node-2"),
         "{stdout}"
@@ -329,22 +242,19 @@ async fn launch_follows_a_job_to_its_end_and_reads_the_progress_file() {
         "placeholders and env substituted: {log}"
     );
     // The incidents list is empty and machine-readable.
-    let out = std::process::Command::new(exe())
-        .args(["incidents", "--json", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
-    let out = std::process::Command::new(exe())
-        .args(["nodes", "--coordinator", &cluster.addr])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let cli = |args: &[&str]| {
+        kit::run(
+            std::process::Command::new(exe())
+                .args(args)
+                .args(["--coordinator", &cluster.addr]),
+        )
+    };
+    assert_eq!(cli(&["incidents", "--json"]).stdout.trim(), "[]");
+    let table = cli(&["nodes"]).stdout;
     assert!(
         table.contains("node-1") && table.contains("ready"),
         "{table}"
     );
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 mod raw {
@@ -391,17 +301,9 @@ mod raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
-    let dir = scratch("badagents");
-    let config = dir.join("coordinator.toml");
-    std::fs::write(&config, "hello_timeout_ms = 1000\n").unwrap();
-    let mut cluster = LocalCluster::start(&exe(), &dir, &["--config", config.to_str().unwrap()])
-        .await
-        .unwrap();
-    cluster.start_agent("node-1", "worker", &[]).unwrap();
-    cluster
-        .wait_ready(1, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let dir = Scratch::new("it-badagents");
+    let config = kit::write_file(&dir, "coordinator.toml", "hello_timeout_ms = 1000\n");
+    let cluster = local_cluster(exe(), &dir, &["--config", &config], 1, 0).await;
 
     // 1. A second agent claiming node-1 (its own state dir, same id).
     let dup_state = dir.join("dup-state");
@@ -420,18 +322,13 @@ async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
         .spawn()
         .unwrap();
     let mut dup = KillOnDrop(dup);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    kit::wait_for(Duration::from_secs(20), || async {
         let log = std::fs::read_to_string(dir.join("dup.log")).unwrap_or_default();
-        if log.contains("node id node-1 is already connected") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "duplicate agent was not refused: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        kit::check(log.contains("node id node-1 is already connected"), || {
+            format!("duplicate agent was not refused: {log}")
+        })
+    })
+    .await;
     let _ = dup.0.kill();
 
     let channel = tonic::transport::Endpoint::from_shared(cluster.addr.clone())
@@ -485,13 +382,7 @@ async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 
     // The coordinator kept running, node-1 is still the original and healthy, and the log says why.
-    let mut client = cluster.client().await.unwrap();
-    let nodes = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
+    let nodes = kit::nodes(&cluster).await;
     assert_eq!(nodes.len(), 1);
     assert_eq!(
         (nodes[0].state.as_str(), nodes[0].connected),
@@ -505,16 +396,5 @@ async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
         "no hello within",
     ] {
         assert!(log.contains(why), "coordinator log lacks {why:?}");
-    }
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

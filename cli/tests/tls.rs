@@ -4,13 +4,14 @@
 //! a plain-TCP client that cannot talk to the TLS port, and an unreadable certificate refused at
 //! start.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use holdfast_cli::client::{connect_with, connect_with_token};
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const OPERATOR: &str = "operator-0123456789abcdef";
@@ -41,76 +42,54 @@ fn make_certificates(dir: &Path) {
 
 #[tokio::test]
 async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_holdfast"));
-    let dir = std::env::temp_dir().join(format!("holdfast-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("tls");
     make_certificates(&dir);
     let p = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(dir.join("tokens"), format!("operator {OPERATOR}\n")).unwrap();
-    let coordinator_config = dir.join("coordinator.toml");
-    std::fs::write(
-        &coordinator_config,
-        format!(
-            "operator_tokens_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
-             tls_client_ca_file = \"{}\"\n",
-            p("tokens"),
-            p("coordinator.pem"),
-            p("coordinator.key"),
-            p("ca.pem")
-        ),
-    )
-    .unwrap();
-    let config_arg = coordinator_config.display().to_string();
-    let mut cluster = LocalCluster::start(&exe, &dir, &["--config", &config_arg])
+    let tokens = kit::write_file(&dir, "tokens", &format!("operator {OPERATOR}\n"));
+    // A config file of string settings, one `key = "value"` line each.
+    let config = |name: &str, settings: &[(&str, &str)]| {
+        let lines: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = \"{value}\"\n"))
+            .collect();
+        kit::write_file(&dir, name, &lines)
+    };
+    let config_arg = config(
+        "coordinator.toml",
+        &[
+            ("operator_tokens_file", &tokens),
+            ("tls_cert_file", &p("coordinator.pem")),
+            ("tls_key_file", &p("coordinator.key")),
+            ("tls_client_ca_file", &p("ca.pem")),
+        ],
+    );
+    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg])
         .await
         .unwrap();
     let port = cluster.addr.rsplit(':').next().unwrap().to_string();
     let https = format!("https://127.0.0.1:{port}");
     cluster.addr = https.clone();
-    let agent_config = dir.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "coordinator = \"{https}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\n\
-             tls_key_file = \"{}\"\n",
-            p("ca.pem"),
-            p("agent.pem"),
-            p("agent.key")
-        ),
-    )
-    .unwrap();
-    let agent_arg = agent_config.display().to_string();
+    let agent_arg = config(
+        "agent.toml",
+        &[
+            ("coordinator", &https),
+            ("tls_ca_file", &p("ca.pem")),
+            ("tls_cert_file", &p("agent.pem")),
+            ("tls_key_file", &p("agent.key")),
+        ],
+    );
     cluster
         .start_agent("node-1", "worker", &["--config", &agent_arg])
         .unwrap();
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
 
     // The operator API over TLS, with a token: the agent registered over mutual TLS.
-    let mut operator = connect_with(&https, Some(OPERATOR), Some(&ca))
+    let operator = connect_with(&https, Some(OPERATOR), Some(&ca))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = operator
-            .list_nodes(pb::ListNodesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
-        if nodes
-            .iter()
-            .any(|n| n.node_id == "node-1" && n.state == "ready")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node-1 not ready over mutual TLS: {nodes:?}; see {}",
-            dir.join("node-1.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Not ready over mutual TLS? See node-1.log in the kept directory.
+    kit::wait_node_ready(&operator, "node-1", Duration::from_secs(20)).await;
 
     // An agent stream over TLS but without a client certificate is refused.
     let channel = tonic::transport::Endpoint::from_shared(https.clone())
@@ -141,24 +120,28 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
 
     // The CLI: https:// with --ca-cert and --token; without the CA it says what is missing.
     let run = |args: &[&str]| {
-        let out = Command::new(&exe)
-            .args(args)
-            .env("HOLDFAST_COORDINATOR", &https)
-            .env_remove("HOLDFAST_TOKEN")
-            .env_remove("HOLDFAST_CA_CERT")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        kit::run(
+            Command::new(exe)
+                .args(args)
+                .env("HOLDFAST_COORDINATOR", &https)
+                .env_remove("HOLDFAST_TOKEN")
+                .env_remove("HOLDFAST_CA_CERT"),
         )
     };
     let ca_path = p("ca.pem");
-    let (ok, stdout, stderr) = run(&["nodes", "--ca-cert", &ca_path, "--token", OPERATOR]);
-    assert!(ok && stdout.contains("node-1"), "{stdout}{stderr}");
-    let (ok, _, stderr) = run(&["nodes", "--token", OPERATOR]);
-    assert!(!ok && stderr.contains("--ca-cert"), "{stderr}");
+    let out = run(&["nodes", "--ca-cert", &ca_path, "--token", OPERATOR]);
+    assert!(
+        out.ok() && out.stdout.contains("node-1"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = run(&["nodes", "--token", OPERATOR]);
+    assert!(
+        !out.ok() && out.stderr.contains("--ca-cert"),
+        "{}",
+        out.stderr
+    );
     drop(cluster);
 
     // A certificate file that cannot be read stops the coordinator at start, naming the key.
@@ -172,22 +155,16 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
         ),
     )
     .unwrap();
-    let out = Command::new(&exe)
-        .args([
-            "coordinator",
-            "--ephemeral",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&missing)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("tls_cert_file") && stderr.contains("no-such.pem"),
-        "{stderr}"
+    let out = kit::run(
+        Command::new(exe)
+            .args(["coordinator", "--ephemeral", "--listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&missing),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.ok());
+    assert!(
+        out.stderr.contains("tls_cert_file") && out.stderr.contains("no-such.pem"),
+        "{}",
+        out.stderr
+    );
 }

@@ -6,6 +6,8 @@
 //! ## Layout
 //! The decisions are made in `holdfast-core` (no I/O): its `Cluster::step` takes an input and
 //! returns commands. This crate is the shell around it.
+//! - [`daemon`] — the coordinator daemon's start-up: settings, token and TLS files, the store,
+//!   etcd leadership, systemd notify, signals (`holdfast coordinator` calls it).
 //! - [`server`] — the async shell: gRPC (agent stream, operator API), the ticker, the executor
 //!   of the core's commands.
 //! - [`wire`] — protobuf messages ⇄ the core's inputs, commands and events; [`view`] — the
@@ -23,6 +25,7 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod daemon;
 pub mod dashboard;
 pub mod error;
 #[cfg(feature = "etcd")]

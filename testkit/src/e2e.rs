@@ -25,7 +25,11 @@ use holdfast_proto::v1 as pb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use holdfast_cli::client::{self, Client};
+use holdfast_cli::follow;
+
 use crate::netns::{Lab, IFNAME};
+use crate::Rig;
 
 /// The host of the coordinator (and of the test's operator calls).
 pub const CONTROL_HOST: &str = "control";
@@ -41,9 +45,7 @@ const S3_SECRET: &str = "holdfast-secret";
 
 /// The repository's `examples/` directory (the training script and torchrun wrapper).
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
+    crate::repo_root().join("examples")
 }
 
 /// The external programs the rig runs.
@@ -77,20 +79,12 @@ impl Tools {
         })
     }
 
-    /// For tests: the tools, or `None` after printing "skipped: <why>" — unless
-    /// HOLDFAST_TEST_STRICT is set (scripts/test.sh sets it), where a missing tool fails the
-    /// test.
+    /// For tests: the tools, or `None` after printing `skipped: <why>` — unless under
+    /// HOLDFAST_TEST_STRICT=1 (scripts/test.sh), where a missing tool fails the test.
     pub fn for_tests(holdfast: &Path) -> Option<Tools> {
-        match Tools::from_env(holdfast) {
-            Ok(tools) => Some(tools),
-            Err(why) if std::env::var_os("HOLDFAST_TEST_STRICT").is_some_and(|v| v == "1") => {
-                panic!("the end-to-end tier cannot run: {why}")
-            }
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                None
-            }
-        }
+        crate::require(
+            Tools::from_env(holdfast).map_err(|why| format!("the end-to-end tier: {why}")),
+        )
     }
 }
 
@@ -120,6 +114,13 @@ impl Default for JobOptions {
             restart_budget: 3,
             prefix: "run".into(),
         }
+    }
+}
+
+impl JobOptions {
+    /// The training script's flags for steps, pace and checkpoint interval.
+    fn schedule_args(&self) -> [String; 6] {
+        holdfast_cli::demo::schedule_args(self.steps, self.step_time_s, self.ckpt_every)
     }
 }
 
@@ -290,10 +291,8 @@ impl NetnsCluster {
         let bucket = cluster.s3_root().join(BUCKET);
         std::fs::create_dir_all(&bucket)
             .with_context(|| format!("creating {}", bucket.display()))?;
-        let log = cluster.log_file("s3")?;
-        let child = cluster
-            .lab
-            .command(S3_HOST, &cluster.tools.s3_server)?
+        let mut s3_server = cluster.lab.command(S3_HOST, &cluster.tools.s3_server)?;
+        s3_server
             .args([
                 "--host",
                 &s3.addr.to_string(),
@@ -301,21 +300,14 @@ impl NetnsCluster {
                 &S3_PORT.to_string(),
             ])
             .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
-            .arg(cluster.s3_root())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the S3 server")?;
-        cluster.s3 = Some(child);
+            .arg(cluster.s3_root());
+        cluster.s3 = Some(cluster.spawn_logged(&mut s3_server, "s3", "the S3 server")?);
         cluster.wait_for_s3()?;
 
         let addr_file = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = cluster.log_file("coordinator")?;
-        let child = cluster
-            .lab
-            .command(CONTROL_HOST, &cluster.tools.holdfast)?
+        let mut coordinator = cluster.lab.command(CONTROL_HOST, &cluster.tools.holdfast)?;
+        coordinator
             .args([
                 "coordinator",
                 "--listen",
@@ -327,12 +319,8 @@ impl NetnsCluster {
             .arg("--state")
             .arg(dir.join("coordinator.redb"))
             .args(coordinator_args)
-            .envs(cluster.s3_env())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the coordinator")?;
+            .envs(cluster.s3_env());
+        let child = cluster.spawn_logged(&mut coordinator, "coordinator", "the coordinator")?;
         cluster.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n')) {
@@ -354,13 +342,25 @@ impl NetnsCluster {
         Ok(cluster)
     }
 
-    fn log_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        let path = self.dir.join(format!("{name}.log"));
-        std::fs::OpenOptions::new()
+    /// Starts `command` with its output appended to the log `name` (see [`Rig::log_path`]).
+    fn spawn_logged(
+        &self,
+        command: &mut std::process::Command,
+        name: &str,
+        what: &str,
+    ) -> anyhow::Result<Child> {
+        let path = self.log_path(name);
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
+            .with_context(|| format!("opening {}", path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {what}"))
     }
 
     /// The variables S3 clients need: object_store (coordinator) and boto3 (training) both read
@@ -430,46 +430,9 @@ impl NetnsCluster {
         Ok(Arc::new(store))
     }
 
-    /// Adds host `node` (unless it exists) and starts its agent with `role` and `extra` flags.
-    pub fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let host = match self.lab.host(node) {
-            Ok(host) => host.clone(),
-            Err(_) => self.lab.add_host(node)?,
-        };
-        let state = self.state_dir(node);
-        std::fs::create_dir_all(&state)?;
-        let log = self.log_file(node)?;
-        let child = self
-            .lab
-            .command(node, &self.tools.holdfast)?
-            .args([
-                "agent",
-                "--coordinator",
-                &self.coordinator_url,
-                "--node-id",
-                node,
-                "--role",
-                role,
-            ])
-            .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
-            .arg(&state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting the agent of {node}"))?;
-        self.agents.insert(node.to_string(), child);
-        Ok(())
-    }
-
     /// Pids of the training processes running on `node`.
     pub fn training_processes(&self, node: &str) -> anyhow::Result<Vec<i32>> {
         Ok(training_pids(&self.lab.pids(node)?))
-    }
-
-    pub fn state_dir(&self, node: &str) -> PathBuf {
-        self.dir.join("nodes").join(node)
     }
 
     /// The job spec that runs `train_ddp.py` through torchrun on every host.
@@ -495,14 +458,7 @@ impl NetnsCluster {
             .map(String::from),
         );
         command.push(examples.join("train_ddp.py").display().to_string());
-        command.extend([
-            "--steps".into(),
-            options.steps.to_string(),
-            "--step-time".into(),
-            options.step_time_s.to_string(),
-            "--ckpt-every".into(),
-            options.ckpt_every.to_string(),
-        ]);
+        command.extend(options.schedule_args());
         let mut env: std::collections::HashMap<String, String> =
             self.s3_env().into_iter().collect();
         env.insert("GLOO_SOCKET_IFNAME".into(), IFNAME.into());
@@ -524,77 +480,48 @@ impl NetnsCluster {
     /// coordinator and the S3 server can be reached).
     pub fn block_on<F: Future>(&self, future: F) -> anyhow::Result<F::Output> {
         let _inside = self.lab.enter(CONTROL_HOST)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building a runtime")?;
-        Ok(runtime.block_on(future))
+        Ok(current_thread_runtime()?.block_on(future))
     }
 
-    pub async fn client(&self) -> anyhow::Result<crate::client::Client> {
-        crate::client::connect(&self.coordinator_url).await
+    /// [`NetnsCluster::block_on`] for work that drives the cluster too (starts agents,
+    /// injects faults): `work` gets it.
+    pub fn control<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut NetnsCluster) -> T,
+    ) -> anyhow::Result<T> {
+        let _inside = self.lab.enter(CONTROL_HOST)?;
+        Ok(current_thread_runtime()?.block_on(work(self)))
     }
 
-    /// Waits until `count` nodes are connected and ready.
-    pub async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(mut client) = self.client().await {
-                if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
-                    let ready = nodes
-                        .into_inner()
-                        .nodes
-                        .iter()
-                        .filter(|n| n.connected && n.state == "ready")
-                        .count();
-                    if ready >= count {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("fewer than {count} nodes ready after {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// SIGKILLs every process of `node` (agent, torchrun, training) and reaps its agent;
+    /// returns how many there were.
+    fn kill_host_processes(&mut self, node: &str) -> anyhow::Result<usize> {
+        let n = self.lab.kill_processes(node)?;
+        if let Some(mut child) = self.agents.remove(node) {
+            let _ = child.wait();
         }
+        Ok(n)
     }
 
-    /// Injects `fault` on `node`.
-    pub fn inject(&mut self, fault: E2eFault, node: &str) -> anyhow::Result<String> {
+    /// Injects `fault` on `node`; says what was done.
+    pub fn inject_fault(&mut self, fault: E2eFault, node: &str) -> anyhow::Result<String> {
         match fault {
-            E2eFault::HostKill => {
-                let n = self.lab.kill_processes(node)?;
-                if let Some(mut child) = self.agents.remove(node) {
-                    let _ = child.wait();
-                }
-                Ok(format!("{n} processes SIGKILLed"))
-            }
+            E2eFault::HostKill => self
+                .kill_host_processes(node)
+                .map(|n| format!("{n} processes SIGKILLed")),
             E2eFault::HostPartition => self.lab.cut(node).map(|()| "cable cut".to_string()),
             E2eFault::WorkerKill | E2eFault::WorkerHang => {
-                let pid = self
-                    .training_processes(node)?
-                    .first()
-                    .copied()
-                    .with_context(|| format!("no training process on {node}"))?;
                 let signal = if fault == E2eFault::WorkerKill {
                     Signal::SIGKILL
                 } else {
                     Signal::SIGSTOP
                 };
-                kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+                let pid = self.signal_worker(node, signal)?;
                 Ok(format!("training process {pid} got {signal}"))
             }
-            E2eFault::Xid => {
-                use std::io::Write;
-                let path = self.state_dir(node).join("inject");
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                writeln!(file, "xid 79").with_context(|| format!("writing {}", path.display()))?;
-                Ok("xid 79 injected".to_string())
-            }
+            E2eFault::Xid => self
+                .inject(node, "xid 79")
+                .map(|()| "xid 79 injected".to_string()),
         }
     }
 
@@ -616,7 +543,7 @@ impl NetnsCluster {
             .to_string();
         let store = self.checkpoint_store(&prefix)?;
         let mut client = self.client().await?;
-        let job = crate::follow::submit(&mut client, spec).await?;
+        let job = follow::submit(&mut client, spec).await?;
         let started = Instant::now();
         let mut run = FaultRun {
             fault: injection.as_ref().map_or(E2eFault::HostKill, |i| i.fault),
@@ -642,7 +569,7 @@ impl NetnsCluster {
                 on_message(self, &current);
             }
             run.job = current.clone();
-            if crate::follow::is_terminal(&current.state) {
+            if follow::is_terminal(&current.state) {
                 break;
             }
             if started.elapsed() > deadline {
@@ -662,7 +589,7 @@ impl NetnsCluster {
                     run.fault_at = holdfast_coordinator::now_ms();
                     run.fault_step = current.step;
                     run.checkpoint_at_fault = Some(checkpoint.step);
-                    let what = self.inject(injection.fault, &victim)?;
+                    let what = self.inject_fault(injection.fault, &victim)?;
                     tracing::info!(
                         fault = injection.fault.name(),
                         victim,
@@ -674,24 +601,81 @@ impl NetnsCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        run.incidents = client
-            .list_incidents(pb::ListIncidentsRequest {
-                job_id: job.job_id.clone(),
-            })
+        run.incidents = client::incidents(&mut client, &job.job_id)
             .await
-            .map_err(|s| anyhow::anyhow!("listing incidents: {}", s.message()))?
-            .into_inner()
-            .incidents;
+            .context("listing incidents")?;
         Ok(run)
     }
+}
 
-    /// The path of a node's log (agent output, worker output included).
-    pub fn log_path(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("{node}.log"))
+impl Rig for NetnsCluster {
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Stops every process and reaps it (the lab's drop deletes the hosts).
-    pub fn shutdown(&mut self) {
+    fn coordinator_url(&self) -> &str {
+        &self.coordinator_url
+    }
+
+    /// Adds host `node` first, unless it exists.
+    fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let host = match self.lab.host(node) {
+            Ok(host) => host.clone(),
+            Err(_) => self.lab.add_host(node)?,
+        };
+        let state = self.state_dir(node);
+        std::fs::create_dir_all(&state)?;
+        let mut agent = self.lab.command(node, &self.tools.holdfast)?;
+        agent
+            .args([
+                "agent",
+                "--coordinator",
+                &self.coordinator_url,
+                "--node-id",
+                node,
+                "--role",
+                role,
+            ])
+            .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
+            .arg(&state)
+            .args(extra);
+        let child = self.spawn_logged(&mut agent, node, &format!("the agent of {node}"))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    /// Every process of the host dies, the cable stays plugged in.
+    fn kill_host(&mut self, node: &str) -> anyhow::Result<()> {
+        self.kill_host_processes(node).map(drop)
+    }
+
+    /// The host's first training process (not torchrun, not the agent).
+    fn signal_worker(&self, node: &str, signal: Signal) -> anyhow::Result<u32> {
+        let pid = self
+            .training_processes(node)?
+            .first()
+            .copied()
+            .with_context(|| format!("no training process on {node}"))?;
+        kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+        Ok(pid as u32)
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        client::connect(&self.coordinator_url).await
+    }
+
+    /// Connection errors count as not ready yet: the coordinator may still be starting.
+    async fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        crate::poll_until(within, || async {
+            let ready = crate::ready_count(self).await;
+            crate::check(ready >= count, || format!("{ready} ready"))
+        })
+        .await
+        .map_err(|seen| anyhow::anyhow!("fewer than {count} nodes ready after {within:?}: {seen}"))
+    }
+
+    /// The lab's drop deletes the hosts.
+    fn shutdown(&mut self) {
         for host in self.lab.hosts().map(|h| h.name.clone()).collect::<Vec<_>>() {
             let _ = self.lab.heal(&host);
             let _ = self.lab.kill_processes(&host);
@@ -711,6 +695,14 @@ impl Drop for NetnsCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A runtime on this thread only: its sockets are opened in the namespace the thread is in.
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime")
 }
 
 /// A line of output and when it was read.
@@ -818,17 +810,8 @@ pub fn run_baseline(
                 "--max-restarts=3",
             ])
             .arg(examples_dir().join("train_ddp.py"))
-            .args([
-                "--steps",
-                &options.steps.to_string(),
-                "--step-time",
-                &options.step_time_s.to_string(),
-                "--ckpt-every",
-                &options.ckpt_every.to_string(),
-                "--checkpoint-uri",
-                &spec.checkpoint_uri,
-                "--resume-latest",
-            ])
+            .args(options.schedule_args())
+            .args(["--checkpoint-uri", &spec.checkpoint_uri, "--resume-latest"])
             .envs(spec.env.iter())
             // The known workaround for torchrun restarts with a shared rendezvous store
             // (pytorch/pytorch#135712), as a user of torchrun alone would set it.
@@ -874,7 +857,7 @@ pub fn run_baseline(
                         } else if fault == E2eFault::HostKill {
                             cluster.lab.kill_processes(&victim)?;
                         } else {
-                            cluster.inject(fault, &victim)?;
+                            cluster.inject_fault(fault, &victim)?;
                         }
                     }
                 }

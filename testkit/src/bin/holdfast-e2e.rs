@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use holdfast_cli::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::Rig;
 
 #[derive(Parser)]
 #[command(
@@ -38,12 +39,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    holdfast_cli::commands::init_logging();
     match run(&args) {
         Ok(line) => {
             if !args.json {
@@ -94,10 +90,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         } else {
             &[]
         };
-        for i in 1..=options.nodes {
-            cluster.start_agent(&format!("node-{i}"), "worker", agent_args)?;
-        }
-        cluster.start_agent("spare-1", "spare", agent_args)?;
+        cluster.start_nodes(options.nodes as usize, 1, agent_args)?;
         let spec = cluster.job_spec(&options);
         let injection = Injection {
             fault: args.fault,
@@ -105,18 +98,14 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             node: None,
         };
         // Operator calls come from the control host's namespace.
-        let _inside = cluster.lab.enter(e2e::CONTROL_HOST)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let run = runtime.block_on(async {
+        let run = cluster.control(async |cluster| {
             cluster
                 .wait_ready(options.nodes as usize + 1, Duration::from_secs(30))
                 .await?;
             cluster
                 .run_job(spec, Some(injection), bound, |_, _| {})
                 .await
-        })?;
+        })??;
         run.json()
     };
     drop(cluster);

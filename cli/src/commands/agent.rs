@@ -1,0 +1,93 @@
+//! `holdfast agent`: the daemon on every node. The config file (or the defaults) with the
+//! flags on top, then [`holdfast_agent::run`] until SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use holdfast_agent::config::NodeRole;
+use holdfast_agent::AgentConfig;
+use holdfast_coordinator::daemon::{sdnotify, shutdown_signal};
+
+use crate::client;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config file (see deploy/agent.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Coordinator URL.
+    #[arg(long, env = "HOLDFAST_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Node id (default: the hostname).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// worker or spare.
+    #[arg(long)]
+    role: Option<String>,
+    /// State directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Address other hosts reach this one at.
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// Turn on the fault-injection test double (faults written to <state_dir>/inject are
+    /// treated as real). For tests and the demo only.
+    #[arg(long)]
+    enable_fault_injection: bool,
+    /// Serve the agent's Prometheus /metrics here (e.g. 0.0.0.0:9101; default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Lifecycle script directory (on-create, health/*, on-fence).
+    #[arg(long)]
+    script_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let config = config(args)?;
+    let health = holdfast_agent::health::HealthBoard::default();
+    sdnotify::spawn_watchdog();
+    sdnotify::notify_or_log("READY=1");
+    holdfast_agent::run(config, health, sdnotify::stopping(shutdown_signal())).await?;
+    Ok(0)
+}
+
+/// The config file (or the defaults) with the flags that were given on top.
+fn config(args: Args) -> anyhow::Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            AgentConfig::from_toml(&text, &path.display().to_string())?
+        }
+        None => AgentConfig::default(),
+    };
+    if let Some(c) = args.coordinator {
+        config.coordinator = client::normalize(&c);
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    if let Some(r) = args.role {
+        config.role = match r.as_str() {
+            "worker" => NodeRole::Worker,
+            "spare" => NodeRole::Spare,
+            other => anyhow::bail!("--role: {other:?} is neither worker nor spare"),
+        };
+    }
+    if let Some(s) = args.state_dir {
+        config.state_dir = s;
+    }
+    if let Some(a) = args.advertise_address {
+        config.advertise_address = a;
+    }
+    if args.enable_fault_injection {
+        config.fault_injection = true;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = m;
+    }
+    if let Some(d) = args.script_dir {
+        config.script_dir = d;
+    }
+    Ok(config)
+}

@@ -1,0 +1,98 @@
+//! `holdfast launch`: submits a job and follows it to its end.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use holdfast_proto::v1 as pb;
+
+use super::Addr;
+use crate::follow;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Number of nodes.
+    #[arg(long)]
+    nodes: u32,
+    #[command(flatten)]
+    addr: Addr,
+    /// Checkpoint prefix URI (file:///path or s3://bucket/prefix).
+    #[arg(long, default_value = "")]
+    checkpoint: String,
+    /// Seconds without progress before a rank counts as hung (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    stall_timeout: f64,
+    /// Restarts in place for worker faults (0 = the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    restart_budget: u32,
+    /// Fewest nodes the job can run on: with no replacement in time it shrinks to the
+    /// surviving nodes if at least this many remain (0 = never shrink).
+    #[arg(long, default_value_t = 0)]
+    min_nodes: u32,
+    /// Regex with one capture group giving the step in output lines.
+    #[arg(long, default_value = "")]
+    progress_regex: String,
+    /// Job id (default: assigned).
+    #[arg(long, default_value = "")]
+    job_id: String,
+    /// KEY=VALUE environment for every worker (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Submit and return without following.
+    #[arg(long)]
+    detach: bool,
+    /// Do not let the job's progress vouch for a node whose agent goes silent. By default, in
+    /// a synchronous job (every rank waits for the others at each step), a node whose agent is
+    /// lost while the other ranks keep stepping keeps its ranks until the job's next fault.
+    /// Turn it off for jobs whose ranks do not wait on each other.
+    #[arg(long)]
+    no_progress_vouching: bool,
+    /// The training command; placeholders like {node_rank}, {nnodes}, {rdzv_endpoint} are
+    /// substituted on each node.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let mut c = args.addr.connect().await?;
+    let spec = pb::JobSpec {
+        job_id: args.job_id,
+        command: args.command,
+        nodes: args.nodes,
+        checkpoint_uri: args.checkpoint,
+        stall_timeout_s: args.stall_timeout,
+        restart_budget: args.restart_budget,
+        progress_regex: args.progress_regex,
+        env: args.env.into_iter().collect(),
+        total_steps: 0,
+        min_nodes: args.min_nodes,
+        progress_vouches: args.no_progress_vouching.then_some(false),
+    };
+    // Watch first: a job that starts fast must not run ahead of its follower.
+    let events = follow::watch(&mut c).await?;
+    let job = follow::submit(&mut c, spec).await.context("job refused")?;
+    println!("job {} accepted on {}", job.job_id, job.nodes.join(", "));
+    if args.detach {
+        return Ok(0);
+    }
+    let done = follow::follow_events_at(
+        &mut c,
+        &args.addr.coordinator,
+        events,
+        &job.job_id,
+        Duration::from_secs(u64::MAX / 4),
+        |_| {},
+        true,
+    )
+    .await?;
+    println!(
+        "job {} {} at step {}: {}",
+        done.job_id, done.state, done.step, done.message
+    );
+    Ok(follow::exit_code(&done.state))
+}
