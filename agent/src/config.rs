@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use holdfast_core::config_file::{key_line, locate};
 use serde::{Deserialize, Serialize};
 
 use crate::health::xid::{XidClass, XidPolicy};
@@ -287,27 +286,21 @@ impl AgentConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<AgentConfig, AgentConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| {
-            let (line, key) = e
-                .span()
-                .map_or((None, String::new()), |span| locate(text, span.start));
-            AgentConfigError::InFile {
-                path: path.to_string(),
-                line,
-                key,
-                reason: e.message().to_string(),
-            }
-        })?;
-        config.validate().map_err(|e| match e {
-            AgentConfigError::Invalid { key, reason } => AgentConfigError::InFile {
-                path: path.to_string(),
-                line: key_line(text, key),
-                key: key.to_string(),
-                reason,
+        holdfast_core::config_file::parse_validated(
+            text,
+            path,
+            AgentConfig::validate,
+            |e| match e {
+                AgentConfigError::Invalid { key, reason } => Some((*key, reason.clone())),
+                _ => None,
             },
-            other => other,
-        })?;
-        Ok(config)
+            |at| AgentConfigError::InFile {
+                path: at.path,
+                line: at.line,
+                key: at.key,
+                reason: at.reason,
+            },
+        )
     }
 
     /// The node id to announce: the configured one, else the hostname.

@@ -59,8 +59,13 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_port_serves_grpc_web_dashboard_and_metrics() {
+/// A coordinator with the default settings on a loopback port: its address, the sender that
+/// stops it, and its task.
+async fn start() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), holdfast_coordinator::server::ServeError>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -71,6 +76,44 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
             let _ = stopped.await;
         },
     ));
+    (addr, stop, server)
+}
+
+/// The operator API refuses what the core cannot judge alone: a checkpoint URI whose store the
+/// coordinator cannot open is refused at submit, naming the field, and nothing is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_uri_of_an_unknown_store_is_refused_naming_the_field() {
+    let (addr, stop, server) = start().await;
+    let mut client =
+        pb::operator_service_client::OperatorServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    let refused = client
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                command: vec!["true".into()],
+                nodes: 1,
+                checkpoint_uri: "ftp://x/y".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("an ftp:// checkpoint URI is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("checkpoint_uri"),
+        "the refusal names the field: {}",
+        refused.message()
+    );
+    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.unwrap();
+    assert!(jobs.into_inner().jobs.is_empty(), "nothing was accepted");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_port_serves_grpc_web_dashboard_and_metrics() {
+    let (addr, stop, server) = start().await;
 
     // Plain gRPC (HTTP/2) still works beside the rest.
     let mut grpc =

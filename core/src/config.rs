@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config_file::{key_line, locate};
-
 /// Coordinator settings. Every field has a default; a TOML file sets only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -358,27 +356,21 @@ impl CoordinatorConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<CoordinatorConfig, ConfigError> {
-        let config: CoordinatorConfig = toml::from_str(text).map_err(|e| {
-            let (line, key) = e
-                .span()
-                .map_or((None, String::new()), |span| locate(text, span.start));
-            ConfigError::InFile {
-                path: path.to_string(),
-                line,
-                key,
-                reason: e.message().to_string(),
-            }
-        })?;
-        config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, reason } => ConfigError::InFile {
-                path: path.to_string(),
-                line: key_line(text, key),
-                key: key.to_string(),
-                reason,
+        crate::config_file::parse_validated(
+            text,
+            path,
+            CoordinatorConfig::validate,
+            |e| match e {
+                ConfigError::Invalid { key, reason } => Some((*key, reason.clone())),
+                _ => None,
             },
-            other => other,
-        })?;
-        Ok(config)
+            |at| ConfigError::InFile {
+                path: at.path,
+                line: at.line,
+                key: at.key,
+                reason: at.reason,
+            },
+        )
     }
 
     /// Reads and validates a TOML file.

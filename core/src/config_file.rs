@@ -1,6 +1,56 @@
 //! TOML settings files: where in the text a key is set, so that every refusal names the file,
 //! the line and the key.
 
+/// Where a settings file is wrong: the file, the line (when known), the key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The file as the operator named it.
+    pub path: String,
+    /// The 1-based line.
+    pub line: Option<usize>,
+    /// The key that line sets (empty when the line sets none).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Parses a settings file's `text` and validates it, so that every refusal names the file, the
+/// line and the key: a syntax or type error where the parser stopped, and a value that
+/// `validate` refuses — `refused` tells which key from the error (`None`: not about one key) —
+/// at the line that sets that key. `in_file` turns the location into the caller's error.
+pub fn parse_validated<T, E>(
+    text: &str,
+    path: &str,
+    validate: impl FnOnce(&T) -> Result<(), E>,
+    refused: impl FnOnce(&E) -> Option<(&'static str, String)>,
+    in_file: impl Fn(Located) -> E,
+) -> Result<T, E>
+where
+    T: serde::de::DeserializeOwned,
+{
+    let config: T = toml::from_str(text).map_err(|e| {
+        let (line, key) = e
+            .span()
+            .map_or((None, String::new()), |span| locate(text, span.start));
+        in_file(Located {
+            path: path.to_string(),
+            line,
+            key,
+            reason: e.message().to_string(),
+        })
+    })?;
+    validate(&config).map_err(|e| match refused(&e) {
+        Some((key, reason)) => in_file(Located {
+            path: path.to_string(),
+            line: key_line(text, key),
+            key: key.to_string(),
+            reason,
+        }),
+        None => e,
+    })?;
+    Ok(config)
+}
+
 /// The 1-based line of byte `offset` in `text`, and the key that line sets (if it sets one).
 pub fn locate(text: &str, offset: usize) -> (Option<usize>, String) {
     let offset = offset.min(text.len());

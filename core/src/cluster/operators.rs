@@ -24,15 +24,7 @@ impl Cluster {
         reason: &str,
         now: UnixMillis,
     ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
-        let node = self
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
-        if node.conn.is_none() {
-            return Err(CoreError::NodeBusy(format!(
-                "node {node_id} is not connected"
-            )));
-        }
+        let node = self.connected_node(node_id)?;
         let reason = if reason.is_empty() {
             "restart requested by operator"
         } else {
@@ -99,13 +91,28 @@ impl Cluster {
         event: NodeEvent,
         now: UnixMillis,
     ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
-        let node = self
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
+        let node = self.known_node(node_id)?;
         node::step(&node.state, &event).map_err(CoreError::Transition)?;
         let mut fx = Vec::new();
         self.node_event(node_id, event, now, &mut fx);
         Ok((self.nodes[node_id].clone(), fx))
+    }
+
+    /// The node, or why an operator cannot name it.
+    pub(super) fn known_node(&self, node_id: &str) -> Result<&NodeRecord, CoreError> {
+        self.nodes
+            .get(node_id)
+            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))
+    }
+
+    /// The node, when its agent is connected to take a command.
+    pub(super) fn connected_node(&self, node_id: &str) -> Result<&NodeRecord, CoreError> {
+        let node = self.known_node(node_id)?;
+        if node.conn.is_none() {
+            return Err(CoreError::NodeBusy(format!(
+                "node {node_id} is not connected"
+            )));
+        }
+        Ok(node)
     }
 }

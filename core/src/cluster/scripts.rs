@@ -527,15 +527,7 @@ impl Cluster {
         request: u64,
         now: UnixMillis,
     ) -> Result<Vec<Command>, CoreError> {
-        let node = self
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| CoreError::NoSuchNode(node_id.to_string()))?;
-        if node.conn.is_none() {
-            return Err(CoreError::NodeBusy(format!(
-                "node {node_id} is not connected"
-            )));
-        }
+        let node = self.connected_node(node_id)?;
         if let Some(run) = &node.script_run {
             return Err(CoreError::NodeBusy(format!(
                 "node {node_id} is already running {} ({} check)",

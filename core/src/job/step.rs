@@ -250,15 +250,7 @@ fn on_resolved(
                 "cannot read checkpoints at {}: {e}",
                 job.spec.checkpoint_uri
             );
-            finish(
-                job,
-                JobState::Failed {
-                    reason: reason.clone(),
-                },
-                reason,
-                now,
-                fx,
-            );
+            fail(job, reason, now, fx);
         }
         Err(e) => {
             job.message = format!(
@@ -350,15 +342,7 @@ fn on_fault(
             job.spec.restart_budget,
             cause.detail()
         );
-        finish(
-            job,
-            JobState::Failed {
-                reason: reason.clone(),
-            },
-            reason,
-            now,
-            fx,
-        );
+        fail(job, reason, now, fx);
         return;
     }
     let action = if replace {
@@ -554,15 +538,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                     limits.replacement_timeout_ms as f64 / 1000.0,
                     job.ranks_needing_nodes()
                 );
-                finish(
-                    job,
-                    JobState::Failed {
-                        reason: reason.clone(),
-                    },
-                    reason,
-                    now,
-                    fx,
-                );
+                fail(job, reason, now, fx);
             } else {
                 let waiting = format!(
                     "waiting for a replacement node for rank(s) {:?}",
@@ -595,6 +571,14 @@ fn live_nodes(job: &Job) -> Vec<String> {
         .filter(|r| r.exited.is_none() && !r.needs_node)
         .map(|r| r.node.clone())
         .collect()
+}
+
+/// The job failed for `reason`: told on the job and on its open incidents.
+fn fail(job: &mut Job, reason: String, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+    let state = JobState::Failed {
+        reason: reason.clone(),
+    };
+    finish(job, state, reason, now, fx);
 }
 
 fn finish(
