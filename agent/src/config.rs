@@ -328,11 +328,6 @@ mod tests {
     holdfast_core::config_fixture_test!(AgentConfig, "config.rs");
 
     #[test]
-    fn defaults_are_valid() {
-        AgentConfig::default().validate().unwrap();
-    }
-
-    #[test]
     fn bad_values_name_their_key() {
         /// A change to the defaults.
         type Change = fn(&mut AgentConfig);

@@ -153,7 +153,11 @@ pub async fn incidents(client: &mut Client, job_id: &str) -> anyhow::Result<Vec<
     let request = pb::ListIncidentsRequest {
         job_id: job_id.to_string(),
     };
-    Ok(client.list_incidents(request).await?.into_inner().incidents)
+    let answer = client
+        .list_incidents(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot list incidents: {}", s.message()))?;
+    Ok(answer.into_inner().incidents)
 }
 
 /// The operator's next step when the coordinator refused the call for want of a (valid) token

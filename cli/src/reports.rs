@@ -92,12 +92,7 @@ pub async fn what_if(args: WhatIfArgs) -> anyhow::Result<i32> {
         Some(d) => ("given".to_string(), d, None),
         None => {
             let mut c = client::connect(&args.coordinator).await?;
-            let incidents = c
-                .list_incidents(pb::ListIncidentsRequest::default())
-                .await
-                .map_err(|s| anyhow::anyhow!("cannot list incidents: {}", s.message()))?
-                .into_inner()
-                .incidents;
+            let incidents = client::incidents(&mut c, "").await?;
             let summary = report::recovery_summary(&incidents);
             let mean = summary
                 .mean_downtime_min
@@ -171,12 +166,7 @@ fn what_if_table(args: &WhatIfArgs, rows: &[Scenario]) -> String {
 /// Runs `holdfast report`.
 pub async fn report(coordinator: &str, job: Option<String>, json: bool) -> anyhow::Result<i32> {
     let mut c = client::connect(coordinator).await?;
-    let incidents = c
-        .list_incidents(pb::ListIncidentsRequest::default())
-        .await
-        .map_err(|s| anyhow::anyhow!("cannot list incidents: {}", s.message()))?
-        .into_inner()
-        .incidents;
+    let incidents = client::incidents(&mut c, "").await?;
     let jobs = c
         .list_jobs(pb::ListJobsRequest {})
         .await

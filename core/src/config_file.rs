@@ -170,6 +170,14 @@ macro_rules! config_fixture_test {
     ($config:ty, $source:literal) => {
         /// Each file in testdata/config is a bad config whose first line says which key and
         /// line the error must name; every key `validate()` can refuse has one.
+        /// The defaults are a valid config: a daemon starts without a file.
+        #[test]
+        fn defaults_are_valid() {
+            if let Err(e) = <$config>::default().validate() {
+                panic!("the defaults are refused: {e}");
+            }
+        }
+
         #[test]
         fn every_fixture_is_refused_naming_its_file_line_and_key() {
             let dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config");

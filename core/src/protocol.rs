@@ -175,6 +175,20 @@ pub struct HealthSummary {
 }
 
 impl HealthSummary {
+    /// One unhealthy check that asks for the node to be replaced (a fatal XID, a lost GPU).
+    pub fn fatal(check: &str, reason: &str, observed_at: UnixMillis) -> HealthSummary {
+        HealthSummary {
+            state: HealthState::Unhealthy,
+            checks: vec![HealthCheck {
+                check: check.to_string(),
+                state: HealthState::Unhealthy,
+                reason: reason.to_string(),
+                action: HealthAction::ReplaceNode,
+                observed_at,
+            }],
+        }
+    }
+
     /// The first check that asks for the node to be replaced, as `check: reason`.
     pub fn fatal_reason(&self) -> Option<String> {
         self.checks

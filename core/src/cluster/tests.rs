@@ -3,7 +3,6 @@
 use super::testing::*;
 use super::*;
 use crate::incident::RecoveryAction;
-use crate::protocol::{HealthAction, HealthCheck, HealthState};
 
 /// A cluster running job-1 on a and b at generation 1, its workers started at t=30.
 fn running_job() -> Cluster {
@@ -243,16 +242,7 @@ fn an_idle_node_that_goes_quiet_is_offline_not_fenced() {
 #[test]
 fn a_fatal_health_check_fences_the_node() {
     let mut c = running_job();
-    let health = HealthSummary {
-        state: HealthState::Unhealthy,
-        checks: vec![HealthCheck {
-            check: "xid".into(),
-            state: HealthState::Unhealthy,
-            reason: "Xid 79: GPU has fallen off the bus".into(),
-            action: HealthAction::ReplaceNode,
-            observed_at: 100,
-        }],
-    };
+    let health = HealthSummary::fatal("xid", "Xid 79: GPU has fallen off the bus", 100);
     let node = "b".into();
     c.step(Input::HealthReport { node, health }, 100);
     match &c.nodes["b"].state {

@@ -2,7 +2,7 @@
 
 use super::agent::WorkerStatus;
 use super::*;
-use crate::protocol::{HealthAction, HealthCheck, HealthState, HealthSummary};
+use crate::protocol::{HealthState, HealthSummary};
 
 /// How a worker ends when a test kills it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,16 +135,7 @@ impl Sim {
         let observed_at = self.agent_clock(node);
         self.set_health(
             node,
-            HealthSummary {
-                state: HealthState::Unhealthy,
-                checks: vec![HealthCheck {
-                    check: "xid".into(),
-                    state: HealthState::Unhealthy,
-                    reason: "Xid 79: GPU has fallen off the bus".into(),
-                    action: HealthAction::ReplaceNode,
-                    observed_at,
-                }],
-            },
+            HealthSummary::fatal("xid", "Xid 79: GPU has fallen off the bus", observed_at),
         );
     }
 

@@ -5,6 +5,19 @@
 use super::*;
 
 impl Sim {
+    /// The agent of `node` learns at `at` that its stream `conn` closed.
+    fn tell_closed(&mut self, at: UnixMillis, node: String, conn: u64) {
+        let message = ToAgent::Closed;
+        self.push(
+            at,
+            SimEvent::ToAgent {
+                node,
+                conn,
+                message,
+            },
+        );
+    }
+
     // ----- the coordinator ---------------------------------------------------------------------
 
     /// Steps the core with `input` now and carries out its commands.
@@ -128,14 +141,7 @@ impl Sim {
                                 },
                             },
                         );
-                        self.push(
-                            later,
-                            SimEvent::ToAgent {
-                                node,
-                                conn,
-                                message: ToAgent::Closed,
-                            },
-                        );
+                        self.tell_closed(later, node, conn);
                     }
                 }
                 Command::ResolveCheckpoint {
@@ -289,14 +295,7 @@ impl Sim {
             })
             .collect();
         for (conn, node) in open {
-            self.push(
-                later,
-                SimEvent::ToAgent {
-                    node,
-                    conn,
-                    message: ToAgent::Closed,
-                },
-            );
+            self.tell_closed(later, node, conn);
         }
         self.carry_out(fx);
         if self.checks.every_input {
