@@ -630,7 +630,6 @@ fn an_incident_whose_relaunch_fails_before_any_progress_closes_with_the_next_gen
 /// while the job still runs on it: the next job submitted takes it, and the node holds ranks
 /// in two jobs (the sim's invariant fails at the uncordon: a rank on a node that is ready).
 #[test]
-#[ignore = "known bug: uncordoning a node that still runs a job makes it ready while the job keeps it (the next job takes it too)"]
 fn an_uncordoned_node_that_still_runs_a_job_stays_allocated_to_it() {
     use holdfast_core::cluster::Input;
     let mut sim = cluster(3, 0);

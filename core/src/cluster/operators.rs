@@ -73,9 +73,21 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
+        // A node cordoned while it ran a job still runs it: uncordoned, it is that job's again,
+        // not free for the next one.
+        let running = self
+            .jobs
+            .values()
+            .find(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
+            .map(|j| j.id.clone());
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
-        if connected {
+        if let Some(job_id) = running.filter(|_| connected) {
+            if let Some(node) = self.nodes.get_mut(node_id) {
+                node.state = NodeState::Allocated { job_id };
+                self.touch();
+            }
+        } else if connected {
             self.node_hello(node_id, now, &mut fx);
         } else {
             self.node_event(node_id, NodeEvent::Disconnected, now, &mut fx);
