@@ -200,7 +200,8 @@ impl Cluster {
         }
         // The host may be alive with only its agent gone: its job's progress decides, within
         // a few of the job's steps (the tick judges it, see `progress_vouches`).
-        if matches!(self.progress_vouches(node_id, now, now), Vouch::Wait) {
+        let tick = self.config.tick_ms as i64;
+        if matches!(self.progress_vouches(node_id, now, tick, now), Vouch::Wait) {
             if let Some(node) = self.nodes.get_mut(node_id) {
                 node.lost_at = Some(now);
             }
@@ -276,8 +277,10 @@ impl Cluster {
         };
         let mut faulty = Vec::new();
         for node_id in silent {
+            // The node may have died up to a heartbeat interval after its last heartbeat.
             let last_heard = self.nodes[&node_id].last_heartbeat_at;
-            match self.progress_vouches(&node_id, last_heard, now) {
+            let slack = self.config.heartbeat_interval_ms as i64;
+            match self.progress_vouches(&node_id, last_heard, slack, now) {
                 Vouch::Wait => {}
                 Vouch::Alive(job_id) => self.keep_vouched(&node_id, &job_id, now, &mut fx),
                 Vouch::No => faulty.push(node_id),
@@ -290,7 +293,9 @@ impl Cluster {
             .filter_map(|n| Some((n.id.clone(), n.lost_at?)))
             .collect();
         for (node_id, lost_at) in lost {
-            match self.progress_vouches(&node_id, lost_at, now) {
+            // A closed stream is seen within a tick of when it closed.
+            let slack = self.config.tick_ms as i64;
+            match self.progress_vouches(&node_id, lost_at, slack, now) {
                 Vouch::Wait => {}
                 Vouch::Alive(job_id) => self.keep_vouched(&node_id, &job_id, now, &mut fx),
                 Vouch::No => {
@@ -366,13 +371,20 @@ enum Vouch {
 }
 
 impl Cluster {
-    /// Progress vouches for liveness. A dead host stops the other ranks of a synchronous job
-    /// within a step or two; when every other rank stepped after the node was last heard
-    /// (`last_heard`: its last heartbeat, or when its stream closed) plus two step times and
-    /// one heartbeat interval of slack, its ranks are alive and only its agent (or its link to
-    /// the coordinator) is gone. The decision waits at most one more step time for that
-    /// progress to show.
-    fn progress_vouches(&self, node_id: &str, last_heard: UnixMillis, now: UnixMillis) -> Vouch {
+    /// Progress vouches for liveness. A dead host stops the other ranks of a synchronous job at
+    /// their next exchange, within the step they are in; when every other rank stepped after
+    /// the node was last heard (`last_heard`: its last heartbeat, or when its stream closed)
+    /// plus one step time and `slack` (how much later than `last_heard` it may really have
+    /// died), they got through an exchange with it: its ranks are alive and only its agent (or
+    /// its link to the coordinator) is gone. The decision waits at most one more step time for
+    /// that progress to show.
+    fn progress_vouches(
+        &self,
+        node_id: &str,
+        last_heard: UnixMillis,
+        slack: i64,
+        now: UnixMillis,
+    ) -> Vouch {
         let Some(job) = self
             .jobs
             .values()
@@ -389,7 +401,7 @@ impl Cluster {
         }
         // Slow steps must not make a dead host wait for minutes: the window is capped.
         let step = (job.step_time_ms as i64).min(VOUCH_STEP_CAP_MS);
-        let since = last_heard + 2 * step + self.config.heartbeat_interval_ms as i64;
+        let since = last_heard + step + slack;
         if job.progress_vouches_for(node_id, since) {
             Vouch::Alive(job.id.clone())
         } else if now < since + step {
