@@ -24,6 +24,7 @@ use crate::UnixMillis;
 
 mod breaker;
 mod detector;
+mod liveness;
 mod operators;
 mod placement;
 mod provisioning;
