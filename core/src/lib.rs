@@ -8,7 +8,13 @@
 //! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`.
 //! - [`cluster`] — the decision core: registry, jobs, incidents, failure detector, behind one
 //!   entry point, [`cluster::Cluster::step`], that takes an [`cluster::Input`] and `now` and
-//!   returns [`cluster::Command`]s for the coordinator's shell to carry out.
+//!   returns [`cluster::Command`]s for the coordinator's shell to carry out. Split by concern:
+//!   `detector` (reports and timeouts become faults), `liveness` (the coordinator's own stalls,
+//!   shared silence, progress that vouches), `reconcile` (hello), `placement` (which node runs
+//!   what), `recovery` (the job driver), `scripts` (lifecycle scripts), `provisioning`,
+//!   `breaker`, `operators`, `records` (durable state and restore).
+//! - `sim` (feature `sim`) — the simulation harness: the real core with in-memory agents, a
+//!   fake clock and fault injection; a test double, never enabled in the daemons.
 //! - [`protocol`] — what agents report and are told, and what operators submit and see, in the
 //!   core's own types (the coordinator's wire layer maps them to protobuf).
 //! - [`checkpoint`] — the checkpoint a generation resumes from; fenced generations.
