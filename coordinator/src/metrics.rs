@@ -82,6 +82,32 @@ fn histogram(out: &mut String, name: &str, series: &BTreeMap<&str, Vec<f64>>, la
     }
 }
 
+/// One labelled sample: label names and values (escaped when written), and the value.
+type Sample = (Vec<(&'static str, String)>, String);
+
+/// One metric family: its header, then a line per sample.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sample>) {
+    header(out, name, kind, help);
+    for (labels, value) in samples {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+        }
+    }
+}
+
+/// A sample per job, labelled with its id.
+fn per_job(jobs: &[pb::Job], value: impl Fn(&pb::Job) -> String) -> Vec<Sample> {
+    jobs.iter()
+        .map(|j| (vec![("job", j.job_id.clone())], value(j)))
+        .collect()
+}
+
 /// Renders every coordinator metric.
 pub fn render(
     nodes: &[pb::Node],
@@ -90,91 +116,79 @@ pub fn render(
     now_unix_ms: i64,
 ) -> String {
     let mut out = String::new();
-
-    header(
-        &mut out,
-        "holdfast_nodes",
-        "gauge",
-        "Nodes by lifecycle state.",
-    );
     let mut by_state: BTreeMap<String, usize> =
         NODE_STATES.iter().map(|s| (s.to_string(), 0)).collect();
     for n in nodes {
         *by_state.entry(n.state.clone()).or_default() += 1;
     }
-    for (state, count) in &by_state {
-        let _ = writeln!(out, "holdfast_nodes{{state=\"{}\"}} {count}", label(state));
-    }
-
-    header(
+    let node_samples = |value: &dyn Fn(&pb::Node) -> String| -> Vec<Sample> {
+        nodes
+            .iter()
+            .map(|n| (vec![("node", n.node_id.clone())], value(n)))
+            .collect()
+    };
+    family(
+        &mut out,
+        "holdfast_nodes",
+        "gauge",
+        "Nodes by lifecycle state.",
+        by_state
+            .into_iter()
+            .map(|(state, count)| (vec![("state", state)], count.to_string()))
+            .collect(),
+    );
+    family(
         &mut out,
         "holdfast_node_up",
         "gauge",
         "1 when the node's agent stream is connected.",
+        nodes
+            .iter()
+            .map(|n| {
+                let labels = vec![("node", n.node_id.clone()), ("state", n.state.clone())];
+                (labels, u8::from(n.connected).to_string())
+            })
+            .collect(),
     );
-    for n in nodes {
-        let _ = writeln!(
-            out,
-            "holdfast_node_up{{node=\"{}\",state=\"{}\"}} {}",
-            label(&n.node_id),
-            label(&n.state),
-            u8::from(n.connected)
-        );
-    }
-
-    header(
+    family(
         &mut out,
         "holdfast_node_heartbeat_lag_seconds",
         "gauge",
         "Seconds since the node's last heartbeat.",
+        nodes
+            .iter()
+            .filter(|n| n.last_heartbeat_unix_ms > 0)
+            .map(|n| {
+                let lag = (now_unix_ms - n.last_heartbeat_unix_ms).max(0) as f64 / 1000.0;
+                (vec![("node", n.node_id.clone())], lag.to_string())
+            })
+            .collect(),
     );
-    for n in nodes.iter().filter(|n| n.last_heartbeat_unix_ms > 0) {
-        let lag = (now_unix_ms - n.last_heartbeat_unix_ms).max(0) as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "holdfast_node_heartbeat_lag_seconds{{node=\"{}\"}} {lag}",
-            label(&n.node_id)
-        );
-    }
-
-    header(
+    family(
         &mut out,
         "holdfast_node_clock_offset_seconds",
         "gauge",
         "Agent clock minus coordinator clock, from heartbeat round trips.",
+        node_samples(&|n| (n.clock_offset_ms as f64 / 1000.0).to_string()),
     );
-    for n in nodes {
-        let _ = writeln!(
-            out,
-            "holdfast_node_clock_offset_seconds{{node=\"{}\"}} {}",
-            label(&n.node_id),
-            n.clock_offset_ms as f64 / 1000.0
-        );
-    }
-
-    header(
+    family(
         &mut out,
         "holdfast_health_check",
         "gauge",
         "1 for each node's health check in its current state.",
-    );
-    for n in nodes {
-        for c in n.health.iter().flat_map(|h| &h.checks) {
-            let _ = writeln!(
-                out,
-                "holdfast_health_check{{node=\"{}\",check=\"{}\",state=\"{}\"}} 1",
-                label(&n.node_id),
-                label(&c.check),
-                health_state_name(c.state)
-            );
-        }
-    }
-
-    header(
-        &mut out,
-        "holdfast_incidents_total",
-        "counter",
-        "Incidents recorded, by cause and action.",
+        nodes
+            .iter()
+            .flat_map(|n| {
+                n.health.iter().flat_map(|h| &h.checks).map(|c| {
+                    let labels = vec![
+                        ("node", n.node_id.clone()),
+                        ("check", c.check.clone()),
+                        ("state", health_state_name(c.state).to_string()),
+                    ];
+                    (labels, "1".to_string())
+                })
+            })
+            .collect(),
     );
     let mut by_cause: BTreeMap<(String, String), usize> = BTreeMap::new();
     for i in incidents {
@@ -182,24 +196,30 @@ pub fn render(
             .entry((i.cause.clone(), i.action.clone()))
             .or_default() += 1;
     }
-    for ((cause, action), count) in &by_cause {
-        let _ = writeln!(
-            out,
-            "holdfast_incidents_total{{cause=\"{}\",action=\"{}\"}} {count}",
-            label(cause),
-            label(action)
-        );
-    }
-    header(
+    family(
+        &mut out,
+        "holdfast_incidents_total",
+        "counter",
+        "Incidents recorded, by cause and action.",
+        by_cause
+            .into_iter()
+            .map(|((cause, action), count)| {
+                (
+                    vec![("cause", cause), ("action", action)],
+                    count.to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
         &mut out,
         "holdfast_incidents_open",
         "gauge",
         "Incidents not yet resumed or abandoned.",
-    );
-    let _ = writeln!(
-        out,
-        "holdfast_incidents_open {}",
-        incidents.iter().filter(|i| i.open).count()
+        vec![(
+            Vec::new(),
+            incidents.iter().filter(|i| i.open).count().to_string(),
+        )],
     );
 
     header(
@@ -229,78 +249,52 @@ pub fn render(
         "phase",
     );
 
-    header(
+    family(
         &mut out,
         "holdfast_job_info",
         "gauge",
         "1 for each job in its current state and phase.",
+        jobs.iter()
+            .map(|j| {
+                let labels = vec![
+                    ("job", j.job_id.clone()),
+                    ("state", j.state.clone()),
+                    ("phase", j.phase.clone()),
+                ];
+                (labels, "1".to_string())
+            })
+            .collect(),
     );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "holdfast_job_info{{job=\"{}\",state=\"{}\",phase=\"{}\"}} 1",
-            label(&j.job_id),
-            label(&j.state),
-            label(&j.phase)
-        );
-    }
-    header(
+    family(
         &mut out,
         "holdfast_job_generation",
         "gauge",
         "The job's current generation (one per launch).",
+        per_job(jobs, |j| j.generation.to_string()),
     );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "holdfast_job_generation{{job=\"{}\"}} {}",
-            label(&j.job_id),
-            j.generation
-        );
-    }
-    header(
+    family(
         &mut out,
         "holdfast_job_step",
         "gauge",
         "The job's latest reported training step.",
+        per_job(jobs, |j| j.step.to_string()),
     );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "holdfast_job_step{{job=\"{}\"}} {}",
-            label(&j.job_id),
-            j.step
-        );
-    }
-    header(
+    family(
         &mut out,
         "holdfast_job_restarts_total",
         "counter",
         "Relaunches of the job after faults.",
+        per_job(jobs, |j| j.restarts.to_string()),
     );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "holdfast_job_restarts_total{{job=\"{}\"}} {}",
-            label(&j.job_id),
-            j.restarts
-        );
-    }
-    header(
+    family(
         &mut out,
         "holdfast_job_goodput_ratio",
         "gauge",
         "ETTR: productive time over wall time, redone work counted as lost.",
+        per_job(jobs, |j| {
+            report::ettr(j, incidents, now_unix_ms).ettr.to_string()
+        }),
     );
-    for j in jobs {
-        let e = report::ettr(j, incidents, now_unix_ms);
-        let _ = writeln!(
-            out,
-            "holdfast_job_goodput_ratio{{job=\"{}\"}} {}",
-            label(&j.job_id),
-            e.ettr
-        );
-    }
     out
 }
 
