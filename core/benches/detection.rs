@@ -63,13 +63,10 @@ fn cluster(seed: u64) -> Sim {
         };
         sim.submit(request, params).expect("the job is accepted");
     }
-    let running = |s: &Sim| {
-        s.cluster()
-            .jobs
-            .values()
-            .all(|j| j.state == JobState::Running)
-    };
-    assert!(sim.run_until(running, 30_000), "every job runs");
+    assert!(
+        sim.run_until(Sim::all_jobs_running, 30_000),
+        "every job runs"
+    );
     sim.run_for(5_000);
     sim
 }

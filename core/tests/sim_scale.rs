@@ -61,13 +61,7 @@ fn two_thousand_nodes_ride_out_a_hundred_random_faults() {
         };
         sim.submit(request, params).expect("accepted");
     }
-    let all_running = |s: &Sim| {
-        s.cluster()
-            .jobs
-            .values()
-            .all(|j| j.state == JobState::Running)
-    };
-    assert!(sim.run_until(all_running, 5_000));
+    assert!(sim.run_until(Sim::all_jobs_running, 5_000));
     sim.run_for(5_000);
 
     let mut touched: BTreeMap<String, Fault> = BTreeMap::new();
@@ -116,7 +110,7 @@ fn two_thousand_nodes_ride_out_a_hundred_random_faults() {
             sim.heal(node);
         }
     }
-    let settled = |s: &Sim| all_running(s) && s.open_incidents().is_empty();
+    let settled = |s: &Sim| s.all_jobs_running() && s.open_incidents().is_empty();
     assert!(
         sim.run_until(settled, 120_000),
         "not settled: jobs {:?}, open incidents {:#?}",

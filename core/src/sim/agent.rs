@@ -254,14 +254,7 @@ impl Sim {
             return;
         }
         if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::ToAgent {
-                    node: node.to_string(),
-                    conn,
-                    message,
-                },
-            );
+            self.to_agent(until, node.to_string(), conn, message);
             return;
         }
         match message {

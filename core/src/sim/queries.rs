@@ -3,6 +3,14 @@
 use super::*;
 
 impl Sim {
+    /// Every job is running (none recovering, pending or over).
+    pub fn all_jobs_running(&self) -> bool {
+        self.cluster
+            .jobs
+            .values()
+            .all(|j| j.state == crate::job::JobState::Running)
+    }
+
     // ----- queries -----------------------------------------------------------------------------
 
     /// The sim's clock.

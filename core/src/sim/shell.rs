@@ -5,9 +5,8 @@
 use super::*;
 
 impl Sim {
-    /// The agent of `node` learns at `at` that its stream `conn` closed.
-    fn tell_closed(&mut self, at: UnixMillis, node: String, conn: u64) {
-        let message = ToAgent::Closed;
+    /// `message` reaches the agent of `node` on its stream `conn` at `at`.
+    pub(super) fn to_agent(&mut self, at: UnixMillis, node: String, conn: u64, message: ToAgent) {
         self.push(
             at,
             SimEvent::ToAgent {
@@ -115,14 +114,10 @@ impl Sim {
         for command in fx {
             match command {
                 Command::Send { node, command } => match self.server.get(&node) {
-                    Some(&conn) => self.push(
-                        later,
-                        SimEvent::ToAgent {
-                            node,
-                            conn,
-                            message: ToAgent::Command(Box::new(command)),
-                        },
-                    ),
+                    Some(&conn) => {
+                        let message = ToAgent::Command(Box::new(command));
+                        self.to_agent(later, node, conn, message);
+                    }
                     None => self.stats.lost_to_agents += 1,
                 },
                 Command::Disconnect { node, .. } => {
@@ -141,7 +136,7 @@ impl Sim {
                                 },
                             },
                         );
-                        self.tell_closed(later, node, conn);
+                        self.to_agent(later, node, conn, ToAgent::Closed);
                     }
                 }
                 Command::ResolveCheckpoint {
@@ -216,14 +211,7 @@ impl Sim {
             }
         };
         let at = self.now + self.latency_ms;
-        self.push(
-            at,
-            SimEvent::ToAgent {
-                node,
-                conn,
-                message,
-            },
-        );
+        self.to_agent(at, node, conn, message);
     }
 
     /// The newest checkpoint not written by a fenced generation after its fence.
@@ -295,7 +283,7 @@ impl Sim {
             })
             .collect();
         for (conn, node) in open {
-            self.tell_closed(later, node, conn);
+            self.to_agent(later, node, conn, ToAgent::Closed);
         }
         self.carry_out(fx);
         if self.checks.every_input {
