@@ -254,7 +254,7 @@ impl Sim {
             return;
         }
         if let Some(until) = agent.paused(now) {
-            self.to_agent(until, node.to_string(), conn, message);
+            self.send_to_agent(until, node.to_string(), conn, message);
             return;
         }
         match message {

@@ -6,7 +6,13 @@ use super::*;
 
 impl Sim {
     /// `message` reaches the agent of `node` on its stream `conn` at `at`.
-    pub(super) fn to_agent(&mut self, at: UnixMillis, node: String, conn: u64, message: ToAgent) {
+    pub(super) fn send_to_agent(
+        &mut self,
+        at: UnixMillis,
+        node: String,
+        conn: u64,
+        message: ToAgent,
+    ) {
         self.push(
             at,
             SimEvent::ToAgent {
@@ -116,7 +122,7 @@ impl Sim {
                 Command::Send { node, command } => match self.server.get(&node) {
                     Some(&conn) => {
                         let message = ToAgent::Command(Box::new(command));
-                        self.to_agent(later, node, conn, message);
+                        self.send_to_agent(later, node, conn, message);
                     }
                     None => self.stats.lost_to_agents += 1,
                 },
@@ -136,7 +142,7 @@ impl Sim {
                                 },
                             },
                         );
-                        self.to_agent(later, node, conn, ToAgent::Closed);
+                        self.send_to_agent(later, node, conn, ToAgent::Closed);
                     }
                 }
                 Command::ResolveCheckpoint {
@@ -211,7 +217,7 @@ impl Sim {
             }
         };
         let at = self.now + self.latency_ms;
-        self.to_agent(at, node, conn, message);
+        self.send_to_agent(at, node, conn, message);
     }
 
     /// The newest checkpoint not written by a fenced generation after its fence.
@@ -283,7 +289,7 @@ impl Sim {
             })
             .collect();
         for (conn, node) in open {
-            self.to_agent(later, node, conn, ToAgent::Closed);
+            self.send_to_agent(later, node, conn, ToAgent::Closed);
         }
         self.carry_out(fx);
         if self.checks.every_input {
