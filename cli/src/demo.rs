@@ -569,6 +569,9 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
         options.step_time_s,
         options.ckpt_every,
     ));
+    // The ranks wait for each other at every step, as collective training does: a lost host
+    // stops the others, and a lost agent alone does not (its worker still steps).
+    command.extend(["--sync-dir".into(), dir.join("sync").display().to_string()]);
     let spec = pb::JobSpec {
         command,
         nodes: options.nodes,

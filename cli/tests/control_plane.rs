@@ -210,9 +210,20 @@ async fn a_long_coordinator_outage_does_not_stop_training_and_a_fault_during_it_
     let dir = Scratch::new("cp-outage");
     let mut cluster = start(&dir, 2, 1).await;
     let steps = outage.as_secs() * 10 + 120;
-    let id = kit::submit(&cluster, spec(&python, &dir, steps))
-        .await
-        .job_id;
+    // Independent ranks: rank 0 trains on through the outage after rank 1's worker dies.
+    let train = Train {
+        python: python.clone(),
+        steps,
+        synchronous: false,
+        ..Default::default()
+    };
+    let job = pb::JobSpec {
+        stall_timeout_s: 5.0,
+        restart_budget: 3,
+        total_steps: steps,
+        ..train.spec(&dir)
+    };
+    let id = kit::submit(&cluster, job).await.job_id;
     let before = wait_step(&cluster, &id, 10).await;
     let rank0 = cluster.worker("node-1").unwrap();
     cluster.kill_coordinator().unwrap();
@@ -263,7 +274,14 @@ async fn a_partitioned_node_that_heals_after_its_fence_stays_fenced_and_its_zomb
     let Some(python) = python() else { return };
     let dir = Scratch::new("cp-partition");
     let mut cluster = start(&dir, 2, 1).await;
-    let id = kit::submit(&cluster, spec(&python, &dir, 90)).await.job_id;
+    // Rank 0's agent is cut off below while its worker keeps stepping with the others: a job
+    // that lets progress vouch for it would keep it. This one does not (its ranks stand for a
+    // job whose ranks do not wait on each other), so the node is lost and its worker a zombie.
+    let job = pb::JobSpec {
+        progress_vouches: Some(false),
+        ..spec(&python, &dir, 90)
+    };
+    let id = kit::submit(&cluster, job).await.job_id;
     let at = wait_step(&cluster, &id, 15).await;
     // Cut rank 0's agent off (its worker, the one that writes checkpoints, keeps running).
     let zombie = cluster.worker("node-1").unwrap();
@@ -331,4 +349,35 @@ fn demo_kill_coordinator_finishes_with_no_incident_and_no_new_generation() {
         "{report}"
     );
     assert!(stderr.contains("SIGKILL of the coordinator"), "{stderr}");
+}
+
+/// Progress vouches for liveness, with real processes: node-1's agent is stopped (as a crashed
+/// or cut-off agent would be) for well past the heartbeat timeout while its worker keeps
+/// stepping with the others in a synchronous job. The job is not torn down: no incident, the
+/// same generation, the same worker when the agent is back, and the job finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_agent_is_lost_while_its_synchronous_job_steps_keeps_its_ranks() {
+    let Some(python) = python() else { return };
+    let dir = Scratch::new("cp-vouch");
+    let mut cluster = start(&dir, 2, 1).await;
+    let id = kit::submit(&cluster, spec(&python, &dir, 120)).await.job_id;
+    let at = wait_step(&cluster, &id, 15).await;
+    let worker = cluster.worker("node-1").unwrap();
+    cluster.signal_agent("node-1", Signal::SIGSTOP).unwrap();
+    // Past the 2 s heartbeat timeout, with the job still stepping.
+    let later = kit::wait_job(&cluster, &id, Duration::from_secs(30), |j| {
+        j.step >= at.step + 50
+    })
+    .await;
+    assert_eq!(later.generation, 1, "the job was not relaunched: {later:?}");
+    cluster.signal_agent("node-1", Signal::SIGCONT).unwrap();
+    let (done, incidents) = finish(&cluster, &id).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(done.generation, 1, "{done:?}");
+    assert!(incidents.is_empty(), "{incidents:?}");
+    let still = cluster.worker("node-1");
+    assert!(
+        still.is_none() || still.is_some_and(|w| w.pid == worker.pid),
+        "node-1 kept its worker"
+    );
 }

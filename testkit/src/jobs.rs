@@ -15,6 +15,9 @@ pub struct Train {
     pub steps: u64,
     pub step_time_s: f64,
     pub ckpt_every: u64,
+    /// The ranks wait for each other at every step (a barrier in the job's directory), as
+    /// collective training does; false: independent ranks.
+    pub synchronous: bool,
 }
 
 impl Default for Train {
@@ -25,6 +28,7 @@ impl Default for Train {
             steps: 80,
             step_time_s: 0.1,
             ckpt_every: 10,
+            synchronous: true,
         }
     }
 }
@@ -42,8 +46,13 @@ impl Train {
     pub fn spec(&self, dir: &Path) -> pb::JobSpec {
         let script = dir.join("train_demo.py");
         std::fs::write(&script, TRAIN_SCRIPT).expect("writing the training script");
+        // Synchronous ranks, as collective training is: a rank that stops stops them all.
+        let mut command = self.command(&script);
+        if self.synchronous {
+            command.extend(["--sync-dir".into(), dir.join("sync").display().to_string()]);
+        }
         pb::JobSpec {
-            command: self.command(&script),
+            command,
             nodes: self.nodes,
             checkpoint_uri: format!("file://{}", checkpoint_dir(dir).display()),
             ..Default::default()
