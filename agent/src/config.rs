@@ -125,21 +125,8 @@ impl Default for AgentConfig {
     }
 }
 
-/// A setting that cannot work, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AgentConfigError {
-    #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
-    /// validation), with the line that sets it (none when a default clashes with a set key).
-    #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
-    InFile {
-        path: String,
-        line: Option<usize>,
-        key: String,
-        reason: String,
-    },
-}
+/// Why a setting is refused (the agent's config shares the coordinator's error).
+pub use holdfast_core::config_file::SettingsError as AgentConfigError;
 
 impl AgentConfig {
     /// The coordinator addresses (`coordinator` may list several, comma-separated: the agent
@@ -286,21 +273,7 @@ impl AgentConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<AgentConfig, AgentConfigError> {
-        holdfast_core::config_file::parse_validated(
-            text,
-            path,
-            AgentConfig::validate,
-            |e| match e {
-                AgentConfigError::Invalid { key, reason } => Some((*key, reason.clone())),
-                _ => None,
-            },
-            |at| AgentConfigError::InFile {
-                path: at.path,
-                line: at.line,
-                key: at.key,
-                reason: at.reason,
-            },
-        )
+        holdfast_core::config_file::parse_validated(text, path, AgentConfig::validate)
     }
 
     /// The node id to announce: the configured one, else the hostname.

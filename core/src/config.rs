@@ -163,39 +163,7 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// A setting that cannot work, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A value `validate()` refuses; loading a file turns it into `InFile` with the line.
-    #[error("{key}: {reason}")]
-    Invalid {
-        /// The setting's key, as it is written in TOML.
-        key: &'static str,
-        /// What is wrong, and what would work.
-        reason: String,
-    },
-    /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
-    /// validation), with the line that sets it (none when a default clashes with a set key).
-    #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
-    InFile {
-        /// The file, as it was given.
-        path: String,
-        /// The 1-based line that sets the key.
-        line: Option<usize>,
-        /// The key at fault; empty when the parser cannot tell.
-        key: String,
-        /// The parser's message or the validation's reason.
-        reason: String,
-    },
-    /// The file could not be read.
-    #[error("{path}: {reason}")]
-    Read {
-        /// The file, as it was given.
-        path: String,
-        /// The I/O error.
-        reason: String,
-    },
-}
+pub use crate::config_file::SettingsError as ConfigError;
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -356,21 +324,7 @@ impl CoordinatorConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<CoordinatorConfig, ConfigError> {
-        crate::config_file::parse_validated(
-            text,
-            path,
-            CoordinatorConfig::validate,
-            |e| match e {
-                ConfigError::Invalid { key, reason } => Some((*key, reason.clone())),
-                _ => None,
-            },
-            |at| ConfigError::InFile {
-                path: at.path,
-                line: at.line,
-                key: at.key,
-                reason: at.reason,
-            },
-        )
+        crate::config_file::parse_validated(text, path, CoordinatorConfig::validate)
     }
 
     /// Reads and validates a TOML file.

@@ -1,30 +1,48 @@
 //! TOML settings files: where in the text a key is set, so that every refusal names the file,
 //! the line and the key.
 
-/// Where a settings file is wrong: the file, the line (when known), the key and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    /// The file as the operator named it.
-    pub path: String,
-    /// The 1-based line.
-    pub line: Option<usize>,
-    /// The key that line sets (empty when the line sets none).
-    pub key: String,
-    /// What is wrong.
-    pub reason: String,
+/// A setting that cannot work, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A value `validate()` refuses; loading a file turns it into `InFile` with the line.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The setting's key, as it is written in TOML.
+        key: &'static str,
+        /// What is wrong, and what would work.
+        reason: String,
+    },
+    /// A value in a file that cannot work (bad syntax, unknown key, wrong type, failed
+    /// validation), with the line that sets it (none when a default clashes with a set key).
+    #[error("{path}{}: {key}: {reason}", line.map_or(String::new(), |l| format!(" line {l}")))]
+    InFile {
+        /// The file, as it was given.
+        path: String,
+        /// The 1-based line that sets the key.
+        line: Option<usize>,
+        /// The key at fault; empty when the parser cannot tell.
+        key: String,
+        /// The parser's message or the validation's reason.
+        reason: String,
+    },
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file, as it was given.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
 }
 
 /// Parses a settings file's `text` and validates it, so that every refusal names the file, the
-/// line and the key: a syntax or type error where the parser stopped, and a value that
-/// `validate` refuses — `refused` tells which key from the error (`None`: not about one key) —
-/// at the line that sets that key. `in_file` turns the location into the caller's error.
-pub fn parse_validated<T, E>(
+/// line and the key: a syntax or type error where the parser stopped, and a value `validate`
+/// refuses ([`SettingsError::Invalid`]) at the line that sets its key.
+pub fn parse_validated<T>(
     text: &str,
     path: &str,
-    validate: impl FnOnce(&T) -> Result<(), E>,
-    refused: impl FnOnce(&E) -> Option<(&'static str, String)>,
-    in_file: impl Fn(Located) -> E,
-) -> Result<T, E>
+    validate: impl FnOnce(&T) -> Result<(), SettingsError>,
+) -> Result<T, SettingsError>
 where
     T: serde::de::DeserializeOwned,
 {
@@ -32,21 +50,21 @@ where
         let (line, key) = e
             .span()
             .map_or((None, String::new()), |span| locate(text, span.start));
-        in_file(Located {
+        SettingsError::InFile {
             path: path.to_string(),
             line,
             key,
             reason: e.message().to_string(),
-        })
+        }
     })?;
-    validate(&config).map_err(|e| match refused(&e) {
-        Some((key, reason)) => in_file(Located {
+    validate(&config).map_err(|e| match e {
+        SettingsError::Invalid { key, reason } => SettingsError::InFile {
             path: path.to_string(),
             line: key_line(text, key),
             key: key.to_string(),
             reason,
-        }),
-        None => e,
+        },
+        other => other,
     })?;
     Ok(config)
 }
