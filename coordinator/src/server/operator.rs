@@ -21,6 +21,18 @@ use crate::now_ms;
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 impl Coordinator {
+    /// Steps the core with the input `make` builds for a fresh request id; answers with the job.
+    fn ask_job(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Job>, Status> {
+        let request = self.request_id();
+        self.job_reply(self.step(make(request)))
+    }
+
+    /// Steps the core with the input `make` builds for a fresh request id; answers with the node.
+    fn ask_node(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Node>, Status> {
+        let request = self.request_id();
+        self.node_reply(self.step(make(request)))
+    }
+
     fn job_reply(
         &self,
         reply: Option<Result<Reply, CoreError>>,
@@ -120,11 +132,10 @@ impl OperatorService for Coordinator {
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        let request = self.request_id();
-        self.job_reply(self.step(Input::StopJob {
+        self.ask_job(|request| Input::StopJob {
             request,
             job_id: id,
-        }))
+        })
     }
 
     async fn list_nodes(
@@ -145,12 +156,11 @@ impl OperatorService for Coordinator {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let request = self.request_id();
-        self.node_reply(self.step(Input::Cordon {
+        self.ask_node(|request| Input::Cordon {
             request,
             node: r.node_id,
             reason: r.reason,
-        }))
+        })
     }
 
     async fn uncordon(
@@ -158,11 +168,10 @@ impl OperatorService for Coordinator {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let request = self.request_id();
-        self.node_reply(self.step(Input::Uncordon {
+        self.ask_node(|request| Input::Uncordon {
             request,
             node: r.node_id,
-        }))
+        })
     }
 
     async fn list_incidents(
@@ -230,12 +239,11 @@ impl OperatorService for Coordinator {
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let r = request.into_inner();
-        let request = self.request_id();
-        self.node_reply(self.step(Input::RestartAgent {
+        self.ask_node(|request| Input::RestartAgent {
             request,
             node: r.node_id,
             reason: r.reason,
-        }))
+        })
     }
 
     type WatchEventsStream = EventStream;
