@@ -341,7 +341,7 @@ fn a_vouched_node_is_fenced_at_the_jobs_next_fault() {
     steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
     assert!(c.nodes["a"].vouched_since.is_some());
     // b's worker crashes: the job recovers, and a (unreachable) cannot be part of it.
-    worker(&mut c, "b", 1, Crashed, 6_100);
+    let fx = worker(&mut c, "b", 1, Crashed, 6_100);
     assert!(
         matches!(c.nodes["a"].state, NodeState::Fenced { .. }),
         "{:?}",
@@ -352,6 +352,14 @@ fn a_vouched_node_is_fenced_at_the_jobs_next_fault() {
         "{:?}",
         c.incidents
     );
+    assert!(
+        launch_to(&fx, "a").is_none(),
+        "nothing is launched on a: {fx:?}"
+    );
+    // The spare takes a's rank; the new generation runs on s and b.
+    let mut nodes = c.jobs[JOB].nodes();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["b", "s"], "{:?}", c.jobs[JOB]);
 }
 
 #[test]

@@ -360,12 +360,6 @@ pub enum Input {
 enum Work {
     /// A node became ready: give it to a job that waits for one.
     FindReplacements,
-    /// A node is faulty after all (a node whose ranks progress vouched for, once its job
-    /// recovers from another fault).
-    NodeFault {
-        node: String,
-        cause: job::FaultCause,
-    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -548,7 +542,6 @@ impl Cluster {
         while let Some(work) = self.work.pop_front() {
             match work {
                 Work::FindReplacements => self.find_replacements(now, &mut fx),
-                Work::NodeFault { node, cause } => self.node_fault(&node, cause, now, &mut fx),
             }
         }
         fx

@@ -38,41 +38,43 @@ impl Cluster {
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
+            // Before anything else of this recovery is decided (a relaunch on the same nodes):
+            // a node kept on the job's progress alone cannot take part in it.
+            if let Some(node) = self.vouched_node_to_fault(job_id) {
+                queue.push_front(JobEvent::Fault {
+                    node,
+                    cause: FaultCause::AgentLost,
+                });
+            }
         }
-        self.fault_vouched_nodes_of_recovering(job_id);
     }
 
     /// A node kept in its job on the job's progress alone cannot take part in a recovery (its
-    /// agent cannot be reached to stop or launch anything): once the job recovers from another
-    /// fault, it is a node fault too.
-    fn fault_vouched_nodes_of_recovering(&mut self, job_id: &str) {
-        let Some(job) = self.jobs.get(job_id) else {
-            return;
-        };
-        if !matches!(job.state, JobState::Recovering(_)) {
-            return;
+    /// agent cannot be reached to stop or launch anything): once the job leaves `Running` for
+    /// another fault, it is a node fault too. Returns the next such node, its marks cleared.
+    fn vouched_node_to_fault(&mut self, job_id: &str) -> Option<String> {
+        let job = self.jobs.get(job_id)?;
+        if !matches!(
+            job.state,
+            JobState::Recovering(_) | JobState::Launching | JobState::Pending
+        ) {
+            return None;
         }
-        let vouched: Vec<String> = job
+        let node = job
             .ranks
             .iter()
             .filter(|r| !r.needs_node)
-            .filter(|r| {
-                self.nodes
-                    .get(&r.node)
-                    .is_some_and(|n| n.vouched_since.is_some() || n.lost_at.is_some())
-            })
             .map(|r| r.node.clone())
-            .collect();
-        for node in vouched {
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.vouched_since = None;
-                n.lost_at = None;
-            }
-            self.defer(Work::NodeFault {
-                node,
-                cause: FaultCause::AgentLost,
-            });
+            .find(|node| {
+                self.nodes
+                    .get(node)
+                    .is_some_and(|n| n.vouched_since.is_some() || n.lost_at.is_some())
+            })?;
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.vouched_since = None;
+            n.lost_at = None;
         }
+        Some(node)
     }
 
     pub(super) fn apply_job_effect(
