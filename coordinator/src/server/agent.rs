@@ -103,16 +103,25 @@ impl AgentService for Coordinator {
             .remote_addr()
             .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
         // The port is shared with operators (who use tokens), so TLS lets clients in without a
-        // certificate and the agent stream is where one is demanded.
-        if crate::tls::agents_need_certificates(self.cluster().config())
-            && request.peer_certs().is_none_or(|certs| certs.is_empty())
-        {
-            tracing::warn!(%peer, "agent stream without a client certificate refused");
-            return Err(CoordinatorError::Unauthenticated(
-                "agents must present a client certificate signed by tls_client_ca_file".into(),
-            )
-            .into());
-        }
+        // certificate and the agent stream is where one is demanded. The certificate's
+        // identities are kept: the hello must claim one of them.
+        let certified: Option<Vec<String>> =
+            if crate::tls::agents_need_certificates(self.cluster().config()) {
+                let Some(leaf) = request
+                    .peer_certs()
+                    .and_then(|certs| certs.first().cloned())
+                else {
+                    tracing::warn!(%peer, "agent stream without a client certificate refused");
+                    return Err(CoordinatorError::Unauthenticated(
+                        "agents must present a client certificate signed by tls_client_ca_file"
+                            .into(),
+                    )
+                    .into());
+                };
+                Some(crate::tls::certificate_identities(leaf.as_ref()))
+            } else {
+                None
+            };
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -140,6 +149,21 @@ impl AgentService for Coordinator {
             let e = CoordinatorError::from(e);
             tracing::warn!(peer, "refused agent stream: {e}");
             return Err(e.into());
+        }
+        if let Some(identities) = &certified {
+            if !identities.contains(&hello.node_id) {
+                let e = CoordinatorError::Unauthenticated(format!(
+                    "hello claims node id {} but the client certificate is for {}",
+                    hello.node_id,
+                    if identities.is_empty() {
+                        "no readable identity".to_string()
+                    } else {
+                        identities.join(", ")
+                    }
+                ));
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
         }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
