@@ -327,11 +327,21 @@ async fn session(
             Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
         },
     };
-    let mut interval = Duration::from_millis(state.config.heartbeat_interval_ms);
-    match inbound.message().await {
+    // `session_term` is the welcome's term: a coordinator's term is fixed for its life, so a
+    // command claiming a newer one on this stream is forged and never reaches the fencing state.
+    let (interval, session_term) = match inbound.message().await {
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
         })) => {
+            // Without TLS the peer is unauthenticated: a jump far past the terms seen is not
+            // persisted (it would make the agent refuse the real coordinator until an operator
+            // removes the fencing file).
+            let authenticated = !state.config.tls_ca_file.as_os_str().is_empty();
+            if let Some(refusal) =
+                term_jump_refusal(state.fencing.decide(|f| f.term()), w.term, authenticated)
+            {
+                return SessionEnd::Lost(format!("coordinator at {}: {refusal}", state.address()));
+            }
             // From here on, the supervisor refuses commands of older terms too.
             if let Err(OlderTerm { term, current }) = state.fencing.decide(|f| f.observe(w.term)) {
                 // A coordinator that lost its leadership (or a stale copy) still serving.
@@ -342,9 +352,8 @@ async fn session(
                     state.fencing.path().display()
                 ));
             }
-            if w.heartbeat_interval_ms > 0 {
-                interval = Duration::from_millis(w.heartbeat_interval_ms);
-            }
+            let interval =
+                heartbeat_interval(state.config.heartbeat_interval_ms, w.heartbeat_interval_ms);
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
@@ -352,6 +361,7 @@ async fn session(
                 state.address()
             );
             state.metrics.session_opened();
+            (interval, w.term)
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
         Err(status) => {
@@ -360,7 +370,7 @@ async fn session(
                 status.message()
             ))
         }
-    }
+    };
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
             state.unsent.push_front(e.into_inner());
@@ -407,6 +417,15 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
+                Ok(Some(pb::CoordinatorMessage { body: Some(body) }))
+                    if command_term(&body).is_some_and(|term| term > session_term) =>
+                {
+                    tracing::warn!(
+                        term = command_term(&body),
+                        session_term,
+                        "refused a command claiming a newer term than its coordinator's welcome"
+                    );
+                }
                 Ok(Some(pb::CoordinatorMessage { body: Some(FromCoordinator::RestartAgent(r)) })) => {
                     if state.fencing.admit_term(r.term).is_err() {
                         tracing::warn!(term = r.term, "refused a restart of an older coordinator term");
@@ -428,6 +447,50 @@ async fn session(
                 Err(status) => return SessionEnd::Lost(status.message().to_string()),
             }
         }
+    }
+}
+
+/// Shortest and longest heartbeat interval the agent accepts from a welcome (or its config):
+/// a coordinator asking for more is clamped, not obeyed (a zero or overflowing interval would
+/// stop the agent).
+const HEARTBEAT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+
+/// Largest term increase accepted from an unauthenticated (plain HTTP) coordinator. Terms grow
+/// by one per coordinator start or election, so a real coordinator never jumps this far.
+const MAX_UNAUTHENTICATED_TERM_JUMP: u64 = 10_000;
+
+/// The heartbeat interval: the welcome's when it gives one, else the configured one, clamped to
+/// [`HEARTBEAT_INTERVAL_MS`].
+fn heartbeat_interval(configured_ms: u64, welcome_ms: u64) -> Duration {
+    let ms = if welcome_ms > 0 {
+        welcome_ms
+    } else {
+        configured_ms
+    };
+    Duration::from_millis(ms.clamp(*HEARTBEAT_INTERVAL_MS.start(), *HEARTBEAT_INTERVAL_MS.end()))
+}
+
+/// Why a welcome's `offered` term is refused before it is persisted, when the agent has seen
+/// `seen` and the coordinator is not authenticated by TLS; `None` when it may be observed.
+fn term_jump_refusal(seen: u64, offered: u64, authenticated: bool) -> Option<String> {
+    if authenticated || offered <= seen.saturating_add(MAX_UNAUTHENTICATED_TERM_JUMP) {
+        return None;
+    }
+    Some(format!(
+        "its term {offered} is more than {MAX_UNAUTHENTICATED_TERM_JUMP} past term {seen}, \
+         already seen, and the connection is not authenticated (no tls_ca_file); refusing it"
+    ))
+}
+
+/// The coordinator term a command carries.
+fn command_term(body: &FromCoordinator) -> Option<u64> {
+    match body {
+        FromCoordinator::Welcome(_) => None,
+        FromCoordinator::Launch(l) => Some(l.term),
+        FromCoordinator::Stop(s) => Some(s.term),
+        FromCoordinator::Fence(f) => Some(f.term),
+        FromCoordinator::RunScript(r) => Some(r.term),
+        FromCoordinator::RestartAgent(r) => Some(r.term),
     }
 }
 
@@ -472,5 +535,49 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
     };
     if state.commands.send(command).is_err() {
         tracing::error!("worker supervisor is gone; command dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_welcome_heartbeat_interval_is_clamped() {
+        assert_eq!(heartbeat_interval(500, 0), Duration::from_millis(500));
+        assert_eq!(heartbeat_interval(500, 1000), Duration::from_millis(1000));
+        assert_eq!(heartbeat_interval(500, 1), Duration::from_millis(50));
+        assert_eq!(heartbeat_interval(0, 0), Duration::from_millis(50));
+        assert_eq!(heartbeat_interval(500, u64::MAX), Duration::from_secs(60));
+        // The clamped interval is one tokio accepts (a huge one overflowed the deadline).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let _ = tokio::time::interval(heartbeat_interval(500, u64::MAX));
+        });
+    }
+
+    #[test]
+    fn an_unauthenticated_coordinator_cannot_jump_the_term_far() {
+        assert_eq!(term_jump_refusal(0, 1, false), None);
+        assert_eq!(term_jump_refusal(5, 10_005, false), None);
+        let refusal = term_jump_refusal(5, 10_006, false).expect("refused");
+        assert!(refusal.contains("not authenticated"), "{refusal}");
+        assert!(term_jump_refusal(0, u64::MAX, false).is_some());
+        assert_eq!(term_jump_refusal(u64::MAX, u64::MAX, false), None);
+        assert_eq!(term_jump_refusal(0, u64::MAX, true), None);
+    }
+
+    #[test]
+    fn every_command_but_the_welcome_carries_its_term() {
+        let launch = FromCoordinator::Launch(pb::Launch {
+            term: 7,
+            ..Default::default()
+        });
+        assert_eq!(command_term(&launch), Some(7));
+        let welcome = FromCoordinator::Welcome(pb::Welcome::default());
+        assert_eq!(command_term(&welcome), None);
     }
 }

@@ -2,7 +2,7 @@
 //! CA, an agent that presents its certificate (mutual TLS) and registers, an agent stream
 //! without a certificate refused, the operator API over TLS with a token (library and CLI), and
 //! a plain-TCP client that cannot talk to the TLS port, and an unreadable certificate refused at
-//! start.
+//! start; a node's certificate speaks for that node only.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +29,7 @@ fn make_certificates(dir: &Path) {
             vec!["localhost".to_string(), "127.0.0.1".into()],
         ),
         ("agent", vec!["node-1".to_string()]),
+        ("node-a", vec!["node-a".to_string()]),
     ] {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(names)
@@ -166,5 +167,88 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
         out.stderr.contains("tls_cert_file") && out.stderr.contains("no-such.pem"),
         "{}",
         out.stderr
+    );
+}
+
+/// A raw agent stream from `cert`/`key` (files in `dir`) saying hello as `node_id`: the first
+/// reply, or the refusal.
+async fn hello_as(
+    dir: &Path,
+    addr: &str,
+    cert: &str,
+    node_id: &str,
+) -> Result<pb::CoordinatorMessage, tonic::Status> {
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .identity(tonic::transport::Identity::from_pem(
+            read(&format!("{cert}.pem")),
+            read(&format!("{cert}.key")),
+        ));
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+    let now = holdfast_coordinator::now_ms();
+    let hello = pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            node_id: node_id.into(),
+            hostname: node_id.into(),
+            boot_id: "boot".into(),
+            sent_unix_ms: now,
+            agent_started_unix_ms: now,
+            ..Default::default()
+        })),
+    };
+    // The stream stays open (the sender lives in the spawned task) so a welcome can come back.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await.unwrap();
+    tokio::spawn(async move {
+        tx.closed().await;
+    });
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(inbound.message().await?.expect("a first message"))
+}
+
+#[tokio::test]
+async fn a_node_certificate_speaks_for_its_own_node_only() {
+    let dir = Scratch::new("tls-identity");
+    make_certificates(&dir);
+    let config = holdfast_coordinator::CoordinatorConfig {
+        tls_cert_file: dir.join("coordinator.pem"),
+        tls_key_file: dir.join("coordinator.key"),
+        tls_client_ca_file: dir.join("ca.pem"),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(holdfast_coordinator::run(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+
+    // node-a's certificate claiming node-b is refused, naming both.
+    let err = hello_as(&dir, &addr, "node-a", "node-b").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("node-b") && err.message().contains("node-a"),
+        "{err:?}"
+    );
+    // With its own id it is welcomed.
+    let welcome = hello_as(&dir, &addr, "node-a", "node-a").await.unwrap();
+    assert!(
+        matches!(welcome.body, Some(pb::coordinator_message::Body::Welcome(ref w)) if w.node_id == "node-a"),
+        "{welcome:?}"
     );
 }

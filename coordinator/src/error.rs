@@ -29,9 +29,9 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NoHello(_) => Status::deadline_exceeded(message),
             CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),
             CoordinatorError::Core(core) => match core {
-                CoreError::InvalidJob { .. } | CoreError::BadMessage(_) => {
-                    Status::invalid_argument(message)
-                }
+                CoreError::InvalidJob { .. }
+                | CoreError::InvalidField { .. }
+                | CoreError::BadMessage(_) => Status::invalid_argument(message),
                 CoreError::JobExists(_) | CoreError::DuplicateNode { .. } => {
                     Status::already_exists(message)
                 }

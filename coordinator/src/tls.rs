@@ -47,6 +47,29 @@ pub fn server_config(config: &CoordinatorConfig) -> Result<Option<ServerTlsConfi
     Ok(Some(tls))
 }
 
+/// The identities a client certificate names: its DNS subject alternative names, then its
+/// common name(s). Empty when the certificate cannot be parsed.
+pub fn certificate_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_string());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            names.push(cn.to_string());
+        }
+    }
+    names
+}
+
 /// True when agents must present a client certificate (a client CA is configured).
 pub fn agents_need_certificates(config: &CoordinatorConfig) -> bool {
     !config.tls_cert_file.as_os_str().is_empty()

@@ -116,7 +116,9 @@ pub struct CoordinatorConfig {
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: std::path::PathBuf,
     /// PEM CA that signs agents' client certificates: when set, an agent stream without a
-    /// certificate from this CA is refused (mutual TLS). Operators use tokens instead.
+    /// certificate from this CA is refused (mutual TLS), and so is a hello whose node id is not
+    /// the certificate's identity (a DNS subject alternative name or the common name).
+    /// Operators use tokens instead.
     pub tls_client_ca_file: std::path::PathBuf,
 }
 

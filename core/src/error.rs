@@ -14,6 +14,14 @@ pub enum CoreError {
         /// What is wrong.
         reason: String,
     },
+    /// An agent-supplied field is too large or malformed (see [`crate::limits`]).
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// The field, as `message.field`.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A job with this id exists.
     #[error("job {0} already exists")]
     JobExists(String),

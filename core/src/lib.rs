@@ -37,6 +37,7 @@ pub mod error;
 pub mod fault;
 pub mod incident;
 pub mod job;
+pub mod limits;
 pub mod node;
 pub mod protocol;
 pub mod records;

@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use holdfast_core::cluster::{Command, Input, Reply};
+use holdfast_core::error::CoreError;
+use holdfast_core::limits;
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::AgentService;
@@ -18,48 +20,66 @@ use crate::error::CoordinatorError;
 use crate::now_ms;
 
 impl Coordinator {
-    fn handle_agent_message(&self, node: &str, body: FromAgent) {
+    /// One message of an agent's stream becomes an input of the core. Refused (and the stream
+    /// closed by the caller) when a field is outside [`holdfast_core::limits`].
+    fn handle_agent_message(&self, node: &str, body: FromAgent) -> Result<(), CoreError> {
         let node = node.to_string();
         let input = match body {
             FromAgent::Hello(_) => {
                 tracing::warn!(node, "second hello on one stream ignored");
-                return;
+                return Ok(());
             }
-            FromAgent::Heartbeat(hb) => Input::Heartbeat {
-                node,
-                sent_at: hb.sent_unix_ms,
-                health: hb.health.map(crate::wire::health),
-            },
-            FromAgent::HealthReport(r) => match r.health {
-                Some(health) => Input::HealthReport {
+            FromAgent::Heartbeat(hb) => {
+                limits::check_sent_at(hb.sent_unix_ms)?;
+                let health = hb.health.map(crate::wire::health);
+                if let Some(health) = &health {
+                    limits::check_health(health)?;
+                }
+                Input::Heartbeat {
                     node,
-                    health: crate::wire::health(health),
-                },
-                None => return,
-            },
-            FromAgent::WorkerEvent(e) => match crate::wire::worker_event(e) {
-                Some(event) => Input::Worker { node, event },
-                None => return,
-            },
-            FromAgent::Progress(p) => Input::Progress {
-                node,
-                progress: crate::wire::progress(p),
-            },
-            FromAgent::CommandResult(r) => {
-                tracing::info!(
-                    node,
-                    command = r.command_id,
-                    ok = r.ok,
-                    "command result: {}",
-                    r.message
-                );
-                Input::ScriptResult {
-                    node,
-                    result: crate::wire::command_result(r),
+                    sent_at: hb.sent_unix_ms,
+                    health,
                 }
             }
+            FromAgent::HealthReport(r) => match r.health {
+                Some(health) => {
+                    let health = crate::wire::health(health);
+                    limits::check_health(&health)?;
+                    Input::HealthReport { node, health }
+                }
+                None => return Ok(()),
+            },
+            FromAgent::WorkerEvent(e) => match crate::wire::worker_event(e) {
+                Some(event) => {
+                    limits::check_worker_event(&event)?;
+                    Input::Worker { node, event }
+                }
+                None => return Ok(()),
+            },
+            FromAgent::Progress(p) => {
+                let progress = crate::wire::progress(p);
+                limits::check_progress(&progress)?;
+                Input::Progress { node, progress }
+            }
+            FromAgent::CommandResult(r) => {
+                let result = crate::wire::command_result(r);
+                limits::check_command_result(&result)?;
+                tracing::info!(
+                    node,
+                    command = result.command_id,
+                    ok = result.ok,
+                    "command result: {}",
+                    limits::truncated(&result.message, limits::MAX_LOGGED)
+                );
+                Input::ScriptResult { node, result }
+            }
             FromAgent::Goodbye(g) => {
-                tracing::info!(node, restarting = g.restarting, "goodbye: {}", g.reason);
+                tracing::info!(
+                    node,
+                    restarting = g.restarting,
+                    "goodbye: {}",
+                    limits::truncated(&g.reason, limits::MAX_LOGGED)
+                );
                 Input::Goodbye {
                     node,
                     restarting: g.restarting,
@@ -67,6 +87,7 @@ impl Coordinator {
             }
         };
         self.step(input);
+        Ok(())
     }
 }
 
@@ -82,16 +103,25 @@ impl AgentService for Coordinator {
             .remote_addr()
             .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
         // The port is shared with operators (who use tokens), so TLS lets clients in without a
-        // certificate and the agent stream is where one is demanded.
-        if crate::tls::agents_need_certificates(self.cluster().config())
-            && request.peer_certs().is_none_or(|certs| certs.is_empty())
-        {
-            tracing::warn!(%peer, "agent stream without a client certificate refused");
-            return Err(CoordinatorError::Unauthenticated(
-                "agents must present a client certificate signed by tls_client_ca_file".into(),
-            )
-            .into());
-        }
+        // certificate and the agent stream is where one is demanded. The certificate's
+        // identities are kept: the hello must claim one of them.
+        let certified: Option<Vec<String>> =
+            if crate::tls::agents_need_certificates(self.cluster().config()) {
+                let Some(leaf) = request
+                    .peer_certs()
+                    .and_then(|certs| certs.first().cloned())
+                else {
+                    tracing::warn!(%peer, "agent stream without a client certificate refused");
+                    return Err(CoordinatorError::Unauthenticated(
+                        "agents must present a client certificate signed by tls_client_ca_file"
+                            .into(),
+                    )
+                    .into());
+                };
+                Some(crate::tls::certificate_identities(leaf.as_ref()))
+            } else {
+                None
+            };
         let mut inbound = request.into_inner();
         let timeout = self.shared.hello_timeout;
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -114,14 +144,36 @@ impl AgentService for Coordinator {
             tracing::warn!(peer, "refused agent stream: {e}");
             return Err(e.into());
         };
+        let hello = crate::wire::hello(hello);
+        if let Err(e) = limits::check_hello(&hello) {
+            let e = CoordinatorError::from(e);
+            tracing::warn!(peer, "refused agent stream: {e}");
+            return Err(e.into());
+        }
+        if let Some(identities) = &certified {
+            if !identities.contains(&hello.node_id) {
+                let e = CoordinatorError::Unauthenticated(format!(
+                    "hello claims node id {} but the client certificate is for {}",
+                    hello.node_id,
+                    if identities.is_empty() {
+                        "no readable identity".to_string()
+                    } else {
+                        identities.join(", ")
+                    }
+                ));
+                tracing::warn!(peer, "refused agent stream: {e}");
+                return Err(e.into());
+            }
+        }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
+        let refusals = tx.clone();
         let close = Arc::new(Notify::new());
         let request = self.request_id();
         let input = Input::Hello {
             request,
             conn,
-            hello: crate::wire::hello(hello),
+            hello,
         };
         let (welcome, sealed) = {
             let mut cluster = self.cluster();
@@ -169,7 +221,14 @@ impl AgentService for Coordinator {
                 tokio::select! {
                     _ = close.notified() => break,
                     msg = inbound.message() => match msg {
-                        Ok(Some(pb::AgentMessage { body: Some(body) })) => this.handle_agent_message(&node, body),
+                        Ok(Some(pb::AgentMessage { body: Some(body) })) => {
+                            if let Err(e) = this.handle_agent_message(&node, body) {
+                                let e = CoordinatorError::from(e);
+                                tracing::warn!(node, "agent stream closed: {e}");
+                                let _ = refusals.send(Err(e.into()));
+                                break;
+                            }
+                        }
                         Ok(Some(_)) => tracing::warn!(node, "empty agent message ignored"),
                         Ok(None) => break,
                         Err(status) => {

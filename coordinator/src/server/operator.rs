@@ -253,25 +253,120 @@ impl OperatorService for Coordinator {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let job_id = request.into_inner().job_id;
-        let stream = tokio_stream::wrappers::BroadcastStream::new(self.subscribe()).filter_map(
-            move |item| match item {
+        let events = self.subscribe();
+        Ok(Response::new(watch_stream(events, job_id, WATCH_BACKLOG)))
+    }
+}
+
+/// Most events one watcher may have queued (decided but not yet taken by its connection);
+/// a watcher further behind is dropped, so a client that never reads holds no more than this.
+const WATCH_BACKLOG: usize = 256;
+
+/// One watcher's stream: a task takes its events off the bus at once (so it never pins the
+/// bus's ring) into a queue of `backlog`; when the queue is full the watcher is dropped — it gets
+/// what was queued, then one last event saying why, then `resource_exhausted`.
+fn watch_stream(
+    mut events: tokio::sync::broadcast::Receiver<pb::Event>,
+    job_id: String,
+    backlog: usize,
+) -> EventStream {
+    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::mpsc::error::TrySendError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::Event>(backlog);
+    let (why_tx, why_rx) = oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let why = loop {
+            let event = tokio::select! {
+                _ = tx.closed() => return,
+                event = events.recv() => event,
+            };
+            match event {
                 Ok(event)
                     if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
                 {
-                    Some(Ok(event))
+                    match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            break format!("watcher too slow: {backlog} events queued unread")
+                        }
+                        Err(TrySendError::Closed(_)) => return,
+                    }
                 }
-                Ok(_) => None,
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(pb::Event {
-                        at_unix_ms: now_ms(),
-                        kind: "log".into(),
-                        kind_enum: pb::EventKind::Log as i32,
-                        message: format!("{n} events dropped: watcher too slow"),
-                        ..Default::default()
-                    }))
-                }
-            },
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => break format!("watcher too slow: {n} events missed"),
+                Err(RecvError::Closed) => return,
+            }
+        };
+        // The queue's sender goes with the task, so the stream ends after what was queued.
+        let _ = why_tx.send(why);
+    });
+    let last = futures::stream::once(why_rx).filter_map(|why| {
+        why.ok().map(|why| {
+            tracing::warn!("event watcher dropped: {why}");
+            futures::stream::iter([
+                Ok(pb::Event {
+                    at_unix_ms: now_ms(),
+                    kind: "log".into(),
+                    kind_enum: pb::EventKind::Log as i32,
+                    message: format!("{why}; this stream ends here, watch again to resume"),
+                    ..Default::default()
+                }),
+                Err(Status::resource_exhausted(why)),
+            ])
+        })
+    });
+    let queued = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+    Box::pin(queued.chain(futures::StreamExt::flatten(last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(job_id: &str) -> pb::Event {
+        pb::Event {
+            job_id: job_id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_dropped_with_a_reason() {
+        let (bus, events) = tokio::sync::broadcast::channel(4096);
+        let mut stream = watch_stream(events, String::new(), 8);
+        for _ in 0..20 {
+            bus.send(event("j")).expect("a receiver");
+        }
+        let mut queued = 0;
+        let last = loop {
+            match stream.next().await {
+                Some(Ok(e)) if e.message.is_empty() => queued += 1,
+                Some(Ok(e)) => break e.message,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(queued, 8, "only the backlog is kept");
+        assert!(last.contains("watcher too slow"), "{last}");
+        let end = stream.next().await;
+        assert!(
+            matches!(&end, Some(Err(s)) if s.code() == tonic::Code::ResourceExhausted),
+            "{end:?}"
         );
-        Ok(Response::new(Box::pin(stream)))
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_keeps_up_sees_only_its_job() {
+        let (bus, events) = tokio::sync::broadcast::channel(16);
+        let mut stream = watch_stream(events, "a".into(), 8);
+        for job in ["a", "b", "", "a"] {
+            bus.send(event(job)).expect("a receiver");
+        }
+        drop(bus);
+        let mut seen = Vec::new();
+        while let Some(item) = stream.next().await {
+            seen.push(item.expect("no error").job_id);
+        }
+        assert_eq!(seen, ["a", "", "a"]);
     }
 }

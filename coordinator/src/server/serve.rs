@@ -14,6 +14,12 @@ use tokio_stream::StreamExt;
 use holdfast_core::cluster::Command;
 
 use super::Coordinator;
+
+/// Largest gRPC message the coordinator decodes; larger ones are refused unread
+/// (`out_of_range`/`resource_exhausted` from tonic).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Most concurrent HTTP/2 streams on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 use crate::config::CoordinatorConfig;
 use crate::store::{RecordStore, StoreError};
 
@@ -85,9 +91,16 @@ async fn serve(
         }
         s
     });
-    let mut grpc = tonic::service::Routes::new(AgentServiceServer::new(coordinator.clone()))
-        .add_service(OperatorServiceServer::new(coordinator.clone()))
-        .into_axum_router();
+    // Every message's size is bounded before it is decoded: the largest legitimate one (a job
+    // spec at its limits, a hello with 64 GPUs) is far below it.
+    let mut grpc = tonic::service::Routes::new(
+        AgentServiceServer::new(coordinator.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        OperatorServiceServer::new(coordinator.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .into_axum_router();
     // Tokens guard the operator API only (`enforce` passes other paths through): agents are not
     // operators and never send one.
     if let Some(tokens) = tokens {
@@ -110,6 +123,8 @@ async fn serve(
     server
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // An agent holds one stream and an operator a few; more on one connection is a flood.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .accept_http1(true)
         .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, async move {

@@ -18,7 +18,7 @@ impl Cluster {
             return fx;
         };
         node.last_heartbeat_at = now;
-        push_offset(node, sent_at - now);
+        push_offset(node, sent_at.saturating_sub(now));
         if let Some(health) = health {
             let fatal = health.fatal_reason();
             node.health = health;
@@ -36,7 +36,12 @@ impl Cluster {
         health: HealthSummary,
         now: UnixMillis,
     ) -> Vec<Command> {
-        self.heartbeat(node_id, now + self.offset(node_id), Some(health), now)
+        self.heartbeat(
+            node_id,
+            now.saturating_add(self.offset(node_id)),
+            Some(health),
+            now,
+        )
     }
 
     pub(super) fn offset(&self, node_id: &str) -> i64 {

@@ -11,6 +11,7 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(Job, Vec<Command>), CoreError> {
         let invalid = |field: &'static str, reason: String| CoreError::InvalidJob { field, reason };
+        crate::limits::check_job_request(&request)?;
         let spec = JobSpec::validate(&request, self.config.default_restart_budget)?;
         let job_id = if request.job_id.is_empty() {
             loop {

@@ -14,9 +14,7 @@ impl Cluster {
         hello: Hello,
         now: UnixMillis,
     ) -> Result<(Welcome, Vec<Command>), CoreError> {
-        if hello.node_id.trim().is_empty() {
-            return Err(CoreError::BadMessage("hello.node_id is empty".into()));
-        }
+        crate::limits::check_hello(&hello)?;
         if let Some(existing) = self.nodes.get(&hello.node_id) {
             // The same agent process (same boot, same start) coming back on a new stream means
             // its old stream is dead but not yet noticed here (a half-open connection after a
@@ -92,7 +90,7 @@ impl Cluster {
             .worker
             .as_ref()
             .map(|(j, g, p, _)| (j.clone(), *g, *p));
-        push_offset(record, hello.sent_at - now);
+        push_offset(record, hello.sent_at.saturating_sub(now));
         let node_id = record.id.clone();
         // A run cut short by the reconnect is void: the agent lost it with its old session.
         self.abort_scripts(

@@ -246,17 +246,29 @@ impl Cluster {
     ) -> Vec<Command> {
         let mut fx = Vec::new();
         if result.command_id == "on-fence" {
+            // Only a fenced node was sent a fence (and runs `on-fence`); anything else claiming
+            // the result is noise, and whatever is logged is cut to a line's worth.
+            if !self.is_fenced(node_id) {
+                tracing::debug!(
+                    node = node_id,
+                    "on-fence result from an unfenced node ignored"
+                );
+                return fx;
+            }
             let output = result.output.trim();
             fx.push(self.log_event(
                 node_id,
                 "",
                 format!(
                     "node {node_id}: {}{}",
-                    result.message,
+                    crate::limits::truncated(&result.message, crate::limits::MAX_LOGGED),
                     if output.is_empty() {
                         String::new()
                     } else {
-                        format!(" | output: {output}")
+                        format!(
+                            " | output: {}",
+                            crate::limits::truncated(output, crate::limits::MAX_LOGGED)
+                        )
                     }
                 ),
                 now,

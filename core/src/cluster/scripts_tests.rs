@@ -157,3 +157,43 @@ fn an_operator_check_reports_without_changing_the_node() {
     assert_eq!(state(&c, "n1"), "ready");
     assert!(!c.nodes["n1"].last_check.as_ref().unwrap().ok);
 }
+
+#[test]
+fn an_on_fence_result_counts_only_from_a_fenced_node_and_is_logged_cut() {
+    let mut c = cluster();
+    let fx = hello(&mut c, "n1", Role::Worker, 1, 0);
+    let huge = "x".repeat(1 << 20);
+    // Not fenced: nothing is logged, whatever it says.
+    assert!(answer(&mut c, "n1", "on-fence", true, &huge, 5).is_empty());
+    let (cmd, _) = scripts_sent(&fx, "n1").remove(0);
+    answer(&mut c, "n1", &cmd, false, "broken", 9);
+    assert_eq!(state(&c, "n1"), "fenced");
+    let fx = answer(&mut c, "n1", "on-fence", true, &huge, 10);
+    let logged = events(&fx, crate::protocol::EventKind::Log);
+    assert_eq!(logged.len(), 1);
+    assert!(logged[0].message.contains("bytes cut"), "cut");
+    assert!(logged[0].message.len() < 2 * crate::limits::MAX_LOGGED + 200);
+}
+
+#[test]
+fn extreme_agent_clocks_do_not_overflow() {
+    let mut c = cluster();
+    hello(&mut c, "n1", Role::Worker, 1, 0);
+    for sent_at in [i64::MIN, i64::MAX] {
+        c.step(
+            crate::cluster::Input::Heartbeat {
+                node: "n1".into(),
+                sent_at,
+                health: None,
+            },
+            i64::MAX,
+        );
+        c.step(
+            crate::cluster::Input::HealthReport {
+                node: "n1".into(),
+                health: Default::default(),
+            },
+            i64::MIN,
+        );
+    }
+}

@@ -36,7 +36,7 @@ fn a_second_agent_with_a_connected_node_id_is_refused() {
     // The first connection is untouched.
     assert_eq!(c.nodes["a"].conn, Some(1));
     let err = connect(&mut c, 100, agent(" ", Role::Worker, 5), 5).unwrap_err();
-    assert!(err.to_string().contains("node_id is empty"));
+    assert!(err.to_string().contains("hello.node_id"), "{err}");
 }
 
 #[test]
