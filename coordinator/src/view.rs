@@ -219,7 +219,7 @@ mod tests {
                 code: None,
                 signal: None,
             },
-            FaultCause::ProgressStalled { stalled_ms: 0 },
+            FaultCause::stall(0, String::new()),
             FaultCause::CheckFailed(String::new()),
             FaultCause::RepeatedFaults {
                 faults: 0,

@@ -465,7 +465,7 @@ impl Cluster {
             }
             self.node_fault(
                 &node_id,
-                FaultCause::ProgressStalled { stalled_ms },
+                FaultCause::stall(stalled_ms, String::new()),
                 now,
                 fx,
             );

@@ -259,6 +259,13 @@ pub enum Input {
         /// How far.
         progress: Progress,
     },
+    /// An agent's sample of its worker's processes (sent every heartbeat while one runs).
+    Evidence {
+        /// The node.
+        node: String,
+        /// What the agent saw.
+        evidence: crate::evidence::WorkerEvidence,
+    },
     /// A lifecycle script's result.
     ScriptResult {
         /// The node.
@@ -506,6 +513,12 @@ impl Cluster {
             Input::HealthReport { node, health } => self.health_report(&node, health, now),
             Input::Worker { node, event } => self.worker_event(&node, event, now),
             Input::Progress { node, progress } => self.progress(&node, progress, now),
+            Input::Evidence { node, evidence } => {
+                let mut fx = Vec::new();
+                let job_id = evidence.job_id.clone();
+                self.drive(&job_id, JobEvent::Evidence { node, evidence }, now, &mut fx);
+                fx
+            }
             Input::ScriptResult { node, result } => self.command_result(&node, result, now),
             Input::Goodbye { node, restarting } => self.goodbye(&node, restarting, now),
             Input::Disconnected { node, conn } => self.disconnected(&node, conn, now),

@@ -193,6 +193,24 @@ impl Cluster {
                     now,
                 );
                 incident.fault_step = job.step;
+                // A stall (or the stall that tipped a node into quarantine) shows every rank.
+                let stall = match &cause {
+                    FaultCause::ProgressStalled { .. } => true,
+                    FaultCause::RepeatedFaults { last, .. } => last.starts_with("no progress"),
+                    _ => false,
+                };
+                if stall {
+                    incident.ranks = (job.ranks.iter().enumerate())
+                        .map(|(i, r)| crate::incident::RankEvidence {
+                            rank: i as u32,
+                            node_id: r.node.clone(),
+                            evidence: r
+                                .evidence
+                                .as_ref()
+                                .map_or("no evidence".into(), crate::evidence::describe),
+                        })
+                        .collect();
+                }
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
                 self.touch();

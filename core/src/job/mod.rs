@@ -239,6 +239,11 @@ pub struct Rank {
     /// counts as clean only if the other ranks exit 0 soon after.
     #[serde(default)]
     pub exit_unconfirmed_at: Option<UnixMillis>,
+    /// What the rank's agent last saw of its worker's processes (this generation only): on a
+    /// stall it singles out the rank that stopped the gang. Not stored: it is only ever
+    /// current.
+    #[serde(skip)]
+    pub evidence: Option<crate::evidence::WorkerEvidence>,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -396,6 +401,14 @@ pub enum JobEvent {
         /// The text, as operators read it.
         message: String,
     },
+    /// A node's agent sampled its worker's processes (every heartbeat): kept on the rank for
+    /// the stall detector to single out the rank that stopped the gang.
+    Evidence {
+        /// The node.
+        node: String,
+        /// What the agent saw.
+        evidence: crate::evidence::WorkerEvidence,
+    },
     /// The clock: stalls, the unconfirmed-exit grace, recovery deadlines, retries, backoffs.
     Tick,
 }
@@ -493,6 +506,7 @@ impl Job {
                 last_step: 0,
                 last_progress_at: now,
                 progressed: false,
+                evidence: None,
             })
             .collect();
         Job {
@@ -558,6 +572,7 @@ impl Job {
             r.last_step = 0;
             r.last_progress_at = 0;
             r.progressed = false;
+            r.evidence = None;
         }
         job
     }
