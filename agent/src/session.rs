@@ -76,6 +76,8 @@ struct AgentState {
     /// The coordinator addresses and which one the next session tries.
     addresses: Vec<String>,
     next_address: usize,
+    /// Samples the worker's processes for the evidence sent with every heartbeat.
+    evidence: crate::worker::EvidenceSampler,
 }
 
 impl AgentState {
@@ -163,6 +165,7 @@ pub async fn run_with_outbox(
         outbox,
         addresses: config_addresses,
         next_address: 0,
+        evidence: crate::worker::EvidenceSampler::default(),
     };
     // Stamp the start now, before any hello.
     let _ = *crate::restart::STARTED_MS;
@@ -398,6 +401,12 @@ async fn session(
                     return SessionEnd::Lost("send queue full (coordinator not reading)".into());
                 }
                 state.metrics.heartbeat_sent();
+                let worker = state.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+                if let Some(evidence) = state.evidence.sample(&worker) {
+                    let _ = tx.try_send(pb::AgentMessage {
+                        body: Some(ToCoordinator::WorkerEvidence(evidence)),
+                    });
+                }
             }
             msg = state.outbox_rx.recv() => {
                 let Some(msg) = msg else { return SessionEnd::Shutdown };

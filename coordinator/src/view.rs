@@ -118,6 +118,15 @@ pub fn incident(i: &Incident) -> pb::Incident {
         open: i.is_open(),
         fault_step: i.fault_step,
         rejected_candidates: i.rejected_candidates.clone(),
+        ranks: i
+            .ranks
+            .iter()
+            .map(|r| pb::RankEvidence {
+                rank: r.rank,
+                node_id: r.node_id.clone(),
+                evidence: r.evidence.clone(),
+            })
+            .collect(),
     }
 }
 

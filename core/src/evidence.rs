@@ -60,8 +60,9 @@ pub struct WorkerEvidence {
     pub output_quiet_ms: Option<u64>,
 }
 
-/// A CPU this busy (half a core) counts as spinning.
-pub const BUSY_PERMILLE: u32 = 500;
+/// A CPU this busy (under a third of a core, so a spinning rank on a loaded host still counts)
+/// counts as spinning.
+pub const BUSY_PERMILLE: u32 = 300;
 /// A CPU below this (a tenth of a core) counts as waiting.
 pub const IDLE_PERMILLE: u32 = 100;
 /// A rank's output must have been quiet this much longer than every other's to single it out

@@ -19,12 +19,14 @@
 //! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
 //! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
+//! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
 //! - `adopt.rs` — taking over the worker recorded in `worker.json` after an agent restart.
 //! - `record.rs` — `worker.json`, the record of the running worker.
 //! - `placeholders.rs` — the `{placeholder}` values a launch's command is written with.
 
 mod actor;
 mod adopt;
+mod evidence;
 mod follow;
 mod placeholders;
 mod record;
@@ -33,6 +35,7 @@ mod spawn;
 use holdfast_proto::v1 as pb;
 
 pub use actor::Supervisor;
+pub use evidence::EvidenceSampler;
 pub use follow::parse_step;
 pub use placeholders::{placeholders, substitute};
 pub use record::WorkerRecord;
@@ -54,4 +57,6 @@ pub enum WorkerCommand {
 pub struct WorkerSnapshot {
     pub record: Option<WorkerRecord>,
     pub last_step: u64,
+    /// When the follower last saw an output line of the running worker.
+    pub last_output_at: Option<std::time::Instant>,
 }

@@ -13,6 +13,9 @@ pub struct Args {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// After the table, what each rank's agent saw of its worker when a stall was judged.
+    #[arg(long)]
+    stacks: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
@@ -26,6 +29,27 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         println!("{}", serde_json::Value::Array(list));
     } else {
         print!("{}", tables::incidents(&incidents));
+        if args.stacks {
+            print!("{}", ranks(&incidents));
+        }
     }
     Ok(0)
+}
+
+/// Each stall incident's ranks: node, evidence.
+fn ranks(incidents: &[holdfast_proto::v1::Incident]) -> String {
+    let mut out = String::new();
+    for i in incidents.iter().filter(|i| !i.ranks.is_empty()) {
+        out.push_str(&format!(
+            "\nincident {} ({}): {}\n",
+            i.id, i.node_id, i.detail
+        ));
+        for r in &i.ranks {
+            out.push_str(&format!(
+                "  rank {} on {}: {}\n",
+                r.rank, r.node_id, r.evidence
+            ));
+        }
+    }
+    out
 }

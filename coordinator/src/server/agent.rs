@@ -45,6 +45,10 @@ impl Coordinator {
                 node,
                 progress: crate::wire::progress(p),
             },
+            FromAgent::WorkerEvidence(e) => Input::Evidence {
+                node,
+                evidence: crate::wire::worker_evidence(e),
+            },
             FromAgent::CommandResult(r) => {
                 tracing::info!(
                     node,
