@@ -127,7 +127,8 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     )
-    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
+    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms)
+    .with_py_spy(crate::worker::find_py_spy(&config.py_spy));
     supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {
@@ -445,6 +446,7 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
+        FromCoordinator::DumpStacks(d) => WorkerCommand::DumpStacks(d),
         FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
         FromCoordinator::RunScript(r) => {
             if state.fencing.admit_term(r.term).is_err() {

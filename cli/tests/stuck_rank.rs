@@ -66,10 +66,13 @@ async fn stall_one(
                 .expect("the spin file is written");
         }
     }
-    let incident = kit::wait_for(Duration::from_secs(15), || async {
+    // The incident, once every rank's agent answered with its stacks.
+    let incident = kit::wait_for(Duration::from_secs(20), || async {
         match kit::incidents(cluster, &job.job_id).await.first() {
-            Some(i) => Ok(i.clone()),
-            None => Err(format!("no incident yet for job {}", job.job_id)),
+            Some(i) if !i.ranks.is_empty() && i.ranks.iter().all(|r| !r.stacks.is_empty()) => {
+                Ok(i.clone())
+            }
+            other => Err(format!("no incident with stacks yet: {other:?}")),
         }
     })
     .await;
@@ -125,6 +128,18 @@ async fn the_incident_names_the_stuck_rank_in_every_position() {
             incident.detail
         );
         assert_eq!(incident.ranks.len(), 3, "{incident:?}");
+        // With py-spy (scripts/setup/45-pyspy.sh puts it on PATH) the stacks show where each
+        // rank was: the waiting ones in the exchange, a spinning one in its own loop.
+        let py_spy = holdfast_agent::worker::find_py_spy(Path::new("")).is_some();
+        for r in &incident.ranks {
+            let want = match (py_spy, how) {
+                (false, _) => "stacks not available",
+                (true, Stuck::Spinning) if r.rank as usize == rank => "spin_while_told",
+                (true, Stuck::Stopped) if r.rank as usize == rank => "train_demo.py",
+                (true, _) => "exchange",
+            };
+            assert!(r.stacks.contains(want), "rank {}: {}", r.rank, r.stacks);
+        }
         assert!(
             incident.ranks[rank].evidence.contains(match how {
                 Stuck::Stopped => "process stopped",

@@ -125,6 +125,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
                 rank: r.rank,
                 node_id: r.node_id.clone(),
                 evidence: r.evidence.clone(),
+                stacks: r.stacks.clone(),
             })
             .collect(),
     }

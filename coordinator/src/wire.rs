@@ -127,6 +127,17 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
         AgentCommand::RestartAgent { reason, term } => {
             ToAgent::RestartAgent(pb::RestartAgent { reason, term })
         }
+        AgentCommand::DumpStacks {
+            job_id,
+            generation,
+            incident_id,
+            term,
+        } => ToAgent::DumpStacks(pb::DumpStacks {
+            job_id,
+            generation,
+            incident_id,
+            term,
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
 }

@@ -92,7 +92,14 @@ pub struct RankEvidence {
     pub node_id: String,
     /// Its worker's evidence in a line ([`crate::evidence::describe`]), or "no evidence".
     pub evidence: String,
+    /// Its worker's Python stacks as its agent dumped them after the stall (at most
+    /// [`STACKS_MAX_BYTES`]); empty until they come.
+    #[serde(default)]
+    pub stacks: String,
 }
+
+/// Bound of the stack text an incident keeps per rank (incidents are stored).
+pub const STACKS_MAX_BYTES: usize = 16 * 1024;
 
 /// What can happen to an open incident.
 #[derive(Debug, Clone, PartialEq, Eq)]

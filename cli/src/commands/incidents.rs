@@ -13,7 +13,8 @@ pub struct Args {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
-    /// After the table, what each rank's agent saw of its worker when a stall was judged.
+    /// After the table, each stall's ranks: what their agents saw of the workers when the
+    /// stall was judged, and the workers' Python stacks (py-spy) dumped after it.
     #[arg(long)]
     stacks: bool,
 }
@@ -36,7 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Each stall incident's ranks: node, evidence.
+/// Each stall incident's ranks: node, evidence, stacks.
 fn ranks(incidents: &[holdfast_proto::v1::Incident]) -> String {
     let mut out = String::new();
     for i in incidents.iter().filter(|i| !i.ranks.is_empty()) {

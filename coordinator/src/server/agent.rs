@@ -49,6 +49,16 @@ impl Coordinator {
                 node,
                 evidence: crate::wire::worker_evidence(e),
             },
+            FromAgent::StackDump(d) => Input::Stacks {
+                node,
+                incident_id: d.incident_id,
+                // Bounded again by the core; cut here first so a huge message is not copied on.
+                text: d
+                    .text
+                    .chars()
+                    .take(holdfast_core::incident::STACKS_MAX_BYTES)
+                    .collect(),
+            },
             FromAgent::CommandResult(r) => {
                 tracing::info!(
                     node,

@@ -29,6 +29,20 @@ impl Cluster {
         fx
     }
 
+    /// An agent's stack dump for a stall incident: kept on the incident's rank of that node,
+    /// cut to [`crate::incident::STACKS_MAX_BYTES`] (incidents are stored).
+    pub(crate) fn stacks(&mut self, node_id: &str, incident_id: u64, text: String) -> Vec<Command> {
+        let Some(incident) = self.incidents.iter_mut().find(|i| i.id == incident_id) else {
+            return Vec::new();
+        };
+        let Some(rank) = incident.ranks.iter_mut().find(|r| r.node_id == node_id) else {
+            return Vec::new();
+        };
+        rank.stacks = bounded(text, crate::incident::STACKS_MAX_BYTES);
+        self.touch();
+        Vec::new()
+    }
+
     /// An immediate health report (a check turned fatal, or cleared).
     pub(crate) fn health_report(
         &mut self,
@@ -616,3 +630,18 @@ pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
 #[cfg(test)]
 #[path = "detector_tests.rs"]
 mod tests;
+
+/// `text` cut to at most `max` bytes at a character boundary, saying so when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    const CUT: &str = "\n… (cut)";
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(CUT.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(CUT);
+    text
+}

@@ -266,6 +266,15 @@ pub enum Input {
         /// What the agent saw.
         evidence: crate::evidence::WorkerEvidence,
     },
+    /// An agent's answer to [`AgentCommand::DumpStacks`]: its worker's stacks as text.
+    Stacks {
+        /// The node.
+        node: String,
+        /// The incident they belong to.
+        incident_id: u64,
+        /// `py-spy dump` output per Python process, or why there is none.
+        text: String,
+    },
     /// A lifecycle script's result.
     ScriptResult {
         /// The node.
@@ -519,6 +528,11 @@ impl Cluster {
                 self.drive(&job_id, JobEvent::Evidence { node, evidence }, now, &mut fx);
                 fx
             }
+            Input::Stacks {
+                node,
+                incident_id,
+                text,
+            } => self.stacks(&node, incident_id, text),
             Input::ScriptResult { node, result } => self.command_result(&node, result, now),
             Input::Goodbye { node, restarting } => self.goodbye(&node, restarting, now),
             Input::Disconnected { node, conn } => self.disconnected(&node, conn, now),

@@ -208,8 +208,25 @@ impl Cluster {
                                 .evidence
                                 .as_ref()
                                 .map_or("no evidence".into(), crate::evidence::describe),
+                            stacks: String::new(),
                         })
                         .collect();
+                    // Before the stops that follow in this step: each agent dumps, then stops.
+                    for r in job
+                        .ranks
+                        .iter()
+                        .filter(|r| r.exited.is_none() && !r.node.is_empty())
+                    {
+                        fx.push(Command::Send {
+                            node: r.node.clone(),
+                            command: AgentCommand::DumpStacks {
+                                job_id: job_id.to_string(),
+                                generation: job.generation,
+                                incident_id: incident.id,
+                                term: self.term,
+                            },
+                        });
+                    }
                 }
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);

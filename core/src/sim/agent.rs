@@ -374,7 +374,9 @@ impl Sim {
         let term = match &command {
             AgentCommand::Launch(l) => l.term,
             AgentCommand::Stop(s) => s.term,
-            AgentCommand::Fence { term, .. } | AgentCommand::RestartAgent { term, .. } => *term,
+            AgentCommand::Fence { term, .. }
+            | AgentCommand::RestartAgent { term, .. }
+            | AgentCommand::DumpStacks { term, .. } => *term,
             AgentCommand::RunScript(r) => r.term,
         };
         let agent = self.agent_mut(node);
@@ -406,6 +408,15 @@ impl Sim {
                 }
             }
             AgentCommand::Fence { .. } => self.end_worker(node, None, Some(15), true),
+            AgentCommand::DumpStacks { incident_id, .. } => {
+                // The sim's workers have no Python: the agent says so, as one without py-spy.
+                let input = Input::Stacks {
+                    node: node.to_string(),
+                    incident_id,
+                    text: "stacks not available: sim worker".into(),
+                };
+                self.agent_send(node, input);
+            }
             AgentCommand::RunScript(run) => {
                 let ok = !agent.options.check_fails;
                 let duration_ms = agent.options.script_ms;
