@@ -736,6 +736,14 @@ fn a_stopped_or_spinning_rank_is_named_and_only_its_node_is_quarantined() {
                 assert_eq!(i.ranks.len(), 3);
             }
             sim.run_for(10_000);
+            // Every rank's agent answered the stack dump (the sim's workers have no Python).
+            for i in sim.incidents() {
+                assert!(
+                    i.ranks.iter().all(|r| r.stacks.contains("not available")),
+                    "{:?}",
+                    i.ranks
+                );
+            }
             assert_eq!(sim.nodes_in("fenced"), vec![stuck.to_string()]);
             assert!(!sim.job("job").nodes().contains(&stuck.to_string()));
         }

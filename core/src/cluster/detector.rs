@@ -627,10 +627,6 @@ pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
     node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
 }
 
-#[cfg(test)]
-#[path = "detector_tests.rs"]
-mod tests;
-
 /// `text` cut to at most `max` bytes at a character boundary, saying so when cut.
 fn bounded(mut text: String, max: usize) -> String {
     const CUT: &str = "\n… (cut)";
@@ -645,3 +641,7 @@ fn bounded(mut text: String, max: usize) -> String {
     text.push_str(CUT);
     text
 }
+
+#[cfg(test)]
+#[path = "detector_tests.rs"]
+mod tests;
