@@ -29,6 +29,19 @@ impl Cluster {
         fx
     }
 
+    /// An agent's sample of its worker: kept on the worker's rank for the stall detector.
+    pub(crate) fn worker_evidence(
+        &mut self,
+        node: String,
+        evidence: crate::evidence::WorkerEvidence,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        let job_id = evidence.job_id.clone();
+        self.drive(&job_id, JobEvent::Evidence { node, evidence }, now, &mut fx);
+        fx
+    }
+
     /// An agent's stack dump for a stall incident: kept on the incident's rank of that node,
     /// cut to [`crate::incident::STACKS_MAX_BYTES`] (incidents are stored).
     pub(crate) fn stacks(&mut self, node_id: &str, incident_id: u64, text: String) -> Vec<Command> {

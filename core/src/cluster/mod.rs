@@ -522,12 +522,7 @@ impl Cluster {
             Input::HealthReport { node, health } => self.health_report(&node, health, now),
             Input::Worker { node, event } => self.worker_event(&node, event, now),
             Input::Progress { node, progress } => self.progress(&node, progress, now),
-            Input::Evidence { node, evidence } => {
-                let mut fx = Vec::new();
-                let job_id = evidence.job_id.clone();
-                self.drive(&job_id, JobEvent::Evidence { node, evidence }, now, &mut fx);
-                fx
-            }
+            Input::Evidence { node, evidence } => self.worker_evidence(node, evidence, now),
             Input::Stacks {
                 node,
                 incident_id,
