@@ -244,6 +244,10 @@ pub struct Rank {
     /// current.
     #[serde(skip)]
     pub evidence: Option<crate::evidence::WorkerEvidence>,
+    /// When `evidence` came: evidence older than the stall timeout (an agent that went quiet)
+    /// says nothing about the stall.
+    #[serde(skip)]
+    pub evidence_at: UnixMillis,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -507,6 +511,7 @@ impl Job {
                 last_progress_at: now,
                 progressed: false,
                 evidence: None,
+                evidence_at: 0,
             })
             .collect();
         Job {
@@ -573,6 +578,7 @@ impl Job {
             r.last_progress_at = 0;
             r.progressed = false;
             r.evidence = None;
+            r.evidence_at = 0;
         }
         job
     }

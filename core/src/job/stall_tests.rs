@@ -184,3 +184,37 @@ fn a_gang_stall_nothing_singles_out_counts_against_no_node() {
     assert!(job.worker_faults.is_empty(), "{:?}", job.worker_faults);
     assert_eq!(job.restarts, 4);
 }
+
+#[test]
+fn evidence_older_than_the_stall_timeout_blames_none() {
+    let (mut job, limits) = gang();
+    let generation = job.generation;
+    for node in job.nodes() {
+        step(&mut job, progress(&node, generation, 5), 1_000, &limits);
+    }
+    // n1's agent reported its worker stopped, then went quiet for longer than the timeout.
+    let stopped = JobEvent::Evidence {
+        node: "n1".into(),
+        evidence: evidence(ProcessState::Stopped, 0),
+    };
+    step(&mut job, stopped, 500, &limits);
+    for node in ["n0", "n2"] {
+        let waiting = JobEvent::Evidence {
+            node: node.into(),
+            evidence: evidence(ProcessState::Sleeping, 10),
+        };
+        step(&mut job, waiting, 5_800, &limits);
+    }
+    let fx = step(&mut job, JobEvent::Tick, 6_000, &limits);
+    let cause = fx
+        .into_iter()
+        .find_map(|e| match e {
+            JobEffect::OpenIncident { cause, .. } => Some(cause),
+            _ => None,
+        })
+        .expect("the stall opens an incident");
+    assert!(
+        matches!(&cause, FaultCause::ProgressStalled { blamed: false, why, .. } if why.contains("no evidence from rank 1")),
+        "{cause:?}"
+    );
+}

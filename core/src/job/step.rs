@@ -208,6 +208,7 @@ fn apply(
             }
             if let Some(rank) = job.rank_of(&node) {
                 job.ranks[rank].evidence = Some(evidence);
+                job.ranks[rank].evidence_at = now;
             }
         }
         JobEvent::Tick => on_tick(job, now, limits, fx),
@@ -617,7 +618,10 @@ fn blame_stall(job: &Job, first: String, stalled_ms: u64, now: UnixMillis) -> (S
     let live: Vec<(usize, &Rank)> = (job.ranks.iter().enumerate())
         .filter(|(_, r)| r.exited.is_none())
         .collect();
-    let evidence: Vec<_> = live.iter().map(|(_, r)| r.evidence.as_ref()).collect();
+    let fresh = |r: &Rank| now - r.evidence_at <= job.spec.stall_timeout_ms as i64;
+    let evidence: Vec<_> = (live.iter())
+        .map(|(_, r)| r.evidence.as_ref().filter(|_| fresh(r)))
+        .collect();
     match single_out(&evidence) {
         Verdict::Blamed { rank, reason } => {
             let (rank, r) = live[rank];
