@@ -79,6 +79,9 @@ pub struct AgentConfig {
     pub script_dir: PathBuf,
     /// Timeout of the `on-fence` script the agent runs when its node is fenced.
     pub on_fence_timeout_ms: u64,
+    /// The `py-spy` that dumps a stalled worker's Python stacks for the incident; empty = the
+    /// one on `PATH`, and without one stacks are "not available".
+    pub py_spy: PathBuf,
     /// PEM CA that signed the coordinator's certificate; required with `https://` coordinator
     /// addresses (TLS on), empty with `http://` ones.
     pub tls_ca_file: PathBuf,
@@ -118,6 +121,7 @@ impl Default for AgentConfig {
             metrics_listen: String::new(),
             script_dir: PathBuf::new(),
             on_fence_timeout_ms: 60_000,
+            py_spy: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),

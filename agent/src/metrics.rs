@@ -201,6 +201,7 @@ mod tests {
                 start_ticks: 0,
             }),
             last_step: 42,
+            last_output_at: None,
         };
         let text = m.render("gpu-1", &health, &worker);
         for want in [

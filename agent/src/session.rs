@@ -76,6 +76,8 @@ struct AgentState {
     /// The coordinator addresses and which one the next session tries.
     addresses: Vec<String>,
     next_address: usize,
+    /// Samples the worker's processes for the evidence sent with every heartbeat.
+    evidence: crate::worker::EvidenceSampler,
 }
 
 impl AgentState {
@@ -125,7 +127,8 @@ pub async fn run_with_outbox(
         Duration::from_millis(config.progress_file_poll_ms),
         snapshot.clone(),
     )
-    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms);
+    .with_on_fence(scripts.clone(), config.on_fence_timeout_ms)
+    .with_py_spy(crate::worker::find_py_spy(&config.py_spy));
     supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {
@@ -163,6 +166,7 @@ pub async fn run_with_outbox(
         outbox,
         addresses: config_addresses,
         next_address: 0,
+        evidence: crate::worker::EvidenceSampler::default(),
     };
     // Stamp the start now, before any hello.
     let _ = *crate::restart::STARTED_MS;
@@ -408,6 +412,12 @@ async fn session(
                     return SessionEnd::Lost("send queue full (coordinator not reading)".into());
                 }
                 state.metrics.heartbeat_sent();
+                let worker = state.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+                if let Some(evidence) = state.evidence.sample(&worker) {
+                    let _ = tx.try_send(pb::AgentMessage {
+                        body: Some(ToCoordinator::WorkerEvidence(evidence)),
+                    });
+                }
             }
             msg = state.outbox_rx.recv() => {
                 let Some(msg) = msg else { return SessionEnd::Shutdown };
@@ -491,6 +501,7 @@ fn command_term(body: &FromCoordinator) -> Option<u64> {
         FromCoordinator::Fence(f) => Some(f.term),
         FromCoordinator::RunScript(r) => Some(r.term),
         FromCoordinator::RestartAgent(r) => Some(r.term),
+        FromCoordinator::DumpStacks(d) => Some(d.term),
     }
 }
 
@@ -499,6 +510,7 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
+        FromCoordinator::DumpStacks(d) => WorkerCommand::DumpStacks(d),
         FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
         FromCoordinator::RunScript(r) => {
             if state.fencing.admit_term(r.term).is_err() {

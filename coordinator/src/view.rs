@@ -118,6 +118,16 @@ pub fn incident(i: &Incident) -> pb::Incident {
         open: i.is_open(),
         fault_step: i.fault_step,
         rejected_candidates: i.rejected_candidates.clone(),
+        ranks: i
+            .ranks
+            .iter()
+            .map(|r| pb::RankEvidence {
+                rank: r.rank,
+                node_id: r.node_id.clone(),
+                evidence: r.evidence.clone(),
+                stacks: r.stacks.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -219,7 +229,7 @@ mod tests {
                 code: None,
                 signal: None,
             },
-            FaultCause::ProgressStalled { stalled_ms: 0 },
+            FaultCause::stall(0, String::new()),
             FaultCause::CheckFailed(String::new()),
             FaultCause::RepeatedFaults {
                 faults: 0,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use holdfast_core::cluster::{CheckReport, GpuInfo, Hello, Role};
+use holdfast_core::evidence::{ProcessState, WorkerEvidence};
 use holdfast_core::job::Job;
 use holdfast_core::protocol::{
     AgentCommand, CommandResult, Event, HealthAction, HealthCheck, HealthState, HealthSummary,
@@ -57,6 +58,36 @@ pub fn welcome(w: Welcome) -> pb::CoordinatorMessage {
     }
 }
 
+/// Bound of the job id an agent's evidence may carry (longer ones are cut).
+const EVIDENCE_JOB_ID_MAX: usize = 256;
+
+/// An agent's sample of its worker, decoded; the job id is bounded.
+pub fn worker_evidence(e: pb::WorkerEvidence) -> WorkerEvidence {
+    let state = match pb::ProcessState::try_from(e.state) {
+        Ok(pb::ProcessState::Running) => ProcessState::Running,
+        Ok(pb::ProcessState::Sleeping) => ProcessState::Sleeping,
+        Ok(pb::ProcessState::Uninterruptible) => ProcessState::Uninterruptible,
+        Ok(pb::ProcessState::Stopped) => ProcessState::Stopped,
+        Ok(pb::ProcessState::Zombie) => ProcessState::Zombie,
+        Ok(pb::ProcessState::Unspecified) | Err(_) => ProcessState::Unknown,
+    };
+    let mut job_id = e.job_id;
+    if job_id.len() > EVIDENCE_JOB_ID_MAX {
+        let mut end = EVIDENCE_JOB_ID_MAX;
+        while !job_id.is_char_boundary(end) {
+            end -= 1;
+        }
+        job_id.truncate(end);
+    }
+    WorkerEvidence {
+        job_id,
+        generation: e.generation,
+        state,
+        cpu_permille: e.cpu_permille,
+        output_quiet_ms: e.output_quiet_ms,
+    }
+}
+
 /// A command for an agent, encoded.
 pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
     let body = match command {
@@ -96,6 +127,17 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
         AgentCommand::RestartAgent { reason, term } => {
             ToAgent::RestartAgent(pb::RestartAgent { reason, term })
         }
+        AgentCommand::DumpStacks {
+            job_id,
+            generation,
+            incident_id,
+            term,
+        } => ToAgent::DumpStacks(pb::DumpStacks {
+            job_id,
+            generation,
+            incident_id,
+            term,
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
 }

@@ -26,6 +26,14 @@ pub enum FaultCause {
     ProgressStalled {
         /// How long the rank had gone without progress when the detector judged it hung.
         stalled_ms: u64,
+        /// Why this rank was singled out from its stalled peers, or why none could be (see
+        /// [`crate::evidence::single_out`]); empty when no one asked.
+        #[serde(default)]
+        why: String,
+        /// The stall was pinned on this node's rank. When not, the node merely names the
+        /// incident: the fault is counted against no node's quarantine.
+        #[serde(default = "blamed_default")]
+        blamed: bool,
     },
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
@@ -43,7 +51,29 @@ pub enum FaultCause {
     },
 }
 
+fn blamed_default() -> bool {
+    true
+}
+
 impl FaultCause {
+    /// A stall of a whole synchronous gang, blamed on no rank.
+    pub fn stall_unattributed(stalled_ms: u64, why: String) -> FaultCause {
+        FaultCause::ProgressStalled {
+            stalled_ms,
+            why,
+            blamed: false,
+        }
+    }
+
+    /// A stall blamed on one rank (`why` says what singled it out; may be empty).
+    pub fn stall(stalled_ms: u64, why: String) -> FaultCause {
+        FaultCause::ProgressStalled {
+            stalled_ms,
+            why,
+            blamed: true,
+        }
+    }
+
     /// Node faults move the rank to another node; worker faults restart it in place.
     pub fn needs_replacement(&self) -> bool {
         matches!(
@@ -95,8 +125,14 @@ impl FaultCause {
                 "{faults} worker faults within {:.0} s (last: {last}); node quarantined",
                 *window_ms as f64 / 1000.0
             ),
-            FaultCause::ProgressStalled { stalled_ms } => {
-                format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0)
+            FaultCause::ProgressStalled {
+                stalled_ms, why, ..
+            } => {
+                let mut detail = format!("no progress for {:.1} s", *stalled_ms as f64 / 1000.0);
+                if !why.is_empty() {
+                    detail.push_str(&format!("; {why}"));
+                }
+                detail
             }
         }
     }

@@ -77,7 +77,29 @@ pub struct Incident {
     /// Replacement candidates that failed their check during this recovery ("node: reason").
     #[serde(default)]
     pub rejected_candidates: Vec<String>,
+    /// For a stall: what each rank's agent saw of its worker when the stall was judged, one
+    /// entry per rank in rank order (empty for other faults).
+    #[serde(default)]
+    pub ranks: Vec<RankEvidence>,
 }
+
+/// One rank of a stalled generation as an incident records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankEvidence {
+    /// The rank's index in the generation.
+    pub rank: u32,
+    /// The node that ran it.
+    pub node_id: String,
+    /// Its worker's evidence in a line ([`crate::evidence::describe`]), or "no evidence".
+    pub evidence: String,
+    /// Its worker's Python stacks as its agent dumped them after the stall (at most
+    /// [`STACKS_MAX_BYTES`]); empty until they come.
+    #[serde(default)]
+    pub stacks: String,
+}
+
+/// Bound of the stack text an incident keeps per rank (incidents are stored).
+pub const STACKS_MAX_BYTES: usize = 16 * 1024;
 
 /// What can happen to an open incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +174,7 @@ impl Incident {
             resumed_from_step: None,
             fault_step: 0,
             rejected_candidates: Vec::new(),
+            ranks: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod error;
+pub mod evidence;
 pub mod fault;
 pub mod incident;
 pub mod job;

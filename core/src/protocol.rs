@@ -34,6 +34,18 @@ pub enum AgentCommand {
         /// The coordinator's term.
         term: u64,
     },
+    /// Dump the Python stacks of a stalled generation's worker (before stopping it: the agent
+    /// carries out commands in order) and answer with [`crate::cluster::Input::Stacks`].
+    DumpStacks {
+        /// The job.
+        job_id: String,
+        /// The stalled generation.
+        generation: u64,
+        /// The incident the stacks belong to.
+        incident_id: u64,
+        /// The coordinator's term.
+        term: u64,
+    },
 }
 
 /// One node's part of a generation.

@@ -47,7 +47,9 @@
 //!   (SIGSTOP of agent and worker: silent, then it resumes where it was and handles what came
 //!   meanwhile), [`Sim::pause_coordinator`] (the core is not stepped: no ticks, messages are
 //!   held; at the end the missed tick fires first, then everything held arrives, with the clock
-//!   jumped), [`Sim::slow`], [`Sim::kill_worker`], [`Sim::hang_worker`],
+//!   jumped), [`Sim::slow`], [`Sim::kill_worker`], [`Sim::hang_worker`] (a hang
+//!   nothing singles out), [`Sim::stop_worker`] and [`Sim::spin_worker`] (their agents report the
+//!   process stopped, or spinning while its peers wait),
 //!   [`Sim::inject_fatal_health`], and [`Sim::restart_coordinator`] (the state goes through
 //!   [`Cluster::to_records`] and [`Cluster::restore`]; every stream closes and the agents
 //!   reconnect after their reconnect delay).

@@ -164,9 +164,15 @@ fn a_hung_worker_is_caught_after_the_stall_timeout_and_restarted() {
         (1_900..=2_100).contains(&waited),
         "detected after {waited} ms"
     );
-    // Synchronous ranks stall together: the core blames the first rank it finds, which need
-    // not be the hung one (see repeated_stalls_do_not_quarantine_a_node_progress_cannot_single_out).
+    // Synchronous ranks stall together and the hang looks like the waiting peers: the incident
+    // names a node but says nothing singled it out (see
+    // repeated_stalls_do_not_quarantine_a_node_progress_cannot_single_out).
     assert!(["w0", "w1", "w2"].contains(&i.node_id.as_str()));
+    assert!(
+        i.detail.contains("could not single out a rank"),
+        "{}",
+        i.detail
+    );
     assert!(sim.run_until(closed, 10_000));
     let job = sim.job("job");
     assert_eq!((job.generation, job.restarts), (2, 1));
@@ -658,13 +664,10 @@ fn an_uncordoned_node_that_still_runs_a_job_stays_allocated_to_it() {
 }
 
 /// A worker that hangs stalls its whole synchronous gang: every rank stops reporting at the
-/// same step, so progress cannot tell which rank hung. Repeated stalls must not quarantine a
-/// node that progress cannot single out.
-///
-/// Today the stall is charged to the first rank the detector finds (rank 0): after three hangs
-/// of w1's worker, w0 is fenced as `repeated_faults` and replaced, and w1 keeps its rank.
+/// same step, so progress cannot tell which rank hung. When nothing else singles it out either
+/// (every rank's process waits alike), repeated stalls must not quarantine a node: the stall is
+/// restarted in place and counted against no node.
 #[test]
-#[ignore = "known bug: a gang-wide stall is charged to rank 0's node, and repeated stalls quarantine that innocent node"]
 fn repeated_stalls_do_not_quarantine_a_node_progress_cannot_single_out() {
     let mut sim = cluster(3, 1);
     let request = holdfast_core::protocol::JobRequest {
@@ -694,4 +697,54 @@ fn repeated_stalls_do_not_quarantine_a_node_progress_cannot_single_out() {
             .map(|i| (&i.node_id, &i.cause))
             .collect::<Vec<_>>()
     );
+}
+
+/// A SIGSTOPped or spinning worker stalls its gang too, but its agent's evidence singles it
+/// out: whatever its position, the incident names its node, and repeated stalls quarantine
+/// that node only.
+#[test]
+fn a_stopped_or_spinning_rank_is_named_and_only_its_node_is_quarantined() {
+    for stuck in ["w0", "w1", "w2"] {
+        for spin in [false, true] {
+            let mut sim = cluster(3, 1);
+            let request = holdfast_core::protocol::JobRequest {
+                stall_timeout_s: 2.0,
+                restart_budget: 10,
+                ..Sim::job_request("job", 3)
+            };
+            sim.submit(request, JobParams::default()).expect("accepted");
+            let quarantine_after = sim.config().quarantine_after as usize;
+            for round in 0..quarantine_after {
+                assert!(sim.run_until(
+                    |s| s.job("job").state == JobState::Running
+                        && s.open_incidents().is_empty()
+                        && s.job("job").step > 0,
+                    30_000
+                ));
+                sim.run_for(500);
+                if spin {
+                    sim.spin_worker(stuck);
+                } else {
+                    sim.stop_worker(stuck);
+                }
+                assert!(sim.run_until(|s| s.incidents().len() > round, 5_000));
+                let i = sim.incidents()[round].clone();
+                assert_eq!(i.node_id, stuck, "spin {spin}, round {round}: {}", i.detail);
+                let why = if spin { "spins" } else { "stopped" };
+                assert!(i.detail.contains(why), "{}", i.detail);
+                assert_eq!(i.ranks.len(), 3);
+            }
+            sim.run_for(10_000);
+            // Every rank's agent answered the stack dump (the sim's workers have no Python).
+            for i in sim.incidents() {
+                assert!(
+                    i.ranks.iter().all(|r| r.stacks.contains("not available")),
+                    "{:?}",
+                    i.ranks
+                );
+            }
+            assert_eq!(sim.nodes_in("fenced"), vec![stuck.to_string()]);
+            assert!(!sim.job("job").nodes().contains(&stuck.to_string()));
+        }
+    }
 }

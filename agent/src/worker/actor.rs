@@ -55,6 +55,8 @@ pub struct Supervisor {
     pub(super) snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
     /// Runs the operator's `on-fence` script (if it exists) once the workers are stopped.
     on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
+    /// The `py-spy` that dumps a stalled worker's stacks; `None`: stacks are not available.
+    py_spy: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -86,7 +88,14 @@ impl Supervisor {
             state_dir,
             snapshot,
             on_fence: None,
+            py_spy: None,
         }
+    }
+
+    /// Dumps stalled workers' stacks with `py_spy` (none: stacks are not available).
+    pub fn with_py_spy(mut self, py_spy: Option<PathBuf>) -> Supervisor {
+        self.py_spy = py_spy;
+        self
     }
 
     /// The fencing state (loaded from `state_dir`), for the session to decide through.
@@ -122,6 +131,7 @@ impl Supervisor {
             WorkerCommand::Stop(s) => fencing.admit_stop(&s.job_id, s.generation, s.term),
             WorkerCommand::Fence(f) => fencing.observe(f.term).map_err(Refusal::from),
             WorkerCommand::Term(t) => fencing.observe(*t).map_err(Refusal::from),
+            WorkerCommand::DumpStacks(d) => fencing.observe(d.term).map_err(Refusal::from),
         });
         match verdict {
             Ok(()) => {}
@@ -149,6 +159,7 @@ impl Supervisor {
         }
         match command {
             WorkerCommand::Term(_) => {}
+            WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
                 self.stop_current("superseded by a new generation").await;
                 self.launch(launch);
@@ -170,6 +181,25 @@ impl Supervisor {
                 self.run_on_fence(&fence);
             }
         }
+    }
+
+    /// Answers a `DumpStacks` with the running worker's stacks, if it is the stalled one. The
+    /// supervisor waits for it (bounded): the stop that follows must not kill the worker first.
+    async fn dump_stacks(&mut self, d: pb::DumpStacks) {
+        let leader = self.running.as_ref().and_then(|r| {
+            let ours = r.record.job_id == d.job_id && r.record.generation == d.generation;
+            ours.then(|| i32::try_from(r.record.pid).ok()).flatten()
+        });
+        let text = match leader {
+            Some(pid) => super::stacks::dump(self.py_spy.as_deref(), pid).await,
+            None => "stacks not available: the worker is gone".into(),
+        };
+        let _ = self.outbox.send(pb::AgentMessage {
+            body: Some(ToCoordinator::StackDump(pb::StackDump {
+                incident_id: d.incident_id,
+                text,
+            })),
+        });
     }
 
     /// Starts `on-fence` in the background (it may power things off or drain; the supervisor

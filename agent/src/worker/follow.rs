@@ -61,6 +61,7 @@ impl Supervisor {
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = Some(record.clone());
             snap.last_step = 0;
+            snap.last_output_at = None;
         }
         self.running = Some(Running {
             progress_file: record.progress_file.clone(),
@@ -109,6 +110,16 @@ impl ProgressReporter {
 
     fn closed(&self) -> bool {
         self.outbox.is_closed()
+    }
+
+    /// The worker printed a line now (its evidence counts its output's quiet from it).
+    fn saw_output(&self) {
+        if let Ok(mut snap) = self.snapshot.lock() {
+            let ours = (snap.record.as_ref()).is_some_and(|r| r.generation == self.generation);
+            if ours {
+                snap.last_output_at = Some(std::time::Instant::now());
+            }
+        }
     }
 }
 
@@ -185,6 +196,7 @@ async fn follow_log(
             }
             let line = String::from_utf8_lossy(&line[..line.len() - 1]);
             println!("{prefix} {line}");
+            progress.saw_output();
             if let Some(step) = regex.as_ref().and_then(|re| parse_step(re, &line)) {
                 progress.report(step);
             }

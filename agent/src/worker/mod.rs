@@ -19,23 +19,29 @@
 //! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
 //! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
+//! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
+//! - `stacks.rs` — `py-spy dump` of a stalled worker's Python processes.
 //! - `adopt.rs` — taking over the worker recorded in `worker.json` after an agent restart.
 //! - `record.rs` — `worker.json`, the record of the running worker.
 //! - `placeholders.rs` — the `{placeholder}` values a launch's command is written with.
 
 mod actor;
 mod adopt;
+mod evidence;
 mod follow;
 mod placeholders;
 mod record;
 mod spawn;
+mod stacks;
 
 use holdfast_proto::v1 as pb;
 
 pub use actor::Supervisor;
+pub use evidence::EvidenceSampler;
 pub use follow::parse_step;
 pub use placeholders::{placeholders, substitute};
 pub use record::WorkerRecord;
+pub use stacks::find_py_spy;
 
 /// A command for the supervisor.
 #[derive(Debug)]
@@ -47,6 +53,8 @@ pub enum WorkerCommand {
     /// A coordinator of this term spoke: older terms are refused from now on. (The session
     /// records its welcomes in the shared fencing state itself, before any command follows.)
     Term(u64),
+    /// Dump the stalled worker's stacks; carried out before the stop that follows it.
+    DumpStacks(pb::DumpStacks),
 }
 
 /// The worker's status, as the session reports it in hello.
@@ -54,4 +62,6 @@ pub enum WorkerCommand {
 pub struct WorkerSnapshot {
     pub record: Option<WorkerRecord>,
     pub last_step: u64,
+    /// When the follower last saw an output line of the running worker.
+    pub last_output_at: Option<std::time::Instant>,
 }

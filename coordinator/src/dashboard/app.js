@@ -32,8 +32,9 @@ const SCHEMA = {
     6: ['fault_unix_ms', 'i'], 7: ['detected_unix_ms', 'i'], 8: ['fenced_unix_ms', 'i'], 9: ['replaced_unix_ms', 'i'],
     10: ['relaunched_unix_ms', 'i'], 11: ['resumed_unix_ms', 'i'], 12: ['action', 's'], 13: ['replacement_node_id', 's'],
     14: ['from_generation', 'u'], 15: ['to_generation', 'u'], 16: ['resumed_from_step', 'u'], 17: ['open', 'b'],
-    18: ['fault_step', 'u'],
+    18: ['fault_step', 'u'], 40: ['ranks', 'm', 'RankEvidence', true],
   },
+  RankEvidence: { 1: ['rank', 'u'], 2: ['node_id', 's'], 3: ['evidence', 's'], 4: ['stacks', 's'] },
   Event: {
     1: ['at_unix_ms', 'i'], 2: ['kind', 's'], 3: ['job_id', 's'], 4: ['node_id', 's'], 5: ['message', 's'],
     6: ['job', 'm', 'Job'], 7: ['incident', 'm', 'Incident'], 8: ['node', 'm', 'Node'], 9: ['kind_enum', 'e'],
@@ -366,9 +367,17 @@ function renderIncidents() {
       return `<tr data-incident="${i.id}" data-open="${i.open}"><td>${i.id}</td><td class="l">${esc(i.cause)}</td><td class="l">${esc(i.node_id)}</td>
         <td class="l">${esc(i.action)}${i.replacement_node_id ? ' → ' + esc(i.replacement_node_id) : ''}</td><td class="l">${st}</td>
         ${PHASES.map(([n]) => `<td data-phase="${n}">${fmt(p[n])}</td>`).join('')}<td>${fmt(p.total)}</td>
-        <td class="l wrap">${esc(i.detail)}${i.resumed_from_step ? ` · from step ${i.resumed_from_step}` : ''}</td></tr>`;
+        <td class="l wrap">${esc(i.detail)}${i.resumed_from_step ? ` · from step ${i.resumed_from_step}` : ''}${rankStacks(i)}</td></tr>`;
     }).join('');
   renderChart(list);
+}
+
+// A stall's ranks: each one's evidence, and its Python stacks in a <pre> under it.
+function rankStacks(i) {
+  if (!i.ranks || !i.ranks.length) return '';
+  return `<details class="ranks"><summary>ranks and stacks</summary>` + i.ranks.map((r) =>
+    `<div data-rank="${r.rank}">rank ${r.rank} on ${esc(r.node_id)}: ${esc(r.evidence)}<pre>${esc(r.stacks || '(no stacks yet)')}</pre></div>`,
+  ).join('') + `</details>`;
 }
 
 // One stacked horizontal bar per incident: detect | fence | replace | bootstrap | resume.

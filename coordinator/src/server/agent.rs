@@ -61,6 +61,20 @@ impl Coordinator {
                 limits::check_progress(&progress)?;
                 Input::Progress { node, progress }
             }
+            FromAgent::WorkerEvidence(e) => Input::Evidence {
+                node,
+                evidence: crate::wire::worker_evidence(e),
+            },
+            FromAgent::StackDump(d) => Input::Stacks {
+                node,
+                incident_id: d.incident_id,
+                // Bounded again by the core; cut here first so a huge message is not copied on.
+                text: d
+                    .text
+                    .chars()
+                    .take(holdfast_core::incident::STACKS_MAX_BYTES)
+                    .collect(),
+            },
             FromAgent::CommandResult(r) => {
                 let result = crate::wire::command_result(r);
                 limits::check_command_result(&result)?;

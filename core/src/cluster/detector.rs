@@ -29,6 +29,33 @@ impl Cluster {
         fx
     }
 
+    /// An agent's sample of its worker: kept on the worker's rank for the stall detector.
+    pub(crate) fn worker_evidence(
+        &mut self,
+        node: String,
+        evidence: crate::evidence::WorkerEvidence,
+        now: UnixMillis,
+    ) -> Vec<Command> {
+        let mut fx = Vec::new();
+        let job_id = evidence.job_id.clone();
+        self.drive(&job_id, JobEvent::Evidence { node, evidence }, now, &mut fx);
+        fx
+    }
+
+    /// An agent's stack dump for a stall incident: kept on the incident's rank of that node,
+    /// cut to [`crate::incident::STACKS_MAX_BYTES`] (incidents are stored).
+    pub(crate) fn stacks(&mut self, node_id: &str, incident_id: u64, text: String) -> Vec<Command> {
+        let Some(incident) = self.incidents.iter_mut().find(|i| i.id == incident_id) else {
+            return Vec::new();
+        };
+        let Some(rank) = incident.ranks.iter_mut().find(|r| r.node_id == node_id) else {
+            return Vec::new();
+        };
+        rank.stacks = bounded(text, crate::incident::STACKS_MAX_BYTES);
+        self.touch();
+        Vec::new()
+    }
+
     /// An immediate health report (a check turned fatal, or cleared).
     pub(crate) fn health_report(
         &mut self,
@@ -366,6 +393,21 @@ pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
         node.offset_samples.pop_front();
     }
     node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, saying so when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    const CUT: &str = "\n… (cut)";
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(CUT.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(CUT);
+    text
 }
 
 #[cfg(test)]

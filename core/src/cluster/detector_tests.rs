@@ -423,3 +423,15 @@ fn a_killed_host_is_a_fault_within_a_few_steps_of_its_stream_closing() {
         "decided within a few steps of 100 ms: {incident:?}"
     );
 }
+
+#[test]
+fn stacks_are_cut_to_the_bound_at_a_character_boundary() {
+    assert_eq!(super::bounded("short".into(), 16), "short");
+    let cut = super::bounded("é".repeat(20_000), crate::incident::STACKS_MAX_BYTES);
+    assert!(
+        cut.len() <= crate::incident::STACKS_MAX_BYTES,
+        "{}",
+        cut.len()
+    );
+    assert!(cut.ends_with("(cut)"));
+}

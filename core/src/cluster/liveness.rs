@@ -127,12 +127,13 @@ impl Cluster {
             if let Some(n) = self.nodes.get_mut(&node_id) {
                 n.vouched_since = None;
             }
-            self.node_fault(
-                &node_id,
-                FaultCause::ProgressStalled { stalled_ms },
-                now,
-                fx,
+            // Its agent is gone: the node is replaced, not restarted in place.
+            tracing::debug!(
+                node = node_id,
+                stalled_ms,
+                "the job stalled around a lost agent"
             );
+            self.node_fault(&node_id, FaultCause::AgentLost, now, fx);
         }
     }
 

@@ -260,6 +260,22 @@ pub enum Input {
         /// How far.
         progress: Progress,
     },
+    /// An agent's sample of its worker's processes (sent every heartbeat while one runs).
+    Evidence {
+        /// The node.
+        node: String,
+        /// What the agent saw.
+        evidence: crate::evidence::WorkerEvidence,
+    },
+    /// An agent's answer to [`AgentCommand::DumpStacks`]: its worker's stacks as text.
+    Stacks {
+        /// The node.
+        node: String,
+        /// The incident they belong to.
+        incident_id: u64,
+        /// `py-spy dump` output per Python process, or why there is none.
+        text: String,
+    },
     /// A lifecycle script's result.
     ScriptResult {
         /// The node.
@@ -501,6 +517,12 @@ impl Cluster {
             Input::HealthReport { node, health } => self.health_report(&node, health, now),
             Input::Worker { node, event } => self.worker_event(&node, event, now),
             Input::Progress { node, progress } => self.progress(&node, progress, now),
+            Input::Evidence { node, evidence } => self.worker_evidence(node, evidence, now),
+            Input::Stacks {
+                node,
+                incident_id,
+                text,
+            } => self.stacks(&node, incident_id, text),
             Input::ScriptResult { node, result } => self.command_result(&node, result, now),
             Input::Goodbye { node, restarting } => self.goodbye(&node, restarting, now),
             Input::Disconnected { node, conn } => self.disconnected(&node, conn, now),

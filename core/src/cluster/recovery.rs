@@ -195,6 +195,41 @@ impl Cluster {
                     now,
                 );
                 incident.fault_step = job.step;
+                // A stall (or the stall that tipped a node into quarantine) shows every rank.
+                let stall = match &cause {
+                    FaultCause::ProgressStalled { .. } => true,
+                    FaultCause::RepeatedFaults { last, .. } => last.starts_with("no progress"),
+                    _ => false,
+                };
+                if stall {
+                    incident.ranks = (job.ranks.iter().enumerate())
+                        .map(|(i, r)| crate::incident::RankEvidence {
+                            rank: i as u32,
+                            node_id: r.node.clone(),
+                            evidence: r
+                                .evidence
+                                .as_ref()
+                                .map_or("no evidence".into(), crate::evidence::describe),
+                            stacks: String::new(),
+                        })
+                        .collect();
+                    // Before the stops that follow in this step: each agent dumps, then stops.
+                    for r in job
+                        .ranks
+                        .iter()
+                        .filter(|r| r.exited.is_none() && !r.node.is_empty())
+                    {
+                        fx.push(Command::Send {
+                            node: r.node.clone(),
+                            command: AgentCommand::DumpStacks {
+                                job_id: job_id.to_string(),
+                                generation: job.generation,
+                                incident_id: incident.id,
+                                term: self.term,
+                            },
+                        });
+                    }
+                }
                 fx.push(self.incident_event(&incident, now));
                 self.incidents.push(incident);
                 self.touch();

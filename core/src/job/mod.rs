@@ -239,6 +239,15 @@ pub struct Rank {
     /// counts as clean only if the other ranks exit 0 soon after.
     #[serde(default)]
     pub exit_unconfirmed_at: Option<UnixMillis>,
+    /// What the rank's agent last saw of its worker's processes (this generation only): on a
+    /// stall it singles out the rank that stopped the gang. Not stored: it is only ever
+    /// current.
+    #[serde(skip)]
+    pub evidence: Option<crate::evidence::WorkerEvidence>,
+    /// When `evidence` came: evidence older than the stall timeout (an agent that went quiet)
+    /// says nothing about the stall.
+    #[serde(skip)]
+    pub evidence_at: UnixMillis,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -396,6 +405,14 @@ pub enum JobEvent {
         /// The text, as operators read it.
         message: String,
     },
+    /// A node's agent sampled its worker's processes (every heartbeat): kept on the rank for
+    /// the stall detector to single out the rank that stopped the gang.
+    Evidence {
+        /// The node.
+        node: String,
+        /// What the agent saw.
+        evidence: crate::evidence::WorkerEvidence,
+    },
     /// The clock: stalls, the unconfirmed-exit grace, recovery deadlines, retries, backoffs.
     Tick,
 }
@@ -493,6 +510,8 @@ impl Job {
                 last_step: 0,
                 last_progress_at: now,
                 progressed: false,
+                evidence: None,
+                evidence_at: 0,
             })
             .collect();
         Job {
@@ -558,6 +577,8 @@ impl Job {
             r.last_step = 0;
             r.last_progress_at = 0;
             r.progressed = false;
+            r.evidence = None;
+            r.evidence_at = 0;
         }
         job
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::evidence::{single_out, Verdict};
 
 /// The job lifecycle's step. Mutates `job` into its next state and returns what to do.
 pub fn step(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits) -> Vec<JobEffect> {
@@ -201,6 +202,15 @@ fn apply(
                 fx,
             );
         }
+        JobEvent::Evidence { node, evidence } => {
+            if evidence.generation != job.generation {
+                return;
+            }
+            if let Some(rank) = job.rank_of(&node) {
+                job.ranks[rank].evidence = Some(evidence);
+                job.ranks[rank].evidence_at = now;
+            }
+        }
         JobEvent::Tick => on_tick(job, now, limits, fx),
     }
 }
@@ -222,6 +232,7 @@ fn on_resolved(
             job.generation += 1;
             for r in &mut job.ranks {
                 r.started = false;
+                r.evidence = None;
                 r.exited = None;
                 r.exit_unconfirmed_at = None;
                 r.last_progress_at = now;
@@ -401,9 +412,10 @@ fn escalate(
     now: UnixMillis,
     limits: &JobLimits,
 ) -> FaultCause {
+    // A stall pinned on no rank counts against no node.
     let worker_fault = matches!(
         cause,
-        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. }
+        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { blamed: true, .. }
     );
     if !worker_fault
         || limits.quarantine_after == 0
@@ -499,11 +511,12 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                 let finishing = job.spec.total_steps > 0 && r.last_step >= job.spec.total_steps;
                 (r.exited.is_none() && !finishing && idle >= limit).then(|| (r.node.clone(), idle))
             });
-            if let Some((node, stalled_ms)) = stalled {
+            if let Some((first, stalled_ms)) = stalled {
+                let (node, cause) = blame_stall(job, first, stalled_ms, now);
                 on_fault(
                     job,
                     &node,
-                    FaultCause::ProgressStalled { stalled_ms },
+                    cause,
                     Some(now - stalled_ms as i64),
                     now,
                     limits,
@@ -561,6 +574,45 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
             fx.push(JobEffect::ResolveCheckpoint);
         }
         _ => {}
+    }
+}
+
+/// Which rank a stall is charged to. Ranks of a synchronous job wait on each other, so they all
+/// stall together and the first one found (`first`) proves nothing: the ranks' evidence picks
+/// the odd one out ([`single_out`]). When it cannot, the incident still names `first`'s node,
+/// but the cause says so and counts against no node.
+fn blame_stall(job: &Job, first: String, stalled_ms: u64, now: UnixMillis) -> (String, FaultCause) {
+    // Progress singles the rank out when every other rank still stepped within half the
+    // timeout: the gang did not stall with it.
+    let recent = (job.spec.stall_timeout_ms / 2) as i64;
+    let peers_step = (job.ranks.iter())
+        .filter(|r| r.node != first && r.exited.is_none())
+        .all(|r| r.progressed && now - r.last_progress_at < recent);
+    if peers_step {
+        return (first, FaultCause::stall(stalled_ms, String::new()));
+    }
+    let live: Vec<(usize, &Rank)> = (job.ranks.iter().enumerate())
+        .filter(|(_, r)| r.exited.is_none())
+        .collect();
+    let fresh = |r: &Rank| now - r.evidence_at <= job.spec.stall_timeout_ms as i64;
+    let evidence: Vec<_> = (live.iter())
+        .map(|(_, r)| r.evidence.as_ref().filter(|_| fresh(r)))
+        .collect();
+    match single_out(&evidence) {
+        Verdict::Blamed { rank, reason } => {
+            let (rank, r) = live[rank];
+            let node = r.node.clone();
+            let why = format!("rank {rank} ({node}) singled out: {reason}");
+            (node, FaultCause::stall(stalled_ms, why))
+        }
+        Verdict::Undecided { reason } => {
+            let why = if reason.starts_with("could not single out") {
+                reason
+            } else {
+                format!("could not single out a rank: {reason}")
+            };
+            (first, FaultCause::stall_unattributed(stalled_ms, why))
+        }
     }
 }
 

@@ -385,7 +385,7 @@ fn a_second_node_fault_during_recovery_is_fenced_too() {
     let before = job.clone();
     let fx = ev(
         &mut job,
-        fault("a", FaultCause::ProgressStalled { stalled_ms: 1 }),
+        fault("a", FaultCause::stall(1, String::new())),
         120,
     );
     assert!(fx.is_empty());
@@ -471,7 +471,7 @@ fn stall_detection_names_the_stuck_rank() {
     let fx = ev(&mut job, JobEvent::Tick, 5_000);
     assert!(has(
         &fx,
-        |e| matches!(e, JobEffect::OpenIncident { node, cause: FaultCause::ProgressStalled { stalled_ms: 3_000 }, action: RecoveryAction::RestartInPlace, .. } if node == "b")
+        |e| matches!(e, JobEffect::OpenIncident { node, cause: FaultCause::ProgressStalled { stalled_ms: 3_000, blamed: true, .. }, action: RecoveryAction::RestartInPlace, .. } if node == "b")
     ));
 }
 
@@ -528,7 +528,7 @@ fn fault_causes_have_one_code_and_an_operator_wording() {
     }
     .needs_replacement());
     assert_eq!(
-        FaultCause::ProgressStalled { stalled_ms: 1500 }.detail(),
+        FaultCause::stall(1500, String::new()).detail(),
         "no progress for 1.5 s"
     );
     assert_eq!(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{AgentTimer, Origin, Sim, SimEvent, Stream, ToAgent};
 use crate::cluster::{Hello, Input, Role};
+use crate::evidence::{ProcessState, WorkerEvidence};
 use crate::protocol::{AgentCommand, CommandResult, HealthState, HealthSummary};
 use crate::UnixMillis;
 
@@ -42,8 +43,14 @@ pub enum WorkerStatus {
     Starting,
     /// Training (when its gang is whole).
     Running,
-    /// Alive, making no progress.
+    /// Alive, making no progress, and looking like its waiting peers (a deadlock inside the
+    /// collective): nothing singles it out.
     Hung,
+    /// SIGSTOPped: its agent reports its process stopped.
+    Stopped,
+    /// Busy in its own code, never reaching the next exchange: its agent reports it spinning
+    /// while its peers wait.
+    Spinning,
 }
 
 /// The worker an agent runs.
@@ -314,6 +321,7 @@ impl Sim {
                 let health = agent.health_changed.then(|| agent.health.clone());
                 // A heartbeat lost to a cut does not count as told.
                 agent.health_changed = agent.cut && health.is_some();
+                let evidence = agent.worker.as_ref().map(worker_evidence);
                 self.agent_send(
                     node,
                     Input::Heartbeat {
@@ -322,6 +330,16 @@ impl Sim {
                         health,
                     },
                 );
+                if let Some(evidence) = evidence {
+                    let node = node.to_string();
+                    self.agent_send(
+                        &node,
+                        Input::Evidence {
+                            node: node.clone(),
+                            evidence,
+                        },
+                    );
+                }
                 self.schedule(node, now + interval, AgentTimer::Heartbeat { conn });
             }
             AgentTimer::Reconnect => {
@@ -349,7 +367,9 @@ impl Sim {
         let term = match &command {
             AgentCommand::Launch(l) => l.term,
             AgentCommand::Stop(s) => s.term,
-            AgentCommand::Fence { term, .. } | AgentCommand::RestartAgent { term, .. } => *term,
+            AgentCommand::Fence { term, .. }
+            | AgentCommand::RestartAgent { term, .. }
+            | AgentCommand::DumpStacks { term, .. } => *term,
             AgentCommand::RunScript(r) => r.term,
         };
         let agent = self.agent_mut(node);
@@ -381,6 +401,15 @@ impl Sim {
                 }
             }
             AgentCommand::Fence { .. } => self.end_worker(node, None, Some(15), true),
+            AgentCommand::DumpStacks { incident_id, .. } => {
+                // The sim's workers have no Python: the agent says so, as one without py-spy.
+                let input = Input::Stacks {
+                    node: node.to_string(),
+                    incident_id,
+                    text: "stacks not available: sim worker".into(),
+                };
+                self.agent_send(node, input);
+            }
             AgentCommand::RunScript(run) => {
                 let ok = !agent.options.check_fails;
                 let duration_ms = agent.options.script_ms;
@@ -464,5 +493,25 @@ impl Sim {
     pub fn is_reachable(&self, node: &str) -> bool {
         let agent = self.agent(node);
         agent.up && !agent.cut
+    }
+}
+
+/// What a real agent would read of the worker in `/proc`: training or waiting ranks sleep in
+/// the collective with little CPU (a stuck gang waits alike), a stopped one is stopped, a
+/// spinning one burns a core. The sim has no output lines.
+fn worker_evidence(worker: &Worker) -> WorkerEvidence {
+    let (state, cpu_permille) = match worker.status {
+        WorkerStatus::Stopped => (ProcessState::Stopped, 0),
+        WorkerStatus::Spinning => (ProcessState::Running, 1_000),
+        WorkerStatus::Starting | WorkerStatus::Running | WorkerStatus::Hung => {
+            (ProcessState::Sleeping, 20)
+        }
+    };
+    WorkerEvidence {
+        job_id: worker.job_id.clone(),
+        generation: worker.generation,
+        state,
+        cpu_permille,
+        output_quiet_ms: None,
     }
 }

@@ -116,6 +116,22 @@ impl Sim {
         }
     }
 
+    /// SIGSTOP of the node's worker alone (its agent runs on): no more progress, and the
+    /// agent reports the process stopped.
+    pub fn stop_worker(&mut self, node: &str) {
+        if let Some(worker) = self.agent_mut(node).worker.as_mut() {
+            worker.status = WorkerStatus::Stopped;
+        }
+    }
+
+    /// The node's worker busy-loops in its own code and never reaches the next exchange: no
+    /// more progress, and the agent reports it spinning.
+    pub fn spin_worker(&mut self, node: &str) {
+        if let Some(worker) = self.agent_mut(node).worker.as_mut() {
+            worker.status = WorkerStatus::Spinning;
+        }
+    }
+
     /// The agent reports `health` at once (a health report) and in its next heartbeat.
     pub fn set_health(&mut self, node: &str, health: HealthSummary) {
         let agent = self.agent_mut(node);
