@@ -328,6 +328,10 @@ async fn session(
         },
     };
     let mut interval = Duration::from_millis(state.config.heartbeat_interval_ms);
+    // The coordinator's last clock stamp (welcome or ping) and when it arrived (agent clock),
+    // echoed once in the next heartbeat: the coordinator measures the clock offset from the
+    // round trip.
+    let mut clock_echo: Option<(i64, i64)>;
     match inbound.message().await {
         Ok(Some(pb::CoordinatorMessage {
             body: Some(FromCoordinator::Welcome(w)),
@@ -345,6 +349,7 @@ async fn session(
             if w.heartbeat_interval_ms > 0 {
                 interval = Duration::from_millis(w.heartbeat_interval_ms);
             }
+            clock_echo = Some((w.coordinator_unix_ms, now_ms()));
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
@@ -386,12 +391,15 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 state.heartbeat_seq += 1;
+                let (echo_coordinator_unix_ms, echo_received_unix_ms) =
+                    clock_echo.take().unwrap_or((0, 0));
                 let hb = pb::AgentMessage {
                     body: Some(ToCoordinator::Heartbeat(pb::Heartbeat {
                         seq: state.heartbeat_seq,
                         sent_unix_ms: now_ms(),
                         health: Some(state.health.summary()),
-                        echo_coordinator_unix_ms: 0,
+                        echo_coordinator_unix_ms,
+                        echo_received_unix_ms,
                     })),
                 };
                 if tx.try_send(hb).is_err() {
@@ -422,6 +430,9 @@ async fn session(
                     let _ = tokio::time::timeout(Duration::from_millis(300), inbound.message()).await;
                     return SessionEnd::Restart(r.reason);
                 }
+                Ok(Some(pb::CoordinatorMessage { body: Some(FromCoordinator::Ping(p)) })) => {
+                    clock_echo = Some((p.coordinator_unix_ms, now_ms()));
+                }
                 Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => dispatch(state, body),
                 Ok(Some(_)) => {}
                 Ok(None) => return SessionEnd::Lost("coordinator closed the stream".into()),
@@ -436,7 +447,9 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
-        FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
+        FromCoordinator::Welcome(_)
+        | FromCoordinator::RestartAgent(_)
+        | FromCoordinator::Ping(_) => return,
         FromCoordinator::RunScript(r) => {
             if state.fencing.admit_term(r.term).is_err() {
                 tracing::warn!(

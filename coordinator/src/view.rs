@@ -118,6 +118,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
         open: i.is_open(),
         fault_step: i.fault_step,
         rejected_candidates: i.rejected_candidates.clone(),
+        fault_time_source: i.fault_time_source.code().into(),
     }
 }
 

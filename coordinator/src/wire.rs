@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use holdfast_core::cluster::{CheckReport, GpuInfo, Hello, Role};
 use holdfast_core::job::Job;
 use holdfast_core::protocol::{
-    AgentCommand, CommandResult, Event, HealthAction, HealthCheck, HealthState, HealthSummary,
-    JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, CommandResult, Event, HealthAction, HealthCheck, HealthState,
+    HealthSummary, JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use holdfast_proto::v1 as pb;
 use pb::coordinator_message::Body as ToAgent;
@@ -96,6 +96,11 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
         AgentCommand::RestartAgent { reason, term } => {
             ToAgent::RestartAgent(pb::RestartAgent { reason, term })
         }
+        AgentCommand::Ping {
+            coordinator_unix_ms,
+        } => ToAgent::Ping(pb::Ping {
+            coordinator_unix_ms,
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
 }
@@ -143,6 +148,15 @@ fn health_action_pb(action: HealthAction) -> pb::HealthAction {
 }
 
 /// A node's health as its agent reported it.
+/// The clock echo a heartbeat carries; `None` from agents that do not echo (older agents) or
+/// when no stamp arrived since the last heartbeat.
+pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
+    (h.echo_coordinator_unix_ms > 0 && h.echo_received_unix_ms > 0).then_some(ClockEcho {
+        coordinator_sent_at: h.echo_coordinator_unix_ms,
+        agent_received_at: h.echo_received_unix_ms,
+    })
+}
+
 pub fn health(h: pb::HealthSummary) -> HealthSummary {
     HealthSummary {
         state: health_state(h.state),

@@ -28,6 +28,7 @@ impl Coordinator {
             FromAgent::Heartbeat(hb) => Input::Heartbeat {
                 node,
                 sent_at: hb.sent_unix_ms,
+                echo: crate::wire::clock_echo(&hb),
                 health: hb.health.map(crate::wire::health),
             },
             FromAgent::HealthReport(r) => match r.health {

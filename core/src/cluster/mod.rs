@@ -17,8 +17,8 @@ use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
 use crate::node::{self, NodeEvent, NodeState};
 use crate::protocol::{
-    AgentCommand, CommandResult, Event, EventKind, HealthSummary, JobRequest, Launch, Progress,
-    Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, CommandResult, Event, EventKind, HealthSummary, JobRequest, Launch,
+    Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use crate::UnixMillis;
 
@@ -71,12 +71,27 @@ pub struct NodeRecord {
     /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
     #[serde(skip)]
     pub last_heartbeat_at: UnixMillis,
-    /// Agent clock minus coordinator clock, estimated from heartbeats (upper bound of the
-    /// one-way delay removed by taking the largest recent sample). Relearned after a restart.
+    /// Agent clock minus coordinator clock. Measured from round trips when the agent echoes
+    /// the coordinator's clock stamps (NTP-style, the sample of the shortest recent round trip);
+    /// from an agent that does not echo, estimated one way from heartbeats (the largest recent
+    /// sample, whose delay is smallest). Relearned after a restart.
     #[serde(skip)]
     pub clock_offset_ms: i64,
+    /// The round trip of the sample `clock_offset_ms` comes from; `None` while it is a one-way
+    /// estimate. Half of it bounds the offset's error.
+    #[serde(skip)]
+    pub clock_round_trip_ms: Option<i64>,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
+    #[serde(skip)]
+    round_trips: VecDeque<detector::RoundTrip>,
+    /// When the coordinator last stamped its clock for the agent to echo (welcome or ping).
+    #[serde(skip)]
+    pinged_at: UnixMillis,
+    /// The best evidence of when the fault being handled happened, set while a node fault
+    /// drives its jobs: the incident it opens takes its fault time from it.
+    #[serde(skip)]
+    fault_evidence: Option<(UnixMillis, incident::FaultTimeSource)>,
     /// The agent's latest health checks, for operators; a fatal one faults the node as it
     /// arrives. Not stored: every heartbeat carries it.
     #[serde(skip)]
@@ -237,6 +252,9 @@ pub enum Input {
         sent_at: UnixMillis,
         /// The agent's health.
         health: Option<HealthSummary>,
+        /// The agent's echo of the coordinator's last clock stamp, for a round-trip offset
+        /// measurement; `None` from agents that do not echo.
+        echo: Option<ClockEcho>,
     },
     /// A health check changed at once (a check turned fatal, or cleared).
     HealthReport {
@@ -502,7 +520,8 @@ impl Cluster {
                 node,
                 sent_at,
                 health,
-            } => self.heartbeat(&node, sent_at, health, now),
+                echo,
+            } => self.heartbeat(&node, sent_at, health, echo, now),
             Input::HealthReport { node, health } => self.health_report(&node, health, now),
             Input::Worker { node, event } => self.worker_event(&node, event, now),
             Input::Progress { node, progress } => self.progress(&node, progress, now),
@@ -668,3 +687,6 @@ mod agent_crash_tests;
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod clock_tests;

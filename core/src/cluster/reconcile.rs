@@ -58,7 +58,11 @@ impl Cluster {
                 gpus: Vec::new(),
                 last_heartbeat_at: now,
                 clock_offset_ms: 0,
+                clock_round_trip_ms: None,
                 offset_samples: VecDeque::new(),
+                round_trips: VecDeque::new(),
+                pinged_at: now,
+                fault_evidence: None,
                 health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
@@ -88,6 +92,10 @@ impl Cluster {
         record.last_heartbeat_at = now;
         record.restarting_until = None;
         record.offset_samples.clear();
+        record.round_trips.clear();
+        record.clock_round_trip_ms = None;
+        // The welcome carries this time: the agent echoes it in its first heartbeat.
+        record.pinged_at = now;
         record.worker = hello
             .worker
             .as_ref()

@@ -327,6 +327,7 @@ impl Sim {
                         node: node.to_string(),
                         sent_at,
                         health,
+                        echo: None,
                     },
                 );
                 self.schedule(node, now + interval, AgentTimer::Heartbeat { conn });
@@ -358,6 +359,8 @@ impl Sim {
             AgentCommand::Stop(s) => s.term,
             AgentCommand::Fence { term, .. } | AgentCommand::RestartAgent { term, .. } => *term,
             AgentCommand::RunScript(r) => r.term,
+            // The simulated agents share the simulation's clock: nothing to measure.
+            AgentCommand::Ping { .. } => return,
         };
         let agent = self.agent_mut(node);
         if term < agent.term {
@@ -407,6 +410,7 @@ impl Sim {
                 self.schedule(node, at, AgentTimer::ScriptDone(result));
             }
             AgentCommand::RestartAgent { .. } => self.restart_agent_process(node),
+            AgentCommand::Ping { .. } => {}
         }
     }
 
