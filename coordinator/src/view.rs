@@ -222,6 +222,7 @@ mod tests {
             },
             FaultCause::ProgressStalled { stalled_ms: 0 },
             FaultCause::CheckFailed(String::new()),
+            FaultCause::HealthRestart(String::new()),
             FaultCause::RepeatedFaults {
                 faults: 0,
                 window_ms: 0,

@@ -75,6 +75,14 @@ pub struct CoordinatorConfig {
     /// The window those faults are counted in (default 10 min); older faults are forgotten.
     /// Must be above 0 when `quarantine_after` is set.
     pub quarantine_window_ms: u64,
+    /// Health findings that repeat on one node within this window escalate: each repeat asks
+    /// for the next action after the last one (restart worker → reset GPU → reboot → replace),
+    /// as GPUd escalates repeated XIDs. Default 1 h; 0 = never escalate.
+    pub health_escalation_window_ms: u64,
+    /// When a node drained by a health finding (reset GPU, reboot) leaves its job:
+    /// `next_recovery` (default) keeps it in its job until the job's next recovery, which
+    /// replaces it; `now` replaces it at once.
+    pub drain_replace: String,
     /// Circuit breaker: when fencing one more node would make more than this share of all
     /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
     /// suspect node is released instead and rejoins through its checks) and raises an alert:
@@ -148,6 +156,8 @@ impl Default for CoordinatorConfig {
             restart_backoff_max_ms: 60_000,
             quarantine_after: 3,
             quarantine_window_ms: 600_000,
+            health_escalation_window_ms: 3_600_000,
+            drain_replace: "next_recovery".into(),
             circuit_breaker_share: 0.5,
             circuit_breaker_window_ms: 300_000,
             silence_storm_share: 0.5,
@@ -266,6 +276,15 @@ impl CoordinatorConfig {
         }
         for name in &self.check_scripts {
             check_script_name(name).map_err(|r| invalid("check_scripts", r))?;
+        }
+        if !matches!(self.drain_replace.as_str(), "next_recovery" | "now") {
+            return Err(invalid(
+                "drain_replace",
+                format!(
+                    "must be \"next_recovery\" or \"now\", got {:?}",
+                    self.drain_replace
+                ),
+            ));
         }
         if self.script_timeout_ms == 0 {
             return Err(invalid("script_timeout_ms", "must be greater than 0"));

@@ -198,6 +198,14 @@ impl HealthSummary {
             .map(|c| format!("{}: {}", c.check, c.reason))
     }
 
+    /// True when any check is Unhealthy: the node gets no new work (see
+    /// [`crate::cluster::NodeRecord::allocatable`]).
+    pub fn has_unhealthy(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.state == HealthState::Unhealthy)
+    }
+
     /// The first check that asks for the node to be replaced.
     pub fn fatal_check(&self) -> Option<&HealthCheck> {
         self.checks

@@ -28,7 +28,13 @@ impl Cluster {
             let fatal = health
                 .fatal_check()
                 .map(|c| (format!("{}: {}", c.check, c.reason), c.observed_at));
-            node.health = health;
+            let before = std::mem::replace(&mut node.health, health);
+            if fatal.is_none() {
+                self.health_changed(node_id, &before, now, &mut fx);
+            }
+            let Some(node) = self.nodes.get_mut(node_id) else {
+                return fx;
+            };
             if let Some((reason, observed_at)) = fatal {
                 // The check's own observation, in coordinator time, is when the fault happened.
                 if observed_at > 0 {

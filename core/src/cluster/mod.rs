@@ -17,13 +17,14 @@ use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
 use crate::node::{self, NodeEvent, NodeState};
 use crate::protocol::{
-    AgentCommand, ClockEcho, CommandResult, Event, EventKind, HealthSummary, JobRequest, Launch,
-    Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, CommandResult, Event, EventKind, HealthAction, HealthSummary,
+    JobRequest, Launch, Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use crate::UnixMillis;
 
 mod breaker;
 mod detector;
+mod health;
 mod operators;
 mod placement;
 mod provisioning;
@@ -115,6 +116,16 @@ pub struct NodeRecord {
     /// The last bootstrap/deep check the node ran, kept for operators.
     #[serde(default)]
     pub last_check: Option<CheckReport>,
+    /// Set when a health finding (reset GPU, reboot) drained the node: no new work; it leaves
+    /// its job at the job's next recovery or at once (`drain_replace`). Cleared when the host
+    /// comes back rebooted (a new boot id: it rejoins through its checks) or an operator
+    /// uncordons it.
+    #[serde(default)]
+    pub drained: Option<String>,
+    /// Recent health findings on the node and the action each was given, for escalation
+    /// (health.rs). Not stored: a restarted coordinator starts counting afresh.
+    #[serde(skip)]
+    findings: VecDeque<(UnixMillis, HealthAction)>,
     /// Set when the node's agent went silent while its job kept stepping: the job's progress
     /// vouches for its ranks, which keep running (detector.rs). Cleared when the agent returns
     /// with the same worker; the node is fenced at the job's next fault or if the agent
@@ -128,10 +139,20 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// May be given to a job now: ready, connected, and not in the middle of a script run. The
-    /// one place that decides it (new jobs and replacements alike).
+    /// May be given to a job now: ready, connected, not in the middle of a script run, and no
+    /// health check Unhealthy. The one place that decides it (new jobs and replacements alike).
+    ///
+    /// Degraded checks do not bar a node: Degraded means it works with a warning (an
+    /// application XID that asks only for a worker restart, a thermal or clock warning), and
+    /// draining on it would empty a cluster of healthy hardware over application bugs. Unknown
+    /// (a probe that did not answer) does not bar it either: a wedged probe is not a broken GPU,
+    /// and the probe's own timeout turns a truly lost GPU into an Unhealthy finding.
     pub fn allocatable(&self) -> bool {
-        self.state.is_ready() && self.conn.is_some() && self.script_run.is_none()
+        self.state.is_ready()
+            && self.conn.is_some()
+            && self.script_run.is_none()
+            && !self.health.has_unhealthy()
+            && self.drained.is_none()
     }
 }
 
@@ -690,3 +711,6 @@ mod policy_tests;
 
 #[cfg(test)]
 mod clock_tests;
+
+#[cfg(test)]
+mod health_tests;

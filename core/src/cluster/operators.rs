@@ -81,6 +81,11 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
+        // The operator repaired it: a drain by a health finding is over too.
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.drained = None;
+            node.findings.clear();
+        }
         // A repaired node that is connected goes straight on through hello's path.
         let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
         if connected {

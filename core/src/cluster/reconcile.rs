@@ -63,6 +63,8 @@ impl Cluster {
                 round_trips: VecDeque::new(),
                 pinged_at: now,
                 fault_evidence: None,
+                drained: None,
+                findings: VecDeque::new(),
                 health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
@@ -82,6 +84,12 @@ impl Cluster {
             .map(|_| record.worker.clone())
             .or_else(|| was_lost.then(|| record.worker.clone()));
         record.conn = Some(conn);
+        if record.drained.is_some() && !record.boot_id.is_empty() && record.boot_id != hello.boot_id
+        {
+            // Rebooted: the remediation happened; its checks decide whether it is Ready.
+            record.drained = None;
+            record.findings.clear();
+        }
         record.hostname = hello.hostname;
         record.role = hello.role;
         record.address = hello.address;

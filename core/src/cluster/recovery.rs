@@ -40,6 +40,7 @@ impl Cluster {
             }
         }
         self.fault_vouched_nodes_of_recovering(job_id);
+        self.replace_drained_nodes_of_recovering(job_id);
     }
 
     /// A node kept in its job on the job's progress alone cannot take part in a recovery (its

@@ -419,7 +419,9 @@ fn escalate(
 ) -> FaultCause {
     let worker_fault = matches!(
         cause,
-        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { .. }
+        FaultCause::WorkerExited { .. }
+            | FaultCause::ProgressStalled { .. }
+            | FaultCause::HealthRestart(_)
     );
     if !worker_fault
         || limits.quarantine_after == 0
