@@ -83,6 +83,12 @@ pub struct CoordinatorConfig {
     /// `next_recovery` (default) keeps it in its job until the job's next recovery, which
     /// replaces it; `now` replaces it at once.
     pub drain_replace: String,
+    /// Lifecycle script run on a drained node once it holds no job (e.g. `remediate`, which
+    /// resets the GPU or reboots the host), followed by the deep checks (`check_scripts`):
+    /// passing them returns the node to service, failing fences it, and a host that reboots
+    /// rejoins through its bootstrap and checks. Empty (the default) = none: the node stays
+    /// drained until its host is rebooted or an operator uncordons it.
+    pub remediation_script: String,
     /// Circuit breaker: when fencing one more node would make more than this share of all
     /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
     /// suspect node is released instead and rejoins through its checks) and raises an alert:
@@ -158,6 +164,7 @@ impl Default for CoordinatorConfig {
             quarantine_window_ms: 600_000,
             health_escalation_window_ms: 3_600_000,
             drain_replace: "next_recovery".into(),
+            remediation_script: String::new(),
             circuit_breaker_share: 0.5,
             circuit_breaker_window_ms: 300_000,
             silence_storm_share: 0.5,
@@ -276,6 +283,10 @@ impl CoordinatorConfig {
         }
         for name in &self.check_scripts {
             check_script_name(name).map_err(|r| invalid("check_scripts", r))?;
+        }
+        if !self.remediation_script.is_empty() {
+            check_script_name(&self.remediation_script)
+                .map_err(|r| invalid("remediation_script", r))?;
         }
         if !matches!(self.drain_replace.as_str(), "next_recovery" | "now") {
             return Err(invalid(

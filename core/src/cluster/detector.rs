@@ -393,6 +393,7 @@ impl Cluster {
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
         self.expire_scripts(now, &mut fx);
+        self.start_remediations(now, &mut fx);
         let live: Vec<String> = self
             .jobs
             .values()

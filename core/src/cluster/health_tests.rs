@@ -336,3 +336,67 @@ fn escalation_never_lowers_an_action() {
     );
     assert!(is_fenced(&c, "s"));
 }
+
+/// Spare s drained for a GPU reset with `remediation_script = "remediate"` and one deep check;
+/// returns the command ids of what the next tick sent s.
+fn remediating() -> (Cluster, Vec<(String, String)>) {
+    let config = CoordinatorConfig {
+        remediation_script: "remediate".into(),
+        check_scripts: vec!["health/host".into()],
+        ..Default::default()
+    };
+    let mut c = Cluster::new(config);
+    join(&mut c, "a", Role::Worker, 1, 0);
+    join(&mut c, "s", Role::Spare, 2, 0);
+    report(
+        &mut c,
+        "s",
+        "row-remap",
+        HealthState::Unhealthy,
+        HealthAction::ResetGpu,
+        100,
+    );
+    let fx = tick(&mut c, 200);
+    let sent = scripts_sent(&fx, "s");
+    (c, sent)
+}
+
+#[test]
+fn no_remediation_runs_unless_configured() {
+    let mut c = three_nodes();
+    report(
+        &mut c,
+        "s",
+        "row-remap",
+        HealthState::Unhealthy,
+        HealthAction::ResetGpu,
+        100,
+    );
+    let fx = tick(&mut c, 200);
+    assert!(scripts_sent(&fx, "s").is_empty(), "{fx:?}");
+}
+
+#[test]
+fn an_idle_drained_node_is_remediated_then_checked_and_returns_to_service() {
+    let (mut c, sent) = remediating();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1, "remediate");
+    assert!(!c.nodes["s"].allocatable(), "not while it runs");
+    let fx = answer(&mut c, "s", &sent[0].0, true, "gpu reset", 300);
+    let next = scripts_sent(&fx, "s");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].1, "health/host", "the deep check follows");
+    healthy(&mut c, "s", 350);
+    answer(&mut c, "s", &next[0].0, true, "ok", 400);
+    assert!(c.nodes["s"].drained.is_none());
+    assert!(c.nodes["s"].allocatable());
+    // Nothing more to remediate.
+    assert!(scripts_sent(&tick(&mut c, 500), "s").is_empty());
+}
+
+#[test]
+fn a_failed_remediation_fences_the_node() {
+    let (mut c, sent) = remediating();
+    answer(&mut c, "s", &sent[0].0, false, "reset refused", 300);
+    assert!(is_fenced(&c, "s"), "{:?}", c.nodes["s"].state);
+}
