@@ -90,6 +90,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             .as_ref()
             .map(|c| crate::wire::check_report(c, &node.id)),
         agent_started_unix_ms: node.agent_started_at,
+        drained: node.drained.clone().unwrap_or_default(),
     }
 }
 
