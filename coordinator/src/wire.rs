@@ -290,3 +290,43 @@ pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_without_an_echo_carries_none() {
+        let old_agent = pb::Heartbeat {
+            sent_unix_ms: 5_000,
+            ..Default::default()
+        };
+        assert_eq!(clock_echo(&old_agent), None);
+        let echoed = pb::Heartbeat {
+            sent_unix_ms: 5_000,
+            echo_coordinator_unix_ms: 4_000,
+            echo_received_unix_ms: 4_900,
+            ..Default::default()
+        };
+        assert_eq!(
+            clock_echo(&echoed),
+            Some(ClockEcho {
+                coordinator_sent_at: 4_000,
+                agent_received_at: 4_900,
+            })
+        );
+    }
+
+    #[test]
+    fn a_ping_goes_out_with_the_coordinators_clock() {
+        let message = agent_command(AgentCommand::Ping {
+            coordinator_unix_ms: 1_234,
+        });
+        assert_eq!(
+            message.body,
+            Some(ToAgent::Ping(pb::Ping {
+                coordinator_unix_ms: 1_234
+            }))
+        );
+    }
+}
