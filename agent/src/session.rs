@@ -331,6 +331,10 @@ async fn session(
             Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
         },
     };
+    // The coordinator's last clock stamp (welcome or ping) and when it arrived (agent clock),
+    // echoed once in the next heartbeat: the coordinator measures the clock offset from the
+    // round trip.
+    let mut clock_echo: Option<(i64, i64)>;
     // `session_term` is the welcome's term: a coordinator's term is fixed for its life, so a
     // command claiming a newer one on this stream is forged and never reaches the fencing state.
     let (interval, session_term) = match inbound.message().await {
@@ -358,6 +362,7 @@ async fn session(
             }
             let interval =
                 heartbeat_interval(state.config.heartbeat_interval_ms, w.heartbeat_interval_ms);
+            clock_echo = Some((w.coordinator_unix_ms, now_ms()));
             tracing::info!(
                 node = state.node_id,
                 term = w.term,
@@ -400,12 +405,15 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 state.heartbeat_seq += 1;
+                let (echo_coordinator_unix_ms, echo_received_unix_ms) =
+                    clock_echo.take().unwrap_or((0, 0));
                 let hb = pb::AgentMessage {
                     body: Some(ToCoordinator::Heartbeat(pb::Heartbeat {
                         seq: state.heartbeat_seq,
                         sent_unix_ms: now_ms(),
                         health: Some(state.health.summary()),
-                        echo_coordinator_unix_ms: 0,
+                        echo_coordinator_unix_ms,
+                        echo_received_unix_ms,
                     })),
                 };
                 if tx.try_send(hb).is_err() {
@@ -450,6 +458,9 @@ async fn session(
                     drop(tx);
                     let _ = tokio::time::timeout(Duration::from_millis(300), inbound.message()).await;
                     return SessionEnd::Restart(r.reason);
+                }
+                Ok(Some(pb::CoordinatorMessage { body: Some(FromCoordinator::Ping(p)) })) => {
+                    clock_echo = Some((p.coordinator_unix_ms, now_ms()));
                 }
                 Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => dispatch(state, body),
                 Ok(Some(_)) => {}
@@ -502,6 +513,8 @@ fn command_term(body: &FromCoordinator) -> Option<u64> {
         FromCoordinator::RunScript(r) => Some(r.term),
         FromCoordinator::RestartAgent(r) => Some(r.term),
         FromCoordinator::DumpStacks(d) => Some(d.term),
+        // A clock stamp changes nothing on the agent.
+        FromCoordinator::Ping(_) => None,
     }
 }
 
@@ -511,7 +524,9 @@ fn dispatch(state: &mut AgentState, body: FromCoordinator) {
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::DumpStacks(d) => WorkerCommand::DumpStacks(d),
-        FromCoordinator::Welcome(_) | FromCoordinator::RestartAgent(_) => return,
+        FromCoordinator::Welcome(_)
+        | FromCoordinator::RestartAgent(_)
+        | FromCoordinator::Ping(_) => return,
         FromCoordinator::RunScript(r) => {
             if state.fencing.admit_term(r.term).is_err() {
                 tracing::warn!(

@@ -275,6 +275,18 @@ impl LocalCluster {
 
     /// Starts `holdfast agent` for `node` with `role` ("worker" or "spare").
     pub fn start_agent(&mut self, node: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_env(node, role, extra, &[])
+    }
+
+    /// [`LocalCluster::start_agent`] with extra environment for the agent process (and the
+    /// workers it starts), e.g. a preloaded library that shifts its clock.
+    pub fn start_agent_env(
+        &mut self,
+        node: &str,
+        role: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let state = self.state_dir(node);
         std::fs::create_dir_all(&state)?;
         let log = std::fs::OpenOptions::new()
@@ -294,6 +306,7 @@ impl LocalCluster {
             ])
             .arg(&state)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

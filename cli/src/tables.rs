@@ -96,12 +96,13 @@ fn fmt_secs(v: Option<f64>) -> String {
 
 pub fn incidents(incidents: &[pb::Incident]) -> String {
     let mut out = format!(
-        "{:>3} {:<10} {:<10} {:<18} {:<17} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
+        "{:>3} {:<10} {:<10} {:<18} {:<17} {:<15} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
         "ID",
         "JOB",
         "NODE",
         "CAUSE",
         "ACTION",
+        "FAULT TIME FROM",
         "DETECT",
         "FENCE",
         "REPLACE",
@@ -112,12 +113,17 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
     for i in incidents {
         let t0 = i.fault_unix_ms;
         out.push_str(&format!(
-            "{:>3} {:<10} {:<10} {:<18} {:<17} {:>8} {:>8} {:>8} {:>9} {:>8}  {}{}\n",
+            "{:>3} {:<10} {:<10} {:<18} {:<17} {:<15} {:>8} {:>8} {:>8} {:>9} {:>8}  {}{}\n",
             i.id,
             i.job_id,
             i.node_id,
             i.cause,
             i.action,
+            if i.fault_time_source.is_empty() {
+                "detection"
+            } else {
+                &i.fault_time_source
+            },
             fmt_secs(secs(t0, i.detected_unix_ms)),
             fmt_secs(secs(t0, i.fenced_unix_ms)),
             fmt_secs(secs(t0, i.replaced_unix_ms)),
@@ -134,7 +140,11 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
             out.push_str(&format!("      rejected candidate {rejected}\n"));
         }
     }
-    out.push_str("(seconds from the fault; fault time as estimated by the coordinator)\n");
+    out.push_str(
+        "(seconds from the fault; the fault time is estimated from the evidence named under \
+         FAULT TIME FROM, in coordinator time corrected for the node's clock offset; \
+         \"detection\" means nothing earlier was known)\n",
+    );
     out
 }
 
@@ -158,6 +168,10 @@ pub fn incident_json(i: &pb::Incident, t0: i64) -> serde_json::Value {
         "to_generation": i.to_generation,
         "open": i.open,
         "rejected_candidates": i.rejected_candidates,
+        "fault_unix_ms": i.fault_unix_ms,
+        "detected_unix_ms": i.detected_unix_ms,
+        "fault_time_source": if i.fault_time_source.is_empty() { "detection" } else { i.fault_time_source.as_str() },
+        "fault_time_estimated": !i.fault_time_source.is_empty() && i.fault_time_source != "detection",
     })
 }
 

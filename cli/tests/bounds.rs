@@ -135,7 +135,7 @@ async fn hostile_agent_input_is_refused_naming_the_field() {
                 state: 0,
                 checks: vec![check; 10_000],
             }),
-            echo_coordinator_unix_ms: 0,
+            ..Default::default()
         })),
     })
     .await

@@ -90,6 +90,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
             .as_ref()
             .map(|c| crate::wire::check_report(c, &node.id)),
         agent_started_unix_ms: node.agent_started_at,
+        drained: node.drained.clone().unwrap_or_default(),
     }
 }
 
@@ -128,6 +129,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
                 stacks: r.stacks.clone(),
             })
             .collect(),
+        fault_time_source: i.fault_time_source.code().into(),
     }
 }
 
@@ -231,6 +233,7 @@ mod tests {
             },
             FaultCause::stall(0, String::new()),
             FaultCause::CheckFailed(String::new()),
+            FaultCause::HealthRestart(String::new()),
             FaultCause::RepeatedFaults {
                 faults: 0,
                 window_ms: 0,

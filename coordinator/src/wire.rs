@@ -8,8 +8,8 @@ use holdfast_core::cluster::{CheckReport, GpuInfo, Hello, Role};
 use holdfast_core::evidence::{ProcessState, WorkerEvidence};
 use holdfast_core::job::Job;
 use holdfast_core::protocol::{
-    AgentCommand, CommandResult, Event, HealthAction, HealthCheck, HealthState, HealthSummary,
-    JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, CommandResult, Event, HealthAction, HealthCheck, HealthState,
+    HealthSummary, JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use holdfast_proto::v1 as pb;
 use pb::coordinator_message::Body as ToAgent;
@@ -138,6 +138,11 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
             incident_id,
             term,
         }),
+        AgentCommand::Ping {
+            coordinator_unix_ms,
+        } => ToAgent::Ping(pb::Ping {
+            coordinator_unix_ms,
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
 }
@@ -185,6 +190,15 @@ fn health_action_pb(action: HealthAction) -> pb::HealthAction {
 }
 
 /// A node's health as its agent reported it.
+/// The clock echo a heartbeat carries; `None` from agents that do not echo (older agents) or
+/// when no stamp arrived since the last heartbeat.
+pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
+    (h.echo_coordinator_unix_ms > 0 && h.echo_received_unix_ms > 0).then_some(ClockEcho {
+        coordinator_sent_at: h.echo_coordinator_unix_ms,
+        agent_received_at: h.echo_received_unix_ms,
+    })
+}
+
 pub fn health(h: pb::HealthSummary) -> HealthSummary {
     HealthSummary {
         state: health_state(h.state),
@@ -317,4 +331,44 @@ pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
         None => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_without_an_echo_carries_none() {
+        let old_agent = pb::Heartbeat {
+            sent_unix_ms: 5_000,
+            ..Default::default()
+        };
+        assert_eq!(clock_echo(&old_agent), None);
+        let echoed = pb::Heartbeat {
+            sent_unix_ms: 5_000,
+            echo_coordinator_unix_ms: 4_000,
+            echo_received_unix_ms: 4_900,
+            ..Default::default()
+        };
+        assert_eq!(
+            clock_echo(&echoed),
+            Some(ClockEcho {
+                coordinator_sent_at: 4_000,
+                agent_received_at: 4_900,
+            })
+        );
+    }
+
+    #[test]
+    fn a_ping_goes_out_with_the_coordinators_clock() {
+        let message = agent_command(AgentCommand::Ping {
+            coordinator_unix_ms: 1_234,
+        });
+        assert_eq!(
+            message.body,
+            Some(ToAgent::Ping(pb::Ping {
+                coordinator_unix_ms: 1_234
+            }))
+        );
+    }
 }

@@ -73,6 +73,20 @@ pub struct CoordinatorConfig {
     /// The window those faults are counted in (default 10 min); older faults are forgotten.
     /// Must be above 0 when `quarantine_after` is set.
     pub quarantine_window_ms: u64,
+    /// Health findings that repeat on one node within this window escalate: each repeat asks
+    /// for the next action after the last one (restart worker → reset GPU → reboot → replace),
+    /// as GPUd escalates repeated XIDs. Default 1 h; 0 = never escalate.
+    pub health_escalation_window_ms: u64,
+    /// When a node drained by a health finding (reset GPU, reboot) leaves its job:
+    /// `next_recovery` (default) keeps it in its job until the job's next recovery, which
+    /// replaces it; `now` replaces it at once.
+    pub drain_replace: String,
+    /// Lifecycle script run on a drained node once it holds no job (e.g. `remediate`, which
+    /// resets the GPU or reboots the host), followed by the deep checks (`check_scripts`):
+    /// passing them returns the node to service, failing fences it, and a host that reboots
+    /// rejoins through its bootstrap and checks. Empty (the default) = none: the node stays
+    /// drained until its host is rebooted or an operator uncordons it.
+    pub remediation_script: String,
     /// Circuit breaker: when fencing one more node would make more than this share of all
     /// nodes fenced within `circuit_breaker_window_ms`, the coordinator stops fencing (the
     /// suspect node is released instead and rejoins through its checks) and raises an alert:
@@ -148,6 +162,9 @@ impl Default for CoordinatorConfig {
             restart_backoff_max_ms: 60_000,
             quarantine_after: 3,
             quarantine_window_ms: 600_000,
+            health_escalation_window_ms: 3_600_000,
+            drain_replace: "next_recovery".into(),
+            remediation_script: String::new(),
             circuit_breaker_share: 0.5,
             circuit_breaker_window_ms: 300_000,
             silence_storm_share: 0.5,
@@ -234,6 +251,19 @@ impl CoordinatorConfig {
         }
         for name in &self.check_scripts {
             check_script_name(name).map_err(|r| invalid("check_scripts", r))?;
+        }
+        if !self.remediation_script.is_empty() {
+            check_script_name(&self.remediation_script)
+                .map_err(|r| invalid("remediation_script", r))?;
+        }
+        if !matches!(self.drain_replace.as_str(), "next_recovery" | "now") {
+            return Err(invalid(
+                "drain_replace",
+                format!(
+                    "must be \"next_recovery\" or \"now\", got {:?}",
+                    self.drain_replace
+                ),
+            ));
         }
         if self.script_timeout_ms == 0 {
             return Err(invalid("script_timeout_ms", "must be greater than 0"));

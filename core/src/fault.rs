@@ -35,6 +35,9 @@ pub enum FaultCause {
         #[serde(default = "blamed_default")]
         blamed: bool,
     },
+    /// A health check asked for the worker to be restarted in place (an application XID): a
+    /// worker fault, counted against the node like a crash.
+    HealthRestart(String),
     /// The node failed its bootstrap or deep check while taking over a rank.
     CheckFailed(String),
     /// An operator fenced the node.
@@ -99,6 +102,7 @@ impl FaultCause {
             FaultCause::CheckFailed(_) => "check_failed",
             FaultCause::RepeatedFaults { .. } => "repeated_faults",
             FaultCause::Operator(_) => "operator",
+            FaultCause::HealthRestart(_) => "health_restart",
         }
     }
 
@@ -109,9 +113,10 @@ impl FaultCause {
         match self {
             FaultCause::AgentLost => "agent stream closed without goodbye".into(),
             FaultCause::HeartbeatTimeout => "no heartbeat within the timeout".into(),
-            FaultCause::HealthFatal(r) | FaultCause::CheckFailed(r) | FaultCause::Operator(r) => {
-                r.clone()
-            }
+            FaultCause::HealthFatal(r)
+            | FaultCause::HealthRestart(r)
+            | FaultCause::CheckFailed(r)
+            | FaultCause::Operator(r) => r.clone(),
             FaultCause::WorkerExited { code, signal } => match (code, signal) {
                 (_, Some(s)) => format!("worker killed by signal {s}"),
                 (Some(c), None) => format!("worker exited with code {c}"),
@@ -146,6 +151,9 @@ impl std::fmt::Display for FaultCause {
             FaultCause::HealthFatal(r) => write!(f, "fatal health fault: {r}"),
             FaultCause::CheckFailed(r) => write!(f, "failed bootstrap/health check: {r}"),
             FaultCause::Operator(r) => write!(f, "fenced by operator: {r}"),
+            FaultCause::HealthRestart(r) => {
+                write!(f, "health check asked for a worker restart: {r}")
+            }
             FaultCause::RepeatedFaults { .. } => {
                 write!(f, "worker kept failing on this node: {}", self.detail())
             }

@@ -31,6 +31,40 @@ impl RecoveryAction {
     }
 }
 
+/// Where an incident's fault time comes from: the evidence it was estimated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FaultTimeSource {
+    /// Nothing earlier was known: the fault time is the detection time (zero detection latency
+    /// by construction, so not an estimate).
+    #[default]
+    Detection,
+    /// An event the agent stamped — the health check's observation (NVML, kernel log), the
+    /// worker's exit — in agent time corrected by the node's clock offset.
+    AgentEvent,
+    /// The last sign of life from the agent: its last heartbeat (agent lost), or the heartbeat
+    /// that should have followed it (heartbeat timeout).
+    LastHeartbeat,
+    /// The rank's last progress line (a stall).
+    LastProgress,
+}
+
+impl FaultTimeSource {
+    /// The source's stable snake_case name, as operators and the wire see it.
+    pub fn code(self) -> &'static str {
+        match self {
+            FaultTimeSource::Detection => "detection",
+            FaultTimeSource::AgentEvent => "agent_event",
+            FaultTimeSource::LastHeartbeat => "last_heartbeat",
+            FaultTimeSource::LastProgress => "last_progress",
+        }
+    }
+
+    /// True when the fault time is estimated from evidence rather than set to the detection.
+    pub fn is_estimate(self) -> bool {
+        self != FaultTimeSource::Detection
+    }
+}
+
 /// One recorded failure and its recovery. Timestamps are coordinator wall-clock unix ms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
@@ -81,6 +115,10 @@ pub struct Incident {
     /// entry per rank in rank order (empty for other faults).
     #[serde(default)]
     pub ranks: Vec<RankEvidence>,
+    /// What `fault_at` was estimated from; [`FaultTimeSource::Detection`] when it is simply the
+    /// detection time.
+    #[serde(default)]
+    pub fault_time_source: FaultTimeSource,
 }
 
 /// One rank of a stalled generation as an incident records it.
@@ -175,6 +213,7 @@ impl Incident {
             fault_step: 0,
             rejected_candidates: Vec::new(),
             ranks: Vec::new(),
+            fault_time_source: FaultTimeSource::Detection,
         }
     }
 

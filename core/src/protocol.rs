@@ -46,6 +46,23 @@ pub enum AgentCommand {
         /// The coordinator's term.
         term: u64,
     },
+    /// The coordinator's clock, for the agent to echo in its next heartbeat ([`ClockEcho`]): a
+    /// round trip that measures the node's clock offset. Sent every few heartbeat intervals.
+    Ping {
+        /// The coordinator's clock when it was sent.
+        coordinator_unix_ms: UnixMillis,
+    },
+}
+
+/// The agent's echo of the coordinator's last clock stamp (a welcome or a [`AgentCommand::Ping`]):
+/// with the heartbeat's own send time and the time it arrived, the four timestamps of an
+/// NTP-style offset measurement. Agents too old to echo send none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockEcho {
+    /// t1: the coordinator's clock in the stamp it sent (coordinator clock).
+    pub coordinator_sent_at: UnixMillis,
+    /// t2: when the agent received it (agent clock).
+    pub agent_received_at: UnixMillis,
 }
 
 /// One node's part of a generation.
@@ -203,10 +220,23 @@ impl HealthSummary {
 
     /// The first check that asks for the node to be replaced, as `check: reason`.
     pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal_check()
+            .map(|c| format!("{}: {}", c.check, c.reason))
+    }
+
+    /// True when any check is Unhealthy: the node gets no new work (see
+    /// [`crate::cluster::NodeRecord::allocatable`]).
+    pub fn has_unhealthy(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.state == HealthState::Unhealthy)
+    }
+
+    /// The first check that asks for the node to be replaced.
+    pub fn fatal_check(&self) -> Option<&HealthCheck> {
         self.checks
             .iter()
             .find(|c| c.state == HealthState::Unhealthy && c.action == HealthAction::ReplaceNode)
-            .map(|c| format!("{}: {}", c.check, c.reason))
     }
 }
 

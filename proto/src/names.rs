@@ -100,6 +100,7 @@ names! {
         CheckFailed => "check_failed",
         RepeatedFaults => "repeated_faults",
         Operator => "operator",
+        HealthRestart => "health_restart",
     }
     // The core names the same causes differently on incidents and on node fences; both
     // spellings must land on one value.

@@ -117,3 +117,19 @@ impl Browser {
         command
     }
 }
+
+/// libfaketime's preload library (Debian `faketime`; `scripts/setup/30-faketime.sh` installs
+/// it and exports `HOLDFAST_LIBFAKETIME`), to run one process with a shifted wall clock; see
+/// [`require`].
+pub fn libfaketime() -> Result<String, String> {
+    let configured = std::env::var("HOLDFAST_LIBFAKETIME").unwrap_or_default();
+    let found = [
+        configured.as_str(),
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| !p.is_empty() && Path::new(p).exists())
+    .map(String::from);
+    found.ok_or_else(|| "libfaketime is not installed (apt-get install faketime)".into())
+}

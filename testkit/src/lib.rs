@@ -30,7 +30,7 @@ pub mod rig;
 pub mod wait;
 
 pub use files::{repo_root, write_file, write_script, Scratch};
-pub use host::{free_port, python, require, skip, strict, Browser};
+pub use host::{free_port, libfaketime, python, require, skip, strict, Browser};
 pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};
 pub use process::{http, http_get, run, run_async, timing_summary, KillOnDrop, Ran};
 pub use rig::{

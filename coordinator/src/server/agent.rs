@@ -31,11 +31,12 @@ impl Coordinator {
             }
             FromAgent::Heartbeat(hb) => {
                 limits::check_sent_at(hb.sent_unix_ms)?;
-                let health = hb.health.map(crate::wire::health);
+                let health = hb.health.clone().map(crate::wire::health);
                 if let Some(health) = &health {
                     limits::check_health(health)?;
                 }
                 Input::Heartbeat {
+                    echo: crate::wire::clock_echo(&hb),
                     node,
                     sent_at: hb.sent_unix_ms,
                     health,

@@ -2,6 +2,7 @@
 //! closed streams become node faults; the clock turns silence into heartbeat timeouts.
 
 use super::*;
+use crate::incident::FaultTimeSource;
 use liveness::Vouch;
 
 impl Cluster {
@@ -11,6 +12,7 @@ impl Cluster {
         node_id: &str,
         sent_at: UnixMillis,
         health: Option<HealthSummary>,
+        echo: Option<ClockEcho>,
         now: UnixMillis,
     ) -> Vec<Command> {
         let mut fx = Vec::new();
@@ -18,11 +20,29 @@ impl Cluster {
             return fx;
         };
         node.last_heartbeat_at = now;
-        push_offset(node, sent_at.saturating_sub(now));
+        match echo.filter(|e| e.coordinator_sent_at > 0 && e.agent_received_at > 0) {
+            Some(echo) => push_round_trip(node, RoundTrip::measure(echo, sent_at, now)),
+            None => push_offset(node, sent_at.saturating_sub(now)),
+        }
         if let Some(health) = health {
-            let fatal = health.fatal_reason();
-            node.health = health;
-            if let Some(reason) = fatal {
+            let fatal = health
+                .fatal_check()
+                .map(|c| (format!("{}: {}", c.check, c.reason), c.observed_at));
+            let before = std::mem::replace(&mut node.health, health);
+            if fatal.is_none() {
+                self.health_changed(node_id, &before, now, &mut fx);
+            }
+            let Some(node) = self.nodes.get_mut(node_id) else {
+                return fx;
+            };
+            if let Some((reason, observed_at)) = fatal {
+                // The check's own observation, in coordinator time, is when the fault happened.
+                if observed_at > 0 {
+                    node.fault_evidence = Some((
+                        observed_at.saturating_sub(node.clock_offset_ms),
+                        FaultTimeSource::AgentEvent,
+                    ));
+                }
                 self.node_fault(node_id, FaultCause::HealthFatal(reason), now, &mut fx);
             }
         }
@@ -67,6 +87,7 @@ impl Cluster {
             node_id,
             now.saturating_add(self.offset(node_id)),
             Some(health),
+            None,
             now,
         )
     }
@@ -258,6 +279,11 @@ impl Cluster {
             .filter(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
             .map(|j| j.id.clone())
             .collect();
+        // The evidence of when it happened, for the incidents the jobs open (recovery.rs).
+        let evidence = self.node_fault_evidence(node_id, &cause);
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.fault_evidence = evidence;
+        }
         for job_id in &jobs {
             self.drive(
                 job_id,
@@ -273,6 +299,9 @@ impl Cluster {
             FaultCause::AgentLost | FaultCause::HeartbeatTimeout => NodeEvent::Disconnected,
             other => NodeEvent::Fence(other.clone()),
         };
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.fault_evidence = None;
+        }
         if jobs.is_empty() || matches!(event, NodeEvent::Fence(_)) {
             self.node_event(node_id, event, now, fx);
         }
@@ -291,10 +320,49 @@ impl Cluster {
         }
     }
 
+    /// When a node fault happened, by its evidence: an event the agent stamped (left on the
+    /// node by the heartbeat that reported it), else the node's last sign of life for a lost
+    /// agent (its last heartbeat) or a silent one (the heartbeat that did not come).
+    fn node_fault_evidence(
+        &mut self,
+        node_id: &str,
+        cause: &FaultCause,
+    ) -> Option<(UnixMillis, FaultTimeSource)> {
+        let interval = self.config.heartbeat_interval_ms as i64;
+        let node = self.nodes.get_mut(node_id)?;
+        let stamped = node.fault_evidence.take();
+        match cause {
+            FaultCause::AgentLost => Some((node.last_heartbeat_at, FaultTimeSource::LastHeartbeat)),
+            FaultCause::HeartbeatTimeout => Some((
+                node.last_heartbeat_at + interval,
+                FaultTimeSource::LastHeartbeat,
+            )),
+            _ => stamped,
+        }
+    }
+
+    /// Stamps the coordinator's clock for every connected agent whose last stamp is older than
+    /// the ping interval: its next heartbeat echoes it, a round trip for the clock offset.
+    fn ping_clocks(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
+        let every = self.config.heartbeat_interval_ms as i64 * PING_EVERY_HEARTBEATS;
+        for node in self.nodes.values_mut() {
+            if node.conn.is_some() && now - node.pinged_at >= every {
+                node.pinged_at = now;
+                fx.push(Command::Send {
+                    node: node.id.clone(),
+                    command: AgentCommand::Ping {
+                        coordinator_unix_ms: now,
+                    },
+                });
+            }
+        }
+    }
+
     /// The failure detector's clock: heartbeat timeouts, stalls, recovery deadlines.
     pub(crate) fn tick(&mut self, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
         self.discount_unobserved_time(now, &mut fx);
+        self.ping_clocks(now, &mut fx);
         let timeout = self.config.heartbeat_timeout_ms as i64;
         let silent: Vec<String> = self
             .nodes
@@ -363,6 +431,7 @@ impl Cluster {
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
         self.expire_scripts(now, &mut fx);
+        self.start_remediations(now, &mut fx);
         let live: Vec<String> = self
             .jobs
             .values()
@@ -387,12 +456,68 @@ impl Cluster {
     }
 }
 
+/// Every how many heartbeat intervals the coordinator stamps its clock for an agent to echo:
+/// one small message per node every few seconds keeps the offset measured.
+const PING_EVERY_HEARTBEATS: i64 = 10;
+
+/// Round trips kept per node; the shortest of them gives the offset.
+const ROUND_TRIP_SAMPLES: usize = 8;
+
+/// One NTP-style measurement: the coordinator stamped t1, the agent received it at t2 (agent
+/// clock), sent its heartbeat at t3 (agent clock), which arrived at t4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoundTrip {
+    /// ((t2 − t1) + (t3 − t4)) / 2: agent clock minus coordinator clock, exact when the
+    /// delays both ways are equal, off by at most half the round trip otherwise.
+    pub(crate) offset_ms: i64,
+    /// (t4 − t1) − (t3 − t2): time on the wire both ways, without the agent's own wait.
+    pub(crate) round_trip_ms: i64,
+}
+
+impl RoundTrip {
+    /// The measurement of one echo carried by a heartbeat sent at `sent_at` (agent clock)
+    /// and received at `now`.
+    pub(crate) fn measure(echo: ClockEcho, sent_at: UnixMillis, now: UnixMillis) -> RoundTrip {
+        let (t1, t2, t3, t4) = (
+            echo.coordinator_sent_at,
+            echo.agent_received_at,
+            sent_at,
+            now,
+        );
+        RoundTrip {
+            offset_ms: ((t2 - t1) + (t3 - t4)).div_euclid(2),
+            round_trip_ms: (t4 - t1) - (t3 - t2),
+        }
+    }
+}
+
+/// A one-way sample (agent send time minus arrival): the offset less the delay. Used only
+/// while no round trip was measured (an agent that does not echo).
 pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
     node.offset_samples.push_back(sample);
     if node.offset_samples.len() > OFFSET_SAMPLES {
         node.offset_samples.pop_front();
     }
-    node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
+    if node.round_trips.is_empty() {
+        node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
+    }
+}
+
+/// A round-trip sample; the offset is the one of the shortest recent round trip (the least
+/// room for asymmetric delay). A negative round trip (a clock stepped between the stamps) is
+/// no measurement.
+pub(super) fn push_round_trip(node: &mut NodeRecord, sample: RoundTrip) {
+    if sample.round_trip_ms < 0 {
+        return;
+    }
+    node.round_trips.push_back(sample);
+    if node.round_trips.len() > ROUND_TRIP_SAMPLES {
+        node.round_trips.pop_front();
+    }
+    if let Some(best) = node.round_trips.iter().min_by_key(|s| s.round_trip_ms) {
+        node.clock_offset_ms = best.offset_ms;
+        node.clock_round_trip_ms = Some(best.round_trip_ms);
+    }
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, saying so when cut.

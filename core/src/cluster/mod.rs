@@ -17,13 +17,14 @@ use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
 use crate::node::{self, NodeEvent, NodeState};
 use crate::protocol::{
-    AgentCommand, CommandResult, Event, EventKind, HealthSummary, JobRequest, Launch, Progress,
-    Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, CommandResult, Event, EventKind, HealthAction, HealthSummary,
+    JobRequest, Launch, Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use crate::UnixMillis;
 
 mod breaker;
 mod detector;
+mod health;
 mod liveness;
 mod operators;
 mod placement;
@@ -72,12 +73,27 @@ pub struct NodeRecord {
     /// heartbeat, and a restarted coordinator gives every node a reconnect grace instead.
     #[serde(skip)]
     pub last_heartbeat_at: UnixMillis,
-    /// Agent clock minus coordinator clock, estimated from heartbeats (upper bound of the
-    /// one-way delay removed by taking the largest recent sample). Relearned after a restart.
+    /// Agent clock minus coordinator clock. Measured from round trips when the agent echoes
+    /// the coordinator's clock stamps (NTP-style, the sample of the shortest recent round trip);
+    /// from an agent that does not echo, estimated one way from heartbeats (the largest recent
+    /// sample, whose delay is smallest). Relearned after a restart.
     #[serde(skip)]
     pub clock_offset_ms: i64,
+    /// The round trip of the sample `clock_offset_ms` comes from; `None` while it is a one-way
+    /// estimate. Half of it bounds the offset's error.
+    #[serde(skip)]
+    pub clock_round_trip_ms: Option<i64>,
     #[serde(skip)]
     offset_samples: VecDeque<i64>,
+    #[serde(skip)]
+    round_trips: VecDeque<detector::RoundTrip>,
+    /// When the coordinator last stamped its clock for the agent to echo (welcome or ping).
+    #[serde(skip)]
+    pinged_at: UnixMillis,
+    /// The best evidence of when the fault being handled happened, set while a node fault
+    /// drives its jobs: the incident it opens takes its fault time from it.
+    #[serde(skip)]
+    fault_evidence: Option<(UnixMillis, incident::FaultTimeSource)>,
     /// The agent's latest health checks, for operators; a fatal one faults the node as it
     /// arrives. Not stored: every heartbeat carries it.
     #[serde(skip)]
@@ -101,6 +117,16 @@ pub struct NodeRecord {
     /// The last bootstrap/deep check the node ran, kept for operators.
     #[serde(default)]
     pub last_check: Option<CheckReport>,
+    /// Set when a health finding (reset GPU, reboot) drained the node: no new work; it leaves
+    /// its job at the job's next recovery or at once (`drain_replace`). Cleared when the host
+    /// comes back rebooted (a new boot id: it rejoins through its checks) or an operator
+    /// uncordons it.
+    #[serde(default)]
+    pub drained: Option<String>,
+    /// Recent health findings on the node and the action each was given, for escalation
+    /// (health.rs). Not stored: a restarted coordinator starts counting afresh.
+    #[serde(skip)]
+    findings: VecDeque<(UnixMillis, HealthAction)>,
     /// Set when the node's agent went silent while its job kept stepping: the job's progress
     /// vouches for its ranks, which keep running (detector.rs). Cleared when the agent returns
     /// with the same worker; the node is fenced at the job's next fault or if the agent
@@ -114,10 +140,20 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// May be given to a job now: ready, connected, and not in the middle of a script run. The
-    /// one place that decides it (new jobs and replacements alike).
+    /// May be given to a job now: ready, connected, not in the middle of a script run, and no
+    /// health check Unhealthy. The one place that decides it (new jobs and replacements alike).
+    ///
+    /// Degraded checks do not bar a node: Degraded means it works with a warning (an
+    /// application XID that asks only for a worker restart, a thermal or clock warning), and
+    /// draining on it would empty a cluster of healthy hardware over application bugs. Unknown
+    /// (a probe that did not answer) does not bar it either: a wedged probe is not a broken GPU,
+    /// and the probe's own timeout turns a truly lost GPU into an Unhealthy finding.
     pub fn allocatable(&self) -> bool {
-        self.state.is_ready() && self.conn.is_some() && self.script_run.is_none()
+        self.state.is_ready()
+            && self.conn.is_some()
+            && self.script_run.is_none()
+            && !self.health.has_unhealthy()
+            && self.drained.is_none()
     }
 }
 
@@ -238,6 +274,9 @@ pub enum Input {
         sent_at: UnixMillis,
         /// The agent's health.
         health: Option<HealthSummary>,
+        /// The agent's echo of the coordinator's last clock stamp, for a round-trip offset
+        /// measurement; `None` from agents that do not echo.
+        echo: Option<ClockEcho>,
     },
     /// A health check changed at once (a check turned fatal, or cleared).
     HealthReport {
@@ -376,6 +415,11 @@ pub enum Input {
 enum Work {
     /// A node became ready: give it to a job that waits for one.
     FindReplacements,
+    /// A node is faulty after all (a drained node, once its job recovers from another fault).
+    NodeFault {
+        node: String,
+        cause: job::FaultCause,
+    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -513,7 +557,8 @@ impl Cluster {
                 node,
                 sent_at,
                 health,
-            } => self.heartbeat(&node, sent_at, health, now),
+                echo,
+            } => self.heartbeat(&node, sent_at, health, echo, now),
             Input::HealthReport { node, health } => self.health_report(&node, health, now),
             Input::Worker { node, event } => self.worker_event(&node, event, now),
             Input::Progress { node, progress } => self.progress(&node, progress, now),
@@ -564,6 +609,7 @@ impl Cluster {
         while let Some(work) = self.work.pop_front() {
             match work {
                 Work::FindReplacements => self.find_replacements(now, &mut fx),
+                Work::NodeFault { node, cause } => self.node_fault(&node, cause, now, &mut fx),
             }
         }
         fx
@@ -684,3 +730,9 @@ mod agent_crash_tests;
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod clock_tests;
+
+#[cfg(test)]
+mod health_tests;

@@ -73,6 +73,11 @@ impl Cluster {
         now: UnixMillis,
     ) -> Result<(NodeRecord, Vec<Command>), CoreError> {
         let (view, mut fx) = self.operator_node_event(node_id, NodeEvent::Uncordon, now)?;
+        // The operator repaired it: a drain by a health finding is over too.
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.drained = None;
+            node.findings.clear();
+        }
         // A node cordoned while it ran a job still runs it: uncordoned, it is that job's again,
         // not free for the next one.
         let running = self

@@ -56,7 +56,13 @@ impl Cluster {
                 gpus: Vec::new(),
                 last_heartbeat_at: now,
                 clock_offset_ms: 0,
+                clock_round_trip_ms: None,
                 offset_samples: VecDeque::new(),
+                round_trips: VecDeque::new(),
+                pinged_at: now,
+                fault_evidence: None,
+                drained: None,
+                findings: VecDeque::new(),
                 health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
@@ -76,6 +82,12 @@ impl Cluster {
             .map(|_| record.worker.clone())
             .or_else(|| was_lost.then(|| record.worker.clone()));
         record.conn = Some(conn);
+        if record.drained.is_some() && !record.boot_id.is_empty() && record.boot_id != hello.boot_id
+        {
+            // Rebooted: the remediation happened; its checks decide whether it is Ready.
+            record.drained = None;
+            record.findings.clear();
+        }
         record.hostname = hello.hostname;
         record.role = hello.role;
         record.address = hello.address;
@@ -86,6 +98,10 @@ impl Cluster {
         record.last_heartbeat_at = now;
         record.restarting_until = None;
         record.offset_samples.clear();
+        record.round_trips.clear();
+        record.clock_round_trip_ms = None;
+        // The welcome carries this time: the agent echoes it in its first heartbeat.
+        record.pinged_at = now;
         record.worker = hello
             .worker
             .as_ref()

@@ -47,6 +47,7 @@ impl Cluster {
                 });
             }
         }
+        self.replace_drained_nodes_of_recovering(job_id);
     }
 
     /// A node kept in its job on the job's progress alone cannot take part in a recovery (its
@@ -176,13 +177,13 @@ impl Cluster {
                 let Some(job) = self.jobs.get(job_id) else {
                     return;
                 };
-                let fault_at = fault_at.or_else(|| match &cause {
-                    FaultCause::HeartbeatTimeout => self
-                        .nodes
-                        .get(&node)
-                        .map(|n| n.last_heartbeat_at + self.config.heartbeat_interval_ms as i64),
-                    _ => None,
-                });
+                // The job knows when a worker exited or a rank last stepped; for node faults
+                // the detector left its evidence on the node.
+                let evidence = match fault_at {
+                    Some(at) => Some((at, job_evidence_source(&cause))),
+                    None => self.nodes.get(&node).and_then(|n| n.fault_evidence),
+                };
+                let fault_at = evidence.map(|(at, _)| at);
                 let mut incident = Incident::open(
                     self.incidents.len() as u64 + 1,
                     job_id,
@@ -228,6 +229,11 @@ impl Cluster {
                                 term: self.term,
                             },
                         });
+                    }
+                }
+                if let Some((at, source)) = evidence {
+                    if at <= now {
+                        incident.fault_time_source = source;
                     }
                 }
                 fx.push(self.incident_event(&incident, now));
@@ -291,5 +297,19 @@ impl Cluster {
             uri: job.spec.checkpoint_uri.clone(),
             fenced: job.fenced_generations.clone(),
         }
+    }
+}
+
+/// Where a fault time the job lifecycle supplied comes from: a worker's exit is an agent event,
+/// a stall is judged from the rank's last progress (also when it tipped a node into
+/// quarantine).
+fn job_evidence_source(cause: &FaultCause) -> incident::FaultTimeSource {
+    use incident::FaultTimeSource as Source;
+    match cause {
+        FaultCause::ProgressStalled { .. } => Source::LastProgress,
+        FaultCause::RepeatedFaults { last, .. } if last.starts_with("no progress") => {
+            Source::LastProgress
+        }
+        _ => Source::AgentEvent,
     }
 }

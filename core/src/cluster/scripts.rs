@@ -41,6 +41,9 @@ pub enum CheckPurpose {
         /// The operator call the report answers.
         request: u64,
     },
+    /// A node drained by a health finding, idle: the remediation script, then the deep check;
+    /// → back in service (drain lifted) on success, → Fenced on failure.
+    Remediation,
 }
 
 impl CheckPurpose {
@@ -50,6 +53,7 @@ impl CheckPurpose {
             CheckPurpose::Join => "join",
             CheckPurpose::Replacement { .. } => "replacement",
             CheckPurpose::Operator { .. } => "operator",
+            CheckPurpose::Remediation => "remediation",
         }
     }
 }
@@ -165,6 +169,35 @@ impl Cluster {
             now,
             fx,
         );
+    }
+
+    /// Remediation of drained nodes that hold no job (`remediation_script`): the script, then
+    /// the deep checks.
+    pub(super) fn start_remediations(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
+        if self.config.remediation_script.is_empty() {
+            return;
+        }
+        let idle: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.drained.is_some() && n.state.is_ready())
+            .filter(|n| n.conn.is_some() && n.script_run.is_none())
+            .map(|n| n.id.clone())
+            .collect();
+        for node_id in idle {
+            let mut scripts = VecDeque::from([self.config.remediation_script.clone()]);
+            scripts.extend(self.config.check_scripts.iter().cloned());
+            fx.push(self.log_event(
+                &node_id,
+                "",
+                format!(
+                    "node {node_id}: running {} for its drain",
+                    self.config.remediation_script
+                ),
+                now,
+            ));
+            self.start_scripts(&node_id, CheckPurpose::Remediation, scripts, 0, now, fx);
+        }
     }
 
     /// Starts a run of `scripts` on a node; an empty list finishes at once, successfully.
@@ -399,6 +432,21 @@ impl Cluster {
                 self.node_event(node_id, NodeEvent::CheckPassed, now, fx)
             }
             CheckPurpose::Join => self.reject_node(node_id, None, &report, now, fx),
+            CheckPurpose::Remediation if report.ok => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.drained = None;
+                    node.findings.clear();
+                }
+                self.touch();
+                fx.push(self.log_event(
+                    node_id,
+                    "",
+                    format!("node {node_id} remediated and checked: back in service"),
+                    now,
+                ));
+                self.defer(Work::FindReplacements);
+            }
+            CheckPurpose::Remediation => self.reject_node(node_id, None, &report, now, fx),
             CheckPurpose::Replacement { job_id, .. } => {
                 self.reject_node(node_id, Some(&job_id), &report, now, fx);
                 self.defer(Work::FindReplacements);

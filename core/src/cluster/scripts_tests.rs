@@ -184,6 +184,7 @@ fn extreme_agent_clocks_do_not_overflow() {
             crate::cluster::Input::Heartbeat {
                 node: "n1".into(),
                 sent_at,
+                echo: None,
                 health: None,
             },
             i64::MAX,

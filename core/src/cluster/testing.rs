@@ -145,6 +145,7 @@ pub(super) fn heartbeat(c: &mut Cluster, node: &str, now: UnixMillis) -> Vec<Com
         node: node.into(),
         sent_at: now,
         health: None,
+        echo: None,
     };
     c.step(input, now)
 }

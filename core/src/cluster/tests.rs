@@ -363,6 +363,7 @@ fn clock_offset_is_estimated_from_heartbeats() {
                 node,
                 sent_at,
                 health,
+                echo: None,
             },
             now,
         );

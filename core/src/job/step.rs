@@ -415,7 +415,9 @@ fn escalate(
     // A stall pinned on no rank counts against no node.
     let worker_fault = matches!(
         cause,
-        FaultCause::WorkerExited { .. } | FaultCause::ProgressStalled { blamed: true, .. }
+        FaultCause::WorkerExited { .. }
+            | FaultCause::ProgressStalled { blamed: true, .. }
+            | FaultCause::HealthRestart(_)
     );
     if !worker_fault
         || limits.quarantine_after == 0

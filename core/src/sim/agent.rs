@@ -328,6 +328,7 @@ impl Sim {
                         node: node.to_string(),
                         sent_at,
                         health,
+                        echo: None,
                     },
                 );
                 if let Some(evidence) = evidence {
@@ -371,6 +372,8 @@ impl Sim {
             | AgentCommand::RestartAgent { term, .. }
             | AgentCommand::DumpStacks { term, .. } => *term,
             AgentCommand::RunScript(r) => r.term,
+            // The simulated agents share the simulation's clock: nothing to measure.
+            AgentCommand::Ping { .. } => return,
         };
         let agent = self.agent_mut(node);
         if term < agent.term {
@@ -429,6 +432,7 @@ impl Sim {
                 self.schedule(node, at, AgentTimer::ScriptDone(result));
             }
             AgentCommand::RestartAgent { .. } => self.restart_agent_process(node),
+            AgentCommand::Ping { .. } => {}
         }
     }
 
