@@ -10,21 +10,22 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, FencedGeneration};
+use crate::checkpoint::Checkpoint;
 use crate::config::CoordinatorConfig;
 use crate::error::CoreError;
 use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
 use crate::node::{self, NodeEvent, NodeState};
 use crate::protocol::{
-    AgentCommand, ClockEcho, CommandResult, Event, EventKind, HealthAction, HealthSummary,
-    JobRequest, Launch, Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
+    AgentCommand, ClockEcho, Event, EventKind, HealthAction, HealthSummary, JobRequest, Launch,
+    Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
 use crate::UnixMillis;
 
 mod breaker;
 mod detector;
 mod health;
+mod io;
 mod liveness;
 mod operators;
 mod placement;
@@ -33,6 +34,7 @@ mod reconcile;
 mod records;
 mod recovery;
 mod scripts;
+pub use io::{Command, Input, Reply};
 pub use scripts::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 
 /// A node's role, from its agent's hello.
@@ -168,245 +170,6 @@ pub struct GpuInfo {
     pub name: String,
     /// Total device memory.
     pub memory_bytes: u64,
-}
-
-/// What the coordinator's shell must do. Commands of one step are carried out in order, after
-/// the state they follow from has been saved.
-// Commands live for one step and are moved, never stored: boxing the large variants would only
-// add allocations.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// Send a command to a node's agent (dropped if it is not connected).
-    Send {
-        /// The node.
-        node: String,
-        /// The command.
-        command: AgentCommand,
-    },
-    /// Close a node's stream.
-    Disconnect {
-        /// The node.
-        node: String,
-        /// Why, told to the agent.
-        reason: String,
-    },
-    /// Resolve the latest complete checkpoint for a job; the answer comes back as
-    /// [`Input::CheckpointResolved`].
-    ResolveCheckpoint {
-        /// The job.
-        job_id: String,
-        /// Where its checkpoints are.
-        uri: String,
-        /// Generations whose later checkpoints must be skipped.
-        fenced: Vec<FencedGeneration>,
-    },
-    /// Tell operators (event stream, logs).
-    Publish(Event),
-    /// Ask the replacement provider for `count` new hosts for `job_id`; the answer comes back
-    /// as [`Input::ProvisionResult`].
-    Provision {
-        /// Ties the answer to the request.
-        request_id: u64,
-        /// The job.
-        job_id: String,
-        /// How many hosts.
-        count: u32,
-    },
-    /// Have the provider terminate, drain or power off a fenced host; the answer comes back as
-    /// [`Input::FenceHostResult`].
-    FenceHost {
-        /// The node.
-        node: String,
-        /// Its hostname, as its agent reported it.
-        hostname: String,
-        /// Its address, as its agent reported it.
-        address: String,
-        /// Why it was fenced.
-        reason: String,
-    },
-    /// The answer to request `request` (an agent's hello, an operator call).
-    Reply {
-        /// The request it answers.
-        request: u64,
-        /// The answer.
-        reply: Result<Reply, CoreError>,
-    },
-}
-
-/// An answer to a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    /// A hello was accepted.
-    Welcome(Welcome),
-    /// The job as it is after the request.
-    Job(Box<Job>),
-    /// The node as it is after the request.
-    Node(Box<NodeRecord>),
-    /// An operator's check finished.
-    Check {
-        /// The node checked.
-        node_id: String,
-        /// What its scripts did.
-        report: CheckReport,
-    },
-}
-
-/// Everything that can happen to the cluster, as one value: what agents report, what operators
-/// ask, what the shell found out for the core, and the clock. [`Cluster::step`] takes one.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// An agent said hello on connection `conn`; answered by a [`Reply::Welcome`] (or a refusal)
-    /// to `request`, which the shell sends before any other command to that node.
-    Hello {
-        /// Ties the reply to the stream.
-        request: u64,
-        /// The stream's connection id.
-        conn: u64,
-        /// What the hello said.
-        hello: Hello,
-    },
-    /// A heartbeat, with the agent's health when it changed.
-    Heartbeat {
-        /// The node.
-        node: String,
-        /// When the agent sent it (agent clock).
-        sent_at: UnixMillis,
-        /// The agent's health.
-        health: Option<HealthSummary>,
-        /// The agent's echo of the coordinator's last clock stamp, for a round-trip offset
-        /// measurement; `None` from agents that do not echo.
-        echo: Option<ClockEcho>,
-    },
-    /// A health check changed at once (a check turned fatal, or cleared).
-    HealthReport {
-        /// The node.
-        node: String,
-        /// The agent's health.
-        health: HealthSummary,
-    },
-    /// A worker started or exited.
-    Worker {
-        /// The node.
-        node: String,
-        /// What happened.
-        event: WorkerEvent,
-    },
-    /// A worker made progress.
-    Progress {
-        /// The node.
-        node: String,
-        /// How far.
-        progress: Progress,
-    },
-    /// An agent's sample of its worker's processes (sent every heartbeat while one runs).
-    Evidence {
-        /// The node.
-        node: String,
-        /// What the agent saw.
-        evidence: crate::evidence::WorkerEvidence,
-    },
-    /// An agent's answer to [`AgentCommand::DumpStacks`]: its worker's stacks as text.
-    Stacks {
-        /// The node.
-        node: String,
-        /// The incident they belong to.
-        incident_id: u64,
-        /// `py-spy dump` output per Python process, or why there is none.
-        text: String,
-    },
-    /// A lifecycle script's result.
-    ScriptResult {
-        /// The node.
-        node: String,
-        /// The result.
-        result: CommandResult,
-    },
-    /// The agent announced an orderly shutdown.
-    Goodbye {
-        /// The node.
-        node: String,
-        /// It will come back (a restart or an upgrade).
-        restarting: bool,
-    },
-    /// The stream of connection `conn` closed.
-    Disconnected {
-        /// The node.
-        node: String,
-        /// The connection that closed; an older one's close is ignored.
-        conn: u64,
-    },
-    /// An operator submits a job; answered by [`Reply::Job`].
-    Submit {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The job.
-        job: JobRequest,
-    },
-    /// An operator stops a job; answered by [`Reply::Job`].
-    StopJob {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The job.
-        job_id: String,
-    },
-    /// An operator cordons a node; answered by [`Reply::Node`].
-    Cordon {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The node.
-        node: String,
-        /// Why.
-        reason: String,
-    },
-    /// An operator uncordons (repairs) a node; answered by [`Reply::Node`].
-    Uncordon {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The node.
-        node: String,
-    },
-    /// An operator asks for a node's deep check; answered by [`Reply::Check`] when it ends.
-    CheckNode {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The node.
-        node: String,
-    },
-    /// An operator asks a node's agent to restart in place; answered by [`Reply::Node`].
-    RestartAgent {
-        /// Ties the reply to the call.
-        request: u64,
-        /// The node.
-        node: String,
-        /// Why.
-        reason: String,
-    },
-    /// The answer to a [`Command::ResolveCheckpoint`].
-    CheckpointResolved {
-        /// The job.
-        job_id: String,
-        /// The newest complete checkpoint, none, or why it could not be found.
-        result: Result<Option<Checkpoint>, String>,
-    },
-    /// The answer to a [`Command::Provision`].
-    ProvisionResult {
-        /// The job.
-        job_id: String,
-        /// How many hosts were asked for.
-        count: u32,
-        /// The hosts started, or why not.
-        result: Result<Vec<String>, String>,
-    },
-    /// The answer to a [`Command::FenceHost`].
-    FenceHostResult {
-        /// The node.
-        node: String,
-        /// The provider's output, or why it failed.
-        result: Result<String, String>,
-    },
-    /// The failure detector's clock: timeouts, stalls, recovery deadlines.
-    Tick,
 }
 
 /// Work an input left for later in the same step: handled from a queue, so that no handler

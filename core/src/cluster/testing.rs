@@ -5,6 +5,7 @@
 //! Agents' clocks agree with the coordinator's: every input an agent sends is stamped `now`.
 
 use super::*;
+use crate::protocol::CommandResult;
 use crate::checkpoint::FencedGeneration;
 
 /// The job every test runs (the first id the coordinator hands out).
