@@ -5,8 +5,8 @@
 //! Agents' clocks agree with the coordinator's: every input an agent sends is stamped `now`.
 
 use super::*;
-use crate::protocol::CommandResult;
 use crate::checkpoint::FencedGeneration;
+use crate::protocol::CommandResult;
 
 /// The job every test runs (the first id the coordinator hands out).
 pub(super) const JOB: &str = "job-1";
