@@ -381,3 +381,45 @@ async fn a_node_whose_agent_is_lost_while_its_synchronous_job_steps_keeps_its_ra
         "node-1 kept its worker"
     );
 }
+
+/// The coordinator's own stalls are never a node's fault, with real processes: the
+/// coordinator is stopped (SIGSTOP, as a VM pause, a swap storm or a debugger would) for
+/// pauses from just over the heartbeat timeout to well past it, during training, and
+/// continued. No incident, no fence, the same generation; training goes on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_coordinator_fences_nobody_when_it_continues() {
+    let Some(python) = python() else { return };
+    let dir = Scratch::new("cp-sigstop");
+    let cluster = start(&dir, 2, 1).await;
+    let id = kit::submit(&cluster, spec(&python, &dir, 400)).await.job_id;
+    let mut at = wait_step(&cluster, &id, 10).await;
+    for pause in [Duration::from_millis(2_500), Duration::from_secs(8)] {
+        let rank0 = cluster.worker("node-1").unwrap();
+        cluster.signal_coordinator(Signal::SIGSTOP).unwrap();
+        tokio::time::sleep(pause).await;
+        cluster.signal_coordinator(Signal::SIGCONT).unwrap();
+        // Training went on while the coordinator was stopped, with the same worker.
+        let still = cluster.worker("node-1").unwrap();
+        assert_eq!(
+            (still.pid, still.generation),
+            (rank0.pid, 1),
+            "after {pause:?}"
+        );
+        at = wait_step(&cluster, &id, at.step + 20).await;
+        assert_eq!(at.generation, 1, "after {pause:?}: {at:?}");
+        for node in ["node-1", "node-2", "spare-1"] {
+            let n = kit::node(&cluster, node).await;
+            assert_ne!(n.state, "fenced", "after {pause:?}: {n:?}");
+        }
+        let incidents = cluster
+            .client()
+            .await
+            .unwrap()
+            .list_incidents(pb::ListIncidentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        assert!(incidents.is_empty(), "after {pause:?}: {incidents:?}");
+    }
+}
