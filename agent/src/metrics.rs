@@ -189,17 +189,7 @@ mod tests {
             }],
         };
         let worker = WorkerSnapshot {
-            record: Some(WorkerRecord {
-                job_id: "j".into(),
-                generation: 3,
-                pid: 1,
-                node_rank: 0,
-                log_file: Default::default(),
-                progress_file: Default::default(),
-                progress_regex: String::new(),
-                grace_ms: 0,
-                start_ticks: 0,
-            }),
+            record: Some(crate::worker::WorkerRecord::for_test(1)),
             last_step: 42,
             last_output_at: None,
         };

@@ -114,17 +114,7 @@ mod tests {
     #[test]
     fn this_process_is_sampled_running_or_sleeping() {
         let worker = WorkerSnapshot {
-            record: Some(super::super::WorkerRecord {
-                job_id: "j".into(),
-                generation: 3,
-                pid: std::process::id(),
-                node_rank: 0,
-                log_file: Default::default(),
-                progress_file: Default::default(),
-                progress_regex: String::new(),
-                grace_ms: 0,
-                start_ticks: 0,
-            }),
+            record: Some(crate::worker::WorkerRecord::for_test(std::process::id())),
             ..Default::default()
         };
         let mut sampler = EvidenceSampler::default();

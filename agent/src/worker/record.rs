@@ -143,3 +143,21 @@ mod tests {
         assert!(!is_running(0, 0));
     }
 }
+
+#[cfg(test)]
+impl WorkerRecord {
+    /// A record of generation 3 of job `j` for process `pid`, for tests.
+    pub(crate) fn for_test(pid: u32) -> WorkerRecord {
+        WorkerRecord {
+            job_id: "j".into(),
+            generation: 3,
+            pid,
+            node_rank: 0,
+            log_file: Default::default(),
+            progress_file: Default::default(),
+            progress_regex: String::new(),
+            grace_ms: 0,
+            start_ticks: 0,
+        }
+    }
+}
