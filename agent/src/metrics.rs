@@ -171,7 +171,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::WorkerRecord;
 
     #[test]
     fn counts_heartbeats_sessions_and_shows_worker_and_checks() {

@@ -92,6 +92,24 @@ pub(super) fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 #[cfg(test)]
+impl WorkerRecord {
+    /// A record of generation 3 of job `j` for process `pid`, for tests.
+    pub(crate) fn for_test(pid: u32) -> WorkerRecord {
+        WorkerRecord {
+            job_id: "j".into(),
+            generation: 3,
+            pid,
+            node_rank: 0,
+            log_file: Default::default(),
+            progress_file: Default::default(),
+            progress_regex: String::new(),
+            grace_ms: 0,
+            start_ticks: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -141,23 +159,5 @@ mod tests {
             "another start time: the pid was reused"
         );
         assert!(!is_running(0, 0));
-    }
-}
-
-#[cfg(test)]
-impl WorkerRecord {
-    /// A record of generation 3 of job `j` for process `pid`, for tests.
-    pub(crate) fn for_test(pid: u32) -> WorkerRecord {
-        WorkerRecord {
-            job_id: "j".into(),
-            generation: 3,
-            pid,
-            node_rank: 0,
-            log_file: Default::default(),
-            progress_file: Default::default(),
-            progress_regex: String::new(),
-            grace_ms: 0,
-            start_ticks: 0,
-        }
     }
 }
