@@ -30,12 +30,17 @@ fn round_trip(c: &mut Cluster, node: &str, t1: i64, skew: i64, out: i64, wait: i
     echoed(c, node, (t1, t2), t3, t4);
 }
 
+/// `node`'s measured clock offset and the round trip it was measured over.
+fn clock(c: &Cluster, node: &str) -> (i64, Option<i64>) {
+    let n = &c.nodes[node];
+    (n.clock_offset_ms, n.clock_round_trip_ms)
+}
+
 #[test]
 fn the_offset_of_a_round_trip_with_equal_delays_is_exact() {
     let mut c = three_nodes();
     round_trip(&mut c, "a", 1_000, 30_000, 5, 200, 5);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 30_000);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(10));
+    assert_eq!(clock(&c, "a"), (30_000, Some(10)));
     round_trip(&mut c, "b", 100_000, -7_250, 40, 0, 40);
     assert_eq!(c.nodes["b"].clock_offset_ms, -7_250);
 }
@@ -45,12 +50,10 @@ fn asymmetric_delays_err_by_at_most_half_the_round_trip_and_the_shortest_round_t
     let mut c = three_nodes();
     // 5 ms out, 45 ms back: off by (45 − 5) / 2 = 20 ms, within half the 50 ms round trip.
     round_trip(&mut c, "a", 1_000, 30_000, 5, 100, 45);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_980);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(50));
+    assert_eq!(clock(&c, "a"), (29_980, Some(50)));
     // A shorter round trip replaces it...
     round_trip(&mut c, "a", 6_000, 30_000, 3, 100, 5);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_999);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(8));
+    assert_eq!(clock(&c, "a"), (29_999, Some(8)));
     // ...and a longer, more lopsided one (a congested link) does not.
     round_trip(&mut c, "a", 11_000, 30_000, 1, 100, 400);
     assert_eq!(c.nodes["a"].clock_offset_ms, 29_999);
@@ -85,8 +88,7 @@ fn an_agent_that_does_not_echo_keeps_the_one_way_estimate() {
     // Agent clock 30 s ahead, one-way delays 20 and 3 ms: the smallest delay is the estimate.
     one_way(&mut c, "a", 1_000 + 30_000 - 20, 1_000);
     one_way(&mut c, "a", 2_000 + 30_000 - 3, 2_000);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_997);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, None);
+    assert_eq!(clock(&c, "a"), (29_997, None));
     // A zero echo (what an old agent's field reads as) is no echo.
     echoed(&mut c, "a", (0, 0), 3_000 + 30_000 - 10, 3_000);
     assert_eq!(c.nodes["a"].clock_offset_ms, 29_997);
@@ -157,7 +159,7 @@ fn a_gpu_fault_is_dated_by_the_agents_observation_corrected_for_its_clock() {
     // b's clock is 30 s ahead; measured by a round trip.
     round_trip(&mut c, "b", 1_000, 30_000, 4, 100, 4);
     // NVML saw it at 2,000 (coordinator time); the report arrives 350 ms later.
-    report_health(&mut c, "b", xid_79(2_000 + 30_000), 2_350);
+    c.step(health_report("b", xid_79(2_000 + 30_000)), 2_350);
     let i = first_incident(
         &c,
         "health_fatal",
@@ -184,7 +186,7 @@ fn a_gpu_fault_in_a_heartbeat_is_dated_the_same_way() {
 #[test]
 fn a_gpu_fault_without_an_observation_time_is_dated_at_detection() {
     let mut c = running_job();
-    report_health(&mut c, "b", xid_79(0), 2_350);
+    c.step(health_report("b", xid_79(0)), 2_350);
     let i = first_incident(
         &c,
         "health_fatal",

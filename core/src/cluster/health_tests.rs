@@ -27,7 +27,7 @@ fn report(
 ) -> Vec<Command> {
     let reason = format!("{name} finding");
     let health = one_check(name, state, &reason, action, now);
-    report_health(c, node, health, now)
+    c.step(health_report(node, health), now)
 }
 
 /// `node`'s checks are all healthy again.

@@ -195,15 +195,10 @@ pub(super) fn one_check(
     }
 }
 
-/// `node`'s agent reports `health` on its own, between heartbeats.
-pub(super) fn report_health(
-    c: &mut Cluster,
-    node: &str,
-    health: HealthSummary,
-    now: UnixMillis,
-) -> Vec<Command> {
+/// `node`'s agent reporting `health` on its own, between heartbeats.
+pub(super) fn health_report(node: &str, health: HealthSummary) -> Input {
     let node = node.into();
-    c.step(Input::HealthReport { node, health }, now)
+    Input::HealthReport { node, health }
 }
 
 /// The clock at `now`, after a heartbeat from each of `alive` (the others stay silent).
