@@ -44,6 +44,96 @@ fn only_incident(sim: &Sim) -> Incident {
     }
 }
 
+/// The one incident, checked to be `cause` on `node`.
+fn only_incident_of(sim: &Sim, cause: &str, node: &str) -> Incident {
+    let i = only_incident(sim);
+    assert_eq!((i.cause.as_str(), i.node_id.as_str()), (cause, node));
+    i
+}
+
+/// No incident was opened.
+fn assert_no_incident(sim: &Sim) {
+    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+}
+
+/// "job" still runs its first generation.
+fn assert_first_generation_runs(sim: &Sim) {
+    let job = sim.job("job");
+    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
+}
+
+/// "job" runs generation `generation` on `nodes`, in rank order.
+fn assert_runs_on(sim: &Sim, generation: u64, nodes: &[&str]) {
+    let job = sim.job("job");
+    assert_eq!((job.generation, job.nodes()), (generation, strings(nodes)));
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// `node`'s worker was restarted in place: it runs generation 2.
+fn assert_restarted_in_place(sim: &Sim, node: &str) {
+    assert_eq!(
+        sim.worker_of(node).map(|w| (w.generation, w.status)),
+        Some((2, WorkerStatus::Running))
+    );
+}
+
+/// Submits "job" on 3 nodes with a 2 s stall timeout (and `restart_budget`, if given).
+fn submit_stalling(sim: &mut Sim, restart_budget: Option<u32>) {
+    let mut request = JobRequest {
+        stall_timeout_s: 2.0,
+        ..Sim::job_request("job", 3)
+    };
+    if let Some(budget) = restart_budget {
+        request.restart_budget = budget;
+    }
+    sim.submit(request, JobParams::default()).expect("accepted");
+}
+
+/// Waits until "job" runs and steps with no incident open, then for 500 ms more.
+fn settle(sim: &mut Sim) {
+    assert!(sim.run_until(
+        |s| s.job("job").state == JobState::Running
+            && s.open_incidents().is_empty()
+            && s.job("job").step > 0,
+        30_000
+    ));
+    sim.run_for(500);
+}
+
+/// Why `node` was fenced (it must be).
+fn fence_cause<'a>(sim: &'a Sim, node: &str) -> &'a FaultCause {
+    match sim.node_state(node) {
+        NodeState::Fenced { cause } => cause,
+        other => panic!("{node} is not fenced: {other:?}"),
+    }
+}
+
+/// Injects `fault` now and runs until the incidents close: returns when the fault came.
+fn until_closed_after(sim: &mut Sim, fault: impl FnOnce(&mut Sim)) -> i64 {
+    let at = sim.now();
+    fault(sim);
+    assert!(sim.run_until(closed, 10_000), "the incident did not close");
+    at
+}
+
+/// `workers` workers and no spare train "job" on them all until w1 is killed; `wait` ms later,
+/// the job waits in recovery for a replacement node.
+fn waiting_for_a_replacement(workers: usize, wait: i64) -> Sim {
+    let mut sim = cluster(workers, 0);
+    train(&mut sim, "job", workers as u32, 15);
+    sim.kill("w1");
+    sim.run_for(wait);
+    let state = &sim.job("job").state;
+    assert!(
+        matches!(state, JobState::Recovering(RecoveryPhase::Replacing { .. })),
+        "{state:?}"
+    );
+    sim
+}
+
 fn closed(sim: &Sim) -> bool {
     !sim.incidents().is_empty() && sim.open_incidents().is_empty()
 }
@@ -78,24 +168,15 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
         .newest_checkpoint("job")
         .expect("a checkpoint by step 25");
     assert_eq!(newest.step, 20);
-    let killed_at = sim.now();
-    sim.kill("w1");
-    assert!(sim.run_until(closed, 10_000), "the incident did not close");
+    let killed_at = until_closed_after(&mut sim, |s| s.kill("w1"));
 
+    assert_runs_on(&sim, 2, &["w0", "s0", "w2"]);
     let job = sim.job("job");
     assert_eq!(job.state, JobState::Running);
-    assert_eq!(job.generation, 2);
-    assert_eq!(job.nodes(), ["w0", "s0", "w2"]);
     assert_eq!(job.resumed_from.as_ref().map(|c| c.step), Some(20));
-    assert_eq!(
-        sim.node_state("w1"),
-        &NodeState::Fenced {
-            cause: FaultCause::AgentLost
-        }
-    );
+    assert_eq!(fence_cause(&sim, "w1"), &FaultCause::AgentLost);
     assert_eq!(sim.nodes_in("allocated"), ["s0", "w0", "w2"]);
-    let i = only_incident(&sim);
-    assert_eq!((i.cause.as_str(), i.node_id.as_str()), ("agent_lost", "w1"));
+    let i = only_incident_of(&sim, "agent_lost", "w1");
     assert_eq!(i.action, RecoveryAction::ReplaceNode);
     assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
     assert_eq!((i.from_generation, i.to_generation), (1, Some(2)));
@@ -116,39 +197,26 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
 fn a_killed_worker_restarts_in_place_on_the_same_nodes() {
     let mut sim = cluster(3, 1);
     train(&mut sim, "job", 3, 15);
-    let killed_at = sim.now();
-    sim.kill_worker("w1", Exit::Code(1));
-    assert!(sim.run_until(closed, 10_000), "the incident did not close");
+    let killed_at = until_closed_after(&mut sim, |s| s.kill_worker("w1", Exit::Code(1)));
 
+    assert_runs_on(&sim, 2, &["w0", "w1", "w2"]);
     let job = sim.job("job");
-    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 2));
-    assert_eq!(job.nodes(), ["w0", "w1", "w2"]);
+    assert_eq!(job.state, JobState::Running);
     assert_eq!(job.restarts, 1);
     assert_eq!(job.resumed_from.as_ref().map(|c| c.step), Some(10));
     assert!(sim.nodes_in("fenced").is_empty());
     assert_eq!(sim.nodes_in("ready"), ["s0"]);
-    let i = only_incident(&sim);
-    assert_eq!(
-        (i.cause.as_str(), i.node_id.as_str()),
-        ("worker_exited", "w1")
-    );
+    let i = only_incident_of(&sim, "worker_exited", "w1");
     assert_eq!(i.action, RecoveryAction::RestartInPlace);
     assert_eq!(i.replacement_node_id, None);
     assert_phases_in_order(&i, killed_at);
-    assert_eq!(
-        sim.worker_of("w1").map(|w| (w.generation, w.status)),
-        Some((2, WorkerStatus::Running))
-    );
+    assert_restarted_in_place(&sim, "w1");
 }
 
 #[test]
 fn a_hung_worker_is_caught_after_the_stall_timeout_and_restarted() {
     let mut sim = cluster(3, 0);
-    let request = holdfast_core::protocol::JobRequest {
-        stall_timeout_s: 2.0,
-        ..Sim::job_request("job", 3)
-    };
-    sim.submit(request, JobParams::default()).expect("accepted");
+    submit_stalling(&mut sim, None);
     assert!(sim.run_until(|s| s.job("job").step >= 15, 10_000));
     let hung_at = sim.now();
     sim.hang_worker("w1");
@@ -174,13 +242,9 @@ fn a_hung_worker_is_caught_after_the_stall_timeout_and_restarted() {
         i.detail
     );
     assert!(sim.run_until(closed, 10_000));
-    let job = sim.job("job");
-    assert_eq!((job.generation, job.restarts), (2, 1));
-    assert_eq!(job.nodes(), ["w0", "w1", "w2"]);
-    assert_eq!(
-        sim.worker_of("w1").map(|w| (w.generation, w.status)),
-        Some((2, WorkerStatus::Running))
-    );
+    assert_runs_on(&sim, 2, &["w0", "w1", "w2"]);
+    assert_eq!(sim.job("job").restarts, 1);
+    assert_restarted_in_place(&sim, "w1");
 }
 
 #[test]
@@ -191,21 +255,20 @@ fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps(
     // w1's control link is cut; the training's own network is not: the gang keeps stepping.
     sim.cut("w1");
     sim.run_for(5_000);
-    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    assert_no_incident(&sim);
     assert!(sim.nodes_in("fenced").is_empty());
     assert!(
         sim.node("w1").vouched_since.is_some(),
         "w1's agent counts as lost"
     );
-    let job = sim.job("job");
-    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
-    assert_eq!(job.nodes(), ["w0", "w1", "w2"]);
-    assert!(job.step > step + 20, "training went on");
+    assert_first_generation_runs(&sim);
+    assert_runs_on(&sim, 1, &["w0", "w1", "w2"]);
+    assert!(sim.job("job").step > step + 20, "training went on");
     // The link heals: the agent comes back with the same worker, nothing else happens.
     sim.heal("w1");
     assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
     sim.run_for(1_000);
-    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    assert_no_incident(&sim);
     assert!(sim.node("w1").vouched_since.is_none());
     assert_eq!(sim.job("job").generation, 1);
 }
@@ -234,18 +297,9 @@ fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_ret
         "fenced after {silent} ms of silence"
     );
     assert!(fenced_at - cut_at <= timeout + tick);
-    assert_eq!(
-        sim.node_state("w1"),
-        &NodeState::Fenced {
-            cause: FaultCause::HeartbeatTimeout
-        }
-    );
+    assert_eq!(fence_cause(&sim, "w1"), &FaultCause::HeartbeatTimeout);
     assert!(sim.run_until(closed, 10_000));
-    let i = only_incident(&sim);
-    assert_eq!(
-        (i.cause.as_str(), i.node_id.as_str()),
-        ("heartbeat_timeout", "w1")
-    );
+    let i = only_incident_of(&sim, "heartbeat_timeout", "w1");
     assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
     assert_phases_in_order(&i, cut_at);
     assert_eq!(sim.job("job").nodes(), ["w0", "s0", "w2"]);
@@ -264,45 +318,22 @@ fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_ret
 fn a_fatal_health_report_fences_the_node_and_a_spare_replaces_it() {
     let mut sim = cluster(3, 1);
     train(&mut sim, "job", 3, 15);
-    let at = sim.now();
-    sim.inject_fatal_health("w2");
-    assert!(sim.run_until(closed, 10_000));
+    let at = until_closed_after(&mut sim, |s| s.inject_fatal_health("w2"));
     assert!(matches!(
-        sim.node_state("w2"),
-        NodeState::Fenced {
-            cause: FaultCause::HealthFatal(reason)
-        } if reason.contains("Xid 79")
+        fence_cause(&sim, "w2"),
+        FaultCause::HealthFatal(reason) if reason.contains("Xid 79")
     ));
-    let i = only_incident(&sim);
-    assert_eq!(
-        (i.cause.as_str(), i.node_id.as_str()),
-        ("health_fatal", "w2")
-    );
+    let i = only_incident_of(&sim, "health_fatal", "w2");
     assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
     assert_phases_in_order(&i, at);
     assert!(i.detected_at - at <= 10);
-    let job = sim.job("job");
-    assert_eq!(
-        (job.generation, job.nodes()),
-        (2, vec!["w0".into(), "w1".into(), "s0".into()])
-    );
+    assert_runs_on(&sim, 2, &["w0", "w1", "s0"]);
 }
 
 #[test]
 fn with_no_spare_left_the_job_waits_and_resumes_when_a_spare_joins() {
-    let mut sim = cluster(2, 0);
-    train(&mut sim, "job", 2, 15);
-    sim.kill("w1");
-    sim.run_for(5_000);
+    let mut sim = waiting_for_a_replacement(2, 5_000);
     let job = sim.job("job");
-    assert!(
-        matches!(
-            job.state,
-            JobState::Recovering(RecoveryPhase::Replacing { .. })
-        ),
-        "{:?}",
-        job.state
-    );
     assert!(
         job.message.contains("waiting for a replacement"),
         "{}",
@@ -314,11 +345,7 @@ fn with_no_spare_left_the_job_waits_and_resumes_when_a_spare_joins() {
     let joined_at = sim.now();
     sim.add_node("late", Role::Spare);
     assert!(sim.run_until(closed, 5_000));
-    let job = sim.job("job");
-    assert_eq!(
-        (job.generation, job.nodes()),
-        (2, vec!["w0".into(), "late".into()])
-    );
+    assert_runs_on(&sim, 2, &["w0", "late"]);
     let i = only_incident(&sim);
     assert_eq!(i.replacement_node_id.as_deref(), Some("late"));
     assert!(i.replaced_at.is_some_and(|t| t >= joined_at));
@@ -337,9 +364,8 @@ fn a_coordinator_restart_mid_training_opens_no_incident_and_keeps_the_generation
         10_000
     ));
     sim.run_for(15_000);
-    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
-    let job = sim.job("job");
-    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
+    assert_no_incident(&sim);
+    assert_first_generation_runs(&sim);
     assert_eq!(sim.nodes_in("allocated"), ["w0", "w1", "w2"]);
     assert_eq!(sim.nodes_in("ready"), ["s0"]);
     assert!(sim.nodes_in("fenced").is_empty());
@@ -354,20 +380,12 @@ fn a_replacement_that_fails_its_deep_check_is_fenced_and_the_next_spare_is_used(
     let mut sim = cluster_with(config, 2, 2);
     sim.set_check_fails("s0", true);
     train(&mut sim, "job", 2, 15);
-    let killed_at = sim.now();
-    sim.kill("w1");
-    assert!(sim.run_until(closed, 10_000));
+    let killed_at = until_closed_after(&mut sim, |s| s.kill("w1"));
     assert!(matches!(
-        sim.node_state("s0"),
-        NodeState::Fenced {
-            cause: FaultCause::CheckFailed(_)
-        }
+        fence_cause(&sim, "s0"),
+        FaultCause::CheckFailed(_)
     ));
-    let job = sim.job("job");
-    assert_eq!(
-        (job.generation, job.nodes()),
-        (2, vec!["w0".into(), "s1".into()])
-    );
+    assert_runs_on(&sim, 2, &["w0", "s1"]);
     let i = only_incident(&sim);
     assert_eq!(i.replacement_node_id.as_deref(), Some("s1"));
     assert_eq!(i.rejected_candidates.len(), 1, "{i:#?}");
@@ -378,7 +396,7 @@ fn a_replacement_that_fails_its_deep_check_is_fenced_and_the_next_spare_is_used(
 #[test]
 fn a_job_runs_to_its_last_step_and_gives_its_nodes_back() {
     let mut sim = cluster(2, 0);
-    let request = holdfast_core::protocol::JobRequest {
+    let request = JobRequest {
         total_steps: 30,
         ..Sim::job_request("job", 2)
     };
@@ -460,9 +478,9 @@ fn a_cut_nodes_zombie_checkpoints_are_never_resumed_from() {
 
     sim.add_node("late", Role::Spare);
     assert!(sim.run_until(closed, 5_000));
-    let job = sim.job("job");
-    assert_eq!((job.generation, job.nodes()), (2, vec!["late".to_string()]));
-    assert_eq!(job.resumed_from.as_ref().map(|c| c.step), before_fence);
+    assert_runs_on(&sim, 2, &["late"]);
+    let resumed_from = sim.job("job").resumed_from.as_ref().map(|c| c.step);
+    assert_eq!(resumed_from, before_fence);
 }
 
 #[test]
@@ -480,9 +498,7 @@ fn a_skewed_agent_clock_does_not_skew_the_incident() {
     assert!(sim.run_until(|s| s.nodes_in("ready").len() == 2, 2_000));
     train(&mut sim, "job", 2, 15);
     assert!((299_000..=300_000).contains(&sim.node("w1").clock_offset_ms));
-    let at = sim.now();
-    sim.kill_worker("w1", Exit::Signal(9));
-    assert!(sim.run_until(closed, 10_000));
+    let at = until_closed_after(&mut sim, |s| s.kill_worker("w1", Exit::Signal(9)));
     let i = only_incident(&sim);
     assert!(
         (at - 5..=i.detected_at).contains(&i.fault_at),
@@ -543,9 +559,9 @@ fn a_coordinator_pause_of(pause: i64) {
         "fenced: {:?}",
         sim.nodes_in("fenced")
     );
-    assert!(sim.incidents().is_empty(), "{:#?}", sim.incidents());
+    assert_no_incident(&sim);
+    assert_first_generation_runs(&sim);
     let job = sim.job("job");
-    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
     assert!(
         job.step > step + 50,
         "pause {pause}: step {} from {step}",
@@ -556,14 +572,7 @@ fn a_coordinator_pause_of(pause: i64) {
 
 #[test]
 fn a_second_node_fault_while_the_job_waits_for_a_replacement_gets_its_incident_closed() {
-    let mut sim = cluster(3, 0);
-    train(&mut sim, "job", 3, 15);
-    sim.kill("w1");
-    sim.run_for(3_000);
-    assert!(matches!(
-        sim.job("job").state,
-        JobState::Recovering(RecoveryPhase::Replacing { .. })
-    ));
+    let mut sim = waiting_for_a_replacement(3, 3_000);
     let second_at = sim.now();
     sim.kill("w2");
     sim.run_for(1_000);
@@ -576,11 +585,7 @@ fn a_second_node_fault_while_the_job_waits_for_a_replacement_gets_its_incident_c
     sim.add_node("late0", Role::Spare);
     sim.add_node("late1", Role::Spare);
     assert!(sim.run_until(closed, 5_000), "{:#?}", sim.incidents());
-    let job = sim.job("job");
-    assert_eq!(
-        (job.generation, job.nodes()),
-        (2, vec!["w0".into(), "late0".into(), "late1".into()])
-    );
+    assert_runs_on(&sim, 2, &["w0", "late0", "late1"]);
     for i in sim.incidents() {
         assert_phases_in_order(i, second_at - 3_000);
         assert_eq!(i.to_generation, Some(2));
@@ -670,20 +675,9 @@ fn an_uncordoned_node_that_still_runs_a_job_stays_allocated_to_it() {
 #[test]
 fn repeated_stalls_do_not_quarantine_a_node_progress_cannot_single_out() {
     let mut sim = cluster(3, 1);
-    let request = holdfast_core::protocol::JobRequest {
-        stall_timeout_s: 2.0,
-        restart_budget: 10,
-        ..Sim::job_request("job", 3)
-    };
-    sim.submit(request, JobParams::default()).expect("accepted");
+    submit_stalling(&mut sim, Some(10));
     for _ in 0..3 {
-        assert!(sim.run_until(
-            |s| s.job("job").state == JobState::Running
-                && s.open_incidents().is_empty()
-                && s.job("job").step > 0,
-            30_000
-        ));
-        sim.run_for(500);
+        settle(&mut sim);
         sim.hang_worker("w1");
         sim.run_for(3_000);
     }
@@ -707,21 +701,10 @@ fn a_stopped_or_spinning_rank_is_named_and_only_its_node_is_quarantined() {
     for stuck in ["w0", "w1", "w2"] {
         for spin in [false, true] {
             let mut sim = cluster(3, 1);
-            let request = holdfast_core::protocol::JobRequest {
-                stall_timeout_s: 2.0,
-                restart_budget: 10,
-                ..Sim::job_request("job", 3)
-            };
-            sim.submit(request, JobParams::default()).expect("accepted");
+            submit_stalling(&mut sim, Some(10));
             let quarantine_after = sim.config().quarantine_after as usize;
             for round in 0..quarantine_after {
-                assert!(sim.run_until(
-                    |s| s.job("job").state == JobState::Running
-                        && s.open_incidents().is_empty()
-                        && s.job("job").step > 0,
-                    30_000
-                ));
-                sim.run_for(500);
+                settle(&mut sim);
                 if spin {
                     sim.spin_worker(stuck);
                 } else {

@@ -4,7 +4,7 @@
 use super::testing::*;
 use super::*;
 use crate::incident::FaultTimeSource;
-use crate::protocol::{HealthAction, HealthCheck, HealthState};
+use crate::protocol::{HealthAction, HealthState};
 
 /// A heartbeat from `node` sent at `sent_at` (agent clock), arriving at `now`, echoing the
 /// coordinator stamp `t1` received at `t2` (agent clock).
@@ -13,30 +13,12 @@ fn echoed(c: &mut Cluster, node: &str, (t1, t2): (i64, i64), sent_at: i64, now: 
         coordinator_sent_at: t1,
         agent_received_at: t2,
     });
-    let node = node.into();
-    c.step(
-        Input::Heartbeat {
-            node,
-            sent_at,
-            health: None,
-            echo,
-        },
-        now,
-    );
+    heartbeat_with(c, node, sent_at, (None, echo), now);
 }
 
 /// A heartbeat without an echo (an older agent), sent at `sent_at` (agent clock).
 fn one_way(c: &mut Cluster, node: &str, sent_at: i64, now: i64) {
-    let node = node.into();
-    c.step(
-        Input::Heartbeat {
-            node,
-            sent_at,
-            health: None,
-            echo: None,
-        },
-        now,
-    );
+    heartbeat_with(c, node, sent_at, (None, None), now);
 }
 
 /// The coordinator stamps `t1`; the stamp takes `out` ms to the agent (whose clock is `skew`
@@ -48,12 +30,17 @@ fn round_trip(c: &mut Cluster, node: &str, t1: i64, skew: i64, out: i64, wait: i
     echoed(c, node, (t1, t2), t3, t4);
 }
 
+/// `node`'s measured clock offset and the round trip it was measured over.
+fn clock(c: &Cluster, node: &str) -> (i64, Option<i64>) {
+    let n = &c.nodes[node];
+    (n.clock_offset_ms, n.clock_round_trip_ms)
+}
+
 #[test]
 fn the_offset_of_a_round_trip_with_equal_delays_is_exact() {
     let mut c = three_nodes();
     round_trip(&mut c, "a", 1_000, 30_000, 5, 200, 5);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 30_000);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(10));
+    assert_eq!(clock(&c, "a"), (30_000, Some(10)));
     round_trip(&mut c, "b", 100_000, -7_250, 40, 0, 40);
     assert_eq!(c.nodes["b"].clock_offset_ms, -7_250);
 }
@@ -63,12 +50,10 @@ fn asymmetric_delays_err_by_at_most_half_the_round_trip_and_the_shortest_round_t
     let mut c = three_nodes();
     // 5 ms out, 45 ms back: off by (45 − 5) / 2 = 20 ms, within half the 50 ms round trip.
     round_trip(&mut c, "a", 1_000, 30_000, 5, 100, 45);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_980);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(50));
+    assert_eq!(clock(&c, "a"), (29_980, Some(50)));
     // A shorter round trip replaces it...
     round_trip(&mut c, "a", 6_000, 30_000, 3, 100, 5);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_999);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, Some(8));
+    assert_eq!(clock(&c, "a"), (29_999, Some(8)));
     // ...and a longer, more lopsided one (a congested link) does not.
     round_trip(&mut c, "a", 11_000, 30_000, 1, 100, 400);
     assert_eq!(c.nodes["a"].clock_offset_ms, 29_999);
@@ -103,8 +88,7 @@ fn an_agent_that_does_not_echo_keeps_the_one_way_estimate() {
     // Agent clock 30 s ahead, one-way delays 20 and 3 ms: the smallest delay is the estimate.
     one_way(&mut c, "a", 1_000 + 30_000 - 20, 1_000);
     one_way(&mut c, "a", 2_000 + 30_000 - 3, 2_000);
-    assert_eq!(c.nodes["a"].clock_offset_ms, 29_997);
-    assert_eq!(c.nodes["a"].clock_round_trip_ms, None);
+    assert_eq!(clock(&c, "a"), (29_997, None));
     // A zero echo (what an old agent's field reads as) is no echo.
     echoed(&mut c, "a", (0, 0), 3_000 + 30_000 - 10, 3_000);
     assert_eq!(c.nodes["a"].clock_offset_ms, 29_997);
@@ -148,30 +132,25 @@ fn connected_agents_are_pinged_every_ten_heartbeat_intervals() {
     assert!(pings(&fx).is_empty(), "{fx:?}");
 }
 
-fn running_job() -> Cluster {
-    let mut c = three_nodes();
-    run_job(
-        &mut c,
-        JobRequest {
-            stall_timeout_s: 3.0,
-            ..job(2)
-        },
-        10,
-    );
-    c
+fn xid_79(observed_at: UnixMillis) -> HealthSummary {
+    let reason = "Xid 79: GPU has fallen off the bus";
+    let (state, action) = (HealthState::Unhealthy, HealthAction::ReplaceNode);
+    one_check("xid", state, reason, action, observed_at)
 }
 
-fn xid_79(observed_at: UnixMillis) -> HealthSummary {
-    HealthSummary {
-        state: HealthState::Unhealthy,
-        checks: vec![HealthCheck {
-            check: "xid".into(),
-            state: HealthState::Unhealthy,
-            reason: "Xid 79: GPU has fallen off the bus".into(),
-            action: HealthAction::ReplaceNode,
-            observed_at,
-        }],
-    }
+/// The first incident, checked to be `cause`, its fault dated at `fault_at` from `source` and
+/// detected at `detected_at`.
+fn first_incident(
+    c: &Cluster,
+    cause: &str,
+    (fault_at, detected_at): (UnixMillis, UnixMillis),
+    source: FaultTimeSource,
+) -> Incident {
+    let i = c.incidents.first().expect("an incident").clone();
+    assert_eq!(i.cause, cause);
+    assert_eq!((i.fault_at, i.detected_at), (fault_at, detected_at));
+    assert_eq!(i.fault_time_source, source);
+    i
 }
 
 #[test]
@@ -180,13 +159,13 @@ fn a_gpu_fault_is_dated_by_the_agents_observation_corrected_for_its_clock() {
     // b's clock is 30 s ahead; measured by a round trip.
     round_trip(&mut c, "b", 1_000, 30_000, 4, 100, 4);
     // NVML saw it at 2,000 (coordinator time); the report arrives 350 ms later.
-    let node = "b".into();
-    let health = xid_79(2_000 + 30_000);
-    c.step(Input::HealthReport { node, health }, 2_350);
-    let i = &c.incidents[0];
-    assert_eq!(i.cause, "health_fatal");
-    assert_eq!((i.fault_at, i.detected_at), (2_000, 2_350));
-    assert_eq!(i.fault_time_source, FaultTimeSource::AgentEvent);
+    c.step(health_report("b", xid_79(2_000 + 30_000)), 2_350);
+    let i = first_incident(
+        &c,
+        "health_fatal",
+        (2_000, 2_350),
+        FaultTimeSource::AgentEvent,
+    );
     assert!(i.fault_time_source.is_estimate());
 }
 
@@ -194,34 +173,25 @@ fn a_gpu_fault_is_dated_by_the_agents_observation_corrected_for_its_clock() {
 fn a_gpu_fault_in_a_heartbeat_is_dated_the_same_way() {
     let mut c = running_job();
     round_trip(&mut c, "b", 10_000, -5_000, 4, 100, 4);
-    let node = "b".into();
     let health = Some(xid_79(12_000 - 5_000));
-    c.step(
-        Input::Heartbeat {
-            node,
-            sent_at: 12_400 - 5_000,
-            health,
-            echo: None,
-        },
-        12_400,
-    );
-    let i = &c.incidents[0];
-    assert_eq!(
-        (i.fault_at, i.fault_time_source),
-        (12_000, FaultTimeSource::AgentEvent)
+    heartbeat_with(&mut c, "b", 12_400 - 5_000, (health, None), 12_400);
+    first_incident(
+        &c,
+        "health_fatal",
+        (12_000, 12_400),
+        FaultTimeSource::AgentEvent,
     );
 }
 
 #[test]
 fn a_gpu_fault_without_an_observation_time_is_dated_at_detection() {
     let mut c = running_job();
-    let node = "b".into();
-    let health = xid_79(0);
-    c.step(Input::HealthReport { node, health }, 2_350);
-    let i = &c.incidents[0];
-    assert_eq!(
-        (i.fault_at, i.fault_time_source),
-        (2_350, FaultTimeSource::Detection)
+    c.step(health_report("b", xid_79(0)), 2_350);
+    let i = first_incident(
+        &c,
+        "health_fatal",
+        (2_350, 2_350),
+        FaultTimeSource::Detection,
     );
     assert!(!i.fault_time_source.is_estimate());
 }
@@ -231,10 +201,8 @@ fn a_lost_agent_is_dated_by_its_last_heartbeat() {
     let mut c = running_job();
     heartbeat(&mut c, "b", 1_500);
     disconnect(&mut c, "b", 1_800);
-    let i = &c.incidents[0];
-    assert_eq!(i.cause, "agent_lost");
-    assert_eq!((i.fault_at, i.detected_at), (1_500, 1_800));
-    assert_eq!(i.fault_time_source, FaultTimeSource::LastHeartbeat);
+    let source = FaultTimeSource::LastHeartbeat;
+    first_incident(&c, "agent_lost", (1_500, 1_800), source);
 }
 
 #[test]
@@ -243,10 +211,8 @@ fn a_silent_agent_is_dated_by_the_heartbeat_that_did_not_come() {
     tick_alive(&mut c, &["a", "b", "s"], 1_000);
     tick_alive(&mut c, &["a", "s"], 3_000);
     tick(&mut c, 3_001);
-    let i = &c.incidents[0];
-    assert_eq!(i.cause, "heartbeat_timeout");
-    assert_eq!((i.fault_at, i.detected_at), (1_500, 3_001));
-    assert_eq!(i.fault_time_source, FaultTimeSource::LastHeartbeat);
+    let source = FaultTimeSource::LastHeartbeat;
+    first_incident(&c, "heartbeat_timeout", (1_500, 3_001), source);
 }
 
 #[test]
@@ -266,10 +232,8 @@ fn a_worker_exit_is_dated_by_the_agents_exit_time() {
     };
     let node = "b".into();
     c.step(Input::Worker { node, event }, 1_040);
-    let i = &c.incidents[0];
-    assert_eq!(i.cause, "worker_exited");
-    assert_eq!((i.fault_at, i.detected_at), (1_000, 1_040));
-    assert_eq!(i.fault_time_source, FaultTimeSource::AgentEvent);
+    let source = FaultTimeSource::AgentEvent;
+    first_incident(&c, "worker_exited", (1_000, 1_040), source);
 }
 
 #[test]

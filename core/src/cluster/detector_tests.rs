@@ -9,15 +9,7 @@ const JOB: &str = "job-1";
 
 /// job-1 on a and b (stall timeout 3 s), spare s, every node heard at t=1,000 and ticked there.
 fn observed_job() -> Cluster {
-    let mut c = three_nodes();
-    run_job(
-        &mut c,
-        JobRequest {
-            stall_timeout_s: 3.0,
-            ..job(2)
-        },
-        10,
-    );
+    let mut c = running_job();
     for node in ["a", "b"] {
         worker(&mut c, node, 1, Step(5), 900);
     }

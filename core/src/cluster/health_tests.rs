@@ -4,41 +4,35 @@
 use super::testing::*;
 use super::*;
 use crate::incident::{FaultTimeSource, RecoveryAction};
-use crate::protocol::{HealthCheck, HealthState};
+use crate::protocol::HealthState;
 
-/// `node` reports one check `name` in `state` asking for `action`, observed at `now`.
+/// One check's finding: its name, its state and the action it asks for.
+type Finding = (&'static str, HealthState, HealthAction);
+
+const ROW_REMAP: Finding = ("row-remap", HealthState::Unhealthy, HealthAction::ResetGpu);
+const PCIE: Finding = ("pcie", HealthState::Unhealthy, HealthAction::Reboot);
+const XID_WORKER: Finding = (
+    "xid-worker",
+    HealthState::Degraded,
+    HealthAction::RestartWorker,
+);
+const ALL_HEALTHY: Finding = ("xid", HealthState::Healthy, HealthAction::None);
+
+/// `node` reports one check, `finding`, observed at `now`.
 fn report(
     c: &mut Cluster,
     node: &str,
-    name: &str,
-    state: HealthState,
-    action: HealthAction,
+    (name, state, action): Finding,
     now: UnixMillis,
 ) -> Vec<Command> {
-    let health = HealthSummary {
-        state,
-        checks: vec![HealthCheck {
-            check: name.into(),
-            state,
-            reason: format!("{name} finding"),
-            action,
-            observed_at: now,
-        }],
-    };
-    let node = node.into();
-    c.step(Input::HealthReport { node, health }, now)
+    let reason = format!("{name} finding");
+    let health = one_check(name, state, &reason, action, now);
+    c.step(health_report(node, health), now)
 }
 
 /// `node`'s checks are all healthy again.
 fn healthy(c: &mut Cluster, node: &str, now: UnixMillis) {
-    report(
-        c,
-        node,
-        "xid",
-        HealthState::Healthy,
-        HealthAction::None,
-        now,
-    );
+    report(c, node, ALL_HEALTHY, now);
 }
 
 fn is_fenced(c: &Cluster, node: &str) -> bool {
@@ -48,14 +42,7 @@ fn is_fenced(c: &Cluster, node: &str) -> bool {
 #[test]
 fn a_node_with_an_unhealthy_check_is_never_allocated() {
     let mut c = three_nodes();
-    report(
-        &mut c,
-        "b",
-        "row-remap",
-        HealthState::Unhealthy,
-        HealthAction::ResetGpu,
-        5,
-    );
+    report(&mut c, "b", ROW_REMAP, 5);
     assert!(!c.nodes["b"].allocatable());
     let job = run_job(&mut c, job(2), 10);
     assert_eq!(
@@ -71,17 +58,13 @@ fn degraded_and_unknown_checks_do_not_bar_a_node() {
     report(
         &mut c,
         "a",
-        "clocks",
-        HealthState::Degraded,
-        HealthAction::None,
+        ("clocks", HealthState::Degraded, HealthAction::None),
         5,
     );
     report(
         &mut c,
         "b",
-        "ecc",
-        HealthState::Unknown,
-        HealthAction::None,
+        ("ecc", HealthState::Unknown, HealthAction::None),
         5,
     );
     assert!(c.nodes["a"].allocatable() && c.nodes["b"].allocatable());
@@ -93,14 +76,7 @@ fn degraded_and_unknown_checks_do_not_bar_a_node() {
 fn an_unhealthy_node_is_no_replacement_until_its_check_clears() {
     let mut c = three_nodes();
     run_job(&mut c, job(2), 10);
-    report(
-        &mut c,
-        "s",
-        "pcie",
-        HealthState::Unhealthy,
-        HealthAction::Reboot,
-        20,
-    );
+    report(&mut c, "s", PCIE, 20);
     disconnect(&mut c, "b", 100);
     let job = &c.jobs[JOB];
     assert!(
@@ -115,14 +91,7 @@ fn an_unhealthy_node_is_no_replacement_until_its_check_clears() {
 fn restart_worker_restarts_the_job_in_place_counted_against_the_node() {
     let mut c = three_nodes();
     run_job(&mut c, job(2), 10);
-    let fx = report(
-        &mut c,
-        "b",
-        "xid-worker",
-        HealthState::Degraded,
-        HealthAction::RestartWorker,
-        100,
-    );
+    let fx = report(&mut c, "b", XID_WORKER, 100);
     let i = &c.incidents[0];
     assert_eq!(
         (i.cause.as_str(), i.action),
@@ -138,14 +107,7 @@ fn restart_worker_restarts_the_job_in_place_counted_against_the_node() {
 fn reset_gpu_drains_the_node_and_its_jobs_next_recovery_replaces_it() {
     let mut c = three_nodes();
     run_job(&mut c, job(2), 10);
-    report(
-        &mut c,
-        "b",
-        "row-remap",
-        HealthState::Unhealthy,
-        HealthAction::ResetGpu,
-        100,
-    );
+    report(&mut c, "b", ROW_REMAP, 100);
     assert!(c.nodes["b"].drained.is_some());
     assert!(!is_fenced(&c, "b"), "kept until the job's next recovery");
     assert_eq!(c.jobs[JOB].state, JobState::Running);
@@ -172,14 +134,7 @@ fn drain_replace_now_replaces_at_once() {
         &[("a", Role::Worker), ("b", Role::Worker), ("s", Role::Spare)],
     );
     run_job(&mut c, job(2), 10);
-    report(
-        &mut c,
-        "b",
-        "pcie",
-        HealthState::Unhealthy,
-        HealthAction::Reboot,
-        100,
-    );
+    report(&mut c, "b", PCIE, 100);
     assert!(is_fenced(&c, "b"));
     let i = &c.incidents[0];
     assert_eq!(
@@ -192,14 +147,7 @@ fn drain_replace_now_replaces_at_once() {
 #[test]
 fn an_idle_drained_node_rejoins_when_its_host_comes_back_rebooted() {
     let mut c = three_nodes();
-    report(
-        &mut c,
-        "s",
-        "pcie",
-        HealthState::Unhealthy,
-        HealthAction::Reboot,
-        5,
-    );
+    report(&mut c, "s", PCIE, 5);
     assert!(c.nodes["s"].drained.is_some() && !is_fenced(&c, "s"));
     disconnect(&mut c, "s", 10);
     // Same boot: still drained.
@@ -221,14 +169,7 @@ fn repeated_findings_escalate_restart_reset_reboot_replace() {
     let mut c = three_nodes();
     run_job(&mut c, job(2), 10);
     let repeat = |c: &mut Cluster, at| {
-        report(
-            c,
-            "s",
-            "xid-worker",
-            HealthState::Degraded,
-            HealthAction::RestartWorker,
-            at,
-        );
+        report(c, "s", XID_WORKER, at);
         healthy(c, "s", at + 1);
     };
     // The spare runs nothing: a restart finding has nothing to restart.
@@ -269,34 +210,13 @@ fn findings_outside_the_window_do_not_escalate() {
         ..Default::default()
     };
     let mut c = cluster_of(config, &[("a", Role::Worker)]);
-    report(
-        &mut c,
-        "a",
-        "xid-worker",
-        HealthState::Degraded,
-        HealthAction::RestartWorker,
-        100,
-    );
+    report(&mut c, "a", XID_WORKER, 100);
     healthy(&mut c, "a", 101);
-    report(
-        &mut c,
-        "a",
-        "xid-worker",
-        HealthState::Degraded,
-        HealthAction::RestartWorker,
-        1_200,
-    );
+    report(&mut c, "a", XID_WORKER, 1_200);
     assert!(c.nodes["a"].drained.is_none());
     // A finding that persists is one finding, however many reports repeat it.
     for t in [1_300, 1_400, 1_500] {
-        report(
-            &mut c,
-            "a",
-            "xid-worker",
-            HealthState::Degraded,
-            HealthAction::RestartWorker,
-            t,
-        );
+        report(&mut c, "a", XID_WORKER, t);
     }
     assert_eq!(c.nodes["a"].findings.len(), 1);
     assert!(c.nodes["a"].drained.is_none());
@@ -316,24 +236,10 @@ fn escalation_never_lowers_an_action() {
         HealthAction::ReplaceNode
     );
     let mut c = three_nodes();
-    report(
-        &mut c,
-        "s",
-        "pcie",
-        HealthState::Unhealthy,
-        HealthAction::Reboot,
-        100,
-    );
+    report(&mut c, "s", PCIE, 100);
     healthy(&mut c, "s", 101);
     // A restart finding after a reboot one asks for the action after reboot: replace.
-    report(
-        &mut c,
-        "s",
-        "xid-worker",
-        HealthState::Degraded,
-        HealthAction::RestartWorker,
-        200,
-    );
+    report(&mut c, "s", XID_WORKER, 200);
     assert!(is_fenced(&c, "s"));
 }
 
@@ -348,14 +254,7 @@ fn remediating() -> (Cluster, Vec<(String, String)>) {
     let mut c = Cluster::new(config);
     join(&mut c, "a", Role::Worker, 1, 0);
     join(&mut c, "s", Role::Spare, 2, 0);
-    report(
-        &mut c,
-        "s",
-        "row-remap",
-        HealthState::Unhealthy,
-        HealthAction::ResetGpu,
-        100,
-    );
+    report(&mut c, "s", ROW_REMAP, 100);
     let fx = tick(&mut c, 200);
     let sent = scripts_sent(&fx, "s");
     (c, sent)
@@ -364,14 +263,7 @@ fn remediating() -> (Cluster, Vec<(String, String)>) {
 #[test]
 fn no_remediation_runs_unless_configured() {
     let mut c = three_nodes();
-    report(
-        &mut c,
-        "s",
-        "row-remap",
-        HealthState::Unhealthy,
-        HealthAction::ResetGpu,
-        100,
-    );
+    report(&mut c, "s", ROW_REMAP, 100);
     let fx = tick(&mut c, 200);
     assert!(scripts_sent(&fx, "s").is_empty(), "{fx:?}");
 }

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::checkpoint::FencedGeneration;
-use crate::protocol::CommandResult;
+use crate::protocol::{CommandResult, HealthCheck, HealthState};
 
 /// The job every test runs (the first id the coordinator hands out).
 pub(super) const JOB: &str = "job-1";
@@ -40,6 +40,17 @@ pub(super) fn three_nodes() -> Cluster {
         CoordinatorConfig::default(),
         &[("a", Role::Worker), ("b", Role::Worker), ("s", Role::Spare)],
     )
+}
+
+/// [`three_nodes`] running [`JOB`] on a and b (stall timeout 3 s), started at t=10.
+pub(super) fn running_job() -> Cluster {
+    let mut c = three_nodes();
+    let request = JobRequest {
+        stall_timeout_s: 3.0,
+        ..job(2)
+    };
+    run_job(&mut c, request, 10);
+    c
 }
 
 /// A job of `nodes` nodes running `train`.
@@ -140,15 +151,54 @@ pub(super) fn hello_running(
     connect(c, conn, hello, now).unwrap().1
 }
 
-/// A heartbeat from `node`, without health news.
-pub(super) fn heartbeat(c: &mut Cluster, node: &str, now: UnixMillis) -> Vec<Command> {
+/// A heartbeat from `node` sent at `sent_at` (agent clock), carrying `health` and `echo`,
+/// arriving at `now`.
+pub(super) fn heartbeat_with(
+    c: &mut Cluster,
+    node: &str,
+    sent_at: UnixMillis,
+    (health, echo): (Option<HealthSummary>, Option<ClockEcho>),
+    now: UnixMillis,
+) -> Vec<Command> {
     let input = Input::Heartbeat {
         node: node.into(),
-        sent_at: now,
-        health: None,
-        echo: None,
+        sent_at,
+        health,
+        echo,
     };
     c.step(input, now)
+}
+
+/// A heartbeat from `node`, without health news.
+pub(super) fn heartbeat(c: &mut Cluster, node: &str, now: UnixMillis) -> Vec<Command> {
+    heartbeat_with(c, node, now, (None, None), now)
+}
+
+/// A health summary of the one check `check` in `state`, asking for `action` for `reason`.
+pub(super) fn one_check(
+    check: &str,
+    state: HealthState,
+    reason: &str,
+    action: HealthAction,
+    observed_at: UnixMillis,
+) -> HealthSummary {
+    let check = HealthCheck {
+        check: check.into(),
+        state,
+        reason: reason.into(),
+        action,
+        observed_at,
+    };
+    HealthSummary {
+        state,
+        checks: vec![check],
+    }
+}
+
+/// `node`'s agent reporting `health` on its own, between heartbeats.
+pub(super) fn health_report(node: &str, health: HealthSummary) -> Input {
+    let node = node.into();
+    Input::HealthReport { node, health }
 }
 
 /// The clock at `now`, after a heartbeat from each of `alive` (the others stay silent).

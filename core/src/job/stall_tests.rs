@@ -121,14 +121,15 @@ fn judge(
         .expect("the stall opens an incident")
 }
 
-#[test]
-fn a_gang_stall_is_blamed_on_the_stopped_rank_not_the_first() {
+/// Whichever rank's process is the odd one out (in `state` at `cpu_permille`), the stall is
+/// blamed on its node, and the detail says `why`.
+fn assert_blamed_on_the_odd_rank(state: ProcessState, cpu_permille: u32, why: &str) {
     for stuck in 0..3 {
         let (mut job, limits) = gang();
-        let odd = evidence(ProcessState::Stopped, 0);
+        let odd = evidence(state, cpu_permille);
         let (node, cause) = judge(&mut job, &limits, 1_000, true, Some((stuck, odd)));
         assert_eq!(node, format!("n{stuck}"), "{cause:?}");
-        assert!(cause.detail().contains("stopped"), "{}", cause.detail());
+        assert!(cause.detail().contains(why), "{}", cause.detail());
         assert!(matches!(
             cause,
             FaultCause::ProgressStalled { blamed: true, .. }
@@ -137,14 +138,13 @@ fn a_gang_stall_is_blamed_on_the_stopped_rank_not_the_first() {
 }
 
 #[test]
+fn a_gang_stall_is_blamed_on_the_stopped_rank_not_the_first() {
+    assert_blamed_on_the_odd_rank(ProcessState::Stopped, 0, "stopped");
+}
+
+#[test]
 fn a_gang_stall_is_blamed_on_the_spinning_rank_not_the_waiting_ones() {
-    for stuck in 0..3 {
-        let (mut job, limits) = gang();
-        let odd = evidence(ProcessState::Running, 1_000);
-        let (node, cause) = judge(&mut job, &limits, 1_000, true, Some((stuck, odd)));
-        assert_eq!(node, format!("n{stuck}"), "{cause:?}");
-        assert!(cause.detail().contains("spins"), "{}", cause.detail());
-    }
+    assert_blamed_on_the_odd_rank(ProcessState::Running, 1_000, "spins");
 }
 
 #[test]
