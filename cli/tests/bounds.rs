@@ -191,58 +191,13 @@ async fn garbage_is_refused(addr: &str) -> bool {
         .collect();
     let reply = grpc
         .streaming(
-            tonic::Request::new(tokio_stream::iter([garbage])),
+            tonic::Request::new(tokio_stream::iter([tonic::codegen::Bytes::from(garbage)])),
             path,
-            RawCodec,
+            holdfast_testkit::raw_grpc::RawCodec,
         )
         .await;
     match reply {
         Err(status) => status.code() != tonic::Code::Ok,
         Ok(mut stream) => stream.get_mut().message().await.is_err(),
-    }
-}
-
-/// Sends bytes as they are and reads replies as bytes.
-#[derive(Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
     }
 }

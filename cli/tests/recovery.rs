@@ -257,48 +257,6 @@ async fn launch_follows_a_job_to_its_end_and_reads_the_progress_file() {
     );
 }
 
-mod raw {
-    //! A codec that sends arbitrary bytes as gRPC messages: how a broken peer looks.
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-    use tonic::codegen::Bytes;
-    use tonic::Status;
-
-    pub struct RawCodec;
-    pub struct RawEncoder;
-    pub struct RawDecoder;
-
-    impl Codec for RawCodec {
-        type Encode = Bytes;
-        type Decode = Bytes;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
-
-    impl Encoder for RawEncoder {
-        type Item = Bytes;
-        type Error = Status;
-        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for RawDecoder {
-        type Item = Bytes;
-        type Error = Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-            let len = bytes::Buf::remaining(src);
-            Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
     let dir = Scratch::new("it-badagents");
@@ -345,7 +303,11 @@ async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
         b"\x0a\xff\xff\xff\xff\xff",
     )]);
     let status = grpc
-        .streaming(tonic::Request::new(garbage), path.clone(), raw::RawCodec)
+        .streaming(
+            tonic::Request::new(garbage),
+            path.clone(),
+            holdfast_testkit::raw_grpc::RawCodec,
+        )
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

@@ -12,6 +12,7 @@
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
 //! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
 //! - [`wait`] — waiting for a condition with a deadline.
+//! - [`raw_grpc`] — a codec that sends arbitrary bytes as gRPC messages (a hostile peer).
 //! - [`files`] — a test's scratch directory, the repository root, executable scripts.
 //! - [`jobs`] — the training job most tests run.
 //! - [`host`] — tools the machine offers (skip, or fail under `HOLDFAST_TEST_STRICT=1`), ports,
@@ -26,6 +27,7 @@ pub mod host;
 pub mod jobs;
 pub mod netns;
 pub mod process;
+pub mod raw_grpc;
 pub mod rig;
 pub mod wait;
 
