@@ -177,6 +177,25 @@ impl Coordinator {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The core, locked, once every step sealed before has been committed: what an operator
+    /// reads is saved, so a restarted coordinator never knows less than an operator was shown.
+    /// Commits never take the core's lock, so waiting for them while holding it cannot block
+    /// them, and no new step can seal meanwhile.
+    fn settled(&self) -> MutexGuard<'_, Cluster> {
+        let cluster = self.cluster();
+        let sealed = self.shared.next_ticket.load(Ordering::SeqCst);
+        let mut turn = self.shared.turn.lock().unwrap_or_else(|e| e.into_inner());
+        while *turn < sealed {
+            turn = self
+                .shared
+                .turn_changed
+                .wait(turn)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(turn);
+        cluster
+    }
+
     fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
         self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -184,7 +203,7 @@ impl Coordinator {
     /// The Prometheus exposition of the current state (see [`crate::metrics`]).
     pub fn metrics_text(&self) -> String {
         let (nodes, jobs, incidents) = {
-            let cluster = self.cluster();
+            let cluster = self.settled();
             let nodes: Vec<pb::Node> = cluster
                 .nodes
                 .values()

@@ -50,7 +50,7 @@ impl Coordinator {
     ) -> Result<Response<pb::Node>, Status> {
         match reply {
             Some(Ok(Reply::Node(node))) => {
-                let cluster = self.cluster();
+                let cluster = self.settled();
                 Ok(Response::new(crate::view::node(&node, &cluster.jobs)))
             }
             Some(Err(e)) => Err(CoordinatorError::from(e).into()),
@@ -101,7 +101,7 @@ impl OperatorService for Coordinator {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        let cluster = self.cluster();
+        let cluster = self.settled();
         let job = if id.is_empty() {
             cluster.jobs.values().max_by_key(|j| j.submitted_at)
         } else {
@@ -122,7 +122,7 @@ impl OperatorService for Coordinator {
         &self,
         _: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let cluster = self.cluster();
+        let cluster = self.settled();
         let jobs = cluster.jobs.values().map(crate::view::job).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -142,7 +142,7 @@ impl OperatorService for Coordinator {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let cluster = self.cluster();
+        let cluster = self.settled();
         let nodes = cluster
             .nodes
             .values()
@@ -179,7 +179,7 @@ impl OperatorService for Coordinator {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         let job_id = request.into_inner().job_id;
-        let cluster = self.cluster();
+        let cluster = self.settled();
         let incidents = cluster
             .incidents
             .iter()
