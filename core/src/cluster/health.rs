@@ -240,30 +240,4 @@ impl Cluster {
             self.node_fault(node_id, FaultCause::HealthFatal(why), now, fx);
         }
     }
-
-    /// A drained node still in a job that is recovering now leaves it: the recovery replaces
-    /// it (drain_replace = next_recovery).
-    pub(super) fn replace_drained_nodes_of_recovering(&mut self, job_id: &str) {
-        let Some(job) = self.jobs.get(job_id) else {
-            return;
-        };
-        if !matches!(job.state, JobState::Recovering(_)) {
-            return;
-        }
-        let drained: Vec<(String, String)> = job
-            .ranks
-            .iter()
-            .filter(|r| !r.needs_node)
-            .filter_map(|r| {
-                let why = self.nodes.get(&r.node)?.drained.clone()?;
-                Some((r.node.clone(), why))
-            })
-            .collect();
-        for (node, why) in drained {
-            self.defer(Work::NodeFault {
-                node,
-                cause: FaultCause::HealthFatal(why),
-            });
-        }
-    }
 }

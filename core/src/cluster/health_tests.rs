@@ -115,12 +115,17 @@ fn reset_gpu_drains_the_node_and_its_jobs_next_recovery_replaces_it() {
     healthy(&mut c, "b", 150);
     assert!(!c.nodes["b"].allocatable());
     // Another fault: the recovery replaces the drained node too.
-    worker(&mut c, "a", 1, Crashed, 200);
+    let fx = worker(&mut c, "a", 1, Crashed, 200);
     assert!(is_fenced(&c, "b"), "{:?}", c.nodes["b"].state);
     assert!(c
         .incidents
         .iter()
         .any(|i| i.node_id == "b" && i.cause == "health_fatal"));
+    // Within the same recovery: nothing is launched on b, the spare takes its rank.
+    assert!(launch_to(&fx, "b").is_none(), "{fx:?}");
+    let mut nodes = c.jobs[JOB].nodes();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["a", "s"], "{:?}", c.jobs[JOB]);
 }
 
 #[test]

@@ -178,11 +178,6 @@ pub struct GpuInfo {
 enum Work {
     /// A node became ready: give it to a job that waits for one.
     FindReplacements,
-    /// A node is faulty after all (a drained node, once its job recovers from another fault).
-    NodeFault {
-        node: String,
-        cause: job::FaultCause,
-    },
 }
 
 /// What an agent's hello carries, decoded.
@@ -372,7 +367,6 @@ impl Cluster {
         while let Some(work) = self.work.pop_front() {
             match work {
                 Work::FindReplacements => self.find_replacements(now, &mut fx),
-                Work::NodeFault { node, cause } => self.node_fault(&node, cause, now, &mut fx),
             }
         }
         fx

@@ -39,43 +39,37 @@ impl Cluster {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
             }
             // Before anything else of this recovery is decided (a relaunch on the same nodes):
-            // a node kept on the job's progress alone cannot take part in it.
-            if let Some(node) = self.vouched_node_to_fault(job_id) {
-                queue.push_front(JobEvent::Fault {
-                    node,
-                    cause: FaultCause::AgentLost,
-                });
+            // a node that cannot take part in it is a fault of this recovery.
+            if let Some((node, cause)) = self.node_out_of_recovery(job_id) {
+                queue.push_front(JobEvent::Fault { node, cause });
             }
         }
-        self.replace_drained_nodes_of_recovering(job_id);
     }
 
-    /// A node kept in its job on the job's progress alone cannot take part in a recovery (its
-    /// agent cannot be reached to stop or launch anything): once the job leaves `Running` for
-    /// another fault, it is a node fault too. Returns the next such node, its marks cleared.
-    fn vouched_node_to_fault(&mut self, job_id: &str) -> Option<String> {
+    /// A node of a job that left `Running` which cannot take part in the recovery, and why,
+    /// its mark cleared: one kept on the job's progress alone (its agent cannot be reached to
+    /// stop or launch anything), or one drained by a health finding (`drain_replace =
+    /// next_recovery`: replaced at the job's next recovery).
+    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(String, FaultCause)> {
         let job = self.jobs.get(job_id)?;
-        if !matches!(
-            job.state,
-            JobState::Recovering(_) | JobState::Launching | JobState::Pending
-        ) {
+        let recovering = matches!(job.state, JobState::Recovering(_));
+        if !recovering && !matches!(job.state, JobState::Launching | JobState::Pending) {
             return None;
         }
-        let node = job
-            .ranks
-            .iter()
-            .filter(|r| !r.needs_node)
-            .map(|r| r.node.clone())
-            .find(|node| {
-                self.nodes
-                    .get(node)
-                    .is_some_and(|n| n.vouched_since.is_some() || n.lost_at.is_some())
-            })?;
+        let (node, cause) = job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
+            let n = self.nodes.get(&r.node)?;
+            if n.vouched_since.is_some() || n.lost_at.is_some() {
+                Some((r.node.clone(), FaultCause::AgentLost))
+            } else {
+                let why = n.drained.clone().filter(|_| recovering)?;
+                Some((r.node.clone(), FaultCause::HealthFatal(why)))
+            }
+        })?;
         if let Some(n) = self.nodes.get_mut(&node) {
             n.vouched_since = None;
             n.lost_at = None;
         }
-        Some(node)
+        Some((node, cause))
     }
 
     pub(super) fn apply_job_effect(
