@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 export HOLDFAST_TEST_STRICT=1          # tests that need an external tool fail instead of skipping
 export HOLDFAST_CACHE="${HOLDFAST_CACHE:-$PWD/target/test-cache}"
 mkdir -p "$HOLDFAST_CACHE"
+# A whole-workspace debug build with full debug info and incremental state takes tens of GB; the
+# tests need neither, so keep the build small unless the caller asked otherwise.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
 
 for setup in scripts/setup/*.sh; do
   [ -e "$setup" ] || continue

@@ -6,7 +6,7 @@ HOLDFAST_PYSPY_VENV="${HOLDFAST_PYSPY_VENV:-$HOLDFAST_CACHE/venv-pyspy}"
 if ! "$HOLDFAST_PYSPY_VENV/bin/py-spy" --version >/dev/null 2>&1; then
   echo "installing py-spy into $HOLDFAST_PYSPY_VENV"
   python3 -m venv "$HOLDFAST_PYSPY_VENV"
-  "$HOLDFAST_PYSPY_VENV/bin/pip" install -q --disable-pip-version-check py-spy
+  "$HOLDFAST_PYSPY_VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check py-spy
 fi
 export HOLDFAST_PY_SPY="$HOLDFAST_PYSPY_VENV/bin/py-spy"
 export PATH="$HOLDFAST_PYSPY_VENV/bin:$PATH"
