@@ -90,6 +90,13 @@ pub struct AgentConfig {
     pub tls_cert_file: PathBuf,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: PathBuf,
+    /// The name the coordinator's certificate is verified for; empty = the host of the address
+    /// dialed. Joined agents (`--join`) verify `holdfast-coordinator`, the name every
+    /// bootstrapped coordinator certificate carries, whatever address they dial.
+    pub tls_server_name: String,
+    /// Allow plain `http://` coordinator addresses that are not loopback: commands then arrive
+    /// unauthenticated, and anyone on the path can run them as root here. For labs only.
+    pub insecure: bool,
 }
 
 impl Default for AgentConfig {
@@ -125,6 +132,8 @@ impl Default for AgentConfig {
             tls_ca_file: PathBuf::new(),
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
+            tls_server_name: String::new(),
+            insecure: false,
         }
     }
 }
@@ -201,11 +210,20 @@ impl AgentConfig {
                 "TLS settings need https:// coordinator addresses",
             ));
         }
-        if !tls && addresses.iter().any(|a| a.starts_with("https://")) {
-            return Err(invalid(
-                "tls_ca_file",
-                "https:// coordinator addresses need the CA that signed the coordinator's certificate",
-            ));
+        if !self.insecure {
+            if let Some(plain) = addresses
+                .iter()
+                .find(|a| a.starts_with("http://") && !is_loopback_url(a))
+            {
+                return Err(AgentConfigError::Invalid {
+                    key: "coordinator",
+                    reason: format!(
+                        "{plain} is plain http:// to another host: anyone on the path could send \
+                         this agent commands that run as root. Use https:// (join with --join \
+                         TOKEN --ca-hash sha256:…), or set insecure = true (--insecure) for a lab"
+                    ),
+                });
+            }
         }
         self.validate_health()
     }
@@ -295,6 +313,19 @@ impl AgentConfig {
         } else {
             self.advertise_address.clone()
         }
+    }
+}
+
+/// Whether a coordinator URL names this host (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_url(address: &str) -> bool {
+    match url::Url::parse(address)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

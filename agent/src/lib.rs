@@ -12,6 +12,7 @@
 //!   generation), remembered across agent restarts.
 //! - [`durable`] — state files written atomically and durably.
 //! - [`identity`] — hostname, boot id.
+//! - [`join`] — joining the cluster with a token: pinned CA, node certificate from a CSR.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
 //! - [`restart`] — restarting in place (re-exec) for rolling upgrades.
@@ -25,6 +26,7 @@ pub mod durable;
 pub mod fencing;
 pub mod health;
 pub mod identity;
+pub mod join;
 pub mod metrics;
 pub mod proctree;
 pub mod restart;

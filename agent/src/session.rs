@@ -284,6 +284,9 @@ fn client_tls(config: &AgentConfig) -> Result<Option<tonic::transport::ClientTls
     let ca = read("tls_ca_file", &config.tls_ca_file)?;
     let mut tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if !config.tls_server_name.is_empty() {
+        tls = tls.domain_name(config.tls_server_name.clone());
+    }
     if !config.tls_cert_file.as_os_str().is_empty() {
         let cert = read("tls_cert_file", &config.tls_cert_file)?;
         let key = read("tls_key_file", &config.tls_key_file)?;

@@ -63,6 +63,10 @@ enum Cmd {
     /// Run the configured deep check (health scripts) on a node now and print each script's
     /// result; exits 0 when every script passed. The report is kept on the node.
     Check(check::Args),
+    /// Join tokens for new agents (on the coordinator's host): create, list, revoke.
+    Token(token::Args),
+    /// Node certificates issued to joined agents (on the coordinator's host): list, revoke.
+    Cert(cert::Args),
 }
 
 #[tokio::main]
@@ -105,5 +109,7 @@ async fn run(command: Cmd) -> anyhow::Result<i32> {
         Cmd::WhatIf(args) => what_if::run(args).await,
         Cmd::UpgradeAgents(args) => upgrade_agents::run(args).await,
         Cmd::Check(args) => check::run(args).await,
+        Cmd::Token(args) => token::run(args).await,
+        Cmd::Cert(args) => cert::run(args).await,
     }
 }

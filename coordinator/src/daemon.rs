@@ -31,6 +31,26 @@ pub struct ServeOptions {
     pub reconnect_grace_ms: Option<u64>,
     /// Where the state is kept.
     pub state: StateOptions,
+    /// Serve without TLS or operator tokens on any address (labs only; warned at every start).
+    pub insecure: bool,
+    /// Where the cluster CA and join tokens are kept (default: `pki` beside the state file).
+    pub pki_dir: Option<PathBuf>,
+    /// More names and addresses for the serving certificate (agents verify the built-in
+    /// [`crate::pki::COORDINATOR_NAME`]; operators verify the address they dial).
+    pub tls_names: Vec<String>,
+}
+
+/// How the port is protected, decided at start from the config and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// TLS and/or operator tokens from the config file.
+    Configured,
+    /// The cluster CA, serving certificate and tokens in this directory (made on first start).
+    Bootstrapped(PathBuf),
+    /// No authentication, loopback only.
+    LoopbackOnly,
+    /// No authentication on a reachable address: `--insecure`.
+    Insecure,
 }
 
 /// Where the coordinator keeps its state (nodes, jobs, generations, incidents, term).
@@ -91,6 +111,14 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(
+        "refusing to serve {listen} without authentication: with a state file the coordinator \
+         bootstraps a cluster CA and join tokens beside it; here there is none, so give \
+         --pki-dir DIR (or configure tls_* and operator_tokens_file, or pass --insecure for a lab)"
+    )]
+    NoPkiDir { listen: String },
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// Runs the coordinator daemon until `shutdown` resolves (then tells systemd it is stopping
@@ -100,7 +128,8 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let config = load_config(&options)?;
+    let mut config = load_config(&options)?;
+    protect(&options, &mut config)?;
     // The token and TLS files are read again when serving; reading them here as well stops a
     // bad one before the port opens and before systemd hears READY.
     if !config.operator_tokens_file.as_os_str().is_empty() {
@@ -162,6 +191,86 @@ fn load_config(options: &ServeOptions) -> Result<CoordinatorConfig, DaemonError>
     }
     config.validate().map_err(DaemonError::InvalidConfig)?;
     Ok(config)
+}
+
+/// Decides how the port is protected and, when bootstrapping, points `config` at the PKI:
+/// configured TLS or tokens are used as they are; otherwise a loopback address is served
+/// without authentication (protected mode: only this host reaches it), `--insecure` serves any
+/// address without it (warned), and any other address gets the cluster CA, a serving
+/// certificate, the admin token and a join token from the PKI directory, made on first start.
+pub fn protect(
+    options: &ServeOptions,
+    config: &mut CoordinatorConfig,
+) -> Result<Protection, DaemonError> {
+    let configured = !config.operator_tokens_file.as_os_str().is_empty()
+        || !config.tls_cert_file.as_os_str().is_empty();
+    if configured {
+        if options.insecure {
+            tracing::warn!("--insecure ignored: the config sets TLS or operator tokens");
+        }
+        return Ok(Protection::Configured);
+    }
+    if options.insecure {
+        tracing::warn!(
+            listen = %options.listen,
+            "--insecure: no TLS, no agent certificates and no operator tokens; anyone who can \
+             reach this port can run commands as root on every agent"
+        );
+        return Ok(Protection::Insecure);
+    }
+    let default_dir = match &options.state {
+        StateOptions::File(path) => path.parent().map(|p| p.join("pki")),
+        StateOptions::Memory | StateOptions::Etcd(_) => None,
+    };
+    if options.pki_dir.is_none() && is_loopback(&options.listen) {
+        tracing::warn!(
+            listen = %options.listen,
+            "protected mode: authentication is off, so only this host can reach the \
+             coordinator; listen on another address to bootstrap TLS and join tokens"
+        );
+        return Ok(Protection::LoopbackOnly);
+    }
+    let Some(dir) = options.pki_dir.clone().or(default_dir) else {
+        return Err(DaemonError::NoPkiDir {
+            listen: options.listen.clone(),
+        });
+    };
+    let pki = crate::pki::Pki::new(&dir);
+    let mut names = options.tls_names.clone();
+    if let Ok(addr) = options.listen.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
+    }
+    let boot = pki.bootstrap(&names, crate::now_ms())?;
+    pki.apply(config);
+    let port = options.listen.rsplit(':').next().unwrap_or("7070");
+    if let Some(token) = &boot.admin_token {
+        eprintln!(
+            "holdfast: made the cluster CA in {dir}. Admin operator token (shown once; kept in \
+             {dir}/admin.token):\n  {token}",
+            dir = dir.display()
+        );
+    }
+    if let Some(token) = &boot.join_token {
+        eprintln!(
+            "holdfast: join agents with (token valid 24 h; more with `holdfast token create`):\n  \
+             holdfast agent --coordinator https://<this host>:{port} --join {token} --ca-hash {}",
+            boot.ca_hash
+        );
+    }
+    tracing::info!(pki = %dir.display(), ca_hash = %boot.ca_hash, "TLS, agent certificates and operator tokens from the cluster PKI");
+    Ok(Protection::Bootstrapped(dir))
+}
+
+/// Whether `listen` (`host:port`) is a loopback address.
+pub fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 /// The state store and, under etcd, the signal that the leadership was lost.

@@ -20,6 +20,7 @@
 //! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
 //! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
 //! - [`auth`] — operator API tokens and roles, checked in front of the operator service.
+//! - [`pki`] — the cluster CA made on first start, join tokens, node certificates.
 //! - [`tls`] — TLS on the coordinator's port; client certificates for agents (mutual TLS).
 //! - [`error`] — typed errors and their gRPC status codes.
 
@@ -31,6 +32,7 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod ha;
 pub mod metrics;
+pub mod pki;
 pub mod provider;
 pub mod report;
 pub mod server;

@@ -134,6 +134,11 @@ pub struct CoordinatorConfig {
     /// the certificate's identity (a DNS subject alternative name or the common name).
     /// Operators use tokens instead.
     pub tls_client_ca_file: std::path::PathBuf,
+    /// Directory of the cluster CA this coordinator bootstrapped (`ca.pem`, `ca.key`), its join
+    /// tokens and the certificates it issued: when set, agents may join with a token and get a
+    /// node certificate (`JoinService`), and a certificate revoked there is refused. Empty = no
+    /// joins. `holdfast coordinator` sets it when it bootstraps; see docs/security.md.
+    pub pki_dir: std::path::PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -178,6 +183,7 @@ impl Default for CoordinatorConfig {
             tls_cert_file: std::path::PathBuf::new(),
             tls_key_file: std::path::PathBuf::new(),
             tls_client_ca_file: std::path::PathBuf::new(),
+            pki_dir: std::path::PathBuf::new(),
         }
     }
 }
@@ -339,6 +345,12 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "tls_client_ca_file",
                 "needs tls_cert_file and tls_key_file: client certificates only exist over TLS",
+            ));
+        }
+        if !self.pki_dir.as_os_str().is_empty() && self.tls_client_ca_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "pki_dir",
+                "needs tls_client_ca_file (the CA in pki_dir): joined agents speak mutual TLS",
             ));
         }
         Ok(())

@@ -312,6 +312,8 @@ impl NetnsCluster {
                 "coordinator",
                 "--listen",
                 &format!("{}:{COORDINATOR_PORT}", control.addr),
+                // The lab's own network: nothing outside the namespaces reaches it.
+                "--insecure",
                 "--addr-file",
             ])
             .arg(&addr_file)
@@ -635,6 +637,7 @@ impl Rig for NetnsCluster {
                 node,
                 "--role",
                 role,
+                "--insecure",
             ])
             .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
             .arg(&state)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use holdfast_agent::config::NodeRole;
+use holdfast_agent::join::JoinOptions;
 use holdfast_agent::AgentConfig;
 use holdfast_coordinator::daemon::{sdnotify, shutdown_signal};
 
@@ -40,10 +41,35 @@ pub struct Args {
     /// Lifecycle script directory (on-create, health/*, on-fence).
     #[arg(long)]
     script_dir: Option<PathBuf>,
+    /// Join the cluster with this token (`ID.SECRET`) when this agent has no node certificate
+    /// yet (needs --ca-hash and an https:// coordinator). Later starts need no token.
+    #[arg(
+        long,
+        env = "HOLDFAST_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "ca_hash"
+    )]
+    join: Option<String>,
+    /// `sha256:…` of the cluster CA's public key: the coordinator is trusted only if its
+    /// certificate chains to that CA (printed with every join token).
+    #[arg(long, env = "HOLDFAST_CA_HASH")]
+    ca_hash: Option<String>,
+    /// Allow a plain http:// coordinator on another host (a lab: commands then arrive
+    /// unauthenticated and run as root here).
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let config = config(args)?;
+    let join = match (&args.join, &args.ca_hash) {
+        (Some(token), Some(ca_hash)) => Some(JoinOptions {
+            token: token.clone(),
+            ca_hash: ca_hash.clone(),
+        }),
+        _ => None,
+    };
+    let mut config = config(args)?;
+    holdfast_agent::join::prepare(&mut config, join).await?;
     let health = holdfast_agent::health::HealthBoard::default();
     sdnotify::spawn_watchdog();
     sdnotify::notify_or_log("READY=1");
@@ -88,6 +114,9 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
     }
     if let Some(d) = args.script_dir {
         config.script_dir = d;
+    }
+    if args.insecure {
+        config.insecure = true;
     }
     Ok(config)
 }

@@ -49,6 +49,20 @@ pub struct Args {
     /// default http://<listen address>.
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve without TLS, agent certificates or operator tokens on any address (a lab behind
+    /// its own network boundary). Warned at every start. Without it, a non-loopback address
+    /// gets the cluster CA and join tokens (made on first start), and without those the
+    /// coordinator serves loopback only.
+    #[arg(long)]
+    insecure: bool,
+    /// Where the cluster CA, serving certificate, operator and join tokens are kept
+    /// (default: `pki` beside --state). Giving it bootstraps even on a loopback address.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// Another name or address for the serving certificate (repeatable), for operators who
+    /// dial the coordinator by it.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
@@ -73,6 +87,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         reconnect_grace_ms: args.reconnect_grace_ms,
         state,
+        insecure: args.insecure,
+        pki_dir: args.pki_dir,
+        tls_names: args.tls_names,
     };
     daemon::serve(options, daemon::shutdown_signal()).await?;
     Ok(0)

@@ -2,6 +2,7 @@
 //! returns the process's exit code. `main` only parses, sets up logging and dispatches.
 
 pub mod agent;
+pub mod cert;
 pub mod check;
 pub mod coordinator;
 pub mod cordon;
@@ -12,6 +13,7 @@ pub mod nodes;
 pub mod report;
 pub mod status;
 pub mod stop;
+pub mod token;
 pub mod uncordon;
 pub mod upgrade_agents;
 pub mod what_if;

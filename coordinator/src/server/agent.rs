@@ -133,6 +133,10 @@ impl AgentService for Coordinator {
                     )
                     .into());
                 };
+                let pki_dir = self.cluster().config().pki_dir.clone();
+                if !pki_dir.as_os_str().is_empty() {
+                    revoked_refused(&pki_dir, leaf.as_ref(), &peer)?;
+                }
                 Some(crate::tls::certificate_identities(leaf.as_ref()))
             } else {
                 None
@@ -263,5 +267,29 @@ impl AgentService for Coordinator {
             this.step(Input::Disconnected { node, conn });
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// Refuses a client certificate revoked in the cluster's PKI (`holdfast cert revoke`); a PKI
+/// that cannot be read refuses too, rather than letting a possibly revoked node in.
+fn revoked_refused(pki_dir: &std::path::Path, leaf: &[u8], peer: &str) -> Result<(), Status> {
+    let Some(serial) = crate::pki::serial_of_der(leaf) else {
+        return Err(
+            CoordinatorError::Unauthenticated("unreadable client certificate".into()).into(),
+        );
+    };
+    match crate::pki::Pki::new(pki_dir).is_revoked(&serial) {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            tracing::warn!(%peer, serial, "agent stream with a revoked certificate refused");
+            Err(CoordinatorError::Unauthenticated(format!(
+                "client certificate {serial} was revoked; join again with a new token"
+            ))
+            .into())
+        }
+        Err(e) => {
+            tracing::error!(%peer, "cannot check certificate revocation: {e}");
+            Err(Status::unavailable("cannot check certificate revocation"))
+        }
     }
 }

@@ -20,6 +20,7 @@
 
 mod agent;
 mod executor;
+mod join;
 mod operator;
 mod serve;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
 use pb::agent_service_server::AgentServiceServer;
+use pb::join_service_server::JoinServiceServer;
 use pb::operator_service_server::OperatorServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -95,6 +96,12 @@ async fn serve(
     // spec at its limits, a hello with 64 GPUs) is far below it.
     let mut grpc = tonic::service::Routes::new(
         AgentServiceServer::new(coordinator.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        JoinServiceServer::new(super::join::Joins::new(
+            &coordinator.cluster().config().pki_dir,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
         OperatorServiceServer::new(coordinator.clone())

@@ -1,0 +1,283 @@
+//! Secure by default, with real processes on loopback: a coordinator given a PKI directory
+//! bootstraps a cluster CA, a serving certificate, an admin token and a join token (0600
+//! files); an agent joins with the token over TLS pinned to the CA's hash and then speaks
+//! mutual TLS; a wrong hash, a bad, expired or revoked token, and a second certificate for a
+//! live node id are refused; a revoked certificate is refused on the agent stream. Without
+//! authentication the coordinator serves loopback only unless `--insecure`, and the agent
+//! refuses plain http:// to another host.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use holdfast_cli::client::connect_with;
+use holdfast_cli::demo::LocalCluster;
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The join token and CA hash the coordinator printed on its first start.
+fn printed_join(log: &str) -> (String, String) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("--join ") && l.contains("--ca-hash "))
+        .unwrap_or_else(|| panic!("no join command printed:\n{log}"));
+    let after = |flag: &str| {
+        line.split(flag)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    (after("--join "), after("--ca-hash "))
+}
+
+/// Runs `holdfast agent` to its end (it exits when the join fails).
+fn agent_join(
+    exe: &Path,
+    https: &str,
+    node: &str,
+    state: &Path,
+    token: &str,
+    hash: &str,
+) -> kit::Ran {
+    kit::run(
+        Command::new(exe)
+            .args([
+                "agent",
+                "--coordinator",
+                https,
+                "--node-id",
+                node,
+                "--state-dir",
+            ])
+            .arg(state)
+            .args(["--join", token, "--ca-hash", hash])
+            .env_remove("HOLDFAST_JOIN_TOKEN")
+            .env_remove("HOLDFAST_CA_HASH"),
+    )
+}
+
+#[tokio::test]
+async fn agents_join_with_a_token_pinned_to_the_cluster_ca() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-join");
+    let pki = dir.join("pki");
+    let pki_arg = pki.display().to_string();
+    let mut cluster = LocalCluster::start(exe, &dir, &["--pki-dir", &pki_arg])
+        .await
+        .unwrap();
+    let port = cluster.addr.rsplit(':').next().unwrap().to_string();
+    let https = format!("https://127.0.0.1:{port}");
+    cluster.addr = https.clone();
+
+    // First start: every file private, the directory too; the join command printed once.
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "operator-tokens",
+        "admin.token",
+        "join-tokens.json",
+    ] {
+        assert_eq!(mode(&pki.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&pki), 0o700);
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
+    let (token, hash) = printed_join(&log);
+    let admin = std::fs::read_to_string(pki.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+
+    // The operator API wants the admin token now.
+    let anonymous = connect_with(&https, None, Some(&ca)).await.unwrap();
+    let err = anonymous
+        .clone()
+        .list_nodes(holdfast_proto::v1::ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let operator = connect_with(&https, Some(&admin), Some(&ca)).await.unwrap();
+
+    // A wrong hash: the agent never sends its token and says why.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = agent_join(exe, &https, "node-x", &dir.join("x"), &token, &wrong);
+    assert!(
+        !out.ok() && out.stderr.contains("no CA with hash"),
+        "{}",
+        out.stderr
+    );
+    // A bad token is refused by the coordinator.
+    let (id, _) = token.split_once('.').unwrap();
+    let bad = format!("{id}.0000000000000000");
+    let out = agent_join(exe, &https, "node-x", &dir.join("x"), &bad, &hash);
+    assert!(
+        !out.ok() && out.stderr.contains("join token is not valid"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.join("x/pki/node.pem").exists(),
+        "nothing kept from a refused join"
+    );
+
+    // The right token and hash: the agent joins, keeps its key private and becomes ready
+    // over mutual TLS.
+    cluster
+        .start_agent("node-1", "worker", &["--join", &token, "--ca-hash", &hash])
+        .unwrap();
+    kit::wait_node_ready(&operator, "node-1", WITHIN).await;
+    let node_key = cluster.state_dir("node-1").join("pki/node.key");
+    assert_eq!(mode(&node_key), 0o600);
+
+    // Someone else with a valid token cannot get a certificate for the same node id.
+    let out = agent_join(exe, &https, "node-1", &dir.join("thief"), &token, &hash);
+    assert!(
+        !out.ok() && out.stderr.contains("already has a certificate"),
+        "{}",
+        out.stderr
+    );
+
+    // Tokens made and revoked from the command line count at once; an expired one never does.
+    let cli = |args: &[&str]| {
+        kit::run(
+            Command::new(exe)
+                .args(args)
+                .args(["--pki-dir", &pki_arg])
+                .env_remove("HOLDFAST_PKI_DIR"),
+        )
+    };
+    let made = cli(&["token", "create", "--ttl", "1h", "--description", "rack 7"]);
+    assert!(made.ok(), "{}", made.stderr);
+    let second = made.stdout.trim().to_string();
+    assert!(
+        made.stderr.contains(&hash),
+        "the join command names the CA hash: {}",
+        made.stderr
+    );
+    let listed = cli(&["token", "list"]);
+    assert!(
+        listed.ok() && listed.stdout.contains("rack 7"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stdout.contains(second.split_once('.').unwrap().1),
+        "secrets are never listed"
+    );
+    cluster
+        .start_agent("node-3", "spare", &["--join", &second, "--ca-hash", &hash])
+        .unwrap();
+    kit::wait_node_ready(&operator, "node-3", WITHIN).await;
+    let second_id = second.split_once('.').unwrap().0.to_string();
+    assert!(cli(&["token", "revoke", &second_id]).ok());
+    let out = agent_join(exe, &https, "node-4", &dir.join("n4"), &second, &hash);
+    assert!(
+        !out.ok() && out.stderr.contains("join token is not valid"),
+        "{}",
+        out.stderr
+    );
+
+    // A revoked certificate is refused on the agent stream from the next connection on.
+    let revoked = cli(&["cert", "revoke", "node-1"]);
+    assert!(revoked.ok(), "{}", revoked.stderr);
+    let listed = cli(&["cert", "list"]);
+    assert!(listed.stdout.contains("revoked"), "{}", listed.stdout);
+    cluster.kill_agent("node-1").unwrap();
+    cluster.start_agent("node-1", "worker", &[]).unwrap();
+    kit::wait_for(WITHIN, || async {
+        let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap_or_default();
+        kit::check(log.contains("was revoked"), || {
+            "the agent was not told its certificate was revoked".into()
+        })
+    })
+    .await;
+}
+
+#[test]
+fn without_authentication_only_loopback_is_served_unless_insecure() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-protected");
+    let out = kit::run(
+        Command::new(exe)
+            .args(["coordinator", "--ephemeral", "--listen", "0.0.0.0:0"])
+            .env("HOLDFAST_LOG", "warn"),
+    );
+    assert!(
+        !out.ok(),
+        "an open coordinator on every address must not start"
+    );
+    assert!(
+        out.stderr.contains("--pki-dir") && out.stderr.contains("--insecure"),
+        "{}",
+        out.stderr
+    );
+
+    // --insecure starts it, with a warning that says what is open.
+    let addr_file = dir.join("addr");
+    let mut child = kit::KillOnDrop(
+        Command::new(exe)
+            .args([
+                "coordinator",
+                "--ephemeral",
+                "--insecure",
+                "--listen",
+                "0.0.0.0:0",
+                "--addr-file",
+            ])
+            .arg(&addr_file)
+            .stderr(std::fs::File::create(dir.join("insecure.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    kit::wait_for_blocking(WITHIN, || {
+        kit::check(addr_file.exists(), || {
+            "the --insecure coordinator did not listen".into()
+        })
+    });
+    let log = std::fs::read_to_string(dir.join("insecure.log")).unwrap();
+    assert!(log.contains("--insecure") && log.contains("root"), "{log}");
+    let _ = child.0.kill();
+
+    // The agent: plain http:// to another host is refused unless --insecure.
+    let out = kit::run(
+        Command::new(exe)
+            .args([
+                "agent",
+                "--coordinator",
+                "http://192.0.2.1:7070",
+                "--node-id",
+                "n1",
+                "--state-dir",
+            ])
+            .arg(dir.join("agent")),
+    );
+    assert!(!out.ok());
+    assert!(
+        out.stderr.contains("coordinator") && out.stderr.contains("insecure"),
+        "{}",
+        out.stderr
+    );
+    // https:// without having joined says how to join.
+    let out = kit::run(
+        Command::new(exe)
+            .args([
+                "agent",
+                "--coordinator",
+                "https://192.0.2.1:7070",
+                "--node-id",
+                "n1",
+                "--state-dir",
+            ])
+            .arg(dir.join("agent")),
+    );
+    assert!(!out.ok() && out.stderr.contains("--join"), "{}", out.stderr);
+}
