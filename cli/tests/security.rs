@@ -281,3 +281,68 @@ fn without_authentication_only_loopback_is_served_unless_insecure() {
     );
     assert!(!out.ok() && out.stderr.contains("--join"), "{}", out.stderr);
 }
+
+#[test]
+fn a_hostile_host_name_never_reaches_a_shell_through_the_shipped_fence_scripts() {
+    let dir = Scratch::new("security-fence");
+    let pwned = dir.join("pwned");
+    let out_file = dir.join("fenced-host");
+    let hostile = [
+        format!("x$(touch {})", pwned.display()),
+        format!("x;touch {}", pwned.display()),
+        "node[1-100]".to_string(),
+        "*".to_string(),
+        "-rf".to_string(),
+        String::new(),
+    ];
+    for provider in ["static", "slurm", "ec2"] {
+        let script = kit::repo_root()
+            .join("lifecycle-scripts/providers")
+            .join(provider)
+            .join("fence");
+        for host in &hostile {
+            let out = kit::run(
+                Command::new("sh")
+                    .arg(&script)
+                    .args(["node-1", host])
+                    .env("HOLDFAST_HOSTNAME", host)
+                    .env_remove("HOLDFAST_ADDRESS")
+                    .env("HOLDFAST_STATIC_FENCED", dir.join("hosts.fenced"))
+                    .env(
+                        "HOLDFAST_STATIC_FENCE",
+                        format!("printf %s {{host}} > {}", out_file.display()),
+                    )
+                    // Neither the scheduler nor the cloud is asked: the name is refused first.
+                    .env("PATH", "/usr/bin:/bin"),
+            );
+            assert_eq!(
+                out.code(),
+                Some(2),
+                "{provider} fence of {host:?}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains("refusing to fence"),
+                "{provider}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(!pwned.exists(), "a host name ran as shell code");
+    // A good name reaches the operator's command as one argument, not as text pasted into it.
+    let script = kit::repo_root().join("lifecycle-scripts/providers/static/fence");
+    let out = kit::run(
+        Command::new("sh")
+            .arg(&script)
+            .args(["node-1", "gpu-17.rack-3"])
+            .env("HOLDFAST_HOSTNAME", "gpu-17.rack-3")
+            .env("HOLDFAST_STATIC_FENCED", dir.join("hosts.fenced"))
+            .env(
+                "HOLDFAST_STATIC_FENCE",
+                format!("printf %s {{host}} > {}", out_file.display()),
+            ),
+    );
+    assert!(out.ok(), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "gpu-17.rack-3");
+}
