@@ -112,7 +112,8 @@ async fn operator_api_needs_a_token_with_the_right_role() {
     let mut viewer = connect_with_token(&addr, Some(VIEWER)).await.unwrap();
     kit::wait_node_ready(&viewer, "node-1", Duration::from_secs(20)).await;
     // …but may not submit.
-    let spec = kit::train_spec(&dir, 1, 20);
+    let mut spec = kit::train_spec(&dir, 1, 20);
+    spec.env.insert("API_KEY".into(), "s3cr3t-value".into());
     let err = viewer
         .submit_job(pb::SubmitJobRequest {
             spec: Some(spec.clone()),
@@ -140,6 +141,33 @@ async fn operator_api_needs_a_token_with_the_right_role() {
         .unwrap()
         .into_inner();
     assert_eq!(seen.job_id, job.job_id);
+    // A viewer sees the names of the job's environment variables, never their values; an
+    // operator sees them.
+    let env = &seen.spec.as_ref().unwrap().env;
+    assert_eq!(
+        env["API_KEY"],
+        holdfast_coordinator::view::HIDDEN_FROM_VIEWERS
+    );
+    assert!(env
+        .values()
+        .all(|v| v == holdfast_coordinator::view::HIDDEN_FROM_VIEWERS));
+    let listed = viewer
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !format!("{listed:?}").contains("s3cr3t-value"),
+        "{listed:?}"
+    );
+    let full = operator
+        .get_job(pb::GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.spec.unwrap().env["API_KEY"], "s3cr3t-value");
 
     // The CLI: without a token it says one is needed; with --token or HOLDFAST_TOKEN it works.
     let out = cli(&addr, &["nodes"], None);

@@ -346,3 +346,56 @@ fn a_hostile_host_name_never_reaches_a_shell_through_the_shipped_fence_scripts()
     assert!(out.ok(), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "gpu-17.rack-3");
 }
+
+#[tokio::test]
+async fn browsers_get_a_locked_down_page_and_rebound_or_foreign_origins_are_refused() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-browser");
+    let cluster = LocalCluster::start(exe, &dir, &[]).await.unwrap();
+    let addr = cluster.addr.trim_start_matches("http://").to_string();
+    let page = kit::http(
+        &addr,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        &[],
+    )
+    .to_ascii_lowercase();
+    for header in [
+        "content-security-policy: default-src 'self'",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(page.contains(header), "{header} missing:\n{page}");
+    }
+    // A gRPC-web call as a browser makes it: the dashboard's own origin passes…
+    let call = |origin: &str, host: &str| {
+        let empty_frame = [0u8, 0, 0, 0, 0];
+        kit::http(
+            &addr,
+            &format!(
+                "POST /holdfast.v1.OperatorService/ListNodes HTTP/1.1\r\nHost: {host}\r\n\
+                 Origin: {origin}\r\nContent-Type: application/grpc-web+proto\r\n\
+                 X-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+            ),
+            &empty_frame,
+        )
+    };
+    let own = call(&format!("http://{addr}"), &addr);
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+    // …another site's page is refused, and so is this port reached by another site's name
+    // (DNS rebinding: the page and the call are then "same-origin" under that name).
+    let port = addr.rsplit(':').next().unwrap();
+    let foreign = call("http://evil.example", &addr);
+    assert!(
+        foreign.starts_with("HTTP/1.1 403") && foreign.contains("cross-origin"),
+        "{foreign}"
+    );
+    let rebound_host = format!("evil.example:{port}");
+    let rebound = call(&format!("http://{rebound_host}"), &rebound_host);
+    assert!(
+        rebound.starts_with("HTTP/1.1 403") && rebound.contains("allowed_hosts"),
+        "{rebound}"
+    );
+    drop(cluster);
+}

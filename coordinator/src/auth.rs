@@ -202,6 +202,12 @@ impl OperatorTokens {
     }
 }
 
+/// True when the call came with a viewer's token (not when tokens are off: then everyone is
+/// an operator).
+pub fn is_viewer<T>(request: &tonic::Request<T>) -> bool {
+    request.extensions().get::<Role>() == Some(&Role::Viewer)
+}
+
 /// Equal when `a` and `b` hold the same bytes, without an early exit on the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -228,7 +234,7 @@ pub fn operator_method(path: &str) -> Option<&str> {
 /// PERMISSION_DENIED), which the gRPC-web layer outside turns into a gRPC-web answer.
 pub async fn enforce(
     axum::extract::State(tokens): axum::extract::State<std::sync::Arc<OperatorTokens>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let Some(method) = operator_method(request.uri().path()).map(str::to_string) else {
@@ -239,7 +245,11 @@ pub async fn enforce(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match tokens.authorize(&method, header) {
-        Ok(_) => next.run(request).await,
+        Ok(role) => {
+            // The handlers see the role: a viewer is shown less (job environment values).
+            request.extensions_mut().insert(role);
+            next.run(request).await
+        }
         Err(denied) => {
             tracing::warn!(%method, "operator API call refused: {denied}");
             Status::from(denied).into_http()

@@ -13,6 +13,23 @@ use holdfast_core::incident::Incident;
 use holdfast_core::job::{Job, JobState};
 use holdfast_core::node::NodeState;
 
+/// What a viewer sees instead of a job's environment values (often secrets: tokens, keys).
+pub const HIDDEN_FROM_VIEWERS: &str = "(hidden from viewers)";
+
+/// [`job`] as the caller may see it: a viewer gets the names of the job's environment
+/// variables, never their values.
+pub fn job_for(job: &Job, viewer: bool) -> pb::Job {
+    let mut view = self::job(job);
+    if viewer {
+        if let Some(spec) = view.spec.as_mut() {
+            for value in spec.env.values_mut() {
+                *value = HIDDEN_FROM_VIEWERS.to_string();
+            }
+        }
+    }
+    view
+}
+
 pub fn job(job: &Job) -> pb::Job {
     pb::Job {
         job_id: job.id.clone(),

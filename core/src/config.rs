@@ -139,6 +139,10 @@ pub struct CoordinatorConfig {
     /// node certificate (`JoinService`), and a certificate revoked there is refused. Empty = no
     /// joins. `holdfast coordinator` sets it when it bootstraps; see docs/security.md.
     pub pki_dir: std::path::PathBuf,
+    /// Host names browsers may reach the dashboard and the operator API by, besides IP
+    /// literals, `localhost` and this host's name: a browser request under any other name is
+    /// refused (DNS rebinding), as is one from another site's page.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -184,6 +188,7 @@ impl Default for CoordinatorConfig {
             tls_key_file: std::path::PathBuf::new(),
             tls_client_ca_file: std::path::PathBuf::new(),
             pki_dir: std::path::PathBuf::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

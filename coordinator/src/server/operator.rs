@@ -100,6 +100,7 @@ impl OperatorService for Coordinator {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let viewer = crate::auth::is_viewer(&request);
         let id = request.into_inner().job_id;
         let cluster = self.settled();
         let job = if id.is_empty() {
@@ -107,7 +108,7 @@ impl OperatorService for Coordinator {
         } else {
             cluster.jobs.get(&id)
         };
-        job.map(|j| Response::new(crate::view::job(j)))
+        job.map(|j| Response::new(crate::view::job_for(j, viewer)))
             .ok_or_else(|| {
                 CoordinatorError::from(CoreError::NoSuchJob(if id.is_empty() {
                     "submitted yet".into()
@@ -120,10 +121,15 @@ impl OperatorService for Coordinator {
 
     async fn list_jobs(
         &self,
-        _: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let viewer = crate::auth::is_viewer(&request);
         let cluster = self.settled();
-        let jobs = cluster.jobs.values().map(crate::view::job).collect();
+        let jobs = cluster
+            .jobs
+            .values()
+            .map(|j| crate::view::job_for(j, viewer))
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 

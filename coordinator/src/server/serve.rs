@@ -121,7 +121,8 @@ async fn serve(
         // dashboard's page and /metrics are.
         .layer(tonic_web::GrpcWebLayer::new());
     let deposed = coordinator.clone();
-    let routes = crate::dashboard::routes(coordinator, grpc);
+    let allowed_hosts = coordinator.cluster().config().allowed_hosts.clone();
+    let routes = crate::dashboard::routes(coordinator, grpc, &allowed_hosts);
     // HTTP/1.1 for browsers: gRPC-web (the dashboard's API calls), the page and /metrics.
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
