@@ -201,3 +201,46 @@ async fn garbage_is_refused(addr: &str) -> bool {
         Ok(mut stream) => stream.get_mut().message().await.is_err(),
     }
 }
+
+#[tokio::test]
+async fn an_agent_that_floods_its_stream_is_cut_off_while_others_keep_their_heartbeats() {
+    let addr = coordinator().await;
+    let (reply, steady) = session(&addr, vec![hello("node-steady")]).await;
+    let mut steady_replies = reply.unwrap();
+    steady_replies.message().await.unwrap().expect("a welcome");
+
+    let (reply, flood) = session(&addr, vec![hello("node-flood")]).await;
+    let mut replies = reply.unwrap();
+    replies.message().await.unwrap().expect("a welcome");
+    let heartbeat = || pb::AgentMessage {
+        body: Some(ToCoordinator::Heartbeat(pb::Heartbeat {
+            sent_unix_ms: holdfast_coordinator::now_ms(),
+            ..Default::default()
+        })),
+    };
+    // Far past the burst, as fast as the socket takes them.
+    let sender = tokio::spawn(async move {
+        for _ in 0..(holdfast_coordinator::server::MESSAGE_BURST * 3) {
+            if flood.send(heartbeat()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the flooding stream is closed");
+    let err = end.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("messages per second"), "{err:?}");
+    sender.abort();
+    // The steady agent was not touched and the coordinator still serves.
+    steady.send(heartbeat()).await.unwrap();
+    assert!(node_ids(&addr).await.contains(&"node-steady".to_string()));
+}

@@ -17,6 +17,10 @@ pub enum CoordinatorError {
     NoHello(u64),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    #[error(
+        "the agent sent more than {0} messages per second (beyond its burst); closing the stream"
+    )]
+    Flood(u32),
 }
 
 impl From<CoordinatorError> for Status {
@@ -28,6 +32,7 @@ impl From<CoordinatorError> for Status {
             }
             CoordinatorError::NoHello(_) => Status::deadline_exceeded(message),
             CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),
+            CoordinatorError::Flood(_) => Status::resource_exhausted(message),
             CoordinatorError::Core(core) => match core {
                 CoreError::InvalidJob { .. }
                 | CoreError::InvalidField { .. }

@@ -236,11 +236,22 @@ impl AgentService for Coordinator {
         tracing::info!(node, peer, conn, "agent session open");
         let this = self.clone();
         tokio::spawn(async move {
+            let mut budget = MessageBudget::new(std::time::Instant::now());
             loop {
                 tokio::select! {
                     _ = close.notified() => break,
                     msg = inbound.message() => match msg {
                         Ok(Some(pb::AgentMessage { body: Some(body) })) => {
+                            match budget.admit(&body, std::time::Instant::now()) {
+                                Admit::Yes => {}
+                                Admit::DropProgress => continue,
+                                Admit::Flood => {
+                                    let e = CoordinatorError::Flood(MESSAGES_PER_SECOND);
+                                    tracing::warn!(node, "agent stream closed: {e}");
+                                    let _ = refusals.send(Err(e.into()));
+                                    break;
+                                }
+                            }
                             if let Err(e) = this.handle_agent_message(&node, body) {
                                 let e = CoordinatorError::from(e);
                                 tracing::warn!(node, "agent stream closed: {e}");
@@ -270,6 +281,62 @@ impl AgentService for Coordinator {
     }
 }
 
+/// Messages one agent stream may send per second, sustained; bursts up to [`MESSAGE_BURST`]. A
+/// real agent sends a few (heartbeats, health, its worker's events and progress).
+pub const MESSAGES_PER_SECOND: u32 = 1000;
+/// The burst a stream may send at once (a reconnecting agent replays its outbox).
+pub const MESSAGE_BURST: u32 = 10_000;
+
+/// What to do with one agent message under the stream's budget.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Over budget, but only progress: dropped (the next one says the same, newer), so a job
+    /// that steps thousands of times a second cannot flood the coordinator.
+    DropProgress,
+    /// Over budget with something that must not be lost: the stream is closed.
+    Flood,
+}
+
+/// A token bucket per agent stream: [`MESSAGES_PER_SECOND`] refill, [`MESSAGE_BURST`] deep.
+struct MessageBudget {
+    tokens: f64,
+    at: std::time::Instant,
+    dropped: u64,
+}
+
+impl MessageBudget {
+    fn new(now: std::time::Instant) -> MessageBudget {
+        MessageBudget {
+            tokens: f64::from(MESSAGE_BURST),
+            at: now,
+            dropped: 0,
+        }
+    }
+
+    fn admit(&mut self, body: &FromAgent, now: std::time::Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens =
+            (self.tokens + elapsed * f64::from(MESSAGES_PER_SECOND)).min(f64::from(MESSAGE_BURST));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Admit::Yes;
+        }
+        if matches!(body, FromAgent::Progress(_)) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "agent progress over its rate: dropped"
+                );
+            }
+            return Admit::DropProgress;
+        }
+        Admit::Flood
+    }
+}
+
 /// Refuses a client certificate revoked in the cluster's PKI (`holdfast cert revoke`); a PKI
 /// that cannot be read refuses too, rather than letting a possibly revoked node in.
 fn revoked_refused(pki_dir: &std::path::Path, leaf: &[u8], peer: &str) -> Result<(), Status> {
@@ -290,6 +357,37 @@ fn revoked_refused(pki_dir: &std::path::Path, leaf: &[u8], peer: &str) -> Result
         Err(e) => {
             tracing::error!(%peer, "cannot check certificate revocation: {e}");
             Err(Status::unavailable("cannot check certificate revocation"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn bursts_pass_floods_drop_progress_then_close() {
+        let start = Instant::now();
+        let mut budget = MessageBudget::new(start);
+        let progress = FromAgent::Progress(pb::Progress::default());
+        let heartbeat = FromAgent::Heartbeat(pb::Heartbeat::default());
+        for _ in 0..MESSAGE_BURST {
+            assert_eq!(budget.admit(&heartbeat, start), Admit::Yes);
+        }
+        assert_eq!(budget.admit(&progress, start), Admit::DropProgress);
+        assert_eq!(budget.admit(&heartbeat, start), Admit::Flood);
+        // A second later the rate's worth is back.
+        let later = start + Duration::from_secs(1);
+        for _ in 0..MESSAGES_PER_SECOND {
+            assert_eq!(budget.admit(&heartbeat, later), Admit::Yes);
+        }
+        assert_eq!(budget.admit(&heartbeat, later), Admit::Flood);
+        // A steady real agent never comes near it.
+        let mut steady = MessageBudget::new(start);
+        for i in 0..100_000u64 {
+            let at = start + Duration::from_millis(i);
+            assert_eq!(steady.admit(&heartbeat, at), Admit::Yes);
         }
     }
 }

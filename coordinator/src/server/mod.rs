@@ -41,6 +41,7 @@ use crate::now_ms;
 use crate::provider::{ExecProvider, ReplacementProvider, SparePool};
 use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 
+pub use agent::{MESSAGES_PER_SECOND, MESSAGE_BURST};
 pub use serve::{run, run_with_store, ServeError};
 
 type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
