@@ -29,7 +29,7 @@ mod actor;
 mod adopt;
 mod evidence;
 mod follow;
-mod placeholders;
+pub mod placeholders;
 mod record;
 mod spawn;
 mod stacks;

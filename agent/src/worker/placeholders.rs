@@ -29,12 +29,33 @@ pub fn placeholders(
     ]
 }
 
-/// Replaces every `{name}` of `vars` in `arg`.
+/// Replaces every `{name}` of `vars` in `arg`, in one pass over `arg`: a value is never read
+/// again, so a value holding `{…}` (a checkpoint URI, an address) stays as it is. Braces that
+/// name no placeholder are kept.
 pub fn substitute(arg: &str, vars: &[(&'static str, String)]) -> String {
-    let mut out = arg.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("{{{name}}}"), value);
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (v, close))
+        });
+        match value {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
