@@ -178,7 +178,15 @@ pub struct Persister {
     written: Records,
     /// The core's durable version at the last successful save.
     saved_version: Option<u64>,
+    /// Saves that failed in a row, and when the next may be tried.
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
 }
+
+/// The longest pause between two tries of a failing save.
+pub const SAVE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The first pause after a failed save; each further failure doubles it.
+const SAVE_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Persister {
     /// Wraps `store`; `written` is what it holds now (as returned by `load`).
@@ -187,6 +195,8 @@ impl Persister {
             store,
             written,
             saved_version: None,
+            failures: 0,
+            retry_at: None,
         }
     }
 
@@ -199,9 +209,46 @@ impl Persister {
         self.saved_version == Some(version)
     }
 
+    /// How long until a failed save may be tried again (zero when it may now).
+    pub fn retry_in(&self, now: std::time::Instant) -> std::time::Duration {
+        self.retry_at.map_or(std::time::Duration::ZERO, |at| {
+            at.saturating_duration_since(now)
+        })
+    }
+
+    /// Saves that failed in a row since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// False while a failed save backs off: a full disk is not hammered with a rewrite of the
+    /// changes on every step (the changes wait; the next try writes them all).
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+
     /// Writes the records that differ from the last save and deletes those that are gone.
-    /// Returns how many records were written or deleted.
+    /// Returns how many records were written or deleted. A failure backs off (100 ms, doubling
+    /// up to [`SAVE_BACKOFF_MAX`]); see [`Persister::due`].
     pub fn save(&mut self, records: Records, version: u64) -> Result<usize, StoreError> {
+        match self.write(records, version) {
+            Ok(n) => {
+                self.failures = 0;
+                self.retry_at = None;
+                Ok(n)
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let pause = SAVE_BACKOFF_FIRST
+                    .saturating_mul(1 << self.failures.saturating_sub(1).min(16))
+                    .min(SAVE_BACKOFF_MAX);
+                self.retry_at = Some(std::time::Instant::now() + pause);
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, records: Records, version: u64) -> Result<usize, StoreError> {
         let mut changes: Vec<Change> = records
             .iter()
             .filter(|(k, v)| self.written.get(*k) != Some(*v))
@@ -259,6 +306,68 @@ mod tests {
         assert!(
             err.to_string().contains("/proc/holdfast/state.redb"),
             "{err}"
+        );
+    }
+
+    /// A store whose disk is full while `full` is set.
+    struct FullDisk {
+        full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        inner: MemoryStore,
+        batches: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl RecordStore for FullDisk {
+        fn load(&mut self) -> Result<Records, StoreError> {
+            self.inner.load()
+        }
+        fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("No space left on device".into()));
+            }
+            self.batches.lock().unwrap().push(changes.len());
+            self.inner.apply(changes)
+        }
+        fn describe(&self) -> String {
+            "a full disk".into()
+        }
+    }
+
+    #[test]
+    fn a_failing_save_backs_off_and_the_next_one_writes_only_the_changes() {
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = FullDisk {
+            full: full.clone(),
+            inner: MemoryStore::default(),
+            batches: batches.clone(),
+        };
+        let mut p = Persister::new(Box::new(store), Records::new());
+        let record = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+        let all: Records = (0..100)
+            .map(|i| record(&format!("node/{i}"), "ready"))
+            .collect();
+        p.save(all.clone(), 1).unwrap();
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut changed = all.clone();
+        changed.insert("node/7".into(), b"fenced".to_vec());
+        assert!(p.save(changed.clone(), 2).is_err());
+        let now = std::time::Instant::now();
+        assert_eq!(p.failures(), 1);
+        assert!(!p.due(now), "a failed save backs off");
+        assert!(p.retry_in(now) <= std::time::Duration::from_millis(100));
+        for _ in 0..20 {
+            let _ = p.save(changed.clone(), 2);
+        }
+        assert!(p.retry_in(std::time::Instant::now()) <= SAVE_BACKOFF_MAX);
+        assert!(p.retry_in(std::time::Instant::now()) > std::time::Duration::from_secs(10));
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        p.save(changed, 2).unwrap();
+        assert_eq!(p.failures(), 0);
+        assert!(p.due(std::time::Instant::now()));
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![100, 1],
+            "only the changed record"
         );
     }
 }

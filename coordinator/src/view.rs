@@ -21,13 +21,18 @@ pub const HIDDEN_FROM_VIEWERS: &str = "(hidden from viewers)";
 pub fn job_for(job: &Job, viewer: bool) -> pb::Job {
     let mut view = self::job(job);
     if viewer {
-        if let Some(spec) = view.spec.as_mut() {
-            for value in spec.env.values_mut() {
-                *value = HIDDEN_FROM_VIEWERS.to_string();
-            }
-        }
+        hide_env(&mut view);
     }
     view
+}
+
+/// Replaces every environment value of `job` with [`HIDDEN_FROM_VIEWERS`].
+pub fn hide_env(job: &mut pb::Job) {
+    if let Some(spec) = job.spec.as_mut() {
+        for value in spec.env.values_mut() {
+            *value = HIDDEN_FROM_VIEWERS.to_string();
+        }
+    }
 }
 
 pub fn job(job: &Job) -> pb::Job {

@@ -33,7 +33,7 @@ impl Coordinator {
     }
 
     /// Tells watchers (and the log).
-    fn publish(&self, event: pb::Event) {
+    pub(super) fn publish(&self, event: pb::Event) {
         if event.event_kind() != pb::EventKind::Progress {
             tracing::info!(target: "holdfast::event", "{}", event.message);
         }

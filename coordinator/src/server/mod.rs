@@ -25,7 +25,7 @@ mod operator;
 mod serve;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -66,6 +66,11 @@ struct Shared {
     persister: Mutex<Persister>,
     /// The durable version of the last sealed step: records are copied out only when it moved.
     sealed_version: AtomicU64,
+    /// A save failed and has not succeeded since: later steps copy the records out again
+    /// (once its backoff is over), so a failed save is retried even when nothing else changes.
+    save_pending: AtomicBool,
+    /// When a failed save may be tried again (unix ms).
+    save_retry_at_ms: AtomicI64,
     /// Tickets of sealed steps, handed out under the core's lock.
     next_ticket: AtomicU64,
     /// The ticket whose turn it is to commit.
@@ -156,6 +161,8 @@ impl Coordinator {
                         + 10_000,
                 ),
                 sealed_version: AtomicU64::new(cluster.durable_version()),
+                save_pending: AtomicBool::new(false),
+                save_retry_at_ms: AtomicI64::new(0),
                 next_ticket: AtomicU64::new(0),
                 turn: Mutex::new(0),
                 turn_changed: Condvar::new(),
@@ -254,13 +261,30 @@ impl Coordinator {
         self.commit(sealed, || true);
     }
 
+    /// Whether a failed save's backoff is over.
+    fn save_due(&self) -> bool {
+        now_ms() >= self.shared.save_retry_at_ms.load(Ordering::SeqCst)
+    }
+
+    /// Tells watchers and the log about a problem of the coordinator itself.
+    fn publish_alert(&self, message: String) {
+        self.publish(pb::Event {
+            at_unix_ms: now_ms(),
+            kind: "alert".into(),
+            kind_enum: pb::EventKind::Alert as i32,
+            message,
+            ..Default::default()
+        });
+    }
+
     /// Takes a ticket and copies out what the step must save and send. Called with the core
     /// locked, so tickets follow the order of the steps.
     fn seal(&self, cluster: &Cluster, commands: Vec<Command>) -> Sealed {
         let ticket = self.shared.next_ticket.fetch_add(1, Ordering::SeqCst);
         let version = cluster.durable_version();
         let moved = self.shared.sealed_version.swap(version, Ordering::SeqCst) != version;
-        let records = if moved {
+        let retry = self.shared.save_pending.load(Ordering::SeqCst) && self.save_due();
+        let records = if moved || retry {
             match cluster.to_records() {
                 Ok(records) => Some((records, version)),
                 Err(e) => {
@@ -337,8 +361,21 @@ impl Coordinator {
         if persister.is_saved(version) {
             return true;
         }
+        if !persister.due(std::time::Instant::now()) {
+            // Backing off after a failure: the commands still go out (see above).
+            return true;
+        }
         match persister.save(records, version) {
-            Ok(_) => true,
+            Ok(_) => {
+                if self.shared.save_pending.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("coordinator state saved again to {}", persister.describe());
+                    self.publish_alert(format!(
+                        "coordinator state saved again to {}",
+                        persister.describe()
+                    ));
+                }
+                true
+            }
             Err(StoreError::NotLeader(why)) => {
                 tracing::error!("stepping down: {why}");
                 self.shared.is_deposed.store(true, Ordering::SeqCst);
@@ -347,10 +384,24 @@ impl Coordinator {
                 false
             }
             Err(e) => {
-                tracing::error!(
-                    "cannot save coordinator state to {}: {e}",
-                    persister.describe()
+                self.shared.save_pending.store(true, Ordering::SeqCst);
+                let wait = persister.retry_in(std::time::Instant::now());
+                self.shared.save_retry_at_ms.store(
+                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                    Ordering::SeqCst,
                 );
+                // One alert per outage; the retries (backing off) only log at debug.
+                if persister.failures() == 1 {
+                    let message = format!(
+                        "cannot save coordinator state to {}: {e}; retrying with backoff \
+                         (a restart now would lose what changed since the last save)",
+                        persister.describe()
+                    );
+                    tracing::error!("{message}");
+                    self.publish_alert(message);
+                } else {
+                    tracing::debug!(failures = persister.failures(), "save failed again: {e}");
+                }
                 true
             }
         }

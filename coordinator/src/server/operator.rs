@@ -258,9 +258,15 @@ impl OperatorService for Coordinator {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let viewer = crate::auth::is_viewer(&request);
         let job_id = request.into_inner().job_id;
         let events = self.subscribe();
-        Ok(Response::new(watch_stream(events, job_id, WATCH_BACKLOG)))
+        Ok(Response::new(watch_stream(
+            events,
+            job_id,
+            WATCH_BACKLOG,
+            viewer,
+        )))
     }
 }
 
@@ -275,6 +281,7 @@ fn watch_stream(
     mut events: tokio::sync::broadcast::Receiver<pb::Event>,
     job_id: String,
     backlog: usize,
+    viewer: bool,
 ) -> EventStream {
     use tokio::sync::broadcast::error::RecvError;
     use tokio::sync::mpsc::error::TrySendError;
@@ -287,9 +294,14 @@ fn watch_stream(
                 event = events.recv() => event,
             };
             match event {
-                Ok(event)
+                Ok(mut event)
                     if job_id.is_empty() || event.job_id.is_empty() || event.job_id == job_id =>
                 {
+                    if viewer {
+                        if let Some(job) = event.job.as_mut() {
+                            crate::view::hide_env(job);
+                        }
+                    }
                     match tx.try_send(event) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
@@ -339,7 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_dropped_with_a_reason() {
         let (bus, events) = tokio::sync::broadcast::channel(4096);
-        let mut stream = watch_stream(events, String::new(), 8);
+        let mut stream = watch_stream(events, String::new(), 8, false);
         for _ in 0..20 {
             bus.send(event("j")).expect("a receiver");
         }
@@ -364,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_keeps_up_sees_only_its_job() {
         let (bus, events) = tokio::sync::broadcast::channel(16);
-        let mut stream = watch_stream(events, "a".into(), 8);
+        let mut stream = watch_stream(events, "a".into(), 8, false);
         for job in ["a", "b", "", "a"] {
             bus.send(event(job)).expect("a receiver");
         }
@@ -374,5 +386,24 @@ mod tests {
             seen.push(item.expect("no error").job_id);
         }
         assert_eq!(seen, ["a", "", "a"]);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_watching_sees_no_environment_values() {
+        let (bus, events) = tokio::sync::broadcast::channel(16);
+        let mut stream = watch_stream(events, String::new(), 8, true);
+        let mut with_job = event("a");
+        with_job.job = Some(pb::Job {
+            spec: Some(pb::JobSpec {
+                env: [("API_KEY".to_string(), "s3cr3t".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        bus.send(with_job).expect("a receiver");
+        drop(bus);
+        let seen = stream.next().await.expect("one event").expect("no error");
+        let env = &seen.job.expect("the job").spec.expect("its spec").env;
+        assert_eq!(env["API_KEY"], crate::view::HIDDEN_FROM_VIEWERS);
     }
 }
