@@ -21,6 +21,11 @@ use super::Coordinator;
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Most concurrent HTTP/2 streams on one connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Most connections open at once (agents hold one each, operators a few): room for 10,000
+/// agents and their reconnects, below the file descriptors the installed unit allows (65,536).
+pub const MAX_CONNECTIONS: usize = 32_768;
+/// Largest header list a request may send (the default would allow 16 MiB).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 use crate::config::CoordinatorConfig;
 use crate::store::{RecordStore, StoreError};
 
@@ -86,11 +91,27 @@ async fn serve(
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");
-    let incoming = TcpListenerStream::new(listener).map(|s| {
-        if let Ok(s) = &s {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let incoming = TcpListenerStream::new(listener).filter_map(move |s| match s {
+        Ok(s) => {
             let _ = s.set_nodelay(true);
+            // Over the cap a connection is closed at once: a flood of them cannot take the
+            // file descriptors the fleet's agents need.
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(Ok(Counted {
+                    stream: s,
+                    _slot: slot,
+                })),
+                Err(_) => {
+                    tracing::warn!(
+                        peer = ?s.peer_addr().ok(),
+                        "connection refused: {MAX_CONNECTIONS} connections open already"
+                    );
+                    None
+                }
+            }
         }
-        s
+        Err(e) => Some(Err(e)),
     });
     // Every message's size is bounded before it is decoded: the largest legitimate one (a job
     // spec at its limits, a hello with 64 GPUs) is far below it.
@@ -133,6 +154,9 @@ async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         // An agent holds one stream and an operator a few; more on one connection is a flood.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        // A connection that never finishes its handshake is closed.
+        .tcp_keepalive(Some(Duration::from_secs(30)))
         .accept_http1(true)
         .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, async move {
@@ -145,4 +169,64 @@ async fn serve(
         })
         .await?;
     Ok(())
+}
+
+/// An accepted connection holding one of the [`MAX_CONNECTIONS`] slots until it closes.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
