@@ -60,7 +60,7 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
         },
         state: node.state.name().into(),
         state_enum: pb::NodeState::from_name(node.state.name()) as i32,
-        connected: node.conn.is_some(),
+        connected: node.link.is_connected(),
         address: node.address.clone(),
         health: Some(crate::wire::health_pb(&node.health)),
         job_id: job.map(|j| j.id.clone()).unwrap_or_default(),

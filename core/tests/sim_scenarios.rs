@@ -5,7 +5,7 @@
 use holdfast_core::cluster::Role;
 use holdfast_core::incident::{Incident, RecoveryAction};
 use holdfast_core::job::{JobState, RecoveryPhase};
-use holdfast_core::node::{FaultCause, NodeState};
+use holdfast_core::node::{FaultCause, Link, NodeState};
 use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{Exit, JobParams, NodeOptions, Sim, WorkerStatus};
 use holdfast_core::CoordinatorConfig;
@@ -258,7 +258,7 @@ fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps(
     assert_no_incident(&sim);
     assert!(sim.nodes_in("fenced").is_empty());
     assert!(
-        sim.node("w1").vouched_since.is_some(),
+        matches!(sim.node("w1").link, Link::Vouched { .. }),
         "w1's agent counts as lost"
     );
     assert_first_generation_runs(&sim);
@@ -266,10 +266,10 @@ fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps(
     assert!(sim.job("job").step > step + 20, "training went on");
     // The link heals: the agent comes back with the same worker, nothing else happens.
     sim.heal("w1");
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 5_000));
     sim.run_for(1_000);
     assert_no_incident(&sim);
-    assert!(sim.node("w1").vouched_since.is_none());
+    assert!(!matches!(sim.node("w1").link, Link::Vouched { .. }));
     assert_eq!(sim.job("job").generation, 1);
 }
 
@@ -307,7 +307,7 @@ fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_ret
     assert_eq!(sim.worker_of("w1").map(|w| w.generation), Some(1));
 
     sim.heal("w1");
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 2_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 2_000));
     sim.run_for(500);
     assert_eq!(sim.node_state("w1").name(), "fenced");
     assert_eq!(sim.worker_of("w1"), None, "the stale worker was stopped");
@@ -360,7 +360,8 @@ fn a_coordinator_restart_mid_training_opens_no_incident_and_keeps_the_generation
     sim.restart_coordinator();
     assert_eq!(sim.cluster().term, term + 1);
     assert!(sim.run_until(
-        |s| s.cluster().nodes.values().all(|n| n.conn.is_some()) && s.job("job").step > step + 20,
+        |s| s.cluster().nodes.values().all(|n| n.link.is_connected())
+            && s.job("job").step > step + 20,
         10_000
     ));
     sim.run_for(15_000);
@@ -428,7 +429,7 @@ fn a_short_pause_is_ridden_out_and_a_long_one_fences_the_node() {
     assert_eq!(sim.job("job").nodes(), ["w0", "s0", "w2"]);
     assert_eq!(only_incident(&sim).cause, "heartbeat_timeout");
     // It wakes, learns its stream was closed, says hello again and is told to stop.
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 5_000));
     sim.run_for(200);
     assert_eq!(sim.node_state("w1").name(), "fenced");
     assert_eq!(sim.worker_of("w1"), None);
@@ -442,7 +443,7 @@ fn an_agent_restarted_in_place_keeps_its_worker_and_the_job_keeps_training() {
     sim.restart_agent("w1").expect("accepted");
     let step = sim.job("job").step;
     assert!(sim.run_until(
-        |s| s.node("w1").conn.is_some() && s.job("job").step > step + 20,
+        |s| s.node("w1").link.is_connected() && s.job("job").step > step + 20,
         5_000
     ));
     assert!(sim.incidents().is_empty());

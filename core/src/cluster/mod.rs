@@ -15,7 +15,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::CoreError;
 use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
-use crate::node::{self, NodeEvent, NodeState};
+use crate::node::{self, Link, NodeEvent, NodeState};
 use crate::protocol::{
     AgentCommand, ClockEcho, Event, EventKind, HealthAction, HealthSummary, JobRequest, Launch,
     Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
@@ -58,10 +58,10 @@ pub struct NodeRecord {
     pub role: Role,
     /// Its lifecycle state; changed only through [`crate::node::step`].
     pub state: NodeState,
-    /// The live stream's connection id; `None` while the agent is away. Stream-closed reports of
-    /// an older connection are ignored.
+    /// How its agent is reached now (connected, away, lost, vouched for, down). Not stored: a
+    /// restarted coordinator gives every node that may return its reconnect grace.
     #[serde(skip)]
-    pub conn: Option<u64>,
+    pub link: Link,
     /// Address other hosts reach this one at (master address for rank 0).
     pub address: String,
     /// The host's kernel boot id; with `agent_started_at` it recognises the same agent
@@ -106,10 +106,6 @@ pub struct NodeRecord {
     /// brings it.
     #[serde(skip)]
     pub last_step: u64,
-    /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
-    /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
-    #[serde(skip)]
-    pub restarting_until: Option<UnixMillis>,
     /// When the connected agent process started (agent clock, unix ms).
     #[serde(default)]
     pub agent_started_at: UnixMillis,
@@ -129,16 +125,6 @@ pub struct NodeRecord {
     /// (health.rs). Not stored: a restarted coordinator starts counting afresh.
     #[serde(skip)]
     findings: VecDeque<(UnixMillis, HealthAction)>,
-    /// Set when the node's agent went silent while its job kept stepping: the job's progress
-    /// vouches for its ranks, which keep running (detector.rs). Cleared when the agent returns
-    /// with the same worker; the node is fenced at the job's next fault or if the agent
-    /// returns without it.
-    #[serde(skip)]
-    pub vouched_since: Option<UnixMillis>,
-    /// When the agent's stream closed while its job's progress may still vouch for its ranks
-    /// (judged by the next ticks).
-    #[serde(skip)]
-    pub lost_at: Option<UnixMillis>,
 }
 
 impl NodeRecord {
@@ -152,7 +138,7 @@ impl NodeRecord {
     /// and the probe's own timeout turns a truly lost GPU into an Unhealthy finding.
     pub fn allocatable(&self) -> bool {
         self.state.is_ready()
-            && self.conn.is_some()
+            && self.link.is_connected()
             && self.script_run.is_none()
             && !self.health.has_unhealthy()
             && self.drained.is_none()

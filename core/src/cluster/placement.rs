@@ -31,7 +31,7 @@ impl Cluster {
             let ready: Vec<&str> = self
                 .nodes
                 .values()
-                .filter(|n| n.state.is_ready() && n.conn.is_some())
+                .filter(|n| n.state.is_ready() && n.link.is_connected())
                 .map(|n| n.id.as_str())
                 .collect();
             invalid(

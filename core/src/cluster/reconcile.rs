@@ -24,7 +24,7 @@ impl Cluster {
             let same_agent = existing.boot_id == hello.boot_id
                 && existing.agent_started_at == hello.agent_started_at
                 && hello.agent_started_at != 0;
-            if existing.conn.is_some() && !same_agent {
+            if existing.link.is_connected() && !same_agent {
                 return Err(CoreError::DuplicateNode {
                     node: hello.node_id.clone(),
                     hostname: existing.hostname.clone(),
@@ -49,7 +49,6 @@ impl Cluster {
                 hostname: String::new(),
                 role: hello.role,
                 state: NodeState::Joining,
-                conn: None,
                 address: String::new(),
                 boot_id: String::new(),
                 agent_version: String::new(),
@@ -66,22 +65,21 @@ impl Cluster {
                 health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
-                restarting_until: None,
                 script_run: None,
                 last_check: None,
-                vouched_since: None,
-                lost_at: None,
+                link: Link::Down,
                 agent_started_at: 0,
             });
         // A node kept on its job's progress comes back: with the worker it had, all is well;
         // without it, its ranks are gone after all.
-        let was_lost = record.lost_at.take().is_some();
         let vouched_worker = record
-            .vouched_since
-            .take()
-            .map(|_| record.worker.clone())
-            .or_else(|| was_lost.then(|| record.worker.clone()));
-        record.conn = Some(conn);
+            .link
+            .rests_on_progress()
+            .then(|| record.worker.clone());
+        record.link = Link::Connected {
+            conn,
+            restart_by: None,
+        };
         if record.drained.is_some() && !record.boot_id.is_empty() && record.boot_id != hello.boot_id
         {
             // Rebooted: the remediation happened; its checks decide whether it is Ready.
@@ -96,7 +94,6 @@ impl Cluster {
         record.agent_started_at = hello.agent_started_at;
         record.gpus = hello.gpus;
         record.last_heartbeat_at = now;
-        record.restarting_until = None;
         record.offset_samples.clear();
         record.round_trips.clear();
         record.clock_round_trip_ms = None;

@@ -84,13 +84,16 @@ impl Cluster {
         for (key, bytes) in records {
             if let Some(id) = key.strip_prefix("node/") {
                 let mut node: NodeRecord = decode(key, bytes)?;
-                node.conn = None;
                 node.last_heartbeat_at = now;
                 let gone_for_good = matches!(
                     node.state,
                     NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
                 );
-                node.restarting_until = (!gone_for_good).then_some(now + grace);
+                node.link = if gone_for_good {
+                    Link::Down
+                } else {
+                    Link::Away { until: now + grace }
+                };
                 cluster.nodes.insert(id.to_string(), node);
             } else if let Some(id) = key.strip_prefix("job/") {
                 let mut job: Job = decode(key, bytes)?;

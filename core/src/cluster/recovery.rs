@@ -58,7 +58,7 @@ impl Cluster {
         }
         let (node, cause) = job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
             let n = self.nodes.get(&r.node)?;
-            if n.vouched_since.is_some() || n.lost_at.is_some() {
+            if n.link.rests_on_progress() {
                 Some((r.node.clone(), FaultCause::AgentLost))
             } else {
                 let why = n.drained.clone().filter(|_| recovering)?;
@@ -66,8 +66,7 @@ impl Cluster {
             }
         })?;
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.vouched_since = None;
-            n.lost_at = None;
+            n.link = Link::Down;
         }
         Some((node, cause))
     }
@@ -91,7 +90,7 @@ impl Cluster {
                 reason,
             } => {
                 for node in nodes {
-                    let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
+                    let reachable = self.nodes.get(&node).is_some_and(|n| n.link.is_connected());
                     if reachable {
                         fx.push(Command::Send {
                             node: node.clone(),
@@ -116,7 +115,7 @@ impl Cluster {
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 self.fence_host(&node, &reason, fx);
-                if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
+                if self.nodes.get(&node).is_some_and(|n| n.link.is_connected()) {
                     fx.push(Command::Send {
                         node: node.clone(),
                         command: AgentCommand::Fence {

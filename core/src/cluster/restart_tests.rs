@@ -42,7 +42,7 @@ fn a_restart_bumps_the_term_and_keeps_a_running_generation_running() {
     assert!(r
         .nodes
         .values()
-        .all(|n| n.conn.is_none() && n.restarting_until == Some(11_000)));
+        .all(|n| n.link == Link::Away { until: 11_000 }));
     // Agents come back reporting generation 1: nothing is stopped or launched again.
     let fx = hello_running(&mut r, "a", 10, 1, 1_100);
     assert!(quiet(&fx), "{fx:?}");

@@ -181,7 +181,7 @@ impl Cluster {
             .nodes
             .values()
             .filter(|n| n.drained.is_some() && n.state.is_ready())
-            .filter(|n| n.conn.is_some() && n.script_run.is_none())
+            .filter(|n| n.link.is_connected() && n.script_run.is_none())
             .map(|n| n.id.clone())
             .collect();
         for node_id in idle {
@@ -477,7 +477,11 @@ impl Cluster {
             fx,
         );
         self.fence_host(node_id, &reason, fx);
-        if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.link.is_connected())
+        {
             fx.push(Command::Send {
                 node: node_id.to_string(),
                 command: AgentCommand::Fence {

@@ -224,7 +224,7 @@ pub(super) fn tick_after_pause(c: &mut Cluster, now: UnixMillis) -> Vec<Command>
 
 /// `node`'s live stream closes (without goodbye).
 pub(super) fn disconnect(c: &mut Cluster, node: &str, now: UnixMillis) -> Vec<Command> {
-    let conn = c.nodes[node].conn.expect("the node is connected");
+    let conn = c.nodes[node].link.conn().expect("the node is connected");
     c.step(
         Input::Disconnected {
             node: node.into(),

@@ -34,7 +34,7 @@ fn a_second_agent_with_a_connected_node_id_is_refused() {
     assert!(matches!(err, CoreError::DuplicateNode { .. }));
     assert!(err.to_string().contains("already connected"));
     // The first connection is untouched.
-    assert_eq!(c.nodes["a"].conn, Some(1));
+    assert_eq!(c.nodes["a"].link.conn(), Some(1));
     let err = connect(&mut c, 100, agent(" ", Role::Worker, 5), 5).unwrap_err();
     assert!(err.to_string().contains("hello.node_id"), "{err}");
 }
@@ -348,7 +348,7 @@ fn stale_disconnects_of_an_old_connection_are_ignored() {
         conn: 2,
     };
     assert!(c.step(stale, 13).is_empty());
-    assert_eq!(c.nodes["b"].conn, Some(50));
+    assert_eq!(c.nodes["b"].link.conn(), Some(50));
 }
 
 #[test]
