@@ -12,12 +12,13 @@ use holdfast_core::cluster::{NodeRecord, Role};
 use holdfast_core::incident::Incident;
 use holdfast_core::job::{Job, JobState};
 use holdfast_core::node::NodeState;
+use holdfast_core::JobId;
 
 pub fn job(job: &Job) -> pb::Job {
     pb::Job {
-        job_id: job.id.clone(),
+        job_id: job.id.to_string(),
         spec: Some(pb::JobSpec {
-            job_id: job.id.clone(),
+            job_id: job.id.to_string(),
             command: job.spec.command.clone(),
             nodes: job.spec.nodes,
             checkpoint_uri: job.spec.checkpoint_uri.clone(),
@@ -33,9 +34,9 @@ pub fn job(job: &Job) -> pb::Job {
         state_enum: pb::JobState::from_name(job.state.name()) as i32,
         phase: job.phase().into(),
         phase_enum: pb::RecoveryPhase::from_name(job.phase()) as i32,
-        generation: job.generation,
+        generation: job.generation.into(),
         step: job.step,
-        nodes: job.nodes(),
+        nodes: job.nodes().into_iter().map(String::from).collect(),
         message: match &job.state {
             JobState::Failed { reason } => reason.clone(),
             _ => job.message.clone(),
@@ -47,12 +48,12 @@ pub fn job(job: &Job) -> pb::Job {
     }
 }
 
-pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
+pub fn node(node: &NodeRecord, jobs: &BTreeMap<JobId, Job>) -> pb::Node {
     let job = jobs
         .values()
         .find(|j| !j.state.is_terminal() && j.rank_of(&node.id).is_some());
     pb::Node {
-        node_id: node.id.clone(),
+        node_id: node.id.to_string(),
         hostname: node.hostname.clone(),
         role: match node.role {
             Role::Worker => pb::NodeRole::Worker as i32,
@@ -63,8 +64,8 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
         connected: node.link.is_connected(),
         address: node.address.clone(),
         health: Some(crate::wire::health_pb(&node.health)),
-        job_id: job.map(|j| j.id.clone()).unwrap_or_default(),
-        generation: node.worker.as_ref().map_or(0, |w| w.1),
+        job_id: job.map(|j| j.id.clone()).unwrap_or_default().into(),
+        generation: node.worker.as_ref().map_or(0, |w| w.1.get()),
         worker_pid: node.worker.as_ref().map_or(0, |w| w.2),
         last_step: node.last_step,
         fence_reason: match &node.state {
@@ -113,8 +114,8 @@ pub fn incident(i: &Incident) -> pb::Incident {
         resumed_unix_ms: i.resumed_at.unwrap_or(0),
         action: i.action.code().into(),
         replacement_node_id: i.replacement_node_id.clone().unwrap_or_default(),
-        from_generation: i.from_generation,
-        to_generation: i.to_generation.unwrap_or(0),
+        from_generation: i.from_generation.into(),
+        to_generation: i.to_generation.unwrap_or_default().into(),
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
         open: i.is_open(),
         fault_step: i.fault_step,
@@ -202,7 +203,7 @@ mod tests {
             NodeState::Checking,
             NodeState::Ready,
             NodeState::Allocated {
-                job_id: String::new(),
+                job_id: String::new().into(),
             },
             NodeState::Offline,
             NodeState::Fenced {
@@ -318,7 +319,7 @@ mod tests {
             FaultCause::HealthFatal("xid 79".into()).code(),
             "xid 79",
             holdfast_core::incident::RecoveryAction::ReplaceNode,
-            1,
+            holdfast_core::Generation(1),
             None,
             1_000,
         );

@@ -22,6 +22,8 @@
 //! - [`config`] — the coordinator's settings with defaults and validation.
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the
 //!   fixture test every daemon's config runs.
+//! - [`ids`] — [`NodeId`], [`JobId`], [`Generation`], [`Term`]: the names and counters that
+//!   travel through the core, stored as the bare string or number.
 //! - [`fault`] — the one cause of every fault (incidents, fenced nodes, metrics).
 //! - [`error`] — why the core refuses an input.
 //! - `sim` — the simulation test double (test builds and the `sim` feature only): the real core
@@ -36,6 +38,7 @@ pub mod config_file;
 pub mod error;
 pub mod evidence;
 pub mod fault;
+pub mod ids;
 pub mod incident;
 pub mod job;
 pub mod limits;
@@ -46,6 +49,7 @@ pub mod records;
 pub mod sim;
 
 pub use config::CoordinatorConfig;
+pub use ids::{Generation, JobId, NodeId, Term};
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

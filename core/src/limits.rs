@@ -301,7 +301,7 @@ mod tests {
             );
         }
         let mut h = hello("n1");
-        h.worker = Some(("../../etc".into(), 1, 1, true));
+        h.worker = Some(("../../etc".into(), crate::Generation(1), 1, true));
         assert_eq!(
             field_of(check_hello(&h).expect_err("job")),
             "hello.worker.job_id"

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::fault::FaultCause;
-use crate::UnixMillis;
+use crate::{JobId, UnixMillis};
 
 /// How the coordinator reaches a node's agent now. Not stored: a restarted coordinator gives
 /// every node that may come back [`Link::Away`] with its reconnect grace.
@@ -110,7 +110,7 @@ pub enum NodeState {
     /// Allocated: runs ranks of `job_id`; → Ready when the job lets it go, → Fenced on any node fault.
     Allocated {
         /// The job whose ranks run here; a node serves one job at a time.
-        job_id: String,
+        job_id: JobId,
     },
     /// Offline: a free node whose agent is away; → Joining when it says hello again.
     Offline,
@@ -169,7 +169,7 @@ pub enum NodeEvent {
     /// A job took the node.
     Allocate {
         /// The job that took it (a new job's rank, or a replacement for a failed node's).
-        job_id: String,
+        job_id: JobId,
     },
     /// The job let the node go.
     Release,

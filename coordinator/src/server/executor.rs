@@ -51,17 +51,20 @@ impl Coordinator {
                             let msg = crate::wire::agent_command(command);
                             if agent.tx.send(Ok(msg)).is_err() {
                                 tracing::warn!(
-                                    node,
+                                    node = node.as_str(),
                                     "agent stream already closed; command dropped"
                                 );
                             }
                         }
-                        None => tracing::warn!(node, "agent not connected; command dropped"),
+                        None => tracing::warn!(
+                            node = node.as_str(),
+                            "agent not connected; command dropped"
+                        ),
                     }
                 }
                 Command::Disconnect { node, reason } => {
                     if let Some(agent) = self.agents().remove(&node) {
-                        tracing::warn!(node, "closing agent stream: {reason}");
+                        tracing::warn!(node = node.as_str(), "closing agent stream: {reason}");
                         // Tell the agent why before the stream goes.
                         let _ = agent.tx.send(Err(Status::unavailable(reason)));
                         agent.close.notify_one();
@@ -87,13 +90,24 @@ impl Coordinator {
                         };
                         match &result {
                             Ok(Some(c)) => {
-                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
+                                tracing::info!(
+                                    job = job_id.as_str(),
+                                    step = c.step,
+                                    "resume from {}",
+                                    c.uri
+                                )
                             }
                             Ok(None) => {
-                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
+                                tracing::info!(
+                                    job = job_id.as_str(),
+                                    "no complete checkpoint; fresh start"
+                                )
                             }
                             Err(e) => {
-                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
+                                tracing::warn!(
+                                    job = job_id.as_str(),
+                                    "checkpoint resolution failed: {e}"
+                                )
                             }
                         }
                         this.step(Input::CheckpointResolved { job_id, result });
@@ -108,7 +122,7 @@ impl Coordinator {
                     tokio::spawn(async move {
                         let request = ProvisionRequest {
                             request_id,
-                            job_id: job_id.clone(),
+                            job_id: job_id.to_string(),
                             count,
                         };
                         let result = this
@@ -134,7 +148,7 @@ impl Coordinator {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let request = FenceRequest {
-                            node_id: node.clone(),
+                            node_id: node.to_string(),
                             hostname,
                             address,
                             reason,

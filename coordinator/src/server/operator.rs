@@ -105,7 +105,7 @@ impl OperatorService for Coordinator {
         let job = if id.is_empty() {
             cluster.jobs.values().max_by_key(|j| j.submitted_at)
         } else {
-            cluster.jobs.get(&id)
+            cluster.jobs.get(id.as_str())
         };
         job.map(|j| Response::new(crate::view::job(j)))
             .ok_or_else(|| {
@@ -134,7 +134,7 @@ impl OperatorService for Coordinator {
         let id = request.into_inner().job_id;
         self.ask_job(|request| Input::StopJob {
             request,
-            job_id: id,
+            job_id: id.into(),
         })
     }
 
@@ -158,7 +158,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::Cordon {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
             reason: r.reason,
         })
     }
@@ -170,7 +170,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::Uncordon {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
         })
     }
 
@@ -203,7 +203,7 @@ impl OperatorService for Coordinator {
             .insert(id, tx);
         let started = match self.step(Input::CheckNode {
             request: id,
-            node: node_id.clone(),
+            node: node_id.clone().into(),
         }) {
             Some(Err(e)) => Err(CoordinatorError::from(e)),
             _ => Ok(()),
@@ -241,7 +241,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::RestartAgent {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
             reason: r.reason,
         })
     }

@@ -108,7 +108,7 @@ impl Cluster {
 
     /// The job whose last live node `node_id` is, if fencing it would leave a job of two or
     /// more nodes with none: every other node of the job is fenced or not connected.
-    fn last_live_node_of(&self, node_id: &str) -> Option<String> {
+    fn last_live_node_of(&self, node_id: &str) -> Option<crate::JobId> {
         let job = self.jobs.values().find(|j| {
             !j.state.is_terminal() && j.ranks.len() >= 2 && j.rank_of(node_id).is_some()
         })?;

@@ -52,7 +52,7 @@ impl Cluster {
     /// An agent's sample of its worker: kept on the worker's rank for the stall detector.
     pub(crate) fn worker_evidence(
         &mut self,
-        node: String,
+        node: NodeId,
         evidence: crate::evidence::WorkerEvidence,
         now: UnixMillis,
     ) -> Vec<Command> {
@@ -111,7 +111,7 @@ impl Cluster {
                     node.worker = Some((event.job_id.clone(), event.generation, pid));
                 }
                 JobEvent::WorkerStarted {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     generation: event.generation,
                 }
             }
@@ -145,7 +145,7 @@ impl Cluster {
                     now,
                 ));
                 JobEvent::WorkerExited {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     generation: event.generation,
                     code,
                     signal,
@@ -167,7 +167,7 @@ impl Cluster {
         self.drive(
             &p.job_id,
             JobEvent::Progress {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 generation: p.generation,
                 step: p.step,
             },
@@ -184,7 +184,7 @@ impl Cluster {
                 fx.push(Command::Publish(Event {
                     at: now,
                     kind: EventKind::Progress,
-                    job_id: p.job_id.clone(),
+                    job_id: p.job_id.to_string(),
                     node_id: node_id.to_string(),
                     message: format!("step {}", job.step),
                     subject: Some(Subject::Job(Box::new(job.clone()))),
@@ -287,7 +287,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let jobs: Vec<String> = self
+        let jobs: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
@@ -302,7 +302,7 @@ impl Cluster {
             self.drive(
                 job_id,
                 JobEvent::Fault {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     cause: cause.clone(),
                 },
                 now,
@@ -378,7 +378,7 @@ impl Cluster {
         self.discount_unobserved_time(now, &mut fx);
         self.ping_clocks(now, &mut fx);
         let timeout = self.config.heartbeat_timeout_ms as i64;
-        let silent: Vec<String> = self
+        let silent: Vec<NodeId> = self
             .nodes
             .values()
             .filter(|n| n.link.is_connected() && now - n.last_heartbeat_at > timeout)
@@ -401,7 +401,7 @@ impl Cluster {
             }
         }
         // Agents whose stream closed while their job's progress may still vouch for them.
-        let lost: Vec<(String, UnixMillis)> = self
+        let lost: Vec<(NodeId, UnixMillis)> = self
             .nodes
             .values()
             .filter_map(|n| match n.link {
@@ -435,7 +435,7 @@ impl Cluster {
             self.node_fault(&node_id, FaultCause::HeartbeatTimeout, now, &mut fx);
         }
         // An agent that announced a restart and did not come back in time is lost after all.
-        let overdue: Vec<String> = self
+        let overdue: Vec<NodeId> = self
             .nodes
             .values()
             .filter(|n| matches!(n.link, Link::Away { until } if now >= until))
@@ -449,14 +449,14 @@ impl Cluster {
         }
         self.expire_scripts(now, &mut fx);
         self.start_remediations(now, &mut fx);
-        let live: Vec<String> = self
+        let live: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal())
             .map(|j| j.id.clone())
             .collect();
         let unheard_after = 2 * self.config.heartbeat_interval_ms as i64;
-        let unheard: Vec<String> = self
+        let unheard: Vec<NodeId> = self
             .nodes
             .values()
             .filter(|n| !n.link.is_connected() || now - n.last_heartbeat_at > unheard_after)

@@ -25,7 +25,7 @@ fn assert_untouched(c: &Cluster, fx: &[Command], why: &str) {
     let job = &c.jobs[JOB];
     assert_eq!(
         (&job.state, job.generation),
-        (&JobState::Running, 1),
+        (&JobState::Running, Generation(1)),
         "{why}"
     );
     for node in ["a", "b", "s"] {
@@ -301,7 +301,10 @@ fn a_silent_agent_whose_job_keeps_stepping_keeps_its_ranks() {
         .any(|m| m.contains("keeps stepping") && m.contains("a")));
     assert_eq!(disconnects(&fx), ["a"], "the lost agent's stream is closed");
     let job = &c.jobs[JOB];
-    assert_eq!((&job.state, job.generation), (&JobState::Running, 1));
+    assert_eq!(
+        (&job.state, job.generation),
+        (&JobState::Running, Generation(1))
+    );
     assert_eq!(job.nodes(), ["a", "b"], "a keeps its rank");
     assert!(matches!(c.nodes["a"].link, Link::Vouched { .. }));
     // Its agent comes back with the same worker: nothing to do.

@@ -17,7 +17,7 @@ pub(super) enum Vouch {
     /// Not yet decidable: the job's step time has not passed since the node went silent.
     Wait,
     /// Every other rank of this job stepped since: the node's ranks are alive.
-    Alive(String),
+    Alive(JobId),
     /// Nothing vouches (no job, a job that opted out, no progress): a node fault.
     No,
 }
@@ -80,7 +80,7 @@ impl Cluster {
         let silent_ms = now - node.last_heartbeat_at;
         if was_connected {
             fx.push(Command::Disconnect {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 reason: format!("no heartbeat for {silent_ms} ms"),
             });
         }
@@ -133,7 +133,7 @@ impl Cluster {
             }
             // Its agent is gone: the node is replaced, not restarted in place.
             tracing::debug!(
-                node = node_id,
+                node = node_id.as_str(),
                 stalled_ms,
                 "the job stalled around a lost agent"
             );
@@ -151,7 +151,7 @@ impl Cluster {
     /// apart and fencing is held until nodes are heard again.
     pub(super) fn silence_is_shared(
         &mut self,
-        silent: &[String],
+        silent: &[NodeId],
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) -> bool {

@@ -20,7 +20,7 @@ use crate::protocol::{
     AgentCommand, ClockEcho, Event, EventKind, HealthAction, HealthSummary, JobRequest, Launch,
     Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, Term, UnixMillis};
 
 mod breaker;
 mod detector;
@@ -51,7 +51,7 @@ pub enum Role {
 pub struct NodeRecord {
     /// The agent's `node_id`, the registry key; another agent claiming it while this one is
     /// connected is refused.
-    pub id: String,
+    pub id: NodeId,
     /// The host's name as its agent reports it: for operators and the provider's fence call.
     pub hostname: String,
     /// Worker or spare: decides the order nodes are taken in.
@@ -101,7 +101,7 @@ pub struct NodeRecord {
     #[serde(skip)]
     pub health: HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
-    pub worker: Option<(String, u64, u32)>,
+    pub worker: Option<(JobId, Generation, u32)>,
     /// The step its worker last reported, for operators. Not stored: the next progress report
     /// brings it.
     #[serde(skip)]
@@ -170,7 +170,7 @@ enum Work {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
     /// The id the agent claims; refused while another agent's live stream holds it.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The host's name.
     pub hostname: String,
     /// Worker or spare, from the agent's config.
@@ -187,7 +187,7 @@ pub struct Hello {
     /// When the agent sent it (agent clock): the first clock-offset sample.
     pub sent_at: UnixMillis,
     /// What the agent runs now: (job, generation, pid, running).
-    pub worker: Option<(String, u64, u32, bool)>,
+    pub worker: Option<(JobId, Generation, u32, bool)>,
     /// When the agent process started (agent clock, unix ms): a new value means it restarted.
     pub agent_started_at: UnixMillis,
 }
@@ -198,18 +198,18 @@ pub struct Cluster {
     #[serde(skip)]
     config: CoordinatorConfig,
     /// The coordinator's term: commands carry it, agents refuse older terms.
-    pub term: u64,
+    pub term: Term,
     /// Every node that ever said hello, by id; fenced and retired ones stay, so a returning
     /// agent finds its state.
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Every job submitted, by id; finished ones stay for operators.
-    pub jobs: BTreeMap<String, Job>,
+    pub jobs: BTreeMap<JobId, Job>,
     /// Every incident, in the order opened (an incident's id is its position + 1).
     pub incidents: Vec<Incident>,
     next_job: u64,
     /// Last time a progress event was published per job (progress events are rate-limited).
     #[serde(skip)]
-    progress_published: BTreeMap<String, UnixMillis>,
+    progress_published: BTreeMap<JobId, UnixMillis>,
     /// Last command id handed out (lifecycle scripts).
     #[serde(default)]
     next_command: u64,
@@ -245,7 +245,7 @@ impl Cluster {
     pub fn new(config: CoordinatorConfig) -> Cluster {
         Cluster {
             config,
-            term: 1,
+            term: Term::from(1),
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             incidents: Vec::new(),

@@ -32,7 +32,7 @@ impl Cluster {
         };
         let fx = vec![
             Command::Send {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 command: AgentCommand::RestartAgent {
                     reason: reason.to_string(),
                     term: self.term,

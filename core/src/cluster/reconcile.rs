@@ -26,7 +26,7 @@ impl Cluster {
                 && hello.agent_started_at != 0;
             if existing.link.is_connected() && !same_agent {
                 return Err(CoreError::DuplicateNode {
-                    node: hello.node_id.clone(),
+                    node: hello.node_id.to_string(),
                     hostname: existing.hostname.clone(),
                 });
             }
@@ -169,7 +169,7 @@ impl Cluster {
     pub(super) fn reconcile(
         &mut self,
         node_id: &str,
-        worker: Option<&(String, u64, u32, bool)>,
+        worker: Option<&(JobId, Generation, u32, bool)>,
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
@@ -190,7 +190,7 @@ impl Cluster {
                 self.drive(
                     job_id,
                     JobEvent::WorkerStarted {
-                        node: node_id.to_string(),
+                        node: node_id.into(),
                         generation: *generation,
                     },
                     now,
@@ -198,7 +198,7 @@ impl Cluster {
                 );
             } else {
                 fx.push(Command::Send {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     command: AgentCommand::Stop(Stop {
                         job_id: job_id.clone(),
                         generation: *generation,
@@ -212,7 +212,7 @@ impl Cluster {
         if fenced_node {
             return;
         }
-        let relaunch: Vec<(String, u64, usize)> = self
+        let relaunch: Vec<(JobId, Generation, usize)> = self
             .jobs
             .values()
             .filter(|j| j.state == JobState::Launching)

@@ -50,7 +50,7 @@ impl Cluster {
     /// its mark cleared: one kept on the job's progress alone (its agent cannot be reached to
     /// stop or launch anything), or one drained by a health finding (`drain_replace =
     /// next_recovery`: replaced at the job's next recovery).
-    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(String, FaultCause)> {
+    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(NodeId, FaultCause)> {
         let job = self.jobs.get(job_id)?;
         let recovering = matches!(job.state, JobState::Recovering(_));
         if !recovering && !matches!(job.state, JobState::Launching | JobState::Pending) {
@@ -95,7 +95,7 @@ impl Cluster {
                         fx.push(Command::Send {
                             node: node.clone(),
                             command: AgentCommand::Stop(Stop {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                                 generation,
                                 grace_ms: self.config.stop_grace_ms,
                                 reason: reason.clone(),
@@ -147,7 +147,7 @@ impl Cluster {
                         self.node_event(
                             &node,
                             NodeEvent::Allocate {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                             },
                             now,
                             fx,
@@ -199,7 +199,7 @@ impl Cluster {
                     incident.ranks = (job.ranks.iter().enumerate())
                         .map(|(i, r)| crate::incident::RankEvidence {
                             rank: i as u32,
-                            node_id: r.node.clone(),
+                            node_id: r.node.to_string(),
                             evidence: r
                                 .evidence
                                 .as_ref()
@@ -216,7 +216,7 @@ impl Cluster {
                         fx.push(Command::Send {
                             node: r.node.clone(),
                             command: AgentCommand::DumpStacks {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                                 generation: job.generation,
                                 incident_id: incident.id,
                                 term: self.term,
@@ -286,7 +286,7 @@ impl Cluster {
     pub(super) fn resolve_effect(&self, job_id: &str) -> Command {
         let job = &self.jobs[job_id];
         Command::ResolveCheckpoint {
-            job_id: job_id.to_string(),
+            job_id: job_id.into(),
             uri: job.spec.checkpoint_uri.clone(),
             fenced: job.fenced_generations.clone(),
         }

@@ -139,12 +139,15 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
     let resume = Checkpoint {
         step: 30,
         uri: "file:///c/step-30".into(),
-        generation: Some(1),
+        generation: Some(Generation(1)),
     };
     let fx = resolved(&mut c, JOB, Ok(Some(resume)), 1_060);
     let la = launch_to(&fx, "a").unwrap();
     let ls = launch_to(&fx, "s").unwrap();
-    assert_eq!((la.generation, ls.generation, ls.node_rank), (2, 2, 1));
+    assert_eq!(
+        (la.generation, ls.generation, ls.node_rank),
+        (Generation(2), Generation(2), 1)
+    );
     assert_eq!(ls.resume_from, "file:///c/step-30");
     assert_eq!(la.rdzv_id, "job-1-g2");
     assert!(launch_to(&fx, "b").is_none());
@@ -167,7 +170,7 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
             i.resumed_from_step,
             i.to_generation
         ),
-        (Some("s"), Some(30), Some(2))
+        (Some("s"), Some(30), Some(Generation(2)))
     );
     assert_eq!(i.action, RecoveryAction::ReplaceNode);
 }
@@ -184,7 +187,10 @@ fn each_generation_gets_a_fresh_rendezvous_id_and_port() {
     worker(&mut c, "a", 1, Stopped, 110);
     let fx = resolved(&mut c, JOB, Ok(None), 120);
     let g2 = launch_to(&fx, "a").unwrap();
-    assert_eq!((g1.generation, g2.generation), (1, 2));
+    assert_eq!(
+        (g1.generation, g2.generation),
+        (Generation(1), Generation(2))
+    );
     assert_ne!(g1.master_port, g2.master_port);
     assert_ne!(g1.rdzv_id, g2.rdzv_id);
     let range = 29500..29500 + 500;

@@ -59,7 +59,7 @@ fn a_generation_that_goes_back_is_caught() {
         .jobs
         .get_mut("job")
         .expect("submitted")
-        .generation = 0;
+        .generation = Generation(0);
     let v = sim.violations();
     assert!(has(&v, "went back from generation 1 to 0"), "{v:?}");
 }
@@ -74,7 +74,7 @@ fn an_incident_left_open_by_a_running_job_is_caught() {
     ));
     let incident = &mut sim.cluster.incidents[0];
     incident.resumed_at = None;
-    incident.to_generation = Some(7);
+    incident.to_generation = Some(Generation(7));
     let v = sim.violations();
     assert!(has(&v, "incident 1 (agent_lost on w1"), "{v:?}");
     sim.cluster.incidents[0].fenced_at = None;
@@ -86,7 +86,7 @@ fn an_incident_left_open_by_a_running_job_is_caught() {
 #[should_panic(expected = "sim invariant violated")]
 fn a_violation_stops_the_run() {
     let mut sim = training(2, 0, 2);
-    sim.cluster.jobs.get_mut("job").expect("submitted").ranks[1].node = String::new();
+    sim.cluster.jobs.get_mut("job").expect("submitted").ranks[1].node = NodeId::default();
     sim.run_for(200);
 }
 

@@ -91,7 +91,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::Worker {
-                node: node.to_string(),
+                node: node.into(),
                 event,
             },
         );
@@ -125,7 +125,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::Worker {
-                node: node.to_string(),
+                node: node.into(),
                 event,
             },
         );
@@ -153,9 +153,9 @@ impl Sim {
 
     /// One step of a gang: taken when every rank's worker trains; then progress from every
     /// rank, a checkpoint when due, and the end at the job's last step.
-    pub(super) fn gang_step(&mut self, job_id: &str, generation: u64) {
+    pub(super) fn gang_step(&mut self, job_id: &JobId, generation: Generation) {
         let now = self.now;
-        let key = (job_id.to_string(), generation);
+        let key = (job_id.clone(), generation);
         let Some(gang) = self.gangs.get(&key) else {
             return;
         };
@@ -191,9 +191,9 @@ impl Sim {
                 self.agent_send(
                     node,
                     Input::Progress {
-                        node: node.clone(),
+                        node: node.clone().into(),
                         progress: Progress {
-                            job_id: job_id.to_string(),
+                            job_id: job_id.clone(),
                             generation,
                             step,
                         },
@@ -228,7 +228,7 @@ impl Sim {
         self.push(
             at,
             SimEvent::Gang {
-                job_id: job_id.to_string(),
+                job_id: job_id.clone(),
                 generation,
             },
         );
