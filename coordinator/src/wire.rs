@@ -152,49 +152,32 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { body: Some(body) }
 }
 
-fn health_state(state: i32) -> HealthState {
-    match pb::HealthState::try_from(state) {
-        Ok(pb::HealthState::Healthy) => HealthState::Healthy,
-        Ok(pb::HealthState::Degraded) => HealthState::Degraded,
-        Ok(pb::HealthState::Unhealthy) => HealthState::Unhealthy,
-        Ok(pb::HealthState::Unknown) => HealthState::Unknown,
-        Ok(pb::HealthState::NotApplicable) => HealthState::NotApplicable,
-        Ok(pb::HealthState::Unspecified) | Err(_) => HealthState::Unspecified,
-    }
+/// A core enum and its protobuf twin, variant for variant: `$decode` reads the protobuf number
+/// (an unknown or unset one as `$fallback`), `$encode` writes it.
+macro_rules! mirrored_enum {
+    ($decode:ident, $encode:ident, $core:ident <=> pb::$pb:ident,
+     $fallback:ident <= $unset:ident, [$($variant:ident),+ $(,)?]) => {
+        fn $decode(value: i32) -> $core {
+            match pb::$pb::try_from(value) {
+                $(Ok(pb::$pb::$variant) => $core::$variant,)+
+                Ok(pb::$pb::$unset) | Err(_) => $core::$fallback,
+            }
+        }
+
+        fn $encode(value: $core) -> pb::$pb {
+            match value {
+                $($core::$variant => pb::$pb::$variant,)+
+                $core::$fallback => pb::$pb::$unset,
+            }
+        }
+    };
 }
 
-fn health_state_pb(state: HealthState) -> pb::HealthState {
-    match state {
-        HealthState::Unspecified => pb::HealthState::Unspecified,
-        HealthState::Healthy => pb::HealthState::Healthy,
-        HealthState::Degraded => pb::HealthState::Degraded,
-        HealthState::Unhealthy => pb::HealthState::Unhealthy,
-        HealthState::Unknown => pb::HealthState::Unknown,
-        HealthState::NotApplicable => pb::HealthState::NotApplicable,
-    }
-}
+mirrored_enum!(health_state, health_state_pb, HealthState <=> pb::HealthState,
+    Unspecified <= Unspecified, [Healthy, Degraded, Unhealthy, Unknown, NotApplicable]);
+mirrored_enum!(health_action, health_action_pb, HealthAction <=> pb::HealthAction,
+    None <= None, [RestartWorker, ResetGpu, Reboot, ReplaceNode]);
 
-fn health_action(action: i32) -> HealthAction {
-    match pb::HealthAction::try_from(action) {
-        Ok(pb::HealthAction::RestartWorker) => HealthAction::RestartWorker,
-        Ok(pb::HealthAction::ResetGpu) => HealthAction::ResetGpu,
-        Ok(pb::HealthAction::Reboot) => HealthAction::Reboot,
-        Ok(pb::HealthAction::ReplaceNode) => HealthAction::ReplaceNode,
-        Ok(pb::HealthAction::None) | Err(_) => HealthAction::None,
-    }
-}
-
-fn health_action_pb(action: HealthAction) -> pb::HealthAction {
-    match action {
-        HealthAction::None => pb::HealthAction::None,
-        HealthAction::RestartWorker => pb::HealthAction::RestartWorker,
-        HealthAction::ResetGpu => pb::HealthAction::ResetGpu,
-        HealthAction::Reboot => pb::HealthAction::Reboot,
-        HealthAction::ReplaceNode => pb::HealthAction::ReplaceNode,
-    }
-}
-
-/// A node's health as its agent reported it.
 /// The clock echo a heartbeat carries; `None` from agents that do not echo (older agents) or
 /// when no stamp arrived since the last heartbeat.
 pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
@@ -204,6 +187,7 @@ pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
     })
 }
 
+/// A node's health as its agent reported it.
 pub fn health(h: pb::HealthSummary) -> HealthSummary {
     HealthSummary {
         state: health_state(h.state),
