@@ -426,6 +426,16 @@ mod tests {
         assert!((m.rate().unwrap() - (0.7 * 13.0 + 0.3)).abs() < 1e-9);
     }
 
+    /// A node as the coordinator lists it, with its state by name.
+    fn node(id: &str, state: &str, connected: bool) -> pb::Node {
+        pb::Node {
+            node_id: id.into(),
+            state: state.into(),
+            connected,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn status_line_shows_progress_and_node_health() {
         let job = pb::Job {
@@ -442,20 +452,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let nodes = vec![
-            pb::Node {
-                node_id: "a".into(),
-                state: "allocated".into(),
-                connected: true,
-                ..Default::default()
-            },
-            pb::Node {
-                node_id: "b".into(),
-                state: "fenced".into(),
-                connected: false,
-                ..Default::default()
-            },
-        ];
+        let nodes = [node("a", "allocated", true), node("b", "fenced", false)];
         let line = status_line(&job, &nodes, Some(9.84));
         assert_eq!(
             line,
@@ -509,20 +506,11 @@ mod tests {
             ..Default::default()
         };
         // A coordinator that sends only the typed state.
-        let nodes = vec![
-            pb::Node {
-                node_id: "a".into(),
-                state_enum: pb::NodeState::Allocated as i32,
-                connected: true,
-                ..Default::default()
-            },
-            pb::Node {
-                node_id: "b".into(),
-                state: "allocated".into(),
-                connected: true,
-                ..Default::default()
-            },
-        ];
+        let typed = pb::Node {
+            state_enum: pb::NodeState::Allocated as i32,
+            ..node("a", "", true)
+        };
+        let nodes = [typed, node("b", "allocated", true)];
         assert!(status_line(&job, &nodes, None).ends_with("nodes 2/2 healthy"));
     }
 }

@@ -152,6 +152,17 @@ mod tests {
     // in the core without a value on the wire fails here instead of reaching clients as
     // UNSPECIFIED.
 
+    /// Every one of `names` has its own typed value on the wire (`from_name`), not `unset`.
+    fn assert_typed<T: PartialEq + std::fmt::Debug>(
+        names: impl IntoIterator<Item = &'static str>,
+        from_name: fn(&str) -> T,
+        unset: T,
+    ) {
+        for name in names {
+            assert_ne!(from_name(name), unset, "{name:?}");
+        }
+    }
+
     #[test]
     fn every_job_state_and_phase_has_a_wire_value() {
         let phases = [
@@ -165,13 +176,11 @@ mod tests {
                 retry_at: None,
             },
         ];
-        for phase in &phases {
-            assert_ne!(
-                pb::RecoveryPhase::from_name(phase.name()),
-                pb::RecoveryPhase::Unspecified,
-                "{phase:?}"
-            );
-        }
+        assert_typed(
+            phases.iter().map(RecoveryPhase::name),
+            pb::RecoveryPhase::from_name,
+            pb::RecoveryPhase::Unspecified,
+        );
         // Outside recovery the phase is "": no phase.
         assert_eq!(
             pb::RecoveryPhase::from_name(""),
@@ -197,13 +206,13 @@ mod tests {
 
     #[test]
     fn every_node_state_has_a_wire_value() {
-        for state in [
+        let states = [
             NodeState::Joining,
             NodeState::Bootstrapping,
             NodeState::Checking,
             NodeState::Ready,
             NodeState::Allocated {
-                job_id: String::new().into(),
+                job_id: JobId::default(),
             },
             NodeState::Offline,
             NodeState::Fenced {
@@ -213,13 +222,12 @@ mod tests {
                 reason: String::new(),
             },
             NodeState::Retired,
-        ] {
-            assert_ne!(
-                pb::NodeState::from_name(state.name()),
-                pb::NodeState::Unspecified,
-                "{state:?}"
-            );
-        }
+        ];
+        assert_typed(
+            states.iter().map(NodeState::name),
+            pb::NodeState::from_name,
+            pb::NodeState::Unspecified,
+        );
     }
 
     #[test]
@@ -241,16 +249,11 @@ mod tests {
                 last: String::new(),
             },
         ];
-        for fault in &faults {
-            assert_ne!(
-                pb::IncidentCause::from_name(fault.code()),
-                pb::IncidentCause::Unspecified,
-                "{fault:?}"
-            );
-        }
-        assert_ne!(
-            pb::IncidentCause::from_name(FaultCause::Operator(String::new()).code()),
-            pb::IncidentCause::Unspecified
+        let operator = FaultCause::Operator(String::new());
+        assert_typed(
+            faults.iter().chain([&operator]).map(FaultCause::code),
+            pb::IncidentCause::from_name,
+            pb::IncidentCause::Unspecified,
         );
     }
 

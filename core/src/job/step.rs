@@ -186,14 +186,7 @@ fn apply(
             }
         }
         JobEvent::StopRequested => {
-            let live = live_nodes(job);
-            if !live.is_empty() {
-                fx.push(JobEffect::StopWorkers {
-                    nodes: live,
-                    generation: job.generation,
-                    reason: "job stopped by operator".into(),
-                });
-            }
+            stop_live_workers(job, "job stopped by operator", fx);
             finish(
                 job,
                 JobState::Stopped,
@@ -340,14 +333,7 @@ fn on_fault(
             action: RecoveryAction::None,
             fault_at,
         });
-        let live = live_nodes(job);
-        if !live.is_empty() {
-            fx.push(JobEffect::StopWorkers {
-                nodes: live,
-                generation: job.generation,
-                reason: "job failed".into(),
-            });
-        }
+        stop_live_workers(job, "job failed", fx);
         let reason = format!(
             "restart budget of {} exhausted; last fault on {node}: {}",
             job.spec.restart_budget,
@@ -619,12 +605,21 @@ fn blame_stall(job: &Job, first: NodeId, stalled_ms: u64, now: UnixMillis) -> (N
 }
 
 /// Nodes whose worker of the current generation may still run.
-fn live_nodes(job: &Job) -> Vec<NodeId> {
-    job.ranks
+/// Stops the workers that may still run (the job ends): nothing when none does.
+fn stop_live_workers(job: &Job, reason: &str, fx: &mut Vec<JobEffect>) {
+    let live: Vec<NodeId> = job
+        .ranks
         .iter()
         .filter(|r| r.exited.is_none() && !r.needs_node)
         .map(|r| r.node.clone())
-        .collect()
+        .collect();
+    if !live.is_empty() {
+        fx.push(JobEffect::StopWorkers {
+            nodes: live,
+            generation: job.generation,
+            reason: reason.into(),
+        });
+    }
 }
 
 /// The job failed for `reason`: told on the job and on its open incidents.
