@@ -392,26 +392,21 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        /// A change to the defaults.
-        type Change = fn(&mut CoordinatorConfig);
-        // Each key, and a change that it refuses.
-        let cases: &[(&str, Change)] = &[
-            ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
-            ("heartbeat_timeout_ms", |c| c.heartbeat_timeout_ms = 600),
-            ("hello_timeout_ms", |c| c.hello_timeout_ms = 0),
-            ("stop_deadline_ms", |c| c.stop_deadline_ms = 1),
-            ("rdzv_port_span", |c| c.rdzv_port_span = 0),
-            ("tick_ms", |c| c.tick_ms = 0),
-            ("checkpoint_resolve_attempts", |c| {
-                c.checkpoint_resolve_attempts = 0
-            }),
-        ];
-        for (key, change) in cases {
-            let mut config = CoordinatorConfig::default();
-            change(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.starts_with(key), "{key}: {err}");
-        }
+        // Each key, and a change to the defaults that it refuses.
+        crate::config_file::assert_refusals::<CoordinatorConfig, _>(
+            &[
+                ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
+                ("heartbeat_timeout_ms", |c| c.heartbeat_timeout_ms = 600),
+                ("hello_timeout_ms", |c| c.hello_timeout_ms = 0),
+                ("stop_deadline_ms", |c| c.stop_deadline_ms = 1),
+                ("rdzv_port_span", |c| c.rdzv_port_span = 0),
+                ("tick_ms", |c| c.tick_ms = 0),
+                ("checkpoint_resolve_attempts", |c| {
+                    c.checkpoint_resolve_attempts = 0
+                }),
+            ],
+            CoordinatorConfig::validate,
+        );
     }
 
     #[test]
