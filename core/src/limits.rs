@@ -71,6 +71,15 @@ fn max_len(field: &'static str, value: &str, max: usize) -> Result<(), CoreError
     at_most_bytes(value.len(), max).map_err(|reason| invalid(field, reason))
 }
 
+fn max_count(
+    field: &'static str,
+    count: usize,
+    max: usize,
+    (verb, things): (&str, &str),
+) -> Result<(), CoreError> {
+    at_most(count, max, verb, things).map_err(|reason| invalid(field, reason))
+}
+
 /// A hostname or an address: one word, no control characters.
 fn one_word(field: &'static str, value: &str, max: usize) -> Result<(), CoreError> {
     max_len(field, value, max)?;
@@ -120,8 +129,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), CoreError> {
     one_word("hello.advertise_address", &hello.address, MAX_ADDRESS)?;
     max_len("hello.boot_id", &hello.boot_id, MAX_SHORT_TEXT)?;
     max_len("hello.agent_version", &hello.agent_version, MAX_SHORT_TEXT)?;
-    at_most(hello.gpus.len(), MAX_GPUS, "lists", "GPUs")
-        .map_err(|reason| invalid("hello.gpus", reason))?;
+    max_count("hello.gpus", hello.gpus.len(), MAX_GPUS, ("lists", "GPUs"))?;
     for gpu in &hello.gpus {
         max_len("hello.gpus.uuid", &gpu.uuid, MAX_SHORT_TEXT)?;
         max_len("hello.gpus.name", &gpu.name, MAX_SHORT_TEXT)?;
@@ -141,8 +149,12 @@ pub fn check_sent_at(sent_at: i64) -> Result<(), CoreError> {
 
 /// A health summary (heartbeat or immediate report).
 pub fn check_health(health: &HealthSummary) -> Result<(), CoreError> {
-    at_most(health.checks.len(), MAX_HEALTH_CHECKS, "holds", "checks")
-        .map_err(|reason| invalid("health.checks", reason))?;
+    max_count(
+        "health.checks",
+        health.checks.len(),
+        MAX_HEALTH_CHECKS,
+        ("holds", "checks"),
+    )?;
     for check in &health.checks {
         max_len("health.checks.check", &check.check, MAX_SHORT_TEXT)?;
         max_len("health.checks.reason", &check.reason, MAX_REASON)?;
