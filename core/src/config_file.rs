@@ -97,8 +97,8 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
 const REFUSING_CALLS: [&str; 5] = ["invalid(", "positive(", "at_least_ms(", "share(", "either("];
 
 /// The keys a config source refuses by name: every `invalid("key"` in `source`, and the same
-/// for the other [`REFUSING_CALLS`] (the call may break its line after the parenthesis). Keys
-/// passed through variables are not seen.
+/// for the other refusing calls (`positive`, `at_least_ms`, `share`, `either`; the call may
+/// break its line after the parenthesis). Keys passed through variables are not seen.
 pub fn refused_keys(source: &str) -> Vec<&str> {
     let mut keys = Vec::new();
     for call in REFUSING_CALLS {

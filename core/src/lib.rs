@@ -5,7 +5,8 @@
 //! through [`now_ms`], and pass it down).
 //!
 //! ## Layout
-//! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`.
+//! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`;
+//!   beside a node's state, its [`node::Link`] (how its agent is reached now).
 //! - [`cluster`] — the decision core: registry, jobs, incidents, failure detector, behind one
 //!   entry point, [`cluster::Cluster::step`], that takes an [`cluster::Input`] and `now` and
 //!   returns [`cluster::Command`]s for the coordinator's shell to carry out. Split by concern:

@@ -94,7 +94,8 @@ pub enum Reply {
 }
 
 /// Everything that can happen to the cluster, as one value: what agents report, what operators
-/// ask, what the shell found out for the core, and the clock. [`Cluster::step`] takes one.
+/// ask, what the shell found out for the core, and the clock. [`Cluster::step`](super::Cluster::step)
+/// takes one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// An agent said hello on connection `conn`; answered by a [`Reply::Welcome`] (or a refusal)
