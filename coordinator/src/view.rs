@@ -98,8 +98,8 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<JobId, Job>) -> pb::Node {
 pub fn incident(i: &Incident) -> pb::Incident {
     pb::Incident {
         id: i.id,
-        job_id: i.job_id.clone(),
-        node_id: i.node_id.clone(),
+        job_id: i.job_id.to_string(),
+        node_id: i.node_id.to_string(),
         cause: i.cause.clone(),
         cause_enum: pb::IncidentCause::from_name(&i.cause) as i32,
         detail: match &i.abandoned {
@@ -113,7 +113,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
         relaunched_unix_ms: i.relaunched_at.unwrap_or(0),
         resumed_unix_ms: i.resumed_at.unwrap_or(0),
         action: i.action.code().into(),
-        replacement_node_id: i.replacement_node_id.clone().unwrap_or_default(),
+        replacement_node_id: i.replacement_node_id.clone().unwrap_or_default().into(),
         from_generation: i.from_generation.into(),
         to_generation: i.to_generation.unwrap_or_default().into(),
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
@@ -125,7 +125,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
             .iter()
             .map(|r| pb::RankEvidence {
                 rank: r.rank,
-                node_id: r.node_id.clone(),
+                node_id: r.node_id.to_string(),
                 evidence: r.evidence.clone(),
                 stacks: r.stacks.clone(),
             })

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Generation, UnixMillis};
+use crate::{Generation, JobId, NodeId, UnixMillis};
 
 /// What the coordinator did about a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +71,9 @@ pub struct Incident {
     /// Numbered from 1 in the order incidents open, across all jobs (stored as `incident/<id>`).
     pub id: u64,
     /// The job the fault interrupted; job events advance only its open incidents.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The node the fault was seen on.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Machine-readable cause (`agent_lost`, `worker_exited`, …).
     pub cause: String,
     /// Human-readable detail (exit code, health reason, …).
@@ -96,7 +96,7 @@ pub struct Incident {
     /// Set when the job ended (failed, stopped) before the incident could close.
     pub abandoned: Option<String>,
     /// The node that completed the replacement; `None` for a restart in place or a shrink.
-    pub replacement_node_id: Option<String>,
+    pub replacement_node_id: Option<NodeId>,
     /// The generation the fault ended.
     pub from_generation: Generation,
     /// The generation that relaunched, once it did: resumption is judged on its progress only.
@@ -127,7 +127,7 @@ pub struct RankEvidence {
     /// The rank's index in the generation.
     pub rank: u32,
     /// The node that ran it.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its worker's evidence in a line ([`crate::evidence::describe`]), or "no evidence".
     pub evidence: String,
     /// Its worker's Python stacks as its agent dumped them after the stall (at most
@@ -148,7 +148,7 @@ pub enum IncidentEvent {
     /// Every rank has a node again: stamps `replaced_at`.
     Replaced {
         /// The replacement that completed it; `None` for a restart in place or a shrink.
-        node: Option<String>,
+        node: Option<NodeId>,
     },
     /// Every rank of the new generation started: stamps `relaunched_at`.
     Relaunched {
@@ -172,7 +172,7 @@ pub enum IncidentEvent {
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
         /// The candidate, now fenced.
-        node: String,
+        node: NodeId,
         /// Its check's failure, as in its fence reason.
         reason: String,
     },
@@ -194,8 +194,8 @@ impl Incident {
     ) -> Incident {
         Incident {
             id,
-            job_id: job_id.to_string(),
-            node_id: node_id.to_string(),
+            job_id: job_id.into(),
+            node_id: node_id.into(),
             cause: cause.to_string(),
             detail: detail.to_string(),
             action,

@@ -434,8 +434,8 @@ impl Cluster {
         Command::Publish(Event {
             at: now,
             kind: EventKind::Incident,
-            job_id: incident.job_id.clone(),
-            node_id: incident.node_id.clone(),
+            job_id: incident.job_id.to_string(),
+            node_id: incident.node_id.to_string(),
             message: format!(
                 "incident {} on {}: {} ({}) → {}",
                 incident.id,

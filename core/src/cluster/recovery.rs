@@ -199,7 +199,7 @@ impl Cluster {
                     incident.ranks = (job.ranks.iter().enumerate())
                         .map(|(i, r)| crate::incident::RankEvidence {
                             rank: i as u32,
-                            node_id: r.node.to_string(),
+                            node_id: r.node.clone(),
                             evidence: r
                                 .evidence
                                 .as_ref()

@@ -492,7 +492,7 @@ impl Cluster {
         }
         if let Some(job_id) = job_id {
             let event = IncidentEvent::CandidateRejected {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 reason: reason.clone(),
             };
             let mut queue = VecDeque::new();

@@ -168,7 +168,7 @@ fn apply(
             if job.ranks_needing_nodes().is_empty() {
                 job.message = String::new();
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced {
-                    node: Some(node.into()),
+                    node: Some(node),
                 }));
                 begin_relaunch(job, now, fx);
             }
