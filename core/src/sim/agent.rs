@@ -136,6 +136,21 @@ impl Agent {
 }
 
 impl Sim {
+    /// A paused host handles nothing: `event` (made only then) happens again when the pause
+    /// ends. True when it was put off.
+    pub(super) fn put_off_while_paused(
+        &mut self,
+        node: &str,
+        event: impl FnOnce() -> SimEvent,
+    ) -> bool {
+        let now = self.now;
+        let Some(until) = self.agents.get(node).and_then(|a| a.paused(now)) else {
+            return false;
+        };
+        self.push(until, event());
+        true
+    }
+
     pub(super) fn agent(&self, node: &str) -> &Agent {
         self.agents
             .get(node)
@@ -293,23 +308,19 @@ impl Sim {
 
     pub(super) fn agent_timer(&mut self, node: &str, incarnation: u64, timer: AgentTimer) {
         let now = self.now;
-        let Some(agent) = self.agents.get(node) else {
+        let current = |a: &Agent| a.up && a.incarnation == incarnation;
+        if !self.agents.get(node).is_some_and(current) {
             return;
+        }
+        let again = || SimEvent::Agent {
+            node: node.to_string(),
+            incarnation,
+            timer: timer.clone(),
         };
-        if !agent.up || agent.incarnation != incarnation {
+        if self.put_off_while_paused(node, again) {
             return;
         }
-        if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::Agent {
-                    node: node.to_string(),
-                    incarnation,
-                    timer,
-                },
-            );
-            return;
-        }
+        let agent = self.agent(node);
         match timer {
             AgentTimer::Heartbeat { conn } => {
                 if agent.conn != Some(conn) || !agent.welcomed {

@@ -58,19 +58,14 @@ impl Sim {
     }
 
     pub(super) fn worker_started(&mut self, node: &str, pid: u32) {
-        let now = self.now;
-        let agent = self.agent(node);
-        if !agent.up {
+        if !self.agent(node).up {
             return;
         }
-        if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::WorkerStarted {
-                    node: node.to_string(),
-                    pid,
-                },
-            );
+        let again = || SimEvent::WorkerStarted {
+            node: node.to_string(),
+            pid,
+        };
+        if self.put_off_while_paused(node, again) {
             return;
         }
         let at = self.agent_clock(node);
