@@ -337,37 +337,32 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        /// A change to the defaults.
-        type Change = fn(&mut AgentConfig);
-        // Each key, and a change that it refuses.
-        let cases: &[(&str, Change)] = &[
-            ("coordinator", |c| c.coordinator = "10.0.0.1:7070".into()),
-            ("node_id", |c| c.node_id = "a b".into()),
-            ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
-            ("reconnect_max_backoff_ms", |c| {
-                c.reconnect_max_backoff_ms = 1
-            }),
-            ("progress_file_poll_ms", |c| c.progress_file_poll_ms = 0),
-            ("state_dir", |c| c.state_dir = PathBuf::new()),
-            ("xid_overrides", |c| {
-                c.xid_overrides = BTreeMap::from([("x79".into(), XidClass::Fatal)])
-            }),
-            ("script_dir", |c| c.script_dir = "scripts".into()),
-            ("kmsg_path", |c| c.kmsg_path = Some(PathBuf::new())),
-            ("health_poll_interval_ms", |c| c.health_poll_interval_ms = 0),
-            ("probe_timeout_ms", |c| c.probe_timeout_ms = 0),
-            ("debounce_count", |c| c.debounce_count = 0),
-            ("disk_paths", |c| c.disk_paths = vec!["ckpt".into()]),
-            ("mounts", |c| c.mounts = vec!["scratch".into()]),
-            ("metrics_listen", |c| c.metrics_listen = "9101".into()),
-            ("on_fence_timeout_ms", |c| c.on_fence_timeout_ms = 0),
-        ];
-        for (key, refused) in cases {
-            let mut config = AgentConfig::default();
-            refused(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.starts_with(key), "{key}: {err}");
-        }
+        // Each key, and a change to the defaults that it refuses.
+        holdfast_core::config_file::assert_refusals::<AgentConfig, _>(
+            &[
+                ("coordinator", |c| c.coordinator = "10.0.0.1:7070".into()),
+                ("node_id", |c| c.node_id = "a b".into()),
+                ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
+                ("reconnect_max_backoff_ms", |c| {
+                    c.reconnect_max_backoff_ms = 1
+                }),
+                ("progress_file_poll_ms", |c| c.progress_file_poll_ms = 0),
+                ("state_dir", |c| c.state_dir = PathBuf::new()),
+                ("xid_overrides", |c| {
+                    c.xid_overrides = BTreeMap::from([("x79".into(), XidClass::Fatal)])
+                }),
+                ("script_dir", |c| c.script_dir = "scripts".into()),
+                ("kmsg_path", |c| c.kmsg_path = Some(PathBuf::new())),
+                ("health_poll_interval_ms", |c| c.health_poll_interval_ms = 0),
+                ("probe_timeout_ms", |c| c.probe_timeout_ms = 0),
+                ("debounce_count", |c| c.debounce_count = 0),
+                ("disk_paths", |c| c.disk_paths = vec!["ckpt".into()]),
+                ("mounts", |c| c.mounts = vec!["scratch".into()]),
+                ("metrics_listen", |c| c.metrics_listen = "9101".into()),
+                ("on_fence_timeout_ms", |c| c.on_fence_timeout_ms = 0),
+            ],
+            AgentConfig::validate,
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ mod tests {
 
     #[test]
     fn replaces_the_content_whole_and_leaves_no_temp_file() {
-        let dir = crate::testdir::TestDir::new("durable");
+        let dir = crate::testdir::Scratch::new("durable");
         let path = dir.join("state.json");
         write(&path, b"first, and longer").unwrap();
         write(&path, b"second").unwrap();

@@ -17,6 +17,8 @@
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
 //! - [`restart`] — restarting in place (re-exec) for rolling upgrades.
 //! - [`scripts`] — lifecycle scripts from the operator's script directory, with timeouts.
+//! - `testdir` (tests and the `test-support` feature only) — a scratch directory per test,
+//!   shared with `holdfast-testkit`.
 //!
 //! The agent keeps its workers running when the coordinator is away: events produced meanwhile
 //! wait in the outbox and are sent on reconnect.
@@ -34,8 +36,8 @@ pub mod scripts;
 pub mod session;
 pub mod worker;
 
-#[cfg(test)]
-mod testdir;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testdir;
 
 pub use config::AgentConfig;
 pub use session::run;

@@ -1,22 +1,32 @@
-//! An empty directory for one test, removed when the test ends (passed or failed).
+//! Test support: a fresh directory for one test (the agent's unit tests, and every test rig
+//! through `holdfast-testkit`). Built for tests only, or with the `test-support` feature.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-/// `<tmp>/holdfast-NAME-PID`: `name` must be unique among the crate's tests, which run in
-/// parallel in one process.
-pub struct TestDir(PathBuf);
+/// A fresh, empty directory for one test: `<tmp>/holdfast-<name>-<pid>`. Dropping it removes it
+/// — unless the test is failing: then its logs and state stay for a look, and it says where. Declare it
+/// before the cluster that writes into it: locals drop in reverse order, the cluster first.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
 
-impl TestDir {
-    pub fn new(name: &str) -> TestDir {
+impl Scratch {
+    /// `name` must be unique among the tests of one test binary (they run in one process).
+    pub fn new(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
         // Left over by an earlier run killed before it could clean up.
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TestDir(dir)
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 }
 
-impl std::ops::Deref for TestDir {
+impl Deref for Scratch {
     type Target = Path;
 
     fn deref(&self) -> &Path {
@@ -24,14 +34,18 @@ impl std::ops::Deref for TestDir {
     }
 }
 
-impl AsRef<Path> for TestDir {
+impl AsRef<Path> for Scratch {
     fn as_ref(&self) -> &Path {
         &self.0
     }
 }
 
-impl Drop for TestDir {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            eprintln!("kept for a look: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }

@@ -610,6 +610,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     let budget = Duration::from_secs_f64(options.steps as f64 * options.step_time_s * 3.0 + 120.0);
     let final_job = follow::follow_events(
         &mut client,
+        None,
         events,
         &job.job_id,
         budget,

@@ -144,47 +144,51 @@ struct Display {
 impl Display {
     const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
+    /// Writes to stdout through `draw` (its write errors are ignored: output is best effort),
+    /// unless output is off.
+    fn print(
+        &mut self,
+        draw: impl FnOnce(&mut Self, &mut std::io::StdoutLock) -> std::io::Result<()>,
+    ) {
+        if self.enabled {
+            let mut out = std::io::stdout().lock();
+            let _ = draw(self, &mut out).and_then(|()| out.flush());
+        }
+    }
+
     fn event(&mut self, line: &str) {
-        if !self.enabled {
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if self.drawn {
-            let _ = write!(out, "\r\x1b[2K");
-            self.drawn = false;
-        }
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        self.print(|display, out| {
+            if std::mem::take(&mut display.drawn) {
+                write!(out, "\r\x1b[2K")?;
+            }
+            writeln!(out, "{line}")
+        });
     }
 
     fn status(&mut self, line: &str) {
-        if !self.enabled {
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if self.terminal {
-            let _ = write!(out, "\r\x1b[2K{line}");
-            self.drawn = true;
-        } else if self
-            .last_plain
-            .is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY)
-        {
-            let _ = writeln!(
-                out,
-                "{}  {line}",
-                crate::tables::clock(holdfast_coordinator::now_ms())
-            );
-            self.last_plain = Some(tokio::time::Instant::now());
-        }
-        let _ = out.flush();
+        self.print(|display, out| {
+            if display.terminal {
+                display.drawn = true;
+                write!(out, "\r\x1b[2K{line}")
+            } else if display
+                .last_plain
+                .is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY)
+            {
+                display.last_plain = Some(tokio::time::Instant::now());
+                let now = crate::tables::clock(holdfast_coordinator::now_ms());
+                writeln!(out, "{now}  {line}")
+            } else {
+                Ok(())
+            }
+        });
     }
 
     fn finish(&mut self) {
         if self.drawn {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out);
-            let _ = out.flush();
-            self.drawn = false;
+            self.print(|display, out| {
+                display.drawn = false;
+                writeln!(out)
+            });
         }
     }
 }
@@ -234,71 +238,15 @@ pub async fn follow(
     print: bool,
 ) -> anyhow::Result<pb::Job> {
     let events = watch(client).await?;
-    follow_events(client, events, job_id, deadline, on_event, print).await
+    follow_events(client, None, events, job_id, deadline, on_event, print).await
 }
 
 /// [`follow`] on an event stream opened earlier with [`watch`]. A coordinator that goes away
 /// (restart, failover) does not end the following: the training goes on meanwhile, so the
-/// follower retries until `deadline`.
+/// follower retries until `deadline`, connecting again through `reconnect` (comma-separated
+/// coordinator addresses, see [`follow_at`]) when it is given. On a terminal the status line
+/// is redrawn in place and cleared at the end.
 pub async fn follow_events(
-    client: &mut crate::client::Client,
-    events: Events,
-    job_id: &str,
-    deadline: Duration,
-    on_event: impl FnMut(&pb::Event),
-    print: bool,
-) -> anyhow::Result<pb::Job> {
-    follow_displayed(client, None, events, job_id, deadline, on_event, print).await
-}
-
-/// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
-/// while the one it talks to is unreachable it connects again through the list, so it follows
-/// the job across a leader failover.
-pub async fn follow_at(
-    addrs: &str,
-    job_id: &str,
-    deadline: Duration,
-    on_event: impl FnMut(&pb::Event),
-    print: bool,
-) -> anyhow::Result<pb::Job> {
-    let mut client = crate::client::connect(addrs).await?;
-    let events = watch(&mut client).await?;
-    follow_events_at(
-        &mut client,
-        addrs,
-        events,
-        job_id,
-        deadline,
-        on_event,
-        print,
-    )
-    .await
-}
-
-/// [`follow_events`] that reconnects through `addrs` (see [`follow_at`]).
-pub async fn follow_events_at(
-    client: &mut crate::client::Client,
-    addrs: &str,
-    events: Events,
-    job_id: &str,
-    deadline: Duration,
-    on_event: impl FnMut(&pb::Event),
-    print: bool,
-) -> anyhow::Result<pb::Job> {
-    follow_displayed(
-        client,
-        Some(addrs),
-        events,
-        job_id,
-        deadline,
-        on_event,
-        print,
-    )
-    .await
-}
-
-/// Follows with the status display (terminal or plain lines), restoring the terminal after.
-async fn follow_displayed(
     client: &mut crate::client::Client,
     reconnect: Option<&str>,
     events: Events,
@@ -325,6 +273,31 @@ async fn follow_displayed(
     .await;
     display.finish();
     result
+}
+
+/// [`follow`] given the coordinator addresses (comma-separated for several coordinators):
+/// while the one it talks to is unreachable it connects again through the list, so it follows
+/// the job across a leader failover.
+pub async fn follow_at(
+    addrs: &str,
+    job_id: &str,
+    deadline: Duration,
+    on_event: impl FnMut(&pb::Event),
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut client = crate::client::connect(addrs).await?;
+    let events = watch(&mut client).await?;
+    let reconnect = Some(addrs);
+    follow_events(
+        &mut client,
+        reconnect,
+        events,
+        job_id,
+        deadline,
+        on_event,
+        print,
+    )
+    .await
 }
 
 async fn follow_inner(
@@ -453,6 +426,16 @@ mod tests {
         assert!((m.rate().unwrap() - (0.7 * 13.0 + 0.3)).abs() < 1e-9);
     }
 
+    /// A node as the coordinator lists it, with its state by name.
+    fn node(id: &str, state: &str, connected: bool) -> pb::Node {
+        pb::Node {
+            node_id: id.into(),
+            state: state.into(),
+            connected,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn status_line_shows_progress_and_node_health() {
         let job = pb::Job {
@@ -469,20 +452,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let nodes = vec![
-            pb::Node {
-                node_id: "a".into(),
-                state: "allocated".into(),
-                connected: true,
-                ..Default::default()
-            },
-            pb::Node {
-                node_id: "b".into(),
-                state: "fenced".into(),
-                connected: false,
-                ..Default::default()
-            },
-        ];
+        let nodes = [node("a", "allocated", true), node("b", "fenced", false)];
         let line = status_line(&job, &nodes, Some(9.84));
         assert_eq!(
             line,
@@ -536,20 +506,11 @@ mod tests {
             ..Default::default()
         };
         // A coordinator that sends only the typed state.
-        let nodes = vec![
-            pb::Node {
-                node_id: "a".into(),
-                state_enum: pb::NodeState::Allocated as i32,
-                connected: true,
-                ..Default::default()
-            },
-            pb::Node {
-                node_id: "b".into(),
-                state: "allocated".into(),
-                connected: true,
-                ..Default::default()
-            },
-        ];
+        let typed = pb::Node {
+            state_enum: pb::NodeState::Allocated as i32,
+            ..node("a", "", true)
+        };
+        let nodes = [typed, node("b", "allocated", true)];
         assert!(status_line(&job, &nodes, None).ends_with("nodes 2/2 healthy"));
     }
 }

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch, Train};
 
 /// The agent's clock is this far ahead of the coordinator's.
@@ -29,14 +28,9 @@ async fn a_fatal_xid_on_an_agent_30_s_ahead_is_dated_within_half_a_second() {
         return;
     };
     let dir = Scratch::new("it-clock-skew");
-    let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
-        .await
-        .unwrap();
-    let config = kit::write_file(
-        &dir,
-        "agent.toml",
-        "fault_injection = true\nhealth_poll_interval_ms = 100\n",
-    );
+    let agent_config = "fault_injection = true\nhealth_poll_interval_ms = 100\n";
+    let (mut cluster, config) =
+        kit::coordinator_with_agent_config(holdfast_exe!(), &dir, agent_config).await;
     // The agent (and the workers it starts) read a wall clock 30 s ahead. Monotonic time is
     // shifted by the same constant (libfaketime's default), which timers do not notice; leaving
     // it alone (FAKETIME_DONT_FAKE_MONOTONIC) breaks Python's absolute-deadline sleeps.

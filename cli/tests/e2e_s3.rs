@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use holdfast_coordinator::checkpoint::{Checkpoint, CheckpointStore, FencedGeneration};
+use holdfast_coordinator::checkpoint::{Checkpoint, CheckpointStore, FencedGeneration, Generation};
 use holdfast_testkit::e2e::{NetnsCluster, Tools, BUCKET};
 use holdfast_testkit::{holdfast_exe, Scratch};
 use object_store::path::Path as ObjectPath;
@@ -98,7 +98,7 @@ fn checkpoints_resolve_through_s3() {
             let found = latest(&store, &[]).await;
             assert_eq!(found.step, 20);
             assert_eq!(found.uri, format!("s3://{BUCKET}/run/step-20"));
-            assert_eq!(found.generation, Some(1));
+            assert_eq!(found.generation, Some(Generation(1)));
             let empty = CheckpointStore::open(&format!("s3://{BUCKET}/nothing-here")).unwrap();
             assert_eq!(empty.resolve_latest(&[]).await.unwrap(), None);
 
@@ -106,7 +106,7 @@ fn checkpoints_resolve_through_s3() {
             // it wrote before the fence is.
             put_checkpoint(&*s3, "zombie", 10, None, Some(1)).await;
             let fence = FencedGeneration {
-                generation: 2,
+                generation: Generation(2),
                 fenced_at: holdfast_coordinator::now_ms(),
             };
             // S3 stamps objects to the second: "after the fence" is a later second.
@@ -118,11 +118,11 @@ fn checkpoints_resolve_through_s3() {
             let found = latest(&store, &[fence]).await;
             assert_eq!(
                 (found.step, found.generation),
-                (10, Some(1)),
+                (10, Some(Generation(1))),
                 "the zombie's step-20 was chosen"
             );
             let later_fence = FencedGeneration {
-                generation: 2,
+                generation: Generation(2),
                 fenced_at: holdfast_coordinator::now_ms() + 2_000,
             };
             let found = latest(&store, &[later_fence]).await;

@@ -67,14 +67,9 @@ async fn wait_check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seam_is_off_by_default_hung_probe_is_unknown_and_worker_xids_do_not_fence() {
     let dir = Scratch::new("it-health");
-    let mut cluster = LocalCluster::start(holdfast_exe!(), &dir, &[])
-        .await
-        .unwrap();
-    let config = kit::write_file(
-        &dir,
-        "agent.toml",
-        "fault_injection = true\nhealth_poll_interval_ms = 100\nprobe_timeout_ms = 300\ndebounce_count = 2\n",
-    );
+    let agent_config = "fault_injection = true\nhealth_poll_interval_ms = 100\nprobe_timeout_ms = 300\ndebounce_count = 2\n";
+    let (mut cluster, config) =
+        kit::coordinator_with_agent_config(holdfast_exe!(), &dir, agent_config).await;
     cluster.start_agent("plain", "worker", &[]).unwrap();
     cluster
         .start_agent("seam", "worker", &["--config", &config])
@@ -167,8 +162,16 @@ fn deep_check_scripts_follow_their_contract() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         // `host` is the CPU-only host check (lifecycle-scripts/README.md's contract, tested with
-        // the lifecycle flow); the GPU checks here print exactly one line.
-        if path.extension().is_some_and(|e| e == "md") || path.ends_with("host") {
+        // the lifecycle flow); `_gpus.py` is the GPU checks' shared module (and Python may
+        // leave its bytecode beside it); the GPU checks here print exactly one line.
+        let shared = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('_'));
+        if path.extension().is_some_and(|e| e == "md")
+            || path.ends_with("host")
+            || shared
+            || path.is_dir()
+        {
             continue;
         }
         let out = std::process::Command::new(&path)

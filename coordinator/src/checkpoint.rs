@@ -18,6 +18,7 @@ use crate::UnixMillis;
 pub const COMPLETE_MARKER: &str = "COMPLETE";
 
 pub use holdfast_core::checkpoint::{Checkpoint, FencedGeneration};
+pub use holdfast_core::Generation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -39,7 +40,7 @@ pub enum CheckpointError {
 
 #[derive(Debug, Deserialize, Default)]
 struct Marker {
-    generation: Option<u64>,
+    generation: Option<Generation>,
 }
 
 /// One checkpoint prefix in one object store.
@@ -157,7 +158,7 @@ impl CheckpointStore {
             if let Some(f) = zombie {
                 tracing::warn!(
                     step,
-                    generation = f.generation,
+                    generation = f.generation.get(),
                     "checkpoint written by generation {} after its fence; skipped",
                     f.generation
                 );
@@ -269,15 +270,15 @@ mod tests {
             .timestamp_millis();
         // Fenced before step-20's marker was written: step-20 came from a zombie.
         let fenced = [FencedGeneration {
-            generation: 2,
+            generation: 2.into(),
             fenced_at: written - 1,
         }];
         let store = open(mem);
         let found = store.resolve_latest(&fenced).await.unwrap().unwrap();
-        assert_eq!((found.step, found.generation), (10, Some(1)));
+        assert_eq!((found.step, found.generation), (10, Some(Generation(1))));
         // Fenced after the marker: the checkpoint is legitimate.
         let fenced_later = [FencedGeneration {
-            generation: 2,
+            generation: 2.into(),
             fenced_at: written + 1000,
         }];
         assert_eq!(

@@ -12,6 +12,7 @@ use holdfast_core::cluster::{NodeRecord, Role};
 use holdfast_core::incident::Incident;
 use holdfast_core::job::{Job, JobState};
 use holdfast_core::node::NodeState;
+use holdfast_core::JobId;
 
 /// What a viewer sees instead of a job's environment values (often secrets: tokens, keys).
 pub const HIDDEN_FROM_VIEWERS: &str = "(hidden from viewers)";
@@ -37,9 +38,9 @@ pub fn hide_env(job: &mut pb::Job) {
 
 pub fn job(job: &Job) -> pb::Job {
     pb::Job {
-        job_id: job.id.clone(),
+        job_id: job.id.to_string(),
         spec: Some(pb::JobSpec {
-            job_id: job.id.clone(),
+            job_id: job.id.to_string(),
             command: job.spec.command.clone(),
             nodes: job.spec.nodes,
             checkpoint_uri: job.spec.checkpoint_uri.clone(),
@@ -55,9 +56,9 @@ pub fn job(job: &Job) -> pb::Job {
         state_enum: pb::JobState::from_name(job.state.name()) as i32,
         phase: job.phase().into(),
         phase_enum: pb::RecoveryPhase::from_name(job.phase()) as i32,
-        generation: job.generation,
+        generation: job.generation.into(),
         step: job.step,
-        nodes: job.nodes(),
+        nodes: job.nodes().into_iter().map(String::from).collect(),
         message: match &job.state {
             JobState::Failed { reason } => reason.clone(),
             _ => job.message.clone(),
@@ -69,12 +70,12 @@ pub fn job(job: &Job) -> pb::Job {
     }
 }
 
-pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
+pub fn node(node: &NodeRecord, jobs: &BTreeMap<JobId, Job>) -> pb::Node {
     let job = jobs
         .values()
         .find(|j| !j.state.is_terminal() && j.rank_of(&node.id).is_some());
     pb::Node {
-        node_id: node.id.clone(),
+        node_id: node.id.to_string(),
         hostname: node.hostname.clone(),
         role: match node.role {
             Role::Worker => pb::NodeRole::Worker as i32,
@@ -82,11 +83,11 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
         },
         state: node.state.name().into(),
         state_enum: pb::NodeState::from_name(node.state.name()) as i32,
-        connected: node.conn.is_some(),
+        connected: node.link.is_connected(),
         address: node.address.clone(),
         health: Some(crate::wire::health_pb(&node.health)),
-        job_id: job.map(|j| j.id.clone()).unwrap_or_default(),
-        generation: node.worker.as_ref().map_or(0, |w| w.1),
+        job_id: job.map(|j| j.id.clone()).unwrap_or_default().into(),
+        generation: node.worker.as_ref().map_or(0, |w| w.1.get()),
         worker_pid: node.worker.as_ref().map_or(0, |w| w.2),
         last_step: node.last_step,
         fence_reason: match &node.state {
@@ -119,8 +120,8 @@ pub fn node(node: &NodeRecord, jobs: &BTreeMap<String, Job>) -> pb::Node {
 pub fn incident(i: &Incident) -> pb::Incident {
     pb::Incident {
         id: i.id,
-        job_id: i.job_id.clone(),
-        node_id: i.node_id.clone(),
+        job_id: i.job_id.to_string(),
+        node_id: i.node_id.to_string(),
         cause: i.cause.clone(),
         cause_enum: pb::IncidentCause::from_name(&i.cause) as i32,
         detail: match &i.abandoned {
@@ -134,9 +135,9 @@ pub fn incident(i: &Incident) -> pb::Incident {
         relaunched_unix_ms: i.relaunched_at.unwrap_or(0),
         resumed_unix_ms: i.resumed_at.unwrap_or(0),
         action: i.action.code().into(),
-        replacement_node_id: i.replacement_node_id.clone().unwrap_or_default(),
-        from_generation: i.from_generation,
-        to_generation: i.to_generation.unwrap_or(0),
+        replacement_node_id: i.replacement_node_id.clone().unwrap_or_default().into(),
+        from_generation: i.from_generation.into(),
+        to_generation: i.to_generation.unwrap_or_default().into(),
         resumed_from_step: i.resumed_from_step.unwrap_or(0),
         open: i.is_open(),
         fault_step: i.fault_step,
@@ -146,7 +147,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
             .iter()
             .map(|r| pb::RankEvidence {
                 rank: r.rank,
-                node_id: r.node_id.clone(),
+                node_id: r.node_id.to_string(),
                 evidence: r.evidence.clone(),
                 stacks: r.stacks.clone(),
             })
@@ -173,6 +174,17 @@ mod tests {
     // in the core without a value on the wire fails here instead of reaching clients as
     // UNSPECIFIED.
 
+    /// Every one of `names` has its own typed value on the wire (`from_name`), not `unset`.
+    fn assert_typed<T: PartialEq + std::fmt::Debug>(
+        names: impl IntoIterator<Item = &'static str>,
+        from_name: fn(&str) -> T,
+        unset: T,
+    ) {
+        for name in names {
+            assert_ne!(from_name(name), unset, "{name:?}");
+        }
+    }
+
     #[test]
     fn every_job_state_and_phase_has_a_wire_value() {
         let phases = [
@@ -186,13 +198,11 @@ mod tests {
                 retry_at: None,
             },
         ];
-        for phase in &phases {
-            assert_ne!(
-                pb::RecoveryPhase::from_name(phase.name()),
-                pb::RecoveryPhase::Unspecified,
-                "{phase:?}"
-            );
-        }
+        assert_typed(
+            phases.iter().map(RecoveryPhase::name),
+            pb::RecoveryPhase::from_name,
+            pb::RecoveryPhase::Unspecified,
+        );
         // Outside recovery the phase is "": no phase.
         assert_eq!(
             pb::RecoveryPhase::from_name(""),
@@ -218,13 +228,13 @@ mod tests {
 
     #[test]
     fn every_node_state_has_a_wire_value() {
-        for state in [
+        let states = [
             NodeState::Joining,
             NodeState::Bootstrapping,
             NodeState::Checking,
             NodeState::Ready,
             NodeState::Allocated {
-                job_id: String::new(),
+                job_id: JobId::default(),
             },
             NodeState::Offline,
             NodeState::Fenced {
@@ -234,13 +244,12 @@ mod tests {
                 reason: String::new(),
             },
             NodeState::Retired,
-        ] {
-            assert_ne!(
-                pb::NodeState::from_name(state.name()),
-                pb::NodeState::Unspecified,
-                "{state:?}"
-            );
-        }
+        ];
+        assert_typed(
+            states.iter().map(NodeState::name),
+            pb::NodeState::from_name,
+            pb::NodeState::Unspecified,
+        );
     }
 
     #[test]
@@ -262,16 +271,11 @@ mod tests {
                 last: String::new(),
             },
         ];
-        for fault in &faults {
-            assert_ne!(
-                pb::IncidentCause::from_name(fault.code()),
-                pb::IncidentCause::Unspecified,
-                "{fault:?}"
-            );
-        }
-        assert_ne!(
-            pb::IncidentCause::from_name(FaultCause::Operator(String::new()).code()),
-            pb::IncidentCause::Unspecified
+        let operator = FaultCause::Operator(String::new());
+        assert_typed(
+            faults.iter().chain([&operator]).map(FaultCause::code),
+            pb::IncidentCause::from_name,
+            pb::IncidentCause::Unspecified,
         );
     }
 
@@ -340,7 +344,7 @@ mod tests {
             FaultCause::HealthFatal("xid 79".into()).code(),
             "xid 79",
             holdfast_core::incident::RecoveryAction::ReplaceNode,
-            1,
+            holdfast_core::Generation(1),
             None,
             1_000,
         );

@@ -11,13 +11,14 @@ use holdfast_core::protocol::{
     AgentCommand, ClockEcho, CommandResult, Event, HealthAction, HealthCheck, HealthState,
     HealthSummary, JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
+use holdfast_core::JobId;
 use holdfast_proto::v1 as pb;
 use pb::coordinator_message::Body as ToAgent;
 
 /// An agent's hello, decoded.
 pub fn hello(h: pb::Hello) -> Hello {
     Hello {
-        node_id: h.node_id,
+        node_id: h.node_id.into(),
         hostname: h.hostname,
         role: if h.role == pb::NodeRole::Spare as i32 {
             Role::Spare
@@ -42,7 +43,7 @@ pub fn hello(h: pb::Hello) -> Hello {
         worker: h
             .worker
             .filter(|w| !w.job_id.is_empty())
-            .map(|w| (w.job_id, w.generation, w.pid, w.running)),
+            .map(|w| (w.job_id.into(), w.generation.into(), w.pid, w.running)),
     }
 }
 
@@ -50,10 +51,10 @@ pub fn hello(h: pb::Hello) -> Hello {
 pub fn welcome(w: Welcome) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage {
         body: Some(ToAgent::Welcome(pb::Welcome {
-            node_id: w.node_id,
+            node_id: w.node_id.into(),
             heartbeat_interval_ms: w.heartbeat_interval_ms,
             coordinator_unix_ms: w.coordinator_unix_ms,
-            term: w.term,
+            term: w.term.into(),
         })),
     }
 }
@@ -80,8 +81,8 @@ pub fn worker_evidence(e: pb::WorkerEvidence) -> WorkerEvidence {
         job_id.truncate(end);
     }
     WorkerEvidence {
-        job_id,
-        generation: e.generation,
+        job_id: job_id.into(),
+        generation: e.generation.into(),
         state,
         cpu_permille: e.cpu_permille,
         output_quiet_ms: e.output_quiet_ms,
@@ -92,8 +93,8 @@ pub fn worker_evidence(e: pb::WorkerEvidence) -> WorkerEvidence {
 pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
     let body = match command {
         AgentCommand::Launch(l) => ToAgent::Launch(pb::Launch {
-            job_id: l.job_id,
-            generation: l.generation,
+            job_id: l.job_id.into(),
+            generation: l.generation.into(),
             command: l.command,
             env: l.env.into_iter().collect(),
             node_rank: l.node_rank,
@@ -106,37 +107,41 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
             checkpoint_uri: l.checkpoint_uri,
             progress_regex: l.progress_regex,
             stop_grace_ms: l.stop_grace_ms,
-            term: l.term,
+            term: l.term.into(),
         }),
         AgentCommand::Stop(s) => ToAgent::Stop(pb::Stop {
-            job_id: s.job_id,
-            generation: s.generation,
+            job_id: s.job_id.into(),
+            generation: s.generation.into(),
             grace_ms: s.grace_ms,
             reason: s.reason,
-            term: s.term,
+            term: s.term.into(),
         }),
-        AgentCommand::Fence { reason, term } => ToAgent::Fence(pb::Fence { reason, term }),
+        AgentCommand::Fence { reason, term } => ToAgent::Fence(pb::Fence {
+            reason,
+            term: term.get(),
+        }),
         AgentCommand::RunScript(r) => ToAgent::RunScript(pb::RunScript {
             command_id: r.command_id,
             script: r.script,
             args: r.args,
             timeout_ms: r.timeout_ms,
             env: r.env.into_iter().collect(),
-            term: r.term,
+            term: r.term.into(),
         }),
-        AgentCommand::RestartAgent { reason, term } => {
-            ToAgent::RestartAgent(pb::RestartAgent { reason, term })
-        }
+        AgentCommand::RestartAgent { reason, term } => ToAgent::RestartAgent(pb::RestartAgent {
+            reason,
+            term: term.get(),
+        }),
         AgentCommand::DumpStacks {
             job_id,
             generation,
             incident_id,
             term,
         } => ToAgent::DumpStacks(pb::DumpStacks {
-            job_id,
-            generation,
+            job_id: job_id.into(),
+            generation: generation.into(),
             incident_id,
-            term,
+            term: term.into(),
         }),
         AgentCommand::Ping {
             coordinator_unix_ms,
@@ -147,49 +152,32 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { body: Some(body) }
 }
 
-fn health_state(state: i32) -> HealthState {
-    match pb::HealthState::try_from(state) {
-        Ok(pb::HealthState::Healthy) => HealthState::Healthy,
-        Ok(pb::HealthState::Degraded) => HealthState::Degraded,
-        Ok(pb::HealthState::Unhealthy) => HealthState::Unhealthy,
-        Ok(pb::HealthState::Unknown) => HealthState::Unknown,
-        Ok(pb::HealthState::NotApplicable) => HealthState::NotApplicable,
-        Ok(pb::HealthState::Unspecified) | Err(_) => HealthState::Unspecified,
-    }
+/// A core enum and its protobuf twin, variant for variant: `$decode` reads the protobuf number
+/// (an unknown or unset one as `$fallback`), `$encode` writes it.
+macro_rules! mirrored_enum {
+    ($decode:ident, $encode:ident, $core:ident <=> pb::$pb:ident,
+     $fallback:ident <= $unset:ident, [$($variant:ident),+ $(,)?]) => {
+        fn $decode(value: i32) -> $core {
+            match pb::$pb::try_from(value) {
+                $(Ok(pb::$pb::$variant) => $core::$variant,)+
+                Ok(pb::$pb::$unset) | Err(_) => $core::$fallback,
+            }
+        }
+
+        fn $encode(value: $core) -> pb::$pb {
+            match value {
+                $($core::$variant => pb::$pb::$variant,)+
+                $core::$fallback => pb::$pb::$unset,
+            }
+        }
+    };
 }
 
-fn health_state_pb(state: HealthState) -> pb::HealthState {
-    match state {
-        HealthState::Unspecified => pb::HealthState::Unspecified,
-        HealthState::Healthy => pb::HealthState::Healthy,
-        HealthState::Degraded => pb::HealthState::Degraded,
-        HealthState::Unhealthy => pb::HealthState::Unhealthy,
-        HealthState::Unknown => pb::HealthState::Unknown,
-        HealthState::NotApplicable => pb::HealthState::NotApplicable,
-    }
-}
+mirrored_enum!(health_state, health_state_pb, HealthState <=> pb::HealthState,
+    Unspecified <= Unspecified, [Healthy, Degraded, Unhealthy, Unknown, NotApplicable]);
+mirrored_enum!(health_action, health_action_pb, HealthAction <=> pb::HealthAction,
+    None <= None, [RestartWorker, ResetGpu, Reboot, ReplaceNode]);
 
-fn health_action(action: i32) -> HealthAction {
-    match pb::HealthAction::try_from(action) {
-        Ok(pb::HealthAction::RestartWorker) => HealthAction::RestartWorker,
-        Ok(pb::HealthAction::ResetGpu) => HealthAction::ResetGpu,
-        Ok(pb::HealthAction::Reboot) => HealthAction::Reboot,
-        Ok(pb::HealthAction::ReplaceNode) => HealthAction::ReplaceNode,
-        Ok(pb::HealthAction::None) | Err(_) => HealthAction::None,
-    }
-}
-
-fn health_action_pb(action: HealthAction) -> pb::HealthAction {
-    match action {
-        HealthAction::None => pb::HealthAction::None,
-        HealthAction::RestartWorker => pb::HealthAction::RestartWorker,
-        HealthAction::ResetGpu => pb::HealthAction::ResetGpu,
-        HealthAction::Reboot => pb::HealthAction::Reboot,
-        HealthAction::ReplaceNode => pb::HealthAction::ReplaceNode,
-    }
-}
-
-/// A node's health as its agent reported it.
 /// The clock echo a heartbeat carries; `None` from agents that do not echo (older agents) or
 /// when no stamp arrived since the last heartbeat.
 pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
@@ -199,6 +187,7 @@ pub fn clock_echo(h: &pb::Heartbeat) -> Option<ClockEcho> {
     })
 }
 
+/// A node's health as its agent reported it.
 pub fn health(h: pb::HealthSummary) -> HealthSummary {
     HealthSummary {
         state: health_state(h.state),
@@ -245,8 +234,8 @@ pub fn worker_event(e: pb::WorkerEvent) -> Option<WorkerEvent> {
         },
     };
     Some(WorkerEvent {
-        job_id: e.job_id,
-        generation: e.generation,
+        job_id: e.job_id.into(),
+        generation: e.generation.into(),
         at: e.at_unix_ms,
         kind,
     })
@@ -255,8 +244,8 @@ pub fn worker_event(e: pb::WorkerEvent) -> Option<WorkerEvent> {
 /// Training progress.
 pub fn progress(p: pb::Progress) -> Progress {
     Progress {
-        job_id: p.job_id,
-        generation: p.generation,
+        job_id: p.job_id.into(),
+        generation: p.generation.into(),
         step: p.step,
     }
 }
@@ -314,7 +303,7 @@ pub fn check_report(report: &CheckReport, node_id: &str) -> pb::CheckReport {
 }
 
 /// An event for operators; `jobs` tells a node which job it runs.
-pub fn event(e: &Event, jobs: &BTreeMap<String, Job>) -> pb::Event {
+pub fn event(e: &Event, jobs: &BTreeMap<JobId, Job>) -> pb::Event {
     let mut out = pb::Event {
         at_unix_ms: e.at,
         kind: e.kind.name().into(),

@@ -43,6 +43,27 @@ fn http(
     (status, head.to_lowercase(), body)
 }
 
+/// GET `path`: answered 200 with a content type that holds `content_type`; the body as text.
+fn get(addr: std::net::SocketAddr, path: &str, content_type: &str) -> String {
+    let (status, headers, body) = http(addr, "GET", path, &[], b"");
+    assert!(
+        status.contains("200") && headers.contains(content_type),
+        "{path}: {status} {headers}"
+    );
+    String::from_utf8(body).unwrap()
+}
+
+/// A gRPC-web call of the operator service's `method` with an empty request message (one data
+/// frame of length 0), as the dashboard makes it.
+fn grpc_web(addr: std::net::SocketAddr, method: &str) -> (String, String, Vec<u8>) {
+    let path = format!("/holdfast.v1.OperatorService/{method}");
+    let headers = [
+        ("content-type", "application/grpc-web+proto"),
+        ("x-grpc-web", "1"),
+    ];
+    http(addr, "POST", &path, &headers, &[0, 0, 0, 0, 0])
+}
+
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -79,15 +100,22 @@ async fn start() -> (
     (addr, stop, server)
 }
 
+/// A plain gRPC (HTTP/2) operator client of the coordinator at `addr`.
+async fn operator(
+    addr: std::net::SocketAddr,
+) -> pb::operator_service_client::OperatorServiceClient<tonic::transport::Channel> {
+    let url = format!("http://{addr}");
+    pb::operator_service_client::OperatorServiceClient::connect(url)
+        .await
+        .unwrap()
+}
+
 /// The operator API refuses what the core cannot judge alone: a checkpoint URI whose store the
 /// coordinator cannot open is refused at submit, naming the field, and nothing is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_uri_of_an_unknown_store_is_refused_naming_the_field() {
     let (addr, stop, server) = start().await;
-    let mut client =
-        pb::operator_service_client::OperatorServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+    let mut client = operator(addr).await;
     let refused = client
         .submit_job(pb::SubmitJobRequest {
             spec: Some(pb::JobSpec {
@@ -116,10 +144,7 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
     let (addr, stop, server) = start().await;
 
     // Plain gRPC (HTTP/2) still works beside the rest.
-    let mut grpc =
-        pb::operator_service_client::OperatorServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+    let mut grpc = operator(addr).await;
     assert!(grpc
         .list_nodes(pb::ListNodesRequest {})
         .await
@@ -130,16 +155,7 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
 
     let result = tokio::task::spawn_blocking(move || {
         // gRPC-web: one data frame in, a data frame and a trailers frame out.
-        let (status, headers, body) = http(
-            addr,
-            "POST",
-            "/holdfast.v1.OperatorService/ListJobs",
-            &[
-                ("content-type", "application/grpc-web+proto"),
-                ("x-grpc-web", "1"),
-            ],
-            &[0, 0, 0, 0, 0],
-        );
+        let (status, headers, body) = grpc_web(addr, "ListJobs");
         assert!(status.contains("200"), "{status}");
         assert!(
             headers.contains("content-type: application/grpc-web+proto"),
@@ -154,16 +170,7 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
         assert!(String::from_utf8_lossy(&trailers[5..]).contains("grpc-status:0"));
 
         // An error comes back as a gRPC status, not an HTTP error.
-        let (status, headers, body) = http(
-            addr,
-            "POST",
-            "/holdfast.v1.OperatorService/GetJob",
-            &[
-                ("content-type", "application/grpc-web+proto"),
-                ("x-grpc-web", "1"),
-            ],
-            &[0, 0, 0, 0, 0],
-        );
+        let (status, headers, body) = grpc_web(addr, "GetJob");
         assert!(status.contains("200"), "{status}");
         let all = format!("{headers}{}", String::from_utf8_lossy(&body));
         assert!(
@@ -172,34 +179,16 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
         );
 
         // The dashboard and its assets, embedded.
-        let (status, headers, page) = http(addr, "GET", "/", &[], b"");
-        assert!(
-            status.contains("200") && headers.contains("text/html"),
-            "{status}"
-        );
-        let page = String::from_utf8(page).unwrap();
+        let page = get(addr, "/", "text/html");
         assert!(
             page.contains("/app.js") && !page.contains("https://"),
             "same-origin assets only"
         );
-        let (status, headers, js) = http(addr, "GET", "/app.js", &[], b"");
-        assert!(
-            status.contains("200") && headers.contains("javascript"),
-            "{status}"
-        );
-        assert!(String::from_utf8(js)
-            .unwrap()
-            .contains("/holdfast.v1.OperatorService/"));
-        let (status, _, _) = http(addr, "GET", "/favicon.svg", &[], b"");
-        assert!(status.contains("200"), "{status}");
+        assert!(get(addr, "/app.js", "javascript").contains("/holdfast.v1.OperatorService/"));
+        get(addr, "/favicon.svg", "");
 
         // Prometheus.
-        let (status, headers, metrics) = http(addr, "GET", "/metrics", &[], b"");
-        assert!(
-            status.contains("200") && headers.contains("text/plain; version=0.0.4"),
-            "{status} {headers}"
-        );
-        let metrics = String::from_utf8(metrics).unwrap();
+        let metrics = get(addr, "/metrics", "text/plain; version=0.0.4");
         assert!(
             metrics.contains("holdfast_nodes{state=\"ready\"} 0"),
             "{metrics}"

@@ -76,7 +76,7 @@ fn detect(class: Class, trials: usize, seed: u64) -> Vec<i64> {
     let mut sim = cluster(seed);
     let mut times = Vec::new();
     for _ in 0..trials {
-        let running: Vec<String> = sim
+        let running: Vec<holdfast_core::NodeId> = sim
             .cluster()
             .jobs
             .values()

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::UnixMillis;
+use crate::{Generation, UnixMillis};
 
 /// A complete checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,14 +14,14 @@ pub struct Checkpoint {
     /// URI of the checkpoint directory (`file:///…/step-40`, `s3://bucket/run/step-40`).
     pub uri: String,
     /// Generation that wrote it, when its marker says.
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
 }
 
 /// A generation the coordinator fenced, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FencedGeneration {
     /// The generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// When it was fenced (coordinator clock).
     pub fenced_at: UnixMillis,
 }

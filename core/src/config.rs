@@ -202,12 +202,53 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `key` must not be 0.
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Duration `key` must be at least duration `floor_key`.
+fn at_least_ms(
+    key: &'static str,
+    value: u64,
+    floor_key: &str,
+    floor: u64,
+) -> Result<(), ConfigError> {
+    if value < floor {
+        return Err(invalid(
+            key,
+            format!("must be at least {floor_key} ({floor} ms), got {value} ms"),
+        ));
+    }
+    Ok(())
+}
+
+/// `key` is a share of nodes: in (0, 1].
+fn share(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(invalid(key, format!("must be in (0, 1], got {value}")));
+    }
+    Ok(())
+}
+
+/// `key` must be one of two words.
+fn either(key: &'static str, value: &str, [a, b]: [&str; 2]) -> Result<(), ConfigError> {
+    if value != a && value != b {
+        return Err(invalid(
+            key,
+            format!("must be {a:?} or {b:?}, got {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
 impl CoordinatorConfig {
     /// Checks the settings fit together; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.heartbeat_interval_ms == 0 {
-            return Err(invalid("heartbeat_interval_ms", "must be greater than 0"));
-        }
+        positive("heartbeat_interval_ms", self.heartbeat_interval_ms)?;
         if self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms {
             return Err(invalid(
                 "heartbeat_timeout_ms",
@@ -217,21 +258,14 @@ impl CoordinatorConfig {
                 ),
             ));
         }
-        if self.hello_timeout_ms == 0 {
-            return Err(invalid("hello_timeout_ms", "must be greater than 0"));
-        }
-        if self.stop_deadline_ms < self.stop_grace_ms {
-            return Err(invalid(
-                "stop_deadline_ms",
-                format!(
-                    "must be at least stop_grace_ms ({} ms), got {} ms",
-                    self.stop_grace_ms, self.stop_deadline_ms
-                ),
-            ));
-        }
-        if self.rdzv_port_span == 0 {
-            return Err(invalid("rdzv_port_span", "must be greater than 0"));
-        }
+        positive("hello_timeout_ms", self.hello_timeout_ms)?;
+        at_least_ms(
+            "stop_deadline_ms",
+            self.stop_deadline_ms,
+            "stop_grace_ms",
+            self.stop_grace_ms,
+        )?;
+        positive("rdzv_port_span", u64::from(self.rdzv_port_span))?;
         if u32::from(self.rdzv_port_base) + u32::from(self.rdzv_port_span) > 65536 {
             return Err(invalid(
                 "rdzv_port_span",
@@ -244,15 +278,12 @@ impl CoordinatorConfig {
                 "must be greater than 0 and at most heartbeat_timeout_ms",
             ));
         }
-        if self.reconnect_grace_ms < self.heartbeat_timeout_ms {
-            return Err(invalid(
-                "reconnect_grace_ms",
-                format!(
-                    "must be at least heartbeat_timeout_ms ({} ms), got {} ms",
-                    self.heartbeat_timeout_ms, self.reconnect_grace_ms
-                ),
-            ));
-        }
+        at_least_ms(
+            "reconnect_grace_ms",
+            self.reconnect_grace_ms,
+            "heartbeat_timeout_ms",
+            self.heartbeat_timeout_ms,
+        )?;
         if self.checkpoint_resolve_attempts == 0 {
             return Err(invalid("checkpoint_resolve_attempts", "must be at least 1"));
         }
@@ -267,66 +298,35 @@ impl CoordinatorConfig {
             check_script_name(&self.remediation_script)
                 .map_err(|r| invalid("remediation_script", r))?;
         }
-        if !matches!(self.drain_replace.as_str(), "next_recovery" | "now") {
-            return Err(invalid(
-                "drain_replace",
-                format!(
-                    "must be \"next_recovery\" or \"now\", got {:?}",
-                    self.drain_replace
-                ),
-            ));
-        }
-        if self.script_timeout_ms == 0 {
-            return Err(invalid("script_timeout_ms", "must be greater than 0"));
-        }
-        if self.restart_backoff_max_ms < self.restart_backoff_ms {
-            return Err(invalid(
-                "restart_backoff_max_ms",
-                format!(
-                    "must be at least restart_backoff_ms ({} ms), got {} ms",
-                    self.restart_backoff_ms, self.restart_backoff_max_ms
-                ),
-            ));
-        }
+        either(
+            "drain_replace",
+            &self.drain_replace,
+            ["next_recovery", "now"],
+        )?;
+        positive("script_timeout_ms", self.script_timeout_ms)?;
+        at_least_ms(
+            "restart_backoff_max_ms",
+            self.restart_backoff_max_ms,
+            "restart_backoff_ms",
+            self.restart_backoff_ms,
+        )?;
         if self.quarantine_after > 0 && self.quarantine_window_ms == 0 {
             return Err(invalid(
                 "quarantine_window_ms",
                 "must be greater than 0 when quarantine_after is set",
             ));
         }
-        if !(self.circuit_breaker_share > 0.0 && self.circuit_breaker_share <= 1.0) {
-            return Err(invalid(
-                "circuit_breaker_share",
-                format!("must be in (0, 1], got {}", self.circuit_breaker_share),
-            ));
-        }
-        if !(self.silence_storm_share > 0.0 && self.silence_storm_share <= 1.0) {
-            return Err(invalid(
-                "silence_storm_share",
-                format!("must be in (0, 1], got {}", self.silence_storm_share),
-            ));
-        }
-        if self.circuit_breaker_window_ms == 0 {
-            return Err(invalid(
-                "circuit_breaker_window_ms",
-                "must be greater than 0",
-            ));
-        }
-        if !matches!(self.provider.as_str(), "spares" | "exec") {
-            return Err(invalid(
-                "provider",
-                format!("must be \"spares\" or \"exec\", got {:?}", self.provider),
-            ));
-        }
+        share("circuit_breaker_share", self.circuit_breaker_share)?;
+        share("silence_storm_share", self.silence_storm_share)?;
+        positive("circuit_breaker_window_ms", self.circuit_breaker_window_ms)?;
+        either("provider", &self.provider, ["spares", "exec"])?;
         if self.provider == "exec" && !self.provider_dir.is_absolute() {
             return Err(invalid(
                 "provider_dir",
                 "must be an absolute path when provider = \"exec\"",
             ));
         }
-        if self.provider_timeout_ms == 0 {
-            return Err(invalid("provider_timeout_ms", "must be greater than 0"));
-        }
+        positive("provider_timeout_ms", self.provider_timeout_ms)?;
         if self.provider_attempts == 0 {
             return Err(invalid("provider_attempts", "must be at least 1"));
         }
@@ -409,26 +409,21 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        /// A change to the defaults.
-        type Change = fn(&mut CoordinatorConfig);
-        // Each key, and a change that it refuses.
-        let cases: &[(&str, Change)] = &[
-            ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
-            ("heartbeat_timeout_ms", |c| c.heartbeat_timeout_ms = 600),
-            ("hello_timeout_ms", |c| c.hello_timeout_ms = 0),
-            ("stop_deadline_ms", |c| c.stop_deadline_ms = 1),
-            ("rdzv_port_span", |c| c.rdzv_port_span = 0),
-            ("tick_ms", |c| c.tick_ms = 0),
-            ("checkpoint_resolve_attempts", |c| {
-                c.checkpoint_resolve_attempts = 0
-            }),
-        ];
-        for (key, change) in cases {
-            let mut config = CoordinatorConfig::default();
-            change(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.starts_with(key), "{key}: {err}");
-        }
+        // Each key, and a change to the defaults that it refuses.
+        crate::config_file::assert_refusals::<CoordinatorConfig, _>(
+            &[
+                ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
+                ("heartbeat_timeout_ms", |c| c.heartbeat_timeout_ms = 600),
+                ("hello_timeout_ms", |c| c.hello_timeout_ms = 0),
+                ("stop_deadline_ms", |c| c.stop_deadline_ms = 1),
+                ("rdzv_port_span", |c| c.rdzv_port_span = 0),
+                ("tick_ms", |c| c.tick_ms = 0),
+                ("checkpoint_resolve_attempts", |c| {
+                    c.checkpoint_resolve_attempts = 0
+                }),
+            ],
+            CoordinatorConfig::validate,
+        );
     }
 
     #[test]

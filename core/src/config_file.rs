@@ -92,21 +92,28 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// The keys a config source refuses by name: every `invalid("key"` in `source` (the call
-/// may break its line after the parenthesis). Keys passed through variables are not seen.
+/// The calls that refuse the key their first argument names: `invalid` and the checks of
+/// `holdfast_core::config` built on it.
+const REFUSING_CALLS: [&str; 5] = ["invalid(", "positive(", "at_least_ms(", "share(", "either("];
+
+/// The keys a config source refuses by name: every `invalid("key"` in `source`, and the same
+/// for the other refusing calls (`positive`, `at_least_ms`, `share`, `either`; the call may
+/// break its line after the parenthesis). Keys passed through variables are not seen.
 pub fn refused_keys(source: &str) -> Vec<&str> {
     let mut keys = Vec::new();
-    let mut rest = source;
-    while let Some(at) = rest.find("invalid(") {
-        rest = &rest[at + "invalid(".len()..];
-        let Some(quoted) = rest.trim_start().strip_prefix('"') else {
-            continue;
-        };
-        let end = quoted
-            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .unwrap_or(quoted.len());
-        if end > 0 && quoted[end..].starts_with('"') {
-            keys.push(&quoted[..end]);
+    for call in REFUSING_CALLS {
+        let mut rest = source;
+        while let Some(at) = rest.find(call) {
+            rest = &rest[at + call.len()..];
+            let Some(quoted) = rest.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let end = quoted
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(quoted.len());
+            if end > 0 && quoted[end..].starts_with('"') {
+                keys.push(&quoted[..end]);
+            }
         }
     }
     keys
@@ -178,6 +185,31 @@ pub fn check_fixtures<E: std::fmt::Display, C>(
     }
 }
 
+/// A change to a daemon's default config (see [`assert_refusals`]).
+pub type Change<C> = fn(&mut C);
+
+/// Test support for a daemon's `validate`: each of `cases` (a key, and a change to the default
+/// config that it refuses) must be refused with an error that starts with the key. Panics
+/// listing every case that is not.
+pub fn assert_refusals<C: Default, E: std::fmt::Display>(
+    cases: &[(&str, Change<C>)],
+    validate: impl Fn(&C) -> Result<(), E>,
+) {
+    let problems: Vec<String> = cases
+        .iter()
+        .filter_map(|(key, change)| {
+            let mut config = C::default();
+            change(&mut config);
+            match validate(&config) {
+                Ok(()) => Some(format!("{key}: the change is accepted")),
+                Err(e) if !e.to_string().starts_with(key) => Some(format!("{key}: {e}")),
+                Err(_) => None,
+            }
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// The fixture test of a daemon's config, as a `#[test]` fn in the calling module:
 /// `holdfast_core::config_fixture_test!(AgentConfig, "config.rs");` checks every bad config in
 /// the calling crate's `testdata/config` against `AgentConfig::from_toml(text, file_name)` (see
@@ -220,6 +252,8 @@ mod tests {
             "invalid(\"a_1\", x); invalid(\n    \"b\",\n); invalid(key, y); invalid(\"\"); \
                       invalid(\"c d\")";
         assert_eq!(refused_keys(source), ["a_1", "b"]);
+        let helpers = "positive(\"p\", 0); at_least_ms(\n    \"q\", 1); fn share(key: &str)";
+        assert_eq!(refused_keys(helpers), ["p", "q"]);
     }
 
     #[test]

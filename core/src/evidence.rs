@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Generation, JobId};
+
 /// A worker's process state as `/proc/<pid>/stat` shows it, the most telling one over the
 /// worker's process tree (a stopped child wins over its waiting parent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -47,9 +49,9 @@ impl ProcessState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct WorkerEvidence {
     /// The job the worker trains.
-    pub job_id: String,
+    pub job_id: JobId,
     /// Its generation: evidence of an older generation says nothing about this one.
-    pub generation: u64,
+    pub generation: Generation,
     /// The most telling process state over the worker's process tree.
     pub state: ProcessState,
     /// CPU time (user + system, whole tree) used per second of wall time since the previous
@@ -173,7 +175,7 @@ mod tests {
     fn seen(state: ProcessState, cpu_permille: u32, quiet: u64) -> WorkerEvidence {
         WorkerEvidence {
             job_id: "job".into(),
-            generation: 1,
+            generation: Generation(1),
             state,
             cpu_permille,
             output_quiet_ms: Some(quiet),

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, UnixMillis};
 
 /// What the coordinator did about a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +71,9 @@ pub struct Incident {
     /// Numbered from 1 in the order incidents open, across all jobs (stored as `incident/<id>`).
     pub id: u64,
     /// The job the fault interrupted; job events advance only its open incidents.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The node the fault was seen on.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Machine-readable cause (`agent_lost`, `worker_exited`, …).
     pub cause: String,
     /// Human-readable detail (exit code, health reason, …).
@@ -96,11 +96,11 @@ pub struct Incident {
     /// Set when the job ended (failed, stopped) before the incident could close.
     pub abandoned: Option<String>,
     /// The node that completed the replacement; `None` for a restart in place or a shrink.
-    pub replacement_node_id: Option<String>,
+    pub replacement_node_id: Option<NodeId>,
     /// The generation the fault ended.
-    pub from_generation: u64,
+    pub from_generation: Generation,
     /// The generation that relaunched, once it did: resumption is judged on its progress only.
-    pub to_generation: Option<u64>,
+    pub to_generation: Option<Generation>,
     /// The checkpoint step the relaunch resumed from (0 when it started fresh); progress past
     /// it closes the incident.
     pub resumed_from_step: Option<u64>,
@@ -127,7 +127,7 @@ pub struct RankEvidence {
     /// The rank's index in the generation.
     pub rank: u32,
     /// The node that ran it.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its worker's evidence in a line ([`crate::evidence::describe`]), or "no evidence".
     pub evidence: String,
     /// Its worker's Python stacks as its agent dumped them after the stall (at most
@@ -148,19 +148,19 @@ pub enum IncidentEvent {
     /// Every rank has a node again: stamps `replaced_at`.
     Replaced {
         /// The replacement that completed it; `None` for a restart in place or a shrink.
-        node: Option<String>,
+        node: Option<NodeId>,
     },
     /// Every rank of the new generation started: stamps `relaunched_at`.
     Relaunched {
         /// The new generation, whose progress will close the incident.
-        generation: u64,
+        generation: Generation,
         /// The step of the checkpoint it resumed from; 0 when it started fresh.
         resume_step: u64,
     },
     /// A rank reported progress: stamps `resumed_at` once it passes the resumed step.
     Progress {
         /// The generation it came from; another generation's progress proves nothing.
-        generation: u64,
+        generation: Generation,
         /// The step reached.
         step: u64,
     },
@@ -172,7 +172,7 @@ pub enum IncidentEvent {
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
         /// The candidate, now fenced.
-        node: String,
+        node: NodeId,
         /// Its check's failure, as in its fence reason.
         reason: String,
     },
@@ -188,14 +188,14 @@ impl Incident {
         cause: &str,
         detail: &str,
         action: RecoveryAction,
-        generation: u64,
+        generation: Generation,
         fault_at: Option<UnixMillis>,
         now: UnixMillis,
     ) -> Incident {
         Incident {
             id,
-            job_id: job_id.to_string(),
-            node_id: node_id.to_string(),
+            job_id: job_id.into(),
+            node_id: node_id.into(),
             cause: cause.to_string(),
             detail: detail.to_string(),
             action,
@@ -343,7 +343,7 @@ mod tests {
             "agent_lost",
             "",
             RecoveryAction::ReplaceNode,
-            1,
+            Generation(1),
             Some(900),
             1000,
         )
@@ -370,17 +370,20 @@ mod tests {
         let i = step(
             &i,
             &IncidentEvent::Relaunched {
-                generation: 2,
+                generation: Generation(2),
                 resume_step: 30,
             },
             1300,
         );
-        assert_eq!((i.to_generation, i.resumed_from_step), (Some(2), Some(30)));
+        assert_eq!(
+            (i.to_generation, i.resumed_from_step),
+            (Some(Generation(2)), Some(30))
+        );
         // Progress of the old generation or not past the resumed step does not close it.
         let i = step(
             &i,
             &IncidentEvent::Progress {
-                generation: 1,
+                generation: Generation(1),
                 step: 99,
             },
             1400,
@@ -388,7 +391,7 @@ mod tests {
         let i = step(
             &i,
             &IncidentEvent::Progress {
-                generation: 2,
+                generation: Generation(2),
                 step: 30,
             },
             1400,
@@ -397,7 +400,7 @@ mod tests {
         let i = step(
             &i,
             &IncidentEvent::Progress {
-                generation: 2,
+                generation: Generation(2),
                 step: 31,
             },
             1500,
@@ -426,7 +429,7 @@ mod tests {
         let skipped = step(
             &i,
             &IncidentEvent::Relaunched {
-                generation: 2,
+                generation: Generation(2),
                 resume_step: 0,
             },
             1100,
@@ -442,15 +445,21 @@ mod tests {
         let i = step(&opened(), &IncidentEvent::Fenced, 1100);
         let i = step(&i, &IncidentEvent::Replaced { node: None }, 1200);
         let relaunched = |generation, resume_step| IncidentEvent::Relaunched {
-            generation,
+            generation: Generation(generation),
             resume_step,
         };
         let i = step(&i, &relaunched(2, 30), 1300);
         // Generation 2 failed before its first step; generation 3 resumes from step 28.
         let i = step(&i, &relaunched(3, 28), 1500);
         assert_eq!(i.relaunched_at, Some(1300), "stamped once");
-        assert_eq!((i.to_generation, i.resumed_from_step), (Some(3), Some(28)));
-        let progress = |generation, step| IncidentEvent::Progress { generation, step };
+        assert_eq!(
+            (i.to_generation, i.resumed_from_step),
+            (Some(Generation(3)), Some(28))
+        );
+        let progress = |generation, step| IncidentEvent::Progress {
+            generation: Generation(generation),
+            step,
+        };
         assert!(step(&i, &progress(2, 31), 1600).is_open());
         assert_eq!(step(&i, &progress(3, 29), 1600).resumed_at, Some(1600));
         // An older generation's relaunch changes nothing.
@@ -479,7 +488,7 @@ mod tests {
             "c",
             "",
             RecoveryAction::None,
-            1,
+            Generation(1),
             Some(5000),
             1000,
         );

@@ -5,7 +5,8 @@
 //! through [`now_ms`], and pass it down).
 //!
 //! ## Layout
-//! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`.
+//! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`;
+//!   beside a node's state, its [`node::Link`] (how its agent is reached now).
 //! - [`cluster`] — the decision core: registry, jobs, incidents, failure detector, behind one
 //!   entry point, [`cluster::Cluster::step`], that takes an [`cluster::Input`] and `now` and
 //!   returns [`cluster::Command`]s for the coordinator's shell to carry out. Split by concern:
@@ -22,6 +23,8 @@
 //! - [`config`] — the coordinator's settings with defaults and validation.
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the
 //!   fixture test every daemon's config runs.
+//! - [`ids`] — [`NodeId`], [`JobId`], [`Generation`], [`Term`]: the names and counters that
+//!   travel through the core, stored as the bare string or number.
 //! - [`fault`] — the one cause of every fault (incidents, fenced nodes, metrics).
 //! - [`error`] — why the core refuses an input.
 //! - `sim` — the simulation test double (test builds and the `sim` feature only): the real core
@@ -36,6 +39,7 @@ pub mod config_file;
 pub mod error;
 pub mod evidence;
 pub mod fault;
+pub mod ids;
 pub mod incident;
 pub mod job;
 pub mod limits;
@@ -46,6 +50,7 @@ pub mod records;
 pub mod sim;
 
 pub use config::CoordinatorConfig;
+pub use ids::{Generation, JobId, NodeId, Term};
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

@@ -49,12 +49,42 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CoreError {
     }
 }
 
-fn max_len(field: &'static str, value: &str, max: usize) -> Result<(), CoreError> {
-    if value.len() > max {
-        return Err(invalid(
-            field,
-            format!("is {} bytes long; at most {max} are allowed", value.len()),
+/// Why `bytes` bytes are too many, if they are more than `max`.
+fn at_most_bytes(bytes: usize, max: usize) -> Result<(), String> {
+    if bytes > max {
+        return Err(format!("is {bytes} bytes long; at most {max} are allowed"));
+    }
+    Ok(())
+}
+
+/// Why `count` `things` (the verb and noun: "lists GPUs") are too many, if more than `max`.
+fn at_most(count: usize, max: usize, verb: &str, things: &str) -> Result<(), String> {
+    if count > max {
+        return Err(format!(
+            "{verb} {count} {things}; at most {max} are allowed"
         ));
+    }
+    Ok(())
+}
+
+fn max_len(field: &'static str, value: &str, max: usize) -> Result<(), CoreError> {
+    at_most_bytes(value.len(), max).map_err(|reason| invalid(field, reason))
+}
+
+fn max_count(
+    field: &'static str,
+    count: usize,
+    max: usize,
+    (verb, things): (&str, &str),
+) -> Result<(), CoreError> {
+    at_most(count, max, verb, things).map_err(|reason| invalid(field, reason))
+}
+
+/// A hostname or an address: one word, no control characters.
+fn one_word(field: &'static str, value: &str, max: usize) -> Result<(), CoreError> {
+    max_len(field, value, max)?;
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "must not hold spaces or control characters"));
     }
     Ok(())
 }
@@ -95,39 +125,11 @@ fn unix_ms(field: &'static str, at: i64) -> Result<(), CoreError> {
 /// A hello's fields.
 pub fn check_hello(hello: &Hello) -> Result<(), CoreError> {
     identifier("hello.node_id", &hello.node_id, MAX_NODE_ID)?;
-    max_len("hello.hostname", &hello.hostname, MAX_HOSTNAME)?;
-    if hello
-        .hostname
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid(
-            "hello.hostname",
-            "must not hold spaces or control characters",
-        ));
-    }
-    max_len("hello.advertise_address", &hello.address, MAX_ADDRESS)?;
-    if hello
-        .address
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid(
-            "hello.advertise_address",
-            "must not hold spaces or control characters",
-        ));
-    }
+    one_word("hello.hostname", &hello.hostname, MAX_HOSTNAME)?;
+    one_word("hello.advertise_address", &hello.address, MAX_ADDRESS)?;
     max_len("hello.boot_id", &hello.boot_id, MAX_SHORT_TEXT)?;
     max_len("hello.agent_version", &hello.agent_version, MAX_SHORT_TEXT)?;
-    if hello.gpus.len() > MAX_GPUS {
-        return Err(invalid(
-            "hello.gpus",
-            format!(
-                "lists {} GPUs; at most {MAX_GPUS} are allowed",
-                hello.gpus.len()
-            ),
-        ));
-    }
+    max_count("hello.gpus", hello.gpus.len(), MAX_GPUS, ("lists", "GPUs"))?;
     for gpu in &hello.gpus {
         max_len("hello.gpus.uuid", &gpu.uuid, MAX_SHORT_TEXT)?;
         max_len("hello.gpus.name", &gpu.name, MAX_SHORT_TEXT)?;
@@ -147,15 +149,12 @@ pub fn check_sent_at(sent_at: i64) -> Result<(), CoreError> {
 
 /// A health summary (heartbeat or immediate report).
 pub fn check_health(health: &HealthSummary) -> Result<(), CoreError> {
-    if health.checks.len() > MAX_HEALTH_CHECKS {
-        return Err(invalid(
-            "health.checks",
-            format!(
-                "holds {} checks; at most {MAX_HEALTH_CHECKS} are allowed",
-                health.checks.len()
-            ),
-        ));
-    }
+    max_count(
+        "health.checks",
+        health.checks.len(),
+        MAX_HEALTH_CHECKS,
+        ("holds", "checks"),
+    )?;
     for check in &health.checks {
         max_len("health.checks.check", &check.check, MAX_SHORT_TEXT)?;
         max_len("health.checks.reason", &check.reason, MAX_REASON)?;
@@ -195,51 +194,30 @@ pub fn check_job_request(request: &JobRequest) -> Result<(), CoreError> {
             format!("must be 1 to {MAX_JOB_ID} characters of [A-Za-z0-9._-]"),
         ));
     }
-    if request.command.len() > MAX_COMMAND_ARGS {
-        return Err(invalid(
-            "command",
-            format!(
-                "has {} arguments; at most {MAX_COMMAND_ARGS} are allowed",
-                request.command.len()
-            ),
-        ));
-    }
     let command_bytes: usize = request.command.iter().map(String::len).sum();
-    if command_bytes > MAX_JOB_TEXT {
-        return Err(invalid(
-            "command",
-            format!("is {command_bytes} bytes long; at most {MAX_JOB_TEXT} are allowed"),
-        ));
-    }
-    if request.env.len() > MAX_ENV_VARS {
-        return Err(invalid(
-            "env",
-            format!(
-                "has {} variables; at most {MAX_ENV_VARS} are allowed",
-                request.env.len()
-            ),
-        ));
-    }
     let env_bytes: usize = request.env.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if env_bytes > MAX_JOB_TEXT {
-        return Err(invalid(
+    let sizes = [
+        (
+            "command",
+            at_most(request.command.len(), MAX_COMMAND_ARGS, "has", "arguments"),
+        ),
+        ("command", at_most_bytes(command_bytes, MAX_JOB_TEXT)),
+        (
             "env",
-            format!("is {env_bytes} bytes long; at most {MAX_JOB_TEXT} are allowed"),
-        ));
-    }
-    for (field, value) in [
-        ("checkpoint_uri", &request.checkpoint_uri),
-        ("progress_regex", &request.progress_regex),
-    ] {
-        if value.len() > MAX_JOB_FIELD {
-            return Err(invalid(
-                field,
-                format!(
-                    "is {} bytes long; at most {MAX_JOB_FIELD} are allowed",
-                    value.len()
-                ),
-            ));
-        }
+            at_most(request.env.len(), MAX_ENV_VARS, "has", "variables"),
+        ),
+        ("env", at_most_bytes(env_bytes, MAX_JOB_TEXT)),
+        (
+            "checkpoint_uri",
+            at_most_bytes(request.checkpoint_uri.len(), MAX_JOB_FIELD),
+        ),
+        (
+            "progress_regex",
+            at_most_bytes(request.progress_regex.len(), MAX_JOB_FIELD),
+        ),
+    ];
+    for (field, size) in sizes {
+        size.map_err(|reason| invalid(field, reason))?;
     }
     Ok(())
 }
@@ -335,7 +313,7 @@ mod tests {
             );
         }
         let mut h = hello("n1");
-        h.worker = Some(("../../etc".into(), 1, 1, true));
+        h.worker = Some(("../../etc".into(), crate::Generation(1), 1, true));
         assert_eq!(
             field_of(check_hello(&h).expect_err("job")),
             "hello.worker.job_id"

@@ -2,12 +2,96 @@
 //!
 //! `Joining → Bootstrapping → Checking → Ready → Allocated → Fenced → (Repaired → Joining | Retired)`,
 //! plus `Offline` for an idle node whose agent is away and `Cordoned` by an operator.
-//! Connectivity, heartbeats and health live on [`crate::cluster::NodeRecord`]; this file owns only
-//! which state a node is in and which moves are legal. No I/O, no clock reads.
+//! Beside the lifecycle, a node's [`Link`] says how its agent is reached now (connected, away
+//! for a while, lost while its job vouches for it, gone); both are owned by
+//! [`crate::cluster::NodeRecord`], which alone decides whether a node is allocatable.
+//! Heartbeats and health live on the record too. This file owns which state a node is in and
+//! which moves are legal. No I/O, no clock reads.
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::fault::FaultCause;
+use crate::{JobId, UnixMillis};
+
+/// How the coordinator reaches a node's agent now. Not stored: a restarted coordinator gives
+/// every node that may come back [`Link::Away`] with its reconnect grace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Link {
+    /// Connected on stream `conn`; stream-closed reports of an older connection are ignored.
+    /// → Away on a close within an announced restart or the agent-lost grace, → Lost on a
+    /// close while its job may vouch for it, → Vouched on silence its job vouches for,
+    /// → Down otherwise.
+    Connected {
+        /// The live stream's connection id.
+        conn: u64,
+        /// Set by a goodbye that announced a restart: a close before this time is no fault.
+        restart_by: Option<UnixMillis>,
+    },
+    /// Away: the agent is gone but expected back (an announced restart, the agent-lost grace,
+    /// a restarted coordinator's reconnect grace); → Connected on hello, → Down with a node
+    /// fault at `until`.
+    Away {
+        /// When it counts as lost.
+        until: UnixMillis,
+    },
+    /// Lost: the stream closed while the job's progress may still vouch for the node's ranks,
+    /// judged by the next ticks; → Vouched when it does, → Down with a node fault when it does
+    /// not, → Connected on hello.
+    Lost {
+        /// When the stream closed.
+        since: UnixMillis,
+    },
+    /// Vouched: the agent is silent while its job keeps stepping, so its ranks keep running;
+    /// → Connected when the agent returns (fenced if without its worker), → Down with a node
+    /// fault at the job's next fault or when the rest of the job stalls.
+    Vouched {
+        /// When the job's progress first vouched for it.
+        since: UnixMillis,
+    },
+    /// Down: no agent and none expected; → Connected on hello.
+    #[default]
+    Down,
+}
+
+impl Link {
+    /// The live stream's connection id, if the agent is connected.
+    pub fn conn(&self) -> Option<u64> {
+        match self {
+            Link::Connected { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+
+    /// True while the agent's stream is open.
+    pub fn is_connected(&self) -> bool {
+        self.conn().is_some()
+    }
+
+    /// True while the node's job is asked (Lost) or trusted (Vouched) to speak for it.
+    pub fn rests_on_progress(&self) -> bool {
+        matches!(self, Link::Lost { .. } | Link::Vouched { .. })
+    }
+
+    /// The stream is gone without a close being judged (a heartbeat timeout): a restart
+    /// announced while connected still holds, anything else is down.
+    pub fn drop_conn(&mut self) {
+        if let Link::Connected { restart_by, .. } = *self {
+            *self = restart_by.map_or(Link::Down, |until| Link::Away { until });
+        }
+    }
+
+    /// Moves its deadlines by `by` (time the coordinator could not observe).
+    pub fn shift(&mut self, by: i64) {
+        match self {
+            Link::Connected {
+                restart_by: Some(t),
+                ..
+            }
+            | Link::Away { until: t } => *t = t.saturating_add(by),
+            _ => {}
+        }
+    }
+}
 
 /// Where a node is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +110,7 @@ pub enum NodeState {
     /// Allocated: runs ranks of `job_id`; → Ready when the job lets it go, → Fenced on any node fault.
     Allocated {
         /// The job whose ranks run here; a node serves one job at a time.
-        job_id: String,
+        job_id: JobId,
     },
     /// Offline: a free node whose agent is away; → Joining when it says hello again.
     Offline,
@@ -85,7 +169,7 @@ pub enum NodeEvent {
     /// A job took the node.
     Allocate {
         /// The job that took it (a new job's rank, or a replacement for a failed node's).
-        job_id: String,
+        job_id: JobId,
     },
     /// The job let the node go.
     Release,
@@ -335,6 +419,28 @@ mod tests {
             Ok(NodeState::Joining)
         );
         assert!(step(&NodeState::Ready, &NodeEvent::Uncordon).is_err());
+    }
+
+    #[test]
+    fn a_dropped_stream_keeps_an_announced_restart() {
+        let mut link = Link::Connected {
+            conn: 1,
+            restart_by: Some(500),
+        };
+        link.shift(100);
+        link.drop_conn();
+        assert_eq!(link, Link::Away { until: 600 });
+        let mut link = Link::Connected {
+            conn: 2,
+            restart_by: None,
+        };
+        link.drop_conn();
+        assert_eq!(link, Link::Down);
+        let mut vouched = Link::Vouched { since: 5 };
+        vouched.drop_conn();
+        vouched.shift(100);
+        assert_eq!(vouched, Link::Vouched { since: 5 });
+        assert!(vouched.rests_on_progress() && !vouched.is_connected());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::incident::Incident;
 use crate::job::Job;
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, Term, UnixMillis};
 
 /// A command for one agent. Every command carries the coordinator's term: agents refuse terms
 /// older than the newest they have seen.
@@ -23,7 +23,7 @@ pub enum AgentCommand {
         /// Why, for the agent's log.
         reason: String,
         /// The coordinator's term.
-        term: u64,
+        term: Term,
     },
     /// Run one lifecycle script by name and report its result.
     RunScript(RunScript),
@@ -32,19 +32,19 @@ pub enum AgentCommand {
         /// Why, for the agent's log.
         reason: String,
         /// The coordinator's term.
-        term: u64,
+        term: Term,
     },
     /// Dump the Python stacks of a stalled generation's worker (before stopping it: the agent
     /// carries out commands in order) and answer with [`crate::cluster::Input::Stacks`].
     DumpStacks {
         /// The job.
-        job_id: String,
+        job_id: JobId,
         /// The stalled generation.
-        generation: u64,
+        generation: Generation,
         /// The incident the stacks belong to.
         incident_id: u64,
         /// The coordinator's term.
-        term: u64,
+        term: Term,
     },
     /// The coordinator's clock, for the agent to echo in its next heartbeat ([`ClockEcho`]): a
     /// round trip that measures the node's clock offset. Sent every few heartbeat intervals.
@@ -69,9 +69,9 @@ pub struct ClockEcho {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
     /// The job.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The generation this launch starts; agents refuse one they already ran.
-    pub generation: u64,
+    pub generation: Generation,
     /// The training command (placeholders substituted by the agent).
     pub command: Vec<String>,
     /// Extra environment of the job.
@@ -97,22 +97,22 @@ pub struct Launch {
     /// SIGTERM → SIGKILL grace when the worker is stopped.
     pub stop_grace_ms: u64,
     /// The coordinator's term.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// Stop a job's workers on one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stop {
     /// The job.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The generation to stop (older and equal ones).
-    pub generation: u64,
+    pub generation: Generation,
     /// SIGTERM → SIGKILL grace.
     pub grace_ms: u64,
     /// Why, for the agent's log.
     pub reason: String,
     /// The coordinator's term.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// Run one lifecycle script.
@@ -129,20 +129,20 @@ pub struct RunScript {
     /// Extra environment.
     pub env: BTreeMap<String, String>,
     /// The coordinator's term.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// What the coordinator answers an agent's hello with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
     /// The node id the agent is known by.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// How often the agent must send heartbeats.
     pub heartbeat_interval_ms: u64,
     /// The coordinator's clock when it answered.
     pub coordinator_unix_ms: UnixMillis,
     /// The coordinator's term.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// The state of one health check: a closed set.
@@ -244,9 +244,9 @@ impl HealthSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerEvent {
     /// The job.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The generation the worker belongs to.
-    pub generation: u64,
+    pub generation: Generation,
     /// When it happened (agent clock).
     pub at: UnixMillis,
     /// What happened.
@@ -276,9 +276,9 @@ pub enum WorkerEventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// The job.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The worker's generation.
-    pub generation: u64,
+    pub generation: Generation,
     /// The step it reached.
     pub step: u64,
 }

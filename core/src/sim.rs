@@ -107,7 +107,7 @@ use crate::incident::Incident;
 use crate::job::Job;
 use crate::node::NodeState;
 use crate::protocol::{AgentCommand, CommandResult, Event, EventKind, JobRequest};
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, Term, UnixMillis};
 
 mod agent;
 mod faults;
@@ -151,7 +151,7 @@ pub struct SimCheckpoint {
     /// The step it holds.
     pub step: u64,
     /// The generation that wrote it.
-    pub generation: u64,
+    pub generation: Generation,
     /// When it was completed (the sim's clock, which is the coordinator's).
     pub written_at: UnixMillis,
     /// Where it is (`sim://job/step-N`).
@@ -181,7 +181,7 @@ pub struct SimStats {
 #[derive(Debug, Clone)]
 enum ToAgent {
     Welcome {
-        term: u64,
+        term: Term,
         heartbeat_interval_ms: u64,
     },
     Refused,
@@ -226,8 +226,8 @@ enum SimEvent {
         pid: u32,
     },
     Gang {
-        job_id: String,
-        generation: u64,
+        job_id: JobId,
+        generation: Generation,
     },
     CoordinatorWakes,
 }
@@ -297,7 +297,7 @@ pub struct Sim {
     agents: BTreeMap<String, Agent>,
     streams: BTreeMap<u64, Stream>,
     /// node → the stream the shell sends its commands on.
-    server: BTreeMap<String, u64>,
+    server: BTreeMap<NodeId, u64>,
     /// hello request → its stream.
     pending_hellos: BTreeMap<u64, u64>,
     next_conn: u64,
@@ -307,7 +307,7 @@ pub struct Sim {
     epoch: u64,
     paused_until: Option<UnixMillis>,
     held: Vec<(Origin, Input)>,
-    gangs: BTreeMap<(String, u64), Gang>,
+    gangs: BTreeMap<(JobId, Generation), Gang>,
     jobs: BTreeMap<String, SimJob>,
     checkpoints: BTreeMap<String, BTreeMap<u64, SimCheckpoint>>,
     store_down: bool,
@@ -317,7 +317,7 @@ pub struct Sim {
     checks: InvariantChecks,
     ticks_to_records_check: u64,
     /// Highest generation seen per job (the generations-only-grow invariant).
-    generations: BTreeMap<String, u64>,
+    generations: BTreeMap<JobId, Generation>,
     stats: SimStats,
     rng: SimRng,
 }
@@ -464,7 +464,7 @@ impl Sim {
         match reply {
             Ok(Reply::Job(job)) => {
                 self.jobs.insert(
-                    job.id.clone(),
+                    job.id.to_string(),
                     SimJob {
                         params,
                         total_steps,
@@ -475,7 +475,7 @@ impl Sim {
             Ok(other) => panic!("sim: a submit was answered with {other:?}"),
             Err(e) => {
                 if let Some(id) = explicit {
-                    if !self.cluster.jobs.contains_key(&id) {
+                    if !self.cluster.jobs.contains_key(id.as_str()) {
                         self.jobs.remove(&id);
                     }
                 }
@@ -505,13 +505,13 @@ impl Sim {
 
     /// An operator stops a job.
     pub fn stop_job(&mut self, job_id: &str) -> Result<Reply, CoreError> {
-        let job_id = job_id.to_string();
+        let job_id = JobId::from(job_id);
         self.request(|request| Input::StopJob { request, job_id })
     }
 
     /// An operator asks a node's agent to restart in place.
     pub fn restart_agent(&mut self, node: &str) -> Result<Reply, CoreError> {
-        let node = node.to_string();
+        let node = NodeId::from(node);
         self.request(|request| Input::RestartAgent {
             request,
             node,

@@ -9,7 +9,7 @@ use holdfast_core::cluster::Role;
 use holdfast_core::job::JobState;
 use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{InvariantChecks, JobParams, Sim};
-use holdfast_core::CoordinatorConfig;
+use holdfast_core::{CoordinatorConfig, NodeId};
 
 const JOBS: usize = 60;
 const RANKS: u32 = 30;
@@ -145,11 +145,11 @@ fn two_thousand_nodes_ride_out_a_hundred_random_faults() {
         }
     }
     let fenced = sim.nodes_in("fenced");
-    let innocent: Vec<&String> = fenced
+    let innocent: Vec<&NodeId> = fenced
         .iter()
         .filter(|n| {
             !matches!(
-                touched.get(*n),
+                touched.get(n.as_str()),
                 Some(Fault::Kill | Fault::Cut | Fault::Pause(_))
             )
         })

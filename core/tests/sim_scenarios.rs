@@ -5,10 +5,10 @@
 use holdfast_core::cluster::Role;
 use holdfast_core::incident::{Incident, RecoveryAction};
 use holdfast_core::job::{JobState, RecoveryPhase};
-use holdfast_core::node::{FaultCause, NodeState};
+use holdfast_core::node::{FaultCause, Link, NodeState};
 use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{Exit, JobParams, NodeOptions, Sim, WorkerStatus};
-use holdfast_core::CoordinatorConfig;
+use holdfast_core::{CoordinatorConfig, Generation, NodeId};
 
 /// `workers` nodes `w0…` and `spares` nodes `s0…`, all ready.
 fn cluster_with(config: CoordinatorConfig, workers: usize, spares: usize) -> Sim {
@@ -59,24 +59,30 @@ fn assert_no_incident(sim: &Sim) {
 /// "job" still runs its first generation.
 fn assert_first_generation_runs(sim: &Sim) {
     let job = sim.job("job");
-    assert_eq!((job.state.clone(), job.generation), (JobState::Running, 1));
+    assert_eq!(
+        (job.state.clone(), job.generation),
+        (JobState::Running, Generation(1))
+    );
 }
 
 /// "job" runs generation `generation` on `nodes`, in rank order.
 fn assert_runs_on(sim: &Sim, generation: u64, nodes: &[&str]) {
     let job = sim.job("job");
-    assert_eq!((job.generation, job.nodes()), (generation, strings(nodes)));
+    assert_eq!(
+        (job.generation, job.nodes()),
+        (Generation(generation), ids(nodes))
+    );
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
+fn ids(items: &[&str]) -> Vec<NodeId> {
+    items.iter().copied().map(NodeId::from).collect()
 }
 
 /// `node`'s worker was restarted in place: it runs generation 2.
 fn assert_restarted_in_place(sim: &Sim, node: &str) {
     assert_eq!(
         sim.worker_of(node).map(|w| (w.generation, w.status)),
-        Some((2, WorkerStatus::Running))
+        Some((Generation(2), WorkerStatus::Running))
     );
 }
 
@@ -179,7 +185,10 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
     let i = only_incident_of(&sim, "agent_lost", "w1");
     assert_eq!(i.action, RecoveryAction::ReplaceNode);
     assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
-    assert_eq!((i.from_generation, i.to_generation), (1, Some(2)));
+    assert_eq!(
+        (i.from_generation, i.to_generation),
+        (Generation(1), Some(Generation(2)))
+    );
     assert_eq!(i.resumed_from_step, Some(20));
     assert_phases_in_order(&i, killed_at);
     // The stream closed at once; the job's progress is given a few steps to vouch for w1 (its
@@ -258,7 +267,7 @@ fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps(
     assert_no_incident(&sim);
     assert!(sim.nodes_in("fenced").is_empty());
     assert!(
-        sim.node("w1").vouched_since.is_some(),
+        matches!(sim.node("w1").link, Link::Vouched { .. }),
         "w1's agent counts as lost"
     );
     assert_first_generation_runs(&sim);
@@ -266,10 +275,10 @@ fn a_node_cut_off_from_the_coordinator_only_keeps_its_ranks_while_the_job_steps(
     assert!(sim.job("job").step > step + 20, "training went on");
     // The link heals: the agent comes back with the same worker, nothing else happens.
     sim.heal("w1");
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 5_000));
     sim.run_for(1_000);
     assert_no_incident(&sim);
-    assert!(sim.node("w1").vouched_since.is_none());
+    assert!(!matches!(sim.node("w1").link, Link::Vouched { .. }));
     assert_eq!(sim.job("job").generation, 1);
 }
 
@@ -304,10 +313,13 @@ fn a_cut_node_is_fenced_after_the_heartbeat_timeout_and_stays_fenced_when_it_ret
     assert_phases_in_order(&i, cut_at);
     assert_eq!(sim.job("job").nodes(), ["w0", "s0", "w2"]);
     // The cut worker trained on alone, stuck without its peers.
-    assert_eq!(sim.worker_of("w1").map(|w| w.generation), Some(1));
+    assert_eq!(
+        sim.worker_of("w1").map(|w| w.generation),
+        Some(Generation(1))
+    );
 
     sim.heal("w1");
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 2_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 2_000));
     sim.run_for(500);
     assert_eq!(sim.node_state("w1").name(), "fenced");
     assert_eq!(sim.worker_of("w1"), None, "the stale worker was stopped");
@@ -358,9 +370,10 @@ fn a_coordinator_restart_mid_training_opens_no_incident_and_keeps_the_generation
     let term = sim.cluster().term;
     let step = sim.job("job").step;
     sim.restart_coordinator();
-    assert_eq!(sim.cluster().term, term + 1);
+    assert_eq!(sim.cluster().term, term.next());
     assert!(sim.run_until(
-        |s| s.cluster().nodes.values().all(|n| n.conn.is_some()) && s.job("job").step > step + 20,
+        |s| s.cluster().nodes.values().all(|n| n.link.is_connected())
+            && s.job("job").step > step + 20,
         10_000
     ));
     sim.run_for(15_000);
@@ -428,7 +441,7 @@ fn a_short_pause_is_ridden_out_and_a_long_one_fences_the_node() {
     assert_eq!(sim.job("job").nodes(), ["w0", "s0", "w2"]);
     assert_eq!(only_incident(&sim).cause, "heartbeat_timeout");
     // It wakes, learns its stream was closed, says hello again and is told to stop.
-    assert!(sim.run_until(|s| s.node("w1").conn.is_some(), 5_000));
+    assert!(sim.run_until(|s| s.node("w1").link.is_connected(), 5_000));
     sim.run_for(200);
     assert_eq!(sim.node_state("w1").name(), "fenced");
     assert_eq!(sim.worker_of("w1"), None);
@@ -442,7 +455,7 @@ fn an_agent_restarted_in_place_keeps_its_worker_and_the_job_keeps_training() {
     sim.restart_agent("w1").expect("accepted");
     let step = sim.job("job").step;
     assert!(sim.run_until(
-        |s| s.node("w1").conn.is_some() && s.job("job").step > step + 20,
+        |s| s.node("w1").link.is_connected() && s.job("job").step > step + 20,
         5_000
     ));
     assert!(sim.incidents().is_empty());
@@ -588,7 +601,7 @@ fn a_second_node_fault_while_the_job_waits_for_a_replacement_gets_its_incident_c
     assert_runs_on(&sim, 2, &["w0", "late0", "late1"]);
     for i in sim.incidents() {
         assert_phases_in_order(i, second_at - 3_000);
-        assert_eq!(i.to_generation, Some(2));
+        assert_eq!(i.to_generation, Some(Generation(2)));
     }
 }
 
@@ -628,10 +641,10 @@ fn an_incident_whose_relaunch_fails_before_any_progress_closes_with_the_next_gen
     assert_eq!(second.cause, "worker_exited");
     assert_eq!(
         first.to_generation,
-        Some(3),
+        Some(Generation(3)),
         "it followed the job to generation 3"
     );
-    assert_eq!(second.to_generation, Some(3));
+    assert_eq!(second.to_generation, Some(Generation(3)));
 }
 
 /// An operator cordons a node that runs a job (the job keeps running on it), then uncordons
@@ -727,7 +740,7 @@ fn a_stopped_or_spinning_rank_is_named_and_only_its_node_is_quarantined() {
                 );
             }
             assert_eq!(sim.nodes_in("fenced"), vec![stuck.to_string()]);
-            assert!(!sim.job("job").nodes().contains(&stuck.to_string()));
+            assert!(!sim.job("job").nodes().contains(&NodeId::from(stuck)));
         }
     }
 }

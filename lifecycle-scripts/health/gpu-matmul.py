@@ -13,26 +13,15 @@ import os
 import sys
 import time
 
-
-def gpu_device_present():
-    return os.path.exists("/dev/nvidiactl")
+from _gpus import gpu_count_or_verdict
 
 
 def main():
-    try:
-        import torch
-    except ImportError:
-        if not gpu_device_present():
-            print("not applicable: no GPU on this host")
-            return 0
-        print("fail: GPUs present but PyTorch is not installed")
-        return 1
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        if gpu_device_present():
-            print("fail: /dev/nvidiactl exists but CUDA sees no GPU")
-            return 1
-        print("not applicable: no GPU on this host")
-        return 0
+    count, verdict = gpu_count_or_verdict()
+    if verdict is not None:
+        return verdict
+    import torch
+
     n = int(os.environ.get("HOLDFAST_MATMUL_N", "2048"))
     rtol = float(os.environ.get("HOLDFAST_MATMUL_RTOL", "1e-4"))
     # Full fp32 on the GPU: TF32 would differ from the reference by design, not by fault.
@@ -45,7 +34,6 @@ def main():
     scale = reference.abs().max().item()
     started = time.monotonic()
     worst = 0.0
-    count = torch.cuda.device_count()
     for i in range(count):
         try:
             dev = torch.device("cuda", i)

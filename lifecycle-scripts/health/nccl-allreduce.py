@@ -16,9 +16,7 @@ import socket
 import sys
 import time
 
-
-def gpu_device_present():
-    return os.path.exists("/dev/nvidiactl")
+from _gpus import gpu_count_or_verdict
 
 
 def free_port():
@@ -51,22 +49,11 @@ def worker(rank, world, port, nbytes, iters, results):
 
 
 def main():
-    try:
-        import torch
-        import torch.multiprocessing as mp
-    except ImportError:
-        if not gpu_device_present():
-            print("not applicable: no GPU on this host")
-            return 0
-        print("fail: GPUs present but PyTorch is not installed")
-        return 1
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        if gpu_device_present():
-            print("fail: /dev/nvidiactl exists but CUDA sees no GPU")
-            return 1
-        print("not applicable: no GPU on this host")
-        return 0
+    count, verdict = gpu_count_or_verdict()
+    if verdict is not None:
+        return verdict
+    import torch.multiprocessing as mp
+
     if count == 1:
         print("not applicable: one GPU, nothing to all-reduce across")
         return 0

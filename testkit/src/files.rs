@@ -1,57 +1,15 @@
 //! Files of a test: its scratch directory, the repository it runs from, executable scripts.
 
-use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// The per-test scratch directory, shared with the agent's unit tests.
+pub use holdfast_agent::testdir::Scratch;
 
 /// The repository's root (the parent of `testkit/`).
 pub fn repo_root() -> &'static Path {
     let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
     testkit.parent().unwrap_or(testkit)
-}
-
-/// A fresh, empty directory for one test: `<tmp>/holdfast-<name>-<pid>`. Dropping it removes it
-/// — unless the test is failing: then its logs and state stay for a look, and it says where. Declare it
-/// before the cluster that writes into it: locals drop in reverse order, the cluster first.
-#[derive(Debug)]
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    /// `name` must be unique among the tests of one test binary (they run in one process).
-    pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Deref for Scratch {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept for a look: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// Writes `text` to `dir/name` (a config file, a token file); returns its path as a flag

@@ -159,6 +159,21 @@ pub async fn local_cluster(
     cluster
 }
 
+/// A coordinator alone in `dir` (the test starts its agents) and `dir/agent.toml` holding
+/// `agent_config` (fault injection, probe timings): the value of `--config` for the agents
+/// that use it.
+pub async fn coordinator_with_agent_config(
+    exe: &Path,
+    dir: &Path,
+    agent_config: &str,
+) -> (LocalCluster, String) {
+    let cluster = LocalCluster::start(exe, dir, &[])
+        .await
+        .expect("the coordinator starts");
+    let config = crate::write_file(dir, "agent.toml", agent_config);
+    (cluster, config)
+}
+
 /// How many nodes are connected and ready; 0 while the coordinator cannot be asked (not
 /// started yet, restarting).
 pub async fn ready_count(rig: &impl Rig) -> usize {

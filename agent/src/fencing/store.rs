@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn the_state_survives_a_restart_and_a_bad_file_is_a_fresh_start() {
-        let dir = crate::testdir::TestDir::new("fencing-store");
+        let dir = crate::testdir::Scratch::new("fencing-store");
         assert_eq!(load(&dir), Fencing::default());
         let shared = SharedFencing::load(&dir);
         shared.decide(|f| f.admit_launch("job-1", 3, 7)).unwrap();
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_refusal_that_raised_the_term_is_saved_and_a_plain_refusal_writes_nothing() {
-        let dir = crate::testdir::TestDir::new("fencing-decide");
+        let dir = crate::testdir::Scratch::new("fencing-decide");
         let shared = SharedFencing::load(&dir);
         shared.decide(|f| f.admit_launch("j", 2, 5)).unwrap();
         assert!(shared.decide(|f| f.admit_launch("j", 2, 6)).is_err());

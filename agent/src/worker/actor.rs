@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn the_fencing_state_survives_an_agent_restart() {
-        let dir = crate::testdir::TestDir::new("fencing");
+        let dir = crate::testdir::Scratch::new("fencing");
         SharedFencing::load(&dir)
             .decide(|f| f.admit_launch("job-1", 3, 7))
             .unwrap();
@@ -376,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_of_an_older_term_or_generation_are_refused_after_a_restart() {
-        let dir = crate::testdir::TestDir::new("fencing-cmd");
+        let dir = crate::testdir::Scratch::new("fencing-cmd");
         SharedFencing::load(&dir)
             .decide(|f| f.admit_launch("j", 2, 5))
             .unwrap();

@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn the_record_is_written_whole_read_back_and_cleared() {
-        let dir = crate::testdir::TestDir::new("record");
+        let dir = crate::testdir::Scratch::new("record");
         assert_eq!(read(&dir), None);
         let record = WorkerRecord {
             job_id: "j".into(),

@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn only_the_latest_logs_are_kept() {
-        let state_dir = crate::testdir::TestDir::new("logs");
+        let state_dir = crate::testdir::Scratch::new("logs");
         let dir = state_dir.join("logs");
         // Logs of one time stamp go by name: these, in the order they were opened.
         for i in 0..KEEP_LOGS + 3 {

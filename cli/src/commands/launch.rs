@@ -80,9 +80,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let done = follow::follow_events_at(
+    let done = follow::follow_events(
         &mut c,
-        &args.addr.coordinator,
+        Some(&args.addr.coordinator),
         events,
         &job.job_id,
         Duration::from_secs(u64::MAX / 4),

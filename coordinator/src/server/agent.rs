@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use holdfast_core::cluster::{Command, Input, Reply};
 use holdfast_core::error::CoreError;
-use holdfast_core::limits;
+use holdfast_core::{limits, NodeId};
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::AgentService;
@@ -23,10 +23,10 @@ impl Coordinator {
     /// One message of an agent's stream becomes an input of the core. Refused (and the stream
     /// closed by the caller) when a field is outside [`holdfast_core::limits`].
     fn handle_agent_message(&self, node: &str, body: FromAgent) -> Result<(), CoreError> {
-        let node = node.to_string();
+        let node = NodeId::from(node);
         let input = match body {
             FromAgent::Hello(_) => {
-                tracing::warn!(node, "second hello on one stream ignored");
+                tracing::warn!(node = node.as_str(), "second hello on one stream ignored");
                 return Ok(());
             }
             FromAgent::Heartbeat(hb) => {
@@ -80,7 +80,7 @@ impl Coordinator {
                 let result = crate::wire::command_result(r);
                 limits::check_command_result(&result)?;
                 tracing::info!(
-                    node,
+                    node = node.as_str(),
                     command = result.command_id,
                     ok = result.ok,
                     "command result: {}",
@@ -90,7 +90,7 @@ impl Coordinator {
             }
             FromAgent::Goodbye(g) => {
                 tracing::info!(
-                    node,
+                    node = node.as_str(),
                     restarting = g.restarting,
                     "goodbye: {}",
                     limits::truncated(&g.reason, limits::MAX_LOGGED)
@@ -170,7 +170,7 @@ impl AgentService for Coordinator {
             return Err(e.into());
         }
         if let Some(identities) = &certified {
-            if !identities.contains(&hello.node_id) {
+            if !identities.iter().any(|id| *id == hello.node_id) {
                 let e = CoordinatorError::Unauthenticated(format!(
                     "hello claims node id {} but the client certificate is for {}",
                     hello.node_id,
@@ -212,13 +212,13 @@ impl AgentService for Coordinator {
             };
             (welcome, self.seal(&cluster, commands.collect()))
         };
-        let node = welcome.node_id.clone();
+        let node = welcome.node_id.to_string();
         let mut sent = false;
         self.commit(sealed, || {
             // The receiver is alive: it is returned below.
             let _ = tx.send(Ok(crate::wire::welcome(welcome)));
             self.agents().insert(
-                node.clone(),
+                NodeId::from(node.as_str()),
                 AgentConn {
                     conn,
                     tx,
@@ -270,12 +270,15 @@ impl AgentService for Coordinator {
             }
             {
                 let mut agents = this.agents();
-                if agents.get(&node).is_some_and(|a| a.conn == conn) {
-                    agents.remove(&node);
+                if agents.get(node.as_str()).is_some_and(|a| a.conn == conn) {
+                    agents.remove(node.as_str());
                 }
             }
             tracing::info!(node, conn, "agent session closed");
-            this.step(Input::Disconnected { node, conn });
+            this.step(Input::Disconnected {
+                node: node.into(),
+                conn,
+            });
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }

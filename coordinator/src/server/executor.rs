@@ -2,6 +2,7 @@
 //! lookups, provider calls, replies to waiting calls, events for watchers; and the ticker that
 //! drives the failure detector's clock.
 
+use std::future::Future;
 use std::time::Duration;
 
 use holdfast_core::cluster::{Command, Input, Reply};
@@ -51,17 +52,20 @@ impl Coordinator {
                             let msg = crate::wire::agent_command(command);
                             if agent.tx.send(Ok(msg)).is_err() {
                                 tracing::warn!(
-                                    node,
+                                    node = node.as_str(),
                                     "agent stream already closed; command dropped"
                                 );
                             }
                         }
-                        None => tracing::warn!(node, "agent not connected; command dropped"),
+                        None => tracing::warn!(
+                            node = node.as_str(),
+                            "agent not connected; command dropped"
+                        ),
                     }
                 }
                 Command::Disconnect { node, reason } => {
                     if let Some(agent) = self.agents().remove(&node) {
-                        tracing::warn!(node, "closing agent stream: {reason}");
+                        tracing::warn!(node = node.as_str(), "closing agent stream: {reason}");
                         // Tell the agent why before the stream goes.
                         let _ = agent.tx.send(Err(Status::unavailable(reason)));
                         agent.close.notify_one();
@@ -71,83 +75,63 @@ impl Coordinator {
                     job_id,
                     uri,
                     fenced,
-                } => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let result = if uri.is_empty() {
-                            Ok(None)
-                        } else {
-                            match CheckpointStore::open(&uri) {
-                                Ok(store) => store
-                                    .resolve_latest(&fenced)
-                                    .await
-                                    .map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            }
-                        };
-                        match &result {
-                            Ok(Some(c)) => {
-                                tracing::info!(job = job_id, step = c.step, "resume from {}", c.uri)
-                            }
-                            Ok(None) => {
-                                tracing::info!(job = job_id, "no complete checkpoint; fresh start")
-                            }
-                            Err(e) => {
-                                tracing::warn!(job = job_id, "checkpoint resolution failed: {e}")
-                            }
+                } => self.answer_later(|_| async move {
+                    let result = if uri.is_empty() {
+                        Ok(None)
+                    } else {
+                        match CheckpointStore::open(&uri) {
+                            Ok(store) => store
+                                .resolve_latest(&fenced)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
                         }
-                        this.step(Input::CheckpointResolved { job_id, result });
-                    });
-                }
+                    };
+                    let job = job_id.as_str();
+                    match &result {
+                        Ok(Some(c)) => {
+                            tracing::info!(job, step = c.step, "resume from {}", c.uri)
+                        }
+                        Ok(None) => tracing::info!(job, "no complete checkpoint; fresh start"),
+                        Err(e) => tracing::warn!(job, "checkpoint resolution failed: {e}"),
+                    }
+                    Input::CheckpointResolved { job_id, result }
+                }),
                 Command::Provision {
                     request_id,
                     job_id,
                     count,
-                } => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let request = ProvisionRequest {
-                            request_id,
-                            job_id: job_id.clone(),
-                            count,
-                        };
-                        let result = this
-                            .shared
-                            .provider
-                            .provision(request)
-                            .await
-                            .map(|p| p.hosts)
-                            .map_err(|e| e.to_string());
-                        this.step(Input::ProvisionResult {
-                            job_id,
-                            count,
-                            result,
-                        });
-                    });
-                }
+                } => self.answer_later(move |this| async move {
+                    let request = ProvisionRequest {
+                        request_id,
+                        job_id: job_id.to_string(),
+                        count,
+                    };
+                    let result = this.shared.provider.provision(request).await;
+                    Input::ProvisionResult {
+                        job_id,
+                        count,
+                        result: result.map(|p| p.hosts).map_err(|e| e.to_string()),
+                    }
+                }),
                 Command::FenceHost {
                     node,
                     hostname,
                     address,
                     reason,
-                } => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let request = FenceRequest {
-                            node_id: node.clone(),
-                            hostname,
-                            address,
-                            reason,
-                        };
-                        let result = this
-                            .shared
-                            .provider
-                            .fence(request)
-                            .await
-                            .map_err(|e| e.to_string());
-                        this.step(Input::FenceHostResult { node, result });
-                    });
-                }
+                } => self.answer_later(move |this| async move {
+                    let request = FenceRequest {
+                        node_id: node.to_string(),
+                        hostname,
+                        address,
+                        reason,
+                    };
+                    let result = this.shared.provider.fence(request).await;
+                    Input::FenceHostResult {
+                        node,
+                        result: result.map_err(|e| e.to_string()),
+                    }
+                }),
                 Command::Reply { request, reply } => {
                     let waiter = self
                         .shared
@@ -168,6 +152,20 @@ impl Coordinator {
             }
         }
         None
+    }
+
+    /// Runs `work` (a checkpoint lookup, a provider call) off the core's lock, then steps the
+    /// core with the input it answers with.
+    fn answer_later<F, Work>(&self, work: Work)
+    where
+        Work: FnOnce(Coordinator) -> F,
+        F: Future<Output = Input> + Send + 'static,
+    {
+        let this = self.clone();
+        let answer = work(self.clone());
+        tokio::spawn(async move {
+            this.step(answer.await);
+        });
     }
 
     /// Runs the failure detector's clock until the process ends.

@@ -32,6 +32,7 @@ use std::time::Duration;
 use holdfast_core::cluster::{Cluster, Command, Input, Reply};
 use holdfast_core::error::CoreError;
 use holdfast_core::records::Records;
+use holdfast_core::NodeId;
 use holdfast_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tonic::Status;
@@ -76,7 +77,7 @@ struct Shared {
     /// The ticket whose turn it is to commit.
     turn: Mutex<u64>,
     turn_changed: Condvar,
-    agents: Mutex<HashMap<String, AgentConn>>,
+    agents: Mutex<HashMap<NodeId, AgentConn>>,
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
@@ -134,7 +135,7 @@ impl Coordinator {
             None => (Cluster::new(config), Vec::new()),
         };
         tracing::info!(
-            term = cluster.term,
+            term = cluster.term.get(),
             nodes = cluster.nodes.len(),
             jobs = cluster.jobs.len(),
             "state in {described}"
@@ -205,7 +206,7 @@ impl Coordinator {
         cluster
     }
 
-    fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentConn>> {
+    fn agents(&self) -> MutexGuard<'_, HashMap<NodeId, AgentConn>> {
         self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -21,39 +21,32 @@ use crate::now_ms;
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 impl Coordinator {
-    /// Steps the core with the input `make` builds for a fresh request id; answers with the job.
-    fn ask_job(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Job>, Status> {
+    /// Steps the core with the input `make` builds for a fresh request id: the core's reply, or
+    /// its refusal as a status.
+    fn ask(&self, make: impl FnOnce(u64) -> Input) -> Result<Reply, Status> {
         let request = self.request_id();
-        self.job_reply(self.step(make(request)))
-    }
-
-    /// Steps the core with the input `make` builds for a fresh request id; answers with the node.
-    fn ask_node(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Node>, Status> {
-        let request = self.request_id();
-        self.node_reply(self.step(make(request)))
-    }
-
-    fn job_reply(
-        &self,
-        reply: Option<Result<Reply, CoreError>>,
-    ) -> Result<Response<pb::Job>, Status> {
-        match reply {
-            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
+        match self.step(make(request)) {
+            Some(Ok(reply)) => Ok(reply),
             Some(Err(e)) => Err(CoordinatorError::from(e).into()),
+            None => Err(not_answered()),
+        }
+    }
+
+    /// [`Coordinator::ask`] for a call answered with the job.
+    fn ask_job(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Job>, Status> {
+        match self.ask(make)? {
+            Reply::Job(job) => Ok(Response::new(crate::view::job(&job))),
             _ => Err(not_answered()),
         }
     }
 
-    fn node_reply(
-        &self,
-        reply: Option<Result<Reply, CoreError>>,
-    ) -> Result<Response<pb::Node>, Status> {
-        match reply {
-            Some(Ok(Reply::Node(node))) => {
+    /// [`Coordinator::ask`] for a call answered with the node.
+    fn ask_node(&self, make: impl FnOnce(u64) -> Input) -> Result<Response<pb::Node>, Status> {
+        match self.ask(make)? {
+            Reply::Node(node) => {
                 let cluster = self.settled();
                 Ok(Response::new(crate::view::node(&node, &cluster.jobs)))
             }
-            Some(Err(e)) => Err(CoordinatorError::from(e).into()),
             _ => Err(not_answered()),
         }
     }
@@ -84,16 +77,9 @@ impl OperatorService for Coordinator {
                 return Err(e.into());
             }
         }
-        let request = self.request_id();
         let job = crate::wire::job_request(spec);
-        match self.step(Input::Submit { request, job }) {
-            Some(Ok(Reply::Job(job))) => Ok(Response::new(crate::view::job(&job))),
-            Some(Err(e)) => {
-                tracing::warn!("job refused: {e}");
-                Err(CoordinatorError::from(e).into())
-            }
-            _ => Err(not_answered()),
-        }
+        self.ask_job(|request| Input::Submit { request, job })
+            .inspect_err(|status| tracing::warn!("job refused: {}", status.message()))
     }
 
     async fn get_job(
@@ -106,7 +92,7 @@ impl OperatorService for Coordinator {
         let job = if id.is_empty() {
             cluster.jobs.values().max_by_key(|j| j.submitted_at)
         } else {
-            cluster.jobs.get(&id)
+            cluster.jobs.get(id.as_str())
         };
         job.map(|j| Response::new(crate::view::job_for(j, viewer)))
             .ok_or_else(|| {
@@ -140,7 +126,7 @@ impl OperatorService for Coordinator {
         let id = request.into_inner().job_id;
         self.ask_job(|request| Input::StopJob {
             request,
-            job_id: id,
+            job_id: id.into(),
         })
     }
 
@@ -164,7 +150,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::Cordon {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
             reason: r.reason,
         })
     }
@@ -176,7 +162,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::Uncordon {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
         })
     }
 
@@ -209,7 +195,7 @@ impl OperatorService for Coordinator {
             .insert(id, tx);
         let started = match self.step(Input::CheckNode {
             request: id,
-            node: node_id.clone(),
+            node: node_id.clone().into(),
         }) {
             Some(Err(e)) => Err(CoordinatorError::from(e)),
             _ => Ok(()),
@@ -247,7 +233,7 @@ impl OperatorService for Coordinator {
         let r = request.into_inner();
         self.ask_node(|request| Input::RestartAgent {
             request,
-            node: r.node_id,
+            node: r.node_id.into(),
             reason: r.reason,
         })
     }

@@ -27,7 +27,7 @@ fn a_crashed_agent_that_returns_within_the_grace_keeps_the_generation() {
     assert!(c.incidents.is_empty());
     assert_eq!(c.jobs[JOB].state, JobState::Running);
     assert_eq!(c.jobs[JOB].generation, 1);
-    assert_eq!(c.nodes["b"].worker, Some((JOB.into(), 1, PID)));
+    assert_eq!(c.nodes["b"].worker, Some((JOB.into(), Generation(1), PID)));
 }
 
 #[test]

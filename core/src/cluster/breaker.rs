@@ -108,14 +108,14 @@ impl Cluster {
 
     /// The job whose last live node `node_id` is, if fencing it would leave a job of two or
     /// more nodes with none: every other node of the job is fenced or not connected.
-    fn last_live_node_of(&self, node_id: &str) -> Option<String> {
+    fn last_live_node_of(&self, node_id: &str) -> Option<crate::JobId> {
         let job = self.jobs.values().find(|j| {
             !j.state.is_terminal() && j.ranks.len() >= 2 && j.rank_of(node_id).is_some()
         })?;
         let others_lost = job.ranks.iter().filter(|r| r.node != node_id).all(|r| {
-            self.nodes
-                .get(&r.node)
-                .is_none_or(|n| n.conn.is_none() || matches!(n.state, NodeState::Fenced { .. }))
+            self.nodes.get(&r.node).is_none_or(|n| {
+                !n.link.is_connected() || matches!(n.state, NodeState::Fenced { .. })
+            })
         });
         others_lost.then(|| job.id.clone())
     }
@@ -128,7 +128,11 @@ impl Cluster {
         fx: &mut Vec<Command>,
     ) {
         self.node_event(node_id, NodeEvent::Release, now, fx);
-        if self.nodes.get(node_id).is_some_and(|n| n.conn.is_none()) {
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| !n.link.is_connected())
+        {
             self.node_event(node_id, NodeEvent::Disconnected, now, fx);
         }
     }

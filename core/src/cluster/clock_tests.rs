@@ -222,7 +222,7 @@ fn a_worker_exit_is_dated_by_the_agents_exit_time() {
     round_trip(&mut c, "b", 500, -200, 2, 10, 2);
     let event = WorkerEvent {
         job_id: JOB.into(),
-        generation: 1,
+        generation: Generation(1),
         at: 1_000 - 200,
         kind: WorkerEventKind::Exited {
             code: Some(1),

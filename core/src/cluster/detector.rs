@@ -52,7 +52,7 @@ impl Cluster {
     /// An agent's sample of its worker: kept on the worker's rank for the stall detector.
     pub(crate) fn worker_evidence(
         &mut self,
-        node: String,
+        node: NodeId,
         evidence: crate::evidence::WorkerEvidence,
         now: UnixMillis,
     ) -> Vec<Command> {
@@ -111,7 +111,7 @@ impl Cluster {
                     node.worker = Some((event.job_id.clone(), event.generation, pid));
                 }
                 JobEvent::WorkerStarted {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     generation: event.generation,
                 }
             }
@@ -145,7 +145,7 @@ impl Cluster {
                     now,
                 ));
                 JobEvent::WorkerExited {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     generation: event.generation,
                     code,
                     signal,
@@ -167,7 +167,7 @@ impl Cluster {
         self.drive(
             &p.job_id,
             JobEvent::Progress {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 generation: p.generation,
                 step: p.step,
             },
@@ -184,7 +184,7 @@ impl Cluster {
                 fx.push(Command::Publish(Event {
                     at: now,
                     kind: EventKind::Progress,
-                    job_id: p.job_id.clone(),
+                    job_id: p.job_id.to_string(),
                     node_id: node_id.to_string(),
                     message: format!("step {}", job.step),
                     subject: Some(Subject::Job(Box::new(job.clone()))),
@@ -203,7 +203,12 @@ impl Cluster {
     ) -> Vec<Command> {
         if let Some(node) = self.nodes.get_mut(node_id) {
             if restarting {
-                node.restarting_until = Some(now + self.config.heartbeat_timeout_ms as i64 * 5);
+                let by = now + self.config.heartbeat_timeout_ms as i64 * 5;
+                match &mut node.link {
+                    Link::Connected { restart_by, .. } => *restart_by = Some(by),
+                    Link::Away { .. } | Link::Down => node.link = Link::Away { until: by },
+                    Link::Lost { .. } | Link::Vouched { .. } => {}
+                }
             }
         }
         vec![self.log_event(
@@ -228,17 +233,26 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return fx;
         };
-        if node.conn != Some(conn) {
+        let Link::Connected {
+            conn: live,
+            restart_by,
+        } = node.link
+        else {
+            return fx;
+        };
+        if live != conn {
             return fx;
         }
-        node.conn = None;
-        let announced = node.restarting_until.is_some_and(|t| now < t);
+        let announced = restart_by.filter(|t| now < *t);
+        node.link = announced.map_or(Link::Down, |until| Link::Away { until });
         // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
         // when the operator chose one: its workers keep training and it re-adopts them.
         let grace = self.config.agent_lost_grace_ms;
         let busy = matches!(node.state, NodeState::Allocated { .. });
-        if !announced && grace > 0 && busy {
-            node.restarting_until = Some(now + grace as i64);
+        if announced.is_none() && grace > 0 && busy {
+            node.link = Link::Away {
+                until: now + grace as i64,
+            };
             fx.push(self.log_event(
                 node_id,
                 "",
@@ -248,7 +262,7 @@ impl Cluster {
             return fx;
         }
         fx.push(self.log_event(node_id, "", format!("node {node_id} disconnected"), now));
-        if announced {
+        if announced.is_some() {
             return fx;
         }
         // The host may be alive with only its agent gone: its job's progress decides, within
@@ -256,7 +270,7 @@ impl Cluster {
         let tick = self.config.tick_ms as i64;
         if matches!(self.progress_vouches(node_id, now, tick, now), Vouch::Wait) {
             if let Some(node) = self.nodes.get_mut(node_id) {
-                node.lost_at = Some(now);
+                node.link = Link::Lost { since: now };
             }
             return fx;
         }
@@ -273,7 +287,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let jobs: Vec<String> = self
+        let jobs: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
@@ -288,7 +302,7 @@ impl Cluster {
             self.drive(
                 job_id,
                 JobEvent::Fault {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     cause: cause.clone(),
                 },
                 now,
@@ -346,7 +360,7 @@ impl Cluster {
     fn ping_clocks(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
         let every = self.config.heartbeat_interval_ms as i64 * PING_EVERY_HEARTBEATS;
         for node in self.nodes.values_mut() {
-            if node.conn.is_some() && now - node.pinged_at >= every {
+            if node.link.is_connected() && now - node.pinged_at >= every {
                 node.pinged_at = now;
                 fx.push(Command::Send {
                     node: node.id.clone(),
@@ -364,10 +378,10 @@ impl Cluster {
         self.discount_unobserved_time(now, &mut fx);
         self.ping_clocks(now, &mut fx);
         let timeout = self.config.heartbeat_timeout_ms as i64;
-        let silent: Vec<String> = self
+        let silent: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.conn.is_some() && now - n.last_heartbeat_at > timeout)
+            .filter(|n| n.link.is_connected() && now - n.last_heartbeat_at > timeout)
             .map(|n| n.id.clone())
             .collect();
         let silent = if self.silence_is_shared(&silent, now, &mut fx) {
@@ -387,10 +401,13 @@ impl Cluster {
             }
         }
         // Agents whose stream closed while their job's progress may still vouch for them.
-        let lost: Vec<(String, UnixMillis)> = self
+        let lost: Vec<(NodeId, UnixMillis)> = self
             .nodes
             .values()
-            .filter_map(|n| Some((n.id.clone(), n.lost_at?)))
+            .filter_map(|n| match n.link {
+                Link::Lost { since } => Some((n.id.clone(), since)),
+                _ => None,
+            })
             .collect();
         for (node_id, lost_at) in lost {
             // A closed stream is seen within a tick of when it closed.
@@ -400,7 +417,7 @@ impl Cluster {
                 Vouch::Alive(job_id) => self.keep_vouched(&node_id, &job_id, now, &mut fx),
                 Vouch::No => {
                     if let Some(node) = self.nodes.get_mut(&node_id) {
-                        node.lost_at = None;
+                        node.link = Link::Down;
                     }
                     self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
                 }
@@ -409,7 +426,7 @@ impl Cluster {
         self.fault_vouched_when_all_stall(now, &mut fx);
         for node_id in faulty {
             if let Some(node) = self.nodes.get_mut(&node_id) {
-                node.conn = None;
+                node.link.drop_conn();
             }
             fx.push(Command::Disconnect {
                 node: node_id.clone(),
@@ -418,31 +435,31 @@ impl Cluster {
             self.node_fault(&node_id, FaultCause::HeartbeatTimeout, now, &mut fx);
         }
         // An agent that announced a restart and did not come back in time is lost after all.
-        let overdue: Vec<String> = self
+        let overdue: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.conn.is_none() && n.restarting_until.is_some_and(|t| now >= t))
+            .filter(|n| matches!(n.link, Link::Away { until } if now >= until))
             .map(|n| n.id.clone())
             .collect();
         for node_id in overdue {
             if let Some(node) = self.nodes.get_mut(&node_id) {
-                node.restarting_until = None;
+                node.link = Link::Down;
             }
             self.node_fault(&node_id, FaultCause::AgentLost, now, &mut fx);
         }
         self.expire_scripts(now, &mut fx);
         self.start_remediations(now, &mut fx);
-        let live: Vec<String> = self
+        let live: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal())
             .map(|j| j.id.clone())
             .collect();
         let unheard_after = 2 * self.config.heartbeat_interval_ms as i64;
-        let unheard: Vec<String> = self
+        let unheard: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.conn.is_none() || now - n.last_heartbeat_at > unheard_after)
+            .filter(|n| !n.link.is_connected() || now - n.last_heartbeat_at > unheard_after)
             .map(|n| n.id.clone())
             .collect();
         for job_id in live {

@@ -25,12 +25,12 @@ fn assert_untouched(c: &Cluster, fx: &[Command], why: &str) {
     let job = &c.jobs[JOB];
     assert_eq!(
         (&job.state, job.generation),
-        (&JobState::Running, 1),
+        (&JobState::Running, Generation(1)),
         "{why}"
     );
     for node in ["a", "b", "s"] {
         assert!(
-            c.nodes[node].conn.is_some(),
+            c.nodes[node].link.is_connected(),
             "{why}: {node} stays connected"
         );
         assert!(
@@ -176,7 +176,7 @@ fn only_the_nodes_still_silent_once_the_rest_are_heard_are_faults() {
     assert!(matches!(c.nodes["a"].state, NodeState::Fenced { .. }));
     assert_eq!(c.incidents.len(), 1);
     assert_eq!(c.incidents[0].node_id, "a");
-    assert!(c.nodes["b"].conn.is_some() && c.nodes["s"].conn.is_some());
+    assert!(c.nodes["b"].link.is_connected() && c.nodes["s"].link.is_connected());
 }
 
 #[test]
@@ -301,13 +301,16 @@ fn a_silent_agent_whose_job_keeps_stepping_keeps_its_ranks() {
         .any(|m| m.contains("keeps stepping") && m.contains("a")));
     assert_eq!(disconnects(&fx), ["a"], "the lost agent's stream is closed");
     let job = &c.jobs[JOB];
-    assert_eq!((&job.state, job.generation), (&JobState::Running, 1));
+    assert_eq!(
+        (&job.state, job.generation),
+        (&JobState::Running, Generation(1))
+    );
     assert_eq!(job.nodes(), ["a", "b"], "a keeps its rank");
-    assert!(c.nodes["a"].vouched_since.is_some());
+    assert!(matches!(c.nodes["a"].link, Link::Vouched { .. }));
     // Its agent comes back with the same worker: nothing to do.
     let fx = hello_running(&mut c, "a", 30, 1, 6_100);
     assert!(fences(&fx).is_empty() && stops(&fx).is_empty(), "{fx:?}");
-    assert!(c.nodes["a"].vouched_since.is_none());
+    assert!(!matches!(c.nodes["a"].link, Link::Vouched { .. }));
     assert!(c.incidents.is_empty());
 }
 
@@ -331,7 +334,7 @@ fn a_dead_host_stops_the_others_and_is_replaced_at_the_heartbeat_timeout() {
 fn a_vouched_node_is_fenced_at_the_jobs_next_fault() {
     let mut c = stepping_job(true);
     steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 6_000);
-    assert!(c.nodes["a"].vouched_since.is_some());
+    assert!(matches!(c.nodes["a"].link, Link::Vouched { .. }));
     // b's worker crashes: the job recovers, and a (unreachable) cannot be part of it.
     let fx = worker(&mut c, "b", 1, Crashed, 6_100);
     assert!(
@@ -394,7 +397,7 @@ fn a_crashed_agent_whose_job_keeps_stepping_is_no_fault_and_readopts_its_worker(
     let fx = steps(&mut c, &["b", "s"], &["a", "b"], 2_100, 4_000);
     assert!(fences(&fx).is_empty(), "{fx:?}");
     assert!(c.incidents.is_empty());
-    assert!(c.nodes["a"].vouched_since.is_some());
+    assert!(matches!(c.nodes["a"].link, Link::Vouched { .. }));
     // systemd restarts it; it re-adopts the same worker.
     hello_running(&mut c, "a", 31, 1, 4_100);
     assert!(c.incidents.is_empty());

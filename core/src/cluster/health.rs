@@ -174,7 +174,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let jobs: Vec<String> = self
+        let jobs: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| matches!(j.state, JobState::Launching | JobState::Running))
@@ -186,7 +186,7 @@ impl Cluster {
         }
         for job_id in jobs {
             let event = JobEvent::Fault {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 cause: FaultCause::HealthRestart(reason.clone()),
             };
             self.drive(&job_id, event, now, fx);

@@ -9,7 +9,7 @@ use crate::protocol::{
     AgentCommand, ClockEcho, CommandResult, Event, HealthSummary, JobRequest, Progress, Welcome,
     WorkerEvent,
 };
-use crate::UnixMillis;
+use crate::{JobId, NodeId, UnixMillis};
 
 /// What the coordinator's shell must do. Commands of one step are carried out in order, after
 /// the state they follow from has been saved.
@@ -21,14 +21,14 @@ pub enum Command {
     /// Send a command to a node's agent (dropped if it is not connected).
     Send {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The command.
         command: AgentCommand,
     },
     /// Close a node's stream.
     Disconnect {
         /// The node.
-        node: String,
+        node: NodeId,
         /// Why, told to the agent.
         reason: String,
     },
@@ -36,7 +36,7 @@ pub enum Command {
     /// [`Input::CheckpointResolved`].
     ResolveCheckpoint {
         /// The job.
-        job_id: String,
+        job_id: JobId,
         /// Where its checkpoints are.
         uri: String,
         /// Generations whose later checkpoints must be skipped.
@@ -50,7 +50,7 @@ pub enum Command {
         /// Ties the answer to the request.
         request_id: u64,
         /// The job.
-        job_id: String,
+        job_id: JobId,
         /// How many hosts.
         count: u32,
     },
@@ -58,7 +58,7 @@ pub enum Command {
     /// [`Input::FenceHostResult`].
     FenceHost {
         /// The node.
-        node: String,
+        node: NodeId,
         /// Its hostname, as its agent reported it.
         hostname: String,
         /// Its address, as its agent reported it.
@@ -87,14 +87,15 @@ pub enum Reply {
     /// An operator's check finished.
     Check {
         /// The node checked.
-        node_id: String,
+        node_id: NodeId,
         /// What its scripts did.
         report: CheckReport,
     },
 }
 
 /// Everything that can happen to the cluster, as one value: what agents report, what operators
-/// ask, what the shell found out for the core, and the clock. [`Cluster::step`] takes one.
+/// ask, what the shell found out for the core, and the clock. [`Cluster::step`](super::Cluster::step)
+/// takes one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// An agent said hello on connection `conn`; answered by a [`Reply::Welcome`] (or a refusal)
@@ -110,7 +111,7 @@ pub enum Input {
     /// A heartbeat, with the agent's health when it changed.
     Heartbeat {
         /// The node.
-        node: String,
+        node: NodeId,
         /// When the agent sent it (agent clock).
         sent_at: UnixMillis,
         /// The agent's health.
@@ -122,35 +123,35 @@ pub enum Input {
     /// A health check changed at once (a check turned fatal, or cleared).
     HealthReport {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The agent's health.
         health: HealthSummary,
     },
     /// A worker started or exited.
     Worker {
         /// The node.
-        node: String,
+        node: NodeId,
         /// What happened.
         event: WorkerEvent,
     },
     /// A worker made progress.
     Progress {
         /// The node.
-        node: String,
+        node: NodeId,
         /// How far.
         progress: Progress,
     },
     /// An agent's sample of its worker's processes (sent every heartbeat while one runs).
     Evidence {
         /// The node.
-        node: String,
+        node: NodeId,
         /// What the agent saw.
         evidence: crate::evidence::WorkerEvidence,
     },
     /// An agent's answer to [`AgentCommand::DumpStacks`]: its worker's stacks as text.
     Stacks {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The incident they belong to.
         incident_id: u64,
         /// `py-spy dump` output per Python process, or why there is none.
@@ -159,21 +160,21 @@ pub enum Input {
     /// A lifecycle script's result.
     ScriptResult {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The result.
         result: CommandResult,
     },
     /// The agent announced an orderly shutdown.
     Goodbye {
         /// The node.
-        node: String,
+        node: NodeId,
         /// It will come back (a restart or an upgrade).
         restarting: bool,
     },
     /// The stream of connection `conn` closed.
     Disconnected {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The connection that closed; an older one's close is ignored.
         conn: u64,
     },
@@ -189,14 +190,14 @@ pub enum Input {
         /// Ties the reply to the call.
         request: u64,
         /// The job.
-        job_id: String,
+        job_id: JobId,
     },
     /// An operator cordons a node; answered by [`Reply::Node`].
     Cordon {
         /// Ties the reply to the call.
         request: u64,
         /// The node.
-        node: String,
+        node: NodeId,
         /// Why.
         reason: String,
     },
@@ -205,35 +206,35 @@ pub enum Input {
         /// Ties the reply to the call.
         request: u64,
         /// The node.
-        node: String,
+        node: NodeId,
     },
     /// An operator asks for a node's deep check; answered by [`Reply::Check`] when it ends.
     CheckNode {
         /// Ties the reply to the call.
         request: u64,
         /// The node.
-        node: String,
+        node: NodeId,
     },
     /// An operator asks a node's agent to restart in place; answered by [`Reply::Node`].
     RestartAgent {
         /// Ties the reply to the call.
         request: u64,
         /// The node.
-        node: String,
+        node: NodeId,
         /// Why.
         reason: String,
     },
     /// The answer to a [`Command::ResolveCheckpoint`].
     CheckpointResolved {
         /// The job.
-        job_id: String,
+        job_id: JobId,
         /// The newest complete checkpoint, none, or why it could not be found.
         result: Result<Option<Checkpoint>, String>,
     },
     /// The answer to a [`Command::Provision`].
     ProvisionResult {
         /// The job.
-        job_id: String,
+        job_id: JobId,
         /// How many hosts were asked for.
         count: u32,
         /// The hosts started, or why not.
@@ -242,7 +243,7 @@ pub enum Input {
     /// The answer to a [`Command::FenceHost`].
     FenceHostResult {
         /// The node.
-        node: String,
+        node: NodeId,
         /// The provider's output, or why it failed.
         result: Result<String, String>,
     },

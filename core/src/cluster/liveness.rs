@@ -17,7 +17,7 @@ pub(super) enum Vouch {
     /// Not yet decidable: the job's step time has not passed since the node went silent.
     Wait,
     /// Every other rank of this job stepped since: the node's ranks are alive.
-    Alive(String),
+    Alive(JobId),
     /// Nothing vouches (no job, a job that opted out, no progress): a node fault.
     No,
 }
@@ -75,12 +75,12 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
-        node.vouched_since = Some(now);
-        node.lost_at = None;
+        let was_connected = node.link.is_connected();
+        node.link = Link::Vouched { since: now };
         let silent_ms = now - node.last_heartbeat_at;
-        if node.conn.take().is_some() {
+        if was_connected {
             fx.push(Command::Disconnect {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 reason: format!("no heartbeat for {silent_ms} ms"),
             });
         }
@@ -103,7 +103,11 @@ impl Cluster {
     /// waited on the ones that could not.
     pub(super) fn fault_vouched_when_all_stall(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
         let mut stalled = Vec::new();
-        for node in self.nodes.values().filter(|n| n.vouched_since.is_some()) {
+        for node in self
+            .nodes
+            .values()
+            .filter(|n| matches!(n.link, Link::Vouched { .. }))
+        {
             let Some(job) = self
                 .jobs
                 .values()
@@ -125,11 +129,11 @@ impl Cluster {
         }
         for (node_id, stalled_ms) in stalled {
             if let Some(n) = self.nodes.get_mut(&node_id) {
-                n.vouched_since = None;
+                n.link = Link::Down;
             }
             // Its agent is gone: the node is replaced, not restarted in place.
             tracing::debug!(
-                node = node_id,
+                node = node_id.as_str(),
                 stalled_ms,
                 "the job stalled around a lost agent"
             );
@@ -147,11 +151,15 @@ impl Cluster {
     /// apart and fencing is held until nodes are heard again.
     pub(super) fn silence_is_shared(
         &mut self,
-        silent: &[String],
+        silent: &[NodeId],
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) -> bool {
-        let connected = self.nodes.values().filter(|n| n.conn.is_some()).count();
+        let connected = self
+            .nodes
+            .values()
+            .filter(|n| n.link.is_connected())
+            .count();
         let threshold =
             ((self.config.silence_storm_share * connected as f64).ceil() as usize).max(2);
         let storm = silent.len() >= threshold;
@@ -242,9 +250,7 @@ impl Cluster {
         let unobserved = gap - expected;
         for node in self.nodes.values_mut() {
             node.last_heartbeat_at = node.last_heartbeat_at.saturating_add(unobserved);
-            if let Some(t) = &mut node.restarting_until {
-                *t = t.saturating_add(unobserved);
-            }
+            node.link.shift(unobserved);
             if let Some(run) = &mut node.script_run {
                 run.deadline = run.deadline.saturating_add(unobserved);
             }

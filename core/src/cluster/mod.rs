@@ -15,12 +15,12 @@ use crate::config::CoordinatorConfig;
 use crate::error::CoreError;
 use crate::incident::{self, Incident};
 use crate::job::{self, FaultCause, Job, JobEffect, JobEvent, JobLimits, JobSpec, JobState};
-use crate::node::{self, NodeEvent, NodeState};
+use crate::node::{self, Link, NodeEvent, NodeState};
 use crate::protocol::{
     AgentCommand, ClockEcho, Event, EventKind, HealthAction, HealthSummary, JobRequest, Launch,
     Progress, Stop, Subject, Welcome, WorkerEvent, WorkerEventKind,
 };
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, Term, UnixMillis};
 
 mod breaker;
 mod detector;
@@ -51,17 +51,17 @@ pub enum Role {
 pub struct NodeRecord {
     /// The agent's `node_id`, the registry key; another agent claiming it while this one is
     /// connected is refused.
-    pub id: String,
+    pub id: NodeId,
     /// The host's name as its agent reports it: for operators and the provider's fence call.
     pub hostname: String,
     /// Worker or spare: decides the order nodes are taken in.
     pub role: Role,
     /// Its lifecycle state; changed only through [`crate::node::step`].
     pub state: NodeState,
-    /// The live stream's connection id; `None` while the agent is away. Stream-closed reports of
-    /// an older connection are ignored.
+    /// How its agent is reached now (connected, away, lost, vouched for, down). Not stored: a
+    /// restarted coordinator gives every node that may return its reconnect grace.
     #[serde(skip)]
-    pub conn: Option<u64>,
+    pub link: Link,
     /// Address other hosts reach this one at (master address for rank 0).
     pub address: String,
     /// The host's kernel boot id; with `agent_started_at` it recognises the same agent
@@ -101,15 +101,11 @@ pub struct NodeRecord {
     #[serde(skip)]
     pub health: HealthSummary,
     /// The worker the agent last reported: (job, generation, pid).
-    pub worker: Option<(String, u64, u32)>,
+    pub worker: Option<(JobId, Generation, u32)>,
     /// The step its worker last reported, for operators. Not stored: the next progress report
     /// brings it.
     #[serde(skip)]
     pub last_step: u64,
-    /// Set by a goodbye that announced a restart: a disconnect before this time is no fault.
-    /// Not stored: a restarted coordinator gives every node its reconnect grace instead.
-    #[serde(skip)]
-    pub restarting_until: Option<UnixMillis>,
     /// When the connected agent process started (agent clock, unix ms).
     #[serde(default)]
     pub agent_started_at: UnixMillis,
@@ -129,16 +125,6 @@ pub struct NodeRecord {
     /// (health.rs). Not stored: a restarted coordinator starts counting afresh.
     #[serde(skip)]
     findings: VecDeque<(UnixMillis, HealthAction)>,
-    /// Set when the node's agent went silent while its job kept stepping: the job's progress
-    /// vouches for its ranks, which keep running (detector.rs). Cleared when the agent returns
-    /// with the same worker; the node is fenced at the job's next fault or if the agent
-    /// returns without it.
-    #[serde(skip)]
-    pub vouched_since: Option<UnixMillis>,
-    /// When the agent's stream closed while its job's progress may still vouch for its ranks
-    /// (judged by the next ticks).
-    #[serde(skip)]
-    pub lost_at: Option<UnixMillis>,
 }
 
 impl NodeRecord {
@@ -152,7 +138,7 @@ impl NodeRecord {
     /// and the probe's own timeout turns a truly lost GPU into an Unhealthy finding.
     pub fn allocatable(&self) -> bool {
         self.state.is_ready()
-            && self.conn.is_some()
+            && self.link.is_connected()
             && self.script_run.is_none()
             && !self.health.has_unhealthy()
             && self.drained.is_none()
@@ -184,7 +170,7 @@ enum Work {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
     /// The id the agent claims; refused while another agent's live stream holds it.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The host's name.
     pub hostname: String,
     /// Worker or spare, from the agent's config.
@@ -201,7 +187,7 @@ pub struct Hello {
     /// When the agent sent it (agent clock): the first clock-offset sample.
     pub sent_at: UnixMillis,
     /// What the agent runs now: (job, generation, pid, running).
-    pub worker: Option<(String, u64, u32, bool)>,
+    pub worker: Option<(JobId, Generation, u32, bool)>,
     /// When the agent process started (agent clock, unix ms): a new value means it restarted.
     pub agent_started_at: UnixMillis,
 }
@@ -212,18 +198,18 @@ pub struct Cluster {
     #[serde(skip)]
     config: CoordinatorConfig,
     /// The coordinator's term: commands carry it, agents refuse older terms.
-    pub term: u64,
+    pub term: Term,
     /// Every node that ever said hello, by id; fenced and retired ones stay, so a returning
     /// agent finds its state.
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Every job submitted, by id; finished ones stay for operators.
-    pub jobs: BTreeMap<String, Job>,
+    pub jobs: BTreeMap<JobId, Job>,
     /// Every incident, in the order opened (an incident's id is its position + 1).
     pub incidents: Vec<Incident>,
     next_job: u64,
     /// Last time a progress event was published per job (progress events are rate-limited).
     #[serde(skip)]
-    progress_published: BTreeMap<String, UnixMillis>,
+    progress_published: BTreeMap<JobId, UnixMillis>,
     /// Last command id handed out (lifecycle scripts).
     #[serde(default)]
     next_command: u64,
@@ -259,7 +245,7 @@ impl Cluster {
     pub fn new(config: CoordinatorConfig) -> Cluster {
         Cluster {
             config,
-            term: 1,
+            term: Term::from(1),
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             incidents: Vec::new(),
@@ -448,8 +434,8 @@ impl Cluster {
         Command::Publish(Event {
             at: now,
             kind: EventKind::Incident,
-            job_id: incident.job_id.clone(),
-            node_id: incident.node_id.clone(),
+            job_id: incident.job_id.to_string(),
+            node_id: incident.node_id.to_string(),
             message: format!(
                 "incident {} on {}: {} ({}) → {}",
                 incident.id,

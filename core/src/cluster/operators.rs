@@ -32,7 +32,7 @@ impl Cluster {
         };
         let fx = vec![
             Command::Send {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 command: AgentCommand::RestartAgent {
                     reason: reason.to_string(),
                     term: self.term,
@@ -86,7 +86,10 @@ impl Cluster {
             .find(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
             .map(|j| j.id.clone());
         // A repaired node that is connected goes straight on through hello's path.
-        let connected = self.nodes.get(node_id).is_some_and(|n| n.conn.is_some());
+        let connected = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.link.is_connected());
         if let Some(job_id) = running.filter(|_| connected) {
             if let Some(node) = self.nodes.get_mut(node_id) {
                 node.state = NodeState::Allocated { job_id };
@@ -125,7 +128,7 @@ impl Cluster {
     /// The node, when its agent is connected to take a command.
     pub(super) fn connected_node(&self, node_id: &str) -> Result<&NodeRecord, CoreError> {
         let node = self.known_node(node_id)?;
-        if node.conn.is_none() {
+        if !node.link.is_connected() {
             return Err(CoreError::NodeBusy(format!(
                 "node {node_id} is not connected"
             )));

@@ -15,23 +15,23 @@ impl Cluster {
         let spec = JobSpec::validate(&request, self.config.default_restart_budget)?;
         let job_id = if request.job_id.is_empty() {
             loop {
-                let id = format!("job-{}", self.next_job);
+                let id = JobId::from(format!("job-{}", self.next_job));
                 self.next_job += 1;
                 if !self.jobs.contains_key(&id) {
                     break id;
                 }
             }
         } else {
-            request.job_id.clone()
+            JobId::from(&request.job_id)
         };
         if self.jobs.contains_key(&job_id) {
-            return Err(CoreError::JobExists(job_id));
+            return Err(CoreError::JobExists(job_id.into()));
         }
         let nodes = self.pick_nodes(spec.nodes as usize).ok_or_else(|| {
             let ready: Vec<&str> = self
                 .nodes
                 .values()
-                .filter(|n| n.state.is_ready() && n.conn.is_some())
+                .filter(|n| n.state.is_ready() && n.link.is_connected())
                 .map(|n| n.id.as_str())
                 .collect();
             invalid(
@@ -74,14 +74,14 @@ impl Cluster {
     }
 
     /// Workers first, then spares, in node-id order.
-    pub(super) fn pick_nodes(&self, count: usize) -> Option<Vec<String>> {
+    pub(super) fn pick_nodes(&self, count: usize) -> Option<Vec<NodeId>> {
         let mut free: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.allocatable()).collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
     /// Ready, connected nodes for a job's ranks that wait for one: spares first.
-    pub(super) fn replacements_for(&self, job_id: &str) -> Vec<(usize, String)> {
+    pub(super) fn replacements_for(&self, job_id: &str) -> Vec<(usize, NodeId)> {
         let Some(job) = self.jobs.get(job_id) else {
             return Vec::new();
         };
@@ -104,7 +104,7 @@ impl Cluster {
 
     /// Gives newly ready nodes to jobs that wait for replacements.
     pub(super) fn find_replacements(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
-        let waiting: Vec<String> = self
+        let waiting: Vec<JobId> = self
             .jobs
             .values()
             .filter(|j| {
@@ -129,7 +129,7 @@ impl Cluster {
     pub(super) fn launch(
         &self,
         job_id: &str,
-        generation: u64,
+        generation: Generation,
         resume: Option<&Checkpoint>,
         fx: &mut Vec<Command>,
     ) {
@@ -145,12 +145,13 @@ impl Cluster {
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let span = u64::from(self.config.rdzv_port_span);
-        let master_port = u64::from(self.config.rdzv_port_base) + (job_salt + generation) % span;
+        let master_port =
+            u64::from(self.config.rdzv_port_base) + (job_salt + generation.get()) % span;
         for (rank, r) in job.ranks.iter().enumerate() {
             fx.push(Command::Send {
                 node: r.node.clone(),
                 command: AgentCommand::Launch(Launch {
-                    job_id: job_id.to_string(),
+                    job_id: job_id.into(),
                     generation,
                     command: job.spec.command.clone(),
                     env: job.spec.env.clone().into_iter().collect(),

@@ -30,7 +30,7 @@ impl Cluster {
         self.next_command += 1;
         fx.push(Command::Provision {
             request_id: self.next_command,
-            job_id: job_id.to_string(),
+            job_id: job_id.into(),
             count: more,
         });
         fx.push(self.log_event(
@@ -130,7 +130,7 @@ impl Cluster {
             return;
         };
         fx.push(Command::FenceHost {
-            node: node_id.to_string(),
+            node: node_id.into(),
             hostname: node.hostname.clone(),
             address: node.address.clone(),
             reason: reason.to_string(),

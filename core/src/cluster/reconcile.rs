@@ -24,9 +24,9 @@ impl Cluster {
             let same_agent = existing.boot_id == hello.boot_id
                 && existing.agent_started_at == hello.agent_started_at
                 && hello.agent_started_at != 0;
-            if existing.conn.is_some() && !same_agent {
+            if existing.link.is_connected() && !same_agent {
                 return Err(CoreError::DuplicateNode {
-                    node: hello.node_id.clone(),
+                    node: hello.node_id.to_string(),
                     hostname: existing.hostname.clone(),
                 });
             }
@@ -49,7 +49,6 @@ impl Cluster {
                 hostname: String::new(),
                 role: hello.role,
                 state: NodeState::Joining,
-                conn: None,
                 address: String::new(),
                 boot_id: String::new(),
                 agent_version: String::new(),
@@ -66,22 +65,21 @@ impl Cluster {
                 health: HealthSummary::default(),
                 worker: None,
                 last_step: 0,
-                restarting_until: None,
                 script_run: None,
                 last_check: None,
-                vouched_since: None,
-                lost_at: None,
+                link: Link::Down,
                 agent_started_at: 0,
             });
         // A node kept on its job's progress comes back: with the worker it had, all is well;
         // without it, its ranks are gone after all.
-        let was_lost = record.lost_at.take().is_some();
         let vouched_worker = record
-            .vouched_since
-            .take()
-            .map(|_| record.worker.clone())
-            .or_else(|| was_lost.then(|| record.worker.clone()));
-        record.conn = Some(conn);
+            .link
+            .rests_on_progress()
+            .then(|| record.worker.clone());
+        record.link = Link::Connected {
+            conn,
+            restart_by: None,
+        };
         if record.drained.is_some() && !record.boot_id.is_empty() && record.boot_id != hello.boot_id
         {
             // Rebooted: the remediation happened; its checks decide whether it is Ready.
@@ -96,7 +94,6 @@ impl Cluster {
         record.agent_started_at = hello.agent_started_at;
         record.gpus = hello.gpus;
         record.last_heartbeat_at = now;
-        record.restarting_until = None;
         record.offset_samples.clear();
         record.round_trips.clear();
         record.clock_round_trip_ms = None;
@@ -172,7 +169,7 @@ impl Cluster {
     pub(super) fn reconcile(
         &mut self,
         node_id: &str,
-        worker: Option<&(String, u64, u32, bool)>,
+        worker: Option<&(JobId, Generation, u32, bool)>,
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
@@ -193,7 +190,7 @@ impl Cluster {
                 self.drive(
                     job_id,
                     JobEvent::WorkerStarted {
-                        node: node_id.to_string(),
+                        node: node_id.into(),
                         generation: *generation,
                     },
                     now,
@@ -201,7 +198,7 @@ impl Cluster {
                 );
             } else {
                 fx.push(Command::Send {
-                    node: node_id.to_string(),
+                    node: node_id.into(),
                     command: AgentCommand::Stop(Stop {
                         job_id: job_id.clone(),
                         generation: *generation,
@@ -215,7 +212,7 @@ impl Cluster {
         if fenced_node {
             return;
         }
-        let relaunch: Vec<(String, u64, usize)> = self
+        let relaunch: Vec<(JobId, Generation, usize)> = self
             .jobs
             .values()
             .filter(|j| j.state == JobState::Launching)

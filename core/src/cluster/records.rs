@@ -7,7 +7,7 @@ use super::*;
 /// The stored header of the state: the term and the job counter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
-    term: u64,
+    term: Term,
     next_job: u64,
 }
 
@@ -78,20 +78,23 @@ impl Cluster {
         };
         let meta: Meta = decode("meta", meta_bytes)?;
         let mut cluster = Cluster::new(config);
-        cluster.term = meta.term + 1;
+        cluster.term = meta.term.next();
         cluster.next_job = meta.next_job;
         let grace = cluster.config.reconnect_grace_ms as i64;
         for (key, bytes) in records {
             if let Some(id) = key.strip_prefix("node/") {
                 let mut node: NodeRecord = decode(key, bytes)?;
-                node.conn = None;
                 node.last_heartbeat_at = now;
                 let gone_for_good = matches!(
                     node.state,
                     NodeState::Fenced { .. } | NodeState::Retired | NodeState::Offline
                 );
-                node.restarting_until = (!gone_for_good).then_some(now + grace);
-                cluster.nodes.insert(id.to_string(), node);
+                node.link = if gone_for_good {
+                    Link::Down
+                } else {
+                    Link::Away { until: now + grace }
+                };
+                cluster.nodes.insert(id.into(), node);
             } else if let Some(id) = key.strip_prefix("job/") {
                 let mut job: Job = decode(key, bytes)?;
                 // The stall clock starts after the grace: a rank whose node has not come back
@@ -99,14 +102,14 @@ impl Cluster {
                 for rank in &mut job.ranks {
                     rank.last_progress_at = now + grace;
                 }
-                cluster.jobs.insert(id.to_string(), job);
+                cluster.jobs.insert(id.into(), job);
             } else if key.starts_with("incident/") {
                 cluster.incidents.push(decode(key, bytes)?);
             }
         }
         cluster.incidents.sort_by_key(|i| i.id);
         let mut fx = Vec::new();
-        let resolving: Vec<String> = cluster
+        let resolving: Vec<JobId> = cluster
             .jobs
             .values()
             .filter(|j| {
@@ -156,7 +159,7 @@ impl Cluster {
     }
 
     /// Sets the term (an HA leader takes the term its election gave it).
-    pub fn set_term(&mut self, term: u64) {
+    pub fn set_term(&mut self, term: Term) {
         if term != self.term {
             self.term = term;
             self.touch();

@@ -50,7 +50,7 @@ impl Cluster {
     /// its mark cleared: one kept on the job's progress alone (its agent cannot be reached to
     /// stop or launch anything), or one drained by a health finding (`drain_replace =
     /// next_recovery`: replaced at the job's next recovery).
-    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(String, FaultCause)> {
+    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(NodeId, FaultCause)> {
         let job = self.jobs.get(job_id)?;
         let recovering = matches!(job.state, JobState::Recovering(_));
         if !recovering && !matches!(job.state, JobState::Launching | JobState::Pending) {
@@ -58,7 +58,7 @@ impl Cluster {
         }
         let (node, cause) = job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
             let n = self.nodes.get(&r.node)?;
-            if n.vouched_since.is_some() || n.lost_at.is_some() {
+            if n.link.rests_on_progress() {
                 Some((r.node.clone(), FaultCause::AgentLost))
             } else {
                 let why = n.drained.clone().filter(|_| recovering)?;
@@ -66,8 +66,7 @@ impl Cluster {
             }
         })?;
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.vouched_since = None;
-            n.lost_at = None;
+            n.link = Link::Down;
         }
         Some((node, cause))
     }
@@ -91,12 +90,12 @@ impl Cluster {
                 reason,
             } => {
                 for node in nodes {
-                    let reachable = self.nodes.get(&node).is_some_and(|n| n.conn.is_some());
+                    let reachable = self.nodes.get(&node).is_some_and(|n| n.link.is_connected());
                     if reachable {
                         fx.push(Command::Send {
                             node: node.clone(),
                             command: AgentCommand::Stop(Stop {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                                 generation,
                                 grace_ms: self.config.stop_grace_ms,
                                 reason: reason.clone(),
@@ -116,7 +115,7 @@ impl Cluster {
                 let reason = cause.to_string();
                 self.node_event(&node, NodeEvent::Fence(cause), now, fx);
                 self.fence_host(&node, &reason, fx);
-                if self.nodes.get(&node).is_some_and(|n| n.conn.is_some()) {
+                if self.nodes.get(&node).is_some_and(|n| n.link.is_connected()) {
                     fx.push(Command::Send {
                         node: node.clone(),
                         command: AgentCommand::Fence {
@@ -148,7 +147,7 @@ impl Cluster {
                         self.node_event(
                             &node,
                             NodeEvent::Allocate {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                             },
                             now,
                             fx,
@@ -217,7 +216,7 @@ impl Cluster {
                         fx.push(Command::Send {
                             node: r.node.clone(),
                             command: AgentCommand::DumpStacks {
-                                job_id: job_id.to_string(),
+                                job_id: job_id.into(),
                                 generation: job.generation,
                                 incident_id: incident.id,
                                 term: self.term,
@@ -287,7 +286,7 @@ impl Cluster {
     pub(super) fn resolve_effect(&self, job_id: &str) -> Command {
         let job = &self.jobs[job_id];
         Command::ResolveCheckpoint {
-            job_id: job_id.to_string(),
+            job_id: job_id.into(),
             uri: job.spec.checkpoint_uri.clone(),
             fenced: job.fenced_generations.clone(),
         }

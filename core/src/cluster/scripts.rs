@@ -13,7 +13,7 @@ use crate::incident::IncidentEvent;
 use crate::job::{JobEffect, JobEvent};
 use crate::node::{FaultCause, NodeEvent, NodeState};
 use crate::protocol::{AgentCommand, CommandResult, RunScript};
-use crate::UnixMillis;
+use crate::{JobId, NodeId, UnixMillis};
 
 /// How much longer than the script timeout the coordinator waits for a result that the agent
 /// should have sent (the agent enforces the timeout itself; this catches a lost result).
@@ -31,7 +31,7 @@ pub enum CheckPurpose {
     /// A ready node about to take over `rank` of `job_id`: the deep check again.
     Replacement {
         /// The job waiting for the node.
-        job_id: String,
+        job_id: JobId,
         /// The rank the node is held for while the check runs; no other candidate gets it.
         rank: usize,
     },
@@ -177,11 +177,11 @@ impl Cluster {
         if self.config.remediation_script.is_empty() {
             return;
         }
-        let idle: Vec<String> = self
+        let idle: Vec<NodeId> = self
             .nodes
             .values()
             .filter(|n| n.drained.is_some() && n.state.is_ready())
-            .filter(|n| n.conn.is_some() && n.script_run.is_none())
+            .filter(|n| n.link.is_connected() && n.script_run.is_none())
             .map(|n| n.id.clone())
             .collect();
         for node_id in idle {
@@ -252,7 +252,7 @@ impl Cluster {
         run.deadline = now + timeout_ms as i64 + RESULT_SLACK_MS;
         let purpose = run.purpose.name();
         fx.push(Command::Send {
-            node: node_id.to_string(),
+            node: node_id.into(),
             command: AgentCommand::RunScript(RunScript {
                 command_id,
                 script: script.clone(),
@@ -411,7 +411,7 @@ impl Cluster {
                 if allocated {
                     let event = JobEvent::ReplacementFound {
                         rank: *rank,
-                        node: node_id.to_string(),
+                        node: node_id.into(),
                     };
                     self.drive(job_id, event, now, fx);
                 }
@@ -424,7 +424,7 @@ impl Cluster {
             CheckPurpose::Operator { request } => fx.push(Command::Reply {
                 request,
                 reply: Ok(Reply::Check {
-                    node_id: node_id.to_string(),
+                    node_id: node_id.into(),
                     report,
                 }),
             }),
@@ -477,9 +477,13 @@ impl Cluster {
             fx,
         );
         self.fence_host(node_id, &reason, fx);
-        if self.nodes.get(node_id).is_some_and(|n| n.conn.is_some()) {
+        if self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.link.is_connected())
+        {
             fx.push(Command::Send {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 command: AgentCommand::Fence {
                     reason: format!("failed bootstrap/health check: {reason}"),
                     term: self.term,
@@ -488,7 +492,7 @@ impl Cluster {
         }
         if let Some(job_id) = job_id {
             let event = IncidentEvent::CandidateRejected {
-                node: node_id.to_string(),
+                node: node_id.into(),
                 reason: reason.clone(),
             };
             let mut queue = VecDeque::new();
@@ -548,7 +552,7 @@ impl Cluster {
             fx.push(Command::Reply {
                 request,
                 reply: Ok(Reply::Check {
-                    node_id: node_id.to_string(),
+                    node_id: node_id.into(),
                     report,
                 }),
             });
@@ -557,7 +561,7 @@ impl Cluster {
 
     /// Runs that passed their deadline without a result fail.
     pub(super) fn expire_scripts(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
-        let overdue: Vec<(String, String, i64)> = self
+        let overdue: Vec<(NodeId, String, i64)> = self
             .nodes
             .values()
             .filter_map(|n| n.script_run.as_ref().map(|r| (n, r)))
@@ -574,7 +578,7 @@ impl Cluster {
                 output: String::new(),
                 message: format!("{script}: no result from the agent within {} ms", waited),
             };
-            tracing::debug!(node = node_id, deadline, "script result overdue");
+            tracing::debug!(node = node_id.as_str(), deadline, "script result overdue");
             self.record_outcome(&node_id, outcome, now, fx);
         }
     }
@@ -625,7 +629,7 @@ impl Cluster {
         self.node_event(node_id, NodeEvent::Recheck, now, fx);
         let scripts = self.config.check_scripts.iter().cloned().collect();
         let purpose = CheckPurpose::Replacement {
-            job_id: job_id.to_string(),
+            job_id: job_id.into(),
             rank,
         };
         self.start_scripts(node_id, purpose, scripts, 0, now, fx);

@@ -76,7 +76,7 @@ pub(super) fn run_job(c: &mut Cluster, request: JobRequest, now: UnixMillis) -> 
     for (rank, (_, l)) in launched.iter().enumerate() {
         assert_eq!(
             (l.generation, l.node_rank as usize, l.nnodes as usize),
-            (1, rank, nodes.len())
+            (Generation(1), rank, nodes.len())
         );
         assert_eq!(&l.master_addr, master_addr);
         assert_eq!(l.master_port, launched[0].1.master_port);
@@ -145,7 +145,7 @@ pub(super) fn hello_running(
     now: UnixMillis,
 ) -> Vec<Command> {
     let hello = Hello {
-        worker: Some((JOB.into(), generation, PID, true)),
+        worker: Some((JOB.into(), Generation(generation), PID, true)),
         ..agent(id, Role::Worker, now)
     };
     connect(c, conn, hello, now).unwrap().1
@@ -224,7 +224,7 @@ pub(super) fn tick_after_pause(c: &mut Cluster, now: UnixMillis) -> Vec<Command>
 
 /// `node`'s live stream closes (without goodbye).
 pub(super) fn disconnect(c: &mut Cluster, node: &str, now: UnixMillis) -> Vec<Command> {
-    let conn = c.nodes[node].conn.expect("the node is connected");
+    let conn = c.nodes[node].link.conn().expect("the node is connected");
     c.step(
         Input::Disconnected {
             node: node.into(),
@@ -282,7 +282,7 @@ pub(super) fn worker(
             let job_id = JOB.into();
             let progress = Progress {
                 job_id,
-                generation,
+                generation: Generation(generation),
                 step,
             };
             return c.step(
@@ -296,7 +296,7 @@ pub(super) fn worker(
     };
     let event = WorkerEvent {
         job_id: JOB.into(),
-        generation,
+        generation: Generation(generation),
         at: now,
         kind,
     };
@@ -412,7 +412,7 @@ pub(super) fn submit(c: &mut Cluster, job: JobRequest, now: UnixMillis) -> Answe
 }
 
 pub(super) fn stop_job(c: &mut Cluster, job_id: &str, now: UnixMillis) -> Answer<Job> {
-    let job_id = job_id.to_string();
+    let job_id = JobId::from(job_id);
     operator(c, |request| Input::StopJob { request, job_id }, now).map(job_reply)
 }
 
@@ -429,7 +429,7 @@ pub(super) fn cordon(
     why: &str,
     now: UnixMillis,
 ) -> Answer<NodeRecord> {
-    let (node, reason) = (node.to_string(), why.to_string());
+    let (node, reason) = (NodeId::from(node), why.to_string());
     let input = |request| Input::Cordon {
         request,
         node,
@@ -439,7 +439,7 @@ pub(super) fn cordon(
 }
 
 pub(super) fn uncordon(c: &mut Cluster, node: &str, now: UnixMillis) -> Answer<NodeRecord> {
-    let node = node.to_string();
+    let node = NodeId::from(node);
     operator(c, |request| Input::Uncordon { request, node }, now).map(node_reply)
 }
 
@@ -450,7 +450,7 @@ pub(super) fn check_node(
     request: u64,
     now: UnixMillis,
 ) -> Vec<Command> {
-    let node = node.to_string();
+    let node = NodeId::from(node);
     c.step(Input::CheckNode { request, node }, now)
 }
 
@@ -497,7 +497,7 @@ pub(super) fn launch_to<'a>(fx: &'a [Command], node: &str) -> Option<&'a Launch>
 
 /// The stops, as (node, generation).
 pub(super) fn stops(fx: &[Command]) -> Vec<(&str, u64)> {
-    pick!(sends(fx), (node, AgentCommand::Stop(s)) => (node, s.generation))
+    pick!(sends(fx), (node, AgentCommand::Stop(s)) => (node, s.generation.get()))
 }
 
 /// The nodes told they are fenced.

@@ -34,7 +34,7 @@ fn a_second_agent_with_a_connected_node_id_is_refused() {
     assert!(matches!(err, CoreError::DuplicateNode { .. }));
     assert!(err.to_string().contains("already connected"));
     // The first connection is untouched.
-    assert_eq!(c.nodes["a"].conn, Some(1));
+    assert_eq!(c.nodes["a"].link.conn(), Some(1));
     let err = connect(&mut c, 100, agent(" ", Role::Worker, 5), 5).unwrap_err();
     assert!(err.to_string().contains("hello.node_id"), "{err}");
 }
@@ -139,12 +139,15 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
     let resume = Checkpoint {
         step: 30,
         uri: "file:///c/step-30".into(),
-        generation: Some(1),
+        generation: Some(Generation(1)),
     };
     let fx = resolved(&mut c, JOB, Ok(Some(resume)), 1_060);
     let la = launch_to(&fx, "a").unwrap();
     let ls = launch_to(&fx, "s").unwrap();
-    assert_eq!((la.generation, ls.generation, ls.node_rank), (2, 2, 1));
+    assert_eq!(
+        (la.generation, ls.generation, ls.node_rank),
+        (Generation(2), Generation(2), 1)
+    );
     assert_eq!(ls.resume_from, "file:///c/step-30");
     assert_eq!(la.rdzv_id, "job-1-g2");
     assert!(launch_to(&fx, "b").is_none());
@@ -167,7 +170,7 @@ fn a_lost_agent_is_fenced_and_its_rank_moves_to_the_spare() {
             i.resumed_from_step,
             i.to_generation
         ),
-        (Some("s"), Some(30), Some(2))
+        (Some("s"), Some(30), Some(Generation(2)))
     );
     assert_eq!(i.action, RecoveryAction::ReplaceNode);
 }
@@ -184,7 +187,10 @@ fn each_generation_gets_a_fresh_rendezvous_id_and_port() {
     worker(&mut c, "a", 1, Stopped, 110);
     let fx = resolved(&mut c, JOB, Ok(None), 120);
     let g2 = launch_to(&fx, "a").unwrap();
-    assert_eq!((g1.generation, g2.generation), (1, 2));
+    assert_eq!(
+        (g1.generation, g2.generation),
+        (Generation(1), Generation(2))
+    );
     assert_ne!(g1.master_port, g2.master_port);
     assert_ne!(g1.rdzv_id, g2.rdzv_id);
     let range = 29500..29500 + 500;
@@ -348,7 +354,7 @@ fn stale_disconnects_of_an_old_connection_are_ignored() {
         conn: 2,
     };
     assert!(c.step(stale, 13).is_empty());
-    assert_eq!(c.nodes["b"].conn, Some(50));
+    assert_eq!(c.nodes["b"].link.conn(), Some(50));
 }
 
 #[test]

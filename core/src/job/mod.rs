@@ -17,7 +17,7 @@ use crate::error::CoreError;
 pub use crate::fault::FaultCause;
 use crate::incident::{IncidentEvent, RecoveryAction};
 use crate::protocol::JobRequest;
-use crate::UnixMillis;
+use crate::{Generation, JobId, NodeId, UnixMillis};
 
 /// What the user asked for, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,7 +218,7 @@ impl JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rank {
     /// The node that runs this rank now; a replacement takes the failed node's place here.
-    pub node: String,
+    pub node: NodeId,
     /// The current generation's worker reported it started (or was found running on
     /// reconnect); once every rank's has, the job is Running.
     pub started: bool,
@@ -293,13 +293,13 @@ impl JobLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// The job's id: `job-N` unless the operator named it.
-    pub id: String,
+    pub id: JobId,
     /// What was submitted, validated; never changed (a shrunk job keeps its original `nodes`).
     pub spec: JobSpec,
     /// Where the job is in its lifecycle; only the job's step function moves it.
     pub state: JobState,
     /// Starts at 0; the first launch is generation 1; every relaunch adds one.
-    pub generation: u64,
+    pub generation: Generation,
     /// One per node the job runs on, in node-rank order; fewer than `spec.nodes` after a shrink.
     pub ranks: Vec<Rank>,
     /// Restarts in place used so far, against `spec.restart_budget`; they also set the next
@@ -319,7 +319,7 @@ pub struct Job {
     pub message: String,
     /// Times of recent worker faults per node, for quarantine.
     #[serde(default)]
-    pub worker_faults: BTreeMap<String, Vec<UnixMillis>>,
+    pub worker_faults: BTreeMap<NodeId, Vec<UnixMillis>>,
     /// A restart in place waits until then (backoff).
     #[serde(default)]
     pub relaunch_not_before: Option<UnixMillis>,
@@ -341,16 +341,16 @@ pub enum JobEvent {
     /// A rank's worker started; the job is Running once every rank's has.
     WorkerStarted {
         /// The node it runs on; the rank is found by it.
-        node: String,
+        node: NodeId,
         /// The generation it belongs to; another generation's report is ignored.
-        generation: u64,
+        generation: Generation,
     },
     /// A rank's worker exited: clean (all ranks → Succeeded), stopped, or a worker fault.
     WorkerExited {
         /// The node it ran on.
-        node: String,
+        node: NodeId,
         /// The generation it belonged to; another generation's exit is ignored.
-        generation: u64,
+        generation: Generation,
         /// Its exit code; `None` when a signal killed it or the status is unknown (adopted).
         code: Option<i32>,
         /// The signal that killed it, if one did.
@@ -363,9 +363,9 @@ pub enum JobEvent {
     /// A rank's worker reported a training step; a new step resets its stall clock.
     Progress {
         /// The node it runs on.
-        node: String,
+        node: NodeId,
         /// The generation it belongs to; another generation's progress is ignored.
-        generation: u64,
+        generation: Generation,
         /// The step reached; the job's `step` is the highest across ranks.
         step: u64,
     },
@@ -373,14 +373,14 @@ pub enum JobEvent {
     /// on one of the job's nodes.
     Fault {
         /// The node at fault.
-        node: String,
+        node: NodeId,
         /// Why; [`FaultCause::needs_replacement`] decides restart in place or replacement.
         cause: FaultCause,
     },
     /// A node the job sent Stop to cannot be reached: its workers count as gone.
     NodeUnreachable {
         /// The node, with no live stream to send `Stop` on.
-        node: String,
+        node: NodeId,
     },
     /// A node (checked first, when replacements are checked) was allocated to a rank that
     /// waited for one; → Relaunching once every rank has a node.
@@ -388,7 +388,7 @@ pub enum JobEvent {
         /// The rank that waited, an index into `ranks`.
         rank: usize,
         /// The node, already allocated to the job.
-        node: String,
+        node: NodeId,
     },
     /// An operator stopped the job: live workers are told to stop, and the job ends Stopped.
     StopRequested,
@@ -397,7 +397,7 @@ pub enum JobEvent {
     /// start again when they are heard.
     Unheard {
         /// The nodes that cannot be heard now.
-        nodes: Vec<String>,
+        nodes: Vec<NodeId>,
     },
     /// Something operators should read on the job (a replacement candidate failed its check,
     /// the provider could not provision): it becomes the job's message until the next one.
@@ -409,7 +409,7 @@ pub enum JobEvent {
     /// the stall detector to single out the rank that stopped the gang.
     Evidence {
         /// The node.
-        node: String,
+        node: NodeId,
         /// What the agent saw.
         evidence: crate::evidence::WorkerEvidence,
     },
@@ -425,7 +425,7 @@ pub enum JobEffect {
     /// Send `Launch` for `generation` to every rank's node.
     Launch {
         /// The generation to start; reports carrying an older one are ignored from now on.
-        generation: u64,
+        generation: Generation,
         /// The checkpoint every rank resumes from; `None` starts fresh.
         resume: Option<Checkpoint>,
     },
@@ -433,16 +433,16 @@ pub enum JobEffect {
     StopWorkers {
         /// Nodes whose worker may still run; an unreachable one comes back as
         /// `NodeUnreachable`.
-        nodes: Vec<String>,
+        nodes: Vec<NodeId>,
         /// The generation being stopped.
-        generation: u64,
+        generation: Generation,
         /// Why, for the agent's log (fencing generation N, job stopped, job failed).
         reason: String,
     },
     /// Fence the node (it is never handed out again).
     FenceNode {
         /// The faulty node.
-        node: String,
+        node: NodeId,
         /// Why; kept on the fenced node for operators.
         cause: FaultCause,
     },
@@ -451,12 +451,12 @@ pub enum JobEffect {
     /// Give the nodes back (job over).
     ReleaseNodes {
         /// The job's nodes; each goes back to Ready unless it is fenced, cordoned or gone.
-        nodes: Vec<String>,
+        nodes: Vec<NodeId>,
     },
     /// Open an incident for a fault the job just reacted to.
     OpenIncident {
         /// The node the fault was seen on.
-        node: String,
+        node: NodeId,
         /// What happened; its code and detail become the incident's.
         cause: FaultCause,
         /// What the job does about it.
@@ -498,7 +498,7 @@ impl Job {
     }
 
     /// A new job in `Pending` on `nodes` (already allocated by the cluster).
-    pub fn new(id: String, spec: JobSpec, nodes: Vec<String>, now: UnixMillis) -> Job {
+    pub fn new(id: JobId, spec: JobSpec, nodes: Vec<NodeId>, now: UnixMillis) -> Job {
         let ranks = nodes
             .into_iter()
             .map(|node| Rank {
@@ -518,7 +518,7 @@ impl Job {
             id,
             spec,
             state: JobState::Pending,
-            generation: 0,
+            generation: Generation::default(),
             ranks,
             restarts: 0,
             resumed_from: None,
@@ -550,7 +550,7 @@ impl Job {
     }
 
     /// The nodes of the current ranks, in rank order.
-    pub fn nodes(&self) -> Vec<String> {
+    pub fn nodes(&self) -> Vec<NodeId> {
         self.ranks.iter().map(|r| r.node.clone()).collect()
     }
 

@@ -28,8 +28,8 @@ fn relaunched(job: &mut Job, now: UnixMillis) {
 
 /// The survivors of a fault on `node` confirm their stop.
 fn survivors_stop(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
-    let survivors: Vec<String> = job.nodes().into_iter().filter(|n| n != node).collect();
-    let generation = job.generation;
+    let survivors: Vec<NodeId> = job.nodes().into_iter().filter(|n| n != node).collect();
+    let generation = job.generation.get();
     survivors
         .iter()
         .flat_map(|other| step(job, stopped(other, generation), now, &LIMITS))
@@ -37,7 +37,7 @@ fn survivors_stop(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> 
 }
 
 fn crash(job: &mut Job, node: &str, now: UnixMillis) -> Vec<JobEffect> {
-    let crashed = exited(node, job.generation, Some(1), None, false);
+    let crashed = exited(node, job.generation.get(), Some(1), None, false);
     let mut fx = step(job, crashed, now, &LIMITS);
     fx.extend(survivors_stop(job, node, now));
     fx
@@ -147,7 +147,10 @@ fn without_a_replacement_a_job_that_allows_it_shrinks_to_its_survivors() {
     );
     assert!(matches!(
         fx.iter().find(|e| matches!(e, JobEffect::Launch { .. })),
-        Some(JobEffect::Launch { generation: 2, .. })
+        Some(JobEffect::Launch {
+            generation: Generation(2),
+            ..
+        })
     ));
     relaunched(&mut job, 61_020);
 }

@@ -78,7 +78,7 @@ fn gang() -> (Job, JobLimits) {
 fn evidence(state: ProcessState, cpu_permille: u32) -> WorkerEvidence {
     WorkerEvidence {
         job_id: "j".into(),
-        generation: 1,
+        generation: Generation(1),
         state,
         cpu_permille,
         output_quiet_ms: Some(5_000),
@@ -94,15 +94,15 @@ fn judge(
     t: UnixMillis,
     reports: bool,
     stuck: Option<(usize, WorkerEvidence)>,
-) -> (String, FaultCause) {
-    let generation = job.generation;
+) -> (NodeId, FaultCause) {
+    let generation = job.generation.get();
     for (i, node) in job.nodes().into_iter().enumerate() {
         step(job, progress(&node, generation, 5), t, limits);
         let mut e = match &stuck {
             Some((rank, odd)) if *rank == i => odd.clone(),
             _ => evidence(ProcessState::Sleeping, 10),
         };
-        e.generation = generation;
+        e.generation = Generation(generation);
         if reports {
             step(
                 job,
@@ -188,7 +188,7 @@ fn a_gang_stall_nothing_singles_out_counts_against_no_node() {
 #[test]
 fn evidence_older_than_the_stall_timeout_blames_none() {
     let (mut job, limits) = gang();
-    let generation = job.generation;
+    let generation = job.generation.get();
     for node in job.nodes() {
         step(&mut job, progress(&node, generation, 5), 1_000, &limits);
     }

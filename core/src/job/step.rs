@@ -186,14 +186,7 @@ fn apply(
             }
         }
         JobEvent::StopRequested => {
-            let live = live_nodes(job);
-            if !live.is_empty() {
-                fx.push(JobEffect::StopWorkers {
-                    nodes: live,
-                    generation: job.generation,
-                    reason: "job stopped by operator".into(),
-                });
-            }
+            stop_live_workers(job, "job stopped by operator", fx);
             finish(
                 job,
                 JobState::Stopped,
@@ -229,7 +222,7 @@ fn on_resolved(
     };
     match result {
         Ok(resume) => {
-            job.generation += 1;
+            job.generation = job.generation.next();
             for r in &mut job.ranks {
                 r.started = false;
                 r.evidence = None;
@@ -300,13 +293,13 @@ fn on_fault(
             }
             job.ranks[rank].needs_node = true;
             fx.push(JobEffect::OpenIncident {
-                node: node.to_string(),
+                node: node.into(),
                 cause: cause.clone(),
                 action: RecoveryAction::ReplaceNode,
                 fault_at,
             });
             fx.push(JobEffect::FenceNode {
-                node: node.to_string(),
+                node: node.into(),
                 cause: cause.clone(),
             });
             match &mut job.state {
@@ -335,19 +328,12 @@ fn on_fault(
     }
     if !replace && job.restarts >= job.spec.restart_budget {
         fx.push(JobEffect::OpenIncident {
-            node: node.to_string(),
+            node: node.into(),
             cause: cause.clone(),
             action: RecoveryAction::None,
             fault_at,
         });
-        let live = live_nodes(job);
-        if !live.is_empty() {
-            fx.push(JobEffect::StopWorkers {
-                nodes: live,
-                generation: job.generation,
-                reason: "job failed".into(),
-            });
-        }
+        stop_live_workers(job, "job failed", fx);
         let reason = format!(
             "restart budget of {} exhausted; last fault on {node}: {}",
             job.spec.restart_budget,
@@ -365,7 +351,7 @@ fn on_fault(
         RecoveryAction::RestartInPlace
     };
     fx.push(JobEffect::OpenIncident {
-        node: node.to_string(),
+        node: node.into(),
         cause: cause.clone(),
         action,
         fault_at,
@@ -373,7 +359,7 @@ fn on_fault(
     if replace {
         job.ranks[rank].needs_node = true;
         fx.push(JobEffect::FenceNode {
-            node: node.to_string(),
+            node: node.into(),
             cause: cause.clone(),
         });
     }
@@ -385,7 +371,7 @@ fn on_fault(
     let pending: BTreeSet<usize> = (0..job.ranks.len())
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
-    let nodes: Vec<String> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
+    let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
         fx.push(JobEffect::StopWorkers {
             nodes,
@@ -426,7 +412,7 @@ fn escalate(
         return cause;
     }
     let window = limits.quarantine_window_ms as i64;
-    let times = job.worker_faults.entry(node.to_string()).or_default();
+    let times = job.worker_faults.entry(node.into()).or_default();
     times.retain(|t| now - t < window);
     times.push(now);
     if times.len() < limits.quarantine_after as usize {
@@ -583,7 +569,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
 /// stall together and the first one found (`first`) proves nothing: the ranks' evidence picks
 /// the odd one out ([`single_out`]). When it cannot, the incident still names `first`'s node,
 /// but the cause says so and counts against no node.
-fn blame_stall(job: &Job, first: String, stalled_ms: u64, now: UnixMillis) -> (String, FaultCause) {
+fn blame_stall(job: &Job, first: NodeId, stalled_ms: u64, now: UnixMillis) -> (NodeId, FaultCause) {
     // Progress singles the rank out when every other rank still stepped within half the
     // timeout: the gang did not stall with it.
     let recent = (job.spec.stall_timeout_ms / 2) as i64;
@@ -619,12 +605,21 @@ fn blame_stall(job: &Job, first: String, stalled_ms: u64, now: UnixMillis) -> (S
 }
 
 /// Nodes whose worker of the current generation may still run.
-fn live_nodes(job: &Job) -> Vec<String> {
-    job.ranks
+/// Stops the workers that may still run (the job ends): nothing when none does.
+fn stop_live_workers(job: &Job, reason: &str, fx: &mut Vec<JobEffect>) {
+    let live: Vec<NodeId> = job
+        .ranks
         .iter()
         .filter(|r| r.exited.is_none() && !r.needs_node)
         .map(|r| r.node.clone())
-        .collect()
+        .collect();
+    if !live.is_empty() {
+        fx.push(JobEffect::StopWorkers {
+            nodes: live,
+            generation: job.generation,
+            reason: reason.into(),
+        });
+    }
 }
 
 /// The job failed for `reason`: told on the job and on its open incidents.

@@ -40,7 +40,7 @@ pub(super) fn launched(
     limits: &JobLimits,
     (resolved_at, started_at): (UnixMillis, UnixMillis),
 ) -> Job {
-    let nodes = nodes.iter().map(|n| n.to_string()).collect();
+    let nodes = nodes.iter().copied().map(NodeId::from).collect();
     let mut job = Job::new("j".into(), spec, nodes, 0);
     step(
         &mut job,
@@ -76,7 +76,7 @@ pub(super) fn exited(
     JobEvent::WorkerExited {
         at: None,
         node: node.into(),
-        generation,
+        generation: Generation(generation),
         code,
         signal,
         stopped_by_agent: by_agent,
@@ -92,7 +92,7 @@ pub(super) fn progress(node: &str, generation: u64, step: u64) -> JobEvent {
     let node = node.into();
     JobEvent::Progress {
         node,
-        generation,
+        generation: Generation(generation),
         step,
     }
 }
@@ -116,7 +116,7 @@ fn ckpt(step: u64) -> Checkpoint {
     Checkpoint {
         step,
         uri: format!("file:///ckpt/step-{step}"),
-        generation: Some(1),
+        generation: Some(Generation(1)),
     }
 }
 
@@ -155,7 +155,7 @@ fn pending_resolves_then_launches_generation_one() {
     assert_eq!(job.generation, 1);
     assert!(has(
         &fx,
-        |e| matches!(e, JobEffect::Launch { generation: 1, resume: Some(c) } if c.step == 30)
+        |e| matches!(e, JobEffect::Launch { generation: Generation(1), resume: Some(c) } if c.step == 30)
     ));
     assert!(has(&fx, |e| matches!(e, JobEffect::StateChanged)));
 }
@@ -181,7 +181,7 @@ fn launching_becomes_running_when_every_rank_started() {
         &mut job,
         JobEvent::WorkerStarted {
             node: "a".into(),
-            generation: 1,
+            generation: Generation(1),
         },
         11,
     );
@@ -191,7 +191,7 @@ fn launching_becomes_running_when_every_rank_started() {
         &mut job,
         JobEvent::WorkerStarted {
             node: "b".into(),
-            generation: 7,
+            generation: Generation(7),
         },
         11,
     );
@@ -200,7 +200,7 @@ fn launching_becomes_running_when_every_rank_started() {
         &mut job,
         JobEvent::WorkerStarted {
             node: "b".into(),
-            generation: 1,
+            generation: Generation(1),
         },
         12,
     );
@@ -208,7 +208,7 @@ fn launching_becomes_running_when_every_rank_started() {
     assert!(has(&fx, |e| matches!(
         e,
         JobEffect::Incident(IncidentEvent::Relaunched {
-            generation: 1,
+            generation: Generation(1),
             resume_step: 0
         })
     )));
@@ -250,7 +250,7 @@ fn worker_crash_restarts_in_place_on_the_same_nodes() {
     )));
     assert!(has(
         &fx,
-        |e| matches!(e, JobEffect::StopWorkers { nodes, generation: 1, .. } if nodes == &vec!["a".to_string()])
+        |e| matches!(e, JobEffect::StopWorkers { nodes, generation: Generation(1), .. } if nodes == &vec!["a".to_string()])
     ));
     assert!(!has(&fx, |e| matches!(e, JobEffect::FenceNode { .. })));
     assert_eq!(job.phase(), "fencing");
@@ -276,12 +276,15 @@ fn worker_crash_restarts_in_place_on_the_same_nodes() {
     assert_eq!(job.nodes(), vec!["a".to_string(), "b".to_string()]);
     assert!(has(&fx, |e| matches!(
         e,
-        JobEffect::Launch { generation: 2, .. }
+        JobEffect::Launch {
+            generation: Generation(2),
+            ..
+        }
     )));
     assert_eq!(
         job.fenced_generations,
         vec![FencedGeneration {
-            generation: 1,
+            generation: Generation(1),
             fenced_at: 100
         }]
     );

@@ -7,7 +7,7 @@ use super::{AgentTimer, Origin, Sim, SimEvent, Stream, ToAgent};
 use crate::cluster::{Hello, Input, Role};
 use crate::evidence::{ProcessState, WorkerEvidence};
 use crate::protocol::{AgentCommand, CommandResult, HealthState, HealthSummary};
-use crate::UnixMillis;
+use crate::{Generation, JobId, Term, UnixMillis};
 
 /// How a node's agent behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,9 @@ pub enum WorkerStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
     /// The job it trains.
-    pub job_id: String,
+    pub job_id: JobId,
     /// The generation it belongs to.
-    pub generation: u64,
+    pub generation: Generation,
     /// Its process id (unique per sim).
     pub pid: u32,
     /// Its node's rank in the job.
@@ -84,12 +84,12 @@ pub(super) struct Agent {
     pub(super) heartbeat_ms: u64,
     pub(super) cut: bool,
     pub(super) paused_until: Option<UnixMillis>,
-    pub(super) term: u64,
+    pub(super) term: Term,
     /// Highest generation seen per job (durable on the host).
-    pub(super) generations: BTreeMap<String, u64>,
+    pub(super) generations: BTreeMap<JobId, Generation>,
     pub(super) worker: Option<Worker>,
     /// The last worker that ended: (job, generation, pid).
-    pub(super) last_worker: Option<(String, u64, u32)>,
+    pub(super) last_worker: Option<(JobId, Generation, u32)>,
     pub(super) health: HealthSummary,
     /// The next heartbeat carries the health.
     pub(super) health_changed: bool,
@@ -114,7 +114,7 @@ impl Agent {
             heartbeat_ms: 500,
             cut: false,
             paused_until: None,
-            term: 0,
+            term: Term::default(),
             generations: BTreeMap::new(),
             worker: None,
             last_worker: None,
@@ -136,6 +136,21 @@ impl Agent {
 }
 
 impl Sim {
+    /// A paused host handles nothing: `event` (made only then) happens again when the pause
+    /// ends. True when it was put off.
+    pub(super) fn put_off_while_paused(
+        &mut self,
+        node: &str,
+        event: impl FnOnce() -> SimEvent,
+    ) -> bool {
+        let now = self.now;
+        let Some(until) = self.agents.get(node).and_then(|a| a.paused(now)) else {
+            return false;
+        };
+        self.push(until, event());
+        true
+    }
+
     pub(super) fn agent(&self, node: &str) -> &Agent {
         self.agents
             .get(node)
@@ -172,7 +187,7 @@ impl Sim {
         agent.conn = Some(conn);
         agent.welcomed = false;
         let hello = Hello {
-            node_id: agent.id.clone(),
+            node_id: agent.id.clone().into(),
             hostname: format!("{}.sim", agent.id),
             role: agent.role,
             address: format!("{}.sim", agent.id),
@@ -293,23 +308,19 @@ impl Sim {
 
     pub(super) fn agent_timer(&mut self, node: &str, incarnation: u64, timer: AgentTimer) {
         let now = self.now;
-        let Some(agent) = self.agents.get(node) else {
+        let current = |a: &Agent| a.up && a.incarnation == incarnation;
+        if !self.agents.get(node).is_some_and(current) {
             return;
+        }
+        let again = || SimEvent::Agent {
+            node: node.to_string(),
+            incarnation,
+            timer: timer.clone(),
         };
-        if !agent.up || agent.incarnation != incarnation {
+        if self.put_off_while_paused(node, again) {
             return;
         }
-        if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::Agent {
-                    node: node.to_string(),
-                    incarnation,
-                    timer,
-                },
-            );
-            return;
-        }
+        let agent = self.agent(node);
         match timer {
             AgentTimer::Heartbeat { conn } => {
                 if agent.conn != Some(conn) || !agent.welcomed {
@@ -325,7 +336,7 @@ impl Sim {
                 self.agent_send(
                     node,
                     Input::Heartbeat {
-                        node: node.to_string(),
+                        node: node.into(),
                         sent_at,
                         health,
                         echo: None,
@@ -336,7 +347,7 @@ impl Sim {
                     self.agent_send(
                         &node,
                         Input::Evidence {
-                            node: node.clone(),
+                            node: node.clone().into(),
                             evidence,
                         },
                     );
@@ -357,7 +368,7 @@ impl Sim {
             AgentTimer::ScriptDone(result) => self.agent_send(
                 node,
                 Input::ScriptResult {
-                    node: node.to_string(),
+                    node: node.into(),
                     result,
                 },
             ),
@@ -382,7 +393,11 @@ impl Sim {
         agent.term = term;
         match command {
             AgentCommand::Launch(launch) => {
-                let seen = agent.generations.get(&launch.job_id).copied().unwrap_or(0);
+                let seen = agent
+                    .generations
+                    .get(&launch.job_id)
+                    .copied()
+                    .unwrap_or_default();
                 if launch.generation <= seen {
                     return;
                 }
@@ -393,7 +408,7 @@ impl Sim {
                 self.start_worker(node, &launch);
             }
             AgentCommand::Stop(stop) => {
-                let seen = agent.generations.entry(stop.job_id.clone()).or_insert(0);
+                let seen = agent.generations.entry(stop.job_id.clone()).or_default();
                 *seen = (*seen).max(stop.generation);
                 let matches = agent
                     .worker
@@ -407,7 +422,7 @@ impl Sim {
             AgentCommand::DumpStacks { incident_id, .. } => {
                 // The sim's workers have no Python: the agent says so, as one without py-spy.
                 let input = Input::Stacks {
-                    node: node.to_string(),
+                    node: node.into(),
                     incident_id,
                     text: "stacks not available: sim worker".into(),
                 };
@@ -442,7 +457,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::Goodbye {
-                node: node.to_string(),
+                node: node.into(),
                 restarting: true,
             },
         );
@@ -472,7 +487,7 @@ impl Sim {
             SimEvent::ToCoordinator {
                 origin: Origin::Stream(conn),
                 input: Input::Disconnected {
-                    node: node.to_string(),
+                    node: node.into(),
                     conn,
                 },
             },
@@ -489,7 +504,7 @@ impl Sim {
     /// The step of a generation's gang, if it still trains.
     pub fn gang_step_of(&self, job_id: &str, generation: u64) -> Option<u64> {
         self.gangs
-            .get(&(job_id.to_string(), generation))
+            .get(&(JobId::from(job_id), Generation::from(generation)))
             .map(|g| g.step)
     }
 

@@ -140,7 +140,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::HealthReport {
-                node: node.to_string(),
+                node: node.into(),
                 health,
             },
         );

@@ -165,7 +165,7 @@ impl Sim {
             incident_violations(c, incident, &mut v);
         }
         for job in c.jobs.values() {
-            let seen = self.generations.entry(job.id.clone()).or_insert(0);
+            let seen = self.generations.entry(job.id.clone()).or_default();
             if job.generation < *seen {
                 v.push(format!(
                     "job {} went back from generation {} to {}",
@@ -313,7 +313,7 @@ fn incident_violations(c: &Cluster, i: &Incident, v: &mut Vec<String>) {
     if !i.is_open() {
         return;
     }
-    let Some(job) = c.jobs.get(&i.job_id) else {
+    let Some(job) = c.jobs.get(i.job_id.as_str()) else {
         v.push(format!("incident {} is of unknown job {}", i.id, i.job_id));
         return;
     };

@@ -50,7 +50,7 @@ impl Sim {
     }
 
     /// Nodes whose state is named `state` (`ready`, `allocated`, `fenced`, …), in id order.
-    pub fn nodes_in(&self, state: &str) -> Vec<String> {
+    pub fn nodes_in(&self, state: &str) -> Vec<NodeId> {
         self.cluster
             .nodes
             .values()

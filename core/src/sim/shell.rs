@@ -122,7 +122,7 @@ impl Sim {
                 Command::Send { node, command } => match self.server.get(&node) {
                     Some(&conn) => {
                         let message = ToAgent::Command(Box::new(command));
-                        self.send_to_agent(later, node, conn, message);
+                        self.send_to_agent(later, node.into(), conn, message);
                     }
                     None => self.stats.lost_to_agents += 1,
                 },
@@ -142,7 +142,7 @@ impl Sim {
                                 },
                             },
                         );
-                        self.send_to_agent(later, node, conn, ToAgent::Closed);
+                        self.send_to_agent(later, node.into(), conn, ToAgent::Closed);
                     }
                 }
                 Command::ResolveCheckpoint {
@@ -205,7 +205,7 @@ impl Sim {
         let node = stream.node.clone();
         let message = match reply {
             Ok(Reply::Welcome(welcome)) => {
-                self.server.insert(node.clone(), conn);
+                self.server.insert(node.clone().into(), conn);
                 ToAgent::Welcome {
                     term: welcome.term,
                     heartbeat_interval_ms: welcome.heartbeat_interval_ms,

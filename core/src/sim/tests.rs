@@ -59,7 +59,7 @@ fn a_generation_that_goes_back_is_caught() {
         .jobs
         .get_mut("job")
         .expect("submitted")
-        .generation = 0;
+        .generation = Generation(0);
     let v = sim.violations();
     assert!(has(&v, "went back from generation 1 to 0"), "{v:?}");
 }
@@ -74,7 +74,7 @@ fn an_incident_left_open_by_a_running_job_is_caught() {
     ));
     let incident = &mut sim.cluster.incidents[0];
     incident.resumed_at = None;
-    incident.to_generation = Some(7);
+    incident.to_generation = Some(Generation(7));
     let v = sim.violations();
     assert!(has(&v, "incident 1 (agent_lost on w1"), "{v:?}");
     sim.cluster.incidents[0].fenced_at = None;
@@ -86,7 +86,7 @@ fn an_incident_left_open_by_a_running_job_is_caught() {
 #[should_panic(expected = "sim invariant violated")]
 fn a_violation_stops_the_run() {
     let mut sim = training(2, 0, 2);
-    sim.cluster.jobs.get_mut("job").expect("submitted").ranks[1].node = String::new();
+    sim.cluster.jobs.get_mut("job").expect("submitted").ranks[1].node = NodeId::default();
     sim.run_for(200);
 }
 
@@ -118,28 +118,32 @@ fn a_slowed_node_slows_its_gang() {
 #[test]
 fn a_cut_node_is_silent_both_ways_and_returns_on_a_new_stream_once_closed() {
     let mut sim = training(2, 1, 2);
-    let conn = sim.node("w1").conn;
+    let conn = sim.node("w1").link.conn();
     sim.cut("w1");
     sim.run_for(1_500);
-    assert_eq!(sim.node("w1").conn, conn, "a cut is no disconnect");
+    assert_eq!(sim.node("w1").link.conn(), conn, "a cut is no disconnect");
     assert!(sim.is_reachable("w0") && !sim.is_reachable("w1"));
     sim.run_for(1_000);
-    assert_eq!(sim.node("w1").conn, None, "closed by the heartbeat timeout");
+    assert_eq!(
+        sim.node("w1").link.conn(),
+        None,
+        "closed by the heartbeat timeout"
+    );
     sim.heal("w1");
     sim.run_for(100);
-    let back = sim.node("w1").conn;
+    let back = sim.node("w1").link.conn();
     assert!(back.is_some() && back != conn, "{back:?} after {conn:?}");
 }
 
 #[test]
 fn a_short_cut_keeps_the_stream() {
     let mut sim = training(2, 0, 2);
-    let conn = sim.node("w1").conn;
+    let conn = sim.node("w1").link.conn();
     sim.cut("w1");
     sim.run_for(1_000);
     sim.heal("w1");
     sim.run_for(1_000);
-    assert_eq!(sim.node("w1").conn, conn);
+    assert_eq!(sim.node("w1").link.conn(), conn);
     assert!(sim.incidents().is_empty());
 }
 
@@ -182,9 +186,9 @@ fn heartbeats_carry_the_agents_clock() {
 fn a_restarted_coordinator_gets_every_agent_back() {
     let mut sim = training(3, 1, 3);
     sim.restart_coordinator();
-    assert!(sim.cluster().nodes.values().all(|n| n.conn.is_none()));
+    assert!(sim.cluster().nodes.values().all(|n| !n.link.is_connected()));
     assert!(sim.run_until(
-        |s| s.cluster().nodes.values().all(|n| n.conn.is_some()),
+        |s| s.cluster().nodes.values().all(|n| n.link.is_connected()),
         2_000
     ));
     assert_eq!(sim.job("job").state, JobState::Running);

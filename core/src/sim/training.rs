@@ -58,19 +58,14 @@ impl Sim {
     }
 
     pub(super) fn worker_started(&mut self, node: &str, pid: u32) {
-        let now = self.now;
-        let agent = self.agent(node);
-        if !agent.up {
+        if !self.agent(node).up {
             return;
         }
-        if let Some(until) = agent.paused(now) {
-            self.push(
-                until,
-                SimEvent::WorkerStarted {
-                    node: node.to_string(),
-                    pid,
-                },
-            );
+        let again = || SimEvent::WorkerStarted {
+            node: node.to_string(),
+            pid,
+        };
+        if self.put_off_while_paused(node, again) {
             return;
         }
         let at = self.agent_clock(node);
@@ -91,7 +86,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::Worker {
-                node: node.to_string(),
+                node: node.into(),
                 event,
             },
         );
@@ -125,7 +120,7 @@ impl Sim {
         self.agent_send(
             node,
             Input::Worker {
-                node: node.to_string(),
+                node: node.into(),
                 event,
             },
         );
@@ -153,9 +148,9 @@ impl Sim {
 
     /// One step of a gang: taken when every rank's worker trains; then progress from every
     /// rank, a checkpoint when due, and the end at the job's last step.
-    pub(super) fn gang_step(&mut self, job_id: &str, generation: u64) {
+    pub(super) fn gang_step(&mut self, job_id: &JobId, generation: Generation) {
         let now = self.now;
-        let key = (job_id.to_string(), generation);
+        let key = (job_id.clone(), generation);
         let Some(gang) = self.gangs.get(&key) else {
             return;
         };
@@ -191,9 +186,9 @@ impl Sim {
                 self.agent_send(
                     node,
                     Input::Progress {
-                        node: node.clone(),
+                        node: node.clone().into(),
                         progress: Progress {
-                            job_id: job_id.to_string(),
+                            job_id: job_id.clone(),
                             generation,
                             step,
                         },
@@ -228,7 +223,7 @@ impl Sim {
         self.push(
             at,
             SimEvent::Gang {
-                job_id: job_id.to_string(),
+                job_id: job_id.clone(),
                 generation,
             },
         );
