@@ -316,6 +316,18 @@ pub async fn fetch_pinned_ca(address: &str, pin: &str) -> Result<Vec<u8>, JoinEr
     }
 }
 
+/// The handshake's signatures are checked as rustls always does (message, certificate, signed
+/// struct), with the provider's algorithms.
+type Der<'a> = CertificateDer<'a>;
+type Signed = DigitallySignedStruct;
+type Verdict = Result<HandshakeSignatureValid, rustls::Error>;
+
+impl PinnedCa {
+    fn algorithms(&self) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+        &self.provider.signature_verification_algorithms
+    }
+}
+
 /// Accepts a server whose chain holds the CA with the pinned hash, verifying the chain with
 /// that CA as the only root.
 #[derive(Debug)]
@@ -359,67 +371,25 @@ impl ServerCertVerifier for PinnedCa {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    fn verify_tls12_signature(&self, m: &[u8], c: &Der<'_>, d: &Signed) -> Verdict {
+        rustls::crypto::verify_tls12_signature(m, c, d, self.algorithms())
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    fn verify_tls13_signature(&self, m: &[u8], c: &Der<'_>, d: &Signed) -> Verdict {
+        rustls::crypto::verify_tls13_signature(m, c, d, self.algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms().supported_schemes()
     }
 }
 
-/// Writes `bytes` with mode 0600: temporary file, fsync, rename, directory fsync.
+/// Writes a secret file: 0600, whole or not at all.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), JoinError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| JoinError::Write {
+    crate::durable::write_private(path, bytes).map_err(|source| JoinError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

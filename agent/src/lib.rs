@@ -24,7 +24,7 @@
 //! wait in the outbox and are sent on reconnect.
 
 pub mod config;
-pub mod durable;
+pub use holdfast_core::durable;
 pub mod fencing;
 pub mod health;
 pub mod identity;

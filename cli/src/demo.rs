@@ -316,6 +316,14 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Dials this cluster's coordinator over TLS from now on (it serves TLS: configured, or
+    /// bootstrapped with `--pki-dir`); returns the `https://` address.
+    pub fn use_https(&mut self) -> String {
+        let port = self.addr.rsplit(':').next().unwrap_or_default();
+        self.addr = format!("https://127.0.0.1:{port}");
+        self.addr.clone()
+    }
+
     pub async fn client(&self) -> anyhow::Result<crate::client::Client> {
         crate::client::connect(&self.addr).await
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use holdfast_cli::client::connect_with_token;
+use holdfast_cli::client::{connect_with_token, Client};
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{self as kit, holdfast_exe, http, Browser, Ran, Scratch};
@@ -133,13 +133,15 @@ async fn operator_api_needs_a_token_with_the_right_role() {
         .await
         .unwrap()
         .into_inner();
-    let seen = viewer
-        .get_job(pb::GetJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let get_job = |client: &Client, job_id: &str| {
+        let mut client = client.clone();
+        let job_id = job_id.to_string();
+        async move {
+            let request = pb::GetJobRequest { job_id };
+            client.get_job(request).await.unwrap().into_inner()
+        }
+    };
+    let seen = get_job(&viewer, &job.job_id).await;
     assert_eq!(seen.job_id, job.job_id);
     // A viewer sees the names of the job's environment variables, never their values; an
     // operator sees them.
@@ -160,13 +162,7 @@ async fn operator_api_needs_a_token_with_the_right_role() {
         !format!("{listed:?}").contains("s3cr3t-value"),
         "{listed:?}"
     );
-    let full = operator
-        .get_job(pb::GetJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let full = get_job(&operator, &job.job_id).await;
     assert_eq!(full.spec.unwrap().env["API_KEY"], "s3cr3t-value");
 
     // The CLI: without a token it says one is needed; with --token or HOLDFAST_TOKEN it works.

@@ -58,6 +58,24 @@ async fn session(
     (reply, tx)
 }
 
+/// Reads the coordinator's replies until it closes the stream; the status it closed with.
+async fn closing_status(
+    replies: &mut tonic::Streaming<pb::CoordinatorMessage>,
+    within: Duration,
+) -> tonic::Status {
+    let end = tokio::time::timeout(within, async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream is closed in time");
+    end.expect_err("the stream ends with an error status")
+}
+
 async fn node_ids(addr: &str) -> Vec<String> {
     let mut operator = OperatorServiceClient::connect(addr.to_string())
         .await
@@ -140,17 +158,7 @@ async fn hostile_agent_input_is_refused_naming_the_field() {
     })
     .await
     .unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match inbound.message().await {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        }
-    })
-    .await
-    .expect("the stream is closed");
-    let err = end.unwrap_err();
+    let err = closing_status(&mut inbound, Duration::from_secs(10)).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("health.checks"), "{err:?}");
 
@@ -226,17 +234,7 @@ async fn an_agent_that_floods_its_stream_is_cut_off_while_others_keep_their_hear
             }
         }
     });
-    let end = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match replies.message().await {
-                Ok(Some(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the flooding stream is closed");
-    let err = end.unwrap_err();
+    let err = closing_status(&mut replies, Duration::from_secs(30)).await;
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("messages per second"), "{err:?}");
     sender.abort();

@@ -66,13 +66,7 @@ async fn a_fatal_xid_on_an_agent_30_s_ahead_is_dated_within_half_a_second() {
     let plain = kit::node(&cluster, "plain").await;
     assert!(plain.clock_offset_ms.abs() < 200, "{plain:#?}");
 
-    let spec = Train {
-        nodes: 2,
-        steps: 2_000,
-        step_time_s: 0.05,
-        ..Default::default()
-    }
-    .spec(&dir);
+    let spec = Train::paced(2, 2_000, 0.05).spec(&dir);
     let job = kit::submit(&cluster, spec).await;
     kit::wait_job(&cluster, &job.job_id, Duration::from_secs(60), |j| {
         j.state == "running" && j.step >= 5

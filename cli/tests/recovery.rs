@@ -127,13 +127,7 @@ async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_on
     .unwrap();
     // step-20 has no marker: it was cut off mid-write.
     let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
-    let spec = Train {
-        nodes: 1,
-        steps: 14,
-        step_time_s: 0.01,
-        ..Default::default()
-    }
-    .spec(&dir);
+    let spec = Train::paced(1, 14, 0.01).spec(&dir);
     let job = kit::submit(&cluster, spec).await;
     let (done, _) = kit::finish(&cluster, &job.job_id, Duration::from_secs(60)).await;
     assert_eq!(done.state, "succeeded", "{}", done.message);

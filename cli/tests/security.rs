@@ -72,20 +72,10 @@ async fn agents_join_with_a_token_pinned_to_the_cluster_ca() {
     let mut cluster = LocalCluster::start(exe, &dir, &["--pki-dir", &pki_arg])
         .await
         .unwrap();
-    let port = cluster.addr.rsplit(':').next().unwrap().to_string();
-    let https = format!("https://127.0.0.1:{port}");
-    cluster.addr = https.clone();
+    let https = cluster.use_https();
 
     // First start: every file private, the directory too; the join command printed once.
-    for file in [
-        "ca.pem",
-        "ca.key",
-        "server.pem",
-        "server.key",
-        "operator-tokens",
-        "admin.token",
-        "join-tokens.json",
-    ] {
+    for file in holdfast_coordinator::pki::FIRST_START_FILES {
         assert_eq!(mode(&pki.join(file)), 0o600, "{file}");
     }
     assert_eq!(mode(&pki), 0o700);

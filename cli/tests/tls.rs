@@ -68,9 +68,8 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg])
         .await
         .unwrap();
-    let port = cluster.addr.rsplit(':').next().unwrap().to_string();
-    let https = format!("https://127.0.0.1:{port}");
-    cluster.addr = https.clone();
+    let https = cluster.use_https();
+    let port = https.rsplit(':').next().unwrap().to_string();
     let agent_arg = config(
         "agent.toml",
         &[

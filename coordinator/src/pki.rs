@@ -17,7 +17,6 @@
 //! | `issued.json` | node certificates: node id → serial, expiry, revoked |
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +34,16 @@ use crate::CoordinatorConfig;
 /// Node certificates never carry it (a node id of this name is refused at join) and are client
 /// certificates only.
 pub const COORDINATOR_NAME: &str = "holdfast-coordinator";
+/// The files [`Pki::bootstrap`] makes on a first start (each 0600).
+pub const FIRST_START_FILES: &[&str] = &[
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "operator-tokens",
+    "admin.token",
+    "join-tokens.json",
+];
 /// Lifetime of a node certificate.
 pub const NODE_CERT_DAYS: i64 = 90;
 /// Lifetime of the serving certificate (renewed at every start).
@@ -448,7 +457,7 @@ impl Pki {
                 path: path.display().to_string(),
                 source,
             })?;
-        keep_owner(&path, &path);
+        keep_owner(&path);
         file.lock().map_err(|source| PkiError::Io {
             path: path.display().to_string(),
             source,
@@ -546,46 +555,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` with mode 0600: a temporary file, fsync, rename, then an fsync of
-/// the directory, so a crash leaves the old file or the new one, never a torn one.
+/// Writes a secret file: 0600, whole or not at all ([`holdfast_core::durable::write_private`]),
+/// then owned like its directory.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
+    holdfast_core::durable::write_private(path, bytes).map_err(|source| PkiError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    keep_owner(&tmp, path);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-    }
+    })?;
+    keep_owner(path);
     Ok(())
 }
 
 /// A file written by root (`holdfast token` on the coordinator's host) goes to the owner of
 /// its directory, so a coordinator running as its own user can still read it.
-fn keep_owner(file: &Path, path: &Path) {
+fn keep_owner(path: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) else {
         return;
     };
-    let Ok(meta) = std::fs::metadata(file) else {
+    let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     if meta.uid() != dir.uid() || meta.gid() != dir.gid() {
-        if let Err(e) = std::os::unix::fs::chown(file, Some(dir.uid()), Some(dir.gid())) {
+        if let Err(e) = std::os::unix::fs::chown(path, Some(dir.uid()), Some(dir.gid())) {
             tracing::warn!(
                 "{}: cannot give it to the directory's owner: {e}",
                 path.display()
@@ -617,15 +609,7 @@ mod tests {
         let first = pki.bootstrap(&["coord.example".into()], NOW).unwrap();
         assert!(first.admin_token.is_some() && first.join_token.is_some());
         assert!(first.ca_hash.starts_with("sha256:") && first.ca_hash.len() == 7 + 64);
-        for f in [
-            "ca.pem",
-            "ca.key",
-            "server.pem",
-            "server.key",
-            "operator-tokens",
-            "admin.token",
-            "join-tokens.json",
-        ] {
+        for f in FIRST_START_FILES {
             let mode = std::fs::metadata(pki.path(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }

@@ -1,8 +1,9 @@
 //! # holdfast-core
 //!
-//! What both daemons share and the coordinator decides, with no network, no async runtime and no
-//! files: every function here takes the time as an argument (the daemons read the clock once,
-//! through [`now_ms`], and pass it down).
+//! What both daemons share and the coordinator decides, with no network and no async runtime;
+//! the decisions touch no files (only [`config_file`] reads settings and [`durable`] writes
+//! state files, for the daemons): every function here takes the time as an argument (the
+//! daemons read the clock once, through [`now_ms`], and pass it down).
 //!
 //! ## Layout
 //! - [`node`], [`job`], [`incident`] — the three lifecycles, each one enum and one pure `step`;
@@ -25,6 +26,7 @@
 //!   fixture test every daemon's config runs.
 //! - [`ids`] — [`NodeId`], [`JobId`], [`Generation`], [`Term`]: the names and counters that
 //!   travel through the core, stored as the bare string or number.
+//! - [`durable`] — files written whole or not at all (temp + fsync + rename + directory fsync).
 //! - [`fault`] — the one cause of every fault (incidents, fenced nodes, metrics).
 //! - [`error`] — why the core refuses an input.
 //! - `sim` — the simulation test double (test builds and the `sim` feature only): the real core
@@ -36,6 +38,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod config_file;
+pub mod durable;
 pub mod error;
 pub mod evidence;
 pub mod fault;

@@ -34,6 +34,16 @@ impl Default for Train {
 }
 
 impl Train {
+    /// `nodes` ranks stepping `steps` times, one step every `step_time_s`; the rest default.
+    pub fn paced(nodes: u32, steps: u64, step_time_s: f64) -> Train {
+        Train {
+            nodes,
+            steps,
+            step_time_s,
+            ..Default::default()
+        }
+    }
+
     /// The command line (script at `script`).
     pub fn command(&self, script: &Path) -> Vec<String> {
         let mut command = vec![self.python.clone(), script.display().to_string()];

@@ -90,9 +90,7 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
     if let Some(c) = args.coordinator {
         config.coordinator = client::normalize(&c);
     }
-    if let Some(n) = args.node_id {
-        config.node_id = n;
-    }
+    set(&mut config.node_id, args.node_id);
     if let Some(r) = args.role {
         config.role = match r.as_str() {
             "worker" => NodeRole::Worker,
@@ -100,23 +98,18 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
             other => anyhow::bail!("--role: {other:?} is neither worker nor spare"),
         };
     }
-    if let Some(s) = args.state_dir {
-        config.state_dir = s;
-    }
-    if let Some(a) = args.advertise_address {
-        config.advertise_address = a;
-    }
-    if args.enable_fault_injection {
-        config.fault_injection = true;
-    }
-    if let Some(m) = args.metrics_listen {
-        config.metrics_listen = m;
-    }
-    if let Some(d) = args.script_dir {
-        config.script_dir = d;
-    }
-    if args.insecure {
-        config.insecure = true;
-    }
+    set(&mut config.state_dir, args.state_dir);
+    set(&mut config.advertise_address, args.advertise_address);
+    set(&mut config.metrics_listen, args.metrics_listen);
+    set(&mut config.script_dir, args.script_dir);
+    config.fault_injection |= args.enable_fault_injection;
+    config.insecure |= args.insecure;
     Ok(config)
+}
+
+/// A flag that was given replaces the config's value.
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *slot = value;
+    }
 }
