@@ -63,6 +63,8 @@ enum Cmd {
     /// Run the configured deep check (health scripts) on a node now and print each script's
     /// result; exits 0 when every script passed. The report is kept on the node.
     Check(check::Args),
+    /// Benchmarks against a running coordinator (`bench swarm`: many simulated agents).
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -105,5 +107,6 @@ async fn run(command: Cmd) -> anyhow::Result<i32> {
         Cmd::WhatIf(args) => what_if::run(args).await,
         Cmd::UpgradeAgents(args) => upgrade_agents::run(args).await,
         Cmd::Check(args) => check::run(args).await,
+        Cmd::Bench(args) => bench::run(args).await,
     }
 }
