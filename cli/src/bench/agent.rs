@@ -106,6 +106,9 @@ impl AgentProbe {
 pub struct SwarmCounters {
     /// Heartbeat tick lateness in microseconds (scheduled tick → the task ran it), every tick.
     pub lateness_us: Mutex<Vec<u32>>,
+    /// Coordinator → agent delay of clock stamps, in microseconds: a `Ping`'s stamp (the
+    /// coordinator's clock at the tick that sent it) to its arrival here (same host, same clock).
+    pub ping_delay_us: Mutex<Vec<u32>>,
     pub heartbeats_sent: AtomicU64,
     /// Messages that could not be queued on a stream (the coordinator not reading).
     pub send_queue_full: AtomicU64,
@@ -498,7 +501,14 @@ async fn serve(
                     continue;
                 }
                 match body {
-                    FromCoordinator::Ping(p) => clock_echo = Some((p.coordinator_unix_ms, now_ms())),
+                    FromCoordinator::Ping(p) => {
+                        let received = now_ms();
+                        clock_echo = Some((p.coordinator_unix_ms, received));
+                        let delay_us = (received - p.coordinator_unix_ms).max(0).saturating_mul(1000);
+                        if let Ok(mut samples) = spec.counters.ping_delay_us.lock() {
+                            samples.push(u32::try_from(delay_us).unwrap_or(u32::MAX));
+                        }
+                    }
                     FromCoordinator::Welcome(_) => {}
                     FromCoordinator::Launch(l) => {
                         spec.counters.launches.fetch_add(1, Ordering::Relaxed);

@@ -223,6 +223,8 @@ pub struct SwarmReport {
     pub generator_rss_mb: Option<f64>,
     pub heartbeats_per_s: f64,
     pub heartbeat_lag: Option<Spread>,
+    /// Coordinator → agent: a ping's stamp to its arrival (ms resolution).
+    pub ping_delay: Option<Spread>,
     pub list_nodes: Option<Spread>,
     /// Nodes shown offline, fenced or disconnected that were never silenced.
     pub false_timeouts: Vec<String>,
@@ -274,6 +276,8 @@ impl SwarmReport {
             "heartbeat_lag_p50_s": r3(p(&self.heartbeat_lag, |s| s.p50)),
             "heartbeat_lag_p99_s": r3(p(&self.heartbeat_lag, |s| s.p99)),
             "heartbeat_lag_max_s": r3(p(&self.heartbeat_lag, |s| s.max)),
+            "ping_delay_p50_s": r3(p(&self.ping_delay, |s| s.p50)),
+            "ping_delay_p99_s": r3(p(&self.ping_delay, |s| s.p99)),
             "list_nodes_p50_s": r3(p(&self.list_nodes, |s| s.p50)),
             "list_nodes_p99_s": r3(p(&self.list_nodes, |s| s.p99)),
             "false_timeouts": self.false_timeouts.len(),
@@ -333,6 +337,7 @@ impl SwarmReport {
             self.heartbeats_per_s
         );
         out += &format!("heartbeat lag       {}\n", secs(&self.heartbeat_lag));
+        out += &format!("ping delay          {}\n", secs(&self.ping_delay));
         out += &format!("ListNodes           {}\n", secs(&self.list_nodes));
         out += &format!("job start           {}\n", secs(&self.job_start));
         out += &format!("detection           {}\n", secs(&self.detect));
@@ -383,6 +388,9 @@ struct Observed {
     running: HashMap<(String, u64), i64>,
     /// Every incident, its latest copy.
     incidents: BTreeMap<u64, pb::Incident>,
+    /// What the polls during the silence phase showed first (for events the stream missed).
+    polled_down: HashMap<String, i64>,
+    polled_running: HashMap<(String, u64), i64>,
     watch_breaks: u32,
 }
 
@@ -664,6 +672,12 @@ async fn drive(
         .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
         .unwrap_or_default();
     report.lateness = Spread::of(&mut lateness);
+    let mut pings: Vec<f64> = counters
+        .ping_delay_us
+        .lock()
+        .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
+        .unwrap_or_default();
+    report.ping_delay = Spread::of(&mut pings);
     // Behind: a tick later than a tenth of the heartbeat interval at P99, or a stream whose
     // queue filled up.
     let allowed = report.heartbeat_interval_ms.max(1) as f64 / 10_000.0;
@@ -769,7 +783,7 @@ async fn measure(
                 message: status.message().to_string(),
             })?
             .into_inner();
-        let at = wait_running(observed, &job_id, 1, Duration::from_secs(60)).await;
+        let at = wait_running(observed, client, &job_id, Duration::from_secs(60)).await;
         match at {
             Some(at) => starts.push((at - submitted) as f64 / 1000.0),
             None => report
@@ -852,20 +866,37 @@ async fn measure(
     let silenced_ids: HashSet<&str> = silenced.iter().map(|(n, _, _)| n.as_str()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // The node list too, in case the event stream broke (a watcher the coordinator found
+        // too slow is cut off): a loss seen only here is dated by this poll, an upper bound.
+        let asked = now_ms();
+        let nodes = list_nodes(client, addr).await?;
+        let jobs = client
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map(|r| r.into_inner().jobs)
+            .unwrap_or_default();
         let (detected, relaunched) = {
-            let o = observed
+            let mut o = observed
                 .lock()
                 .map_err(|_| SwarmError::Timeout("event recorder poisoned".into()))?;
+            for node in ours(&nodes, prefix).filter(|n| is_shown_lost(n)) {
+                o.polled_down.entry(node.node_id.clone()).or_insert(asked);
+            }
+            for job in jobs
+                .iter()
+                .filter(|j| j.state_enum == pb::JobState::Running as i32)
+            {
+                o.polled_running
+                    .entry((job.job_id.clone(), job.generation))
+                    .or_insert(asked);
+            }
             let detected = silenced
                 .iter()
                 .filter(|(node, _, _)| detection_at(&o, node).is_some())
                 .count();
             let relaunched = silenced
                 .iter()
-                .filter(|(_, _, job)| {
-                    job.as_ref()
-                        .is_some_and(|j| o.running.contains_key(&(j.clone(), 2)))
-                })
+                .filter(|(_, _, job)| job.as_ref().is_some_and(|j| running_at(&o, j, 2).is_some()))
                 .count();
             (detected, relaunched)
         };
@@ -873,7 +904,7 @@ async fn measure(
         if (detected == silenced.len() && relaunched == hit) || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let mut detections = Vec::new();
     let mut relaunches = Vec::new();
@@ -888,7 +919,7 @@ async fn measure(
                 .incidents
                 .values()
                 .find(|i| &i.job_id == job && &i.node_id == node && i.detected_unix_ms > 0);
-            match (incident, o.running.get(&(job.clone(), 2))) {
+            match (incident, running_at(&o, job, 2)) {
                 (Some(i), Some(running)) => {
                     relaunches.push((running - i.detected_unix_ms) as f64 / 1000.0)
                 }
@@ -921,10 +952,23 @@ async fn measure(
     Ok(())
 }
 
+/// When the coordinator first showed `job` running at `generation`: its event, else a poll.
+fn running_at(o: &Observed, job: &str, generation: u64) -> Option<i64> {
+    let key = (job.to_string(), generation);
+    o.running
+        .get(&key)
+        .or_else(|| o.polled_running.get(&key))
+        .copied()
+}
+
 /// When the coordinator first showed `node` lost: its first offline/fenced/disconnected event
-/// or the detection of an incident on it, whichever came first.
+/// or the detection of an incident on it, whichever came first; else the first poll showing it.
 fn detection_at(o: &Observed, node: &str) -> Option<i64> {
-    let event = o.down.get(node).copied();
+    let event = o
+        .down
+        .get(node)
+        .or_else(|| o.polled_down.get(node))
+        .copied();
     let incident = o
         .incidents
         .values()
@@ -937,21 +981,39 @@ fn detection_at(o: &Observed, node: &str) -> Option<i64> {
     }
 }
 
-/// Waits (bounded) until the job is shown running at `generation`; the event's time.
+/// Waits (bounded) until the job is shown running at generation 1: the event's time, else
+/// (the event stream broke) the time of a `GetJob` that shows it.
 async fn wait_running(
     observed: &Arc<Mutex<Observed>>,
+    client: &mut Client,
     job_id: &str,
-    generation: u64,
     within: Duration,
 ) -> Option<i64> {
     let deadline = Instant::now() + within;
+    let mut polled = Instant::now();
     loop {
-        let at = observed
-            .lock()
-            .ok()
-            .and_then(|o| o.running.get(&(job_id.to_string(), generation)).copied());
+        let at = observed.lock().ok().and_then(|o| running_at(&o, job_id, 1));
         if at.is_some() || Instant::now() > deadline {
             return at;
+        }
+        if polled.elapsed() > Duration::from_millis(500) {
+            polled = Instant::now();
+            let asked = now_ms();
+            let job = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.to_string(),
+                })
+                .await
+                .map(tonic::Response::into_inner);
+            if let Ok(job) = job {
+                if job.state_enum == pb::JobState::Running as i32 || job.generation > 1 {
+                    if let Ok(mut o) = observed.lock() {
+                        o.polled_running
+                            .entry((job_id.to_string(), 1))
+                            .or_insert(asked);
+                    }
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
