@@ -86,7 +86,7 @@ def med(rs, key, scale=1.0, fmt="{:.3f}"):
     vals = [r[key] for r in rs if r.get(key) is not None]
     return fmt.format(statistics.median(vals) * scale) if vals else "—"
 cols = ["agents", "runs", "coord CPU cores", "coord RSS MB", "CPU per 1k agents",
-        "hb lag P50 / P99 ms", "ListNodes P99 ms", "detect P50 / P99 s", "job start s",
+        "hb lag P50 / P99 ms", "ping P99 ms", "ListNodes P99 ms", "detect P50 / P99 s", "job start s",
         "relaunch s", "false timeouts", "gen CPU cores", "gen behind"]
 print("| " + " | ".join(cols) + " |")
 print("|" + " --- |" * len(cols))
@@ -100,6 +100,7 @@ for n in sorted(rows):
         med(rs, "coordinator_rss_mb", fmt="{:.0f}"),
         "{:.3f}".format(statistics.median(per_k)) if per_k else "—",
         med(rs, "heartbeat_lag_p50_s", 1000, "{:.0f}") + " / " + med(rs, "heartbeat_lag_p99_s", 1000, "{:.0f}"),
+        med(rs, "ping_delay_p99_s", 1000, "{:.0f}"),
         med(rs, "list_nodes_p99_s", 1000, "{:.0f}"),
         med(rs, "detect_p50_s", fmt="{:.2f}") + " / " + med(rs, "detect_p99_s", fmt="{:.2f}"),
         med(rs, "job_start_s"),

@@ -223,6 +223,10 @@ pub struct SwarmReport {
     pub generator_rss_mb: Option<f64>,
     pub heartbeats_per_s: f64,
     pub heartbeat_lag: Option<Spread>,
+    /// Node lists the heartbeat lag was read from, and those left out because the coordinator
+    /// had moved its heartbeat stamps (its tick ran late).
+    pub lag_lists_used: u32,
+    pub lag_lists_discarded: u32,
     /// Coordinator → agent: a ping's stamp to its arrival (ms resolution).
     pub ping_delay: Option<Spread>,
     pub list_nodes: Option<Spread>,
@@ -276,6 +280,8 @@ impl SwarmReport {
             "heartbeat_lag_p50_s": r3(p(&self.heartbeat_lag, |s| s.p50)),
             "heartbeat_lag_p99_s": r3(p(&self.heartbeat_lag, |s| s.p99)),
             "heartbeat_lag_max_s": r3(p(&self.heartbeat_lag, |s| s.max)),
+            "lag_lists_used": self.lag_lists_used,
+            "lag_lists_discarded": self.lag_lists_discarded,
             "ping_delay_p50_s": r3(p(&self.ping_delay, |s| s.p50)),
             "ping_delay_p99_s": r3(p(&self.ping_delay, |s| s.p99)),
             "list_nodes_p50_s": r3(p(&self.list_nodes, |s| s.p50)),
@@ -336,7 +342,12 @@ impl SwarmReport {
             opt(self.generator_rss_mb, " MB"),
             self.heartbeats_per_s
         );
-        out += &format!("heartbeat lag       {}\n", secs(&self.heartbeat_lag));
+        out += &format!(
+            "heartbeat lag       {} from {} node lists ({} left out: the coordinator's tick ran late)\n",
+            secs(&self.heartbeat_lag),
+            self.lag_lists_used,
+            self.lag_lists_discarded
+        );
         out += &format!("ping delay          {}\n", secs(&self.ping_delay));
         out += &format!("ListNodes           {}\n", secs(&self.list_nodes));
         out += &format!("job start           {}\n", secs(&self.job_start));
@@ -794,7 +805,10 @@ async fn measure(
     }
     report.job_start = Spread::of(&mut starts);
 
-    // 3. Steady.
+    // 3. Steady, after a settle of two heartbeat intervals (the last hellos' and launches'
+    // work done).
+    let settle = Duration::from_millis(2 * report.heartbeat_interval_ms.max(100));
+    tokio::time::sleep(settle).await;
     let cpu_before = coordinator_pid.and_then(procfs::cpu_seconds);
     let own = std::process::id();
     let own_before = procfs::cpu_seconds(own);
@@ -807,16 +821,25 @@ async fn measure(
         let tick = Instant::now();
         let asked = now_ms();
         let nodes = list_nodes(client, addr).await?;
+        let answered = now_ms();
         listings.push(tick.elapsed().as_secs_f64());
         let by_id: HashMap<&str, &pb::Node> = ours(&nodes, prefix)
             .map(|n| (n.node_id.as_str(), n))
             .collect();
-        for probe in probes {
-            if let Some(lag) = by_id
-                .get(probe.node_id.as_str())
-                .and_then(|n| probe.lag_ms(n.last_heartbeat_unix_ms, asked))
-            {
-                lags.push(lag as f64 / 1000.0);
+        // A coordinator whose own tick ran late moves every node's last heartbeat forward by
+        // the time it could not observe (so that no node is blamed for it): such a list has
+        // stamps after its own answer, and its stamps are not processing times.
+        if by_id.values().any(|n| n.last_heartbeat_unix_ms > answered) {
+            report.lag_lists_discarded += 1;
+        } else {
+            report.lag_lists_used += 1;
+            for probe in probes {
+                if let Some(lag) = by_id
+                    .get(probe.node_id.as_str())
+                    .and_then(|n| probe.lag_ms(n.last_heartbeat_unix_ms, asked))
+                {
+                    lags.push(lag as f64 / 1000.0);
+                }
             }
         }
         if let Some(mb) = coordinator_pid.and_then(procfs::rss_mb) {
