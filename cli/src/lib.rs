@@ -15,7 +15,7 @@
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
 //! - [`upgrade`] — rolling agent restarts (`upgrade-agents`), batch by batch.
-//! - [`bench`] — `bench swarm`: thousands of simulated agents against a running coordinator.
+//! - [`bench`](mod@bench) — `bench swarm`: thousands of simulated agents against a running coordinator.
 //!
 //! The test rigs (network-namespace hosts, the end-to-end rig) and the helpers the tests in
 //! `tests/` share live in the `holdfast-testkit` crate (`testkit/`), outside the product.
