@@ -104,10 +104,12 @@ impl AgentProbe {
 /// What all agents of the swarm report into.
 #[derive(Default)]
 pub struct SwarmCounters {
-    /// Heartbeat tick lateness in microseconds (scheduled tick → the task ran it), every tick.
+    /// Heartbeat tick lateness in microseconds (scheduled tick → the task ran it), every tick
+    /// from the steady phase on.
     pub lateness_us: Mutex<Vec<u32>>,
     /// Coordinator → agent delay of clock stamps, in microseconds: a `Ping`'s stamp (the
-    /// coordinator's clock at the tick that sent it) to its arrival here (same host, same clock).
+    /// coordinator's clock at the tick that sent it) to its arrival here (same host, same clock),
+    /// from the steady phase on.
     pub ping_delay_us: Mutex<Vec<u32>>,
     pub heartbeats_sent: AtomicU64,
     /// Messages that could not be queued on a stream (the coordinator not reading).

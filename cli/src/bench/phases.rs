@@ -39,32 +39,41 @@ impl Swarm<'_> {
         let within =
             Duration::from_secs(30) + Duration::from_millis(20 * self.options.agents as u64);
         let deadline = started + within;
+        // The agents' own count first: a node list of thousands of nodes costs the coordinator
+        // more than a heartbeat round, so it is asked at most once a second.
+        let mut listed: Option<Instant> = None;
+        let mut ready = 0;
         loop {
-            let nodes = list_nodes(client, self.addr).await?;
-            let ready = ours(&nodes, self.prefix)
-                .filter(|n| {
-                    n.connected
-                        && matches!(
-                            pb::NodeState::try_from(n.state_enum),
-                            Ok(pb::NodeState::Ready)
-                        )
-                })
+            let welcomed = self
+                .probes
+                .iter()
+                .filter(|p| p.welcomed.load(Ordering::SeqCst))
                 .count();
-            if ready == self.options.agents {
-                break;
+            let due = listed.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+            if welcomed == self.options.agents && due {
+                listed = Some(Instant::now());
+                let nodes = list_nodes(client, self.addr).await?;
+                ready = ours(&nodes, self.prefix)
+                    .filter(|n| {
+                        n.connected
+                            && matches!(
+                                pb::NodeState::try_from(n.state_enum),
+                                Ok(pb::NodeState::Ready)
+                            )
+                    })
+                    .count();
+                if ready == self.options.agents {
+                    break;
+                }
             }
             if Instant::now() > deadline {
-                let welcomed = self
-                    .probes
-                    .iter()
-                    .filter(|p| p.welcomed.load(Ordering::SeqCst))
-                    .count();
                 return Err(SwarmError::NotReady {
                     ready,
                     agents: self.options.agents,
                     within,
                     detail: format!(
-                        "{welcomed} sessions welcomed; {}",
+                        "{welcomed} sessions welcomed; {} sessions lost: {}",
+                        self.counters.sessions_lost.load(Ordering::Relaxed),
                         self.counters
                             .lost_reasons
                             .lock()
@@ -73,7 +82,7 @@ impl Swarm<'_> {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         report.registration_s = started.elapsed().as_secs_f64();
         if let Ok(mut o) = self.observed.lock() {
@@ -141,6 +150,13 @@ impl Swarm<'_> {
         let own = std::process::id();
         let own_before = procfs::cpu_seconds(own);
         let sent_before = self.counters.heartbeats_sent.load(Ordering::Relaxed);
+        // The generator's lateness and the ping delays count from here on: registration is a
+        // connect storm of its own, measured by its duration.
+        for samples in [&self.counters.lateness_us, &self.counters.ping_delay_us] {
+            if let Ok(mut samples) = samples.lock() {
+                samples.clear();
+            }
+        }
         let steady = Instant::now();
         let mut lags = Vec::new();
         let mut listings = Vec::new();
@@ -272,7 +288,9 @@ impl Swarm<'_> {
             if (detected == silenced.len() && relaunched == hit) || Instant::now() > deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Events date the losses; these lists only stand in for events a broken stream
+            // lost, so they need not be frequent (each costs the coordinator a node list).
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let mut detections = Vec::new();
         let mut relaunches = Vec::new();
