@@ -115,7 +115,7 @@ pub enum SwarmError {
         needed: u64,
         limit: u64,
     },
-    #[error("only {ready} of {agents} agents were ready within {within:?}: {detail}")]
+    #[error("{ready} of {agents} agents ready within {within:?}: {detail}")]
     NotReady {
         ready: usize,
         agents: usize,

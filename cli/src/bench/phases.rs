@@ -67,12 +67,26 @@ impl Swarm<'_> {
                 }
             }
             if Instant::now() > deadline {
+                // What the coordinator shows now, if it answers soon (it may be the one stuck).
+                let last =
+                    tokio::time::timeout(Duration::from_secs(10), list_nodes(client, self.addr))
+                        .await;
+                let shown = match last {
+                    Ok(Ok(nodes)) => {
+                        ready = ours(&nodes, self.prefix)
+                            .filter(|n| n.connected && !is_shown_lost(n))
+                            .count();
+                        format!("{ready} shown connected")
+                    }
+                    Ok(Err(e)) => format!("no node list: {e}"),
+                    Err(_) => "the coordinator did not answer ListNodes within 10 s".into(),
+                };
                 return Err(SwarmError::NotReady {
                     ready,
                     agents: self.options.agents,
                     within,
                     detail: format!(
-                        "{welcomed} sessions welcomed; {} sessions lost: {}",
+                        "{welcomed} sessions welcomed now, {shown}; {} sessions lost: {}",
                         self.counters.sessions_lost.load(Ordering::Relaxed),
                         self.counters
                             .lost_reasons
