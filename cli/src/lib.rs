@@ -15,10 +15,12 @@
 //! - [`tables`] — how nodes, jobs and incidents are printed.
 //! - [`demo`] — the demo: real processes on loopback, a real fault, an incident report.
 //! - [`upgrade`] — rolling agent restarts (`upgrade-agents`), batch by batch.
+//! - [`bench`](mod@bench) — `bench swarm`: thousands of simulated agents against a running coordinator.
 //!
 //! The test rigs (network-namespace hosts, the end-to-end rig) and the helpers the tests in
 //! `tests/` share live in the `holdfast-testkit` crate (`testkit/`), outside the product.
 
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -67,6 +67,8 @@ enum Cmd {
     Token(token::Args),
     /// Node certificates issued to joined agents (on the coordinator's host): list, revoke.
     Cert(cert::Args),
+    /// Benchmarks against a running coordinator (`bench swarm`: many simulated agents).
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -111,5 +113,6 @@ async fn run(command: Cmd) -> anyhow::Result<i32> {
         Cmd::Check(args) => check::run(args).await,
         Cmd::Token(args) => token::run(args).await,
         Cmd::Cert(args) => cert::run(args).await,
+        Cmd::Bench(args) => bench::run(args).await,
     }
 }

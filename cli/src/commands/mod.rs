@@ -2,6 +2,7 @@
 //! returns the process's exit code. `main` only parses, sets up logging and dispatches.
 
 pub mod agent;
+pub mod bench;
 pub mod cert;
 pub mod check;
 pub mod coordinator;
