@@ -507,7 +507,7 @@ fn term_jump_refusal(seen: u64, offered: u64, authenticated: bool) -> Option<Str
 }
 
 /// The coordinator term a command carries.
-fn command_term(body: &FromCoordinator) -> Option<u64> {
+pub fn command_term(body: &FromCoordinator) -> Option<u64> {
     match body {
         FromCoordinator::Welcome(_) => None,
         FromCoordinator::Launch(l) => Some(l.term),

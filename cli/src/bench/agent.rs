@@ -284,19 +284,6 @@ fn exited(worker: &Worker) -> ToCoordinator {
     })
 }
 
-/// The command's term, as `agent/src/session.rs` reads it.
-fn command_term(body: &FromCoordinator) -> Option<u64> {
-    match body {
-        FromCoordinator::Launch(l) => Some(l.term),
-        FromCoordinator::Stop(s) => Some(s.term),
-        FromCoordinator::Fence(f) => Some(f.term),
-        FromCoordinator::RunScript(r) => Some(r.term),
-        FromCoordinator::RestartAgent(r) => Some(r.term),
-        FromCoordinator::DumpStacks(d) => Some(d.term),
-        FromCoordinator::Welcome(_) | FromCoordinator::Ping(_) => None,
-    }
-}
-
 /// One session; the flag says whether it was welcomed.
 async fn session(
     spec: &AgentSpec,
@@ -497,7 +484,7 @@ async fn serve(
                 if spec.probe.is_silenced() {
                     continue;
                 }
-                if command_term(&body).is_some_and(|t| t != session_term) {
+                if holdfast_agent::session::command_term(&body).is_some_and(|t| t != session_term) {
                     // Older terms are refused by a real agent, newer ones on this stream are
                     // forged: neither is obeyed.
                     continue;

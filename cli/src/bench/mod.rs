@@ -368,18 +368,8 @@ async fn drive(
         .map(|r| r.clone())
         .unwrap_or_default();
     report.send_queue_full = counters.send_queue_full.load(Ordering::Relaxed);
-    let mut lateness: Vec<f64> = counters
-        .lateness_us
-        .lock()
-        .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
-        .unwrap_or_default();
-    report.lateness = Spread::of(&mut lateness);
-    let mut pings: Vec<f64> = counters
-        .ping_delay_us
-        .lock()
-        .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
-        .unwrap_or_default();
-    report.ping_delay = Spread::of(&mut pings);
+    report.lateness = spread_of_micros(&counters.lateness_us);
+    report.ping_delay = spread_of_micros(&counters.ping_delay_us);
     // Behind: a tick later than a tenth of the heartbeat interval at P99, or a stream whose
     // queue filled up.
     let allowed = report.heartbeat_interval_ms.max(1) as f64 / 10_000.0;
@@ -395,6 +385,15 @@ async fn drive(
 fn ours<'a>(nodes: &'a [pb::Node], prefix: &str) -> impl Iterator<Item = &'a pb::Node> {
     let prefix = format!("{prefix}-");
     nodes.iter().filter(move |n| n.node_id.starts_with(&prefix))
+}
+
+/// The spread, in seconds, of samples kept in microseconds.
+fn spread_of_micros(samples: &std::sync::Mutex<Vec<u32>>) -> Option<Spread> {
+    let mut seconds: Vec<f64> = samples
+        .lock()
+        .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
+        .unwrap_or_default();
+    Spread::of(&mut seconds)
 }
 
 #[cfg(test)]
