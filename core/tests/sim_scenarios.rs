@@ -744,3 +744,22 @@ fn a_stopped_or_spinning_rank_is_named_and_only_its_node_is_quarantined() {
         }
     }
 }
+
+#[test]
+fn a_host_dying_during_the_reconnect_grace_is_blamed_not_the_ranks_waiting_on_it() {
+    // The stall timeout (2 s) is shorter than the reconnect grace (10 s): the ranks that come
+    // back stall waiting on the one that never does, and must not be blamed for it.
+    let mut sim = cluster(3, 1);
+    submit_stalling(&mut sim, None);
+    assert!(sim.run_until(|s| s.job("job").step >= 15, 30_000));
+    sim.restart_coordinator();
+    sim.kill("w1");
+    assert!(sim.run_until(
+        |s| s.job("job").generation == Generation(2) && s.job("job").state == JobState::Running,
+        30_000
+    ));
+    sim.run_for(5_000);
+    let i = only_incident_of(&sim, "agent_lost", "w1");
+    assert_eq!(i.replacement_node_id, Some(NodeId::from("s0")));
+    assert_runs_on(&sim, 2, &["w0", "s0", "w2"]);
+}

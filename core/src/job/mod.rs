@@ -330,6 +330,12 @@ pub struct Job {
     /// When the job's step last went up.
     #[serde(default)]
     pub step_advanced_at: UnixMillis,
+    /// The last tick at which a node of the job could not be heard (its agent away, lost, or
+    /// silent for two heartbeats). A stall is not judged then: the ranks that can be heard
+    /// may only be waiting on the one that cannot, whose own detection (heartbeat timeout,
+    /// reconnect grace, progress vouching) names it soon. Not stored.
+    #[serde(skip)]
+    pub unheard_at: Option<UnixMillis>,
 }
 
 /// What can happen to a job.
@@ -531,6 +537,7 @@ impl Job {
             relaunch_not_before: None,
             step_time_ms: 0,
             step_advanced_at: 0,
+            unheard_at: None,
         }
     }
 
@@ -573,6 +580,7 @@ impl Job {
         job.step = 0;
         job.step_time_ms = 0;
         job.step_advanced_at = 0;
+        job.unheard_at = None;
         for r in &mut job.ranks {
             r.last_step = 0;
             r.last_progress_at = 0;

@@ -177,6 +177,7 @@ fn apply(
             for rank in &mut job.ranks {
                 if nodes.contains(&rank.node) {
                     rank.last_progress_at = rank.last_progress_at.max(now);
+                    job.unheard_at = Some(now);
                 }
             }
         }
@@ -486,7 +487,10 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
         }
     }
     match &job.state {
-        JobState::Launching | JobState::Running if job.spec.stall_timeout_ms > 0 => {
+        // Not while a rank cannot be heard (see `Job::unheard_at`): its silence is judged first.
+        JobState::Launching | JobState::Running
+            if job.spec.stall_timeout_ms > 0 && job.unheard_at != Some(now) =>
+        {
             let stalled = job.ranks.iter().find_map(|r| {
                 let idle = (now - r.last_progress_at).max(0) as u64;
                 let limit = if r.progressed {
