@@ -1,0 +1,331 @@
+//! The shipped `ec2` provider scripts (`lifecycle-scripts/providers/ec2/`) against a real EC2
+//! API server, moto's, through the coordinator's exec provider: `provision` launches from a
+//! launch template with holdfast's tags and records each instance; `fence` terminates (or stops)
+//! exactly the recorded instance of the fenced host and nothing else; names an agent could make
+//! up never reach the API; API errors come back with their message. Needs
+//! `scripts/setup/42-ec2.sh` (skipped without it unless HOLDFAST_TEST_STRICT=1).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use holdfast_coordinator::provider::{
+    ExecProvider, FenceRequest, ProviderError, ProvisionRequest, ReplacementProvider,
+};
+use holdfast_testkit::{self as kit, repo_root, KillOnDrop, Scratch};
+
+/// moto's server and the directory holding the aws CLI, from `scripts/setup/42-ec2.sh`.
+fn tools() -> Result<(PathBuf, PathBuf), String> {
+    let var = |name: &str| -> Result<PathBuf, String> {
+        let path = std::env::var_os(name)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{name} is not set (source scripts/setup/42-ec2.sh)"))?;
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(format!("{name}={} does not exist", path.display()))
+        }
+    };
+    Ok((var("HOLDFAST_MOTO_SERVER")?, var("HOLDFAST_AWS_BIN")?))
+}
+
+/// Runs the aws CLI as the test's own out-of-band tool (setting up, looking at the result), not
+/// through the scripts' logging wrapper.
+fn aws(args: &[&str]) -> String {
+    let bin = std::env::var_os("HOLDFAST_AWS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let ran = kit::run(
+        Command::new(bin.join("aws"))
+            .args(args)
+            .args(["--output", "text"]),
+    );
+    assert!(ran.ok(), "aws {}: {}", args.join(" "), ran.stderr);
+    ran.stdout.trim().to_string()
+}
+
+/// The state of instance `id` (`running`, `terminated`, …).
+fn state(id: &str) -> String {
+    aws(&[
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        id,
+        "--query",
+        "Reservations[].Instances[].State.Name",
+    ])
+}
+
+/// The value of tag `key` on instance `id`.
+fn tag(id: &str, key: &str) -> String {
+    aws(&[
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        id,
+        "--query",
+        &format!("Reservations[].Instances[].Tags[?Key=='{key}'].Value[]"),
+    ])
+}
+
+/// (private address, private DNS name) of instance `id`.
+fn names(id: &str) -> (String, String) {
+    let out = aws(&[
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        id,
+        "--query",
+        "Reservations[].Instances[].[PrivateIpAddress,PrivateDnsName]",
+    ]);
+    let mut fields = out.split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(ip), Some(dns)) => (ip.to_string(), dns.to_string()),
+        _ => panic!("instance {id} has no private address and name: {out:?}"),
+    }
+}
+
+fn fence_of(node: &str, hostname: &str, address: &str) -> FenceRequest {
+    FenceRequest {
+        node_id: node.into(),
+        hostname: hostname.into(),
+        address: address.into(),
+        reason: "xid 79: GPU has fallen off the bus".into(),
+    }
+}
+
+#[tokio::test]
+async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_api() {
+    let Some((moto, aws_bin)) = kit::require(tools()) else {
+        return;
+    };
+    let dir = Scratch::new("provider-ec2");
+    let port = kit::free_port();
+    let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+    let _server = KillOnDrop(
+        Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", moto.display())),
+    );
+
+    // Every `aws` the scripts run goes through a wrapper that logs its arguments: what an agent
+    // reported must never show up in an API call.
+    let calls = dir.join("aws-calls.log");
+    let spy = dir.join("bin");
+    kit::write_script(
+        &spy,
+        "aws",
+        &format!(
+            "printf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"",
+            calls.display(),
+            aws_bin.join("aws").display()
+        ),
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    // This file's only test: the scripts inherit this process's environment.
+    let env = [
+        ("PATH", format!("{}:{path}", spy.display())),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ("AWS_MAX_ATTEMPTS", "2".into()),
+        ("HOLDFAST_EC2_LAUNCH_TEMPLATE", "holdfast-gpu".into()),
+    ];
+    for (key, value) in env {
+        std::env::set_var(key, value);
+    }
+    // The record goes next to the scripts, as outside the coordinator's unit.
+    std::env::remove_var("STATE_DIRECTORY");
+    kit::wait_for(Duration::from_secs(60), || async {
+        let ran = kit::run(
+            Command::new(aws_bin.join("aws"))
+                .args(["ec2", "describe-regions", "--output", "text"])
+                .stdin(Stdio::null()),
+        );
+        kit::check(ran.ok(), || {
+            format!("moto not answering yet: {}", ran.stderr)
+        })
+    })
+    .await;
+
+    // The operator's side: a launch template, and an instance holdfast did not launch.
+    let image = aws(&[
+        "ec2",
+        "describe-images",
+        "--owners",
+        "amazon",
+        "--query",
+        "Images[0].ImageId",
+    ]);
+    aws(&[
+        "ec2",
+        "create-launch-template",
+        "--launch-template-name",
+        "holdfast-gpu",
+        "--launch-template-data",
+        &format!(r#"{{"ImageId":"{image}","InstanceType":"p5.48xlarge"}}"#),
+    ]);
+    let bystander = aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &image,
+        "--count",
+        "1",
+        "--query",
+        "Instances[0].InstanceId",
+    ]);
+
+    let provider_dir = dir.join("provider");
+    std::fs::create_dir_all(&provider_dir).unwrap();
+    for script in ["provision", "fence"] {
+        let to = provider_dir.join(script);
+        std::fs::copy(
+            repo_root()
+                .join("lifecycle-scripts/providers/ec2")
+                .join(script),
+            &to,
+        )
+        .unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let provider = ExecProvider {
+        dir: provider_dir.clone(),
+        timeout: Duration::from_secs(60),
+        attempts: 1,
+        retry_delay: Duration::from_millis(100),
+    };
+    let request = |request_id| ProvisionRequest {
+        request_id,
+        job_id: "job-1".into(),
+        count: 1,
+    };
+
+    // Provision: one instance from the template, tagged with the job and the request, recorded.
+    let first = provider.provision(request(7)).await.unwrap();
+    assert_eq!(first.hosts.len(), 1, "{first:?}");
+    let launched = first.hosts[0].clone();
+    assert!(launched.starts_with("i-"), "{launched}");
+    assert_eq!(state(&launched), "running");
+    assert_eq!(tag(&launched, "holdfast:job"), "job-1");
+    assert_eq!(tag(&launched, "holdfast:request"), "7");
+    let (address, dns) = names(&launched);
+    let record = std::fs::read_to_string(provider_dir.join("ec2-instances")).unwrap();
+    assert!(
+        record.contains(&format!("{launched} {address} {dns} ")),
+        "{record}"
+    );
+    // A retried request finds what its first attempt launched instead of launching again.
+    let again = provider.provision(request(7)).await.unwrap();
+    assert_eq!(again.hosts, std::slice::from_ref(&launched));
+    let tagged = aws(&[
+        "ec2",
+        "describe-instances",
+        "--filters",
+        "Name=tag:holdfast:request,Values=7",
+        "--query",
+        "Reservations[].Instances[].InstanceId",
+    ]);
+    assert_eq!(tagged.split_whitespace().count(), 1, "{tagged}");
+    let second = provider.provision(request(8)).await.unwrap().hosts[0].clone();
+    assert_ne!(second, launched);
+
+    // Names an agent could report that are not plain host names or addresses are refused before
+    // any API call, and so are real hosts that this provider did not launch.
+    let (bystander_address, bystander_dns) = names(&bystander);
+    let before = std::fs::read_to_string(&calls).unwrap_or_default();
+    let witness = dir.join("pwned");
+    let injection = format!("$(touch {})", witness.display());
+    let hostile = [
+        fence_of("node-x", "*", ""),
+        fence_of("node-x", "ip-10-*", ""),
+        fence_of("node-x", &injection, ""),
+        fence_of("node-x", "a;b", ""),
+        fence_of("node-x", "", "10.0.0.1 ; true"),
+        fence_of("node-x", "", "*"),
+        fence_of("i-*", "", ""),
+    ];
+    for request in hostile {
+        let shown = format!("{request:?}");
+        match provider.fence(request).await {
+            Err(ProviderError::Failed { status, output, .. }) => {
+                assert_eq!(status, "exit code 2", "{shown}: {output}");
+                assert!(output.contains("refusing"), "{shown}: {output}");
+            }
+            other => panic!("{shown} was not refused: {other:?}"),
+        }
+    }
+    let short = bystander_dns.split('.').next().unwrap_or_default();
+    match provider
+        .fence(fence_of(short, short, &bystander_address))
+        .await
+    {
+        Err(ProviderError::Failed { status, output, .. }) => {
+            assert_eq!(status, "exit code 1", "{output}");
+            assert!(output.contains("no instance recorded"), "{output}");
+        }
+        other => panic!("the bystander was fenced: {other:?}"),
+    }
+    assert!(!witness.exists(), "a host name ran as shell code");
+    let after = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(before, after, "refused fences called the API");
+    assert_eq!(state(&bystander), "running");
+
+    // Fence: exactly the instance recorded for that host is terminated; the others run on. The
+    // agent reports the short host name (ip-10-…), the record holds the full DNS name.
+    let host = dns.split('.').next().unwrap_or_default().to_string();
+    let fenced = provider
+        .fence(fence_of("node-a", &host, &address))
+        .await
+        .unwrap();
+    assert!(fenced.contains(&format!("fenced {launched}")), "{fenced}");
+    assert!(
+        matches!(state(&launched).as_str(), "shutting-down" | "terminated"),
+        "{}",
+        state(&launched)
+    );
+    assert_eq!(state(&second), "running");
+    assert_eq!(state(&bystander), "running");
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    let terminations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("terminate-instances") || l.contains("stop-instances"))
+        .collect();
+    assert_eq!(
+        terminations,
+        [format!("ec2 terminate-instances --instance-ids {launched} --output text").as_str()]
+    );
+
+    // With HOLDFAST_EC2_FENCE=stop the instance is stopped (its disks kept), found by address.
+    std::env::set_var("HOLDFAST_EC2_FENCE", "stop");
+    let (second_address, _) = names(&second);
+    provider
+        .fence(fence_of("node-b", "", &second_address))
+        .await
+        .unwrap();
+    std::env::remove_var("HOLDFAST_EC2_FENCE");
+    assert!(
+        matches!(state(&second).as_str(), "stopping" | "stopped"),
+        "{}",
+        state(&second)
+    );
+    assert_eq!(state(&bystander), "running");
+
+    // An API error fails the call with the API's message.
+    std::env::set_var("HOLDFAST_EC2_LAUNCH_TEMPLATE", "no-such-template");
+    match provider.provision(request(9)).await {
+        Err(ProviderError::Failed { output, .. }) => {
+            assert!(
+                output.contains("InvalidLaunchTemplateName") && output.contains("no-such-template"),
+                "{output}"
+            );
+        }
+        other => panic!("launching from a missing template: {other:?}"),
+    }
+}
