@@ -11,6 +11,7 @@
 //!   it (`job`, `wait_job`, `wait_node`, `finish`, …).
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
 //! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
+//! - [`slurm`] — a Slurm cluster (slurmctld, slurmds, munge) on network-namespace hosts.
 //! - [`wait`] — waiting for a condition with a deadline.
 //! - [`raw_grpc`] — a codec that sends arbitrary bytes as gRPC messages (a hostile peer).
 //! - [`files`] — a test's scratch directory, the repository root, executable scripts.
@@ -29,6 +30,7 @@ pub mod netns;
 pub mod process;
 pub mod raw_grpc;
 pub mod rig;
+pub mod slurm;
 pub mod wait;
 
 pub use files::{repo_root, write_file, write_script, Scratch};
