@@ -136,7 +136,10 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
         "{reasons:?} {states:?}"
     );
     assert!(
-        reasons["work-1"].starts_with("holdfast fenced work-1: "),
+        reasons["work-1"].starts_with(&format!(
+            "holdfast fenced work-1: incident {}: ",
+            incidents[0].id
+        )),
         "{reasons:?}"
     );
     assert!(states["work-1"].starts_with("drain"), "{states:?}");

@@ -92,6 +92,7 @@ fn fence_of(node: &str, hostname: &str, address: &str) -> FenceRequest {
         hostname: hostname.into(),
         address: address.into(),
         reason: "xid 79: GPU has fallen off the bus".into(),
+        incident_id: Some(42),
     }
 }
 

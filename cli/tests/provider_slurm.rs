@@ -22,6 +22,7 @@ fn fence_of(node: &str, hostname: &str) -> FenceRequest {
         hostname: hostname.into(),
         address: String::new(),
         reason: "xid 79: GPU has fallen off the bus".into(),
+        incident_id: Some(42),
     }
 }
 
@@ -106,8 +107,7 @@ fn slurm_scripts_drain_take_and_release_exactly_the_named_nodes() {
         "{reasons:?}"
     );
     assert!(
-        reasons["work-1"].contains("holdfast fenced node-7")
-            && reasons["work-1"].contains("xid 79"),
+        reasons["work-1"].starts_with("holdfast fenced node-7: incident 42: xid 79"),
         "{reasons:?}"
     );
     let states = slurm.states();

@@ -41,6 +41,16 @@ impl Coordinator {
         let _ = self.shared.events.send(event);
     }
 
+    /// The newest open incident of `node`, for the provider's `fence` (a drain reason, a tag).
+    fn open_incident_of(&self, node: &str) -> Option<u64> {
+        self.cluster()
+            .incidents
+            .iter()
+            .filter(|i| i.node_id == node && i.is_open())
+            .map(|i| i.id)
+            .max()
+    }
+
     fn execute_one(&self, command: Command) -> Option<Result<Reply, CoreError>> {
         {
             match command {
@@ -133,11 +143,13 @@ impl Coordinator {
                 } => {
                     let this = self.clone();
                     tokio::spawn(async move {
+                        let incident_id = this.open_incident_of(&node);
                         let request = FenceRequest {
                             node_id: node.clone(),
                             hostname,
                             address,
                             reason,
+                            incident_id,
                         };
                         let result = this
                             .shared
