@@ -329,4 +329,99 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
         }
         other => panic!("launching from a missing template: {other:?}"),
     }
+    std::env::set_var("HOLDFAST_EC2_LAUNCH_TEMPLATE", "holdfast-gpu");
+
+    // Throttling: with the API answering RequestLimitExceeded to the first two launches, the
+    // launch is retried with backoff and succeeds; throttled every time, the call fails with
+    // the throttling error after the attempts are spent.
+    let python = kit::python().expect("python3 for the throttling proxy");
+    for (throttled, attempts, succeeds) in [(2, "4", true), (-1, "2", false)] {
+        let proxy_port = kit::free_port();
+        let seen = dir.join(format!("throttle-{proxy_port}.log"));
+        let _proxy = KillOnDrop(
+            Command::new(&python)
+                .args(["-c", THROTTLING_PROXY])
+                .arg(proxy_port.to_string())
+                .arg(format!("http://127.0.0.1:{port}"))
+                .arg(throttled.to_string())
+                .arg(&seen)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("starting the throttling proxy"),
+        );
+        kit::wait_for(Duration::from_secs(20), || async {
+            std::net::TcpStream::connect(("127.0.0.1", proxy_port))
+                .map(drop)
+                .map_err(|e| format!("the proxy is not listening yet: {e}"))
+        })
+        .await;
+        std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{proxy_port}"));
+        std::env::set_var("AWS_MAX_ATTEMPTS", attempts);
+        let result = provider.provision(request(10 + proxy_port as u64)).await;
+        let launches = std::fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "RunInstances")
+            .count();
+        match result {
+            Ok(got) if succeeds => {
+                assert_eq!(got.hosts.len(), 1, "{got:?}");
+                assert_eq!(state(&got.hosts[0]), "running");
+                assert_eq!(
+                    launches, 3,
+                    "two throttled launches, then one that went through"
+                );
+            }
+            Err(ProviderError::Failed { output, .. }) if !succeeds => {
+                assert!(output.contains("RequestLimitExceeded"), "{output}");
+                assert_eq!(launches, 2, "AWS_MAX_ATTEMPTS=2: {output}");
+            }
+            other => panic!("throttled {throttled} times: {other:?}"),
+        }
+    }
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
 }
+
+/// An HTTP proxy in front of the EC2 server that answers the first N `RunInstances` calls
+/// (`argv[3]`, -1 = all) with EC2's throttling error, as AWS does under a request-rate limit,
+/// and forwards everything else; it logs each call's action to `argv[4]`.
+const THROTTLING_PROXY: &str = r#"
+import sys, urllib.parse, urllib.request, urllib.error
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, upstream, budget, log = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+             b'<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>'
+             b'</Error></Errors><RequestID>throttled</RequestID></Response>')
+class Proxy(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_POST(self):
+        global budget
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        action = urllib.parse.parse_qs(body.decode()).get("Action", ["?"])[0]
+        with open(log, "a") as f:
+            f.write(action + "\n")
+        if action == "RunInstances" and budget != 0:
+            budget -= 1
+            self.send_response(503)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(THROTTLED)))
+            self.end_headers()
+            self.wfile.write(THROTTLED)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        request = urllib.request.Request(upstream + self.path, data=body, headers=headers, method="POST")
+        try:
+            reply = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            reply = e
+        data = reply.read()
+        self.send_response(reply.status if hasattr(reply, "status") else reply.code)
+        for k, v in reply.headers.items():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+ThreadingHTTPServer(("127.0.0.1", port), Proxy).serve_forever()
+"#;
