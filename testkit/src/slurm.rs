@@ -33,6 +33,7 @@ pub fn available() -> Result<(), String> {
         "munged",
         "mungekey",
         "nsenter",
+        "unshare",
     ] {
         crate::host::tool(tool, "run scripts/setup/43-slurm.sh")?;
     }
