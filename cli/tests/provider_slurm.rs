@@ -54,13 +54,20 @@ fn slurm_scripts_drain_take_and_release_exactly_the_named_nodes() {
     // This file's only test: the scripts inherit this process's environment.
     std::env::set_var("SLURM_CONF", &slurm.conf);
     std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
+    // Each start leaves a process running in the background, as an agent does: it must not
+    // keep the provision lock (the next provision would wait for it).
+    let background = dir.join("background.pids");
     std::env::set_var(
         "HOLDFAST_SLURM_START",
-        format!("echo {{host}} >> {}", started_log.display()),
+        format!(
+            "echo {{host}} >> {}; sleep 60 >/dev/null 2>&1 & echo $! >> {}",
+            started_log.display(),
+            background.display()
+        ),
     );
     let provider = ExecProvider {
         dir: provider_dir.clone(),
-        timeout: Duration::from_secs(30),
+        timeout: Duration::from_secs(20),
         attempts: 1,
         retry_delay: Duration::from_millis(100),
     };
@@ -166,4 +173,11 @@ fn slurm_scripts_drain_take_and_release_exactly_the_named_nodes() {
     });
     let again = slurm.on_controller(provider.provision(request(4))).unwrap();
     assert_eq!(again.hosts, ["spare-1"]);
+    let pids = std::fs::read_to_string(&background).unwrap_or_default();
+    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
