@@ -338,6 +338,28 @@ mod tests {
         assert!(err.contains("not a uri"), "{err}");
     }
 
+    #[test]
+    fn cloud_uris_open_and_say_what_is_missing() {
+        // Builders read the environment; a machine configured for Azure has nothing to show.
+        if std::env::vars().any(|(k, _)| k.starts_with("AZURE_")) {
+            return;
+        }
+        let err = CheckpointStore::open("az://holdfast/run")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("az://holdfast/run") && err.to_lowercase().contains("account"),
+            "{err}"
+        );
+        // The container@account form names the account itself.
+        let store = CheckpointStore::open("abfss://ckpt@acct.dfs.core.windows.net/run/a");
+        assert!(store.is_ok(), "{:?}", store.err());
+        assert_eq!(
+            store.map(|s| s.prefix.to_string()).ok().as_deref(),
+            Some("run/a")
+        );
+    }
+
     #[tokio::test]
     async fn local_files_resolve() {
         let dir = std::env::temp_dir().join(format!("hf-ckpt-{}", std::process::id()));
