@@ -6,85 +6,14 @@
 //! `scripts/setup/42-ec2.sh` (skipped without it unless HOLDFAST_TEST_STRICT=1).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use holdfast_coordinator::provider::{
     ExecProvider, FenceRequest, ProviderError, ProvisionRequest, ReplacementProvider,
 };
+use holdfast_testkit::ec2::{self, Ec2Server};
 use holdfast_testkit::{self as kit, repo_root, KillOnDrop, Scratch};
-
-/// moto's server and the directory holding the aws CLI, from `scripts/setup/42-ec2.sh`.
-fn tools() -> Result<(PathBuf, PathBuf), String> {
-    let var = |name: &str| -> Result<PathBuf, String> {
-        let path = std::env::var_os(name)
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{name} is not set (source scripts/setup/42-ec2.sh)"))?;
-        if path.exists() {
-            Ok(path)
-        } else {
-            Err(format!("{name}={} does not exist", path.display()))
-        }
-    };
-    Ok((var("HOLDFAST_MOTO_SERVER")?, var("HOLDFAST_AWS_BIN")?))
-}
-
-/// Runs the aws CLI as the test's own out-of-band tool (setting up, looking at the result), not
-/// through the scripts' logging wrapper.
-fn aws(args: &[&str]) -> String {
-    let bin = std::env::var_os("HOLDFAST_AWS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let ran = kit::run(
-        Command::new(bin.join("aws"))
-            .args(args)
-            .args(["--output", "text"]),
-    );
-    assert!(ran.ok(), "aws {}: {}", args.join(" "), ran.stderr);
-    ran.stdout.trim().to_string()
-}
-
-/// The state of instance `id` (`running`, `terminated`, …).
-fn state(id: &str) -> String {
-    aws(&[
-        "ec2",
-        "describe-instances",
-        "--instance-ids",
-        id,
-        "--query",
-        "Reservations[].Instances[].State.Name",
-    ])
-}
-
-/// The value of tag `key` on instance `id`.
-fn tag(id: &str, key: &str) -> String {
-    aws(&[
-        "ec2",
-        "describe-instances",
-        "--instance-ids",
-        id,
-        "--query",
-        &format!("Reservations[].Instances[].Tags[?Key=='{key}'].Value[]"),
-    ])
-}
-
-/// (private address, private DNS name) of instance `id`.
-fn names(id: &str) -> (String, String) {
-    let out = aws(&[
-        "ec2",
-        "describe-instances",
-        "--instance-ids",
-        id,
-        "--query",
-        "Reservations[].Instances[].[PrivateIpAddress,PrivateDnsName]",
-    ]);
-    let mut fields = out.split_whitespace();
-    match (fields.next(), fields.next()) {
-        (Some(ip), Some(dns)) => (ip.to_string(), dns.to_string()),
-        _ => panic!("instance {id} has no private address and name: {out:?}"),
-    }
-}
 
 fn fence_of(node: &str, hostname: &str, address: &str) -> FenceRequest {
     FenceRequest {
@@ -98,21 +27,11 @@ fn fence_of(node: &str, hostname: &str, address: &str) -> FenceRequest {
 
 #[tokio::test]
 async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_api() {
-    let Some((moto, aws_bin)) = kit::require(tools()) else {
+    let Some((moto, aws_bin)) = kit::require(ec2::tools()) else {
         return;
     };
     let dir = Scratch::new("provider-ec2");
-    let port = kit::free_port();
-    let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-    let _server = KillOnDrop(
-        Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", moto.display())),
-    );
+    let ec2 = Ec2Server::start(&moto, &aws_bin, &dir);
 
     // Every `aws` the scripts run goes through a wrapper that logs its arguments: what an agent
     // reported must never show up in an API call.
@@ -129,50 +48,20 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
     );
     let path = std::env::var("PATH").unwrap_or_default();
     // This file's only test: the scripts inherit this process's environment.
-    let env = [
+    let mut env = ec2.env();
+    env.extend([
         ("PATH", format!("{}:{path}", spy.display())),
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_DEFAULT_REGION", "us-east-1".into()),
         ("AWS_MAX_ATTEMPTS", "2".into()),
         ("HOLDFAST_EC2_LAUNCH_TEMPLATE", "holdfast-gpu".into()),
-    ];
+    ]);
     for (key, value) in env {
         std::env::set_var(key, value);
     }
     // The record goes next to the scripts, as outside the coordinator's unit.
     std::env::remove_var("STATE_DIRECTORY");
-    kit::wait_for(Duration::from_secs(60), || async {
-        let ran = kit::run(
-            Command::new(aws_bin.join("aws"))
-                .args(["ec2", "describe-regions", "--output", "text"])
-                .stdin(Stdio::null()),
-        );
-        kit::check(ran.ok(), || {
-            format!("moto not answering yet: {}", ran.stderr)
-        })
-    })
-    .await;
-
     // The operator's side: a launch template, and an instance holdfast did not launch.
-    let image = aws(&[
-        "ec2",
-        "describe-images",
-        "--owners",
-        "amazon",
-        "--query",
-        "Images[0].ImageId",
-    ]);
-    aws(&[
-        "ec2",
-        "create-launch-template",
-        "--launch-template-name",
-        "holdfast-gpu",
-        "--launch-template-data",
-        &format!(r#"{{"ImageId":"{image}","InstanceType":"p5.48xlarge"}}"#),
-    ]);
-    let bystander = aws(&[
+    let image = ec2.launch_template("holdfast-gpu");
+    let bystander = ec2.aws(&[
         "ec2",
         "run-instances",
         "--image-id",
@@ -213,10 +102,10 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
     assert_eq!(first.hosts.len(), 1, "{first:?}");
     let launched = first.hosts[0].clone();
     assert!(launched.starts_with("i-"), "{launched}");
-    assert_eq!(state(&launched), "running");
-    assert_eq!(tag(&launched, "holdfast:job"), "job-1");
-    assert_eq!(tag(&launched, "holdfast:request"), "7");
-    let (address, dns) = names(&launched);
+    assert_eq!(ec2.state(&launched), "running");
+    assert_eq!(ec2.tag(&launched, "holdfast:job"), "job-1");
+    assert_eq!(ec2.tag(&launched, "holdfast:request"), "7");
+    let (address, dns) = ec2.names(&launched);
     let record = std::fs::read_to_string(provider_dir.join("ec2-instances")).unwrap();
     assert!(
         record.contains(&format!("{launched} {address} {dns} ")),
@@ -225,7 +114,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
     // A retried request finds what its first attempt launched instead of launching again.
     let again = provider.provision(request(7)).await.unwrap();
     assert_eq!(again.hosts, std::slice::from_ref(&launched));
-    let tagged = aws(&[
+    let tagged = ec2.aws(&[
         "ec2",
         "describe-instances",
         "--filters",
@@ -239,7 +128,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
 
     // Names an agent could report that are not plain host names or addresses are refused before
     // any API call, and so are real hosts that this provider did not launch.
-    let (bystander_address, bystander_dns) = names(&bystander);
+    let (bystander_address, bystander_dns) = ec2.names(&bystander);
     let before = std::fs::read_to_string(&calls).unwrap_or_default();
     let witness = dir.join("pwned");
     let injection = format!("$(touch {})", witness.display());
@@ -276,7 +165,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
     assert!(!witness.exists(), "a host name ran as shell code");
     let after = std::fs::read_to_string(&calls).unwrap_or_default();
     assert_eq!(before, after, "refused fences called the API");
-    assert_eq!(state(&bystander), "running");
+    assert_eq!(ec2.state(&bystander), "running");
 
     // Fence: exactly the instance recorded for that host is terminated; the others run on. The
     // agent reports the short host name (ip-10-…), the record holds the full DNS name.
@@ -287,12 +176,15 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
         .unwrap();
     assert!(fenced.contains(&format!("fenced {launched}")), "{fenced}");
     assert!(
-        matches!(state(&launched).as_str(), "shutting-down" | "terminated"),
+        matches!(
+            ec2.state(&launched).as_str(),
+            "shutting-down" | "terminated"
+        ),
         "{}",
-        state(&launched)
+        ec2.state(&launched)
     );
-    assert_eq!(state(&second), "running");
-    assert_eq!(state(&bystander), "running");
+    assert_eq!(ec2.state(&second), "running");
+    assert_eq!(ec2.state(&bystander), "running");
     let log = std::fs::read_to_string(&calls).unwrap_or_default();
     let terminations: Vec<&str> = log
         .lines()
@@ -305,18 +197,18 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
 
     // With HOLDFAST_EC2_FENCE=stop the instance is stopped (its disks kept), found by address.
     std::env::set_var("HOLDFAST_EC2_FENCE", "stop");
-    let (second_address, _) = names(&second);
+    let (second_address, _) = ec2.names(&second);
     provider
         .fence(fence_of("node-b", "", &second_address))
         .await
         .unwrap();
     std::env::remove_var("HOLDFAST_EC2_FENCE");
     assert!(
-        matches!(state(&second).as_str(), "stopping" | "stopped"),
+        matches!(ec2.state(&second).as_str(), "stopping" | "stopped"),
         "{}",
-        state(&second)
+        ec2.state(&second)
     );
-    assert_eq!(state(&bystander), "running");
+    assert_eq!(ec2.state(&bystander), "running");
 
     // An API error fails the call with the API's message.
     std::env::set_var("HOLDFAST_EC2_LAUNCH_TEMPLATE", "no-such-template");
@@ -342,7 +234,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
             Command::new(&python)
                 .args(["-c", THROTTLING_PROXY])
                 .arg(proxy_port.to_string())
-                .arg(format!("http://127.0.0.1:{port}"))
+                .arg(ec2.endpoint())
                 .arg(throttled.to_string())
                 .arg(&seen)
                 .stdin(Stdio::null())
@@ -366,7 +258,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
         match result {
             Ok(got) if succeeds => {
                 assert_eq!(got.hosts.len(), 1, "{got:?}");
-                assert_eq!(state(&got.hosts[0]), "running");
+                assert_eq!(ec2.state(&got.hosts[0]), "running");
                 assert_eq!(
                     launches, 3,
                     "two throttled launches, then one that went through"
@@ -379,7 +271,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
             other => panic!("throttled {throttled} times: {other:?}"),
         }
     }
-    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    std::env::set_var("AWS_ENDPOINT_URL", ec2.endpoint());
 }
 
 /// An HTTP proxy in front of the EC2 server that answers the first N `RunInstances` calls

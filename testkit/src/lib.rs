@@ -14,6 +14,7 @@
 //! - [`slurm`] — a Slurm cluster (slurmctld, slurmds, munge) on network-namespace hosts.
 //! - [`wait`] — waiting for a condition with a deadline.
 //! - [`raw_grpc`] — a codec that sends arbitrary bytes as gRPC messages (a hostile peer).
+//! - [`ec2`] — a real EC2 API server (moto's) and the aws CLI, for the ec2 provider's tests.
 //! - [`files`] — a test's scratch directory, the repository root, executable scripts.
 //! - [`jobs`] — the training job most tests run.
 //! - [`host`] — tools the machine offers (skip, or fail under `HOLDFAST_TEST_STRICT=1`), ports,
@@ -23,6 +24,7 @@
 //! - `src/bin/holdfast-e2e.rs` — the end-to-end rig's runner behind `scripts/bench-e2e.sh`.
 
 pub mod e2e;
+pub mod ec2;
 pub mod files;
 pub mod host;
 pub mod jobs;
