@@ -45,6 +45,8 @@ pub struct FenceRequest {
     pub hostname: String,
     pub address: String,
     pub reason: String,
+    /// The open incident the fence belongs to, when there is one (`HOLDFAST_INCIDENT_ID`).
+    pub incident_id: Option<u64>,
 }
 
 /// Why a provider call failed, with what the script printed.
@@ -317,13 +319,16 @@ impl ReplacementProvider for ExecProvider {
 
     fn fence(&self, request: FenceRequest) -> BoxFuture<'_, Result<String, ProviderError>> {
         Box::pin(async move {
-            let env = BTreeMap::from([
+            let mut env = BTreeMap::from([
                 ("HOLDFAST_PROVIDER_ACTION".to_string(), "fence".to_string()),
                 ("HOLDFAST_NODE_ID".to_string(), request.node_id.clone()),
                 ("HOLDFAST_HOSTNAME".to_string(), request.hostname.clone()),
                 ("HOLDFAST_ADDRESS".to_string(), request.address.clone()),
                 ("HOLDFAST_REASON".to_string(), request.reason.clone()),
             ]);
+            if let Some(id) = request.incident_id {
+                env.insert("HOLDFAST_INCIDENT_ID".to_string(), id.to_string());
+            }
             let args = vec![request.node_id.clone(), request.hostname.clone()];
             let (run, _) = self.run("fence", args, env).await?;
             Ok(run.output)
@@ -407,13 +412,14 @@ mod tests {
         script(
             &dir,
             "fence",
-            "echo 'InsufficientInstanceCapacity' >&2; exit 5",
+            "echo \"InsufficientInstanceCapacity (incident $HOLDFAST_INCIDENT_ID)\" >&2; exit 5",
         );
         let fence = FenceRequest {
             node_id: "n1".into(),
             hostname: "h1".into(),
             address: "10.0.0.1".into(),
             reason: "xid 79".into(),
+            incident_id: Some(3),
         };
         match p.fence(fence).await {
             Err(ProviderError::Failed {
@@ -423,7 +429,10 @@ mod tests {
                 ..
             }) => {
                 assert_eq!((status.as_str(), attempts), ("exit code 5", 3));
-                assert!(output.contains("InsufficientInstanceCapacity"), "{output}");
+                assert!(
+                    output.contains("InsufficientInstanceCapacity (incident 3)"),
+                    "{output}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -440,6 +449,7 @@ mod tests {
             hostname: "h1".into(),
             address: String::new(),
             reason: String::new(),
+            incident_id: None,
         };
         let err = p.fence(fence).await.unwrap_err();
         assert!(

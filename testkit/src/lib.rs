@@ -11,8 +11,10 @@
 //!   it (`job`, `wait_job`, `wait_node`, `finish`, …).
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
 //! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
+//! - [`slurm`] — a Slurm cluster (slurmctld, slurmds, munge) on network-namespace hosts.
 //! - [`wait`] — waiting for a condition with a deadline.
 //! - [`raw_grpc`] — a codec that sends arbitrary bytes as gRPC messages (a hostile peer).
+//! - [`ec2`] — a real EC2 API server (moto's) and the aws CLI, for the ec2 provider's tests.
 //! - [`files`] — a test's scratch directory, the repository root, executable scripts.
 //! - [`jobs`] — the training job most tests run.
 //! - [`host`] — tools the machine offers (skip, or fail under `HOLDFAST_TEST_STRICT=1`), ports,
@@ -22,6 +24,7 @@
 //! - `src/bin/holdfast-e2e.rs` — the end-to-end rig's runner behind `scripts/bench-e2e.sh`.
 
 pub mod e2e;
+pub mod ec2;
 pub mod files;
 pub mod host;
 pub mod jobs;
@@ -29,6 +32,7 @@ pub mod netns;
 pub mod process;
 pub mod raw_grpc;
 pub mod rig;
+pub mod slurm;
 pub mod wait;
 
 pub use files::{repo_root, write_file, write_script, Scratch};

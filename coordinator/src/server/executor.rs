@@ -42,6 +42,16 @@ impl Coordinator {
         let _ = self.shared.events.send(event);
     }
 
+    /// The newest open incident of `node`, for the provider's `fence` (a drain reason, a tag).
+    fn open_incident_of(&self, node: &str) -> Option<u64> {
+        self.cluster()
+            .incidents
+            .iter()
+            .filter(|i| i.node_id == node && i.is_open())
+            .map(|i| i.id)
+            .max()
+    }
+
     fn execute_one(&self, command: Command) -> Option<Result<Reply, CoreError>> {
         {
             match command {
@@ -120,11 +130,13 @@ impl Coordinator {
                     address,
                     reason,
                 } => self.answer_later(move |this| async move {
+                    let incident_id = this.open_incident_of(&node);
                     let request = FenceRequest {
                         node_id: node.to_string(),
                         hostname,
                         address,
                         reason,
+                        incident_id,
                     };
                     let result = this.shared.provider.fence(request).await;
                     Input::FenceHostResult {

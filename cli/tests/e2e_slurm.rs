@@ -1,0 +1,153 @@
+//! A host lost under Slurm, end to end with the shipped `slurm` provider scripts: a coordinator
+//! (exec provider) and agents as real processes, Slurm's daemons on network-namespace hosts
+//! (`holdfast_testkit::slurm`). The agent of Slurm node `work-1` (its own UTS namespace, so its
+//! host name is the node's name) runs a one-node job; the host is killed; the coordinator fences
+//! it, the `fence` script drains `work-1` in Slurm with holdfast's reason, `provision` takes an
+//! idle spare of partition `spare` and starts its agent, and the job resumes there from its
+//! checkpoint. Needs root and `scripts/setup/43-slurm.sh` (skipped without them unless
+//! HOLDFAST_TEST_STRICT=1).
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use holdfast_cli::demo::LocalCluster;
+use holdfast_testkit::slurm::{self, SlurmLab};
+use holdfast_testkit::{self as kit, holdfast_exe, repo_root, KillOnDrop, Scratch};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// `holdfast agent` for node `host` in a UTS namespace of its own whose host name is `host`
+/// (`unshare` execs: the command's pid is the agent's). Shell text with `$1` = the host.
+const AGENT: &str =
+    "unshare --uts sh -c 'hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
+     --node-id \"$1\" --role \"$4\" --state-dir \"$5/nodes/$1\"' agent";
+
+#[tokio::test]
+async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
+    if kit::require(slurm::available()).is_none() {
+        return;
+    }
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("e2e-slurm");
+    let slurm = SlurmLab::start(&dir);
+
+    let provider = dir.join("provider");
+    std::fs::create_dir_all(&provider).unwrap();
+    for script in ["provision", "fence"] {
+        let to = provider.join(script);
+        std::fs::copy(
+            repo_root()
+                .join("lifecycle-scripts/providers/slurm")
+                .join(script),
+            &to,
+        )
+        .unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // The coordinator runs on loopback, outside the lab: its scripts reach slurmctld through
+    // sinfo/scontrol wrappers that enter the controller's namespace. "Starting the agent on a
+    // node" starts a local agent with the node's host name; {host} arrives as "$1".
+    let wrappers = slurm.client_wrappers(&dir);
+    let path = std::env::var("PATH").unwrap_or_default();
+    let start = format!(
+        "{AGENT} {{host}} {exe} http://$(cat {dir}/coordinator.addr) spare {dir} \
+         >{dir}/{{host}}.log 2>&1 & echo $! > {dir}/{{host}}.pid",
+        exe = exe.display(),
+        dir = dir.display()
+    );
+    // This file's only test: the coordinator and its scripts inherit this environment.
+    std::env::set_var("PATH", format!("{}:{path}", wrappers.display()));
+    std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
+    std::env::set_var("HOLDFAST_SLURM_START", &start);
+    let config = kit::write_file(
+        &dir,
+        "coordinator.toml",
+        &format!(
+            "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = 20000\nprovider_attempts = 2\nprovider_retry_ms = 100\n",
+            provider.display()
+        ),
+    );
+    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
+        .await
+        .expect("the coordinator starts");
+    let log = std::fs::File::create(dir.join("work-1.log")).unwrap();
+    let work = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", &format!("exec {AGENT} \"$@\""), "sh", "work-1"])
+            .arg(exe)
+            .arg(&cluster.addr)
+            .args(["worker", &dir.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent of work-1"),
+    );
+    cluster
+        .wait_ready(1, Duration::from_secs(20))
+        .await
+        .expect("work-1's agent is ready");
+    let node = kit::node(&cluster, "work-1").await;
+    assert_eq!(node.hostname, "work-1", "{node:?}");
+
+    let id = kit::submit(&cluster, kit::train_spec(&dir, 1, 50))
+        .await
+        .job_id;
+    kit::wait_job(&cluster, &id, Duration::from_secs(30), |j| j.step >= 15).await;
+    // The host loses power: its agent and its worker's process group die at once.
+    let worker = cluster.worker("work-1");
+    drop(work);
+    if let Some(w) = worker {
+        let _ = killpg(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+    }
+
+    let done = kit::wait_job(&cluster, &id, Duration::from_secs(90), |j| {
+        j.state == "succeeded" || j.state == "failed"
+    })
+    .await;
+    let incidents = kit::incidents(&cluster, &id).await;
+    let reasons = slurm.reasons();
+    let states = slurm.states();
+    let taken = done.nodes.first().cloned().unwrap_or_default();
+    let shown = kit::run(
+        slurm
+            .client("scontrol")
+            .args(["-o", "show", "node", &taken]),
+    );
+    cluster.shutdown();
+    for spare in ["spare-1", "spare-2"] {
+        let pid = std::fs::read_to_string(dir.join(format!("{spare}.pid"))).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(done.generation, 2, "{done:?}");
+    assert!(taken.starts_with("spare-"), "{done:?}");
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].replacement_node_id, taken);
+    assert!(incidents[0].resumed_from_step >= 10, "{:?}", incidents[0]);
+    // Slurm drained exactly the lost node, saying why; the spare holdfast took is marked.
+    assert_eq!(
+        reasons.keys().collect::<Vec<_>>(),
+        ["work-1"],
+        "{reasons:?} {states:?}"
+    );
+    assert!(
+        reasons["work-1"].starts_with(&format!(
+            "holdfast fenced work-1: incident {}: ",
+            incidents[0].id
+        )),
+        "{reasons:?}"
+    );
+    assert!(states["work-1"].starts_with("drain"), "{states:?}");
+    assert!(
+        shown
+            .stdout
+            .contains(&format!(" Comment=holdfast:job={id}:")),
+        "{}",
+        shown.stdout
+    );
+}

@@ -1,0 +1,240 @@
+//! A Slurm cluster on [`netns`](crate::netns) hosts for the slurm provider's tests: munge with
+//! its own key and socket, a slurmctld on host `slurmctl` and one `slurmd -N NAME` per node host,
+//! from a generated slurm.conf (`proctrack/linuxproc` and `task/none`: no cgroups needed). The
+//! daemons run under `nsenter --net` rather than `ip netns exec`, which would remount /sys and hide
+//! the cgroup mounts slurmd looks for at start. Needs root and `scripts/setup/43-slurm.sh`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::netns::Lab;
+use crate::KillOnDrop;
+
+/// The controller's host.
+pub const CONTROLLER: &str = "slurmctl";
+/// The Slurm nodes (each a host of the lab) and their partitions.
+pub const NODES: [(&str, &str); 3] = [
+    ("work-1", "work"),
+    ("spare-1", "spare"),
+    ("spare-2", "spare"),
+];
+
+/// What the Slurm lab needs, or why it cannot run here.
+pub fn available() -> Result<(), String> {
+    crate::netns::available()?;
+    for tool in [
+        "slurmctld",
+        "slurmd",
+        "scontrol",
+        "sinfo",
+        "munged",
+        "mungekey",
+        "nsenter",
+        "unshare",
+    ] {
+        crate::host::tool(tool, "run scripts/setup/43-slurm.sh")?;
+    }
+    Ok(())
+}
+
+/// A Slurm cluster on lab hosts; its daemons die with it.
+pub struct SlurmLab {
+    pub lab: Lab,
+    /// The generated slurm.conf (`SLURM_CONF`).
+    pub conf: PathBuf,
+    _daemons: Vec<KillOnDrop>,
+}
+
+impl SlurmLab {
+    /// Starts munge, slurmctld and the slurmds with their state and logs under `dir`; returns
+    /// once every node is idle.
+    pub fn start(dir: &Path) -> SlurmLab {
+        let mut lab = Lab::create().expect("creating the lab");
+        let controller = lab.add_host(CONTROLLER).expect("adding the controller");
+        let mut hosts = BTreeMap::new();
+        for (name, _) in NODES {
+            hosts.insert(name, lab.add_host(name).expect("adding a node").addr);
+        }
+        let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let spawn = |command: &mut Command, name: &str| {
+            let log = log(name);
+            KillOnDrop(
+                command
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("starting {name}: {e}")),
+            )
+        };
+        let mut daemons = Vec::new();
+
+        // munge with its own key and socket: nothing of the machine's own is used.
+        let key = dir.join("munge.key");
+        let ran = crate::run(Command::new("mungekey").arg("-c").arg("-k").arg(&key));
+        assert!(ran.ok(), "mungekey: {}", ran.stderr);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.join("munge.socket");
+        daemons.push(spawn(
+            Command::new("munged")
+                .args(["-F", "-f"])
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", dir.join("munged.pid").display()))
+                .arg(format!("--seed-file={}", dir.join("munge.seed").display()))
+                .arg(format!("--log-file={}", dir.join("munged.log").display())),
+            "munged-out",
+        ));
+        crate::wait_for_blocking(Duration::from_secs(10), || {
+            crate::check(socket.exists(), || "munged has no socket yet".into())
+        });
+
+        // slurmctld checks that it runs on the host SlurmctldHost names: this machine's name,
+        // reached at the controller's lab address.
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .expect("this machine's host name")
+            .trim()
+            .to_string();
+        let d = dir.display();
+        let mut conf = format!(
+            "ClusterName=holdfast\n\
+             SlurmctldHost={hostname}({ctl})\n\
+             SlurmUser=root\nSlurmdUser=root\n\
+             AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={socket}\n\
+             StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool/%n\n\
+             SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/spool/%n.pid\n\
+             SlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd-%n.log\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\nSelectType=select/linear\n\
+             MpiDefault=none\nSwitchType=switch/none\nReturnToService=2\n\
+             SlurmctldTimeout=10\nSlurmdTimeout=30\n",
+            ctl = controller.addr,
+            socket = socket.display(),
+        );
+        for (name, _) in NODES {
+            conf += &format!(
+                "NodeName={name} NodeAddr={} CPUs=1 State=UNKNOWN\n",
+                hosts[name]
+            );
+        }
+        for partition in ["work", "spare"] {
+            let members: Vec<&str> = NODES
+                .iter()
+                .filter(|(_, p)| *p == partition)
+                .map(|(n, _)| *n)
+                .collect();
+            conf += &format!(
+                "PartitionName={partition} Nodes={} State=UP\n",
+                members.join(",")
+            );
+        }
+        let conf_path = dir.join("slurm.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        // nsenter enters the host's network namespace only: `ip netns exec` would also remount
+        // /sys, hiding the cgroup mounts slurmd looks for at start.
+        let on = |host: &str, program: &str| {
+            let netns = &lab.host(host).expect("a lab host").netns;
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{netns}"))
+                .arg(program)
+                .env("SLURM_CONF", &conf_path);
+            command
+        };
+        daemons.push(spawn(
+            on(CONTROLLER, "slurmctld").args(["-D", "-c", "-i"]),
+            "slurmctld-out",
+        ));
+        for (name, _) in NODES {
+            std::fs::create_dir_all(dir.join("spool").join(name)).unwrap();
+            daemons.push(spawn(
+                on(name, "slurmd").args(["-D", "-N", name]),
+                &format!("slurmd-{name}-out"),
+            ));
+        }
+        let slurm = SlurmLab {
+            lab,
+            conf: conf_path,
+            _daemons: daemons,
+        };
+        crate::wait_for_blocking(Duration::from_secs(60), || {
+            let states = slurm.states();
+            crate::check(
+                NODES
+                    .iter()
+                    .all(|(n, _)| states.get(*n).map(String::as_str) == Some("idle")),
+                || format!("nodes not all idle yet: {states:?}"),
+            )
+        });
+        slurm
+    }
+
+    /// A Slurm client command, run on the controller's host.
+    pub fn client(&self, program: &str) -> Command {
+        let netns = &self.lab.host(CONTROLLER).expect("the controller").netns;
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(program)
+            .env("SLURM_CONF", &self.conf);
+        command
+    }
+
+    /// Each node's state as `sinfo` shows it (`idle`, `drain`, …; `*` = not responding).
+    pub fn states(&self) -> BTreeMap<String, String> {
+        let ran = crate::run(self.client("sinfo").args(["-h", "-N", "-o", "%n %t"]));
+        ran.stdout
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, s)| (n.to_string(), s.trim().to_string()))
+            .collect()
+    }
+
+    /// A directory of `sinfo` and `scontrol` that run the real commands in the controller's
+    /// network namespace with this cluster's slurm.conf: first on the PATH of a process outside
+    /// the lab (a coordinator on loopback), its provider scripts talk to this Slurm.
+    pub fn client_wrappers(&self, dir: &Path) -> PathBuf {
+        let bin = dir.join("slurm-bin");
+        let netns = &self.lab.host(CONTROLLER).expect("the controller").netns;
+        for program in ["sinfo", "scontrol"] {
+            let found =
+                crate::run(Command::new("sh").args(["-c", &format!("command -v {program}")]));
+            let real = found.stdout.trim();
+            assert!(found.ok() && !real.is_empty(), "{program} is not installed");
+            crate::write_script(
+                &bin,
+                program,
+                &format!(
+                    "SLURM_CONF='{}' exec nsenter --net=/run/netns/{netns} {real} \"$@\"",
+                    self.conf.display()
+                ),
+            );
+        }
+        bin
+    }
+
+    /// `sinfo -R`: the reason of every drained or down node, by node.
+    pub fn reasons(&self) -> BTreeMap<String, String> {
+        let ran = crate::run(self.client("sinfo").args(["-R", "-h", "-o", "%N|%E"]));
+        ran.stdout
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(n, r)| (n.to_string(), r.to_string()))
+            .collect()
+    }
+
+    /// Runs a provider call with the test thread in the controller's network namespace, where
+    /// the scripts' Slurm commands reach slurmctld.
+    pub fn on_controller<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        let _inside = self.lab.enter(CONTROLLER).expect("entering the controller");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(call)
+    }
+}
