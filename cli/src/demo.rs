@@ -316,6 +316,19 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts an agent with no extra flags for each `(node, role)`, then waits until every
+    /// agent this cluster started is ready.
+    pub async fn start_agents(
+        &mut self,
+        agents: &[(&str, &str)],
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        for (node, role) in agents {
+            self.start_agent(node, role, &[])?;
+        }
+        self.wait_ready(self.agents.len(), within).await
+    }
+
     /// Dials this cluster's coordinator over TLS from now on (it serves TLS: configured, or
     /// bootstrapped with `--pki-dir`); returns the `https://` address.
     pub fn use_https(&mut self) -> String {

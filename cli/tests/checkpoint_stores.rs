@@ -7,12 +7,13 @@
 //! (skipped without it unless HOLDFAST_TEST_STRICT=1).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use holdfast_coordinator::checkpoint::{Checkpoint, CheckpointStore, FencedGeneration, Generation};
+use holdfast_coordinator::checkpoint::{CheckpointStore, Generation};
+use holdfast_testkit::checkpoints::{self, latest};
 use holdfast_testkit::{self as kit, KillOnDrop, Scratch};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -36,15 +37,7 @@ fn server(variable: &str) -> Result<PathBuf, String> {
 
 /// Starts `command` with its output in `dir/<name>.log`; waits until `port` accepts.
 fn start(command: &mut Command, dir: &std::path::Path, name: &str, port: u16) -> KillOnDrop {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = KillOnDrop(
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}")),
-    );
+    let child = kit::spawn_logged(command, dir, name);
     kit::wait_for_blocking(Duration::from_secs(60), || {
         std::net::TcpStream::connect(("127.0.0.1", port))
             .map(drop)
@@ -94,14 +87,6 @@ fn marker(step: u64, generation: u64) -> String {
     format!(r#"{{"step":{step},"generation":{generation}}}"#)
 }
 
-async fn latest(store: &CheckpointStore, fences: &[FencedGeneration]) -> Checkpoint {
-    store
-        .resolve_latest(fences)
-        .await
-        .unwrap()
-        .expect("a checkpoint")
-}
-
 /// The resolver's contract on one store: `api` writes into the bucket that `base` (a URI such
 /// as `gs://bucket`) names, and `CheckpointStore::open` reads it through the environment.
 async fn resolver_contract(api: Writer, base: &str) {
@@ -118,7 +103,11 @@ async fn resolver_contract(api: Writer, base: &str) {
     let found = latest(&store, &[]).await;
     assert_eq!(
         (found.step, found.generation, found.uri.as_str()),
-        (20, Some(Generation(1)), format!("{base}/run/step-20").as_str())
+        (
+            20,
+            Some(Generation(1)),
+            format!("{base}/run/step-20").as_str()
+        )
     );
     let empty = CheckpointStore::open(&format!("{base}/nothing-here")).unwrap();
     assert_eq!(empty.resolve_latest(&[]).await.unwrap(), None);
@@ -126,28 +115,13 @@ async fn resolver_contract(api: Writer, base: &str) {
     // A checkpoint of a fenced generation written after its fence is refused; one it wrote
     // before the fence is legitimate.
     api.put("zombie/step-10/COMPLETE", &marker(10, 1)).await;
-    let fence = FencedGeneration {
-        generation: Generation(2),
-        fenced_at: holdfast_coordinator::now_ms(),
-    };
-    // Stores may stamp objects to the second: "after the fence" is a later second.
-    let into_next_second = 1_000 - fence.fenced_at.rem_euclid(1_000) + 10;
-    tokio::time::sleep(Duration::from_millis(into_next_second as u64)).await;
+    let (fence, into_next_second) = checkpoints::fence_generation_2_now();
+    tokio::time::sleep(into_next_second).await;
     api.put("zombie/step-20/model.pt", "written by a cut-off host")
         .await;
     api.put("zombie/step-20/COMPLETE", &marker(20, 2)).await;
     let store = CheckpointStore::open(&format!("{base}/zombie")).unwrap();
-    let found = latest(&store, &[fence]).await;
-    assert_eq!(
-        (found.step, found.generation),
-        (10, Some(Generation(1))),
-        "the zombie's step-20 was chosen"
-    );
-    let later_fence = FencedGeneration {
-        generation: Generation(2),
-        fenced_at: holdfast_coordinator::now_ms() + 2_000,
-    };
-    assert_eq!(latest(&store, &[later_fence]).await.step, 20);
+    checkpoints::assert_zombie_refused(&store, fence).await;
 
     // More checkpoints than one listing page (the newest partial) resolve to the newest
     // complete one.

@@ -47,10 +47,9 @@ async fn a_fatal_xid_on_an_agent_30_s_ahead_is_dated_within_half_a_second() {
             ],
         )
         .unwrap();
-    cluster.start_agent("plain", "worker", &[]).unwrap();
-    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let more = [("plain", "worker"), ("spare-1", "spare")];
     cluster
-        .wait_ready(3, Duration::from_secs(30))
+        .start_agents(&more, Duration::from_secs(30))
         .await
         .unwrap();
 

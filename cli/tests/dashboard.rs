@@ -65,12 +65,11 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     cluster
         .start_agent("node-1", "worker", &["--metrics-listen", &agent_metrics])
         .unwrap();
-    cluster.start_agent("node-2", "worker", &[]).unwrap();
-    cluster.start_agent("spare-1", "spare", &[]).unwrap();
+    let more = [("node-2", "worker"), ("spare-1", "spare")];
     cluster
-        .wait_ready(3, Duration::from_secs(30))
+        .start_agents(&more, Duration::from_secs(30))
         .await
-        .expect("agents ready");
+        .unwrap();
 
     let train = Train {
         python,

@@ -8,7 +8,6 @@
 //! Needs root and `scripts/setup/42-ec2.sh` (skipped without them unless HOLDFAST_TEST_STRICT=1).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +16,7 @@ use std::time::Duration;
 
 use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::ec2::{self, Ec2Server};
-use holdfast_testkit::{self as kit, holdfast_exe, repo_root, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -87,19 +86,7 @@ async fn a_host_lost_on_ec2_is_terminated_and_replaced_by_a_launched_instance() 
     let ec2 = Ec2Server::start(&moto, &aws_bin, &dir);
     ec2.launch_template("holdfast-gpu");
 
-    let provider = dir.join("provider");
-    std::fs::create_dir_all(&provider).unwrap();
-    for script in ["provision", "fence"] {
-        let to = provider.join(script);
-        std::fs::copy(
-            repo_root()
-                .join("lifecycle-scripts/providers/ec2")
-                .join(script),
-            &to,
-        )
-        .unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let provider = kit::provider_scripts(&dir, "ec2");
     // This file's only test: the coordinator and its scripts inherit this environment.
     let path = std::env::var("PATH").unwrap_or_default();
     let mut env = ec2.env();
@@ -111,14 +98,7 @@ async fn a_host_lost_on_ec2_is_terminated_and_replaced_by_a_launched_instance() 
         std::env::set_var(key, value);
     }
     std::env::remove_var("STATE_DIRECTORY");
-    let config = kit::write_file(
-        &dir,
-        "coordinator.toml",
-        &format!(
-            "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = 60000\nprovider_attempts = 2\nprovider_retry_ms = 100\n",
-            provider.display()
-        ),
-    );
+    let config = kit::exec_provider_config(&dir, &provider, 60000);
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
         .await
         .expect("the coordinator starts");
@@ -172,11 +152,7 @@ async fn a_host_lost_on_ec2_is_terminated_and_replaced_by_a_launched_instance() 
         let _ = killpg(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
     }
 
-    let done = kit::wait_job(&cluster, &id, Duration::from_secs(120), |j| {
-        j.state == "succeeded" || j.state == "failed"
-    })
-    .await;
-    let incidents = kit::incidents(&cluster, &id).await;
+    let (done, incidents) = kit::finish(&cluster, &id, Duration::from_secs(120)).await;
     stop.store(true, Ordering::SeqCst);
     let _ = booter.join();
     cluster.shutdown();

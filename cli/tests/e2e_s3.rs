@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use holdfast_coordinator::checkpoint::{Checkpoint, CheckpointStore, FencedGeneration, Generation};
+use holdfast_coordinator::checkpoint::{CheckpointStore, Generation};
+use holdfast_testkit::checkpoints::{self, latest};
 use holdfast_testkit::e2e::{NetnsCluster, Tools, BUCKET};
 use holdfast_testkit::{holdfast_exe, Scratch};
 use object_store::path::Path as ObjectPath;
@@ -16,15 +17,6 @@ async fn put(store: &dyn ObjectStore, key: &str, body: &str) {
         .put(&ObjectPath::from(key), PutPayload::from(body.to_string()))
         .await
         .unwrap_or_else(|e| panic!("putting {key}: {e}"));
-}
-
-/// The latest complete checkpoint `store` resolves, past `fences`; there must be one.
-async fn latest(store: &CheckpointStore, fences: &[FencedGeneration]) -> Checkpoint {
-    store
-        .resolve_latest(fences)
-        .await
-        .unwrap()
-        .expect("a checkpoint")
 }
 
 /// The `COMPLETE` marker of checkpoint `step`, written by `generation`.
@@ -105,31 +97,12 @@ fn checkpoints_resolve_through_s3() {
             // A checkpoint of a fenced generation written after its fence is never chosen; one
             // it wrote before the fence is.
             put_checkpoint(&*s3, "zombie", 10, None, Some(1)).await;
-            let fence = FencedGeneration {
-                generation: Generation(2),
-                fenced_at: holdfast_coordinator::now_ms(),
-            };
-            // S3 stamps objects to the second: "after the fence" is a later second.
-            let into_next_second = 1_000 - fence.fenced_at.rem_euclid(1_000) + 10;
-            tokio::time::sleep(Duration::from_millis(into_next_second as u64)).await;
+            let (fence, into_next_second) = checkpoints::fence_generation_2_now();
+            tokio::time::sleep(into_next_second).await;
             let cut_off = Some("written by a cut-off host");
             put_checkpoint(&*s3, "zombie", 20, cut_off, Some(2)).await;
             let store = CheckpointStore::open(&format!("s3://{BUCKET}/zombie")).unwrap();
-            let found = latest(&store, &[fence]).await;
-            assert_eq!(
-                (found.step, found.generation),
-                (10, Some(Generation(1))),
-                "the zombie's step-20 was chosen"
-            );
-            let later_fence = FencedGeneration {
-                generation: Generation(2),
-                fenced_at: holdfast_coordinator::now_ms() + 2_000,
-            };
-            let found = latest(&store, &[later_fence]).await;
-            assert_eq!(
-                found.step, 20,
-                "a checkpoint written before the fence is legitimate"
-            );
+            checkpoints::assert_zombie_refused(&store, fence).await;
 
             // A prefix of 100,000 objects (1,000 checkpoints of 100 objects, the newest
             // partial) resolves to the newest complete one, in bounded time.

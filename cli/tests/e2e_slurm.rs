@@ -7,13 +7,12 @@
 //! checkpoint. Needs root and `scripts/setup/43-slurm.sh` (skipped without them unless
 //! HOLDFAST_TEST_STRICT=1).
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::slurm::{self, SlurmLab};
-use holdfast_testkit::{self as kit, holdfast_exe, repo_root, KillOnDrop, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe, KillOnDrop, Scratch};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -32,19 +31,7 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
     let dir = Scratch::new("e2e-slurm");
     let slurm = SlurmLab::start(&dir);
 
-    let provider = dir.join("provider");
-    std::fs::create_dir_all(&provider).unwrap();
-    for script in ["provision", "fence"] {
-        let to = provider.join(script);
-        std::fs::copy(
-            repo_root()
-                .join("lifecycle-scripts/providers/slurm")
-                .join(script),
-            &to,
-        )
-        .unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let provider = kit::provider_scripts(&dir, "slurm");
     // The coordinator runs on loopback, outside the lab: its scripts reach slurmctld through
     // sinfo/scontrol wrappers that enter the controller's namespace. "Starting the agent on a
     // node" starts a local agent with the node's host name; {host} arrives as "$1".
@@ -60,14 +47,7 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
     std::env::set_var("PATH", format!("{}:{path}", wrappers.display()));
     std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
     std::env::set_var("HOLDFAST_SLURM_START", &start);
-    let config = kit::write_file(
-        &dir,
-        "coordinator.toml",
-        &format!(
-            "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = 20000\nprovider_attempts = 2\nprovider_retry_ms = 100\n",
-            provider.display()
-        ),
-    );
+    let config = kit::exec_provider_config(&dir, &provider, 20000);
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
         .await
         .expect("the coordinator starts");
@@ -102,11 +82,7 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
         let _ = killpg(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
     }
 
-    let done = kit::wait_job(&cluster, &id, Duration::from_secs(90), |j| {
-        j.state == "succeeded" || j.state == "failed"
-    })
-    .await;
-    let incidents = kit::incidents(&cluster, &id).await;
+    let (done, incidents) = kit::finish(&cluster, &id, Duration::from_secs(90)).await;
     let reasons = slurm.reasons();
     let states = slurm.states();
     let taken = done.nodes.first().cloned().unwrap_or_default();

@@ -3,10 +3,9 @@
 //! next standby host; that host registers, takes the rank, and the job resumes from its
 //! checkpoint. The lost host goes to `fence`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, repo_root, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, Scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -14,19 +13,7 @@ use nix::unistd::Pid;
 async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
     let exe = holdfast_exe!();
     let dir = Scratch::new("provider");
-    let provider = dir.join("provider");
-    std::fs::create_dir_all(&provider).unwrap();
-    for script in ["provision", "fence"] {
-        let to = provider.join(script);
-        std::fs::copy(
-            repo_root()
-                .join("lifecycle-scripts/providers/static")
-                .join(script),
-            &to,
-        )
-        .unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let provider = kit::provider_scripts(&dir, "static");
     std::fs::write(
         provider.join("hosts"),
         "# standby hosts\nstandby-1\nstandby-2\n",
@@ -39,14 +26,7 @@ async fn a_lost_host_is_fenced_and_replaced_by_a_provisioned_one() {
         exe = exe.display(),
         dir = dir.display()
     );
-    let config_arg = kit::write_file(
-        &dir,
-        "coordinator.toml",
-        &format!(
-            "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = 20000\nprovider_attempts = 2\nprovider_retry_ms = 100\n",
-            provider.display()
-        ),
-    );
+    let config_arg = kit::exec_provider_config(&dir, &provider, 20000);
     // The provider scripts inherit the coordinator's environment; this file's only test.
     std::env::set_var("HOLDFAST_STATIC_START", &start);
 

@@ -5,7 +5,6 @@
 //! up never reach the API; API errors come back with their message. Needs
 //! `scripts/setup/42-ec2.sh` (skipped without it unless HOLDFAST_TEST_STRICT=1).
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use holdfast_coordinator::provider::{
     ExecProvider, FenceRequest, ProviderError, ProvisionRequest, ReplacementProvider,
 };
 use holdfast_testkit::ec2::{self, Ec2Server};
-use holdfast_testkit::{self as kit, repo_root, KillOnDrop, Scratch};
+use holdfast_testkit::{self as kit, KillOnDrop, Scratch};
 
 fn fence_of(node: &str, hostname: &str, address: &str) -> FenceRequest {
     FenceRequest {
@@ -72,19 +71,7 @@ async fn ec2_scripts_provision_and_fence_exactly_their_instances_in_a_real_ec2_a
         "Instances[0].InstanceId",
     ]);
 
-    let provider_dir = dir.join("provider");
-    std::fs::create_dir_all(&provider_dir).unwrap();
-    for script in ["provision", "fence"] {
-        let to = provider_dir.join(script);
-        std::fs::copy(
-            repo_root()
-                .join("lifecycle-scripts/providers/ec2")
-                .join(script),
-            &to,
-        )
-        .unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let provider_dir = kit::provider_scripts(&dir, "ec2");
     let provider = ExecProvider {
         dir: provider_dir.clone(),
         timeout: Duration::from_secs(60),

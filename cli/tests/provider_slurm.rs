@@ -6,7 +6,6 @@
 //! repaired node; hostlist expressions and wildcards from agents are refused. Needs root and
 //! `scripts/setup/43-slurm.sh` (skipped without them unless HOLDFAST_TEST_STRICT=1).
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use holdfast_coordinator::provider::{
     ExecProvider, FenceRequest, ProviderError, ProvisionRequest, ReplacementProvider,
 };
 use holdfast_testkit::slurm::{self, SlurmLab, CONTROLLER, NODES};
-use holdfast_testkit::{self as kit, repo_root, Scratch};
+use holdfast_testkit::{self as kit, Scratch};
 
 fn fence_of(node: &str, hostname: &str) -> FenceRequest {
     FenceRequest {
@@ -36,19 +35,7 @@ fn slurm_scripts_drain_take_and_release_exactly_the_named_nodes() {
     let slurm = SlurmLab::start(&dir);
     println!("slurm lab up in {:.1} s", started.elapsed().as_secs_f64());
 
-    let provider_dir = dir.join("provider");
-    std::fs::create_dir_all(&provider_dir).unwrap();
-    for script in ["provision", "fence", "release"] {
-        let to = provider_dir.join(script);
-        std::fs::copy(
-            repo_root()
-                .join("lifecycle-scripts/providers/slurm")
-                .join(script),
-            &to,
-        )
-        .unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let provider_dir = kit::provider_scripts(&dir, "slurm");
     // "Starting the agent" on a node records it; {host} arrives as an argument.
     let started_log = dir.join("started");
     // This file's only test: the scripts inherit this process's environment.

@@ -78,26 +78,24 @@ impl CheckpointStore {
                     prefix,
                 )
             }
+            // Each cloud's builder reads its credentials and endpoint from the environment.
             "s3" => {
-                let store = object_store::aws::AmazonS3Builder::from_env()
+                let built = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(base_uri.as_str())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                (Arc::new(store), object_path(&url))
+                    .build();
+                (shared(built).map_err(bad)?, object_path(&url))
             }
             "gs" => {
-                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let built = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(base_uri.as_str())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                (Arc::new(store), object_path(&url))
+                    .build();
+                (shared(built).map_err(bad)?, object_path(&url))
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let built = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(base_uri.as_str())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                (Arc::new(store), object_path(&url))
+                    .build();
+                (shared(built).map_err(bad)?, object_path(&url))
             }
             other => {
                 let supported = "file://, s3://, gs://, az:// or abfs://";
@@ -210,6 +208,13 @@ impl CheckpointStore {
         // An empty or non-JSON marker still marks the checkpoint complete.
         Ok(serde_json::from_slice(&bytes).unwrap_or_default())
     }
+}
+
+/// A built store, shared; a builder's error as text.
+fn shared<S: ObjectStore>(built: object_store::Result<S>) -> Result<Arc<dyn ObjectStore>, String> {
+    built
+        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        .map_err(|e| e.to_string())
 }
 
 /// The object path a bucket URI names: its path without the leading slash (the bucket or

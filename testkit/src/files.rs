@@ -32,3 +32,40 @@ pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
         .expect("making the script executable");
     path
 }
+
+/// A copy of the shipped provider `provider`'s scripts (`lifecycle-scripts/providers/…`) in
+/// `dir/provider`, executable, as an operator installs them; the directory.
+pub fn provider_scripts(dir: &Path, provider: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let shipped = repo_root()
+        .join("lifecycle-scripts/providers")
+        .join(provider);
+    let to = dir.join("provider");
+    std::fs::create_dir_all(&to).expect("creating the provider directory");
+    for entry in std::fs::read_dir(&shipped).expect("the shipped provider scripts") {
+        let from = entry.expect("a provider script").path();
+        if !from.is_file() {
+            continue;
+        }
+        let script = to.join(from.file_name().expect("a file name"));
+        std::fs::copy(&from, &script).expect("copying a provider script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("making a provider script executable");
+    }
+    to
+}
+
+/// A coordinator config in `dir/coordinator.toml` that takes replacement hosts from the exec
+/// provider's scripts in `provider` (each call may run `timeout_ms`, two tries 100 ms apart);
+/// the path, for `--config`.
+pub fn exec_provider_config(dir: &Path, provider: &Path, timeout_ms: u64) -> String {
+    write_file(
+        dir,
+        "coordinator.toml",
+        &format!(
+            "provider = \"exec\"\nprovider_dir = \"{}\"\nprovider_timeout_ms = {timeout_ms}\n\
+             provider_attempts = 2\nprovider_retry_ms = 100\n",
+            provider.display()
+        ),
+    )
+}

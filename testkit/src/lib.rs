@@ -23,6 +23,7 @@
 //!   benchmark summaries.
 //! - `src/bin/holdfast-e2e.rs` — the end-to-end rig's runner behind `scripts/bench-e2e.sh`.
 
+pub mod checkpoints;
 pub mod e2e;
 pub mod ec2;
 pub mod files;
@@ -35,10 +36,12 @@ pub mod rig;
 pub mod slurm;
 pub mod wait;
 
-pub use files::{repo_root, write_file, write_script, Scratch};
+pub use files::{
+    exec_provider_config, provider_scripts, repo_root, write_file, write_script, Scratch,
+};
 pub use host::{free_port, libfaketime, python, require, skip, strict, Browser};
 pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};
-pub use process::{http, http_get, run, run_async, timing_summary, KillOnDrop, Ran};
+pub use process::{http, http_get, run, run_async, spawn_logged, timing_summary, KillOnDrop, Ran};
 pub use rig::{
     coordinator_with_agent_config, find_node, finish, incidents, job, local_cluster, node, nodes,
     ready_count, submit, wait_job, wait_node, wait_node_ready, Rig,

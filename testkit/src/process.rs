@@ -112,3 +112,16 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
         body.to_string(),
     )
 }
+
+/// Starts `command` with its stdout and stderr in `dir/<name>.log`; killed when dropped.
+pub fn spawn_logged(command: &mut Command, dir: &std::path::Path, name: &str) -> KillOnDrop {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("a log file");
+    KillOnDrop(
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}")),
+    )
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::netns::Lab;
@@ -58,18 +58,7 @@ impl SlurmLab {
         for (name, _) in NODES {
             hosts.insert(name, lab.add_host(name).expect("adding a node").addr);
         }
-        let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let spawn = |command: &mut Command, name: &str| {
-            let log = log(name);
-            KillOnDrop(
-                command
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("starting {name}: {e}")),
-            )
-        };
+        let spawn = |command: &mut Command, name: &str| crate::spawn_logged(command, dir, name);
         let mut daemons = Vec::new();
 
         // munge with its own key and socket: nothing of the machine's own is used.
@@ -186,11 +175,16 @@ impl SlurmLab {
 
     /// Each node's state as `sinfo` shows it (`idle`, `drain`, …; `*` = not responding).
     pub fn states(&self) -> BTreeMap<String, String> {
-        let ran = crate::run(self.client("sinfo").args(["-h", "-N", "-o", "%n %t"]));
+        self.sinfo_by_node(&["-h", "-N", "-o", "%n %t"], ' ')
+    }
+
+    /// `sinfo ARGS` printing one `NODE<sep>VALUE` line per node, as a map.
+    fn sinfo_by_node(&self, args: &[&str], sep: char) -> BTreeMap<String, String> {
+        let ran = crate::run(self.client("sinfo").args(args));
         ran.stdout
             .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, s)| (n.to_string(), s.trim().to_string()))
+            .filter_map(|l| l.split_once(sep))
+            .map(|(n, v)| (n.to_string(), v.trim().to_string()))
             .collect()
     }
 
@@ -219,12 +213,7 @@ impl SlurmLab {
 
     /// `sinfo -R`: the reason of every drained or down node, by node.
     pub fn reasons(&self) -> BTreeMap<String, String> {
-        let ran = crate::run(self.client("sinfo").args(["-R", "-h", "-o", "%N|%E"]));
-        ran.stdout
-            .lines()
-            .filter_map(|l| l.split_once('|'))
-            .map(|(n, r)| (n.to_string(), r.to_string()))
-            .collect()
+        self.sinfo_by_node(&["-R", "-h", "-o", "%N|%E"], '|')
     }
 
     /// Runs a provider call with the test thread in the controller's network namespace, where
