@@ -10,6 +10,8 @@
 #                               (one rank of each job first, then free nodes)
 #   PROFILE=release|debug       build of holdfast to run (release by default)
 #   KEEP=1                      keep the work directory (coordinator logs, every report)
+#   TLS=1                       mutual TLS: the coordinator bootstraps its PKI (--pki-dir) and
+#                               every simulated agent gets a client certificate from it
 # Usage: scripts/bench-swarm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ jobs=${JOBS:-2}
 nodes=${NODES:-8}
 silence=${SILENCE:-4}
 profile=${PROFILE:-release}
+tls=${TLS:-0}
 if [ "$profile" = release ]; then
   cargo build -q --release -p holdfast --bin holdfast
   exe=target/release/holdfast
@@ -41,12 +44,15 @@ cleanup() {
 trap cleanup EXIT
 results=$work/results.jsonl
 : >"$results"
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $profile build" >&2
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $profile build, TLS=$tls" >&2
 for n in $sizes; do
   for run in $(seq "$runs"); do
     rm -f "$work/addr"
+    pki="$work/pki-$n-$run"
+    coordinator_flags=()
+    if [ "$tls" = 1 ]; then coordinator_flags=(--pki-dir "$pki"); fi
     "$exe" coordinator --listen 127.0.0.1:0 --ephemeral --addr-file "$work/addr" \
-      >"$work/coordinator-$n-$run.log" 2>&1 &
+      "${coordinator_flags[@]}" >"$work/coordinator-$n-$run.log" 2>&1 &
     coordinator_pid=$!
     # Bounded wait for the address line (written once the coordinator listens).
     for _ in $(seq 200); do
@@ -60,11 +66,16 @@ for n in $sizes; do
       exit 1
     fi
     addr=$(head -n1 "$work/addr")
+    bench_flags=()
+    if [ "$tls" = 1 ]; then
+      addr="https://$addr"
+      bench_flags=(--pki-dir "$pki" --ca-cert "$pki/ca.pem" --token "$(cat "$pki/admin.token")")
+    fi
     echo "== $n agents, run $run (coordinator pid $coordinator_pid on $addr)" >&2
     rc=0
     "$exe" bench swarm --coordinator "$addr" --coordinator-pid "$coordinator_pid" \
       --agents "$n" --jobs "$jobs" --nodes-per-job "$nodes" --silence "$silence" \
-      --duration "$duration" --json >"$work/report-$n-$run.txt" || rc=$?
+      --duration "$duration" "${bench_flags[@]}" --json >"$work/report-$n-$run.txt" || rc=$?
     sed '$d' "$work/report-$n-$run.txt" >&2
     if [ "$rc" -eq 0 ] || [ "$rc" -eq 1 ]; then
       tail -n1 "$work/report-$n-$run.txt" >>"$results"

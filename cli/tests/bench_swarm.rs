@@ -42,6 +42,13 @@ async fn bench(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// The report: the last line of the command's output, as JSON.
+fn last_json(stdout: &str, stderr: &str) -> serde_json::Value {
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}\n{stderr}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_swarm_reports_without_false_timeouts_and_detects_the_silenced_agent() {
     let dir = Scratch::new("bench-swarm");
@@ -64,9 +71,7 @@ async fn a_small_swarm_reports_without_false_timeouts_and_detects_the_silenced_a
         "--json",
     ])
     .await;
-    let last = stdout.lines().last().unwrap_or_default();
-    let report: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}\n{stderr}"));
+    let report = last_json(&stdout, &stderr);
     for key in KEYS {
         assert!(report.get(key).is_some(), "no {key} in {report}");
     }
@@ -100,4 +105,44 @@ async fn a_coordinator_that_is_not_there_is_named() {
         stderr.contains("unreachable") && stderr.contains(&addr),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_speaks_mutual_tls_with_certificates_from_the_coordinators_pki() {
+    let dir = Scratch::new("bench-swarm-tls");
+    let pki = dir.join("pki");
+    let pki_arg = pki.display().to_string();
+    let mut cluster = LocalCluster::start(holdfast_exe!(), dir.path(), &["--pki-dir", &pki_arg])
+        .await
+        .expect("coordinator started");
+    let https = cluster.use_https();
+    let admin = std::fs::read_to_string(pki.join("admin.token")).expect("the admin token");
+    let ca = pki.join("ca.pem").display().to_string();
+    let (code, stdout, stderr) = bench(&[
+        "--coordinator",
+        &https,
+        "--pki-dir",
+        &pki_arg,
+        "--ca-cert",
+        &ca,
+        "--token",
+        admin.trim(),
+        "--agents",
+        "20",
+        "--silence",
+        "1",
+        "--duration",
+        "1",
+        "--json",
+    ])
+    .await;
+    let report = last_json(&stdout, &stderr);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(report["false_timeouts"], 0, "{report}");
+    assert_eq!(report["undetected"], 0, "{report}");
+    // Every agent holds a certificate of its own node id, recorded by the PKI.
+    let issued: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pki.join("issued.json")).expect("issued.json"))
+            .expect("issued.json is JSON");
+    assert_eq!(issued.as_object().map(|o| o.len()), Some(20), "{issued}");
 }

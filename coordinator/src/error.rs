@@ -41,6 +41,7 @@ impl From<CoordinatorError> for Status {
                     Status::already_exists(message)
                 }
                 CoreError::NoSuchJob(_) | CoreError::NoSuchNode(_) => Status::not_found(message),
+                CoreError::TooManyNodes { .. } => Status::resource_exhausted(message),
                 CoreError::Transition(_) | CoreError::NodeBusy(_) => {
                     Status::failed_precondition(message)
                 }

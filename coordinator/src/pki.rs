@@ -349,55 +349,50 @@ impl Pki {
         csr_pem: &str,
         now_ms: i64,
     ) -> Result<(String, String), JoinRefused> {
-        if !holdfast_core::limits::is_identifier(node_id, holdfast_core::limits::MAX_NODE_ID) {
-            return Err(JoinRefused::NodeId(format!(
-                "must be 1 to {} characters of [A-Za-z0-9._-]",
-                holdfast_core::limits::MAX_NODE_ID
-            )));
-        }
-        if node_id.eq_ignore_ascii_case(COORDINATOR_NAME) || node_id == "localhost" {
-            return Err(JoinRefused::NodeId(format!(
-                "{node_id:?} is reserved for the coordinator"
-            )));
-        }
+        check_node_id(node_id)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| JoinRefused::Csr(e.to_string()))?;
         let _lock = self.lock()?;
         let mut tokens = self.join_tokens()?;
         let token_index = find_token(&tokens, token, now_ms).ok_or(JoinRefused::Token)?;
         let mut issued = self.issued()?;
-        if let Some(cert) = issued.get(node_id) {
-            if !cert.revoked && cert.expires_unix_ms > now_ms {
-                return Err(JoinRefused::NodeTaken(node_id.to_string()));
-            }
-        }
         let (ca_pem, issuer) = self.issuer()?;
-        let mut params = CertificateParams::new(vec![node_id.to_string()])
-            .map_err(|e| JoinRefused::NodeId(e.to_string()))?;
-        params.distinguished_name = name(node_id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let serial = random_serial().map_err(JoinRefused::Pki)?;
-        let serial_hex = hex(&serial.to_bytes());
-        params.serial_number = Some(serial);
-        validity(&mut params, now_ms, NODE_CERT_DAYS);
-        let cert = params
-            .signed_by(&csr.public_key, &issuer)
-            .map_err(|e| JoinRefused::Pki(e.into()))?;
-        issued.insert(
-            node_id.to_string(),
-            IssuedCert {
-                serial: serial_hex,
-                issued_unix_ms: now_ms,
-                expires_unix_ms: now_ms.saturating_add(NODE_CERT_DAYS * 86_400_000),
-                revoked: false,
-                token_id: tokens[token_index].id.clone(),
-            },
-        );
+        let token_id = tokens[token_index].id.clone();
+        let cert = sign(
+            &issuer,
+            &mut issued,
+            node_id,
+            &csr.public_key,
+            &token_id,
+            now_ms,
+        )?;
         tokens[token_index].uses = tokens[token_index].uses.saturating_add(1);
         self.write_json("issued.json", &issued)?;
         self.write_json("join-tokens.json", &tokens)?;
-        Ok((cert.pem(), ca_pem))
+        Ok((cert, ca_pem))
+    }
+
+    /// Issues node certificates here, with keys made here, for `node_ids` (the same rules as
+    /// [`Pki::join`] but no token: whoever can read `ca.key` is the CA anyway). For
+    /// pre-provisioned hosts and the swarm benchmark; returns `(certificate, key)` PEMs in
+    /// order, recorded in one write.
+    pub fn issue_here(
+        &self,
+        node_ids: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>, JoinRefused> {
+        node_ids.iter().try_for_each(|n| check_node_id(n))?;
+        let _lock = self.lock()?;
+        let mut issued = self.issued()?;
+        let (_, issuer) = self.issuer()?;
+        let mut out = Vec::with_capacity(node_ids.len());
+        for node_id in node_ids {
+            let key = KeyPair::generate().map_err(|e| JoinRefused::Pki(e.into()))?;
+            let cert = sign(&issuer, &mut issued, node_id, &key, "(issued here)", now_ms)?;
+            out.push((cert, key.serialize_pem()));
+        }
+        self.write_json("issued.json", &issued)?;
+        Ok(out)
     }
 
     fn issuer(&self) -> Result<(String, Issuer<'static, KeyPair>), PkiError> {
@@ -464,6 +459,63 @@ impl Pki {
         })?;
         Ok(file)
     }
+}
+
+/// The rule for a node id in a certificate: a node id hellos accept, and not the
+/// coordinator's own names.
+fn check_node_id(node_id: &str) -> Result<(), JoinRefused> {
+    if !holdfast_core::limits::is_identifier(node_id, holdfast_core::limits::MAX_NODE_ID) {
+        return Err(JoinRefused::NodeId(format!(
+            "must be 1 to {} characters of [A-Za-z0-9._-]",
+            holdfast_core::limits::MAX_NODE_ID
+        )));
+    }
+    if node_id.eq_ignore_ascii_case(COORDINATOR_NAME) || node_id == "localhost" {
+        return Err(JoinRefused::NodeId(format!(
+            "{node_id:?} is reserved for the coordinator"
+        )));
+    }
+    Ok(())
+}
+
+/// Signs a client-only certificate whose one name is `node_id` for `public_key`, and records
+/// it in `issued`; refused while the node id holds a live certificate.
+fn sign(
+    issuer: &Issuer<'static, KeyPair>,
+    issued: &mut BTreeMap<String, IssuedCert>,
+    node_id: &str,
+    public_key: &impl rcgen::PublicKeyData,
+    token_id: &str,
+    now_ms: i64,
+) -> Result<String, JoinRefused> {
+    if let Some(cert) = issued.get(node_id) {
+        if !cert.revoked && cert.expires_unix_ms > now_ms {
+            return Err(JoinRefused::NodeTaken(node_id.to_string()));
+        }
+    }
+    let mut params = CertificateParams::new(vec![node_id.to_string()])
+        .map_err(|e| JoinRefused::NodeId(e.to_string()))?;
+    params.distinguished_name = name(node_id);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let serial = random_serial().map_err(JoinRefused::Pki)?;
+    let serial_hex = hex(&serial.to_bytes());
+    params.serial_number = Some(serial);
+    validity(&mut params, now_ms, NODE_CERT_DAYS);
+    let cert = params
+        .signed_by(public_key, issuer)
+        .map_err(|e| JoinRefused::Pki(e.into()))?;
+    issued.insert(
+        node_id.to_string(),
+        IssuedCert {
+            serial: serial_hex,
+            issued_unix_ms: now_ms,
+            expires_unix_ms: now_ms.saturating_add(NODE_CERT_DAYS * 86_400_000),
+            revoked: false,
+            token_id: token_id.to_string(),
+        },
+    );
+    Ok(cert.pem())
 }
 
 /// The index of the token `ID.SECRET` if it is known, unexpired and its secret matches.
@@ -698,6 +750,32 @@ mod tests {
             .unwrap()
             .uses;
         assert_eq!(uses, 2);
+    }
+
+    #[test]
+    fn certificates_issued_here_follow_the_join_rules() {
+        let dir = tempdir();
+        let pki = Pki::new(&dir);
+        pki.bootstrap(&[], NOW).unwrap();
+        let ids: Vec<String> = ["a-1", "a-2"].map(String::from).to_vec();
+        let issued = pki.issue_here(&ids, NOW).unwrap();
+        assert_eq!(issued.len(), 2);
+        let der = x509_parser::pem::parse_x509_pem(issued[1].0.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        assert_eq!(crate::tls::certificate_identities(&der), vec!["a-2", "a-2"]);
+        assert!(issued[1].1.contains("PRIVATE KEY"));
+        assert_eq!(pki.issued().unwrap().len(), 2);
+        assert!(matches!(
+            pki.issue_here(&ids[..1], NOW),
+            Err(JoinRefused::NodeTaken(_))
+        ));
+        let reserved = [COORDINATOR_NAME.to_string()];
+        assert!(matches!(
+            pki.issue_here(&reserved, NOW),
+            Err(JoinRefused::NodeId(_))
+        ));
     }
 
     fn tempdir() -> PathBuf {

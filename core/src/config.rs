@@ -143,6 +143,9 @@ pub struct CoordinatorConfig {
     /// literals, `localhost` and this host's name: a browser request under any other name is
     /// refused (DNS rebinding), as is one from another site's page.
     pub allowed_hosts: Vec<String>,
+    /// Most nodes the coordinator registers (retired ones included); a hello from a new node id
+    /// beyond it is refused, naming this key. Bounds what a flood of fresh node ids can store.
+    pub max_nodes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -189,6 +192,7 @@ impl Default for CoordinatorConfig {
             tls_client_ca_file: std::path::PathBuf::new(),
             pki_dir: std::path::PathBuf::new(),
             allowed_hosts: Vec::new(),
+            max_nodes: 20_000,
         }
     }
 }
@@ -259,6 +263,7 @@ impl CoordinatorConfig {
             ));
         }
         positive("hello_timeout_ms", self.hello_timeout_ms)?;
+        positive("max_nodes", self.max_nodes as u64)?;
         at_least_ms(
             "stop_deadline_ms",
             self.stop_deadline_ms,

@@ -48,4 +48,12 @@ pub enum CoreError {
     /// The node cannot do that now.
     #[error("{0}")]
     NodeBusy(String),
+    /// A new node id while the registry holds `max_nodes` already.
+    #[error("the coordinator holds {max} nodes already (max_nodes); refusing new node id {node}: retire nodes or raise max_nodes")]
+    TooManyNodes {
+        /// The refused node id.
+        node: String,
+        /// The configured cap.
+        max: usize,
+    },
 }

@@ -168,6 +168,16 @@ pub struct AgentSpec {
     /// Holds the first connect attempt back so a large swarm does not open every connection
     /// at once (a real fleet does not boot in one millisecond either).
     pub connect_gate: Arc<tokio::sync::Semaphore>,
+    /// Its client certificate when the swarm speaks mutual TLS.
+    pub tls: Option<Arc<AgentTls>>,
+}
+
+/// A simulated agent's TLS identity, as a joined agent holds it: the cluster CA and a client
+/// certificate naming its node id.
+pub struct AgentTls {
+    pub ca: Arc<Vec<u8>>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
 }
 
 /// Runs one simulated agent until `stop` turns true: sessions one after another, with the real
@@ -330,6 +340,18 @@ async fn open(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5)),
         Err(e) => return Err(SessionEnd::Lost(format!("bad coordinator address: {e}"))),
+    };
+    let endpoint = match &spec.tls {
+        None => endpoint,
+        Some(tls) => {
+            let config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(tls.ca.as_slice()))
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+                .domain_name(holdfast_coordinator::pki::COORDINATOR_NAME);
+            endpoint
+                .tls_config(config)
+                .map_err(|e| SessionEnd::Lost(format!("TLS settings: {e}")))?
+        }
     };
     // Its own connection: the channel is made for this agent alone.
     let channel = tokio::select! {

@@ -38,7 +38,7 @@ mod phases;
 pub mod procfs;
 mod report;
 
-pub use report::{Spread, SwarmReport};
+pub use report::{Spread, SwarmReport, Usage};
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -60,8 +60,11 @@ pub(crate) fn now_ms() -> i64 {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SwarmOptions {
-    /// The coordinator (host:port or http:// URL; plain HTTP only).
+    /// The coordinator (host:port or URL; https:// with `pki_dir`).
     pub coordinator: String,
+    /// The coordinator's PKI directory: each agent gets a client certificate of its own node id
+    /// minted from it and speaks mutual TLS, as joined agents do. `None`: plain HTTP.
+    pub pki_dir: Option<std::path::PathBuf>,
     /// Simulated agents, spares included.
     pub agents: usize,
     /// Of them, registered as spares.
@@ -86,6 +89,7 @@ impl Default for SwarmOptions {
     fn default() -> Self {
         SwarmOptions {
             coordinator: crate::client::DEFAULT_COORDINATOR.into(),
+            pki_dir: None,
             agents: 100,
             spares: 0,
             jobs: 0,
@@ -173,10 +177,11 @@ impl SwarmOptions {
         if self.connect_concurrency == 0 {
             return bad("connect-concurrency", "at least 1");
         }
-        if self.coordinator.contains("https://") {
+        if self.coordinator.contains("https://") != self.pki_dir.is_some() {
             return bad(
                 "coordinator",
-                "the swarm speaks plain HTTP; start the coordinator without tls_* on loopback",
+                "an https:// coordinator needs --pki-dir (the agents' certificates come from it), \
+                 and --pki-dir an https:// coordinator",
             );
         }
         Ok(())
@@ -235,6 +240,7 @@ fn find_coordinator(options: &SwarmOptions, addr: &str) -> Option<u32> {
     }
     let hostport = addr
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .split('/')
         .next()
         .unwrap_or("");
@@ -313,9 +319,13 @@ async fn drive(
     let mut probes: Vec<Arc<AgentProbe>> = Vec::with_capacity(options.agents);
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
-    for i in 0..options.agents {
+    let names: Vec<String> = (0..options.agents)
+        .map(|i| format!("{prefix}-{i:05}"))
+        .collect();
+    let mut identities = identities(options, &names)?.into_iter();
+    for (i, name) in names.into_iter().enumerate() {
         let spare = i >= options.agents - options.spares;
-        let probe = Arc::new(AgentProbe::new(format!("{prefix}-{i:05}"), spare));
+        let probe = Arc::new(AgentProbe::new(name, spare));
         probes.push(probe.clone());
         let spec = AgentSpec {
             address: addr.to_string(),
@@ -324,6 +334,7 @@ async fn drive(
             pid: 100_000 + i as u32,
             step: options.step,
             connect_gate: gate.clone(),
+            tls: identities.next().flatten(),
         };
         tasks.spawn(agent::run(spec, agents_stop.clone()));
     }
@@ -394,6 +405,38 @@ fn spread_of_micros(samples: &std::sync::Mutex<Vec<u32>>) -> Option<Spread> {
         .map(|l| l.iter().map(|&us| f64::from(us) / 1e6).collect())
         .unwrap_or_default();
     Spread::of(&mut seconds)
+}
+
+/// One client identity per agent, minted from the coordinator's PKI when the swarm speaks
+/// mutual TLS (`None` each otherwise).
+fn identities(
+    options: &SwarmOptions,
+    names: &[String],
+) -> Result<Vec<Option<Arc<agent::AgentTls>>>, SwarmError> {
+    let Some(dir) = &options.pki_dir else {
+        return Ok(names.iter().map(|_| None).collect());
+    };
+    let bad = |reason: String| SwarmError::Options {
+        flag: "pki-dir",
+        reason,
+    };
+    let ca = std::fs::read(dir.join("ca.pem"))
+        .map_err(|e| bad(format!("{}: {e}", dir.join("ca.pem").display())))?;
+    let ca = Arc::new(ca);
+    let pki = holdfast_coordinator::pki::Pki::new(dir);
+    let issued = pki
+        .issue_here(names, now_ms())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(issued
+        .into_iter()
+        .map(|(cert, key)| {
+            Some(Arc::new(agent::AgentTls {
+                ca: ca.clone(),
+                cert: cert.into_bytes(),
+                key: key.into_bytes(),
+            }))
+        })
+        .collect())
 }
 
 #[cfg(test)]

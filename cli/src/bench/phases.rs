@@ -11,7 +11,7 @@ use holdfast_proto::v1 as pb;
 
 use super::agent::{AgentProbe, SwarmCounters};
 use super::events::{detection_at, is_shown_lost, running_at, Observed};
-use super::report::{Spread, SwarmReport};
+use super::report::{Spread, SwarmReport, Usage};
 use super::{list_nodes, now_ms, ours, procfs, Client, SwarmError, SwarmOptions};
 
 /// One run's settings and what its phases share.
@@ -209,13 +209,17 @@ impl Swarm<'_> {
         }
         let wall = steady.elapsed().as_secs_f64();
         let cores = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall);
-        report.coordinator_cpu_cores = cores(
-            cpu_before,
-            self.coordinator_pid.and_then(procfs::cpu_seconds),
-        );
-        report.generator_cpu_cores = cores(own_before, procfs::cpu_seconds(own));
-        report.coordinator_rss_mb = rss;
-        report.generator_rss_mb = procfs::rss_mb(own);
+        report.coordinator = Usage {
+            cpu_cores: cores(
+                cpu_before,
+                self.coordinator_pid.and_then(procfs::cpu_seconds),
+            ),
+            rss_mb: rss,
+        };
+        report.generator = Usage {
+            cpu_cores: cores(own_before, procfs::cpu_seconds(own)),
+            rss_mb: procfs::rss_mb(own),
+        };
         report.heartbeats_per_s =
             (self.counters.heartbeats_sent.load(Ordering::Relaxed) - sent_before) as f64 / wall;
         report.heartbeat_lag = Spread::of(&mut lags);

@@ -29,6 +29,14 @@ impl Spread {
     }
 }
 
+/// What a process used: CPU in cores (over the steady phase) and resident memory in MB;
+/// `None` when `/proc` could not tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_cores: Option<f64>,
+    pub rss_mb: Option<f64>,
+}
+
 /// What one run measured. Times are seconds.
 #[derive(Debug, Clone, Default)]
 pub struct SwarmReport {
@@ -43,13 +51,10 @@ pub struct SwarmReport {
     /// First connect → every agent shown ready.
     pub registration_s: f64,
     pub coordinator_pid: Option<u32>,
-    /// Coordinator CPU over the steady phase, in cores.
-    pub coordinator_cpu_cores: Option<f64>,
-    /// Coordinator resident memory, the most seen.
-    pub coordinator_rss_mb: Option<f64>,
-    /// This process's CPU over the steady phase, in cores.
-    pub generator_cpu_cores: Option<f64>,
-    pub generator_rss_mb: Option<f64>,
+    /// The coordinator's CPU over the steady phase and its resident memory (the most seen).
+    pub coordinator: Usage,
+    /// This process's, the same way.
+    pub generator: Usage,
     pub heartbeats_per_s: f64,
     pub heartbeat_lag: Option<Spread>,
     /// Node lists the heartbeat lag was read from, and those left out because the coordinator
@@ -101,10 +106,10 @@ impl SwarmReport {
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "registration_s": r3(Some(self.registration_s)),
             "coordinator_pid": self.coordinator_pid,
-            "coordinator_cpu_cores": r3(self.coordinator_cpu_cores),
-            "coordinator_rss_mb": r3(self.coordinator_rss_mb),
-            "generator_cpu_cores": r3(self.generator_cpu_cores),
-            "generator_rss_mb": r3(self.generator_rss_mb),
+            "coordinator_cpu_cores": r3(self.coordinator.cpu_cores),
+            "coordinator_rss_mb": r3(self.coordinator.rss_mb),
+            "generator_cpu_cores": r3(self.generator.cpu_cores),
+            "generator_rss_mb": r3(self.generator.rss_mb),
             "heartbeats_per_s": r3(Some(self.heartbeats_per_s)),
             "heartbeat_lag_p50_s": r3(p(&self.heartbeat_lag, |s| s.p50)),
             "heartbeat_lag_p99_s": r3(p(&self.heartbeat_lag, |s| s.p99)),
@@ -159,16 +164,16 @@ impl SwarmReport {
         out += &format!("registration        {:.3} s\n", self.registration_s);
         out += &format!(
             "coordinator         {} cores · RSS {} (pid {})\n",
-            opt(self.coordinator_cpu_cores, ""),
-            opt(self.coordinator_rss_mb, " MB"),
+            opt(self.coordinator.cpu_cores, ""),
+            opt(self.coordinator.rss_mb, " MB"),
             self.coordinator_pid
                 .map_or("not found: pass --coordinator-pid".into(), |p| p
                     .to_string())
         );
         out += &format!(
             "generator           {} cores · RSS {} · {:.0} heartbeats/s\n",
-            opt(self.generator_cpu_cores, ""),
-            opt(self.generator_rss_mb, " MB"),
+            opt(self.generator.cpu_cores, ""),
+            opt(self.generator.rss_mb, " MB"),
             self.heartbeats_per_s
         );
         out += &format!(

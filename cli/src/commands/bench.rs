@@ -23,7 +23,7 @@ enum Bench {
 
 #[derive(clap::Args, Debug)]
 struct SwarmArgs {
-    /// The coordinator (host:port or http:// URL), plain HTTP.
+    /// The coordinator (host:port or URL; https:// with --pki-dir).
     #[arg(long, env = "HOLDFAST_COORDINATOR", default_value = crate::client::DEFAULT_COORDINATOR)]
     coordinator: String,
     /// Simulated agents, spares included.
@@ -53,6 +53,11 @@ struct SwarmArgs {
     /// Agents connecting at once while the swarm starts.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// The coordinator's PKI directory (made by `holdfast coordinator --pki-dir`): each agent
+    /// gets a client certificate for its node id from it and speaks mutual TLS, as joined
+    /// agents do. Operator calls then need --token and --ca-cert.
+    #[arg(long)]
+    pki_dir: Option<std::path::PathBuf>,
     /// Print a JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -65,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let options = SwarmOptions {
         coordinator: args.coordinator,
+        pki_dir: args.pki_dir,
         agents: args.agents,
         spares: args.spares.unwrap_or(args.jobs),
         jobs: args.jobs,

@@ -4,7 +4,8 @@
 //! more fence would make more than `circuit_breaker_share` of the nodes fenced within
 //! `circuit_breaker_window_ms`, fences of job nodes stop: the suspect node is released (it
 //! rejoins through its checks) and an `alert` event tells operators. Fences of idle nodes and
-//! failed checks are not held back (they cost no job its nodes), but they count. Whatever the
+//! failed checks are not held back (they cost no job its nodes), but they count, and the
+//! provider's fence of a host that failed its checks (terminate, drain) obeys the share. Whatever the
 //! share, no fault fences the last live node of a job of two or more nodes: that many of one
 //! job's nodes lost at once is a shared cause until shown otherwise.
 

@@ -31,6 +31,14 @@ impl Cluster {
                 });
             }
         }
+        // A flood of fresh node ids (a rogue or broken client) cannot grow the registry, and
+        // every record it stores, without bound.
+        if !self.nodes.contains_key(&hello.node_id) && self.nodes.len() >= self.config.max_nodes {
+            return Err(CoreError::TooManyNodes {
+                node: hello.node_id.to_string(),
+                max: self.config.max_nodes,
+            });
+        }
         let mut fx = Vec::new();
         // A node that comes back as it was changes nothing durable: 100 agents reconnecting
         // to a restarted coordinator cost no writes beyond their state transitions.

@@ -470,13 +470,20 @@ impl Cluster {
         fx: &mut Vec<Command>,
     ) {
         let reason = report.failure_reason();
+        // The node itself is always kept out (it costs no job anything), but the provider's
+        // fence of its host (terminate, drain, power off) goes through the breaker's share:
+        // a stream of hosts failing their checks, or of fresh node ids that a rogue client
+        // makes fail, must not turn into terminating hosts without bound.
+        let host_fence = self.share_allows(node_id, now, fx);
         self.node_event(
             node_id,
             NodeEvent::Fence(FaultCause::CheckFailed(reason.clone())),
             now,
             fx,
         );
-        self.fence_host(node_id, &reason, fx);
+        if host_fence {
+            self.fence_host(node_id, &reason, fx);
+        }
         if self
             .nodes
             .get(node_id)

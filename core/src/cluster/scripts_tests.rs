@@ -4,6 +4,7 @@ use super::super::testing::*;
 use super::*;
 use crate::cluster::Role;
 use crate::config::CoordinatorConfig;
+use crate::protocol::EventKind;
 
 fn cluster() -> Cluster {
     Cluster::new(CoordinatorConfig {
@@ -71,6 +72,36 @@ fn a_failed_check_fences_with_its_output_and_stops_the_run() {
         "{reason}"
     );
     assert_eq!(fences(&fx), ["n1"]);
+}
+
+#[test]
+fn hosts_failing_their_checks_are_fenced_at_the_provider_only_within_the_breakers_share() {
+    let mut c = Cluster::new(CoordinatorConfig {
+        bootstrap_script: "on-create".into(),
+        provider: "exec".into(),
+        ..Default::default()
+    });
+    let mut host_fences = 0;
+    let mut alerts = 0;
+    // Ten fresh node ids, each failing its bootstrap (a rogue client, or a bad image).
+    for i in 0..10u64 {
+        let node = format!("rogue-{i}");
+        let fx = hello(&mut c, &node, Role::Worker, i + 1, 10 * i as i64);
+        let (cmd, _) = scripts_sent(&fx, &node).remove(0);
+        let fx = answer(&mut c, &node, &cmd, false, "bad", 10 * i as i64 + 5);
+        assert_eq!(
+            state(&c, &node),
+            "fenced",
+            "the node itself is always kept out"
+        );
+        host_fences += fenced_hosts(&fx).len();
+        alerts += events(&fx, EventKind::Alert).len();
+    }
+    assert_eq!(
+        host_fences, 1,
+        "past the share, no host is fenced at the provider"
+    );
+    assert_eq!(alerts, 1, "the breaker's opening is announced once");
 }
 
 #[test]

@@ -28,6 +28,33 @@ fn hello_registers_a_ready_node_and_welcomes_it() {
 }
 
 #[test]
+fn new_node_ids_past_max_nodes_are_refused_and_known_ones_still_come_back() {
+    let mut c = Cluster::new(CoordinatorConfig {
+        max_nodes: 2,
+        ..Default::default()
+    });
+    connect(&mut c, 1, agent("a", Role::Worker, 5), 5).unwrap();
+    connect(&mut c, 2, agent("b", Role::Worker, 5), 5).unwrap();
+    let err = connect(&mut c, 3, agent("c", Role::Worker, 5), 5).unwrap_err();
+    assert!(
+        matches!(err, CoreError::TooManyNodes { max: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_nodes"), "{err}");
+    assert_eq!(c.nodes.len(), 2, "nothing stored for the refused id");
+    // A known node reconnects (a new stream after its old one closed).
+    let fx = c.step(
+        Input::Disconnected {
+            node: "a".into(),
+            conn: 1,
+        },
+        6,
+    );
+    drop(fx);
+    connect(&mut c, 4, agent("a", Role::Worker, 7), 7).unwrap();
+}
+
+#[test]
 fn a_second_agent_with_a_connected_node_id_is_refused() {
     let mut c = three_nodes();
     let err = connect(&mut c, 99, agent("a", Role::Worker, 5), 5).unwrap_err();
