@@ -152,6 +152,7 @@ pub async fn connect_with(
 pub async fn incidents(client: &mut Client, job_id: &str) -> anyhow::Result<Vec<pb::Incident>> {
     let request = pb::ListIncidentsRequest {
         job_id: job_id.to_string(),
+        ..Default::default()
     };
     let answer = client
         .list_incidents(request)

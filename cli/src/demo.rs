@@ -347,7 +347,7 @@ impl LocalCluster {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let nodes = client
-                .list_nodes(pb::ListNodesRequest {})
+                .list_nodes(pb::ListNodesRequest::default())
                 .await?
                 .into_inner()
                 .nodes;

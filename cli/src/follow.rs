@@ -385,7 +385,7 @@ async fn follow_inner(
                 on_event(&pb::Event { kind: "poll".into(), job: Some(job.clone()), ..Default::default() });
                 if display.enabled {
                     // Node health for the status line; a failed read keeps the last one.
-                    if let Ok(r) = client.list_nodes(pb::ListNodesRequest {}).await {
+                    if let Ok(r) = client.list_nodes(pb::ListNodesRequest::default()).await {
                         nodes = r.into_inner().nodes;
                     }
                     display.status(&status_line(&job, &nodes, rate.rate()));

@@ -41,7 +41,7 @@ enum Cmd {
     /// Show jobs and nodes.
     Status(Addr),
     /// Show nodes with their state and health.
-    Nodes(Addr),
+    Nodes(nodes::Args),
     /// Show recorded incidents with the time of each recovery phase.
     Incidents(incidents::Args),
     /// Take a node out of service: no job will be given it.
@@ -101,7 +101,7 @@ async fn run(command: Cmd) -> anyhow::Result<i32> {
         Cmd::Agent(args) => agent::run(args).await,
         Cmd::Launch(args) => launch::run(args).await,
         Cmd::Status(addr) => status::run(addr).await,
-        Cmd::Nodes(addr) => nodes::run(addr).await,
+        Cmd::Nodes(args) => nodes::run(args).await,
         Cmd::Incidents(args) => incidents::run(args).await,
         Cmd::Cordon(args) => cordon::run(args).await,
         Cmd::Uncordon(args) => uncordon::run(args).await,

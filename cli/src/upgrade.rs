@@ -64,7 +64,7 @@ pub fn problem(before: &pb::Node, after: Option<&pb::Node>) -> Option<String> {
 
 async fn nodes(client: &mut crate::client::Client) -> anyhow::Result<BTreeMap<String, pb::Node>> {
     let list = client
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await?
         .into_inner()
         .nodes;

@@ -94,7 +94,7 @@ async fn operator_api_needs_a_token_with_the_right_role() {
     // No token, or one not in the file: UNAUTHENTICATED.
     let mut anonymous = connect_with_token(&addr, None).await.unwrap();
     let err = anonymous
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
@@ -103,7 +103,7 @@ async fn operator_api_needs_a_token_with_the_right_role() {
         .await
         .unwrap();
     let err = stranger
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");

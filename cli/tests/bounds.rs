@@ -81,7 +81,7 @@ async fn node_ids(addr: &str) -> Vec<String> {
         .await
         .unwrap();
     let nodes = operator
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .unwrap()
         .into_inner()

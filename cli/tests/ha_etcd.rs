@@ -269,7 +269,7 @@ async fn a_frozen_leader_that_wakes_after_the_failover_steps_down_without_acting
 /// The nodes as the coordinator at `url` (not the group) has them.
 async fn nodes_at(url: &str) -> Vec<pb::Node> {
     let mut ops = client::connect(url).await.unwrap();
-    ops.list_nodes(pb::ListNodesRequest {})
+    ops.list_nodes(pb::ListNodesRequest::default())
         .await
         .unwrap()
         .into_inner()

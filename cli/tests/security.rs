@@ -91,7 +91,7 @@ async fn agents_join_with_a_token_pinned_to_the_cluster_ca() {
     let anonymous = connect_with(&https, None, Some(&ca)).await.unwrap();
     let err = anonymous
         .clone()
-        .list_nodes(holdfast_proto::v1::ListNodesRequest {})
+        .list_nodes(holdfast_proto::v1::ListNodesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");

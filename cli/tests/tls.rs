@@ -113,7 +113,7 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
     // Plain TCP to the TLS port gets nowhere.
     let plain = match connect_with_token(&format!("http://127.0.0.1:{port}"), Some(OPERATOR)).await
     {
-        Ok(mut c) => c.list_nodes(pb::ListNodesRequest {}).await.is_ok(),
+        Ok(mut c) => c.list_nodes(pb::ListNodesRequest::default()).await.is_ok(),
         Err(_) => false,
     };
     assert!(!plain, "plain TCP must not reach a TLS coordinator");

@@ -163,6 +163,53 @@ pub fn event_kind(kind: &str) -> pb::EventKind {
     pb::EventKind::from_name(kind)
 }
 
+/// How many items a page of `page_size` holds (0: all of them).
+pub fn page_len(page_size: u32) -> usize {
+    match page_size {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+/// One page of `views` (every node, in node-id order) under `filter`: the nodes matching its
+/// state, job and health, after its page token, at most its page size; with the total that
+/// matched and every node counted by state.
+pub fn node_page(
+    views: impl Iterator<Item = pb::Node>,
+    filter: &pb::ListNodesRequest,
+) -> pb::ListNodesResponse {
+    let mut page = pb::ListNodesResponse::default();
+    let limit = page_len(filter.page_size);
+    let mut more = false;
+    for node in views {
+        *page.counts_by_state.entry(node.state.clone()).or_default() += 1;
+        let health = node.health.as_ref().map_or("unspecified", |h| {
+            crate::metrics::health_state_name(h.state)
+        });
+        let matches = (filter.state.is_empty() || node.state == filter.state)
+            && (filter.job_id.is_empty() || node.job_id == filter.job_id)
+            && (filter.health.is_empty() || health == filter.health);
+        if !matches {
+            continue;
+        }
+        page.total = page.total.saturating_add(1);
+        if !filter.page_token.is_empty() && node.node_id.as_str() <= filter.page_token.as_str() {
+            continue;
+        }
+        if page.nodes.len() < limit {
+            page.nodes.push(node);
+        } else {
+            more = true;
+        }
+    }
+    if more {
+        if let Some(last) = page.nodes.last() {
+            page.next_page_token = last.node_id.clone();
+        }
+    }
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -352,5 +399,67 @@ mod tests {
         assert_eq!(wire.cause, "health_fatal");
         assert_eq!(wire.cause_enum, pb::IncidentCause::HealthFatal as i32);
         assert_eq!(wire.incident_cause(), pb::IncidentCause::HealthFatal);
+    }
+
+    #[test]
+    fn node_pages_filter_count_and_continue_where_they_stopped() {
+        let node = |id: &str, state: &str, job: &str| pb::Node {
+            node_id: id.into(),
+            state: state.into(),
+            job_id: job.into(),
+            ..Default::default()
+        };
+        let all = || {
+            vec![
+                node("a", "allocated", "j1"),
+                node("b", "fenced", ""),
+                node("c", "allocated", "j1"),
+                node("d", "ready", ""),
+                node("e", "allocated", "j2"),
+            ]
+            .into_iter()
+        };
+        let page = |filter: pb::ListNodesRequest| node_page(all(), &filter);
+        let ids = |p: &pb::ListNodesResponse| {
+            p.nodes
+                .iter()
+                .map(|n| n.node_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let everything = page(pb::ListNodesRequest::default());
+        assert_eq!((ids(&everything).len(), everything.total), (5, 5));
+        assert!(everything.next_page_token.is_empty());
+        assert_eq!(everything.counts_by_state["allocated"], 3);
+        let first = page(pb::ListNodesRequest {
+            state: "allocated".into(),
+            page_size: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            (ids(&first), first.total),
+            (vec!["a".to_string(), "c".into()], 3)
+        );
+        assert_eq!(
+            first.counts_by_state["fenced"], 1,
+            "counts ignore the filters"
+        );
+        let second = page(pb::ListNodesRequest {
+            state: "allocated".into(),
+            page_size: 2,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        });
+        assert_eq!(ids(&second), ["e"]);
+        assert!(second.next_page_token.is_empty(), "the last page");
+        let job = page(pb::ListNodesRequest {
+            job_id: "j1".into(),
+            ..Default::default()
+        });
+        assert_eq!(ids(&job), ["a", "c"]);
+        let unknown_health = page(pb::ListNodesRequest {
+            health: "healthy".into(),
+            ..Default::default()
+        });
+        assert_eq!(unknown_health.total, 0);
     }
 }

@@ -146,7 +146,7 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
     // Plain gRPC (HTTP/2) still works beside the rest.
     let mut grpc = operator(addr).await;
     assert!(grpc
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -180,7 +180,7 @@ pub async fn ready_count(rig: &impl Rig) -> usize {
     let Ok(mut client) = rig.client().await else {
         return 0;
     };
-    match client.list_nodes(pb::ListNodesRequest {}).await {
+    match client.list_nodes(pb::ListNodesRequest::default()).await {
         Ok(reply) => reply
             .into_inner()
             .nodes
@@ -195,7 +195,7 @@ pub async fn ready_count(rig: &impl Rig) -> usize {
 pub async fn nodes(rig: &impl Rig) -> Vec<pb::Node> {
     let mut client = rig.client().await.expect("an operator client");
     client
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .expect("listing nodes")
         .into_inner()
@@ -239,7 +239,7 @@ pub async fn wait_node_ready(client: &Client, node: &str, within: Duration) {
     wait_for(within, || async {
         let nodes = client
             .clone()
-            .list_nodes(pb::ListNodesRequest {})
+            .list_nodes(pb::ListNodesRequest::default())
             .await
             .expect("listing nodes")
             .into_inner()

@@ -203,7 +203,7 @@ async fn connect(addr: &str) -> Result<Client, SwarmError> {
 
 async fn list_nodes(client: &mut Client, addr: &str) -> Result<Vec<pb::Node>, SwarmError> {
     client
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .map(|r| r.into_inner().nodes)
         .map_err(|status| SwarmError::Unreachable {

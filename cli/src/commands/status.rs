@@ -9,7 +9,7 @@ pub async fn run(addr: Addr) -> anyhow::Result<i32> {
     let mut c = addr.connect().await?;
     let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
     let nodes = c
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest::default())
         .await?
         .into_inner()
         .nodes;

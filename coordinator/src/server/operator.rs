@@ -132,15 +132,15 @@ impl OperatorService for Coordinator {
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let filter = request.into_inner();
         let cluster = self.settled();
-        let nodes = cluster
+        let views = cluster
             .nodes
             .values()
-            .map(|n| crate::view::node(n, &cluster.jobs))
-            .collect();
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+            .map(|n| crate::view::node(n, &cluster.jobs));
+        Ok(Response::new(crate::view::node_page(views, &filter)))
     }
 
     async fn cordon(
@@ -170,15 +170,35 @@ impl OperatorService for Coordinator {
         &self,
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
-        let job_id = request.into_inner().job_id;
+        let filter = request.into_inner();
+        let after: u64 = match filter.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse()
+                .map_err(|_| Status::invalid_argument("page_token: not one this call gave"))?,
+        };
         let cluster = self.settled();
-        let incidents = cluster
-            .incidents
-            .iter()
-            .filter(|i| job_id.is_empty() || i.job_id == job_id)
+        let matching = cluster.incidents.iter().filter(|i| {
+            (filter.job_id.is_empty() || i.job_id.as_str() == filter.job_id)
+                && (filter.node_id.is_empty() || i.node_id.as_str() == filter.node_id)
+        });
+        let total = matching.clone().count();
+        let limit = crate::view::page_len(filter.page_size);
+        let mut incidents: Vec<pb::Incident> = matching
+            .filter(|i| i.id > after)
+            .take(limit.saturating_add(1))
             .map(crate::view::incident)
             .collect();
-        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+        let mut next_page_token = String::new();
+        if incidents.len() > limit {
+            incidents.truncate(limit);
+            next_page_token = incidents.last().map_or(String::new(), |i| i.id.to_string());
+        }
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents,
+            next_page_token,
+            total: u32::try_from(total).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn check_node(
