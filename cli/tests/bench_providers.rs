@@ -9,18 +9,14 @@
 //! Ignored in the normal run; scripts/bench-providers.sh runs one test with --exact, since the
 //! exec providers read their settings from this process's environment.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::ec2::{self, Ec2Server};
 use holdfast_testkit::slurm::{self, SlurmLab};
-use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, KillOnDrop, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, Scratch};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -139,48 +135,19 @@ async fn bench_replacement_static() {
     }
 }
 
-/// `holdfast agent` for Slurm node `$1` in a UTS namespace whose host name is the node's.
-const SLURM_AGENT: &str =
-    "unshare --uts sh -c 'hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
-     --node-id \"$1\" --role \"$4\" --state-dir \"$5/nodes/$1\"' agent";
-
 #[tokio::test]
 #[ignore]
 async fn bench_replacement_slurm() {
     kit::require(slurm::available()).expect("Slurm (scripts/setup/43-slurm.sh) and root");
     let exe = holdfast_exe!();
-    let path = std::env::var("PATH").unwrap_or_default();
     for run in 1..=runs() {
         let dir = Scratch::new("bench-provider-slurm");
         let slurm = SlurmLab::start(&dir);
-        let provider = kit::provider_scripts(&dir, "slurm");
-        let wrappers = slurm.client_wrappers(&dir);
-        let start = format!(
-            "{SLURM_AGENT} {{host}} {exe} http://$(cat {dir}/coordinator.addr) spare {dir} \
-             >{dir}/{{host}}.log 2>&1 & echo $! > {dir}/{{host}}.pid",
-            exe = exe.display(),
-            dir = dir.display()
-        );
-        std::env::set_var("PATH", format!("{}:{path}", wrappers.display()));
-        std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
-        std::env::set_var("HOLDFAST_SLURM_START", &start);
-        let config = kit::exec_provider_config(&dir, &provider, 20000);
+        let (config, path) = slurm.as_provider(&dir, exe);
         let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
             .await
             .expect("the coordinator starts");
-        let log = std::fs::File::create(dir.join("work-1.log")).expect("work-1's log");
-        let work = KillOnDrop(
-            Command::new("sh")
-                .args(["-c", &format!("exec {SLURM_AGENT} \"$@\""), "sh", "work-1"])
-                .arg(exe)
-                .arg(&cluster.addr)
-                .args(["worker", &dir.display().to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("work-1's log"))
-                .stderr(log)
-                .spawn()
-                .expect("starting the agent of work-1"),
-        );
+        let work = slurm::start_agent(exe, &cluster.addr, "work-1", "worker", &dir);
         cluster
             .wait_ready(1, Duration::from_secs(30))
             .await
@@ -206,55 +173,6 @@ async fn bench_replacement_slurm() {
     }
 }
 
-/// The agents of booted instances, by instance id.
-type Booted = Arc<Mutex<BTreeMap<String, Child>>>;
-
-/// Boots every instance the ec2 provider's record lists that has not booted yet, until `stop`:
-/// starts its agent with the instance's host name and private address, as the launch
-/// template's user data would.
-fn boot_recorded(
-    exe: PathBuf,
-    dir: PathBuf,
-    coordinator: String,
-    record: PathBuf,
-    booted: Booted,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        let text = std::fs::read_to_string(&record).unwrap_or_default();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [id, address, dns, ..] = fields[..] else {
-                continue;
-            };
-            let mut booted = booted.lock().unwrap_or_else(|e| e.into_inner());
-            if booted.contains_key(id) {
-                continue;
-            }
-            let host = dns.split('.').next().unwrap_or(dns);
-            let log =
-                std::fs::File::create(dir.join(format!("{id}.log"))).expect("the agent's log");
-            let agent = Command::new("unshare")
-                .args(["--uts", "sh", "-c"])
-                .arg(
-                    "hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
-                     --advertise-address \"$4\" --state-dir \"$5/nodes/$1\"",
-                )
-                .args(["agent", host])
-                .arg(&exe)
-                .args([coordinator.as_str(), address])
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("the agent's log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("booting {id}: {e}"));
-            booted.insert(id.to_string(), agent);
-        }
-        std::thread::sleep(kit::wait::POLL);
-    }
-}
-
 #[tokio::test]
 #[ignore]
 async fn bench_replacement_ec2() {
@@ -262,44 +180,14 @@ async fn bench_replacement_ec2() {
         kit::require(ec2::tools()).expect("moto and the aws CLI (scripts/setup/42-ec2.sh)");
     kit::require(kit::netns::available()).expect("root for UTS namespaces");
     let exe = holdfast_exe!();
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::remove_var("STATE_DIRECTORY");
     for run in 1..=runs() {
         let dir = Scratch::new("bench-provider-ec2");
         let ec2 = Ec2Server::start(&moto, &aws_bin, &dir);
-        ec2.launch_template("holdfast-gpu");
-        let provider = kit::provider_scripts(&dir, "ec2");
-        let mut env = ec2.env();
-        env.extend([
-            ("PATH", format!("{}:{path}", aws_bin.display())),
-            ("HOLDFAST_EC2_LAUNCH_TEMPLATE", "holdfast-gpu".into()),
-        ]);
-        for (key, value) in env {
-            std::env::set_var(key, value);
-        }
-        let config = kit::exec_provider_config(&dir, &provider, 60000);
-        let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
+        let mut provider = ec2::Ec2Provider::install(&ec2, &aws_bin, &dir);
+        let mut cluster = LocalCluster::start(exe, &dir, &["--config", &provider.config])
             .await
             .expect("the coordinator starts");
-        let first = ec2.aws(&[
-            "ec2",
-            "run-instances",
-            "--launch-template",
-            "LaunchTemplateName=holdfast-gpu",
-            "--query",
-            "Instances[0].InstanceId",
-        ]);
-        let (address, dns) = ec2.names(&first);
-        let record = provider.join("ec2-instances");
-        std::fs::write(&record, format!("{first} {address} {dns} job= request=\n"))
-            .expect("the instance record");
-        let booted: Booted = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let booter = {
-            let (exe, dir, addr) = (exe.to_path_buf(), dir.to_path_buf(), cluster.addr.clone());
-            let (record, booted, stop) = (record.clone(), booted.clone(), stop.clone());
-            std::thread::spawn(move || boot_recorded(exe, dir, addr, record, booted, stop))
-        };
+        let (first, _, dns) = provider.launch_first(&ec2, exe, &dir, &cluster.addr);
         cluster
             .wait_ready(1, Duration::from_secs(30))
             .await
@@ -307,33 +195,17 @@ async fn bench_replacement_ec2() {
         let host = dns.split('.').next().unwrap_or_default().to_string();
         let id = training(&cluster, &dir).await;
         let worker = cluster.worker(&host);
-        if let Some(agent) = booted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&first)
-        {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
+        provider.kill_agent(&first);
         kill_worker(worker);
         let (done, incidents) = kit::finish(&cluster, &id, Duration::from_secs(180)).await;
-        stop.store(true, Ordering::SeqCst);
-        let _ = booter.join();
         cluster.shutdown();
-        let launched = {
-            let mut booted = booted.lock().unwrap_or_else(|e| e.into_inner());
-            for agent in booted.values_mut() {
-                let _ = agent.kill();
-                let _ = agent.wait();
-            }
-            booted.len().saturating_sub(1)
-        };
+        let launched = provider.shut_down().len().saturating_sub(1);
         // Exactly the lost host's instance is gone, and only it.
         let fenced = matches!(
             ec2.state(&first).as_str(),
             "shutting-down" | "terminated" | "stopping" | "stopped"
         ) && launched == 1;
         report("ec2", run, fenced, &done, &incidents);
-        std::env::set_var("PATH", &path);
+        std::env::set_var("PATH", &provider.path_before);
     }
 }

@@ -7,20 +7,13 @@
 //! checkpoint. Needs root and `scripts/setup/43-slurm.sh` (skipped without them unless
 //! HOLDFAST_TEST_STRICT=1).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::slurm::{self, SlurmLab};
-use holdfast_testkit::{self as kit, holdfast_exe, KillOnDrop, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-
-/// `holdfast agent` for node `host` in a UTS namespace of its own whose host name is `host`
-/// (`unshare` execs: the command's pid is the agent's). Shell text with `$1` = the host.
-const AGENT: &str =
-    "unshare --uts sh -c 'hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
-     --node-id \"$1\" --role \"$4\" --state-dir \"$5/nodes/$1\"' agent";
 
 #[tokio::test]
 async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
@@ -31,39 +24,15 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
     let dir = Scratch::new("e2e-slurm");
     let slurm = SlurmLab::start(&dir);
 
-    let provider = kit::provider_scripts(&dir, "slurm");
     // The coordinator runs on loopback, outside the lab: its scripts reach slurmctld through
     // sinfo/scontrol wrappers that enter the controller's namespace. "Starting the agent on a
-    // node" starts a local agent with the node's host name; {host} arrives as "$1".
-    let wrappers = slurm.client_wrappers(&dir);
-    let path = std::env::var("PATH").unwrap_or_default();
-    let start = format!(
-        "{AGENT} {{host}} {exe} http://$(cat {dir}/coordinator.addr) spare {dir} \
-         >{dir}/{{host}}.log 2>&1 & echo $! > {dir}/{{host}}.pid",
-        exe = exe.display(),
-        dir = dir.display()
-    );
-    // This file's only test: the coordinator and its scripts inherit this environment.
-    std::env::set_var("PATH", format!("{}:{path}", wrappers.display()));
-    std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
-    std::env::set_var("HOLDFAST_SLURM_START", &start);
-    let config = kit::exec_provider_config(&dir, &provider, 20000);
+    // node" starts a local agent with the node's host name. This file's only test: the
+    // coordinator and its scripts inherit this process's environment.
+    let (config, _path) = slurm.as_provider(&dir, exe);
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
         .await
         .expect("the coordinator starts");
-    let log = std::fs::File::create(dir.join("work-1.log")).unwrap();
-    let work = KillOnDrop(
-        Command::new("sh")
-            .args(["-c", &format!("exec {AGENT} \"$@\""), "sh", "work-1"])
-            .arg(exe)
-            .arg(&cluster.addr)
-            .args(["worker", &dir.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the agent of work-1"),
-    );
+    let work = slurm::start_agent(exe, &cluster.addr, "work-1", "worker", &dir);
     cluster
         .wait_ready(1, Duration::from_secs(20))
         .await

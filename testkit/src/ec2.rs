@@ -2,8 +2,11 @@
 //! set up out of band with the aws CLI (the same CLI the scripts under test run). Needs
 //! `scripts/setup/42-ec2.sh`, which exports `HOLDFAST_MOTO_SERVER` and `HOLDFAST_AWS_BIN`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::KillOnDrop;
@@ -142,5 +145,157 @@ impl Ec2Server {
             &format!(r#"{{"ImageId":"{image}","InstanceType":"p5.48xlarge"}}"#),
         ]);
         image
+    }
+}
+
+/// The agents of booted instances, by instance id.
+pub type Booted = Arc<Mutex<BTreeMap<String, Child>>>;
+
+/// Boots every instance the ec2 provider's record (`record`) lists that has not booted yet,
+/// until `stop`: starts its agent with the instance's host name (a UTS namespace of its own)
+/// and private address, as the launch template's user data would. Run it on a thread.
+pub fn boot_recorded(
+    exe: PathBuf,
+    dir: PathBuf,
+    coordinator: String,
+    record: PathBuf,
+    booted: Booted,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [id, address, dns, ..] = fields[..] else {
+                continue;
+            };
+            let mut booted = booted.lock().unwrap_or_else(|e| e.into_inner());
+            if booted.contains_key(id) {
+                continue;
+            }
+            let host = dns.split('.').next().unwrap_or(dns);
+            let log =
+                std::fs::File::create(dir.join(format!("{id}.log"))).expect("the agent's log");
+            let agent = Command::new("unshare")
+                .args(["--uts", "sh", "-c"])
+                .arg(
+                    "hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
+                     --advertise-address \"$4\" --state-dir \"$5/nodes/$1\"",
+                )
+                .args(["agent", host])
+                .arg(&exe)
+                .args([coordinator.as_str(), address])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("the agent's log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("booting {id}: {e}"));
+            booted.insert(id.to_string(), agent);
+        }
+        std::thread::sleep(crate::wait::POLL);
+    }
+}
+
+/// An [`Ec2Server`] serving as the exec provider of a coordinator started next from this
+/// process, with instances "booted" (their agents started) as the provider launches them.
+pub struct Ec2Provider {
+    /// The shipped ec2 scripts' directory.
+    pub dir: PathBuf,
+    /// The coordinator config that uses them (for `--config`).
+    pub config: String,
+    /// `PATH` before (the scripts' aws CLI comes first now).
+    pub path_before: String,
+    booted: Booted,
+    stop: Arc<AtomicBool>,
+    booter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ec2Provider {
+    /// The shipped scripts in `dir/provider` with launch template `holdfast-gpu`, this process's
+    /// environment pointed at `ec2` (the coordinator and its scripts inherit it).
+    pub fn install(ec2: &Ec2Server, aws_bin: &Path, dir: &Path) -> Ec2Provider {
+        ec2.launch_template("holdfast-gpu");
+        let provider = crate::provider_scripts(dir, "ec2");
+        let path_before = std::env::var("PATH").unwrap_or_default();
+        let mut env = ec2.env();
+        env.extend([
+            ("PATH", format!("{}:{path_before}", aws_bin.display())),
+            ("HOLDFAST_EC2_LAUNCH_TEMPLATE", "holdfast-gpu".into()),
+        ]);
+        for (key, value) in env {
+            std::env::set_var(key, value);
+        }
+        std::env::remove_var("STATE_DIRECTORY");
+        let config = crate::exec_provider_config(dir, &provider, 60000);
+        Ec2Provider {
+            dir: provider,
+            config,
+            path_before,
+            booted: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            booter: None,
+        }
+    }
+
+    /// Launches the first host as an operator would (an instance of the template, added to the
+    /// provider's record) and starts booting every recorded instance's agent against
+    /// `coordinator`; the instance id, its private address and DNS name.
+    pub fn launch_first(
+        &mut self,
+        ec2: &Ec2Server,
+        exe: &Path,
+        dir: &Path,
+        coordinator: &str,
+    ) -> (String, String, String) {
+        let first = ec2.aws(&[
+            "ec2",
+            "run-instances",
+            "--launch-template",
+            "LaunchTemplateName=holdfast-gpu",
+            "--query",
+            "Instances[0].InstanceId",
+        ]);
+        let (address, dns) = ec2.names(&first);
+        let record = self.dir.join("ec2-instances");
+        std::fs::write(&record, format!("{first} {address} {dns} job= request=\n"))
+            .expect("the instance record");
+        let (exe, dir, addr) = (
+            exe.to_path_buf(),
+            dir.to_path_buf(),
+            coordinator.to_string(),
+        );
+        let (booted, stop) = (self.booted.clone(), self.stop.clone());
+        self.booter = Some(std::thread::spawn(move || {
+            boot_recorded(exe, dir, addr, record, booted, stop)
+        }));
+        (first, address, dns)
+    }
+
+    /// The host of instance `id` loses power: its agent dies (and is not booted again).
+    pub fn kill_agent(&self, id: &str) {
+        if let Some(agent) = self
+            .booted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    /// Stops booting, kills every booted agent and returns the ids of the instances booted.
+    pub fn shut_down(&mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(booter) = self.booter.take() {
+            let _ = booter.join();
+        }
+        let mut booted = self.booted.lock().unwrap_or_else(|e| e.into_inner());
+        for agent in booted.values_mut() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        booted.keys().cloned().collect()
     }
 }

@@ -227,3 +227,52 @@ impl SlurmLab {
             .block_on(call)
     }
 }
+
+/// `holdfast agent` for Slurm node `$1` in a UTS namespace of its own whose host name is the
+/// node's (`unshare` execs: the command's pid is the agent's). Shell text taking `$1` = the
+/// node, `$2` = the holdfast binary, `$3` = the coordinator, `$4` = the role, `$5` = the
+/// directory whose `nodes/` hold the agents' state.
+pub const AGENT: &str =
+    "unshare --uts sh -c 'hostname \"$1\" && exec \"$2\" agent --coordinator \"$3\" \
+     --node-id \"$1\" --role \"$4\" --state-dir \"$5/nodes/$1\"' agent";
+
+/// Starts the agent of Slurm node `node` (see [`AGENT`]), its output in `dir/<node>.log`.
+pub fn start_agent(
+    exe: &Path,
+    coordinator: &str,
+    node: &str,
+    role: &str,
+    dir: &Path,
+) -> KillOnDrop {
+    crate::spawn_logged(
+        Command::new("sh")
+            .args(["-c", &format!("exec {AGENT} \"$@\""), "sh", node])
+            .arg(exe)
+            .arg(coordinator)
+            .args([role, &dir.display().to_string()]),
+        dir,
+        node,
+    )
+}
+
+impl SlurmLab {
+    /// Makes this lab the provider of a coordinator started next from this process: the shipped
+    /// slurm scripts in `dir/provider`, `sinfo`/`scontrol` wrappers first on `PATH`, spares from
+    /// the `spare` partition whose agents `provision` starts as [`AGENT`]s. Returns the
+    /// coordinator's config (for `--config`) and the `PATH` before (to put back).
+    pub fn as_provider(&self, dir: &Path, exe: &Path) -> (String, String) {
+        let provider = crate::provider_scripts(dir, "slurm");
+        let wrappers = self.client_wrappers(dir);
+        let path = std::env::var("PATH").unwrap_or_default();
+        let start = format!(
+            "{AGENT} {{host}} {exe} http://$(cat {dir}/coordinator.addr) spare {dir} \
+             >{dir}/{{host}}.log 2>&1 & echo $! > {dir}/{{host}}.pid",
+            exe = exe.display(),
+            dir = dir.display()
+        );
+        std::env::set_var("PATH", format!("{}:{path}", wrappers.display()));
+        std::env::set_var("HOLDFAST_SLURM_SPARE_PARTITION", "spare");
+        std::env::set_var("HOLDFAST_SLURM_START", &start);
+        (crate::exec_provider_config(dir, &provider, 20000), path)
+    }
+}
