@@ -14,9 +14,11 @@ use holdfast_cli::commands::{self, *};
     version,
     about = "Keeps synchronous distributed training running through node failures",
     long_about = "holdfast detects failed GPU nodes in seconds, fences them, takes a replacement and \
-relaunches the job from the latest complete checkpoint.\n\nStart a coordinator, an agent on every \
-node, then `holdfast launch --nodes N -- <training command>`. `holdfast demo` runs all of it on \
-this machine."
+relaunches the job from the latest complete checkpoint.\n\nStart a coordinator (on a reachable \
+address it makes a cluster CA on first start and prints the command that joins an agent), an \
+agent on every node (`holdfast agent --join TOKEN --ca-hash sha256:…` the first time), then \
+`holdfast launch --nodes N -- <training command>`. `holdfast demo` runs all of it on this \
+machine."
 )]
 struct Cli {
     #[command(subcommand)]
