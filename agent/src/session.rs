@@ -523,7 +523,7 @@ pub fn command_term(body: &FromCoordinator) -> Option<u64> {
 
 fn dispatch(state: &mut AgentState, body: FromCoordinator) {
     let command = match body {
-        FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
+        FromCoordinator::Launch(l) => WorkerCommand::Launch(Box::new(l)),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::DumpStacks(d) => WorkerCommand::DumpStacks(d),

@@ -162,7 +162,7 @@ impl Supervisor {
             WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
                 self.stop_current("superseded by a new generation").await;
-                self.launch(launch);
+                self.launch(*launch);
             }
             WorkerCommand::Stop(stop) => {
                 let matches = self.running.as_ref().is_some_and(|r| {
@@ -389,8 +389,12 @@ mod tests {
             ..Default::default()
         };
         // An older coordinator term, then an older generation: nothing starts.
-        supervisor.handle(WorkerCommand::Launch(launch(4, 9))).await;
-        supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(4, 9))))
+            .await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(5, 2))))
+            .await;
         assert!(supervisor.running.is_none());
         assert!(rx.try_recv().is_err());
         // A stop or a fence of an older term is refused too.
@@ -411,7 +415,9 @@ mod tests {
         let on_disk = crate::fencing::store::load(&dir);
         assert_eq!((on_disk.term(), on_disk.generation("j")), (5, 2));
         // The current term and a new generation start a worker.
-        supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(6, 3))))
+            .await;
         assert!(supervisor.running.is_some());
         let on_disk = crate::fencing::store::load(&dir);
         assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));

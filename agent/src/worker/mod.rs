@@ -46,7 +46,7 @@ pub use stacks::find_py_spy;
 /// A command for the supervisor.
 #[derive(Debug)]
 pub enum WorkerCommand {
-    Launch(pb::Launch),
+    Launch(Box<pb::Launch>),
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),
