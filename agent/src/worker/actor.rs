@@ -248,7 +248,13 @@ impl Supervisor {
         );
         // Launchers such as torchrun run their workers in sessions of their own, out of the
         // group's reach: find them now, while they are still the leader's descendants.
-        let tree = crate::proctree::descendants(running.record.pid as i32);
+        let tree: Vec<_> = running
+            .record
+            .processes()
+            .into_iter()
+            .filter_map(|(pid, _)| i32::try_from(pid).ok())
+            .flat_map(crate::proctree::descendants)
+            .collect();
         // A stopped (SIGSTOP) process only acts on SIGTERM once continued.
         let _ = killpg(pgid, Signal::SIGTERM);
         crate::proctree::signal_all(&tree, Signal::SIGTERM);
@@ -423,5 +429,112 @@ mod tests {
         assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
         assert_eq!(supervisor.fencing().term(), 6);
         supervisor.stop_current("test over").await;
+    }
+
+    fn native_launch(script: &str) -> pb::Launch {
+        pb::Launch {
+            job_id: "native".into(),
+            generation: 1,
+            term: 1,
+            node_rank: 1,
+            nnodes: 2,
+            nproc_per_node: 2,
+            master_addr: "10.0.0.1".into(),
+            master_port: 29555,
+            rdzv_id: "native-g1".into(),
+            stop_grace_ms: 2000,
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    /// Waits (bounded) until the worker's log holds `lines` lines that start with `prefix`.
+    async fn log_lines(log: &std::path::Path, prefix: &str, lines: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(String::from)
+                .collect();
+            if found.len() >= lines || tokio::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn worker_exit(rx: &mut mpsc::UnboundedReceiver<pb::AgentMessage>) -> Option<pb::WorkerExited> {
+        std::iter::from_fn(|| rx.try_recv().ok()).find_map(|m| match m.body {
+            Some(ToCoordinator::WorkerEvent(pb::WorkerEvent {
+                kind: Some(pb::worker_event::Kind::Exited(e)),
+                ..
+            })) => Some(e),
+            _ => None,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_native_launcher_starts_every_local_rank_in_one_group_and_stops_them_all() {
+        let dir = crate::testdir::Scratch::new("native");
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        let script = "echo \"rank $RANK/$WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE \
+                      group $GROUP_RANK at $MASTER_ADDR:$MASTER_PORT $TORCHELASTIC_RUN_ID\"; \
+                      exec sleep 30";
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(native_launch(script))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(record.ranks.len(), 2);
+        let mut lines = log_lines(&record.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2/4 local 0/2 group 1 at 10.0.0.1:29555 native-g1",
+                "rank 3/4 local 1/2 group 1 at 10.0.0.1:29555 native-g1",
+            ]
+        );
+        // One process group, led by local rank 0: a stop reaches every rank.
+        for rank in &record.ranks {
+            let pgid = nix::unistd::getpgid(Some(Pid::from_raw(rank.pid as i32))).unwrap();
+            assert_eq!(pgid.as_raw() as u32, record.pid, "rank {}", rank.local_rank);
+        }
+        supervisor.stop_current("test over").await;
+        assert!(!record.is_running(), "every rank is gone after the stop");
+        let exit = worker_exit(&mut rx).expect("the exit is reported");
+        assert!(exit.stopped_by_agent);
+    }
+
+    #[tokio::test]
+    async fn a_failing_rank_ends_the_worker_and_takes_the_other_ranks_with_it() {
+        let dir = crate::testdir::Scratch::new("native-fail");
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        // Local rank 1 fails once both have started; rank 0 would train on.
+        let script = "echo started $LOCAL_RANK; \
+                      if [ \"$LOCAL_RANK\" = 1 ]; then sleep 0.3; exit 3; fi; exec sleep 30";
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(native_launch(script))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        let running = supervisor.running.as_mut().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
+            .await
+            .expect("the failing rank ends the worker")
+            .unwrap();
+        supervisor.on_exit(status).await;
+        let exit = worker_exit(&mut rx).expect("the exit is reported");
+        assert_eq!((exit.code, exit.stopped_by_agent), (Some(3), false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while record.is_running() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!record.is_running(), "rank 0 went with the group");
+        let log = std::fs::read_to_string(&record.log_file).unwrap();
+        assert!(
+            log.contains("holdfast: local rank 1") && log.contains("exit status: 3"),
+            "{log}"
+        );
     }
 }
