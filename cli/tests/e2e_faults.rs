@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
-use holdfast_testkit::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{
+    E2eFault, E2eLauncher, FaultRun, Injection, JobOptions, NetnsCluster, Tools,
+};
 use holdfast_testkit::{self as kit, holdfast_exe, Rig, Scratch};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -27,6 +29,7 @@ struct Case {
     coordinator_args: Vec<String>,
     /// Extra agent flags per node (given the test's directory).
     node_args: fn(&Path, &str) -> Vec<String>,
+    launcher: E2eLauncher,
 }
 
 impl Case {
@@ -38,6 +41,7 @@ impl Case {
             agent_args: &[],
             coordinator_args: Vec::new(),
             node_args: |_, _| Vec::new(),
+            launcher: E2eLauncher::Torchrun,
         }
     }
 }
@@ -65,6 +69,7 @@ fn run_case(
     let options = JobOptions {
         steps: 30,
         prefix: case.name.to_string(),
+        launcher: case.launcher,
         ..Default::default()
     };
     let spec = cluster.job_spec(&options);
@@ -191,20 +196,44 @@ fn host_partitioned_is_fenced_and_replaced() {
 /// A worker fault on a healthy host: the job recovered with an incident of `cause`, restarted
 /// in place on the same hosts.
 fn assert_restarted_in_place(name: &'static str, fault: E2eFault, cause: &str) {
-    let Some((run, options)) = run_case(Case::new(name, fault, 1), |_, _| {}) else {
-        return;
+    assert_restarted_in_place_under(E2eLauncher::Torchrun, name, fault, cause);
+}
+
+fn assert_restarted_in_place_under(
+    launcher: E2eLauncher,
+    name: &'static str,
+    fault: E2eFault,
+    cause: &str,
+) -> Option<FaultRun> {
+    let case = Case {
+        launcher,
+        ..Case::new(name, fault, 1)
     };
+    let (run, options) = run_case(case, |_, _| {})?;
     let incident = assert_recovered(&run, &options, &[cause]);
     assert_eq!(incident.action, "restart_in_place");
     assert!(
         run.job.nodes.contains(&"node-2".to_string()),
         "a healthy host was replaced"
     );
+    Some(run)
 }
 
 #[test]
 fn worker_killed_restarts_in_place() {
     assert_restarted_in_place("worker-kill", E2eFault::WorkerKill, "worker_exited");
+}
+
+/// The same job as `python train_ddp.py` under holdfast's native launcher (no torchrun): the
+/// killed rank's exit is the fault, every rank restarts in place and resumes.
+#[test]
+fn worker_killed_under_the_native_launcher_restarts_in_place() {
+    assert_restarted_in_place_under(
+        E2eLauncher::Native,
+        "native-worker-kill",
+        E2eFault::WorkerKill,
+        "worker_exited",
+    );
 }
 
 #[test]

@@ -99,6 +99,30 @@ pub struct JobOptions {
     pub restart_budget: u32,
     /// Key prefix of the job's checkpoints inside [`BUCKET`].
     pub prefix: String,
+    /// How holdfast starts the ranks on each host.
+    pub launcher: E2eLauncher,
+}
+
+/// How holdfast starts the job's ranks on each host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum E2eLauncher {
+    /// `torchrun` on every host (c10d rendezvous), as an unmodified torchrun job runs.
+    #[default]
+    Torchrun,
+    /// holdfast's native launcher: `python train_ddp.py` per local rank, torchrun's variables.
+    Native,
+    /// The native launcher with warm standby interpreters (torch imported ahead of a relaunch).
+    NativeWarm,
+}
+
+impl E2eLauncher {
+    pub fn name(self) -> &'static str {
+        match self {
+            E2eLauncher::Torchrun => "torchrun",
+            E2eLauncher::Native => "native",
+            E2eLauncher::NativeWarm => "native-warm",
+        }
+    }
 }
 
 impl Default for JobOptions {
@@ -113,6 +137,7 @@ impl Default for JobOptions {
             stall_timeout_s: 6.0,
             restart_budget: 3,
             prefix: "run".into(),
+            launcher: E2eLauncher::Torchrun,
         }
     }
 }
@@ -437,8 +462,36 @@ impl NetnsCluster {
         Ok(training_pids(&self.lab.pids(node)?))
     }
 
-    /// The job spec that runs `train_ddp.py` through torchrun on every host.
+    /// The virtualenv's python (beside its torchrun).
+    pub fn python(&self) -> PathBuf {
+        self.tools.torchrun.with_file_name("python")
+    }
+
+    /// The job spec that runs `train_ddp.py` on every host: through torchrun, or under
+    /// holdfast's native launcher (one rank per host), as `options.launcher` says.
     pub fn job_spec(&self, options: &JobOptions) -> pb::JobSpec {
+        let examples = examples_dir();
+        if options.launcher != E2eLauncher::Torchrun {
+            let mut command = vec![
+                self.python().display().to_string(),
+                examples.join("train_ddp.py").display().to_string(),
+            ];
+            command.extend(options.schedule_args());
+            return pb::JobSpec {
+                command,
+                nproc_per_node: Some(1),
+                warm_imports: if options.launcher == E2eLauncher::NativeWarm {
+                    vec!["torch".into()]
+                } else {
+                    Vec::new()
+                },
+                ..self.torchrun_job_spec(options)
+            };
+        }
+        self.torchrun_job_spec(options)
+    }
+
+    fn torchrun_job_spec(&self, options: &JobOptions) -> pb::JobSpec {
         let examples = examples_dir();
         let mut command: Vec<String> = vec![
             examples.join("torchrun_host.sh").display().to_string(),

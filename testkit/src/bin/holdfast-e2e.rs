@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use holdfast_testkit::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{
+    self, E2eFault, E2eLauncher, Injection, JobOptions, NetnsCluster, Tools,
+};
 use holdfast_testkit::Rig;
 
 #[derive(Parser)]
@@ -23,6 +25,10 @@ struct Args {
     /// Plain `torchrun --max-restarts=3` with c10d rendezvous, no holdfast.
     #[arg(long)]
     baseline: bool,
+    /// How holdfast starts the ranks: through torchrun, its native launcher, or the native
+    /// launcher with warm standby interpreters.
+    #[arg(long, value_enum, default_value_t = E2eLauncher::Torchrun)]
+    mode: E2eLauncher,
     /// Print only the JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -74,10 +80,11 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             if args.baseline {
                 "baseline"
             } else {
-                "holdfast"
+                args.mode.name()
             },
             args.fault.name()
         ),
+        launcher: args.mode,
         ..Default::default()
     };
     let after_step = options.ckpt_every * 3 + 2;
@@ -106,7 +113,9 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 .run_job(spec, Some(injection), bound, |_, _| {})
                 .await
         })??;
-        run.json()
+        let mut line = run.json();
+        line["launcher"] = args.mode.name().into();
+        line
     };
     drop(cluster);
     if !keep {
