@@ -176,7 +176,9 @@ impl E2eFault {
     }
 }
 
-/// The training processes among `pids`: the pythons running `train_ddp.py` (not torchrun).
+/// The training processes among `pids`: the pythons running `train_ddp.py` (not torchrun), and
+/// the agents' standby interpreters that took a launch (their output goes to a worker log; an
+/// idle standby's does not).
 fn training_pids(pids: &[i32]) -> Vec<i32> {
     pids.iter()
         .copied()
@@ -188,8 +190,12 @@ fn training_pids(pids: &[i32]) -> Vec<i32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            args.iter().any(|a| a.ends_with("train_ddp.py"))
-                && !args.iter().any(|a| a.contains("torchrun"))
+            let standby_at_work = args.iter().any(|a| a.ends_with("zygote.py"))
+                && std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                    .is_ok_and(|out| out.to_string_lossy().contains("/logs/"));
+            standby_at_work
+                || (args.iter().any(|a| a.ends_with("train_ddp.py"))
+                    && !args.iter().any(|a| a.contains("torchrun")))
         })
         .collect()
 }

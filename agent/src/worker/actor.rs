@@ -57,6 +57,8 @@ pub struct Supervisor {
     on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
     /// The `py-spy` that dumps a stalled worker's stacks; `None`: stacks are not available.
     py_spy: Option<PathBuf>,
+    /// Interpreters prepared for the next launch of a job that asked for warm imports.
+    pub(super) standby: Option<super::standby::Standby>,
 }
 
 impl Supervisor {
@@ -89,6 +91,7 @@ impl Supervisor {
             snapshot,
             on_fence: None,
             py_spy: None,
+            standby: None,
         }
     }
 
@@ -162,7 +165,7 @@ impl Supervisor {
             WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
                 self.stop_current("superseded by a new generation").await;
-                self.launch(*launch);
+                self.launch(*launch).await;
             }
             WorkerCommand::Stop(stop) => {
                 let matches = self.running.as_ref().is_some_and(|r| {
@@ -178,6 +181,7 @@ impl Supervisor {
             WorkerCommand::Fence(fence) => {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
+                self.discard_standby();
                 self.run_on_fence(&fence);
             }
         }
@@ -299,6 +303,10 @@ impl Supervisor {
         use std::os::unix::process::ExitStatusExt;
         let (code, signal) = status.map_or((None, None), |s| (s.code(), s.signal()));
         let stopped = running.stop_requested.load(Ordering::SeqCst);
+        if !stopped && status.is_some_and(|s| s.success()) {
+            // The job is done on this node: no relaunch will come for the standbys.
+            self.discard_standby();
+        }
         tracing::info!(
             job = running.record.job_id,
             generation = running.record.generation,
@@ -536,5 +544,88 @@ mod tests {
             log.contains("holdfast: local rank 1") && log.contains("exit status: 3"),
             "{log}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_relaunch_runs_on_the_standby_interpreters_with_the_imports_done() {
+        let dir = crate::testdir::Scratch::new("standby");
+        let (mut supervisor, _rx) = supervisor(&dir);
+        // A module the standby itself never needs: imported only because the job asked.
+        let module = "xml.dom.minidom";
+        let script = dir.join("train.py");
+        std::fs::write(
+            &script,
+            format!(
+                "import os, sys, time\n\
+                 print('rank', os.environ['RANK'], 'generation', os.environ['HOLDFAST_GENERATION'],\n\
+                       'warm', {module:?} in sys.modules, 'args', sys.argv[1:], flush=True)\n\
+                 time.sleep(30)\n"
+            ),
+        )
+        .unwrap();
+        let launch = |generation| pb::Launch {
+            generation,
+            rdzv_id: format!("native-g{generation}"),
+            warm_imports: vec![module.into()],
+            command: vec![
+                "python3".into(),
+                script.display().to_string(),
+                "--steps".into(),
+                "{generation}".into(),
+            ],
+            ..native_launch("")
+        };
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(1))))
+            .await;
+        let first = supervisor.running.as_ref().unwrap().record.clone();
+        let mut lines = log_lines(&first.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2 generation 1 warm False args ['--steps', '1']",
+                "rank 3 generation 1 warm False args ['--steps', '1']",
+            ],
+            "the first generation starts cold"
+        );
+        // Standbys were started for the next generation; they take its ranks.
+        let standby_leader = supervisor.standby.as_ref().and_then(|s| s.leader());
+        assert!(standby_leader.is_some());
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(2))))
+            .await;
+        let second = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(Some(second.pid), standby_leader);
+        let mut lines = log_lines(&second.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2 generation 2 warm True args ['--steps', '2']",
+                "rank 3 generation 2 warm True args ['--steps', '2']",
+            ]
+        );
+        assert!(!first.is_running(), "the first generation was stopped");
+        // A fence ends the workers and the standbys prepared after the second launch.
+        let next_standby = supervisor
+            .standby
+            .as_ref()
+            .and_then(|s| s.leader())
+            .unwrap();
+        supervisor
+            .handle(WorkerCommand::Fence(pb::Fence {
+                term: 1,
+                ..Default::default()
+            }))
+            .await;
+        assert!(supervisor.standby.is_none());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while (second.is_running() || record::is_running(next_standby, 0))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!second.is_running() && !record::is_running(next_standby, 0));
     }
 }

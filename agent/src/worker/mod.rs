@@ -19,6 +19,7 @@
 //! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
 //! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
 //! - `native.rs` — the native launcher: one process per local rank with torchrun's variables.
+//! - `standby.rs` — warm standby interpreters (modules imported) that take the next launch.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
 //! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
 //! - `stacks.rs` — `py-spy dump` of a stalled worker's Python processes.
@@ -35,6 +36,7 @@ pub mod placeholders;
 mod record;
 mod spawn;
 mod stacks;
+mod standby;
 
 use holdfast_proto::v1 as pb;
 
