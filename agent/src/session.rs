@@ -128,7 +128,8 @@ pub async fn run_with_outbox(
         snapshot.clone(),
     )
     .with_on_fence(scripts.clone(), config.on_fence_timeout_ms)
-    .with_py_spy(crate::worker::find_py_spy(&config.py_spy));
+    .with_py_spy(crate::worker::find_py_spy(&config.py_spy))
+    .with_standby(crate::worker::configured_standby(&config));
     supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {

@@ -59,6 +59,8 @@ pub struct Supervisor {
     py_spy: Option<PathBuf>,
     /// Interpreters prepared for the next launch of a job that asked for warm imports.
     pub(super) standby: Option<super::standby::Standby>,
+    /// The standbys the agent's config keeps whenever no worker runs (`standby_python`).
+    configured_standby: Option<super::StandbyKey>,
 }
 
 impl Supervisor {
@@ -92,6 +94,7 @@ impl Supervisor {
             on_fence: None,
             py_spy: None,
             standby: None,
+            configured_standby: None,
         }
     }
 
@@ -101,12 +104,33 @@ impl Supervisor {
         self
     }
 
+    /// Keeps the standbys `key` describes whenever no worker runs (the agent's config).
+    pub fn with_standby(mut self, key: Option<super::StandbyKey>) -> Supervisor {
+        self.configured_standby = key;
+        self
+    }
+
+    /// Starts the configured standbys if nothing runs and none wait.
+    fn refill_standby(&mut self) {
+        let Some(key) = self.configured_standby.clone() else {
+            return;
+        };
+        if self.running.is_some() || self.standby.is_some() {
+            return;
+        }
+        match super::standby::Standby::start(key, &self.state_dir) {
+            Ok(standby) => self.standby = Some(standby),
+            Err(e) => tracing::warn!("cannot start the configured standby interpreters: {e}"),
+        }
+    }
+
     /// The fencing state (loaded from `state_dir`), for the session to decide through.
     pub fn fencing(&self) -> SharedFencing {
         self.fencing.clone()
     }
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
+        self.refill_standby();
         loop {
             let exited = async {
                 match self.running.as_mut() {
@@ -306,6 +330,7 @@ impl Supervisor {
         if !stopped && status.is_some_and(|s| s.success()) {
             // The job is done on this node: no relaunch will come for the standbys.
             self.discard_standby();
+            self.refill_standby();
         }
         tracing::info!(
             job = running.record.job_id,
@@ -546,12 +571,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_relaunch_runs_on_the_standby_interpreters_with_the_imports_done() {
-        let dir = crate::testdir::Scratch::new("standby");
-        let (mut supervisor, _rx) = supervisor(&dir);
-        // A module the standby itself never needs: imported only because the job asked.
-        let module = "xml.dom.minidom";
+    /// A module the standby itself never needs: imported only because the job asked.
+    const WARM_MODULE: &str = "xml.dom.minidom";
+
+    /// A training script that prints its rank, generation, whether [`WARM_MODULE`] was
+    /// imported before it started, and its arguments; and a warm launch of it.
+    fn warm_job(dir: &std::path::Path) -> impl Fn(u64) -> pb::Launch {
+        let module = WARM_MODULE;
         let script = dir.join("train.py");
         std::fs::write(
             &script,
@@ -563,7 +589,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let launch = |generation| pb::Launch {
+        move |generation| pb::Launch {
             generation,
             rdzv_id: format!("native-g{generation}"),
             warm_imports: vec![module.into()],
@@ -574,7 +600,14 @@ mod tests {
                 "{generation}".into(),
             ],
             ..native_launch("")
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relaunch_runs_on_the_standby_interpreters_with_the_imports_done() {
+        let dir = crate::testdir::Scratch::new("standby");
+        let (mut supervisor, _rx) = supervisor(&dir);
+        let launch = warm_job(&dir);
         supervisor
             .handle(WorkerCommand::Launch(Box::new(launch(1))))
             .await;
@@ -627,5 +660,32 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!second.is_running() && !record::is_running(next_standby, 0));
+    }
+
+    #[tokio::test]
+    async fn standbys_the_config_asks_for_wait_from_the_start_and_take_the_first_launch() {
+        let dir = crate::testdir::Scratch::new("standby-config");
+        let (supervisor, _rx) = supervisor(&dir);
+        let mut supervisor = supervisor.with_standby(Some(super::super::StandbyKey {
+            python: "python3".into(),
+            imports: vec![WARM_MODULE.into()],
+            nproc_per_node: 2,
+        }));
+        supervisor.refill_standby();
+        let leader = supervisor.standby.as_ref().and_then(|s| s.leader());
+        assert!(leader.is_some(), "standbys wait before any launch");
+        let launch = warm_job(&dir);
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(1))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(Some(record.pid), leader);
+        let lines = log_lines(&record.log_file, "rank ", 2).await;
+        assert!(
+            lines.len() == 2 && lines.iter().all(|l| l.contains("warm True")),
+            "{lines:?}"
+        );
+        supervisor.stop_current("test over").await;
+        supervisor.discard_standby();
     }
 }

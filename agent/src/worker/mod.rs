@@ -46,6 +46,7 @@ pub use follow::parse_step;
 pub use placeholders::{placeholders, substitute};
 pub use record::{RankProcess, WorkerRecord};
 pub use stacks::find_py_spy;
+pub use standby::{configured_standby, StandbyKey};
 
 /// A command for the supervisor.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ const ZYGOTE: &str = include_str!("../../../python/holdfast/zygote.py");
 
 /// What a standby was prepared for: a launch can use it only if all of these match.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct StandbyKey {
+pub struct StandbyKey {
     /// The interpreter, as the command names it (`argv[0]`).
     pub(super) python: String,
     pub(super) imports: Vec<String>,
@@ -48,6 +48,15 @@ impl StandbyKey {
             },
         )
     }
+}
+
+/// The standbys `config` asks for from the start, if any.
+pub fn configured_standby(config: &crate::AgentConfig) -> Option<StandbyKey> {
+    (!config.standby_python.as_os_str().is_empty()).then(|| StandbyKey {
+        python: config.standby_python.display().to_string(),
+        imports: config.standby_imports.clone(),
+        nproc_per_node: config.standby_ranks,
+    })
 }
 
 /// One standby interpreter per local rank, idle until a launch takes them.

@@ -92,12 +92,18 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let line = if args.baseline {
         e2e::run_baseline(&mut cluster, &options, args.fault, after_step, bound)?.json()
     } else {
-        let agent_args: &[&str] = if args.fault == E2eFault::Xid {
-            &["--enable-fault-injection"]
-        } else {
-            &[]
-        };
-        cluster.start_nodes(options.nodes as usize, 1, agent_args)?;
+        let mut agent_args: Vec<String> = Vec::new();
+        if args.fault == E2eFault::Xid {
+            agent_args.push("--enable-fault-injection".into());
+        }
+        if args.mode == E2eLauncher::NativeWarm {
+            // Every agent keeps standbys from the start: the spare's too, so a replacement
+            // launch is as warm as a restart in place.
+            agent_args.push("--standby-python".into());
+            agent_args.push(cluster.python().display().to_string());
+        }
+        let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+        cluster.start_nodes(options.nodes as usize, 1, &agent_args)?;
         let spec = cluster.job_spec(&options);
         let injection = Injection {
             fault: args.fault,
