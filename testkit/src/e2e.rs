@@ -254,6 +254,80 @@ impl FaultRun {
     }
 }
 
+impl FaultRun {
+    /// Where the time from the fault to the first step went, in seconds, from the incident's
+    /// times and the `phase NAME UNIX_S` lines `train_ddp.py` prints (the latest rank of the
+    /// first generation after the fault; its worker logs are under `nodes_dir/*/logs`):
+    /// detect (fault → incident), stop (→ the failed generation stopped, the node fenced),
+    /// spawn (→ every rank's script running: replacement, launch, process start), imports
+    /// (→ torch imported), rendezvous (→ process group joined), state (→ checkpoint loaded),
+    /// first_step (→ the first step past it). Null where a time is missing.
+    pub fn phases(&self, nodes_dir: &Path) -> serde_json::Value {
+        let Some(incident) = self.incident() else {
+            return serde_json::Value::Null;
+        };
+        let marks = phase_marks(nodes_dir, 2);
+        let ms = |v: i64| (v > 0).then_some(v as f64 / 1000.0);
+        let times = [
+            ms(self.fault_at.max(0)),
+            ms(incident.detected_unix_ms),
+            ms(incident.fenced_unix_ms),
+            marks.get("start").copied(),
+            marks.get("imports").copied(),
+            marks.get("rendezvous").copied(),
+            marks.get("state").copied(),
+            ms(incident.resumed_unix_ms),
+        ];
+        let names = [
+            "detect",
+            "stop",
+            "spawn",
+            "imports",
+            "rendezvous",
+            "state",
+            "first_step",
+        ];
+        let mut phases = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let span = match (times[i], times[i + 1]) {
+                (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
+                _ => None,
+            };
+            phases.insert((*name).into(), span.into());
+        }
+        phases.into()
+    }
+}
+
+/// The latest time each `phase NAME UNIX_S` line was printed by a rank of `generation`, from
+/// the worker logs (`<job>-g<generation>-r<rank>.log`) under `nodes_dir/*/logs`.
+fn phase_marks(nodes_dir: &Path, generation: u64) -> BTreeMap<String, f64> {
+    let mut marks: BTreeMap<String, f64> = BTreeMap::new();
+    let tag = format!("-g{generation}-r");
+    let nodes = std::fs::read_dir(nodes_dir).into_iter().flatten().flatten();
+    for node in nodes {
+        let logs = std::fs::read_dir(node.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for log in logs.filter(|l| l.file_name().to_string_lossy().contains(&tag)) {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            for line in text.lines() {
+                let mut words = line.split_whitespace();
+                if let (Some("phase"), Some(name), Some(Ok(at))) = (
+                    words.next(),
+                    words.next(),
+                    words.next().map(str::parse::<f64>),
+                ) {
+                    let latest = marks.entry(name.to_string()).or_insert(at);
+                    *latest = latest.max(at);
+                }
+            }
+        }
+    }
+    marks
+}
+
 /// The line `scripts/bench-e2e.sh` prints.
 pub fn bench_json(
     mode: &str,

@@ -121,6 +121,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         })??;
         let mut line = run.json();
         line["launcher"] = args.mode.name().into();
+        line["phases"] = run.phases(&cluster.dir.join("nodes"));
         line
     };
     drop(cluster);
