@@ -103,6 +103,10 @@ pub struct JobOptions {
     pub launcher: E2eLauncher,
 }
 
+/// What `train_ddp.py` imports that a warm standby can do ahead: torch, the compiler stack
+/// torch loads lazily on the optimizer's first use (over a second here), and boto3 for S3.
+pub const WARM_IMPORTS: [&str; 3] = ["torch", "torch._dynamo", "boto3"];
+
 /// How holdfast starts the job's ranks on each host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum E2eLauncher {
@@ -561,7 +565,7 @@ impl NetnsCluster {
                 command,
                 nproc_per_node: Some(1),
                 warm_imports: if options.launcher == E2eLauncher::NativeWarm {
-                    vec!["torch".into()]
+                    WARM_IMPORTS.map(String::from).to_vec()
                 } else {
                     Vec::new()
                 },

@@ -58,6 +58,10 @@ pub struct Args {
     /// deploy/agent.toml), so a spare taking over a native-launcher job skips its imports.
     #[arg(long)]
     standby_python: Option<PathBuf>,
+    /// The modules those standbys import, comma-separated (default: torch); a launch uses them
+    /// only if its job's --warm-imports are the same.
+    #[arg(long, value_delimiter = ',')]
+    standby_imports: Option<Vec<String>>,
     /// Allow a plain http:// coordinator on another host (a lab: commands then arrive
     /// unauthenticated and run as root here).
     #[arg(long)]
@@ -107,6 +111,7 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
     set(&mut config.metrics_listen, args.metrics_listen);
     set(&mut config.script_dir, args.script_dir);
     set(&mut config.standby_python, args.standby_python);
+    set(&mut config.standby_imports, args.standby_imports);
     config.fault_injection |= args.enable_fault_injection;
     config.insecure |= args.insecure;
     Ok(config)

@@ -101,6 +101,8 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             // launch is as warm as a restart in place.
             agent_args.push("--standby-python".into());
             agent_args.push(cluster.python().display().to_string());
+            agent_args.push("--standby-imports".into());
+            agent_args.push(e2e::WARM_IMPORTS.join(","));
         }
         let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
         cluster.start_nodes(options.nodes as usize, 1, &agent_args)?;
