@@ -11,19 +11,28 @@ Checkpoints go to `s3://bucket/prefix` (endpoint and credentials from the standa
 variables, AWS_ENDPOINT_URL included) or to a `file://` prefix. On start the job resumes from
 HOLDFAST_RESUME_FROM when holdfast sets it; with `--resume-latest` (for runs without holdfast) it
 looks for the newest complete checkpoint itself.
-"""
-import argparse
-import io
-import json
-import os
-import sys
-import time
-from urllib.parse import urlparse
 
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+For the benchmarks each rank prints `phase NAME UNIX_SECONDS` as it starts (`start`, before the
+torch import), has imported torch (`imports`), joined the process group (`rendezvous`) and
+loaded its state (`state`).
+"""
+import time
+
+STARTED = time.time()  # before the imports, which a warm standby has done already
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+IMPORTED = time.time()
 
 MARKER = "COMPLETE"
 
@@ -100,7 +109,14 @@ def open_resume(uri):
     return Store(parent), name
 
 
+def phase(name, at=None):
+    """One line the benchmarks read: this rank reached `name` at `at` (now by default)."""
+    print(f"phase {name} {time.time() if at is None else at:.3f}", flush=True)
+
+
 def main():
+    phase("start", STARTED)
+    phase("imports", IMPORTED)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=60, help="last step")
     parser.add_argument("--step-time", type=float, default=0.2, help="minimum seconds per step")
@@ -110,6 +126,7 @@ def main():
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
+    phase("rendezvous")
     rank, world = dist.get_rank(), dist.get_world_size()
     generation = int(os.environ.get("HOLDFAST_GENERATION", "0"))
     torch.manual_seed(0)
@@ -132,6 +149,7 @@ def main():
         print(f"rank {rank}/{world} generation {generation}: resumed from {resume} at step {step}", flush=True)
     else:
         print(f"rank {rank}/{world} generation {generation}: fresh start", flush=True)
+    phase("state")
 
     while step < args.steps:
         started = time.monotonic()

@@ -82,6 +82,16 @@ pub struct AgentConfig {
     /// The `py-spy` that dumps a stalled worker's Python stacks for the incident; empty = the
     /// one on `PATH`, and without one stacks are "not available".
     pub py_spy: PathBuf,
+    /// Warm standby interpreters kept from the start, before any job asks for them: a spare
+    /// that takes over a native-launcher job with `warm_imports` then skips the imports too.
+    /// The interpreter the job's command names (its first word, e.g. `/opt/venv/bin/python`);
+    /// empty = none until a job asks (a job with `warm_imports` gets them after its launches).
+    pub standby_python: PathBuf,
+    /// The modules the configured standbys import; a launch uses them only if its job's
+    /// `warm_imports` are the same.
+    pub standby_imports: Vec<String>,
+    /// How many configured standbys (a launch uses them only if its `nproc_per_node` is this).
+    pub standby_ranks: u32,
     /// PEM CA that signed the coordinator's certificate; required with `https://` coordinator
     /// addresses (TLS on), empty with `http://` ones.
     pub tls_ca_file: PathBuf,
@@ -129,6 +139,9 @@ impl Default for AgentConfig {
             script_dir: PathBuf::new(),
             on_fence_timeout_ms: 60_000,
             py_spy: PathBuf::new(),
+            standby_python: PathBuf::new(),
+            standby_imports: vec!["torch".into()],
+            standby_ranks: 1,
             tls_ca_file: PathBuf::new(),
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
@@ -194,6 +207,21 @@ impl AgentConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        if !self.standby_python.as_os_str().is_empty() {
+            if !self.standby_python.is_absolute() {
+                return Err(invalid("standby_python", "must be an absolute path"));
+            }
+            let max = holdfast_core::job::MAX_NPROC_PER_NODE;
+            if !(1..=max).contains(&self.standby_ranks) {
+                return Err(invalid("standby_ranks", &format!("must be 1 to {max}")));
+            }
+            if self.standby_imports.is_empty() {
+                return Err(invalid(
+                    "standby_imports",
+                    "must name at least one module (what else would a standby save?)",
+                ));
+            }
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
             return Err(invalid(
@@ -360,6 +388,15 @@ mod tests {
                 ("mounts", |c| c.mounts = vec!["scratch".into()]),
                 ("metrics_listen", |c| c.metrics_listen = "9101".into()),
                 ("on_fence_timeout_ms", |c| c.on_fence_timeout_ms = 0),
+                ("standby_python", |c| c.standby_python = "python3".into()),
+                ("standby_ranks", |c| {
+                    c.standby_python = "/usr/bin/python3".into();
+                    c.standby_ranks = 0;
+                }),
+                ("standby_imports", |c| {
+                    c.standby_python = "/usr/bin/python3".into();
+                    c.standby_imports = Vec::new();
+                }),
             ],
             AgentConfig::validate,
         );

@@ -128,7 +128,8 @@ pub async fn run_with_outbox(
         snapshot.clone(),
     )
     .with_on_fence(scripts.clone(), config.on_fence_timeout_ms)
-    .with_py_spy(crate::worker::find_py_spy(&config.py_spy));
+    .with_py_spy(crate::worker::find_py_spy(&config.py_spy))
+    .with_standby(crate::worker::configured_standby(&config));
     supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {
@@ -523,7 +524,7 @@ pub fn command_term(body: &FromCoordinator) -> Option<u64> {
 
 fn dispatch(state: &mut AgentState, body: FromCoordinator) {
     let command = match body {
-        FromCoordinator::Launch(l) => WorkerCommand::Launch(l),
+        FromCoordinator::Launch(l) => WorkerCommand::Launch(Box::new(l)),
         FromCoordinator::Stop(s) => WorkerCommand::Stop(s),
         FromCoordinator::Fence(f) => WorkerCommand::Fence(f),
         FromCoordinator::DumpStacks(d) => WorkerCommand::DumpStacks(d),

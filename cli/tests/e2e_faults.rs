@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
-use holdfast_testkit::e2e::{E2eFault, FaultRun, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{
+    E2eFault, E2eLauncher, FaultRun, Injection, JobOptions, NetnsCluster, Tools,
+};
 use holdfast_testkit::{self as kit, holdfast_exe, Rig, Scratch};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -27,6 +29,7 @@ struct Case {
     coordinator_args: Vec<String>,
     /// Extra agent flags per node (given the test's directory).
     node_args: fn(&Path, &str) -> Vec<String>,
+    launcher: E2eLauncher,
 }
 
 impl Case {
@@ -38,6 +41,7 @@ impl Case {
             agent_args: &[],
             coordinator_args: Vec::new(),
             node_args: |_, _| Vec::new(),
+            launcher: E2eLauncher::Torchrun,
         }
     }
 }
@@ -47,7 +51,7 @@ impl Case {
 fn run_case(
     case: Case,
     on_message: impl FnMut(&mut NetnsCluster, &pb::Job),
-) -> Option<(FaultRun, JobOptions)> {
+) -> Option<(FaultRun, JobOptions, Vec<String>)> {
     let tools = Tools::for_tests(holdfast_exe!())?;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new(&format!("e2e-{}", case.name));
@@ -65,6 +69,7 @@ fn run_case(
     let options = JobOptions {
         steps: 30,
         prefix: case.name.to_string(),
+        launcher: case.launcher,
         ..Default::default()
     };
     let spec = cluster.job_spec(&options);
@@ -114,8 +119,11 @@ fn run_case(
             })
         });
     }
+    let agent_logs = ["node-1", "node-2"]
+        .map(|node| std::fs::read_to_string(cluster.log_path(node)).unwrap_or_default())
+        .to_vec();
     drop(cluster);
-    Some((run, options))
+    Some((run, options, agent_logs))
 }
 
 /// The job succeeded at its last step, and the fault's incident has `cause`, resumed from the
@@ -163,7 +171,8 @@ fn assert_recovered(run: &FaultRun, options: &JobOptions, causes: &[&str]) -> pb
 
 #[test]
 fn host_killed_is_replaced_by_a_spare() {
-    let Some((run, options)) = run_case(Case::new("host-kill", E2eFault::HostKill, 1), |_, _| {})
+    let Some((run, options, _)) =
+        run_case(Case::new("host-kill", E2eFault::HostKill, 1), |_, _| {})
     else {
         return;
     };
@@ -173,7 +182,7 @@ fn host_killed_is_replaced_by_a_spare() {
 
 #[test]
 fn host_partitioned_is_fenced_and_replaced() {
-    let Some((run, options)) = run_case(
+    let Some((run, options, _)) = run_case(
         Case::new("host-partition", E2eFault::HostPartition, 1),
         |_, _| {},
     ) else {
@@ -191,20 +200,55 @@ fn host_partitioned_is_fenced_and_replaced() {
 /// A worker fault on a healthy host: the job recovered with an incident of `cause`, restarted
 /// in place on the same hosts.
 fn assert_restarted_in_place(name: &'static str, fault: E2eFault, cause: &str) {
-    let Some((run, options)) = run_case(Case::new(name, fault, 1), |_, _| {}) else {
-        return;
+    assert_restarted_in_place_under(E2eLauncher::Torchrun, name, fault, cause);
+}
+
+/// [`assert_restarted_in_place`] with the ranks started by `launcher`; gives the agents' logs
+/// of node-1 and node-2 (`None`: the tier is skipped).
+fn assert_restarted_in_place_under(
+    launcher: E2eLauncher,
+    name: &'static str,
+    fault: E2eFault,
+    cause: &str,
+) -> Option<Vec<String>> {
+    let case = Case {
+        launcher,
+        ..Case::new(name, fault, 1)
     };
+    let (run, options, agent_logs) = run_case(case, |_, _| {})?;
     let incident = assert_recovered(&run, &options, &[cause]);
     assert_eq!(incident.action, "restart_in_place");
     assert!(
         run.job.nodes.contains(&"node-2".to_string()),
         "a healthy host was replaced"
     );
+    Some(agent_logs)
 }
 
 #[test]
 fn worker_killed_restarts_in_place() {
     assert_restarted_in_place("worker-kill", E2eFault::WorkerKill, "worker_exited");
+}
+
+/// The same job as `python train_ddp.py` under holdfast's native launcher (no torchrun), with
+/// warm standby interpreters: the killed rank's exit is the fault, every rank restarts in place
+/// on a standby that had torch imported, and the job resumes.
+#[test]
+fn worker_killed_under_the_native_launcher_restarts_in_place_on_warm_standbys() {
+    let Some(agent_logs) = assert_restarted_in_place_under(
+        E2eLauncher::NativeWarm,
+        "native-worker-kill",
+        E2eFault::WorkerKill,
+        "worker_exited",
+    ) else {
+        return;
+    };
+    assert!(
+        agent_logs
+            .iter()
+            .all(|log| log.contains("ranks start on warm standby interpreters")),
+        "a relaunch did not use the standbys"
+    );
 }
 
 #[test]
@@ -217,7 +261,7 @@ fn worker_hung_is_detected_by_its_stalled_progress() {
 #[test]
 fn no_spare_left_waits_and_says_so_then_resumes_when_one_registers() {
     let mut spare_added = false;
-    let Some((run, options)) = run_case(
+    let Some((run, options, _)) = run_case(
         Case::new("no-spare", E2eFault::HostKill, 0),
         |cluster, job| {
             if !spare_added && job.message.starts_with("waiting") {
@@ -241,7 +285,7 @@ fn no_spare_left_waits_and_says_so_then_resumes_when_one_registers() {
 
 #[test]
 fn fatal_xid_fences_the_host_and_a_spare_takes_over() {
-    let Some((run, options)) = run_case(
+    let Some((run, options, _)) = run_case(
         Case {
             agent_args: &["--enable-fault-injection"],
             ..Case::new("xid", E2eFault::Xid, 1)
@@ -293,7 +337,7 @@ fn a_replacement_failing_its_deep_check_is_fenced_and_the_next_spare_is_used() {
     };
     let result = run_case(case, |_, _| {});
     let _ = std::fs::remove_file(&config);
-    let Some((run, options)) = result else {
+    let Some((run, options, _)) = result else {
         return;
     };
     let incident = assert_recovered(&run, &options, &["agent_lost", "heartbeat_timeout"]);

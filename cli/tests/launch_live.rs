@@ -91,3 +91,38 @@ async fn launch_shows_live_progress_on_a_terminal_and_plain_lines_otherwise() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_refuses_a_native_launcher_of_no_ranks_or_too_many_naming_the_field() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("launch-nproc");
+    let cluster = local_cluster(exe, &dir, &[], 1, 0).await;
+    for (flags, expected) in [
+        (
+            &["--nproc-per-node", "0"][..],
+            "nproc_per_node must be 1 to 256, got 0",
+        ),
+        (
+            &["--nproc-per-node", "300"][..],
+            "nproc_per_node must be 1 to 256, got 300",
+        ),
+        (
+            &["--warm-imports"][..],
+            "warm_imports needs the native launcher",
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            kit::run_async(
+                tokio::process::Command::new(exe)
+                    .args(["launch", "--nodes", "1", "--coordinator", &cluster.addr])
+                    .args(flags)
+                    .args(["--", "python3", "train.py"]),
+            ),
+        )
+        .await
+        .expect("launch answered in time");
+        assert!(!out.ok(), "{flags:?} was accepted: {}", out.stdout);
+        assert!(out.stderr.contains(expected), "{flags:?}: {}", out.stderr);
+    }
+}

@@ -10,7 +10,7 @@ use holdfast_proto::v1 as pb;
 
 use holdfast_core::cluster::{NodeRecord, Role};
 use holdfast_core::incident::Incident;
-use holdfast_core::job::{Job, JobState};
+use holdfast_core::job::{Job, JobState, Launcher};
 use holdfast_core::node::NodeState;
 use holdfast_core::JobId;
 
@@ -51,6 +51,14 @@ pub fn job(job: &Job) -> pb::Job {
             total_steps: job.spec.total_steps,
             min_nodes: job.spec.min_nodes,
             progress_vouches: Some(job.spec.progress_vouches),
+            nproc_per_node: match &job.spec.launcher {
+                Launcher::Command => None,
+                Launcher::Native { nproc_per_node, .. } => Some(*nproc_per_node),
+            },
+            warm_imports: match &job.spec.launcher {
+                Launcher::Command => Vec::new(),
+                Launcher::Native { warm_imports, .. } => warm_imports.clone(),
+            },
         }),
         state: job.state.name().into(),
         state_enum: pb::JobState::from_name(job.state.name()) as i32,

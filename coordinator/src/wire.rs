@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use holdfast_core::cluster::{CheckReport, GpuInfo, Hello, Role};
 use holdfast_core::evidence::{ProcessState, WorkerEvidence};
-use holdfast_core::job::Job;
+use holdfast_core::job::{Job, Launcher};
 use holdfast_core::protocol::{
     AgentCommand, ClockEcho, CommandResult, Event, HealthAction, HealthCheck, HealthState,
     HealthSummary, JobRequest, Progress, Subject, Welcome, WorkerEvent, WorkerEventKind,
@@ -108,6 +108,14 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
             progress_regex: l.progress_regex,
             stop_grace_ms: l.stop_grace_ms,
             term: l.term.into(),
+            nproc_per_node: match &l.launcher {
+                Launcher::Command => 0,
+                Launcher::Native { nproc_per_node, .. } => *nproc_per_node,
+            },
+            warm_imports: match l.launcher {
+                Launcher::Command => Vec::new(),
+                Launcher::Native { warm_imports, .. } => warm_imports,
+            },
         }),
         AgentCommand::Stop(s) => ToAgent::Stop(pb::Stop {
             job_id: s.job_id.into(),
@@ -276,6 +284,8 @@ pub fn job_request(spec: pb::JobSpec) -> JobRequest {
         total_steps: spec.total_steps,
         min_nodes: spec.min_nodes,
         progress_vouches: spec.progress_vouches,
+        nproc_per_node: spec.nproc_per_node,
+        warm_imports: spec.warm_imports,
     }
 }
 

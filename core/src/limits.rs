@@ -215,6 +215,22 @@ pub fn check_job_request(request: &JobRequest) -> Result<(), CoreError> {
             "progress_regex",
             at_most_bytes(request.progress_regex.len(), MAX_JOB_FIELD),
         ),
+        (
+            "warm_imports",
+            at_most(
+                request.warm_imports.len(),
+                MAX_COMMAND_ARGS,
+                "has",
+                "modules",
+            ),
+        ),
+        (
+            "warm_imports",
+            at_most_bytes(
+                request.warm_imports.iter().map(String::len).sum(),
+                MAX_JOB_FIELD,
+            ),
+        ),
     ];
     for (field, size) in sizes {
         size.map_err(|reason| invalid(field, reason))?;

@@ -98,6 +98,8 @@ pub struct Launch {
     pub stop_grace_ms: u64,
     /// The coordinator's term.
     pub term: Term,
+    /// How the agent starts the command: as given, or one process per local rank.
+    pub launcher: crate::job::Launcher,
 }
 
 /// Stop a job's workers on one node.
@@ -326,6 +328,11 @@ pub struct JobRequest {
     /// Whether progress vouches for a silent node's liveness (unset: yes; see
     /// [`crate::job::JobSpec::progress_vouches`]).
     pub progress_vouches: Option<bool>,
+    /// Ranks per node under holdfast's native launcher (unset: the command is its own
+    /// launcher, e.g. torchrun).
+    pub nproc_per_node: Option<u32>,
+    /// Modules standby interpreters import ahead of a relaunch (native launcher only).
+    pub warm_imports: Vec<String>,
 }
 
 /// What kind of thing an [`Event`] tells.

@@ -99,6 +99,34 @@ pub struct JobOptions {
     pub restart_budget: u32,
     /// Key prefix of the job's checkpoints inside [`BUCKET`].
     pub prefix: String,
+    /// How holdfast starts the ranks on each host.
+    pub launcher: E2eLauncher,
+}
+
+/// What `train_ddp.py` imports that a warm standby can do ahead: torch, the compiler stack
+/// torch loads lazily on the optimizer's first use (over a second here), and boto3 for S3.
+pub const WARM_IMPORTS: [&str; 3] = ["torch", "torch._dynamo", "boto3"];
+
+/// How holdfast starts the job's ranks on each host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum E2eLauncher {
+    /// `torchrun` on every host (c10d rendezvous), as an unmodified torchrun job runs.
+    #[default]
+    Torchrun,
+    /// holdfast's native launcher: `python train_ddp.py` per local rank, torchrun's variables.
+    Native,
+    /// The native launcher with warm standby interpreters (torch imported ahead of a relaunch).
+    NativeWarm,
+}
+
+impl E2eLauncher {
+    pub fn name(self) -> &'static str {
+        match self {
+            E2eLauncher::Torchrun => "torchrun",
+            E2eLauncher::Native => "native",
+            E2eLauncher::NativeWarm => "native-warm",
+        }
+    }
 }
 
 impl Default for JobOptions {
@@ -113,6 +141,7 @@ impl Default for JobOptions {
             stall_timeout_s: 6.0,
             restart_budget: 3,
             prefix: "run".into(),
+            launcher: E2eLauncher::Torchrun,
         }
     }
 }
@@ -151,7 +180,9 @@ impl E2eFault {
     }
 }
 
-/// The training processes among `pids`: the pythons running `train_ddp.py` (not torchrun).
+/// The training processes among `pids`: the pythons running `train_ddp.py` (not torchrun), and
+/// the agents' standby interpreters that took a launch (their output goes to a worker log; an
+/// idle standby's does not).
 fn training_pids(pids: &[i32]) -> Vec<i32> {
     pids.iter()
         .copied()
@@ -163,8 +194,12 @@ fn training_pids(pids: &[i32]) -> Vec<i32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            args.iter().any(|a| a.ends_with("train_ddp.py"))
-                && !args.iter().any(|a| a.contains("torchrun"))
+            let standby_at_work = args.iter().any(|a| a.ends_with("zygote.py"))
+                && std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                    .is_ok_and(|out| out.to_string_lossy().contains("/logs/"));
+            standby_at_work
+                || (args.iter().any(|a| a.ends_with("train_ddp.py"))
+                    && !args.iter().any(|a| a.contains("torchrun")))
         })
         .collect()
 }
@@ -221,6 +256,80 @@ impl FaultRun {
             self.recovered(),
         )
     }
+}
+
+impl FaultRun {
+    /// Where the time from the fault to the first step went, in seconds, from the incident's
+    /// times and the `phase NAME UNIX_S` lines `train_ddp.py` prints (the latest rank of the
+    /// first generation after the fault; its worker logs are under `nodes_dir/*/logs`):
+    /// detect (fault → incident), stop (→ the failed generation stopped, the node fenced),
+    /// spawn (→ every rank's script running: replacement, launch, process start), imports
+    /// (→ torch imported), rendezvous (→ process group joined), state (→ checkpoint loaded),
+    /// first_step (→ the first step past it). Null where a time is missing.
+    pub fn phases(&self, nodes_dir: &Path) -> serde_json::Value {
+        let Some(incident) = self.incident() else {
+            return serde_json::Value::Null;
+        };
+        let marks = phase_marks(nodes_dir, 2);
+        let ms = |v: i64| (v > 0).then_some(v as f64 / 1000.0);
+        let times = [
+            ms(self.fault_at.max(0)),
+            ms(incident.detected_unix_ms),
+            ms(incident.fenced_unix_ms),
+            marks.get("start").copied(),
+            marks.get("imports").copied(),
+            marks.get("rendezvous").copied(),
+            marks.get("state").copied(),
+            ms(incident.resumed_unix_ms),
+        ];
+        let names = [
+            "detect",
+            "stop",
+            "spawn",
+            "imports",
+            "rendezvous",
+            "state",
+            "first_step",
+        ];
+        let mut phases = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let span = match (times[i], times[i + 1]) {
+                (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
+                _ => None,
+            };
+            phases.insert((*name).into(), span.into());
+        }
+        phases.into()
+    }
+}
+
+/// The latest time each `phase NAME UNIX_S` line was printed by a rank of `generation`, from
+/// the worker logs (`<job>-g<generation>-r<rank>.log`) under `nodes_dir/*/logs`.
+fn phase_marks(nodes_dir: &Path, generation: u64) -> BTreeMap<String, f64> {
+    let mut marks: BTreeMap<String, f64> = BTreeMap::new();
+    let tag = format!("-g{generation}-r");
+    let nodes = std::fs::read_dir(nodes_dir).into_iter().flatten().flatten();
+    for node in nodes {
+        let logs = std::fs::read_dir(node.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for log in logs.filter(|l| l.file_name().to_string_lossy().contains(&tag)) {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            for line in text.lines() {
+                let mut words = line.split_whitespace();
+                if let (Some("phase"), Some(name), Some(Ok(at))) = (
+                    words.next(),
+                    words.next(),
+                    words.next().map(str::parse::<f64>),
+                ) {
+                    let latest = marks.entry(name.to_string()).or_insert(at);
+                    *latest = latest.max(at);
+                }
+            }
+        }
+    }
+    marks
 }
 
 /// The line `scripts/bench-e2e.sh` prints.
@@ -437,8 +546,36 @@ impl NetnsCluster {
         Ok(training_pids(&self.lab.pids(node)?))
     }
 
-    /// The job spec that runs `train_ddp.py` through torchrun on every host.
+    /// The virtualenv's python (beside its torchrun).
+    pub fn python(&self) -> PathBuf {
+        self.tools.torchrun.with_file_name("python")
+    }
+
+    /// The job spec that runs `train_ddp.py` on every host: through torchrun, or under
+    /// holdfast's native launcher (one rank per host), as `options.launcher` says.
     pub fn job_spec(&self, options: &JobOptions) -> pb::JobSpec {
+        let examples = examples_dir();
+        if options.launcher != E2eLauncher::Torchrun {
+            let mut command = vec![
+                self.python().display().to_string(),
+                examples.join("train_ddp.py").display().to_string(),
+            ];
+            command.extend(options.schedule_args());
+            return pb::JobSpec {
+                command,
+                nproc_per_node: Some(1),
+                warm_imports: if options.launcher == E2eLauncher::NativeWarm {
+                    WARM_IMPORTS.map(String::from).to_vec()
+                } else {
+                    Vec::new()
+                },
+                ..self.torchrun_job_spec(options)
+            };
+        }
+        self.torchrun_job_spec(options)
+    }
+
+    fn torchrun_job_spec(&self, options: &JobOptions) -> pb::JobSpec {
         let examples = examples_dir();
         let mut command: Vec<String> = vec![
             examples.join("torchrun_host.sh").display().to_string(),

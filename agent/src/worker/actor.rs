@@ -57,6 +57,10 @@ pub struct Supervisor {
     on_fence: Option<(crate::scripts::ScriptRunner, u64)>,
     /// The `py-spy` that dumps a stalled worker's stacks; `None`: stacks are not available.
     py_spy: Option<PathBuf>,
+    /// Interpreters prepared for the next launch of a job that asked for warm imports.
+    pub(super) standby: Option<super::standby::Standby>,
+    /// The standbys the agent's config keeps whenever no worker runs (`standby_python`).
+    configured_standby: Option<super::StandbyKey>,
 }
 
 impl Supervisor {
@@ -89,6 +93,8 @@ impl Supervisor {
             snapshot,
             on_fence: None,
             py_spy: None,
+            standby: None,
+            configured_standby: None,
         }
     }
 
@@ -98,12 +104,33 @@ impl Supervisor {
         self
     }
 
+    /// Keeps the standbys `key` describes whenever no worker runs (the agent's config).
+    pub fn with_standby(mut self, key: Option<super::StandbyKey>) -> Supervisor {
+        self.configured_standby = key;
+        self
+    }
+
+    /// Starts the configured standbys if nothing runs and none wait.
+    fn refill_standby(&mut self) {
+        let Some(key) = self.configured_standby.clone() else {
+            return;
+        };
+        if self.running.is_some() || self.standby.is_some() {
+            return;
+        }
+        match super::standby::Standby::start(key, &self.state_dir) {
+            Ok(standby) => self.standby = Some(standby),
+            Err(e) => tracing::warn!("cannot start the configured standby interpreters: {e}"),
+        }
+    }
+
     /// The fencing state (loaded from `state_dir`), for the session to decide through.
     pub fn fencing(&self) -> SharedFencing {
         self.fencing.clone()
     }
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
+        self.refill_standby();
         loop {
             let exited = async {
                 match self.running.as_mut() {
@@ -162,7 +189,7 @@ impl Supervisor {
             WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
                 self.stop_current("superseded by a new generation").await;
-                self.launch(launch);
+                self.launch(*launch).await;
             }
             WorkerCommand::Stop(stop) => {
                 let matches = self.running.as_ref().is_some_and(|r| {
@@ -178,6 +205,7 @@ impl Supervisor {
             WorkerCommand::Fence(fence) => {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
+                self.discard_standby();
                 self.run_on_fence(&fence);
             }
         }
@@ -248,7 +276,13 @@ impl Supervisor {
         );
         // Launchers such as torchrun run their workers in sessions of their own, out of the
         // group's reach: find them now, while they are still the leader's descendants.
-        let tree = crate::proctree::descendants(running.record.pid as i32);
+        let tree: Vec<_> = running
+            .record
+            .processes()
+            .into_iter()
+            .filter_map(|(pid, _)| i32::try_from(pid).ok())
+            .flat_map(crate::proctree::descendants)
+            .collect();
         // A stopped (SIGSTOP) process only acts on SIGTERM once continued.
         let _ = killpg(pgid, Signal::SIGTERM);
         crate::proctree::signal_all(&tree, Signal::SIGTERM);
@@ -293,6 +327,11 @@ impl Supervisor {
         use std::os::unix::process::ExitStatusExt;
         let (code, signal) = status.map_or((None, None), |s| (s.code(), s.signal()));
         let stopped = running.stop_requested.load(Ordering::SeqCst);
+        if !stopped && status.is_some_and(|s| s.success()) {
+            // The job is done on this node: no relaunch will come for the standbys.
+            self.discard_standby();
+            self.refill_standby();
+        }
         tracing::info!(
             job = running.record.job_id,
             generation = running.record.generation,
@@ -389,8 +428,12 @@ mod tests {
             ..Default::default()
         };
         // An older coordinator term, then an older generation: nothing starts.
-        supervisor.handle(WorkerCommand::Launch(launch(4, 9))).await;
-        supervisor.handle(WorkerCommand::Launch(launch(5, 2))).await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(4, 9))))
+            .await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(5, 2))))
+            .await;
         assert!(supervisor.running.is_none());
         assert!(rx.try_recv().is_err());
         // A stop or a fence of an older term is refused too.
@@ -411,11 +454,238 @@ mod tests {
         let on_disk = crate::fencing::store::load(&dir);
         assert_eq!((on_disk.term(), on_disk.generation("j")), (5, 2));
         // The current term and a new generation start a worker.
-        supervisor.handle(WorkerCommand::Launch(launch(6, 3))).await;
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(6, 3))))
+            .await;
         assert!(supervisor.running.is_some());
         let on_disk = crate::fencing::store::load(&dir);
         assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
         assert_eq!(supervisor.fencing().term(), 6);
         supervisor.stop_current("test over").await;
+    }
+
+    fn native_launch(script: &str) -> pb::Launch {
+        pb::Launch {
+            job_id: "native".into(),
+            generation: 1,
+            term: 1,
+            node_rank: 1,
+            nnodes: 2,
+            nproc_per_node: 2,
+            master_addr: "10.0.0.1".into(),
+            master_port: 29555,
+            rdzv_id: "native-g1".into(),
+            stop_grace_ms: 2000,
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    /// Waits (bounded) until the worker's log holds `lines` lines that start with `prefix`.
+    async fn log_lines(log: &std::path::Path, prefix: &str, lines: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(String::from)
+                .collect();
+            if found.len() >= lines || tokio::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn worker_exit(rx: &mut mpsc::UnboundedReceiver<pb::AgentMessage>) -> Option<pb::WorkerExited> {
+        std::iter::from_fn(|| rx.try_recv().ok()).find_map(|m| match m.body {
+            Some(ToCoordinator::WorkerEvent(pb::WorkerEvent {
+                kind: Some(pb::worker_event::Kind::Exited(e)),
+                ..
+            })) => Some(e),
+            _ => None,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_native_launcher_starts_every_local_rank_in_one_group_and_stops_them_all() {
+        let dir = crate::testdir::Scratch::new("native");
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        let script = "echo \"rank $RANK/$WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE \
+                      group $GROUP_RANK at $MASTER_ADDR:$MASTER_PORT $TORCHELASTIC_RUN_ID\"; \
+                      exec sleep 30";
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(native_launch(script))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(record.ranks.len(), 2);
+        let mut lines = log_lines(&record.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2/4 local 0/2 group 1 at 10.0.0.1:29555 native-g1",
+                "rank 3/4 local 1/2 group 1 at 10.0.0.1:29555 native-g1",
+            ]
+        );
+        // One process group, led by local rank 0: a stop reaches every rank.
+        for rank in &record.ranks {
+            let pgid = nix::unistd::getpgid(Some(Pid::from_raw(rank.pid as i32))).unwrap();
+            assert_eq!(pgid.as_raw() as u32, record.pid, "rank {}", rank.local_rank);
+        }
+        supervisor.stop_current("test over").await;
+        assert!(!record.is_running(), "every rank is gone after the stop");
+        let exit = worker_exit(&mut rx).expect("the exit is reported");
+        assert!(exit.stopped_by_agent);
+    }
+
+    #[tokio::test]
+    async fn a_failing_rank_ends_the_worker_and_takes_the_other_ranks_with_it() {
+        let dir = crate::testdir::Scratch::new("native-fail");
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        // Local rank 1 fails once both have started; rank 0 would train on.
+        let script = "echo started $LOCAL_RANK; \
+                      if [ \"$LOCAL_RANK\" = 1 ]; then sleep 0.3; exit 3; fi; exec sleep 30";
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(native_launch(script))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        let running = supervisor.running.as_mut().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), &mut running.exited)
+            .await
+            .expect("the failing rank ends the worker")
+            .unwrap();
+        supervisor.on_exit(status).await;
+        let exit = worker_exit(&mut rx).expect("the exit is reported");
+        assert_eq!((exit.code, exit.stopped_by_agent), (Some(3), false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while record.is_running() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!record.is_running(), "rank 0 went with the group");
+        let log = std::fs::read_to_string(&record.log_file).unwrap();
+        assert!(
+            log.contains("holdfast: local rank 1") && log.contains("exit status: 3"),
+            "{log}"
+        );
+    }
+
+    /// A module the standby itself never needs: imported only because the job asked.
+    const WARM_MODULE: &str = "xml.dom.minidom";
+
+    /// A training script that prints its rank, generation, whether [`WARM_MODULE`] was
+    /// imported before it started, and its arguments; and a warm launch of it.
+    fn warm_job(dir: &std::path::Path) -> impl Fn(u64) -> pb::Launch {
+        let module = WARM_MODULE;
+        let script = dir.join("train.py");
+        std::fs::write(
+            &script,
+            format!(
+                "import os, sys, time\n\
+                 print('rank', os.environ['RANK'], 'generation', os.environ['HOLDFAST_GENERATION'],\n\
+                       'warm', {module:?} in sys.modules, 'args', sys.argv[1:], flush=True)\n\
+                 time.sleep(30)\n"
+            ),
+        )
+        .unwrap();
+        move |generation| pb::Launch {
+            generation,
+            rdzv_id: format!("native-g{generation}"),
+            warm_imports: vec![module.into()],
+            command: vec![
+                "python3".into(),
+                script.display().to_string(),
+                "--steps".into(),
+                "{generation}".into(),
+            ],
+            ..native_launch("")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relaunch_runs_on_the_standby_interpreters_with_the_imports_done() {
+        let dir = crate::testdir::Scratch::new("standby");
+        let (mut supervisor, _rx) = supervisor(&dir);
+        let launch = warm_job(&dir);
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(1))))
+            .await;
+        let first = supervisor.running.as_ref().unwrap().record.clone();
+        let mut lines = log_lines(&first.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2 generation 1 warm False args ['--steps', '1']",
+                "rank 3 generation 1 warm False args ['--steps', '1']",
+            ],
+            "the first generation starts cold"
+        );
+        // Standbys were started for the next generation; they take its ranks.
+        let standby_leader = supervisor.standby.as_ref().and_then(|s| s.leader());
+        assert!(standby_leader.is_some());
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(2))))
+            .await;
+        let second = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(Some(second.pid), standby_leader);
+        let mut lines = log_lines(&second.log_file, "rank ", 2).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "rank 2 generation 2 warm True args ['--steps', '2']",
+                "rank 3 generation 2 warm True args ['--steps', '2']",
+            ]
+        );
+        assert!(!first.is_running(), "the first generation was stopped");
+        // A fence ends the workers and the standbys prepared after the second launch.
+        let next_standby = supervisor
+            .standby
+            .as_ref()
+            .and_then(|s| s.leader())
+            .unwrap();
+        supervisor
+            .handle(WorkerCommand::Fence(pb::Fence {
+                term: 1,
+                ..Default::default()
+            }))
+            .await;
+        assert!(supervisor.standby.is_none());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while (second.is_running() || record::is_running(next_standby, 0))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!second.is_running() && !record::is_running(next_standby, 0));
+    }
+
+    #[tokio::test]
+    async fn standbys_the_config_asks_for_wait_from_the_start_and_take_the_first_launch() {
+        let dir = crate::testdir::Scratch::new("standby-config");
+        let (supervisor, _rx) = supervisor(&dir);
+        let mut supervisor = supervisor.with_standby(Some(super::super::StandbyKey {
+            python: "python3".into(),
+            imports: vec![WARM_MODULE.into()],
+            nproc_per_node: 2,
+        }));
+        supervisor.refill_standby();
+        let leader = supervisor.standby.as_ref().and_then(|s| s.leader());
+        assert!(leader.is_some(), "standbys wait before any launch");
+        let launch = warm_job(&dir);
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(launch(1))))
+            .await;
+        let record = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(Some(record.pid), leader);
+        let lines = log_lines(&record.log_file, "rank ", 2).await;
+        assert!(
+            lines.len() == 2 && lines.iter().all(|l| l.contains("warm True")),
+            "{lines:?}"
+        );
+        supervisor.stop_current("test over").await;
+        supervisor.discard_standby();
     }
 }

@@ -23,10 +23,7 @@ impl Supervisor {
         };
         self.fencing
             .decide(|f| f.observe_generation(&record.job_id, record.generation));
-        if record.pid == 0
-            || record.log_file.as_os_str().is_empty()
-            || !record::is_running(record.pid, record.start_ticks)
-        {
+        if record.pid == 0 || record.log_file.as_os_str().is_empty() || !record.is_running() {
             tracing::warn!(
                 job = record.job_id,
                 generation = record.generation,
@@ -48,13 +45,13 @@ impl Supervisor {
             "adopted the running worker"
         );
         let (exit_tx, exit_rx) = oneshot::channel();
-        let (pid, ticks) = (record.pid, record.start_ticks);
+        let watched = record.clone();
         tokio::spawn(async move {
-            // Not this agent's child: it cannot be waited for, only seen gone.
+            // Not this agent's child: it cannot be waited for, only seen gone (every rank).
             let mut interval = tokio::time::interval(ADOPTED_EXIT_POLL);
             loop {
                 interval.tick().await;
-                if !record::is_running(pid, ticks) {
+                if !watched.is_running() {
                     let _ = exit_tx.send(None);
                     return;
                 }

@@ -62,9 +62,15 @@ impl EvidenceSampler {
     /// The running worker's evidence now; `None` when no worker runs.
     pub fn sample(&mut self, worker: &WorkerSnapshot) -> Option<pb::WorkerEvidence> {
         let record = worker.record.as_ref()?;
-        let leader = i32::try_from(record.pid).ok()?;
-        let mut pids = vec![leader];
-        pids.extend(proctree::descendants(leader).iter().map(|p| p.pid));
+        i32::try_from(record.pid).ok()?;
+        let mut pids = Vec::new();
+        for (top, _) in record.processes() {
+            let Ok(top) = i32::try_from(top) else {
+                continue;
+            };
+            pids.push(top);
+            pids.extend(proctree::descendants(top).iter().map(|p| p.pid));
+        }
         let stats: Vec<(char, u64)> = pids.iter().filter_map(|&p| stat(p)).collect();
         let states: Vec<char> = stats.iter().map(|(s, _)| *s).collect();
         let ticks: u64 = stats.iter().map(|(_, t)| t).sum();

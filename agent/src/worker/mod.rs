@@ -18,6 +18,8 @@
 //! ## Layout
 //! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
 //! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
+//! - `native.rs` — the native launcher: one process per local rank with torchrun's variables.
+//! - `standby.rs` — warm standby interpreters (modules imported) that take the next launch.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
 //! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
 //! - `stacks.rs` — `py-spy dump` of a stalled worker's Python processes.
@@ -29,10 +31,12 @@ mod actor;
 mod adopt;
 mod evidence;
 mod follow;
+mod native;
 pub mod placeholders;
 mod record;
 mod spawn;
 mod stacks;
+mod standby;
 
 use holdfast_proto::v1 as pb;
 
@@ -40,13 +44,14 @@ pub use actor::Supervisor;
 pub use evidence::EvidenceSampler;
 pub use follow::parse_step;
 pub use placeholders::{placeholders, substitute};
-pub use record::WorkerRecord;
+pub use record::{RankProcess, WorkerRecord};
 pub use stacks::find_py_spy;
+pub use standby::{configured_standby, StandbyKey};
 
 /// A command for the supervisor.
 #[derive(Debug)]
 pub enum WorkerCommand {
-    Launch(pb::Launch),
+    Launch(Box<pb::Launch>),
     Stop(pb::Stop),
     /// Stop everything: the node was fenced.
     Fence(pb::Fence),

@@ -28,6 +28,41 @@ pub struct WorkerRecord {
     /// agent adopts the pid only if it is still the same process, not a reused pid.
     #[serde(default)]
     pub start_ticks: u64,
+    /// Under the native launcher, every local rank's process (the first is the leader, `pid`):
+    /// they share its process group, and the worker runs while any of them does. Empty for a
+    /// command that is its own launcher.
+    #[serde(default)]
+    pub ranks: Vec<RankProcess>,
+}
+
+/// One local rank's process under the native launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankProcess {
+    pub local_rank: u32,
+    pub pid: u32,
+    /// Its start time, as [`WorkerRecord::start_ticks`].
+    pub start_ticks: u64,
+}
+
+impl WorkerRecord {
+    /// The worker's top processes with their start times: the leader, and every local rank.
+    pub fn processes(&self) -> Vec<(u32, u64)> {
+        let mut all = vec![(self.pid, self.start_ticks)];
+        all.extend(
+            self.ranks
+                .iter()
+                .filter(|r| r.pid != self.pid)
+                .map(|r| (r.pid, r.start_ticks)),
+        );
+        all
+    }
+
+    /// Whether any of the worker's top processes still runs.
+    pub fn is_running(&self) -> bool {
+        self.processes()
+            .into_iter()
+            .any(|(pid, ticks)| pid != 0 && is_running(pid, ticks))
+    }
 }
 
 /// Where the record lives in the agent's state directory.
@@ -105,6 +140,7 @@ impl WorkerRecord {
             progress_regex: String::new(),
             grace_ms: 0,
             start_ticks: 0,
+            ranks: Vec::new(),
         }
     }
 }
@@ -127,6 +163,18 @@ mod tests {
             progress_regex: "step (\\d+)".into(),
             grace_ms: 500,
             start_ticks: 7,
+            ranks: vec![
+                RankProcess {
+                    local_rank: 0,
+                    pid: 42,
+                    start_ticks: 7,
+                },
+                RankProcess {
+                    local_rank: 1,
+                    pid: 43,
+                    start_ticks: 8,
+                },
+            ],
         };
         write(&dir, Some(&record));
         assert_eq!(read(&dir), Some(record));

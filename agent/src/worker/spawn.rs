@@ -10,8 +10,13 @@ use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as ToCoordinator;
 use tokio::sync::oneshot;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use super::native;
 use super::placeholders::{placeholders, substitute};
-use super::record::{self, start_ticks};
+use super::record::{self, start_ticks, RankProcess};
+use super::standby::{Standby, StandbyKey};
 use super::{Supervisor, WorkerRecord};
 
 /// Worker logs kept in `<state_dir>/logs` (older ones are removed at each launch).
@@ -20,7 +25,7 @@ const KEEP_LOGS: usize = 8;
 impl Supervisor {
     /// Starts `launch`'s worker and makes it the running one; a worker that cannot start is
     /// reported as exited (code 127, as a shell reports a command it cannot run).
-    pub(super) fn launch(&mut self, launch: pb::Launch) {
+    pub(super) async fn launch(&mut self, launch: pb::Launch) {
         let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
         let argv: Vec<String> = launch
             .command
@@ -42,8 +47,8 @@ impl Supervisor {
             launch.generation,
             launch.node_rank
         ));
-        let (stdout, stderr) = match open_log(&log_file) {
-            Ok(pair) => pair,
+        let log = match open_log(&log_file) {
+            Ok(log) => log,
             Err(e) => {
                 tracing::error!(
                     job = launch.job_id,
@@ -54,17 +59,50 @@ impl Supervisor {
                 return;
             }
         };
-        let mut command = worker_command(program, args, &launch, &vars, &progress_file);
-        command.stdout(stdout).stderr(stderr);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::error!(job = launch.job_id, "cannot start worker {program:?}: {e}");
-                self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
-                return;
-            }
+        // 0: the command is its own launcher (one process); N: one process per local rank.
+        let native = launch.nproc_per_node > 0;
+        let warm = StandbyKey::of(launch.nproc_per_node, &launch.warm_imports, &argv);
+        let mut children = Vec::new();
+        if let Some(standby) = self.standby.take() {
+            let taken = self
+                .take_standby(
+                    standby,
+                    warm.as_ref(),
+                    &launch,
+                    &argv,
+                    &vars,
+                    &progress_file,
+                    &log_file,
+                )
+                .await;
+            children = taken.unwrap_or_default();
+        }
+        if children.is_empty() {
+            children = match spawn_ranks(program, args, &launch, &vars, &progress_file, &log) {
+                Ok(children) => children,
+                Err(e) => {
+                    tracing::error!(job = launch.job_id, "cannot start worker {program:?}: {e}");
+                    self.report_exit(&launch.job_id, launch.generation, Some(127), None, false);
+                    return;
+                }
+            };
+        }
+        let pid = children.first().and_then(|(_, c)| c.id()).unwrap_or(0);
+        let ranks = if native {
+            children
+                .iter()
+                .map(|(local_rank, child)| {
+                    let pid = child.id().unwrap_or(0);
+                    RankProcess {
+                        local_rank: *local_rank,
+                        pid,
+                        start_ticks: start_ticks(pid).unwrap_or(0),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
-        let pid = child.id().unwrap_or(0);
         let record = WorkerRecord {
             job_id: launch.job_id.clone(),
             generation: launch.generation,
@@ -75,12 +113,14 @@ impl Supervisor {
             progress_regex: launch.progress_regex.clone(),
             grace_ms: launch.stop_grace_ms.max(100),
             start_ticks: start_ticks(pid).unwrap_or(0),
+            ranks,
         };
         tracing::info!(
             job = launch.job_id,
             generation = launch.generation,
             rank = launch.node_rank,
             pid,
+            nproc_per_node = launch.nproc_per_node,
             "worker started: {}",
             argv.join(" ")
         );
@@ -92,15 +132,175 @@ impl Supervisor {
             at_unix_ms: now_ms(),
         }));
         let (exit_tx, exit_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            match child.wait().await {
-                Ok(status) => {
-                    let _ = exit_tx.send(Some(status));
-                }
-                Err(e) => tracing::error!("waiting for worker {pid} failed: {e}"),
-            }
-        });
         self.follow(record, exit_rx, 0);
+        let stopping = self
+            .running
+            .as_ref()
+            .map(|r| r.stop_requested.clone())
+            .unwrap_or_default();
+        tokio::spawn(wait_for_ranks(
+            children,
+            native.then_some(log),
+            stopping,
+            exit_tx,
+        ));
+        // The next generation's ranks get ready while this one trains.
+        if let Some(key) = warm {
+            match Standby::start(key, &self.state_dir) {
+                Ok(standby) => self.standby = Some(standby),
+                Err(e) => tracing::warn!(
+                    "cannot start standby interpreters (the next launch starts cold): {e}"
+                ),
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// The standbys as `launch`'s ranks, if they were prepared for it (`warm`) and all still
+    /// wait; otherwise they are discarded and `None` says to start cold.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_standby(
+        &mut self,
+        mut standby: Standby,
+        warm: Option<&StandbyKey>,
+        launch: &pb::Launch,
+        argv: &[String],
+        vars: &[(&'static str, String)],
+        progress_file: &Path,
+        log_file: &Path,
+    ) -> Option<Vec<(u32, tokio::process::Child)>> {
+        if warm != Some(&standby.key) || !standby.alive() {
+            tracing::info!(
+                job = launch.job_id,
+                "standby interpreters discarded: not for this launch"
+            );
+            standby.discard();
+            return None;
+        }
+        let env = (0..launch.nproc_per_node)
+            .map(|local_rank| {
+                worker_env(launch, vars, progress_file)
+                    .into_iter()
+                    .chain(native::rank_env(launch, local_rank))
+                    .collect()
+            })
+            .collect();
+        match standby.take(&argv[1..], env, log_file).await {
+            Ok(children) => {
+                tracing::info!(
+                    job = launch.job_id,
+                    generation = launch.generation,
+                    "ranks start on warm standby interpreters"
+                );
+                Some(children)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    job = launch.job_id,
+                    "standby interpreters failed; starting cold: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Ends the standby interpreters, if any (the node was fenced, or its job is done here).
+    pub(super) fn discard_standby(&mut self) {
+        if let Some(standby) = self.standby.take() {
+            standby.discard();
+        }
+    }
+}
+
+/// Starts the worker's processes: the command once, or once per local rank under the native
+/// launcher, all in one new process group led by the first, writing to `log`. A rank that
+/// cannot start takes the ones already started with it.
+fn spawn_ranks(
+    program: &str,
+    args: &[String],
+    launch: &pb::Launch,
+    vars: &[(&'static str, String)],
+    progress_file: &Path,
+    log: &std::fs::File,
+) -> std::io::Result<Vec<(u32, tokio::process::Child)>> {
+    let native = launch.nproc_per_node > 0;
+    let mut children: Vec<(u32, tokio::process::Child)> = Vec::new();
+    for local_rank in 0..launch.nproc_per_node.max(1) {
+        // Every rank joins the first one's group: a stop signals them all at once.
+        let group = children.first().and_then(|(_, c)| c.id()).unwrap_or(0);
+        let spawned = log.try_clone().and_then(|out| {
+            let err = log.try_clone()?;
+            let mut command = worker_command(program, args, launch, vars, progress_file);
+            if native {
+                command.envs(native::rank_env(launch, local_rank));
+            }
+            command
+                .process_group(i32::try_from(group).unwrap_or(0))
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => children.push((local_rank, child)),
+            Err(e) => {
+                if group != 0 {
+                    // The ranks already started cannot train without this one.
+                    let _ = killpg(Pid::from_raw(group as i32), Signal::SIGKILL);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(children)
+}
+
+/// Waits for the worker's processes and sends how the worker ended: the first rank to fail
+/// decides at once (the actor then kills the rest with the group), else the last to exit 0.
+/// Under the native launcher each rank's exit is noted in the worker's `log` too, so the
+/// operator sees which rank went first.
+async fn wait_for_ranks(
+    children: Vec<(u32, tokio::process::Child)>,
+    log: Option<std::fs::File>,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    exit_tx: oneshot::Sender<Option<std::process::ExitStatus>>,
+) {
+    let mut waits = tokio::task::JoinSet::new();
+    for (local_rank, mut child) in children {
+        let pid = child.id().unwrap_or(0);
+        waits.spawn(async move { (local_rank, pid, child.wait().await) });
+    }
+    let mut exits = native::RankExits::new(waits.len());
+    while let Some(joined) = waits.join_next().await {
+        let (local_rank, pid, waited) = match joined {
+            Ok(exit) => exit,
+            Err(e) => {
+                tracing::error!("waiting for a worker process failed: {e}");
+                let _ = exit_tx.send(None);
+                return;
+            }
+        };
+        let status = match waited {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!("waiting for worker {pid} failed: {e}");
+                let _ = exit_tx.send(None);
+                return;
+            }
+        };
+        if let Some(mut log) = log.as_ref() {
+            use std::io::Write;
+            tracing::info!(local_rank, pid, "rank exited: {status}");
+            let _ = writeln!(
+                log,
+                "holdfast: local rank {local_rank} (pid {pid}) exited: {status}"
+            );
+        }
+        let stopping = stopping.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(end) = exits.exited(status, stopping) {
+            let _ = exit_tx.send(Some(end));
+            return;
+        }
     }
 }
 
@@ -117,21 +317,39 @@ fn worker_command(
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .envs(launch.env.iter())
-        .envs(
-            vars.iter()
-                .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
-        )
-        .env("HOLDFAST_PROGRESS_FILE", progress_file)
+        .envs(worker_env(launch, vars, progress_file))
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
     command
 }
 
-/// Opens (appending) a worker log for stdout and stderr, creating its directory and keeping
-/// only the most recent [`KEEP_LOGS`] logs there.
-fn open_log(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+/// The variables a worker gets beyond the agent's own: the launch's environment, the
+/// placeholders as `HOLDFAST_*` and the progress file.
+fn worker_env(
+    launch: &pb::Launch,
+    vars: &[(&'static str, String)],
+    progress_file: &Path,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(
+        vars.iter()
+            .map(|(k, v)| (format!("HOLDFAST_{}", k.to_uppercase()), v.clone())),
+    );
+    env.push((
+        "HOLDFAST_PROGRESS_FILE".into(),
+        progress_file.display().to_string(),
+    ));
+    env
+}
+
+/// Opens (appending) a worker log, creating its directory and keeping only the most recent
+/// [`KEEP_LOGS`] logs there.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         let mut logs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
@@ -144,12 +362,10 @@ fn open_log(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
             let _ = std::fs::remove_file(old);
         }
     }
-    let out = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)?;
-    let err = out.try_clone()?;
-    Ok((out, err))
+        .open(path)
 }
 
 /// `s` as a file name part: anything but ASCII letters, digits, `-` and `_` becomes `_`.

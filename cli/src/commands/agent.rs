@@ -54,6 +54,14 @@ pub struct Args {
     /// certificate chains to that CA (printed with every join token).
     #[arg(long, env = "HOLDFAST_CA_HASH")]
     ca_hash: Option<String>,
+    /// Keep warm standby interpreters of this Python from the start (see `standby_python` in
+    /// deploy/agent.toml), so a spare taking over a native-launcher job skips its imports.
+    #[arg(long)]
+    standby_python: Option<PathBuf>,
+    /// The modules those standbys import, comma-separated (default: torch); a launch uses them
+    /// only if its job's --warm-imports are the same.
+    #[arg(long, value_delimiter = ',')]
+    standby_imports: Option<Vec<String>>,
     /// Allow a plain http:// coordinator on another host (a lab: commands then arrive
     /// unauthenticated and run as root here).
     #[arg(long)]
@@ -102,6 +110,8 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
     set(&mut config.advertise_address, args.advertise_address);
     set(&mut config.metrics_listen, args.metrics_listen);
     set(&mut config.script_dir, args.script_dir);
+    set(&mut config.standby_python, args.standby_python);
+    set(&mut config.standby_imports, args.standby_imports);
     config.fault_injection |= args.enable_fault_injection;
     config.insecure |= args.insecure;
     Ok(config)

@@ -46,6 +46,18 @@ pub struct Args {
     /// Turn it off for jobs whose ranks do not wait on each other.
     #[arg(long)]
     no_progress_vouching: bool,
+    /// Run the command under holdfast's native launcher with this many ranks per node:
+    /// `--nproc-per-node 8 -- python train.py …` starts 8 processes on each node with
+    /// torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK,
+    /// MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RUN_ID), a fresh MASTER_PORT per generation and
+    /// no torchrun in between. Unset: the command is its own launcher (e.g. torchrun).
+    #[arg(long)]
+    nproc_per_node: Option<u32>,
+    /// With --nproc-per-node and a `python SCRIPT …` command: each agent keeps a standby
+    /// interpreter per local rank with these modules imported (comma-separated; `torch` when
+    /// given without a value), so a relaunch skips the imports.
+    #[arg(long, num_args = 0..=1, default_missing_value = "torch", value_delimiter = ',')]
+    warm_imports: Vec<String>,
     /// The training command; placeholders like {node_rank}, {nnodes}, {rdzv_endpoint} are
     /// substituted on each node.
     #[arg(last = true, required = true)]
@@ -72,6 +84,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         total_steps: 0,
         min_nodes: args.min_nodes,
         progress_vouches: args.no_progress_vouching.then_some(false),
+        nproc_per_node: args.nproc_per_node,
+        warm_imports: args.warm_imports,
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;

@@ -166,6 +166,7 @@ impl Cluster {
                     progress_regex: job.spec.progress_regex.clone(),
                     stop_grace_ms: self.config.stop_grace_ms,
                     term: self.term,
+                    launcher: job.spec.launcher.clone(),
                 }),
             });
         }

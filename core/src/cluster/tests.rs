@@ -116,6 +116,35 @@ fn bad_job_specs_are_refused_naming_the_field_and_nothing_is_allocated() {
             },
             "stall_timeout_s",
         ),
+        (
+            JobRequest {
+                nproc_per_node: Some(0),
+                ..job(1)
+            },
+            "nproc_per_node must be 1 to 256, got 0",
+        ),
+        (
+            JobRequest {
+                nproc_per_node: Some(257),
+                ..job(1)
+            },
+            "nproc_per_node must be 1 to 256, got 257",
+        ),
+        (
+            JobRequest {
+                warm_imports: vec!["torch".into()],
+                ..job(1)
+            },
+            "warm_imports needs the native launcher",
+        ),
+        (
+            JobRequest {
+                nproc_per_node: Some(2),
+                warm_imports: vec!["torch; import os".into()],
+                ..job(1)
+            },
+            "warm_imports \"torch; import os\" is not a Python module name",
+        ),
     ];
     for (request, expected) in cases {
         let err = submit(&mut c, request, 10).unwrap_err().to_string();
@@ -402,4 +431,37 @@ fn clock_offset_is_estimated_from_heartbeats() {
         );
     }
     assert_eq!(c.nodes["a"].clock_offset_ms, 295);
+}
+
+#[test]
+fn every_launch_carries_the_native_launcher_a_job_asked_for() {
+    let mut c = three_nodes();
+    let (native, fx) = submit(
+        &mut c,
+        JobRequest {
+            nproc_per_node: Some(2),
+            warm_imports: vec!["torch".into()],
+            ..job(2)
+        },
+        10,
+    )
+    .unwrap();
+    assert_eq!(resolves(&fx).len(), 1);
+    let fx = resolved(&mut c, &native.id, Ok(None), 20);
+    let launched = launches(&fx);
+    assert_eq!(launched.len(), 2);
+    for (_, launch) in launched {
+        assert_eq!(
+            launch.launcher,
+            crate::job::Launcher::Native {
+                nproc_per_node: 2,
+                warm_imports: vec!["torch".into()],
+            }
+        );
+    }
+    // A job that did not ask runs its command as given (torchrun is its own launcher).
+    let mut c = three_nodes();
+    let (plain, _) = submit(&mut c, job(1), 10).unwrap();
+    let fx = resolved(&mut c, &plain.id, Ok(None), 20);
+    assert_eq!(launches(&fx)[0].1.launcher, crate::job::Launcher::Command);
 }

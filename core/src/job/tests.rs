@@ -29,6 +29,7 @@ pub(super) fn plain_spec(nodes: u32) -> JobSpec {
         total_steps: 0,
         min_nodes: 0,
         progress_vouches: true,
+        launcher: Default::default(),
     }
 }
 

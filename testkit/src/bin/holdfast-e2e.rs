@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use holdfast_testkit::e2e::{self, E2eFault, Injection, JobOptions, NetnsCluster, Tools};
+use holdfast_testkit::e2e::{
+    self, E2eFault, E2eLauncher, Injection, JobOptions, NetnsCluster, Tools,
+};
 use holdfast_testkit::Rig;
 
 #[derive(Parser)]
@@ -23,6 +25,10 @@ struct Args {
     /// Plain `torchrun --max-restarts=3` with c10d rendezvous, no holdfast.
     #[arg(long)]
     baseline: bool,
+    /// How holdfast starts the ranks: through torchrun, its native launcher, or the native
+    /// launcher with warm standby interpreters.
+    #[arg(long, value_enum, default_value_t = E2eLauncher::Torchrun)]
+    mode: E2eLauncher,
     /// Print only the JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -74,10 +80,11 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             if args.baseline {
                 "baseline"
             } else {
-                "holdfast"
+                args.mode.name()
             },
             args.fault.name()
         ),
+        launcher: args.mode,
         ..Default::default()
     };
     let after_step = options.ckpt_every * 3 + 2;
@@ -85,12 +92,20 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let line = if args.baseline {
         e2e::run_baseline(&mut cluster, &options, args.fault, after_step, bound)?.json()
     } else {
-        let agent_args: &[&str] = if args.fault == E2eFault::Xid {
-            &["--enable-fault-injection"]
-        } else {
-            &[]
-        };
-        cluster.start_nodes(options.nodes as usize, 1, agent_args)?;
+        let mut agent_args: Vec<String> = Vec::new();
+        if args.fault == E2eFault::Xid {
+            agent_args.push("--enable-fault-injection".into());
+        }
+        if args.mode == E2eLauncher::NativeWarm {
+            // Every agent keeps standbys from the start: the spare's too, so a replacement
+            // launch is as warm as a restart in place.
+            agent_args.push("--standby-python".into());
+            agent_args.push(cluster.python().display().to_string());
+            agent_args.push("--standby-imports".into());
+            agent_args.push(e2e::WARM_IMPORTS.join(","));
+        }
+        let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+        cluster.start_nodes(options.nodes as usize, 1, &agent_args)?;
         let spec = cluster.job_spec(&options);
         let injection = Injection {
             fault: args.fault,
@@ -106,7 +121,10 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 .run_job(spec, Some(injection), bound, |_, _| {})
                 .await
         })??;
-        run.json()
+        let mut line = run.json();
+        line["launcher"] = args.mode.name().into();
+        line["phases"] = run.phases(&cluster.dir.join("nodes"));
+        line
     };
     drop(cluster);
     if !keep {
