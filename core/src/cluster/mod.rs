@@ -371,6 +371,15 @@ impl Cluster {
         &self.config
     }
 
+    /// The jobs with a rank on `node_id` whose state passes `keep`.
+    fn jobs_on(&self, node_id: &str, keep: impl Fn(&JobState) -> bool) -> Vec<JobId> {
+        self.jobs
+            .values()
+            .filter(|j| keep(&j.state) && j.rank_of(node_id).is_some())
+            .map(|j| j.id.clone())
+            .collect()
+    }
+
     fn limits(&self) -> JobLimits {
         JobLimits {
             stop_deadline_ms: self.config.stop_deadline_ms,

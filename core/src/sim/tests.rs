@@ -19,6 +19,14 @@ fn training(workers: usize, spares: usize, nodes: u32) -> Sim {
     sim
 }
 
+/// Cuts `node` off and lets `ms` pass; the stream it had before.
+fn cut_for(sim: &mut Sim, node: &str, ms: i64) -> Option<u64> {
+    let conn = sim.node(node).link.conn();
+    sim.cut(node);
+    sim.run_for(ms);
+    conn
+}
+
 fn has(violations: &[String], text: &str) -> bool {
     violations.iter().any(|v| v.contains(text))
 }
@@ -118,9 +126,7 @@ fn a_slowed_node_slows_its_gang() {
 #[test]
 fn a_cut_node_is_silent_both_ways_and_returns_on_a_new_stream_once_closed() {
     let mut sim = training(2, 1, 2);
-    let conn = sim.node("w1").link.conn();
-    sim.cut("w1");
-    sim.run_for(1_500);
+    let conn = cut_for(&mut sim, "w1", 1_500);
     assert_eq!(sim.node("w1").link.conn(), conn, "a cut is no disconnect");
     assert!(sim.is_reachable("w0") && !sim.is_reachable("w1"));
     sim.run_for(1_000);
@@ -138,9 +144,7 @@ fn a_cut_node_is_silent_both_ways_and_returns_on_a_new_stream_once_closed() {
 #[test]
 fn a_short_cut_keeps_the_stream() {
     let mut sim = training(2, 0, 2);
-    let conn = sim.node("w1").link.conn();
-    sim.cut("w1");
-    sim.run_for(1_000);
+    let conn = cut_for(&mut sim, "w1", 1_000);
     sim.heal("w1");
     sim.run_for(1_000);
     assert_eq!(sim.node("w1").link.conn(), conn);
