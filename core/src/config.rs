@@ -35,6 +35,10 @@ pub struct CoordinatorConfig {
     pub checkpoint_resolve_attempts: u32,
     /// Delay between those attempts.
     pub checkpoint_resolve_retry_ms: u64,
+    /// Whether the resolver reads every file of a candidate checkpoint and checks its SHA-256
+    /// against the marker's manifest (sizes are always checked). Off by default: it reads the
+    /// whole checkpoint on every relaunch.
+    pub checkpoint_verify_checksums: bool,
     /// A new generation's rank may stay silent this long before its first progress (process
     /// start, framework imports, rendezvous, checkpoint load) without counting as stalled; the
     /// job's stall timeout applies once it reports progress. 0 = the stall timeout from the
@@ -163,6 +167,7 @@ impl Default for CoordinatorConfig {
             tick_ms: 100,
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
+            checkpoint_verify_checksums: false,
             startup_grace_ms: 60_000,
             reconnect_grace_ms: 10_000,
             bootstrap_script: String::new(),

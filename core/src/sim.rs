@@ -156,6 +156,9 @@ pub struct SimCheckpoint {
     pub written_at: UnixMillis,
     /// Where it is (`sim://job/step-N`).
     pub uri: String,
+    /// Set when its files no longer match its manifest (truncated, corrupted): why the
+    /// resolver passes it over.
+    pub damaged: Option<String>,
 }
 
 /// Counters of what happened in a run.

@@ -153,9 +153,12 @@ fn input() -> impl Strategy<Value = Input> {
             count,
             result: Err("no capacity".into()),
         }),
-        job_id().prop_map(|job_id| Input::CheckpointResolved {
-            job_id,
-            result: Ok(None)
+        (job_id(), proptest::collection::vec(".{0,64}", 0..4)).prop_map(|(job_id, skipped)| {
+            Input::CheckpointResolved {
+                job_id,
+                result: Ok(None),
+                skipped,
+            }
         }),
         Just(Input::Tick),
     ]

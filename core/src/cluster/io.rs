@@ -41,6 +41,8 @@ pub enum Command {
         uri: String,
         /// Generations whose later checkpoints must be skipped.
         fenced: Vec<FencedGeneration>,
+        /// Check each file's SHA-256 against the marker's manifest, not only its size.
+        verify_checksums: bool,
     },
     /// Tell operators (event stream, logs).
     Publish(Event),
@@ -230,6 +232,8 @@ pub enum Input {
         job_id: JobId,
         /// The newest complete checkpoint, none, or why it could not be found.
         result: Result<Option<Checkpoint>, String>,
+        /// Newer checkpoints passed over because they failed verification ("step-N: reason").
+        skipped: Vec<String>,
     },
     /// The answer to a [`Command::Provision`].
     ProvisionResult {

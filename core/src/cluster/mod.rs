@@ -339,9 +339,11 @@ impl Cluster {
                 node,
                 reason,
             } => reply(request, node_reply(self.restart_agent(&node, &reason, now))),
-            Input::CheckpointResolved { job_id, result } => {
-                self.checkpoint_resolved(&job_id, result, now)
-            }
+            Input::CheckpointResolved {
+                job_id,
+                result,
+                skipped,
+            } => self.checkpoint_resolved(&job_id, result, skipped, now),
             Input::ProvisionResult {
                 job_id,
                 count,
