@@ -146,6 +146,20 @@ pub struct CoordinatorConfig {
     /// Most nodes the coordinator registers (retired ones included); a hello from a new node id
     /// beyond it is refused, naming this key. Bounds what a flood of fresh node ids can store.
     pub max_nodes: usize,
+    /// How long a finished job and a closed incident are kept after they ended (7 days by
+    /// default); older ones are exported to `archive_file` and then forgotten.
+    pub finished_retention_ms: u64,
+    /// Most finished jobs kept (1,000 by default, at most 100,000): beyond it the oldest are
+    /// exported and forgotten even inside `finished_retention_ms`. Running jobs always stay.
+    pub max_finished_jobs: usize,
+    /// Most closed incidents kept (10,000 by default, at most 1,000,000), as
+    /// `max_finished_jobs`. Open incidents always stay; incident ids are never reused.
+    pub max_closed_incidents: usize,
+    /// Where forgotten jobs and incidents are exported before they are dropped: one JSON line
+    /// each (`{"kind":"job"|"incident","at":…,"record":…}`), appended and fsynced. Empty =
+    /// `archive.jsonl` beside the state file (`holdfast coordinator` fills it in); with no
+    /// state file and none set, they are written to the log. Absolute.
+    pub archive_file: std::path::PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -193,6 +207,10 @@ impl Default for CoordinatorConfig {
             pki_dir: std::path::PathBuf::new(),
             allowed_hosts: Vec::new(),
             max_nodes: 20_000,
+            finished_retention_ms: 7 * 24 * 3_600_000,
+            max_finished_jobs: 1_000,
+            max_closed_incidents: 10_000,
+            archive_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -210,6 +228,18 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Count `key` must be at least 1 and at most `ceiling` (every kept record is held in memory
+/// and stored).
+fn at_most(key: &'static str, value: usize, ceiling: usize) -> Result<(), ConfigError> {
+    if value == 0 || value > ceiling {
+        return Err(invalid(
+            key,
+            format!("must be between 1 and {ceiling}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -264,6 +294,15 @@ impl CoordinatorConfig {
         }
         positive("hello_timeout_ms", self.hello_timeout_ms)?;
         positive("max_nodes", self.max_nodes as u64)?;
+        positive("finished_retention_ms", self.finished_retention_ms)?;
+        at_most("max_finished_jobs", self.max_finished_jobs, 100_000)?;
+        at_most("max_closed_incidents", self.max_closed_incidents, 1_000_000)?;
+        if !self.archive_file.as_os_str().is_empty() && !self.archive_file.is_absolute() {
+            return Err(invalid(
+                "archive_file",
+                "must be an absolute path (or empty for archive.jsonl beside the state file)",
+            ));
+        }
         at_least_ms(
             "stop_deadline_ms",
             self.stop_deadline_ms,

@@ -4,11 +4,15 @@
 
 use super::*;
 
-/// The stored header of the state: the term and the job counter.
+/// The stored header of the state: the term and the counters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     term: Term,
     next_job: u64,
+    /// The id the next incident gets. Absent in state saved before retention existed: then
+    /// every incident ever opened is still stored, and the highest id tells it.
+    #[serde(default)]
+    next_incident: u64,
 }
 
 impl Cluster {
@@ -33,6 +37,7 @@ impl Cluster {
         let meta = Meta {
             term: self.term,
             next_job: self.next_job,
+            next_incident: self.next_incident,
         };
         records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
         for (id, node) in &self.nodes {
@@ -108,6 +113,12 @@ impl Cluster {
             }
         }
         cluster.incidents.sort_by_key(|i| i.id);
+        // Never below an id still stored: ids are not reused after incidents are archived.
+        let after_stored = cluster
+            .incidents
+            .last()
+            .map_or(1, |i| i.id.saturating_add(1));
+        cluster.next_incident = meta.next_incident.max(after_stored);
         let mut fx = Vec::new();
         let resolving: Vec<JobId> = cluster
             .jobs
