@@ -395,3 +395,45 @@ async fn browsers_get_a_locked_down_page_and_rebound_or_foreign_origins_are_refu
     );
     drop(cluster);
 }
+
+/// Bounded history: a coordinator that keeps finished jobs for 1 s exports a finished job to
+/// `archive.jsonl` beside its state file (0600), then forgets it; the running job stays.
+#[tokio::test]
+async fn a_finished_job_past_its_retention_is_archived_then_forgotten() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-retention");
+    let config = kit::write_file(&dir, "coordinator.toml", "finished_retention_ms = 1000\n");
+    let cluster = kit::local_cluster(exe, &dir, &["--config", &config], 2, 0).await;
+    let job = |command: &[&str]| holdfast_proto::v1::JobSpec {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let done = kit::submit(&cluster, job(&["true"])).await.job_id;
+    let live = kit::submit(&cluster, job(&["sleep", "600"])).await.job_id;
+    let archive = dir.join("archive.jsonl");
+    let gone = kit::wait_for(WITHIN, || async {
+        let mut client = cluster.client().await.map_err(|e| e.to_string())?;
+        let request = holdfast_proto::v1::GetJobRequest {
+            job_id: done.clone(),
+        };
+        match client.get_job(request).await {
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            other => Err(format!("job {done} still kept: {other:?}")),
+        }
+    });
+    gone.await;
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let exported = lines
+        .iter()
+        .find(|l| l["kind"] == "job" && l["record"]["id"] == done.as_str())
+        .unwrap_or_else(|| panic!("{done} not in the archive:\n{text}"));
+    assert_eq!(exported["record"]["state"], "Succeeded", "{exported}");
+    assert_eq!(mode(&archive), 0o600);
+    assert!(!text.contains(&format!("\"id\":\"{live}\"")), "{text}");
+    assert_eq!(kit::job(&cluster, &live).await.state, "running");
+}

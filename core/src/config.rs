@@ -160,6 +160,26 @@ pub struct CoordinatorConfig {
     /// `archive.jsonl` beside the state file (`holdfast coordinator` fills it in); with no
     /// state file and none set, they are written to the log. Absolute.
     pub archive_file: std::path::PathBuf,
+    /// With `--etcd`: PEM CA that etcd's serving certificate must chain to. Set, etcd is
+    /// dialled over TLS (`https://`); empty = plain `http://`. Absolute.
+    pub etcd_ca_file: std::path::PathBuf,
+    /// With `--etcd`: PEM client certificate for etcd's `--client-cert-auth` (with
+    /// `etcd_key_file` and `etcd_ca_file`). Absolute.
+    pub etcd_cert_file: std::path::PathBuf,
+    /// PEM private key of `etcd_cert_file`. Absolute.
+    pub etcd_key_file: std::path::PathBuf,
+    /// With `--etcd`: the etcd user to authenticate as (etcd `auth enable`), with
+    /// `etcd_password_file`; empty = no etcd authentication.
+    pub etcd_user: String,
+    /// File whose first line is `etcd_user`'s password (kept out of the config, the command
+    /// line and the logs; make it 0600). Absolute.
+    pub etcd_password_file: std::path::PathBuf,
+    /// Most operations etcd takes in one transaction (its `--max-txn-ops`, 128 by default): a
+    /// state save with more changes is refused whole, naming the limit, never half-applied.
+    pub etcd_max_txn_ops: usize,
+    /// Most bytes etcd takes in one request (its `--max-request-bytes`, 1.5 MiB by default),
+    /// as `etcd_max_txn_ops`.
+    pub etcd_max_request_bytes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -211,6 +231,13 @@ impl Default for CoordinatorConfig {
             max_finished_jobs: 1_000,
             max_closed_incidents: 10_000,
             archive_file: std::path::PathBuf::new(),
+            etcd_ca_file: std::path::PathBuf::new(),
+            etcd_cert_file: std::path::PathBuf::new(),
+            etcd_key_file: std::path::PathBuf::new(),
+            etcd_user: String::new(),
+            etcd_password_file: std::path::PathBuf::new(),
+            etcd_max_txn_ops: 128,
+            etcd_max_request_bytes: 1536 * 1024,
         }
     }
 }
@@ -303,6 +330,7 @@ impl CoordinatorConfig {
                 "must be an absolute path (or empty for archive.jsonl beside the state file)",
             ));
         }
+        self.validate_etcd()?;
         at_least_ms(
             "stop_deadline_ms",
             self.stop_deadline_ms,
@@ -400,6 +428,50 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "pki_dir",
                 "needs tls_client_ca_file (the CA in pki_dir): joined agents speak mutual TLS",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The etcd connection keys fit together (see docs/ha.md).
+    fn validate_etcd(&self) -> Result<(), ConfigError> {
+        let set = |p: &std::path::Path| !p.as_os_str().is_empty();
+        for (key, path) in [
+            ("etcd_ca_file", &self.etcd_ca_file),
+            ("etcd_cert_file", &self.etcd_cert_file),
+            ("etcd_key_file", &self.etcd_key_file),
+            ("etcd_password_file", &self.etcd_password_file),
+        ] {
+            if set(path) && !path.is_absolute() {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        if set(&self.etcd_cert_file) != set(&self.etcd_key_file) {
+            return Err(invalid(
+                "etcd_key_file",
+                "etcd_cert_file and etcd_key_file are set together",
+            ));
+        }
+        if set(&self.etcd_cert_file) && !set(&self.etcd_ca_file) {
+            return Err(invalid(
+                "etcd_cert_file",
+                "needs etcd_ca_file: a client certificate is only sent over TLS",
+            ));
+        }
+        if self.etcd_user.is_empty() != !set(&self.etcd_password_file) {
+            return Err(invalid(
+                "etcd_password_file",
+                "etcd_user and etcd_password_file are set together",
+            ));
+        }
+        positive("etcd_max_txn_ops", self.etcd_max_txn_ops as u64)?;
+        if self.etcd_max_request_bytes < 64 * 1024 {
+            return Err(invalid(
+                "etcd_max_request_bytes",
+                format!(
+                    "must be at least 65536 (etcd's --max-request-bytes), got {}",
+                    self.etcd_max_request_bytes
+                ),
             ));
         }
         Ok(())
