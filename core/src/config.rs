@@ -458,7 +458,7 @@ impl CoordinatorConfig {
                 "needs etcd_ca_file: a client certificate is only sent over TLS",
             ));
         }
-        if self.etcd_user.is_empty() != !set(&self.etcd_password_file) {
+        if self.etcd_user.is_empty() == set(&self.etcd_password_file) {
             return Err(invalid(
                 "etcd_password_file",
                 "etcd_user and etcd_password_file are set together",
