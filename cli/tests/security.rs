@@ -403,7 +403,7 @@ async fn a_finished_job_past_its_retention_is_archived_then_forgotten() {
     let exe = holdfast_exe!();
     let dir = Scratch::new("security-retention");
     let config = kit::write_file(&dir, "coordinator.toml", "finished_retention_ms = 1000\n");
-    let cluster = kit::local_cluster(exe, &dir, &["--config", &config], 2, 0).await;
+    let mut cluster = kit::local_cluster(exe, &dir, &["--config", &config], 2, 0).await;
     let job = |command: &[&str]| holdfast_proto::v1::JobSpec {
         command: command.iter().map(|s| s.to_string()).collect(),
         nodes: 1,
@@ -412,17 +412,26 @@ async fn a_finished_job_past_its_retention_is_archived_then_forgotten() {
     let done = kit::submit(&cluster, job(&["true"])).await.job_id;
     let live = kit::submit(&cluster, job(&["sleep", "600"])).await.job_id;
     let archive = dir.join("archive.jsonl");
-    let gone = kit::wait_for(WITHIN, || async {
-        let mut client = cluster.client().await.map_err(|e| e.to_string())?;
-        let request = holdfast_proto::v1::GetJobRequest {
-            job_id: done.clone(),
-        };
-        match client.get_job(request).await {
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            other => Err(format!("job {done} still kept: {other:?}")),
-        }
-    });
-    gone.await;
+    let gone = |cluster: &LocalCluster| {
+        let done = done.clone();
+        let addr = cluster.addr.clone();
+        kit::wait_for(WITHIN, move || {
+            let (done, addr) = (done.clone(), addr.clone());
+            async move {
+                let mut client = holdfast_cli::client::connect(&addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let request = holdfast_proto::v1::GetJobRequest {
+                    job_id: done.clone(),
+                };
+                match client.get_job(request).await {
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    other => Err(format!("job {done} still kept: {other:?}")),
+                }
+            }
+        })
+    };
+    gone(&cluster).await;
     let text = std::fs::read_to_string(&archive).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -435,6 +444,11 @@ async fn a_finished_job_past_its_retention_is_archived_then_forgotten() {
     assert_eq!(exported["record"]["state"], "Succeeded", "{exported}");
     assert_eq!(mode(&archive), 0o600);
     assert!(!text.contains(&format!("\"id\":\"{live}\"")), "{text}");
+    assert_eq!(kit::job(&cluster, &live).await.state, "running");
+    // Forgetting was saved: a restarted coordinator does not bring the job back.
+    cluster.kill_coordinator().unwrap();
+    cluster.restart_coordinator().await.unwrap();
+    gone(&cluster).await;
     assert_eq!(kit::job(&cluster, &live).await.state, "running");
 }
 

@@ -212,7 +212,12 @@ pub struct Cluster {
     next_job: u64,
     /// The id the next incident gets: stored, so an id is never reused after the incidents
     /// before it were archived.
+    #[serde(default)]
     next_incident: u64,
+    /// The highest generation of any job retention archived: a new job starts above it, so an
+    /// agent that ran an archived job of the same id never takes its launches for stale ones.
+    #[serde(default)]
+    archived_generation: Generation,
     /// What the shell is archiving now (retention.rs): forgotten when it says it is written.
     #[serde(skip)]
     archiving: Option<retention::Archiving>,
@@ -263,6 +268,7 @@ impl Cluster {
             incidents: Vec::new(),
             next_job: 1,
             next_incident: 1,
+            archived_generation: Generation::default(),
             archiving: None,
             next_sweep_at: 0,
             progress_published: BTreeMap::new(),

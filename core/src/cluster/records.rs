@@ -13,6 +13,9 @@ struct Meta {
     /// every incident ever opened is still stored, and the highest id tells it.
     #[serde(default)]
     next_incident: u64,
+    /// The highest generation of an archived job (0 before retention existed).
+    #[serde(default)]
+    archived_generation: Generation,
 }
 
 impl Cluster {
@@ -38,6 +41,7 @@ impl Cluster {
             term: self.term,
             next_job: self.next_job,
             next_incident: self.next_incident,
+            archived_generation: self.archived_generation,
         };
         records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
         for (id, node) in &self.nodes {
@@ -85,6 +89,7 @@ impl Cluster {
         let mut cluster = Cluster::new(config);
         cluster.term = meta.term.next();
         cluster.next_job = meta.next_job;
+        cluster.archived_generation = meta.archived_generation;
         let grace = cluster.config.reconnect_grace_ms as i64;
         for (key, bytes) in records {
             if let Some(id) = key.strip_prefix("node/") {

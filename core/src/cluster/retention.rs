@@ -4,7 +4,8 @@
 //! ([`Command::Archive`]) and forgotten only once it says they are written
 //! ([`Input::Archived`]); a failed export keeps them and is tried again later. Running jobs and
 //! open incidents are never archived, and incident ids are never reused (`next_incident` is
-//! stored).
+//! stored). A job id may be used again once archived: new jobs start above the highest archived
+//! generation (`archived_generation`, stored), which agents may have seen under that id.
 
 use super::*;
 
@@ -93,6 +94,11 @@ impl Cluster {
         let (jobs, incidents) = (done.jobs.len(), done.incidents.len());
         match result {
             Ok(()) => {
+                for id in &done.jobs {
+                    if let Some(job) = self.jobs.get(id) {
+                        self.archived_generation = self.archived_generation.max(job.generation);
+                    }
+                }
                 // Nothing reopens a finished job or a closed incident; checked all the same, so
                 // no live record is ever lost.
                 (self.jobs).retain(|id, j| !(j.state.is_terminal() && done.jobs.contains(id)));

@@ -155,3 +155,23 @@ fn state_saved_before_retention_restores_its_next_incident_id() {
         .0;
     assert_eq!(r.next_incident, 4);
 }
+
+#[test]
+fn an_archived_job_id_used_again_launches_above_every_archived_generation() {
+    let mut c = with_history();
+    c.jobs.get_mut("old").unwrap().generation = Generation(5);
+    tick_alive(&mut c, &["a", "b"], 5_000);
+    c.step(Input::Archived { result: Ok(()) }, 5_100);
+    assert!(!c.jobs.contains_key("old"));
+    let mut r = restart(&c, 6_000);
+    hello(&mut r, "s", Role::Spare, 13, 6_000);
+    let request = JobRequest {
+        job_id: "old".into(),
+        ..job(1)
+    };
+    let (again, _) = submit(&mut r, request, 6_100).unwrap();
+    assert_eq!(again.generation, Generation(5));
+    let fx = resolved(&mut r, "old", Ok(None), 6_200);
+    let launched = launches(&fx);
+    assert_eq!(launched[0].1.generation, Generation(6), "{fx:?}");
+}
