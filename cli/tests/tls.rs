@@ -12,33 +12,20 @@ use holdfast_cli::client::{connect_with, connect_with_token};
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const OPERATOR: &str = "operator-0123456789abcdef";
 
 /// Writes `ca.pem`, `coordinator.{pem,key}` (for localhost and 127.0.0.1) and
 /// `agent.{pem,key}`, all signed by the one CA, into `dir`.
 fn make_certificates(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    for (name, names) in [
-        (
-            "coordinator",
-            vec!["localhost".to_string(), "127.0.0.1".into()],
-        ),
-        ("agent", vec!["node-1".to_string()]),
-        ("node-a", vec!["node-a".to_string()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
+    kit::certificates(
+        dir,
+        &[
+            ("coordinator", &["localhost", "127.0.0.1"]),
+            ("agent", &["node-1"]),
+            ("node-a", &["node-a"]),
+        ],
+    );
 }
 
 #[tokio::test]

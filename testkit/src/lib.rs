@@ -37,7 +37,8 @@ pub mod slurm;
 pub mod wait;
 
 pub use files::{
-    exec_provider_config, provider_scripts, repo_root, write_file, write_script, Scratch,
+    certificates, exec_provider_config, provider_scripts, repo_root, write_file, write_script,
+    Scratch,
 };
 pub use host::{free_port, libfaketime, python, require, skip, strict, Browser};
 pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};

@@ -154,6 +154,19 @@ impl Coordinator {
                         result: result.map_err(|e| e.to_string()),
                     }
                 }),
+                Command::Archive { jobs, incidents } => self.answer_later(|this| async move {
+                    let path = this.cluster().config().archive_file.clone();
+                    let now = crate::now_ms();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::archive::export(&path, &jobs, &incidents, now)
+                    })
+                    .await;
+                    let result = written.unwrap_or_else(|e| Err(format!("archive task: {e}")));
+                    if let Err(e) = &result {
+                        tracing::error!("archive failed, records kept: {e}");
+                    }
+                    Input::Archived { result }
+                }),
                 Command::Reply { request, reply } => {
                     let waiter = self
                         .shared

@@ -4,6 +4,7 @@
 use super::{CheckReport, Hello, NodeRecord};
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::error::CoreError;
+use crate::incident::Incident;
 use crate::job::Job;
 use crate::protocol::{
     AgentCommand, ClockEcho, CommandResult, Event, HealthSummary, JobRequest, Progress, Welcome,
@@ -67,6 +68,14 @@ pub enum Command {
         address: String,
         /// Why it was fenced.
         reason: String,
+    },
+    /// Export finished jobs and closed incidents durably (retention): the core forgets them
+    /// only when [`Input::Archived`] says they are written, and keeps them when it failed.
+    Archive {
+        /// The finished jobs, oldest first.
+        jobs: Vec<Job>,
+        /// The closed incidents, oldest first.
+        incidents: Vec<Incident>,
     },
     /// The answer to request `request` (an agent's hello, an operator call).
     Reply {
@@ -251,6 +260,12 @@ pub enum Input {
         /// The provider's output, or why it failed.
         result: Result<String, String>,
     },
-    /// The failure detector's clock: timeouts, stalls, recovery deadlines.
+    /// The answer to a [`Command::Archive`]: written (the records are forgotten), or why not
+    /// (they are kept and archived again later).
+    Archived {
+        /// Ok once every record is written durably.
+        result: Result<(), String>,
+    },
+    /// The failure detector's clock: timeouts, stalls, recovery deadlines; retention.
     Tick,
 }

@@ -209,8 +209,10 @@ impl Cluster {
                     None => self.nodes.get(&node).and_then(|n| n.fault_evidence),
                 };
                 let fault_at = evidence.map(|(at, _)| at);
+                let id = self.next_incident;
+                self.next_incident = id.saturating_add(1);
                 let mut incident = Incident::open(
-                    self.incidents.len() as u64 + 1,
+                    id,
                     job_id,
                     &node,
                     cause.code(),

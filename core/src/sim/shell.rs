@@ -192,6 +192,17 @@ impl Sim {
                         },
                     },
                 ),
+                Command::Archive { jobs, incidents } => {
+                    (self.archived.0).extend(jobs.into_iter().map(|j| j.id.to_string()));
+                    (self.archived.1).extend(incidents.into_iter().map(|i| i.id));
+                    self.push(
+                        later,
+                        SimEvent::ToCoordinator {
+                            origin: shell,
+                            input: Input::Archived { result: Ok(()) },
+                        },
+                    );
+                }
                 Command::Reply { request, reply } => match self.pending_hellos.remove(&request) {
                     Some(conn) => self.answer_hello(conn, reply),
                     None => {

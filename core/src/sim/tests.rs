@@ -263,3 +263,52 @@ fn an_operators_check_is_answered_when_its_scripts_end() {
         "an operator's check changes nothing"
     );
 }
+
+#[test]
+fn retention_archives_finished_jobs_and_closed_incidents_and_never_reuses_an_incident_id() {
+    let config = CoordinatorConfig {
+        finished_retention_ms: 1_000,
+        max_closed_incidents: 1,
+        ..CoordinatorConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.add_nodes("w", 2, Role::Worker);
+    let ready = |s: &Sim| {
+        s.cluster()
+            .nodes
+            .values()
+            .filter(|n| n.allocatable())
+            .count()
+            == 2
+    };
+    for round in 0..3 {
+        assert!(sim.run_until(ready, 5_000));
+        let id = format!("job-{round}");
+        sim.submit_job(&id, 2);
+        assert!(sim.run_until(|s| s.job(&id).step >= 5, 5_000));
+        sim.kill_worker("w0", faults::Exit::Code(1));
+        assert!(sim.run_until(
+            |s| {
+                let incidents = s.incidents_of(&id);
+                !incidents.is_empty() && incidents.iter().all(|i| !i.is_open())
+            },
+            20_000
+        ));
+        sim.stop_job(&id).unwrap();
+        assert!(sim.run_until(|s| s.job(&id).state.is_terminal(), 20_000));
+        if round == 1 {
+            // The archive so far and the counter survive a restart.
+            sim.restart_coordinator();
+        }
+    }
+    assert!(sim.run_until(ready, 5_000));
+    sim.submit_job("live", 2);
+    assert!(sim.run_until(
+        |s| s.archived().0.len() == 3 && s.archived().1.len() == 3,
+        10_000
+    ));
+    assert_eq!(sim.archived().0, ["job-0", "job-1", "job-2"]);
+    assert_eq!(sim.archived().1, [1, 2, 3], "each id once, in order");
+    assert!(sim.cluster().jobs.contains_key("live"));
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
