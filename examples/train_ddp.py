@@ -5,7 +5,9 @@ gloo on CPU, a small MLP on synthetic data (the same on every run, so a resumed 
 an uninterrupted one would). Every step prints `step N` (holdfast's progress signal) and takes at
 least `--step-time` seconds. Global rank 0 writes a checkpoint every `--ckpt-every` steps to
 `<checkpoint uri>/step-N/`: `model.pt` first, then the `COMPLETE` marker, last, holding
-`{"step": N, "generation": G}` (G from HOLDFAST_GENERATION) — only then does it count.
+`{"step": N, "generation": G, "files": {…}}` (G from HOLDFAST_GENERATION; the manifest from
+`holdfast.checkpoint` in the repository's `python/`, which the coordinator verifies) — only then
+does it count.
 
 Checkpoints go to `s3://bucket/prefix` (endpoint and credentials from the standard AWS_*
 variables, AWS_ENDPOINT_URL included) or to a `file://` prefix. On start the job resumes from
@@ -22,7 +24,6 @@ STARTED = time.time()  # before the imports, which a warm standby has done alrea
 
 import argparse  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from urllib.parse import urlparse  # noqa: E402
@@ -33,6 +34,9 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 IMPORTED = time.time()
+
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from holdfast import checkpoint  # noqa: E402
 
 MARKER = "COMPLETE"
 
@@ -168,9 +172,10 @@ def main():
             torch.save(
                 {"model": model.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, buffer
             )
-            store.put(f"step-{step}/model.pt", buffer.getvalue())
+            model_bytes = buffer.getvalue()
+            store.put(f"step-{step}/model.pt", model_bytes)
             # The marker is written last: only then does the checkpoint count.
-            store.put(f"step-{step}/{MARKER}", json.dumps({"step": step, "generation": generation}).encode())
+            store.put(f"step-{step}/{MARKER}", checkpoint.marker(step, generation, {"model.pt": model_bytes}))
         time.sleep(max(0.0, args.step_time - (time.monotonic() - started)))
     print(f"rank {rank}: done at step {step}", flush=True)
     dist.destroy_process_group()

@@ -3,7 +3,9 @@
 
 Each step takes a fixed time and prints `step N`. Rank 0 writes a checkpoint every K steps to
 `$HOLDFAST_CHECKPOINT_URI/step-N/` (a local file:// prefix): the state first, then the
-`COMPLETE` marker, last. On start it resumes from `$HOLDFAST_RESUME_FROM` when set.
+`COMPLETE` marker, last, with the manifest holdfast verifies (`holdfast.checkpoint`, beside this
+script or in the repository's `python/`). On start it resumes from `$HOLDFAST_RESUME_FROM` when
+set.
 
 With `--sync-dir DIR` the ranks are synchronous, as collective training is: after each step
 every rank writes `DIR/g<generation>/step-N.rank-R` and waits until every rank's file for step
@@ -16,6 +18,10 @@ import os
 import sys
 import time
 from urllib.parse import urlparse
+
+# holdfast's helpers: beside this script (as the demo writes them) or in the repository.
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from holdfast import checkpoint  # noqa: E402
 
 
 def local_path(uri):
@@ -86,8 +92,7 @@ def main():
                 f.flush()
                 os.fsync(f.fileno())
             # The marker is written last: only then does the checkpoint count.
-            with open(os.path.join(directory, "COMPLETE"), "w") as f:
-                json.dump({"step": step, "generation": generation}, f)
+            checkpoint.write_marker(directory, step, generation)
     print(f"rank {rank}: done at step {step}", flush=True)
 
 

@@ -18,6 +18,20 @@ use crate::follow;
 
 /// The training script the demo runs, shipped in the binary.
 pub const TRAIN_SCRIPT: &str = include_str!("../../examples/train_demo.py");
+/// The checkpoint helpers it imports (`holdfast.checkpoint`: markers with a manifest).
+const CHECKPOINT_HELPERS: &str = include_str!("../../python/holdfast/checkpoint.py");
+
+/// Writes the training script into `dir` with the helpers it imports beside it; its path.
+pub fn write_train_script(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("holdfast"))?;
+    std::fs::write(
+        dir.join("holdfast").join("checkpoint.py"),
+        CHECKPOINT_HELPERS,
+    )?;
+    let script = dir.join("train_demo.py");
+    std::fs::write(&script, TRAIN_SCRIPT)?;
+    Ok(script)
+}
 
 /// The lifecycle scripts the demo's agents run (the ones in `lifecycle-scripts/`).
 pub const LIFECYCLE_SCRIPTS: [(&str, &str); 3] = [
@@ -554,8 +568,7 @@ pub async fn run(exe: &Path, options: &DemoOptions) -> anyhow::Result<DemoReport
     let dir = std::env::temp_dir().join(format!("holdfast-demo-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let script = dir.join("train_demo.py");
-    std::fs::write(&script, TRAIN_SCRIPT)?;
+    let script = write_train_script(&dir)?;
     let say = |line: String| {
         if options.json {
             eprintln!("{line}");

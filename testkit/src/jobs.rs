@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use holdfast_cli::demo::{schedule_args, TRAIN_SCRIPT};
+use holdfast_cli::demo::schedule_args;
 use holdfast_proto::v1 as pb;
 
 /// The shape of a training job.
@@ -54,8 +54,8 @@ impl Train {
     /// The job, with the script written into `dir` and its checkpoints under
     /// [`checkpoint_dir`]`(dir)`.
     pub fn spec(&self, dir: &Path) -> pb::JobSpec {
-        let script = dir.join("train_demo.py");
-        std::fs::write(&script, TRAIN_SCRIPT).expect("writing the training script");
+        let script =
+            holdfast_cli::demo::write_train_script(dir).expect("writing the training script");
         // Synchronous ranks, as collective training is: a rank that stops stops them all.
         let mut command = self.command(&script);
         if self.synchronous {
