@@ -47,11 +47,12 @@ async function main() {
     const search = {};
     for (const q of ['node-01', jobs[jobs.length - 1]]) {
       await page.fill('#search', q);
-      await page.waitForFunction((n) => Number(document.querySelector('#node-count').dataset.total) < n, expected, { timeout: 5000 });
+      // Every row shown matches, and fewer than all.
+      await page.waitForFunction(([text, n]) => {
+        const rows = [...document.querySelectorAll('#nodes .node')];
+        return rows.length > 0 && rows.every((r) => r.textContent.includes(text)) && Number(document.querySelector('#node-count').dataset.total) < n;
+      }, [q, expected], { timeout: 5000 });
       search[q] = await total();
-      // Every row shown matches.
-      const rows = await page.$$eval('#nodes .node', (els) => els.map((e) => e.textContent));
-      if (!rows.length || rows.some((r) => !r.includes(q))) throw new Error(`rows not matching ${q}: ${rows.slice(0, 5)}`);
     }
     await page.fill('#search', '');
     await page.waitForFunction((n) => Number(document.querySelector('#node-count').dataset.total) === n, expected, { timeout: 5000 });
@@ -91,6 +92,11 @@ async function main() {
     await page.waitForSelector(`#node-detail [data-selected="${victim}"]`, { timeout: 5000 });
     await page.fill('#search', '');
     await page.waitForFunction((n) => Number(document.querySelector('#node-count').dataset.total) === n, expected, { timeout: 5000 });
+    // The rows in view read in full again (their step column filled) before the picture.
+    await page.waitForFunction(() => {
+      const row = document.querySelector('#nodes .node');
+      return row && row.children[6].textContent !== '';
+    }, null, { timeout: 5000 });
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
     say({ stage: 'done', mark, consoleErrors });
   } finally {
