@@ -16,7 +16,7 @@ function rateOf(jobId) {
   let r = rates.get(jobId);
   if (!r) {
     const used = new Set([...rates.values()].map((x) => x.colour));
-    r = { points: [], last: null, ema: null, colour: JOB_COLOURS.find((c) => !used.has(c)) || '#e0e0e0', seen: Date.now() };
+    r = { points: [], last: null, recent: [], ema: null, colour: JOB_COLOURS.find((c) => !used.has(c)) || '#e0e0e0', seen: Date.now() };
     if (rates.size >= RATE_JOBS) {
       // Forget the job heard from longest ago.
       const [oldest] = [...rates.entries()].sort(([, a], [, b]) => a.seen - b.seen)[0];
@@ -35,7 +35,11 @@ function pushRate(r, t, rate) {
   if (drop) r.points.splice(0, drop);
 }
 
-// A progress event (its job view): steps/s since the job's previous one of the same generation.
+// Steps/s is measured over at least this long: progress events come every 250 ms at most, in
+// bursts when the coordinator is busy, and successive pairs would make a sawtooth.
+const RATE_SPAN_MS = 2000;
+
+// A progress event (its job view): steps/s over the last RATE_SPAN_MS of the same generation.
 // A new generation starts its count again, with a zero between (the restart's stall).
 function recordProgress(e) {
   const j = e.job;
@@ -43,15 +47,20 @@ function recordProgress(e) {
   const t = e.at_unix_ms || Date.now();
   const r = rateOf(j.job_id);
   r.seen = t;
-  const prev = r.last;
-  if (prev && prev.generation === j.generation && t > prev.t && j.step >= prev.step) {
-    const rate = ((j.step - prev.step) * 1000) / (t - prev.t);
-    r.ema = r.ema === null ? rate : 0.7 * r.ema + 0.3 * rate;
-    pushRate(r, t, rate);
-  } else if (prev && prev.generation !== j.generation) {
+  if (r.last && r.last.generation !== j.generation) {
     pushRate(r, t, 0);
+    r.recent = [];
   }
   r.last = { generation: j.generation, step: j.step, t };
+  r.recent = (r.recent || []).filter((o) => t - o.t <= 3 * RATE_SPAN_MS);
+  r.recent.push({ step: j.step, t });
+  // The newest observation at least RATE_SPAN_MS older than this one, else the oldest kept.
+  const base = [...r.recent].reverse().find((o) => t - o.t >= RATE_SPAN_MS) || r.recent[0];
+  if (base.t < t && j.step >= base.step && t - base.t >= RATE_SPAN_MS / 2) {
+    const rate = ((j.step - base.step) * 1000) / (t - base.t);
+    r.ema = r.ema === null ? rate : 0.7 * r.ema + 0.3 * rate;
+    pushRate(r, t, rate);
+  }
 }
 
 // A job seen recovering or launching in a listing makes no steps now.
