@@ -320,7 +320,16 @@ async fn session(
         _ = shutdown.as_mut() => return SessionEnd::Shutdown,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", state.address())),
+            Err(e) => {
+                // The causes say why (refused, or a certificate this agent does not trust).
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                return SessionEnd::Lost(format!("cannot connect to {}: {why}", state.address()));
+            }
         },
     };
     let mut client = AgentServiceClient::new(channel);

@@ -139,6 +139,9 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
         for rejected in &i.rejected_candidates {
             out.push_str(&format!("      rejected candidate {rejected}\n"));
         }
+        for skipped in &i.skipped_checkpoints {
+            out.push_str(&format!("      checkpoint passed over: {skipped}\n"));
+        }
     }
     out.push_str(
         "(seconds from the fault; the fault time is estimated from the evidence named under \
@@ -168,6 +171,7 @@ pub fn incident_json(i: &pb::Incident, t0: i64) -> serde_json::Value {
         "to_generation": i.to_generation,
         "open": i.open,
         "rejected_candidates": i.rejected_candidates,
+        "skipped_checkpoints": i.skipped_checkpoints,
         "fault_unix_ms": i.fault_unix_ms,
         "detected_unix_ms": i.detected_unix_ms,
         "fault_time_source": if i.fault_time_source.is_empty() { "detection" } else { i.fault_time_source.as_str() },

@@ -20,11 +20,13 @@ use holdfast_testkit::{self as kit, holdfast_exe, local_cluster, Scratch};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-fn runs() -> usize {
-    std::env::var("HOLDFAST_BENCH_RUNS")
+/// Each run's number and its own scratch directory (`HOLDFAST_BENCH_RUNS` runs, 3 by default).
+fn runs(provider: &str) -> impl Iterator<Item = (usize, Scratch)> + '_ {
+    let runs = std::env::var("HOLDFAST_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(3);
+    (1..=runs).map(move |run| (run, Scratch::new(&format!("bench-provider-{provider}"))))
 }
 
 /// Prints the run's JSON line from the job as it ended and its incidents.
@@ -86,8 +88,7 @@ fn kill_pid_file(path: &Path) {
 #[ignore]
 async fn bench_replacement_spares() {
     let exe = holdfast_exe!();
-    for run in 1..=runs() {
-        let dir = Scratch::new("bench-provider-spares");
+    for (run, dir) in runs("spares") {
         let mut cluster = local_cluster(exe, &dir, &[], 1, 1).await;
         let id = training(&cluster, &dir).await;
         cluster.kill_host("node-1").expect("killing node-1");
@@ -103,8 +104,7 @@ async fn bench_replacement_spares() {
 #[ignore]
 async fn bench_replacement_static() {
     let exe = holdfast_exe!();
-    for run in 1..=runs() {
-        let dir = Scratch::new("bench-provider-static");
+    for (run, dir) in runs("static") {
         let provider = kit::provider_scripts(&dir, "static");
         std::fs::write(provider.join("hosts"), "standby-1\nstandby-2\n").expect("hosts");
         let start = format!(
@@ -140,18 +140,9 @@ async fn bench_replacement_static() {
 async fn bench_replacement_slurm() {
     kit::require(slurm::available()).expect("Slurm (scripts/setup/43-slurm.sh) and root");
     let exe = holdfast_exe!();
-    for run in 1..=runs() {
-        let dir = Scratch::new("bench-provider-slurm");
+    for (run, dir) in runs("slurm") {
         let slurm = SlurmLab::start(&dir);
-        let (config, path) = slurm.as_provider(&dir, exe);
-        let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
-            .await
-            .expect("the coordinator starts");
-        let work = slurm::start_agent(exe, &cluster.addr, "work-1", "worker", &dir);
-        cluster
-            .wait_ready(1, Duration::from_secs(30))
-            .await
-            .expect("work-1's agent is ready");
+        let (mut cluster, work, path) = slurm.start_cluster(exe, &dir, "work-1").await;
         let id = training(&cluster, &dir).await;
         let worker = cluster.worker("work-1");
         drop(work);
@@ -180,19 +171,10 @@ async fn bench_replacement_ec2() {
         kit::require(ec2::tools()).expect("moto and the aws CLI (scripts/setup/42-ec2.sh)");
     kit::require(kit::netns::available()).expect("root for UTS namespaces");
     let exe = holdfast_exe!();
-    for run in 1..=runs() {
-        let dir = Scratch::new("bench-provider-ec2");
+    for (run, dir) in runs("ec2") {
         let ec2 = Ec2Server::start(&moto, &aws_bin, &dir);
         let mut provider = ec2::Ec2Provider::install(&ec2, &aws_bin, &dir);
-        let mut cluster = LocalCluster::start(exe, &dir, &["--config", &provider.config])
-            .await
-            .expect("the coordinator starts");
-        let (first, _, dns) = provider.launch_first(&ec2, exe, &dir, &cluster.addr);
-        cluster
-            .wait_ready(1, Duration::from_secs(30))
-            .await
-            .expect("the first instance's agent is ready");
-        let host = dns.split('.').next().unwrap_or_default().to_string();
+        let (mut cluster, first, _, host) = provider.start_cluster(&ec2, exe, &dir).await;
         let id = training(&cluster, &dir).await;
         let worker = cluster.worker(&host);
         provider.kill_agent(&first);

@@ -24,18 +24,7 @@ async fn coordinator() -> String {
     format!("http://{addr}")
 }
 
-fn hello(node_id: &str) -> pb::AgentMessage {
-    pb::AgentMessage {
-        body: Some(ToCoordinator::Hello(pb::Hello {
-            node_id: node_id.into(),
-            hostname: "host".into(),
-            boot_id: "boot".into(),
-            sent_unix_ms: holdfast_coordinator::now_ms(),
-            agent_started_unix_ms: holdfast_coordinator::now_ms(),
-            ..Default::default()
-        })),
-    }
-}
+use holdfast_testkit::raw_grpc::hello;
 
 /// Opens an agent stream that sends `messages` and keeps it open; the first reply or the
 /// refusal.

@@ -12,6 +12,8 @@ const SKEW_MS: i64 = 30_000;
 
 /// How far the incident's figures may be from the truth.
 const TOLERANCE_MS: i64 = 500;
+/// How long the agents get to connect and pass their checks.
+const AGENTS_READY: Duration = Duration::from_secs(30);
 
 fn host_now_ms() -> i64 {
     SystemTime::now()
@@ -48,10 +50,7 @@ async fn a_fatal_xid_on_an_agent_30_s_ahead_is_dated_within_half_a_second() {
         )
         .unwrap();
     let more = [("plain", "worker"), ("spare-1", "spare")];
-    cluster
-        .start_agents(&more, Duration::from_secs(30))
-        .await
-        .unwrap();
+    cluster.start_agents(&more, AGENTS_READY).await.unwrap();
 
     // The offset is measured (the welcome's stamp is echoed in the first heartbeat).
     let skewed = kit::wait_node(

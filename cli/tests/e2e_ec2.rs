@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::ec2::{self, Ec2Server};
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 use nix::sys::signal::{killpg, Signal};
@@ -28,16 +27,8 @@ async fn a_host_lost_on_ec2_is_terminated_and_replaced_by_a_launched_instance() 
     let ec2 = Ec2Server::start(&moto, &aws_bin, &dir);
     // This file's only test: the coordinator and its scripts inherit this environment.
     let mut provider = ec2::Ec2Provider::install(&ec2, &aws_bin, &dir);
-    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &provider.config])
-        .await
-        .expect("the coordinator starts");
     // The first host: an instance of the template that the operator launched and recorded.
-    let (first, address, dns) = provider.launch_first(&ec2, exe, &dir, &cluster.addr);
-    cluster
-        .wait_ready(1, Duration::from_secs(30))
-        .await
-        .expect("the first instance's agent is ready");
-    let host = dns.split('.').next().unwrap_or_default().to_string();
+    let (mut cluster, first, address, host) = provider.start_cluster(&ec2, exe, &dir).await;
     let node = kit::node(&cluster, &host).await;
     assert_eq!(
         (node.hostname.as_str(), node.address.as_str()),

@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use holdfast_cli::demo::LocalCluster;
 use holdfast_testkit::slurm::{self, SlurmLab};
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
 use nix::sys::signal::{kill, killpg, Signal};
@@ -28,15 +27,7 @@ async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
     // sinfo/scontrol wrappers that enter the controller's namespace. "Starting the agent on a
     // node" starts a local agent with the node's host name. This file's only test: the
     // coordinator and its scripts inherit this process's environment.
-    let (config, _path) = slurm.as_provider(&dir, exe);
-    let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config])
-        .await
-        .expect("the coordinator starts");
-    let work = slurm::start_agent(exe, &cluster.addr, "work-1", "worker", &dir);
-    cluster
-        .wait_ready(1, Duration::from_secs(20))
-        .await
-        .expect("work-1's agent is ready");
+    let (mut cluster, work, _path) = slurm.start_cluster(exe, &dir, "work-1").await;
     let node = kit::node(&cluster, "work-1").await;
     assert_eq!(node.hostname, "work-1", "{node:?}");
 

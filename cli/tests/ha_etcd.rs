@@ -24,15 +24,21 @@ fn etcd_binary() -> Option<String> {
 
 /// An etcd server on loopback with its own data directory.
 fn start_etcd(binary: &str, dir: &Path) -> (Proc, String) {
+    start_etcd_with(binary, dir, "http", &[])
+}
+
+/// [`start_etcd`] with client URLs of `scheme` and `extra` flags.
+fn start_etcd_with(binary: &str, dir: &Path, scheme: &str, extra: &[String]) -> (Proc, String) {
     let client = free_port();
     let peer = free_port();
     let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
     let child = Command::new(binary)
         .args(["--name", "hf", "--data-dir"])
         .arg(dir.join("etcd-data"))
+        .args(extra)
         .args([
-            format!("--listen-client-urls=http://127.0.0.1:{client}"),
-            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-client-urls={scheme}://127.0.0.1:{client}"),
+            format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-cluster=hf=http://127.0.0.1:{peer}"),
@@ -48,7 +54,7 @@ fn start_etcd(binary: &str, dir: &Path) -> (Proc, String) {
             || format!("etcd did not start; see {}", dir.join("etcd.log").display()),
         )
     });
-    (Proc(child), format!("http://127.0.0.1:{client}"))
+    (Proc(child), format!("{scheme}://127.0.0.1:{client}"))
 }
 
 /// One coordinator of the group.
@@ -58,6 +64,17 @@ struct Coordinator {
 }
 
 fn start_coordinator(dir: &Path, etcd: &str, name: &str, port: u16) -> Coordinator {
+    start_coordinator_with(dir, etcd, name, port, &[])
+}
+
+/// [`start_coordinator`] with `extra` flags.
+fn start_coordinator_with(
+    dir: &Path,
+    etcd: &str,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+) -> Coordinator {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(holdfast_exe!())
         .args([
@@ -69,6 +86,7 @@ fn start_coordinator(dir: &Path, etcd: &str, name: &str, port: u16) -> Coordinat
         ])
         .args(["--etcd-prefix", "/hf-test", "--etcd-lease-ttl-s", "2"])
         .args(["--reconnect-grace-ms", "6000"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -304,4 +322,100 @@ async fn bench_failover_time() {
         leader = standby;
     }
     println!("failover_s {}", kit::timing_summary(&mut times));
+}
+
+/// etcd over TLS with client certificates and users: a coordinator given the CA, a client
+/// certificate and a user whose password is in a file leads and its state survives a restart;
+/// one with a wrong password never leads. Neither password appears in a log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_leads_through_etcd_with_tls_and_a_password_and_a_wrong_one_does_not() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = workdir("tls-auth");
+    // The client certificate names no etcd user: the password is what authenticates.
+    kit::certificates(
+        &dir,
+        &[
+            ("etcd", &["localhost", "127.0.0.1"]),
+            ("client", &["holdfast-client"]),
+        ],
+    );
+    let p = |name: &str| dir.join(name).display().to_string();
+    let tls = [
+        format!("--cert-file={}", p("etcd.pem")),
+        format!("--key-file={}", p("etcd.key")),
+        format!("--trusted-ca-file={}", p("ca.pem")),
+        "--client-cert-auth".into(),
+    ];
+    let (_etcd, etcd) = start_etcd_with(&etcd_bin, &dir, "https", &tls);
+    const PASSWORD: &str = "s3cret-etcd-password";
+    // Users and auth on, through etcd's own HTTP gateway over the same mutual TLS.
+    for (path, body) in [
+        (
+            "auth/user/add",
+            format!(r#"{{"name":"root","password":"{PASSWORD}"}}"#),
+        ),
+        ("auth/role/add", r#"{"name":"root"}"#.to_string()),
+        (
+            "auth/user/grant",
+            r#"{"user":"root","role":"root"}"#.to_string(),
+        ),
+        ("auth/enable", "{}".to_string()),
+    ] {
+        let ran = kit::run(
+            Command::new("curl")
+                .args(["-sS", "--fail", "--cacert", &p("ca.pem"), "--cert"])
+                .args([&p("client.pem"), "--key", &p("client.key"), "-X", "POST"])
+                .arg(format!("{etcd}/v3/{path}"))
+                .args(["-d", &body]),
+        );
+        assert!(ran.ok(), "{path}: {ran:?}");
+    }
+    let config = |name: &str, password: &str| {
+        let password_file = kit::write_file(&dir, &format!("{name}.password"), password);
+        let text = format!(
+            "etcd_ca_file = \"{}\"\netcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\n\
+             etcd_user = \"root\"\netcd_password_file = \"{password_file}\"\n",
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key"),
+        );
+        kit::write_file(&dir, &format!("{name}.toml"), &text)
+    };
+    let log = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+
+    let wrong = config("wrong", "not-the-password\n");
+    let _wrong = start_coordinator_with(&dir, &etcd, "wrong", free_port(), &["--config", &wrong]);
+    kit::wait_for_blocking(Duration::from_secs(20), || {
+        let text = log("wrong");
+        kit::check(text.contains("waiting for etcd"), || text.clone())
+    });
+    let text = log("wrong");
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let right = config("right", &format!("{PASSWORD}\n"));
+    let port = free_port();
+    let mut a = start_coordinator_with(&dir, &etcd, "right", port, &["--config", &right]);
+    wait_serving(&a.url, Duration::from_secs(30)).await;
+    // A node registers: state written to etcd.
+    let mut cluster = LocalCluster::attach(holdfast_exe!(), &dir, &a.url).unwrap();
+    cluster.start_nodes(1, 0, &[]).unwrap();
+    cluster
+        .wait_ready(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    drop(a.proc.take());
+    let again = start_coordinator_with(&dir, &etcd, "again", free_port(), &["--config", &right]);
+    wait_serving(&again.url, Duration::from_secs(30)).await;
+    let text = log("again");
+    assert!(
+        text.contains("coordinator restored: term 2, 1 nodes"),
+        "{text}"
+    );
+    for name in ["right", "again"] {
+        assert!(!log(name).contains(PASSWORD), "{name} logged the password");
+    }
+    assert!(log("wrong").lines().all(|l| !l.contains("leading as")));
 }

@@ -395,3 +395,261 @@ async fn browsers_get_a_locked_down_page_and_rebound_or_foreign_origins_are_refu
     );
     drop(cluster);
 }
+
+/// Bounded history: a coordinator that keeps finished jobs for 1 s exports a finished job to
+/// `archive.jsonl` beside its state file (0600), then forgets it; the running job stays.
+#[tokio::test]
+async fn a_finished_job_past_its_retention_is_archived_then_forgotten() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-retention");
+    let config = kit::write_file(&dir, "coordinator.toml", "finished_retention_ms = 1000\n");
+    let mut cluster = kit::local_cluster(exe, &dir, &["--config", &config], 2, 0).await;
+    let job = |command: &[&str]| holdfast_proto::v1::JobSpec {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let done = kit::submit(&cluster, job(&["true"])).await.job_id;
+    let live = kit::submit(&cluster, job(&["sleep", "600"])).await.job_id;
+    let archive = dir.join("archive.jsonl");
+    let gone = |cluster: &LocalCluster| {
+        let done = done.clone();
+        let addr = cluster.addr.clone();
+        kit::wait_for(WITHIN, move || {
+            let (done, addr) = (done.clone(), addr.clone());
+            async move {
+                let mut client = holdfast_cli::client::connect(&addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let request = holdfast_proto::v1::GetJobRequest {
+                    job_id: done.clone(),
+                };
+                match client.get_job(request).await {
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    other => Err(format!("job {done} still kept: {other:?}")),
+                }
+            }
+        })
+    };
+    gone(&cluster).await;
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let exported = lines
+        .iter()
+        .find(|l| l["kind"] == "job" && l["record"]["id"] == done.as_str())
+        .unwrap_or_else(|| panic!("{done} not in the archive:\n{text}"));
+    assert_eq!(exported["record"]["state"], "Succeeded", "{exported}");
+    assert_eq!(mode(&archive), 0o600);
+    assert!(!text.contains(&format!("\"id\":\"{live}\"")), "{text}");
+    assert_eq!(kit::job(&cluster, &live).await.state, "running");
+    // Forgetting was saved: a restarted coordinator does not bring the job back.
+    cluster.kill_coordinator().unwrap();
+    cluster.restart_coordinator().await.unwrap();
+    gone(&cluster).await;
+    assert_eq!(kit::job(&cluster, &live).await.state, "running");
+}
+
+/// A rogue coordinator: an agent that joined its cluster (`--ca-hash`) and is then pointed at a
+/// coordinator with a CA of its own (same name, same port layout, another CA) refuses its
+/// certificate, so it never registers there and nothing the rogue decides can reach it.
+#[tokio::test]
+async fn a_joined_agent_refuses_a_coordinator_of_another_ca() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-rogue");
+    let start = |name: &'static str| {
+        let pki = dir.join(name).join("pki").display().to_string();
+        let dir = dir.join(name);
+        async move {
+            let mut cluster = LocalCluster::start(exe, &dir, &["--pki-dir", &pki])
+                .await
+                .unwrap();
+            cluster.use_https();
+            cluster
+        }
+    };
+    let mut real = start("real").await;
+    let mut rogue = start("rogue").await;
+    let log = std::fs::read_to_string(dir.join("real/coordinator.log")).unwrap();
+    let (token, hash) = printed_join(&log);
+    real.start_agent("node-1", "worker", &["--join", &token, "--ca-hash", &hash])
+        .unwrap();
+    let admin = |name: &str| {
+        let pki = dir.join(name).join("pki");
+        let token = std::fs::read_to_string(pki.join("admin.token")).unwrap();
+        (
+            token.trim().to_string(),
+            std::fs::read(pki.join("ca.pem")).unwrap(),
+        )
+    };
+    let (token, ca) = admin("real");
+    let operator = connect_with(&real.addr, Some(&token), Some(&ca))
+        .await
+        .unwrap();
+    kit::wait_node_ready(&operator, "node-1", WITHIN).await;
+    real.kill_agent("node-1").unwrap();
+
+    // The same agent, its joined identity and pinned CA, now dialling the rogue.
+    let joined = real.state_dir("node-1");
+    std::fs::create_dir_all(rogue.state_dir("node-1")).unwrap();
+    let copied = kit::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(joined.join("pki"))
+            .arg(rogue.state_dir("node-1")),
+    );
+    assert!(copied.ok(), "{copied:?}");
+    rogue.start_agent("node-1", "worker", &[]).unwrap();
+    let agent_log = dir.join("rogue/node-1.log");
+    kit::wait_for(WITHIN, || async {
+        let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        kit::check(log.to_lowercase().contains("certificate"), || {
+            format!("the agent did not refuse the rogue's certificate:\n{log}")
+        })
+    })
+    .await;
+    let (token, ca) = admin("rogue");
+    let mut rogue_operator = connect_with(&rogue.addr, Some(&token), Some(&ca))
+        .await
+        .unwrap();
+    let nodes = rogue_operator
+        .list_nodes(holdfast_proto::v1::ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert!(
+        nodes.is_empty(),
+        "the agent registered at the rogue: {nodes:?}"
+    );
+    // So the rogue has no one to run a job on.
+    let refused = rogue_operator
+        .submit_job(holdfast_proto::v1::SubmitJobRequest {
+            spec: Some(holdfast_proto::v1::JobSpec {
+                command: vec!["touch".into(), dir.join("pwned").display().to_string()],
+                nodes: 1,
+                ..Default::default()
+            }),
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(!dir.join("pwned").exists());
+    assert!(!rogue.state_dir("node-1").join("worker.json").exists());
+}
+
+/// 10,000 fresh node ids over the wire, 32 streams at a time on one connection, against a
+/// coordinator that registers at most 2 nodes: every one is refused naming `max_nodes`,
+/// nothing is stored for them, and the two real agents stay ready throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_fresh_node_ids_leave_the_registry_bounded() {
+    use holdfast_proto::v1::agent_service_client::AgentServiceClient;
+    use tokio_stream::StreamExt;
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-flood");
+    let config = kit::write_file(&dir, "coordinator.toml", "max_nodes = 2\n");
+    let cluster = kit::local_cluster(exe, &dir, &["--config", &config], 2, 0).await;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for lane in 0..32usize {
+        let mut client = AgentServiceClient::new(channel.clone());
+        senders.spawn(async move {
+            let mut refusals = Vec::new();
+            for i in (lane..10_000).step_by(32) {
+                let hello = kit::raw_grpc::hello(&format!("fresh-{i}"));
+                let hellos = tokio_stream::iter([hello]).chain(tokio_stream::pending());
+                match client.session(hellos).await {
+                    Err(status) => refusals.push(status),
+                    Ok(_) => panic!("fresh-{i} was welcomed past max_nodes"),
+                }
+            }
+            refusals
+        });
+    }
+    let mut refused = 0;
+    while let Some(lane) = senders.join_next().await {
+        for status in lane.unwrap() {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("max_nodes"), "{status:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10_000);
+    eprintln!(
+        "10,000 refused hellos in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let nodes = kit::nodes(&cluster).await;
+    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(ids, ["node-1", "node-2"]);
+    assert!(nodes.iter().all(|n| n.state == "ready"), "{nodes:?}");
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
+    assert!(
+        !log.contains("lost"),
+        "a real agent was lost in the flood:\n{log}"
+    );
+}
+
+/// A power cut while the agent saves `fencing.json`: a real process is SIGKILLed between the
+/// synced temp file and the rename (the `test-seams` hook of `holdfast_core::durable`). The
+/// previous file is read whole, the torn temp file is ignored, and the next save replaces it.
+#[test]
+fn a_power_cut_during_the_fencing_save_keeps_the_previous_term() {
+    use holdfast_agent::fencing::store;
+    const CHILD: &str = "HOLDFAST_TEST_FENCING_CHILD";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        // The child: raises the term to 9 and is killed before the rename.
+        let shared = store::SharedFencing::load(Path::new(&dir));
+        let _ = shared.decide(|f| f.observe(9));
+        return;
+    }
+    let dir = Scratch::new("security-power-cut");
+    let shared = store::SharedFencing::load(&dir);
+    shared.decide(|f| f.observe(5)).unwrap();
+    let file = store::path(&dir);
+    let tmp = dir.join("fencing.json.tmp");
+    let mut child = kit::KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_power_cut_during_the_fencing_save_keeps_the_previous_term",
+            ])
+            .env(CHILD, &*dir)
+            .env("HOLDFAST_TEST_HANG_BEFORE_RENAME", &file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The new content is whole and synced in the temp file: the rename is next.
+    kit::wait_for_blocking(WITHIN, || {
+        let text = std::fs::read_to_string(&tmp).unwrap_or_default();
+        kit::check(text.contains("9"), || {
+            format!("no new content yet: {text:?}")
+        })
+    });
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(tmp.exists(), "the cut left the temp file");
+    assert_eq!(
+        store::load(&dir).term(),
+        5,
+        "the previous file is read whole"
+    );
+    // The next save starts over and replaces the file.
+    store::SharedFencing::load(&dir)
+        .decide(|f| f.observe(7))
+        .unwrap();
+    assert_eq!(store::load(&dir).term(), 7);
+    assert!(!tmp.exists());
+    assert!(file.exists());
+}

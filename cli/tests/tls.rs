@@ -12,33 +12,20 @@ use holdfast_cli::client::{connect_with, connect_with_token};
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const OPERATOR: &str = "operator-0123456789abcdef";
 
 /// Writes `ca.pem`, `coordinator.{pem,key}` (for localhost and 127.0.0.1) and
 /// `agent.{pem,key}`, all signed by the one CA, into `dir`.
 fn make_certificates(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    for (name, names) in [
-        (
-            "coordinator",
-            vec!["localhost".to_string(), "127.0.0.1".into()],
-        ),
-        ("agent", vec!["node-1".to_string()]),
-        ("node-a", vec!["node-a".to_string()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
+    kit::certificates(
+        dir,
+        &[
+            ("coordinator", &["localhost", "127.0.0.1"]),
+            ("agent", &["node-1"]),
+            ("node-a", &["node-a"]),
+        ],
+    );
 }
 
 #[tokio::test]
@@ -48,37 +35,27 @@ async fn agents_need_client_certificates_and_operators_use_tls_with_tokens() {
     make_certificates(&dir);
     let p = |name: &str| dir.join(name).display().to_string();
     let tokens = kit::write_file(&dir, "tokens", &format!("operator {OPERATOR}\n"));
-    // A config file of string settings, one `key = "value"` line each.
-    let config = |name: &str, settings: &[(&str, &str)]| {
-        let lines: String = settings
-            .iter()
-            .map(|(key, value)| format!("{key} = \"{value}\"\n"))
-            .collect();
-        kit::write_file(&dir, name, &lines)
+    // The config file of `party`, whose certificate and key are `<party>.pem` and `.key`: the
+    // CA under `ca_key`, and one more setting.
+    let config = |party: &str, ca_key: &str, (key, value): (&str, &str)| {
+        let d = dir.display();
+        let toml = format!(
+            "{key} = \"{value}\"\n{ca_key} = \"{d}/ca.pem\"\n\
+             tls_cert_file = \"{d}/{party}.pem\"\ntls_key_file = \"{d}/{party}.key\"\n"
+        );
+        kit::write_file(&dir, &format!("{party}.toml"), &toml)
     };
     let config_arg = config(
-        "coordinator.toml",
-        &[
-            ("operator_tokens_file", &tokens),
-            ("tls_cert_file", &p("coordinator.pem")),
-            ("tls_key_file", &p("coordinator.key")),
-            ("tls_client_ca_file", &p("ca.pem")),
-        ],
+        "coordinator",
+        "tls_client_ca_file",
+        ("operator_tokens_file", &tokens),
     );
     let mut cluster = LocalCluster::start(exe, &dir, &["--config", &config_arg])
         .await
         .unwrap();
     let https = cluster.use_https();
     let port = https.rsplit(':').next().unwrap().to_string();
-    let agent_arg = config(
-        "agent.toml",
-        &[
-            ("coordinator", &https),
-            ("tls_ca_file", &p("ca.pem")),
-            ("tls_cert_file", &p("agent.pem")),
-            ("tls_key_file", &p("agent.key")),
-        ],
-    );
+    let agent_arg = config("agent", "tls_ca_file", ("coordinator", &https));
     cluster
         .start_agent("node-1", "worker", &["--config", &agent_arg])
         .unwrap();

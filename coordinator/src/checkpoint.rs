@@ -5,9 +5,17 @@
 //! counts only once `<prefix>/step-<N>/COMPLETE` exists, written last. The marker may hold JSON
 //! `{"step": N, "generation": G}`; a checkpoint whose marker names a fenced generation and was
 //! written after that generation's fence came from a zombie and is never resumed from.
+//!
+//! The marker may also carry a manifest, `"files": {"model.pt": {"size": N, "sha256": "…"}}`
+//! (paths relative to the checkpoint directory; `python/holdfast/checkpoint.py` writes it). A
+//! checkpoint with a manifest counts only when every file listed exists with its size, and,
+//! when checksums are asked for, its SHA-256; one that does not is passed over for the previous
+//! one, and the reason comes back in [`Resolution::skipped`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
@@ -38,9 +46,31 @@ pub enum CheckpointError {
     },
 }
 
+/// Markers larger than this are not read: a manifest of thousands of files still fits.
+const MAX_MARKER_BYTES: u64 = 4 * 1024 * 1024;
+
 #[derive(Debug, Deserialize, Default)]
 struct Marker {
     generation: Option<Generation>,
+    /// The manifest: each file of the checkpoint with its size and digest.
+    files: Option<BTreeMap<String, ManifestEntry>>,
+}
+
+/// One file of a checkpoint as its marker's manifest lists it.
+#[derive(Debug, Deserialize)]
+struct ManifestEntry {
+    size: u64,
+    sha256: Option<String>,
+}
+
+/// What a resolution found: the checkpoint to resume from (none: a fresh start), and the newer
+/// ones passed over because their files did not match their manifest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The newest complete, verified checkpoint not written by a zombie.
+    pub checkpoint: Option<Checkpoint>,
+    /// "step-N: reason" for each newer checkpoint passed over, newest first.
+    pub skipped: Vec<String>,
 }
 
 /// One checkpoint prefix in one object store.
@@ -125,14 +155,26 @@ impl CheckpointStore {
     }
 
     /// The newest complete checkpoint not written by a fenced generation after its fence, or
-    /// `None` when there is none (a fresh start).
+    /// `None` when there is none (a fresh start); manifests checked by size only.
     pub async fn resolve_latest(
         &self,
         fenced: &[FencedGeneration],
     ) -> Result<Option<Checkpoint>, CheckpointError> {
+        Ok(self.resolve(fenced, false).await?.checkpoint)
+    }
+
+    /// The newest complete checkpoint not written by a fenced generation after its fence and
+    /// whose files match its marker's manifest (sizes; SHA-256 too with `checksums`), with the
+    /// newer ones passed over and why.
+    pub async fn resolve(
+        &self,
+        fenced: &[FencedGeneration],
+        checksums: bool,
+    ) -> Result<Resolution, CheckpointError> {
+        let mut resolution = Resolution::default();
         let listing = match self.store.list_with_delimiter(Some(&self.prefix)).await {
             Ok(listing) => listing,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => return Ok(resolution),
             Err(source) => {
                 return Err(CheckpointError::List {
                     uri: self.base_uri.clone(),
@@ -165,7 +207,19 @@ impl CheckpointStore {
                     })
                 }
             };
-            let marker = self.read_marker(&marker_path).await?;
+            if meta.size > MAX_MARKER_BYTES {
+                let why = format!("its marker is {} bytes, over {MAX_MARKER_BYTES}", meta.size);
+                resolution.skipped.push(format!("step-{step}: {why}"));
+                continue;
+            }
+            let marker = match self.read_marker(&marker_path).await? {
+                Ok(marker) => marker,
+                Err(why) => {
+                    tracing::warn!(step, "checkpoint skipped: {why}");
+                    resolution.skipped.push(format!("step-{step}: {why}"));
+                    continue;
+                }
+            };
             let written_at = meta.last_modified.timestamp_millis();
             let zombie = marker.generation.and_then(|g| {
                 fenced
@@ -181,16 +235,87 @@ impl CheckpointStore {
                 );
                 continue;
             }
-            return Ok(Some(Checkpoint {
+            if let Some(files) = &marker.files {
+                if let Some(why) = self.damage(&dir, files, checksums).await? {
+                    tracing::warn!(
+                        step,
+                        "checkpoint does not match its manifest; skipped: {why}"
+                    );
+                    resolution.skipped.push(format!("step-{step}: {why}"));
+                    continue;
+                }
+            }
+            resolution.checkpoint = Some(Checkpoint {
                 step,
                 uri: format!("{}/step-{step}", self.base_uri),
                 generation: marker.generation,
-            }));
+            });
+            return Ok(resolution);
+        }
+        Ok(resolution)
+    }
+
+    /// How the files under `dir` differ from `files` (the first difference found), or `None`
+    /// when they match: each exists with its size, and its SHA-256 when `checksums`.
+    async fn damage(
+        &self,
+        dir: &Path,
+        files: &BTreeMap<String, ManifestEntry>,
+        checksums: bool,
+    ) -> Result<Option<String>, CheckpointError> {
+        for (name, entry) in files {
+            let inside = !name.is_empty()
+                && !name.starts_with('/')
+                && name.split('/').all(|part| !matches!(part, "" | "." | ".."));
+            if !inside {
+                return Ok(Some(format!(
+                    "its manifest names {:?}, not a path inside the checkpoint",
+                    holdfast_core::limits::truncated(name, 256)
+                )));
+            }
+            let path = name.split('/').fold(dir.clone(), |p, part| p.join(part));
+            let read_error = |source| CheckpointError::Marker {
+                path: path.to_string(),
+                source,
+            };
+            let meta = match self.store.head(&path).await {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Ok(Some(format!("{name} is missing")));
+                }
+                Err(source) => return Err(read_error(source)),
+            };
+            if meta.size != entry.size {
+                return Ok(Some(format!(
+                    "{name} is {} bytes, its manifest says {}",
+                    meta.size, entry.size
+                )));
+            }
+            let Some(expected) = entry.sha256.as_deref().filter(|_| checksums) else {
+                continue;
+            };
+            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut body = self
+                .store
+                .get(&path)
+                .await
+                .map_err(read_error)?
+                .into_stream();
+            while let Some(chunk) = body.next().await {
+                digest.update(&chunk.map_err(read_error)?);
+            }
+            if !hex(digest.finish().as_ref()).eq_ignore_ascii_case(expected) {
+                return Ok(Some(format!(
+                    "{name}: its SHA-256 differs from its manifest's"
+                )));
+            }
         }
         Ok(None)
     }
 
-    async fn read_marker(&self, path: &Path) -> Result<Marker, CheckpointError> {
+    /// The marker at `path`: its contents, or why it is unusable (a manifest that does not
+    /// parse). A store error is the error.
+    async fn read_marker(&self, path: &Path) -> Result<Result<Marker, String>, CheckpointError> {
         let bytes = self
             .store
             .get(path)
@@ -205,9 +330,22 @@ impl CheckpointStore {
                 path: path.to_string(),
                 source,
             })?;
-        // An empty or non-JSON marker still marks the checkpoint complete.
-        Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+        // An empty or non-JSON marker still marks the checkpoint complete; one that carries a
+        // manifest must be readable, or nothing can be verified.
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Ok(Ok(Marker::default()));
+        };
+        if value.get("files").is_none() {
+            return Ok(Ok(serde_json::from_value(value).unwrap_or_default()));
+        }
+        Ok(serde_json::from_value(value)
+            .map_err(|e| format!("its marker's manifest is unreadable: {e}")))
     }
+}
+
+/// Bytes as lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A built store, shared; a builder's error as text.
@@ -270,6 +408,79 @@ mod tests {
         assert_eq!(found.step, 20);
         assert_eq!(found.uri, "mem://run/step-20");
         assert_eq!(found.generation, None);
+    }
+
+    /// A checkpoint at `step` holding `model.bin` = `body`, with a manifest that lists it as
+    /// `listed` (its size and digest).
+    async fn with_manifest(mem: &InMemory, step: u64, body: &str, listed: &str) {
+        put(mem, &format!("run/step-{step}/model.bin"), body).await;
+        let sha = hex(ring::digest::digest(&ring::digest::SHA256, listed.as_bytes()).as_ref());
+        let marker = serde_json::json!({
+            "step": step,
+            "generation": 1,
+            "files": {"model.bin": {"size": listed.len(), "sha256": sha}},
+        });
+        put(
+            mem,
+            &format!("run/step-{step}/COMPLETE"),
+            &marker.to_string(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_truncated_checkpoint_is_passed_over_for_the_previous_one_with_the_reason() {
+        let mem = Arc::new(InMemory::new());
+        with_manifest(&mem, 10, "weights-10", "weights-10").await;
+        with_manifest(&mem, 20, "weig", "weights-20").await;
+        let found = open(mem).resolve(&[], false).await.unwrap();
+        assert_eq!(found.checkpoint.map(|c| c.step), Some(10));
+        assert_eq!(
+            found.skipped,
+            ["step-20: model.bin is 4 bytes, its manifest says 10"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_file_of_the_same_size_is_caught_only_when_checksums_are_asked_for() {
+        let mem = Arc::new(InMemory::new());
+        with_manifest(&mem, 10, "weights-10", "weights-10").await;
+        with_manifest(&mem, 20, "weights-2X", "weights-20").await;
+        let store = open(mem);
+        let sizes_only = store.resolve(&[], false).await.unwrap();
+        assert_eq!(sizes_only.checkpoint.map(|c| c.step), Some(20));
+        assert!(sizes_only.skipped.is_empty());
+        let checked = store.resolve(&[], true).await.unwrap();
+        assert_eq!(checked.checkpoint.map(|c| c.step), Some(10));
+        assert_eq!(
+            checked.skipped,
+            ["step-20: model.bin: its SHA-256 differs from its manifest's"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_a_path_outside_and_an_unreadable_manifest_are_passed_over() {
+        let mem = Arc::new(InMemory::new());
+        with_manifest(&mem, 10, "weights-10", "weights-10").await;
+        put(
+            &mem,
+            "run/step-20/COMPLETE",
+            r#"{"files": {"optim.bin": {"size": 3}}}"#,
+        )
+        .await;
+        put(
+            &mem,
+            "run/step-30/COMPLETE",
+            r#"{"files": {"../step-10/model.bin": {"size": 10}}}"#,
+        )
+        .await;
+        put(&mem, "run/step-40/COMPLETE", r#"{"files": ["model.bin"]}"#).await;
+        let found = open(mem).resolve(&[], true).await.unwrap();
+        assert_eq!(found.checkpoint.map(|c| c.step), Some(10));
+        assert_eq!(found.skipped.len(), 3, "{:?}", found.skipped);
+        assert!(found.skipped[0].starts_with("step-40: its marker's manifest is unreadable"));
+        assert!(found.skipped[1].starts_with("step-30: its manifest names \"../step-10"));
+        assert_eq!(found.skipped[2], "step-20: optim.bin is missing");
     }
 
     #[tokio::test]

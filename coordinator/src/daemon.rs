@@ -91,6 +91,13 @@ pub enum DaemonError {
     #[cfg(feature = "etcd")]
     #[error(transparent)]
     Etcd(#[from] crate::ha::HaError),
+    #[error("{key}: cannot read {}", path.display())]
+    EtcdFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--etcd: this holdfast was built without etcd support (cargo build --features etcd)")]
     EtcdNotBuiltIn,
     #[error(transparent)]
@@ -130,6 +137,12 @@ pub async fn serve(
 ) -> Result<(), DaemonError> {
     let mut config = load_config(&options)?;
     protect(&options, &mut config)?;
+    if let (true, StateOptions::File(state)) =
+        (config.archive_file.as_os_str().is_empty(), &options.state)
+    {
+        let state = std::path::absolute(state).unwrap_or_else(|_| state.clone());
+        config.archive_file = state.with_file_name("archive.jsonl");
+    }
     // The token and TLS files are read again when serving; reading them here as well stops a
     // bad one before the port opens and before systemd hears READY.
     if !config.operator_tokens_file.as_os_str().is_empty() {
@@ -138,7 +151,7 @@ pub async fn serve(
     crate::tls::server_config(&config)?;
     // Opened before listening: a state file another coordinator holds is an error before any
     // agent can connect, and a standby does not listen until it leads.
-    let (store, lost) = open_store(&options.state).await?;
+    let (store, lost) = open_store(&options.state, &config).await?;
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -279,9 +292,12 @@ type OpenedStore = (
     Option<tokio::sync::watch::Receiver<bool>>,
 );
 
-async fn open_store(state: &StateOptions) -> Result<OpenedStore, DaemonError> {
+async fn open_store(
+    state: &StateOptions,
+    config: &CoordinatorConfig,
+) -> Result<OpenedStore, DaemonError> {
     match state {
-        StateOptions::Etcd(etcd) => lead_with_etcd(etcd).await,
+        StateOptions::Etcd(etcd) => lead_with_etcd(etcd, config).await,
         StateOptions::Memory => Ok((Box::new(MemoryStore::default()), None)),
         StateOptions::File(path) => Ok((Box::new(RedbStore::open(path)?), None)),
     }
@@ -289,9 +305,58 @@ async fn open_store(state: &StateOptions) -> Result<OpenedStore, DaemonError> {
 
 /// Waits for the etcd leadership, then returns the etcd state store and the lease-lost signal.
 #[cfg(feature = "etcd")]
-async fn lead_with_etcd(etcd: &EtcdOptions) -> Result<OpenedStore, DaemonError> {
+async fn lead_with_etcd(
+    etcd: &EtcdOptions,
+    config: &CoordinatorConfig,
+) -> Result<OpenedStore, DaemonError> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|source| DaemonError::EtcdFile {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let set = |p: &std::path::Path| !p.as_os_str().is_empty();
+    let tls = if set(&config.etcd_ca_file) {
+        let identity = if set(&config.etcd_cert_file) {
+            Some((
+                read("etcd_cert_file", &config.etcd_cert_file)?,
+                read("etcd_key_file", &config.etcd_key_file)?,
+            ))
+        } else {
+            None
+        };
+        Some(crate::ha::EtcdTls {
+            ca_pem: read("etcd_ca_file", &config.etcd_ca_file)?,
+            identity,
+        })
+    } else {
+        None
+    };
+    let auth = if config.etcd_user.is_empty() {
+        None
+    } else {
+        let text = read("etcd_password_file", &config.etcd_password_file)?;
+        Some(crate::ha::EtcdAuth {
+            user: config.etcd_user.clone(),
+            password: text.lines().next().unwrap_or_default().to_string(),
+        })
+    };
+    // With a CA, etcd is dialled over TLS whatever scheme the endpoints were given with.
+    let endpoints = (etcd.endpoints.iter())
+        .map(|e| match (&tls, e.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => e.clone(),
+        })
+        .collect();
     let settings = crate::ha::EtcdSettings {
-        endpoints: etcd.endpoints.clone(),
+        endpoints,
+        tls,
+        auth,
+        limits: crate::store::TxnLimits {
+            max_ops: config.etcd_max_txn_ops,
+            max_request_bytes: config.etcd_max_request_bytes,
+        },
         prefix: etcd.prefix.clone(),
         lease_ttl_s: etcd.lease_ttl_s.max(1),
         advertise: etcd.advertise.clone(),
@@ -303,7 +368,10 @@ async fn lead_with_etcd(etcd: &EtcdOptions) -> Result<OpenedStore, DaemonError> 
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn lead_with_etcd(_: &EtcdOptions) -> Result<OpenedStore, DaemonError> {
+async fn lead_with_etcd(
+    _: &EtcdOptions,
+    _: &CoordinatorConfig,
+) -> Result<OpenedStore, DaemonError> {
     Err(DaemonError::EtcdNotBuiltIn)
 }
 

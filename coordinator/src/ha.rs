@@ -19,9 +19,6 @@ use tokio::sync::watch;
 
 use crate::store::{Change, RecordStore, Records, StoreError};
 
-/// etcd allows 128 operations per transaction by default; bigger batches are split.
-const OPS_PER_TXN: usize = 100;
-
 /// How to reach etcd and how to lead.
 #[derive(Debug, Clone)]
 pub struct EtcdSettings {
@@ -35,6 +32,61 @@ pub struct EtcdSettings {
     pub advertise: String,
     /// How often a standby looks whether the leadership is free.
     pub poll: Duration,
+    /// TLS to etcd: the CA its certificate must chain to, and a client certificate.
+    pub tls: Option<EtcdTls>,
+    /// etcd authentication: user and password.
+    pub auth: Option<EtcdAuth>,
+    /// etcd's transaction limits: a bigger save is refused whole.
+    pub limits: crate::store::TxnLimits,
+}
+
+/// TLS to etcd, as PEM text read at start.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA etcd's serving certificate must chain to.
+    pub ca_pem: String,
+    /// A client certificate and its key (etcd's `--client-cert-auth`).
+    pub identity: Option<(String, String)>,
+}
+
+/// An etcd user and its password; the password never appears in `Debug` or the logs.
+#[derive(Clone)]
+pub struct EtcdAuth {
+    /// The user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EtcdAuth {{ user: {:?}, password: (hidden) }}",
+            self.user
+        )
+    }
+}
+
+impl EtcdSettings {
+    fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
+        if self.tls.is_none() && self.auth.is_none() {
+            return None;
+        }
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
+        if let Some(auth) = &self.auth {
+            options = options.with_user(&auth.user, &auth.password);
+        }
+        Some(options)
+    }
 }
 
 /// Why etcd could not be used.
@@ -66,6 +118,7 @@ pub struct Leadership {
     lease: i64,
     leader_key: String,
     state_prefix: String,
+    limits: crate::store::TxnLimits,
     /// Turns true once the lease could not be kept alive: stop serving.
     pub lost: watch::Receiver<bool>,
 }
@@ -160,6 +213,7 @@ async fn campaign_on_etcd_runtime(settings: &EtcdSettings) -> Result<Leadership,
                 lease,
                 leader_key,
                 state_prefix: format!("{prefix}/state/"),
+                limits: settings.limits,
                 lost,
             });
         }
@@ -191,7 +245,7 @@ async fn campaign_on_etcd_runtime(settings: &EtcdSettings) -> Result<Leadership,
 }
 
 async fn connect_and_lease(settings: &EtcdSettings) -> Result<(Client, i64), HaError> {
-    let mut client = Client::connect(&settings.endpoints, None)
+    let mut client = Client::connect(&settings.endpoints, settings.connect_options())
         .await
         .map_err(|source| HaError::Connect {
             endpoints: settings.endpoints.join(","),
@@ -243,6 +297,7 @@ impl Leadership {
             lease: self.lease,
             leader_key: self.leader_key.clone(),
             prefix: self.state_prefix.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -253,6 +308,7 @@ pub struct EtcdStore {
     lease: i64,
     leader_key: String,
     prefix: String,
+    limits: crate::store::TxnLimits,
 }
 
 impl RecordStore for EtcdStore {
@@ -277,10 +333,13 @@ impl RecordStore for EtcdStore {
             .collect())
     }
 
+    /// One transaction, or nothing: a save etcd could not take whole is refused before it is
+    /// sent (split over several transactions, a crash between them would leave half a save).
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        for chunk in changes.chunks(OPS_PER_TXN) {
+        crate::store::fits_one_txn(changes, &self.prefix, self.limits)?;
+        {
             let mut client = self.client.clone();
-            let ops: Vec<TxnOp> = chunk
+            let ops: Vec<TxnOp> = changes
                 .iter()
                 .map(|(key, value)| {
                     let key = format!("{}{key}", self.prefix);

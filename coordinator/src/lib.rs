@@ -24,8 +24,10 @@
 //! - [`auth`] — operator API tokens and roles, checked in front of the operator service.
 //! - [`pki`] — the cluster CA made on first start, join tokens, node certificates.
 //! - [`tls`] — TLS on the coordinator's port; client certificates for agents (mutual TLS).
+//! - [`archive`] — the export of finished jobs and closed incidents that retention forgets.
 //! - [`error`] — typed errors and their gRPC status codes.
 
+pub mod archive;
 pub mod auth;
 pub mod checkpoint;
 pub mod daemon;

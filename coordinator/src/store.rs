@@ -46,9 +46,67 @@ pub enum StoreError {
     Corrupt(#[from] holdfast_core::records::CorruptRecord),
     #[error("state store: {0}")]
     Backend(String),
+    /// A save that cannot be written in one transaction of the backend (etcd's limits):
+    /// refused whole before anything is written, so the state is never half-applied.
+    #[error(
+        "state save refused, nothing written: {changes} changes of {bytes} bytes do not fit in \
+         one etcd transaction ({limit}); raise etcd's --max-txn-ops / --max-request-bytes and etcd_max_txn_ops / \
+         etcd_max_request_bytes"
+    )]
+    TooLarge {
+        changes: usize,
+        bytes: usize,
+        limit: String,
+    },
     /// Another coordinator leads now (HA): this one must stop acting.
     #[error("not the leader any more: {0}")]
     NotLeader(String),
+}
+
+/// etcd's limits on one transaction (its `--max-txn-ops` and `--max-request-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Most operations in one transaction (etcd's default: 128).
+    pub max_ops: usize,
+    /// Most bytes in one request (etcd's default: 1.5 MiB).
+    pub max_request_bytes: usize,
+}
+
+impl Default for TxnLimits {
+    fn default() -> Self {
+        TxnLimits {
+            max_ops: 128,
+            max_request_bytes: 1536 * 1024,
+        }
+    }
+}
+/// What a request carries besides the records' keys and values (the lease compare, framing),
+/// kept free under [`ETCD_MAX_REQUEST_BYTES`].
+const REQUEST_OVERHEAD: usize = 16 * 1024;
+
+/// Refuses `changes` (keys under `prefix`) that one etcd transaction within `limits` cannot
+/// hold, naming the limit they pass; the caller then writes nothing.
+pub fn fits_one_txn(changes: &[Change], prefix: &str, limits: TxnLimits) -> Result<(), StoreError> {
+    let TxnLimits {
+        max_ops,
+        max_request_bytes,
+    } = limits;
+    // Each operation costs its key, its value and a few bytes of protobuf framing.
+    let bytes: usize = (changes.iter())
+        .map(|(k, v)| prefix.len() + k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+        .sum();
+    let limit = if changes.len() > max_ops {
+        format!("at most {max_ops} operations")
+    } else if bytes + REQUEST_OVERHEAD > max_request_bytes {
+        format!("at most {max_request_bytes} bytes per request")
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::TooLarge {
+        changes: changes.len(),
+        bytes,
+        limit,
+    })
 }
 
 /// Where records live. Implementations write a batch atomically: all of it or none.
@@ -269,6 +327,30 @@ impl Persister {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_save_larger_than_one_etcd_transaction_is_refused_naming_the_limit() {
+        let change = |i: usize, bytes: usize| (format!("node/n{i}"), Some(vec![b'x'; bytes]));
+        let limits = TxnLimits::default();
+        let small: Vec<Change> = (0..128).map(|i| change(i, 100)).collect();
+        fits_one_txn(&small, "/holdfast/state/", limits).unwrap();
+        let many: Vec<Change> = (0..=128).map(|i| change(i, 100)).collect();
+        let err = fits_one_txn(&many, "/holdfast/state/", limits).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("129 changes"), "{text}");
+        assert!(text.contains("at most 128 operations"), "{text}");
+        assert!(text.contains("nothing written"), "{text}");
+        let big: Vec<Change> = (0..4).map(|i| change(i, 512 * 1024)).collect();
+        let text = fits_one_txn(&big, "", limits).unwrap_err().to_string();
+        assert!(text.contains("bytes per request"), "{text}");
+        // Raised limits (etcd started with larger ones) take it.
+        let raised = TxnLimits {
+            max_ops: 1024,
+            max_request_bytes: 8 << 20,
+        };
+        fits_one_txn(&many, "", raised).unwrap();
+        fits_one_txn(&big, "", raised).unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -150,6 +150,7 @@ pub fn incident(i: &Incident) -> pb::Incident {
         open: i.is_open(),
         fault_step: i.fault_step,
         rejected_candidates: i.rejected_candidates.clone(),
+        skipped_checkpoints: i.skipped_checkpoints.clone(),
         ranks: i
             .ranks
             .iter()

@@ -35,6 +35,10 @@ pub struct CoordinatorConfig {
     pub checkpoint_resolve_attempts: u32,
     /// Delay between those attempts.
     pub checkpoint_resolve_retry_ms: u64,
+    /// Whether the resolver reads every file of a candidate checkpoint and checks its SHA-256
+    /// against the marker's manifest (sizes are always checked). Off by default: it reads the
+    /// whole checkpoint on every relaunch.
+    pub checkpoint_verify_checksums: bool,
     /// A new generation's rank may stay silent this long before its first progress (process
     /// start, framework imports, rendezvous, checkpoint load) without counting as stalled; the
     /// job's stall timeout applies once it reports progress. 0 = the stall timeout from the
@@ -146,6 +150,40 @@ pub struct CoordinatorConfig {
     /// Most nodes the coordinator registers (retired ones included); a hello from a new node id
     /// beyond it is refused, naming this key. Bounds what a flood of fresh node ids can store.
     pub max_nodes: usize,
+    /// How long a finished job and a closed incident are kept after they ended (7 days by
+    /// default); older ones are exported to `archive_file` and then forgotten.
+    pub finished_retention_ms: u64,
+    /// Most finished jobs kept (1,000 by default, at most 100,000): beyond it the oldest are
+    /// exported and forgotten even inside `finished_retention_ms`. Running jobs always stay.
+    pub max_finished_jobs: usize,
+    /// Most closed incidents kept (10,000 by default, at most 1,000,000), as
+    /// `max_finished_jobs`. Open incidents always stay; incident ids are never reused.
+    pub max_closed_incidents: usize,
+    /// Where forgotten jobs and incidents are exported before they are dropped: one JSON line
+    /// each (`{"kind":"job"|"incident","at":…,"record":…}`), appended and fsynced. Empty =
+    /// `archive.jsonl` beside the state file (`holdfast coordinator` fills it in); with no
+    /// state file and none set, they are written to the log. Absolute.
+    pub archive_file: std::path::PathBuf,
+    /// With `--etcd`: PEM CA that etcd's serving certificate must chain to. Set, etcd is
+    /// dialled over TLS (`https://`); empty = plain `http://`. Absolute.
+    pub etcd_ca_file: std::path::PathBuf,
+    /// With `--etcd`: PEM client certificate for etcd's `--client-cert-auth` (with
+    /// `etcd_key_file` and `etcd_ca_file`). Absolute.
+    pub etcd_cert_file: std::path::PathBuf,
+    /// PEM private key of `etcd_cert_file`. Absolute.
+    pub etcd_key_file: std::path::PathBuf,
+    /// With `--etcd`: the etcd user to authenticate as (etcd `auth enable`), with
+    /// `etcd_password_file`; empty = no etcd authentication.
+    pub etcd_user: String,
+    /// File whose first line is `etcd_user`'s password (kept out of the config, the command
+    /// line and the logs; make it 0600). Absolute.
+    pub etcd_password_file: std::path::PathBuf,
+    /// Most operations etcd takes in one transaction (its `--max-txn-ops`, 128 by default): a
+    /// state save with more changes is refused whole, naming the limit, never half-applied.
+    pub etcd_max_txn_ops: usize,
+    /// Most bytes etcd takes in one request (its `--max-request-bytes`, 1.5 MiB by default),
+    /// as `etcd_max_txn_ops`.
+    pub etcd_max_request_bytes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -163,6 +201,7 @@ impl Default for CoordinatorConfig {
             tick_ms: 100,
             checkpoint_resolve_attempts: 5,
             checkpoint_resolve_retry_ms: 1000,
+            checkpoint_verify_checksums: false,
             startup_grace_ms: 60_000,
             reconnect_grace_ms: 10_000,
             bootstrap_script: String::new(),
@@ -193,6 +232,17 @@ impl Default for CoordinatorConfig {
             pki_dir: std::path::PathBuf::new(),
             allowed_hosts: Vec::new(),
             max_nodes: 20_000,
+            finished_retention_ms: 7 * 24 * 3_600_000,
+            max_finished_jobs: 1_000,
+            max_closed_incidents: 10_000,
+            archive_file: std::path::PathBuf::new(),
+            etcd_ca_file: std::path::PathBuf::new(),
+            etcd_cert_file: std::path::PathBuf::new(),
+            etcd_key_file: std::path::PathBuf::new(),
+            etcd_user: String::new(),
+            etcd_password_file: std::path::PathBuf::new(),
+            etcd_max_txn_ops: 128,
+            etcd_max_request_bytes: 1536 * 1024,
         }
     }
 }
@@ -210,6 +260,18 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Count `key` must be at least 1 and at most `ceiling` (every kept record is held in memory
+/// and stored).
+fn at_most(key: &'static str, value: usize, ceiling: usize) -> Result<(), ConfigError> {
+    if value == 0 || value > ceiling {
+        return Err(invalid(
+            key,
+            format!("must be between 1 and {ceiling}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -264,6 +326,16 @@ impl CoordinatorConfig {
         }
         positive("hello_timeout_ms", self.hello_timeout_ms)?;
         positive("max_nodes", self.max_nodes as u64)?;
+        positive("finished_retention_ms", self.finished_retention_ms)?;
+        at_most("max_finished_jobs", self.max_finished_jobs, 100_000)?;
+        at_most("max_closed_incidents", self.max_closed_incidents, 1_000_000)?;
+        if !self.archive_file.as_os_str().is_empty() && !self.archive_file.is_absolute() {
+            return Err(invalid(
+                "archive_file",
+                "must be an absolute path (or empty for archive.jsonl beside the state file)",
+            ));
+        }
+        self.validate_etcd()?;
         at_least_ms(
             "stop_deadline_ms",
             self.stop_deadline_ms,
@@ -361,6 +433,50 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "pki_dir",
                 "needs tls_client_ca_file (the CA in pki_dir): joined agents speak mutual TLS",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The etcd connection keys fit together (see docs/ha.md).
+    fn validate_etcd(&self) -> Result<(), ConfigError> {
+        let set = |p: &std::path::Path| !p.as_os_str().is_empty();
+        for (key, path) in [
+            ("etcd_ca_file", &self.etcd_ca_file),
+            ("etcd_cert_file", &self.etcd_cert_file),
+            ("etcd_key_file", &self.etcd_key_file),
+            ("etcd_password_file", &self.etcd_password_file),
+        ] {
+            if set(path) && !path.is_absolute() {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        if set(&self.etcd_cert_file) != set(&self.etcd_key_file) {
+            return Err(invalid(
+                "etcd_key_file",
+                "etcd_cert_file and etcd_key_file are set together",
+            ));
+        }
+        if set(&self.etcd_cert_file) && !set(&self.etcd_ca_file) {
+            return Err(invalid(
+                "etcd_cert_file",
+                "needs etcd_ca_file: a client certificate is only sent over TLS",
+            ));
+        }
+        if self.etcd_user.is_empty() == set(&self.etcd_password_file) {
+            return Err(invalid(
+                "etcd_password_file",
+                "etcd_user and etcd_password_file are set together",
+            ));
+        }
+        positive("etcd_max_txn_ops", self.etcd_max_txn_ops as u64)?;
+        if self.etcd_max_request_bytes < 64 * 1024 {
+            return Err(invalid(
+                "etcd_max_request_bytes",
+                format!(
+                    "must be at least 65536 (etcd's --max-request-bytes), got {}",
+                    self.etcd_max_request_bytes
+                ),
             ));
         }
         Ok(())

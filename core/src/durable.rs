@@ -20,7 +20,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = temp_path(path)?;
-    let written = write_synced(&tmp, bytes, mode).and_then(|()| std::fs::rename(&tmp, path));
+    let written = write_synced(&tmp, bytes, mode)
+        .inspect(|()| hang_before_rename(path))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         // Whatever was written half is of no use; the next write starts over.
         let _ = std::fs::remove_file(&tmp);
@@ -49,6 +51,21 @@ fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
     name.push(".tmp");
     Ok(path.with_file_name(name))
 }
+
+/// The test seam of feature `test-seams` (off in every daemon build): when
+/// `HOLDFAST_TEST_HANG_BEFORE_RENAME` names `path`, the write waits here, its temp file synced
+/// and not yet renamed, until the process is killed.
+#[cfg(feature = "test-seams")]
+fn hang_before_rename(path: &Path) {
+    if std::env::var_os("HOLDFAST_TEST_HANG_BEFORE_RENAME").is_some_and(|p| p == path.as_os_str()) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+#[cfg(not(feature = "test-seams"))]
+fn hang_before_rename(_: &Path) {}
 
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     // A leftover temporary file of a crash may have another mode: start it over.

@@ -111,6 +111,10 @@ pub struct Incident {
     /// Replacement candidates that failed their check during this recovery ("node: reason").
     #[serde(default)]
     pub rejected_candidates: Vec<String>,
+    /// Newer checkpoints the relaunch did not resume from because they failed verification
+    /// ("step-N: reason"): a truncated or corrupted file, a missing one.
+    #[serde(default)]
+    pub skipped_checkpoints: Vec<String>,
     /// For a stall: what each rank's agent saw of its worker when the stall was judged, one
     /// entry per rank in rank order (empty for other faults).
     #[serde(default)]
@@ -169,6 +173,11 @@ pub enum IncidentEvent {
         /// The job's final message, kept as why.
         reason: String,
     },
+    /// Newer checkpoints failed verification; the relaunch resumes from an older one.
+    CheckpointsSkipped {
+        /// One "step-N: reason" per checkpoint passed over, newest first.
+        reasons: Vec<String>,
+    },
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
         /// The candidate, now fenced.
@@ -212,6 +221,7 @@ impl Incident {
             resumed_from_step: None,
             fault_step: 0,
             rejected_candidates: Vec::new(),
+            skipped_checkpoints: Vec::new(),
             ranks: Vec::new(),
             fault_time_source: FaultTimeSource::Detection,
         }
@@ -294,6 +304,11 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         IncidentEvent::CandidateRejected { node, reason } => {
             if next.replaced_at.is_none() {
                 next.rejected_candidates.push(format!("{node}: {reason}"));
+            }
+        }
+        IncidentEvent::CheckpointsSkipped { reasons } => {
+            if next.relaunched_at.is_none() {
+                next.skipped_checkpoints.extend(reasons.iter().cloned());
             }
         }
         IncidentEvent::Replaced { node } => {

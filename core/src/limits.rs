@@ -41,6 +41,8 @@ pub const MAX_JOB_TEXT: usize = 64 * 1024;
 pub const MAX_JOB_FIELD: usize = 4096;
 /// How much of an agent-supplied text goes into a log line or an event.
 pub const MAX_LOGGED: usize = 2048;
+/// Checkpoints passed over that one recovery records (the newest; the count says the rest).
+pub const MAX_SKIPPED_CHECKPOINTS: usize = 16;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CoreError {
     CoreError::InvalidField {

@@ -156,6 +156,9 @@ pub struct SimCheckpoint {
     pub written_at: UnixMillis,
     /// Where it is (`sim://job/step-N`).
     pub uri: String,
+    /// Set when its files no longer match its manifest (truncated, corrupted): why the
+    /// resolver passes it over.
+    pub damaged: Option<String>,
 }
 
 /// Counters of what happened in a run.
@@ -313,6 +316,8 @@ pub struct Sim {
     store_down: bool,
     events: Vec<Event>,
     keep_events: bool,
+    /// What the shell archived (retention): job ids and incident ids, in order.
+    archived: (Vec<String>, Vec<u64>),
     replies: BTreeMap<u64, Result<Reply, CoreError>>,
     checks: InvariantChecks,
     ticks_to_records_check: u64,
@@ -359,6 +364,7 @@ impl Sim {
             store_down: false,
             events: Vec::new(),
             keep_events: true,
+            archived: (Vec::new(), Vec::new()),
             replies: BTreeMap::new(),
             checks: InvariantChecks::default(),
             ticks_to_records_check: 0,

@@ -153,11 +153,18 @@ fn input() -> impl Strategy<Value = Input> {
             count,
             result: Err("no capacity".into()),
         }),
-        job_id().prop_map(|job_id| Input::CheckpointResolved {
-            job_id,
-            result: Ok(None)
+        (job_id(), proptest::collection::vec(".{0,64}", 0..4)).prop_map(|(job_id, skipped)| {
+            Input::CheckpointResolved {
+                job_id,
+                result: Ok(None),
+                skipped,
+            }
         }),
         Just(Input::Tick),
+        Just(Input::Archived { result: Ok(()) }),
+        Just(Input::Archived {
+            result: Err("No space left on device".into())
+        }),
     ]
 }
 
@@ -177,6 +184,13 @@ fn check(
     let restored = Cluster::restore(config.clone(), &records, now)
         .map_err(|e| TestCaseError::fail(format!("records do not restore: {e}")))?;
     prop_assert!(restored.is_some() || cluster.nodes.is_empty() && cluster.jobs.is_empty());
+    // Incident ids only grow, whatever retention archived.
+    let ids: Vec<u64> = cluster.incidents.iter().map(|i| i.id).collect();
+    prop_assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "incident ids {:?}",
+        ids
+    );
     for job in cluster.jobs.values() {
         if matches!(job.state, JobState::Running | JobState::Launching) {
             prop_assert!(!job.ranks.is_empty(), "{} runs with no rank", job.id);
@@ -195,7 +209,13 @@ proptest! {
     fn any_sequence_of_inputs_keeps_the_core_whole(
         steps in prop::collection::vec((clock(), input()), 1..80),
     ) {
-        let config = CoordinatorConfig::default();
+        // Retention at its smallest, so archiving runs among everything else.
+        let config = CoordinatorConfig {
+            finished_retention_ms: 1,
+            max_finished_jobs: 1,
+            max_closed_incidents: 1,
+            ..CoordinatorConfig::default()
+        };
         let mut cluster = Cluster::new(config.clone());
         let mut now: UnixMillis = 1_700_000_000_000;
         for (delta, input) in steps {

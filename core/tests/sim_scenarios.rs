@@ -203,6 +203,27 @@ fn a_killed_host_is_fenced_and_a_spare_takes_its_rank_from_the_newest_checkpoint
 }
 
 #[test]
+fn a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one_with_the_reason_recorded() {
+    let mut sim = cluster(3, 1);
+    train(&mut sim, "job", 3, 35);
+    assert_eq!(sim.newest_checkpoint("job").map(|c| c.step), Some(30));
+    assert!(sim.damage_checkpoint("job", 30, "model.pt: 512 bytes, the manifest says 4096"));
+    until_closed_after(&mut sim, |s| s.kill("w1"));
+
+    assert_runs_on(&sim, 2, &["w0", "s0", "w2"]);
+    assert_eq!(
+        sim.job("job").resumed_from.as_ref().map(|c| c.step),
+        Some(20)
+    );
+    let i = only_incident_of(&sim, "agent_lost", "w1");
+    assert_eq!(i.resumed_from_step, Some(20));
+    assert_eq!(
+        i.skipped_checkpoints,
+        ["step-30: model.pt: 512 bytes, the manifest says 4096"]
+    );
+}
+
+#[test]
 fn a_killed_worker_restarts_in_place_on_the_same_nodes() {
     let mut sim = cluster(3, 1);
     train(&mut sim, "job", 3, 15);

@@ -343,12 +343,15 @@ mod tests {
         assert_eq!(new.job_state(), JobState::Running);
         assert_eq!(new.recovery_phase(), RecoveryPhase::Unspecified);
         // Both set: the enum wins.
-        let both = Node {
-            state: "ready".into(),
-            state_enum: NodeState::Fenced as i32,
+        let node = |state: &str, state_enum| Node {
+            state: state.into(),
+            state_enum,
             ..Default::default()
         };
-        assert_eq!(both.node_state(), NodeState::Fenced);
+        assert_eq!(
+            node("ready", NodeState::Fenced as i32).node_state(),
+            NodeState::Fenced
+        );
         // A value newer than this build: the string still says what it is.
         let newer = Incident {
             cause: "gpu_fatal".into(),
@@ -356,18 +359,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(newer.incident_cause(), IncidentCause::HealthFatal);
-        let event = Event {
-            kind: "progress".into(),
+        let event = |kind: &str, kind_enum| Event {
+            kind: kind.into(),
+            kind_enum,
             ..Default::default()
         };
-        assert_eq!(event.event_kind(), EventKind::Progress);
+        assert_eq!(event("progress", 0).event_kind(), EventKind::Progress);
         // Neither known: unspecified, never a guess.
-        let unknown = Event {
-            kind: "poll".into(),
-            kind_enum: 999,
-            ..Default::default()
-        };
-        assert_eq!(unknown.event_kind(), EventKind::Unspecified);
+        assert_eq!(event("poll", 999).event_kind(), EventKind::Unspecified);
     }
 
     #[test]

@@ -272,6 +272,28 @@ impl Ec2Provider {
         (first, address, dns)
     }
 
+    /// Starts a coordinator whose provider is this one, launches the first host
+    /// ([`Ec2Provider::launch_first`]) and waits for its agent: the cluster, the first
+    /// instance's id, its private address and its host name (what its agent reports).
+    pub async fn start_cluster(
+        &mut self,
+        ec2: &Ec2Server,
+        exe: &Path,
+        dir: &Path,
+    ) -> (holdfast_cli::demo::LocalCluster, String, String, String) {
+        let cluster =
+            holdfast_cli::demo::LocalCluster::start(exe, dir, &["--config", &self.config])
+                .await
+                .expect("the coordinator starts");
+        let (first, address, dns) = self.launch_first(ec2, exe, dir, &cluster.addr);
+        cluster
+            .wait_ready(1, Duration::from_secs(30))
+            .await
+            .expect("the first instance's agent is ready");
+        let host = dns.split('.').next().unwrap_or_default().to_string();
+        (cluster, first, address, host)
+    }
+
     /// The host of instance `id` loses power: its agent dies (and is not booted again).
     pub fn kill_agent(&self, id: &str) {
         if let Some(agent) = self

@@ -69,3 +69,25 @@ pub fn exec_provider_config(dir: &Path, provider: &Path, timeout_ms: u64) -> Str
         ),
     )
 }
+
+/// Writes `ca.pem` and, for each `(name, names)`, `name.pem` and `name.key`: a certificate for
+/// those DNS names or IP addresses (the first is its identity), all signed by that one CA, into
+/// `dir`.
+pub fn certificates(dir: &Path, leaves: &[(&str, &[&str])]) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, names) in leaves {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}

@@ -37,7 +37,8 @@ pub mod slurm;
 pub mod wait;
 
 pub use files::{
-    exec_provider_config, provider_scripts, repo_root, write_file, write_script, Scratch,
+    certificates, exec_provider_config, provider_scripts, repo_root, write_file, write_script,
+    Scratch,
 };
 pub use host::{
     free_port, libfaketime, python, require, script_line, skip, strict, Browser, ScriptLines,

@@ -1,6 +1,7 @@
 //! A gRPC codec that sends arbitrary bytes as messages and reads replies as bytes: how a broken
 //! or hostile peer looks to the coordinator.
 
+use holdfast_proto::v1 as pb;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::Bytes;
 use tonic::Status;
@@ -37,5 +38,19 @@ impl Decoder for RawCodec {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         let len = bytes::Buf::remaining(src);
         Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+    }
+}
+
+/// An agent's hello for `node_id`, stamped now, as a hostile client would send it.
+pub fn hello(node_id: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            node_id: node_id.into(),
+            hostname: "host".into(),
+            boot_id: "boot".into(),
+            sent_unix_ms: holdfast_coordinator::now_ms(),
+            agent_started_unix_ms: holdfast_coordinator::now_ms(),
+            ..Default::default()
+        })),
     }
 }

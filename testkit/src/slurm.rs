@@ -275,4 +275,25 @@ impl SlurmLab {
         std::env::set_var("HOLDFAST_SLURM_START", &start);
         (crate::exec_provider_config(dir, &provider, 20000), path)
     }
+
+    /// Starts a coordinator on loopback with this lab as its provider ([`SlurmLab::as_provider`])
+    /// and the agent of node `node` as a worker, and waits for it: the cluster, that agent and
+    /// the `PATH` before (to put back).
+    pub async fn start_cluster(
+        &self,
+        exe: &Path,
+        dir: &Path,
+        node: &str,
+    ) -> (holdfast_cli::demo::LocalCluster, KillOnDrop, String) {
+        let (config, path) = self.as_provider(dir, exe);
+        let cluster = holdfast_cli::demo::LocalCluster::start(exe, dir, &["--config", &config])
+            .await
+            .expect("the coordinator starts");
+        let agent = start_agent(exe, &cluster.addr, node, "worker", dir);
+        cluster
+            .wait_ready(1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{node}'s agent is not ready: {e}"));
+        (cluster, agent, path)
+    }
 }

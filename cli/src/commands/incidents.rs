@@ -1,18 +1,12 @@
 //! `holdfast incidents`: recorded incidents with the time of each recovery phase.
 
-use super::Addr;
+use super::JobQuery;
 use crate::{client, tables};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    addr: Addr,
-    /// Only this job's incidents.
-    #[arg(long)]
-    job: Option<String>,
-    /// One JSON array instead of a table.
-    #[arg(long)]
-    json: bool,
+    query: JobQuery,
     /// After the table, each stall's ranks: what their agents saw of the workers when the
     /// stall was judged, and the workers' Python stacks (py-spy) dumped after it.
     #[arg(long)]
@@ -20,9 +14,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = args.addr.connect().await?;
-    let incidents = client::incidents(&mut c, args.job.as_deref().unwrap_or_default()).await?;
-    if args.json {
+    let JobQuery { addr, job, json } = args.query;
+    let mut c = addr.connect().await?;
+    let incidents = client::incidents(&mut c, job.as_deref().unwrap_or_default()).await?;
+    if json {
         let list: Vec<_> = incidents
             .iter()
             .map(|i| tables::incident_json(i, i.fault_unix_ms))

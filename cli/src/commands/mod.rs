@@ -29,6 +29,21 @@ pub struct Addr {
     pub coordinator: String,
 }
 
+/// A coordinator, an optional job and the output format: what the commands that read
+/// incidents take.
+#[derive(clap::Args, Debug)]
+pub struct JobQuery {
+    #[command(flatten)]
+    pub addr: Addr,
+    /// The job: `incidents` lists only its incidents, `report` shows its ETTR (default: every
+    /// job's incidents, the latest submitted job's ETTR).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl Addr {
     /// An operator API client of this coordinator.
     pub async fn connect(&self) -> anyhow::Result<client::Client> {

@@ -12,9 +12,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut c = args.addr.connect().await?;
     let request = pb::StopJobRequest { job_id: args.job };
-    let j = c.stop_job(request).await.map_err(refused)?.into_inner();
+    let j = (args.addr.connect().await?)
+        .stop_job(request)
+        .await
+        .map_err(refused)?
+        .into_inner();
     println!("job {} is {}", j.job_id, j.state);
     Ok(0)
 }

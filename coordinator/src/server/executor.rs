@@ -11,7 +11,7 @@ use holdfast_proto::v1 as pb;
 use tonic::Status;
 
 use super::{Coordinator, Outbound};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Resolution};
 use crate::provider::{FenceRequest, ProvisionRequest};
 
 impl Coordinator {
@@ -85,27 +85,37 @@ impl Coordinator {
                     job_id,
                     uri,
                     fenced,
-                } => self.answer_later(|_| async move {
-                    let result = if uri.is_empty() {
-                        Ok(None)
+                    verify_checksums,
+                } => self.answer_later(move |_| async move {
+                    let resolved = if uri.is_empty() {
+                        Ok(Resolution::default())
                     } else {
                         match CheckpointStore::open(&uri) {
                             Ok(store) => store
-                                .resolve_latest(&fenced)
+                                .resolve(&fenced, verify_checksums)
                                 .await
                                 .map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         }
                     };
                     let job = job_id.as_str();
-                    match &result {
-                        Ok(Some(c)) => {
-                            tracing::info!(job, step = c.step, "resume from {}", c.uri)
-                        }
-                        Ok(None) => tracing::info!(job, "no complete checkpoint; fresh start"),
+                    match &resolved {
+                        Ok(Resolution {
+                            checkpoint: Some(c),
+                            ..
+                        }) => tracing::info!(job, step = c.step, "resume from {}", c.uri),
+                        Ok(_) => tracing::info!(job, "no complete checkpoint; fresh start"),
                         Err(e) => tracing::warn!(job, "checkpoint resolution failed: {e}"),
                     }
-                    Input::CheckpointResolved { job_id, result }
+                    let (result, skipped) = match resolved {
+                        Ok(r) => (Ok(r.checkpoint), r.skipped),
+                        Err(e) => (Err(e), Vec::new()),
+                    };
+                    Input::CheckpointResolved {
+                        job_id,
+                        result,
+                        skipped,
+                    }
                 }),
                 Command::Provision {
                     request_id,
@@ -143,6 +153,19 @@ impl Coordinator {
                         node,
                         result: result.map_err(|e| e.to_string()),
                     }
+                }),
+                Command::Archive { jobs, incidents } => self.answer_later(|this| async move {
+                    let path = this.cluster().config().archive_file.clone();
+                    let now = crate::now_ms();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::archive::export(&path, &jobs, &incidents, now)
+                    })
+                    .await;
+                    let result = written.unwrap_or_else(|e| Err(format!("archive task: {e}")));
+                    if let Err(e) = &result {
+                        tracing::error!("archive failed, records kept: {e}");
+                    }
+                    Input::Archived { result }
                 }),
                 Command::Reply { request, reply } => {
                     let waiter = self

@@ -287,12 +287,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let jobs: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|j| !j.state.is_terminal() && j.rank_of(node_id).is_some())
-            .map(|j| j.id.clone())
-            .collect();
+        let jobs = self.jobs_on(node_id, |state| !state.is_terminal());
         // The evidence of when it happened, for the incidents the jobs open (recovery.rs).
         let evidence = self.node_fault_evidence(node_id, &cause);
         if let Some(node) = self.nodes.get_mut(node_id) {

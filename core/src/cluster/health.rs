@@ -117,21 +117,23 @@ impl Cluster {
                 FaultTimeSource::AgentEvent,
             )
         });
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.fault_evidence = evidence;
+        }
         match action {
             HealthAction::None => {}
-            HealthAction::RestartWorker => {
-                self.restart_for_health(node_id, reason, evidence, now, fx)
-            }
+            HealthAction::RestartWorker => self.restart_for_health(node_id, reason, now, fx),
             HealthAction::ResetGpu | HealthAction::Reboot => {
                 let why = format!("drained for {}: {reason}", action_name(action));
-                self.drain(node_id, why, evidence, now, fx)
+                self.drain(node_id, why, now, fx)
             }
             HealthAction::ReplaceNode => {
-                if let Some(node) = self.nodes.get_mut(node_id) {
-                    node.fault_evidence = evidence;
-                }
                 self.node_fault(node_id, FaultCause::HealthFatal(reason), now, fx);
             }
+        }
+        // Only a fault this finding caused now is dated by it.
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.fault_evidence = None;
         }
     }
 
@@ -170,20 +172,12 @@ impl Cluster {
         &mut self,
         node_id: &str,
         reason: String,
-        evidence: Option<(UnixMillis, FaultTimeSource)>,
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let jobs: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, JobState::Launching | JobState::Running))
-            .filter(|j| j.rank_of(node_id).is_some())
-            .map(|j| j.id.clone())
-            .collect();
-        if let Some(node) = self.nodes.get_mut(node_id) {
-            node.fault_evidence = evidence;
-        }
+        let jobs = self.jobs_on(node_id, |state| {
+            matches!(state, JobState::Launching | JobState::Running)
+        });
         for job_id in jobs {
             let event = JobEvent::Fault {
                 node: node_id.into(),
@@ -191,21 +185,11 @@ impl Cluster {
             };
             self.drive(&job_id, event, now, fx);
         }
-        if let Some(node) = self.nodes.get_mut(node_id) {
-            node.fault_evidence = None;
-        }
     }
 
     /// `reset_gpu`, `reboot`: no new work for the node; it leaves its job now or at the job's
     /// next recovery (`drain_replace`).
-    fn drain(
-        &mut self,
-        node_id: &str,
-        why: String,
-        evidence: Option<(UnixMillis, FaultTimeSource)>,
-        now: UnixMillis,
-        fx: &mut Vec<Command>,
-    ) {
+    fn drain(&mut self, node_id: &str, why: String, now: UnixMillis, fx: &mut Vec<Command>) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -234,9 +218,6 @@ impl Cluster {
             subject: None,
         }));
         if busy && at_once {
-            if let Some(node) = self.nodes.get_mut(node_id) {
-                node.fault_evidence = evidence;
-            }
             self.node_fault(node_id, FaultCause::HealthFatal(why), now, fx);
         }
     }

@@ -4,6 +4,7 @@
 use super::{CheckReport, Hello, NodeRecord};
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::error::CoreError;
+use crate::incident::Incident;
 use crate::job::Job;
 use crate::protocol::{
     AgentCommand, ClockEcho, CommandResult, Event, HealthSummary, JobRequest, Progress, Welcome,
@@ -41,6 +42,8 @@ pub enum Command {
         uri: String,
         /// Generations whose later checkpoints must be skipped.
         fenced: Vec<FencedGeneration>,
+        /// Check each file's SHA-256 against the marker's manifest, not only its size.
+        verify_checksums: bool,
     },
     /// Tell operators (event stream, logs).
     Publish(Event),
@@ -65,6 +68,14 @@ pub enum Command {
         address: String,
         /// Why it was fenced.
         reason: String,
+    },
+    /// Export finished jobs and closed incidents durably (retention): the core forgets them
+    /// only when [`Input::Archived`] says they are written, and keeps them when it failed.
+    Archive {
+        /// The finished jobs, oldest first.
+        jobs: Vec<Job>,
+        /// The closed incidents, oldest first.
+        incidents: Vec<Incident>,
     },
     /// The answer to request `request` (an agent's hello, an operator call).
     Reply {
@@ -230,6 +241,8 @@ pub enum Input {
         job_id: JobId,
         /// The newest complete checkpoint, none, or why it could not be found.
         result: Result<Option<Checkpoint>, String>,
+        /// Newer checkpoints passed over because they failed verification ("step-N: reason").
+        skipped: Vec<String>,
     },
     /// The answer to a [`Command::Provision`].
     ProvisionResult {
@@ -247,6 +260,12 @@ pub enum Input {
         /// The provider's output, or why it failed.
         result: Result<String, String>,
     },
-    /// The failure detector's clock: timeouts, stalls, recovery deadlines.
+    /// The answer to a [`Command::Archive`]: written (the records are forgotten), or why not
+    /// (they are kept and archived again later).
+    Archived {
+        /// Ok once every record is written durably.
+        result: Result<(), String>,
+    },
+    /// The failure detector's clock: timeouts, stalls, recovery deadlines; retention.
     Tick,
 }

@@ -33,6 +33,7 @@ mod provisioning;
 mod reconcile;
 mod records;
 mod recovery;
+mod retention;
 mod scripts;
 pub use io::{Command, Input, Reply};
 pub use scripts::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
@@ -202,11 +203,27 @@ pub struct Cluster {
     /// Every node that ever said hello, by id; fenced and retired ones stay, so a returning
     /// agent finds its state.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
-    /// Every job submitted, by id; finished ones stay for operators.
+    /// The jobs, by id; finished ones stay for operators until retention archives them
+    /// (retention.rs).
     pub jobs: BTreeMap<JobId, Job>,
-    /// Every incident, in the order opened (an incident's id is its position + 1).
+    /// The incidents, in the order opened (ascending ids); closed ones stay until retention
+    /// archives them.
     pub incidents: Vec<Incident>,
     next_job: u64,
+    /// The id the next incident gets: stored, so an id is never reused after the incidents
+    /// before it were archived.
+    #[serde(default)]
+    next_incident: u64,
+    /// The highest generation of any job retention archived: a new job starts above it, so an
+    /// agent that ran an archived job of the same id never takes its launches for stale ones.
+    #[serde(default)]
+    archived_generation: Generation,
+    /// What the shell is archiving now (retention.rs): forgotten when it says it is written.
+    #[serde(skip)]
+    archiving: Option<retention::Archiving>,
+    /// When retention looks for records to archive next.
+    #[serde(skip)]
+    next_sweep_at: UnixMillis,
     /// Last time a progress event was published per job (progress events are rate-limited).
     #[serde(skip)]
     progress_published: BTreeMap<JobId, UnixMillis>,
@@ -250,6 +267,10 @@ impl Cluster {
             jobs: BTreeMap::new(),
             incidents: Vec::new(),
             next_job: 1,
+            next_incident: 1,
+            archived_generation: Generation::default(),
+            archiving: None,
+            next_sweep_at: 0,
             progress_published: BTreeMap::new(),
             next_command: 0,
             breaker: breaker::FenceBreaker::default(),
@@ -339,16 +360,23 @@ impl Cluster {
                 node,
                 reason,
             } => reply(request, node_reply(self.restart_agent(&node, &reason, now))),
-            Input::CheckpointResolved { job_id, result } => {
-                self.checkpoint_resolved(&job_id, result, now)
-            }
+            Input::CheckpointResolved {
+                job_id,
+                result,
+                skipped,
+            } => self.checkpoint_resolved(&job_id, result, skipped, now),
             Input::ProvisionResult {
                 job_id,
                 count,
                 result,
             } => self.provision_result(&job_id, count, result, now),
             Input::FenceHostResult { node, result } => self.fence_host_result(&node, result, now),
-            Input::Tick => self.tick(now),
+            Input::Tick => {
+                let mut fx = self.tick(now);
+                self.sweep_retention(now, &mut fx);
+                fx
+            }
+            Input::Archived { result } => self.archived(result, now),
         };
         while let Some(work) = self.work.pop_front() {
             match work {
@@ -369,6 +397,15 @@ impl Cluster {
     /// them too.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
+    }
+
+    /// The jobs with a rank on `node_id` whose state passes `keep`.
+    fn jobs_on(&self, node_id: &str, keep: impl Fn(&JobState) -> bool) -> Vec<JobId> {
+        self.jobs
+            .values()
+            .filter(|j| keep(&j.state) && j.rank_of(node_id).is_some())
+            .map(|j| j.id.clone())
+            .collect()
     }
 
     fn limits(&self) -> JobLimits {
@@ -479,3 +516,6 @@ mod clock_tests;
 
 #[cfg(test)]
 mod health_tests;
+
+#[cfg(test)]
+mod retention_tests;

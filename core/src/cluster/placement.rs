@@ -60,7 +60,9 @@ impl Cluster {
                 &mut fx,
             );
         }
-        let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
+        let mut job = Job::new(job_id.clone(), spec, nodes.clone(), now);
+        // An archived job may have had this id: agents refuse generations they saw under it.
+        job.generation = self.archived_generation;
         self.jobs.insert(job_id.clone(), job);
         self.touch();
         fx.push(self.log_event(

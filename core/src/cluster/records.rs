@@ -4,11 +4,18 @@
 
 use super::*;
 
-/// The stored header of the state: the term and the job counter.
+/// The stored header of the state: the term and the counters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     term: Term,
     next_job: u64,
+    /// The id the next incident gets. Absent in state saved before retention existed: then
+    /// every incident ever opened is still stored, and the highest id tells it.
+    #[serde(default)]
+    next_incident: u64,
+    /// The highest generation of an archived job (0 before retention existed).
+    #[serde(default)]
+    archived_generation: Generation,
 }
 
 impl Cluster {
@@ -33,6 +40,8 @@ impl Cluster {
         let meta = Meta {
             term: self.term,
             next_job: self.next_job,
+            next_incident: self.next_incident,
+            archived_generation: self.archived_generation,
         };
         records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
         for (id, node) in &self.nodes {
@@ -80,6 +89,7 @@ impl Cluster {
         let mut cluster = Cluster::new(config);
         cluster.term = meta.term.next();
         cluster.next_job = meta.next_job;
+        cluster.archived_generation = meta.archived_generation;
         let grace = cluster.config.reconnect_grace_ms as i64;
         for (key, bytes) in records {
             if let Some(id) = key.strip_prefix("node/") {
@@ -108,6 +118,12 @@ impl Cluster {
             }
         }
         cluster.incidents.sort_by_key(|i| i.id);
+        // Never below an id still stored: ids are not reused after incidents are archived.
+        let after_stored = cluster
+            .incidents
+            .last()
+            .map_or(1, |i| i.id.saturating_add(1));
+        cluster.next_incident = meta.next_incident.max(after_stored);
         let mut fx = Vec::new();
         let resolving: Vec<JobId> = cluster
             .jobs

@@ -8,9 +8,41 @@ impl Cluster {
         &mut self,
         job_id: &str,
         result: Result<Option<Checkpoint>, String>,
+        skipped: Vec<String>,
         now: UnixMillis,
     ) -> Vec<Command> {
         let mut fx = Vec::new();
+        if !skipped.is_empty() && self.jobs.contains_key(job_id) {
+            let passed_over = skipped.len();
+            let mut skipped: Vec<String> = skipped
+                .iter()
+                .take(crate::limits::MAX_SKIPPED_CHECKPOINTS)
+                .map(|why| crate::limits::truncated(why, crate::limits::MAX_REASON))
+                .collect();
+            if passed_over > skipped.len() {
+                skipped.push(format!("… {} more", passed_over - skipped.len()));
+            }
+            fx.push(Command::Publish(Event {
+                at: now,
+                kind: EventKind::Alert,
+                job_id: job_id.to_string(),
+                node_id: String::new(),
+                message: format!(
+                    "job {job_id}: newer checkpoints failed verification and are not resumed \
+                     from: {}",
+                    skipped.join("; ")
+                ),
+                subject: None,
+            }));
+            let event = crate::incident::IncidentEvent::CheckpointsSkipped { reasons: skipped };
+            self.apply_job_effect(
+                job_id,
+                JobEffect::Incident(event),
+                now,
+                &mut fx,
+                &mut VecDeque::new(),
+            );
+        }
         self.drive(job_id, JobEvent::CheckpointResolved(result), now, &mut fx);
         fx
     }
@@ -177,8 +209,10 @@ impl Cluster {
                     None => self.nodes.get(&node).and_then(|n| n.fault_evidence),
                 };
                 let fault_at = evidence.map(|(at, _)| at);
+                let id = self.next_incident;
+                self.next_incident = id.saturating_add(1);
                 let mut incident = Incident::open(
-                    self.incidents.len() as u64 + 1,
+                    id,
                     job_id,
                     &node,
                     cause.code(),
@@ -289,6 +323,7 @@ impl Cluster {
             job_id: job_id.into(),
             uri: job.spec.checkpoint_uri.clone(),
             fenced: job.fenced_generations.clone(),
+            verify_checksums: self.config.checkpoint_verify_checksums,
         }
     }
 }

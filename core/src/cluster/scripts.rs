@@ -345,11 +345,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let Some(run) = self
-            .nodes
-            .get_mut(node_id)
-            .and_then(|n| n.script_run.as_mut())
-        else {
+        let Some(run) = self.script_run_mut(node_id) else {
             return;
         };
         outcome.script = run.current.clone();
@@ -403,7 +399,7 @@ impl Cluster {
                     now,
                     fx,
                 );
-                self.clear_script_run(node_id);
+                self.take_script_run(node_id);
                 let allocated = matches!(
                     self.nodes.get(node_id).map(|n| &n.state),
                     Some(NodeState::Allocated { job_id: j }) if j == job_id
@@ -419,7 +415,7 @@ impl Cluster {
                 return;
             }
         }
-        self.clear_script_run(node_id);
+        self.take_script_run(node_id);
         match run.purpose {
             CheckPurpose::Operator { request } => fx.push(Command::Reply {
                 request,
@@ -454,10 +450,14 @@ impl Cluster {
         }
     }
 
-    fn clear_script_run(&mut self, node_id: &str) {
-        if let Some(node) = self.nodes.get_mut(node_id) {
-            node.script_run = None;
-        }
+    /// The node's script run in flight, if any.
+    fn script_run_mut(&mut self, node_id: &str) -> Option<&mut ScriptRun> {
+        self.nodes.get_mut(node_id)?.script_run.as_mut()
+    }
+
+    /// Ends the node's script run, if any, and returns it.
+    fn take_script_run(&mut self, node_id: &str) -> Option<ScriptRun> {
+        self.nodes.get_mut(node_id)?.script_run.take()
     }
 
     /// A node failed its check: fenced with the script's output in the reason.
@@ -532,11 +532,7 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let Some(run) = self
-            .nodes
-            .get_mut(node_id)
-            .and_then(|n| n.script_run.take())
-        else {
+        let Some(run) = self.take_script_run(node_id) else {
             return;
         };
         if let CheckPurpose::Operator { request } = run.purpose {

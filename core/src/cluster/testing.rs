@@ -362,6 +362,7 @@ pub(super) fn resolved(
     let input = Input::CheckpointResolved {
         job_id: job_id.into(),
         result,
+        skipped: Vec::new(),
     };
     c.step(input, now)
 }

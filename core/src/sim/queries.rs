@@ -64,6 +64,12 @@ impl Sim {
         &self.cluster.incidents
     }
 
+    /// What the shell archived (retention): the finished jobs' ids and the closed incidents'
+    /// ids, in the order exported.
+    pub fn archived(&self) -> (&[String], &[u64]) {
+        (&self.archived.0, &self.archived.1)
+    }
+
     /// The incidents of one job.
     pub fn incidents_of(&self, job_id: &str) -> Vec<&Incident> {
         self.cluster

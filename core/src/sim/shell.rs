@@ -149,13 +149,18 @@ impl Sim {
                     job_id,
                     uri,
                     fenced,
+                    ..
                 } => {
-                    let result = self.resolve(&job_id, &uri, &fenced);
+                    let (result, skipped) = self.resolve(&job_id, &uri, &fenced);
                     self.push(
                         later,
                         SimEvent::ToCoordinator {
                             origin: shell,
-                            input: Input::CheckpointResolved { job_id, result },
+                            input: Input::CheckpointResolved {
+                                job_id,
+                                result,
+                                skipped,
+                            },
                         },
                     );
                 }
@@ -187,6 +192,17 @@ impl Sim {
                         },
                     },
                 ),
+                Command::Archive { jobs, incidents } => {
+                    (self.archived.0).extend(jobs.into_iter().map(|j| j.id.to_string()));
+                    (self.archived.1).extend(incidents.into_iter().map(|i| i.id));
+                    self.push(
+                        later,
+                        SimEvent::ToCoordinator {
+                            origin: shell,
+                            input: Input::Archived { result: Ok(()) },
+                        },
+                    );
+                }
                 Command::Reply { request, reply } => match self.pending_hellos.remove(&request) {
                     Some(conn) => self.answer_hello(conn, reply),
                     None => {
@@ -226,29 +242,52 @@ impl Sim {
         job_id: &str,
         uri: &str,
         fenced: &[FencedGeneration],
-    ) -> Result<Option<Checkpoint>, String> {
+    ) -> (Result<Option<Checkpoint>, String>, Vec<String>) {
+        let mut skipped = Vec::new();
         if uri.is_empty() {
-            return Ok(None);
+            return (Ok(None), skipped);
         }
         if self.store_down {
-            return Err("sim: the checkpoint store is unreachable".into());
+            return (
+                Err("sim: the checkpoint store is unreachable".into()),
+                skipped,
+            );
         }
         let Some(all) = self.checkpoints.get(job_id) else {
-            return Ok(None);
+            return (Ok(None), skipped);
         };
-        Ok(all
-            .values()
-            .rev()
-            .find(|c| {
-                !fenced
-                    .iter()
-                    .any(|f| f.generation == c.generation && c.written_at > f.fenced_at)
-            })
-            .map(|c| Checkpoint {
+        let zombie = |c: &SimCheckpoint| {
+            fenced
+                .iter()
+                .any(|f| f.generation == c.generation && c.written_at > f.fenced_at)
+        };
+        for c in all.values().rev().filter(|c| !zombie(c)) {
+            if let Some(why) = &c.damaged {
+                skipped.push(format!("step-{}: {why}", c.step));
+                continue;
+            }
+            let found = Checkpoint {
                 step: c.step,
                 uri: c.uri.clone(),
                 generation: Some(c.generation),
-            }))
+            };
+            return (Ok(Some(found)), skipped);
+        }
+        (Ok(None), skipped)
+    }
+
+    /// The files of `job_id`'s checkpoint at `step` no longer match its manifest (`why`: a
+    /// truncated or corrupted file): the resolver passes it over. False when there is none.
+    pub fn damage_checkpoint(&mut self, job_id: &str, step: u64, why: &str) -> bool {
+        let Some(c) = self
+            .checkpoints
+            .get_mut(job_id)
+            .and_then(|all| all.get_mut(&step))
+        else {
+            return false;
+        };
+        c.damaged = Some(why.to_string());
+        true
     }
 
     // ----- coordinator faults -----------------------------------------------------------------

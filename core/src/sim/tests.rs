@@ -19,6 +19,14 @@ fn training(workers: usize, spares: usize, nodes: u32) -> Sim {
     sim
 }
 
+/// Cuts `node` off and lets `ms` pass; the stream it had before.
+fn cut_for(sim: &mut Sim, node: &str, ms: i64) -> Option<u64> {
+    let conn = sim.node(node).link.conn();
+    sim.cut(node);
+    sim.run_for(ms);
+    conn
+}
+
 fn has(violations: &[String], text: &str) -> bool {
     violations.iter().any(|v| v.contains(text))
 }
@@ -118,9 +126,7 @@ fn a_slowed_node_slows_its_gang() {
 #[test]
 fn a_cut_node_is_silent_both_ways_and_returns_on_a_new_stream_once_closed() {
     let mut sim = training(2, 1, 2);
-    let conn = sim.node("w1").link.conn();
-    sim.cut("w1");
-    sim.run_for(1_500);
+    let conn = cut_for(&mut sim, "w1", 1_500);
     assert_eq!(sim.node("w1").link.conn(), conn, "a cut is no disconnect");
     assert!(sim.is_reachable("w0") && !sim.is_reachable("w1"));
     sim.run_for(1_000);
@@ -138,9 +144,7 @@ fn a_cut_node_is_silent_both_ways_and_returns_on_a_new_stream_once_closed() {
 #[test]
 fn a_short_cut_keeps_the_stream() {
     let mut sim = training(2, 0, 2);
-    let conn = sim.node("w1").link.conn();
-    sim.cut("w1");
-    sim.run_for(1_000);
+    let conn = cut_for(&mut sim, "w1", 1_000);
     sim.heal("w1");
     sim.run_for(1_000);
     assert_eq!(sim.node("w1").link.conn(), conn);
@@ -258,4 +262,53 @@ fn an_operators_check_is_answered_when_its_scripts_end() {
         "ready",
         "an operator's check changes nothing"
     );
+}
+
+#[test]
+fn retention_archives_finished_jobs_and_closed_incidents_and_never_reuses_an_incident_id() {
+    let config = CoordinatorConfig {
+        finished_retention_ms: 1_000,
+        max_closed_incidents: 1,
+        ..CoordinatorConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.add_nodes("w", 2, Role::Worker);
+    let ready = |s: &Sim| {
+        s.cluster()
+            .nodes
+            .values()
+            .filter(|n| n.allocatable())
+            .count()
+            == 2
+    };
+    for round in 0..3 {
+        assert!(sim.run_until(ready, 5_000));
+        let id = format!("job-{round}");
+        sim.submit_job(&id, 2);
+        assert!(sim.run_until(|s| s.job(&id).step >= 5, 5_000));
+        sim.kill_worker("w0", faults::Exit::Code(1));
+        assert!(sim.run_until(
+            |s| {
+                let incidents = s.incidents_of(&id);
+                !incidents.is_empty() && incidents.iter().all(|i| !i.is_open())
+            },
+            20_000
+        ));
+        sim.stop_job(&id).unwrap();
+        assert!(sim.run_until(|s| s.job(&id).state.is_terminal(), 20_000));
+        if round == 1 {
+            // The archive so far and the counter survive a restart.
+            sim.restart_coordinator();
+        }
+    }
+    assert!(sim.run_until(ready, 5_000));
+    sim.submit_job("live", 2);
+    assert!(sim.run_until(
+        |s| s.archived().0.len() == 3 && s.archived().1.len() == 3,
+        10_000
+    ));
+    assert_eq!(sim.archived().0, ["job-0", "job-1", "job-2"]);
+    assert_eq!(sim.archived().1, [1, 2, 3], "each id once, in order");
+    assert!(sim.cluster().jobs.contains_key("live"));
+    assert_eq!(sim.violations(), Vec::<String>::new());
 }

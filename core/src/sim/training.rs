@@ -208,6 +208,7 @@ impl Sim {
                             generation,
                             written_at: now,
                             uri,
+                            damaged: None,
                         },
                     );
             }
