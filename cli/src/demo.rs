@@ -153,7 +153,7 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts `holdfast coordinator` (from `exe`) on a free loopback port with `extra` flags.
-    /// Its state file is `<dir>/coordinator.redb`.
+    /// Its state file is `<dir>/coordinator.redb`, unless `extra` has `--ephemeral`.
     pub async fn start(exe: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = LocalCluster {
@@ -195,11 +195,14 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(dir.join("coordinator.log"))?;
-        let child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .args(["coordinator", "--listen", listen, "--addr-file"])
-            .arg(&addr_file)
-            .arg("--state")
-            .arg(self.state_file())
+            .arg(&addr_file);
+        if !self.coordinator_extra.iter().any(|a| a == "--ephemeral") {
+            command.arg("--state").arg(self.state_file());
+        }
+        let child = command
             .args(&self.coordinator_extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

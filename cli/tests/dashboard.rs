@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{
-    self as kit, free_port, holdfast_exe, http_get, python, Browser, Scratch, Train,
+    self as kit, free_port, holdfast_exe, http_get, python, script_line, Browser, Scratch, Train,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,25 +27,6 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
         .next()?
         .parse()
         .ok()
-}
-
-async fn read_json_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    within: Duration,
-) -> serde_json::Value {
-    let line = tokio::time::timeout(within, lines.next_line())
-        .await
-        .expect("browser script answered in time")
-        .expect("read browser script output")
-        .expect("browser script ended early");
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-    assert_ne!(
-        v["stage"], "error",
-        "browser script failed: {}",
-        v["message"]
-    );
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +71,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         status.contains("200") && page.contains("holdfast"),
         "{status}"
     );
-    let (status, js) = http_get(&cluster.addr, "/app.js");
+    let (status, js) = http_get(&cluster.addr, "/wire.js");
     assert!(
         status.contains("200") && js.contains("grpc-web"),
         "{status}"
@@ -113,7 +94,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
 
     // Before the fault: every node on the grid, the job running.
-    let ready = read_json_line(&mut lines, Duration::from_secs(60)).await;
+    let ready = script_line(&mut lines, Duration::from_secs(60)).await;
     assert_eq!(ready["stage"], "ready");
     let shown: Vec<&str> = ready["nodes"]
         .as_array()
@@ -133,7 +114,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     stdin.write_all(b"fault\n").await.unwrap();
     stdin.flush().await.unwrap();
 
-    let done = read_json_line(&mut lines, Duration::from_secs(90)).await;
+    let done = script_line(&mut lines, Duration::from_secs(90)).await;
     assert_eq!(done["stage"], "done", "{done}");
     let phases = &done["incident"]["phases"];
     for phase in ["detect", "fence", "replace", "bootstrap", "resume"] {
@@ -218,7 +199,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
         .unwrap();
     stdin.write_all(b"gpu-sick\n").await.unwrap();
     stdin.flush().await.unwrap();
-    let health = read_json_line(&mut lines, Duration::from_secs(30)).await;
+    let health = script_line(&mut lines, Duration::from_secs(30)).await;
     assert_eq!(health["stage"], "health", "{health}");
     assert!(
         health["check"]

@@ -9,7 +9,14 @@ use axum::routing::get;
 use crate::server::Coordinator;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
-const APP_JS: &str = include_str!("dashboard/app.js");
+/// The page's scripts, loaded in this order (they share globals): the wire format and
+/// transport, the fleet map and node table, the throughput chart, the rest and the start.
+const SCRIPTS: [(&str, &str); 4] = [
+    ("/wire.js", include_str!("dashboard/wire.js")),
+    ("/fleet.js", include_str!("dashboard/fleet.js")),
+    ("/rate.js", include_str!("dashboard/rate.js")),
+    ("/app.js", include_str!("dashboard/app.js")),
+];
 const FAVICON_SVG: &str = include_str!("dashboard/favicon.svg");
 
 /// Content type of the Prometheus text exposition format.
@@ -42,15 +49,6 @@ pub fn routes(
             }),
         )
         .route(
-            "/app.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    APP_JS,
-                )
-            }),
-        )
-        .route(
             "/favicon.svg",
             get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG) }),
         )
@@ -66,7 +64,20 @@ pub fn routes(
                         .into_response()
                 }
             }),
-        )
+        );
+    let pages = SCRIPTS
+        .iter()
+        .fold(pages, |pages, &(path, script)| {
+            pages.route(
+                path,
+                get(move || async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        script,
+                    )
+                }),
+            )
+        })
         .layer(axum::middleware::map_response(security_headers));
     grpc.merge(pages)
         .layer(axum::middleware::from_fn_with_state(allowed, browser_guard))

@@ -17,7 +17,9 @@
 //! - `ha` (feature `etcd`) — leader election and state in etcd for several coordinators.
 //! - [`report`] — MTTD/MTTR percentiles, ETTR and the what-if lost-time model (pure).
 //! - [`metrics`] — Prometheus text exposition of nodes, health, incidents, jobs (pure).
-//! - [`dashboard`] — the embedded web dashboard and `/metrics`, on the gRPC port.
+//! - [`dashboard`] — the embedded web dashboard (`dashboard/`: `wire.js` the protobuf and gRPC-web
+//!   transport, `fleet.js` the heatmap and virtualised node table, `rate.js` the steps/s chart,
+//!   `app.js` the other panels) and `/metrics`, on the gRPC port.
 //! - [`provider`] — where replacement hosts come from: the spare pool, or operator scripts.
 //! - [`auth`] — operator API tokens and roles, checked in front of the operator service.
 //! - [`pki`] — the cluster CA made on first start, join tokens, node certificates.

@@ -180,15 +180,35 @@ pub fn page_len(page_size: u32) -> usize {
     }
 }
 
+/// Whether `node`'s id, hostname or job id contains `query` (lowercase), ignoring case.
+fn found(node: &pb::Node, query: &str) -> bool {
+    query.is_empty()
+        || [&node.node_id, &node.hostname, &node.job_id]
+            .iter()
+            .any(|field| field.to_lowercase().contains(query))
+}
+
+/// `node` as a fleet map needs it ([`pb::ListNodesRequest::brief`]): its health state without
+/// the checks, no GPUs, no last check report.
+fn brief(mut node: pb::Node) -> pb::Node {
+    if let Some(health) = node.health.as_mut() {
+        health.checks.clear();
+    }
+    node.gpus.clear();
+    node.last_check = None;
+    node
+}
+
 /// One page of `views` (every node, in node-id order) under `filter`: the nodes matching its
-/// state, job and health, after its page token, at most its page size; with the total that
-/// matched and every node counted by state.
+/// state, job, health and search text, after its page token, at most its page size (brief when
+/// asked); with the total that matched and every node counted by state.
 pub fn node_page(
     views: impl Iterator<Item = pb::Node>,
     filter: &pb::ListNodesRequest,
 ) -> pb::ListNodesResponse {
     let mut page = pb::ListNodesResponse::default();
     let limit = page_len(filter.page_size);
+    let query = filter.query.trim().to_lowercase();
     let mut more = false;
     for node in views {
         *page.counts_by_state.entry(node.state.clone()).or_default() += 1;
@@ -197,7 +217,8 @@ pub fn node_page(
         });
         let matches = (filter.state.is_empty() || node.state == filter.state)
             && (filter.job_id.is_empty() || node.job_id == filter.job_id)
-            && (filter.health.is_empty() || health == filter.health);
+            && (filter.health.is_empty() || health == filter.health)
+            && found(&node, &query);
         if !matches {
             continue;
         }
@@ -206,7 +227,8 @@ pub fn node_page(
             continue;
         }
         if page.nodes.len() < limit {
-            page.nodes.push(node);
+            page.nodes
+                .push(if filter.brief { brief(node) } else { node });
         } else {
             more = true;
         }
@@ -470,5 +492,53 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(unknown_health.total, 0);
+        // The search matches ids and job ids, ignoring case, and pages like the other filters.
+        let search = page(pb::ListNodesRequest {
+            query: " J1 ".into(),
+            page_size: 1,
+            ..Default::default()
+        });
+        assert_eq!((ids(&search), search.total), (vec!["a".to_string()], 2));
+        let search = page(pb::ListNodesRequest {
+            query: "j1".into(),
+            page_token: search.next_page_token.clone(),
+            ..Default::default()
+        });
+        assert_eq!(ids(&search), ["c"]);
+        assert_eq!(
+            page(pb::ListNodesRequest {
+                query: "D".into(),
+                ..Default::default()
+            })
+            .total,
+            1
+        );
+    }
+
+    #[test]
+    fn a_brief_page_keeps_the_health_state_and_drops_the_details() {
+        let full = pb::Node {
+            node_id: "a".into(),
+            state: "ready".into(),
+            health: Some(pb::HealthSummary {
+                state: pb::HealthState::Unhealthy as i32,
+                checks: vec![pb::HealthCheck::default()],
+            }),
+            gpus: vec![pb::Gpu::default(); 8],
+            last_check: Some(pb::CheckReport::default()),
+            ..Default::default()
+        };
+        let request = pb::ListNodesRequest {
+            brief: true,
+            ..Default::default()
+        };
+        let page = node_page(std::iter::once(full), &request);
+        let node = &page.nodes[0];
+        assert_eq!(
+            node.health.as_ref().map(|h| (h.state, h.checks.len())),
+            Some((pb::HealthState::Unhealthy as i32, 0))
+        );
+        assert!(node.gpus.is_empty() && node.last_check.is_none());
+        assert_eq!(page.counts_by_state["ready"], 1);
     }
 }

@@ -180,11 +180,15 @@ async fn one_port_serves_grpc_web_dashboard_and_metrics() {
 
         // The dashboard and its assets, embedded.
         let page = get(addr, "/", "text/html");
-        assert!(
-            page.contains("/app.js") && !page.contains("https://"),
-            "same-origin assets only"
-        );
-        assert!(get(addr, "/app.js", "javascript").contains("/holdfast.v1.OperatorService/"));
+        assert!(!page.contains("https://"), "same-origin assets only");
+        for script in ["/wire.js", "/fleet.js", "/rate.js", "/app.js"] {
+            assert!(page.contains(script), "the page loads {script}");
+            assert!(
+                !get(addr, script, "javascript").contains("https://"),
+                "{script}"
+            );
+        }
+        assert!(get(addr, "/wire.js", "javascript").contains("/holdfast.v1.OperatorService/"));
         get(addr, "/favicon.svg", "");
 
         // Prometheus.

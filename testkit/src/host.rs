@@ -118,6 +118,31 @@ impl Browser {
     }
 }
 
+/// A browser script's stdout, read a line at a time: the dashboard tests' scripts print one
+/// JSON object a line.
+pub type ScriptLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// The next line of a browser script as JSON, within `within`. Fails the test when the script
+/// ends, says something that is not JSON, or reports `{"stage":"error"}`.
+pub async fn script_line(
+    lines: &mut ScriptLines,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(within, lines.next_line())
+        .await
+        .expect("browser script answered in time")
+        .expect("read browser script output")
+        .expect("browser script ended early");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+    assert_ne!(
+        v["stage"], "error",
+        "browser script failed: {}",
+        v["message"]
+    );
+    v
+}
+
 /// libfaketime's preload library (Debian `faketime`; `scripts/setup/30-faketime.sh` installs
 /// it and exports `HOLDFAST_LIBFAKETIME`), to run one process with a shifted wall clock; see
 /// [`require`].

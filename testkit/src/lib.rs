@@ -40,7 +40,9 @@ pub use files::{
     certificates, exec_provider_config, provider_scripts, repo_root, write_file, write_script,
     Scratch,
 };
-pub use host::{free_port, libfaketime, python, require, skip, strict, Browser};
+pub use host::{
+    free_port, libfaketime, python, require, script_line, skip, strict, Browser, ScriptLines,
+};
 pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};
 pub use process::{http, http_get, run, run_async, spawn_logged, timing_summary, KillOnDrop, Ran};
 pub use rig::{

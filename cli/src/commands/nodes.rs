@@ -22,6 +22,9 @@ pub struct Args {
     /// Only nodes with this health (healthy, degraded, unhealthy, unknown).
     #[arg(long)]
     health: Option<String>,
+    /// Only nodes whose id, hostname or job id contains this text (case-insensitive).
+    #[arg(long)]
+    search: Option<String>,
     /// Show at most this many nodes (in node-id order).
     #[arg(long)]
     limit: Option<usize>,
@@ -36,6 +39,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         health: args.health.unwrap_or_default(),
         page_size: PAGE,
         page_token: String::new(),
+        query: args.search.unwrap_or_default(),
+        brief: false,
     };
     let mut nodes = Vec::new();
     let (total, counts) = loop {
