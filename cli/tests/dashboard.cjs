@@ -6,29 +6,16 @@
 // health check with its reason, saves a screenshot and prints {"stage":"health",…}. Any failure
 // prints {"stage":"error",…}.
 'use strict';
-const { chromium } = require('playwright-core');
-const readline = require('readline');
+const { launch, watchedPage, say, nextLine } = require('./browser.cjs');
 
 const url = process.env.DASHBOARD_URL;
 const screenshot = process.env.DASHBOARD_SCREENSHOT;
-const executablePath = process.env.HOLDFAST_CHROMIUM || '/usr/bin/chromium';
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
-const stdinLines = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdinLines.once('line', resolve));
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  const browser = await launch();
   try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-    const consoleErrors = [];
-    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    const { page, consoleErrors } = await watchedPage(browser, { viewport: { width: 1280, height: 1000 } });
     await page.goto(url);
     await page.waitForFunction(() => document.querySelectorAll('#nodes .node').length >= 3, null, { timeout: 20000 });
     await page.waitForFunction(() => {

@@ -9,14 +9,13 @@
 //! HOLDFAST_NODE_MODULES); without them it fails under HOLDFAST_TEST_STRICT=1, else skips.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{
     self as kit, free_port, holdfast_exe, http_get, python, script_line, Browser, Scratch, Train,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// The value of the first sample line starting with `prefix` (chunked bodies keep lines whole
 /// enough for this: the sample lines are short).
@@ -80,18 +79,12 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     let screenshot = std::env::var("HOLDFAST_DASHBOARD_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| dir.join("dashboard.png"));
-    let script = kit::repo_root().join("cli/tests/dashboard.cjs");
-    let mut browser = tokio::process::Command::from(browser.node(&script))
-        .env("DASHBOARD_URL", format!("{}/", cluster.addr))
-        .env("DASHBOARD_SCREENSHOT", &screenshot)
-        .env("DASHBOARD_VICTIM", &victim)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = browser.stdin.take().unwrap();
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let (mut page, mut stdin, mut lines) = browser.open_dashboard(
+        "dashboard.cjs",
+        &format!("{}/", cluster.addr),
+        &screenshot,
+        &[("DASHBOARD_VICTIM", victim.to_string())],
+    );
 
     // Before the fault: every node on the grid, the job running.
     let ready = script_line(&mut lines, Duration::from_secs(60)).await;
@@ -219,7 +212,7 @@ async fn dashboard_metrics_and_reports_follow_a_real_failure() {
     );
     drop(tx);
 
-    let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), page.wait()).await;
     assert!(screenshot.exists());
 
     // Metrics on the coordinator's port.

@@ -5,29 +5,17 @@
 // has silenced that node), waits for the incident's mark on the throughput chart, saves the
 // screenshot and prints {"stage":"done",…}. Any failure prints {"stage":"error",…}.
 'use strict';
-const { chromium } = require('playwright-core');
-const readline = require('readline');
+const { launch, watchedPage, say, nextLine } = require('./browser.cjs');
 
 const url = process.env.DASHBOARD_URL;
 const screenshot = process.env.DASHBOARD_SCREENSHOT;
 const expected = Number(process.env.DASHBOARD_NODES);
 const jobs = (process.env.DASHBOARD_JOBS || '').split(',').filter(Boolean);
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const stdinLines = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdinLines.once('line', resolve));
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.HOLDFAST_CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  const browser = await launch();
   try {
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1200 } });
-    const consoleErrors = [];
-    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    const { page, consoleErrors } = await watchedPage(browser, { viewport: { width: 1400, height: 1200 } });
     await page.goto(url);
 
     // The heatmap: one cell per node, in groups.

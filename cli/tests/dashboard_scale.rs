@@ -13,14 +13,13 @@
 //! repository) it saves the page as that screenshot. Needs Chromium and playwright-core
 //! (scripts/setup/70-browser.sh); without them it fails under HOLDFAST_TEST_STRICT=1, else skips.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_cli::bench::agent::{self, AgentProbe, AgentSpec, SwarmCounters};
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::{self as kit, holdfast_exe, script_line, Browser, Scratch};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// Simulated agents (spares included); `HOLDFAST_DASHBOARD_SCALE_AGENTS` for fewer (at least
 /// 200) on a box too loaded to register 2,000 in debug builds.
@@ -143,19 +142,15 @@ async fn the_dashboard_shows_two_thousand_agents_as_a_heatmap_a_table_and_a_char
     let screenshot = std::env::var("HOLDFAST_DASHBOARD_SCALE_SCREENSHOT")
         .map(|p| kit::repo_root().join(p))
         .unwrap_or_else(|_| dir.join("dashboard-2000-nodes.png"));
-    let script = kit::repo_root().join("cli/tests/dashboard_scale.cjs");
-    let mut page = tokio::process::Command::from(browser.node(&script))
-        .env("DASHBOARD_URL", format!("{}/", cluster.addr))
-        .env("DASHBOARD_SCREENSHOT", &screenshot)
-        .env("DASHBOARD_NODES", total.to_string())
-        .env("DASHBOARD_JOBS", JOBS.map(|(j, _)| j).join(","))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = page.stdin.take().unwrap();
-    let mut lines = BufReader::new(page.stdout.take().unwrap()).lines();
+    let (mut page, mut stdin, mut lines) = browser.open_dashboard(
+        "dashboard_scale.cjs",
+        &format!("{}/", cluster.addr),
+        &screenshot,
+        &[
+            ("DASHBOARD_NODES", total.to_string()),
+            ("DASHBOARD_JOBS", JOBS.map(|(j, _)| j).join(",")),
+        ],
+    );
 
     // The map: every node a cell, grouped by job, free workers and spares apart.
     let ready = script_line(&mut lines, Duration::from_secs(60)).await;

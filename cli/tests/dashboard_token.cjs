@@ -3,15 +3,10 @@
 // drop the token from the address bar, and still show them after a reload (kept for the tab).
 // Prints one JSON line: {"ok":true,…} or {"ok":false,"error":…}.
 'use strict';
-const { chromium } = require('playwright-core');
+const { launch } = require('./browser.cjs');
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.HOLDFAST_CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     const showsNode = () => page.waitForFunction(

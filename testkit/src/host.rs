@@ -116,6 +116,38 @@ impl Browser {
             .env("HOLDFAST_CHROMIUM", &self.chromium);
         command
     }
+
+    /// Starts the dashboard test script `cli/tests/<script>` on the dashboard at `url`, saving
+    /// its screenshot to `screenshot`, with `env` besides: the running script (killed when
+    /// dropped), its stdin and its stdout's lines (see [`script_line`]).
+    pub fn open_dashboard(
+        &self,
+        script: &str,
+        url: &str,
+        screenshot: &Path,
+        env: &[(&str, String)],
+    ) -> (
+        tokio::process::Child,
+        tokio::process::ChildStdin,
+        ScriptLines,
+    ) {
+        use tokio::io::AsyncBufReadExt;
+        let script = crate::repo_root().join("cli/tests").join(script);
+        let mut command = self.node(&script);
+        command
+            .env("DASHBOARD_URL", url)
+            .env("DASHBOARD_SCREENSHOT", screenshot)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().expect("the script's stdin");
+        let stdout = child.stdout.take().expect("the script's stdout");
+        (child, stdin, tokio::io::BufReader::new(stdout).lines())
+    }
 }
 
 /// A browser script's stdout, read a line at a time: the dashboard tests' scripts print one
