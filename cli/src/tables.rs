@@ -81,6 +81,21 @@ pub fn jobs(jobs: &[pb::Job]) -> String {
             j.nodes.join(","),
             j.message
         ));
+        let allowed = j.spec.as_ref().map_or(&[][..], |s| &s.allowed_nodes[..]);
+        if !allowed.is_empty() {
+            const SHOWN: usize = 16;
+            let more = allowed.len().saturating_sub(SHOWN);
+            out.push_str(&format!(
+                "  only on {} nodes: {}{}\n",
+                allowed.len(),
+                allowed[..allowed.len().min(SHOWN)].join(","),
+                if more > 0 {
+                    format!(" … {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     out
 }

@@ -479,3 +479,6 @@ mod clock_tests;
 
 #[cfg(test)]
 mod health_tests;
+
+#[cfg(test)]
+mod allowed_tests;
