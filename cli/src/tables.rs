@@ -244,4 +244,22 @@ mod tests {
         assert_eq!(secs(1000, 0), None);
         assert_eq!(secs(1000, 2500), Some(1.5));
     }
+
+    #[test]
+    fn a_job_kept_to_allowed_nodes_shows_them_under_its_row() {
+        let job = |allowed: Vec<String>| pb::Job {
+            job_id: "j".into(),
+            spec: Some(pb::JobSpec {
+                allowed_nodes: allowed,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(!jobs(&[job(Vec::new())]).contains("only on"));
+        let three = jobs(&[job(vec!["a".into(), "b".into(), "c".into()])]);
+        assert!(three.ends_with("  only on 3 nodes: a,b,c\n"), "{three}");
+        let many = jobs(&[job((0..20).map(|i| format!("n{i}")).collect())]);
+        assert!(many.contains("only on 20 nodes: n0,n1,"), "{many}");
+        assert!(many.contains(",n15 … 4 more\n"), "{many}");
+    }
 }
