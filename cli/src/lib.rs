@@ -10,6 +10,8 @@
 //!   coordinator daemon's start-up lives in `holdfast_coordinator::daemon`; `commands::coordinator`
 //!   only maps its flags onto it.
 //! - [`client`] — connecting to the operator API.
+//! - [`hostlist`] — Slurm hostlist expressions (`SLURM_JOB_NODELIST`) expanded to node names,
+//!   for `launch` inside an allocation.
 //! - [`follow`] — submitting a job and following it to its end (`launch`, `demo`).
 //! - [`reports`] — `report` (MTTD/MTTR, ETTR) and `what-if` (the lost-time model).
 //! - [`tables`] — how nodes, jobs and incidents are printed.
@@ -25,6 +27,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod follow;
+pub mod hostlist;
 pub mod reports;
 pub mod tables;
 pub mod upgrade;

@@ -81,6 +81,21 @@ pub fn jobs(jobs: &[pb::Job]) -> String {
             j.nodes.join(","),
             j.message
         ));
+        let allowed = j.spec.as_ref().map_or(&[][..], |s| &s.allowed_nodes[..]);
+        if !allowed.is_empty() {
+            const SHOWN: usize = 16;
+            let more = allowed.len().saturating_sub(SHOWN);
+            out.push_str(&format!(
+                "  only on {} nodes: {}{}\n",
+                allowed.len(),
+                allowed[..allowed.len().min(SHOWN)].join(","),
+                if more > 0 {
+                    format!(" … {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     out
 }
@@ -232,5 +247,23 @@ mod tests {
     fn secs_is_none_for_unreached_phases() {
         assert_eq!(secs(1000, 0), None);
         assert_eq!(secs(1000, 2500), Some(1.5));
+    }
+
+    #[test]
+    fn a_job_kept_to_allowed_nodes_shows_them_under_its_row() {
+        let job = |allowed: Vec<String>| pb::Job {
+            job_id: "j".into(),
+            spec: Some(pb::JobSpec {
+                allowed_nodes: allowed,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(!jobs(&[job(Vec::new())]).contains("only on"));
+        let three = jobs(&[job(vec!["a".into(), "b".into(), "c".into()])]);
+        assert!(three.ends_with("  only on 3 nodes: a,b,c\n"), "{three}");
+        let many = jobs(&[job((0..20).map(|i| format!("n{i}")).collect())]);
+        assert!(many.contains("only on 20 nodes: n0,n1,"), "{many}");
+        assert!(many.contains(",n15 … 4 more\n"), "{many}");
     }
 }

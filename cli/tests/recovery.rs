@@ -409,3 +409,42 @@ async fn the_coordinator_refuses_bad_agents_says_why_and_keeps_running() {
         assert!(log.contains(why), "coordinator log lacks {why:?}");
     }
 }
+
+#[test]
+fn launch_refuses_a_slurm_allocation_it_cannot_use_before_submitting() {
+    // Nothing listens on the coordinator address: each refusal comes before any connection.
+    let cases = [
+        (
+            "gpu-[1-2]",
+            "3",
+            "the Slurm allocation (job 77) has 2 nodes (gpu-[1-2]) but --nodes is 3",
+        ),
+        (
+            "gpu-[1-",
+            "1",
+            "SLURM_JOB_NODELIST: hostlist \"gpu-[1-\": a '[' without its ']'",
+        ),
+        ("gpu-[2-1]", "1", "the range \"2-1\" runs backwards"),
+        ("gpu;reboot", "1", "\"gpu;reboot\" is not a node name"),
+    ];
+    for (nodelist, nodes, why) in cases {
+        let out = kit::run(
+            std::process::Command::new(exe())
+                .args(["launch", "--coordinator", "127.0.0.1:9", "--nodes", nodes])
+                .args(["--", "true"])
+                .env("SLURM_JOB_NODELIST", nodelist)
+                .env("SLURM_JOB_ID", "77"),
+        );
+        assert!(!out.ok(), "{nodelist}: {}", out.stdout);
+        assert!(out.stderr.contains(why), "{nodelist}: {}", out.stderr);
+    }
+    // --no-slurm-allocation ignores the allocation: the launch gets as far as the connection.
+    let out = kit::run(
+        std::process::Command::new(exe())
+            .args(["launch", "--coordinator", "127.0.0.1:9", "--nodes", "3"])
+            .args(["--no-slurm-allocation", "--", "true"])
+            .env("SLURM_JOB_NODELIST", "gpu-[1-"),
+    );
+    assert!(!out.ok());
+    assert!(!out.stderr.contains("SLURM"), "{}", out.stderr);
+}

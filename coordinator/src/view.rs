@@ -59,6 +59,12 @@ pub fn job(job: &Job) -> pb::Job {
                 Launcher::Command => Vec::new(),
                 Launcher::Native { warm_imports, .. } => warm_imports.clone(),
             },
+            allowed_nodes: job
+                .spec
+                .allowed_nodes
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
         }),
         state: job.state.name().into(),
         state_enum: pb::JobState::from_name(job.state.name()) as i32,

@@ -286,6 +286,7 @@ pub fn job_request(spec: pb::JobSpec) -> JobRequest {
         progress_vouches: spec.progress_vouches,
         nproc_per_node: spec.nproc_per_node,
         warm_imports: spec.warm_imports,
+        allowed_nodes: spec.allowed_nodes,
     }
 }
 

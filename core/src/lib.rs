@@ -13,9 +13,9 @@
 //!   returns [`cluster::Command`]s for the coordinator's shell to carry out. Split by concern:
 //!   `detector` (reports and timeouts become faults), `liveness` (the coordinator's own stalls,
 //!   shared silence, progress that vouches), `reconcile` (hello), `placement` (which node runs
-//!   what), `recovery` (the job driver), `scripts` (lifecycle scripts), `provisioning`,
-//!   `breaker`, `operators`, `records` (durable state and restore), `retention` (finished jobs
-//!   and closed incidents archived, then forgotten).
+//!   what, within a job's `allowed_nodes`), `recovery` (the job driver), `scripts` (lifecycle
+//!   scripts), `provisioning`, `breaker`, `operators`, `records` (durable state and restore),
+//!   `retention` (finished jobs and closed incidents archived, then forgotten).
 //! - `sim` (feature `sim`) — the simulation harness: the real core with in-memory agents, a
 //!   fake clock and fault injection; a test double, never enabled in the daemons.
 //! - [`protocol`] — what agents report and are told, and what operators submit and see, in the

@@ -9,7 +9,10 @@
 
 use crate::cluster::Hello;
 use crate::error::CoreError;
+use std::collections::BTreeSet;
+
 use crate::protocol::{CommandResult, HealthSummary, JobRequest, Progress, WorkerEvent};
+use crate::NodeId;
 
 /// Longest node id, in bytes; ids are `[A-Za-z0-9._-]`.
 pub const MAX_NODE_ID: usize = 128;
@@ -39,6 +42,8 @@ pub const MAX_ENV_VARS: usize = 256;
 pub const MAX_JOB_TEXT: usize = 64 * 1024;
 /// Longest checkpoint URI or progress regex.
 pub const MAX_JOB_FIELD: usize = 4096;
+/// Most nodes a job's `allowed_nodes` may name (a Slurm allocation of this many hosts).
+pub const MAX_ALLOWED_NODES: usize = 10_000;
 /// How much of an agent-supplied text goes into a log line or an event.
 pub const MAX_LOGGED: usize = 2048;
 /// Checkpoints passed over that one recovery records (the newest; the count says the rest).
@@ -233,11 +238,44 @@ pub fn check_job_request(request: &JobRequest) -> Result<(), CoreError> {
                 MAX_JOB_FIELD,
             ),
         ),
+        (
+            "allowed_nodes",
+            at_most(
+                request.allowed_nodes.len(),
+                MAX_ALLOWED_NODES,
+                "names",
+                "nodes",
+            ),
+        ),
     ];
     for (field, size) in sizes {
         size.map_err(|reason| invalid(field, reason))?;
     }
     Ok(())
+}
+
+/// The set of nodes a job may use (`allowed_nodes`): each a node id, and at least as many as
+/// the job's `nodes` (an allocation smaller than the job can never run it).
+pub(crate) fn allowed_nodes(request: &JobRequest) -> Result<BTreeSet<NodeId>, CoreError> {
+    let invalid = |reason: String| CoreError::InvalidJob {
+        field: "allowed_nodes",
+        reason,
+    };
+    if let Some(bad) = (request.allowed_nodes.iter()).find(|n| !is_identifier(n, MAX_NODE_ID)) {
+        return Err(invalid(format!(
+            "{:?} is not a node id (1 to {MAX_NODE_ID} characters of [A-Za-z0-9._-])",
+            truncated(bad, MAX_SHORT_TEXT)
+        )));
+    }
+    let set: BTreeSet<NodeId> = request.allowed_nodes.iter().map(NodeId::from).collect();
+    if !set.is_empty() && set.len() < request.nodes as usize {
+        return Err(invalid(format!(
+            "names {} nodes but the job needs {}",
+            set.len(),
+            request.nodes
+        )));
+    }
+    Ok(set)
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked when cut: for logging

@@ -333,6 +333,9 @@ pub struct JobRequest {
     pub nproc_per_node: Option<u32>,
     /// Modules standby interpreters import ahead of a relaunch (native launcher only).
     pub warm_imports: Vec<String>,
+    /// The only nodes the job may run on or be repaired with, by node id (a Slurm
+    /// allocation's nodes); empty: any node.
+    pub allowed_nodes: Vec<String>,
 }
 
 /// What kind of thing an [`Event`] tells.

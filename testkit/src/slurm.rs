@@ -15,12 +15,16 @@ use crate::KillOnDrop;
 
 /// The controller's host.
 pub const CONTROLLER: &str = "slurmctl";
-/// The Slurm nodes (each a host of the lab) and their partitions.
+/// The Slurm nodes (each a host of the lab) and their partitions; partition [`ALL`] holds them
+/// all.
 pub const NODES: [(&str, &str); 3] = [
     ("work-1", "work"),
     ("spare-1", "spare"),
     ("spare-2", "spare"),
 ];
+
+/// The partition of every node, for jobs that allocate across the lab.
+pub const ALL: &str = "all";
 
 /// What the Slurm lab needs, or why it cannot run here.
 pub fn available() -> Result<(), String> {
@@ -120,6 +124,8 @@ impl SlurmLab {
                 members.join(",")
             );
         }
+        let every: Vec<&str> = NODES.iter().map(|(n, _)| *n).collect();
+        conf += &format!("PartitionName={ALL} Nodes={} State=UP\n", every.join(","));
         let conf_path = dir.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
         std::fs::create_dir_all(dir.join("state")).unwrap();
@@ -171,6 +177,32 @@ impl SlurmLab {
             .arg(program)
             .env("SLURM_CONF", &self.conf);
         command
+    }
+
+    /// Submits batch script `script` with `args` (`-N 3`, `-p all`, …); returns the Slurm
+    /// job id.
+    pub fn sbatch(&self, args: &[&str], script: &Path) -> String {
+        let ran = crate::run(
+            self.client("sbatch")
+                .arg("--parsable")
+                .args(args)
+                .arg(script),
+        );
+        assert!(ran.ok(), "sbatch: {}", ran.stderr);
+        let id = ran.stdout.trim().split(';').next().unwrap_or_default();
+        assert!(!id.is_empty(), "sbatch printed no job id: {}", ran.stdout);
+        id.to_string()
+    }
+
+    /// Slurm job `id`'s `JobState` (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, …) and its
+    /// whole `scontrol show job` record.
+    pub fn job_state(&self, id: &str) -> (String, String) {
+        let ran = crate::run(self.client("scontrol").args(["-o", "show", "job", id]));
+        let state = (ran.stdout.split_whitespace())
+            .find_map(|field| field.strip_prefix("JobState="))
+            .unwrap_or_default()
+            .to_string();
+        (state, ran.stdout)
     }
 
     /// Each node's state as `sinfo` shows it (`idle`, `drain`, …; `*` = not responding).

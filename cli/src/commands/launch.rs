@@ -6,7 +6,7 @@ use anyhow::Context;
 use holdfast_proto::v1 as pb;
 
 use super::Addr;
-use crate::follow;
+use crate::{follow, hostlist};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -58,6 +58,12 @@ pub struct Args {
     /// given without a value), so a relaunch skips the imports.
     #[arg(long, num_args = 0..=1, default_missing_value = "torch", value_delimiter = ',')]
     warm_imports: Vec<String>,
+    /// Ignore the Slurm allocation this runs in. By default, when SLURM_JOB_NODELIST is set
+    /// (inside `sbatch` or `salloc`), the job runs only on the allocation's nodes (an agent's
+    /// node id, or its first DNS label, is its Slurm node name): `--nodes` of them run the
+    /// ranks, the rest are its spares, and no replacement is ever taken from outside.
+    #[arg(long)]
+    no_slurm_allocation: bool,
     /// The training command; placeholders like {node_rank}, {nnodes}, {rdzv_endpoint} are
     /// substituted on each node.
     #[arg(last = true, required = true)]
@@ -70,7 +76,40 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+/// The nodes of the Slurm allocation this runs in, when it runs in one and may use it.
+fn allocation(args: &Args) -> anyhow::Result<Vec<String>> {
+    let list = match std::env::var("SLURM_JOB_NODELIST") {
+        _ if args.no_slurm_allocation => return Ok(Vec::new()),
+        Err(std::env::VarError::NotPresent) => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("SLURM_JOB_NODELIST: {e}"),
+        Ok(list) => list,
+    };
+    let names = hostlist::expand(&list).map_err(|e| {
+        anyhow::anyhow!("SLURM_JOB_NODELIST: {e} (pass --no-slurm-allocation to ignore it)")
+    })?;
+    let slurm_job = std::env::var("SLURM_JOB_ID").unwrap_or_else(|_| "?".into());
+    let spares = names
+        .len()
+        .checked_sub(args.nodes as usize)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the Slurm allocation (job {slurm_job}) has {} nodes ({list}) but --nodes is {}: \
+             allocate at least {} (sbatch -N), or pass --no-slurm-allocation",
+                names.len(),
+                args.nodes,
+                args.nodes
+            )
+        })?;
+    println!(
+        "inside Slurm job {slurm_job}: {} of its {} nodes run the ranks, {spares} stay spare ({list})",
+        args.nodes,
+        names.len()
+    );
+    Ok(names)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let allowed_nodes = allocation(&args)?;
     let mut c = args.addr.connect().await?;
     let spec = pb::JobSpec {
         job_id: args.job_id,
@@ -86,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         progress_vouches: args.no_progress_vouching.then_some(false),
         nproc_per_node: args.nproc_per_node,
         warm_imports: args.warm_imports,
+        allowed_nodes,
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;

@@ -519,3 +519,4 @@ mod health_tests;
 
 #[cfg(test)]
 mod retention_tests;
+mod allowed_tests;

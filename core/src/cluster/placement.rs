@@ -3,6 +3,19 @@
 
 use super::*;
 
+impl JobSpec {
+    /// Whether the job may place a rank on node `id`: always when `allowed_nodes` is empty,
+    /// else when the set names the node id or its first DNS label (`gpu-7` for an agent known
+    /// as `gpu-7.cluster.example`, as Slurm names nodes by their short host name).
+    pub fn allows(&self, id: &str) -> bool {
+        self.allowed_nodes.is_empty()
+            || self.allowed_nodes.contains(id)
+            || id
+                .split_once('.')
+                .is_some_and(|(short, _)| self.allowed_nodes.contains(short))
+    }
+}
+
 impl Cluster {
     /// Validates and accepts a job: reserves its nodes and starts resolving its checkpoint.
     pub(crate) fn submit(
@@ -27,17 +40,22 @@ impl Cluster {
         if self.jobs.contains_key(&job_id) {
             return Err(CoreError::JobExists(job_id.into()));
         }
-        let nodes = self.pick_nodes(spec.nodes as usize).ok_or_else(|| {
+        let nodes = self.pick_nodes(&spec).ok_or_else(|| {
             let ready: Vec<&str> = self
                 .nodes
                 .values()
-                .filter(|n| n.state.is_ready() && n.link.is_connected())
+                .filter(|n| n.state.is_ready() && n.link.is_connected() && spec.allows(&n.id))
                 .map(|n| n.id.as_str())
                 .collect();
+            let within = if spec.allowed_nodes.is_empty() {
+                String::new()
+            } else {
+                format!(" of the {} it may use", spec.allowed_nodes.len())
+            };
             invalid(
                 "nodes",
                 format!(
-                    "the job needs {} nodes but only {} are ready ({}); {} known in all",
+                    "the job needs {} nodes but only {} are ready{within} ({}); {} known in all",
                     spec.nodes,
                     ready.len(),
                     if ready.is_empty() {
@@ -75,14 +93,18 @@ impl Cluster {
         Ok((self.jobs[&job_id].clone(), fx))
     }
 
-    /// Workers first, then spares, in node-id order.
-    pub(super) fn pick_nodes(&self, count: usize) -> Option<Vec<NodeId>> {
-        let mut free: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.allocatable()).collect();
+    /// The nodes of a new job: ones it may use, workers first, then spares, in node-id order.
+    pub(super) fn pick_nodes(&self, spec: &JobSpec) -> Option<Vec<NodeId>> {
+        let count = spec.nodes as usize;
+        let mut free: Vec<&NodeRecord> = (self.nodes.values())
+            .filter(|n| n.allocatable() && spec.allows(&n.id))
+            .collect();
         free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
-    /// Ready, connected nodes for a job's ranks that wait for one: spares first.
+    /// Ready, connected nodes for a job's ranks that wait for one, among those the job may
+    /// use: spares first.
     pub(super) fn replacements_for(&self, job_id: &str) -> Vec<(usize, NodeId)> {
         let Some(job) = self.jobs.get(job_id) else {
             return Vec::new();
@@ -93,7 +115,9 @@ impl Cluster {
         ) {
             return Vec::new();
         }
-        let mut free: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.allocatable()).collect();
+        let mut free: Vec<&NodeRecord> = (self.nodes.values())
+            .filter(|n| n.allocatable() && job.spec.allows(&n.id))
+            .collect();
         free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
         let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()

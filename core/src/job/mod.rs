@@ -56,6 +56,10 @@ pub struct JobSpec {
     /// such as torchrun) or holdfast's native launcher, one process per local rank.
     #[serde(default)]
     pub launcher: Launcher,
+    /// The only nodes the job's ranks and their replacements may be placed on (a Slurm
+    /// allocation's nodes, matched as [`JobSpec::allows`] says); empty: any node.
+    #[serde(default)]
+    pub allowed_nodes: BTreeSet<NodeId>,
 }
 
 /// How an agent turns a launch into processes.
@@ -198,6 +202,7 @@ impl JobSpec {
             min_nodes: request.min_nodes,
             progress_vouches: request.progress_vouches.unwrap_or(true),
             launcher: Launcher::validate(request)?,
+            allowed_nodes: crate::limits::allowed_nodes(request)?,
         })
     }
 }
