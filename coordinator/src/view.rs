@@ -59,6 +59,7 @@ pub fn job(job: &Job) -> pb::Job {
                 Launcher::Command => Vec::new(),
                 Launcher::Native { warm_imports, .. } => warm_imports.clone(),
             },
+            restart: job.spec.restart.name().into(),
         }),
         state: job.state.name().into(),
         state_enum: pb::JobState::from_name(job.state.name()) as i32,

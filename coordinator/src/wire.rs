@@ -116,6 +116,7 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
                 Launcher::Command => Vec::new(),
                 Launcher::Native { warm_imports, .. } => warm_imports,
             },
+            reform: l.reform,
         }),
         AgentCommand::Stop(s) => ToAgent::Stop(pb::Stop {
             job_id: s.job_id.into(),
@@ -286,6 +287,7 @@ pub fn job_request(spec: pb::JobSpec) -> JobRequest {
         progress_vouches: spec.progress_vouches,
         nproc_per_node: spec.nproc_per_node,
         warm_imports: spec.warm_imports,
+        restart: spec.restart,
     }
 }
 

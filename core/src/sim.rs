@@ -628,4 +628,6 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod inprocess_tests;
+#[cfg(test)]
 mod tests;

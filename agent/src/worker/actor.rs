@@ -188,6 +188,9 @@ impl Supervisor {
             WorkerCommand::Term(_) => {}
             WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
+                if launch.reform && self.reform(&launch) {
+                    return;
+                }
                 self.stop_current("superseded by a new generation").await;
                 self.launch(*launch).await;
             }

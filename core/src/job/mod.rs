@@ -18,6 +18,7 @@ pub use crate::fault::FaultCause;
 use crate::incident::{IncidentEvent, RecoveryAction};
 use crate::protocol::JobRequest;
 use crate::{Generation, JobId, NodeId, UnixMillis};
+pub use restart::RestartMode;
 
 /// What the user asked for, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,12 @@ pub struct JobSpec {
     /// such as torchrun) or holdfast's native launcher, one process per local rank.
     #[serde(default)]
     pub launcher: Launcher,
+    /// What a recovery does with the ranks that survived a fault: relaunch every rank (the
+    /// default), or keep the survivors' processes and have them re-form the process group
+    /// in place, launching only the replaced ranks (native launcher only; the job must use
+    /// `holdfast.run` from `python/holdfast`).
+    #[serde(default)]
+    pub restart: RestartMode,
 }
 
 /// How an agent turns a launch into processes.
@@ -198,6 +205,7 @@ impl JobSpec {
             min_nodes: request.min_nodes,
             progress_vouches: request.progress_vouches.unwrap_or(true),
             launcher: Launcher::validate(request)?,
+            restart: restart::validate(request)?,
         })
     }
 }
@@ -323,6 +331,10 @@ pub struct Rank {
     /// says nothing about the stall.
     #[serde(skip)]
     pub evidence_at: UnixMillis,
+    /// The rank's worker of the failed generation is kept for an in-process restart: the next
+    /// generation's launch tells it to re-form in place instead of replacing it.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -398,6 +410,14 @@ pub struct Job {
     /// A restart in place waits until then (backoff).
     #[serde(default)]
     pub relaunch_not_before: Option<UnixMillis>,
+    /// The current generation re-forms in place (an in-process restart) and not every rank
+    /// has stepped in it yet: a fault or a timeout now falls back to a full relaunch.
+    #[serde(default)]
+    pub reforming: bool,
+    /// The step the kept survivors of an in-process restart had reached at the fault (their
+    /// last progress): the new generation resumes from it, not from a checkpoint.
+    #[serde(default)]
+    pub reform_step: u64,
     /// The job's own step time, learned from its progress (a moving average; 0 until two
     /// steps were seen): how fast a dead rank stops the others.
     #[serde(default)]
@@ -593,6 +613,7 @@ impl Job {
                 progressed: false,
                 evidence: None,
                 evidence_at: 0,
+                kept: false,
             })
             .collect();
         Job {
@@ -610,6 +631,8 @@ impl Job {
             message: String::new(),
             worker_faults: BTreeMap::new(),
             relaunch_not_before: None,
+            reforming: false,
+            reform_step: 0,
             step_time_ms: 0,
             step_advanced_at: 0,
             unheard_at: None,
@@ -675,6 +698,7 @@ impl Job {
     }
 }
 
+mod restart;
 mod step;
 pub use step::{step, UNCONFIRMED_EXIT_GRACE_MS};
 

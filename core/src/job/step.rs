@@ -39,7 +39,11 @@ fn apply(
             }
             if job.state == JobState::Launching && job.ranks.iter().all(|r| r.started) {
                 job.state = JobState::Running;
-                let resume_step = job.resumed_from.as_ref().map_or(0, |c| c.step);
+                let mut resume_step = job.resumed_from.as_ref().map_or(0, |c| c.step);
+                if job.reforming {
+                    // The survivors kept their state: the group resumes where they were.
+                    resume_step = resume_step.max(job.reform_step);
+                }
                 fx.push(JobEffect::Incident(IncidentEvent::Relaunched {
                     generation,
                     resume_step,
@@ -61,6 +65,11 @@ fn apply(
                 }
                 r.progressed = true;
                 r.last_step = s;
+                if job.reforming && job.ranks.iter().all(|r| r.progressed) {
+                    // The group re-formed in place and every rank stepped in it.
+                    job.reforming = false;
+                    job.ranks.iter_mut().for_each(|r| r.kept = false);
+                }
                 if s > job.step {
                     learn_step_time(job, s, now);
                 }
@@ -99,6 +108,8 @@ fn apply(
                         after_fencing(job, now, fx);
                     }
                 }
+                // A kept survivor gone before the re-form: its rank is launched afresh.
+                JobState::Recovering(_) => job.ranks[rank].kept = false,
                 JobState::Launching | JobState::Running => {
                     if clean {
                         if job.ranks.iter().all(|r| r.exited == Some(true)) {
@@ -233,6 +244,7 @@ fn on_resolved(
                 r.progressed = false;
             }
             job.resumed_from = resume.clone();
+            job.reforming = job.ranks.iter().any(|r| r.kept);
             job.state = JobState::Launching;
             job.message = match &resume {
                 Some(c) => format!("generation {} resumes from step {}", job.generation, c.step),
@@ -293,6 +305,7 @@ fn on_fault(
                 return;
             }
             job.ranks[rank].needs_node = true;
+            job.ranks[rank].kept = false;
             fx.push(JobEffect::OpenIncident {
                 node: node.into(),
                 cause: cause.clone(),
@@ -369,9 +382,27 @@ fn on_fault(
         fenced_at: now,
     });
     job.message = format!("{} on {node}: {}", cause.code(), cause.detail());
-    let pending: BTreeSet<usize> = (0..job.ranks.len())
+    let mut pending: BTreeSet<usize> = (0..job.ranks.len())
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
+    // An in-process restart keeps the survivors (they re-form when the next generation
+    // launches); a fault while the group re-forms falls back to stopping everything.
+    let in_place = job.spec.restart == RestartMode::InProcess && !job.reforming;
+    if job.reforming {
+        job.message
+            .push_str(" (during an in-process re-form: relaunching every rank)");
+    }
+    job.reforming = false;
+    for (i, r) in job.ranks.iter_mut().enumerate() {
+        r.kept = in_place && pending.contains(&i);
+    }
+    if in_place {
+        pending.clear();
+        job.reform_step = (job.ranks.iter().filter(|r| r.kept))
+            .map(|r| r.last_step)
+            .max()
+            .unwrap_or(0);
+    }
     let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
         fx.push(JobEffect::StopWorkers {
@@ -469,6 +500,20 @@ fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
 pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
 
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+    if job.reforming && matches!(job.state, JobState::Launching | JobState::Running) {
+        // The in-process re-form has the start-up grace to reach a step on every rank.
+        let late = job.ranks.iter().find_map(|r| {
+            let idle = (now - r.last_progress_at).max(0) as u64;
+            (!r.progressed && idle >= limits.startup_grace_ms.max(1))
+                .then(|| (r.node.clone(), idle))
+        });
+        if let Some((node, idle)) = late {
+            let why = format!("the process group did not re-form in place within {idle} ms");
+            let cause = FaultCause::stall_unattributed(idle, why);
+            on_fault(job, &node, cause, Some(now - idle as i64), now, limits, fx);
+            return;
+        }
+    }
     if matches!(job.state, JobState::Launching | JobState::Running) {
         let overdue = job.ranks.iter().position(|r| {
             r.exit_unconfirmed_at

@@ -30,6 +30,7 @@ pub(super) fn plain_spec(nodes: u32) -> JobSpec {
         min_nodes: 0,
         progress_vouches: true,
         launcher: Default::default(),
+        restart: Default::default(),
     }
 }
 
