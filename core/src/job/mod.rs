@@ -18,7 +18,7 @@ pub use crate::fault::FaultCause;
 use crate::incident::{IncidentEvent, RecoveryAction};
 use crate::protocol::JobRequest;
 use crate::{Generation, JobId, NodeId, UnixMillis};
-pub use restart::RestartMode;
+pub use launch::{Launcher, RestartMode, MAX_NPROC_PER_NODE};
 
 /// What the user asked for, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,76 +63,6 @@ pub struct JobSpec {
     /// `holdfast.run` from `python/holdfast`).
     #[serde(default)]
     pub restart: RestartMode,
-}
-
-/// How an agent turns a launch into processes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Launcher {
-    /// The command runs once per node, as given (it is its own launcher, e.g. torchrun).
-    #[default]
-    Command,
-    /// The agent starts `nproc_per_node` copies of the command itself, each with torchrun's
-    /// environment contract (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, …), with no rendezvous
-    /// round and no launcher process in between.
-    Native {
-        /// Ranks (processes) per node.
-        nproc_per_node: u32,
-        /// Python modules a standby interpreter per local rank imports ahead of the next
-        /// launch, so a relaunch skips them; empty: ranks start cold.
-        warm_imports: Vec<String>,
-    },
-}
-
-/// The most ranks one node may run under the native launcher (hosts have at most a few dozen
-/// accelerators; more is a typo).
-pub const MAX_NPROC_PER_NODE: u32 = 256;
-
-impl Launcher {
-    /// Ranks per node: 1 for a command that is its own launcher.
-    pub fn nproc_per_node(&self) -> u32 {
-        match self {
-            Launcher::Command => 1,
-            Launcher::Native { nproc_per_node, .. } => *nproc_per_node,
-        }
-    }
-
-    fn validate(request: &JobRequest) -> Result<Launcher, CoreError> {
-        let invalid = |field: &'static str, reason: String| CoreError::InvalidJob { field, reason };
-        let Some(nproc_per_node) = request.nproc_per_node else {
-            if !request.warm_imports.is_empty() {
-                return Err(invalid(
-                    "warm_imports",
-                    "needs the native launcher: set nproc_per_node".into(),
-                ));
-            }
-            return Ok(Launcher::Command);
-        };
-        if !(1..=MAX_NPROC_PER_NODE).contains(&nproc_per_node) {
-            return Err(invalid(
-                "nproc_per_node",
-                format!("must be 1 to {MAX_NPROC_PER_NODE}, got {nproc_per_node}"),
-            ));
-        }
-        for module in &request.warm_imports {
-            let valid = !module.is_empty()
-                && module.split('.').all(|part| {
-                    part.chars()
-                        .next()
-                        .is_some_and(|c| c.is_alphabetic() || c == '_')
-                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-                });
-            if !valid {
-                return Err(invalid(
-                    "warm_imports",
-                    format!("{module:?} is not a Python module name"),
-                ));
-            }
-        }
-        Ok(Launcher::Native {
-            nproc_per_node,
-            warm_imports: request.warm_imports.clone(),
-        })
-    }
 }
 
 fn vouching_default() -> bool {
@@ -205,7 +135,7 @@ impl JobSpec {
             min_nodes: request.min_nodes,
             progress_vouches: request.progress_vouches.unwrap_or(true),
             launcher: Launcher::validate(request)?,
-            restart: restart::validate(request)?,
+            restart: launch::validate_restart(request)?,
         })
     }
 }
@@ -698,7 +628,7 @@ impl Job {
     }
 }
 
-mod restart;
+mod launch;
 mod step;
 pub use step::{step, UNCONFIRMED_EXIT_GRACE_MS};
 

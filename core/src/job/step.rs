@@ -386,22 +386,9 @@ fn on_fault(
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
     // An in-process restart keeps the survivors (they re-form when the next generation
-    // launches); a fault while the group re-forms falls back to stopping everything.
-    let in_place = job.spec.restart == RestartMode::InProcess && !job.reforming;
-    if job.reforming {
-        job.message
-            .push_str(" (during an in-process re-form: relaunching every rank)");
-    }
-    job.reforming = false;
-    for (i, r) in job.ranks.iter_mut().enumerate() {
-        r.kept = in_place && pending.contains(&i);
-    }
-    if in_place {
+    // launches): none is stopped.
+    if super::launch::keep_survivors(job, &pending) {
         pending.clear();
-        job.reform_step = (job.ranks.iter().filter(|r| r.kept))
-            .map(|r| r.last_step)
-            .max()
-            .unwrap_or(0);
     }
     let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
@@ -500,19 +487,9 @@ fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
 pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
 
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
-    if job.reforming && matches!(job.state, JobState::Launching | JobState::Running) {
-        // The in-process re-form has the start-up grace to reach a step on every rank.
-        let late = job.ranks.iter().find_map(|r| {
-            let idle = (now - r.last_progress_at).max(0) as u64;
-            (!r.progressed && idle >= limits.startup_grace_ms.max(1))
-                .then(|| (r.node.clone(), idle))
-        });
-        if let Some((node, idle)) = late {
-            let why = format!("the process group did not re-form in place within {idle} ms");
-            let cause = FaultCause::stall_unattributed(idle, why);
-            on_fault(job, &node, cause, Some(now - idle as i64), now, limits, fx);
-            return;
-        }
+    if let Some((node, idle, cause)) = super::launch::reform_overdue(job, now, limits) {
+        on_fault(job, &node, cause, Some(now - idle as i64), now, limits, fx);
+        return;
     }
     if matches!(job.state, JobState::Launching | JobState::Running) {
         let overdue = job.ranks.iter().position(|r| {
