@@ -56,6 +56,7 @@ import datetime
 import gc
 import json
 import os
+import socket
 import sys
 import time
 
@@ -107,6 +108,9 @@ def run(train, state, load=None, backend="gloo"):
     _init_group(dist, backend)
     while True:
         _sync_state(dist, ctx, state, load)
+        # What lives now (torch, the model) is left out of later collections: the one that
+        # frees the broken group's wrapper after a fault then takes milliseconds, not a second.
+        gc.freeze()
         try:
             result = train(ctx)
         except Exception as e:  # noqa: BLE001 - decided below
@@ -131,8 +135,22 @@ def run(train, state, load=None, backend="gloo"):
 
 
 def _init_group(dist, backend):
-    timeout = datetime.timedelta(seconds=float(os.environ.get("HOLDFAST_PG_TIMEOUT", "30")))
-    dist.init_process_group(backend, timeout=timeout)
+    seconds = float(os.environ.get("HOLDFAST_PG_TIMEOUT", "30"))
+    if _int_env("RANK", 0) != 0:
+        # Rank 0 hosts the generation's store. A client that finds it not listening yet backs
+        # off for about a second before it tries again; waiting for the port here costs 10 ms.
+        _wait_for_store(os.environ.get("MASTER_ADDR", ""), _int_env("MASTER_PORT", 0), seconds)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+
+
+def _wait_for_store(host, port, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
 def _sync_state(dist, ctx, state, load):
@@ -261,4 +279,4 @@ def _first_line(e):
 
 
 def _log(message):
-    print(f"holdfast: {message}", flush=True)
+    print(f"holdfast {time.time():.3f}: {message}", flush=True)

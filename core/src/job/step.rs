@@ -65,6 +65,10 @@ fn apply(
                 }
                 r.progressed = true;
                 r.last_step = s;
+                if r.kept && matches!(job.state, JobState::Recovering(_)) {
+                    // A kept survivor's last steps before it noticed the fault count too.
+                    job.reform_step = job.reform_step.max(s);
+                }
                 if job.reforming && job.ranks.iter().all(|r| r.progressed) {
                     // The group re-formed in place and every rank stepped in it.
                     job.reforming = false;
