@@ -31,6 +31,24 @@ pub(super) fn reform_file(state_dir: &Path, job_id: &str) -> PathBuf {
     state_dir.join(format!("reform-{}.json", super::spawn::sanitize(job_id)))
 }
 
+/// The last step printed in the last 64 KiB of the worker's log.
+fn last_step_in_log(log: &Path, progress_regex: &str) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let regex = regex::Regex::new(progress_regex)
+        .or_else(|_| regex::Regex::new(holdfast_core::DEFAULT_PROGRESS_REGEX))
+        .ok()?;
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.lines()
+        .rev()
+        .find_map(|line| super::parse_step(&regex, line))
+}
+
 /// What the ranks are told: the new generation and its rendezvous.
 #[derive(serde::Serialize)]
 struct Reform<'a> {
@@ -81,6 +99,14 @@ impl Supervisor {
                 path.display()
             );
             return false;
+        }
+        // Steps the worker printed before this launch belong to the old generation: they are
+        // reported under it now, so that the follower, behind by a poll, does not report one
+        // of them as the new generation's first step (a re-form that has not happened).
+        if let Some(step) =
+            last_step_in_log(&running.record.log_file, &running.record.progress_regex)
+        {
+            running.progress.report(step);
         }
         let from = running.record.generation;
         running.record.generation = launch.generation;
