@@ -56,6 +56,12 @@ fn apply(
             step: s,
         } => {
             if generation != job.generation {
+                // A kept survivor's last steps, reported under its old generation as it is
+                // told to re-form: the new generation resumes from them.
+                let kept = job.rank_of(&node).is_some_and(|r| job.ranks[r].kept);
+                if kept && job.reforming && generation.next() == job.generation {
+                    job.reform_step = job.reform_step.max(s);
+                }
                 return;
             }
             if let Some(rank) = job.rank_of(&node) {
