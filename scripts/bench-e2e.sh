@@ -4,14 +4,18 @@
 # (--baseline) under plain `torchrun --max-restarts=3` with c10d rendezvous and no holdfast.
 #
 #   scripts/bench-e2e.sh [--fault host-kill|host-partition|worker-kill|worker-hang|xid]
-#                        [--mode torchrun|native|native-warm] [--baseline] [--json] [--bound-s N]
+#                        [--mode torchrun|native|native-warm|inprocess] [--baseline] [--json]
+#                        [--bound-s N]
 #                        [--steps N]
 #
 # --mode says how holdfast starts the ranks: torchrun on every host (default), its native
 # launcher (`python train_ddp.py` per rank with torchrun's variables), or the native launcher
-# with warm standby interpreters (torch imported ahead of a relaunch).
+# with warm standby interpreters (torch imported ahead of a relaunch), or that with in-process
+# restart (examples/train_inprocess.py through holdfast.run: survivors re-form the group in place,
+# a replaced rank takes the state from a survivor).
 # Prints one JSON line: {"mode", "launcher", "fault", "detect_s", "first_step_after_fault_s",
-# "recovered", "phases"} (phases: where the time from the fault to the first step went).
+# "lost_steps", "recovered", "phases"} (phases: where the time from the fault to the first step
+# went; lost_steps: the job's step at the fault minus the step it resumed from).
 # A run that has not recovered within the bound (default 600 s) reports recovered: false.
 # Installs what it needs on first use (PyTorch and moto into $HOLDFAST_CACHE). Needs root.
 set -euo pipefail
@@ -30,7 +34,7 @@ while [ $# -gt 0 ]; do
     --json) flags+=(--json); shift ;;
     --bound-s) bound="${2:?--bound-s needs a value}"; shift 2 ;;
     --steps) flags+=(--steps "${2:?--steps needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench-e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -46,6 +46,22 @@ impl Case {
     }
 }
 
+/// The lab of `case` in `dir`: a coordinator, S3, and agents on node-1, node-2 and the spares.
+fn start_cluster(tools: Tools, case: &Case, dir: &Path) -> NetnsCluster {
+    let coordinator_args: Vec<&str> = case.coordinator_args.iter().map(String::as_str).collect();
+    let mut cluster =
+        NetnsCluster::start(tools, dir, &coordinator_args).expect("starting the cluster");
+    let nodes = ["node-1", "node-2"].map(|n| (n.to_string(), "worker"));
+    let spares = (1..=case.spares).map(|i| (format!("spare-{i}"), "spare"));
+    for (node, role) in nodes.into_iter().chain(spares) {
+        let mut args: Vec<String> = case.agent_args.iter().map(|a| a.to_string()).collect();
+        args.extend((case.node_args)(dir, &node));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.start_agent(&node, role, &args).unwrap();
+    }
+    cluster
+}
+
 /// Runs the job on node-1 and node-2 (plus spares) with `case.fault` injected on node-2 after
 /// the second checkpoint; `on_message` sees each new job message.
 fn run_case(
@@ -55,17 +71,7 @@ fn run_case(
     let tools = Tools::for_tests(holdfast_exe!())?;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new(&format!("e2e-{}", case.name));
-    let coordinator_args: Vec<&str> = case.coordinator_args.iter().map(String::as_str).collect();
-    let mut cluster =
-        NetnsCluster::start(tools, &dir, &coordinator_args).expect("starting the cluster");
-    let nodes = ["node-1", "node-2"].map(|n| (n.to_string(), "worker"));
-    let spares = (1..=case.spares).map(|i| (format!("spare-{i}"), "spare"));
-    for (node, role) in nodes.into_iter().chain(spares) {
-        let mut args: Vec<String> = case.agent_args.iter().map(|a| a.to_string()).collect();
-        args.extend((case.node_args)(&dir, &node));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cluster.start_agent(&node, role, &args).unwrap();
-    }
+    let mut cluster = start_cluster(tools, &case, &dir);
     let options = JobOptions {
         steps: 30,
         prefix: case.name.to_string(),
@@ -354,4 +360,123 @@ fn a_replacement_failing_its_deep_check_is_fenced_and_the_next_spare_is_used() {
         "spare-1's failed check is not on the incident: {:?}",
         incident.rejected_candidates
     );
+}
+
+/// What `train_inprocess.py` wrote for one rank at its end (`final/rank-R.json`).
+fn final_report(cluster: &NetnsCluster, prefix: &str, rank: u32) -> serde_json::Value {
+    let path = (cluster.s3_root().join(kit::e2e::BUCKET).join(prefix))
+        .join(format!("final/rank-{rank}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
+}
+
+/// In-process restart (`restart: in_process`, `holdfast.run`): node-2's training process is
+/// SIGKILLed mid-training. node-1's process is never stopped (same pid, started in generation
+/// 1, ends in generation 2), it re-forms the group in place, node-2's replacement takes model,
+/// optimizer state and step from it, and no step is lost or done twice: the final weights are
+/// bit-identical to those of the same job run without a fault (deterministic data per step and
+/// rank; a skipped or doubled SGD-with-momentum step would change them).
+#[test]
+fn in_process_restart_keeps_the_survivor_loses_no_step_and_ends_with_the_fault_free_weights() {
+    let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
+        return;
+    };
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let case = Case::new("inprocess", E2eFault::WorkerKill, 0);
+    let dir = Scratch::new("e2e-inprocess");
+    let mut cluster = start_cluster(tools, &case, &dir);
+    let reference = JobOptions {
+        steps: 30,
+        prefix: "inprocess-reference".into(),
+        launcher: E2eLauncher::InProcess,
+        ..Default::default()
+    };
+    let faulted = JobOptions {
+        prefix: "inprocess".into(),
+        ..reference.clone()
+    };
+    let injection = Injection {
+        fault: E2eFault::WorkerKill,
+        after_step: reference.ckpt_every * 2 + 1,
+        node: Some("node-2".into()),
+    };
+    let (clean, run) = cluster
+        .control(async |cluster| {
+            cluster
+                .wait_ready(2, Duration::from_secs(30))
+                .await
+                .unwrap();
+            let spec = cluster.job_spec(&reference);
+            let clean = cluster.run_job(spec, None, JOB_DEADLINE, |_, _| {}).await;
+            let spec = cluster.job_spec(&faulted);
+            let run = (cluster.run_job(spec, Some(injection), JOB_DEADLINE, |_, _| {})).await;
+            (clean.unwrap(), run.unwrap())
+        })
+        .unwrap();
+    println!("in-process → {} (messages: {:?})", run.json(), run.messages);
+    if run.job.state != "succeeded" || clean.job.state != "succeeded" {
+        cluster.print_log_tails(&["coordinator", "node-1", "node-2"]);
+    }
+    assert_eq!(clean.job.state, "succeeded", "{}", clean.job.message);
+    let incident = assert_recovered_in_place(&run, &faulted);
+    let survivor = final_report(&cluster, &faulted.prefix, 0);
+    let replacement = final_report(&cluster, &faulted.prefix, 1);
+    println!("survivor {survivor}\nreplacement {replacement}");
+    // The survivor's process spanned both generations: never stopped, re-formed once.
+    assert_eq!(survivor["started_generation"], 1, "{survivor}");
+    assert_eq!(survivor["generation"], 2, "{survivor}");
+    assert_eq!(survivor["reforms"], 1, "{survivor}");
+    let first_log = (dir.join("nodes/node-1/logs")).join(format!("{}-g1-r0.log", run.job.job_id));
+    let first_log = std::fs::read_to_string(&first_log).unwrap_or_default();
+    let pid = format!("pid {})", survivor["pid"]);
+    assert!(
+        first_log.contains(&pid),
+        "node-1's generation-1 process was not the one that finished ({pid})"
+    );
+    // Every step done exactly once on the survivor; the replacement took the state from it
+    // and went on from the step it had reached — at or past the step the fault hit.
+    assert_eq!(survivor["steps_run"], faulted.steps, "{survivor}");
+    assert_eq!(survivor["steps_run_twice"], 0, "{survivor}");
+    assert_eq!(replacement["started_generation"], 2, "{replacement}");
+    assert_eq!(replacement["restored_from"], "rank 0", "{replacement}");
+    let first = replacement["first_step_run"]
+        .as_u64()
+        .expect("the replacement stepped");
+    assert!(
+        first > run.fault_step,
+        "the replacement redid step {first}; the fault hit at {}",
+        run.fault_step
+    );
+    assert_eq!(incident.resumed_from_step + 1, first, "{incident:?}");
+    assert_eq!(run.lost_steps(), Some(0));
+    // Exact recovery: the same weights as the run without a fault, on both ranks.
+    let expected = &final_report(&cluster, &reference.prefix, 0)["weights_sha256"];
+    assert!(expected.is_string());
+    assert_eq!(&survivor["weights_sha256"], expected);
+    assert_eq!(&replacement["weights_sha256"], expected);
+}
+
+/// The job succeeded at its last step after a worker fault handled as an in-process restart:
+/// a restart in place, on the same hosts, resumed from the survivors' step (not a checkpoint).
+fn assert_recovered_in_place(run: &FaultRun, options: &JobOptions) -> pb::Incident {
+    assert!(
+        run.fault_at > 0,
+        "the fault was never injected: {:?}",
+        run.job
+    );
+    assert_eq!(run.job.state, "succeeded", "{}", run.job.message);
+    assert_eq!(run.job.step, options.steps);
+    let incident = run.incident().cloned().expect("an incident for the fault");
+    assert_eq!(incident.cause, "worker_exited");
+    assert_eq!(incident.action, "restart_in_place");
+    assert!(
+        incident.resumed_unix_ms > 0,
+        "no progress past the survivors' step"
+    );
+    assert_eq!(
+        run.job.generation, 2,
+        "the job was relaunched more than once"
+    );
+    incident
 }

@@ -65,6 +65,7 @@ pub fn job(job: &Job) -> pb::Job {
                 .iter()
                 .map(|n| n.to_string())
                 .collect(),
+            restart: job.spec.restart.name().into(),
         }),
         state: job.state.name().into(),
         state_enum: pb::JobState::from_name(job.state.name()) as i32,

@@ -116,6 +116,7 @@ pub fn agent_command(command: AgentCommand) -> pb::CoordinatorMessage {
                 Launcher::Command => Vec::new(),
                 Launcher::Native { warm_imports, .. } => warm_imports,
             },
+            reform: l.reform,
         }),
         AgentCommand::Stop(s) => ToAgent::Stop(pb::Stop {
             job_id: s.job_id.into(),
@@ -287,6 +288,7 @@ pub fn job_request(spec: pb::JobSpec) -> JobRequest {
         nproc_per_node: spec.nproc_per_node,
         warm_imports: spec.warm_imports,
         allowed_nodes: spec.allowed_nodes,
+        restart: spec.restart,
     }
 }
 

@@ -100,6 +100,10 @@ pub struct Launch {
     pub term: Term,
     /// How the agent starts the command: as given, or one process per local rank.
     pub launcher: crate::job::Launcher,
+    /// Re-form in place: the node's running worker of this job is kept and told this
+    /// generation (an in-process restart) instead of being replaced by a new one. An agent
+    /// with no such worker starts one as for any launch.
+    pub reform: bool,
 }
 
 /// Stop a job's workers on one node.
@@ -336,6 +340,9 @@ pub struct JobRequest {
     /// The only nodes the job may run on or be repaired with, by node id (a Slurm
     /// allocation's nodes); empty: any node.
     pub allowed_nodes: Vec<String>,
+    /// What a recovery does with surviving ranks: `relaunch` (empty: the default) or
+    /// `in_process` (see [`crate::job::RestartMode`]).
+    pub restart: String,
 }
 
 /// What kind of thing an [`Event`] tells.

@@ -634,4 +634,6 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod inprocess_tests;
+#[cfg(test)]
 mod tests;

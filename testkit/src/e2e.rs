@@ -117,6 +117,11 @@ pub enum E2eLauncher {
     Native,
     /// The native launcher with warm standby interpreters (torch imported ahead of a relaunch).
     NativeWarm,
+    /// In-process restart (`restart: in_process`): `train_inprocess.py` (the same job through
+    /// `holdfast.run`) on the native launcher with warm standbys; survivors re-form the group
+    /// in place and a replaced rank takes the state from a survivor.
+    #[value(name = "inprocess")]
+    InProcess,
 }
 
 impl E2eLauncher {
@@ -125,6 +130,7 @@ impl E2eLauncher {
             E2eLauncher::Torchrun => "torchrun",
             E2eLauncher::Native => "native",
             E2eLauncher::NativeWarm => "native-warm",
+            E2eLauncher::InProcess => "inprocess",
         }
     }
 }
@@ -198,7 +204,9 @@ fn training_pids(pids: &[i32]) -> Vec<i32> {
                 && std::fs::read_link(format!("/proc/{pid}/fd/1"))
                     .is_ok_and(|out| out.to_string_lossy().contains("/logs/"));
             standby_at_work
-                || (args.iter().any(|a| a.ends_with("train_ddp.py"))
+                || (args
+                    .iter()
+                    .any(|a| a.ends_with("train_ddp.py") || a.ends_with("train_inprocess.py"))
                     && !args.iter().any(|a| a.contains("torchrun")))
         })
         .collect()
@@ -247,14 +255,24 @@ impl FaultRun {
         self.job.state == "succeeded" && self.first_step_after_fault_s().is_some()
     }
 
+    /// Steps done before the fault that the job did again: the job's step when the fault was
+    /// injected minus the step its recovery resumed from (a checkpoint's, or the survivors'
+    /// under an in-process restart).
+    pub fn lost_steps(&self) -> Option<u64> {
+        let incident = self.incident().filter(|i| i.resumed_unix_ms > 0)?;
+        Some(self.fault_step.saturating_sub(incident.resumed_from_step))
+    }
+
     pub fn json(&self) -> serde_json::Value {
-        bench_json(
+        let mut line = bench_json(
             "holdfast",
             self.fault,
             self.detect_s(),
             self.first_step_after_fault_s(),
             self.recovered(),
-        )
+        );
+        line["lost_steps"] = self.lost_steps().into();
+        line
     }
 }
 
@@ -556,19 +574,26 @@ impl NetnsCluster {
     pub fn job_spec(&self, options: &JobOptions) -> pb::JobSpec {
         let examples = examples_dir();
         if options.launcher != E2eLauncher::Torchrun {
+            let in_process = options.launcher == E2eLauncher::InProcess;
+            let script = if in_process {
+                "train_inprocess.py"
+            } else {
+                "train_ddp.py"
+            };
             let mut command = vec![
                 self.python().display().to_string(),
-                examples.join("train_ddp.py").display().to_string(),
+                examples.join(script).display().to_string(),
             ];
             command.extend(options.schedule_args());
             return pb::JobSpec {
                 command,
                 nproc_per_node: Some(1),
-                warm_imports: if options.launcher == E2eLauncher::NativeWarm {
+                warm_imports: if options.launcher != E2eLauncher::Native {
                     WARM_IMPORTS.map(String::from).to_vec()
                 } else {
                     Vec::new()
                 },
+                restart: if in_process { "in_process" } else { "" }.into(),
                 ..self.torchrun_job_spec(options)
             };
         }

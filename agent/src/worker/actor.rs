@@ -188,6 +188,9 @@ impl Supervisor {
             WorkerCommand::Term(_) => {}
             WorkerCommand::DumpStacks(d) => self.dump_stacks(d).await,
             WorkerCommand::Launch(launch) => {
+                if launch.reform && self.reform(&launch) {
+                    return;
+                }
                 self.stop_current("superseded by a new generation").await;
                 self.launch(*launch).await;
             }
@@ -538,6 +541,72 @@ mod tests {
         assert!(!record.is_running(), "every rank is gone after the stop");
         let exit = worker_exit(&mut rx).expect("the exit is reported");
         assert!(exit.stopped_by_agent);
+    }
+
+    #[tokio::test]
+    async fn a_reform_launch_keeps_the_running_worker_and_tells_it_the_next_generation() {
+        let dir = crate::testdir::Scratch::new("reform");
+        let (mut supervisor, mut rx) = supervisor(&dir);
+        let script = "echo \"told at $HOLDFAST_REFORM_FILE\"; exec sleep 30";
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(native_launch(script))))
+            .await;
+        let first = supervisor.running.as_ref().unwrap().record.clone();
+        let path = super::super::reform::reform_file(&dir, "native");
+        let told_at = format!("told at {}", path.display());
+        assert_eq!(
+            log_lines(&first.log_file, "told at ", 2).await,
+            [told_at.clone(), told_at]
+        );
+        let next = pb::Launch {
+            generation: 2,
+            reform: true,
+            node_rank: 0,
+            master_port: 29556,
+            rdzv_id: "native-g2".into(),
+            ..native_launch(script)
+        };
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(next)))
+            .await;
+        // The same processes, now generation 2's; the ranks find the generation in the file.
+        let kept = supervisor.running.as_ref().unwrap().record.clone();
+        assert_eq!(
+            (kept.pid, kept.generation, kept.node_rank),
+            (first.pid, 2, 0)
+        );
+        assert!(first.is_running());
+        let told: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(told["generation"], 2);
+        assert_eq!(told["master_port"], 29556);
+        assert_eq!(told["node_rank"], 0);
+        assert_eq!(told["nproc_per_node"], 2);
+        let events: Vec<(u64, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m.body {
+                Some(ToCoordinator::WorkerEvent(e)) => Some((
+                    e.generation,
+                    matches!(e.kind, Some(pb::worker_event::Kind::Started(_))),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [(1, true), (2, true)],
+            "started twice, never exited"
+        );
+        // A launch without `reform` replaces the worker as always.
+        let plain = pb::Launch {
+            generation: 3,
+            ..native_launch(script)
+        };
+        supervisor
+            .handle(WorkerCommand::Launch(Box::new(plain)))
+            .await;
+        assert_ne!(supervisor.running.as_ref().unwrap().record.pid, first.pid);
+        assert!(!first.is_running());
+        supervisor.stop_current("test over").await;
     }
 
     #[tokio::test]

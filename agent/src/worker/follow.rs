@@ -36,7 +36,7 @@ impl Supervisor {
         let progress = ProgressReporter {
             outbox: self.outbox.clone(),
             job_id: record.job_id.clone(),
-            generation: record.generation,
+            generation: Arc::new(record.generation.into()),
             last: Arc::new(std::sync::Mutex::new(0)),
             snapshot: self.snapshot.clone(),
         };
@@ -81,12 +81,22 @@ impl Supervisor {
 pub(super) struct ProgressReporter {
     outbox: Outbox,
     job_id: String,
-    generation: u64,
+    /// Changes when the worker is kept for the next generation (an in-process restart).
+    generation: Arc<std::sync::atomic::AtomicU64>,
     last: Arc<std::sync::Mutex<u64>>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
 }
 
 impl ProgressReporter {
+    /// The worker now belongs to `generation` (kept for an in-process restart).
+    pub(super) fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     pub(super) fn report(&self, step: u64) {
         let Ok(mut last) = self.last.lock() else {
             return;
@@ -101,7 +111,7 @@ impl ProgressReporter {
         let _ = self.outbox.send(pb::AgentMessage {
             body: Some(ToCoordinator::Progress(pb::Progress {
                 job_id: self.job_id.clone(),
-                generation: self.generation,
+                generation: self.generation(),
                 step,
                 at_unix_ms: now_ms(),
             })),
@@ -115,7 +125,7 @@ impl ProgressReporter {
     /// The worker printed a line now (its evidence counts its output's quiet from it).
     fn saw_output(&self) {
         if let Ok(mut snap) = self.snapshot.lock() {
-            let ours = (snap.record.as_ref()).is_some_and(|r| r.generation == self.generation);
+            let ours = (snap.record.as_ref()).is_some_and(|r| r.generation == self.generation());
             if ours {
                 snap.last_output_at = Some(std::time::Instant::now());
             }
@@ -231,7 +241,7 @@ async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressRe
             .map(|s| {
                 s.record
                     .as_ref()
-                    .is_none_or(|r| r.generation != progress.generation)
+                    .is_none_or(|r| r.generation != progress.generation())
             })
             .unwrap_or(true)
         {

@@ -19,6 +19,7 @@
 //! - `actor.rs` — the supervisor: its command loop, fencing checks, stop with grace, exits.
 //! - `spawn.rs` — starting a worker: its process group, log file and `HOLDFAST_*` variables.
 //! - `native.rs` — the native launcher: one process per local rank with torchrun's variables.
+//! - `reform.rs` — in-process restarts: a survivor kept and told the next generation.
 //! - `standby.rs` — warm standby interpreters (modules imported) that take the next launch.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
 //! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
@@ -34,6 +35,7 @@ mod follow;
 mod native;
 pub mod placeholders;
 mod record;
+mod reform;
 mod spawn;
 mod stacks;
 mod standby;

@@ -344,6 +344,12 @@ fn worker_env(
         "HOLDFAST_PROGRESS_FILE".into(),
         progress_file.display().to_string(),
     ));
+    if launch.nproc_per_node > 0 {
+        // Where an in-process restart tells the ranks the next generation (reform.rs).
+        let dir = progress_file.parent().unwrap_or(Path::new("."));
+        let reform = super::reform::reform_file(dir, &launch.job_id);
+        env.push(("HOLDFAST_REFORM_FILE".into(), reform.display().to_string()));
+    }
     env
 }
 
@@ -369,7 +375,7 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// `s` as a file name part: anything but ASCII letters, digits, `-` and `_` becomes `_`.
-fn sanitize(s: &str) -> String {
+pub(super) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -64,6 +64,12 @@ pub struct Args {
     /// ranks, the rest are its spares, and no replacement is ever taken from outside.
     #[arg(long)]
     no_slurm_allocation: bool,
+    /// With --nproc-per-node, for a job written with `holdfast.run` (python/holdfast): on a
+    /// fault the surviving ranks keep running and re-form the process group in place, only
+    /// the failed ranks are launched, and they take the state from a survivor (no step lost).
+    /// A fault or a timeout while the group re-forms falls back to relaunching every rank.
+    #[arg(long)]
+    in_process: bool,
     /// The training command; placeholders like {node_rank}, {nnodes}, {rdzv_endpoint} are
     /// substituted on each node.
     #[arg(last = true, required = true)]
@@ -126,6 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         nproc_per_node: args.nproc_per_node,
         warm_imports: args.warm_imports,
         allowed_nodes,
+        restart: if args.in_process { "in_process" } else { "" }.into(),
     };
     // Watch first: a job that starts fast must not run ahead of its follower.
     let events = follow::watch(&mut c).await?;

@@ -519,4 +519,6 @@ mod health_tests;
 
 #[cfg(test)]
 mod retention_tests;
+
+#[cfg(test)]
 mod allowed_tests;

@@ -193,6 +193,7 @@ impl Cluster {
                     stop_grace_ms: self.config.stop_grace_ms,
                     term: self.term,
                     launcher: job.spec.launcher.clone(),
+                    reform: r.kept,
                 }),
             });
         }

@@ -145,6 +145,21 @@ fn bad_job_specs_are_refused_naming_the_field_and_nothing_is_allocated() {
             },
             "warm_imports \"torch; import os\" is not a Python module name",
         ),
+        (
+            JobRequest {
+                restart: "in_process".into(),
+                ..job(1)
+            },
+            "restart in_process needs the native launcher",
+        ),
+        (
+            JobRequest {
+                nproc_per_node: Some(1),
+                restart: "sideways".into(),
+                ..job(1)
+            },
+            "restart must be relaunch or in_process, got \"sideways\"",
+        ),
     ];
     for (request, expected) in cases {
         let err = submit(&mut c, request, 10).unwrap_err().to_string();

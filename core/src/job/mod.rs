@@ -18,6 +18,7 @@ pub use crate::fault::FaultCause;
 use crate::incident::{IncidentEvent, RecoveryAction};
 use crate::protocol::JobRequest;
 use crate::{Generation, JobId, NodeId, UnixMillis};
+pub use launch::{Launcher, RestartMode, MAX_NPROC_PER_NODE};
 
 /// What the user asked for, validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,76 +61,12 @@ pub struct JobSpec {
     /// allocation's nodes, matched as [`JobSpec::allows`] says); empty: any node.
     #[serde(default)]
     pub allowed_nodes: BTreeSet<NodeId>,
-}
-
-/// How an agent turns a launch into processes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Launcher {
-    /// The command runs once per node, as given (it is its own launcher, e.g. torchrun).
-    #[default]
-    Command,
-    /// The agent starts `nproc_per_node` copies of the command itself, each with torchrun's
-    /// environment contract (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, …), with no rendezvous
-    /// round and no launcher process in between.
-    Native {
-        /// Ranks (processes) per node.
-        nproc_per_node: u32,
-        /// Python modules a standby interpreter per local rank imports ahead of the next
-        /// launch, so a relaunch skips them; empty: ranks start cold.
-        warm_imports: Vec<String>,
-    },
-}
-
-/// The most ranks one node may run under the native launcher (hosts have at most a few dozen
-/// accelerators; more is a typo).
-pub const MAX_NPROC_PER_NODE: u32 = 256;
-
-impl Launcher {
-    /// Ranks per node: 1 for a command that is its own launcher.
-    pub fn nproc_per_node(&self) -> u32 {
-        match self {
-            Launcher::Command => 1,
-            Launcher::Native { nproc_per_node, .. } => *nproc_per_node,
-        }
-    }
-
-    fn validate(request: &JobRequest) -> Result<Launcher, CoreError> {
-        let invalid = |field: &'static str, reason: String| CoreError::InvalidJob { field, reason };
-        let Some(nproc_per_node) = request.nproc_per_node else {
-            if !request.warm_imports.is_empty() {
-                return Err(invalid(
-                    "warm_imports",
-                    "needs the native launcher: set nproc_per_node".into(),
-                ));
-            }
-            return Ok(Launcher::Command);
-        };
-        if !(1..=MAX_NPROC_PER_NODE).contains(&nproc_per_node) {
-            return Err(invalid(
-                "nproc_per_node",
-                format!("must be 1 to {MAX_NPROC_PER_NODE}, got {nproc_per_node}"),
-            ));
-        }
-        for module in &request.warm_imports {
-            let valid = !module.is_empty()
-                && module.split('.').all(|part| {
-                    part.chars()
-                        .next()
-                        .is_some_and(|c| c.is_alphabetic() || c == '_')
-                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-                });
-            if !valid {
-                return Err(invalid(
-                    "warm_imports",
-                    format!("{module:?} is not a Python module name"),
-                ));
-            }
-        }
-        Ok(Launcher::Native {
-            nproc_per_node,
-            warm_imports: request.warm_imports.clone(),
-        })
-    }
+    /// What a recovery does with the ranks that survived a fault: relaunch every rank (the
+    /// default), or keep the survivors' processes and have them re-form the process group
+    /// in place, launching only the replaced ranks (native launcher only; the job must use
+    /// `holdfast.run` from `python/holdfast`).
+    #[serde(default)]
+    pub restart: RestartMode,
 }
 
 fn vouching_default() -> bool {
@@ -203,6 +140,7 @@ impl JobSpec {
             progress_vouches: request.progress_vouches.unwrap_or(true),
             launcher: Launcher::validate(request)?,
             allowed_nodes: crate::limits::allowed_nodes(request)?,
+            restart: launch::validate_restart(request)?,
         })
     }
 }
@@ -328,6 +266,10 @@ pub struct Rank {
     /// says nothing about the stall.
     #[serde(skip)]
     pub evidence_at: UnixMillis,
+    /// The rank's worker of the failed generation is kept for an in-process restart: the next
+    /// generation's launch tells it to re-form in place instead of replacing it.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 /// Bounds the job lifecycle needs from the coordinator's config.
@@ -403,6 +345,14 @@ pub struct Job {
     /// A restart in place waits until then (backoff).
     #[serde(default)]
     pub relaunch_not_before: Option<UnixMillis>,
+    /// The current generation re-forms in place (an in-process restart) and not every rank
+    /// has stepped in it yet: a fault or a timeout now falls back to a full relaunch.
+    #[serde(default)]
+    pub reforming: bool,
+    /// The step the kept survivors of an in-process restart had reached at the fault (their
+    /// last progress): the new generation resumes from it, not from a checkpoint.
+    #[serde(default)]
+    pub reform_step: u64,
     /// The job's own step time, learned from its progress (a moving average; 0 until two
     /// steps were seen): how fast a dead rank stops the others.
     #[serde(default)]
@@ -598,6 +548,7 @@ impl Job {
                 progressed: false,
                 evidence: None,
                 evidence_at: 0,
+                kept: false,
             })
             .collect();
         Job {
@@ -615,6 +566,8 @@ impl Job {
             message: String::new(),
             worker_faults: BTreeMap::new(),
             relaunch_not_before: None,
+            reforming: false,
+            reform_step: 0,
             step_time_ms: 0,
             step_advanced_at: 0,
             unheard_at: None,
@@ -680,6 +633,7 @@ impl Job {
     }
 }
 
+mod launch;
 mod step;
 pub use step::{step, UNCONFIRMED_EXIT_GRACE_MS};
 

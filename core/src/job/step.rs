@@ -39,7 +39,11 @@ fn apply(
             }
             if job.state == JobState::Launching && job.ranks.iter().all(|r| r.started) {
                 job.state = JobState::Running;
-                let resume_step = job.resumed_from.as_ref().map_or(0, |c| c.step);
+                let mut resume_step = job.resumed_from.as_ref().map_or(0, |c| c.step);
+                if job.reforming {
+                    // The survivors kept their state: the group resumes where they were.
+                    resume_step = resume_step.max(job.reform_step);
+                }
                 fx.push(JobEffect::Incident(IncidentEvent::Relaunched {
                     generation,
                     resume_step,
@@ -52,6 +56,12 @@ fn apply(
             step: s,
         } => {
             if generation != job.generation {
+                // A kept survivor's last steps, reported under its old generation as it is
+                // told to re-form: the new generation resumes from them.
+                let kept = job.rank_of(&node).is_some_and(|r| job.ranks[r].kept);
+                if kept && job.reforming && generation.next() == job.generation {
+                    job.reform_step = job.reform_step.max(s);
+                }
                 return;
             }
             if let Some(rank) = job.rank_of(&node) {
@@ -61,6 +71,15 @@ fn apply(
                 }
                 r.progressed = true;
                 r.last_step = s;
+                if r.kept && matches!(job.state, JobState::Recovering(_)) {
+                    // A kept survivor's last steps before it noticed the fault count too.
+                    job.reform_step = job.reform_step.max(s);
+                }
+                if job.reforming && job.ranks.iter().all(|r| r.progressed) {
+                    // The group re-formed in place and every rank stepped in it.
+                    job.reforming = false;
+                    job.ranks.iter_mut().for_each(|r| r.kept = false);
+                }
                 if s > job.step {
                     learn_step_time(job, s, now);
                 }
@@ -99,6 +118,8 @@ fn apply(
                         after_fencing(job, now, fx);
                     }
                 }
+                // A kept survivor gone before the re-form: its rank is launched afresh.
+                JobState::Recovering(_) => job.ranks[rank].kept = false,
                 JobState::Launching | JobState::Running => {
                     if clean {
                         if job.ranks.iter().all(|r| r.exited == Some(true)) {
@@ -233,6 +254,7 @@ fn on_resolved(
                 r.progressed = false;
             }
             job.resumed_from = resume.clone();
+            job.reforming = job.ranks.iter().any(|r| r.kept);
             job.state = JobState::Launching;
             job.message = match &resume {
                 Some(c) => format!("generation {} resumes from step {}", job.generation, c.step),
@@ -293,6 +315,7 @@ fn on_fault(
                 return;
             }
             job.ranks[rank].needs_node = true;
+            job.ranks[rank].kept = false;
             fx.push(JobEffect::OpenIncident {
                 node: node.into(),
                 cause: cause.clone(),
@@ -369,9 +392,14 @@ fn on_fault(
         fenced_at: now,
     });
     job.message = format!("{} on {node}: {}", cause.code(), cause.detail());
-    let pending: BTreeSet<usize> = (0..job.ranks.len())
+    let mut pending: BTreeSet<usize> = (0..job.ranks.len())
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
+    // An in-process restart keeps the survivors (they re-form when the next generation
+    // launches): none is stopped.
+    if super::launch::keep_survivors(job, &pending) {
+        pending.clear();
+    }
     let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
         fx.push(JobEffect::StopWorkers {
@@ -469,6 +497,10 @@ fn begin_relaunch(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
 pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
 
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
+    if let Some((node, idle, cause)) = super::launch::reform_overdue(job, now, limits) {
+        on_fault(job, &node, cause, Some(now - idle as i64), now, limits, fx);
+        return;
+    }
     if matches!(job.state, JobState::Launching | JobState::Running) {
         let overdue = job.ranks.iter().position(|r| {
             r.exit_unconfirmed_at

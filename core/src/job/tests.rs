@@ -31,6 +31,7 @@ pub(super) fn plain_spec(nodes: u32) -> JobSpec {
         progress_vouches: true,
         launcher: Default::default(),
         allowed_nodes: Default::default(),
+        restart: Default::default(),
     }
 }
 
@@ -552,5 +553,48 @@ fn fault_causes_have_one_code_and_an_operator_wording() {
     assert_eq!(
         FaultCause::HealthFatal("xid 79".into()).to_string(),
         "fatal health fault: xid 79"
+    );
+}
+
+#[test]
+fn a_kept_survivors_last_steps_under_its_old_generation_set_where_the_re_form_resumes() {
+    let spec = JobSpec {
+        launcher: Launcher::Native {
+            nproc_per_node: 1,
+            warm_imports: Vec::new(),
+        },
+        restart: RestartMode::InProcess,
+        ..plain_spec(2)
+    };
+    let mut job = launched(spec, &["a", "b"], &LIMITS, (0, 0));
+    let progress = |node: &str, generation, step| JobEvent::Progress {
+        node: node.into(),
+        generation: Generation(generation),
+        step,
+    };
+    step(&mut job, progress("a", 1, 7), 10, &LIMITS);
+    let fx = step(&mut job, exited("b", 1, None, Some(9), false), 20, &LIMITS);
+    // The survivor is kept: no stop for it.
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, JobEffect::StopWorkers { .. })),
+        "{fx:?}"
+    );
+    assert!(job.ranks[0].kept && !job.ranks[1].kept);
+    step(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(None)),
+        30,
+        &LIMITS,
+    );
+    assert!(job.reforming);
+    assert_eq!(job.reform_step, 7);
+    // Step 8, printed before the survivor noticed the fault, reported under generation 1.
+    step(&mut job, progress("a", 1, 8), 40, &LIMITS);
+    step(&mut job, progress("b", 1, 9), 40, &LIMITS);
+    assert_eq!(job.reform_step, 8);
+    assert!(
+        !job.ranks[0].progressed,
+        "an old generation's step is no re-form"
     );
 }

@@ -404,6 +404,9 @@ impl Sim {
                 agent
                     .generations
                     .insert(launch.job_id.clone(), launch.generation);
+                if launch.reform && self.reform_worker(node, &launch) {
+                    return;
+                }
                 self.end_worker(node, None, Some(15), true);
                 self.start_worker(node, &launch);
             }

@@ -12,6 +12,27 @@ impl Sim {
     pub(super) fn start_worker(&mut self, node: &str, launch: &Launch) {
         let pid = self.next_pid;
         self.next_pid += 1;
+        self.join_generation(node, launch, pid, launch.resume_step);
+    }
+
+    /// An in-process restart: the node's running worker of the launch's job keeps its process
+    /// and joins the new generation, whose gang goes on from the step the old one reached (no
+    /// step lost). `false` when there is no such worker (the agent then starts one).
+    pub(super) fn reform_worker(&mut self, node: &str, launch: &Launch) -> bool {
+        let Some(worker) = self.agent(node).worker.clone() else {
+            return false;
+        };
+        if worker.job_id != launch.job_id || worker.generation >= launch.generation {
+            return false;
+        }
+        let reached =
+            (self.gangs.get(&(worker.job_id.clone(), worker.generation))).map_or(0, |g| g.step);
+        self.leave_gang(&worker);
+        self.join_generation(node, launch, worker.pid, launch.resume_step.max(reached));
+        true
+    }
+
+    fn join_generation(&mut self, node: &str, launch: &Launch, pid: u32, step: u64) {
         let delay = self.agent(node).options.start_delay_ms as i64;
         self.agent_mut(node).worker = Some(Worker {
             job_id: launch.job_id.clone(),
@@ -26,7 +47,7 @@ impl Sim {
                 key.clone(),
                 Gang {
                     nnodes: launch.nnodes,
-                    step: launch.resume_step,
+                    step,
                     members: BTreeMap::new(),
                 },
             );
@@ -40,6 +61,7 @@ impl Sim {
             );
         }
         if let Some(gang) = self.gangs.get_mut(&key) {
+            gang.step = gang.step.max(step);
             gang.members
                 .insert(launch.node_rank, (node.to_string(), pid));
         }

@@ -25,8 +25,8 @@ struct Args {
     /// Plain `torchrun --max-restarts=3` with c10d rendezvous, no holdfast.
     #[arg(long)]
     baseline: bool,
-    /// How holdfast starts the ranks: through torchrun, its native launcher, or the native
-    /// launcher with warm standby interpreters.
+    /// How holdfast starts the ranks: through torchrun, its native launcher, the native
+    /// launcher with warm standby interpreters, or that with in-process restart.
     #[arg(long, value_enum, default_value_t = E2eLauncher::Torchrun)]
     mode: E2eLauncher,
     /// Print only the JSON line on stdout.
@@ -96,7 +96,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         if args.fault == E2eFault::Xid {
             agent_args.push("--enable-fault-injection".into());
         }
-        if args.mode == E2eLauncher::NativeWarm {
+        if matches!(args.mode, E2eLauncher::NativeWarm | E2eLauncher::InProcess) {
             // Every agent keeps standbys from the start: the spare's too, so a replacement
             // launch is as warm as a restart in place.
             agent_args.push("--standby-python".into());

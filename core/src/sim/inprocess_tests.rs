@@ -1,0 +1,136 @@
+//! In-process restarts (`restart: in_process`): the survivors' workers are kept and re-form
+//! the group in place, only the failed rank is launched, no step is lost; a fault or a timeout
+//! while the group re-forms falls back to relaunching every rank.
+
+use super::*;
+use crate::job::JobState;
+
+/// Checkpoints far apart: a relaunch from one would go back many steps, a re-form none.
+const PARAMS: JobParams = JobParams {
+    step_ms: 100,
+    checkpoint_every: 1000,
+};
+
+/// A 2-node in-process job (`w0`, `w1`, spare `s0`) past step 25.
+fn training() -> Sim {
+    let mut sim = Sim::new(CoordinatorConfig::default());
+    sim.add_nodes("w", 2, Role::Worker);
+    sim.add_nodes("s", 1, Role::Spare);
+    assert!(sim.run_until(|s| s.nodes_in("ready").len() == 3, 1_000));
+    let request = JobRequest {
+        nproc_per_node: Some(1),
+        restart: "in_process".into(),
+        ..Sim::job_request("job", 2)
+    };
+    sim.submit(request, PARAMS).expect("accepted");
+    assert!(sim.run_until(|s| s.job("job").step >= 25, 10_000));
+    sim
+}
+
+fn pid(sim: &Sim, node: &str) -> Option<u32> {
+    sim.agents.get(node)?.worker.as_ref().map(|w| w.pid)
+}
+
+/// Every rank stepped in `generation` (the re-form, if any, is over).
+fn stepped_in(sim: &Sim, generation: u64) -> bool {
+    let job = sim.job("job");
+    job.generation.get() == generation
+        && job.state == JobState::Running
+        && job.ranks.iter().all(|r| r.progressed)
+}
+
+#[test]
+fn a_killed_worker_is_relaunched_alone_and_the_survivor_re_forms_with_no_step_lost() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    let victim = pid(&sim, "w1").expect("w1 trains");
+    let at_fault = sim.job("job").step;
+    sim.kill_worker("w1", Exit::Signal(9));
+    assert!(sim.run_until(|s| stepped_in(s, 2), 10_000));
+    // The survivor's process joined generation 2; only the failed rank got a new one.
+    assert_eq!(pid(&sim, "w0"), Some(survivor));
+    assert!(pid(&sim, "w1").is_some_and(|p| p != victim));
+    let job = sim.job("job");
+    assert!(!job.reforming && job.ranks.iter().all(|r| !r.kept));
+    // No step lost: the new generation goes on past the fault's step, not from a checkpoint.
+    assert!(
+        job.ranks.iter().all(|r| r.last_step > at_fault),
+        "{:?} vs {at_fault}",
+        job.ranks
+    );
+    // The incident says the recovery resumed where the survivor was, not at a checkpoint.
+    let incident = sim.incidents_of("job")[0];
+    assert!(incident.resumed_from_step >= Some(at_fault), "{incident:?}");
+    assert!(incident.resumed_at.is_some());
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_host_is_replaced_and_the_survivor_keeps_its_process() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    let at_fault = sim.job("job").step;
+    sim.kill("w1");
+    assert!(sim.run_until(|s| stepped_in(s, 2), 30_000));
+    let job = sim.job("job");
+    assert_eq!(job.ranks[1].node, "s0");
+    assert_eq!(pid(&sim, "w0"), Some(survivor));
+    assert!(pid(&sim, "s0").is_some());
+    assert!(job.ranks.iter().all(|r| r.last_step > at_fault));
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_second_fault_while_the_group_re_forms_falls_back_to_relaunching_every_rank() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    sim.kill_worker("w1", Exit::Signal(9));
+    assert!(sim.run_until(|s| s.job("job").reforming, 5_000));
+    // The kept survivor fails before the group stepped in the new generation.
+    sim.kill_worker("w0", Exit::Code(1));
+    assert!(sim.run_until(|s| stepped_in(s, 3), 10_000));
+    let job = sim.job("job");
+    assert!(!job.reforming);
+    assert!(pid(&sim, "w0").is_some_and(|p| p != survivor));
+    // A relaunch resumes from the (only) checkpoint: the fresh start.
+    assert!(
+        job.ranks.iter().all(|r| r.last_step < 25),
+        "{:?}",
+        job.ranks
+    );
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_re_form_that_never_steps_falls_back_to_a_relaunch_after_the_start_up_grace() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    // The replacement never starts: the group cannot re-form.
+    if let Some(agent) = sim.agents.get_mut("w1") {
+        agent.options.start_delay_ms = 3_600_000;
+    }
+    sim.kill_worker("w1", Exit::Signal(9));
+    assert!(sim.run_until(|s| s.job("job").reforming, 5_000));
+    let grace = sim.config().startup_grace_ms as i64;
+    assert!(sim.run_until(|s| s.job("job").generation.get() == 3, grace + 5_000));
+    let job = sim.job("job");
+    assert!(!job.reforming && job.ranks.iter().all(|r| !r.kept));
+    assert!(job.message.contains("did not re-form in place") || job.state != JobState::Running);
+    // The survivor was stopped for the relaunch.
+    assert!(pid(&sim, "w0").is_some_and(|p| p != survivor));
+}
+
+#[test]
+fn a_relaunch_job_still_stops_the_survivors() {
+    let mut sim = Sim::new(CoordinatorConfig::default());
+    sim.add_nodes("w", 2, Role::Worker);
+    assert!(sim.run_until(|s| s.nodes_in("ready").len() == 2, 1_000));
+    sim.submit(Sim::job_request("job", 2), PARAMS)
+        .expect("accepted");
+    assert!(sim.run_until(|s| s.job("job").step >= 25, 10_000));
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    sim.kill_worker("w1", Exit::Signal(9));
+    assert!(sim.run_until(|s| stepped_in(s, 2), 10_000));
+    assert!(pid(&sim, "w0").is_some_and(|p| p != survivor));
+    assert!(sim.job("job").ranks.iter().all(|r| r.last_step < 25));
+}
