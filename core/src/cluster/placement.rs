@@ -62,7 +62,8 @@ impl Cluster {
         }
         let job = Job::new(job_id.clone(), spec, nodes.clone(), now);
         self.jobs.insert(job_id.clone(), job);
-        self.touch();
+        self.touch_job(&job_id);
+        self.touch_meta();
         fx.push(self.log_event(
             "",
             &job_id,
