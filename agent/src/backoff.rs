@@ -40,9 +40,11 @@ impl Backoff {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() as u64);
-        node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64 ^ nanos, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+        node_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64 ^ nanos, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
     }
 
     /// A session was welcomed and lasted: the next loss starts from the first delay again.
@@ -127,7 +129,10 @@ mod tests {
             assert!(d <= after + window, "{i}: {d:?}");
             widest = widest.max(d);
         }
-        assert!(widest > Duration::from_secs(10), "tens of seconds: {widest:?}");
+        assert!(
+            widest > Duration::from_secs(10),
+            "tens of seconds: {widest:?}"
+        );
         // Many agents refused together come back spread over the window.
         let draws: Vec<Duration> = (0..1000u64)
             .map(|seed| Backoff::new(Duration::from_secs(2), seed * 7919).refused(after))
@@ -136,7 +141,10 @@ mod tests {
             .iter()
             .filter(|d| **d < after + Duration::from_millis(500))
             .count();
-        assert!((300..700).contains(&early), "{early} of 1000 in the first half");
+        assert!(
+            (300..700).contains(&early),
+            "{early} of 1000 in the first half"
+        );
     }
 
     #[test]

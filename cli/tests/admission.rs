@@ -74,7 +74,9 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
     // Real agents, all at once: refused too, they wait their turn and all register.
     let names: Vec<String> = (0..AGENTS).map(|i| format!("node-{i}")).collect();
     for name in &names {
-        cluster.start_agent(name, "worker", &[]).expect("agent started");
+        cluster
+            .start_agent(name, "worker", &[])
+            .expect("agent started");
     }
     let client = cluster.client().await.expect("operator client");
     kit::wait_for(Duration::from_secs(60), || {
@@ -92,7 +94,9 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
                 .filter(|n| names.contains(&n.node_id))
                 .filter(|n| n.connected && n.node_state() == pb::NodeState::Ready)
                 .count();
-            kit::check(ready == AGENTS, || format!("{ready} of {AGENTS} agents ready"))
+            kit::check(ready == AGENTS, || {
+                format!("{ready} of {AGENTS} agents ready")
+            })
         }
     })
     .await;

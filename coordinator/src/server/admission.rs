@@ -103,7 +103,11 @@ impl Admission {
     pub fn tick_late(&mut self, late: Duration) {
         if late > BEHIND {
             if !self.behind {
-                tracing::debug!(?late, rate = self.rate, "coordinator behind: admission holds");
+                tracing::debug!(
+                    ?late,
+                    rate = self.rate,
+                    "coordinator behind: admission holds"
+                );
             }
             self.behind = true;
             self.rate = (self.rate / 2.0).max(RATE_MIN.min(self.max_rate));
@@ -182,14 +186,19 @@ mod tests {
         assert!(gate.admit(&node(0), start).is_err(), "held while behind");
         gate.tick_late(Duration::ZERO);
         let after = start + Duration::from_secs(1);
-        let admitted = (0..200).filter(|i| gate.admit(&node(*i), after).is_ok()).count();
+        let admitted = (0..200)
+            .filter(|i| gate.admit(&node(*i), after).is_ok())
+            .count();
         assert_eq!(admitted, 10, "the burst, refilled at half the rate");
         let mut full = Admission::new(100, 1000, start);
         full.tick_late(Duration::from_millis(500));
         for _ in 0..20 {
             full.tick_late(Duration::ZERO);
         }
-        assert_eq!(full.rate, 100.0, "on time again, back to the configured rate");
+        assert_eq!(
+            full.rate, 100.0,
+            "on time again, back to the configured rate"
+        );
         // A steady trickle under the rate is never refused.
         let mut steady = Admission::new(10, 1, start);
         for i in 0..1000u64 {

@@ -192,7 +192,11 @@ impl AgentService for Coordinator {
             .unwrap_or_else(|e| e.into_inner())
             .admit(&hello.node_id, std::time::Instant::now());
         if let Err(wait) = admitted {
-            tracing::debug!(peer, node = hello.node_id.as_str(), "hello refused for {wait:?}: busy");
+            tracing::debug!(
+                peer,
+                node = hello.node_id.as_str(),
+                "hello refused for {wait:?}: busy"
+            );
             return Err(busy(wait));
         }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);

@@ -254,7 +254,10 @@ mod tests {
     fn later_steps_win_and_a_failed_batch_goes_back_under_newer_changes() {
         let mut unsaved = Unsaved::default();
         unsaved.merge(changes(false, &[("node/a", Some("1"))]), 1);
-        unsaved.merge(changes(false, &[("node/a", Some("2")), ("job/j", Some("x"))]), 2);
+        unsaved.merge(
+            changes(false, &[("node/a", Some("2")), ("job/j", Some("x"))]),
+            2,
+        );
         assert_eq!(unsaved.records["node/a"].as_deref(), Some(&b"2"[..]));
         assert_eq!((unsaved.version, unsaved.steps), (2, 2));
         let failed = std::mem::take(&mut unsaved);

@@ -133,7 +133,10 @@ fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
     assert_eq!(batches.len(), 3, "the opening save, then two: {batches:?}");
     assert_eq!(batches[1], 1, "{batches:?}");
     assert_eq!(batches[2], 5, "{batches:?}");
-    assert!(events.try_recv().is_ok(), "the events went out after the save");
+    assert!(
+        events.try_recv().is_ok(),
+        "the events went out after the save"
+    );
     let (written_batches, steps, _) = coordinator.shared.save_stats.get();
     assert_eq!(written_batches, 2);
     assert!(steps >= 6, "{steps}");

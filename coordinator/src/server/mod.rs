@@ -115,7 +115,6 @@ enum Outbound {
     Event(pb::Event),
 }
 
-
 impl Coordinator {
     /// A coordinator whose state lives in memory only.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
@@ -243,13 +242,15 @@ impl Coordinator {
             .counts();
         let (save_batches, saved_steps, saved_records) = self.shared.save_stats.get();
         let mut text = crate::metrics::render(&nodes, &jobs, &incidents, now_ms());
-        text.push_str(&crate::metrics::render_shell(&crate::metrics::ShellCounters {
-            hellos_admitted,
-            hellos_refused,
-            save_batches,
-            saved_steps,
-            saved_records,
-        }));
+        text.push_str(&crate::metrics::render_shell(
+            &crate::metrics::ShellCounters {
+                hellos_admitted,
+                hellos_refused,
+                save_batches,
+                saved_steps,
+                saved_records,
+            },
+        ));
         text
     }
 
@@ -295,7 +296,6 @@ impl Coordinator {
             ..Default::default()
         });
     }
-
 }
 
 /// The provider the config names.

@@ -192,7 +192,7 @@ fn a_node_waiting_for_admission_is_not_lost_while_it_waits_but_is_after() {
 fn the_changes_taken_after_each_step_add_up_to_the_whole_state() {
     let mut c = Cluster::new(CoordinatorConfig::default());
     let mut stored = crate::records::Records::new();
-    let mut take = |c: &mut Cluster, stored: &mut crate::records::Records| {
+    let take = |c: &mut Cluster, stored: &mut crate::records::Records| {
         let changes = c.take_changes().unwrap();
         if changes.complete {
             stored.clear();
@@ -207,7 +207,11 @@ fn the_changes_taken_after_each_step_add_up_to_the_whole_state() {
         n
     };
     hello(&mut c, "a", Role::Worker, 1, 0);
-    assert_eq!(take(&mut c, &mut stored), 1, "a hello changes its node only");
+    assert_eq!(
+        take(&mut c, &mut stored),
+        1,
+        "a hello changes its node only"
+    );
     hello(&mut c, "b", Role::Worker, 2, 0);
     hello(&mut c, "s", Role::Spare, 3, 0);
     run_job(&mut c, job(2), 10);
