@@ -16,9 +16,12 @@ const AGENTS: usize = 5;
 
 /// Says hello on a stream of its own; the refusal, if any.
 async fn hello(addr: &str, node: &str) -> Result<(), tonic::Status> {
-    let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connects");
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = AgentServiceClient::connect(url).await.expect("connects");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let now = holdfast_coordinator::now_ms();
     tx.send(pb::AgentMessage {
