@@ -23,6 +23,7 @@
 //! The agent keeps its workers running when the coordinator is away: events produced meanwhile
 //! wait in the outbox and are sent on reconnect.
 
+pub mod backoff;
 pub mod config;
 pub use holdfast_core::durable;
 pub mod fencing;

@@ -1,6 +1,7 @@
 //! The agent's stream to the coordinator: connect, hello, heartbeats, commands, reconnect with
-//! backoff. Heartbeats run in the same loop that forwards commands and never wait on the
-//! worker: commands are handed to the supervisor and carried out there.
+//! jittered backoff (see [`crate::backoff`]; a hello refused for admission waits the
+//! coordinator's retry-after). Heartbeats run in the same loop that forwards commands and
+//! never wait on the worker: commands are handed to the supervisor and carried out there.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -49,6 +50,9 @@ enum SessionEnd {
     Shutdown,
     /// The connection failed or broke; try again.
     Lost(String),
+    /// The coordinator refused the hello for now (admission control): try again after the
+    /// retry-after it named.
+    Refused(String, Duration),
     /// The coordinator asked the agent to restart in place (rolling upgrade).
     Restart(String),
 }
@@ -173,8 +177,10 @@ pub async fn run_with_outbox(
     let _ = *crate::restart::STARTED_MS;
     tokio::pin!(shutdown);
     let mut restart: Option<String> = None;
-    let mut backoff = Duration::from_millis(100);
-    let max_backoff = Duration::from_millis(state.config.reconnect_max_backoff_ms);
+    let mut backoff = crate::backoff::Backoff::new(
+        Duration::from_millis(state.config.reconnect_max_backoff_ms),
+        crate::backoff::Backoff::seed_for(&state.node_id),
+    );
     loop {
         let started = tokio::time::Instant::now();
         match session(&mut state, &mut shutdown).await {
@@ -183,14 +189,28 @@ pub async fn run_with_outbox(
                 restart = Some(why);
                 break;
             }
+            SessionEnd::Refused(why, retry_after) => {
+                let delay = backoff.refused(retry_after);
+                tracing::info!(
+                    node = state.node_id,
+                    "coordinator {} refused the session for now: {why}; retrying in {delay:?}",
+                    state.address()
+                );
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
             SessionEnd::Lost(why) => {
                 state.metrics.session_lost();
                 if started.elapsed() > Duration::from_secs(5) {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
+                let delay = backoff.failed();
                 tracing::warn!(
                     node = state.node_id,
-                    "coordinator session with {} ended: {why}; retrying in {backoff:?}",
+                    "coordinator session with {} ended: {why}; retrying in {delay:?}",
                     state.address()
                 );
                 // Several coordinators: try the next one straight away; back off only once
@@ -205,13 +225,12 @@ pub async fn run_with_outbox(
                     }
                     continue;
                 }
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
         }
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(max_backoff);
     }
     drop(state.commands);
     let _ = supervisor.await;
@@ -341,7 +360,7 @@ async fn session(
         _ = shutdown.as_mut() => return SessionEnd::Shutdown,
         r = client.session(ReceiverStream::new(rx)) => match r {
             Ok(r) => r.into_inner(),
-            Err(status) => return SessionEnd::Lost(format!("coordinator refused the session: {}", status.message())),
+            Err(status) => return refused(&status),
         },
     };
     // The coordinator's last clock stamp (welcome or ping) and when it arrived (agent clock),
@@ -386,12 +405,7 @@ async fn session(
             (interval, w.term)
         }
         Ok(other) => return SessionEnd::Lost(format!("expected welcome, got {other:?}")),
-        Err(status) => {
-            return SessionEnd::Lost(format!(
-                "coordinator refused the session: {}",
-                status.message()
-            ))
-        }
+        Err(status) => return refused(&status),
     };
     while let Some(msg) = state.unsent.pop_front() {
         if let Err(e) = tx.try_send(msg) {
@@ -481,6 +495,16 @@ async fn session(
                 Err(status) => return SessionEnd::Lost(status.message().to_string()),
             }
         }
+    }
+}
+
+/// How a refused session ends: refused for now (admission control, with a retry-after) or
+/// lost.
+fn refused(status: &tonic::Status) -> SessionEnd {
+    let why = format!("coordinator refused the session: {}", status.message());
+    match crate::backoff::retry_after(status) {
+        Some(after) => SessionEnd::Refused(why, after),
+        None => SessionEnd::Lost(why),
     }
 }
 

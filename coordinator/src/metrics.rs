@@ -42,6 +42,53 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// The coordinator's own counters: hellos admitted and refused (admission control), and the
+/// group commit's batches, the steps they carried and the records they wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellCounters {
+    pub hellos_admitted: u64,
+    pub hellos_refused: u64,
+    pub save_batches: u64,
+    pub saved_steps: u64,
+    pub saved_records: u64,
+}
+
+/// Renders [`ShellCounters`] as counters.
+pub fn render_shell(counters: &ShellCounters) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "holdfast_hellos_admitted_total",
+            "Agent sessions admitted.",
+            counters.hellos_admitted,
+        ),
+        (
+            "holdfast_hellos_refused_total",
+            "Agent hellos refused for admission (told to retry after a while).",
+            counters.hellos_refused,
+        ),
+        (
+            "holdfast_state_save_batches_total",
+            "Writes of the coordinator state (one transaction each).",
+            counters.save_batches,
+        ),
+        (
+            "holdfast_state_saved_steps_total",
+            "Steps whose changes those writes carried (group commit).",
+            counters.saved_steps,
+        ),
+        (
+            "holdfast_state_saved_records_total",
+            "Records those writes wrote or deleted.",
+            counters.saved_records,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
 /// Name of a health state as shown in metrics.
 pub fn health_state_name(state: i32) -> &'static str {
     match pb::HealthState::try_from(state) {

@@ -4,7 +4,9 @@
 //!
 //! The core ([`crate::cluster`]) turns itself into records and back; this module only stores
 //! them. [`Persister`] remembers what it last wrote and writes only the records that changed,
-//! in one transaction, so a save after a single transition costs one small write.
+//! in one transaction, so a save after a single transition costs one small write; the
+//! coordinator hands it the records a group of steps changed ([`Persister::save_changes`]),
+//! never the whole state but after a restore.
 //!
 //! Backends: [`RedbStore`] (one file, the default for a single coordinator) and, behind the
 //! `etcd` feature, the etcd store of [`crate::ha`]. [`MemoryStore`] keeps nothing across
@@ -289,11 +291,43 @@ impl Persister {
     /// Returns how many records were written or deleted. A failure backs off (100 ms, doubling
     /// up to [`SAVE_BACKOFF_MAX`]); see [`Persister::due`].
     pub fn save(&mut self, records: Records, version: u64) -> Result<usize, StoreError> {
-        match self.write(records, version) {
-            Ok(n) => {
+        let mut n = 0;
+        let result = self.write(records, version).map(|written| n = written);
+        self.track(result)?;
+        Ok(n)
+    }
+
+    /// Writes `changes` (records of a group of steps; `None` deletes) in one transaction,
+    /// leaving out those already stored as they are. Returns how many were written or
+    /// deleted; fails and backs off as [`Persister::save`] does.
+    pub fn save_changes(
+        &mut self,
+        changes: Vec<Change>,
+        version: u64,
+    ) -> Result<usize, StoreError> {
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .filter(|(k, v)| self.written.get(k) != v.as_ref())
+            .collect();
+        let result = self.store.apply(&changes);
+        self.track(result)?;
+        for (key, value) in &changes {
+            match value {
+                Some(v) => self.written.insert(key.clone(), v.clone()),
+                None => self.written.remove(key),
+            };
+        }
+        self.saved_version = Some(version);
+        Ok(changes.len())
+    }
+
+    /// Keeps the count of failures in a row and the backoff after one.
+    fn track(&mut self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        match result {
+            Ok(()) => {
                 self.failures = 0;
                 self.retry_at = None;
-                Ok(n)
+                Ok(())
             }
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);

@@ -14,6 +14,14 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout_ms: u64,
     /// A new stream that sends no `Hello` within this long is closed.
     pub hello_timeout_ms: u64,
+    /// Admission control: new agent sessions admitted per second, sustained. A hello beyond
+    /// it (and beyond `hello_burst`) is refused with `unavailable` and a retry-after that
+    /// places it in line, so a fleet connecting at once (a power event, a coordinator
+    /// restart) is served in order while the detector and the admitted agents' heartbeats
+    /// keep their time.
+    pub hello_rate_per_s: u32,
+    /// Admission control: hellos admitted at once before the rate applies.
+    pub hello_burst: u32,
     /// SIGTERM → SIGKILL grace agents give workers when stopping them.
     pub stop_grace_ms: u64,
     /// How long recovery waits for survivors to confirm their workers stopped before moving on
@@ -192,6 +200,8 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 2000,
             hello_timeout_ms: 5000,
+            hello_rate_per_s: 1000,
+            hello_burst: 200,
             stop_grace_ms: 5000,
             stop_deadline_ms: 8000,
             replacement_timeout_ms: 0,
@@ -325,6 +335,8 @@ impl CoordinatorConfig {
             ));
         }
         positive("hello_timeout_ms", self.hello_timeout_ms)?;
+        positive("hello_rate_per_s", u64::from(self.hello_rate_per_s))?;
+        positive("hello_burst", u64::from(self.hello_burst))?;
         positive("max_nodes", self.max_nodes as u64)?;
         positive("finished_retention_ms", self.finished_retention_ms)?;
         at_most("max_finished_jobs", self.max_finished_jobs, 100_000)?;
@@ -536,6 +548,8 @@ mod tests {
                 ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
                 ("heartbeat_timeout_ms", |c| c.heartbeat_timeout_ms = 600),
                 ("hello_timeout_ms", |c| c.hello_timeout_ms = 0),
+                ("hello_rate_per_s", |c| c.hello_rate_per_s = 0),
+                ("hello_burst", |c| c.hello_burst = 0),
                 ("stop_deadline_ms", |c| c.stop_deadline_ms = 1),
                 ("rdzv_port_span", |c| c.rdzv_port_span = 0),
                 ("tick_ms", |c| c.tick_ms = 0),

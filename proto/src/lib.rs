@@ -12,4 +12,8 @@ pub mod v1 {
 
 pub mod names;
 
+/// The gRPC metadata key of the coordinator's retry-after, in milliseconds, on an
+/// `unavailable` refusal of a hello (admission control during a connect storm).
+pub const RETRY_AFTER_KEY: &str = "holdfast-retry-after-ms";
+
 pub use v1::*;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use holdfast_agent::backoff::Backoff;
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as ToCoordinator;
 use pb::agent_service_client::AgentServiceClient;
@@ -122,6 +123,8 @@ pub struct SwarmCounters {
     pub interval_ms: AtomicU64,
     pub launches: AtomicU64,
     pub stops: AtomicU64,
+    /// Hellos the coordinator refused for admission (told to retry after a while).
+    pub refusals: AtomicU64,
 }
 
 impl SwarmCounters {
@@ -152,6 +155,8 @@ enum SessionEnd {
     Silenced,
     /// The connection failed or the coordinator closed it.
     Lost(String),
+    /// The coordinator refused the hello for now (admission control) with this retry-after.
+    Refused(Duration),
     /// The coordinator asked for a restart in place: a new session at once.
     Restart,
 }
@@ -181,11 +186,16 @@ pub struct AgentTls {
 }
 
 /// Runs one simulated agent until `stop` turns true: sessions one after another, with the real
-/// agent's backoff (100 ms doubling to 2 s) between them.
+/// agent's backoff between them (`holdfast_agent::backoff`: full jitter under a ceiling of
+/// 100 ms doubling to 2 s; a hello refused for admission waits the coordinator's retry-after
+/// plus a jitter that widens with each refusal).
 pub async fn run(spec: AgentSpec, mut stop: watch::Receiver<bool>) {
     let mut worker: Option<Worker> = None;
     let mut started_ms = now_ms();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(
+        Duration::from_secs(2),
+        Backoff::seed_for(&spec.probe.node_id),
+    );
     let mut first = true;
     loop {
         let permit = if first {
@@ -197,8 +207,19 @@ pub async fn run(spec: AgentSpec, mut stop: watch::Receiver<bool>) {
             None
         };
         first = false;
+        let opened = tokio::time::Instant::now();
         let (end, welcomed) = session(&spec, &mut worker, started_ms, permit, &mut stop).await;
         spec.probe.welcomed.store(false, Ordering::SeqCst);
+        if welcomed && opened.elapsed() > Duration::from_secs(5) {
+            backoff.reset();
+        }
+        let delay = match &end {
+            SessionEnd::Refused(after) => {
+                spec.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                backoff.refused(*after)
+            }
+            _ => backoff.failed(),
+        };
         match end {
             SessionEnd::Stopped => return,
             SessionEnd::Silenced => {
@@ -218,12 +239,12 @@ pub async fn run(spec: AgentSpec, mut stop: watch::Receiver<bool>) {
             // (the coordinator's listen backlog at start), as a real agent retries.
             SessionEnd::Lost(why) if welcomed => spec.counters.lost(&spec.probe.node_id, &why),
             SessionEnd::Lost(why) => tracing::debug!(node = spec.probe.node_id, "{why}"),
+            SessionEnd::Refused(_) => {}
         }
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -370,7 +391,7 @@ async fn open(
         _ = stopped(stop) => return Err(SessionEnd::Stopped),
         r = client.session(ReceiverStream::new(rx)) => match r {
             Ok(r) => r.into_inner(),
-            Err(status) => return Err(SessionEnd::Lost(format!("coordinator refused the session: {}", status.message()))),
+            Err(status) => return Err(refused(&status)),
         },
     };
     let welcome = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
@@ -393,10 +414,18 @@ async fn open(
             })
         }
         Ok(other) => Err(SessionEnd::Lost(format!("expected welcome, got {other:?}"))),
-        Err(status) => Err(SessionEnd::Lost(format!(
+        Err(status) => Err(refused(&status)),
+    }
+}
+
+/// A refused session: for now (admission control, with its retry-after) or lost.
+fn refused(status: &tonic::Status) -> SessionEnd {
+    match holdfast_agent::backoff::retry_after(status) {
+        Some(after) => SessionEnd::Refused(after),
+        None => SessionEnd::Lost(format!(
             "coordinator refused the session: {}",
             status.message()
-        ))),
+        )),
     }
 }
 

@@ -379,6 +379,7 @@ async fn drive(
         .map(|r| r.clone())
         .unwrap_or_default();
     report.send_queue_full = counters.send_queue_full.load(Ordering::Relaxed);
+    report.admission_refusals = counters.refusals.load(Ordering::Relaxed);
     report.lateness = spread_of_micros(&counters.lateness_us);
     report.ping_delay = spread_of_micros(&counters.ping_delay_us);
     // Behind: a tick later than a tenth of the heartbeat interval at P99, or a stream whose

@@ -84,6 +84,9 @@ pub struct SwarmReport {
     pub generator_behind: bool,
     /// The event stream broke and was opened again this many times.
     pub watch_breaks: u32,
+    /// Hellos the coordinator refused for admission (each agent retried after the
+    /// retry-after it was given).
+    pub admission_refusals: u64,
 }
 
 impl SwarmReport {
@@ -136,6 +139,7 @@ impl SwarmReport {
             "generator_behind": self.generator_behind,
             "send_queue_full": self.send_queue_full,
             "watch_breaks": self.watch_breaks,
+            "admission_refusals": self.admission_refusals,
             "passed": self.passed(),
         })
     }

@@ -184,6 +184,21 @@ impl AgentService for Coordinator {
                 return Err(e.into());
             }
         }
+        // Admission control: past the hello rate, the agent is told when to come back.
+        let admitted = self
+            .shared
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(&hello.node_id, std::time::Instant::now());
+        if let Err(wait) = admitted {
+            tracing::debug!(
+                peer,
+                node = hello.node_id.as_str(),
+                "hello refused for {wait:?}: busy"
+            );
+            return Err(busy(wait));
+        }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let refusals = tx.clone();
@@ -210,7 +225,7 @@ impl AgentService for Coordinator {
                 }
                 _ => return Err(Status::internal("the hello was not answered")),
             };
-            (welcome, self.seal(&cluster, commands.collect()))
+            (welcome, self.seal(&mut cluster, commands.collect()))
         };
         let node = welcome.node_id.to_string();
         let mut sent = false;
@@ -338,6 +353,21 @@ impl MessageBudget {
         }
         Admit::Flood
     }
+}
+
+/// The refusal of a hello beyond the admission rate: `unavailable`, with the retry-after in
+/// milliseconds in the message and in the [`super::admission::RETRY_AFTER_KEY`] metadata.
+fn busy(wait: std::time::Duration) -> Status {
+    let ms = wait.as_millis();
+    let mut status = Status::unavailable(format!(
+        "the coordinator is admitting other agents; retry after {ms} ms"
+    ));
+    if let Ok(value) = ms.to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(super::admission::RETRY_AFTER_KEY, value);
+    }
+    status
 }
 
 /// Refuses a client certificate revoked in the cluster's PKI (`holdfast cert revoke`); a PKI

@@ -11,6 +11,10 @@ use holdfast_proto::v1 as pb;
 use tonic::Status;
 
 use super::{Coordinator, Outbound};
+
+/// Every this many ticks (a minute at the default 100 ms) the whole state is compared with
+/// what was saved, not only the records the steps named.
+const FULL_SAVE_EVERY_TICKS: u64 = 600;
 use crate::checkpoint::{CheckpointStore, Resolution};
 use crate::provider::{FenceRequest, ProvisionRequest};
 
@@ -203,14 +207,42 @@ impl Coordinator {
         });
     }
 
+    /// Paces admission by the tick's lateness (see `admission`), and tells the core which
+    /// agents were refused admission since the last tick: alive, so a known node among them
+    /// keeps its grace while it waits its turn.
+    fn admission_waits(&self, late: Duration) {
+        let waiting = {
+            let mut admission = self
+                .shared
+                .admission
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            admission.tick_late(late);
+            admission.take_waiting()
+        };
+        if let Some((nodes, wait)) = waiting {
+            let wait = wait + super::admission::RETRY_AFTER_MAX;
+            let until = crate::now_ms().saturating_add(wait.as_millis() as i64);
+            self.step(Input::AdmissionWait { nodes, until });
+        }
+    }
+
     /// Runs the failure detector's clock until the process ends.
     pub(super) fn spawn_ticker(&self, tick: Duration) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut ticks: u64 = 0;
             loop {
-                interval.tick().await;
+                let due = interval.tick().await;
+                ticks = ticks.wrapping_add(1);
+                let late = due.elapsed();
+                this.admission_waits(late);
+                if ticks.is_multiple_of(FULL_SAVE_EVERY_TICKS) {
+                    // A change made without naming its record is caught here.
+                    this.cluster().mark_all_changed();
+                }
                 this.step(Input::Tick);
             }
         });

@@ -3,35 +3,42 @@
 //! `Cluster::step`; this module only moves bytes and time.
 //!
 //! ## Layout
-//! - this file — the [`Coordinator`]: the core behind its lock, and the ordered commit of each
-//!   step (save what changed, then send what was decided).
+//! - this file — the [`Coordinator`]: the core behind its lock.
+//! - `commit` — the ordered commit of each step (save what changed, then send what was
+//!   decided), with group commit of the saves.
+//! - `admission` — admission control of new agent sessions (hellos beyond a rate are told
+//!   when to come back).
 //! - [`agent`] — the agent stream.
 //! - [`operator`] — the operator API.
 //! - [`executor`] — carrying out the core's commands; the ticker.
 //! - [`serve`] — one port for gRPC, gRPC-web, the dashboard and `/metrics`.
 //!
 //! ## Ordering
-//! A step runs under the core's lock and is *sealed* there: it takes a ticket, and its records
-//! (when something durable changed) and its events are copied out. The lock is then released and
-//! the step is *committed* in ticket order: its records are saved, then its commands go out. So
-//! a slow disk never holds the core (heartbeats keep being processed), and still nothing is told
-//! to an agent or an operator before a restarted coordinator would know it, and commands reach
-//! each agent in the order they were decided.
+//! A step runs under the core's lock and is *sealed* there: it takes a ticket, the records it
+//! changed (only those) are merged into the unsaved batch, and its events are copied out. The
+//! lock is then released and the step is *committed* in ticket order: the batch holding its
+//! changes is saved (one write for every step sealed meanwhile: group commit), then its
+//! commands go out. So a slow disk never holds the core (heartbeats keep being processed), and
+//! still nothing is told to an agent or an operator before a restarted coordinator would know
+//! it, and commands reach each agent in the order they were decided.
 
+mod admission;
 mod agent;
+mod commit;
+#[cfg(test)]
+mod commit_tests;
 mod executor;
 mod join;
 mod operator;
 mod serve;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use holdfast_core::cluster::{Cluster, Command, Input, Reply};
 use holdfast_core::error::CoreError;
-use holdfast_core::records::Records;
 use holdfast_core::NodeId;
 use holdfast_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -65,13 +72,15 @@ struct Shared {
     cluster: Mutex<Cluster>,
     /// Where the core's durable state goes; used by one commit at a time.
     persister: Mutex<Persister>,
-    /// The durable version of the last sealed step: records are copied out only when it moved.
-    sealed_version: AtomicU64,
-    /// A save failed and has not succeeded since: later steps copy the records out again
-    /// (once its backoff is over), so a failed save is retried even when nothing else changes.
+    /// Changes sealed and not saved yet (commit.rs).
+    unsaved: Mutex<commit::Unsaved>,
+    /// The core's durable version at the last successful save.
+    saved_version: AtomicU64,
+    /// A save failed and has not succeeded since (an alert tells when it does again).
     save_pending: AtomicBool,
-    /// When a failed save may be tried again (unix ms).
-    save_retry_at_ms: AtomicI64,
+    save_stats: commit::SaveStats,
+    /// Admission control of new agent sessions (admission.rs).
+    admission: Mutex<admission::Admission>,
     /// Tickets of sealed steps, handed out under the core's lock.
     next_ticket: AtomicU64,
     /// The ticket whose turn it is to commit.
@@ -104,14 +113,6 @@ enum Outbound {
     /// An event for watchers, already in its wire form (views are made from the state the
     /// step left).
     Event(pb::Event),
-}
-
-/// A step sealed under the core's lock, committed after it in ticket order.
-struct Sealed {
-    ticket: u64,
-    /// The state to save, when something durable changed: (records, durable version).
-    records: Option<(Records, u64)>,
-    outbound: Vec<Outbound>,
 }
 
 impl Coordinator {
@@ -161,9 +162,15 @@ impl Coordinator {
                         .saturating_mul(config.check_scripts.len().max(1) as u64)
                         + 10_000,
                 ),
-                sealed_version: AtomicU64::new(cluster.durable_version()),
+                unsaved: Mutex::new(commit::Unsaved::default()),
+                saved_version: AtomicU64::new(cluster.durable_version()),
                 save_pending: AtomicBool::new(false),
-                save_retry_at_ms: AtomicI64::new(0),
+                save_stats: commit::SaveStats::default(),
+                admission: Mutex::new(admission::Admission::new(
+                    config.hello_rate_per_s,
+                    config.hello_burst,
+                    std::time::Instant::now(),
+                )),
                 next_ticket: AtomicU64::new(0),
                 turn: Mutex::new(0),
                 turn_changed: Condvar::new(),
@@ -227,7 +234,24 @@ impl Coordinator {
                 .collect();
             (nodes, jobs, incidents)
         };
-        crate::metrics::render(&nodes, &jobs, &incidents, now_ms())
+        let (hellos_admitted, hellos_refused) = self
+            .shared
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts();
+        let (save_batches, saved_steps, saved_records) = self.shared.save_stats.get();
+        let mut text = crate::metrics::render(&nodes, &jobs, &incidents, now_ms());
+        text.push_str(&crate::metrics::render_shell(
+            &crate::metrics::ShellCounters {
+                hellos_admitted,
+                hellos_refused,
+                save_batches,
+                saved_steps,
+                saved_records,
+            },
+        ));
+        text
     }
 
     /// Subscribes to the event bus.
@@ -248,7 +272,7 @@ impl Coordinator {
         let sealed = {
             let mut cluster = self.cluster();
             let commands = cluster.step(input, now_ms());
-            self.seal(&cluster, commands)
+            self.seal(&mut cluster, commands)
         };
         self.commit(sealed, || true)
     }
@@ -256,15 +280,10 @@ impl Coordinator {
     /// Carries out commands the core made outside a step (those of a restore).
     fn carry_out(&self, commands: Vec<Command>) {
         let sealed = {
-            let cluster = self.cluster();
-            self.seal(&cluster, commands)
+            let mut cluster = self.cluster();
+            self.seal(&mut cluster, commands)
         };
         self.commit(sealed, || true);
-    }
-
-    /// Whether a failed save's backoff is over.
-    fn save_due(&self) -> bool {
-        now_ms() >= self.shared.save_retry_at_ms.load(Ordering::SeqCst)
     }
 
     /// Tells watchers and the log about a problem of the coordinator itself.
@@ -276,136 +295,6 @@ impl Coordinator {
             message,
             ..Default::default()
         });
-    }
-
-    /// Takes a ticket and copies out what the step must save and send. Called with the core
-    /// locked, so tickets follow the order of the steps.
-    fn seal(&self, cluster: &Cluster, commands: Vec<Command>) -> Sealed {
-        let ticket = self.shared.next_ticket.fetch_add(1, Ordering::SeqCst);
-        let version = cluster.durable_version();
-        let moved = self.shared.sealed_version.swap(version, Ordering::SeqCst) != version;
-        let retry = self.shared.save_pending.load(Ordering::SeqCst) && self.save_due();
-        let records = if moved || retry {
-            match cluster.to_records() {
-                Ok(records) => Some((records, version)),
-                Err(e) => {
-                    tracing::error!("cannot encode coordinator state: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let outbound = commands
-            .into_iter()
-            .map(|command| match command {
-                Command::Publish(event) => {
-                    Outbound::Event(crate::wire::event(&event, &cluster.jobs))
-                }
-                other => Outbound::Command(other),
-            })
-            .collect();
-        Sealed {
-            ticket,
-            records,
-            outbound,
-        }
-    }
-
-    /// Waits for the sealed step's turn, saves its records, runs `first` (which may refuse:
-    /// then nothing goes out), and carries out its commands.
-    fn commit(
-        &self,
-        sealed: Sealed,
-        first: impl FnOnce() -> bool,
-    ) -> Option<Result<Reply, CoreError>> {
-        let mut turn = self.shared.turn.lock().unwrap_or_else(|e| e.into_inner());
-        while *turn != sealed.ticket {
-            turn = self
-                .shared
-                .turn_changed
-                .wait(turn)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        // The turn passes on however this ends, even by a panic in what follows.
-        struct PassTurn<'a>(&'a Shared, MutexGuard<'a, u64>);
-        impl Drop for PassTurn<'_> {
-            fn drop(&mut self) {
-                *self.1 += 1;
-                self.0.turn_changed.notify_all();
-            }
-        }
-        let _turn = PassTurn(&self.shared, turn);
-        if !self.save(sealed.records) || !first() {
-            return None;
-        }
-        self.execute(sealed.outbound)
-    }
-
-    /// Saves `records` when given. A failed write is logged and retried at the next change;
-    /// the commands still go out, because holding back a stop or a launch would hurt the
-    /// training more than a stale file. The exception is a store that says another
-    /// coordinator leads now: then nothing more goes out (returns false) and the coordinator
-    /// stops serving.
-    fn save(&self, records: Option<(Records, u64)>) -> bool {
-        if self.shared.is_deposed.load(Ordering::SeqCst) {
-            return false;
-        }
-        let Some((records, version)) = records else {
-            return true;
-        };
-        let mut persister = self
-            .shared
-            .persister
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if persister.is_saved(version) {
-            return true;
-        }
-        if !persister.due(std::time::Instant::now()) {
-            // Backing off after a failure: the commands still go out (see above).
-            return true;
-        }
-        match persister.save(records, version) {
-            Ok(_) => {
-                if self.shared.save_pending.swap(false, Ordering::SeqCst) {
-                    tracing::warn!("coordinator state saved again to {}", persister.describe());
-                    self.publish_alert(format!(
-                        "coordinator state saved again to {}",
-                        persister.describe()
-                    ));
-                }
-                true
-            }
-            Err(StoreError::NotLeader(why)) => {
-                tracing::error!("stepping down: {why}");
-                self.shared.is_deposed.store(true, Ordering::SeqCst);
-                // The serving loop may not wait yet: `notify_one` keeps a permit for it.
-                self.shared.deposed.notify_one();
-                false
-            }
-            Err(e) => {
-                self.shared.save_pending.store(true, Ordering::SeqCst);
-                let wait = persister.retry_in(std::time::Instant::now());
-                self.shared.save_retry_at_ms.store(
-                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                    Ordering::SeqCst,
-                );
-                // One alert per outage; the retries (backing off) only log at debug.
-                if persister.failures() == 1 {
-                    let message = format!(
-                        "cannot save coordinator state to {}: {e}; retrying with backoff \
-                         (a restart now would lose what changed since the last save)",
-                        persister.describe()
-                    );
-                    tracing::error!("{message}");
-                    self.publish_alert(message);
-                } else {
-                    tracing::debug!(failures = persister.failures(), "save failed again: {e}");
-                }
-                true
-            }
-        }
     }
 }
 

@@ -72,7 +72,7 @@ impl Cluster {
             return Vec::new();
         };
         rank.stacks = bounded(text, crate::incident::STACKS_MAX_BYTES);
-        self.touch();
+        self.touch_incident(incident_id);
         Vec::new()
     }
 
@@ -104,7 +104,7 @@ impl Cluster {
         now: UnixMillis,
     ) -> Vec<Command> {
         let mut fx = Vec::new();
-        self.touch();
+        self.touch_node(node_id);
         let job_event = match event.kind {
             WorkerEventKind::Started { pid } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {

@@ -195,7 +195,7 @@ impl Cluster {
         };
         if node.drained.is_none() {
             node.drained = Some(why.clone());
-            self.touch();
+            self.touch_node(node_id);
         }
         let busy = self
             .jobs

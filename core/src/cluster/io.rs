@@ -182,6 +182,16 @@ pub enum Input {
         /// It will come back (a restart or an upgrade).
         restarting: bool,
     },
+    /// Agents that reached the coordinator but were told to come back later (admission
+    /// control during a connect storm): they are alive, so a node among them that is away
+    /// (a restarted coordinator's reconnect grace, the agent-lost grace) has its grace
+    /// extended to at least `until` instead of counting as lost while it waits its turn.
+    AdmissionWait {
+        /// The refused agents' node ids (unknown ones are ignored).
+        nodes: Vec<NodeId>,
+        /// Until when each of them may be away.
+        until: UnixMillis,
+    },
     /// The stream of connection `conn` closed.
     Disconnected {
         /// The node.

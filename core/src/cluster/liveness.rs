@@ -229,6 +229,18 @@ impl Cluster {
         }
     }
 
+    /// Agents waiting for admission are alive: an away node among them keeps its grace until
+    /// at least `until` (a connected, lost or down node is not changed).
+    pub(super) fn admission_wait(&mut self, nodes: &[NodeId], until: UnixMillis) {
+        for id in nodes {
+            if let Some(node) = self.nodes.get_mut(id) {
+                if let Link::Away { until: away } = &mut node.link {
+                    *away = (*away).max(until);
+                }
+            }
+        }
+    }
+
     /// The coordinator's own stalls are never a node's fault. Ticks come every `tick_ms`; when
     /// the gap since the last one is much longer (the process was stopped or not scheduled, a
     /// VM paused, the host swapped) or negative (the clock jumped back), the core could not

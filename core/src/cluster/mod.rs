@@ -36,6 +36,7 @@ mod recovery;
 mod retention;
 mod scripts;
 pub use io::{Command, Input, Reply};
+pub use records::Changes;
 pub use scripts::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
 
 /// A node's role, from its agent's hello.
@@ -251,6 +252,9 @@ pub struct Cluster {
     /// alone do not bump it, so they cost no write.
     #[serde(skip)]
     durable_version: u64,
+    /// The records changed since the shell last took them (records.rs).
+    #[serde(skip)]
+    dirty: records::Dirty,
 }
 
 const PROGRESS_PUBLISH_EVERY_MS: i64 = 250;
@@ -276,6 +280,7 @@ impl Cluster {
             breaker: breaker::FenceBreaker::default(),
             provisioning: BTreeMap::new(),
             durable_version: 0,
+            dirty: records::Dirty::default(),
             work: VecDeque::new(),
             last_tick_at: None,
             silence_storm: None,
@@ -336,6 +341,10 @@ impl Cluster {
             Input::ScriptResult { node, result } => self.command_result(&node, result, now),
             Input::Goodbye { node, restarting } => self.goodbye(&node, restarting, now),
             Input::Disconnected { node, conn } => self.disconnected(&node, conn, now),
+            Input::AdmissionWait { nodes, until } => {
+                self.admission_wait(&nodes, until);
+                Vec::new()
+            }
             Input::Submit { request, job } => reply(request, job_reply(self.submit(job, now))),
             Input::StopJob { request, job_id } => {
                 reply(request, job_reply(self.stop_job(&job_id, now)))
@@ -437,7 +446,6 @@ impl Cluster {
                 let from = node.state.name();
                 let fenced = matches!(next, NodeState::Fenced { .. });
                 node.state = next;
-                self.durable_version += 1;
                 if fenced {
                     self.breaker.count_fence(now);
                 }
@@ -447,6 +455,7 @@ impl Cluster {
                     _ => String::new(),
                 };
                 let message = format!("node {node_id} {from} → {}{detail}", node.state.name());
+                self.touch_node(node_id);
                 let view = Box::new(self.nodes[node_id].clone());
                 fx.push(Command::Publish(Event {
                     at: now,

@@ -93,7 +93,7 @@ impl Cluster {
         if let Some(job_id) = running.filter(|_| connected) {
             if let Some(node) = self.nodes.get_mut(node_id) {
                 node.state = NodeState::Allocated { job_id };
-                self.touch();
+                self.touch_node(node_id);
             }
         } else if connected {
             self.node_hello(node_id, now, &mut fx);

@@ -82,7 +82,8 @@ impl Cluster {
         // An archived job may have had this id: agents refuse generations they saw under it.
         job.generation = self.archived_generation;
         self.jobs.insert(job_id.clone(), job);
-        self.touch();
+        self.touch_job(&job_id);
+        self.touch_meta();
         fx.push(self.log_event(
             "",
             &job_id,

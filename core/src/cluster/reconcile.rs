@@ -122,7 +122,7 @@ impl Cluster {
         );
         self.node_hello(&node_id, now, &mut fx);
         if stored_before != serde_json::to_vec(&self.nodes[&node_id]).ok() {
-            self.touch();
+            self.touch_node(&node_id);
         }
         if let Some(had) = vouched_worker {
             let has = hello

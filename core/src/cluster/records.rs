@@ -18,14 +18,148 @@ struct Meta {
     archived_generation: Generation,
 }
 
+/// A record the steps since the last save changed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum RecordKey {
+    Meta,
+    Node(NodeId),
+    Job(JobId),
+    Incident(u64),
+}
+
+/// What changed since the last [`Cluster::take_changes`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Dirty {
+    /// A change that did not name its records: everything is encoded.
+    all: bool,
+    keys: std::collections::BTreeSet<RecordKey>,
+}
+
+/// Encoded changes of the durable state (see [`Cluster::take_changes`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// `records` is the whole state: a stored record missing from it was deleted.
+    pub complete: bool,
+    /// Records by key: `Some(bytes)` written, `None` gone.
+    pub records: Vec<(String, Option<Vec<u8>>)>,
+}
+
 impl Cluster {
     /// Changes when something that must survive a restart changed.
     pub fn durable_version(&self) -> u64 {
         self.durable_version
     }
 
+    /// A durable change whose records are not named: the next [`Cluster::take_changes`]
+    /// encodes the whole state (restores, term changes, rare operator actions).
     pub(super) fn touch(&mut self) {
         self.durable_version += 1;
+        self.dirty.all = true;
+    }
+
+    /// A durable change of one node's record.
+    pub(super) fn touch_node(&mut self, id: &str) {
+        self.durable_version += 1;
+        self.dirty.keys.insert(RecordKey::Node(id.into()));
+    }
+
+    /// A durable change of one job's record.
+    pub(super) fn touch_job(&mut self, id: &str) {
+        self.durable_version += 1;
+        self.dirty.keys.insert(RecordKey::Job(id.into()));
+    }
+
+    /// A durable change of one incident's record.
+    pub(super) fn touch_incident(&mut self, id: u64) {
+        self.durable_version += 1;
+        self.dirty.keys.insert(RecordKey::Incident(id));
+    }
+
+    /// A durable change of the header (term, job counter).
+    pub(super) fn touch_meta(&mut self) {
+        self.durable_version += 1;
+        self.dirty.keys.insert(RecordKey::Meta);
+    }
+
+    /// Makes the next [`Cluster::take_changes`] encode the whole state: the shell's periodic
+    /// full comparison, which catches a durable change made without naming its record.
+    pub fn mark_all_changed(&mut self) {
+        self.dirty.all = true;
+    }
+
+    /// The records changed since the last call, encoded: only the records the steps since
+    /// then named (so a hello at 10,000 nodes encodes one node, not 10,000), or the whole
+    /// state when a change did not name its records ([`Changes::complete`]). Clears the
+    /// set. An encoding failure keeps the set, so the next call tries again.
+    pub fn take_changes(&mut self) -> Result<Changes, crate::records::CorruptRecord> {
+        if self.dirty.all {
+            let records = self.to_records()?;
+            self.dirty = Dirty::default();
+            return Ok(Changes {
+                complete: true,
+                records: records.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            });
+        }
+        let mut records = Vec::with_capacity(self.dirty.keys.len());
+        for key in &self.dirty.keys {
+            records.push(self.encode_one(key)?);
+        }
+        self.dirty.keys.clear();
+        Ok(Changes {
+            complete: false,
+            records,
+        })
+    }
+
+    /// Whether a durable change is waiting for [`Cluster::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        self.dirty.all || !self.dirty.keys.is_empty()
+    }
+
+    fn encode_one(
+        &self,
+        key: &RecordKey,
+    ) -> Result<(String, Option<Vec<u8>>), crate::records::CorruptRecord> {
+        let (name, value) = match key {
+            RecordKey::Meta => ("meta".to_string(), Some(serde_json::to_vec(&self.meta()))),
+            RecordKey::Node(id) => (
+                format!("node/{id}"),
+                self.nodes.get(id).map(serde_json::to_vec),
+            ),
+            RecordKey::Job(id) => (
+                format!("job/{id}"),
+                self.jobs.get(id).map(serde_json::to_vec),
+            ),
+            RecordKey::Incident(id) => (
+                format!("incident/{id:010}"),
+                self.incident_by_id(*id).map(serde_json::to_vec),
+            ),
+        };
+        match value {
+            None => Ok((name, None)),
+            Some(Ok(bytes)) => Ok((name, Some(bytes))),
+            Some(Err(e)) => Err(crate::records::CorruptRecord {
+                key: name,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Incident `id` (ids are positions + 1; searched when they are not).
+    fn incident_by_id(&self, id: u64) -> Option<&Incident> {
+        let at = usize::try_from(id.saturating_sub(1)).ok();
+        at.and_then(|at| self.incidents.get(at))
+            .filter(|i| i.id == id)
+            .or_else(|| self.incidents.iter().find(|i| i.id == id))
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            term: self.term,
+            next_job: self.next_job,
+            next_incident: self.next_incident,
+            archived_generation: self.archived_generation,
+        }
     }
 
     /// The state as stored records (see `holdfast_coordinator::store`).
@@ -37,13 +171,10 @@ impl Cluster {
             })
         };
         let mut records = crate::records::Records::new();
-        let meta = Meta {
-            term: self.term,
-            next_job: self.next_job,
-            next_incident: self.next_incident,
-            archived_generation: self.archived_generation,
-        };
-        records.insert("meta".into(), encode("meta", serde_json::to_vec(&meta))?);
+        records.insert(
+            "meta".into(),
+            encode("meta", serde_json::to_vec(&self.meta()))?,
+        );
         for (id, node) in &self.nodes {
             let key = format!("node/{id}");
             let value = encode(&key, serde_json::to_vec(node))?;
@@ -178,7 +309,7 @@ impl Cluster {
     pub fn set_term(&mut self, term: Term) {
         if term != self.term {
             self.term = term;
-            self.touch();
+            self.touch_meta();
         }
     }
 }

@@ -65,7 +65,7 @@ impl Cluster {
             let before = job.durable_part();
             let effects = job::step(job, event, now, &limits);
             if job.durable_part() != before {
-                self.touch();
+                self.touch_job(job_id);
             }
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);
@@ -264,8 +264,11 @@ impl Cluster {
                     }
                 }
                 fx.push(self.incident_event(&incident, now));
+                let id = incident.id;
                 self.incidents.push(incident);
-                self.touch();
+                self.touch_incident(id);
+                // The id counter is in the header.
+                self.touch_meta();
             }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
@@ -280,8 +283,8 @@ impl Cluster {
                         changed.push(incident.clone());
                     }
                 }
-                if !changed.is_empty() {
-                    self.touch();
+                for incident in &changed {
+                    self.touch_incident(incident.id);
                 }
                 for incident in changed {
                     fx.push(self.incident_event(&incident, now));

@@ -145,3 +145,90 @@ fn records_hold_ids_and_counters_as_plain_json() {
     assert_eq!(restored.jobs[JOB].generation, Generation(1));
     assert_eq!(restored.nodes["a"].id, "a");
 }
+
+#[test]
+fn a_node_waiting_for_admission_is_not_lost_while_it_waits_but_is_after() {
+    let c = running_cluster();
+    let (mut r, _) = restart(&c, 1_000);
+    hello_running(&mut r, "a", 10, 1, 1_100);
+    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    // b reached the coordinator during a connect storm and was told to come back later.
+    r.step(
+        Input::AdmissionWait {
+            nodes: vec!["b".into(), "unknown".into()],
+            until: 30_000,
+        },
+        9_000,
+    );
+    let fx = tick_alive(&mut r, &["a", "s"], 20_000);
+    assert!(r.incidents.is_empty(), "lost while waiting its turn");
+    assert!(quiet(&fx), "{fx:?}");
+    assert!(!r.nodes.contains_key("unknown"));
+    // It comes back in time: nothing happened.
+    let fx = hello_running(&mut r, "b", 11, 1, 25_000);
+    assert!(quiet(&fx), "{fx:?}");
+    tick_alive(&mut r, &["a", "b", "s"], 40_000);
+    assert!(r.incidents.is_empty());
+
+    // One that never comes back is lost once the wait it was given is over.
+    let (mut r, _) = restart(&c, 1_000);
+    hello_running(&mut r, "a", 10, 1, 1_100);
+    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    r.step(
+        Input::AdmissionWait {
+            nodes: vec!["b".into()],
+            until: 30_000,
+        },
+        9_000,
+    );
+    tick_alive(&mut r, &["a", "s"], 20_000);
+    assert!(r.incidents.is_empty());
+    tick_alive(&mut r, &["a", "s"], 31_000);
+    assert_eq!(r.incidents.len(), 1);
+    assert_eq!(r.incidents[0].node_id, "b");
+}
+
+#[test]
+fn the_changes_taken_after_each_step_add_up_to_the_whole_state() {
+    let mut c = Cluster::new(CoordinatorConfig::default());
+    let mut stored = crate::records::Records::new();
+    let take = |c: &mut Cluster, stored: &mut crate::records::Records| {
+        let changes = c.take_changes().unwrap();
+        if changes.complete {
+            stored.clear();
+        }
+        let n = changes.records.len();
+        for (key, value) in changes.records {
+            match value {
+                Some(v) => stored.insert(key, v),
+                None => stored.remove(&key),
+            };
+        }
+        n
+    };
+    hello(&mut c, "a", Role::Worker, 1, 0);
+    assert_eq!(
+        take(&mut c, &mut stored),
+        1,
+        "a hello changes its node only"
+    );
+    hello(&mut c, "b", Role::Worker, 2, 0);
+    hello(&mut c, "s", Role::Spare, 3, 0);
+    run_job(&mut c, job(2), 10);
+    take(&mut c, &mut stored);
+    heartbeat(&mut c, "a", 100);
+    assert!(!c.has_changes(), "a heartbeat changes nothing durable");
+    disconnect(&mut c, "b", 200);
+    tick_alive(&mut c, &["a", "s"], 5_000);
+    take(&mut c, &mut stored);
+    let (restored, _) = restart(&c, 6_000);
+    let from_changes = Cluster::restore(CoordinatorConfig::default(), &stored, 6_000)
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(
+        from_changes.to_records().unwrap(),
+        restored.to_records().unwrap(),
+        "restoring what the changes wrote is restoring the whole state"
+    );
+}

@@ -433,7 +433,7 @@ impl Cluster {
                     node.drained = None;
                     node.findings.clear();
                 }
-                self.touch();
+                self.touch_node(node_id);
                 fx.push(self.log_event(
                     node_id,
                     "",

@@ -1,0 +1,132 @@
+//! Admission control over real sockets and processes: a coordinator that admits 2 hellos a
+//! second (burst 1) answers a burst of hellos beyond that with `unavailable` and a retry-after,
+//! and real agents started all at once, refused the same way, come back when told and all end
+//! up registered.
+
+use std::time::Duration;
+
+use holdfast_cli::demo::LocalCluster;
+use holdfast_proto::v1 as pb;
+use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
+use pb::agent_message::Body as ToCoordinator;
+use pb::agent_service_client::AgentServiceClient;
+use tokio_stream::wrappers::ReceiverStream;
+
+const AGENTS: usize = 5;
+
+/// Says hello on a stream of its own; the refusal, if any.
+async fn hello(addr: &str, node: &str) -> Result<(), tonic::Status> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = AgentServiceClient::connect(url).await.expect("connects");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let now = holdfast_coordinator::now_ms();
+    tx.send(pb::AgentMessage {
+        body: Some(ToCoordinator::Hello(pb::Hello {
+            node_id: node.into(),
+            hostname: node.into(),
+            boot_id: "boot".into(),
+            sent_unix_ms: now,
+            agent_started_unix_ms: now,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("queued");
+    client.session(ReceiverStream::new(rx)).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_registers() {
+    let dir = Scratch::new("admission");
+    let config = kit::write_file(
+        &dir,
+        "coordinator.toml",
+        "hello_rate_per_s = 2\nhello_burst = 1\n",
+    );
+    let mut cluster = LocalCluster::start(holdfast_exe!(), dir.path(), &["--config", &config])
+        .await
+        .expect("coordinator started");
+
+    // Four hellos at once: one is admitted, the rest are refused with a retry-after.
+    let addr = cluster.addr.clone();
+    let burst = (0..4).map(|i| {
+        let addr = addr.clone();
+        tokio::spawn(async move { hello(&addr, &format!("raw-{i}")).await })
+    });
+    let mut refused = Vec::new();
+    for call in burst {
+        if let Err(status) = call.await.expect("the call ran") {
+            refused.push(status);
+        }
+    }
+    assert!(refused.len() >= 2, "{refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("retry after"), "{status:?}");
+        let after = holdfast_agent::backoff::retry_after(status).expect("a retry-after");
+        assert!(
+            after >= Duration::from_millis(200) && after <= Duration::from_secs(60),
+            "{after:?}"
+        );
+    }
+
+    // Real agents, all at once: refused too, they wait their turn and all register.
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("node-{i}")).collect();
+    for name in &names {
+        cluster
+            .start_agent(name, "worker", &[])
+            .expect("agent started");
+    }
+    let client = cluster.client().await.expect("operator client");
+    kit::wait_for(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let names = names.clone();
+        async move {
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .nodes;
+            let ready = nodes
+                .iter()
+                .filter(|n| names.contains(&n.node_id))
+                .filter(|n| n.connected && n.node_state() == pb::NodeState::Ready)
+                .count();
+            kit::check(ready == AGENTS, || {
+                format!("{ready} of {AGENTS} agents ready")
+            })
+        }
+    })
+    .await;
+    let refused_agents = names
+        .iter()
+        .filter(|n| {
+            std::fs::read_to_string(dir.join(format!("{n}.log")))
+                .is_ok_and(|log| log.contains("refused the session for now"))
+        })
+        .count();
+    assert!(
+        refused_agents >= 1,
+        "no agent was refused: the burst fit the rate"
+    );
+    // Nothing the wait did counts against a node.
+    let nodes = client
+        .clone()
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .expect("nodes")
+        .into_inner()
+        .nodes;
+    assert!(
+        nodes
+            .iter()
+            .filter(|n| names.contains(&n.node_id))
+            .all(|n| n.node_state() == pb::NodeState::Ready),
+        "{nodes:?}"
+    );
+}
