@@ -118,14 +118,20 @@ def phase(name, at=None):
     print(f"phase {name} {time.time() if at is None else at:.3f}", flush=True)
 
 
-def main():
-    phase("start", STARTED)
-    phase("imports", IMPORTED)
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments(description):
+    """The flags every trainer of these examples takes (schedule and checkpoints)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=60, help="last step")
     parser.add_argument("--step-time", type=float, default=0.2, help="minimum seconds per step")
     parser.add_argument("--ckpt-every", type=int, default=10, help="steps between checkpoints")
     parser.add_argument("--checkpoint-uri", default=os.environ.get("HOLDFAST_CHECKPOINT_URI", ""))
+    return parser
+
+
+def main():
+    phase("start", STARTED)
+    phase("imports", IMPORTED)
+    parser = arguments(__doc__)
     parser.add_argument("--resume-latest", action="store_true", help="resume from the newest complete checkpoint")
     args = parser.parse_args()
 

@@ -15,7 +15,6 @@ import time
 
 STARTED = time.time()  # before the imports, which a warm standby has done already
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from train_ddp import MARKER, Store, open_resume, phase  # noqa: E402
+from train_ddp import MARKER, Store, arguments, open_resume, phase  # noqa: E402
 
 IMPORTED = time.time()
 
@@ -50,12 +49,7 @@ def weights_digest(model):
 def main():
     phase("start", STARTED)
     phase("imports", IMPORTED)
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=60, help="last step")
-    parser.add_argument("--step-time", type=float, default=0.2, help="minimum seconds per step")
-    parser.add_argument("--ckpt-every", type=int, default=10, help="steps between checkpoints")
-    parser.add_argument("--checkpoint-uri", default=os.environ.get("HOLDFAST_CHECKPOINT_URI", ""))
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     store = Store(args.checkpoint_uri) if args.checkpoint_uri else None
 
     torch.manual_seed(0)

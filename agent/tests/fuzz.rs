@@ -59,26 +59,22 @@ fn command() -> impl Strategy<Value = FromCoordinator> {
             term,
             ..Default::default()
         })),
-        (extreme(), extreme()).prop_map(|(term, timeout_ms)| {
-            FromCoordinator::RunScript(pb::RunScript {
+        (extreme(), extreme(), any::<bool>()).prop_map(|(term, n, script)| match script {
+            true => FromCoordinator::RunScript(pb::RunScript {
                 term,
-                timeout_ms,
+                timeout_ms: n,
                 ..Default::default()
-            })
-        }),
-        extreme().prop_map(|term| {
-            FromCoordinator::RestartAgent(pb::RestartAgent {
+            }),
+            false => FromCoordinator::DumpStacks(pb::DumpStacks {
                 term,
+                incident_id: n,
                 ..Default::default()
-            })
+            }),
         }),
-        (extreme(), extreme()).prop_map(|(term, incident_id)| {
-            FromCoordinator::DumpStacks(pb::DumpStacks {
-                term,
-                incident_id,
-                ..Default::default()
-            })
-        }),
+        extreme().prop_map(|term| FromCoordinator::RestartAgent(pb::RestartAgent {
+            term,
+            ..Default::default()
+        })),
     ]
 }
 

@@ -115,13 +115,7 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
         "no agent was refused: the burst fit the rate"
     );
     // Nothing the wait did counts against a node.
-    let nodes = client
-        .clone()
-        .list_nodes(pb::ListNodesRequest::default())
-        .await
-        .expect("nodes")
-        .into_inner()
-        .nodes;
+    let nodes = kit::client_nodes(&client).await;
     assert!(
         nodes
             .iter()

@@ -34,6 +34,13 @@ const AZURE_PREFIX: (u64, u64) = (50, 80);
 const IN_FLIGHT: usize = 64;
 
 /// The server binary that `variable` (exported by `scripts/setup/44-object-stores.sh`) names.
+/// For the test `name`: the emulator `variable` names (skipped without it, see
+/// [`kit::require`]), a scratch directory and a free port for it.
+fn emulator(variable: &str, name: &str) -> Option<(PathBuf, Scratch, u16)> {
+    let program = kit::require(server(variable))?;
+    Some((program, Scratch::new(name), kit::free_port()))
+}
+
 fn server(variable: &str) -> Result<PathBuf, String> {
     let path = std::env::var_os(variable)
         .map(PathBuf::from)
@@ -150,11 +157,9 @@ async fn put_many(api: &Writer, prefix: &str, (count, per_checkpoint): (u64, u64
 
 #[tokio::test]
 async fn checkpoints_resolve_through_google_cloud_storage() {
-    let Some(gcs) = kit::require(server("HOLDFAST_GCS_SERVER")) else {
+    let Some((gcs, dir, port)) = emulator("HOLDFAST_GCS_SERVER", "checkpoints-gcs") else {
         return;
     };
-    let dir = Scratch::new("checkpoints-gcs");
-    let port = kit::free_port();
     let address = format!("localhost:{port}");
     let _server = start(
         Command::new(&gcs)
@@ -249,11 +254,9 @@ if r.status != 201:
 
 #[tokio::test]
 async fn checkpoints_resolve_through_azure_blob_storage() {
-    let Some(azurite) = kit::require(server("HOLDFAST_AZURITE")) else {
+    let Some((azurite, dir, port)) = emulator("HOLDFAST_AZURITE", "checkpoints-azure") else {
         return;
     };
-    let dir = Scratch::new("checkpoints-azure");
-    let port = kit::free_port();
     let _server = start(
         Command::new(&azurite)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])

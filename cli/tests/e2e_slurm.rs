@@ -9,19 +9,17 @@
 
 use std::time::Duration;
 
-use holdfast_testkit::slurm::{self, SlurmLab};
-use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
+use holdfast_testkit::slurm::SlurmLab;
+use holdfast_testkit::{self as kit, holdfast_exe};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 #[tokio::test]
 async fn a_host_lost_under_slurm_is_drained_and_a_spare_takes_its_rank() {
-    if kit::require(slurm::available()).is_none() {
+    let Some((dir, slurm)) = SlurmLab::for_test("e2e-slurm") else {
         return;
-    }
+    };
     let exe = holdfast_exe!();
-    let dir = Scratch::new("e2e-slurm");
-    let slurm = SlurmLab::start(&dir);
 
     // The coordinator runs on loopback, outside the lab: its scripts reach slurmctld through
     // sinfo/scontrol wrappers that enter the controller's namespace. "Starting the agent on a

@@ -13,7 +13,7 @@ use std::time::Duration;
 use holdfast_cli::demo::LocalCluster;
 use holdfast_proto::v1 as pb;
 use holdfast_testkit::slurm::{self, SlurmLab};
-use holdfast_testkit::{self as kit, holdfast_exe, Scratch};
+use holdfast_testkit::{self as kit, holdfast_exe};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -31,12 +31,10 @@ fn shell_words(args: &[String]) -> String {
 
 #[tokio::test]
 async fn launch_in_an_allocation_keeps_to_its_nodes_and_repairs_from_its_spare() {
-    if kit::require(slurm::available()).is_none() {
+    let Some((dir, slurm)) = SlurmLab::for_test("e2e-slurm-alloc") else {
         return;
-    }
+    };
     let exe = holdfast_exe!();
-    let dir = Scratch::new("e2e-slurm-alloc");
-    let slurm = SlurmLab::start(&dir);
     let mut cluster = LocalCluster::start(exe, &dir, &[])
         .await
         .expect("the coordinator starts");

@@ -141,65 +141,8 @@ async fn a_checkpoint_without_its_marker_is_skipped_for_the_previous_complete_on
         done.message
     );
     let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap();
-    assert!(
-        log.contains("resumed from") && log.contains("at step 10"),
-        "{log}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_checkpoint_is_passed_over_with_the_reason_in_the_incident() {
-    let dir = Scratch::new("it-truncated");
-    let ckpt = kit::checkpoint_dir(&dir);
-    // step-10 is whole; step-20's state lost its end after its marker was written (its
-    // manifest says 100 bytes).
-    for (step, listed) in [(10, None), (20, Some(100))] {
-        let state = format!("{{\"step\": {step}}}");
-        let listed = listed.unwrap_or(state.len());
-        let marker = format!(
-            "{{\"step\": {step}, \"generation\": 1, \"files\": {{\"state.json\": {{\"size\": {listed}}}}}}}"
-        );
-        let at = ckpt.join(format!("step-{step}"));
-        std::fs::create_dir_all(&at).unwrap();
-        kit::write_file(&at, "state.json", &state);
-        kit::write_file(&at, "COMPLETE", &marker);
-    }
-    let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
-    // No checkpoints of its own: every resolution sees the two above.
-    let spec = Train {
-        ckpt_every: 1000,
-        ..Train::paced(1, 40, 0.1)
-    }
-    .spec(&dir);
-    let job = kit::submit(&cluster, spec).await;
-    kit::wait_job(&cluster, &job.job_id, Duration::from_secs(30), |j| {
-        j.step >= 14
-    })
-    .await;
-    cluster
-        .signal_worker("node-1", nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
-    let (done, incidents) = kit::finish(&cluster, &job.job_id, Duration::from_secs(60)).await;
-
-    assert_eq!(done.state, "succeeded", "{}", done.message);
-    assert_eq!(incidents.len(), 1, "{incidents:#?}");
-    let i = &incidents[0];
-    assert_eq!(i.resumed_from_step, 10, "{i:#?}");
-    assert_eq!(
-        i.skipped_checkpoints,
-        ["step-20: state.json is 12 bytes, its manifest says 100"],
-        "{i:#?}"
-    );
-    let table = kit::run(std::process::Command::new(exe()).args([
-        "incidents",
-        "--coordinator",
-        &cluster.addr,
-    ]))
-    .stdout;
-    assert!(
-        table.contains("checkpoint passed over: step-20: state.json is 12 bytes"),
-        "{table}"
-    );
+    let resumed = (log.lines()).any(|l| l.contains("resumed from") && l.ends_with("at step 10"));
+    assert!(resumed, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,4 +390,59 @@ fn launch_refuses_a_slurm_allocation_it_cannot_use_before_submitting() {
     );
     assert!(!out.ok());
     assert!(!out.stderr.contains("SLURM"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_checkpoint_is_passed_over_with_the_reason_in_the_incident() {
+    let dir = Scratch::new("it-truncated");
+    let cluster = local_cluster(exe(), &dir, &[], 1, 0).await;
+    let ckpt = kit::checkpoint_dir(&dir);
+    // step-10 is whole; step-20's state lost its end after its marker was written (its
+    // manifest says 100 bytes).
+    for (step, listed) in [(10, None), (20, Some(100))] {
+        let state = format!("{{\"step\": {step}}}");
+        let listed = listed.unwrap_or(state.len());
+        let marker = format!(
+            "{{\"step\": {step}, \"generation\": 1, \"files\": {{\"state.json\": {{\"size\": {listed}}}}}}}"
+        );
+        let at = ckpt.join(format!("step-{step}"));
+        std::fs::create_dir_all(&at).unwrap();
+        kit::write_file(&at, "state.json", &state);
+        kit::write_file(&at, "COMPLETE", &marker);
+    }
+    // No checkpoints of its own: every resolution sees the two above.
+    let spec = Train {
+        ckpt_every: 1000,
+        ..Train::paced(1, 40, 0.1)
+    }
+    .spec(&dir);
+    let job = kit::submit(&cluster, spec).await;
+    kit::wait_job(&cluster, &job.job_id, Duration::from_secs(30), |j| {
+        j.step >= 14
+    })
+    .await;
+    cluster
+        .signal_worker("node-1", nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let (done, incidents) = kit::finish(&cluster, &job.job_id, Duration::from_secs(60)).await;
+
+    assert_eq!(done.state, "succeeded", "{}", done.message);
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let i = &incidents[0];
+    assert_eq!(i.resumed_from_step, 10, "{i:#?}");
+    assert_eq!(
+        i.skipped_checkpoints,
+        ["step-20: state.json is 12 bytes, its manifest says 100"],
+        "{i:#?}"
+    );
+    let table = kit::run(std::process::Command::new(exe()).args([
+        "incidents",
+        "--coordinator",
+        &cluster.addr,
+    ]))
+    .stdout;
+    assert!(
+        table.contains("checkpoint passed over: step-20: state.json is 12 bytes"),
+        "{table}"
+    );
 }

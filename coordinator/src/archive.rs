@@ -22,23 +22,21 @@ struct Line<'a, T> {
 /// The archive lines of `jobs` and `incidents`, each ending in a newline.
 pub fn lines(jobs: &[Job], incidents: &[Incident], now: i64) -> Result<String, serde_json::Error> {
     let mut out = String::new();
-    let mut push = |line: String| {
-        out.push_str(&line);
+    let mut push = |kind, record: serde_json::Value| -> Result<(), serde_json::Error> {
+        let line = Line {
+            kind,
+            archived_at: now,
+            record: &record,
+        };
+        out.push_str(&serde_json::to_string(&line)?);
         out.push('\n');
+        Ok(())
     };
     for job in jobs {
-        push(serde_json::to_string(&Line {
-            kind: "job",
-            archived_at: now,
-            record: job,
-        })?);
+        push("job", serde_json::to_value(job)?)?;
     }
     for incident in incidents {
-        push(serde_json::to_string(&Line {
-            kind: "incident",
-            archived_at: now,
-            record: incident,
-        })?);
+        push("incident", serde_json::to_value(incident)?)?;
     }
     Ok(out)
 }
@@ -81,9 +79,8 @@ mod tests {
 
     #[test]
     fn each_record_is_one_line_appended_to_a_private_file() {
-        let dir = std::env::temp_dir().join(format!("holdfast-archive-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("archive.jsonl");
+        let name = format!("holdfast-archive-{}.jsonl", std::process::id());
+        let path = std::env::temp_dir().join(name);
         let _ = std::fs::remove_file(&path);
         let incident = Incident::open(
             7,
@@ -113,7 +110,7 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

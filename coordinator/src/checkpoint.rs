@@ -433,10 +433,13 @@ mod tests {
         let mem = Arc::new(InMemory::new());
         with_manifest(&mem, 10, "weights-10", "weights-10").await;
         with_manifest(&mem, 20, "weig", "weights-20").await;
-        let found = open(mem).resolve(&[], false).await.unwrap();
-        assert_eq!(found.checkpoint.map(|c| c.step), Some(10));
+        let Resolution {
+            checkpoint,
+            skipped,
+        } = open(mem).resolve(&[], false).await.unwrap();
+        assert_eq!(checkpoint.map(|c| c.step), Some(10));
         assert_eq!(
-            found.skipped,
+            skipped,
             ["step-20: model.bin is 4 bytes, its manifest says 10"]
         );
     }
@@ -462,19 +465,14 @@ mod tests {
     async fn a_missing_file_a_path_outside_and_an_unreadable_manifest_are_passed_over() {
         let mem = Arc::new(InMemory::new());
         with_manifest(&mem, 10, "weights-10", "weights-10").await;
-        put(
-            &mem,
-            "run/step-20/COMPLETE",
-            r#"{"files": {"optim.bin": {"size": 3}}}"#,
-        )
-        .await;
-        put(
-            &mem,
-            "run/step-30/COMPLETE",
-            r#"{"files": {"../step-10/model.bin": {"size": 10}}}"#,
-        )
-        .await;
-        put(&mem, "run/step-40/COMPLETE", r#"{"files": ["model.bin"]}"#).await;
+        let markers = [
+            (20, r#"{"files": {"optim.bin": {"size": 3}}}"#),
+            (30, r#"{"files": {"../step-10/model.bin": {"size": 10}}}"#),
+            (40, r#"{"files": ["model.bin"]}"#),
+        ];
+        for (step, marker) in markers {
+            put(&mem, &format!("run/step-{step}/COMPLETE"), marker).await;
+        }
         let found = open(mem).resolve(&[], true).await.unwrap();
         assert_eq!(found.checkpoint.map(|c| c.step), Some(10));
         assert_eq!(found.skipped.len(), 3, "{:?}", found.skipped);

@@ -76,13 +76,7 @@ fn detect(class: Class, trials: usize, seed: u64) -> Vec<i64> {
     let mut sim = cluster(seed);
     let mut times = Vec::new();
     for _ in 0..trials {
-        let running: Vec<holdfast_core::NodeId> = sim
-            .cluster()
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running && !j.ranks.is_empty())
-            .flat_map(|j| j.nodes())
-            .collect();
+        let running = sim.running_job_nodes();
         let node = sim.rng().pick(&running).clone();
         let before = sim.incidents().len();
         let at: UnixMillis = sim.now();

@@ -95,13 +95,7 @@ fn main() {
     let mut fault_sim = Vec::new();
     let mut relaunch_sim = Vec::new();
     for n in 0..faults {
-        let running: Vec<holdfast_core::NodeId> = sim
-            .cluster()
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running)
-            .flat_map(|j| j.nodes())
-            .collect();
+        let running = sim.running_job_nodes();
         let node = sim.rng().pick(&running).clone();
         let before = sim.incidents().len();
         let wall = Instant::now();

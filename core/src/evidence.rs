@@ -232,11 +232,8 @@ mod tests {
 
     #[test]
     fn two_stopped_ranks_blame_none() {
-        let ranks = [
-            seen(Stopped, 0, 2_000),
-            seen(Stopped, 0, 2_000),
-            seen(Sleeping, 10, 2_000),
-        ];
+        let mut ranks = vec![seen(Stopped, 0, 2_000); 3];
+        ranks[2] = seen(Sleeping, 10, 2_000);
         assert_eq!(blamed(&verdict(&ranks)), None);
     }
 

@@ -75,21 +75,12 @@ class Context:
         self.restored_from = "none"
         self.started_generation = _int_env("HOLDFAST_GENERATION", 0)
 
-    @property
-    def rank(self):
-        return _int_env("RANK", 0)
-
-    @property
-    def world_size(self):
-        return _int_env("WORLD_SIZE", 1)
-
-    @property
-    def local_rank(self):
-        return _int_env("LOCAL_RANK", 0)
-
-    @property
-    def generation(self):
-        return _int_env("HOLDFAST_GENERATION", 0)
+    # The rank's place in the current generation, from the environment the agent set (a re-form
+    # updates it).
+    rank = property(lambda self: _int_env("RANK", 0))
+    world_size = property(lambda self: _int_env("WORLD_SIZE", 1))
+    local_rank = property(lambda self: _int_env("LOCAL_RANK", 0))
+    generation = property(lambda self: _int_env("HOLDFAST_GENERATION", 0))
 
     @property
     def resume_from(self):

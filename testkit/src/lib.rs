@@ -46,7 +46,7 @@ pub use host::{
 pub use jobs::{assert_recovered_once, checkpoint_dir, train_spec, Train};
 pub use process::{http, http_get, run, run_async, spawn_logged, timing_summary, KillOnDrop, Ran};
 pub use rig::{
-    coordinator_with_agent_config, find_node, finish, incidents, job, local_cluster, node, nodes,
-    ready_count, submit, wait_job, wait_node, wait_node_ready, Rig,
+    client_nodes, coordinator_with_agent_config, find_node, finish, incidents, job, local_cluster,
+    node, nodes, ready_count, submit, wait_job, wait_node, wait_node_ready, Rig,
 };
 pub use wait::{check, poll_until, wait_for, wait_for_blocking};

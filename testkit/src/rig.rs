@@ -193,13 +193,14 @@ pub async fn ready_count(rig: &impl Rig) -> usize {
 
 /// Every node the coordinator knows.
 pub async fn nodes(rig: &impl Rig) -> Vec<pb::Node> {
-    let mut client = rig.client().await.expect("an operator client");
-    client
-        .list_nodes(pb::ListNodesRequest::default())
-        .await
-        .expect("listing nodes")
-        .into_inner()
-        .nodes
+    client_nodes(&rig.client().await.expect("an operator client")).await
+}
+
+/// Every node the coordinator knows, asked through `client` (one with a token, over TLS).
+pub async fn client_nodes(client: &Client) -> Vec<pb::Node> {
+    let request = pb::ListNodesRequest::default();
+    let reply = client.clone().list_nodes(request).await;
+    reply.expect("listing nodes").into_inner().nodes
 }
 
 /// Node `id`, if the coordinator knows it.
@@ -237,13 +238,7 @@ pub async fn wait_node(
 /// rather than the rig's.
 pub async fn wait_node_ready(client: &Client, node: &str, within: Duration) {
     wait_for(within, || async {
-        let nodes = client
-            .clone()
-            .list_nodes(pb::ListNodesRequest::default())
-            .await
-            .expect("listing nodes")
-            .into_inner()
-            .nodes;
+        let nodes = client_nodes(client).await;
         crate::check(
             nodes
                 .iter()

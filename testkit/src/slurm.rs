@@ -53,6 +53,15 @@ pub struct SlurmLab {
 }
 
 impl SlurmLab {
+    /// For a test named `name`: its scratch directory and a lab started in it, or `None` when
+    /// Slurm or root is missing (the test is skipped; under `HOLDFAST_TEST_STRICT` it fails).
+    pub fn for_test(name: &str) -> Option<(crate::Scratch, SlurmLab)> {
+        crate::require(available())?;
+        let dir = crate::Scratch::new(name);
+        let lab = SlurmLab::start(&dir);
+        Some((dir, lab))
+    }
+
     /// Starts munge, slurmctld and the slurmds with their state and logs under `dir`; returns
     /// once every node is idle.
     pub fn start(dir: &Path) -> SlurmLab {

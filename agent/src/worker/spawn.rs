@@ -231,7 +231,8 @@ fn spawn_ranks(
         let group = children.first().and_then(|(_, c)| c.id()).unwrap_or(0);
         let spawned = log.try_clone().and_then(|out| {
             let err = log.try_clone()?;
-            let mut command = worker_command(program, args, launch, vars, progress_file);
+            let env = worker_env(launch, vars, progress_file);
+            let mut command = worker_command(program, args, env);
             if native {
                 command.envs(native::rank_env(launch, local_rank));
             }
@@ -304,20 +305,18 @@ async fn wait_for_ranks(
     }
 }
 
-/// The worker's command: `program` with `args`, the launch's environment and the placeholders
-/// as `HOLDFAST_*` variables, no stdin, in a process group of its own (the group is what a
-/// stop signals), left running when the agent goes.
+/// The worker's command: `program` with `args` and `env` (see [`worker_env`]), no stdin, in a
+/// process group of its own (the group is what a stop signals), left running when the agent
+/// goes.
 fn worker_command(
     program: &str,
     args: &[String],
-    launch: &pb::Launch,
-    vars: &[(&'static str, String)],
-    progress_file: &Path,
+    env: Vec<(String, String)>,
 ) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .envs(worker_env(launch, vars, progress_file))
+        .envs(env)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
@@ -401,7 +400,8 @@ mod tests {
             ..Default::default()
         };
         let vars = placeholders(&launch, "n1", "10.0.0.2");
-        let command = worker_command("train", &[], &launch, &vars, Path::new("/s/progress"));
+        let env = worker_env(&launch, &vars, Path::new("/s/progress"));
+        let command = worker_command("train", &[], env);
         let env: std::collections::HashMap<_, _> = command
             .as_std()
             .get_envs()

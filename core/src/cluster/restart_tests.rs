@@ -17,6 +17,15 @@ fn restart(c: &Cluster, now: UnixMillis) -> (Cluster, Vec<Command>) {
         .unwrap()
 }
 
+/// The running cluster restarted at 1 s; at 1.1 s its rank `a` (still running its worker) and
+/// the spare `s` are back, `b` is not.
+fn restarted_with_a_and_the_spare_back() -> Cluster {
+    let (mut r, _) = restart(&running_cluster(), 1_000);
+    hello_running(&mut r, "a", 10, 1, 1_100);
+    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    r
+}
+
 /// Nothing was launched and nothing stopped.
 fn quiet(fx: &[Command]) -> bool {
     launches(fx).is_empty() && stops(fx).is_empty()
@@ -61,10 +70,7 @@ fn a_restart_bumps_the_term_and_keeps_a_running_generation_running() {
 
 #[test]
 fn a_node_that_does_not_come_back_within_the_grace_is_a_fault_after_the_restart() {
-    let c = running_cluster();
-    let (mut r, _) = restart(&c, 1_000);
-    hello_running(&mut r, "a", 10, 1, 1_100);
-    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    let mut r = restarted_with_a_and_the_spare_back();
     tick_alive(&mut r, &["a", "s"], 5_000);
     assert!(r.incidents.is_empty());
     let fx = tick_alive(&mut r, &["a", "s"], 11_000);
@@ -148,10 +154,7 @@ fn records_hold_ids_and_counters_as_plain_json() {
 
 #[test]
 fn a_node_waiting_for_admission_is_not_lost_while_it_waits_but_is_after() {
-    let c = running_cluster();
-    let (mut r, _) = restart(&c, 1_000);
-    hello_running(&mut r, "a", 10, 1, 1_100);
-    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    let mut r = restarted_with_a_and_the_spare_back();
     // b reached the coordinator during a connect storm and was told to come back later.
     r.step(
         Input::AdmissionWait {
@@ -171,9 +174,7 @@ fn a_node_waiting_for_admission_is_not_lost_while_it_waits_but_is_after() {
     assert!(r.incidents.is_empty());
 
     // One that never comes back is lost once the wait it was given is over.
-    let (mut r, _) = restart(&c, 1_000);
-    hello_running(&mut r, "a", 10, 1, 1_100);
-    hello(&mut r, "s", Role::Spare, 12, 1_100);
+    let mut r = restarted_with_a_and_the_spare_back();
     r.step(
         Input::AdmissionWait {
             nodes: vec!["b".into()],

@@ -113,6 +113,13 @@ impl Sim {
             .map(|(at, _)| at)
     }
 
+    /// The nodes of every running job: where a fault hits training.
+    pub fn running_job_nodes(&self) -> Vec<NodeId> {
+        let running = self.cluster.jobs.values();
+        let running = running.filter(|j| j.state == crate::job::JobState::Running);
+        running.flat_map(|j| j.nodes()).collect()
+    }
+
     /// The checkpoints in the sim's store for a job, oldest step first.
     pub fn checkpoints(&self, job_id: &str) -> Vec<SimCheckpoint> {
         self.checkpoints
