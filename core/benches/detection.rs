@@ -14,7 +14,6 @@
 use std::time::Instant;
 
 use holdfast_core::cluster::Role;
-use holdfast_core::job::JobState;
 use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{Exit, InvariantChecks, JobParams, Sim};
 use holdfast_core::{CoordinatorConfig, UnixMillis};

@@ -18,7 +18,6 @@
 use std::time::Instant;
 
 use holdfast_core::cluster::Role;
-use holdfast_core::job::JobState;
 use holdfast_core::protocol::JobRequest;
 use holdfast_core::sim::{InvariantChecks, JobParams, Sim};
 use holdfast_core::CoordinatorConfig;
