@@ -1,0 +1,184 @@
+//! Renewal of a node certificate by the node that holds it: the identity is the certificate
+//! the agent presented on its mutual-TLS connection (already verified against the CA by the
+//! handshake), looked up by serial in `issued.json`; the request brings only a CSR for a fresh
+//! key. A revoked, superseded or expired certificate, or a CSR naming another node, is refused.
+
+use rcgen::{CertificateSigningRequestParams, SanType};
+
+use super::{serial_of_der, sign, JoinRefused, Pki};
+
+impl Pki {
+    /// Signs a new certificate for the node whose current certificate is `presented_der` (the
+    /// DER the client authenticated with), with the public key of `csr_pem`, and supersedes
+    /// the presented one. Returns the new certificate and the CA, PEM.
+    pub fn renew(
+        &self,
+        presented_der: &[u8],
+        csr_pem: &str,
+        now_ms: i64,
+    ) -> Result<(String, String), JoinRefused> {
+        let refused = |why: &str| JoinRefused::Renewal(why.to_string());
+        let serial = serial_of_der(presented_der).ok_or_else(|| refused("unreadable"))?;
+        let names = crate::tls::certificate_identities(presented_der);
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| JoinRefused::Csr(e.to_string()))?;
+        let _lock = self.lock()?;
+        let mut issued = self.issued()?;
+        let Some((node_id, current)) = issued
+            .iter_mut()
+            .find(|(_, c)| c.serial.eq_ignore_ascii_case(&serial))
+        else {
+            return Err(refused(
+                "it is not the current certificate of any node (superseded, or not issued here)",
+            ));
+        };
+        let node_id = node_id.clone();
+        if current.revoked {
+            return Err(refused("it was revoked; join again with a new token"));
+        }
+        if current.expires_unix_ms <= now_ms {
+            return Err(refused("it has expired; join again with a new token"));
+        }
+        if !names.contains(&node_id) {
+            return Err(refused("it does not name the node it was issued to"));
+        }
+        if let Some(other) = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .find(|san| !matches!(san, SanType::DnsName(name) if name.as_str() == node_id))
+        {
+            return Err(JoinRefused::Csr(format!(
+                "asks for {other:?}, but this certificate is node {node_id:?}'s"
+            )));
+        }
+        // Retired here: `sign` keeps it as superseded, so it counts as revoked from now on.
+        current.revoked = true;
+        let token_id = current.token_id.clone();
+        let (ca_pem, issuer) = self.issuer()?;
+        let cert = sign(
+            &issuer,
+            &mut issued,
+            &node_id,
+            &csr.public_key,
+            &token_id,
+            (now_ms, self.node_cert_ms),
+        )?;
+        self.write_json("issued.json", &issued)?;
+        Ok((cert, ca_pem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::tempdir;
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn csr_for(names: &[&str]) -> String {
+        let key = KeyPair::generate().unwrap();
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    }
+
+    #[test]
+    fn renewal_binds_to_the_presented_certificate_and_supersedes_it() {
+        let dir = tempdir();
+        let pki = Pki::new(&dir).with_node_cert_lifetime(30);
+        let token = pki.bootstrap(&[], NOW).unwrap().join_token.unwrap();
+        let (first, _) = pki
+            .join(&token, "node-1", &csr_for(&["node-1"]), NOW)
+            .unwrap();
+        let first = der(&first);
+        assert_eq!(
+            pki.issued().unwrap()["node-1"].expires_unix_ms,
+            NOW + 30_000
+        );
+
+        // Renewed from the presented certificate: same node id, new serial, new lifetime; a
+        // CSR without names is fine (the name comes from the certificate).
+        let later = NOW + 21_000;
+        let (second, ca) = pki.renew(&first, &csr_for(&[]), later).unwrap();
+        assert!(ca.contains("BEGIN CERTIFICATE"));
+        let second = der(&second);
+        assert_eq!(
+            crate::tls::certificate_identities(&second),
+            vec!["node-1", "node-1"]
+        );
+        let issued = pki.issued().unwrap();
+        assert_eq!(issued.len(), 1);
+        assert_eq!(issued["node-1"].expires_unix_ms, later + 30_000);
+        assert_eq!(issued["node-1"].token_id, token.split('.').next().unwrap());
+        let (old, new) = (
+            serial_of_der(&first).unwrap(),
+            serial_of_der(&second).unwrap(),
+        );
+        assert_ne!(old, new);
+        assert!(pki.is_revoked(&old).unwrap(), "the renewed one is retired");
+        assert!(!pki.is_revoked(&new).unwrap());
+        // The superseded certificate cannot renew again.
+        assert!(matches!(
+            pki.renew(&first, &csr_for(&["node-1"]), later),
+            Err(JoinRefused::Renewal(_))
+        ));
+        // A CSR for another node id is refused, whatever the certificate.
+        assert!(matches!(
+            pki.renew(&second, &csr_for(&["node-2"]), later),
+            Err(JoinRefused::Csr(_))
+        ));
+        assert!(matches!(
+            pki.renew(&second, &csr_for(&["node-1", "node-2"]), later),
+            Err(JoinRefused::Csr(_))
+        ));
+        assert!(matches!(
+            pki.renew(&second, "garbage", later),
+            Err(JoinRefused::Csr(_))
+        ));
+        // Expired: refused.
+        assert!(matches!(
+            pki.renew(&second, &csr_for(&["node-1"]), later + 30_000),
+            Err(JoinRefused::Renewal(_))
+        ));
+        // A certificate this CA never recorded (another PKI's) is refused.
+        let other = Pki::new(tempdir());
+        other.bootstrap(&[], NOW).unwrap();
+        let foreign = other.issue_here(&["node-1".to_string()], NOW).unwrap();
+        assert!(matches!(
+            pki.renew(&der(&foreign[0].0), &csr_for(&["node-1"]), later),
+            Err(JoinRefused::Renewal(_))
+        ));
+        assert!(matches!(
+            pki.renew(b"not a certificate", &csr_for(&["node-1"]), later),
+            Err(JoinRefused::Renewal(_))
+        ));
+    }
+
+    #[test]
+    fn a_revoked_certificate_cannot_renew() {
+        let dir = tempdir();
+        let pki = Pki::new(&dir);
+        pki.bootstrap(&[], NOW).unwrap();
+        let issued = pki.issue_here(&["node-7".to_string()], NOW).unwrap();
+        let cert = der(&issued[0].0);
+        assert!(pki.revoke_node("node-7").unwrap());
+        assert!(matches!(
+            pki.renew(&cert, &csr_for(&["node-7"]), NOW + 1_000),
+            Err(JoinRefused::Renewal(_))
+        ));
+        let after = pki.issued().unwrap();
+        assert!(after["node-7"].revoked && after["node-7"].superseded.is_empty());
+    }
+}
