@@ -696,7 +696,8 @@ async fn a_joined_agent_renews_its_short_lived_certificate_until_revoked() {
     assert!(issued().superseded.iter().any(|s| s.serial == first));
     assert_eq!(mode(&node_key), 0o600);
 
-    // The first certificate has expired by now; a fresh connection works with the renewed one.
+    // A fresh agent process connects with what it stored (killed mid-renewal, the replaced
+    // certificate still works until it expires, and it renews again).
     cluster.kill_agent("node-r").unwrap();
     cluster.start_agent("node-r", "worker", &[]).unwrap();
     kit::wait_node_ready(&operator, "node-r", WITHIN).await;

@@ -121,8 +121,10 @@ pub struct IssuedCert {
     /// The join token that obtained it.
     #[serde(default)]
     pub token_id: String,
-    /// Earlier certificates of this node id replaced by a renewal or a new join, while they
-    /// would still be valid: each counts as revoked.
+    /// Earlier certificates of this node id replaced by a renewal or a new join, kept while
+    /// they would still be valid: revoked with the node (or when the node was revoked before a
+    /// new join), otherwise still accepted (an agent that crashed before it stored its renewed
+    /// certificate still connects and renews).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<Superseded>,
 }
@@ -134,6 +136,9 @@ pub struct Superseded {
     pub serial: String,
     /// When it would have expired (unix ms); forgotten after.
     pub expires_unix_ms: i64,
+    /// Revoked (with its node).
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// What [`Pki::bootstrap`] made on this start (secrets are shown once, by the caller).
@@ -358,6 +363,9 @@ impl Pki {
             return Ok(false);
         };
         cert.revoked = true;
+        cert.superseded
+            .iter_mut()
+            .for_each(|old| old.revoked = true);
         self.write_json("issued.json", &issued)?;
         Ok(true)
     }
@@ -368,7 +376,7 @@ impl Pki {
             (c.revoked && c.serial.eq_ignore_ascii_case(serial))
                 || c.superseded
                     .iter()
-                    .any(|old| old.serial.eq_ignore_ascii_case(serial))
+                    .any(|old| old.revoked && old.serial.eq_ignore_ascii_case(serial))
         }))
     }
 
@@ -520,7 +528,8 @@ fn check_node_id(node_id: &str) -> Result<(), JoinRefused> {
 
 /// Signs a client-only certificate whose one name is `node_id` for `public_key`, and records
 /// it in `issued` for `(now_ms, lifetime_ms)`; refused while the node id holds a live
-/// certificate. The one it replaces, while still valid, is kept as superseded (revoked).
+/// certificate. The one it replaces, while still valid, is kept as superseded (revoked: only
+/// a revoked or expired one is replaced here).
 fn sign(
     issuer: &Issuer<'static, KeyPair>,
     issued: &mut BTreeMap<String, IssuedCert>,
@@ -538,6 +547,7 @@ fn sign(
         superseded.push(Superseded {
             serial: cert.serial.clone(),
             expires_unix_ms: cert.expires_unix_ms,
+            revoked: cert.revoked,
         });
         superseded.retain(|old| old.expires_unix_ms > now_ms);
     }

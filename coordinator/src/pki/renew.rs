@@ -1,11 +1,13 @@
 //! Renewal of a node certificate by the node that holds it: the identity is the certificate
 //! the agent presented on its mutual-TLS connection (already verified against the CA by the
 //! handshake), looked up by serial in `issued.json`; the request brings only a CSR for a fresh
-//! key. A revoked, superseded or expired certificate, or a CSR naming another node, is refused.
+//! key. A revoked, expired or unknown certificate, or a CSR naming another node, is refused.
+//! The replaced certificate stays valid until it expires, revoked with its node: an agent that
+//! crashed before storing its new pair still connects, and renews again.
 
 use rcgen::{CertificateSigningRequestParams, SanType};
 
-use super::{serial_of_der, sign, JoinRefused, Pki};
+use super::{serial_of_der, sign, JoinRefused, Pki, Superseded};
 
 impl Pki {
     /// Signs a new certificate for the node whose current certificate is `presented_der` (the
@@ -24,19 +26,22 @@ impl Pki {
             .map_err(|e| JoinRefused::Csr(e.to_string()))?;
         let _lock = self.lock()?;
         let mut issued = self.issued()?;
-        let Some((node_id, current)) = issued
-            .iter_mut()
-            .find(|(_, c)| c.serial.eq_ignore_ascii_case(&serial))
-        else {
-            return Err(refused(
-                "it is not the current certificate of any node (superseded, or not issued here)",
-            ));
+        let found = issued.iter().find_map(|(node_id, c)| {
+            if c.serial.eq_ignore_ascii_case(&serial) {
+                return Some((node_id.clone(), c.revoked, c.expires_unix_ms));
+            }
+            c.superseded
+                .iter()
+                .find(|old| old.serial.eq_ignore_ascii_case(&serial))
+                .map(|old| (node_id.clone(), old.revoked, old.expires_unix_ms))
+        });
+        let Some((node_id, revoked, expires_unix_ms)) = found else {
+            return Err(refused("no node holds it (not issued here)"));
         };
-        let node_id = node_id.clone();
-        if current.revoked {
+        if revoked {
             return Err(refused("it was revoked; join again with a new token"));
         }
-        if current.expires_unix_ms <= now_ms {
+        if expires_unix_ms <= now_ms {
             return Err(refused("it has expired; join again with a new token"));
         }
         if !names.contains(&node_id) {
@@ -52,18 +57,29 @@ impl Pki {
                 "asks for {other:?}, but this certificate is node {node_id:?}'s"
             )));
         }
-        // Retired here: `sign` keeps it as superseded, so it counts as revoked from now on.
-        current.revoked = true;
-        let token_id = current.token_id.clone();
+        let Some(current) = issued.remove(&node_id) else {
+            return Err(refused("no node holds it (not issued here)"));
+        };
         let (ca_pem, issuer) = self.issuer()?;
         let cert = sign(
             &issuer,
             &mut issued,
             &node_id,
             &csr.public_key,
-            &token_id,
+            &current.token_id,
             (now_ms, self.node_cert_ms),
         )?;
+        if let Some(renewed) = issued.get_mut(&node_id) {
+            renewed.superseded = current.superseded;
+            renewed.superseded.push(Superseded {
+                serial: current.serial,
+                expires_unix_ms: current.expires_unix_ms,
+                revoked: false,
+            });
+            renewed
+                .superseded
+                .retain(|old| old.expires_unix_ms > now_ms);
+        }
         self.write_json("issued.json", &issued)?;
         Ok((cert, ca_pem))
     }
@@ -127,13 +143,24 @@ mod tests {
             serial_of_der(&second).unwrap(),
         );
         assert_ne!(old, new);
-        assert!(pki.is_revoked(&old).unwrap(), "the renewed one is retired");
-        assert!(!pki.is_revoked(&new).unwrap());
-        // The superseded certificate cannot renew again.
-        assert!(matches!(
-            pki.renew(&first, &csr_for(&["node-1"]), later),
-            Err(JoinRefused::Renewal(_))
-        ));
+        assert!(!pki.is_revoked(&old).unwrap() && !pki.is_revoked(&new).unwrap());
+        // The replaced one may renew again (its agent crashed before storing the new pair).
+        let (third, _) = pki.renew(&first, &csr_for(&["node-1"]), later).unwrap();
+        let third = der(&third);
+        assert_eq!(pki.issued().unwrap()["node-1"].superseded.len(), 2);
+        // Revoking the node revokes every certificate it still holds.
+        let revoked = Pki::new(tempdir());
+        for f in ["ca.pem", "ca.key", "issued.json"] {
+            std::fs::copy(pki.path(f), revoked.path(f)).unwrap();
+        }
+        assert!(revoked.revoke_node("node-1").unwrap());
+        for cert in [&first, &second, &third] {
+            assert!(revoked.is_revoked(&serial_of_der(cert).unwrap()).unwrap());
+            assert!(matches!(
+                revoked.renew(cert, &csr_for(&["node-1"]), later),
+                Err(JoinRefused::Renewal(_))
+            ));
+        }
         // A CSR for another node id is refused, whatever the certificate.
         assert!(matches!(
             pki.renew(&second, &csr_for(&["node-2"]), later),
