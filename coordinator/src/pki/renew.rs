@@ -9,6 +9,10 @@ use rcgen::{CertificateSigningRequestParams, SanType};
 
 use super::{serial_of_der, sign, JoinRefused, Pki, Superseded};
 
+/// Most replaced certificates a node keeps while they are valid: beyond it renewal is refused,
+/// so a node cannot grow `issued.json` by renewing in a loop.
+const MAX_SUPERSEDED: usize = 8;
+
 impl Pki {
     /// Signs a new certificate for the node whose current certificate is `presented_der` (the
     /// DER the client authenticated with), with the public key of `csr_pem`, and supersedes
@@ -60,6 +64,28 @@ impl Pki {
         let Some(current) = issued.remove(&node_id) else {
             return Err(refused("no node holds it (not issued here)"));
         };
+        // The agent renews at two thirds of its certificate's span (backdated by up to its
+        // lifetime): never before a quarter of the lifetime has passed.
+        let lifetime = current
+            .expires_unix_ms
+            .saturating_sub(current.issued_unix_ms);
+        if current.serial.eq_ignore_ascii_case(&serial)
+            && now_ms
+                .saturating_sub(current.issued_unix_ms)
+                .saturating_mul(4)
+                < lifetime
+        {
+            return Err(refused("it is not due for renewal yet"));
+        }
+        let live = current
+            .superseded
+            .iter()
+            .filter(|o| o.expires_unix_ms > now_ms);
+        if live.count() >= MAX_SUPERSEDED {
+            return Err(refused(
+                "this node renewed too often: wait until its replaced certificates expire",
+            ));
+        }
         let (ca_pem, issuer) = self.issuer()?;
         let cert = sign(
             &issuer,
@@ -147,6 +173,11 @@ mod tests {
         // The replaced one may renew again (its agent crashed before storing the new pair).
         let (third, _) = pki.renew(&first, &csr_for(&["node-1"]), later).unwrap();
         let third = der(&third);
+        // The current one, just issued, is not due yet.
+        assert!(matches!(
+            pki.renew(&third, &csr_for(&["node-1"]), later + 1_000),
+            Err(JoinRefused::Renewal(_))
+        ));
         assert_eq!(pki.issued().unwrap()["node-1"].superseded.len(), 2);
         // Revoking the node revokes every certificate it still holds.
         let revoked = Pki::new(tempdir());
