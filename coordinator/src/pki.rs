@@ -20,6 +20,7 @@
 //! authenticated by the certificate it presents, never by what its request says.
 
 mod renew;
+pub use renew::Superseded;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -127,18 +128,6 @@ pub struct IssuedCert {
     /// certificate still connects and renews).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<Superseded>,
-}
-
-/// A certificate that a later one of the same node id replaced.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Superseded {
-    /// Serial number, hex.
-    pub serial: String,
-    /// When it would have expired (unix ms); forgotten after.
-    pub expires_unix_ms: i64,
-    /// Revoked (with its node).
-    #[serde(default)]
-    pub revoked: bool,
 }
 
 /// What [`Pki::bootstrap`] made on this start (secrets are shown once, by the caller).

@@ -6,12 +6,25 @@
 //! crashed before storing its new pair still connects, and renews again.
 
 use rcgen::{CertificateSigningRequestParams, SanType};
+use serde::{Deserialize, Serialize};
 
-use super::{serial_of_der, sign, JoinRefused, Pki, Superseded};
+use super::{serial_of_der, sign, JoinRefused, Pki};
 
 /// Most replaced certificates a node keeps while they are valid: beyond it renewal is refused,
 /// so a node cannot grow `issued.json` by renewing in a loop.
 const MAX_SUPERSEDED: usize = 8;
+
+/// A certificate that a later one of the same node id replaced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Superseded {
+    /// Serial number, hex.
+    pub serial: String,
+    /// When it would have expired (unix ms); forgotten after.
+    pub expires_unix_ms: i64,
+    /// Revoked (with its node).
+    #[serde(default)]
+    pub revoked: bool,
+}
 
 impl Pki {
     /// Signs a new certificate for the node whose current certificate is `presented_der` (the
