@@ -82,6 +82,7 @@ pub async fn prepare(config: &mut AgentConfig, join: Option<JoinOptions>) -> Res
         };
     }
     let dir = config.state_dir.join("pki");
+    crate::renew::recover(&dir)?;
     if !dir.join("node.pem").exists() || !dir.join("node.key").exists() {
         let Some(join) = join else {
             return Err(JoinError::NotJoined {
@@ -221,7 +222,7 @@ pub fn hash_of_der(der: &[u8]) -> Option<String> {
     ))
 }
 
-fn hash_of_pem(pem: &str) -> Option<String> {
+pub(crate) fn hash_of_pem(pem: &str) -> Option<String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     hash_of_der(&block.contents)
 }
@@ -352,7 +353,7 @@ impl ServerCertVerifier for PinnedCa {
 }
 
 /// Writes a secret file: 0600, whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), JoinError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), JoinError> {
     crate::durable::write_private(path, bytes).map_err(|source| JoinError::Write {
         path: path.to_path_buf(),
         source,

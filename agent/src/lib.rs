@@ -13,6 +13,7 @@
 //! - [`durable`] — state files written atomically and durably.
 //! - [`identity`] — hostname, boot id.
 //! - [`join`] — joining the cluster with a token: pinned CA, node certificate from a CSR.
+//! - [`renew`] — renewing that certificate at two thirds of its life, over mutual TLS.
 //! - [`health`] — the node's health summary carried by heartbeats.
 //! - [`metrics`] — the agent's own Prometheus metrics (`metrics_listen`, off by default).
 //! - [`restart`] — restarting in place (re-exec) for rolling upgrades.
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod join;
 pub mod metrics;
 pub mod proctree;
+pub mod renew;
 pub mod restart;
 pub mod scripts;
 pub mod session;

@@ -2,7 +2,8 @@
 //! bootstraps a cluster CA, a serving certificate, an admin token and a join token (0600
 //! files); an agent joins with the token over TLS pinned to the CA's hash and then speaks
 //! mutual TLS; a wrong hash, a bad, expired or revoked token, and a second certificate for a
-//! live node id are refused; a revoked certificate is refused on the agent stream. Without
+//! live node id are refused; a revoked certificate is refused on the agent stream; a joined
+//! agent renews its (here short-lived) certificate over mutual TLS until it is revoked. Without
 //! authentication the coordinator serves loopback only unless `--insecure`, and the agent
 //! refuses plain http:// to another host.
 
@@ -652,4 +653,71 @@ fn a_power_cut_during_the_fencing_save_keeps_the_previous_term() {
     assert_eq!(store::load(&dir).term(), 7);
     assert!(!tmp.exists());
     assert!(file.exists());
+}
+
+#[tokio::test]
+async fn a_joined_agent_renews_its_short_lived_certificate_until_revoked() {
+    let exe = holdfast_exe!();
+    let dir = Scratch::new("security-renew");
+    let pki = dir.join("pki");
+    let config = dir.join("coordinator.toml");
+    // 12 s, backdated 12 s: the agent renews 4 s after each issue (two thirds of 24 s).
+    std::fs::write(&config, "node_cert_lifetime_s = 12\n").unwrap();
+    let (pki_arg, config_arg) = (pki.display().to_string(), config.display().to_string());
+    let mut cluster =
+        LocalCluster::start(exe, &dir, &["--pki-dir", &pki_arg, "--config", &config_arg])
+            .await
+            .unwrap();
+    let https = cluster.use_https();
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
+    let (token, hash) = printed_join(&log);
+    let admin = std::fs::read_to_string(pki.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let operator = connect_with(&https, Some(&admin), Some(&ca)).await.unwrap();
+    cluster
+        .start_agent("node-r", "worker", &["--join", &token, "--ca-hash", &hash])
+        .unwrap();
+    kit::wait_node_ready(&operator, "node-r", WITHIN).await;
+    let issued = || holdfast_coordinator::pki::Pki::new(&pki).issued().unwrap()["node-r"].clone();
+    let first = issued().serial;
+    let node_key = cluster.state_dir("node-r").join("pki/node.key");
+
+    // Renewed twice (the second time with the renewed certificate), the key kept private.
+    kit::wait_for(WITHIN, || async {
+        let renewals = issued().superseded.len();
+        kit::check(renewals >= 2, || {
+            format!("{renewals} renewals of the node certificate so far")
+        })
+    })
+    .await;
+    assert!(issued().superseded.iter().any(|s| s.serial == first));
+    assert_eq!(mode(&node_key), 0o600);
+
+    // A fresh agent process connects with what it stored (killed mid-renewal, the replaced
+    // certificate still works until it expires, and it renews again).
+    cluster.kill_agent("node-r").unwrap();
+    cluster.start_agent("node-r", "worker", &[]).unwrap();
+    kit::wait_node_ready(&operator, "node-r", WITHIN).await;
+
+    // Revoked: the next renewal is refused, and the node keeps no live certificate.
+    let revoke = kit::run(
+        Command::new(exe)
+            .args(["cert", "revoke", "node-r", "--pki-dir", &pki_arg])
+            .env_remove("HOLDFAST_PKI_DIR"),
+    );
+    assert!(revoke.ok(), "{}", revoke.stderr);
+    kit::wait_for(WITHIN, || async {
+        let log = std::fs::read_to_string(dir.join("node-r.log")).unwrap_or_default();
+        kit::check(log.contains("cannot be renewed: it was revoked"), || {
+            "the agent's renewal was not refused".into()
+        })
+    })
+    .await;
+    assert!(
+        issued().revoked,
+        "a renewal replaced the revoked certificate"
+    );
 }

@@ -14,7 +14,13 @@
 //! | `server.pem`, `server.key` | the serving certificate + CA chain, renewed at every start |
 //! | `operator-tokens`, `admin.token` | the admin operator token (`operator` role) |
 //! | `join-tokens.json` | join tokens: id, SHA-256 of the secret, expiry, description |
-//! | `issued.json` | node certificates: node id → serial, expiry, revoked |
+//! | `issued.json` | node certificates: node id → serial, expiry, revoked, superseded serials |
+//!
+//! A joined agent renews its certificate before it expires ([`Pki::renew`], in `renew.rs`):
+//! authenticated by the certificate it presents, never by what its request says.
+
+mod renew;
+pub use renew::Superseded;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -44,7 +50,7 @@ pub const FIRST_START_FILES: &[&str] = &[
     "admin.token",
     "join-tokens.json",
 ];
-/// Lifetime of a node certificate.
+/// Lifetime of a node certificate unless the config says otherwise (`node_cert_lifetime_s`).
 pub const NODE_CERT_DAYS: i64 = 90;
 /// Lifetime of the serving certificate (renewed at every start).
 const SERVER_CERT_DAYS: i64 = 365;
@@ -79,6 +85,8 @@ pub enum JoinRefused {
     NodeId(String),
     #[error("certificate signing request: {0}")]
     Csr(String),
+    #[error("the presented certificate cannot be renewed: {0}")]
+    Renewal(String),
     #[error(transparent)]
     Pki(#[from] PkiError),
 }
@@ -114,6 +122,12 @@ pub struct IssuedCert {
     /// The join token that obtained it.
     #[serde(default)]
     pub token_id: String,
+    /// Earlier certificates of this node id replaced by a renewal or a new join, kept while
+    /// they would still be valid: revoked with the node (or when the node was revoked before a
+    /// new join), otherwise still accepted (an agent that crashed before it stored its renewed
+    /// certificate still connects and renews).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<Superseded>,
 }
 
 /// What [`Pki::bootstrap`] made on this start (secrets are shown once, by the caller).
@@ -131,12 +145,23 @@ pub struct Bootstrap {
 #[derive(Debug, Clone)]
 pub struct Pki {
     dir: PathBuf,
+    node_cert_ms: i64,
 }
 
 impl Pki {
     /// The PKI kept in `dir` (nothing is read or made yet).
     pub fn new(dir: impl Into<PathBuf>) -> Pki {
-        Pki { dir: dir.into() }
+        Pki {
+            dir: dir.into(),
+            node_cert_ms: NODE_CERT_DAYS * 86_400_000,
+        }
+    }
+
+    /// The same PKI, issuing node certificates that live `seconds` (validated by the config:
+    /// `node_cert_lifetime_s`).
+    pub fn with_node_cert_lifetime(mut self, seconds: u64) -> Pki {
+        self.node_cert_ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self
     }
 
     /// Its directory.
@@ -327,16 +352,21 @@ impl Pki {
             return Ok(false);
         };
         cert.revoked = true;
+        cert.superseded
+            .iter_mut()
+            .for_each(|old| old.revoked = true);
         self.write_json("issued.json", &issued)?;
         Ok(true)
     }
 
     /// True when the certificate with serial `serial` (hex) was revoked here.
     pub fn is_revoked(&self, serial: &str) -> Result<bool, PkiError> {
-        Ok(self
-            .issued()?
-            .values()
-            .any(|c| c.revoked && c.serial.eq_ignore_ascii_case(serial)))
+        Ok(self.issued()?.values().any(|c| {
+            (c.revoked && c.serial.eq_ignore_ascii_case(serial))
+                || c.superseded
+                    .iter()
+                    .any(|old| old.revoked && old.serial.eq_ignore_ascii_case(serial))
+        }))
     }
 
     /// Checks `token` and signs a client certificate for `node_id` with the public key of
@@ -364,7 +394,7 @@ impl Pki {
             node_id,
             &csr.public_key,
             &token_id,
-            now_ms,
+            (now_ms, self.node_cert_ms),
         )?;
         tokens[token_index].uses = tokens[token_index].uses.saturating_add(1);
         self.write_json("issued.json", &issued)?;
@@ -388,7 +418,14 @@ impl Pki {
         let mut out = Vec::with_capacity(node_ids.len());
         for node_id in node_ids {
             let key = KeyPair::generate().map_err(|e| JoinRefused::Pki(e.into()))?;
-            let cert = sign(&issuer, &mut issued, node_id, &key, "(issued here)", now_ms)?;
+            let cert = sign(
+                &issuer,
+                &mut issued,
+                node_id,
+                &key,
+                "(issued here)",
+                (now_ms, self.node_cert_ms),
+            )?;
             out.push((cert, key.serialize_pem()));
         }
         self.write_json("issued.json", &issued)?;
@@ -479,19 +516,29 @@ fn check_node_id(node_id: &str) -> Result<(), JoinRefused> {
 }
 
 /// Signs a client-only certificate whose one name is `node_id` for `public_key`, and records
-/// it in `issued`; refused while the node id holds a live certificate.
+/// it in `issued` for `(now_ms, lifetime_ms)`; refused while the node id holds a live
+/// certificate. The one it replaces, while still valid, is kept as superseded (revoked: only
+/// a revoked or expired one is replaced here).
 fn sign(
     issuer: &Issuer<'static, KeyPair>,
     issued: &mut BTreeMap<String, IssuedCert>,
     node_id: &str,
     public_key: &impl rcgen::PublicKeyData,
     token_id: &str,
-    now_ms: i64,
+    (now_ms, lifetime_ms): (i64, i64),
 ) -> Result<String, JoinRefused> {
+    let mut superseded = Vec::new();
     if let Some(cert) = issued.get(node_id) {
         if !cert.revoked && cert.expires_unix_ms > now_ms {
             return Err(JoinRefused::NodeTaken(node_id.to_string()));
         }
+        superseded = cert.superseded.clone();
+        superseded.push(Superseded {
+            serial: cert.serial.clone(),
+            expires_unix_ms: cert.expires_unix_ms,
+            revoked: cert.revoked,
+        });
+        superseded.retain(|old| old.expires_unix_ms > now_ms);
     }
     let mut params = CertificateParams::new(vec![node_id.to_string()])
         .map_err(|e| JoinRefused::NodeId(e.to_string()))?;
@@ -501,7 +548,13 @@ fn sign(
     let serial = random_serial().map_err(JoinRefused::Pki)?;
     let serial_hex = hex(&serial.to_bytes());
     params.serial_number = Some(serial);
-    validity(&mut params, now_ms, NODE_CERT_DAYS);
+    let now = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let lifetime = time::Duration::milliseconds(lifetime_ms);
+    // Backdated as the other certificates, but never by more than its lifetime: an agent
+    // renews at two thirds of not_before..not_after.
+    params.not_before = now - lifetime.min(time::Duration::hours(1));
+    params.not_after = now + lifetime;
     let cert = params
         .signed_by(public_key, issuer)
         .map_err(|e| JoinRefused::Pki(e.into()))?;
@@ -510,9 +563,10 @@ fn sign(
         IssuedCert {
             serial: serial_hex,
             issued_unix_ms: now_ms,
-            expires_unix_ms: now_ms.saturating_add(NODE_CERT_DAYS * 86_400_000),
+            expires_unix_ms: now_ms.saturating_add(lifetime_ms),
             revoked: false,
             token_id: token_id.to_string(),
+            superseded,
         },
     );
     Ok(cert.pem())
@@ -700,6 +754,10 @@ mod tests {
         assert!(pki.revoke_node("node-1").unwrap());
         assert!(pki.is_revoked(&serial).unwrap());
         pki.join(&token, "node-1", &csr(), NOW).unwrap();
+        assert!(
+            pki.is_revoked(&serial).unwrap(),
+            "joining again keeps the old certificate revoked"
+        );
         // Wrong secret, unknown id, malformed, expired, revoked tokens; bad ids; bad CSR.
         let (id, _) = token.split_once('.').unwrap();
         for bad in [
@@ -778,7 +836,7 @@ mod tests {
         ));
     }
 
-    fn tempdir() -> PathBuf {
+    pub(super) fn tempdir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "holdfast-pki-{}-{}",
             std::process::id(),

@@ -151,6 +151,10 @@ pub struct CoordinatorConfig {
     /// node certificate (`JoinService`), and a certificate revoked there is refused. Empty = no
     /// joins. `holdfast coordinator` sets it when it bootstraps; see docs/security.md.
     pub pki_dir: std::path::PathBuf,
+    /// Lifetime of the node certificates this coordinator issues from `pki_dir`, in seconds
+    /// (90 days by default; 10 s to 3,650 days: short lifetimes are for tests). Agents renew theirs once two thirds of
+    /// it have passed (`JoinService.Renew`, over mutual TLS).
+    pub node_cert_lifetime_s: u64,
     /// Host names browsers may reach the dashboard and the operator API by, besides IP
     /// literals, `localhost` and this host's name: a browser request under any other name is
     /// refused (DNS rebinding), as is one from another site's page.
@@ -240,6 +244,7 @@ impl Default for CoordinatorConfig {
             tls_key_file: std::path::PathBuf::new(),
             tls_client_ca_file: std::path::PathBuf::new(),
             pki_dir: std::path::PathBuf::new(),
+            node_cert_lifetime_s: 90 * 86_400,
             allowed_hosts: Vec::new(),
             max_nodes: 20_000,
             finished_retention_ms: 7 * 24 * 3_600_000,
@@ -267,6 +272,10 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// `key` must not be 0.
+/// The shortest node certificate lifetime `node_cert_lifetime_s` accepts: agents renew at two
+/// thirds of it, so anything shorter turns into a renewal storm.
+pub const MIN_NODE_CERT_LIFETIME_S: u64 = 10;
+
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be greater than 0"));
@@ -338,6 +347,15 @@ impl CoordinatorConfig {
         positive("hello_rate_per_s", u64::from(self.hello_rate_per_s))?;
         positive("hello_burst", u64::from(self.hello_burst))?;
         positive("max_nodes", self.max_nodes as u64)?;
+        if !(MIN_NODE_CERT_LIFETIME_S..=3_650 * 86_400).contains(&self.node_cert_lifetime_s) {
+            return Err(invalid(
+                "node_cert_lifetime_s",
+                format!(
+                    "must be {MIN_NODE_CERT_LIFETIME_S} s to 3650 days, got {} s",
+                    self.node_cert_lifetime_s
+                ),
+            ));
+        }
         positive("finished_retention_ms", self.finished_retention_ms)?;
         at_most("max_finished_jobs", self.max_finished_jobs, 100_000)?;
         at_most("max_closed_incidents", self.max_closed_incidents, 1_000_000)?;

@@ -78,6 +78,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     };
     let mut config = config(args)?;
     holdfast_agent::join::prepare(&mut config, join).await?;
+    if holdfast_agent::renew::joined(&config) {
+        tokio::spawn(holdfast_agent::renew::keep_renewed(config.clone()));
+    }
     let health = holdfast_agent::health::HealthBoard::default();
     sdnotify::spawn_watchdog();
     sdnotify::notify_or_log("READY=1");

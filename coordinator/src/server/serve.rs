@@ -119,10 +119,8 @@ async fn serve(
         AgentServiceServer::new(coordinator.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
-        JoinServiceServer::new(super::join::Joins::new(
-            &coordinator.cluster().config().pki_dir,
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        JoinServiceServer::new(super::join::Joins::new(coordinator.cluster().config()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
         OperatorServiceServer::new(coordinator.clone())
