@@ -112,11 +112,7 @@ async fn join_cluster(
         return Err(JoinError::BadToken);
     }
     let node_id = config.effective_node_id();
-    let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
-    let csr = rcgen::CertificateParams::new(vec![node_id.clone()])
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|r| r.pem())
-        .map_err(|e| JoinError::Key(format!("node id {node_id:?}: {e}")))?;
+    let (key, csr) = new_key_and_csr(&node_id)?;
     let mut last = None;
     // With several coordinators only the leader serves: the first that answers is asked.
     for address in addresses {
@@ -199,6 +195,16 @@ async fn join_at(
 }
 
 /// `sha256:HEX` (lower case) or an error naming the flag.
+/// A fresh key pair and a certificate request (PEM) for `node_id` signed with it.
+pub(crate) fn new_key_and_csr(node_id: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
+    let csr = rcgen::CertificateParams::new(vec![node_id.to_string()])
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(|e| JoinError::Key(format!("node id {node_id:?}: {e}")))?;
+    Ok((key, csr))
+}
+
 fn normalize_hash(hash: &str) -> Result<String, JoinError> {
     let hex = hash.trim().strip_prefix("sha256:").unwrap_or_default();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

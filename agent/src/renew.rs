@@ -87,11 +87,7 @@ pub async fn renew(config: &AgentConfig) -> Result<String, JoinError> {
     let cert = read(&config.tls_cert_file)?;
     let key_now = read(&config.tls_key_file)?;
     let node_id = config.effective_node_id();
-    let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
-    let csr_pem = rcgen::CertificateParams::new(vec![node_id.clone()])
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|r| r.pem())
-        .map_err(|e| JoinError::Key(format!("node id {node_id:?}: {e}")))?;
+    let (key, csr_pem) = crate::join::new_key_and_csr(&node_id)?;
     let server_name = if config.tls_server_name.is_empty() {
         COORDINATOR_NAME.to_string()
     } else {
@@ -234,25 +230,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        // Recovers, then the pair in place.
+        let recovered = || {
+            recover(&dir).unwrap();
+            (read("node.key"), read("node.pem"))
+        };
         // Crash before any rename: the old pair stays.
         write("node.key", "old key");
         write("node.pem", "old cert");
         write("node.key.next", "new key");
         write("node.pem.next", "new cert");
-        recover(&dir).unwrap();
-        assert_eq!(
-            (read("node.key"), read("node.pem")),
-            ("old key".into(), "old cert".into())
-        );
+        assert_eq!(recovered(), ("old key".into(), "old cert".into()));
         assert!(!dir.join("node.key.next").exists() && !dir.join("node.pem.next").exists());
         // Crash after the key's rename: the new certificate follows it.
         write("node.key", "new key");
         write("node.pem.next", "new cert");
-        recover(&dir).unwrap();
-        assert_eq!(
-            (read("node.key"), read("node.pem")),
-            ("new key".into(), "new cert".into())
-        );
+        assert_eq!(recovered(), ("new key".into(), "new cert".into()));
         recover(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -38,6 +38,27 @@ fn printed_join(log: &str) -> (String, String) {
     (after("--join "), after("--ca-hash "))
 }
 
+/// What a first start left for the operator: the join token and CA hash it printed (in
+/// `dir/coordinator.log`), the admin token and the CA's PEM (in `pki`).
+struct FirstStart {
+    token: String,
+    hash: String,
+    admin: String,
+    ca: Vec<u8>,
+}
+
+fn first_start(dir: &Path, pki: &Path) -> FirstStart {
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
+    let (token, hash) = printed_join(&log);
+    let admin = std::fs::read_to_string(pki.join("admin.token")).unwrap();
+    FirstStart {
+        token,
+        hash,
+        admin: admin.trim().to_string(),
+        ca: std::fs::read(pki.join("ca.pem")).unwrap(),
+    }
+}
+
 /// Runs `holdfast agent` to its end (it exits when the join fails).
 fn agent_join(
     exe: &Path,
@@ -80,13 +101,12 @@ async fn agents_join_with_a_token_pinned_to_the_cluster_ca() {
         assert_eq!(mode(&pki.join(file)), 0o600, "{file}");
     }
     assert_eq!(mode(&pki), 0o700);
-    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
-    let (token, hash) = printed_join(&log);
-    let admin = std::fs::read_to_string(pki.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let FirstStart {
+        token,
+        hash,
+        admin,
+        ca,
+    } = first_start(&dir, &pki);
 
     // The operator API wants the admin token now.
     let anonymous = connect_with(&https, None, Some(&ca)).await.unwrap();
@@ -669,16 +689,16 @@ async fn a_joined_agent_renews_its_short_lived_certificate_until_revoked() {
             .await
             .unwrap();
     let https = cluster.use_https();
-    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap();
-    let (token, hash) = printed_join(&log);
-    let admin = std::fs::read_to_string(pki.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
-    let operator = connect_with(&https, Some(&admin), Some(&ca)).await.unwrap();
+    let first = first_start(&dir, &pki);
+    let operator = connect_with(&https, Some(&first.admin), Some(&first.ca))
+        .await
+        .unwrap();
     cluster
-        .start_agent("node-r", "worker", &["--join", &token, "--ca-hash", &hash])
+        .start_agent(
+            "node-r",
+            "worker",
+            &["--join", &first.token, "--ca-hash", &first.hash],
+        )
         .unwrap();
     kit::wait_node_ready(&operator, "node-r", WITHIN).await;
     let issued = || holdfast_coordinator::pki::Pki::new(&pki).issued().unwrap()["node-r"].clone();

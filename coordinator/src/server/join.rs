@@ -94,8 +94,7 @@ impl JoinService for Joins {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let pki = self.pki()?;
-        let peer = request.remote_addr();
+        let (pki, peer) = (self.pki()?, request.remote_addr());
         // The handshake verified the chain and the validity; the identity is only this.
         let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else {
             return Err(Status::unauthenticated(
