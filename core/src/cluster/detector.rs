@@ -230,6 +230,8 @@ impl Cluster {
         now: UnixMillis,
     ) -> Vec<Command> {
         let mut fx = Vec::new();
+        let after_a_stall = self.just_unobserved(now);
+        let reconnect_grace = self.config.reconnect_grace_ms as i64;
         let Some(node) = self.nodes.get_mut(node_id) else {
             return fx;
         };
@@ -245,6 +247,20 @@ impl Cluster {
         }
         let announced = restart_by.filter(|t| now < *t);
         node.link = announced.map_or(Link::Down, |until| Link::Away { until });
+        if announced.is_none() && after_a_stall {
+            // The agent most likely closed the stream itself, for want of answers while this
+            // coordinator could not observe (stopped, not scheduled): it comes back, and gets
+            // the grace agents get after a coordinator restart.
+            node.link = Link::Away {
+                until: now + reconnect_grace,
+            };
+            let message = format!(
+                "node {node_id} disconnected just after this coordinator could not observe; \
+                 waiting {reconnect_grace} ms for it to return"
+            );
+            fx.push(self.log_event(node_id, "", message, now));
+            return fx;
+        }
         // A crashed agent on a live host (no goodbye) may get the same grace as a restart,
         // when the operator chose one: its workers keep training and it re-adopts them.
         let grace = self.config.agent_lost_grace_ms;
@@ -276,6 +292,18 @@ impl Cluster {
         }
         self.node_fault(node_id, FaultCause::AgentLost, now, &mut fx);
         fx
+    }
+
+    /// Whether `now` is within a heartbeat timeout of time the core could not observe: just
+    /// after the tick that found it, or in a gap no tick has ended yet.
+    fn just_unobserved(&self, now: UnixMillis) -> bool {
+        let window = self.config.heartbeat_timeout_ms as i64;
+        let found = self
+            .observed_again_at
+            .is_some_and(|at| (0..=window).contains(&(now - at)));
+        let unobservable = (self.config.tick_ms + self.config.heartbeat_interval_ms) as i64;
+        let unticked = (self.last_tick_at).is_some_and(|at| now - at >= unobservable);
+        found || unticked
     }
 
     /// A node fault: the jobs on it recover, the node is fenced (if allocated or the fault is

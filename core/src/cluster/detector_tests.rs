@@ -430,3 +430,48 @@ fn stacks_are_cut_to_the_bound_at_a_character_boundary() {
     );
     assert!(cut.ends_with("(cut)"));
 }
+
+#[test]
+fn streams_its_agents_closed_during_a_coordinator_pause_get_the_reconnect_grace() {
+    // The agents' keepalive gave up on the stopped coordinator; their closes are handled just
+    // after it resumes — after the tick that finds the gap, or before it.
+    for tick_first in [true, false] {
+        let mut c = observed_job();
+        let resumed = 1_000 + 8_000;
+        if tick_first {
+            tick_after_pause(&mut c, resumed);
+        }
+        let mut fx = disconnect(&mut c, "a", resumed + 1);
+        fx.extend(disconnect(&mut c, "b", resumed + 2));
+        let why = format!("tick first: {tick_first}");
+        assert!(
+            fences(&fx).is_empty() && stops(&fx).is_empty(),
+            "{why}: {fx:?}"
+        );
+        assert!(c.incidents.is_empty(), "{why}: {:?}", c.incidents);
+        assert!(matches!(c.nodes["a"].link, Link::Away { .. }), "{why}");
+        // They come back with their workers running: nothing happened.
+        hello_running(&mut c, "a", 21, 1, resumed + 400);
+        hello_running(&mut c, "b", 22, 1, resumed + 500);
+        let fx = tick_alive(&mut c, &["a", "b", "s"], resumed + 3_000);
+        assert_untouched(&c, &fx, &why);
+    }
+    // One that does not come back is lost once the grace is over.
+    let mut c = observed_job();
+    tick_after_pause(&mut c, 9_000);
+    disconnect(&mut c, "b", 9_001);
+    tick_alive(&mut c, &["a", "s"], 12_000);
+    assert!(c.incidents.is_empty());
+    let grace = c.config.reconnect_grace_ms as i64;
+    tick_alive(&mut c, &["a", "s"], 9_001 + grace + 200);
+    assert_eq!(c.incidents.len(), 1, "{:?}", c.incidents);
+    assert_eq!(c.incidents[0].node_id, "b");
+}
+
+#[test]
+fn a_stream_closed_while_the_coordinator_observes_is_judged_at_once() {
+    let mut c = observed_job();
+    tick_alive(&mut c, &["a", "b", "s"], 1_100);
+    disconnect(&mut c, "b", 1_150);
+    assert!(!matches!(c.nodes["b"].link, Link::Away { .. }));
+}

@@ -273,6 +273,7 @@ impl Cluster {
             }
         }
         if unobserved.abs() >= self.config.heartbeat_interval_ms as i64 {
+            self.observed_again_at = Some(now);
             let what = if gap < 0 {
                 format!("the clock jumped back by {} ms", -gap)
             } else {

@@ -244,6 +244,10 @@ pub struct Cluster {
     /// (detector.rs).
     #[serde(skip)]
     last_tick_at: Option<UnixMillis>,
+    /// When the core last found time it could not observe (at least a heartbeat interval):
+    /// streams that close just after were likely closed by their agents for want of answers.
+    #[serde(skip)]
+    observed_again_at: Option<UnixMillis>,
     /// Work left by the input being stepped (see [`Work`]).
     #[serde(skip)]
     work: VecDeque<Work>,
@@ -283,6 +287,7 @@ impl Cluster {
             dirty: records::Dirty::default(),
             work: VecDeque::new(),
             last_tick_at: None,
+            observed_again_at: None,
             silence_storm: None,
         }
     }
