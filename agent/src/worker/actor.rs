@@ -61,6 +61,8 @@ pub struct Supervisor {
     pub(super) standby: Option<super::standby::Standby>,
     /// The standbys the agent's config keeps whenever no worker runs (`standby_python`).
     configured_standby: Option<super::StandbyKey>,
+    /// Where jobs keep their memory tier (`memory_tier_dir`); empty = off.
+    pub(super) memory_dir: PathBuf,
 }
 
 impl Supervisor {
@@ -95,7 +97,15 @@ impl Supervisor {
             py_spy: None,
             standby: None,
             configured_standby: None,
+            memory_dir: PathBuf::new(),
         }
+    }
+
+    /// Gives each job's workers a memory-tier directory under `root` (`HOLDFAST_MEMORY_DIR`)
+    /// and reports what they keep there; an empty `root` keeps the tier off.
+    pub fn with_memory_dir(mut self, root: PathBuf) -> Supervisor {
+        self.memory_dir = root;
+        self
     }
 
     /// Dumps stalled workers' stacks with `py_spy` (none: stacks are not available).

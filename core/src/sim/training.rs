@@ -213,6 +213,7 @@ impl Sim {
                             job_id: job_id.clone(),
                             generation,
                             step,
+                            memory: Vec::new(),
                         },
                     },
                 );
