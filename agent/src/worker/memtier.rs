@@ -3,8 +3,9 @@
 //! and reported with the job's progress so the coordinator can resume a relaunch from it.
 //!
 //! Layout (the trainer writes it): `rank-<R>/step-<N>/` holds rank R's state at step N, its
-//! own or a peer's copy, and counts once `MANIFEST.json` (`{"step": N, "world": W, "rank": R,
-//! …}`, renamed into place last) is there. Anything else is ignored.
+//! own or a peer's copy, in `state.bin`, and counts once `MANIFEST.json` (`{"step": N, "world":
+//! W, "rank": R, "size": S, …}`) is there (the directory is renamed into place complete) and
+//! `state.bin` has its size. Anything else is ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,12 @@ struct Manifest {
     step: u64,
     world: u32,
     rank: u32,
+    /// The size of `state.bin`: a truncated copy is not reported.
+    size: u64,
 }
+
+/// The state file a manifest completes.
+const STATE: &str = "state.bin";
 
 /// The job's directory of the memory tier under `root` (the agent's `memory_tier_dir`);
 /// `None` when the tier is off (empty root).
@@ -44,9 +50,19 @@ pub(super) fn scan(dir: &Path) -> Vec<pb::MemoryHolding> {
             let Some(m) = manifest(&step_dir.join(MANIFEST)) else {
                 continue;
             };
+            let size = std::fs::metadata(step_dir.join(STATE))
+                .map(|s| s.len())
+                .ok();
             if m.step != step || u64::from(m.rank) != rank || m.rank >= m.world {
                 tracing::debug!(
                     "memory tier: {} does not match its place",
+                    step_dir.display()
+                );
+                continue;
+            }
+            if size != Some(m.size) {
+                tracing::debug!(
+                    "memory tier: {} is not its manifest's size",
                     step_dir.display()
                 );
                 continue;
@@ -99,7 +115,7 @@ mod tests {
     fn copy(dir: &Path, rank: u32, step: u64, manifest: &str) {
         let at = dir.join(format!("rank-{rank}/step-{step}"));
         std::fs::create_dir_all(&at).unwrap();
-        std::fs::write(at.join("state.pt"), b"state").unwrap();
+        std::fs::write(at.join(STATE), b"state").unwrap();
         if !manifest.is_empty() {
             std::fs::write(at.join(MANIFEST), manifest).unwrap();
         }
@@ -108,13 +124,25 @@ mod tests {
     #[test]
     fn complete_copies_are_reported_newest_first_and_the_rest_ignored() {
         let dir = crate::testdir::Scratch::new("memtier");
-        let m = |step, rank| format!(r#"{{"step": {step}, "world": 2, "rank": {rank}}}"#);
+        let m =
+            |step, rank| format!(r#"{{"step": {step}, "world": 2, "rank": {rank}, "size": 5}}"#);
         copy(&dir, 0, 4, &m(4, 0));
         copy(&dir, 1, 4, &m(4, 1));
         copy(&dir, 0, 6, &m(6, 0));
         copy(&dir, 1, 6, ""); // being written: no manifest yet
         copy(&dir, 1, 8, &m(9, 1)); // a manifest for another place
-        copy(&dir, 3, 8, r#"{"step": 8, "world": 2, "rank": 3}"#); // rank beyond world
+        copy(
+            &dir,
+            3,
+            8,
+            r#"{"step": 8, "world": 2, "rank": 3, "size": 5}"#,
+        ); // beyond world
+        copy(
+            &dir,
+            1,
+            7,
+            r#"{"step": 7, "world": 2, "rank": 1, "size": 9}"#,
+        ); // truncated
         copy(&dir, 0, 10, "not json");
         std::fs::create_dir_all(dir.join("rank-x/step-1")).unwrap();
         let held = scan(&dir);
