@@ -356,6 +356,11 @@ impl Supervisor {
         if let Some(step) = read_progress_file(&running.progress_file) {
             running.progress.report(step);
         }
+        // What the job's memory tier holds here now, too: its last save may not be told yet.
+        let job_id = &running.record.job_id;
+        if let Some(dir) = super::memtier::job_dir(&self.memory_dir, job_id) {
+            running.progress.report_memory(super::memtier::scan(&dir));
+        }
         record::write(&self.state_dir, None);
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;

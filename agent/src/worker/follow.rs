@@ -117,7 +117,7 @@ impl ProgressReporter {
 
     /// The job's memory tier here now holds `held`: told at once when it changed (with the
     /// last step; before any step, with the first).
-    fn report_memory(&self, held: Vec<pb::MemoryHolding>) {
+    pub(super) fn report_memory(&self, held: Vec<pb::MemoryHolding>) {
         let Ok(mut memory) = self.memory.lock() else {
             return;
         };
