@@ -535,6 +535,11 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
     let incident = assert_recovered(&run, &faulted, &["agent_lost", "heartbeat_timeout"]);
     assert_eq!(incident.replacement_node_id, "spare-1");
     assert_eq!(incident.state_tier, "memory", "{}", incident.state_note);
+    // What `holdfast incidents` prints, and its JSON.
+    let table = holdfast_cli::tables::incidents(std::slice::from_ref(&incident));
+    assert!(table.contains("state from the memory tier: "), "{table}");
+    let json = holdfast_cli::tables::incident_json(&incident, incident.fault_unix_ms);
+    assert_eq!(json["state_tier"], "memory", "{json}");
     let at_fault = run.checkpoint_at_fault.unwrap_or(0);
     assert!(
         incident.resumed_from_step > at_fault,

@@ -28,7 +28,8 @@ new process group.
 Layout under `HOLDFAST_MEMORY_DIR` (the agent's `memory_tier_dir`/<job>, tmpfs by default):
 `rank-R/step-N/state.bin` and `MANIFEST.json` (`{"step", "world", "rank", "size", "sha256"}`),
 written to a temporary directory renamed into place, so a copy counts only when complete. The
-last `keep` steps are kept per rank. Standard library only, but `save` and `restore` exchange
+last `keep` steps are kept per rank. The directory and its parent are made private to the user
+(0700); one that is a symbolic link or another user's is refused (nothing is kept). Standard library only, but `save` and `restore` exchange
 copies through `torch.distributed` (imported when used), which must be initialised.
 
 Every failure is handled: a rank whose copy is missing or corrupt everywhere makes every rank
@@ -42,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 
 MANIFEST = "MANIFEST.json"
@@ -90,6 +92,20 @@ class MemoryTier:
     def enabled(self):
         return bool(self.directory)
 
+    def _prepare(self):
+        """Creates the tier's directories private to this user (state is the model's), and
+        refuses (OSError) a directory that is a symbolic link or another user's."""
+        parent = os.path.dirname(self.directory.rstrip("/"))
+        os.makedirs(os.path.dirname(parent), exist_ok=True)
+        for path in (parent, self.directory):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                raise OSError(f"{path} is not a directory of this user (a link, a file, or another user's)")
+
     # ----- saving ---------------------------------------------------------------------------
 
     def save(self, step, serialize):
@@ -102,6 +118,7 @@ class MemoryTier:
         # The exchange is collective: every rank takes part even if its own write fails.
         received = self._exchange(data) if self.peer != self.rank else None
         try:
+            self._prepare()
             self._write(self.rank, step, data)
             if received is not None:
                 self._write(self.source, step, received)
