@@ -219,6 +219,8 @@ impl Supervisor {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
                 self.discard_standby();
+                // A fenced node's copies no longer count anywhere: give their memory back.
+                super::memtier::clear(&self.memory_dir);
                 self.run_on_fence(&fence);
             }
         }

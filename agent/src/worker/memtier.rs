@@ -83,6 +83,21 @@ pub(super) fn scan(dir: &Path) -> Vec<pb::MemoryHolding> {
     held
 }
 
+/// Removes every job's memory tier under `root` (the node was fenced: its copies no longer
+/// count). `root` itself, and anything that is not a directory, is left.
+pub(super) fn clear(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!("memory tier: cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
 /// The entries of `dir` named `<prefix><number>` that are directories, with their number.
 fn numbered(dir: &Path, prefix: &str) -> Vec<(u64, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -122,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn complete_copies_are_reported_newest_first_and_the_rest_ignored() {
+    fn complete_copies_are_reported_newest_first_the_rest_ignored_and_a_fence_clears_them() {
         let dir = crate::testdir::Scratch::new("memtier");
         let m =
             |step, rank| format!(r#"{{"step": {step}, "world": 2, "rank": {rank}, "size": 5}}"#);
@@ -152,6 +167,8 @@ mod tests {
             .collect();
         assert_eq!(summary, [(6, 2, vec![0]), (4, 2, vec![0, 1])]);
         assert!(scan(&dir.join("absent")).is_empty());
+        clear(&dir);
+        assert!(scan(&dir).is_empty() && dir.exists());
         assert_eq!(job_dir(Path::new(""), "j"), None);
         assert_eq!(
             job_dir(Path::new("/dev/shm/holdfast"), "../x"),
