@@ -30,9 +30,8 @@ const GCS_ATTRIBUTES_FILE: &str = ".metadata";
 /// Lays out [`many_checkpoints`]`(prefix, count, per_dir)` in a bucket of fake-gcs-server's
 /// filesystem backend (`-backend filesystem`; `bucket_dir` is `<filesystem-root>/<bucket>`),
 /// while the server runs: it reads objects from disk on each request. `template` is the key of
-/// an object the server wrote itself in that bucket; every object gets its attributes with
-/// its own size-independent fields set (MD5, CRC32C, ETag, generation). Returns how many
-/// objects it wrote.
+/// an object the server wrote itself in that bucket; every object gets a copy of its attributes
+/// with its own MD5, CRC32C, ETag and generation. Returns how many objects it wrote.
 pub fn seed_fake_gcs(
     bucket_dir: &Path,
     template: &str,
@@ -212,11 +211,13 @@ pub fn seed_azurite(
 /// Rebuilds a LokiJS collection's indexes after records were added: each binary index lists
 /// the records' positions ordered by that field, the id index their ids in order.
 fn reindex(collection: &mut Value) {
-    let data = collection["data"].as_array().cloned().unwrap_or_default();
+    let all = std::mem::take(&mut collection["data"]);
+    let data = all.as_array().map(Vec::as_slice).unwrap_or_default();
     if let Some(indexes) = collection["binaryIndices"].as_object_mut() {
         for (field, index) in indexes.iter_mut() {
+            let keys: Vec<&Value> = data.iter().map(|doc| &doc[field]).collect();
             let mut order: Vec<usize> = (0..data.len()).collect();
-            order.sort_by(|&a, &b| loki_order(&data[a][field], &data[b][field]));
+            order.sort_by(|&a, &b| loki_order(keys[a], keys[b]));
             index["values"] = order.into();
             index["dirty"] = false.into();
         }
@@ -224,6 +225,7 @@ fn reindex(collection: &mut Value) {
     if collection["idIndex"].is_array() {
         collection["idIndex"] = data.iter().map(|doc| doc["$loki"].clone()).collect();
     }
+    collection["data"] = all;
 }
 
 /// The order LokiJS sorts a field by, for the strings and numbers Azurite indexes.
