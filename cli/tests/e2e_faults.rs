@@ -492,8 +492,12 @@ fn assert_exact_in_place_recovery(
     assert_eq!(survivor["started_generation"], 1, "{fault}: {survivor}");
     assert_eq!(survivor["generation"], 2, "{fault}: {survivor}");
     assert_eq!(survivor["reforms"], 1, "{fault}: {survivor}");
-    let first_log = (cluster.dir.join("nodes").join(&run.job.nodes[0]).join("logs"))
-        .join(format!("{}-g1-r0.log", run.job.job_id));
+    let first_log = (cluster
+        .dir
+        .join("nodes")
+        .join(&run.job.nodes[0])
+        .join("logs"))
+    .join(format!("{}-g1-r0.log", run.job.job_id));
     let first_log = std::fs::read_to_string(&first_log).unwrap_or_default();
     let pid = format!("pid {})", survivor["pid"]);
     assert!(
@@ -504,8 +508,14 @@ fn assert_exact_in_place_recovery(
     // and went on from the step it had reached — at or past the step the fault hit.
     assert_eq!(survivor["steps_run"], options.steps, "{fault}: {survivor}");
     assert_eq!(survivor["steps_run_twice"], 0, "{fault}: {survivor}");
-    assert_eq!(replacement["started_generation"], 2, "{fault}: {replacement}");
-    assert_eq!(replacement["restored_from"], "rank 0", "{fault}: {replacement}");
+    assert_eq!(
+        replacement["started_generation"], 2,
+        "{fault}: {replacement}"
+    );
+    assert_eq!(
+        replacement["restored_from"], "rank 0",
+        "{fault}: {replacement}"
+    );
     let first = replacement["first_step_run"]
         .as_u64()
         .expect("the replacement stepped");
@@ -514,7 +524,11 @@ fn assert_exact_in_place_recovery(
         "{fault}: the replacement redid step {first}; the fault hit at {}",
         run.fault_step
     );
-    assert_eq!(incident.resumed_from_step + 1, first, "{fault}: {incident:?}");
+    assert_eq!(
+        incident.resumed_from_step + 1,
+        first,
+        "{fault}: {incident:?}"
+    );
     assert_eq!(run.lost_steps(), Some(0), "{fault}");
     // Exact recovery: the same weights as the run without a fault, on both ranks.
     assert_eq!(&survivor["weights_sha256"], expected, "{fault}");
