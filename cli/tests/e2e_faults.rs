@@ -1,6 +1,9 @@
 //! End-to-end tier, the fault matrix: `examples/train_ddp.py` through real torchrun (gloo, CPU)
 //! on network-namespace hosts, checkpoints in a real S3 server, one real fault per test. Each
 //! asserts the job resumes from the latest complete checkpoint and reaches its final step.
+//! The in-process restart test runs `examples/train_inprocess.py` once without a fault and then
+//! once per fault (worker killed, worker hung, fatal XID, host cut off) in one cluster, each
+//! checked against the fault-free run's weights.
 //!
 //! Needs root, `scripts/setup/40-torch.sh` and `41-s3.sh` (skipped without them unless
 //! HOLDFAST_TEST_STRICT=1). The cases run one at a time: torch on 2 cores leaves no room for two.
