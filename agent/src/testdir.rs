@@ -13,7 +13,24 @@ pub struct Scratch(PathBuf);
 impl Scratch {
     /// `name` must be unique among the tests of one test binary (they run in one process).
     pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
+        Scratch::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// Like [`Scratch::new`], in memory: under `/dev/shm` (a tmpfs) where the machine has it,
+    /// else in the temp directory. For tests that write many small files: a loaded disk
+    /// creates and removes them at a few hundred a second.
+    pub fn in_memory(name: &str) -> Scratch {
+        let shm = Path::new("/dev/shm");
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        Scratch::new_in(&parent, name)
+    }
+
+    fn new_in(parent: &Path, name: &str) -> Scratch {
+        let dir = parent.join(format!("holdfast-{name}-{}", std::process::id()));
         // Left over by an earlier run killed before it could clean up.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));

@@ -1,6 +1,9 @@
 //! End-to-end tier, the fault matrix: `examples/train_ddp.py` through real torchrun (gloo, CPU)
 //! on network-namespace hosts, checkpoints in a real S3 server, one real fault per test. Each
 //! asserts the job resumes from the latest complete checkpoint and reaches its final step.
+//! The in-process restart test runs `examples/train_inprocess.py` once without a fault and then
+//! once per fault (worker killed, worker hung, fatal XID, host cut off) in one cluster, each
+//! checked against the fault-free run's weights.
 //!
 //! Needs root, `scripts/setup/40-torch.sh` and `41-s3.sh` (skipped without them unless
 //! HOLDFAST_TEST_STRICT=1). The cases run one at a time: torch on 2 cores leaves no room for two.
@@ -373,19 +376,35 @@ fn final_report(cluster: &NetnsCluster, prefix: &str, rank: u32) -> serde_json::
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
 }
 
-/// In-process restart (`restart: in_process`, `holdfast.run`): node-2's training process is
-/// SIGKILLed mid-training. node-1's process is never stopped (same pid, started in generation
-/// 1, ends in generation 2), it re-forms the group in place, node-2's replacement takes model,
-/// optimizer state and step from it, and no step is lost or done twice: the final weights are
-/// bit-identical to those of the same job run without a fault (deterministic data per step and
-/// rank; a skipped or doubled SGD-with-momentum step would change them).
+/// An in-process fault case: the fault, the incident's causes and whether the victim's host
+/// is replaced (a node fault) or its rank restarted on it (a worker fault).
+struct InProcessCase {
+    fault: E2eFault,
+    causes: &'static [&'static str],
+    replaced: bool,
+}
+
+/// In-process restart (`restart: in_process`, `holdfast.run`) after each fault on the job's
+/// rank 1 — its training process SIGKILLed, SIGSTOPped (hung: the coordinator stops and
+/// relaunches it alone), a fatal XID (its host fenced, a spare takes over) and its host's cable
+/// cut (the survivor, blocked in a collective on a peer that stays silent, leaves it at the
+/// agent's re-form notice instead of the group's timeout). Rank 0's process is never stopped
+/// (same pid, started in generation 1, ends in generation 2): it re-forms the group in place,
+/// rank 1's replacement takes model, optimizer state and step from it, and no step is lost or
+/// done twice: the final weights are bit-identical to those of the same job run once without a
+/// fault (deterministic data per step and rank; a skipped or doubled SGD-with-momentum step
+/// would change them). One cluster and one fault-free run serve every case.
 #[test]
 fn in_process_restart_keeps_the_survivor_loses_no_step_and_ends_with_the_fault_free_weights() {
     let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
         return;
     };
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let case = Case::new("inprocess", E2eFault::WorkerKill, 0);
+    // Two spares: the XID's host is fenced, the cut-off host is lost.
+    let case = Case {
+        agent_args: &["--enable-fault-injection"],
+        ..Case::new("inprocess", E2eFault::WorkerKill, 2)
+    };
     let dir = Scratch::new("e2e-inprocess");
     let mut cluster = start_cluster(tools, &case, &dir);
     let reference = JobOptions {
@@ -394,91 +413,174 @@ fn in_process_restart_keeps_the_survivor_loses_no_step_and_ends_with_the_fault_f
         launcher: E2eLauncher::InProcess,
         ..Default::default()
     };
-    let faulted = JobOptions {
-        prefix: "inprocess".into(),
-        ..reference.clone()
-    };
-    let injection = Injection {
-        fault: E2eFault::WorkerKill,
-        after_step: reference.ckpt_every * 2 + 1,
-        node: Some("node-2".into()),
-    };
-    let (clean, run) = cluster
+    let clean = cluster
         .control(async |cluster| {
             cluster
-                .wait_ready(2, Duration::from_secs(30))
+                .wait_ready(4, Duration::from_secs(30))
                 .await
                 .unwrap();
             let spec = cluster.job_spec(&reference);
-            let clean = cluster.run_job(spec, None, JOB_DEADLINE, |_, _| {}).await;
-            let spec = cluster.job_spec(&faulted);
-            let run = (cluster.run_job(spec, Some(injection), JOB_DEADLINE, |_, _| {})).await;
-            (clean.unwrap(), run.unwrap())
+            cluster.run_job(spec, None, JOB_DEADLINE, |_, _| {}).await
         })
+        .unwrap()
         .unwrap();
-    println!("in-process → {} (messages: {:?})", run.json(), run.messages);
-    if run.job.state != "succeeded" || clean.job.state != "succeeded" {
+    if clean.job.state != "succeeded" {
         cluster.print_log_tails(&["coordinator", "node-1", "node-2"]);
     }
     assert_eq!(clean.job.state, "succeeded", "{}", clean.job.message);
-    let incident = assert_recovered_in_place(&run, &faulted);
-    let survivor = final_report(&cluster, &faulted.prefix, 0);
-    let replacement = final_report(&cluster, &faulted.prefix, 1);
-    println!("survivor {survivor}\nreplacement {replacement}");
+    let expected = final_report(&cluster, &reference.prefix, 0)["weights_sha256"].clone();
+    assert!(expected.is_string());
+    let cases = [
+        InProcessCase {
+            fault: E2eFault::WorkerKill,
+            causes: &["worker_exited"],
+            replaced: false,
+        },
+        InProcessCase {
+            fault: E2eFault::WorkerHang,
+            causes: &["progress_stalled"],
+            replaced: false,
+        },
+        InProcessCase {
+            fault: E2eFault::Xid,
+            causes: &["health_fatal"],
+            replaced: true,
+        },
+        // Last: the cut-off host stays cut off.
+        InProcessCase {
+            fault: E2eFault::HostPartition,
+            causes: &["heartbeat_timeout", "agent_lost"],
+            replaced: true,
+        },
+    ];
+    for case in cases {
+        let faulted = JobOptions {
+            prefix: format!("inprocess-{}", case.fault.name()),
+            ..reference.clone()
+        };
+        let injection = Injection {
+            fault: case.fault,
+            after_step: reference.ckpt_every * 2 + 1,
+            node: None,
+        };
+        let run = cluster
+            .control(async |cluster| {
+                let spec = cluster.job_spec(&faulted);
+                (cluster.run_job(spec, Some(injection), JOB_DEADLINE, |_, _| {})).await
+            })
+            .unwrap()
+            .unwrap();
+        println!("in-process → {} (messages: {:?})", run.json(), run.messages);
+        if run.job.state != "succeeded" {
+            cluster.print_log_tails(&["coordinator", "node-1", "node-2"]);
+        }
+        assert_exact_in_place_recovery(&cluster, &run, &faulted, &case, &expected);
+    }
+}
+
+/// The job recovered from `case`'s fault in place: the survivor (rank 0) kept its process and
+/// state, rank 1's new process took them from it, no step was lost or done twice, and both end
+/// with the `expected` weights.
+fn assert_exact_in_place_recovery(
+    cluster: &NetnsCluster,
+    run: &FaultRun,
+    options: &JobOptions,
+    case: &InProcessCase,
+    expected: &serde_json::Value,
+) {
+    let fault = case.fault.name();
+    let incident = assert_recovered_in_place(run, options, case);
+    let survivor = final_report(cluster, &options.prefix, 0);
+    let replacement = final_report(cluster, &options.prefix, 1);
+    println!("{fault}: survivor {survivor}\nreplacement {replacement}");
     // The survivor's process spanned both generations: never stopped, re-formed once.
-    assert_eq!(survivor["started_generation"], 1, "{survivor}");
-    assert_eq!(survivor["generation"], 2, "{survivor}");
-    assert_eq!(survivor["reforms"], 1, "{survivor}");
-    let first_log = (dir.join("nodes/node-1/logs")).join(format!("{}-g1-r0.log", run.job.job_id));
+    assert_eq!(survivor["started_generation"], 1, "{fault}: {survivor}");
+    assert_eq!(survivor["generation"], 2, "{fault}: {survivor}");
+    assert_eq!(survivor["reforms"], 1, "{fault}: {survivor}");
+    let first_log = (cluster
+        .dir
+        .join("nodes")
+        .join(&run.job.nodes[0])
+        .join("logs"))
+    .join(format!("{}-g1-r0.log", run.job.job_id));
     let first_log = std::fs::read_to_string(&first_log).unwrap_or_default();
     let pid = format!("pid {})", survivor["pid"]);
     assert!(
         first_log.contains(&pid),
-        "node-1's generation-1 process was not the one that finished ({pid})"
+        "{fault}: rank 0's generation-1 process was not the one that finished ({pid})"
     );
     // Every step done exactly once on the survivor; the replacement took the state from it
     // and went on from the step it had reached — at or past the step the fault hit.
-    assert_eq!(survivor["steps_run"], faulted.steps, "{survivor}");
-    assert_eq!(survivor["steps_run_twice"], 0, "{survivor}");
-    assert_eq!(replacement["started_generation"], 2, "{replacement}");
-    assert_eq!(replacement["restored_from"], "rank 0", "{replacement}");
+    assert_eq!(survivor["steps_run"], options.steps, "{fault}: {survivor}");
+    assert_eq!(survivor["steps_run_twice"], 0, "{fault}: {survivor}");
+    assert_eq!(
+        replacement["started_generation"], 2,
+        "{fault}: {replacement}"
+    );
+    assert_eq!(
+        replacement["restored_from"], "rank 0",
+        "{fault}: {replacement}"
+    );
     let first = replacement["first_step_run"]
         .as_u64()
         .expect("the replacement stepped");
     assert!(
         first > run.fault_step,
-        "the replacement redid step {first}; the fault hit at {}",
+        "{fault}: the replacement redid step {first}; the fault hit at {}",
         run.fault_step
     );
-    assert_eq!(incident.resumed_from_step + 1, first, "{incident:?}");
-    assert_eq!(run.lost_steps(), Some(0));
+    assert_eq!(
+        incident.resumed_from_step + 1,
+        first,
+        "{fault}: {incident:?}"
+    );
+    assert_eq!(run.lost_steps(), Some(0), "{fault}");
     // Exact recovery: the same weights as the run without a fault, on both ranks.
-    let expected = &final_report(&cluster, &reference.prefix, 0)["weights_sha256"];
-    assert!(expected.is_string());
-    assert_eq!(&survivor["weights_sha256"], expected);
-    assert_eq!(&replacement["weights_sha256"], expected);
+    assert_eq!(&survivor["weights_sha256"], expected, "{fault}");
+    assert_eq!(&replacement["weights_sha256"], expected, "{fault}");
 }
 
-/// The job succeeded at its last step after a worker fault handled as an in-process restart:
-/// a restart in place, on the same hosts, resumed from the survivors' step (not a checkpoint).
-fn assert_recovered_in_place(run: &FaultRun, options: &JobOptions) -> pb::Incident {
+/// The job succeeded at its last step after `case`'s fault handled as an in-process restart,
+/// relaunched once, resumed from the survivors' step (not a checkpoint): rank 1 restarted on
+/// its host for a worker fault, its host replaced by a spare for a node fault.
+fn assert_recovered_in_place(
+    run: &FaultRun,
+    options: &JobOptions,
+    case: &InProcessCase,
+) -> pb::Incident {
+    let fault = case.fault.name();
     assert!(
         run.fault_at > 0,
-        "the fault was never injected: {:?}",
+        "{fault}: the fault was never injected: {:?}",
         run.job
     );
-    assert_eq!(run.job.state, "succeeded", "{}", run.job.message);
-    assert_eq!(run.job.step, options.steps);
+    assert_eq!(run.job.state, "succeeded", "{fault}: {}", run.job.message);
+    assert_eq!(run.job.step, options.steps, "{fault}");
     let incident = run.incident().cloned().expect("an incident for the fault");
-    assert_eq!(incident.cause, "worker_exited");
-    assert_eq!(incident.action, "restart_in_place");
+    assert!(
+        case.causes.contains(&incident.cause.as_str()),
+        "{fault}: {incident:?}"
+    );
+    assert_eq!(incident.node_id, run.victim, "{fault}: {incident:?}");
+    let action = if case.replaced {
+        "replace_node"
+    } else {
+        "restart_in_place"
+    };
+    assert_eq!(incident.action, action, "{fault}");
+    assert_eq!(
+        run.job.nodes.contains(&run.victim),
+        !case.replaced,
+        "{fault}: {:?}",
+        run.job.nodes
+    );
     assert!(
         incident.resumed_unix_ms > 0,
-        "no progress past the survivors' step"
+        "{fault}: no progress past the survivors' step"
     );
     assert_eq!(
         run.job.generation, 2,
-        "the job was relaunched more than once"
+        "{fault}: the job was relaunched more than once"
     );
     incident
 }

@@ -178,6 +178,9 @@ pub struct SimStats {
     pub progress_events: u64,
     /// Full invariant checks with the records round-trip.
     pub records_checks: u64,
+    /// Wall time spent inside `Cluster::step` (the decision core alone, without the harness's
+    /// agents and queue), in nanoseconds.
+    pub core_ns: u64,
 }
 
 /// What an agent receives.

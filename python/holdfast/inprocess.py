@@ -26,10 +26,20 @@ A job opts in by running its training loop through `holdfast.run` and being laun
 What happens on a fault:
 
 1. The surviving ranks are never killed. A survivor learns of the fault from its broken
-   collective: gloo fails at once when a peer's connection drops (a killed worker), or after the
-   group's timeout (`HOLDFAST_PG_TIMEOUT`, seconds, default 30) when a peer goes silent (a dead
-   host). `train` raises; `run` catches it, abandons the group (`destroy_process_group`; an NCCL
-   group would be aborted) and drops the model wrapper that belonged to it.
+   collective, or from the agent: gloo fails at once when a peer's connection drops (a killed
+   worker or host, a host fenced for a fatal XID, a hung rank the coordinator stopped). A peer
+   that goes silent with its connections open (a host cut off from the network) would hold the
+   collective until the group's timeout; instead, while `train` runs a thread watches the
+   re-form file (see 2), and when it names a generation newer than the group's it shuts down
+   the group's connections (the sockets `init_process_group` opened; listening ones are left
+   alone), so the blocked collective fails within a poll (20 ms) of the agent's notice. gloo
+   has no abort, and a Python signal handler would not run while the main thread waits in a
+   C++ collective; a thread that holds no lock the collective needs can. The group's timeout
+   (`HOLDFAST_PG_TIMEOUT`, seconds, default 30) stays as the backstop for a group nobody
+   re-forms, long enough that a slow step (a large checkpoint written by one rank while the
+   others wait in the next collective) does not break the group by mistake. `train` raises;
+   `run` catches it, abandons the group (`destroy_process_group`; an NCCL group would be
+   aborted) and drops the model wrapper that belonged to it.
 2. The agent tells the survivors the new generation through the re-form file it names in
    `HOLDFAST_REFORM_FILE` (JSON: generation, master_addr, master_port, nnodes, node_rank,
    nproc_per_node, rdzv_id, resume_from, resume_step; written atomically). `run` waits for a
@@ -58,11 +68,15 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 
 # The exit status of a process whose in-process re-form failed (EX_TEMPFAIL): the coordinator
 # relaunches every rank.
 REFORM_FAILED = 75
+
+# How often the re-form file is read while waiting for the agent's notice, in seconds.
+_POLL_S = 0.02
 
 
 class Context:
@@ -96,19 +110,22 @@ def run(train, state, load=None, backend="gloo"):
 
     ctx = Context()
     reform_file = os.environ.get("HOLDFAST_REFORM_FILE", "")
-    _init_group(dist, backend)
+    sockets = _init_group(dist, backend)
     while True:
         _sync_state(dist, ctx, state, load)
         # What lives now (torch, the model) is left out of later collections: the one that
         # frees the broken group's wrapper after a fault then takes milliseconds, not a second.
         gc.freeze()
+        watch = _ReformWatch(reform_file, ctx.generation, sockets)
         try:
             result = train(ctx)
         except Exception as e:  # noqa: BLE001 - decided below
-            if not reform_file or not _is_group_failure(e):
+            told = watch.stop()
+            if not reform_file or not (told or _is_group_failure(e)):
                 raise
             _log(f"process group broke at step {ctx.step}: {_first_line(e)}")
         else:
+            watch.stop()
             dist.destroy_process_group()
             return result
         # The failed group, the wrapper made for it and the traceback's frames go now.
@@ -117,7 +134,7 @@ def run(train, state, load=None, backend="gloo"):
             if hasattr(obj, "zero_grad"):
                 obj.zero_grad(set_to_none=True)
         try:
-            _join_next_generation(dist, ctx, reform_file, backend)
+            sockets = _join_next_generation(dist, ctx, reform_file, backend)
         except Exception as e:  # noqa: BLE001 - any failure here falls back to a relaunch
             _log(f"in-process re-form failed: {_first_line(e)}; exiting for a full relaunch")
             sys.stdout.flush()
@@ -126,12 +143,96 @@ def run(train, state, load=None, backend="gloo"):
 
 
 def _init_group(dist, backend):
+    """Joins the generation's group; returns the sockets it opened (fd: link)."""
     seconds = float(os.environ.get("HOLDFAST_PG_TIMEOUT", "30"))
     if _int_env("RANK", 0) != 0:
         # Rank 0 hosts the generation's store. A client that finds it not listening yet backs
         # off for about a second before it tries again; waiting for the port here costs 10 ms.
         _wait_for_store(os.environ.get("MASTER_ADDR", ""), _int_env("MASTER_PORT", 0), seconds)
+    before = _sockets()
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+    return {fd: link for fd, link in _sockets().items() if before.get(fd) != link}
+
+
+def _sockets():
+    """The process's open sockets: fd -> 'socket:[inode]'."""
+    found = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            found[int(name)] = link
+    return found
+
+
+class _ReformWatch:
+    """While `train` runs: waits for the agent's notice of a generation newer than `generation`
+    in `reform_file`, and then shuts down the group's connections (`sockets`), so that a
+    collective blocked on a peer that will never answer fails now rather than at the group's
+    timeout. The socket's own fd is shut down, not closed: gloo still owns it."""
+
+    def __init__(self, reform_file, generation, sockets):
+        self._file = reform_file
+        self._generation = generation
+        self._sockets = sockets
+        self._stop = threading.Event()
+        self._told = False
+        self._thread = None
+        if reform_file and sockets:
+            self._thread = threading.Thread(target=self._run, name="holdfast-reform", daemon=True)
+            self._thread.start()
+
+    def stop(self):
+        """Ends the watch (before the group's sockets are closed, so that no fd number it
+        holds is reused); `True` when the notice came and the connections were shut down."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self._told
+
+    def _run(self):
+        while not self._stop.wait(_POLL_S):
+            if _told_generation(self._file) > self._generation:
+                break
+        else:
+            return
+        _log(f"told of a generation after {self._generation}: leaving the group's collectives")
+        self._told = True
+        for fd, link in self._sockets.items():
+            _shut_down(fd, link)
+
+
+def _shut_down(fd, link):
+    """Shuts down the connected socket at `fd` if it is still the one seen as `link`."""
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") != link:
+            return
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        # A listener's accept loop would end the process on an error: only connections.
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _told_generation(reform_file):
+    """The generation the agent last wrote to the re-form file (0: none yet)."""
+    told = _read_json(reform_file)
+    try:
+        return int(told.get("generation", 0)) if isinstance(told, dict) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _wait_for_store(host, port, seconds):
@@ -177,17 +278,16 @@ def _sync_state(dist, ctx, state, load):
 
 
 def _join_next_generation(dist, ctx, reform_file, backend):
-    """Waits for the agent's word of a newer generation, takes its variables and joins it."""
+    """Waits for the agent's word of a newer generation, takes its variables and joins it;
+    returns the new group's sockets."""
     limit = float(os.environ.get("HOLDFAST_REFORM_TIMEOUT", "60"))
     deadline = time.monotonic() + limit
     current = ctx.generation
-    while True:
-        told = _read_json(reform_file)
-        if told is not None and int(told.get("generation", 0)) > current:
-            break
+    while _told_generation(reform_file) <= current:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no generation after {current} in {reform_file} within {limit:.0f} s")
-        time.sleep(0.02)
+        time.sleep(_POLL_S)
+    told = _read_json(reform_file)
     nproc = max(1, int(told["nproc_per_node"]))
     node_rank = int(told["node_rank"])
     rank = node_rank * nproc + ctx.local_rank
@@ -212,7 +312,7 @@ def _join_next_generation(dist, ctx, reform_file, backend):
         }
     )
     _log(f"re-forming as rank {rank}/{world} of generation {generation} at step {ctx.step}")
-    _init_group(dist, backend)
+    return _init_group(dist, backend)
 
 
 def _abandon(dist):

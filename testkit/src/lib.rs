@@ -11,6 +11,8 @@
 //!   it (`job`, `wait_job`, `wait_node`, `finish`, …).
 //! - [`netns`] — test hosts in network namespaces (cut, heal, kill a host).
 //! - [`e2e`] — the end-to-end rig on those hosts: torchrun, an S3 server, faults, baseline.
+//! - [`seed`] — the GCS and Azure emulators' on-disk stores written directly (100,000
+//!   checkpoint objects in seconds, where their APIs take minutes).
 //! - [`slurm`] — a Slurm cluster (slurmctld, slurmds, munge) on network-namespace hosts.
 //! - [`wait`] — waiting for a condition with a deadline.
 //! - [`raw_grpc`] — a codec that sends arbitrary bytes as gRPC messages (a hostile peer).
@@ -33,6 +35,7 @@ pub mod netns;
 pub mod process;
 pub mod raw_grpc;
 pub mod rig;
+pub mod seed;
 pub mod slurm;
 pub mod wait;
 

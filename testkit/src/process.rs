@@ -77,6 +77,20 @@ pub fn timing_summary(times: &mut [f64]) -> String {
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);
 
+impl KillOnDrop {
+    /// Asks the process to stop (SIGINT, as Ctrl-C would) and waits up to `within` for it to
+    /// exit: for servers that write their state out on the way.
+    pub fn interrupt(&mut self, within: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
+        crate::wait_for_blocking(within, || match self.0.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("process {pid} still running after SIGINT")),
+            Err(e) => Err(format!("waiting for process {pid}: {e}")),
+        });
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -16,7 +16,9 @@
 //! `holdfast.run` (python/holdfast) reads it when its process group breaks: it waits for a
 //! generation newer than its own, joins that generation's store and re-forms the group there
 //! (see its docs). No signal is sent: a survivor learns of the fault from its broken collective
-//! (gloo fails at once when a peer's connection drops, or after the job's group timeout).
+//! (gloo fails at once when a peer's connection drops), or from this file: while training it
+//! watches it, and a newer generation there makes it shut down the old group's connections, so
+//! that a collective waiting on a peer that went silent (a host cut off) fails at once.
 
 use std::path::{Path, PathBuf};
 

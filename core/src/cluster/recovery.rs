@@ -62,10 +62,20 @@ impl Cluster {
             let Some(job) = self.jobs.get_mut(job_id) else {
                 return;
             };
-            let before = job.durable_part();
+            // Most events (evidence, progress) change nothing saved: no mark is taken for
+            // them, except in debug builds, which check that.
+            let volatile = event.is_volatile_for(job);
+            let before = (!volatile || cfg!(debug_assertions)).then(|| job.durable_mark());
             let effects = job::step(job, event, now, &limits);
-            if job.durable_part() != before {
-                self.touch_job(job_id);
+            if let Some(before) = before {
+                let changed = job.durable_mark() != before;
+                debug_assert!(
+                    !(volatile && changed),
+                    "an event judged volatile (evidence, unheard, progress) changed job {job_id}'s saved record"
+                );
+                if changed {
+                    self.touch_job(job_id);
+                }
             }
             for effect in effects {
                 self.apply_job_effect(job_id, effect, now, fx, &mut queue);

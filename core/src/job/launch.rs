@@ -131,24 +131,35 @@ pub(super) fn validate_restart(request: &JobRequest) -> Result<RestartMode, Core
     Ok(restart)
 }
 
-/// At a fault in a running generation: marks the ranks in `live` (whose workers may still run)
-/// as kept when the job restarts in process and is not re-forming already (a fault while the
-/// group re-forms falls back to stopping every rank); `true` when they are kept, and records
-/// the step they reached, which the new generation resumes from.
-pub(super) fn keep_survivors(job: &mut Job, live: &BTreeSet<usize>) -> bool {
-    let in_place = job.spec.restart == RestartMode::InProcess && !job.reforming;
+/// At a fault of rank `faulty` (`cause`) in a running generation: marks the ranks in `live`
+/// (whose workers may still run) as kept when the job restarts in process and is not re-forming
+/// already (a fault while the group re-forms falls back to stopping every rank), takes them out
+/// of `live` (the ranks left there are stopped) and records the step they reached, which the
+/// new generation resumes from. A rank blamed for a stall hangs: it is not kept but stopped and
+/// launched anew while the others re-form. A stall blamed on no rank keeps none: which process
+/// hangs is unknown, so every rank is relaunched.
+pub(super) fn keep_survivors(
+    job: &mut Job,
+    live: &mut BTreeSet<usize>,
+    faulty: usize,
+    cause: &FaultCause,
+) {
+    let stalled = matches!(cause, FaultCause::ProgressStalled { .. });
+    let unattributed = matches!(cause, FaultCause::ProgressStalled { blamed: false, .. });
+    let in_place = job.spec.restart == RestartMode::InProcess && !job.reforming && !unattributed;
     if job.reforming {
         (job.message).push_str(" (during an in-process re-form: relaunching every rank)");
     }
     job.reforming = false;
     for (i, r) in job.ranks.iter_mut().enumerate() {
-        r.kept = in_place && live.contains(&i);
+        let hung = stalled && i == faulty;
+        r.kept = in_place && !hung && live.contains(&i);
     }
     if in_place {
         let kept = job.ranks.iter().filter(|r| r.kept);
         job.reform_step = kept.map(|r| r.last_step).max().unwrap_or(0);
     }
-    in_place
+    live.retain(|&i| !job.ranks[i].kept);
 }
 
 /// A re-form that has not stepped on every rank within the start-up grace: the rank that did

@@ -397,10 +397,8 @@ fn on_fault(
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
     // An in-process restart keeps the survivors (they re-form when the next generation
-    // launches): none is stopped.
-    if super::launch::keep_survivors(job, &pending) {
-        pending.clear();
-    }
+    // launches): only the ranks it does not keep are stopped.
+    super::launch::keep_survivors(job, &mut pending, rank, &cause);
     let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
         fx.push(JobEffect::StopWorkers {

@@ -1,8 +1,11 @@
 //! In-process restarts (`restart: in_process`): the survivors' workers are kept and re-form
 //! the group in place, only the failed rank is launched, no step is lost; a fault or a timeout
-//! while the group re-forms falls back to relaunching every rank.
+//! while the group re-forms falls back to relaunching every rank. A hung rank is stopped and
+//! launched anew while the others re-form; a node fault (lost host, cut-off host, fatal XID)
+//! gets a spare while the survivor keeps its process.
 
 use super::*;
+use crate::incident::RecoveryAction;
 use crate::job::JobState;
 
 /// Checkpoints far apart: a relaunch from one would go back many steps, a re-form none.
@@ -20,6 +23,7 @@ fn training() -> Sim {
     let request = JobRequest {
         nproc_per_node: Some(1),
         restart: "in_process".into(),
+        stall_timeout_s: 2.0,
         ..Sim::job_request("job", 2)
     };
     sim.submit(request, PARAMS).expect("accepted");
@@ -65,18 +69,85 @@ fn a_killed_worker_is_relaunched_alone_and_the_survivor_re_forms_with_no_step_lo
     assert_eq!(sim.violations(), Vec::<String>::new());
 }
 
-#[test]
-fn a_killed_host_is_replaced_and_the_survivor_keeps_its_process() {
+/// A node fault on w1 (`inject`): s0 replaces it in generation 2 and w0 keeps its process, no
+/// step lost.
+fn assert_replaced_with_the_survivor_kept(inject: fn(&mut Sim), cause: &[&str]) {
     let mut sim = training();
     let survivor = pid(&sim, "w0").expect("w0 trains");
     let at_fault = sim.job("job").step;
-    sim.kill("w1");
-    assert!(sim.run_until(|s| stepped_in(s, 2), 30_000));
+    inject(&mut sim);
+    let done = sim.run_until(|s| stepped_in(s, 2), 120_000);
+    assert!(done, "{:?} {:?}", sim.job("job"), sim.incidents_of("job"));
     let job = sim.job("job");
     assert_eq!(job.ranks[1].node, "s0");
     assert_eq!(pid(&sim, "w0"), Some(survivor));
     assert!(pid(&sim, "s0").is_some());
     assert!(job.ranks.iter().all(|r| r.last_step > at_fault));
+    let incident = sim.incidents_of("job")[0];
+    assert!(cause.contains(&incident.cause.as_str()), "{incident:?}");
+    assert!(incident.resumed_from_step >= Some(at_fault), "{incident:?}");
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_host_is_replaced_and_the_survivor_keeps_its_process() {
+    let lost = ["agent_lost", "heartbeat_timeout"];
+    assert_replaced_with_the_survivor_kept(|sim| sim.kill("w1"), &lost);
+}
+
+#[test]
+fn a_cut_off_host_is_replaced_and_the_survivor_keeps_its_process() {
+    let lost = ["agent_lost", "heartbeat_timeout"];
+    // Cut off from everything: from the coordinator, and from its peers, whose collective
+    // then waits on it as on a hung rank.
+    let cut_off = |sim: &mut Sim| {
+        sim.cut("w1");
+        sim.hang_worker("w1");
+    };
+    assert_replaced_with_the_survivor_kept(cut_off, &lost);
+}
+
+#[test]
+fn a_fatal_xid_replaces_the_host_and_the_survivor_keeps_its_process() {
+    let fatal = |sim: &mut Sim| sim.inject_fatal_health("w1");
+    assert_replaced_with_the_survivor_kept(fatal, &["health_fatal"]);
+}
+
+/// A SIGSTOPped rank (its agent reports the process stopped, so the stall is blamed on it) is
+/// stopped and launched anew in generation 2 — it could never take the re-form notice — while
+/// the survivor keeps its process and the job goes on from the survivor's step.
+#[test]
+fn a_hung_rank_is_stopped_and_relaunched_alone_while_the_survivor_re_forms() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    let hung = pid(&sim, "w1").expect("w1 trains");
+    let at_fault = sim.job("job").step;
+    sim.stop_worker("w1");
+    assert!(sim.run_until(|s| stepped_in(s, 2), 30_000));
+    assert_eq!(pid(&sim, "w0"), Some(survivor));
+    assert!(pid(&sim, "w1").is_some_and(|p| p != hung));
+    let incident = sim.incidents_of("job")[0];
+    assert_eq!(incident.cause, "progress_stalled", "{incident:?}");
+    assert_eq!(incident.node_id, "w1", "{incident:?}");
+    assert_eq!(incident.action, RecoveryAction::RestartInPlace);
+    assert!(incident.resumed_from_step >= Some(at_fault), "{incident:?}");
+    let job = sim.job("job");
+    assert!(job.ranks.iter().all(|r| r.last_step > at_fault));
+    assert_eq!(sim.violations(), Vec::<String>::new());
+}
+
+/// A stall nothing pins on a rank (every process looks alike, waiting): no process is trusted
+/// to re-form, every rank is relaunched from the checkpoint in generation 2.
+#[test]
+fn a_stall_blamed_on_no_rank_relaunches_every_rank() {
+    let mut sim = training();
+    let survivor = pid(&sim, "w0").expect("w0 trains");
+    sim.hang_worker("w1");
+    assert!(sim.run_until(|s| stepped_in(s, 2), 30_000));
+    let incident = sim.incidents_of("job")[0];
+    assert_eq!(incident.cause, "progress_stalled", "{incident:?}");
+    assert!(pid(&sim, "w0").is_some_and(|p| p != survivor));
+    assert!(sim.job("job").ranks.iter().all(|r| r.last_step < 25));
     assert_eq!(sim.violations(), Vec::<String>::new());
 }
 

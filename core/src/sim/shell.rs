@@ -28,7 +28,9 @@ impl Sim {
     /// Steps the core with `input` now and carries out its commands.
     pub(super) fn step(&mut self, input: Input) {
         self.stats.inputs += 1;
+        let started = std::time::Instant::now();
         let fx = self.cluster.step(input, self.now);
+        self.stats.core_ns += started.elapsed().as_nanos() as u64;
         self.carry_out(fx);
         if self.checks.every_input {
             self.check_state();

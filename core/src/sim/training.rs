@@ -29,6 +29,16 @@ impl Sim {
             (self.gangs.get(&(worker.job_id.clone(), worker.generation))).map_or(0, |g| g.step);
         self.leave_gang(&worker);
         self.join_generation(node, launch, worker.pid, launch.resume_step.max(reached));
+        // A hung, stopped or spinning process is kept like any (its agent cannot tell), but it
+        // never takes the notice: it stays stuck and the group cannot re-form.
+        if matches!(
+            worker.status,
+            WorkerStatus::Hung | WorkerStatus::Stopped | WorkerStatus::Spinning
+        ) {
+            if let Some(kept) = self.agent_mut(node).worker.as_mut() {
+                kept.status = worker.status;
+            }
+        }
         true
     }
 
