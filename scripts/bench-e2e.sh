@@ -13,6 +13,8 @@
 # with warm standby interpreters (torch imported ahead of a relaunch), or that with in-process
 # restart (examples/train_inprocess.py through holdfast.run: survivors re-form the group in place,
 # a replaced rank takes the state from a survivor).
+# --mode memtier: examples/train_memtier.py with the memory state tier (state on this host and a
+# peer every step; a relaunch resumes from it when newer than S3); the JSON adds "state_tier".
 # Prints one JSON line: {"mode", "launcher", "fault", "detect_s", "first_step_after_fault_s",
 # "lost_steps", "recovered", "phases"} (phases: where the time from the fault to the first step
 # went; lost_steps: the job's step at the fault minus the step it resumed from).

@@ -38,6 +38,11 @@ pub struct AgentConfig {
     pub reconnect_max_backoff_ms: u64,
     /// How often a job's progress file is read.
     pub progress_file_poll_ms: u64,
+    /// Where jobs keep their memory tier (`python/holdfast/memtier.py`: each rank's state and
+    /// a peer's copy, every few steps), one directory per job given to its workers as
+    /// `HOLDFAST_MEMORY_DIR`; the agent reports what it holds so a relaunch can resume from
+    /// it. Host memory (tmpfs) by default; empty = off. Absolute.
+    pub memory_tier_dir: PathBuf,
     /// GPUs this host must show; fewer is fatal. 0 = learn the count at first start (kept in
     /// `<state_dir>/expected_gpus`).
     pub expected_gpus: u32,
@@ -120,6 +125,7 @@ impl Default for AgentConfig {
             heartbeat_interval_ms: 500,
             reconnect_max_backoff_ms: 2000,
             progress_file_poll_ms: 200,
+            memory_tier_dir: PathBuf::from("/dev/shm/holdfast"),
             expected_gpus: 0,
             gpu_monitoring: true,
             xid_overrides: BTreeMap::new(),
@@ -201,6 +207,9 @@ impl AgentConfig {
         }
         if !self.script_dir.as_os_str().is_empty() && !self.script_dir.is_absolute() {
             return Err(invalid("script_dir", "must be an absolute path"));
+        }
+        if !self.memory_tier_dir.as_os_str().is_empty() && !self.memory_tier_dir.is_absolute() {
+            return Err(invalid("memory_tier_dir", "must be an absolute path"));
         }
         if self.on_fence_timeout_ms == 0 {
             return Err(invalid("on_fence_timeout_ms", "must be greater than 0"));
@@ -380,6 +389,7 @@ mod tests {
                     c.xid_overrides = BTreeMap::from([("x79".into(), XidClass::Fatal)])
                 }),
                 ("script_dir", |c| c.script_dir = "scripts".into()),
+                ("memory_tier_dir", |c| c.memory_tier_dir = "shm".into()),
                 ("kmsg_path", |c| c.kmsg_path = Some(PathBuf::new())),
                 ("health_poll_interval_ms", |c| c.health_poll_interval_ms = 0),
                 ("probe_timeout_ms", |c| c.probe_timeout_ms = 0),

@@ -133,7 +133,8 @@ pub async fn run_with_outbox(
     )
     .with_on_fence(scripts.clone(), config.on_fence_timeout_ms)
     .with_py_spy(crate::worker::find_py_spy(&config.py_spy))
-    .with_standby(crate::worker::configured_standby(&config));
+    .with_standby(crate::worker::configured_standby(&config))
+    .with_memory_dir(config.memory_tier_dir.clone());
     supervisor.adopt();
     let metrics = crate::metrics::AgentMetrics::default();
     if !config.metrics_listen.is_empty() {

@@ -157,6 +157,12 @@ pub fn incidents(incidents: &[pb::Incident]) -> String {
         for skipped in &i.skipped_checkpoints {
             out.push_str(&format!("      checkpoint passed over: {skipped}\n"));
         }
+        if !i.state_tier.is_empty() {
+            out.push_str(&format!(
+                "      state from the {} tier: {}\n",
+                i.state_tier, i.state_note
+            ));
+        }
     }
     out.push_str(
         "(seconds from the fault; the fault time is estimated from the evidence named under \
@@ -187,6 +193,8 @@ pub fn incident_json(i: &pb::Incident, t0: i64) -> serde_json::Value {
         "open": i.open,
         "rejected_candidates": i.rejected_candidates,
         "skipped_checkpoints": i.skipped_checkpoints,
+        "state_tier": if i.state_tier.is_empty() { serde_json::Value::Null } else { i.state_tier.clone().into() },
+        "state_note": i.state_note,
         "fault_unix_ms": i.fault_unix_ms,
         "detected_unix_ms": i.detected_unix_ms,
         "fault_time_source": if i.fault_time_source.is_empty() { "detection" } else { i.fault_time_source.as_str() },

@@ -166,7 +166,9 @@ fn assert_recovered(run: &FaultRun, options: &JobOptions, causes: &[&str]) -> pb
         .expect("a checkpoint existed at the fault");
     let from = incident.resumed_from_step;
     assert!(
-        from >= at_fault && from <= run.fault_step && from % options.ckpt_every == 0,
+        from >= at_fault
+            && from <= run.fault_step
+            && (from % options.ckpt_every == 0 || incident.state_tier == "memory"),
         "resumed from step {from}; the latest complete checkpoint at the fault was {at_fault} (fault at step {})",
         run.fault_step
     );
@@ -581,4 +583,86 @@ fn assert_recovered_in_place(
         "{fault}: the job was relaunched more than once"
     );
     incident
+}
+
+/// The memory state tier under `restart: relaunch` (`train_memtier.py` through the native
+/// launcher with warm standbys): every step each rank keeps its state in its host's memory tier
+/// and on the peer host. node-2 is killed with its memory; the relaunch on node-1 and spare-1
+/// resumes from the memory tier, newer than the last S3 checkpoint — spare-1 had nothing and
+/// took rank 1's state from node-1's copy over the new group — at the step the fault hit: no
+/// step lost, none applied twice, the weights of the same job run without a fault.
+#[test]
+fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_free_weights() {
+    let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
+        return;
+    };
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let case = Case::new("memtier", E2eFault::HostKill, 1);
+    let dir = Scratch::new("e2e-memtier");
+    let mut cluster = start_cluster(tools, &case, &dir);
+    let reference = JobOptions {
+        steps: 30,
+        prefix: "memtier-reference".into(),
+        launcher: E2eLauncher::Memtier,
+        ..Default::default()
+    };
+    let faulted = JobOptions {
+        prefix: "memtier".into(),
+        ..reference.clone()
+    };
+    // Two steps past a checkpoint: S3 is behind the memory tier at the fault.
+    let injection = Injection {
+        fault: E2eFault::HostKill,
+        after_step: reference.ckpt_every * 2 + 2,
+        node: Some("node-2".into()),
+    };
+    let (clean, run) = cluster
+        .control(async |cluster| {
+            cluster
+                .wait_ready(3, Duration::from_secs(30))
+                .await
+                .unwrap();
+            let spec = cluster.job_spec(&reference);
+            let clean = cluster.run_job(spec, None, JOB_DEADLINE, |_, _| {}).await;
+            let spec = cluster.job_spec(&faulted);
+            let run = (cluster.run_job(spec, Some(injection), JOB_DEADLINE, |_, _| {})).await;
+            (clean.unwrap(), run.unwrap())
+        })
+        .unwrap();
+    println!("memtier → {} (messages: {:?})", run.json(), run.messages);
+    if run.job.state != "succeeded" || clean.job.state != "succeeded" {
+        cluster.print_log_tails(&["coordinator", "node-1", "spare-1"]);
+    }
+    assert_eq!(clean.job.state, "succeeded", "{}", clean.job.message);
+    let incident = assert_recovered(&run, &faulted, &["agent_lost", "heartbeat_timeout"]);
+    assert_eq!(incident.replacement_node_id, "spare-1");
+    assert_eq!(incident.state_tier, "memory", "{}", incident.state_note);
+    // What `holdfast incidents` prints, and its JSON.
+    let table = holdfast_cli::tables::incidents(std::slice::from_ref(&incident));
+    assert!(table.contains("state from the memory tier: "), "{table}");
+    let json = holdfast_cli::tables::incident_json(&incident, incident.fault_unix_ms);
+    assert_eq!(json["state_tier"], "memory", "{json}");
+    let at_fault = run.checkpoint_at_fault.unwrap_or(0);
+    assert!(
+        incident.resumed_from_step > at_fault,
+        "resumed from step {}, no newer than S3's {at_fault}",
+        incident.resumed_from_step
+    );
+    assert_eq!(run.lost_steps(), Some(0), "{incident:?}");
+    let expected = &final_report(&cluster, &reference.prefix, 0)["weights_sha256"];
+    assert!(expected.is_string());
+    for rank in [0, 1] {
+        let report = final_report(&cluster, &faulted.prefix, rank);
+        assert_eq!(report["generation"], 2, "{report}");
+        assert_eq!(report["restored_from"], "memory", "{report}");
+        assert_eq!(report["first_step_run"], incident.resumed_from_step + 1);
+        assert_eq!(&report["weights_sha256"], expected, "{report}");
+    }
+    // The job's copies are gone with it from the hosts that ran it to the end.
+    for node in ["node-1", "spare-1"] {
+        let left = std::fs::read_dir(cluster.memory_tier_dir(node))
+            .map(|d| d.flatten().count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{node} still holds memory-tier copies");
+    }
 }

@@ -158,6 +158,11 @@ pub fn incident(i: &Incident) -> pb::Incident {
         fault_step: i.fault_step,
         rejected_candidates: i.rejected_candidates.clone(),
         skipped_checkpoints: i.skipped_checkpoints.clone(),
+        state_tier: i
+            .state_tier
+            .map(|t| t.code().to_string())
+            .unwrap_or_default(),
+        state_note: i.state_note.clone(),
         ranks: i
             .ranks
             .iter()

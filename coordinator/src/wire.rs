@@ -256,6 +256,16 @@ pub fn progress(p: pb::Progress) -> Progress {
         job_id: p.job_id.into(),
         generation: p.generation.into(),
         step: p.step,
+        memory: p
+            .memory
+            .into_iter()
+            .take(holdfast_core::checkpoint::MAX_MEMORY_HOLDINGS)
+            .map(|m| holdfast_core::checkpoint::MemoryHolding {
+                step: m.step,
+                world: m.world,
+                ranks: m.ranks,
+            })
+            .collect(),
     }
 }
 

@@ -115,6 +115,14 @@ pub struct Incident {
     /// ("step-N: reason"): a truncated or corrupted file, a missing one.
     #[serde(default)]
     pub skipped_checkpoints: Vec<String>,
+    /// The tier the relaunch took its state from (`None` until it resolved one): the memory
+    /// tier when every rank's state at a newer step survived in host memory, else durable.
+    #[serde(default)]
+    pub state_tier: Option<crate::checkpoint::StateTier>,
+    /// Why that tier: the memory tier's step and the durable one's, or why the memory tier
+    /// could not be used (a copy held only by a fenced node, a shrunk job).
+    #[serde(default)]
+    pub state_note: String,
     /// For a stall: what each rank's agent saw of its worker when the stall was judged, one
     /// entry per rank in rank order (empty for other faults).
     #[serde(default)]
@@ -178,6 +186,13 @@ pub enum IncidentEvent {
         /// One "step-N: reason" per checkpoint passed over, newest first.
         reasons: Vec<String>,
     },
+    /// The relaunch's state was resolved across tiers.
+    StateChosen {
+        /// The tier it resumes from.
+        tier: crate::checkpoint::StateTier,
+        /// Why (see [`Incident::state_note`]).
+        note: String,
+    },
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
         /// The candidate, now fenced.
@@ -222,6 +237,8 @@ impl Incident {
             fault_step: 0,
             rejected_candidates: Vec::new(),
             skipped_checkpoints: Vec::new(),
+            state_tier: None,
+            state_note: String::new(),
             ranks: Vec::new(),
             fault_time_source: FaultTimeSource::Detection,
         }
@@ -309,6 +326,12 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
         IncidentEvent::CheckpointsSkipped { reasons } => {
             if next.relaunched_at.is_none() {
                 next.skipped_checkpoints.extend(reasons.iter().cloned());
+            }
+        }
+        IncidentEvent::StateChosen { tier, note } => {
+            if next.relaunched_at.is_none() {
+                next.state_tier = Some(*tier);
+                next.state_note = crate::limits::truncated(note, crate::limits::MAX_REASON);
             }
         }
         IncidentEvent::Replaced { node } => {

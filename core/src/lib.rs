@@ -20,7 +20,8 @@
 //!   fake clock and fault injection; a test double, never enabled in the daemons.
 //! - [`protocol`] — what agents report and are told, and what operators submit and see, in the
 //!   core's own types (the coordinator's wire layer maps them to protobuf).
-//! - [`checkpoint`] — the checkpoint a generation resumes from; fenced generations.
+//! - [`checkpoint`] — the checkpoint a generation resumes from; fenced generations; the memory
+//!   state tier (what nodes hold, the newest step held for every rank; chosen in `job/tiers.rs`).
 //! - [`records`] — the durable state as keyed records.
 //! - [`config`] — the coordinator's settings with defaults and validation.
 //! - [`config_file`] — TOML settings files: errors that name the file, the line and the key; the

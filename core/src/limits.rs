@@ -46,6 +46,8 @@ pub const MAX_JOB_FIELD: usize = 4096;
 pub const MAX_ALLOWED_NODES: usize = 10_000;
 /// How much of an agent-supplied text goes into a log line or an event.
 pub const MAX_LOGGED: usize = 2048;
+/// Most ranks a memory-tier report may name per step (and the most ranks of a job it counts).
+pub const MAX_MEMORY_RANKS: usize = 65_536;
 /// Checkpoints passed over that one recovery records (the newest; the count says the rest).
 pub const MAX_SKIPPED_CHECKPOINTS: usize = 16;
 
@@ -178,7 +180,20 @@ pub fn check_worker_event(event: &WorkerEvent) -> Result<(), CoreError> {
 
 /// A progress report.
 pub fn check_progress(progress: &Progress) -> Result<(), CoreError> {
-    max_len("progress.job_id", &progress.job_id, MAX_JOB_ID)
+    max_len("progress.job_id", &progress.job_id, MAX_JOB_ID)?;
+    at_most(
+        progress.memory.len(),
+        crate::checkpoint::MAX_MEMORY_HOLDINGS,
+        "lists",
+        "memory-tier steps",
+    )
+    .map_err(|reason| invalid("progress.memory", reason))?;
+    for held in &progress.memory {
+        at_most(held.ranks.len(), MAX_MEMORY_RANKS, "lists", "ranks")
+            .and_then(|()| at_most(held.world as usize, MAX_MEMORY_RANKS, "has", "ranks"))
+            .map_err(|reason| invalid("progress.memory.ranks", reason))?;
+    }
+    Ok(())
 }
 
 /// A script's result.

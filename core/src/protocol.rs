@@ -287,6 +287,9 @@ pub struct Progress {
     pub generation: Generation,
     /// The step it reached.
     pub step: u64,
+    /// The memory-tier state the node holds for the job (newest first, at most
+    /// [`crate::checkpoint::MAX_MEMORY_HOLDINGS`]); empty when the job keeps none.
+    pub memory: Vec<crate::checkpoint::MemoryHolding>,
 }
 
 /// A lifecycle script's result.

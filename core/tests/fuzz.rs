@@ -81,6 +81,7 @@ fn input() -> impl Strategy<Value = Input> {
                         job_id,
                         generation,
                         step,
+                        memory: Vec::new(),
                     },
                 }
             }

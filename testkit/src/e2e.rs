@@ -122,6 +122,11 @@ pub enum E2eLauncher {
     /// in place and a replaced rank takes the state from a survivor.
     #[value(name = "inprocess")]
     InProcess,
+    /// The memory state tier: `train_memtier.py` (train_ddp.py's job keeping each rank's state
+    /// in host memory and on a peer host every step) on the native launcher with warm
+    /// standbys; a relaunch resumes from the memory tier when it is newer than S3.
+    #[value(name = "memtier")]
+    Memtier,
 }
 
 impl E2eLauncher {
@@ -131,6 +136,7 @@ impl E2eLauncher {
             E2eLauncher::Native => "native",
             E2eLauncher::NativeWarm => "native-warm",
             E2eLauncher::InProcess => "inprocess",
+            E2eLauncher::Memtier => "memtier",
         }
     }
 }
@@ -272,6 +278,7 @@ impl FaultRun {
             self.recovered(),
         );
         line["lost_steps"] = self.lost_steps().into();
+        line["state_tier"] = self.incident().map(|i| i.state_tier.clone()).into();
         line
     }
 }
@@ -575,10 +582,10 @@ impl NetnsCluster {
         let examples = examples_dir();
         if options.launcher != E2eLauncher::Torchrun {
             let in_process = options.launcher == E2eLauncher::InProcess;
-            let script = if in_process {
-                "train_inprocess.py"
-            } else {
-                "train_ddp.py"
+            let script = match options.launcher {
+                E2eLauncher::InProcess => "train_inprocess.py",
+                E2eLauncher::Memtier => "train_memtier.py",
+                _ => "train_ddp.py",
             };
             let mut command = vec![
                 self.python().display().to_string(),
@@ -803,6 +810,9 @@ impl Rig for NetnsCluster {
             ])
             .args(["--advertise-address", &host.addr.to_string(), "--state-dir"])
             .arg(&state)
+            // Each host its own memory tier: the hosts share this machine's /dev/shm.
+            .arg("--memory-tier-dir")
+            .arg(self.memory_tier_dir(node))
             .args(extra);
         let child = self.spawn_logged(&mut agent, node, &format!("the agent of {node}"))?;
         self.agents.insert(node.to_string(), child);

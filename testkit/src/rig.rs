@@ -55,6 +55,12 @@ pub trait Rig {
         self.dir().join("nodes").join(node)
     }
 
+    /// A node's memory state tier (its agent's `memory_tier_dir`): what its host would keep in
+    /// RAM, gone with the host.
+    fn memory_tier_dir(&self, node: &str) -> PathBuf {
+        self.state_dir(node).join("memory")
+    }
+
     /// The log of a process the rig started: `coordinator`, a node's agent (its workers'
     /// output included), …
     fn log_path(&self, name: &str) -> PathBuf {

@@ -61,6 +61,8 @@ pub struct Supervisor {
     pub(super) standby: Option<super::standby::Standby>,
     /// The standbys the agent's config keeps whenever no worker runs (`standby_python`).
     configured_standby: Option<super::StandbyKey>,
+    /// Where jobs keep their memory tier (`memory_tier_dir`); empty = off.
+    pub(super) memory_dir: PathBuf,
 }
 
 impl Supervisor {
@@ -95,7 +97,15 @@ impl Supervisor {
             py_spy: None,
             standby: None,
             configured_standby: None,
+            memory_dir: PathBuf::new(),
         }
+    }
+
+    /// Gives each job's workers a memory-tier directory under `root` (`HOLDFAST_MEMORY_DIR`)
+    /// and reports what they keep there; an empty `root` keeps the tier off.
+    pub fn with_memory_dir(mut self, root: PathBuf) -> Supervisor {
+        self.memory_dir = root;
+        self
     }
 
     /// Dumps stalled workers' stacks with `py_spy` (none: stacks are not available).
@@ -209,6 +219,8 @@ impl Supervisor {
                 tracing::warn!("node fenced: {}", fence.reason);
                 self.stop_current("node fenced").await;
                 self.discard_standby();
+                // A fenced node's copies no longer count anywhere: give their memory back.
+                super::memtier::clear(&self.memory_dir);
                 self.run_on_fence(&fence);
             }
         }
@@ -345,6 +357,11 @@ impl Supervisor {
         );
         if let Some(step) = read_progress_file(&running.progress_file) {
             running.progress.report(step);
+        }
+        // What the job's memory tier holds here now, too: its last save may not be told yet.
+        let job_id = &running.record.job_id;
+        if let Some(dir) = super::memtier::job_dir(&self.memory_dir, job_id) {
+            running.progress.report_memory(super::memtier::scan(&dir));
         }
         record::write(&self.state_dir, None);
         if let Ok(mut snap) = self.snapshot.lock() {

@@ -38,6 +38,7 @@ impl Supervisor {
             job_id: record.job_id.clone(),
             generation: Arc::new(record.generation.into()),
             last: Arc::new(std::sync::Mutex::new(0)),
+            memory: Arc::default(),
             snapshot: self.snapshot.clone(),
         };
         let done = Arc::new(WorkerGone::default());
@@ -55,6 +56,7 @@ impl Supervisor {
         ));
         tokio::spawn(poll_progress_file(
             record.progress_file.clone(),
+            super::memtier::job_dir(&self.memory_dir, &record.job_id),
             self.progress_poll,
             progress.clone(),
         ));
@@ -84,6 +86,8 @@ pub(super) struct ProgressReporter {
     /// Changes when the worker is kept for the next generation (an in-process restart).
     generation: Arc<std::sync::atomic::AtomicU64>,
     last: Arc<std::sync::Mutex<u64>>,
+    /// What the job's memory tier on this host last held; sent with each progress.
+    memory: Arc<std::sync::Mutex<Vec<pb::MemoryHolding>>>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
 }
 
@@ -108,12 +112,35 @@ impl ProgressReporter {
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.last_step = step;
         }
+        self.send(step);
+    }
+
+    /// The job's memory tier here now holds `held`: told at once when it changed (with the
+    /// last step; before any step, with the first).
+    pub(super) fn report_memory(&self, held: Vec<pb::MemoryHolding>) {
+        let Ok(mut memory) = self.memory.lock() else {
+            return;
+        };
+        if *memory == held {
+            return;
+        }
+        *memory = held;
+        drop(memory);
+        let step = self.last.lock().map_or(0, |last| *last);
+        if step > 0 {
+            self.send(step);
+        }
+    }
+
+    fn send(&self, step: u64) {
+        let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
         let _ = self.outbox.send(pb::AgentMessage {
             body: Some(ToCoordinator::Progress(pb::Progress {
                 job_id: self.job_id.clone(),
                 generation: self.generation(),
                 step,
                 at_unix_ms: now_ms(),
+                memory,
             })),
         });
     }
@@ -218,13 +245,25 @@ async fn follow_log(
     }
 }
 
-/// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) until the worker is gone.
-async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressReporter) {
+/// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) and the job's memory
+/// tier here (`memory`, when on) until the worker is gone.
+async fn poll_progress_file(
+    path: PathBuf,
+    memory: Option<PathBuf>,
+    every: Duration,
+    progress: ProgressReporter,
+) {
     let mut interval = tokio::time::interval(every);
     loop {
         interval.tick().await;
         if progress.closed() {
             return;
+        }
+        if let Some(dir) = memory.clone() {
+            if let Ok(held) = tokio::task::spawn_blocking(move || super::memtier::scan(&dir)).await
+            {
+                progress.report_memory(held);
+            }
         }
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {

@@ -22,6 +22,7 @@
 //! - `reform.rs` — in-process restarts: a survivor kept and told the next generation.
 //! - `standby.rs` — warm standby interpreters (modules imported) that take the next launch.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
+//! - `memtier.rs` — the job's memory tier (`HOLDFAST_MEMORY_DIR`): what it holds, reported.
 //! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
 //! - `stacks.rs` — `py-spy dump` of a stalled worker's Python processes.
 //! - `adopt.rs` — taking over the worker recorded in `worker.json` after an agent restart.
@@ -32,6 +33,7 @@ mod actor;
 mod adopt;
 mod evidence;
 mod follow;
+mod memtier;
 mod native;
 pub mod placeholders;
 mod record;

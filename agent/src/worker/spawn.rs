@@ -26,7 +26,10 @@ impl Supervisor {
     /// Starts `launch`'s worker and makes it the running one; a worker that cannot start is
     /// reported as exited (code 127, as a shell reports a command it cannot run).
     pub(super) async fn launch(&mut self, launch: pb::Launch) {
-        let vars = placeholders(&launch, &self.node_id, &self.advertise_address);
+        let mut vars = placeholders(&launch, &self.node_id, &self.advertise_address);
+        if let Some(dir) = super::memtier::job_dir(&self.memory_dir, &launch.job_id) {
+            vars.push(("memory_dir", dir.display().to_string()));
+        }
         let argv: Vec<String> = launch
             .command
             .iter()

@@ -518,6 +518,7 @@ async fn serve(
                             generation: w.generation,
                             step: w.step,
                             at_unix_ms: now_ms(),
+                            memory: Vec::new(),
                         }));
                     }
                 }

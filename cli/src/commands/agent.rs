@@ -28,6 +28,9 @@ pub struct Args {
     /// State directory.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Where jobs keep their memory state tier (default /dev/shm/holdfast; "" = off).
+    #[arg(long)]
+    memory_tier_dir: Option<PathBuf>,
     /// Address other hosts reach this one at.
     #[arg(long)]
     advertise_address: Option<String>,
@@ -110,6 +113,7 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
         };
     }
     set(&mut config.state_dir, args.state_dir);
+    set(&mut config.memory_tier_dir, args.memory_tier_dir);
     set(&mut config.advertise_address, args.advertise_address);
     set(&mut config.metrics_listen, args.metrics_listen);
     set(&mut config.script_dir, args.script_dir);

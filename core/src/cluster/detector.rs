@@ -164,6 +164,14 @@ impl Cluster {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.last_step = p.step;
         }
+        if let Some(job) = self.jobs.get_mut(&p.job_id) {
+            // Only a node of the job, in its current generation, speaks for its memory tier.
+            if p.generation == job.generation && job.rank_of(node_id).is_some() {
+                let mut held = p.memory;
+                held.truncate(crate::checkpoint::MAX_MEMORY_HOLDINGS);
+                job.memory_held.insert(node_id.into(), held);
+            }
+        }
         self.drive(
             &p.job_id,
             JobEvent::Progress {

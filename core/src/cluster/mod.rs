@@ -536,3 +536,5 @@ mod retention_tests;
 
 #[cfg(test)]
 mod allowed_tests;
+#[cfg(test)]
+mod memtier_tests;

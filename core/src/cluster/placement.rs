@@ -174,6 +174,22 @@ impl Cluster {
         let span = u64::from(self.config.rdzv_port_span);
         let master_port =
             u64::from(self.config.rdzv_port_base) + (job_salt + generation.get()) % span;
+        let mut env = job.spec.env.clone();
+        if resume.is_some_and(|c| c.uri.starts_with(crate::checkpoint::MEMORY_URI_SCHEME)) {
+            // The trainer falls back to this if its memory-tier copy cannot be read.
+            let fallback = job.durable_fallback.as_ref();
+            env.extend([
+                ("HOLDFAST_STATE_TIER".into(), "memory".into()),
+                (
+                    "HOLDFAST_DURABLE_FROM".into(),
+                    fallback.map(|c| c.uri.clone()).unwrap_or_default(),
+                ),
+                (
+                    "HOLDFAST_DURABLE_STEP".into(),
+                    fallback.map_or(0, |c| c.step).to_string(),
+                ),
+            ]);
+        }
         for (rank, r) in job.ranks.iter().enumerate() {
             fx.push(Command::Send {
                 node: r.node.clone(),
@@ -181,7 +197,7 @@ impl Cluster {
                     job_id: job_id.into(),
                     generation,
                     command: job.spec.command.clone(),
-                    env: job.spec.env.clone().into_iter().collect(),
+                    env: env.clone(),
                     node_rank: rank as u32,
                     nnodes: job.ranks.len() as u32,
                     master_addr: master_addr.clone(),

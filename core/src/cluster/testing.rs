@@ -284,6 +284,7 @@ pub(super) fn worker(
                 job_id,
                 generation: Generation(generation),
                 step,
+                memory: Vec::new(),
             };
             return c.step(
                 Input::Progress {

@@ -443,6 +443,15 @@ pub struct Job {
     /// reconnect grace, progress vouching) names it soon. Not stored.
     #[serde(skip)]
     pub unheard_at: Option<UnixMillis>,
+    /// The memory-tier state each of the job's nodes last reported holding (see
+    /// [`crate::checkpoint::MemoryHolding`]). Not stored: after a coordinator restart the
+    /// agents report it again, and until then the durable tier is used.
+    #[serde(skip)]
+    pub memory_held: BTreeMap<NodeId, Vec<crate::checkpoint::MemoryHolding>>,
+    /// When the current generation resumed from the memory tier: the durable checkpoint the
+    /// trainer falls back to if its memory copy cannot be read (`None`: a fresh start).
+    #[serde(default)]
+    pub durable_fallback: Option<Checkpoint>,
 }
 
 /// What can happen to a job.
@@ -645,6 +654,8 @@ impl Job {
             relaunch_not_before: None,
             reforming: false,
             reform_step: 0,
+            memory_held: BTreeMap::new(),
+            durable_fallback: None,
             step_time_ms: 0,
             step_advanced_at: 0,
             unheard_at: None,
@@ -710,6 +721,9 @@ impl Job {
             step_time_ms: _,
             step_advanced_at: _,
             unheard_at: _,
+            memory_held: _,
+            // Set only as a generation starts, which the generation in the mark shows.
+            durable_fallback: _,
         } = self;
         DurableMark {
             state: state.clone(),
@@ -739,6 +753,7 @@ impl Job {
 
 mod launch;
 mod step;
+mod tiers;
 pub use step::{step, UNCONFIRMED_EXIT_GRACE_MS};
 
 #[cfg(test)]

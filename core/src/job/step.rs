@@ -243,7 +243,8 @@ fn on_resolved(
         _ => return,
     };
     match result {
-        Ok(resume) => {
+        Ok(durable) => {
+            let resume = super::tiers::choose(job, durable, fx);
             job.generation = job.generation.next();
             for r in &mut job.ranks {
                 r.started = false;

@@ -223,6 +223,7 @@ impl Sim {
                             job_id: job_id.clone(),
                             generation,
                             step,
+                            memory: Vec::new(),
                         },
                     },
                 );

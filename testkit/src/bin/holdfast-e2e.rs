@@ -96,7 +96,10 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         if args.fault == E2eFault::Xid {
             agent_args.push("--enable-fault-injection".into());
         }
-        if matches!(args.mode, E2eLauncher::NativeWarm | E2eLauncher::InProcess) {
+        if matches!(
+            args.mode,
+            E2eLauncher::NativeWarm | E2eLauncher::InProcess | E2eLauncher::Memtier
+        ) {
             // Every agent keeps standbys from the start: the spare's too, so a replacement
             // launch is as warm as a restart in place.
             agent_args.push("--standby-python".into());
