@@ -9,6 +9,7 @@
 HOLDFAST_VENV="${HOLDFAST_VENV:-$HOLDFAST_CACHE/venv-torch}"
 if ! "$HOLDFAST_VENV/bin/python" -c 'import torch, numpy, boto3' >/dev/null 2>&1; then
   holdfast_torch_need_kb=$((8 * 1024 * 1024))
+  mkdir -p "$HOLDFAST_CACHE"
   holdfast_torch_free_kb="$(df -Pk "$HOLDFAST_CACHE" | awk 'NR==2 {print $4}')"
   if [ "${holdfast_torch_free_kb:-0}" -lt "$holdfast_torch_need_kb" ]; then
     echo "error: installing PyTorch needs about 8 GB free under $HOLDFAST_CACHE;" \
