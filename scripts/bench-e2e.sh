@@ -17,8 +17,9 @@
 # a replaced rank takes the state from a survivor).
 # Prints one JSON line: {"mode", "launcher", "fault", "detect_s", "first_step_after_fault_s",
 # "lost_steps", "recovered", "phases"} (mode: "holdfast", or a baseline's "baseline" or
-# "ft-launcher", which have no launcher or phases; phases: where the time from the fault to the
-# first step went; lost_steps: the job's step at the fault minus the step it resumed from).
+# "ft-launcher", which have no launcher and coarser phases — detect, restart, imports,
+# rendezvous, state, first_step; phases: where the time from the fault to the first step went;
+# lost_steps: the job's step at the fault minus the step it resumed from).
 # A run that has not recovered within the bound (default 600 s) reports recovered: false.
 # Installs what it needs on first use (PyTorch and moto into $HOLDFAST_CACHE; for --baseline
 # ft-launcher, nvidia-resiliency-ext beside them, for the benchmark only). Needs root.
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
     --json) flags+=(--json); shift ;;
     --bound-s) bound="${2:?--bound-s needs a value}"; shift 2 ;;
     --steps) flags+=(--steps "${2:?--steps needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench-e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -953,6 +953,8 @@ pub struct BaselineRun {
     /// The job's step at the fault minus the step the restarted ranks resumed from.
     pub lost_steps: Option<u64>,
     pub recovered: bool,
+    /// Where the time went (see [`baseline_phases`]).
+    pub phases: serde_json::Value,
 }
 
 impl BaselineRun {
@@ -965,8 +967,64 @@ impl BaselineRun {
             self.recovered,
         );
         line["lost_steps"] = self.lost_steps.into();
+        line["phases"] = self.phases.clone();
         line
     }
+}
+
+/// A baseline's recovery in phases, in seconds, from its output after the fault (`after`, the
+/// fault at Unix time `fault_unix`): detect (→ the first failure line), restart (→ the latest
+/// restarted rank's script started: the launcher stopping the group, its rendezvous, the
+/// spawn), then the `phase` marks `train_ddp.py` prints — imports (torch), rendezvous (process
+/// group), state (checkpoint loaded) — and first_step (→ the first step past the resume point).
+fn baseline_phases(
+    after: &[Line],
+    at: Instant,
+    fault_unix: f64,
+    run: &BaselineRun,
+) -> serde_json::Value {
+    let mut marks: BTreeMap<&str, f64> = BTreeMap::new();
+    for (_, line) in after {
+        let mut words = line.split_whitespace();
+        if let (Some("phase"), Some(name), Some(Ok(t))) = (
+            words.next(),
+            words.next(),
+            words.next().map(str::parse::<f64>),
+        ) {
+            let latest = marks.entry(name).or_insert(t);
+            *latest = latest.max(t);
+        }
+    }
+    let detected = after
+        .iter()
+        .find(|(_, l)| is_failure_line(l))
+        .map(|(t, _)| fault_unix + t.duration_since(at).as_secs_f64());
+    let times = [
+        Some(fault_unix),
+        detected,
+        marks.get("start").copied(),
+        marks.get("imports").copied(),
+        marks.get("rendezvous").copied(),
+        marks.get("state").copied(),
+        run.first_step_after_fault_s.map(|s| fault_unix + s),
+    ];
+    let names = [
+        "detect",
+        "restart",
+        "imports",
+        "rendezvous",
+        "state",
+        "first_step",
+    ];
+    let mut phases = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let span = match (times[i], times[i + 1]) {
+            (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
+            _ => None,
+        };
+        phases.insert((*name).into(), span.into());
+    }
+    phases.into()
 }
 
 /// `ft_launcher`'s fault-tolerance settings for this job, after its documentation (heartbeat
@@ -1067,7 +1125,9 @@ pub fn run_baseline(
         first_step_after_fault_s: None,
         lost_steps: None,
         recovered: false,
+        phases: serde_json::Value::Null,
     };
+    let mut fault_unix = 0.0;
     loop {
         let all_exited = children
             .iter_mut()
@@ -1091,6 +1151,9 @@ pub fn run_baseline(
                         .cloned();
                     if let (true, Some(victim)) = (has_checkpoint, victim) {
                         fault_at = Some((Instant::now(), snapshot.len()));
+                        fault_unix = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64());
                         fault_step = step;
                         if fault == E2eFault::Xid {
                             // Without holdfast nothing reads the GPU's error stream: the
@@ -1135,6 +1198,10 @@ pub fn run_baseline(
         .all(|(_, c)| c.try_wait().ok().flatten().is_some_and(|s| s.success()));
     result.recovered =
         fault != E2eFault::Xid && succeeded && result.first_step_after_fault_s.is_some();
+    if let Some((at, from)) = fault_at {
+        let all: Vec<Line> = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        result.phases = baseline_phases(&all[from.min(all.len())..], at, fault_unix, &result);
+    }
     for node in &nodes {
         let _ = cluster.lab.heal(node);
         let _ = cluster.lab.kill_processes(node);
