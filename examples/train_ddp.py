@@ -14,6 +14,11 @@ variables, AWS_ENDPOINT_URL included) or to a `file://` prefix. On start the job
 HOLDFAST_RESUME_FROM when holdfast sets it; with `--resume-latest` (for runs without holdfast) it
 looks for the newest complete checkpoint itself.
 
+With `--ft-heartbeats` (only for the benchmark's `ft_launcher` baseline) each rank connects to
+its rank monitor through `nvidia_resiliency_ext`'s `RankMonitorClient` and sends a heartbeat
+after every step, as that package's heartbeat API asks; without it nothing of the package is
+imported.
+
 For the benchmarks each rank prints `phase NAME UNIX_SECONDS` as it starts (`start`, before the
 torch import), has imported torch (`imports`), joined the process group (`rendezvous`) and
 loaded its state (`state`).
@@ -133,10 +138,17 @@ def main():
     phase("imports", IMPORTED)
     parser = arguments(__doc__)
     parser.add_argument("--resume-latest", action="store_true", help="resume from the newest complete checkpoint")
+    parser.add_argument("--ft-heartbeats", action="store_true", help="heartbeats to ft_launcher's rank monitor")
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
     phase("rendezvous")
+    monitor = None
+    if args.ft_heartbeats:
+        from nvidia_resiliency_ext import fault_tolerance
+
+        monitor = fault_tolerance.RankMonitorClient()
+        monitor.init_workload_monitoring()
     rank, world = dist.get_rank(), dist.get_world_size()
     generation = int(os.environ.get("HOLDFAST_GENERATION", "0"))
     torch.manual_seed(0)
@@ -182,8 +194,12 @@ def main():
             store.put(f"step-{step}/model.pt", model_bytes)
             # The marker is written last: only then does the checkpoint count.
             store.put(f"step-{step}/{MARKER}", checkpoint.marker(step, generation, {"model.pt": model_bytes}))
+        if monitor is not None:
+            monitor.send_heartbeat()
         time.sleep(max(0.0, args.step_time - (time.monotonic() - started)))
     print(f"rank {rank}: done at step {step}", flush=True)
+    if monitor is not None:
+        monitor.shutdown_workload_monitoring()
     dist.destroy_process_group()
 
 

@@ -6,43 +6,17 @@
 // Usage: scripts/plot-swarm.sh [BENCHMARKS.md] [docs/bench-swarm.png]
 'use strict';
 const fs = require('fs');
-const path = require('path');
-const { chromium } = require('playwright-core');
+const { readTable, num, niceStep, renderPng, run } = require('./plot-lib.cjs');
 
 const [source = 'BENCHMARKS.md', out = 'docs/bench-swarm.png'] = process.argv.slice(2);
 
 // The rows of the swarm table: {label, agents, cpu, rss, detect} (null where a cell has none).
-function readTable(text) {
-  const lines = text.split('\n');
-  const start = lines.findIndex((l) => l.startsWith('## Scale'));
-  if (start < 0) throw new Error(`${source}: no "## Scale" section`);
-  const head = lines.findIndex((l, k) => k > start && l.startsWith('|') && l.includes('coord CPU cores'));
-  if (head < 0) throw new Error(`${source}: no table with a "coord CPU cores" column under "## Scale"`);
-  const cells = (l) => l.split('|').slice(1, -1).map((c) => c.trim());
-  const names = cells(lines[head]);
-  const col = (want) => {
-    const k = names.findIndex((n) => n.startsWith(want));
-    if (k < 0) throw new Error(`${source}: the swarm table has no "${want}" column (has: ${names.join(', ')})`);
-    return k;
-  };
+function swarmRows(text) {
+  const { rows, col } = readTable(text, source, '## Scale', 'coord CPU cores');
   const [agents, cpu, rss, detect] = [col('agents'), col('coord CPU cores'), col('coord RSS MB'), col('detect P50 / P99')];
-  const num = (s) => {
-    const v = parseFloat(String(s).replace(/,/g, ''));
-    return Number.isFinite(v) ? v : null;
-  };
-  const rows = [];
-  for (let k = head + 2; k < lines.length && lines[k].startsWith('|'); k++) {
-    const c = cells(lines[k]);
-    const p99 = (c[detect] || '').split('/')[1];
-    rows.push({ label: c[agents], agents: num(c[agents]), cpu: num(c[cpu]), rss: num(c[rss]), detect: num(p99) });
-  }
-  return rows.filter((r) => r.agents !== null);
-}
-
-// A round step (1, 2 or 5 times a power of ten) giving about four ticks up to `max`.
-function niceStep(max) {
-  const raw = max / 4, p = 10 ** Math.floor(Math.log10(raw));
-  return [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw);
+  return rows
+    .map((c) => ({ label: c[agents], agents: num(c[agents]), cpu: num(c[cpu]), rss: num(c[rss]), detect: num((c[detect] || '').split('/')[1]) }))
+    .filter((r) => r.agents !== null);
 }
 
 // One panel: a scatter with a line through the mean at each swarm size, on a linear x axis.
@@ -77,29 +51,14 @@ function panel(rows, key, title, unit, x0, width, height, colour, extra) {
 }
 
 async function main() {
-  const rows = readTable(fs.readFileSync(source, 'utf8'));
+  const rows = swarmRows(fs.readFileSync(source, 'utf8'));
   if (!rows.length) throw new Error(`${source}: the swarm table has no rows`);
   const w = 420, h = 300;
   const body = panel(rows, 'cpu', 'Coordinator CPU', 'cores', 0, w, h, '#2f6fd1') +
     panel(rows, 'rss', 'Coordinator RSS', 'MB', w, w, h, '#2e9e5b', { value: 300, label: 'target 300 MB' }) +
     panel(rows, 'detect', 'Detection P99', 's', 2 * w, w, h, '#d35400', { value: 2.3, label: 'target: timeout 2 s + 0.3 s' });
-  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${3 * w}" height="${h}" viewBox="0 0 ${3 * w} ${h}">
-<style>text{font:12px sans-serif;fill:#333}.t{font-weight:600;font-size:14px}.g{stroke:#e3e3e3}</style>
-<rect width="100%" height="100%" fill="#fff"/>${body}</svg>`;
-  const browser = await chromium.launch({
-    executablePath: process.env.HOLDFAST_CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'],
-  });
-  try {
-    const page = await browser.newPage({ viewport: { width: 3 * w, height: h }, deviceScaleFactor: 1.5 });
-    await page.setContent(`<!doctype html><body style="margin:0">${svg}</body>`);
-    fs.mkdirSync(path.dirname(out), { recursive: true });
-    await page.screenshot({ path: out, clip: { x: 0, y: 0, width: 3 * w, height: h } });
-  } finally {
-    await browser.close();
-  }
+  await renderPng(body, 3 * w, h, out);
   console.log(`${out}: ${rows.length} rows (${rows.map((r) => r.label).join('; ')})`);
 }
 
-main().catch((e) => { console.error(String(e && e.stack || e)); process.exit(1); });
+run(main);

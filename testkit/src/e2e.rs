@@ -1,12 +1,13 @@
 //! The end-to-end rig: a holdfast cluster on [`netns`](crate::netns) hosts — the coordinator on
 //! host `control`, a real S3 server (s3s-fs) on host `s3`, one agent per training host — running
 //! `examples/train_ddp.py` through real `torchrun` (gloo on CPU) with checkpoints in S3; and the
-//! same job under plain `torchrun --max-restarts=3` without holdfast, for comparison.
+//! same job without holdfast, for comparison: under plain `torchrun --max-restarts=3` or NVIDIA's
+//! `ft_launcher` ([`E2eBaseline`]).
 //!
 //! Faults are real: a host's processes SIGKILLed, its cable cut, a training process killed or
 //! SIGSTOPped, a fatal XID written to the agent's fault-injection seam. [`NetnsCluster::run_job`]
 //! injects one at a step and measures detection and recovery from the coordinator's incidents;
-//! [`run_baseline`] measures the same from torchrun's output. The end-to-end tests and
+//! [`run_baseline`] measures the same from the launchers' output. The end-to-end tests and
 //! `holdfast-e2e` (behind `scripts/bench-e2e.sh`) both use them.
 //!
 //! Operator calls must come from the control host's namespace: use [`NetnsCluster::block_on`].
@@ -141,6 +142,29 @@ impl E2eLauncher {
     }
 }
 
+/// What a baseline run (no holdfast) launches the job's hosts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum E2eBaseline {
+    /// Plain `torchrun --max-restarts=3` with c10d rendezvous on the job's hosts.
+    #[default]
+    Torchrun,
+    /// NVIDIA's `ft_launcher` (the `nvidia-resiliency-ext` package, in `$HOLDFAST_FT_LAUNCHER`
+    /// on top of the torch virtualenv): torchrun's launcher with a rank monitor per rank fed by
+    /// the trainer's heartbeats, restarts, and a launcher on the spare host waiting in the
+    /// rendezvous as a hot spare.
+    FtLauncher,
+}
+
+impl E2eBaseline {
+    /// The `mode` of its JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            E2eBaseline::Torchrun => "baseline",
+            E2eBaseline::FtLauncher => "ft-launcher",
+        }
+    }
+}
+
 impl Default for JobOptions {
     fn default() -> Self {
         JobOptions {
@@ -213,7 +237,9 @@ fn training_pids(pids: &[i32]) -> Vec<i32> {
                 || (args
                     .iter()
                     .any(|a| a.ends_with("train_ddp.py") || a.ends_with("train_inprocess.py"))
-                    && !args.iter().any(|a| a.contains("torchrun")))
+                    && !args
+                        .iter()
+                        .any(|a| a.contains("torchrun") || a.contains("ft_launcher")))
         })
         .collect()
 }
@@ -927,66 +953,162 @@ fn collect_output(
     Ok(())
 }
 
-/// What plain torchrun did with a fault.
+/// What a launcher without holdfast (plain torchrun, `ft_launcher`) did with a fault.
 #[derive(Debug, Clone)]
 pub struct BaselineRun {
+    pub baseline: E2eBaseline,
     pub fault: E2eFault,
     pub detect_s: Option<f64>,
     pub first_step_after_fault_s: Option<f64>,
+    /// The job's step at the fault minus the step the restarted ranks resumed from.
+    pub lost_steps: Option<u64>,
     pub recovered: bool,
+    /// Where the time went (see [`baseline_phases`]).
+    pub phases: serde_json::Value,
 }
 
 impl BaselineRun {
     pub fn json(&self) -> serde_json::Value {
-        bench_json(
-            "baseline",
+        let mut line = bench_json(
+            self.baseline.name(),
             self.fault,
             self.detect_s,
             self.first_step_after_fault_s,
             self.recovered,
-        )
+        );
+        line["lost_steps"] = self.lost_steps.into();
+        line["phases"] = self.phases.clone();
+        line
     }
 }
 
-/// Runs the same job and fault under plain `torchrun --max-restarts=3` with c10d rendezvous on
-/// `options.nodes` hosts of `cluster`'s lab (no agents, no coordinator): the training script
-/// finds its latest complete checkpoint itself (`--resume-latest`). Detection is the first
-/// line of torchrun or the workers reporting an error after the fault; recovery is the first
-/// step printed after a restarted worker resumed.
+/// A baseline's recovery in phases, in seconds, from its output after the fault (`after`, the
+/// fault at Unix time `fault_unix`): detect (→ the first failure line), restart (→ the latest
+/// restarted rank's script started: the launcher stopping the group, its rendezvous, the
+/// spawn), then the `phase` marks `train_ddp.py` prints — imports (torch), rendezvous (process
+/// group), state (checkpoint loaded) — and first_step (→ the first step past the resume point).
+fn baseline_phases(
+    after: &[Line],
+    at: Instant,
+    fault_unix: f64,
+    run: &BaselineRun,
+) -> serde_json::Value {
+    let mut marks: BTreeMap<&str, f64> = BTreeMap::new();
+    for (_, line) in after {
+        let mut words = line.split_whitespace();
+        if let (Some("phase"), Some(name), Some(Ok(t))) = (
+            words.next(),
+            words.next(),
+            words.next().map(str::parse::<f64>),
+        ) {
+            let latest = marks.entry(name).or_insert(t);
+            *latest = latest.max(t);
+        }
+    }
+    let detected = after
+        .iter()
+        .find(|(_, l)| is_failure_line(l))
+        .map(|(t, _)| fault_unix + t.duration_since(at).as_secs_f64());
+    let times = [
+        Some(fault_unix),
+        detected,
+        marks.get("start").copied(),
+        marks.get("imports").copied(),
+        marks.get("rendezvous").copied(),
+        marks.get("state").copied(),
+        run.first_step_after_fault_s.map(|s| fault_unix + s),
+    ];
+    let names = [
+        "detect",
+        "restart",
+        "imports",
+        "rendezvous",
+        "state",
+        "first_step",
+    ];
+    let mut phases = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let span = match (times[i], times[i + 1]) {
+            (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
+            _ => None,
+        };
+        phases.insert((*name).into(), span.into());
+    }
+    phases.into()
+}
+
+/// `ft_launcher`'s fault-tolerance settings for this job, after its documentation (heartbeat
+/// API integration guide): heartbeat timeouts sized to the workload — the first heartbeat
+/// after start-up (torch import, rendezvous, checkpoint load: up to ~20 s on a loaded 2-core
+/// box), then at least the longest interval between steps (0.25 s steps, a checkpoint save
+/// included); its other settings keep their defaults.
+const FT_LAUNCHER_ARGS: [&str; 2] = [
+    "--ft-initial-rank-heartbeat-timeout=60",
+    "--ft-rank-heartbeat-timeout=10",
+];
+
+/// Runs the same job and fault under `baseline` — plain `torchrun --max-restarts=3`, or
+/// `ft_launcher --max-restarts=3` with the trainer's heartbeats and a third launcher on the
+/// spare host, which waits in the rendezvous's redundancy list until a round needs it — with
+/// c10d rendezvous on `options.nodes` hosts of `cluster`'s lab
+/// (no agents, no coordinator): the training script finds its latest complete checkpoint
+/// itself (`--resume-latest`). Detection is the first line of the launcher or the workers
+/// reporting an error after the fault; recovery is the first step printed after a restarted
+/// worker resumed.
 pub fn run_baseline(
     cluster: &mut NetnsCluster,
     options: &JobOptions,
+    baseline: E2eBaseline,
     fault: E2eFault,
     after_step: u64,
     deadline: Duration,
 ) -> anyhow::Result<BaselineRun> {
-    let nodes: Vec<String> = (1..=options.nodes).map(|i| format!("node-{i}")).collect();
+    let mut nodes: Vec<String> = (1..=options.nodes).map(|i| format!("node-{i}")).collect();
+    if baseline == E2eBaseline::FtLauncher {
+        nodes.push("spare-1".into());
+    }
     for node in &nodes {
         if cluster.lab.host(node).is_err() {
             cluster.lab.add_host(node)?;
         }
     }
+    // ft_launcher's package lives in its own directory (PYTHONPATH), not in the shared
+    // virtualenv: its NVML dependency would make every torch import there warn.
+    let ft_package = match baseline {
+        E2eBaseline::Torchrun => None,
+        E2eBaseline::FtLauncher => Some(std::env::var_os("HOLDFAST_FT_LAUNCHER").context(
+            "HOLDFAST_FT_LAUNCHER is not set (scripts/bench-e2e.sh --baseline ft-launcher installs it)",
+        )?),
+    };
+    let launcher = match &ft_package {
+        None => cluster.tools.torchrun.clone(),
+        Some(dir) => Path::new(dir).join("bin").join("ft_launcher"),
+    };
     let rdzv = format!("{}:29400", cluster.lab.host(&nodes[0])?.addr);
     let lines: Arc<Mutex<Vec<Line>>> = Arc::new(Mutex::new(Vec::new()));
     let mut children = Vec::new();
     let spec = cluster.job_spec(options);
     for (rank, node) in nodes.iter().enumerate() {
         let addr = cluster.lab.host(node)?.addr.to_string();
-        let mut command = cluster.lab.command(node, &cluster.tools.torchrun)?;
+        let mut command = cluster.lab.command(node, &launcher)?;
+        command.args([
+            &format!("--nnodes={}", options.nodes),
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            &format!("--rdzv-endpoint={rdzv}"),
+            "--rdzv-id=baseline",
+            &format!("--rdzv-conf=is_host={}", rank == 0),
+            &format!("--local-addr={addr}"),
+            "--max-restarts=3",
+        ]);
+        if let Some(dir) = &ft_package {
+            command.args(FT_LAUNCHER_ARGS).env("PYTHONPATH", dir);
+        }
         command
-            .args([
-                &format!("--nnodes={}", options.nodes),
-                "--nproc-per-node=1",
-                "--rdzv-backend=c10d",
-                &format!("--rdzv-endpoint={rdzv}"),
-                "--rdzv-id=baseline",
-                &format!("--rdzv-conf=is_host={}", rank == 0),
-                &format!("--local-addr={addr}"),
-                "--max-restarts=3",
-            ])
             .arg(examples_dir().join("train_ddp.py"))
             .args(options.schedule_args())
             .args(["--checkpoint-uri", &spec.checkpoint_uri, "--resume-latest"])
+            .args(ft_package.as_ref().map(|_| "--ft-heartbeats"))
             .envs(spec.env.iter())
             // The known workaround for torchrun restarts with a shared rendezvous store
             // (pytorch/pytorch#135712), as a user of torchrun alone would set it.
@@ -996,20 +1118,26 @@ pub fn run_baseline(
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .with_context(|| format!("starting torchrun on {node}"))?;
+            .with_context(|| format!("starting {} on {node}", launcher.display()))?;
         collect_output(&mut child, &lines, &cluster.log_path(node))?;
         children.push(child);
     }
     let store = cluster.checkpoint_store(&options.prefix)?;
-    let victim = nodes.last().cloned().context("no nodes")?;
     let started = Instant::now();
     let mut fault_at: Option<(Instant, usize)> = None;
+    let mut fault_step = 0;
+    // The host whose launcher the fault killed (its exit status says nothing of the job).
+    let mut killed_host: Option<usize> = None;
     let mut result = BaselineRun {
+        baseline,
         fault,
         detect_s: None,
         first_step_after_fault_s: None,
+        lost_steps: None,
         recovered: false,
+        phases: serde_json::Value::Null,
     };
+    let mut fault_unix = 0.0;
     loop {
         let all_exited = children
             .iter_mut()
@@ -1024,13 +1152,25 @@ pub fn run_baseline(
                     .unwrap_or(0);
                 if step >= after_step {
                     let has_checkpoint = cluster.block_on(store.resolve_latest(&[]))??.is_some();
-                    if has_checkpoint {
+                    // The victim: a host training a rank other than the rendezvous host
+                    // (under ft_launcher the hot spare is whichever host it left idle).
+                    let victim = nodes[1..]
+                        .iter()
+                        .rev()
+                        .find(|n| cluster.training_processes(n).is_ok_and(|p| !p.is_empty()))
+                        .cloned();
+                    if let (true, Some(victim)) = (has_checkpoint, victim) {
                         fault_at = Some((Instant::now(), snapshot.len()));
+                        fault_unix = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64());
+                        fault_step = step;
                         if fault == E2eFault::Xid {
                             // Without holdfast nothing reads the GPU's error stream: the
                             // fault goes unseen and the job runs on a failed GPU.
                         } else if fault == E2eFault::HostKill {
                             cluster.lab.kill_processes(&victim)?;
+                            killed_host = nodes.iter().position(|n| *n == victim);
                         } else {
                             cluster.inject_fault(fault, &victim)?;
                         }
@@ -1045,6 +1185,8 @@ pub fn run_baseline(
                     }
                 }
                 if let Some(resumed) = after.iter().position(|(_, l)| l.contains("resumed from")) {
+                    result.lost_steps =
+                        resumed_step(&after[resumed].1).map(|from| fault_step.saturating_sub(from));
                     if let Some((t, _)) = after[resumed..]
                         .iter()
                         .find(|(_, l)| printed_step(l).is_some())
@@ -1061,9 +1203,15 @@ pub fn run_baseline(
     }
     let succeeded = children
         .iter_mut()
-        .all(|c| c.try_wait().ok().flatten().is_some_and(|s| s.success()));
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != killed_host)
+        .all(|(_, c)| c.try_wait().ok().flatten().is_some_and(|s| s.success()));
     result.recovered =
         fault != E2eFault::Xid && succeeded && result.first_step_after_fault_s.is_some();
+    if let Some((at, from)) = fault_at {
+        let all: Vec<Line> = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        result.phases = baseline_phases(&all[from.min(all.len())..], at, fault_unix, &result);
+    }
     for node in &nodes {
         let _ = cluster.lab.heal(node);
         let _ = cluster.lab.kill_processes(node);
@@ -1084,6 +1232,11 @@ fn printed_step(line: &str) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// The step of `… resumed from URI at step N`.
+fn resumed_step(line: &str) -> Option<u64> {
+    line.rsplit("at step ").next()?.trim().parse().ok()
 }
 
 /// A line in which torchrun or a worker reports a failure.
@@ -1114,5 +1267,9 @@ mod tests {
             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:"
         ));
         assert!(!is_failure_line("step 3 loss 1.0"));
+        assert_eq!(
+            resumed_step("rank 1/2 generation 0: resumed from s3://b/p/step-15 at step 15"),
+            Some(15)
+        );
     }
 }

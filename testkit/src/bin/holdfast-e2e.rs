@@ -1,6 +1,6 @@
 //! `holdfast-e2e`: runs the end-to-end training job on network-namespace hosts with one fault,
-//! under holdfast or (`--baseline`) under plain torchrun, and prints what it measured as one
-//! JSON line. `scripts/bench-e2e.sh` installs what it needs and calls it.
+//! under holdfast or (`--baseline [torchrun|ft-launcher]`) under plain torchrun or NVIDIA's
+//! `ft_launcher`, and prints what it measured as one JSON line. `scripts/bench-e2e.sh` installs what it needs and calls it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use holdfast_testkit::e2e::{
-    self, E2eFault, E2eLauncher, Injection, JobOptions, NetnsCluster, Tools,
+    self, E2eBaseline, E2eFault, E2eLauncher, Injection, JobOptions, NetnsCluster, Tools,
 };
 use holdfast_testkit::Rig;
 
@@ -22,9 +22,10 @@ struct Args {
     /// The fault to inject.
     #[arg(long, value_enum, default_value_t = E2eFault::HostKill)]
     fault: E2eFault,
-    /// Plain `torchrun --max-restarts=3` with c10d rendezvous, no holdfast.
-    #[arg(long)]
-    baseline: bool,
+    /// No holdfast: plain `torchrun --max-restarts=3` with c10d rendezvous (the value may be
+    /// left out), or `ft_launcher` with restarts, heartbeats and a hot spare.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "torchrun")]
+    baseline: Option<E2eBaseline>,
     /// How holdfast starts the ranks: through torchrun, its native launcher, the native
     /// launcher with warm standby interpreters, or that with in-process restart.
     #[arg(long, value_enum, default_value_t = E2eLauncher::Torchrun)]
@@ -77,11 +78,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         steps: args.steps,
         prefix: format!(
             "{}-{}",
-            if args.baseline {
-                "baseline"
-            } else {
-                args.mode.name()
-            },
+            args.baseline.map_or(args.mode.name(), E2eBaseline::name),
             args.fault.name()
         ),
         launcher: args.mode,
@@ -89,8 +86,16 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     };
     let after_step = options.ckpt_every * 3 + 2;
     let mut cluster = NetnsCluster::start(tools, &dir, &[])?;
-    let line = if args.baseline {
-        e2e::run_baseline(&mut cluster, &options, args.fault, after_step, bound)?.json()
+    let line = if let Some(baseline) = args.baseline {
+        e2e::run_baseline(
+            &mut cluster,
+            &options,
+            baseline,
+            args.fault,
+            after_step,
+            bound,
+        )?
+        .json()
     } else {
         let mut agent_args: Vec<String> = Vec::new();
         if args.fault == E2eFault::Xid {
