@@ -46,18 +46,13 @@ import shutil
 import stat
 import sys
 
+from .inprocess import _int_env
+
 MANIFEST = "MANIFEST.json"
 STATE = "state.bin"
 SCHEME = "memory://"
 _STEP = re.compile(r"^step-(\d+)$")
 _RANK = re.compile(r"^rank-(\d+)$")
-
-
-def _int_env(name, default):
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
 
 
 def _say(message):

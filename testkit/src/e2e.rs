@@ -342,15 +342,7 @@ impl FaultRun {
             "state",
             "first_step",
         ];
-        let mut phases = serde_json::Map::new();
-        for (i, name) in names.iter().enumerate() {
-            let span = match (times[i], times[i + 1]) {
-                (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
-                _ => None,
-            };
-            phases.insert((*name).into(), span.into());
-        }
-        phases.into()
+        phase_spans(&names, &times)
     }
 }
 
@@ -1026,15 +1018,7 @@ fn baseline_phases(
         "state",
         "first_step",
     ];
-    let mut phases = serde_json::Map::new();
-    for (i, name) in names.iter().enumerate() {
-        let span = match (times[i], times[i + 1]) {
-            (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
-            _ => None,
-        };
-        phases.insert((*name).into(), span.into());
-    }
-    phases.into()
+    phase_spans(&names, &times)
 }
 
 /// `ft_launcher`'s fault-tolerance settings for this job, after its documentation (heartbeat
@@ -1253,6 +1237,23 @@ fn is_failure_line(line: &str) -> bool {
     ]
     .iter()
     .any(|w| l.contains(w))
+}
+
+/// Phases as a JSON object: `names[i]` spans `times[i]` → `times[i + 1]` (unix seconds),
+/// rounded to the millisecond; null where either end was not seen.
+fn phase_spans(names: &[&str], times: &[Option<f64>]) -> serde_json::Value {
+    let mut phases = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let span = match (
+            times.get(i).copied().flatten(),
+            times.get(i + 1).copied().flatten(),
+        ) {
+            (Some(from), Some(to)) => Some(((to - from) * 1000.0).round() / 1000.0),
+            _ => None,
+        };
+        phases.insert((*name).into(), span.into());
+    }
+    phases.into()
 }
 
 #[cfg(test)]
