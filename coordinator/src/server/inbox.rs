@@ -76,7 +76,7 @@ impl Coordinator {
 
     /// Steps the core with `inputs` in order under one hold of its lock, then seals and
     /// commits them as one.
-    fn step_batch(&self, inputs: Vec<Input>) {
+    pub(super) fn step_batch(&self, inputs: Vec<Input>) {
         let sealed = {
             let mut cluster = self.cluster();
             let mut commands = Vec::new();
