@@ -73,6 +73,14 @@ fn hello(coordinator: &Coordinator, node: &str, conn: u64) -> Input {
     }
 }
 
+/// A coordinator over `disk` (what is written there is restored).
+fn open_over(disk: &Arc<Disk>) -> Coordinator {
+    let store = Box::new(StallingStore(disk.clone()));
+    Coordinator::open(CoordinatorConfig::default(), store)
+        .unwrap()
+        .0
+}
+
 /// Waits (bounded) for `cond`.
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -85,11 +93,7 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
 #[test]
 fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
     let disk = Arc::new(Disk::default());
-    let (coordinator, _) = Coordinator::open(
-        CoordinatorConfig::default(),
-        Box::new(StallingStore(disk.clone())),
-    )
-    .unwrap();
+    let coordinator = open_over(&disk);
     let mut events = coordinator.subscribe();
     *disk.stalled.lock().unwrap() = true;
 
@@ -143,11 +147,7 @@ fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
     assert!(steps >= 6, "{steps}");
 
     // A coordinator opened over the disk has the latest state: all six nodes.
-    let (restored, _) = Coordinator::open(
-        CoordinatorConfig::default(),
-        Box::new(StallingStore(disk.clone())),
-    )
-    .unwrap();
+    let restored = open_over(&disk);
     let nodes: Vec<String> = restored
         .cluster()
         .nodes
@@ -160,11 +160,7 @@ fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
 #[test]
 fn an_inbox_batch_is_stepped_in_order_saved_in_one_write_then_sent() {
     let disk = Arc::new(Disk::default());
-    let (coordinator, _) = Coordinator::open(
-        CoordinatorConfig::default(),
-        Box::new(StallingStore(disk.clone())),
-    )
-    .unwrap();
+    let coordinator = open_over(&disk);
     let mut events = coordinator.subscribe();
     let inputs: Vec<Input> = (0..3)
         .map(|i| hello(&coordinator, &format!("n{i}"), 1 + i))
