@@ -491,6 +491,7 @@ fn a_running_jobs_progress_and_evidence_save_nothing_and_a_worker_fault_saves_th
         job_id: job_id.clone(),
         generation,
         step: 7,
+        memory: Vec::new(),
     };
     c.step(
         Input::Progress {
