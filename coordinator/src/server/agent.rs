@@ -1,6 +1,6 @@
 //! The agent service: one bidirectional stream per agent. The first message must be a hello,
 //! answered by the core's welcome before anything else goes to the node; every later message
-//! becomes one input of the core.
+//! becomes one input of the core, queued in the inbox (`inbox`: stepped in batches, in order).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,14 +20,15 @@ use crate::error::CoordinatorError;
 use crate::now_ms;
 
 impl Coordinator {
-    /// One message of an agent's stream becomes an input of the core. Refused (and the stream
-    /// closed by the caller) when a field is outside [`holdfast_core::limits`].
-    fn handle_agent_message(&self, node: &str, body: FromAgent) -> Result<(), CoreError> {
+    /// One message of an agent's stream as an input of the core (`None`: nothing to step).
+    /// Refused (and the stream closed by the caller) when a field is outside
+    /// [`holdfast_core::limits`].
+    fn agent_input(node: &str, body: FromAgent) -> Result<Option<Input>, CoreError> {
         let node = NodeId::from(node);
         let input = match body {
             FromAgent::Hello(_) => {
                 tracing::warn!(node = node.as_str(), "second hello on one stream ignored");
-                return Ok(());
+                return Ok(None);
             }
             FromAgent::Heartbeat(hb) => {
                 limits::check_sent_at(hb.sent_unix_ms)?;
@@ -48,14 +49,14 @@ impl Coordinator {
                     limits::check_health(&health)?;
                     Input::HealthReport { node, health }
                 }
-                None => return Ok(()),
+                None => return Ok(None),
             },
             FromAgent::WorkerEvent(e) => match crate::wire::worker_event(e) {
                 Some(event) => {
                     limits::check_worker_event(&event)?;
                     Input::Worker { node, event }
                 }
-                None => return Ok(()),
+                None => return Ok(None),
             },
             FromAgent::Progress(p) => {
                 let progress = crate::wire::progress(p);
@@ -101,8 +102,7 @@ impl Coordinator {
                 }
             }
         };
-        self.step(input);
-        Ok(())
+        Ok(Some(input))
     }
 }
 
@@ -267,11 +267,15 @@ impl AgentService for Coordinator {
                                     break;
                                 }
                             }
-                            if let Err(e) = this.handle_agent_message(&node, body) {
-                                let e = CoordinatorError::from(e);
-                                tracing::warn!(node, "agent stream closed: {e}");
-                                let _ = refusals.send(Err(e.into()));
-                                break;
+                            match Coordinator::agent_input(&node, body) {
+                                Ok(Some(input)) => this.enqueue(input).await,
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let e = CoordinatorError::from(e);
+                                    tracing::warn!(node, "agent stream closed: {e}");
+                                    let _ = refusals.send(Err(e.into()));
+                                    break;
+                                }
                             }
                         }
                         Ok(Some(_)) => tracing::warn!(node, "empty agent message ignored"),
@@ -290,10 +294,12 @@ impl AgentService for Coordinator {
                 }
             }
             tracing::info!(node, conn, "agent session closed");
-            this.step(Input::Disconnected {
+            // After the stream's last input, through the same queue.
+            this.enqueue(Input::Disconnected {
                 node: node.into(),
                 conn,
-            });
+            })
+            .await;
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }

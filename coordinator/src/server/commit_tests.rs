@@ -1,7 +1,8 @@
 //! The save → send order under group commit, with a store whose writes stall until released
 //! (a test double behind the `RecordStore` seam): nothing a step decided goes out before its
 //! state is written, the core's lock is free meanwhile, the steps sealed during the stall are
-//! written in one batch, and a coordinator opened over what was written has all of it.
+//! written in one batch, and a coordinator opened over what was written has all of it; a batch
+//! of agent inputs from the inbox is one step, one write, then its events in input order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -72,6 +73,14 @@ fn hello(coordinator: &Coordinator, node: &str, conn: u64) -> Input {
     }
 }
 
+/// A coordinator over `disk` (what is written there is restored).
+fn open_over(disk: &Arc<Disk>) -> Coordinator {
+    let store = Box::new(StallingStore(disk.clone()));
+    Coordinator::open(CoordinatorConfig::default(), store)
+        .unwrap()
+        .0
+}
+
 /// Waits (bounded) for `cond`.
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -84,11 +93,7 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
 #[test]
 fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
     let disk = Arc::new(Disk::default());
-    let (coordinator, _) = Coordinator::open(
-        CoordinatorConfig::default(),
-        Box::new(StallingStore(disk.clone())),
-    )
-    .unwrap();
+    let coordinator = open_over(&disk);
     let mut events = coordinator.subscribe();
     *disk.stalled.lock().unwrap() = true;
 
@@ -142,11 +147,7 @@ fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
     assert!(steps >= 6, "{steps}");
 
     // A coordinator opened over the disk has the latest state: all six nodes.
-    let (restored, _) = Coordinator::open(
-        CoordinatorConfig::default(),
-        Box::new(StallingStore(disk.clone())),
-    )
-    .unwrap();
+    let restored = open_over(&disk);
     let nodes: Vec<String> = restored
         .cluster()
         .nodes
@@ -154,4 +155,33 @@ fn nothing_goes_out_before_its_save_and_a_stall_is_written_as_one_batch() {
         .map(|n| n.to_string())
         .collect();
     assert_eq!(nodes, ["n0", "n1", "n2", "n3", "n4", "n5"]);
+}
+
+#[test]
+fn an_inbox_batch_is_stepped_in_order_saved_in_one_write_then_sent() {
+    let disk = Arc::new(Disk::default());
+    let coordinator = open_over(&disk);
+    let mut events = coordinator.subscribe();
+    let inputs: Vec<Input> = (0..3)
+        .map(|i| hello(&coordinator, &format!("n{i}"), 1 + i))
+        .collect();
+    coordinator.step_batch(inputs);
+    // The opening save, then one write holding the three nodes' records.
+    let batches = disk.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    assert_eq!(batches[1], 3, "{batches:?}");
+    let (written_batches, steps, _) = coordinator.shared.save_stats.get();
+    assert_eq!(
+        (written_batches, steps),
+        (1, 1),
+        "one sealed step, one write"
+    );
+    // Its events went out after the write, in the order the inputs were stepped.
+    let mut order = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if !event.node_id.is_empty() && !order.contains(&event.node_id) {
+            order.push(event.node_id);
+        }
+    }
+    assert_eq!(order, ["n0", "n1", "n2"]);
 }

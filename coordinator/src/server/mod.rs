@@ -9,6 +9,8 @@
 //! - `admission` — admission control of new agent sessions (hellos beyond a rate are told
 //!   when to come back).
 //! - [`agent`] — the agent stream.
+//! - `inbox` — agent inputs queued and stepped in batches by one thread (one seal and one
+//!   commit per batch).
 //! - [`operator`] — the operator API.
 //! - [`executor`] — carrying out the core's commands; the ticker.
 //! - [`serve`] — one port for gRPC, gRPC-web, the dashboard and `/metrics`.
@@ -28,6 +30,7 @@ mod commit;
 #[cfg(test)]
 mod commit_tests;
 mod executor;
+mod inbox;
 mod join;
 mod operator;
 mod serve;
@@ -79,6 +82,8 @@ struct Shared {
     /// A save failed and has not succeeded since (an alert tells when it does again).
     save_pending: AtomicBool,
     save_stats: commit::SaveStats,
+    /// Agent inputs waiting to be stepped (inbox.rs).
+    inbox: inbox::Inbox,
     /// Admission control of new agent sessions (admission.rs).
     admission: Mutex<admission::Admission>,
     /// Tickets of sealed steps, handed out under the core's lock.
@@ -163,6 +168,7 @@ impl Coordinator {
                         + 10_000,
                 ),
                 unsaved: Mutex::new(commit::Unsaved::default()),
+                inbox: inbox::Inbox::new(),
                 saved_version: AtomicU64::new(cluster.durable_version()),
                 save_pending: AtomicBool::new(false),
                 save_stats: commit::SaveStats::default(),

@@ -88,6 +88,7 @@ async fn serve(
     let tls = crate::tls::server_config(coordinator.cluster().config())?;
     let tick = Duration::from_millis(coordinator.cluster().config().tick_ms);
     coordinator.carry_out(effects);
+    coordinator.spawn_inbox();
     coordinator.spawn_ticker(tick);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "coordinator serving");

@@ -98,6 +98,16 @@ impl Cluster {
         if !recovering && !matches!(job.state, JobState::Launching | JobState::Pending) {
             return None;
         }
+        // Almost always no node at all is kept on progress or drained: one pass over the
+        // nodes says so, where looking up every rank's node (this runs after every event of a
+        // launching job, 1,024 ranks and thousands of reports) cost more than the events.
+        if !self
+            .nodes
+            .values()
+            .any(|n| n.link.rests_on_progress() || (recovering && n.drained.is_some()))
+        {
+            return None;
+        }
         let (node, cause) = job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
             let n = self.nodes.get(&r.node)?;
             if n.link.rests_on_progress() {

@@ -480,3 +480,66 @@ fn every_launch_carries_the_native_launcher_a_job_asked_for() {
     let fx = resolved(&mut c, &plain.id, Ok(None), 20);
     assert_eq!(launches(&fx)[0].1.launcher, crate::job::Launcher::Command);
 }
+
+#[test]
+fn a_running_jobs_progress_and_evidence_save_nothing_and_a_worker_fault_saves_the_job() {
+    let mut c = running_job();
+    let job_id = JobId::from("job-1");
+    let generation = c.jobs[&job_id].generation;
+    c.take_changes().unwrap();
+    let progress = Progress {
+        job_id: job_id.clone(),
+        generation,
+        step: 7,
+        memory: Vec::new(),
+    };
+    c.step(
+        Input::Progress {
+            node: "a".into(),
+            progress,
+        },
+        100,
+    );
+    let evidence = crate::evidence::WorkerEvidence {
+        job_id: job_id.clone(),
+        generation,
+        state: crate::evidence::ProcessState::Running,
+        cpu_permille: 900,
+        output_quiet_ms: Some(10),
+    };
+    c.step(
+        Input::Evidence {
+            node: "a".into(),
+            evidence,
+        },
+        110,
+    );
+    assert_eq!(c.jobs[&job_id].step, 7);
+    assert!(
+        !c.has_changes(),
+        "progress and evidence alone are not saved"
+    );
+    let exited = WorkerEvent {
+        job_id: job_id.clone(),
+        generation,
+        at: 120,
+        kind: WorkerEventKind::Exited {
+            code: Some(1),
+            signal: None,
+            stopped_by_agent: false,
+        },
+    };
+    c.step(
+        Input::Worker {
+            node: "b".into(),
+            event: exited,
+        },
+        120,
+    );
+    let changes = c.take_changes().unwrap();
+    assert!(
+        changes.records.iter().any(|(key, _)| key == "job/job-1"),
+        "the worker fault changed the job's record: {:?}",
+        changes.records.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+}
