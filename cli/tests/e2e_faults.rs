@@ -180,15 +180,40 @@ fn assert_recovered(run: &FaultRun, options: &JobOptions, causes: &[&str]) -> pb
     incident
 }
 
+/// `case`'s fault fenced node-2 with an incident of one of `causes`, and spare-1 took its rank
+/// (`None`: the tier is skipped).
+fn assert_replaced_by_the_spare(case: Case, causes: &[&str]) -> Option<pb::Incident> {
+    let (run, options, _) = run_case(case, |_, _| {})?;
+    let incident = assert_recovered(&run, &options, causes);
+    assert_eq!(incident.node_id, "node-2");
+    assert_eq!(incident.replacement_node_id, "spare-1");
+    Some(incident)
+}
+
 #[test]
 fn host_killed_is_replaced_by_a_spare() {
-    let Some((run, options, _)) =
-        run_case(Case::new("host-kill", E2eFault::HostKill, 1), |_, _| {})
-    else {
-        return;
+    let case = Case::new("host-kill", E2eFault::HostKill, 1);
+    assert_replaced_by_the_spare(case, &["agent_lost", "heartbeat_timeout"]);
+}
+
+/// The native launcher with warm standbys (no torchrun) on the faults that replace a host: a
+/// killed host and a fatal XID; the spare's standby takes the rank and the job resumes.
+#[test]
+fn the_native_launcher_replaces_a_killed_host_and_a_fatal_xid_host_with_the_spare() {
+    let case = Case {
+        launcher: E2eLauncher::NativeWarm,
+        ..Case::new("native-host-kill", E2eFault::HostKill, 1)
     };
-    let incident = assert_recovered(&run, &options, &["agent_lost", "heartbeat_timeout"]);
-    assert_eq!(incident.replacement_node_id, "spare-1");
+    if assert_replaced_by_the_spare(case, &["agent_lost", "heartbeat_timeout"]).is_none() {
+        return;
+    }
+    let case = Case {
+        launcher: E2eLauncher::NativeWarm,
+        agent_args: &["--enable-fault-injection"],
+        ..Case::new("native-xid", E2eFault::Xid, 1)
+    };
+    let incident = assert_replaced_by_the_spare(case, &["health_fatal"]).expect("the tier ran");
+    assert!(incident.detail.contains("79"), "{}", incident.detail);
 }
 
 #[test]
@@ -269,6 +294,18 @@ fn worker_hung_is_detected_by_its_stalled_progress() {
     assert_restarted_in_place("worker-hang", E2eFault::WorkerHang, "progress_stalled");
 }
 
+/// The same hang under the native launcher with warm standbys: found by its stalled progress,
+/// every rank restarted in place.
+#[test]
+fn worker_hung_under_the_native_launcher_is_detected_and_restarted_in_place() {
+    assert_restarted_in_place_under(
+        E2eLauncher::NativeWarm,
+        "native-worker-hang",
+        E2eFault::WorkerHang,
+        "progress_stalled",
+    );
+}
+
 #[test]
 fn no_spare_left_waits_and_says_so_then_resumes_when_one_registers() {
     let mut spare_added = false;
@@ -296,18 +333,14 @@ fn no_spare_left_waits_and_says_so_then_resumes_when_one_registers() {
 
 #[test]
 fn fatal_xid_fences_the_host_and_a_spare_takes_over() {
-    let Some((run, options, _)) = run_case(
-        Case {
-            agent_args: &["--enable-fault-injection"],
-            ..Case::new("xid", E2eFault::Xid, 1)
-        },
-        |_, _| {},
-    ) else {
+    let case = Case {
+        agent_args: &["--enable-fault-injection"],
+        ..Case::new("xid", E2eFault::Xid, 1)
+    };
+    let Some(incident) = assert_replaced_by_the_spare(case, &["health_fatal"]) else {
         return;
     };
-    let incident = assert_recovered(&run, &options, &["health_fatal"]);
     assert!(incident.detail.contains("79"), "{}", incident.detail);
-    assert_eq!(incident.replacement_node_id, "spare-1");
 }
 
 /// The lifecycle scripts of the bad-spare case: spare-1's deep check passes when it joins and
