@@ -623,14 +623,16 @@ fn assert_recovered_in_place(
 /// and on the peer host. node-2 is killed with its memory; the relaunch on node-1 and spare-1
 /// resumes from the memory tier, newer than the last S3 checkpoint — spare-1 had nothing and
 /// took rank 1's state from node-1's copy over the new group — at the step the fault hit: no
-/// step lost, none applied twice, the weights of the same job run without a fault.
+/// step lost, none applied twice, the weights of the same job run without a fault. Then the
+/// same job with nothing in memory, resumed from S3: the replayed steps end with those weights too.
 #[test]
 fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_free_weights() {
     let Some(tools) = Tools::for_tests(holdfast_exe!()) else {
         return;
     };
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let case = Case::new("memtier", E2eFault::HostKill, 1);
+    // Two spares: the S3-only run after the memory-tier one loses a host too.
+    let case = Case::new("memtier", E2eFault::HostKill, 2);
     let dir = Scratch::new("e2e-memtier");
     let mut cluster = start_cluster(tools, &case, &dir);
     let reference = JobOptions {
@@ -652,7 +654,7 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
     let (clean, run) = cluster
         .control(async |cluster| {
             cluster
-                .wait_ready(3, Duration::from_secs(30))
+                .wait_ready(4, Duration::from_secs(30))
                 .await
                 .unwrap();
             let spec = cluster.job_spec(&reference);
@@ -697,5 +699,57 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
             .map(|d| d.flatten().count())
             .unwrap_or(0);
         assert_eq!(left, 0, "{node} still holds memory-tier copies");
+    }
+    assert_exact_replay_from_s3(&mut cluster, &reference, expected);
+}
+
+/// The same job keeping nothing in memory (`--memory-every` past its last step), its rank-1
+/// host killed two steps past a checkpoint: the relaunch resumes from S3, replays the steps
+/// since, and ends with the `expected` weights of the fault-free run (each step's data is a
+/// function of the step and rank, and the checkpoint holds the optimizer's momentum): an S3-only
+/// recovery is exact too, only slower by the replayed steps.
+fn assert_exact_replay_from_s3(
+    cluster: &mut NetnsCluster,
+    reference: &JobOptions,
+    expected: &serde_json::Value,
+) {
+    let options = JobOptions {
+        prefix: "memtier-s3-only".into(),
+        ..reference.clone()
+    };
+    let injection = Injection {
+        fault: E2eFault::HostKill,
+        after_step: options.ckpt_every * 2 + 2,
+        node: None,
+    };
+    let run = cluster
+        .control(async |cluster| {
+            let mut spec = cluster.job_spec(&options);
+            spec.command
+                .push(format!("--memory-every={}", options.steps + 1));
+            (cluster.run_job(spec, Some(injection), JOB_DEADLINE, |_, _| {})).await
+        })
+        .unwrap()
+        .unwrap();
+    println!("s3-only → {} (messages: {:?})", run.json(), run.messages);
+    if run.job.state != "succeeded" {
+        cluster.print_log_tails(&["coordinator", "node-1", "spare-1", "spare-2"]);
+    }
+    let incident = assert_recovered(&run, &options, &["agent_lost", "heartbeat_timeout"]);
+    // Nothing held in memory: the tier is not considered at all (no tier named) or passed over.
+    assert_ne!(incident.state_tier, "memory", "{}", incident.state_note);
+    assert_eq!(Some(incident.resumed_from_step), run.checkpoint_at_fault);
+    assert!(run.lost_steps() > Some(0), "{incident:?}");
+    for rank in [0, 1] {
+        let report = final_report(cluster, &options.prefix, rank);
+        assert_eq!(
+            report["restored_from"]
+                .as_str()
+                .map(|s| s.starts_with("s3://")),
+            Some(true),
+            "{report}"
+        );
+        assert_eq!(report["first_step_run"], incident.resumed_from_step + 1);
+        assert_eq!(&report["weights_sha256"], expected, "{report}");
     }
 }
