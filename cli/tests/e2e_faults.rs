@@ -646,11 +646,7 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
         ..reference.clone()
     };
     // Two steps past a checkpoint: S3 is behind the memory tier at the fault.
-    let injection = Injection {
-        fault: E2eFault::HostKill,
-        after_step: reference.ckpt_every * 2 + 2,
-        node: Some("node-2".into()),
-    };
+    let injection = host_kill_past_a_checkpoint(&reference, Some("node-2"));
     let (clean, run) = cluster
         .control(async |cluster| {
             cluster
@@ -703,6 +699,15 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
     assert_exact_replay_from_s3(&mut cluster, &reference, expected);
 }
 
+/// `node`'s host (default: the job's last) killed two steps past the second checkpoint.
+fn host_kill_past_a_checkpoint(options: &JobOptions, node: Option<&str>) -> Injection {
+    Injection {
+        fault: E2eFault::HostKill,
+        after_step: options.ckpt_every * 2 + 2,
+        node: node.map(String::from),
+    }
+}
+
 /// The same job keeping nothing in memory (`--memory-every` past its last step), its rank-1
 /// host killed two steps past a checkpoint: the relaunch resumes from S3, replays the steps
 /// since, and ends with the `expected` weights of the fault-free run (each step's data is a
@@ -717,11 +722,7 @@ fn assert_exact_replay_from_s3(
         prefix: "memtier-s3-only".into(),
         ..reference.clone()
     };
-    let injection = Injection {
-        fault: E2eFault::HostKill,
-        after_step: options.ckpt_every * 2 + 2,
-        node: None,
-    };
+    let injection = host_kill_past_a_checkpoint(&options, None);
     let run = cluster
         .control(async |cluster| {
             let mut spec = cluster.job_spec(&options);
