@@ -65,6 +65,24 @@ fn start_cluster(tools: Tools, case: &Case, dir: &Path) -> NetnsCluster {
     cluster
 }
 
+/// The lab of `case` in its own scratch directory (`e2e-<name>`), and the options of its
+/// fault-free reference run: 30 steps under `launcher`, checkpoints under `<name>-reference`.
+fn lab_with_reference(
+    tools: Tools,
+    case: &Case,
+    launcher: E2eLauncher,
+) -> (Scratch, NetnsCluster, JobOptions) {
+    let dir = Scratch::new(&format!("e2e-{}", case.name));
+    let cluster = start_cluster(tools, case, &dir);
+    let reference = JobOptions {
+        steps: 30,
+        prefix: format!("{}-reference", case.name),
+        launcher,
+        ..Default::default()
+    };
+    (dir, cluster, reference)
+}
+
 /// Runs the job on node-1 and node-2 (plus spares) with `case.fault` injected on node-2 after
 /// the second checkpoint; `on_message` sees each new job message.
 fn run_case(
@@ -438,14 +456,7 @@ fn in_process_restart_keeps_the_survivor_loses_no_step_and_ends_with_the_fault_f
         agent_args: &["--enable-fault-injection"],
         ..Case::new("inprocess", E2eFault::WorkerKill, 2)
     };
-    let dir = Scratch::new("e2e-inprocess");
-    let mut cluster = start_cluster(tools, &case, &dir);
-    let reference = JobOptions {
-        steps: 30,
-        prefix: "inprocess-reference".into(),
-        launcher: E2eLauncher::InProcess,
-        ..Default::default()
-    };
+    let (_dir, mut cluster, reference) = lab_with_reference(tools, &case, E2eLauncher::InProcess);
     let clean = cluster
         .control(async |cluster| {
             cluster
@@ -633,14 +644,7 @@ fn a_killed_host_resumes_from_the_memory_tier_with_no_step_lost_and_the_fault_fr
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Two spares: the S3-only run after the memory-tier one loses a host too.
     let case = Case::new("memtier", E2eFault::HostKill, 2);
-    let dir = Scratch::new("e2e-memtier");
-    let mut cluster = start_cluster(tools, &case, &dir);
-    let reference = JobOptions {
-        steps: 30,
-        prefix: "memtier-reference".into(),
-        launcher: E2eLauncher::Memtier,
-        ..Default::default()
-    };
+    let (_dir, mut cluster, reference) = lab_with_reference(tools, &case, E2eLauncher::Memtier);
     let faulted = JobOptions {
         prefix: "memtier".into(),
         ..reference.clone()
