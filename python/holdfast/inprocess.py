@@ -38,8 +38,10 @@ What happens on a fault:
    (`HOLDFAST_PG_TIMEOUT`, seconds, default 30) stays as the backstop for a group nobody
    re-forms, long enough that a slow step (a large checkpoint written by one rank while the
    others wait in the next collective) does not break the group by mistake. `train` raises;
-   `run` catches it, abandons the group (`destroy_process_group`; an NCCL group would be
-   aborted) and drops the model wrapper that belonged to it.
+   `run` catches it, abandons the group (`destroy_process_group`; an NCCL group is aborted
+   first, from the watch thread on the agent's notice and again before the destroy, with
+   `torch.distributed`'s `_abort_process_group`) and drops the model wrapper that belonged to
+   it.
 2. The agent tells the survivors the new generation through the re-form file it names in
    `HOLDFAST_REFORM_FILE` (JSON: generation, master_addr, master_port, nnodes, node_rank,
    nproc_per_node, rdzv_id, resume_from, resume_step; written atomically). `run` waits for a
@@ -116,7 +118,7 @@ def run(train, state, load=None, backend="gloo"):
         # What lives now (torch, the model) is left out of later collections: the one that
         # frees the broken group's wrapper after a fault then takes milliseconds, not a second.
         gc.freeze()
-        watch = _ReformWatch(reform_file, ctx.generation, sockets)
+        watch = _ReformWatch(reform_file, ctx.generation, sockets, _nccl_abort(dist))
         try:
             result = train(ctx)
         except Exception as e:  # noqa: BLE001 - decided below
@@ -173,18 +175,21 @@ def _sockets():
 
 class _ReformWatch:
     """While `train` runs: waits for the agent's notice of a generation newer than `generation`
-    in `reform_file`, and then shuts down the group's connections (`sockets`), so that a
-    collective blocked on a peer that will never answer fails now rather than at the group's
-    timeout. The socket's own fd is shut down, not closed: gloo still owns it."""
+    in `reform_file`, and then breaks the group: an NCCL group is aborted (`abort`, which makes
+    its blocked collectives return with an error), and the group's connections (`sockets`) are
+    shut down, so that a gloo collective blocked on a peer that will never answer fails now
+    rather than at the group's timeout. The socket's own fd is shut down, not closed: gloo still
+    owns it."""
 
-    def __init__(self, reform_file, generation, sockets):
+    def __init__(self, reform_file, generation, sockets, abort=None):
         self._file = reform_file
         self._generation = generation
         self._sockets = sockets
+        self._abort = abort
         self._stop = threading.Event()
         self._told = False
         self._thread = None
-        if reform_file and sockets:
+        if reform_file and (sockets or abort):
             self._thread = threading.Thread(target=self._run, name="holdfast-reform", daemon=True)
             self._thread.start()
 
@@ -204,6 +209,8 @@ class _ReformWatch:
             return
         _log(f"told of a generation after {self._generation}: leaving the group's collectives")
         self._told = True
+        if self._abort is not None:
+            self._abort()
         for fd, link in self._sockets.items():
             _shut_down(fd, link)
 
@@ -316,12 +323,39 @@ def _join_next_generation(dist, ctx, reform_file, backend):
 
 
 def _abandon(dist):
+    abort = _nccl_abort(dist)
+    if abort is not None:
+        # A broken NCCL communicator can hang a destroy; abort frees it without waiting.
+        abort()
     try:
         if dist.is_initialized():
             dist.destroy_process_group()
     except Exception as e:  # noqa: BLE001 - the group is broken; it only has to go
         _log(f"destroying the broken group: {_first_line(e)}")
     gc.collect()
+
+
+def _nccl_abort(dist):
+    """For an NCCL group, a function that aborts it (every communicator of the default group);
+    None for gloo, which has no abort (its connections are shut down instead)."""
+    try:
+        if not dist.is_initialized() or dist.get_backend() != "nccl":
+            return None
+    except Exception:  # noqa: BLE001 - no group, nothing to abort
+        return None
+    c10d = getattr(dist, "distributed_c10d", None)
+    abort = getattr(c10d, "_abort_process_group", None)
+    if abort is None:
+        _log("this torch cannot abort an NCCL group; the group's timeout decides")
+        return None
+
+    def run():
+        try:
+            abort()
+        except Exception as e:  # noqa: BLE001 - already aborted or destroyed
+            _log(f"aborting the NCCL group: {_first_line(e)}")
+
+    return run
 
 
 # What a broken gloo/NCCL group raises (torch.distributed.DistError and its subclasses, or a
