@@ -65,7 +65,7 @@ if [ "${1:-}" = --table ]; then
   summarise "${2:?--table needs the JSON-lines file}"
   exit 0
 fi
-case "${1:-}" in -h|--help) sed -n '2,21p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,20p' "$0"; exit 0 ;; esac
 
 out="${1:-target/bench-recovery.jsonl}"
 mkdir -p "$(dirname "$out")"
