@@ -266,6 +266,11 @@ pub fn progress(p: pb::Progress) -> Progress {
                 ranks: m.ranks,
             })
             .collect(),
+        // Bounded again by the core; cut here first so a huge reason is not carried on.
+        state_fallback: holdfast_core::limits::truncated(
+            &p.state_fallback,
+            holdfast_core::limits::MAX_REASON,
+        ),
     }
 }
 

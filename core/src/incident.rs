@@ -116,11 +116,14 @@ pub struct Incident {
     #[serde(default)]
     pub skipped_checkpoints: Vec<String>,
     /// The tier the relaunch took its state from (`None` until it resolved one): the memory
-    /// tier when every rank's state at a newer step survived in host memory, else durable.
+    /// tier when every rank's state at a newer step survived in host memory, else durable —
+    /// durable too once the relaunched workers report they could not load the memory copy and
+    /// fell back ([`IncidentEvent::StateFellBack`]).
     #[serde(default)]
     pub state_tier: Option<crate::checkpoint::StateTier>,
     /// Why that tier: the memory tier's step and the durable one's, or why the memory tier
-    /// could not be used (a copy held only by a fenced node, a shrunk job).
+    /// could not be used (a copy held only by a fenced node, a shrunk job, a copy the workers
+    /// found missing or corrupt).
     #[serde(default)]
     pub state_note: String,
     /// For a stall: what each rank's agent saw of its worker when the stall was judged, one
@@ -192,6 +195,18 @@ pub enum IncidentEvent {
         tier: crate::checkpoint::StateTier,
         /// Why (see [`Incident::state_note`]).
         note: String,
+    },
+    /// The relaunched generation's workers could not use the memory tier chosen for them (a
+    /// copy missing or corrupt) and loaded the durable checkpoint instead: the incident then
+    /// says `durable`, why, and resumes from the durable step. Applies only to an incident
+    /// whose relaunch is that generation and whose tier was the memory tier.
+    StateFellBack {
+        /// The generation whose workers fell back; another generation's report proves nothing.
+        generation: Generation,
+        /// The durable checkpoint's step they loaded (0: a fresh start).
+        durable_step: u64,
+        /// Why, as the workers said it.
+        reason: String,
     },
     /// A replacement candidate failed its bootstrap/deep check; the next one is tried.
     CandidateRejected {
@@ -332,6 +347,23 @@ pub fn step(incident: &Incident, event: &IncidentEvent, now: UnixMillis) -> Inci
             if next.relaunched_at.is_none() {
                 next.state_tier = Some(*tier);
                 next.state_note = crate::limits::truncated(note, crate::limits::MAX_REASON);
+            }
+        }
+        IncidentEvent::StateFellBack {
+            generation,
+            durable_step,
+            reason,
+        } => {
+            let memory = Some(crate::checkpoint::StateTier::Memory);
+            if next.state_tier == memory && next.to_generation == Some(*generation) {
+                let from = next.resumed_from_step.unwrap_or_default();
+                let note = format!(
+                    "memory tier not used: the workers could not load step {from} ({reason}); \
+                     resumed from the durable checkpoint at step {durable_step}"
+                );
+                next.state_tier = Some(crate::checkpoint::StateTier::Durable);
+                next.state_note = crate::limits::truncated(&note, crate::limits::MAX_REASON);
+                next.resumed_from_step = Some(*durable_step);
             }
         }
         IncidentEvent::Replaced { node } => {
@@ -502,6 +534,48 @@ mod tests {
         assert_eq!(step(&i, &progress(3, 29), 1600).resumed_at, Some(1600));
         // An older generation's relaunch changes nothing.
         assert_eq!(step(&i, &relaunched(2, 30), 1600), i);
+    }
+
+    #[test]
+    fn a_fallback_from_the_memory_tier_is_taken_for_the_relaunched_generation_only() {
+        use crate::checkpoint::StateTier;
+        let fell_back = |generation| IncidentEvent::StateFellBack {
+            generation: Generation(generation),
+            durable_step: 30,
+            reason: "rank 1's copy is corrupt".into(),
+        };
+        let i = step(&opened(), &IncidentEvent::Fenced, 1100);
+        let i = step(&i, &IncidentEvent::Replaced { node: None }, 1200);
+        let chosen = |tier| IncidentEvent::StateChosen {
+            tier,
+            note: "chosen".into(),
+        };
+        let memory = step(&i, &chosen(StateTier::Memory), 1250);
+        let relaunched = IncidentEvent::Relaunched {
+            generation: Generation(2),
+            resume_step: 42,
+        };
+        let memory = step(&memory, &relaunched, 1300);
+        // Not relaunched yet, another generation, or a durable relaunch: nothing changes.
+        assert_eq!(step(&i, &fell_back(2), 1400), i);
+        assert_eq!(step(&memory, &fell_back(3), 1400), memory);
+        assert_eq!(step(&memory, &fell_back(1), 1400), memory);
+        let durable = step(
+            &step(&i, &chosen(StateTier::Durable), 1250),
+            &relaunched,
+            1300,
+        );
+        assert_eq!(step(&durable, &fell_back(2), 1400), durable);
+
+        let after = step(&memory, &fell_back(2), 1400);
+        assert_eq!(after.state_tier, Some(StateTier::Durable));
+        assert_eq!(after.resumed_from_step, Some(30));
+        assert_eq!(
+            after.state_note,
+            "memory tier not used: the workers could not load step 42 (rank 1's copy is \
+             corrupt); resumed from the durable checkpoint at step 30"
+        );
+        assert_eq!(step(&after, &fell_back(2), 1500), after, "taken once");
     }
 
     #[test]

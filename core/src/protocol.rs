@@ -290,6 +290,10 @@ pub struct Progress {
     /// The memory-tier state the node holds for the job (newest first, at most
     /// [`crate::checkpoint::MAX_MEMORY_HOLDINGS`]); empty when the job keeps none.
     pub memory: Vec<crate::checkpoint::MemoryHolding>,
+    /// Why the generation's workers did not use the memory tier they were launched to resume
+    /// from, and loaded the durable checkpoint instead (`python/holdfast/memtier.py`'s
+    /// fallback, as the agent found it); empty when they did not fall back.
+    pub state_fallback: String,
 }
 
 /// A lifecycle script's result.

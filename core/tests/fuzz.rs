@@ -73,8 +73,8 @@ fn input() -> impl Strategy<Value = Input> {
             health: None,
             echo: None,
         }),
-        (node(), job_id(), generation(), any::<u64>()).prop_map(
-            |(node, job_id, generation, step)| {
+        (node(), job_id(), generation(), any::<u64>(), "\\PC{0,40}").prop_map(
+            |(node, job_id, generation, step, state_fallback)| {
                 Input::Progress {
                     node,
                     progress: Progress {
@@ -82,6 +82,7 @@ fn input() -> impl Strategy<Value = Input> {
                         generation,
                         step,
                         memory: Vec::new(),
+                        state_fallback,
                     },
                 }
             }

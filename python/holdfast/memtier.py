@@ -35,8 +35,12 @@ copies through `torch.distributed` (imported when used), which must be initialis
 Every failure is handled: a rank whose copy is missing or corrupt everywhere makes every rank
 return None from `restore` (all ranks agree), with the reason in `tier.fallback_reason` and
 printed; the job then resumes from `tier.durable_from` (HOLDFAST_DURABLE_FROM, the checkpoint the
-coordinator would have used; empty: a fresh start). A failed save is printed and skipped: the
-tier then holds an older step, and the coordinator sees that.
+coordinator would have used; empty: a fresh start). Each rank also leaves the reason in
+`FALLBACK.json` (`{"generation": G, "reason": "…"}`, G its HOLDFAST_GENERATION) in the job's
+directory: the agent sends it with the generation's progress, and the incident then says the
+state came from the durable tier, and why the memory copy was not used. A later generation's
+successful restore and `close` remove it. A failed save is printed and skipped: the tier then
+holds an older step, and the coordinator sees that.
 """
 import hashlib
 import json
@@ -49,6 +53,7 @@ import sys
 from .inprocess import _int_env
 
 MANIFEST = "MANIFEST.json"
+FALLBACK = "FALLBACK.json"
 STATE = "state.bin"
 SCHEME = "memory://"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -81,6 +86,7 @@ class MemoryTier:
         self.source = (self.rank - local) % self.world
         self.durable_from = os.environ.get("HOLDFAST_DURABLE_FROM", "")
         self.durable_step = _int_env("HOLDFAST_DURABLE_STEP", 0)
+        self.generation = _int_env("HOLDFAST_GENERATION", 0)
         self.fallback_reason = ""
 
     @property
@@ -262,6 +268,7 @@ class MemoryTier:
                 _say(problem)
             failed = [r for r, good in enumerate(ok) if not good]
             return self._fall_back(reason or f"step {step}: ranks {failed} could not get their state")
+        self._remove_fallback()  # an earlier generation's, now stale
         return step, data
 
     def _read_or_none(self, rank, step):
@@ -294,7 +301,29 @@ class MemoryTier:
         where = self.durable_from or "a fresh start"
         self.fallback_reason = reason
         _say(f"memory tier not used ({reason}); resuming from {where}")
+        if self.enabled:
+            # For the agent to tell the coordinator, whose incident would otherwise say the
+            # memory tier was used. Every rank writes the same, each renamed into place whole.
+            marker = {"generation": self.generation, "reason": reason}
+            staging = os.path.join(self.directory, f".{FALLBACK}.{os.getpid()}")
+            try:
+                self._prepare()
+                with open(staging, "w") as f:
+                    json.dump(marker, f)
+                os.rename(staging, os.path.join(self.directory, FALLBACK))
+            except OSError as e:
+                _say(f"the fallback is not told to the coordinator: {e}")
+                try:
+                    os.remove(staging)
+                except OSError:
+                    pass
         return None
+
+    def _remove_fallback(self):
+        try:
+            os.remove(os.path.join(self.directory, FALLBACK))
+        except OSError:
+            pass  # none, or another local rank removed it
 
     # ----- the end --------------------------------------------------------------------------
 
@@ -304,6 +333,7 @@ class MemoryTier:
             return
         for rank in {self.rank, self.source}:
             shutil.rmtree(os.path.join(self.directory, f"rank-{rank}"), ignore_errors=True)
+        self._remove_fallback()
         try:
             os.rmdir(self.directory)
         except OSError:

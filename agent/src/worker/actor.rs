@@ -359,10 +359,7 @@ impl Supervisor {
             running.progress.report(step);
         }
         // What the job's memory tier holds here now, too: its last save may not be told yet.
-        let job_id = &running.record.job_id;
-        if let Some(dir) = super::memtier::job_dir(&self.memory_dir, job_id) {
-            running.progress.report_memory(super::memtier::scan(&dir));
-        }
+        running.progress.look_at_memory_tier();
         record::write(&self.state_dir, None);
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.record = None;
@@ -481,6 +478,52 @@ mod tests {
         let on_disk = crate::fencing::store::load(&dir);
         assert_eq!((on_disk.term(), on_disk.generation("j")), (6, 3));
         assert_eq!(supervisor.fencing().term(), 6);
+        supervisor.stop_current("test over").await;
+    }
+
+    /// A worker that could not use the memory tier leaves the reason before its first step;
+    /// that step's progress already carries it (the coordinator judges the recovery by it),
+    /// and a marker left by another generation is not sent.
+    #[tokio::test]
+    async fn the_first_progress_after_a_memory_tier_fallback_says_why() {
+        let dir = crate::testdir::Scratch::new("fallback-progress");
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let (supervisor, mut rx) = supervisor(&dir.join("state"));
+        let mut supervisor = supervisor.with_memory_dir(dir.join("memory"));
+        let launch = |generation: u64, marker_generation: u64| {
+            pb::Launch {
+            job_id: "j".into(),
+            generation,
+            term: 1,
+            progress_regex: holdfast_core::DEFAULT_PROGRESS_REGEX.into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "mkdir -p \"$HOLDFAST_MEMORY_DIR\" && printf '{{\"generation\": {marker_generation}, \
+                     \"reason\": \"step 9: corrupt\"}}' > \"$HOLDFAST_MEMORY_DIR/FALLBACK.json\" \
+                     && echo 'step 5' && sleep 30"
+                ),
+            ],
+            ..Default::default()
+        }
+        };
+        for (generation, marker_generation, said) in [(2, 1, ""), (3, 3, "step 9: corrupt")] {
+            let command = WorkerCommand::Launch(Box::new(launch(generation, marker_generation)));
+            supervisor.handle(command).await;
+            let progress = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match rx.recv().await.and_then(|m| m.body) {
+                        Some(ToCoordinator::Progress(p)) if p.generation == generation => return p,
+                        Some(_) => {}
+                        None => panic!("the outbox closed"),
+                    }
+                }
+            })
+            .await
+            .expect("the worker's first step is reported");
+            assert_eq!((progress.step, progress.state_fallback.as_str()), (5, said));
+        }
         supervisor.stop_current("test over").await;
     }
 

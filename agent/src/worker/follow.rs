@@ -38,7 +38,9 @@ impl Supervisor {
             job_id: record.job_id.clone(),
             generation: Arc::new(record.generation.into()),
             last: Arc::new(std::sync::Mutex::new(0)),
+            memory_dir: super::memtier::job_dir(&self.memory_dir, &record.job_id),
             memory: Arc::default(),
+            fallback: Arc::default(),
             snapshot: self.snapshot.clone(),
         };
         let done = Arc::new(WorkerGone::default());
@@ -56,7 +58,6 @@ impl Supervisor {
         ));
         tokio::spawn(poll_progress_file(
             record.progress_file.clone(),
-            super::memtier::job_dir(&self.memory_dir, &record.job_id),
             self.progress_poll,
             progress.clone(),
         ));
@@ -86,8 +87,13 @@ pub(super) struct ProgressReporter {
     /// Changes when the worker is kept for the next generation (an in-process restart).
     generation: Arc<std::sync::atomic::AtomicU64>,
     last: Arc<std::sync::Mutex<u64>>,
+    /// The job's memory-tier directory on this host (`None`: the tier is off).
+    memory_dir: Option<PathBuf>,
     /// What the job's memory tier on this host last held; sent with each progress.
     memory: Arc<std::sync::Mutex<Vec<pb::MemoryHolding>>>,
+    /// Why the worker's generation did not use the memory tier it was launched to resume from
+    /// (empty: it did, or it was not); sent with each progress of that generation.
+    fallback: Arc<std::sync::Mutex<String>>,
     snapshot: Arc<std::sync::Mutex<WorkerSnapshot>>,
 }
 
@@ -95,6 +101,9 @@ impl ProgressReporter {
     /// The worker now belongs to `generation` (kept for an in-process restart).
     pub(super) fn set_generation(&self, generation: u64) {
         self.generation.store(generation, Ordering::SeqCst);
+        if let Ok(mut fallback) = self.fallback.lock() {
+            fallback.clear();
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -108,6 +117,17 @@ impl ProgressReporter {
         if *last == step {
             return;
         }
+        if *last == 0 {
+            // The generation's first step: a fallback from the memory tier happened before it
+            // (the state is loaded before training), and the coordinator judges the recovery
+            // over by this step, so it must hear of it now, not at the next look at the tier.
+            // One small file, once per worker.
+            self.note_fallback(
+                self.memory_dir
+                    .as_deref()
+                    .and_then(|dir| super::memtier::fallback(dir, self.generation())),
+            );
+        }
         *last = step;
         if let Ok(mut snap) = self.snapshot.lock() {
             snap.last_step = step;
@@ -115,13 +135,19 @@ impl ProgressReporter {
         self.send(step);
     }
 
-    /// The job's memory tier here now holds `held`: told at once when it changed (with the
-    /// last step; before any step, with the first).
-    pub(super) fn report_memory(&self, held: Vec<pb::MemoryHolding>) {
+    /// Looks at the job's memory tier here (blocking: a few small reads) — what it holds, and
+    /// whether the worker's generation fell back from it — and tells the coordinator at once
+    /// when either changed (with the last step; before any step, with the first).
+    pub(super) fn look_at_memory_tier(&self) {
+        let Some(dir) = &self.memory_dir else {
+            return;
+        };
+        let held = super::memtier::scan(dir);
+        let fell_back = self.note_fallback(super::memtier::fallback(dir, self.generation()));
         let Ok(mut memory) = self.memory.lock() else {
             return;
         };
-        if *memory == held {
+        if *memory == held && !fell_back {
             return;
         }
         *memory = held;
@@ -132,8 +158,22 @@ impl ProgressReporter {
         }
     }
 
+    /// Keeps `reason` (when some) as why the generation fell back from the memory tier; true
+    /// when it is news.
+    fn note_fallback(&self, reason: Option<String>) -> bool {
+        let (Some(reason), Ok(mut fallback)) = (reason, self.fallback.lock()) else {
+            return false;
+        };
+        let news = *fallback != reason;
+        *fallback = reason;
+        news
+    }
+
     fn send(&self, step: u64) {
         let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
+        let state_fallback = (self.fallback.lock())
+            .map(|f| f.clone())
+            .unwrap_or_default();
         let _ = self.outbox.send(pb::AgentMessage {
             body: Some(ToCoordinator::Progress(pb::Progress {
                 job_id: self.job_id.clone(),
@@ -141,6 +181,7 @@ impl ProgressReporter {
                 step,
                 at_unix_ms: now_ms(),
                 memory,
+                state_fallback,
             })),
         });
     }
@@ -246,24 +287,17 @@ async fn follow_log(
 }
 
 /// Reads `HOLDFAST_PROGRESS_FILE` (a step number, written by the job) and the job's memory
-/// tier here (`memory`, when on) until the worker is gone.
-async fn poll_progress_file(
-    path: PathBuf,
-    memory: Option<PathBuf>,
-    every: Duration,
-    progress: ProgressReporter,
-) {
+/// tier here (when on) until the worker is gone.
+async fn poll_progress_file(path: PathBuf, every: Duration, progress: ProgressReporter) {
     let mut interval = tokio::time::interval(every);
     loop {
         interval.tick().await;
         if progress.closed() {
             return;
         }
-        if let Some(dir) = memory.clone() {
-            if let Ok(held) = tokio::task::spawn_blocking(move || super::memtier::scan(&dir)).await
-            {
-                progress.report_memory(held);
-            }
+        if progress.memory_dir.is_some() {
+            let looking = progress.clone();
+            let _ = tokio::task::spawn_blocking(move || looking.look_at_memory_tier()).await;
         }
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {

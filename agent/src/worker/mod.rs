@@ -22,7 +22,8 @@
 //! - `reform.rs` — in-process restarts: a survivor kept and told the next generation.
 //! - `standby.rs` — warm standby interpreters (modules imported) that take the next launch.
 //! - `follow.rs` — following a running worker: its log output and progress file, as steps.
-//! - `memtier.rs` — the job's memory tier (`HOLDFAST_MEMORY_DIR`): what it holds, reported.
+//! - `memtier.rs` — the job's memory tier (`HOLDFAST_MEMORY_DIR`): what it holds, and a
+//!   generation's fallback from it, reported.
 //! - `evidence.rs` — the worker's process state, CPU rate and output quiet, every heartbeat.
 //! - `stacks.rs` — `py-spy dump` of a stalled worker's Python processes.
 //! - `adopt.rs` — taking over the worker recorded in `worker.json` after an agent restart.

@@ -519,6 +519,7 @@ async fn serve(
                             step: w.step,
                             at_unix_ms: now_ms(),
                             memory: Vec::new(),
+                            state_fallback: String::new(),
                         }));
                     }
                 }

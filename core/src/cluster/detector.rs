@@ -172,6 +172,14 @@ impl Cluster {
                 job.memory_held.insert(node_id.into(), held);
             }
         }
+        let fell_back = (self.jobs.get(&p.job_id))
+            .and_then(|job| job.state_fell_back(node_id, p.generation, &p.state_fallback));
+        if let Some(event) = fell_back {
+            // Before the progress it came with, which counts from the durable step then.
+            let effect = JobEffect::Incident(event);
+            let queue = &mut VecDeque::new();
+            self.apply_job_effect(&p.job_id, effect, now, &mut fx, queue);
+        }
         self.drive(
             &p.job_id,
             JobEvent::Progress {

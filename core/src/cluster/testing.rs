@@ -285,6 +285,7 @@ pub(super) fn worker(
                 generation: Generation(generation),
                 step,
                 memory: Vec::new(),
+                state_fallback: String::new(),
             };
             return c.step(
                 Input::Progress {

@@ -492,6 +492,7 @@ fn a_running_jobs_progress_and_evidence_save_nothing_and_a_worker_fault_saves_th
         generation,
         step: 7,
         memory: Vec::new(),
+        state_fallback: String::new(),
     };
     c.step(
         Input::Progress {

@@ -1,11 +1,14 @@
 //! Choosing the state a relaunch resumes from across tiers: the durable checkpoint the
 //! coordinator resolved, or the memory tier — each rank's state kept in host memory on its own
 //! host and a peer's (`python/holdfast/memtier.py`), as the job's live nodes report holding it.
-//! The newest wins; the choice and why go into the incident.
+//! The newest wins; the choice and why go into the incident. When the workers then cannot load
+//! the memory copy and fall back to the durable checkpoint, their agents say so with their
+//! progress, and the incident is corrected ([`Job::state_fell_back`]).
 
 use super::{Job, JobEffect};
 use crate::checkpoint::{newest_memory_step, Checkpoint, StateTier, MEMORY_URI_SCHEME};
 use crate::incident::IncidentEvent;
+use crate::Generation;
 
 /// The resume point of the next generation: the memory tier's newest step every rank's state
 /// is held at by a node of the generation (a fenced or replaced node is no longer one), when it
@@ -61,4 +64,33 @@ pub(super) fn choose(
         note,
     }));
     resume
+}
+
+impl Job {
+    /// `node`'s workers of `generation` report that they did not use the memory tier and
+    /// loaded the durable checkpoint instead, because of `reason`: the incident event that
+    /// says so, when `node` runs a rank of the job's current generation and that generation
+    /// was launched from the memory tier; `None` for any other report (stale, misdirected,
+    /// or a job that resumed from durable state anyway). The reason is bounded.
+    pub(crate) fn state_fell_back(
+        &self,
+        node: &str,
+        generation: Generation,
+        reason: &str,
+    ) -> Option<IncidentEvent> {
+        let from_memory =
+            (self.resumed_from.as_ref()).is_some_and(|c| c.uri.starts_with(MEMORY_URI_SCHEME));
+        if reason.is_empty()
+            || generation != self.generation
+            || !from_memory
+            || self.rank_of(node).is_none()
+        {
+            return None;
+        }
+        Some(IncidentEvent::StateFellBack {
+            generation,
+            durable_step: self.durable_fallback.as_ref().map_or(0, |c| c.step),
+            reason: crate::limits::truncated(reason, crate::limits::MAX_REASON),
+        })
+    }
 }

@@ -224,6 +224,7 @@ impl Sim {
                             generation,
                             step,
                             memory: Vec::new(),
+                            state_fallback: String::new(),
                         },
                     },
                 );
