@@ -13,7 +13,7 @@ use crate::{Generation, NodeId, UnixMillis};
 pub struct DurableMark {
     state: JobState,
     generation: Generation,
-    ranks: Vec<RankMark>,
+    ranks: RanksMark,
     restarts: u32,
     resumed_from: Option<Checkpoint>,
     fenced_generations: Vec<FencedGeneration>,
@@ -26,44 +26,58 @@ pub struct DurableMark {
     reform_step: u64,
 }
 
-/// The saved part of a rank, its node as a hash (no copy of the id).
+/// The saved part of the ranks (each rank's node, started, exited, needs-node, unconfirmed
+/// exit and kept) folded into one number: no copy of the ranks and no allocation, taken twice
+/// per job at every tick. The node ids count by their hash.
 #[derive(Debug, PartialEq)]
-struct RankMark {
-    node: u64,
-    started: bool,
-    exited: Option<bool>,
-    needs_node: bool,
-    exit_unconfirmed_at: Option<UnixMillis>,
-    kept: bool,
+struct RanksMark {
+    len: usize,
+    digest: u64,
 }
 
-impl RankMark {
-    fn of(rank: &Rank) -> RankMark {
-        use std::hash::{Hash, Hasher};
-        let Rank {
-            node,
-            started,
-            exited,
-            needs_node,
-            last_step: _,
-            last_progress_at: _,
-            progressed: _,
-            exit_unconfirmed_at,
-            evidence: _,
-            evidence_at: _,
-            kept,
-        } = rank;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        node.hash(&mut hasher);
-        RankMark {
-            node: hasher.finish(),
-            started: *started,
-            exited: *exited,
-            needs_node: *needs_node,
-            exit_unconfirmed_at: *exit_unconfirmed_at,
-            kept: *kept,
+impl RanksMark {
+    fn of(ranks: &[Rank]) -> RanksMark {
+        let digest = ranks.iter().fold(0x243f_6a88_85a3_08d3, |h, rank| {
+            let Rank {
+                node,
+                started,
+                exited,
+                needs_node,
+                last_step: _,
+                last_progress_at: _,
+                progressed: _,
+                exit_unconfirmed_at,
+                evidence: _,
+                evidence_at: _,
+                kept,
+            } = rank;
+            let exited = match exited {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            };
+            let flags = u64::from(*started)
+                | exited << 1
+                | u64::from(*needs_node) << 3
+                | u64::from(*kept) << 4
+                | u64::from(exit_unconfirmed_at.is_some()) << 5;
+            let unconfirmed = exit_unconfirmed_at.unwrap_or(0) as u64;
+            [super::index::node_hash(node), flags, unconfirmed]
+                .into_iter()
+                .fold(h, mix)
+        });
+        RanksMark {
+            len: ranks.len(),
+            digest,
         }
     }
+}
+
+/// One word into a running digest (multiply and shift: each bit of `word` reaches the whole
+/// result).
+fn mix(digest: u64, word: u64) -> u64 {
+    let h = (digest ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
 }
 
 impl JobEvent {
@@ -87,9 +101,9 @@ impl JobEvent {
 impl Job {
     /// A mark of what must be saved when it changes, taken before and compared after each
     /// step: everything persisted except the spec and id (which no step changes) and what
-    /// changes on every progress report (steps, progress times, evidence). Taking it costs
-    /// one small vector, not a copy of every rank: progress from a 1,024-rank job must not
-    /// copy the job 1,024 times a second.
+    /// changes on every progress report (steps, progress times, evidence). Taking it copies no
+    /// rank (the ranks count as one digest): progress from a 1,024-rank job must not copy the
+    /// job 1,024 times a second, and every live job is marked twice at every tick.
     pub fn durable_mark(&self) -> DurableMark {
         // Named field by field so that a new field must be placed here, durable or not.
         let Job {
@@ -115,11 +129,13 @@ impl Job {
             memory_held: _,
             // Set only as a generation starts, which the generation in the mark shows.
             durable_fallback: _,
+            // Derived from the ranks, not stored.
+            rank_index: _,
         } = self;
         DurableMark {
             state: state.clone(),
             generation: *generation,
-            ranks: ranks.iter().map(RankMark::of).collect(),
+            ranks: RanksMark::of(ranks),
             restarts: *restarts,
             resumed_from: resumed_from.clone(),
             fenced_generations: fenced_generations.clone(),
