@@ -41,7 +41,7 @@ impl Cluster {
             unheard: Vec::new(),
             busy: false,
         };
-        for node in self.nodes.values_mut() {
+        self.nodes.for_each_mut(|node| {
             let connected = node.link.is_connected();
             if connected && now - node.pinged_at >= every {
                 node.pinged_at = now;
@@ -66,7 +66,7 @@ impl Cluster {
                 node.link,
                 Link::Lost { .. } | Link::Vouched { .. } | Link::Away { .. }
             ) || node.script_run.is_some();
-        }
+        });
         survey
     }
 

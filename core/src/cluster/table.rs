@@ -112,6 +112,14 @@ impl NodeTable {
         (self.order.values()).filter_map(move |&slot| records.get_mut(slot).and_then(Option::take))
     }
 
+    /// Calls `f` with each record, in id order, to change: a pass over every node without
+    /// the list of references `values_mut` builds (at 100,000 nodes, ten times a second).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut NodeRecord)) {
+        for &slot in self.order.values() {
+            f(&mut self.slots[slot]);
+        }
+    }
+
     /// (id, record) pairs, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &NodeRecord)> + '_ {
         (self.order.iter()).map(|(id, &slot)| (id, &self.slots[slot]))

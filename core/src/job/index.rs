@@ -12,16 +12,26 @@ use super::{Job, Rank};
 pub(crate) struct RankIndex {
     /// (hash of the node id, rank), sorted: ranks that share a node come in rank order.
     by_hash: Vec<(u64, u32)>,
+    /// Each rank's node hash, in rank order (for the job's durable mark).
+    by_rank: Vec<u64>,
 }
 
 impl RankIndex {
     /// The index of `ranks` as they are now.
     pub(crate) fn of(ranks: &[Rank]) -> RankIndex {
-        let mut by_hash: Vec<(u64, u32)> = (ranks.iter().enumerate())
-            .map(|(i, r)| (node_hash(&r.node), i as u32))
+        let by_rank: Vec<u64> = ranks.iter().map(|r| node_hash(&r.node)).collect();
+        let mut by_hash: Vec<(u64, u32)> = (by_rank.iter().enumerate())
+            .map(|(i, &h)| (h, i as u32))
             .collect();
         by_hash.sort_unstable();
-        RankIndex { by_hash }
+        RankIndex { by_hash, by_rank }
+    }
+
+    /// Each rank's node hash, in rank order, while the index covers `ranks`. A step that
+    /// changes a rank's node rebuilds the index, so marks taken from these before and after a
+    /// step see the change.
+    pub(crate) fn node_hashes(&self, ranks: &[Rank]) -> Option<&[u64]> {
+        self.covers(ranks).then_some(self.by_rank.as_slice())
     }
 
     /// Whether the index was built for ranks of this length (a restored or shrunk job's is

@@ -36,36 +36,43 @@ struct RanksMark {
 }
 
 impl RanksMark {
-    fn of(ranks: &[Rank]) -> RanksMark {
-        let digest = ranks.iter().fold(0x243f_6a88_85a3_08d3, |h, rank| {
-            let Rank {
-                node,
-                started,
-                exited,
-                needs_node,
-                last_step: _,
-                last_progress_at: _,
-                progressed: _,
-                exit_unconfirmed_at,
-                evidence: _,
-                evidence_at: _,
-                kept,
-            } = rank;
-            let exited = match exited {
-                None => 0,
-                Some(false) => 1,
-                Some(true) => 2,
-            };
-            let flags = u64::from(*started)
-                | exited << 1
-                | u64::from(*needs_node) << 3
-                | u64::from(*kept) << 4
-                | u64::from(exit_unconfirmed_at.is_some()) << 5;
-            let unconfirmed = exit_unconfirmed_at.unwrap_or(0) as u64;
-            [super::index::node_hash(node), flags, unconfirmed]
-                .into_iter()
-                .fold(h, mix)
-        });
+    /// The mark of `ranks`, their nodes' hashes from `hashes` when given (the job's rank
+    /// index: no visit to every node id).
+    fn of(ranks: &[Rank], hashes: Option<&[u64]>) -> RanksMark {
+        let hash = |i: usize, node: &str| match hashes.and_then(|h| h.get(i)) {
+            Some(&h) => h,
+            None => super::index::node_hash(node),
+        };
+        let digest = ranks
+            .iter()
+            .enumerate()
+            .fold(0x243f_6a88_85a3_08d3, |h, (i, rank)| {
+                let Rank {
+                    node,
+                    started,
+                    exited,
+                    needs_node,
+                    last_step: _,
+                    last_progress_at: _,
+                    progressed: _,
+                    exit_unconfirmed_at,
+                    evidence: _,
+                    evidence_at: _,
+                    kept,
+                } = rank;
+                let exited = match exited {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                };
+                let flags = u64::from(*started)
+                    | exited << 1
+                    | u64::from(*needs_node) << 3
+                    | u64::from(*kept) << 4
+                    | u64::from(exit_unconfirmed_at.is_some()) << 5;
+                let unconfirmed = exit_unconfirmed_at.unwrap_or(0) as u64;
+                [hash(i, node), flags, unconfirmed].into_iter().fold(h, mix)
+            });
         RanksMark {
             len: ranks.len(),
             digest,
@@ -129,13 +136,13 @@ impl Job {
             memory_held: _,
             // Set only as a generation starts, which the generation in the mark shows.
             durable_fallback: _,
-            // Derived from the ranks, not stored.
-            rank_index: _,
+            // Derived from the ranks, not stored (its node hashes stand for the ranks' nodes).
+            rank_index,
         } = self;
         DurableMark {
             state: state.clone(),
             generation: *generation,
-            ranks: RanksMark::of(ranks),
+            ranks: RanksMark::of(ranks, rank_index.node_hashes(ranks)),
             restarts: *restarts,
             resumed_from: resumed_from.clone(),
             fenced_generations: fenced_generations.clone(),
