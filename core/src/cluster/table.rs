@@ -177,3 +177,38 @@ impl<'de> Deserialize<'de> for NodeTable {
         Ok(records.into_iter().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::workers;
+    use super::*;
+    use crate::CoordinatorConfig;
+
+    #[test]
+    fn nodes_added_in_any_order_are_walked_and_stored_in_id_order() {
+        let mut c = workers(CoordinatorConfig::default(), &["w2", "a1", "w10", "b"]);
+        let ids: Vec<String> = c.nodes.keys().map(|id| id.to_string()).collect();
+        assert_eq!(ids, ["a1", "b", "w10", "w2"]);
+        let walked: Vec<String> = c.nodes.values().map(|n| n.id.to_string()).collect();
+        assert_eq!(walked, ids);
+        let mut changed = Vec::new();
+        c.nodes.for_each_mut(|n| changed.push(n.id.to_string()));
+        assert_eq!(changed, ids);
+        let mutably: Vec<String> = c.nodes.values_mut().map(|n| n.id.to_string()).collect();
+        assert_eq!(mutably, ids);
+        assert_eq!(c.nodes.get("w10").map(|n| n.id.as_str()), Some("w10"));
+        assert!(c.nodes.get("w1").is_none() && !c.nodes.contains_key("w1"));
+
+        // Stored exactly as the sorted map it replaced, and read back the same.
+        let map: BTreeMap<NodeId, NodeRecord> = (c.nodes.iter())
+            .map(|(id, n)| (id.clone(), n.clone()))
+            .collect();
+        let stored = serde_json::to_string(&c.nodes).expect("encodes");
+        assert_eq!(stored, serde_json::to_string(&map).expect("encodes"));
+        let back: NodeTable = serde_json::from_str(&stored).expect("decodes");
+        assert_eq!(
+            back.keys().collect::<Vec<_>>(),
+            c.nodes.keys().collect::<Vec<_>>()
+        );
+    }
+}

@@ -109,3 +109,50 @@ pub(crate) fn node_hash(node: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::plain_spec;
+    use super::*;
+    use crate::NodeId;
+
+    fn job_on(nodes: &[&str]) -> Job {
+        let nodes = nodes.iter().copied().map(NodeId::from).collect();
+        Job::new("j".into(), plain_spec(3), nodes, 0)
+    }
+
+    #[test]
+    fn a_rank_is_found_as_a_pass_over_the_ranks_finds_it() {
+        let mut job = job_on(&["a", "b", "a"]);
+        assert_eq!(job.rank_of("a"), Some(0));
+        assert_eq!(job.rank_of("b"), Some(1));
+        assert_eq!(job.rank_of("c"), None);
+        assert_eq!(job.ranks_on(&["a".into()]), [0, 2]);
+        // Fewer names than ranks: looked up name by name; else one pass over the ranks.
+        assert_eq!(job.ranks_on(&["b".into(), "a".into()]), [1, 0, 2]);
+        assert_eq!(
+            job.ranks_on(&["c".into(), "b".into(), "a".into()]),
+            [0, 1, 2]
+        );
+
+        // A replaced node: found once the ranks are indexed again (the step does it).
+        job.ranks[1].node = "c".into();
+        job.index_ranks();
+        assert_eq!(job.rank_of("c"), Some(1));
+        assert_eq!(job.rank_of("b"), None);
+    }
+
+    #[test]
+    fn a_restored_job_is_searched_until_it_is_indexed() {
+        let job = job_on(&["a", "b"]);
+        let stored = serde_json::to_string(&job).expect("encodes");
+        assert!(!stored.contains("rank_index"), "{stored}");
+        let mut back: Job = serde_json::from_str(&stored).expect("decodes");
+        assert!(!back.rank_index.covers(&back.ranks));
+        assert_eq!(back.rank_of("b"), Some(1));
+        back.ensure_rank_index();
+        assert!(back.rank_index.covers(&back.ranks));
+        assert_eq!(back.rank_of("b"), Some(1));
+        assert_eq!(back, job);
+    }
+}
