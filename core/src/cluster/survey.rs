@@ -5,6 +5,8 @@
 //! node and no script running: a quiet tick, nearly all of them) the others are skipped, since
 //! nothing in between can change what they would find.
 
+use std::ops::Bound;
+
 use super::*;
 
 /// What one pass over the nodes found, in node-id order.
@@ -78,18 +80,26 @@ impl Cluster {
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) {
-        let live: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id.clone())
-            .collect();
-        for job_id in live {
+        // One job at a time, the next live one after the last (no list of every job's id
+        // per tick): the same jobs in the same order, since a tick makes no job live.
+        let mut last: Option<JobId> = None;
+        loop {
+            let after = match &last {
+                Some(id) => Bound::Excluded(id.as_str()),
+                None => Bound::Unbounded,
+            };
+            let next = (self.jobs.range::<str, _>((after, Bound::Unbounded)))
+                .map(|(_, j)| j)
+                .find(|j| !j.state.is_terminal());
+            let Some(job_id) = next.map(|j| j.id.clone()) else {
+                break;
+            };
             if !unheard.is_empty() {
                 let nodes = unheard.clone();
                 self.drive(&job_id, JobEvent::Unheard { nodes }, now, fx);
             }
             self.drive(&job_id, JobEvent::Tick, now, fx);
+            last = Some(job_id);
         }
     }
 }
