@@ -2,8 +2,9 @@
 //! before and compared after, and the events that cannot change them at all.
 
 use std::collections::BTreeMap;
+use std::mem::Discriminant;
 
-use super::{Job, JobEvent, JobState, Rank};
+use super::{Job, JobEvent, JobState, Rank, RecoveryPhase};
 use crate::checkpoint::{Checkpoint, FencedGeneration};
 use crate::{Generation, NodeId, UnixMillis};
 
@@ -155,4 +156,14 @@ impl Job {
             reform_step: *reform_step,
         }
     }
+}
+
+/// The job's state and recovery phase as operators name them (each variant has its own name),
+/// compared without comparing the names.
+pub(super) fn shape(job: &Job) -> (Discriminant<JobState>, Option<Discriminant<RecoveryPhase>>) {
+    let phase = match &job.state {
+        JobState::Recovering(phase) => Some(std::mem::discriminant(phase)),
+        _ => None,
+    };
+    (std::mem::discriminant(&job.state), phase)
 }

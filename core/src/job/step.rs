@@ -3,33 +3,22 @@
 //! stalls and deadlines.
 
 use std::collections::BTreeSet;
-use std::mem::Discriminant;
 
 use super::*;
 use crate::evidence::{single_out, Verdict};
 
 /// The job lifecycle's step. Mutates `job` into its next state and returns what to do.
 pub fn step(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits) -> Vec<JobEffect> {
-    let before = shape(job);
+    let before = super::mark::shape(job);
     job.ensure_rank_index();
     let mut fx = Vec::new();
     if !job.state.is_terminal() {
         apply(job, event, now, limits, &mut fx);
     }
-    if before != shape(job) {
+    if before != super::mark::shape(job) {
         fx.push(JobEffect::StateChanged);
     }
     fx
-}
-
-/// The job's state and recovery phase as operators name them (each variant has its own name),
-/// compared without comparing the names.
-fn shape(job: &Job) -> (Discriminant<JobState>, Option<Discriminant<RecoveryPhase>>) {
-    let phase = match &job.state {
-        JobState::Recovering(phase) => Some(std::mem::discriminant(phase)),
-        _ => None,
-    };
-    (std::mem::discriminant(&job.state), phase)
 }
 
 fn apply(
