@@ -15,7 +15,9 @@
 //!   shared silence, progress that vouches), `reconcile` (hello), `placement` (which node runs
 //!   what, within a job's `allowed_nodes`), `recovery` (the job driver), `scripts` (lifecycle
 //!   scripts), `provisioning`, `breaker`, `operators`, `records` (durable state and restore),
-//!   `retention` (finished jobs and closed incidents archived, then forgotten).
+//!   `retention` (finished jobs and closed incidents archived, then forgotten), `survey` (the
+//!   tick's one pass over the nodes), `table` (the node registry: found by hash, walked in id
+//!   order). A job finds its ranks by node through its index (`job/index.rs`).
 //! - `sim` (feature `sim`) — the simulation harness: the real core with in-memory agents, a
 //!   fake clock and fault injection; a test double, never enabled in the daemons.
 //! - [`protocol`] — what agents report and are told, and what operators submit and see, in the

@@ -169,7 +169,12 @@ impl Cluster {
             if p.generation == job.generation && job.rank_of(node_id).is_some() {
                 let mut held = p.memory;
                 held.truncate(crate::checkpoint::MAX_MEMORY_HOLDINGS);
-                job.memory_held.insert(node_id.into(), held);
+                match job.memory_held.get_mut(node_id) {
+                    Some(was) => *was = held,
+                    None => {
+                        job.memory_held.insert(node_id.into(), held);
+                    }
+                }
             }
         }
         let fell_back = (self.jobs.get(&p.job_id))
@@ -394,40 +399,21 @@ impl Cluster {
         }
     }
 
-    /// Stamps the coordinator's clock for every connected agent whose last stamp is older than
-    /// the ping interval: its next heartbeat echoes it, a round trip for the clock offset.
-    fn ping_clocks(&mut self, now: UnixMillis, fx: &mut Vec<Command>) {
-        let every = self.config.heartbeat_interval_ms as i64 * PING_EVERY_HEARTBEATS;
-        for node in self.nodes.values_mut() {
-            if node.link.is_connected() && now - node.pinged_at >= every {
-                node.pinged_at = now;
-                fx.push(Command::Send {
-                    node: node.id.clone(),
-                    command: AgentCommand::Ping {
-                        coordinator_unix_ms: now,
-                    },
-                });
-            }
-        }
-    }
-
     /// The failure detector's clock: heartbeat timeouts, stalls, recovery deadlines.
     pub(crate) fn tick(&mut self, now: UnixMillis) -> Vec<Command> {
         let mut fx = Vec::new();
         self.discount_unobserved_time(now, &mut fx);
-        self.ping_clocks(now, &mut fx);
         let timeout = self.config.heartbeat_timeout_ms as i64;
-        let silent: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|n| n.link.is_connected() && now - n.last_heartbeat_at > timeout)
-            .map(|n| n.id.clone())
-            .collect();
-        let silent = if self.silence_is_shared(&silent, now, &mut fx) {
-            Vec::new()
-        } else {
-            silent
-        };
+        let survey = self.survey(now, &mut fx);
+        let quiet = survey.quiet();
+        let held = self.silence_is_shared(&survey.silent, survey.connected, now, &mut fx);
+        if quiet && self.config.remediation_script.is_empty() {
+            // Nothing to judge but the stall clocks (survey.rs): what the passes below would
+            // find is known to be nothing, and the unheard nodes are as the survey found them.
+            self.tick_jobs(survey.unheard, now, &mut fx);
+            return fx;
+        }
+        let silent = if held { Vec::new() } else { survey.silent };
         let mut faulty = Vec::new();
         for node_id in silent {
             // The node may have died up to a heartbeat interval after its last heartbeat.
@@ -488,12 +474,6 @@ impl Cluster {
         }
         self.expire_scripts(now, &mut fx);
         self.start_remediations(now, &mut fx);
-        let live: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id.clone())
-            .collect();
         let unheard_after = 2 * self.config.heartbeat_interval_ms as i64;
         let unheard: Vec<NodeId> = self
             .nodes
@@ -501,20 +481,10 @@ impl Cluster {
             .filter(|n| !n.link.is_connected() || now - n.last_heartbeat_at > unheard_after)
             .map(|n| n.id.clone())
             .collect();
-        for job_id in live {
-            if !unheard.is_empty() {
-                let nodes = unheard.clone();
-                self.drive(&job_id, JobEvent::Unheard { nodes }, now, &mut fx);
-            }
-            self.drive(&job_id, JobEvent::Tick, now, &mut fx);
-        }
+        self.tick_jobs(unheard, now, &mut fx);
         fx
     }
 }
-
-/// Every how many heartbeat intervals the coordinator stamps its clock for an agent to echo:
-/// one small message per node every few seconds keeps the offset measured.
-const PING_EVERY_HEARTBEATS: i64 = 10;
 
 /// Round trips kept per node; the shortest of them gives the offset.
 const ROUND_TRIP_SAMPLES: usize = 8;

@@ -142,24 +142,20 @@ impl Cluster {
     }
 
     /// Correlated silence is one shared cause, not N node faults. When `silent` (connected
-    /// nodes past the heartbeat timeout) holds at least `silence_storm_share` of the connected
-    /// nodes, and at least two, a switch, the control network or the coordinator's own network
-    /// is likelier than that many dead hosts: their faults are held (true) and one alert says
-    /// so. The storm ends when enough nodes are heard again — then the nodes still silent are
-    /// faults, judged on their whole silence — or when it held `silence_storm_hold_ms` while
-    /// some nodes were still heard. While every connected node is silent nothing can be told
-    /// apart and fencing is held until nodes are heard again.
+    /// nodes past the heartbeat timeout) holds at least `silence_storm_share` of the
+    /// `connected` nodes, and at least two, a switch, the control network or the coordinator's
+    /// own network is likelier than that many dead hosts: their faults are held (true) and one
+    /// alert says so. The storm ends when enough nodes are heard again — then the nodes still
+    /// silent are faults, judged on their whole silence — or when it held
+    /// `silence_storm_hold_ms` while some nodes were still heard. While every connected node is
+    /// silent nothing can be told apart and fencing is held until nodes are heard again.
     pub(super) fn silence_is_shared(
         &mut self,
         silent: &[NodeId],
+        connected: usize,
         now: UnixMillis,
         fx: &mut Vec<Command>,
     ) -> bool {
-        let connected = self
-            .nodes
-            .values()
-            .filter(|n| n.link.is_connected())
-            .count();
         let threshold =
             ((self.config.silence_storm_share * connected as f64).ceil() as usize).max(2);
         let storm = silent.len() >= threshold;

@@ -35,9 +35,12 @@ mod records;
 mod recovery;
 mod retention;
 mod scripts;
+mod survey;
+mod table;
 pub use io::{Command, Input, Reply};
 pub use records::Changes;
 pub use scripts::{CheckPurpose, CheckReport, ScriptOutcome, ScriptRun};
+pub use table::NodeTable;
 
 /// A node's role, from its agent's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,7 +206,7 @@ pub struct Cluster {
     pub term: Term,
     /// Every node that ever said hello, by id; fenced and retired ones stay, so a returning
     /// agent finds its state.
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub nodes: NodeTable,
     /// The jobs, by id; finished ones stay for operators until retention archives them
     /// (retention.rs).
     pub jobs: BTreeMap<JobId, Job>,
@@ -271,7 +274,7 @@ impl Cluster {
         Cluster {
             config,
             term: Term::from(1),
-            nodes: BTreeMap::new(),
+            nodes: NodeTable::new(),
             jobs: BTreeMap::new(),
             incidents: Vec::new(),
             next_job: 1,

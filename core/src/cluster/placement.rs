@@ -100,7 +100,9 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = (self.nodes.values())
             .filter(|n| n.allocatable() && spec.allows(&n.id))
             .collect();
-        free.sort_by_key(|n| (n.role == Role::Spare, n.id.clone()));
+        // Walked in id order already: a stable sort by role keeps it within each role (no
+        // copy of every id to compare by, at 100,000 nodes).
+        free.sort_by_key(|n| n.role == Role::Spare);
         (free.len() >= count).then(|| free[..count].iter().map(|n| n.id.clone()).collect())
     }
 
@@ -119,7 +121,7 @@ impl Cluster {
         let mut free: Vec<&NodeRecord> = (self.nodes.values())
             .filter(|n| n.allocatable() && job.spec.allows(&n.id))
             .collect();
-        free.sort_by_key(|n| (n.role != Role::Spare, n.id.clone()));
+        free.sort_by_key(|n| n.role != Role::Spare);
         let under_check = self.ranks_under_check(job_id);
         job.ranks_needing_nodes()
             .into_iter()

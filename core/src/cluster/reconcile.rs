@@ -51,8 +51,7 @@ impl Cluster {
         }
         let record = self
             .nodes
-            .entry(hello.node_id.clone())
-            .or_insert_with(|| NodeRecord {
+            .get_or_insert_with(hello.node_id.clone(), || NodeRecord {
                 id: hello.node_id.clone(),
                 hostname: String::new(),
                 role: hello.role,

@@ -175,7 +175,7 @@ impl Cluster {
             "meta".into(),
             encode("meta", serde_json::to_vec(&self.meta()))?,
         );
-        for (id, node) in &self.nodes {
+        for (id, node) in self.nodes.iter() {
             let key = format!("node/{id}");
             let value = encode(&key, serde_json::to_vec(node))?;
             records.insert(key, value);

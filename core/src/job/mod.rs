@@ -375,6 +375,9 @@ pub struct Job {
     /// trainer falls back to if its memory copy cannot be read (`None`: a fresh start).
     #[serde(default)]
     pub durable_fallback: Option<Checkpoint>,
+    /// The ranks by node, for [`Job::rank_of`]. Not stored: rebuilt from the ranks.
+    #[serde(skip)]
+    rank_index: index::RankIndex,
 }
 
 /// What can happen to a job.
@@ -559,8 +562,9 @@ impl Job {
                 evidence_at: 0,
                 kept: false,
             })
-            .collect();
+            .collect::<Vec<Rank>>();
         Job {
+            rank_index: index::RankIndex::of(&ranks),
             id,
             spec,
             state: JobState::Pending,
@@ -605,9 +609,22 @@ impl Job {
         self.ranks.iter().map(|r| r.node.clone()).collect()
     }
 
-    /// The rank `node` runs, if any: how reports that name a node find their rank.
+    /// The rank `node` runs, if any (the first, should two share it): how reports that name a
+    /// node find their rank. Looked up in the job's index of its ranks; a pass over the ranks
+    /// while the index does not cover them (a job just restored).
     pub fn rank_of(&self, node: &str) -> Option<usize> {
-        self.ranks.iter().position(|r| r.node == node)
+        let found = if self.rank_index.covers(&self.ranks) {
+            self.rank_index.find(&self.ranks, node)
+        } else {
+            self.ranks.iter().position(|r| r.node == node)
+        };
+        debug_assert_eq!(
+            found,
+            self.ranks.iter().position(|r| r.node == node),
+            "job {}'s rank index is stale for {node}",
+            self.id
+        );
+        found
     }
 
     /// Ranks waiting for a replacement node.
@@ -626,6 +643,7 @@ impl Job {
     }
 }
 
+mod index;
 mod launch;
 mod mark;
 mod step;

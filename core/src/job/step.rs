@@ -9,12 +9,13 @@ use crate::evidence::{single_out, Verdict};
 
 /// The job lifecycle's step. Mutates `job` into its next state and returns what to do.
 pub fn step(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits) -> Vec<JobEffect> {
-    let before = (job.state.name(), job.phase());
+    let before = super::mark::shape(job);
+    job.ensure_rank_index();
     let mut fx = Vec::new();
     if !job.state.is_terminal() {
         apply(job, event, now, limits, &mut fx);
     }
-    if before != (job.state.name(), job.phase()) {
+    if before != super::mark::shape(job) {
         fx.push(JobEffect::StateChanged);
     }
     fx
@@ -186,6 +187,7 @@ fn apply(
             }
             r.node = node.clone();
             r.needs_node = false;
+            job.index_ranks();
             if job.ranks_needing_nodes().is_empty() {
                 job.message = String::new();
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced {
@@ -195,11 +197,10 @@ fn apply(
             }
         }
         JobEvent::Unheard { nodes } => {
-            for rank in &mut job.ranks {
-                if nodes.contains(&rank.node) {
-                    rank.last_progress_at = rank.last_progress_at.max(now);
-                    job.unheard_at = Some(now);
-                }
+            for rank in job.ranks_on(&nodes) {
+                let rank = &mut job.ranks[rank];
+                rank.last_progress_at = rank.last_progress_at.max(now);
+                job.unheard_at = Some(now);
             }
         }
         JobEvent::Note { message } => {
@@ -561,6 +562,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
             {
                 let before = job.ranks.len();
                 job.ranks.retain(|r| !r.needs_node);
+                job.index_ranks();
                 fx.push(JobEffect::Incident(IncidentEvent::Replaced { node: None }));
                 begin_relaunch(job, now, fx);
                 job.message = format!(
