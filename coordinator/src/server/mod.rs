@@ -57,8 +57,8 @@ pub use serve::{run, run_with_store, ServeError};
 
 /// What goes to one agent: a message, or the status that ends its stream. The message is
 /// boxed: the channel allocates its slots 32 at a time, each the size of its item, and a
-/// `CoordinatorMessage` inline (its largest variant, a launch) would make that ~11 KiB per
-/// connected agent where 32 pointers are 512 bytes.
+/// `CoordinatorMessage` inline (its largest variant, a launch) made that ~9.5 KB per
+/// connected agent where 32 pointers are 512 bytes (heap profile: BENCHMARKS.md).
 type ToAgent = Result<Box<pb::CoordinatorMessage>, Status>;
 type ToAgentTx = mpsc::UnboundedSender<ToAgent>;
 
