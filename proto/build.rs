@@ -3,6 +3,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=holdfast/v1/holdfast.proto");
     let fds = protox::compile(["holdfast/v1/holdfast.proto"], ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Smaller per-stream buffers than tonic's default (src/codec.rs): a coordinator holds one
+    // stream per agent.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

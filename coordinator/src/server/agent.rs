@@ -12,10 +12,9 @@ use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::AgentService;
 use tokio::sync::{mpsc, Notify};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AgentConn, Coordinator};
+use super::{AgentConn, Coordinator, ToAgent};
 use crate::error::CoordinatorError;
 use crate::now_ms;
 
@@ -108,7 +107,7 @@ impl Coordinator {
 
 #[tonic::async_trait]
 impl AgentService for Coordinator {
-    type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+    type SessionStream = Outbox;
 
     async fn session(
         &self,
@@ -231,7 +230,7 @@ impl AgentService for Coordinator {
         let mut sent = false;
         self.commit(sealed, || {
             // The receiver is alive: it is returned below.
-            let _ = tx.send(Ok(crate::wire::welcome(welcome)));
+            let _ = tx.send(Ok(Box::new(crate::wire::welcome(welcome))));
             self.agents().insert(
                 NodeId::from(node.as_str()),
                 AgentConn {
@@ -301,7 +300,24 @@ impl AgentService for Coordinator {
             })
             .await;
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(Outbox(rx)))
+    }
+}
+
+/// The coordinator's side of an agent stream as tonic sends it: what was queued for the
+/// agent, unboxed.
+pub struct Outbox(mpsc::UnboundedReceiver<ToAgent>);
+
+impl tokio_stream::Stream for Outbox {
+    type Item = Result<pb::CoordinatorMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|queued| queued.map(|item| item.map(|message| *message)))
     }
 }
 

@@ -64,7 +64,7 @@ impl Coordinator {
                     match agents.get(&node) {
                         Some(agent) => {
                             let msg = crate::wire::agent_command(command);
-                            if agent.tx.send(Ok(msg)).is_err() {
+                            if agent.tx.send(Ok(Box::new(msg))).is_err() {
                                 tracing::warn!(
                                     node = node.as_str(),
                                     "agent stream already closed; command dropped"

@@ -55,7 +55,12 @@ use crate::store::{MemoryStore, Persister, RecordStore, StoreError};
 pub use agent::{MESSAGES_PER_SECOND, MESSAGE_BURST};
 pub use serve::{run, run_with_store, ServeError};
 
-type ToAgentTx = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
+/// What goes to one agent: a message, or the status that ends its stream. The message is
+/// boxed: the channel allocates its slots 32 at a time, each the size of its item, and a
+/// `CoordinatorMessage` inline (its largest variant, a launch) made that ~9.5 KB per
+/// connected agent where 32 pointers are 512 bytes (heap profile: BENCHMARKS.md).
+type ToAgent = Result<Box<pb::CoordinatorMessage>, Status>;
+type ToAgentTx = mpsc::UnboundedSender<ToAgent>;
 
 /// A live agent stream.
 struct AgentConn {
