@@ -135,6 +135,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
+    crate::malloc::map_large_allocations();
     let mut config = load_config(&options)?;
     protect(&options, &mut config)?;
     if let (true, StateOptions::File(state)) =

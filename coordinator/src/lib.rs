@@ -26,6 +26,7 @@
 //! - [`tls`] — TLS on the coordinator's port; client certificates for agents (mutual TLS).
 //! - [`archive`] — the export of finished jobs and closed incidents that retention forgets.
 //! - [`error`] — typed errors and their gRPC status codes.
+//! - [`malloc`] — large buffers in their own mappings, so their unwritten pages stay unresident.
 
 pub mod archive;
 pub mod auth;
@@ -35,6 +36,7 @@ pub mod dashboard;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod ha;
+pub mod malloc;
 pub mod metrics;
 pub mod pki;
 pub mod provider;

@@ -11,7 +11,7 @@ use holdfast_core::{limits, NodeId};
 use holdfast_proto::v1 as pb;
 use pb::agent_message::Body as FromAgent;
 use pb::agent_service_server::AgentService;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{AgentConn, Coordinator, ToAgent};
@@ -199,7 +199,7 @@ impl AgentService for Coordinator {
             return Err(busy(wait));
         }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
         let refusals = tx.clone();
         let close = Arc::new(Notify::new());
         let request = self.request_id();
@@ -230,7 +230,7 @@ impl AgentService for Coordinator {
         let mut sent = false;
         self.commit(sealed, || {
             // The receiver is alive: it is returned below.
-            let _ = tx.send(Ok(Box::new(crate::wire::welcome(welcome))));
+            let _ = tx.unbounded_send(Ok(Box::new(crate::wire::welcome(welcome))));
             self.agents().insert(
                 NodeId::from(node.as_str()),
                 AgentConn {
@@ -248,65 +248,115 @@ impl AgentService for Coordinator {
             ));
         }
         tracing::info!(node, peer, conn, "agent session open");
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut budget = MessageBudget::new(std::time::Instant::now());
-            loop {
-                tokio::select! {
-                    _ = close.notified() => break,
-                    msg = inbound.message() => match msg {
-                        Ok(Some(pb::AgentMessage { body: Some(body) })) => {
-                            match budget.admit(&body, std::time::Instant::now()) {
-                                Admit::Yes => {}
-                                Admit::DropProgress => continue,
-                                Admit::Flood => {
-                                    let e = CoordinatorError::Flood(MESSAGES_PER_SECOND);
-                                    tracing::warn!(node, "agent stream closed: {e}");
-                                    let _ = refusals.send(Err(e.into()));
-                                    break;
-                                }
-                            }
-                            match Coordinator::agent_input(&node, body) {
-                                Ok(Some(input)) => this.enqueue(input).await,
-                                Ok(None) => {}
-                                Err(e) => {
-                                    let e = CoordinatorError::from(e);
-                                    tracing::warn!(node, "agent stream closed: {e}");
-                                    let _ = refusals.send(Err(e.into()));
-                                    break;
-                                }
-                            }
-                        }
-                        Ok(Some(_)) => tracing::warn!(node, "empty agent message ignored"),
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::warn!(node, "agent stream broke: {}", status.message());
-                            break;
-                        }
-                    }
-                }
-            }
-            {
-                let mut agents = this.agents();
-                if agents.get(node.as_str()).is_some_and(|a| a.conn == conn) {
-                    agents.remove(node.as_str());
-                }
-            }
-            tracing::info!(node, conn, "agent session closed");
-            // After the stream's last input, through the same queue.
-            this.enqueue(Input::Disconnected {
-                node: node.into(),
-                conn,
-            })
-            .await;
-        });
+        let reader = read_agent(self.clone(), node, conn, inbound, close, refusals);
+        tracing::trace!(bytes = std::mem::size_of_val(&reader), "agent reader");
+        tracing::trace!(
+            streaming = std::mem::size_of::<Streaming<pb::AgentMessage>>(),
+            status = std::mem::size_of::<Status>(),
+            body = std::mem::size_of::<FromAgent>(),
+            input = std::mem::size_of::<Input>(),
+            msg = std::mem::size_of::<Result<Option<pb::AgentMessage>, Status>>(),
+            "sizes"
+        );
+        tokio::spawn(reader);
         Ok(Response::new(Outbox(rx)))
+    }
+}
+
+/// Reads an agent's stream until it ends, breaks, floods, sends what the core refuses, or
+/// `close` is notified (a newer stream of the same node): each message becomes an input in
+/// the inbox, then the stream's `Disconnected`. One runs per agent for as long as it is
+/// connected, so what it holds is kept small (see [`Coordinator::enqueue`]).
+fn read_agent(
+    this: Coordinator,
+    node: String,
+    conn: u64,
+    mut inbound: Streaming<pb::AgentMessage>,
+    close: Arc<Notify>,
+    refusals: super::ToAgentTx,
+) -> impl std::future::Future<Output = ()> {
+    // A block rather than an `async fn`, whose arguments would be kept twice in the future.
+    async move {
+        let mut budget = MessageBudget::new(std::time::Instant::now());
+        loop {
+            let msg = tokio::select! {
+                _ = close.notified() => break,
+                msg = inbound.message() => msg,
+            };
+            // Decided without awaiting, so nothing of the message is held while waiting for room.
+            let pending = match take_message(&this, &node, msg, &mut budget) {
+                Ok(pending) => pending,
+                Err(refusal) => {
+                    if let Some(e) = refusal {
+                        let _ = refusals.unbounded_send(Err(e.into()));
+                    }
+                    break;
+                }
+            };
+            if let Some(pending) = pending {
+                pending.await;
+            }
+        }
+        {
+            let mut agents = this.agents();
+            if agents.get(node.as_str()).is_some_and(|a| a.conn == conn) {
+                agents.remove(node.as_str());
+            }
+        }
+        tracing::info!(node, conn, "agent session closed");
+        // After the stream's last input, through the same queue.
+        if let Some(pending) = this.enqueue(Input::Disconnected {
+            node: node.into(),
+            conn,
+        }) {
+            pending.await;
+        }
+    }
+}
+
+/// One message read from an agent's stream, queued in the inbox: `Ok` with what is left to
+/// await to keep reading, `Err` when the stream ends (with the error to tell the agent, if any).
+fn take_message(
+    this: &Coordinator,
+    node: &str,
+    msg: Result<Option<pb::AgentMessage>, Status>,
+    budget: &mut MessageBudget,
+) -> Result<Option<super::inbox::Pending>, Option<CoordinatorError>> {
+    let body = match msg {
+        Ok(Some(pb::AgentMessage { body: Some(body) })) => body,
+        Ok(Some(_)) => {
+            tracing::warn!(node, "empty agent message ignored");
+            return Ok(None);
+        }
+        Ok(None) => return Err(None),
+        Err(status) => {
+            tracing::warn!(node, "agent stream broke: {}", status.message());
+            return Err(None);
+        }
+    };
+    match budget.admit(&body, std::time::Instant::now()) {
+        Admit::Yes => {}
+        Admit::DropProgress => return Ok(None),
+        Admit::Flood => {
+            let e = CoordinatorError::Flood(MESSAGES_PER_SECOND);
+            tracing::warn!(node, "agent stream closed: {e}");
+            return Err(Some(e));
+        }
+    }
+    match Coordinator::agent_input(node, body) {
+        Ok(Some(input)) => Ok(this.enqueue(input)),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let e = CoordinatorError::from(e);
+            tracing::warn!(node, "agent stream closed: {e}");
+            Err(Some(e))
+        }
     }
 }
 
 /// The coordinator's side of an agent stream as tonic sends it: what was queued for the
 /// agent, unboxed.
-pub struct Outbox(mpsc::UnboundedReceiver<ToAgent>);
+pub struct Outbox(futures::channel::mpsc::UnboundedReceiver<ToAgent>);
 
 impl tokio_stream::Stream for Outbox {
     type Item = Result<pb::CoordinatorMessage, Status>;
@@ -315,8 +365,8 @@ impl tokio_stream::Stream for Outbox {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.0
-            .poll_recv(cx)
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
             .map(|queued| queued.map(|item| item.map(|message| *message)))
     }
 }

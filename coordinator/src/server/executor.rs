@@ -64,7 +64,7 @@ impl Coordinator {
                     match agents.get(&node) {
                         Some(agent) => {
                             let msg = crate::wire::agent_command(command);
-                            if agent.tx.send(Ok(Box::new(msg))).is_err() {
+                            if agent.tx.unbounded_send(Ok(Box::new(msg))).is_err() {
                                 tracing::warn!(
                                     node = node.as_str(),
                                     "agent stream already closed; command dropped"
@@ -81,7 +81,7 @@ impl Coordinator {
                     if let Some(agent) = self.agents().remove(&node) {
                         tracing::warn!(node = node.as_str(), "closing agent stream: {reason}");
                         // Tell the agent why before the stream goes.
-                        let _ = agent.tx.send(Err(Status::unavailable(reason)));
+                        let _ = agent.tx.unbounded_send(Err(Status::unavailable(reason)));
                         agent.close.notify_one();
                     }
                 }

@@ -25,6 +25,9 @@ const INBOX_CAPACITY: usize = 16_384;
 /// waits for no more than one such batch.
 const MAX_BATCH: usize = 512;
 
+/// An input waiting for room in the inbox (see [`Coordinator::enqueue`]).
+pub(super) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The queue of agent inputs; its receiving end moves to the inbox thread when serving starts.
 pub(super) struct Inbox {
     tx: mpsc::Sender<Input>,
@@ -44,9 +47,28 @@ impl Inbox {
 impl Coordinator {
     /// Queues an agent's input for the inbox thread; steps it here when that thread does not
     /// run (it could not start, or ended).
-    pub(super) async fn enqueue(&self, input: Input) {
-        if let Err(mpsc::error::SendError(input)) = self.shared.inbox.tx.send(input).await {
-            self.step(input);
+    ///
+    /// Queued at once when there is room (nearly always): `None`. When the queue is full the
+    /// caller awaits the returned future, which queues it once there is room. The input waits
+    /// in that boxed future rather than in the caller's: a stream's reader, one per agent, stays
+    /// a few hundred bytes instead of carrying room for an input and a send.
+    pub(super) fn enqueue(&self, input: Input) -> Option<Pending> {
+        match self.shared.inbox.tx.try_send(input) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                let this = self.clone();
+                Some(Box::pin(async move {
+                    if let Err(mpsc::error::SendError(input)) =
+                        this.shared.inbox.tx.send(input).await
+                    {
+                        this.step(input);
+                    }
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(input)) => {
+                self.step(input);
+                None
+            }
         }
     }
 

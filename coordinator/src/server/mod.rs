@@ -44,7 +44,7 @@ use holdfast_core::cluster::{Cluster, Command, Input, Reply};
 use holdfast_core::error::CoreError;
 use holdfast_core::NodeId;
 use holdfast_proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, oneshot, Notify};
 use tonic::Status;
 
 use crate::config::CoordinatorConfig;
@@ -60,7 +60,9 @@ pub use serve::{run, run_with_store, ServeError};
 /// `CoordinatorMessage` inline (its largest variant, a launch) made that ~9.5 KB per
 /// connected agent where 32 pointers are 512 bytes (heap profile: BENCHMARKS.md).
 type ToAgent = Result<Box<pb::CoordinatorMessage>, Status>;
-type ToAgentTx = mpsc::UnboundedSender<ToAgent>;
+/// The queue to one agent's stream: futures' channel, whose empty queue is a few dozen bytes
+/// (tokio's allocates a block of 32 slots up front), held once per connected agent.
+type ToAgentTx = futures::channel::mpsc::UnboundedSender<ToAgent>;
 
 /// A live agent stream.
 struct AgentConn {
