@@ -520,13 +520,16 @@ impl RoundTrip {
 /// A one-way sample (agent send time minus arrival): the offset less the delay. Used only
 /// while no round trip was measured (an agent that does not echo).
 pub(super) fn push_offset(node: &mut NodeRecord, sample: i64) {
-    node.offset_samples.push_back(sample);
-    if node.offset_samples.len() > OFFSET_SAMPLES {
+    if !node.round_trips.is_empty() {
+        return;
+    }
+    // Room is made before the push, so the queue never grows past its bound (one record per
+    // node: at 10,000 nodes its spare room is memory too).
+    if node.offset_samples.len() >= OFFSET_SAMPLES {
         node.offset_samples.pop_front();
     }
-    if node.round_trips.is_empty() {
-        node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
-    }
+    node.offset_samples.push_back(sample);
+    node.clock_offset_ms = node.offset_samples.iter().copied().max().unwrap_or(0);
 }
 
 /// A round-trip sample; the offset is the one of the shortest recent round trip (the least
@@ -536,10 +539,14 @@ pub(super) fn push_round_trip(node: &mut NodeRecord, sample: RoundTrip) {
     if sample.round_trip_ms < 0 {
         return;
     }
-    node.round_trips.push_back(sample);
-    if node.round_trips.len() > ROUND_TRIP_SAMPLES {
+    if node.round_trips.is_empty() {
+        // One-way samples are no longer used once a round trip is measured.
+        node.offset_samples = VecDeque::new();
+    }
+    if node.round_trips.len() >= ROUND_TRIP_SAMPLES {
         node.round_trips.pop_front();
     }
+    node.round_trips.push_back(sample);
     if let Some(best) = node.round_trips.iter().min_by_key(|s| s.round_trip_ms) {
         node.clock_offset_ms = best.offset_ms;
         node.clock_round_trip_ms = Some(best.round_trip_ms);
