@@ -45,7 +45,8 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
     let config = kit::write_file(
         &dir,
         "coordinator.toml",
-        "hello_rate_per_s = 2\nhello_burst = 1\n",
+        // No hold: every hello beyond the rate is refused at once (the hold is tested below).
+        "hello_rate_per_s = 2\nhello_burst = 1\nhello_hold_ms = 0\n",
     );
     let mut cluster = LocalCluster::start(holdfast_exe!(), dir.path(), &["--config", &config])
         .await
@@ -53,10 +54,12 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
 
     // Four hellos at once: one is admitted, the rest are refused with a retry-after.
     let addr = cluster.addr.clone();
-    let burst = (0..4).map(|i| {
-        let addr = addr.clone();
-        tokio::spawn(async move { hello(&addr, &format!("raw-{i}")).await })
-    });
+    let burst: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = addr.clone();
+            tokio::spawn(async move { hello(&addr, &format!("raw-{i}")).await })
+        })
+        .collect();
     let mut refused = Vec::new();
     for call in burst {
         if let Err(status) = call.await.expect("the call ran") {
@@ -123,4 +126,56 @@ async fn a_burst_beyond_the_admission_rate_is_told_to_retry_and_every_agent_regi
             .all(|n| n.node_state() == pb::NodeState::Ready),
         "{nodes:?}"
     );
+}
+
+/// A hello whose turn comes within `hello_hold_ms` waits for it on its open stream and is then
+/// welcomed, one turn after another, never before its turn; one whose turn is further back is
+/// refused with a retry-after, as without the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_whose_turn_is_near_waits_for_it_on_its_stream() {
+    let dir = Scratch::new("admission-hold");
+    // A turn every 500 ms, held up to 1.2 s: a burst of hellos faster than that builds a line
+    // longer than the hold.
+    let config = kit::write_file(
+        &dir,
+        "coordinator.toml",
+        "hello_rate_per_s = 2\nhello_burst = 1\nhello_hold_ms = 1200\n",
+    );
+    let cluster = LocalCluster::start(holdfast_exe!(), dir.path(), &["--config", &config])
+        .await
+        .expect("coordinator started");
+    let start = std::time::Instant::now();
+    // Spawned all at once (collected before any is awaited).
+    let burst: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = cluster.addr.clone();
+            tokio::spawn(async move {
+                let result = hello(&addr, &format!("held-{i}")).await;
+                (result, start.elapsed())
+            })
+        })
+        .collect();
+    let mut welcomed = Vec::new();
+    let mut refused = Vec::new();
+    for call in burst {
+        match call.await.expect("the call ran") {
+            (Ok(()), after) => welcomed.push(after),
+            (Err(status), _) => refused.push(status),
+        }
+    }
+    welcomed.sort();
+    let report = format!("welcomed at {welcomed:?}, refused {refused:?}");
+    // Held rather than refused: more than the burst's one token was welcomed...
+    assert!(welcomed.len() >= 2, "{report}");
+    // ...each at its own turn, one slot after the one before.
+    for pair in welcomed.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(400), "{report}");
+    }
+    // The line grew past the hold: the rest were told when to come back.
+    assert!(!refused.is_empty(), "{report}");
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let after = holdfast_agent::backoff::retry_after(status).expect("a retry-after");
+        assert!(after >= Duration::from_millis(200), "{after:?}");
+    }
 }

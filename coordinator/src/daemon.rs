@@ -299,7 +299,7 @@ async fn open_store(
 ) -> Result<OpenedStore, DaemonError> {
     match state {
         StateOptions::Etcd(etcd) => lead_with_etcd(etcd, config).await,
-        StateOptions::Memory => Ok((Box::new(MemoryStore::default()), None)),
+        StateOptions::Memory => Ok((Box::new(MemoryStore), None)),
         StateOptions::File(path) => Ok((Box::new(RedbStore::open(path)?), None)),
     }
 }

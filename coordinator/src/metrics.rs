@@ -42,11 +42,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The coordinator's own counters: hellos admitted and refused (admission control), and the
+/// The coordinator's own counters: hellos admitted, held and refused (admission control), and the
 /// group commit's batches, the steps they carried and the records they wrote.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShellCounters {
     pub hellos_admitted: u64,
+    pub hellos_held: u64,
     pub hellos_refused: u64,
     pub save_batches: u64,
     pub saved_steps: u64,
@@ -61,6 +62,11 @@ pub fn render_shell(counters: &ShellCounters) -> String {
             "holdfast_hellos_admitted_total",
             "Agent sessions admitted.",
             counters.hellos_admitted,
+        ),
+        (
+            "holdfast_hellos_held_total",
+            "Agent sessions admitted after waiting their turn on their stream (admission control).",
+            counters.hellos_held,
         ),
         (
             "holdfast_hellos_refused_total",

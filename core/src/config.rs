@@ -22,6 +22,10 @@ pub struct CoordinatorConfig {
     pub hello_rate_per_s: u32,
     /// Admission control: hellos admitted at once before the rate applies.
     pub hello_burst: u32,
+    /// Admission control: a hello whose turn comes within this long waits for it on its open
+    /// stream (no reconnect, no new handshake); one further back is refused with its
+    /// retry-after. 0 refuses every hello beyond the rate at once. At most 60,000.
+    pub hello_hold_ms: u64,
     /// SIGTERM → SIGKILL grace agents give workers when stopping them.
     pub stop_grace_ms: u64,
     /// How long recovery waits for survivors to confirm their workers stopped before moving on
@@ -206,6 +210,7 @@ impl Default for CoordinatorConfig {
             hello_timeout_ms: 5000,
             hello_rate_per_s: 1000,
             hello_burst: 200,
+            hello_hold_ms: 10_000,
             stop_grace_ms: 5000,
             stop_deadline_ms: 8000,
             replacement_timeout_ms: 0,
@@ -346,6 +351,12 @@ impl CoordinatorConfig {
         positive("hello_timeout_ms", self.hello_timeout_ms)?;
         positive("hello_rate_per_s", u64::from(self.hello_rate_per_s))?;
         positive("hello_burst", u64::from(self.hello_burst))?;
+        if self.hello_hold_ms > 60_000 {
+            return Err(invalid(
+                "hello_hold_ms",
+                format!("must be at most 60000 ms, got {} ms", self.hello_hold_ms),
+            ));
+        }
         positive("max_nodes", self.max_nodes as u64)?;
         if !(MIN_NODE_CERT_LIFETIME_S..=3_650 * 86_400).contains(&self.node_cert_lifetime_s) {
             return Err(invalid(

@@ -16,7 +16,7 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Encode and decode buffer allocated per RPC, in bytes: a heartbeat with its health summary,
 /// a welcome, a ping or a launch fit in it.
-pub const BUFFER_BYTES: usize = 512;
+pub const BUFFER_BYTES: usize = 256;
 /// How much a server stream batches before yielding (tonic's default).
 const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
 

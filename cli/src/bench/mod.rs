@@ -201,15 +201,36 @@ async fn connect(addr: &str) -> Result<Client, SwarmError> {
     Ok(client.max_decoding_message_size(256 << 20))
 }
 
+/// Nodes per `ListNodes` page the generator reads: the dashboard's page of the fleet map.
+pub const LIST_PAGE: u32 = 5000;
+
+/// Every node, read the way the dashboard reads the fleet: brief pages of [`LIST_PAGE`] (the
+/// node's state and heartbeat stamp without its health checks and GPUs). Read once a second,
+/// a full listing of 10,000 nodes in one answer would be the coordinator's largest transient
+/// allocation — an operator load of the generator's own making, not the agents'.
 async fn list_nodes(client: &mut Client, addr: &str) -> Result<Vec<pb::Node>, SwarmError> {
-    client
-        .list_nodes(pb::ListNodesRequest::default())
-        .await
-        .map(|r| r.into_inner().nodes)
-        .map_err(|status| SwarmError::Unreachable {
-            addr: addr.to_string(),
-            reason: format!("ListNodes: {}", status.message()),
-        })
+    let mut nodes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_nodes(pb::ListNodesRequest {
+                brief: true,
+                page_size: LIST_PAGE,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| SwarmError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("ListNodes: {}", status.message()),
+            })?;
+        nodes.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            return Ok(nodes);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Lets this process open a descriptor per agent connection (and some for itself).

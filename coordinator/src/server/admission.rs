@@ -3,8 +3,13 @@
 //! late (the process cannot keep up with what it already carries: heartbeats of the agents
 //! admitted, a loaded host) the rate is halved and no hello is admitted until a tick is on time
 //! again; each tick on time gives back a tenth of the configured rate. So a storm is admitted
-//! as fast as this coordinator on this host can take it, never faster. A hello beyond it is refused with `unavailable` and a retry-after that gives
-//! it a place in line: each refusal takes the next free slot, one every `1 / rate` seconds, so
+//! as fast as this coordinator on this host can take it, never faster. A hello whose turn
+//! comes within `hello_hold_ms` waits for it on its open stream (its token is taken at once,
+//! so the bucket runs into debt and later hellos queue behind it): a storm of thousands of
+//! agents is served in order without each reconnecting — no second connection, handshake or
+//! allocation of its buffers, which also left the coordinator's heap fragmented. A hello
+//! further back is refused with `unavailable` and a retry-after that gives it a place in
+//! line: each refusal takes the next free slot, one every `1 / rate` seconds, so
 //! a storm of thousands of agents comes back spread over time, in the order it arrived,
 //! instead of all at once again. The refused agents' node ids are handed to the core each
 //! tick ([`holdfast_core::cluster::Input::AdmissionWait`]): an agent waiting its turn is
@@ -46,6 +51,7 @@ pub struct Admission {
     waiting: Vec<NodeId>,
     longest_wait: Duration,
     admitted: u64,
+    held: u64,
     refused: u64,
 }
 
@@ -64,23 +70,66 @@ impl Admission {
             waiting: Vec::new(),
             longest_wait: Duration::ZERO,
             admitted: 0,
+            held: 0,
             refused: 0,
         }
     }
 
-    /// Admits a hello of `node` now, or says when to come back.
+    /// Admits a hello of `node` now, or says when to come back (never holds it).
+    #[cfg(test)]
     pub fn admit(&mut self, node: &NodeId, now: Instant) -> Result<(), Duration> {
+        self.admit_within(node, now, Duration::ZERO).map(|_| ())
+    }
+
+    /// Admits a hello of `node` now (`Ok(ZERO)`), or after it waits its turn on its stream
+    /// when that comes within `hold` (`Ok(wait)`: the turn is taken, so later hellos queue
+    /// behind it), or says when to come back (`Err`). A held hello is counted as waiting
+    /// ([`Admission::take_waiting`]) like a refused one.
+    pub fn admit_within(
+        &mut self,
+        node: &NodeId,
+        now: Instant,
+        hold: Duration,
+    ) -> Result<Duration, Duration> {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 && !self.behind {
-            self.tokens -= 1.0;
-            self.admitted += 1;
-            return Ok(());
+        if !self.behind {
+            if self.tokens >= 1.0 {
+                self.tokens -= 1.0;
+                self.admitted += 1;
+                return Ok(Duration::ZERO);
+            }
+            let turn = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            if turn <= hold {
+                // Its token is spent now (the bucket goes into debt), so it is not given to
+                // a later hello meanwhile.
+                self.tokens -= 1.0;
+                self.admitted += 1;
+                self.held += 1;
+                self.note_waiting(node, turn);
+                return Ok(turn);
+            }
         }
+        Err(self.refuse(node, now))
+    }
+
+    /// A held hello at the end of its wait: `Err` with a retry-after when the coordinator fell
+    /// behind meanwhile (admission holds), so it is not served before the detector is on time.
+    pub fn resume(&mut self, node: &NodeId, now: Instant) -> Result<(), Duration> {
+        if self.behind {
+            return Err(self.refuse(node, now));
+        }
+        Ok(())
+    }
+
+    /// Refuses a hello: its retry-after is the next free slot in line (after the turns
+    /// already promised to held hellos).
+    fn refuse(&mut self, node: &NodeId, now: Instant) -> Duration {
         self.refused += 1;
         let slot = Duration::from_secs_f64(1.0 / self.rate);
-        self.next_slot = self.next_slot.max(now) + slot;
+        let debt = Duration::from_secs_f64((-self.tokens).max(0.0) / self.rate);
+        self.next_slot = self.next_slot.max(now + debt) + slot;
         let wait = self
             .next_slot
             .saturating_duration_since(now)
@@ -90,11 +139,15 @@ impl Admission {
             // jitter spreads them) rather than being promised ever later ones.
             self.next_slot = now + RETRY_AFTER_MAX;
         }
+        self.note_waiting(node, wait);
+        wait
+    }
+
+    fn note_waiting(&mut self, node: &NodeId, wait: Duration) {
         if self.waiting.len() < WAITING_MAX {
             self.waiting.push(node.clone());
         }
         self.longest_wait = self.longest_wait.max(wait);
-        Err(wait)
     }
 
     /// How late the detector's last tick ran: later than [`BEHIND`] halves the rate and holds
@@ -130,6 +183,11 @@ impl Admission {
     /// Hellos admitted and refused so far.
     pub fn counts(&self) -> (u64, u64) {
         (self.admitted, self.refused)
+    }
+
+    /// Hellos admitted after waiting their turn on their stream, so far.
+    pub fn held(&self) -> u64 {
+        self.held
     }
 }
 
@@ -205,5 +263,48 @@ mod tests {
             let at = start + Duration::from_millis(100 * i);
             assert!(steady.admit(&node(0), at).is_ok());
         }
+    }
+
+    #[test]
+    fn a_near_turn_is_held_and_taken_and_later_hellos_queue_behind_it() {
+        let start = Instant::now();
+        let hold = Duration::from_millis(100);
+        let mut gate = Admission::new(100, 1, start);
+        assert_eq!(gate.admit_within(&node(0), start, hold), Ok(Duration::ZERO));
+        // Each next hello's turn is one slot (10 ms) later: held up to 100 ms.
+        for i in 1..=10 {
+            let turn = gate.admit_within(&node(i), start, hold).unwrap();
+            assert_eq!(turn, Duration::from_millis(10 * i as u64), "hello {i}");
+        }
+        // The 11th turn would be 110 ms away: refused, told to come after the held ones.
+        let wait = gate.admit_within(&node(11), start, hold).unwrap_err();
+        assert!(wait > Duration::from_millis(100), "{wait:?}");
+        assert_eq!(gate.counts(), (11, 1));
+        assert_eq!(gate.held(), 10);
+        // Held and refused hellos alike are reported as waiting (alive) to the core.
+        let (waiting, longest) = gate.take_waiting().unwrap();
+        assert_eq!(waiting.len(), 11);
+        assert_eq!(longest, wait);
+        // Once the debt is paid, hellos pass at once again.
+        let later = start + Duration::from_millis(120);
+        assert_eq!(
+            gate.admit_within(&node(12), later, hold),
+            Ok(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_held_hello_is_refused_when_the_coordinator_fell_behind_meanwhile() {
+        let start = Instant::now();
+        let mut gate = Admission::new(100, 1, start);
+        assert!(gate.admit(&node(0), start).is_ok());
+        let hold = Duration::from_secs(1);
+        assert!(gate.admit_within(&node(1), start, hold).is_ok());
+        assert_eq!(gate.resume(&node(1), start), Ok(()));
+        assert!(gate.admit_within(&node(2), start, hold).is_ok());
+        gate.tick_late(BEHIND * 2);
+        assert!(gate.resume(&node(2), start).is_err());
+        // While behind, nothing is held either.
+        assert!(gate.admit_within(&node(3), start, hold).is_err());
     }
 }

@@ -183,20 +183,29 @@ impl AgentService for Coordinator {
                 return Err(e.into());
             }
         }
-        // Admission control: past the hello rate, the agent is told when to come back.
+        // Admission control: past the hello rate, the agent waits its turn here when it comes
+        // soon, and is told when to come back otherwise.
         let admitted = self
             .shared
             .admission
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(&hello.node_id, std::time::Instant::now());
-        if let Err(wait) = admitted {
-            tracing::debug!(
-                peer,
-                node = hello.node_id.as_str(),
-                "hello refused for {wait:?}: busy"
+            .admit_within(
+                &hello.node_id,
+                std::time::Instant::now(),
+                self.shared.hello_hold,
             );
-            return Err(busy(wait));
+        match admitted {
+            Ok(turn) if turn.is_zero() => {}
+            Ok(turn) => self.hold(&peer, &hello.node_id, turn, &mut inbound).await?,
+            Err(wait) => {
+                tracing::debug!(
+                    peer,
+                    node = hello.node_id.as_str(),
+                    "hello refused for {wait:?}: busy"
+                );
+                return Err(busy(wait));
+            }
         }
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = futures::channel::mpsc::unbounded();
@@ -251,6 +260,46 @@ impl AgentService for Coordinator {
         let reader = read_agent(self.clone(), node, conn, inbound, close, refusals);
         tokio::spawn(reader);
         Ok(Response::new(Outbox(rx)))
+    }
+}
+
+impl Coordinator {
+    /// Holds an admitted hello for its `turn` on its open stream. The agent sends nothing
+    /// before its welcome: a stream that ends meanwhile is dropped, and one that sends is told
+    /// to come back at its turn. A coordinator that fell behind meanwhile refuses it with a
+    /// retry-after (admission holds until the detector is on time).
+    async fn hold(
+        &self,
+        peer: &str,
+        node: &NodeId,
+        turn: std::time::Duration,
+        inbound: &mut Streaming<pb::AgentMessage>,
+    ) -> Result<(), Status> {
+        tracing::debug!(peer, node = node.as_str(), "hello held for {turn:?}: busy");
+        let until = tokio::time::Instant::now() + turn;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            msg = inbound.message() => {
+                return Err(match msg {
+                    Ok(Some(_)) => busy(until.saturating_duration_since(tokio::time::Instant::now())),
+                    Ok(None) | Err(_) => Status::cancelled("stream closed while waiting for admission"),
+                });
+            }
+        }
+        let resumed = self
+            .shared
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume(node, std::time::Instant::now());
+        resumed.map_err(|wait| {
+            tracing::debug!(
+                peer,
+                node = node.as_str(),
+                "held hello refused for {wait:?}: behind"
+            );
+            busy(wait)
+        })
     }
 }
 

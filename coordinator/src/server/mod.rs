@@ -102,6 +102,8 @@ struct Shared {
     events: broadcast::Sender<pb::Event>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
+    /// How long a hello may wait its admission turn on its stream (`hello_hold_ms`).
+    hello_hold: Duration,
     /// Operator checks waiting for their report, by request id.
     checks: Mutex<HashMap<u64, oneshot::Sender<pb::CheckReport>>>,
     /// Request ids: they tie the core's replies to hellos and operator calls.
@@ -130,7 +132,7 @@ enum Outbound {
 impl Coordinator {
     /// A coordinator whose state lives in memory only.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
-        let persister = Persister::new(Box::new(MemoryStore::default()), Default::default());
+        let persister = Persister::new(Box::new(MemoryStore), Default::default());
         Coordinator::from_parts(Cluster::new(config), persister)
     }
 
@@ -165,6 +167,7 @@ impl Coordinator {
         Coordinator {
             shared: Arc::new(Shared {
                 hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+                hello_hold: Duration::from_millis(config.hello_hold_ms),
                 provider: provider_for(config),
                 checks: Mutex::new(HashMap::new()),
                 next_request: AtomicU64::new(1),
@@ -247,17 +250,20 @@ impl Coordinator {
                 .collect();
             (nodes, jobs, incidents)
         };
-        let (hellos_admitted, hellos_refused) = self
-            .shared
-            .admission
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counts();
+        let ((hellos_admitted, hellos_refused), hellos_held) = {
+            let admission = self
+                .shared
+                .admission
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            (admission.counts(), admission.held())
+        };
         let (save_batches, saved_steps, saved_records) = self.shared.save_stats.get();
         let mut text = crate::metrics::render(&nodes, &jobs, &incidents, now_ms());
         text.push_str(&crate::metrics::render_shell(
             &crate::metrics::ShellCounters {
                 hellos_admitted,
+                hellos_held,
                 hellos_refused,
                 save_batches,
                 saved_steps,
