@@ -12,6 +12,7 @@
 //! `etcd` feature, the etcd store of [`crate::ha`]. [`MemoryStore`] keeps nothing: it is
 //! what a coordinator started with `--ephemeral` uses.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -230,7 +231,11 @@ impl RecordStore for RedbStore {
 /// A store plus what was last written to it: saves only what changed.
 pub struct Persister {
     store: Box<dyn RecordStore>,
-    written: Records,
+    /// What the store holds, by key: a digest of each record's bytes, enough to tell a changed
+    /// record from an unchanged one (the bytes themselves would be a second copy of the whole
+    /// state, ~200 bytes a node).
+    written: BTreeMap<String, Digest>,
+    digester: Digester,
     /// The core's durable version at the last successful save.
     saved_version: Option<u64>,
     /// Saves that failed in a row, and when the next may be tried.
@@ -246,9 +251,11 @@ const SAVE_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis
 impl Persister {
     /// Wraps `store`; `written` is what it holds now (as returned by `load`).
     pub fn new(store: Box<dyn RecordStore>, written: Records) -> Persister {
+        let digester = Digester::default();
         Persister {
             store,
-            written,
+            written: digester.all(&written),
+            digester,
             saved_version: None,
             failures: 0,
             retry_at: None,
@@ -300,15 +307,20 @@ impl Persister {
         changes: Vec<Change>,
         version: u64,
     ) -> Result<usize, StoreError> {
-        let changes: Vec<Change> = changes
+        let changes: Vec<(Change, Option<Digest>)> = changes
             .into_iter()
-            .filter(|(k, v)| self.written.get(k) != v.as_ref())
+            .map(|change| {
+                let digest = change.1.as_deref().map(|v| self.digester.of(v));
+                (change, digest)
+            })
+            .filter(|((k, _), digest)| self.written.get(k) != digest.as_ref())
             .collect();
+        let (changes, digests): (Vec<Change>, Vec<Option<Digest>>) = changes.into_iter().unzip();
         let result = self.store.apply(&changes);
         self.track(result)?;
-        for (key, value) in &changes {
-            match value {
-                Some(v) => self.written.insert(key.clone(), v.clone()),
+        for ((key, _), digest) in changes.iter().zip(digests) {
+            match digest {
+                Some(d) => self.written.insert(key.clone(), d),
                 None => self.written.remove(key),
             };
         }
@@ -336,9 +348,10 @@ impl Persister {
     }
 
     fn write(&mut self, records: Records, version: u64) -> Result<usize, StoreError> {
+        let digests = self.digester.all(&records);
         let mut changes: Vec<Change> = records
             .iter()
-            .filter(|(k, v)| self.written.get(*k) != Some(*v))
+            .filter(|(k, _)| self.written.get(*k) != digests.get(*k))
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect();
         changes.extend(
@@ -348,9 +361,35 @@ impl Persister {
                 .map(|k| (k.clone(), None)),
         );
         self.store.apply(&changes)?;
-        self.written = records;
+        self.written = digests;
         self.saved_version = Some(version);
         Ok(changes.len())
+    }
+}
+
+/// A record's length and two 64-bit hashes of its bytes under independent random keys: two
+/// different records share one with odds of about 2^-128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(usize, u64, u64);
+
+/// Makes [`Digest`]s (its keys are drawn when the persister is made; digests never leave it).
+#[derive(Debug, Default)]
+struct Digester(
+    std::collections::hash_map::RandomState,
+    std::collections::hash_map::RandomState,
+);
+
+impl Digester {
+    fn of(&self, bytes: &[u8]) -> Digest {
+        use std::hash::BuildHasher;
+        Digest(bytes.len(), self.0.hash_one(bytes), self.1.hash_one(bytes))
+    }
+
+    fn all(&self, records: &Records) -> BTreeMap<String, Digest> {
+        records
+            .iter()
+            .map(|(k, v)| (k.clone(), self.of(v)))
+            .collect()
     }
 }
 

@@ -179,6 +179,7 @@ fn an_inbox_batch_is_stepped_in_order_saved_in_one_write_then_sent() {
     // Its events went out after the write, in the order the inputs were stepped.
     let mut order = Vec::new();
     while let Ok(event) = events.try_recv() {
+        let event = crate::server::decode_event(&event).expect("an event");
         if !event.node_id.is_empty() && !order.contains(&event.node_id) {
             order.push(event.node_id);
         }

@@ -43,7 +43,7 @@ impl Coordinator {
             tracing::info!(target: "holdfast::event", "{}", event.message);
         }
         // No subscribers is fine.
-        let _ = self.shared.events.send(event);
+        let _ = self.shared.events.send(super::encode_event(&event));
     }
 
     /// The newest open incident of `node`, for the provider's `fence` (a drain reason, a tag).

@@ -64,6 +64,22 @@ type ToAgent = Result<Box<pb::CoordinatorMessage>, Status>;
 /// (tokio's allocates a block of 32 slots up front), held once per connected agent.
 type ToAgentTx = futures::channel::mpsc::UnboundedSender<ToAgent>;
 
+/// An event as the bus carries it: encoded once and shared by every watcher. The bus keeps
+/// its last 4,096 events for watchers that fall behind; held as `pb::Event` values each slot
+/// took the largest event's size (~1.3 KB, 5.5 MB in all, resident from the first event on),
+/// encoded they take their own (a node's event ~150 bytes).
+pub type BusEvent = Arc<[u8]>;
+
+/// `event` encoded for the bus.
+pub fn encode_event(event: &pb::Event) -> BusEvent {
+    prost::Message::encode_to_vec(event).into()
+}
+
+/// An event off the bus (`None`: not an event, which the bus never carries).
+pub fn decode_event(bytes: &[u8]) -> Option<pb::Event> {
+    <pb::Event as prost::Message>::decode(bytes).ok()
+}
+
 /// A live agent stream.
 struct AgentConn {
     conn: u64,
@@ -99,7 +115,7 @@ struct Shared {
     turn: Mutex<u64>,
     turn_changed: Condvar,
     agents: Mutex<HashMap<NodeId, AgentConn>>,
-    events: broadcast::Sender<pb::Event>,
+    events: broadcast::Sender<BusEvent>,
     next_conn: AtomicU64,
     hello_timeout: Duration,
     /// How long a hello may wait its admission turn on its stream (`hello_hold_ms`).
@@ -273,8 +289,8 @@ impl Coordinator {
         text
     }
 
-    /// Subscribes to the event bus.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+    /// Subscribes to the event bus (events encoded: [`decode_event`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         self.shared.events.subscribe()
     }
 

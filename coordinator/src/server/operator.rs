@@ -284,7 +284,7 @@ const WATCH_BACKLOG: usize = 256;
 /// bus's ring) into a queue of `backlog`; when the queue is full the watcher is dropped — it gets
 /// what was queued, then one last event saying why, then `resource_exhausted`.
 fn watch_stream(
-    mut events: tokio::sync::broadcast::Receiver<pb::Event>,
+    mut events: tokio::sync::broadcast::Receiver<super::BusEvent>,
     job_id: String,
     backlog: usize,
     viewer: bool,
@@ -298,6 +298,13 @@ fn watch_stream(
             let event = tokio::select! {
                 _ = tx.closed() => return,
                 event = events.recv() => event,
+            };
+            let event = match event {
+                Ok(bytes) => match super::decode_event(&bytes) {
+                    Some(event) => Ok(event),
+                    None => continue,
+                },
+                Err(e) => Err(e),
             };
             match event {
                 Ok(mut event)
@@ -359,7 +366,8 @@ mod tests {
         let (bus, events) = tokio::sync::broadcast::channel(4096);
         let mut stream = watch_stream(events, String::new(), 8, false);
         for _ in 0..20 {
-            bus.send(event("j")).expect("a receiver");
+            bus.send(crate::server::encode_event(&event("j")))
+                .expect("a receiver");
         }
         let mut queued = 0;
         let last = loop {
@@ -384,7 +392,8 @@ mod tests {
         let (bus, events) = tokio::sync::broadcast::channel(16);
         let mut stream = watch_stream(events, "a".into(), 8, false);
         for job in ["a", "b", "", "a"] {
-            bus.send(event(job)).expect("a receiver");
+            bus.send(crate::server::encode_event(&event(job)))
+                .expect("a receiver");
         }
         drop(bus);
         let mut seen = Vec::new();
@@ -406,7 +415,8 @@ mod tests {
             }),
             ..Default::default()
         });
-        bus.send(with_job).expect("a receiver");
+        bus.send(crate::server::encode_event(&with_job))
+            .expect("a receiver");
         drop(bus);
         let seen = stream.next().await.expect("one event").expect("no error");
         let env = &seen.job.expect("the job").spec.expect("its spec").env;
