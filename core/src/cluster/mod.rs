@@ -114,9 +114,10 @@ pub struct NodeRecord {
     /// When the connected agent process started (agent clock, unix ms).
     #[serde(default)]
     pub agent_started_at: UnixMillis,
-    /// Lifecycle scripts the node is running now (bootstrap, deep check).
+    /// Lifecycle scripts the node is running now (bootstrap, deep check); boxed, as nearly
+    /// every node runs none (one record per node: 150 bytes each otherwise).
     #[serde(skip)]
-    pub script_run: Option<ScriptRun>,
+    pub script_run: Option<Box<ScriptRun>>,
     /// The last bootstrap/deep check the node ran, kept for operators.
     #[serde(default)]
     pub last_check: Option<CheckReport>,

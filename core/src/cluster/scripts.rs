@@ -222,7 +222,7 @@ impl Cluster {
             started_at: now,
         };
         if let Some(node) = self.nodes.get_mut(node_id) {
-            node.script_run = Some(run);
+            node.script_run = Some(Box::new(run));
         }
         match first {
             Some(script) => self.send_script(node_id, script, now, fx),
@@ -311,7 +311,7 @@ impl Cluster {
         let matches = self
             .nodes
             .get(node_id)
-            .and_then(|n| n.script_run.as_ref())
+            .and_then(|n| n.script_run.as_deref())
             .is_some_and(|r| r.command_id == result.command_id);
         if !matches {
             tracing::debug!(
@@ -368,7 +368,7 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
-        let Some(run) = node.script_run.clone() else {
+        let Some(run) = node.script_run.as_deref().cloned() else {
             return;
         };
         let report = CheckReport {
@@ -452,12 +452,16 @@ impl Cluster {
 
     /// The node's script run in flight, if any.
     fn script_run_mut(&mut self, node_id: &str) -> Option<&mut ScriptRun> {
-        self.nodes.get_mut(node_id)?.script_run.as_mut()
+        self.nodes.get_mut(node_id)?.script_run.as_deref_mut()
     }
 
     /// Ends the node's script run, if any, and returns it.
     fn take_script_run(&mut self, node_id: &str) -> Option<ScriptRun> {
-        self.nodes.get_mut(node_id)?.script_run.take()
+        self.nodes
+            .get_mut(node_id)?
+            .script_run
+            .take()
+            .map(|run| *run)
     }
 
     /// A node failed its check: fenced with the script's output in the reason.
@@ -567,7 +571,7 @@ impl Cluster {
         let overdue: Vec<(NodeId, String, i64)> = self
             .nodes
             .values()
-            .filter_map(|n| n.script_run.as_ref().map(|r| (n, r)))
+            .filter_map(|n| n.script_run.as_deref().map(|r| (n, r)))
             .filter(|(_, r)| !r.command_id.is_empty() && now >= r.deadline)
             .map(|(n, r)| (n.id.clone(), r.current.clone(), r.deadline))
             .collect();
@@ -642,7 +646,7 @@ impl Cluster {
     pub(super) fn ranks_under_check(&self, job_id: &str) -> Vec<usize> {
         self.nodes
             .values()
-            .filter_map(|n| match n.script_run.as_ref().map(|r| &r.purpose) {
+            .filter_map(|n| match n.script_run.as_deref().map(|r| &r.purpose) {
                 Some(CheckPurpose::Replacement { job_id: j, rank }) if j == job_id => Some(*rank),
                 _ => None,
             })
