@@ -95,6 +95,20 @@ async fn agent(addr: String) -> anyhow::Result<()> {
     }
 }
 
+/// Starts `n` agents against `addr` and lets them heartbeat for [`HOLD_S`] seconds.
+async fn connect(addr: &str, n: usize) -> tokio::task::JoinSet<anyhow::Result<()>> {
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 0..n {
+        agents.spawn(agent(addr.to_string()));
+        // Connections are opened in bursts so the listener's backlog is never overrun.
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(HOLD_S)).await;
+    agents
+}
+
 fn status_kb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -120,15 +134,7 @@ async fn measure(n: usize) -> anyhow::Result<(f64, f64)> {
     let addr = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await??
         .ok_or_else(|| anyhow::anyhow!("the server printed no address"))?;
-    let mut agents = tokio::task::JoinSet::new();
-    for i in 0..n {
-        agents.spawn(agent(addr.clone()));
-        // Connections are opened in bursts so the listener's backlog is never overrun.
-        if i % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(HOLD_S)).await;
+    let mut agents = connect(&addr, n).await;
     if let Some(done) = agents.try_join_next() {
         anyhow::bail!("an agent stopped early: {:?}", done?);
     }
@@ -163,14 +169,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let n: usize = n.parse()?;
             raise_file_limit(n);
-            let mut agents = tokio::task::JoinSet::new();
-            for i in 0..n {
-                agents.spawn(agent(addr.clone()));
-                if i % 200 == 199 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(HOLD_S)).await;
+            connect(addr, n).await;
             return Ok(());
         }
         _ => {}
