@@ -259,6 +259,32 @@ impl Incident {
         }
     }
 
+    /// The fault this incident was opened for (a worker exit) followed from a fault on another
+    /// node: the incident now names that node, its cause and what the job does about it, and
+    /// keeps what it first saw in its detail. `evidence` is when the node's fault happened, if
+    /// known; the fault time is the earlier of it and the first symptom's.
+    pub fn hand_to(
+        &mut self,
+        node_id: &str,
+        cause: &str,
+        detail: &str,
+        action: RecoveryAction,
+        evidence: Option<(UnixMillis, FaultTimeSource)>,
+    ) {
+        let first = format!(
+            "{detail}; {} on {} followed from it ({})",
+            self.cause, self.node_id, self.detail
+        );
+        self.detail = crate::limits::truncated(&first, crate::limits::MAX_REASON);
+        self.node_id = node_id.into();
+        self.cause = cause.into();
+        self.action = action;
+        if let Some((at, source)) = evidence.filter(|(at, _)| *at < self.fault_at) {
+            self.fault_at = at;
+            self.fault_time_source = source;
+        }
+    }
+
     /// Open until it resumed or was abandoned.
     pub fn is_open(&self) -> bool {
         self.resumed_at.is_none() && self.abandoned.is_none()
@@ -417,6 +443,45 @@ mod tests {
             Some(900),
             1000,
         )
+    }
+
+    #[test]
+    fn handed_to_another_node_it_names_that_node_and_keeps_the_first_symptom() {
+        let exit = || {
+            let mut i = opened();
+            (i.node_id, i.cause, i.detail) = ("n2".into(), "worker_exited".into(), "code 1".into());
+            i.action = RecoveryAction::RestartInPlace;
+            i.fault_time_source = FaultTimeSource::AgentEvent;
+            i
+        };
+        let mut i = exit();
+        let heartbeat = Some((800, FaultTimeSource::LastHeartbeat));
+        i.hand_to(
+            "n1",
+            "agent_lost",
+            "stream closed",
+            RecoveryAction::ReplaceNode,
+            heartbeat,
+        );
+        assert_eq!((i.node_id.as_str(), i.cause.as_str()), ("n1", "agent_lost"));
+        assert_eq!(i.action, RecoveryAction::ReplaceNode);
+        assert_eq!(
+            i.detail,
+            "stream closed; worker_exited on n2 followed from it (code 1)"
+        );
+        assert_eq!(
+            (i.fault_at, i.fault_time_source),
+            (800, FaultTimeSource::LastHeartbeat)
+        );
+        assert_eq!(i.detected_at, 1000, "detected when the first symptom was");
+        // Evidence later than the first symptom (or none) leaves its time.
+        let mut i = exit();
+        let late = Some((950, FaultTimeSource::LastHeartbeat));
+        i.hand_to("n1", "agent_lost", "", RecoveryAction::ReplaceNode, late);
+        assert_eq!(
+            (i.fault_at, i.fault_time_source),
+            (900, FaultTimeSource::AgentEvent)
+        );
     }
 
     #[test]

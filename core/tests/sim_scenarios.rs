@@ -784,3 +784,110 @@ fn a_host_dying_during_the_reconnect_grace_is_blamed_not_the_ranks_waiting_on_it
     assert_eq!(i.replacement_node_id, Some(NodeId::from("s0")));
     assert_runs_on(&sim, 2, &["w0", "s0", "w2"]);
 }
+
+/// A host dies and its peers' collectives fail with it: a survivor's exit can reach the core
+/// before the host's loss does, or after. Either way round, and whether the loss shows as a
+/// closed stream or only as silence, there is one incident, on the lost host, and the survivor
+/// is charged nothing.
+#[test]
+fn a_survivors_exit_that_comes_with_its_peers_loss_is_blamed_on_the_lost_host() {
+    // (the survivor's exit is seen first, the host's stream is cut first, ms between them)
+    for (exit_first, silent, gap_ms) in [
+        (true, false, 0),
+        (false, false, 0),
+        (false, false, 50),
+        (false, true, 0),
+        (false, true, 300),
+        (false, true, 1_500),
+    ] {
+        let mut sim = cluster(3, 1);
+        train(&mut sim, "job", 3, 25);
+        let host_dies = |s: &mut Sim| {
+            if silent {
+                s.cut("w1");
+            }
+            s.kill("w1");
+        };
+        until_closed_after(&mut sim, |s| {
+            if exit_first {
+                s.kill_worker("w0", Exit::Code(1));
+                host_dies(s);
+            } else {
+                host_dies(s);
+                s.run_for(gap_ms);
+                s.kill_worker("w0", Exit::Code(1));
+            }
+        });
+        let case = format!("exit first {exit_first}, silent {silent}, gap {gap_ms} ms");
+        let cause = if silent {
+            "heartbeat_timeout"
+        } else {
+            "agent_lost"
+        };
+        let i = only_incident(&sim);
+        assert_eq!(
+            (i.cause.as_str(), i.node_id.as_str()),
+            (cause, "w1"),
+            "{case}"
+        );
+        assert_eq!(i.action, RecoveryAction::ReplaceNode, "{case}");
+        assert!(
+            i.detail.contains("worker_exited on w0 followed from it"),
+            "{case}: {}",
+            i.detail
+        );
+        assert_eq!(i.replacement_node_id.as_deref(), Some("s0"), "{case}");
+        assert_runs_on(&sim, 2, &["w0", "s0", "w2"]);
+        assert_eq!(sim.job("job").restarts, 0, "{case}: no restart spent on w0");
+        assert!(sim.job("job").worker_faults.is_empty(), "{case}");
+        assert_eq!(fence_cause(&sim, "w1").code(), cause, "{case}");
+        assert_eq!(sim.nodes_in("fenced"), ["w1"], "{case}");
+    }
+}
+
+/// With its restart budget spent, a job still outlives a host loss whose survivor's exit came
+/// first: the exit waits for the other ranks to stop, the loss takes it over, and a spare takes
+/// the lost rank. A plain crash with the budget spent still fails the job.
+#[test]
+fn a_job_with_its_restart_budget_spent_outlives_a_host_loss_but_not_a_crash() {
+    for host_lost in [true, false] {
+        let mut sim = cluster(3, 1);
+        let request = JobRequest {
+            restart_budget: 1,
+            ..Sim::job_request("job", 3)
+        };
+        sim.submit(request, JobParams::default()).expect("accepted");
+        settle(&mut sim);
+        // The one restart goes on a crash of w2.
+        until_closed_after(&mut sim, |s| s.kill_worker("w2", Exit::Code(1)));
+        settle(&mut sim);
+        assert_eq!(sim.job("job").restarts, 1);
+
+        sim.kill_worker("w0", Exit::Code(1));
+        if host_lost {
+            sim.kill("w1");
+            let relaunched = |s: &Sim| s.job("job").generation == Generation(3) && closed(s);
+            assert!(
+                sim.run_until(relaunched, 10_000),
+                "no recovery: {:?}",
+                sim.job("job").state
+            );
+            assert_runs_on(&sim, 3, &["w0", "s0", "w2"]);
+            let last = sim.incidents().last().cloned().expect("an incident");
+            assert_eq!(
+                (last.cause.as_str(), last.node_id.as_str()),
+                ("agent_lost", "w1")
+            );
+            assert_eq!(last.action, RecoveryAction::ReplaceNode);
+        } else {
+            assert!(sim.run_until(|s| s.job("job").state.is_terminal(), 10_000));
+            match &sim.job("job").state {
+                JobState::Failed { reason } => {
+                    assert!(reason.contains("restart budget of 1 exhausted"), "{reason}")
+                }
+                other => panic!("expected failed, got {other:?}"),
+            }
+            assert_eq!(sim.nodes_in("fenced"), Vec::<NodeId>::new());
+        }
+    }
+}

@@ -437,6 +437,7 @@ impl Cluster {
             restart_backoff_max_ms: self.config.restart_backoff_max_ms,
             quarantine_after: self.config.quarantine_after,
             quarantine_window_ms: self.config.quarantine_window_ms,
+            peer_loss_window_ms: self.config.heartbeat_timeout_ms + self.config.tick_ms,
         }
     }
 

@@ -297,6 +297,23 @@ impl Cluster {
                 // The id counter is in the header.
                 self.touch_meta();
             }
+            JobEffect::ReattributeIncident {
+                from,
+                node,
+                cause,
+                action,
+            } => {
+                let evidence = self.nodes.get(&node).and_then(|n| n.fault_evidence);
+                let Some(incident) = (self.incidents.iter_mut().rev())
+                    .find(|i| i.job_id == job_id && i.is_open() && i.node_id == from)
+                else {
+                    return;
+                };
+                incident.hand_to(&node, cause.code(), &cause.detail(), action, evidence);
+                let incident = incident.clone();
+                self.touch_incident(incident.id);
+                fx.push(self.incident_event(&incident, now));
+            }
             JobEffect::Incident(event) => {
                 let mut changed = Vec::new();
                 for incident in self

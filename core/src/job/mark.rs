@@ -137,6 +137,9 @@ impl Job {
             memory_held: _,
             // Set only as a generation starts, which the generation in the mark shows.
             durable_fallback: _,
+            // Set as a recovery opens, cleared as a generation starts or a rank needs a node:
+            // each changes what the mark shows.
+            exit_blame: _,
             // Derived from the ranks, not stored (its node hashes stand for the ranks' nodes).
             rank_index,
         } = self;

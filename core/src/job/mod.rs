@@ -295,6 +295,10 @@ pub struct JobLimits {
     pub quarantine_after: u32,
     /// The window `quarantine_after` counts faults in; older faults are forgotten.
     pub quarantine_window_ms: u64,
+    /// How soon after a worker's exit a node fault on another rank is taken for its cause
+    /// (the exit's incident is handed to that node): a lost host is found within about a
+    /// heartbeat timeout, and its peers' collectives fail the moment it dies.
+    pub peer_loss_window_ms: u64,
 }
 
 impl JobLimits {
@@ -375,6 +379,10 @@ pub struct Job {
     /// trainer falls back to if its memory copy cannot be read (`None`: a fresh start).
     #[serde(default)]
     pub durable_fallback: Option<Checkpoint>,
+    /// The worker exit the current recovery was opened for, while a peer's loss found soon
+    /// after may still explain it (see [`blame::ExitBlame`]).
+    #[serde(default)]
+    pub exit_blame: Option<blame::ExitBlame>,
     /// The ranks by node, for [`Job::rank_of`]. Not stored: rebuilt from the ranks.
     #[serde(skip)]
     rank_index: index::RankIndex,
@@ -501,6 +509,19 @@ pub enum JobEffect {
         /// The job's nodes; each goes back to Ready unless it is fenced, cordoned or gone.
         nodes: Vec<NodeId>,
     },
+    /// A node fault on `node` explains the worker exit on `from` that the open recovery was
+    /// started for (the lost node's peers fail with it): that incident is handed to `node`,
+    /// `cause` and `action`, and keeps the exit as a consequence in its detail.
+    ReattributeIncident {
+        /// The node whose worker exit opened the incident.
+        from: NodeId,
+        /// The node the fault is now blamed on.
+        node: NodeId,
+        /// Its fault.
+        cause: FaultCause,
+        /// What the job now does about it.
+        action: RecoveryAction,
+    },
     /// Open an incident for a fault the job just reacted to.
     OpenIncident {
         /// The node the fault was seen on.
@@ -583,6 +604,7 @@ impl Job {
             reform_step: 0,
             memory_held: BTreeMap::new(),
             durable_fallback: None,
+            exit_blame: None,
             step_time_ms: 0,
             step_advanced_at: 0,
             unheard_at: None,
@@ -643,6 +665,7 @@ impl Job {
     }
 }
 
+pub mod blame;
 mod index;
 mod launch;
 mod mark;
@@ -651,6 +674,8 @@ mod tiers;
 pub use mark::DurableMark;
 pub use step::{step, UNCONFIRMED_EXIT_GRACE_MS};
 
+#[cfg(test)]
+mod blame_tests;
 #[cfg(test)]
 mod stall_tests;
 #[cfg(test)]

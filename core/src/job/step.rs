@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use super::blame::{self, blame_stall};
 use super::*;
-use crate::evidence::{single_out, Verdict};
 
 /// The job lifecycle's step. Mutates `job` into its next state and returns what to do.
 pub fn step(job: &mut Job, event: JobEvent, now: UnixMillis, limits: &JobLimits) -> Vec<JobEffect> {
@@ -256,6 +256,7 @@ fn on_resolved(
                 r.progressed = false;
             }
             job.resumed_from = resume.clone();
+            job.exit_blame = None;
             job.reforming = job.ranks.iter().any(|r| r.kept);
             job.state = JobState::Launching;
             job.message = match &resume {
@@ -318,12 +319,15 @@ fn on_fault(
             }
             job.ranks[rank].needs_node = true;
             job.ranks[rank].kept = false;
-            fx.push(JobEffect::OpenIncident {
-                node: node.into(),
-                cause: cause.clone(),
-                action: RecoveryAction::ReplaceNode,
-                fault_at,
-            });
+            // It may be what a worker exit that opened this recovery followed from.
+            if !blame::hand_over(job, node, &cause, now, limits, fx) {
+                fx.push(JobEffect::OpenIncident {
+                    node: node.into(),
+                    cause: cause.clone(),
+                    action: RecoveryAction::ReplaceNode,
+                    fault_at,
+                });
+            }
             fx.push(JobEffect::FenceNode {
                 node: node.into(),
                 cause: cause.clone(),
@@ -352,24 +356,18 @@ fn on_fault(
         }
         _ => return,
     }
-    if !replace && job.restarts >= job.spec.restart_budget {
-        fx.push(JobEffect::OpenIncident {
-            node: node.into(),
-            cause: cause.clone(),
-            action: RecoveryAction::None,
-            fault_at,
-        });
-        stop_live_workers(job, "job failed", fx);
-        let reason = format!(
+    let exhausted = !replace && job.restarts >= job.spec.restart_budget;
+    let fails = exhausted.then(|| {
+        format!(
             "restart budget of {} exhausted; last fault on {node}: {}",
             job.spec.restart_budget,
             cause.detail()
-        );
-        fail(job, reason, now, fx);
-        return;
-    }
+        )
+    });
     let action = if replace {
         RecoveryAction::ReplaceNode
+    } else if exhausted {
+        RecoveryAction::None
     } else {
         job.restarts += 1;
         let backoff = limits.restart_backoff(job.restarts);
@@ -382,6 +380,14 @@ fn on_fault(
         action,
         fault_at,
     });
+    // A worker exit past the budget fails the job once the other ranks stopped, unless a
+    // peer's loss found meanwhile explains it (see `blame::note_fault`).
+    let held = blame::note_fault(job, rank, &cause, action, fails.clone(), limits, now);
+    if let Some(reason) = fails.filter(|_| !held) {
+        stop_live_workers(job, "job failed", fx);
+        fail(job, reason, now, fx);
+        return;
+    }
     if replace {
         job.ranks[rank].needs_node = true;
         fx.push(JobEffect::FenceNode {
@@ -394,12 +400,20 @@ fn on_fault(
         fenced_at: now,
     });
     job.message = format!("{} on {node}: {}", cause.code(), cause.detail());
+    if exhausted {
+        (job.message).push_str(
+            "; the restart budget is spent: the job fails once its other ranks stopped, \
+             unless a lost peer explains the exit",
+        );
+    }
     let mut pending: BTreeSet<usize> = (0..job.ranks.len())
         .filter(|&i| !job.ranks[i].needs_node && job.ranks[i].exited.is_none())
         .collect();
     // An in-process restart keeps the survivors (they re-form when the next generation
     // launches): only the ranks it does not keep are stopped.
-    super::launch::keep_survivors(job, &mut pending, rank, &cause);
+    if !exhausted {
+        super::launch::keep_survivors(job, &mut pending, rank, &cause);
+    }
     let nodes: Vec<NodeId> = pending.iter().map(|&i| job.ranks[i].node.clone()).collect();
     if !nodes.is_empty() {
         fx.push(JobEffect::StopWorkers {
@@ -457,6 +471,11 @@ fn escalate(
 }
 
 fn after_fencing(job: &mut Job, now: UnixMillis, fx: &mut Vec<JobEffect>) {
+    if let Some(reason) = blame::fails_now(job) {
+        stop_live_workers(job, "job failed", fx);
+        fail(job, reason, now, fx);
+        return;
+    }
     fx.push(JobEffect::Incident(IncidentEvent::Fenced));
     if job.ranks.iter().any(|r| r.needs_node) {
         job.state = JobState::Recovering(RecoveryPhase::Replacing { since: now });
@@ -599,45 +618,6 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
             fx.push(JobEffect::ResolveCheckpoint);
         }
         _ => {}
-    }
-}
-
-/// Which rank a stall is charged to. Ranks of a synchronous job wait on each other, so they all
-/// stall together and the first one found (`first`) proves nothing: the ranks' evidence picks
-/// the odd one out ([`single_out`]). When it cannot, the incident still names `first`'s node,
-/// but the cause says so and counts against no node.
-fn blame_stall(job: &Job, first: NodeId, stalled_ms: u64, now: UnixMillis) -> (NodeId, FaultCause) {
-    // Progress singles the rank out when every other rank still stepped within half the
-    // timeout: the gang did not stall with it.
-    let recent = (job.spec.stall_timeout_ms / 2) as i64;
-    let peers_step = (job.ranks.iter())
-        .filter(|r| r.node != first && r.exited.is_none())
-        .all(|r| r.progressed && now - r.last_progress_at < recent);
-    if peers_step {
-        return (first, FaultCause::stall(stalled_ms, String::new()));
-    }
-    let live: Vec<(usize, &Rank)> = (job.ranks.iter().enumerate())
-        .filter(|(_, r)| r.exited.is_none())
-        .collect();
-    let fresh = |r: &Rank| now - r.evidence_at <= job.spec.stall_timeout_ms as i64;
-    let evidence: Vec<_> = (live.iter())
-        .map(|(_, r)| r.evidence.as_ref().filter(|_| fresh(r)))
-        .collect();
-    match single_out(&evidence) {
-        Verdict::Blamed { rank, reason } => {
-            let (rank, r) = live[rank];
-            let node = r.node.clone();
-            let why = format!("rank {rank} ({node}) singled out: {reason}");
-            (node, FaultCause::stall(stalled_ms, why))
-        }
-        Verdict::Undecided { reason } => {
-            let why = if reason.starts_with("could not single out") {
-                reason
-            } else {
-                format!("could not single out a rank: {reason}")
-            };
-            (first, FaultCause::stall_unattributed(stalled_ms, why))
-        }
     }
 }
 

@@ -14,6 +14,7 @@ pub(super) const LIMITS: JobLimits = JobLimits {
     restart_backoff_max_ms: 0,
     quarantine_after: 0,
     quarantine_window_ms: 0,
+    peer_loss_window_ms: 0,
 };
 
 /// `train` on `nodes` nodes: no checkpoints, no stall timeout, three restarts, no shrinking.
