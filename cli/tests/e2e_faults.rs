@@ -124,7 +124,7 @@ fn run_case(
         run.json(),
         run.incidents
             .iter()
-            .map(|i| (&i.cause, &i.node_id, i.resumed_from_step))
+            .map(|i| (&i.cause, &i.node_id, i.resumed_from_step, &i.detail))
             .collect::<Vec<_>>(),
         run.messages
     );
@@ -133,7 +133,8 @@ fn run_case(
     }
     // Once the job is over no training process may be left behind (a hung worker in a session
     // of its own included) — except on a host that was cut off, which nothing could reach.
-    if run.job.state == "succeeded" && case.fault != E2eFault::HostPartition {
+    let cut_off = [E2eFault::HostPartition, E2eFault::HostLostPeersExit];
+    if run.job.state == "succeeded" && !cut_off.contains(&case.fault) {
         let hosts: Vec<String> = cluster.lab.hosts().map(|h| h.name.clone()).collect();
         kit::wait_for_blocking(Duration::from_secs(5), || {
             let left: Vec<(&String, Vec<i32>)> = hosts
@@ -232,6 +233,38 @@ fn the_native_launcher_replaces_a_killed_host_and_a_fatal_xid_host_with_the_spar
     };
     let incident = assert_replaced_by_the_spare(case, &["health_fatal"]).expect("the tier ran");
     assert!(incident.detail.contains("79"), "{}", incident.detail);
+}
+
+/// A host lost in silence while its peer's training process dies with it: the peer's exit
+/// reaches the coordinator first and the host's loss only at its heartbeat timeout. One
+/// incident, on the lost host (the exit is its consequence), and a spare takes its rank.
+#[test]
+fn a_peer_exit_that_beats_a_silent_host_loss_is_blamed_on_the_lost_host() {
+    let case = Case {
+        launcher: E2eLauncher::NativeWarm,
+        ..Case::new("host-lost-peers-exit", E2eFault::HostLostPeersExit, 1)
+    };
+    let Some((run, options, _)) = run_case(case, |_, _| {}) else {
+        return;
+    };
+    let incident = assert_recovered(&run, &options, &["heartbeat_timeout"]);
+    assert_eq!(
+        (
+            incident.node_id.as_str(),
+            incident.replacement_node_id.as_str()
+        ),
+        ("node-2", "spare-1")
+    );
+    assert!(
+        incident.detail.contains("on node-1 followed from it"),
+        "{}",
+        incident.detail
+    );
+    let after: Vec<_> = (run.incidents.iter())
+        .filter(|i| i.detected_unix_ms >= run.fault_at - 1000)
+        .map(|i| (&i.cause, &i.node_id))
+        .collect();
+    assert_eq!(after.len(), 1, "one incident for one fault: {after:?}");
 }
 
 #[test]

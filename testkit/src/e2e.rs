@@ -202,6 +202,10 @@ pub enum E2eFault {
     WorkerHang,
     /// A fatal XID (79, fallen off the bus) through the agent's fault-injection seam.
     Xid,
+    /// The host goes silent (its cable cut) and dies, and its peers' training processes die at
+    /// once, as collectives failing on a lost peer do: their exits reach the coordinator
+    /// before the host's loss, which only a heartbeat timeout shows.
+    HostLostPeersExit,
 }
 
 impl E2eFault {
@@ -212,6 +216,7 @@ impl E2eFault {
             E2eFault::WorkerKill => "worker-kill",
             E2eFault::WorkerHang => "worker-hang",
             E2eFault::Xid => "xid",
+            E2eFault::HostLostPeersExit => "host-lost-peers-exit",
         }
     }
 }
@@ -707,6 +712,25 @@ impl NetnsCluster {
                 };
                 let pid = self.signal_worker(node, signal)?;
                 Ok(format!("training process {pid} got {signal}"))
+            }
+            E2eFault::HostLostPeersExit => {
+                self.lab.cut(node)?;
+                let peers: Vec<String> = (self.lab.hosts())
+                    .map(|h| h.name.clone())
+                    .filter(|h| h != node && h != CONTROL_HOST)
+                    .collect();
+                // Spares run no training process: only the job's other hosts are hit.
+                let killed: Vec<u32> = (peers.iter())
+                    .filter_map(|peer| self.signal_worker(peer, Signal::SIGKILL).ok())
+                    .collect();
+                anyhow::ensure!(
+                    !killed.is_empty(),
+                    "no peer of {node} runs a training process"
+                );
+                let n = self.kill_host_processes(node)?;
+                Ok(format!(
+                    "cable cut; peer training processes {killed:?} and {n} processes of the host SIGKILLed"
+                ))
             }
             E2eFault::Xid => self
                 .inject(node, "xid 79")
