@@ -279,6 +279,12 @@ impl Incident {
         self.node_id = node_id.into();
         self.cause = cause.into();
         self.action = action;
+        // A restart in place counts every rank as having a node at once; the handed-over
+        // fault's rank needs one again, and the replacement that ends the wait is stamped then.
+        if self.relaunched_at.is_none() {
+            self.replaced_at = None;
+            self.replacement_node_id = None;
+        }
         if let Some((at, source)) = evidence.filter(|(at, _)| *at < self.fault_at) {
             self.fault_at = at;
             self.fault_time_source = source;
@@ -474,6 +480,22 @@ mod tests {
             (800, FaultTimeSource::LastHeartbeat)
         );
         assert_eq!(i.detected_at, 1000, "detected when the first symptom was");
+        // Handed over after the restart in place counted its ranks placed: the replacement
+        // of the lost node is still to come.
+        let mut i = exit();
+        i = step(&i, &IncidentEvent::Fenced, 1100);
+        i = step(&i, &IncidentEvent::Replaced { node: None }, 1100);
+        i.hand_to("n1", "agent_lost", "", RecoveryAction::ReplaceNode, None);
+        assert_eq!(i.phase(), IncidentPhase::Fenced);
+        let spare: Option<NodeId> = Some("spare".into());
+        i = step(
+            &i,
+            &IncidentEvent::Replaced {
+                node: spare.clone(),
+            },
+            1300,
+        );
+        assert_eq!((i.replaced_at, i.replacement_node_id), (Some(1300), spare));
         // Evidence later than the first symptom (or none) leaves its time.
         let mut i = exit();
         let late = Some((950, FaultTimeSource::LastHeartbeat));
