@@ -437,7 +437,10 @@ impl Cluster {
             restart_backoff_max_ms: self.config.restart_backoff_max_ms,
             quarantine_after: self.config.quarantine_after,
             quarantine_window_ms: self.config.quarantine_window_ms,
-            peer_loss_window_ms: self.config.heartbeat_timeout_ms + self.config.tick_ms,
+            // A silent host is declared a heartbeat timeout after it was last heard (at most
+            // that after a peer's exit it caused); as much again for ticks a loaded
+            // coordinator runs late.
+            peer_loss_window_ms: 2 * self.config.heartbeat_timeout_ms + self.config.tick_ms,
         }
     }
 

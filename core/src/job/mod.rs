@@ -296,8 +296,9 @@ pub struct JobLimits {
     /// The window `quarantine_after` counts faults in; older faults are forgotten.
     pub quarantine_window_ms: u64,
     /// How soon after a worker's exit a node fault on another rank is taken for its cause
-    /// (the exit's incident is handed to that node): a lost host is found within about a
-    /// heartbeat timeout, and its peers' collectives fail the moment it dies.
+    /// (the exit's incident is handed to that node): a lost host is found within a heartbeat
+    /// timeout, and its peers' collectives fail the moment it dies (the cluster allows twice
+    /// the timeout, plus a tick).
     pub peer_loss_window_ms: u64,
 }
 
