@@ -279,11 +279,14 @@ impl Incident {
         self.node_id = node_id.into();
         self.cause = cause.into();
         self.action = action;
-        // A restart in place counts every rank as having a node at once; the handed-over
-        // fault's rank needs one again, and the replacement that ends the wait is stamped then.
-        if self.relaunched_at.is_none() {
+        // A restart in place counts every rank as having a node at once, and may have
+        // relaunched (or re-formed) on the lost node already: the handed-over fault's rank
+        // needs a node again, and the replacement and relaunch that follow are stamped then.
+        if self.resumed_at.is_none() {
             self.replaced_at = None;
             self.replacement_node_id = None;
+            self.relaunched_at = None;
+            self.to_generation = None;
         }
         if let Some((at, source)) = evidence.filter(|(at, _)| *at < self.fault_at) {
             self.fault_at = at;

@@ -307,7 +307,14 @@ impl Cluster {
                 let Some(incident) = (self.incidents.iter_mut().rev())
                     .find(|i| i.job_id == job_id && i.is_open() && i.node_id == from)
                 else {
-                    return;
+                    // The exit's incident closed meanwhile: the fault gets one of its own.
+                    let open = JobEffect::OpenIncident {
+                        node,
+                        cause,
+                        action,
+                        fault_at: None,
+                    };
+                    return self.apply_job_effect(job_id, open, now, fx, queue);
                 };
                 incident.hand_to(&node, cause.code(), &cause.detail(), action, evidence);
                 let incident = incident.clone();

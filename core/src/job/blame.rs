@@ -56,10 +56,11 @@ pub(super) fn fails_now(job: &mut Job) -> Option<String> {
     Some(reason)
 }
 
-/// A node fault on `node` (to be replaced) while the job recovers from a worker exit on another
-/// node seen less than `peer_loss_window_ms` before: the exit followed from this fault. The
-/// exit's restart, backoff and quarantine count are given back, and its incident is handed to
-/// `node` (the caller fences `node` and finds its rank a replacement instead of opening a
+/// A node fault on `node` (to be replaced) less than `peer_loss_window_ms` after a worker exit
+/// on another node opened the job's last recovery, with nothing heard from `node`'s rank since
+/// (no stop confirmed, no start in the generation after): the exit followed from this fault.
+/// The exit's restart, backoff and quarantine count are given back, and its incident is handed
+/// to `node` (the caller fences `node` and finds its rank a replacement instead of opening a
 /// second incident). False when the fault is a new one of its own.
 pub(super) fn hand_over(
     job: &mut Job,
@@ -70,6 +71,16 @@ pub(super) fn hand_over(
     fx: &mut Vec<JobEffect>,
 ) -> bool {
     let recent = |b: &ExitBlame| now - b.at < limits.peer_loss_window_ms as i64;
+    let heard = job.rank_of(node).is_some_and(|rank| {
+        let r = &job.ranks[rank];
+        match job.state {
+            JobState::Launching | JobState::Running => r.started || r.progressed,
+            _ => r.exited.is_some(),
+        }
+    });
+    if heard {
+        return false;
+    }
     let Some(exit) = job
         .exit_blame
         .take()

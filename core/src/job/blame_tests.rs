@@ -132,13 +132,54 @@ fn exits_that_reach_quarantine_or_follow_a_node_fault_are_never_handed_over() {
 }
 
 #[test]
-fn the_next_generation_forgets_the_exit() {
+fn a_node_heard_from_after_the_exit_has_a_fault_of_its_own() {
+    // It confirmed its stop, then was lost: alive after the exit, so not its cause.
+    let mut job = running();
+    crash(&mut job, "a", 1_000);
+    step(&mut job, tests::stopped("b", 1), 1_010, &LIMITS);
+    let fx = step(&mut job, fault("b", FaultCause::AgentLost), 1_020, &LIMITS);
+    assert_eq!(opened(&fx), [("b", "agent_lost")]);
+    // It started in the next generation, then was lost.
     let mut job = running();
     crash(&mut job, "a", 1_000);
     settle_in_place(&mut job, 1_100);
-    assert_eq!(job.exit_blame, None);
     let fx = step(&mut job, fault("b", FaultCause::AgentLost), 1_200, &LIMITS);
     assert_eq!(opened(&fx), [("b", "agent_lost")]);
+    assert_eq!(job.restarts, 1, "a's restart stands");
+}
+
+#[test]
+fn a_lost_node_the_next_generation_launched_on_unheard_takes_the_exit_over() {
+    let mut job = running();
+    crash(&mut job, "a", 1_000);
+    step(&mut job, tests::stopped("c", 1), 1_010, &LIMITS);
+    // b cannot be reached to stop: the restart in place goes on without its news.
+    let unreachable = JobEvent::NodeUnreachable { node: "b".into() };
+    step(&mut job, unreachable, 1_020, &LIMITS);
+    step(
+        &mut job,
+        JobEvent::CheckpointResolved(Ok(None)),
+        1_030,
+        &LIMITS,
+    );
+    for node in ["a", "c"] {
+        let started = JobEvent::WorkerStarted {
+            node: node.into(),
+            generation: job.generation,
+        };
+        step(&mut job, started, 1_040, &LIMITS);
+    }
+    assert_eq!(job.state, JobState::Launching);
+    let fx = step(
+        &mut job,
+        fault("b", FaultCause::HeartbeatTimeout),
+        2_500,
+        &LIMITS,
+    );
+    assert!(opened(&fx).is_empty(), "{fx:?}");
+    assert_eq!(handed(&fx), [("a", "b", "heartbeat_timeout")]);
+    assert!(job.ranks[1].needs_node);
+    assert_eq!(job.restarts, 0);
 }
 
 fn spent() -> Job {

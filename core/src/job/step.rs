@@ -256,7 +256,6 @@ fn on_resolved(
                 r.progressed = false;
             }
             job.resumed_from = resume.clone();
-            job.exit_blame = None;
             job.reforming = job.ranks.iter().any(|r| r.kept);
             job.state = JobState::Launching;
             job.message = match &resume {
@@ -374,12 +373,17 @@ fn on_fault(
         job.relaunch_not_before = (backoff > 0).then_some(now + backoff as i64);
         RecoveryAction::RestartInPlace
     };
-    fx.push(JobEffect::OpenIncident {
-        node: node.into(),
-        cause: cause.clone(),
-        action,
-        fault_at,
-    });
+    // The relaunch (or re-form) after a worker exit may have gone on before the loss it
+    // followed from was seen.
+    let handed = replace && blame::hand_over(job, node, &cause, now, limits, fx);
+    if !handed {
+        fx.push(JobEffect::OpenIncident {
+            node: node.into(),
+            cause: cause.clone(),
+            action,
+            fault_at,
+        });
+    }
     // A worker exit past the budget fails the job once the other ranks stopped, unless a
     // peer's loss found meanwhile explains it (see `blame::note_fault`).
     let held = blame::note_fault(job, rank, &cause, action, fails.clone(), limits, now);
@@ -399,7 +403,9 @@ fn on_fault(
         generation: job.generation,
         fenced_at: now,
     });
-    job.message = format!("{} on {node}: {}", cause.code(), cause.detail());
+    if !handed {
+        job.message = format!("{} on {node}: {}", cause.code(), cause.detail());
+    }
     if exhausted {
         (job.message).push_str(
             "; the restart budget is spent: the job fails once its other ranks stopped, \

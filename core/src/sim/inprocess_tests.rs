@@ -205,3 +205,41 @@ fn a_relaunch_job_still_stops_the_survivors() {
     assert!(pid(&sim, "w0").is_some_and(|p| p != survivor));
     assert!(sim.job("job").ranks.iter().all(|r| r.last_step < 25));
 }
+
+/// A host dies and its peer's worker exits with it (its collective failed on the dead peer),
+/// the exit seen first: the survivor's exit is the lost host's fault — one incident, on the
+/// lost host, and a spare takes its rank — whether the loss shows at once (a closed stream) or
+/// only at the heartbeat timeout, after the re-form already began.
+#[test]
+fn a_survivors_exit_that_comes_with_a_host_loss_is_charged_to_the_lost_host() {
+    for silent in [false, true] {
+        let mut sim = training();
+        sim.kill_worker("w0", Exit::Code(1));
+        if silent {
+            sim.cut("w1");
+        }
+        sim.kill("w1");
+        let replaced = |s: &Sim| {
+            s.job("job").nodes() == ["w0", "s0"] && stepped_in(s, s.job("job").generation.get())
+        };
+        assert!(
+            sim.run_until(replaced, 20_000),
+            "silent {silent}: {:?}",
+            sim.job("job")
+        );
+        let incidents: Vec<_> = (sim.incidents().iter())
+            .map(|i| (i.cause.as_str(), i.node_id.as_str(), i.action))
+            .collect();
+        let cause = if silent {
+            "heartbeat_timeout"
+        } else {
+            "agent_lost"
+        };
+        assert_eq!(
+            incidents,
+            [(cause, "w1", RecoveryAction::ReplaceNode)],
+            "silent {silent}"
+        );
+        assert_eq!(sim.job("job").restarts, 0, "silent {silent}");
+    }
+}
