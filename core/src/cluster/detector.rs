@@ -339,8 +339,11 @@ impl Cluster {
         let jobs = self.jobs_on(node_id, |state| !state.is_terminal());
         // The evidence of when it happened, for the incidents the jobs open (recovery.rs).
         let evidence = self.node_fault_evidence(node_id, &cause);
+        let mut silent_since = None;
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.fault_evidence = evidence;
+            let unheard = matches!(cause, FaultCause::AgentLost | FaultCause::HeartbeatTimeout);
+            silent_since = unheard.then_some(node.last_heartbeat_at);
         }
         for job_id in &jobs {
             self.drive(
@@ -348,6 +351,7 @@ impl Cluster {
                 JobEvent::Fault {
                     node: node_id.into(),
                     cause: cause.clone(),
+                    silent_since,
                 },
                 now,
                 fx,

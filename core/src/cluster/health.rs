@@ -182,6 +182,7 @@ impl Cluster {
             let event = JobEvent::Fault {
                 node: node_id.into(),
                 cause: FaultCause::HealthRestart(reason.clone()),
+                silent_since: None,
             };
             self.drive(&job_id, event, now, fx);
         }

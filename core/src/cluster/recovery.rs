@@ -85,8 +85,12 @@ impl Cluster {
             }
             // Before anything else of this recovery is decided (a relaunch on the same nodes):
             // a node that cannot take part in it is a fault of this recovery.
-            if let Some((node, cause)) = self.node_out_of_recovery(job_id) {
-                queue.push_front(JobEvent::Fault { node, cause });
+            if let Some((node, cause, silent_since)) = self.node_out_of_recovery(job_id) {
+                queue.push_front(JobEvent::Fault {
+                    node,
+                    cause,
+                    silent_since,
+                });
             }
         }
     }
@@ -94,8 +98,13 @@ impl Cluster {
     /// A node of a job that left `Running` which cannot take part in the recovery, and why,
     /// its mark cleared: one kept on the job's progress alone (its agent cannot be reached to
     /// stop or launch anything), or one drained by a health finding (`drain_replace =
-    /// next_recovery`: replaced at the job's next recovery).
-    fn node_out_of_recovery(&mut self, job_id: &str) -> Option<(NodeId, FaultCause)> {
+    /// next_recovery`: replaced at the job's next recovery). With it, when it was last heard
+    /// from if its stream closed unjudged (a node its job's progress vouched for was alive
+    /// after that).
+    fn node_out_of_recovery(
+        &mut self,
+        job_id: &str,
+    ) -> Option<(NodeId, FaultCause, Option<UnixMillis>)> {
         let job = self.jobs.get(job_id)?;
         let recovering = matches!(job.state, JobState::Recovering(_));
         if !recovering && !matches!(job.state, JobState::Launching | JobState::Pending) {
@@ -115,19 +124,22 @@ impl Cluster {
         {
             return None;
         }
-        let (node, cause) = job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
-            let n = self.nodes.get(&r.node)?;
-            if n.link.rests_on_progress() {
-                Some((r.node.clone(), FaultCause::AgentLost))
-            } else {
-                let why = n.drained.clone().filter(|_| recovering)?;
-                Some((r.node.clone(), FaultCause::HealthFatal(why)))
-            }
-        })?;
+        let (node, cause, silent_since) =
+            job.ranks.iter().filter(|r| !r.needs_node).find_map(|r| {
+                let n = self.nodes.get(&r.node)?;
+                if n.link.rests_on_progress() {
+                    let unjudged = matches!(n.link, Link::Lost { .. });
+                    let silent_since = unjudged.then_some(n.last_heartbeat_at);
+                    Some((r.node.clone(), FaultCause::AgentLost, silent_since))
+                } else {
+                    let why = n.drained.clone().filter(|_| recovering)?;
+                    Some((r.node.clone(), FaultCause::HealthFatal(why), None))
+                }
+            })?;
         if let Some(n) = self.nodes.get_mut(&node) {
             n.link = Link::Down;
         }
-        Some((node, cause))
+        Some((node, cause, silent_since))
     }
 
     pub(super) fn apply_job_effect(

@@ -56,9 +56,29 @@ pub(super) fn fails_now(job: &mut Job) -> Option<String> {
     Some(reason)
 }
 
-/// A node fault on `node` (to be replaced) less than `peer_loss_window_ms` after a worker exit
-/// on another node opened the job's last recovery, with nothing heard from `node`'s rank since
-/// (no stop confirmed, no start in the generation after): the exit followed from this fault.
+/// What the report of a fault says of its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Seen {
+    /// When it happened, when the report says (a worker's exit, a stall's last progress).
+    pub at: Option<UnixMillis>,
+    /// When its node was last heard from, for a node silent since (see [`JobEvent::Fault`]).
+    pub silent_since: Option<UnixMillis>,
+}
+
+impl Seen {
+    pub(super) fn at(at: Option<UnixMillis>) -> Seen {
+        Seen {
+            at,
+            silent_since: None,
+        }
+    }
+}
+
+/// A node fault on `node` (to be replaced) after a worker exit on another node opened the
+/// job's last recovery — less than `peer_loss_window_ms` after it, or on a node silent since
+/// before it (`silent_since`: a loss whose declaration was held, by a grace or a shared
+/// silence) — with nothing heard from `node`'s rank since (no stop confirmed, no start in the
+/// generation after): the exit followed from this fault.
 /// The exit's restart, backoff and quarantine count are given back, and its incident is handed
 /// to `node` (the caller fences `node` and finds its rank a replacement instead of opening a
 /// second incident). False when the fault is a new one of its own.
@@ -66,11 +86,15 @@ pub(super) fn hand_over(
     job: &mut Job,
     node: &str,
     cause: &FaultCause,
+    silent_since: Option<UnixMillis>,
     now: UnixMillis,
     limits: &JobLimits,
     fx: &mut Vec<JobEffect>,
 ) -> bool {
-    let recent = |b: &ExitBlame| now - b.at < limits.peer_loss_window_ms as i64;
+    let recent = |b: &ExitBlame| {
+        now - b.at < limits.peer_loss_window_ms as i64
+            || (limits.peer_loss_window_ms > 0 && silent_since.is_some_and(|t| t <= b.at))
+    };
     let heard = job.rank_of(node).is_some_and(|rank| {
         let r = &job.ranks[rank];
         match job.state {

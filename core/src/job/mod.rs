@@ -433,6 +433,9 @@ pub enum JobEvent {
         node: NodeId,
         /// Why; [`FaultCause::needs_replacement`] decides restart in place or replacement.
         cause: FaultCause,
+        /// When the node was last heard from, if it has been silent since (a lost agent, a
+        /// heartbeat timeout): a worker exit after that may have followed from its loss.
+        silent_since: Option<UnixMillis>,
     },
     /// A node the job sent Stop to cannot be reached: its workers count as gone.
     NodeUnreachable {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::blame::{self, blame_stall};
+use super::blame::{self, blame_stall, Seen};
 use super::*;
 
 /// The job lifecycle's step. Mutates `job` into its next state and returns what to do.
@@ -134,7 +134,7 @@ fn apply(
                                 job.ranks[rank].exited = Some(false);
                                 job.ranks[rank].exit_unconfirmed_at = None;
                                 let cause = FaultCause::WorkerExited { code, signal };
-                                on_fault(job, &node, cause, at, now, limits, fx);
+                                on_fault(job, &node, cause, Seen::at(at), now, limits, fx);
                                 return;
                             }
                             let mut message = format!("all {} ranks exited 0", job.ranks.len());
@@ -150,7 +150,7 @@ fn apply(
                             job,
                             &node,
                             FaultCause::WorkerExited { code, signal },
-                            at,
+                            Seen::at(at),
                             now,
                             limits,
                             fx,
@@ -160,7 +160,17 @@ fn apply(
                 _ => {}
             }
         }
-        JobEvent::Fault { node, cause } => on_fault(job, &node, cause, None, now, limits, fx),
+        JobEvent::Fault {
+            node,
+            cause,
+            silent_since,
+        } => {
+            let seen = Seen {
+                at: None,
+                silent_since,
+            };
+            on_fault(job, &node, cause, seen, now, limits, fx);
+        }
         JobEvent::NodeUnreachable { node } => {
             let rank = job.rank_of(&node);
             if let JobState::Recovering(RecoveryPhase::Fencing { pending, .. }) = &mut job.state {
@@ -298,7 +308,7 @@ fn on_fault(
     job: &mut Job,
     node: &str,
     cause: FaultCause,
-    fault_at: Option<UnixMillis>,
+    seen: Seen,
     now: UnixMillis,
     limits: &JobLimits,
     fx: &mut Vec<JobEffect>,
@@ -319,12 +329,12 @@ fn on_fault(
             job.ranks[rank].needs_node = true;
             job.ranks[rank].kept = false;
             // It may be what a worker exit that opened this recovery followed from.
-            if !blame::hand_over(job, node, &cause, now, limits, fx) {
+            if !blame::hand_over(job, node, &cause, seen.silent_since, now, limits, fx) {
                 fx.push(JobEffect::OpenIncident {
                     node: node.into(),
                     cause: cause.clone(),
                     action: RecoveryAction::ReplaceNode,
-                    fault_at,
+                    fault_at: seen.at,
                 });
             }
             fx.push(JobEffect::FenceNode {
@@ -375,13 +385,13 @@ fn on_fault(
     };
     // The relaunch (or re-form) after a worker exit may have gone on before the loss it
     // followed from was seen.
-    let handed = replace && blame::hand_over(job, node, &cause, now, limits, fx);
+    let handed = replace && blame::hand_over(job, node, &cause, seen.silent_since, now, limits, fx);
     if !handed {
         fx.push(JobEffect::OpenIncident {
             node: node.into(),
             cause: cause.clone(),
             action,
-            fault_at,
+            fault_at: seen.at,
         });
     }
     // A worker exit past the budget fails the job once the other ranks stopped, unless a
@@ -523,7 +533,8 @@ pub const UNCONFIRMED_EXIT_GRACE_MS: i64 = 30_000;
 
 fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobEffect>) {
     if let Some((node, idle, cause)) = super::launch::reform_overdue(job, now, limits) {
-        on_fault(job, &node, cause, Some(now - idle as i64), now, limits, fx);
+        let seen = Seen::at(Some(now - idle as i64));
+        on_fault(job, &node, cause, seen, now, limits, fx);
         return;
     }
     if matches!(job.state, JobState::Launching | JobState::Running) {
@@ -539,7 +550,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                 code: None,
                 signal: None,
             };
-            on_fault(job, &node, cause, None, now, limits, fx);
+            on_fault(job, &node, cause, Seen::default(), now, limits, fx);
             return;
         }
     }
@@ -566,7 +577,7 @@ fn on_tick(job: &mut Job, now: UnixMillis, limits: &JobLimits, fx: &mut Vec<JobE
                     job,
                     &node,
                     cause,
-                    Some(now - stalled_ms as i64),
+                    Seen::at(Some(now - stalled_ms as i64)),
                     now,
                     limits,
                     fx,

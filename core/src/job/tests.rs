@@ -103,7 +103,11 @@ pub(super) fn progress(node: &str, generation: u64, step: u64) -> JobEvent {
 
 pub(super) fn fault(node: &str, cause: FaultCause) -> JobEvent {
     let node = node.into();
-    JobEvent::Fault { node, cause }
+    JobEvent::Fault {
+        node,
+        cause,
+        silent_since: None,
+    }
 }
 
 fn spec(stall_ms: u64, budget: u32) -> JobSpec {
