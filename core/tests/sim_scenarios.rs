@@ -891,3 +891,29 @@ fn a_job_with_its_restart_budget_spent_outlives_a_host_loss_but_not_a_crash() {
         }
     }
 }
+
+/// With a grace for lost agents (a crashed agent may come back to its running workers), a dead
+/// host is declared lost only when the grace ends, long after its peer's exit: the exit is still
+/// the lost host's incident, because the host had been silent since before it.
+#[test]
+fn a_survivors_exit_is_blamed_on_a_host_declared_lost_only_after_a_grace() {
+    let config = CoordinatorConfig {
+        agent_lost_grace_ms: 10_000,
+        ..CoordinatorConfig::default()
+    };
+    let mut sim = cluster_with(config, 3, 1);
+    train(&mut sim, "job", 3, 25);
+    sim.kill("w1");
+    sim.run_for(20);
+    sim.kill_worker("w0", Exit::Code(1));
+    let replaced = |s: &Sim| s.job("job").nodes() == ["w0", "s0", "w2"] && closed(s);
+    assert!(sim.run_until(replaced, 30_000), "{:?}", sim.job("job"));
+    let i = only_incident_of(&sim, "agent_lost", "w1");
+    assert!(
+        i.detail.contains("worker_exited on w0 followed from it"),
+        "{}",
+        i.detail
+    );
+    assert_eq!(i.replacement_node_id.as_deref(), Some("s0"));
+    assert_eq!(sim.job("job").restarts, 0);
+}
