@@ -86,26 +86,25 @@ fn a_node_fault_after_the_window_is_an_incident_of_its_own() {
     assert_eq!(job.restarts, 1, "a's restart stands");
 }
 
+/// `node`'s agent is declared lost, silent since `since`.
+fn lost_since(node: &str, since: UnixMillis) -> JobEvent {
+    JobEvent::Fault {
+        node: node.into(),
+        cause: FaultCause::AgentLost,
+        silent_since: Some(since),
+    }
+}
+
 #[test]
 fn a_node_silent_since_before_the_exit_takes_it_over_however_late_its_loss_is_declared() {
     let mut job = running();
     crash(&mut job, "a", 1_000);
-    let late = JobEvent::Fault {
-        node: "b".into(),
-        cause: FaultCause::AgentLost,
-        silent_since: Some(900),
-    };
-    let fx = step(&mut job, late, 30_000, &LIMITS);
+    let fx = step(&mut job, lost_since("b", 900), 30_000, &LIMITS);
     assert_eq!(handed(&fx), [("a", "b", "agent_lost")]);
     // Heard from after the exit, a late loss is a fault of its own.
     let mut job = running();
     crash(&mut job, "a", 1_000);
-    let heard_after = JobEvent::Fault {
-        node: "b".into(),
-        cause: FaultCause::AgentLost,
-        silent_since: Some(1_100),
-    };
-    let fx = step(&mut job, heard_after, 30_000, &LIMITS);
+    let fx = step(&mut job, lost_since("b", 1_100), 30_000, &LIMITS);
     assert_eq!(opened(&fx), [("b", "agent_lost")]);
 }
 
