@@ -102,14 +102,9 @@ pub(super) fn hand_over(
             _ => r.exited.is_some(),
         }
     });
-    if heard {
-        return false;
-    }
-    let Some(exit) = job
-        .exit_blame
-        .take()
-        .filter(|b| b.node != node && recent(b))
-    else {
+    let followed = (job.exit_blame.as_ref()).is_some_and(|b| b.node != node && recent(b));
+    // Otherwise the exit stays (a spent budget still fails the job once the others stopped).
+    let Some(exit) = job.exit_blame.take_if(|_| followed && !heard) else {
         return false;
     };
     if exit.restarted {

@@ -267,6 +267,22 @@ fn with_the_budget_spent_a_lost_peer_found_meanwhile_is_replaced_and_the_job_liv
 }
 
 #[test]
+fn with_the_budget_spent_a_loss_that_did_not_cause_the_exit_still_leaves_the_job_failing() {
+    let mut job = spent();
+    crash(&mut job, "a", 1_000);
+    // Lost past the window, heard from after the exit: a fault of its own.
+    let fx = step(&mut job, lost_since("b", 1_500), 6_000, &LIMITS);
+    assert_eq!(opened(&fx), [("b", "agent_lost")]);
+    step(&mut job, tests::stopped("c", 1), 6_010, &LIMITS);
+    match &job.state {
+        JobState::Failed { reason } => {
+            assert!(reason.contains("restart budget of 0 exhausted"), "{reason}")
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+}
+
+#[test]
 fn with_the_budget_spent_and_no_other_rank_running_an_exit_fails_the_job_at_once() {
     let mut job = spent();
     for node in ["b", "c"] {
