@@ -204,6 +204,14 @@ fn a_lost_node_the_next_generation_launched_on_unheard_takes_the_exit_over() {
     assert_eq!(job.restarts, 0);
 }
 
+/// Why the job failed (it must have).
+fn failed_for(job: &Job) -> &str {
+    match &job.state {
+        JobState::Failed { reason } => reason,
+        other => panic!("expected failed, got {other:?}"),
+    }
+}
+
 fn spent() -> Job {
     let spec = JobSpec {
         restart_budget: 0,
@@ -236,13 +244,9 @@ fn with_the_budget_spent_an_exit_fails_the_job_once_the_other_ranks_stopped() {
     step(&mut job, tests::stopped("b", 1), 1_010, &LIMITS);
     assert!(matches!(job.state, JobState::Recovering(_)));
     let fx = step(&mut job, tests::stopped("c", 1), 1_020, &LIMITS);
-    match &job.state {
-        JobState::Failed { reason } => {
-            assert!(reason.contains("restart budget of 0 exhausted"), "{reason}");
-            assert!(reason.contains("last fault on a"), "{reason}");
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let reason = failed_for(&job);
+    assert!(reason.contains("restart budget of 0 exhausted"), "{reason}");
+    assert!(reason.contains("last fault on a"), "{reason}");
     assert!(fx
         .iter()
         .any(|e| matches!(e, JobEffect::Incident(IncidentEvent::Abandoned { .. }))));
@@ -274,12 +278,8 @@ fn with_the_budget_spent_a_loss_that_did_not_cause_the_exit_still_leaves_the_job
     let fx = step(&mut job, lost_since("b", 1_500), 6_000, &LIMITS);
     assert_eq!(opened(&fx), [("b", "agent_lost")]);
     step(&mut job, tests::stopped("c", 1), 6_010, &LIMITS);
-    match &job.state {
-        JobState::Failed { reason } => {
-            assert!(reason.contains("restart budget of 0 exhausted"), "{reason}")
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let reason = failed_for(&job);
+    assert!(reason.contains("restart budget of 0 exhausted"), "{reason}");
 }
 
 #[test]
